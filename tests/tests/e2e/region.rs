@@ -1,0 +1,80 @@
+//! Region binding: a keyring of one region is refused by a server of another,
+//! and ciphertext copied into another region's vault does not decrypt.
+
+use vault_client::Error;
+use vault_server::engine::{self, OpenOptions};
+use vault_server::storage::Table;
+use vault_tests::TestVault;
+
+use crate::tamper::open_raw;
+use crate::user;
+
+#[tokio::test]
+async fn a_us_server_refuses_an_eu_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let vault = TestVault::start(dir.path(), "eu").await.unwrap();
+    vault.client().await.put(&user("u1", "s1")).await.unwrap();
+    vault.stop().await;
+
+    let err = engine::open(&OpenOptions::dev(dir.path(), "us".parse().unwrap())).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("bound to region eu") && msg.contains("configured for region us"),
+        "{msg}"
+    );
+
+    // The eu folder still opens as eu.
+    let vault = TestVault::start(dir.path(), "eu").await.unwrap();
+    assert_eq!(
+        vault.client().await.get("users", "u1").await.unwrap(),
+        user("u1", "s1")
+    );
+    vault.stop().await;
+}
+
+#[tokio::test]
+async fn ciphertext_copied_to_another_region_does_not_decrypt() {
+    let eu_dir = tempfile::tempdir().unwrap();
+    let us_dir = tempfile::tempdir().unwrap();
+    let eu = TestVault::start(eu_dir.path(), "eu").await.unwrap();
+    eu.client().await.put(&user("u1", "s1")).await.unwrap();
+    eu.stop().await;
+    let us = TestVault::start(us_dir.path(), "us").await.unwrap();
+    us.stop().await;
+
+    // Copy every record and wrapped subject key from the eu store into the us store.
+    {
+        let src = open_raw(eu_dir.path());
+        let dst = open_raw(us_dir.path());
+        for table in [Table::Records, Table::SubjectKeys] {
+            let (s, d) = (
+                src.cf_handle(table.name()).unwrap(),
+                dst.cf_handle(table.name()).unwrap(),
+            );
+            for item in src.iterator_cf(s, rocksdb::IteratorMode::Start) {
+                let (k, v) = item.unwrap();
+                dst.put_cf(d, k, v).unwrap();
+            }
+        }
+    }
+    let us = TestVault::start(us_dir.path(), "us").await.unwrap();
+    let got = us.client().await.get("users", "u1").await;
+    assert!(matches!(got, Err(Error::Integrity)), "{got:?}");
+    us.stop().await;
+}
+
+#[tokio::test]
+async fn a_collection_of_another_region_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let vault = TestVault::start(dir.path(), "eu").await.unwrap();
+    let client = vault.client().await;
+    let mut c = crate::all_types("us_things");
+    c.region = "us".into();
+    let got = client.create_collection(&c).await;
+    assert!(
+        matches!(got, Err(Error::FailedPrecondition(ref m)) if m.contains("region us")),
+        "{got:?}"
+    );
+    drop(client);
+    vault.stop().await;
+}

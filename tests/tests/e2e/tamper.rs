@@ -1,0 +1,211 @@
+//! Raw-store tamper tests: after writes through the server, stop it, edit
+//! its RocksDB directly, restart, and check that every read of an edited
+//! value fails with an integrity error (gRPC DATA_LOSS), never wrong plaintext.
+//! Also: no file in the data folder holds a plaintext value.
+
+use std::path::Path;
+
+use rocksdb::{Options, DB};
+use vault_client::{Error, Record, Value};
+use vault_server::storage::{record_key, StoredRecord, Table};
+use vault_tests::TestVault;
+
+use crate::user;
+
+pub fn open_raw(data_dir: &Path) -> DB {
+    let names: Vec<&str> = Table::ALL.iter().map(|t| t.name()).collect();
+    DB::open_cf(&Options::default(), data_dir.join("db"), names).unwrap()
+}
+
+fn stored(db: &DB, collection: &str, id: &str) -> StoredRecord {
+    let cf = db.cf_handle("records").unwrap();
+    StoredRecord::decode(&db.get_cf(cf, record_key(collection, id)).unwrap().unwrap()).unwrap()
+}
+
+fn store(db: &DB, collection: &str, id: &str, r: &StoredRecord) {
+    let cf = db.cf_handle("records").unwrap();
+    db.put_cf(cf, record_key(collection, id), r.encode())
+        .unwrap();
+}
+
+fn field_index(r: &StoredRecord, name: &str) -> usize {
+    r.fields.iter().position(|f| f.name == name).unwrap()
+}
+
+#[tokio::test]
+async fn every_raw_edit_is_an_integrity_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let vault = TestVault::start(dir.path(), "eu").await.unwrap();
+    let client = vault.client().await;
+    let mut users2 = client.collection("users").await.unwrap();
+    users2.name = "users2".into();
+    client.create_collection(&users2).await.unwrap();
+    let ids = [
+        "flip",
+        "swap-a",
+        "swap-b",
+        "cross",
+        "moved",
+        "version",
+        "untouched",
+        "subject-key",
+    ];
+    for id in ids {
+        let subject = if id == "subject-key" { "s9" } else { "s1" };
+        client.put(&user(id, subject)).await.unwrap();
+    }
+    drop(client);
+    vault.stop().await;
+
+    {
+        let db = open_raw(dir.path());
+        // (a) flip one byte of a stored field's ciphertext.
+        let mut r = stored(&db, "users", "flip");
+        let i = field_index(&r, "email");
+        r.fields[i].envelope[20] ^= 0x01;
+        store(&db, "users", "flip", &r);
+        // (b) swap one field's ciphertext between two records of the same subject.
+        let mut a = stored(&db, "users", "swap-a");
+        let mut b = stored(&db, "users", "swap-b");
+        let (ia, ib) = (field_index(&a, "name"), field_index(&b, "name"));
+        std::mem::swap(&mut a.fields[ia].envelope, &mut b.fields[ib].envelope);
+        store(&db, "users", "swap-a", &a);
+        store(&db, "users", "swap-b", &b);
+        // (c) swap the ciphertexts of two fields of one record.
+        let mut c = stored(&db, "users", "cross");
+        let (ie, in_) = (field_index(&c, "email"), field_index(&c, "name"));
+        let tmp = c.fields[ie].envelope.clone();
+        c.fields[ie].envelope = c.fields[in_].envelope.clone();
+        c.fields[in_].envelope = tmp;
+        store(&db, "users", "cross", &c);
+        // (d) move a record's ciphertext to another collection with the same schema.
+        let m = stored(&db, "users", "moved");
+        store(&db, "users2", "moved", &m);
+        // (e) change the stored key version of a field.
+        let mut v = stored(&db, "users", "version");
+        let i = field_index(&v, "phone");
+        v.fields[i].envelope[1..5].copy_from_slice(&2u32.to_be_bytes());
+        store(&db, "users", "version", &v);
+        // And a flipped byte in a wrapped subject key.
+        let cf = db.cf_handle("subject_keys").unwrap();
+        let mut key = b"s9\0".to_vec();
+        key.extend_from_slice(&1u32.to_be_bytes());
+        let mut wrapped = db.get_cf(cf, &key).unwrap().unwrap();
+        wrapped[30] ^= 0x01;
+        db.put_cf(cf, &key, wrapped).unwrap();
+    }
+
+    let vault = TestVault::start(dir.path(), "eu").await.unwrap();
+    let client = vault.client().await;
+    let cases = [
+        ("users", "flip"),
+        ("users", "swap-a"),
+        ("users", "swap-b"),
+        ("users", "cross"),
+        ("users2", "moved"),
+        ("users", "version"),
+        ("users", "subject-key"),
+    ];
+    for (collection, id) in cases {
+        let got = client.get(collection, id).await;
+        assert!(
+            matches!(got, Err(Error::Integrity)),
+            "{collection}/{id}: {got:?}"
+        );
+        let batch = client.get_many(collection, &[id], &[]).await;
+        assert!(
+            matches!(batch, Err(Error::Integrity)),
+            "batch {collection}/{id}: {batch:?}"
+        );
+    }
+    // The untouched record and the original of the moved one still read.
+    assert_eq!(
+        client.get("users", "untouched").await.unwrap(),
+        user("untouched", "s1")
+    );
+    assert_eq!(
+        client.get("users", "moved").await.unwrap(),
+        user("moved", "s1")
+    );
+    drop(client);
+    vault.stop().await;
+}
+
+#[tokio::test]
+async fn no_file_in_the_data_folder_holds_plaintext() {
+    const CANARIES: [&str; 3] = [
+        "CANARY-e1f0c2-mail@example.eu",
+        "CANARY-Zoë-Ångström",
+        "CANARY-+33699887766",
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let vault = TestVault::start(dir.path(), "eu").await.unwrap();
+    let client = vault.client().await;
+    client
+        .create_collection(&crate::all_types("things"))
+        .await
+        .unwrap();
+    for i in 0..200 {
+        let r = Record::new("users", format!("c{i}"), format!("s{i}"))
+            .with("email", CANARIES[0])
+            .with("name", CANARIES[1])
+            .with("phone", CANARIES[2]);
+        client.put(&r).await.unwrap();
+    }
+    let bytes =
+        Record::new("things", "b", "s1").with("y", Value::Bytes(b"CANARY-RAW-BYTES-0042".to_vec()));
+    client.put(&bytes).await.unwrap();
+    drop(client);
+    vault.stop().await;
+
+    let scan = |stage: &str| {
+        let mut files = 0;
+        for path in walk(dir.path()) {
+            let data = std::fs::read(&path).unwrap();
+            files += 1;
+            for canary in CANARIES
+                .iter()
+                .map(|c| c.as_bytes())
+                .chain([b"CANARY-RAW-BYTES-0042".as_slice()])
+            {
+                assert!(
+                    !data.windows(canary.len()).any(|w| w == canary),
+                    "{stage}: plaintext found in {}",
+                    path.display()
+                );
+            }
+            assert!(
+                !data.windows(6).any(|w| w == b"CANARY"),
+                "{stage}: canary prefix in {}",
+                path.display()
+            );
+        }
+        files
+    };
+    let before = scan("WAL");
+    {
+        // Flush every column family so the values also sit in SST files.
+        let db = open_raw(dir.path());
+        for t in Table::ALL {
+            db.flush_cf(db.cf_handle(t.name()).unwrap()).unwrap();
+        }
+    }
+    let after = scan("SST");
+    assert!(
+        before >= 5 && after >= 5,
+        "scanned {before} and {after} files"
+    );
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}

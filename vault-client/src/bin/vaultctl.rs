@@ -1,0 +1,834 @@
+//! `vaultctl`: the command line of the regional data vault.
+//!
+//! ```text
+//! vaultctl [--addr URL] --token TOKEN [--purpose P] [--timeout SECS] [--json] COMMAND
+//!
+//!   collection create NAME --field SPEC... [--region R] [--description D]
+//!   collection create NAME --schema FILE.json [--region R] [--description D]
+//!   collection list
+//!   collection show NAME
+//!   put COLLECTION ID --subject S --data JSON|-|@FILE
+//!   get COLLECTION ID [--fields a,b,...]
+//!   delete COLLECTION ID
+//! ```
+//!
+//! A field SPEC is `name:type:category[:indexed][:mask=F,L]`. The global
+//! options may also come after the command and default to `VAULT_ADDR`,
+//! `VAULT_TOKEN`, `VAULT_PURPOSE` and `VAULT_TIMEOUT`. Errors are one line
+//! `error: <message>` on stderr and exit 1 (2 for a usage error); with
+//! `--json` stdout also gets `{"error":{"kind":"...","message":"..."}}`.
+//! The token is never printed.
+
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeSet;
+use std::ffi::OsString;
+use std::io::{Read as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{ArgGroup, Args, Parser, Subcommand};
+use serde_json::{json, Value as Json};
+use vault_client::json::{fields_from_json, record_to_json};
+use vault_client::{Collection, Error, FieldSchema, Record, VaultClient};
+
+/// Talks to a regional data vault.
+#[derive(Debug, Parser)]
+#[command(name = "vaultctl", version)]
+struct Cli {
+    /// The vault's address (`http://host:port`; a bare `host:port` works too).
+    #[arg(
+        long,
+        env = "VAULT_ADDR",
+        default_value = "http://127.0.0.1:8200",
+        global = true
+    )]
+    addr: String,
+
+    /// The bearer token (prefer the VAULT_TOKEN variable: arguments are visible
+    /// to other users of the machine). Required.
+    #[arg(long, env = "VAULT_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+
+    /// Why you access the data (sent as x-vault-purpose), e.g. support-ticket.
+    #[arg(long, env = "VAULT_PURPOSE", global = true)]
+    purpose: Option<String>,
+
+    /// The deadline of each call, in seconds.
+    #[arg(
+        long,
+        env = "VAULT_TIMEOUT",
+        value_name = "SECS",
+        default_value = "10",
+        value_parser = parse_timeout,
+        global = true
+    )]
+    timeout: Duration,
+
+    /// Print machine-readable JSON on stdout, errors included.
+    #[arg(long, global = true)]
+    json: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create, list and show collections.
+    #[command(subcommand)]
+    Collection(CollectionCommand),
+
+    /// Create or replace a record.
+    Put {
+        /// The collection.
+        collection: String,
+        /// The record id.
+        id: String,
+        /// The data subject (person) the record is about.
+        #[arg(long)]
+        subject: String,
+        /// The fields as a JSON object of name to value; `-` reads stdin and
+        /// `@FILE` reads a file. Bytes are base64, timestamps RFC 3339 or Unix
+        /// seconds.
+        #[arg(long, value_name = "JSON")]
+        data: String,
+    },
+
+    /// Read a record.
+    Get {
+        /// The collection.
+        collection: String,
+        /// The record id.
+        id: String,
+        /// Only these fields (comma-separated or repeated); all if absent.
+        #[arg(long, value_delimiter = ',', value_name = "FIELDS")]
+        fields: Vec<String>,
+    },
+
+    /// Delete a record (deleting an absent record is not an error).
+    Delete {
+        /// The collection.
+        collection: String,
+        /// The record id.
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CollectionCommand {
+    /// Create a collection from --field specs or a JSON schema file.
+    Create(CreateArgs),
+    /// List every collection.
+    List,
+    /// Show one collection's schema.
+    Show {
+        /// The collection.
+        name: String,
+    },
+}
+
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("schema_source").required(true).args(["field", "schema"])))]
+struct CreateArgs {
+    /// The collection name.
+    name: String,
+
+    // Help text rather than a doc comment: rustdoc would read the brackets
+    // as links.
+    #[arg(
+        long,
+        value_name = "SPEC",
+        help = "A field, as name:type:category[:indexed][:mask=F,L]; repeat for each \
+                field. Types: string, int64, double, bool, bytes, timestamp. \
+                Categories: identity, contact, financial, location, special, \
+                behavioural, other"
+    )]
+    field: Vec<FieldSchema>,
+
+    /// A JSON file of the collection:
+    /// {"description": "...", "fields": [{"name": "email", "type": "string",
+    /// "category": "contact", "indexed": true, "mask": {"keep_first": 1,
+    /// "keep_last": 4}}]}.
+    #[arg(long, value_name = "FILE", conflicts_with = "field")]
+    schema: Option<PathBuf>,
+
+    /// The region (default: the vault's own).
+    #[arg(long)]
+    region: Option<String>,
+
+    /// A description for people.
+    #[arg(long)]
+    description: Option<String>,
+}
+
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    let seconds: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| "expected a number of seconds, e.g. 10 or 2.5".to_owned())?;
+    if seconds.is_nan() || seconds <= 0.0 {
+        return Err("the timeout must be more than 0 seconds".into());
+    }
+    Duration::try_from_secs_f64(seconds).map_err(|_| "the timeout is too large".to_owned())
+}
+
+/// A failure of one command.
+#[derive(Debug)]
+enum CliError {
+    /// The vault or the connection failed.
+    Vault(Error),
+    /// The command's input was bad (exit 1).
+    Input(String),
+    /// A file or stdin could not be read.
+    Io(String),
+    /// The command line was bad (exit 2).
+    Usage(String),
+}
+
+impl CliError {
+    fn kind(&self) -> &'static str {
+        match self {
+            CliError::Vault(e) => e.kind(),
+            CliError::Input(_) => "invalid_input",
+            CliError::Io(_) => "io",
+            CliError::Usage(_) => "usage",
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            CliError::Vault(e) => e.to_string(),
+            CliError::Input(m) | CliError::Io(m) | CliError::Usage(m) => m.clone(),
+        }
+    }
+
+    fn exit_code(&self) -> ExitCode {
+        match self {
+            CliError::Usage(_) => ExitCode::from(2),
+            _ => ExitCode::FAILURE,
+        }
+    }
+}
+
+impl From<Error> for CliError {
+    fn from(error: Error) -> Self {
+        CliError::Vault(error)
+    }
+}
+
+/// The text on one line: line breaks and other control characters become
+/// spaces.
+fn one_line(text: &str) -> String {
+    let line: String = text
+        .trim()
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    line
+}
+
+/// Escapes control characters, so stored data cannot move the terminal's
+/// cursor or break the line-per-field layout.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+fn report(error: &CliError, json_output: bool) -> ExitCode {
+    let message = one_line(&error.message());
+    if json_output {
+        let body = json!({"error": {"kind": error.kind(), "message": message}});
+        println!("{body}");
+    }
+    eprintln!("error: {message}");
+    error.exit_code()
+}
+
+/// Whether `--json` is among the options (before a `--`), for reporting
+/// usage errors that keep the command line from being parsed.
+fn wants_json(args: &[OsString]) -> bool {
+    args.iter()
+        .skip(1)
+        .take_while(|a| *a != "--")
+        .any(|a| a == "--json")
+}
+
+/// The gist of a clap error on one line: its text up to the usage hint,
+/// without the `error: ` prefix.
+fn usage_message(rendered: &str) -> String {
+    let gist = rendered
+        .split("\n\n")
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches("error: ");
+    let words: Vec<&str> = gist.split_whitespace().collect();
+    words.join(" ")
+}
+
+fn main() -> ExitCode {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            if wants_json(&args) {
+                let message = usage_message(&e.render().to_string());
+                let body = json!({"error": {"kind": "usage", "message": message}});
+                println!("{body}");
+            }
+            let _ = e.print();
+            return ExitCode::from(2);
+        }
+    };
+
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => return report(&CliError::Io(format!("cannot start: {e}")), cli.json),
+    };
+    match runtime.block_on(run(&cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => report(&error, cli.json),
+    }
+}
+
+async fn connect(cli: &Cli) -> Result<VaultClient, CliError> {
+    let token = cli
+        .token
+        .as_deref()
+        .ok_or_else(|| CliError::Usage("no token: set VAULT_TOKEN or pass --token".into()))?;
+    let mut builder = VaultClient::builder(cli.addr.as_str())
+        .token(token)
+        .timeout(cli.timeout);
+    if let Some(purpose) = &cli.purpose {
+        builder = builder.purpose(purpose.as_str());
+    }
+    Ok(builder.connect().await?)
+}
+
+/// Writes one line to stdout; a closed pipe is not an error worth a message.
+fn emit(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{text}");
+}
+
+async fn run(cli: &Cli) -> Result<(), CliError> {
+    match &cli.command {
+        Command::Collection(CollectionCommand::Create(args)) => {
+            let collection = collection_to_create(args)?;
+            let vault = connect(cli).await?;
+            let created = vault.create_collection(&collection).await?;
+            if cli.json {
+                emit(&collection_json(&created));
+            } else {
+                emit(&format!(
+                    "created collection {} (region {}, {} field{})",
+                    created.name,
+                    display_region(&created.region),
+                    created.fields.len(),
+                    if created.fields.len() == 1 { "" } else { "s" }
+                ));
+            }
+        }
+        Command::Collection(CollectionCommand::List) => {
+            let vault = connect(cli).await?;
+            let collections = vault.collections().await?;
+            if cli.json {
+                emit(&json!({ "collections": collections }).to_string());
+            } else {
+                emit(&collections_table(&collections));
+            }
+        }
+        Command::Collection(CollectionCommand::Show { name }) => {
+            let vault = connect(cli).await?;
+            let collection = vault.collection(name).await?;
+            if cli.json {
+                emit(&collection_json(&collection));
+            } else {
+                emit(&collection_text(&collection));
+            }
+        }
+        Command::Put {
+            collection,
+            id,
+            subject,
+            data,
+        } => {
+            let data = read_data(data)?;
+            let data: Json = serde_json::from_str(&data)
+                .map_err(|e| CliError::Input(format!("--data is not valid JSON: {e}")))?;
+            let vault = connect(cli).await?;
+            let schema = vault.collection(collection).await?;
+            let fields =
+                fields_from_json(&schema, &data).map_err(|e| CliError::Input(e.to_string()))?;
+            let record = Record {
+                collection: collection.clone(),
+                id: id.clone(),
+                subject_id: subject.clone(),
+                fields,
+            };
+            vault.put(&record).await?;
+            if cli.json {
+                emit(&json!({"collection": collection, "id": id, "stored": true}).to_string());
+            } else {
+                emit(&format!(
+                    "stored {}/{}",
+                    printable(collection),
+                    printable(id)
+                ));
+            }
+        }
+        Command::Get {
+            collection,
+            id,
+            fields,
+        } => {
+            let vault = connect(cli).await?;
+            let fields: Vec<&str> = fields
+                .iter()
+                .map(|f| f.trim())
+                .filter(|f| !f.is_empty())
+                .collect();
+            let record = vault.get_fields(collection, id, &fields).await?;
+            if cli.json {
+                emit(&record_to_json(&record).to_string());
+            } else {
+                emit(&record_text(&record));
+            }
+        }
+        Command::Delete { collection, id } => {
+            let vault = connect(cli).await?;
+            let deleted = vault.delete(collection, id).await?;
+            if cli.json {
+                emit(&json!({ "deleted": deleted }).to_string());
+            } else if deleted {
+                emit(&format!(
+                    "deleted {}/{}",
+                    printable(collection),
+                    printable(id)
+                ));
+            } else {
+                emit(&format!(
+                    "not found: {}/{}",
+                    printable(collection),
+                    printable(id)
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The collection that `collection create` asks for.
+fn collection_to_create(args: &CreateArgs) -> Result<Collection, CliError> {
+    let mut collection = match &args.schema {
+        Some(path) => {
+            let text = read_file(path)?;
+            let from_file: Collection = serde_json::from_str(&text)
+                .map_err(|e| CliError::Input(format!("schema file {}: {e}", path.display())))?;
+            if !from_file.name.is_empty() && from_file.name != args.name {
+                return Err(CliError::Input(format!(
+                    "schema file {} is for collection `{}`, not `{}`",
+                    path.display(),
+                    from_file.name,
+                    args.name
+                )));
+            }
+            from_file
+        }
+        None => Collection {
+            fields: args.field.clone(),
+            ..Collection::default()
+        },
+    };
+    collection.name = args.name.clone();
+    if let Some(region) = &args.region {
+        collection.region = region.clone();
+    }
+    if let Some(description) = &args.description {
+        collection.description = description.clone();
+    }
+    let mut seen = BTreeSet::new();
+    for field in &collection.fields {
+        if !seen.insert(field.name.as_str()) {
+            return Err(CliError::Input(format!(
+                "field `{}` is defined twice",
+                field.name
+            )));
+        }
+    }
+    Ok(collection)
+}
+
+/// The `--data` argument's JSON text: itself, stdin for `-`, a file for `@FILE`.
+fn read_data(data: &str) -> Result<String, CliError> {
+    if data == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|e| CliError::Io(format!("cannot read the data from stdin: {e}")))?;
+        Ok(text)
+    } else if let Some(path) = data.strip_prefix('@') {
+        read_file(Path::new(path))
+    } else {
+        Ok(data.to_owned())
+    }
+}
+
+fn read_file(path: &Path) -> Result<String, CliError> {
+    std::fs::read_to_string(path)
+        .map_err(|e| CliError::Io(format!("cannot read {}: {e}", path.display())))
+}
+
+fn display_region(region: &str) -> &str {
+    if region.is_empty() {
+        "-"
+    } else {
+        region
+    }
+}
+
+fn collection_json(collection: &Collection) -> String {
+    serde_json::to_value(collection)
+        .map(|v| v.to_string())
+        .unwrap_or_else(|e| {
+            json!({"error": {"kind": "protocol", "message": e.to_string()}}).to_string()
+        })
+}
+
+fn collection_text(collection: &Collection) -> String {
+    let mut lines = vec![
+        format!("collection: {}", printable(&collection.name)),
+        format!("region: {}", printable(display_region(&collection.region))),
+    ];
+    if !collection.description.is_empty() {
+        lines.push(format!(
+            "description: {}",
+            one_line(&collection.description)
+        ));
+    }
+    lines.push(format!("fields ({}):", collection.fields.len()));
+    lines.extend(collection.fields.iter().map(|f| format!("  {f}")));
+    lines.join("\n")
+}
+
+fn collections_table(collections: &[Collection]) -> String {
+    if collections.is_empty() {
+        return "no collections".into();
+    }
+    let rows: Vec<[String; 4]> = collections
+        .iter()
+        .map(|c| {
+            [
+                printable(&c.name),
+                printable(display_region(&c.region)),
+                c.fields.len().to_string(),
+                one_line(&c.description),
+            ]
+        })
+        .collect();
+    let header = ["NAME", "REGION", "FIELDS", "DESCRIPTION"].map(str::to_owned);
+    let widths: Vec<usize> = (0..3)
+        .map(|i| {
+            rows.iter()
+                .chain(std::iter::once(&header))
+                .map(|r| r[i].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    std::iter::once(&header)
+        .chain(rows.iter())
+        .map(|r| {
+            format!(
+                "{:w0$}  {:w1$}  {:>w2$}  {}",
+                r[0],
+                r[1],
+                r[2],
+                r[3],
+                w0 = widths[0],
+                w1 = widths[1],
+                w2 = widths[2]
+            )
+            .trim_end()
+            .to_owned()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn record_text(record: &Record) -> String {
+    let mut lines = vec![format!(
+        "{}/{} (subject {})",
+        printable(&record.collection),
+        printable(&record.id),
+        printable(&record.subject_id)
+    )];
+    lines.extend(
+        record
+            .fields
+            .iter()
+            .map(|(name, value)| format!("{}: {}", printable(name), printable(&value.to_string()))),
+    );
+    lines.join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+    use vault_client::{DataCategory, FieldType, Timestamp};
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("vaultctl").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn create_with_field_specs() {
+        let cli = parse(&[
+            "--token",
+            "t",
+            "collection",
+            "create",
+            "users",
+            "--field",
+            "email:string:contact:indexed:mask=1,4",
+            "--field",
+            "birth_date:timestamp:identity",
+            "--region",
+            "eu",
+        ])
+        .unwrap();
+        let Command::Collection(CollectionCommand::Create(args)) = &cli.command else {
+            panic!("{cli:?}");
+        };
+        let collection = collection_to_create(args).unwrap();
+        assert_eq!(
+            collection,
+            Collection::new("users")
+                .region("eu")
+                .field(
+                    FieldSchema::new("email", FieldType::String, DataCategory::Contact)
+                        .indexed()
+                        .masked(1, 4)
+                )
+                .field(FieldSchema::new(
+                    "birth_date",
+                    FieldType::Timestamp,
+                    DataCategory::Identity
+                ))
+        );
+    }
+
+    #[test]
+    fn bad_field_specs_are_usage_errors() {
+        for spec in [
+            "email",
+            "email:strng:contact",
+            "email:string:contct",
+            "email:string:contact:mask=1",
+            "email:string:contact:uniq",
+            "age:int64:identity:mask=1,1",
+        ] {
+            let err = parse(&["collection", "create", "users", "--field", spec]).unwrap_err();
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{spec}"
+            );
+            assert_eq!(err.exit_code(), 2);
+        }
+    }
+
+    #[test]
+    fn create_needs_exactly_one_schema_source() {
+        assert!(parse(&["collection", "create", "users"]).is_err());
+        assert!(parse(&[
+            "collection",
+            "create",
+            "users",
+            "--field",
+            "a:string:other",
+            "--schema",
+            "x.json"
+        ])
+        .is_err());
+    }
+
+    #[test]
+    fn duplicate_fields_are_refused() {
+        let cli = parse(&[
+            "collection",
+            "create",
+            "users",
+            "--field",
+            "a:string:other",
+            "--field",
+            "a:int64:other",
+        ])
+        .unwrap();
+        let Command::Collection(CollectionCommand::Create(args)) = &cli.command else {
+            panic!("{cli:?}");
+        };
+        assert!(
+            matches!(collection_to_create(args), Err(CliError::Input(m)) if m.contains("twice"))
+        );
+    }
+
+    #[test]
+    fn global_options_anywhere() {
+        let cli = parse(&[
+            "get",
+            "users",
+            "u1",
+            "--fields",
+            "email,name",
+            "--json",
+            "--timeout",
+            "2.5",
+            "--addr",
+            "10.0.0.1:8200",
+        ])
+        .unwrap();
+        assert!(cli.json);
+        assert_eq!(cli.timeout, Duration::from_millis(2500));
+        assert_eq!(cli.addr, "10.0.0.1:8200");
+        let Command::Get { fields, .. } = &cli.command else {
+            panic!("{cli:?}");
+        };
+        assert_eq!(fields, &["email", "name"]);
+        for bad in ["0", "-1", "soon", "NaN"] {
+            assert!(
+                parse(&["--timeout", bad, "collection", "list"]).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn usage_errors_fit_one_line() {
+        let err = parse(&["--token", "t", "get", "users"]).unwrap_err();
+        assert_eq!(
+            usage_message(&err.render().to_string()),
+            "the following required arguments were not provided: <ID>"
+        );
+        let err = parse(&["collection", "create", "x", "--field", "a:text:other"]).unwrap_err();
+        let message = usage_message(&err.render().to_string());
+        assert!(
+            message.starts_with("invalid value 'a:text:other' for '--field <SPEC>'"),
+            "{message}"
+        );
+        assert!(!message.contains('\n'));
+    }
+
+    #[test]
+    fn json_flag_is_found_before_parsing() {
+        let args = |a: &[&str]| a.iter().map(OsString::from).collect::<Vec<_>>();
+        assert!(wants_json(&args(&["vaultctl", "get", "--json"])));
+        assert!(!wants_json(&args(&["vaultctl", "get", "--", "--json"])));
+        assert!(!wants_json(&args(&["vaultctl", "get"])));
+    }
+
+    #[test]
+    fn the_token_is_not_in_the_help() {
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("VAULT_TOKEN"));
+        // hide_env_values keeps a set VAULT_TOKEN out of --help.
+        let token_arg = Cli::command()
+            .get_arguments()
+            .find(|a| a.get_id() == "token")
+            .map(|a| a.is_hide_env_values_set());
+        assert_eq!(token_arg, Some(true));
+    }
+
+    #[test]
+    fn errors_are_one_line() {
+        assert_eq!(one_line("a\nb\r\n"), "a b");
+        assert_eq!(printable("x\x1b[2Jy\n"), "x\\u{1b}[2Jy\\n");
+        let error = CliError::Vault(Error::NotFound("record users/u1".into()));
+        assert_eq!(error.kind(), "not_found");
+        assert_eq!(error.message(), "not found: record users/u1");
+        assert_eq!(CliError::Usage("x".into()).kind(), "usage");
+    }
+
+    #[test]
+    fn record_output() {
+        let record = Record::new("users", "u1", "s1")
+            .with("name", "Ada\nLovelace")
+            .with("birth_date", Timestamp::from_unix_seconds(0))
+            .with("age", 36i64);
+        assert_eq!(
+            record_text(&record),
+            "users/u1 (subject s1)\nage: 36\nbirth_date: 1970-01-01T00:00:00Z\nname: Ada\\nLovelace"
+        );
+    }
+
+    #[test]
+    fn collection_output() {
+        let collection = Collection::new("users")
+            .region("eu")
+            .description("People")
+            .field(FieldSchema::new("email", FieldType::String, DataCategory::Contact).indexed());
+        assert_eq!(
+            collection_text(&collection),
+            "collection: users\nregion: eu\ndescription: People\nfields (1):\n  email:string:contact:indexed"
+        );
+        let table = collections_table(&[collection, Collection::new("orders")]);
+        assert_eq!(
+            table,
+            "NAME    REGION  FIELDS  DESCRIPTION\nusers   eu           1  People\norders  -            0"
+        );
+        assert_eq!(collections_table(&[]), "no collections");
+    }
+
+    #[test]
+    fn schema_files() {
+        let dir = std::env::temp_dir().join(format!("vaultctl-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("users.json");
+        std::fs::write(
+            &path,
+            r#"{"name": "users", "description": "People",
+                "fields": [{"name": "email", "type": "string", "category": "contact"}]}"#,
+        )
+        .unwrap();
+        let path_arg = path.to_str().unwrap();
+        let cli = parse(&["collection", "create", "users", "--schema", path_arg]).unwrap();
+        let Command::Collection(CollectionCommand::Create(args)) = &cli.command else {
+            panic!("{cli:?}");
+        };
+        let collection = collection_to_create(args).unwrap();
+        assert_eq!(collection.description, "People");
+        assert_eq!(collection.fields.len(), 1);
+
+        let cli = parse(&["collection", "create", "people", "--schema", path_arg]).unwrap();
+        let Command::Collection(CollectionCommand::Create(args)) = &cli.command else {
+            panic!("{cli:?}");
+        };
+        assert!(
+            matches!(collection_to_create(args), Err(CliError::Input(m)) if m.contains("`users`"))
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

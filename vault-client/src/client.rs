@@ -1,0 +1,547 @@
+//! The typed async client and its builder.
+
+use std::fmt;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use tonic::metadata::{AsciiMetadataValue, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Response, Status};
+use vault_proto::v1 as pb;
+use vault_proto::v1::vault_service_client::VaultServiceClient;
+
+use crate::error::{Error, Result};
+use crate::types::{BatchGet, Collection, Record};
+
+/// The deadline of every call unless [`ClientBuilder::timeout`] says otherwise.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The largest answer the client accepts (a full batch of large records).
+const MAX_DECODING_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
+
+/// The metadata key of the caller's purpose.
+pub const PURPOSE_METADATA_KEY: &str = "x-vault-purpose";
+
+/// Adds the bearer token and the purpose to every request.
+#[derive(Clone)]
+struct Credentials {
+    authorization: AsciiMetadataValue,
+    purpose: Option<AsciiMetadataValue>,
+}
+
+impl Credentials {
+    fn new(token: &str, purpose: Option<&str>) -> Result<Self> {
+        if token.is_empty() {
+            return Err(Error::InvalidInput("the token is empty".into()));
+        }
+        // gRPC metadata values are printable ASCII; a token has no spaces.
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(Error::InvalidInput(
+                "the token may only have visible ASCII characters".into(),
+            ));
+        }
+        let mut authorization = ascii_metadata(&format!("Bearer {token}"), "token")?;
+        authorization.set_sensitive(true);
+        Ok(Self {
+            authorization,
+            purpose: purpose.map(purpose_metadata).transpose()?,
+        })
+    }
+}
+
+/// The purpose as a metadata value: printable ASCII.
+fn purpose_metadata(purpose: &str) -> Result<AsciiMetadataValue> {
+    if !purpose.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) {
+        return Err(Error::InvalidInput(
+            "the purpose may only have printable ASCII characters".into(),
+        ));
+    }
+    ascii_metadata(purpose, "purpose")
+}
+
+fn ascii_metadata(text: &str, what: &str) -> Result<AsciiMetadataValue> {
+    MetadataValue::try_from(text).map_err(|_| {
+        Error::InvalidInput(format!(
+            "the {what} has characters not allowed in gRPC metadata"
+        ))
+    })
+}
+
+impl Interceptor for Credentials {
+    fn call(&mut self, mut request: Request<()>) -> std::result::Result<Request<()>, Status> {
+        let metadata = request.metadata_mut();
+        metadata.insert("authorization", self.authorization.clone());
+        if let Some(purpose) = &self.purpose {
+            metadata.insert(PURPOSE_METADATA_KEY, purpose.clone());
+        }
+        Ok(request)
+    }
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("authorization", &"Bearer <redacted>")
+            .field("purpose", &self.purpose)
+            .finish()
+    }
+}
+
+/// Adds `http://` to an address without a scheme.
+fn normalize_addr(addr: &str) -> String {
+    let addr = addr.trim();
+    if addr.contains("://") {
+        addr.to_owned()
+    } else {
+        format!("http://{addr}")
+    }
+}
+
+/// Builds a [`VaultClient`]:
+/// `VaultClient::builder(addr).token(t).purpose(p).timeout(d).connect().await`.
+pub struct ClientBuilder {
+    addr: String,
+    token: Option<String>,
+    purpose: Option<String>,
+    timeout: Duration,
+    connect_timeout: Option<Duration>,
+}
+
+impl fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("addr", &self.addr)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("purpose", &self.purpose)
+            .field("timeout", &self.timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
+impl ClientBuilder {
+    /// A builder for the vault at `addr` (`http://host:port`; a bare
+    /// `host:port` gets `http://`).
+    pub fn new(addr: impl Into<String>) -> Self {
+        Self {
+            addr: addr.into(),
+            token: None,
+            purpose: None,
+            timeout: DEFAULT_TIMEOUT,
+            connect_timeout: None,
+        }
+    }
+
+    /// The bearer token sent as `authorization: Bearer <token>`. Required.
+    #[must_use]
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// The purpose sent as `x-vault-purpose` (for example `support-ticket`).
+    #[must_use]
+    pub fn purpose(mut self, purpose: impl Into<String>) -> Self {
+        self.purpose = Some(purpose.into());
+        self
+    }
+
+    /// The deadline of each call (default 10 s).
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// How long to wait for the connection (default: the call deadline).
+    #[must_use]
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = Some(timeout);
+        self
+    }
+
+    fn endpoint(&self) -> Result<(Endpoint, Credentials)> {
+        let token = self
+            .token
+            .as_deref()
+            .ok_or_else(|| Error::InvalidInput("no token given".into()))?;
+        let credentials = Credentials::new(token, self.purpose.as_deref())?;
+        let addr = normalize_addr(&self.addr);
+        let endpoint = Endpoint::from_shared(addr.clone())
+            .map_err(|e| Error::InvalidInput(format!("bad vault address `{addr}`: {e}")))?
+            .connect_timeout(self.connect_timeout.unwrap_or(self.timeout))
+            .tcp_nodelay(true);
+        Ok((endpoint, credentials))
+    }
+
+    fn finish(self, channel: Channel, credentials: Credentials) -> VaultClient {
+        VaultClient {
+            inner: intercepted(channel.clone(), credentials.clone()),
+            credentials,
+            channel,
+            addr: normalize_addr(&self.addr),
+            purpose: self.purpose,
+            timeout: self.timeout,
+        }
+    }
+
+    /// Connects to the vault; fails with [`Error::Connect`] if it cannot be
+    /// reached and [`Error::InvalidInput`] for a bad address, a missing
+    /// token, or a token or purpose that cannot be sent as metadata.
+    pub async fn connect(self) -> Result<VaultClient> {
+        let (endpoint, credentials) = self.endpoint()?;
+        let channel = endpoint.connect().await?;
+        Ok(self.finish(channel, credentials))
+    }
+
+    /// A client that connects on its first call (and reconnects as needed);
+    /// only the address, token and purpose are checked here. Needs a Tokio
+    /// runtime.
+    pub fn connect_lazy(self) -> Result<VaultClient> {
+        let (endpoint, credentials) = self.endpoint()?;
+        let channel = endpoint.connect_lazy();
+        Ok(self.finish(channel, credentials))
+    }
+}
+
+type Inner = VaultServiceClient<InterceptedService<Channel, Credentials>>;
+
+fn intercepted(channel: Channel, credentials: Credentials) -> Inner {
+    VaultServiceClient::with_interceptor(channel, credentials)
+        .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE)
+}
+
+/// A typed async client of one regional vault.
+///
+/// Every call sends `authorization: Bearer <token>` and, if set,
+/// `x-vault-purpose: <purpose>`, and fails with [`Error::Timeout`] after the
+/// deadline. Cloning is cheap and clones share the connection. `Debug` never
+/// shows the token.
+///
+/// ```no_run
+/// # async fn demo() -> vault_client::Result<()> {
+/// use vault_client::{Record, VaultClient};
+///
+/// let vault = VaultClient::builder("http://127.0.0.1:8200")
+///     .token("dev-token")
+///     .purpose("support-ticket")
+///     .connect()
+///     .await?;
+/// vault.put(&Record::new("users", "u1", "subject-1").with("email", "a@b.eu")).await?;
+/// let record = vault.get_fields("users", "u1", &["email"]).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct VaultClient {
+    inner: Inner,
+    credentials: Credentials,
+    channel: Channel,
+    addr: String,
+    purpose: Option<String>,
+    timeout: Duration,
+}
+
+impl fmt::Debug for VaultClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VaultClient")
+            .field("addr", &self.addr)
+            .field("token", &"<redacted>")
+            .field("purpose", &self.purpose)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl VaultClient {
+    /// Connects to the vault at `addr` with `token`, no purpose and the
+    /// default deadline.
+    pub async fn connect(addr: impl Into<String>, token: impl Into<String>) -> Result<Self> {
+        Self::builder(addr).token(token).connect().await
+    }
+
+    /// A builder for the vault at `addr`.
+    pub fn builder(addr: impl Into<String>) -> ClientBuilder {
+        ClientBuilder::new(addr)
+    }
+
+    /// The vault's address, with its scheme.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// The purpose sent with every call, if any.
+    pub fn purpose(&self) -> Option<&str> {
+        self.purpose.as_deref()
+    }
+
+    /// The deadline of each call.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// A client sharing this one's connection and token, with another
+    /// deadline.
+    #[must_use]
+    pub fn with_timeout(&self, timeout: Duration) -> Self {
+        Self {
+            timeout,
+            ..self.clone()
+        }
+    }
+
+    /// A client sharing this one's connection, token and deadline, sending
+    /// another purpose (`None` sends none).
+    pub fn with_purpose(&self, purpose: Option<&str>) -> Result<Self> {
+        let mut credentials = self.credentials.clone();
+        credentials.purpose = purpose.map(purpose_metadata).transpose()?;
+        Ok(Self {
+            inner: intercepted(self.channel.clone(), credentials.clone()),
+            credentials,
+            channel: self.channel.clone(),
+            addr: self.addr.clone(),
+            purpose: purpose.map(str::to_owned),
+            timeout: self.timeout,
+        })
+    }
+
+    /// Runs one call with the deadline, classifying its failure.
+    async fn call<Req, Resp, F, Fut>(&self, message: Req, rpc: F) -> Result<Resp>
+    where
+        F: FnOnce(Inner, Request<Req>) -> Fut,
+        Fut: Future<Output = std::result::Result<Response<Resp>, Status>>,
+    {
+        let mut request = Request::new(message);
+        request.set_timeout(self.timeout);
+        let started = Instant::now();
+        match tokio::time::timeout(self.timeout, rpc(self.inner.clone(), request)).await {
+            Err(_elapsed) => Err(Error::Timeout),
+            Ok(Ok(response)) => Ok(response.into_inner()),
+            Ok(Err(status))
+                if status.code() == Code::Cancelled && started.elapsed() >= self.timeout =>
+            {
+                Err(Error::Timeout)
+            }
+            Ok(Err(status)) => Err(status.into()),
+        }
+    }
+
+    /// Creates a collection and returns it as stored (its region filled in).
+    /// Fails with [`Error::AlreadyExists`] if the name is taken.
+    pub async fn create_collection(&self, collection: &Collection) -> Result<Collection> {
+        let request = pb::CreateCollectionRequest {
+            collection: Some(collection.into()),
+        };
+        let response = self
+            .call(
+                request,
+                |mut c, r| async move { c.create_collection(r).await },
+            )
+            .await?;
+        response
+            .collection
+            .ok_or_else(|| missing("CreateCollectionResponse.collection"))?
+            .try_into()
+    }
+
+    /// Returns one collection's schema; [`Error::NotFound`] if there is none.
+    pub async fn collection(&self, name: &str) -> Result<Collection> {
+        let request = pb::GetCollectionRequest {
+            name: name.to_owned(),
+        };
+        let response = self
+            .call(request, |mut c, r| async move { c.get_collection(r).await })
+            .await?;
+        response
+            .collection
+            .ok_or_else(|| missing("GetCollectionResponse.collection"))?
+            .try_into()
+    }
+
+    /// Lists every collection of the vault, ordered by name.
+    pub async fn collections(&self) -> Result<Vec<Collection>> {
+        let response = self
+            .call(pb::ListCollectionsRequest {}, |mut c, r| async move {
+                c.list_collections(r).await
+            })
+            .await?;
+        response
+            .collections
+            .into_iter()
+            .map(Collection::try_from)
+            .collect()
+    }
+
+    /// Creates or replaces a record; returns once it is durable.
+    pub async fn put(&self, record: &Record) -> Result<()> {
+        let request = pb::PutRecordRequest {
+            record: Some(record.into()),
+        };
+        self.call(request, |mut c, r| async move { c.put_record(r).await })
+            .await?;
+        Ok(())
+    }
+
+    /// Reads a whole record; [`Error::NotFound`] if there is none.
+    pub async fn get(&self, collection: &str, id: &str) -> Result<Record> {
+        self.get_fields(collection, id, &[]).await
+    }
+
+    /// Reads the named fields of a record (all of them if `fields` is empty);
+    /// only those are decrypted. Fields the record lacks are left out.
+    pub async fn get_fields(&self, collection: &str, id: &str, fields: &[&str]) -> Result<Record> {
+        let request = pb::GetRecordRequest {
+            collection: collection.to_owned(),
+            id: id.to_owned(),
+            fields: to_strings(fields),
+        };
+        let response = self
+            .call(request, |mut c, r| async move { c.get_record(r).await })
+            .await?;
+        response
+            .record
+            .ok_or_else(|| missing("GetRecordResponse.record"))?
+            .try_into()
+    }
+
+    /// Deletes a record; returns whether there was one.
+    pub async fn delete(&self, collection: &str, id: &str) -> Result<bool> {
+        let request = pb::DeleteRecordRequest {
+            collection: collection.to_owned(),
+            id: id.to_owned(),
+        };
+        let response = self
+            .call(request, |mut c, r| async move { c.delete_record(r).await })
+            .await?;
+        Ok(response.deleted)
+    }
+
+    /// Creates or replaces several records, of one or more collections,
+    /// atomically; returns how many were written.
+    pub async fn put_many(&self, records: &[Record]) -> Result<u32> {
+        let request = pb::BatchPutRecordsRequest {
+            records: records.iter().map(Into::into).collect(),
+        };
+        let response = self
+            .call(
+                request,
+                |mut c, r| async move { c.batch_put_records(r).await },
+            )
+            .await?;
+        Ok(response.written)
+    }
+
+    /// Reads several records of one collection, projected to `fields` (all
+    /// if empty). Ids without a record are listed in
+    /// [`BatchGet::missing_ids`].
+    pub async fn get_many(
+        &self,
+        collection: &str,
+        ids: &[&str],
+        fields: &[&str],
+    ) -> Result<BatchGet> {
+        let request = pb::BatchGetRecordsRequest {
+            collection: collection.to_owned(),
+            ids: to_strings(ids),
+            fields: to_strings(fields),
+        };
+        let response = self
+            .call(
+                request,
+                |mut c, r| async move { c.batch_get_records(r).await },
+            )
+            .await?;
+        Ok(BatchGet {
+            records: response
+                .records
+                .into_iter()
+                .map(Record::try_from)
+                .collect::<Result<_>>()?,
+            missing_ids: response.missing_ids,
+        })
+    }
+}
+
+fn to_strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| (*s).to_owned()).collect()
+}
+
+fn missing(what: &str) -> Error {
+    Error::Protocol(format!("the answer lacks {what}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_get_a_scheme() {
+        assert_eq!(normalize_addr("127.0.0.1:8200"), "http://127.0.0.1:8200");
+        assert_eq!(normalize_addr(" http://h:1 "), "http://h:1");
+        assert_eq!(
+            normalize_addr("https://vault.eu:443"),
+            "https://vault.eu:443"
+        );
+    }
+
+    #[test]
+    fn credentials_are_added_and_hidden() {
+        let mut credentials = Credentials::new("s3cret-token", Some("billing")).unwrap();
+        let request = credentials.call(Request::new(())).unwrap();
+        assert_eq!(
+            request.metadata().get("authorization").unwrap(),
+            "Bearer s3cret-token"
+        );
+        assert_eq!(
+            request.metadata().get(PURPOSE_METADATA_KEY).unwrap(),
+            "billing"
+        );
+        assert!(!format!("{credentials:?}").contains("s3cret"));
+
+        let mut without = Credentials::new("t", None).unwrap();
+        let request = without.call(Request::new(())).unwrap();
+        assert!(request.metadata().get(PURPOSE_METADATA_KEY).is_none());
+    }
+
+    #[test]
+    fn bad_credentials_are_refused() {
+        assert!(matches!(
+            Credentials::new("", None),
+            Err(Error::InvalidInput(_))
+        ));
+        assert!(matches!(
+            Credentials::new("a\nb", None),
+            Err(Error::InvalidInput(_))
+        ));
+        assert!(matches!(
+            Credentials::new("t", Some("caf\u{e9}")),
+            Err(Error::InvalidInput(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn builder_checks_its_inputs() {
+        assert!(matches!(
+            VaultClient::builder("127.0.0.1:1").connect_lazy(),
+            Err(Error::InvalidInput(m)) if m.contains("token")
+        ));
+        assert!(matches!(
+            VaultClient::builder("http://bad host:1").token("t").connect_lazy(),
+            Err(Error::InvalidInput(m)) if m.contains("address")
+        ));
+        let client = VaultClient::builder("127.0.0.1:1")
+            .token("s3cret-token")
+            .purpose("billing")
+            .timeout(Duration::from_secs(3))
+            .connect_lazy()
+            .unwrap();
+        assert_eq!(client.addr(), "http://127.0.0.1:1");
+        assert_eq!(client.purpose(), Some("billing"));
+        assert_eq!(client.timeout(), Duration::from_secs(3));
+        let debug = format!("{client:?}");
+        assert!(!debug.contains("s3cret"), "{debug}");
+        let builder = VaultClient::builder("x").token("s3cret-token");
+        assert!(!format!("{builder:?}").contains("s3cret"));
+    }
+}

@@ -1,0 +1,507 @@
+//! Conversions between this crate's types and the wire types of `vault.v1`.
+//!
+//! Towards the wire every conversion is total. From the wire, anything that
+//! breaks the contract (a value with no variant set, an unspecified or unknown
+//! enum, an out-of-range timestamp, a missing message) is an
+//! [`Error::Protocol`], never a panic.
+
+use vault_proto::v1 as pb;
+
+use crate::error::Error;
+use crate::types::{
+    Collection, DataCategory, FieldSchema, FieldType, Mask, Record, Timestamp, Value,
+};
+
+impl From<Timestamp> for prost_types::Timestamp {
+    fn from(ts: Timestamp) -> Self {
+        let ts = ts.normalized();
+        prost_types::Timestamp {
+            seconds: ts.seconds,
+            nanos: ts.nanos,
+        }
+    }
+}
+
+impl TryFrom<prost_types::Timestamp> for Timestamp {
+    type Error = Error;
+
+    /// Refuses nanoseconds outside `0..=999_999_999`, which the
+    /// `google.protobuf.Timestamp` contract forbids.
+    fn try_from(ts: prost_types::Timestamp) -> Result<Self, Error> {
+        if !(0..1_000_000_000).contains(&ts.nanos) {
+            return Err(Error::Protocol(format!(
+                "timestamp nanos {} out of range 0..=999999999",
+                ts.nanos
+            )));
+        }
+        Ok(Timestamp {
+            seconds: ts.seconds,
+            nanos: ts.nanos,
+        })
+    }
+}
+
+impl From<Value> for pb::Value {
+    fn from(value: Value) -> Self {
+        use pb::value::Kind;
+        let kind = match value {
+            Value::String(s) => Kind::StringValue(s),
+            Value::Int64(n) => Kind::Int64Value(n),
+            Value::Double(x) => Kind::DoubleValue(x),
+            Value::Bool(b) => Kind::BoolValue(b),
+            Value::Bytes(bytes) => Kind::BytesValue(bytes),
+            Value::Timestamp(ts) => Kind::TimestampValue(ts.into()),
+        };
+        pb::Value { kind: Some(kind) }
+    }
+}
+
+impl From<&Value> for pb::Value {
+    fn from(value: &Value) -> Self {
+        value.clone().into()
+    }
+}
+
+impl TryFrom<pb::Value> for Value {
+    type Error = Error;
+
+    /// Refuses a value with no variant set.
+    fn try_from(value: pb::Value) -> Result<Self, Error> {
+        use pb::value::Kind;
+        Ok(match value.kind {
+            Some(Kind::StringValue(s)) => Value::String(s),
+            Some(Kind::Int64Value(n)) => Value::Int64(n),
+            Some(Kind::DoubleValue(x)) => Value::Double(x),
+            Some(Kind::BoolValue(b)) => Value::Bool(b),
+            Some(Kind::BytesValue(bytes)) => Value::Bytes(bytes),
+            Some(Kind::TimestampValue(ts)) => Value::Timestamp(ts.try_into()?),
+            None => return Err(Error::Protocol("value has no variant set".into())),
+        })
+    }
+}
+
+impl From<FieldType> for pb::FieldType {
+    fn from(field_type: FieldType) -> Self {
+        match field_type {
+            FieldType::String => pb::FieldType::String,
+            FieldType::Int64 => pb::FieldType::Int64,
+            FieldType::Double => pb::FieldType::Double,
+            FieldType::Bool => pb::FieldType::Bool,
+            FieldType::Bytes => pb::FieldType::Bytes,
+            FieldType::Timestamp => pb::FieldType::Timestamp,
+        }
+    }
+}
+
+impl TryFrom<pb::FieldType> for FieldType {
+    type Error = Error;
+
+    /// Refuses `FIELD_TYPE_UNSPECIFIED`.
+    fn try_from(field_type: pb::FieldType) -> Result<Self, Error> {
+        Ok(match field_type {
+            pb::FieldType::String => FieldType::String,
+            pb::FieldType::Int64 => FieldType::Int64,
+            pb::FieldType::Double => FieldType::Double,
+            pb::FieldType::Bool => FieldType::Bool,
+            pb::FieldType::Bytes => FieldType::Bytes,
+            pb::FieldType::Timestamp => FieldType::Timestamp,
+            pb::FieldType::Unspecified => {
+                return Err(Error::Protocol("field type is unspecified".into()))
+            }
+        })
+    }
+}
+
+impl From<DataCategory> for pb::DataCategory {
+    fn from(category: DataCategory) -> Self {
+        match category {
+            DataCategory::Identity => pb::DataCategory::Identity,
+            DataCategory::Contact => pb::DataCategory::Contact,
+            DataCategory::Financial => pb::DataCategory::Financial,
+            DataCategory::Location => pb::DataCategory::Location,
+            DataCategory::Special => pb::DataCategory::Special,
+            DataCategory::Behavioural => pb::DataCategory::Behavioural,
+            DataCategory::Other => pb::DataCategory::Other,
+        }
+    }
+}
+
+impl TryFrom<pb::DataCategory> for DataCategory {
+    type Error = Error;
+
+    /// Refuses `DATA_CATEGORY_UNSPECIFIED`.
+    fn try_from(category: pb::DataCategory) -> Result<Self, Error> {
+        Ok(match category {
+            pb::DataCategory::Identity => DataCategory::Identity,
+            pb::DataCategory::Contact => DataCategory::Contact,
+            pb::DataCategory::Financial => DataCategory::Financial,
+            pb::DataCategory::Location => DataCategory::Location,
+            pb::DataCategory::Special => DataCategory::Special,
+            pb::DataCategory::Behavioural => DataCategory::Behavioural,
+            pb::DataCategory::Other => DataCategory::Other,
+            pb::DataCategory::Unspecified => {
+                return Err(Error::Protocol("data category is unspecified".into()))
+            }
+        })
+    }
+}
+
+impl From<Mask> for pb::Mask {
+    fn from(mask: Mask) -> Self {
+        pb::Mask {
+            keep_first: mask.keep_first,
+            keep_last: mask.keep_last,
+        }
+    }
+}
+
+impl From<pb::Mask> for Mask {
+    fn from(mask: pb::Mask) -> Self {
+        Mask {
+            keep_first: mask.keep_first,
+            keep_last: mask.keep_last,
+        }
+    }
+}
+
+impl From<FieldSchema> for pb::FieldSchema {
+    fn from(field: FieldSchema) -> Self {
+        pb::FieldSchema {
+            name: field.name,
+            r#type: pb::FieldType::from(field.field_type).into(),
+            category: pb::DataCategory::from(field.category).into(),
+            indexed: field.indexed,
+            mask: field.mask.map(Into::into),
+        }
+    }
+}
+
+impl TryFrom<pb::FieldSchema> for FieldSchema {
+    type Error = Error;
+
+    /// Refuses an unspecified or unknown type or category.
+    fn try_from(field: pb::FieldSchema) -> Result<Self, Error> {
+        let field_type = pb::FieldType::try_from(field.r#type)
+            .ok()
+            .and_then(|t| FieldType::try_from(t).ok())
+            .ok_or_else(|| {
+                Error::Protocol(format!(
+                    "field `{}` has an unspecified or unknown type ({})",
+                    field.name, field.r#type
+                ))
+            })?;
+        let category = pb::DataCategory::try_from(field.category)
+            .ok()
+            .and_then(|c| DataCategory::try_from(c).ok())
+            .ok_or_else(|| {
+                Error::Protocol(format!(
+                    "field `{}` has an unspecified or unknown category ({})",
+                    field.name, field.category
+                ))
+            })?;
+        Ok(FieldSchema {
+            name: field.name,
+            field_type,
+            category,
+            indexed: field.indexed,
+            mask: field.mask.map(Into::into),
+        })
+    }
+}
+
+impl From<Collection> for pb::Collection {
+    fn from(collection: Collection) -> Self {
+        pb::Collection {
+            name: collection.name,
+            region: collection.region,
+            fields: collection.fields.into_iter().map(Into::into).collect(),
+            description: collection.description,
+        }
+    }
+}
+
+impl From<&Collection> for pb::Collection {
+    fn from(collection: &Collection) -> Self {
+        collection.clone().into()
+    }
+}
+
+impl TryFrom<pb::Collection> for Collection {
+    type Error = Error;
+
+    /// Refuses a collection with an invalid field schema.
+    fn try_from(collection: pb::Collection) -> Result<Self, Error> {
+        let name = collection.name;
+        let fields = collection
+            .fields
+            .into_iter()
+            .map(FieldSchema::try_from)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| match e {
+                Error::Protocol(message) => {
+                    Error::Protocol(format!("collection `{name}`: {message}"))
+                }
+                other => other,
+            })?;
+        Ok(Collection {
+            name,
+            region: collection.region,
+            description: collection.description,
+            fields,
+        })
+    }
+}
+
+impl From<Record> for pb::Record {
+    fn from(record: Record) -> Self {
+        pb::Record {
+            collection: record.collection,
+            id: record.id,
+            subject_id: record.subject_id,
+            fields: record
+                .fields
+                .into_iter()
+                .map(|(name, value)| (name, value.into()))
+                .collect(),
+        }
+    }
+}
+
+impl From<&Record> for pb::Record {
+    fn from(record: &Record) -> Self {
+        pb::Record {
+            collection: record.collection.clone(),
+            id: record.id.clone(),
+            subject_id: record.subject_id.clone(),
+            fields: record
+                .fields
+                .iter()
+                .map(|(name, value)| (name.clone(), value.into()))
+                .collect(),
+        }
+    }
+}
+
+impl TryFrom<pb::Record> for Record {
+    type Error = Error;
+
+    /// Refuses a record with a value that has no variant set.
+    fn try_from(record: pb::Record) -> Result<Self, Error> {
+        let fields = record
+            .fields
+            .into_iter()
+            .map(|(name, value)| match Value::try_from(value) {
+                Ok(value) => Ok((name, value)),
+                Err(e) => Err(match e {
+                    Error::Protocol(message) => Error::Protocol(format!(
+                        "record `{}/{}` field `{name}`: {message}",
+                        record.collection, record.id
+                    )),
+                    other => other,
+                }),
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Record {
+            collection: record.collection,
+            id: record.id,
+            subject_id: record.subject_id,
+            fields,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(value: Value) {
+        let wire = pb::Value::from(&value);
+        assert_eq!(Value::try_from(wire.clone()).unwrap(), value);
+        // And through the encoded bytes, as the server would see it.
+        let bytes = prost::Message::encode_to_vec(&wire);
+        let decoded: pb::Value = prost::Message::decode(bytes.as_slice()).unwrap();
+        assert_eq!(Value::try_from(decoded).unwrap(), value);
+    }
+
+    #[test]
+    fn every_value_type_round_trips() {
+        round_trip(Value::String(String::new()));
+        round_trip(Value::String("Grüße, 世界".into()));
+        round_trip(Value::Int64(0));
+        round_trip(Value::Int64(i64::MIN));
+        round_trip(Value::Int64(i64::MAX));
+        round_trip(Value::Double(0.0));
+        round_trip(Value::Double(-1.5e300));
+        round_trip(Value::Double(f64::INFINITY));
+        round_trip(Value::Bool(false));
+        round_trip(Value::Bool(true));
+        round_trip(Value::Bytes(Vec::new()));
+        round_trip(Value::Bytes((0..=255).collect()));
+        round_trip(Value::Timestamp(Timestamp::default()));
+        round_trip(Value::Timestamp(Timestamp {
+            seconds: -2_208_988_800,
+            nanos: 999_999_999,
+        }));
+        round_trip(Value::Timestamp(Timestamp {
+            seconds: 253_402_300_799,
+            nanos: 1,
+        }));
+        // NaN is not equal to itself, so check it by hand.
+        let wire = pb::Value::from(Value::Double(f64::NAN));
+        assert!(matches!(Value::try_from(wire), Ok(Value::Double(x)) if x.is_nan()));
+    }
+
+    #[test]
+    fn wire_variants_match() {
+        use pb::value::Kind;
+        let kind = |v: Value| pb::Value::from(v).kind.unwrap();
+        assert!(matches!(kind(Value::from("a")), Kind::StringValue(s) if s == "a"));
+        assert!(matches!(kind(Value::from(3i64)), Kind::Int64Value(3)));
+        assert!(matches!(kind(Value::from(0.5)), Kind::DoubleValue(x) if x == 0.5));
+        assert!(matches!(kind(Value::from(true)), Kind::BoolValue(true)));
+        assert!(matches!(kind(Value::from(vec![9u8])), Kind::BytesValue(b) if b == [9]));
+        assert!(matches!(
+            kind(Value::from(Timestamp {
+                seconds: 4,
+                nanos: 5
+            })),
+            Kind::TimestampValue(prost_types::Timestamp {
+                seconds: 4,
+                nanos: 5
+            })
+        ));
+    }
+
+    #[test]
+    fn unnormalised_timestamps_are_normalised_on_the_wire() {
+        let wire: prost_types::Timestamp = Timestamp {
+            seconds: 10,
+            nanos: -1,
+        }
+        .into();
+        assert_eq!(
+            wire,
+            prost_types::Timestamp {
+                seconds: 9,
+                nanos: 999_999_999
+            }
+        );
+    }
+
+    #[test]
+    fn broken_values_from_the_server_are_protocol_errors() {
+        assert!(matches!(
+            Value::try_from(pb::Value { kind: None }),
+            Err(Error::Protocol(_))
+        ));
+        let bad_ts = pb::Value {
+            kind: Some(pb::value::Kind::TimestampValue(prost_types::Timestamp {
+                seconds: 0,
+                nanos: 1_000_000_000,
+            })),
+        };
+        assert!(matches!(Value::try_from(bad_ts), Err(Error::Protocol(_))));
+        let record = pb::Record {
+            collection: "users".into(),
+            id: "u1".into(),
+            subject_id: "s1".into(),
+            fields: [("email".to_owned(), pb::Value { kind: None })].into(),
+        };
+        match Record::try_from(record) {
+            Err(Error::Protocol(message)) => {
+                assert!(message.contains("users/u1"), "{message}");
+                assert!(message.contains("email"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn enums_round_trip_and_unspecified_is_refused() {
+        for t in FieldType::ALL {
+            assert_eq!(FieldType::try_from(pb::FieldType::from(t)).unwrap(), t);
+        }
+        for c in DataCategory::ALL {
+            assert_eq!(
+                DataCategory::try_from(pb::DataCategory::from(c)).unwrap(),
+                c
+            );
+        }
+        assert!(matches!(
+            FieldType::try_from(pb::FieldType::Unspecified),
+            Err(Error::Protocol(_))
+        ));
+        assert!(matches!(
+            DataCategory::try_from(pb::DataCategory::Unspecified),
+            Err(Error::Protocol(_))
+        ));
+    }
+
+    #[test]
+    fn collections_round_trip() {
+        let collection = Collection::new("users")
+            .region("eu")
+            .description("People")
+            .field(
+                FieldSchema::new("email", FieldType::String, DataCategory::Contact)
+                    .indexed()
+                    .masked(1, 4),
+            )
+            .field(FieldSchema::new(
+                "birth_date",
+                FieldType::Timestamp,
+                DataCategory::Identity,
+            ));
+        let wire = pb::Collection::from(&collection);
+        assert_eq!(wire.fields[0].r#type, pb::FieldType::String as i32);
+        assert_eq!(wire.fields[0].category, pb::DataCategory::Contact as i32);
+        assert_eq!(
+            wire.fields[0].mask,
+            Some(pb::Mask {
+                keep_first: 1,
+                keep_last: 4
+            })
+        );
+        assert_eq!(wire.fields[1].mask, None);
+        assert_eq!(Collection::try_from(wire).unwrap(), collection);
+    }
+
+    #[test]
+    fn bad_schemas_from_the_server_are_protocol_errors() {
+        let field = |r#type: i32, category: i32| pb::Collection {
+            name: "users".into(),
+            fields: vec![pb::FieldSchema {
+                name: "email".into(),
+                r#type,
+                category,
+                indexed: false,
+                mask: None,
+            }],
+            ..Default::default()
+        };
+        for (t, c) in [(0, 2), (1, 0), (99, 2), (1, 99), (-1, 2)] {
+            match Collection::try_from(field(t, c)) {
+                Err(Error::Protocol(message)) => {
+                    assert!(message.contains("users"), "{message}");
+                    assert!(message.contains("email"), "{message}");
+                }
+                other => panic!("type {t} category {c}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let record = Record::new("users", "u1", "s1")
+            .with("email", "a@b.eu")
+            .with("age", 40i64)
+            .with("score", 0.25)
+            .with("active", true)
+            .with("photo", vec![1u8, 2, 3])
+            .with("birth_date", Timestamp::from_unix_seconds(642_902_400));
+        let wire = pb::Record::from(&record);
+        assert_eq!(wire.fields.len(), 6);
+        assert_eq!(pb::Record::from(record.clone()), wire);
+        assert_eq!(Record::try_from(wire).unwrap(), record);
+    }
+}

@@ -1,0 +1,307 @@
+//! The client's error type and the classification of gRPC statuses.
+
+use std::error::Error as StdError;
+
+use tonic::Code;
+
+/// The result of a vault call.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why a vault call failed.
+///
+/// Server statuses are classified by their gRPC code (see
+/// `From<tonic::Status>`); failures to reach the server are
+/// [`Error::Connect`], and answers that break the wire contract are
+/// [`Error::Protocol`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// NOT_FOUND: an unknown collection or record.
+    #[error("{}", detail("not found", .0))]
+    NotFound(String),
+    /// PERMISSION_DENIED: the caller is authenticated but may not do this.
+    #[error("{}", detail("permission denied", .0))]
+    PermissionDenied(String),
+    /// UNAUTHENTICATED: a missing, malformed or unknown token.
+    #[error("{}", detail("unauthenticated", .0))]
+    Unauthenticated(String),
+    /// INVALID_ARGUMENT: a malformed request (bad name or id, unknown field,
+    /// a value of the wrong type, ...); also a bad address, token or purpose
+    /// given to the client builder.
+    #[error("{}", detail("invalid input", .0))]
+    InvalidInput(String),
+    /// RESOURCE_EXHAUSTED: a record or batch over the server's size limits.
+    #[error("{}", detail("too large", .0))]
+    TooLarge(String),
+    /// ALREADY_EXISTS: a collection name that is taken.
+    #[error("{}", detail("already exists", .0))]
+    AlreadyExists(String),
+    /// FAILED_PRECONDITION: the collection resides in another region than
+    /// this vault.
+    #[error("{}", detail("failed precondition", .0))]
+    FailedPrecondition(String),
+    /// UNAVAILABLE from the server: the vault is sealed or shutting down.
+    #[error("{}", detail("vault unavailable", .0))]
+    Unavailable(String),
+    /// DATA_LOSS: stored ciphertext failed its integrity check (tampered,
+    /// moved, or from another region). The server gives no detail.
+    #[error("integrity check failed: stored data was tampered with or moved")]
+    Integrity,
+    /// DEADLINE_EXCEEDED, or the client's own deadline passed.
+    #[error("deadline exceeded: the vault did not answer in time")]
+    Timeout,
+    /// The server could not be reached or the connection failed.
+    #[error("{}", detail("cannot reach the vault", .0))]
+    Connect(String),
+    /// The server's answer broke the wire contract (a value without a
+    /// variant, an unspecified enum, a missing message, ...).
+    #[error("{}", detail("protocol error", .0))]
+    Protocol(String),
+    /// Any other gRPC status (INTERNAL, UNKNOWN, UNIMPLEMENTED, ...).
+    #[error("{}", detail(&format!("vault error {}", code_name(*.code)), .message))]
+    Other {
+        /// The gRPC status code.
+        code: Code,
+        /// The status message.
+        message: String,
+    },
+}
+
+fn detail(what: &str, message: &str) -> String {
+    if message.is_empty() {
+        what.to_owned()
+    } else {
+        format!("{what}: {message}")
+    }
+}
+
+impl Error {
+    /// A stable snake_case name of the variant, for machine-readable output:
+    /// `not_found`, `permission_denied`, `unauthenticated`, `invalid_input`,
+    /// `too_large`, `already_exists`, `failed_precondition`, `unavailable`,
+    /// `integrity`, `timeout`, `connect`, `protocol` or `other`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::NotFound(_) => "not_found",
+            Error::PermissionDenied(_) => "permission_denied",
+            Error::Unauthenticated(_) => "unauthenticated",
+            Error::InvalidInput(_) => "invalid_input",
+            Error::TooLarge(_) => "too_large",
+            Error::AlreadyExists(_) => "already_exists",
+            Error::FailedPrecondition(_) => "failed_precondition",
+            Error::Unavailable(_) => "unavailable",
+            Error::Integrity => "integrity",
+            Error::Timeout => "timeout",
+            Error::Connect(_) => "connect",
+            Error::Protocol(_) => "protocol",
+            Error::Other { .. } => "other",
+        }
+    }
+
+    /// Whether trying the same call again later may succeed (the vault was
+    /// unreachable, unavailable or slow).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Error::Unavailable(_) | Error::Timeout | Error::Connect(_)
+        )
+    }
+}
+
+/// The canonical upper-case name of a gRPC code, as in the gRPC spec.
+pub(crate) fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// The messages of an error and its sources, joined by `: `, skipping a
+/// source whose message the previous one already contains.
+pub(crate) fn error_chain(error: &(dyn StdError + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(err) = source {
+        let message = err.to_string();
+        if !message.is_empty() && !text.contains(&message) {
+            text.push_str(": ");
+            text.push_str(&message);
+        }
+        source = err.source();
+    }
+    text
+}
+
+/// Classifies a status by where it came from and its code.
+///
+/// A status made by the client's own transport (it carries a source error)
+/// is [`Error::Timeout`] for the channel's deadline and [`Error::Connect`]
+/// for a failed or broken connection. A status from the server maps by code:
+/// NOT_FOUND, PERMISSION_DENIED, UNAUTHENTICATED, INVALID_ARGUMENT
+/// ([`Error::InvalidInput`]), RESOURCE_EXHAUSTED ([`Error::TooLarge`]),
+/// ALREADY_EXISTS, FAILED_PRECONDITION, UNAVAILABLE, DATA_LOSS
+/// ([`Error::Integrity`]) and DEADLINE_EXCEEDED ([`Error::Timeout`]); every
+/// other code is [`Error::Other`].
+impl From<tonic::Status> for Error {
+    fn from(status: tonic::Status) -> Self {
+        if let Some(source) = status.source() {
+            let mut cause: Option<&(dyn StdError + 'static)> = Some(source);
+            while let Some(err) = cause {
+                if err.is::<tonic::TimeoutExpired>() {
+                    return Error::Timeout;
+                }
+                if err.is::<tonic::ConnectError>() || err.is::<tonic::transport::Error>() {
+                    return Error::Connect(error_chain(source));
+                }
+                cause = err.source();
+            }
+            if matches!(
+                status.code(),
+                Code::Unavailable | Code::Unknown | Code::Cancelled | Code::Internal
+            ) {
+                return Error::Connect(error_chain(&status));
+            }
+        }
+
+        let message = status.message().to_owned();
+        match status.code() {
+            Code::NotFound => Error::NotFound(message),
+            Code::PermissionDenied => Error::PermissionDenied(message),
+            Code::Unauthenticated => Error::Unauthenticated(message),
+            Code::InvalidArgument => Error::InvalidInput(message),
+            Code::ResourceExhausted => Error::TooLarge(message),
+            Code::AlreadyExists => Error::AlreadyExists(message),
+            Code::FailedPrecondition => Error::FailedPrecondition(message),
+            Code::Unavailable => Error::Unavailable(message),
+            Code::DataLoss => Error::Integrity,
+            Code::DeadlineExceeded => Error::Timeout,
+            code => Error::Other { code, message },
+        }
+    }
+}
+
+impl From<tonic::transport::Error> for Error {
+    fn from(error: tonic::transport::Error) -> Self {
+        Error::Connect(error_chain(&error))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn classify(code: Code) -> Error {
+        Error::from(tonic::Status::new(code, "detail"))
+    }
+
+    #[test]
+    fn every_code_is_classified() {
+        let expectations: [(Code, &str); 17] = [
+            (Code::Ok, "other"),
+            (Code::Cancelled, "other"),
+            (Code::Unknown, "other"),
+            (Code::InvalidArgument, "invalid_input"),
+            (Code::DeadlineExceeded, "timeout"),
+            (Code::NotFound, "not_found"),
+            (Code::AlreadyExists, "already_exists"),
+            (Code::PermissionDenied, "permission_denied"),
+            (Code::ResourceExhausted, "too_large"),
+            (Code::FailedPrecondition, "failed_precondition"),
+            (Code::Aborted, "other"),
+            (Code::OutOfRange, "other"),
+            (Code::Unimplemented, "other"),
+            (Code::Internal, "other"),
+            (Code::Unavailable, "unavailable"),
+            (Code::DataLoss, "integrity"),
+            (Code::Unauthenticated, "unauthenticated"),
+        ];
+        for (code, kind) in expectations {
+            assert_eq!(classify(code).kind(), kind, "{code:?}");
+        }
+    }
+
+    #[test]
+    fn messages_are_kept() {
+        assert!(matches!(classify(Code::NotFound), Error::NotFound(m) if m == "detail"));
+        assert!(
+            matches!(classify(Code::PermissionDenied), Error::PermissionDenied(m) if m == "detail")
+        );
+        assert!(
+            matches!(classify(Code::Unauthenticated), Error::Unauthenticated(m) if m == "detail")
+        );
+        assert!(matches!(classify(Code::InvalidArgument), Error::InvalidInput(m) if m == "detail"));
+        assert!(matches!(classify(Code::ResourceExhausted), Error::TooLarge(m) if m == "detail"));
+        assert!(matches!(classify(Code::AlreadyExists), Error::AlreadyExists(m) if m == "detail"));
+        assert!(
+            matches!(classify(Code::FailedPrecondition), Error::FailedPrecondition(m) if m == "detail")
+        );
+        assert!(matches!(classify(Code::Unavailable), Error::Unavailable(m) if m == "detail"));
+        assert!(matches!(classify(Code::DataLoss), Error::Integrity));
+        assert!(matches!(classify(Code::DeadlineExceeded), Error::Timeout));
+        assert!(matches!(
+            classify(Code::Internal),
+            Error::Other { code: Code::Internal, message } if message == "detail"
+        ));
+    }
+
+    #[test]
+    fn display_texts() {
+        assert_eq!(
+            classify(Code::DataLoss).to_string(),
+            "integrity check failed: stored data was tampered with or moved"
+        );
+        assert_eq!(classify(Code::NotFound).to_string(), "not found: detail");
+        assert_eq!(Error::NotFound(String::new()).to_string(), "not found");
+        assert_eq!(
+            classify(Code::Internal).to_string(),
+            "vault error INTERNAL: detail"
+        );
+        assert_eq!(
+            classify(Code::DeadlineExceeded).to_string(),
+            "deadline exceeded: the vault did not answer in time"
+        );
+    }
+
+    #[test]
+    fn local_transport_statuses() {
+        let status = tonic::Status::from_error(Box::new(tonic::TimeoutExpired(())));
+        assert_eq!(status.code(), Code::Cancelled);
+        assert!(matches!(Error::from(status), Error::Timeout));
+
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let status = tonic::Status::from_error(Box::new(tonic::ConnectError(Box::new(io))));
+        assert_eq!(status.code(), Code::Unavailable);
+        match Error::from(status) {
+            Error::Connect(message) => assert!(message.contains("refused"), "{message}"),
+            other => panic!("{other:?}"),
+        }
+
+        // A server's UNAVAILABLE (no source) is the vault being sealed.
+        assert!(matches!(
+            Error::from(tonic::Status::unavailable("sealed")),
+            Error::Unavailable(_)
+        ));
+    }
+
+    #[test]
+    fn transient() {
+        assert!(Error::Timeout.is_transient());
+        assert!(Error::Connect("x".into()).is_transient());
+        assert!(!Error::Integrity.is_transient());
+    }
+}

@@ -1,0 +1,38 @@
+//! Typed async client of the regional data vault (gRPC `vault.v1`).
+//!
+//! [`VaultClient`] speaks the wire contract with this crate's own types:
+//! [`Value`], [`Record`], [`Collection`], [`FieldSchema`] and friends, and
+//! reports failures as [`Error`], classified by gRPC status code. The
+//! [`json`] module types JSON input by a collection's schema, as the
+//! `vaultctl` command does.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use vault_client::{Record, Timestamp, VaultClient};
+//!
+//! let vault = VaultClient::connect("127.0.0.1:8200", "dev-token").await?;
+//! let record = Record::new("users", "u-1", "subject-1")
+//!     .with("email", "ada@example.eu")
+//!     .with("birth_date", "1990-05-17T00:00:00Z".parse::<Timestamp>()?);
+//! vault.put(&record).await?;
+//! let back = vault.get_fields("users", "u-1", &["email"]).await?;
+//! assert_eq!(back.get("email"), record.get("email"));
+//! vault.delete("users", "u-1").await?;
+//! # Ok(()) }
+//! ```
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod client;
+mod convert;
+mod error;
+pub mod json;
+mod types;
+
+pub use crate::client::{ClientBuilder, VaultClient, DEFAULT_TIMEOUT, PURPOSE_METADATA_KEY};
+pub use crate::error::{Error, Result};
+pub use crate::types::{
+    is_valid_field_name, BatchGet, Collection, DataCategory, FieldSchema, FieldType, Mask,
+    ParseError, Record, Timestamp, Value,
+};

@@ -1,0 +1,205 @@
+//! The production configuration file (TOML).
+//!
+//! ```toml
+//! region = "eu"
+//! listen = "0.0.0.0:8200"
+//! data_dir = "/var/lib/vault"
+//! keyring_file = "/etc/vault/keyring.v1"      # default: <data_dir>/keyring.v1
+//! unseal_key_file = "/run/vault/unseal.key"  # 64 hex digits; M-of-N custody replaces it
+//! sync_writes = true                         # default true
+//! key_cache_capacity = 100000                # subject key versions kept unwrapped
+//!
+//! [limits]                                   # all optional
+//! max_record_bytes = 65536
+//! max_batch_records = 500
+//! max_batch_bytes = 4194304
+//!
+//! [[tokens]]                                 # bearer tokens, stored as SHA-256 hex
+//! principal = "billing-service"
+//! sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+//! roles = ["reader", "writer"]
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::engine::{Limits, OpenOptions, UnsealSource};
+use crate::keys::Region;
+use crate::policy::{Principal, Role};
+use crate::service::Authenticator;
+use crate::storage::StoreOptions;
+use crate::{Error, Result};
+
+/// The parsed configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The region this vault serves.
+    pub region: String,
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Data folder.
+    pub data_dir: PathBuf,
+    /// Keyring file; default `<data_dir>/keyring.v1`.
+    pub keyring_file: Option<PathBuf>,
+    /// Unseal key file.
+    pub unseal_key_file: PathBuf,
+    /// Sync the WAL before acknowledging writes (default true).
+    #[serde(default = "yes")]
+    pub sync_writes: bool,
+    /// Subject key versions kept unwrapped in memory.
+    #[serde(default = "default_cache")]
+    pub key_cache_capacity: usize,
+    /// Request limits.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Bearer tokens.
+    #[serde(default)]
+    pub tokens: Vec<TokenConfig>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_cache() -> usize {
+    100_000
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Most plaintext bytes per record.
+    pub max_record_bytes: Option<usize>,
+    /// Most records per batch.
+    pub max_batch_records: Option<usize>,
+    /// Most plaintext bytes per batch.
+    pub max_batch_bytes: Option<usize>,
+}
+
+/// One `[[tokens]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// The principal the token stands for.
+    pub principal: String,
+    /// SHA-256 of the token, 64 hex digits (`printf %s "$TOKEN" | sha256sum`).
+    pub sha256: String,
+    /// Roles: reader, writer, admin, custodian, auditor, dpo.
+    pub roles: Vec<String>,
+}
+
+impl Config {
+    /// Reads and parses a configuration file; errors name the file and line.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::io(format!("reading configuration {}", path.display()), e))?;
+        Self::parse(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+    }
+
+    /// Parses configuration text.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        let config: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        config.region()?;
+        config.authenticator()?;
+        Ok(config)
+    }
+
+    /// The region, checked.
+    pub fn region(&self) -> Result<Region, String> {
+        self.region.parse().map_err(|e| format!("region: {e}"))
+    }
+
+    /// The engine's open options.
+    pub fn open_options(&self, init: bool) -> Result<OpenOptions, String> {
+        let d = Limits::default();
+        Ok(OpenOptions {
+            data_dir: self.data_dir.clone(),
+            region: self.region()?,
+            keyring_file: self
+                .keyring_file
+                .clone()
+                .unwrap_or_else(|| self.data_dir.join("keyring.v1")),
+            unseal: UnsealSource::KeyFile(self.unseal_key_file.clone()),
+            create_if_missing: init,
+            store: StoreOptions {
+                sync_writes: self.sync_writes,
+            },
+            limits: Limits {
+                max_record_bytes: self.limits.max_record_bytes.unwrap_or(d.max_record_bytes),
+                max_batch_records: self.limits.max_batch_records.unwrap_or(d.max_batch_records),
+                max_batch_bytes: self.limits.max_batch_bytes.unwrap_or(d.max_batch_bytes),
+            },
+            key_cache_capacity: self.key_cache_capacity,
+        })
+    }
+
+    /// The authenticator holding the configured tokens.
+    pub fn authenticator(&self) -> Result<Authenticator, String> {
+        let mut auth = Authenticator::new();
+        for (i, t) in self.tokens.iter().enumerate() {
+            let mut hash = [0u8; 32];
+            hex::decode_to_slice(&t.sha256, &mut hash)
+                .map_err(|_| format!("tokens[{i}].sha256: expected 64 hex digits"))?;
+            if t.principal.trim().is_empty() {
+                return Err(format!("tokens[{i}].principal is empty"));
+            }
+            let roles = t
+                .roles
+                .iter()
+                .map(|r| r.parse::<Role>())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("tokens[{i}].roles: {e}"))?;
+            auth.add_token_hash(
+                hash,
+                Principal {
+                    name: t.principal.clone(),
+                    roles,
+                },
+            );
+        }
+        Ok(auth)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+region = "eu"
+listen = "127.0.0.1:0"
+data_dir = "/tmp/v"
+unseal_key_file = "/tmp/k"
+[[tokens]]
+principal = "svc"
+sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+roles = ["reader"]
+"#;
+
+    #[test]
+    fn parses_and_defaults() {
+        let c = Config::parse(GOOD).unwrap();
+        assert!(c.sync_writes);
+        let o = c.open_options(false).unwrap();
+        assert_eq!(o.keyring_file, PathBuf::from("/tmp/v/keyring.v1"));
+        assert_eq!(o.limits.max_batch_records, 500);
+    }
+
+    #[test]
+    fn errors_are_clear() {
+        let e = Config::parse(&GOOD.replace("region = \"eu\"", "region = \"EU!\"")).unwrap_err();
+        assert!(e.contains("region"), "{e}");
+        let e = Config::parse(&GOOD.replace("reader", "root")).unwrap_err();
+        assert!(e.contains("unknown role"), "{e}");
+        let e = Config::parse(&GOOD.replace("9f86", "zz86")).unwrap_err();
+        assert!(e.contains("sha256"), "{e}");
+        let e = Config::parse(&format!("{GOOD}\nbogus = 1\n")).unwrap_err();
+        assert!(e.contains("bogus"), "{e}");
+        let e = Config::parse("region = \n").unwrap_err();
+        assert!(e.contains("line 1"), "{e}");
+    }
+}

@@ -1,0 +1,531 @@
+//! The engine: records in, ciphertext to storage; ciphertext out, plaintext
+//! to the caller. It ties the keyring, the key cache, field crypto and the
+//! store together. Every method blocks (storage I/O): call it off the async
+//! reactor.
+
+mod open;
+mod schema;
+mod value;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+pub use open::{open, OpenOptions, UnsealSource};
+pub use schema::{
+    validate_id, validate_name, Collection, DataCategory, FieldSchema, FieldType, Mask, MAX_FIELDS,
+    MAX_ID_BYTES,
+};
+pub use value::{Record, Value};
+
+use crate::crypto::{open_field, seal_field, EnvelopeHeader, FieldAad, Key256};
+use crate::keys::{unwrap_subject_key, wrap_subject_key, KeyCache, Keyring, Region, SubjectKeys};
+use crate::policy::{Caller, Role};
+use crate::storage::{record_key, Store, StoredField, StoredRecord, Table, WriteSet};
+use crate::{Error, Result};
+
+const META_REGION: &[u8] = b"region";
+const META_KEYRING_ID: &[u8] = b"keyring_id";
+
+/// Request limits.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Most plaintext bytes in one record (sum of its values' sizes).
+    pub max_record_bytes: usize,
+    /// Most records in one batch.
+    pub max_batch_records: usize,
+    /// Most plaintext bytes in one batch.
+    pub max_batch_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_record_bytes: 64 * 1024,
+            max_batch_records: 500,
+            max_batch_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// Counters of crypto work, for tests and metrics.
+#[derive(Debug, Default)]
+struct Counters {
+    fields_encrypted: AtomicU64,
+    fields_decrypted: AtomicU64,
+}
+
+/// A snapshot of the engine's counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    /// Field values encrypted since start.
+    pub fields_encrypted: u64,
+    /// Field values decrypted since start.
+    pub fields_decrypted: u64,
+    /// Subject key versions in the cache.
+    pub cached_subject_keys: usize,
+}
+
+/// The vault engine of one region.
+#[derive(Debug)]
+pub struct Engine {
+    store: Box<dyn Store>,
+    keyring: Keyring,
+    region: Region,
+    cache: KeyCache,
+    limits: Limits,
+    collections: RwLock<HashMap<String, Arc<Collection>>>,
+    /// Serialises creation of first subject keys and of collections, so two
+    /// concurrent requests never make two keys (or schemas) for one name.
+    create_lock: Mutex<()>,
+    counters: Counters,
+}
+
+impl Engine {
+    /// An engine over `store`, checking that the data folder belongs to this
+    /// keyring and region (and recording both in a fresh folder).
+    pub fn new(
+        store: Box<dyn Store>,
+        keyring: Keyring,
+        limits: Limits,
+        key_cache_capacity: usize,
+    ) -> Result<Self> {
+        let region = keyring.region().clone();
+        match (
+            store.get(Table::Meta, META_REGION)?,
+            store.get(Table::Meta, META_KEYRING_ID)?,
+        ) {
+            (None, None) => {
+                let mut ws = WriteSet::new();
+                ws.put(
+                    Table::Meta,
+                    META_REGION.to_vec(),
+                    region.as_str().as_bytes().to_vec(),
+                );
+                ws.put(Table::Meta, META_KEYRING_ID.to_vec(), keyring.id().to_vec());
+                store.write(ws)?;
+            }
+            (Some(r), Some(id)) => {
+                if r != region.as_str().as_bytes() {
+                    return Err(Error::Config(format!(
+                        "the data folder holds data of region {}; this server is configured for region {}",
+                        String::from_utf8_lossy(&r),
+                        region
+                    )));
+                }
+                if id != keyring.id() {
+                    return Err(crate::keys::KeyringError::ForeignDataFolder.into());
+                }
+            }
+            _ => return Err(Error::Storage("data folder metadata is incomplete".into())),
+        }
+        let mut collections = HashMap::new();
+        for (_, v) in store.scan_prefix(Table::Collections, b"")? {
+            let c: Collection = serde_json::from_slice(&v).map_err(|_| Error::Integrity)?;
+            collections.insert(c.name.clone(), Arc::new(c));
+        }
+        Ok(Engine {
+            store,
+            keyring,
+            region,
+            cache: KeyCache::new(key_cache_capacity),
+            limits,
+            collections: RwLock::new(collections),
+            create_lock: Mutex::new(()),
+            counters: Counters::default(),
+        })
+    }
+
+    /// The region this engine serves.
+    pub fn region(&self) -> &Region {
+        &self.region
+    }
+
+    /// The configured limits.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Crypto counters.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            fields_encrypted: self.counters.fields_encrypted.load(Ordering::Relaxed),
+            fields_decrypted: self.counters.fields_decrypted.load(Ordering::Relaxed),
+            cached_subject_keys: self.cache.len(),
+        }
+    }
+
+    // ---- collections ----
+
+    /// Creates a collection. An empty region means this vault's region.
+    pub fn create_collection(
+        &self,
+        caller: &Caller,
+        mut collection: Collection,
+    ) -> Result<Collection> {
+        caller.require(Role::Admin)?;
+        if collection.region.is_empty() {
+            collection.region = self.region.to_string();
+        }
+        collection.validate()?;
+        self.check_region(&collection)?;
+        let _guard = lock(&self.create_lock);
+        if self.read_collections().contains_key(&collection.name) {
+            return Err(Error::AlreadyExists(format!(
+                "collection {}",
+                collection.name
+            )));
+        }
+        let json = serde_json::to_vec(&collection).map_err(|e| Error::Storage(e.to_string()))?;
+        let mut ws = WriteSet::new();
+        ws.put(
+            Table::Collections,
+            collection.name.as_bytes().to_vec(),
+            json,
+        );
+        self.store.write(ws)?;
+        self.collections
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(collection.name.clone(), Arc::new(collection.clone()));
+        tracing::info!(collection = %collection.name, principal = %caller.principal.name, "collection created");
+        Ok(collection)
+    }
+
+    /// One collection's schema.
+    pub fn collection(&self, caller: &Caller, name: &str) -> Result<Arc<Collection>> {
+        caller.require(Role::Reader)?;
+        self.lookup_collection(name)
+    }
+
+    /// Every collection, by name.
+    pub fn list_collections(&self, caller: &Caller) -> Result<Vec<Arc<Collection>>> {
+        caller.require(Role::Reader)?;
+        let mut all: Vec<_> = self.read_collections().values().cloned().collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(all)
+    }
+
+    fn read_collections(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Collection>>> {
+        self.collections.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lookup_collection(&self, name: &str) -> Result<Arc<Collection>> {
+        validate_name("collection name", name, true)?;
+        self.read_collections()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("collection {name}")))
+    }
+
+    fn check_region(&self, c: &Collection) -> Result<()> {
+        if c.region != self.region.as_str() {
+            return Err(Error::WrongRegion {
+                collection: c.name.clone(),
+                collection_region: c.region.clone(),
+                vault_region: self.region.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// A collection whose data this vault may read and write.
+    fn data_collection(&self, name: &str) -> Result<Arc<Collection>> {
+        let c = self.lookup_collection(name)?;
+        self.check_region(&c)?;
+        Ok(c)
+    }
+
+    // ---- records ----
+
+    /// Creates or replaces one record.
+    pub fn put_record(&self, caller: &Caller, record: Record) -> Result<()> {
+        self.put_records(caller, vec![record]).map(|_| ())
+    }
+
+    /// Creates or replaces records atomically: one durable write for all.
+    pub fn put_records(&self, caller: &Caller, records: Vec<Record>) -> Result<usize> {
+        caller.require(Role::Writer)?;
+        if records.is_empty() {
+            return Err(Error::InvalidArgument("no records to write".into()));
+        }
+        if records.len() > self.limits.max_batch_records {
+            return Err(Error::LimitExceeded(format!(
+                "{} records in one batch; the limit is {}",
+                records.len(),
+                self.limits.max_batch_records
+            )));
+        }
+        // Validate everything before any key is made or anything written.
+        let mut seen = HashSet::new();
+        let mut batch_bytes = 0usize;
+        let mut schemas = Vec::with_capacity(records.len());
+        for r in &records {
+            let c = self.data_collection(&r.collection)?;
+            validate_id("record id", &r.id)?;
+            validate_id("subject id", &r.subject_id)?;
+            if !seen.insert((r.collection.as_str(), r.id.as_str())) {
+                return Err(Error::InvalidArgument(format!(
+                    "a record id appears twice in collection {} in one batch",
+                    r.collection
+                )));
+            }
+            let mut bytes = 0usize;
+            for (name, value) in &r.fields {
+                let f = c.field(name).ok_or_else(|| {
+                    Error::InvalidArgument(format!("unknown field {name} in collection {}", c.name))
+                })?;
+                if value.field_type() != f.field_type {
+                    return Err(Error::InvalidArgument(format!(
+                        "field {name} of collection {} expects {}, got {}",
+                        c.name,
+                        f.field_type,
+                        value.field_type()
+                    )));
+                }
+                value.validate(name)?;
+                bytes += value.size();
+            }
+            if bytes > self.limits.max_record_bytes {
+                return Err(Error::LimitExceeded(format!(
+                    "record of {bytes} bytes; the limit is {} bytes",
+                    self.limits.max_record_bytes
+                )));
+            }
+            batch_bytes += bytes;
+            schemas.push(c);
+        }
+        if batch_bytes > self.limits.max_batch_bytes {
+            return Err(Error::LimitExceeded(format!(
+                "batch of {batch_bytes} bytes; the limit is {} bytes",
+                self.limits.max_batch_bytes
+            )));
+        }
+
+        let mut ws = WriteSet::new();
+        let mut encrypted = 0u64;
+        for r in &records {
+            let sk = self.current_subject_key(&r.subject_id)?;
+            let mut fields = Vec::with_capacity(r.fields.len());
+            for (name, value) in &r.fields {
+                let cipher = sk.field_cipher(self.region.as_str(), &r.collection, name);
+                let aad = FieldAad {
+                    region: self.region.as_str(),
+                    collection: &r.collection,
+                    record_id: &r.id,
+                    field: name,
+                };
+                let envelope = seal_field(&cipher, sk.version(), &aad, &value.encode());
+                fields.push(StoredField {
+                    name: name.clone(),
+                    envelope,
+                });
+                encrypted += 1;
+            }
+            let stored = StoredRecord {
+                subject_id: r.subject_id.clone(),
+                fields,
+            };
+            ws.put(
+                Table::Records,
+                record_key(&r.collection, &r.id),
+                stored.encode(),
+            );
+        }
+        self.store.write(ws)?;
+        self.counters
+            .fields_encrypted
+            .fetch_add(encrypted, Ordering::Relaxed);
+        Ok(records.len())
+    }
+
+    /// Reads one record, decrypting only the projected fields (all if empty).
+    pub fn get_record(
+        &self,
+        caller: &Caller,
+        collection: &str,
+        id: &str,
+        fields: &[String],
+    ) -> Result<Record> {
+        let (mut found, _) = self.get_records(caller, collection, &[id.to_owned()], fields)?;
+        found
+            .pop()
+            .ok_or_else(|| Error::NotFound(format!("record in collection {collection}")))
+    }
+
+    /// Reads records of one collection; returns those found (in request
+    /// order) and the ids that have no record.
+    pub fn get_records(
+        &self,
+        caller: &Caller,
+        collection: &str,
+        ids: &[String],
+        fields: &[String],
+    ) -> Result<(Vec<Record>, Vec<String>)> {
+        caller.require(Role::Reader)?;
+        let c = self.data_collection(collection)?;
+        if ids.is_empty() {
+            return Err(Error::InvalidArgument("no record ids".into()));
+        }
+        if ids.len() > self.limits.max_batch_records {
+            return Err(Error::LimitExceeded(format!(
+                "{} ids in one batch; the limit is {}",
+                ids.len(),
+                self.limits.max_batch_records
+            )));
+        }
+        for id in ids {
+            validate_id("record id", id)?;
+        }
+        for f in fields {
+            if c.field(f).is_none() {
+                return Err(Error::InvalidArgument(format!(
+                    "unknown field {f} in collection {}",
+                    c.name
+                )));
+            }
+        }
+        let projected = |name: &str| fields.is_empty() || fields.iter().any(|f| f == name);
+
+        let keys: Vec<_> = ids.iter().map(|id| record_key(collection, id)).collect();
+        let values = self.store.multi_get(Table::Records, &keys)?;
+        let mut found = Vec::new();
+        let mut missing = Vec::new();
+        for (id, value) in ids.iter().zip(values) {
+            let Some(bytes) = value else {
+                missing.push(id.clone());
+                continue;
+            };
+            let stored = StoredRecord::decode(&bytes)?;
+            let mut out = BTreeMap::new();
+            for sf in &stored.fields {
+                // A stored field the schema does not know was not written by us.
+                let schema = c.field(&sf.name).ok_or(Error::Integrity)?;
+                if !projected(&sf.name) {
+                    continue;
+                }
+                let header = EnvelopeHeader::parse(&sf.envelope)?;
+                let sk = self.subject_key(&stored.subject_id, header.key_version)?;
+                let cipher = sk.field_cipher(self.region.as_str(), collection, &sf.name);
+                let aad = FieldAad {
+                    region: self.region.as_str(),
+                    collection,
+                    record_id: id,
+                    field: &sf.name,
+                };
+                let plaintext = open_field(&cipher, &aad, &sf.envelope)?;
+                self.counters
+                    .fields_decrypted
+                    .fetch_add(1, Ordering::Relaxed);
+                let value = Value::decode(&plaintext)?;
+                if value.field_type() != schema.field_type {
+                    return Err(Error::Integrity);
+                }
+                out.insert(sf.name.clone(), value);
+            }
+            found.push(Record {
+                collection: collection.to_owned(),
+                id: id.clone(),
+                subject_id: stored.subject_id,
+                fields: out,
+            });
+        }
+        Ok((found, missing))
+    }
+
+    /// Deletes one record; returns whether it existed.
+    pub fn delete_record(&self, caller: &Caller, collection: &str, id: &str) -> Result<bool> {
+        caller.require(Role::Writer)?;
+        self.data_collection(collection)?;
+        validate_id("record id", id)?;
+        let key = record_key(collection, id);
+        let existed = self.store.get(Table::Records, &key)?.is_some();
+        if existed {
+            let mut ws = WriteSet::new();
+            ws.delete(Table::Records, key);
+            self.store.write(ws)?;
+        }
+        Ok(existed)
+    }
+
+    // ---- subject keys ----
+
+    fn subject_key_prefix(subject: &str) -> Vec<u8> {
+        let mut p = Vec::with_capacity(subject.len() + 1);
+        p.extend_from_slice(subject.as_bytes());
+        p.push(0);
+        p
+    }
+
+    fn subject_key_id(subject: &str, version: u32) -> Vec<u8> {
+        let mut k = Self::subject_key_prefix(subject);
+        k.extend_from_slice(&version.to_be_bytes());
+        k
+    }
+
+    /// The subject's current key, made (and durably stored) on first use.
+    fn current_subject_key(&self, subject: &str) -> Result<Arc<SubjectKeys>> {
+        if let Some(found) = self.latest_stored_subject_key(subject)? {
+            return self.cached_or_unwrap(subject, found);
+        }
+        let _guard = lock(&self.create_lock);
+        if let Some(found) = self.latest_stored_subject_key(subject)? {
+            return self.cached_or_unwrap(subject, found);
+        }
+        let key = Key256::random();
+        let wrapped = wrap_subject_key(&self.keyring, subject, 1, &key)?;
+        let mut ws = WriteSet::new();
+        ws.put(
+            Table::SubjectKeys,
+            Self::subject_key_id(subject, 1),
+            wrapped,
+        );
+        self.store.write(ws)?;
+        let keys = Arc::new(SubjectKeys::new(1, key));
+        self.cache.insert(subject, Arc::clone(&keys));
+        Ok(keys)
+    }
+
+    fn latest_stored_subject_key(&self, subject: &str) -> Result<Option<(u32, Vec<u8>)>> {
+        let prefix = Self::subject_key_prefix(subject);
+        let Some((k, v)) = self.store.last_with_prefix(Table::SubjectKeys, &prefix)? else {
+            return Ok(None);
+        };
+        let version: [u8; 4] = k[prefix.len()..].try_into().map_err(|_| Error::Integrity)?;
+        Ok(Some((u32::from_be_bytes(version), v)))
+    }
+
+    fn cached_or_unwrap(
+        &self,
+        subject: &str,
+        (version, wrapped): (u32, Vec<u8>),
+    ) -> Result<Arc<SubjectKeys>> {
+        if let Some(k) = self.cache.get(subject, version) {
+            return Ok(k);
+        }
+        let key = unwrap_subject_key(&self.keyring, subject, version, &wrapped)?;
+        let keys = Arc::new(SubjectKeys::new(version, key));
+        self.cache.insert(subject, Arc::clone(&keys));
+        Ok(keys)
+    }
+
+    /// A subject key by version, for decryption. A ciphertext that names a
+    /// key version that does not exist is an integrity failure.
+    fn subject_key(&self, subject: &str, version: u32) -> Result<Arc<SubjectKeys>> {
+        if let Some(k) = self.cache.get(subject, version) {
+            return Ok(k);
+        }
+        let wrapped = self
+            .store
+            .get(Table::SubjectKeys, &Self::subject_key_id(subject, version))?
+            .ok_or(Error::Integrity)?;
+        self.cached_or_unwrap(subject, (version, wrapped))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,285 @@
+//! Collections, their schemas, and the naming rules for names and ids.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// Most fields a collection may declare.
+pub const MAX_FIELDS: usize = 256;
+/// Longest record or subject id, in bytes.
+pub const MAX_ID_BYTES: usize = 128;
+const MAX_NAME_CHARS: usize = 64;
+const MAX_DESCRIPTION_CHARS: usize = 1024;
+
+/// The type every value of a field has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FieldType {
+    /// UTF-8 text.
+    String,
+    /// Signed 64-bit integer.
+    Int64,
+    /// IEEE 754 double.
+    Double,
+    /// Boolean.
+    Bool,
+    /// Opaque bytes.
+    Bytes,
+    /// Seconds and nanoseconds since the Unix epoch.
+    Timestamp,
+}
+
+impl fmt::Display for FieldType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FieldType::String => "string",
+            FieldType::Int64 => "int64",
+            FieldType::Double => "double",
+            FieldType::Bool => "bool",
+            FieldType::Bytes => "bytes",
+            FieldType::Timestamp => "timestamp",
+        })
+    }
+}
+
+/// What kind of personal data a field holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DataCategory {
+    /// Names, national ids, dates of birth.
+    Identity,
+    /// E-mail, phone, postal address.
+    Contact,
+    /// Card and account numbers, income.
+    Financial,
+    /// Country, city, coordinates.
+    Location,
+    /// GDPR Art. 9 special categories.
+    Special,
+    /// Usage, preferences.
+    Behavioural,
+    /// Anything else.
+    Other,
+}
+
+/// How a masked read shows a string: the first and last characters stay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mask {
+    /// Characters kept at the start.
+    pub keep_first: u32,
+    /// Characters kept at the end.
+    pub keep_last: u32,
+}
+
+impl Mask {
+    /// Applies the mask: kept characters stay, every other becomes `*`.
+    pub fn apply(&self, s: &str) -> String {
+        let n = s.chars().count();
+        let first = self.keep_first as usize;
+        let last = self.keep_last as usize;
+        s.chars()
+            .enumerate()
+            .map(|(i, c)| if i < first || i + last >= n { c } else { '*' })
+            .collect()
+    }
+}
+
+/// One field of a schema.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldSchema {
+    /// Field name.
+    pub name: String,
+    /// Value type.
+    pub field_type: FieldType,
+    /// Data category.
+    pub category: DataCategory,
+    /// Whether a blind index is kept (used by search).
+    pub indexed: bool,
+    /// Mask for masked reads (string fields only).
+    pub mask: Option<Mask>,
+}
+
+/// A collection and its schema. Stored as JSON: it holds no personal data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Collection {
+    /// Collection name.
+    pub name: String,
+    /// The region its data must reside in.
+    pub region: String,
+    /// Free text.
+    pub description: String,
+    /// The fields.
+    pub fields: Vec<FieldSchema>,
+}
+
+impl Collection {
+    /// A field's schema by name.
+    pub fn field(&self, name: &str) -> Option<&FieldSchema> {
+        self.fields.iter().find(|f| f.name == name)
+    }
+
+    /// Checks names, counts and masks. The region is checked by the engine.
+    pub fn validate(&self) -> Result<()> {
+        validate_name("collection name", &self.name, true)?;
+        if self.description.chars().count() > MAX_DESCRIPTION_CHARS {
+            return Err(Error::InvalidArgument(format!(
+                "description longer than {MAX_DESCRIPTION_CHARS} characters"
+            )));
+        }
+        if self.fields.is_empty() {
+            return Err(Error::InvalidArgument(
+                "a collection needs at least one field".into(),
+            ));
+        }
+        if self.fields.len() > MAX_FIELDS {
+            return Err(Error::InvalidArgument(format!(
+                "{} fields; a collection has at most {MAX_FIELDS}",
+                self.fields.len()
+            )));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for f in &self.fields {
+            validate_name("field name", &f.name, false)?;
+            if !seen.insert(f.name.as_str()) {
+                return Err(Error::InvalidArgument(format!(
+                    "field {} is declared twice",
+                    f.name
+                )));
+            }
+            if f.mask.is_some() && f.field_type != FieldType::String {
+                return Err(Error::InvalidArgument(format!(
+                    "field {} has a mask, but masks apply to string fields only",
+                    f.name
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks a collection or field name: 1 to 64 characters of `[a-z0-9_]`
+/// (and `-` for collections), starting with a letter.
+pub fn validate_name(what: &str, name: &str, allow_dash: bool) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME_CHARS
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name.chars().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || (allow_dash && c == '-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        let allowed = if allow_dash {
+            "a-z, 0-9, '_', '-'"
+        } else {
+            "a-z, 0-9, '_'"
+        };
+        Err(Error::InvalidArgument(format!(
+            "invalid {what} {name:?}: 1 to {MAX_NAME_CHARS} characters of {allowed}, starting with a letter"
+        )))
+    }
+}
+
+/// Checks a record or subject id: 1 to 128 bytes, no control characters.
+/// The id itself is not echoed: ids may be personal data.
+pub fn validate_id(what: &str, id: &str) -> Result<()> {
+    if id.is_empty() {
+        return Err(Error::InvalidArgument(format!("{what} is empty")));
+    }
+    if id.len() > MAX_ID_BYTES {
+        return Err(Error::InvalidArgument(format!(
+            "{what} is longer than {MAX_ID_BYTES} bytes"
+        )));
+    }
+    if id.chars().any(char::is_control) {
+        return Err(Error::InvalidArgument(format!(
+            "{what} contains a control character"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field(name: &str, t: FieldType) -> FieldSchema {
+        FieldSchema {
+            name: name.into(),
+            field_type: t,
+            category: DataCategory::Other,
+            indexed: false,
+            mask: None,
+        }
+    }
+
+    fn coll(fields: Vec<FieldSchema>) -> Collection {
+        Collection {
+            name: "users".into(),
+            region: "eu".into(),
+            description: String::new(),
+            fields,
+        }
+    }
+
+    #[test]
+    fn validation() {
+        assert!(coll(vec![field("email", FieldType::String)])
+            .validate()
+            .is_ok());
+        assert!(coll(vec![]).validate().is_err());
+        assert!(coll(vec![
+            field("a", FieldType::String),
+            field("a", FieldType::Int64)
+        ])
+        .validate()
+        .is_err());
+        assert!(coll(vec![field("Bad", FieldType::String)])
+            .validate()
+            .is_err());
+        assert!(coll(vec![field("a-b", FieldType::String)])
+            .validate()
+            .is_err());
+        let mut masked = field("n", FieldType::Int64);
+        masked.mask = Some(Mask {
+            keep_first: 0,
+            keep_last: 2,
+        });
+        assert!(coll(vec![masked]).validate().is_err());
+        let many: Vec<_> = (0..=MAX_FIELDS)
+            .map(|i| field(&format!("f{i}"), FieldType::Bool))
+            .collect();
+        assert!(coll(many).validate().is_err());
+        assert!(validate_name("collection name", "user-events", true).is_ok());
+        assert!(validate_name("collection name", "", true).is_err());
+    }
+
+    #[test]
+    fn ids() {
+        assert!(validate_id("record id", "user:42/é").is_ok());
+        assert!(validate_id("record id", "").is_err());
+        assert!(validate_id("record id", "a\0b").is_err());
+        assert!(validate_id("record id", "a\nb").is_err());
+        assert!(validate_id("record id", &"x".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn masks() {
+        let m = Mask {
+            keep_first: 1,
+            keep_last: 4,
+        };
+        assert_eq!(m.apply("+33612345678"), "+*******5678");
+        assert_eq!(m.apply("abc"), "abc");
+        assert_eq!(
+            Mask {
+                keep_first: 0,
+                keep_last: 0
+            }
+            .apply("é1"),
+            "**"
+        );
+    }
+}

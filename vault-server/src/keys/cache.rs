@@ -1,0 +1,177 @@
+//! A bounded cache of unwrapped subject keys and the field ciphers derived
+//! from them. Entries hold key material in zeroizing types, so an evicted
+//! entry is wiped when its last user drops it.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use aes_gcm::{Aes256Gcm, KeyInit};
+use lru::LruCache;
+
+use crate::crypto::{derive_field_key, FieldKeyContext, Key256};
+
+/// Field ciphers kept per subject key; further fields are derived per use.
+const CIPHERS_PER_SUBJECT: usize = 64;
+
+/// One unwrapped subject key version and the field ciphers derived from it.
+pub struct SubjectKeys {
+    version: u32,
+    key: Key256,
+    /// AES-256-GCM key schedules per (collection, field). `Aes256Gcm` is
+    /// built with the `zeroize` feature: it wipes its round keys on drop.
+    ciphers: Mutex<HashMap<(String, String), Arc<Aes256Gcm>>>,
+}
+
+impl SubjectKeys {
+    /// Wraps an unwrapped subject key.
+    pub fn new(version: u32, key: Key256) -> Self {
+        SubjectKeys {
+            version,
+            key,
+            ciphers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The subject key version.
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// The raw subject key (for wrapping).
+    pub fn key(&self) -> &Key256 {
+        &self.key
+    }
+
+    /// The cipher of one field, derived once and then cached.
+    pub fn field_cipher(&self, region: &str, collection: &str, field: &str) -> Arc<Aes256Gcm> {
+        let mut ciphers = lock(&self.ciphers);
+        if let Some(c) = ciphers.get(&(collection.to_owned(), field.to_owned())) {
+            return Arc::clone(c);
+        }
+        let ctx = FieldKeyContext {
+            region,
+            collection,
+            field,
+            key_version: self.version,
+        };
+        let key = derive_field_key(&self.key, &ctx);
+        let cipher = Arc::new(Aes256Gcm::new(key.expose_secret().into()));
+        if ciphers.len() < CIPHERS_PER_SUBJECT {
+            ciphers.insert(
+                (collection.to_owned(), field.to_owned()),
+                Arc::clone(&cipher),
+            );
+        }
+        cipher
+    }
+}
+
+impl fmt::Debug for SubjectKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SubjectKeys")
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A least-recently-used cache of subject keys by (subject id, version).
+pub struct KeyCache {
+    entries: Mutex<LruCache<(String, u32), Arc<SubjectKeys>>>,
+}
+
+impl KeyCache {
+    /// A cache of at most `capacity` subject key versions (at least one).
+    pub fn new(capacity: usize) -> Self {
+        let capacity = NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN);
+        KeyCache {
+            entries: Mutex::new(LruCache::new(capacity)),
+        }
+    }
+
+    /// A cached key, if present.
+    pub fn get(&self, subject: &str, version: u32) -> Option<Arc<SubjectKeys>> {
+        lock(&self.entries)
+            .get(&(subject.to_owned(), version))
+            .cloned()
+    }
+
+    /// Caches a key, evicting the least recently used one if full.
+    pub fn insert(&self, subject: &str, keys: Arc<SubjectKeys>) {
+        lock(&self.entries).put((subject.to_owned(), keys.version), keys);
+    }
+
+    /// Drops every version of one subject's key at once.
+    pub fn evict_subject(&self, subject: &str) {
+        let mut entries = lock(&self.entries);
+        let doomed: Vec<_> = entries
+            .iter()
+            .filter(|((s, _), _)| s == subject)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in doomed {
+            entries.pop(&k);
+        }
+    }
+
+    /// Drops every key (zeroized as their last users let go).
+    pub fn clear(&self) {
+        lock(&self.entries).clear();
+    }
+
+    /// How many subject key versions are cached.
+    pub fn len(&self) -> usize {
+        lock(&self.entries).len()
+    }
+
+    /// Whether the cache is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl fmt::Debug for KeyCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyCache")
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
+/// Locks a mutex; a panic elsewhere while holding it leaves only cache state,
+/// which stays consistent, so poisoning is ignored.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_and_evicts_by_subject() {
+        let cache = KeyCache::new(2);
+        cache.insert("a", Arc::new(SubjectKeys::new(1, Key256::random())));
+        cache.insert("a", Arc::new(SubjectKeys::new(2, Key256::random())));
+        cache.insert("b", Arc::new(SubjectKeys::new(1, Key256::random())));
+        assert_eq!(cache.len(), 2);
+        assert!(
+            cache.get("a", 1).is_none(),
+            "least recently used went first"
+        );
+        cache.evict_subject("a");
+        assert!(cache.get("a", 2).is_none());
+        assert!(cache.get("b", 1).is_some());
+    }
+
+    #[test]
+    fn field_ciphers_are_cached_and_distinct() {
+        let sk = SubjectKeys::new(1, Key256::random());
+        let a = sk.field_cipher("eu", "users", "email");
+        let b = sk.field_cipher("eu", "users", "email");
+        assert!(Arc::ptr_eq(&a, &b));
+        let c = sk.field_cipher("eu", "users", "name");
+        assert!(!Arc::ptr_eq(&a, &c));
+    }
+}

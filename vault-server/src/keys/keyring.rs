@@ -1,0 +1,620 @@
+//! The keyring: every long-lived key of one regional vault, stored in one
+//! file encrypted under the unseal key and tagged with its region.
+//!
+//! File layout (all integers big-endian):
+//!
+//! ```text
+//!  0      4     5            7              7+r                       end
+//!  +------+-----+------------+--------------+-------------------------+
+//!  |"RDVK"| ver | u16 r      | region (r B) | wrapped contents        |
+//!  |      | =1  |            | UTF-8        | nonce ‖ ciphertext ‖ tag|
+//!  +------+-----+------------+--------------+-------------------------+
+//! ```
+//!
+//! The contents are AES-256-GCM under `derive_keyring_key(unseal key, region)`
+//! with `AAD = labels::KEYRING ‖ lp("RDVK" ‖ ver) ‖ lp(region)`. The region is
+//! readable before unsealing (so a server of another region can refuse the
+//! file with a clear error), and it is bound twice: through the AAD and the
+//! KDF salt, and again inside the contents.
+//!
+//! The decrypted contents are a sequence of sections `u8 tag ‖ u32 len ‖ value`:
+//!
+//! | tag | section | value | count |
+//! |---|---|---|---|
+//! | 1 | region | UTF-8 | 1 |
+//! | 2 | keyring id | 16 random bytes; the data folder remembers it | 1 |
+//! | 3 | created at | u64 unix seconds | 1 |
+//! | 4 | root key | u32 version ‖ u8 state ‖ 32 key bytes (none when destroyed) | ≥ 1 |
+//! | 5 | current root key version | u32 | 1 |
+//! | 6 | index key | u32 version ‖ u8 state ‖ 32 key bytes (none when destroyed) | ≥ 1 |
+//! | 7 | current index key version | u32 | 1 |
+//! | 8 | pseudonym key | 32 bytes | 1 |
+//! | 9 | audit signing key seed (Ed25519) | 32 bytes | 1 |
+//!
+//! Unknown tags, repeated singletons, missing sections and trailing bytes are
+//! refused: a keyring is either understood whole or not used at all.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+
+use rand::RngCore;
+use zeroize::Zeroizing;
+
+use super::Region;
+use crate::crypto::{derive_keyring_key, labels, open_wrapped, put_lp, seal_wrapped, Key256};
+
+const MAGIC: &[u8; 4] = b"RDVK";
+/// The keyring file format this build writes and reads.
+pub const KEYRING_FILE_V1: u8 = 1;
+
+const TAG_REGION: u8 = 1;
+const TAG_ID: u8 = 2;
+const TAG_CREATED_AT: u8 = 3;
+const TAG_ROOT_KEY: u8 = 4;
+const TAG_CURRENT_ROOT: u8 = 5;
+const TAG_INDEX_KEY: u8 = 6;
+const TAG_CURRENT_INDEX: u8 = 7;
+const TAG_PSEUDONYM_KEY: u8 = 8;
+const TAG_AUDIT_SEED: u8 = 9;
+
+/// Why a keyring could not be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyringError {
+    /// Not a keyring file, or its structure does not add up.
+    #[error("malformed keyring file: {0}")]
+    Malformed(&'static str),
+    /// A format version this build does not know.
+    #[error("keyring file version {0} is not supported")]
+    UnknownVersion(u8),
+    /// The keyring belongs to another region than the server is configured for.
+    #[error("the keyring is bound to region {keyring}; this server is configured for region {configured}")]
+    WrongRegion {
+        /// The keyring's region.
+        keyring: String,
+        /// The server's configured region.
+        configured: String,
+    },
+    /// The unseal key does not open the keyring (or the file was altered).
+    #[error("the unseal key does not open this keyring (wrong key, or the file was altered)")]
+    WrongUnsealKey,
+    /// A key version that is not in the keyring or whose key is destroyed.
+    #[error("root key version {0} is not available")]
+    RootKeyUnavailable(u32),
+    /// The data folder was made with another keyring.
+    #[error("the data folder belongs to another keyring")]
+    ForeignDataFolder,
+    /// The unseal key file is not 64 hex digits.
+    #[error("malformed unseal key file (expected 64 hex digits)")]
+    MalformedUnsealKey,
+}
+
+/// The life of a versioned key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum KeyState {
+    /// Encrypts (if current) and decrypts.
+    Active = 1,
+    /// Decrypts no more; kept until destroyed.
+    Retired = 2,
+    /// Its bytes are gone.
+    Destroyed = 3,
+}
+
+impl KeyState {
+    fn from_byte(b: u8) -> Option<Self> {
+        match b {
+            1 => Some(KeyState::Active),
+            2 => Some(KeyState::Retired),
+            3 => Some(KeyState::Destroyed),
+            _ => None,
+        }
+    }
+}
+
+/// One version of a versioned key.
+#[derive(Debug, Clone)]
+pub struct VersionedKey {
+    /// Its state.
+    pub state: KeyState,
+    /// The key; `None` once destroyed.
+    key: Option<Key256>,
+}
+
+/// The unsealed keyring. `Debug` shows versions and states, never key bytes.
+#[derive(Debug, Clone)]
+pub struct Keyring {
+    region: Region,
+    id: [u8; 16],
+    created_at: u64,
+    root_keys: BTreeMap<u32, VersionedKey>,
+    current_root: u32,
+    index_keys: BTreeMap<u32, VersionedKey>,
+    current_index: u32,
+    pseudonym_key: Key256,
+    audit_seed: Key256,
+}
+
+impl Keyring {
+    /// A new keyring for `region` with fresh random keys, version 1 of each.
+    pub fn generate(region: Region) -> Self {
+        let mut id = [0u8; 16];
+        rand::rngs::OsRng.fill_bytes(&mut id);
+        let created_at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let fresh = || VersionedKey {
+            state: KeyState::Active,
+            key: Some(Key256::random()),
+        };
+        Keyring {
+            region,
+            id,
+            created_at,
+            root_keys: BTreeMap::from([(1, fresh())]),
+            current_root: 1,
+            index_keys: BTreeMap::from([(1, fresh())]),
+            current_index: 1,
+            pseudonym_key: Key256::random(),
+            audit_seed: Key256::random(),
+        }
+    }
+
+    /// The region the keyring is bound to.
+    pub fn region(&self) -> &Region {
+        &self.region
+    }
+
+    /// The keyring's random id, which the data folder records.
+    pub fn id(&self) -> [u8; 16] {
+        self.id
+    }
+
+    /// When the keyring was made (unix seconds).
+    pub fn created_at(&self) -> u64 {
+        self.created_at
+    }
+
+    /// The current root key and its version.
+    pub fn current_root(&self) -> Result<(u32, &Key256), KeyringError> {
+        Ok((self.current_root, self.root_key(self.current_root)?))
+    }
+
+    /// A root key by version, if it is still usable.
+    pub fn root_key(&self, version: u32) -> Result<&Key256, KeyringError> {
+        match self.root_keys.get(&version) {
+            Some(VersionedKey {
+                state: KeyState::Active,
+                key: Some(k),
+            }) => Ok(k),
+            _ => Err(KeyringError::RootKeyUnavailable(version)),
+        }
+    }
+
+    /// Root key versions and their states.
+    pub fn root_versions(&self) -> impl Iterator<Item = (u32, KeyState)> + '_ {
+        self.root_keys.iter().map(|(v, k)| (*v, k.state))
+    }
+
+    /// The pseudonym key (keyed hashes of ids in audit events).
+    pub fn pseudonym_key(&self) -> &Key256 {
+        &self.pseudonym_key
+    }
+
+    /// The seed of the Ed25519 audit signing key.
+    pub fn audit_seed(&self) -> &Key256 {
+        &self.audit_seed
+    }
+
+    /// The current blind-index key and its version.
+    pub fn current_index_key(&self) -> Option<(u32, &Key256)> {
+        let k = self.index_keys.get(&self.current_index)?.key.as_ref()?;
+        Some((self.current_index, k))
+    }
+
+    /// Encrypts the keyring under `unseal_key` into the bytes of a keyring file.
+    pub fn seal(&self, unseal_key: &Key256) -> Vec<u8> {
+        let contents = self.encode_contents();
+        let kek = derive_keyring_key(unseal_key, self.region.as_str());
+        let mut out = header(&self.region);
+        out.extend_from_slice(&seal_wrapped(&kek, &aad(&self.region), &contents));
+        out
+    }
+
+    /// Opens a keyring file for a server configured for `expected`.
+    pub fn unseal(
+        file: &[u8],
+        unseal_key: &Key256,
+        expected: &Region,
+    ) -> Result<Keyring, KeyringError> {
+        let (region, wrapped) = parse_header(file)?;
+        if &region != expected {
+            return Err(KeyringError::WrongRegion {
+                keyring: region.to_string(),
+                configured: expected.to_string(),
+            });
+        }
+        let kek = derive_keyring_key(unseal_key, region.as_str());
+        let contents =
+            open_wrapped(&kek, &aad(&region), wrapped).map_err(|_| KeyringError::WrongUnsealKey)?;
+        let keyring = Self::decode_contents(&contents)?;
+        if keyring.region != region {
+            return Err(KeyringError::Malformed(
+                "region inside differs from the header",
+            ));
+        }
+        Ok(keyring)
+    }
+
+    /// Reads the region of a keyring file without unsealing it.
+    pub fn peek_region(file: &[u8]) -> Result<Region, KeyringError> {
+        parse_header(file).map(|(r, _)| r)
+    }
+
+    fn encode_contents(&self) -> Zeroizing<Vec<u8>> {
+        let mut out = Zeroizing::new(Vec::with_capacity(512));
+        section(&mut out, TAG_REGION, self.region.as_str().as_bytes());
+        section(&mut out, TAG_ID, &self.id);
+        section(&mut out, TAG_CREATED_AT, &self.created_at.to_be_bytes());
+        for (tag, keys) in [
+            (TAG_ROOT_KEY, &self.root_keys),
+            (TAG_INDEX_KEY, &self.index_keys),
+        ] {
+            for (v, k) in keys {
+                let mut value = Zeroizing::new(Vec::with_capacity(37));
+                value.extend_from_slice(&v.to_be_bytes());
+                value.push(k.state as u8);
+                if let Some(key) = &k.key {
+                    value.extend_from_slice(key.expose_secret());
+                }
+                section(&mut out, tag, &value);
+            }
+        }
+        section(&mut out, TAG_CURRENT_ROOT, &self.current_root.to_be_bytes());
+        section(
+            &mut out,
+            TAG_CURRENT_INDEX,
+            &self.current_index.to_be_bytes(),
+        );
+        section(
+            &mut out,
+            TAG_PSEUDONYM_KEY,
+            self.pseudonym_key.expose_secret(),
+        );
+        section(&mut out, TAG_AUDIT_SEED, self.audit_seed.expose_secret());
+        out
+    }
+
+    fn decode_contents(mut bytes: &[u8]) -> Result<Keyring, KeyringError> {
+        use KeyringError::Malformed;
+        let mut region = None;
+        let mut id = None;
+        let mut created_at = None;
+        let mut root_keys = BTreeMap::new();
+        let mut current_root = None;
+        let mut index_keys = BTreeMap::new();
+        let mut current_index = None;
+        let mut pseudonym_key = None;
+        let mut audit_seed = None;
+
+        fn once<T>(slot: &mut Option<T>, value: T) -> Result<(), KeyringError> {
+            if slot.replace(value).is_some() {
+                return Err(Malformed("repeated section"));
+            }
+            Ok(())
+        }
+        fn u32_of(v: &[u8]) -> Result<u32, KeyringError> {
+            Ok(u32::from_be_bytes(
+                v.try_into().map_err(|_| Malformed("bad u32"))?,
+            ))
+        }
+        fn key_of(v: &[u8]) -> Result<Key256, KeyringError> {
+            Key256::from_slice(v).ok_or(Malformed("bad key length"))
+        }
+        fn versioned(v: &[u8], into: &mut BTreeMap<u32, VersionedKey>) -> Result<(), KeyringError> {
+            if v.len() < 5 {
+                return Err(Malformed("short versioned key"));
+            }
+            let version = u32_of(&v[..4])?;
+            let state = KeyState::from_byte(v[4]).ok_or(Malformed("unknown key state"))?;
+            let key = match (state, &v[5..]) {
+                (KeyState::Destroyed, []) => None,
+                (KeyState::Destroyed, _) => return Err(Malformed("destroyed key with bytes")),
+                (_, bytes) => Some(key_of(bytes)?),
+            };
+            if version == 0 || into.insert(version, VersionedKey { state, key }).is_some() {
+                return Err(Malformed("bad or repeated key version"));
+            }
+            Ok(())
+        }
+
+        while !bytes.is_empty() {
+            if bytes.len() < 5 {
+                return Err(Malformed("truncated section header"));
+            }
+            let tag = bytes[0];
+            let len = u32_of(&bytes[1..5])? as usize;
+            let rest = &bytes[5..];
+            if rest.len() < len {
+                return Err(Malformed("truncated section"));
+            }
+            let (value, tail) = rest.split_at(len);
+            bytes = tail;
+            match tag {
+                TAG_REGION => {
+                    let s =
+                        std::str::from_utf8(value).map_err(|_| Malformed("region is not UTF-8"))?;
+                    once(
+                        &mut region,
+                        s.parse::<Region>().map_err(|_| Malformed("bad region"))?,
+                    )?
+                }
+                TAG_ID => once(
+                    &mut id,
+                    <[u8; 16]>::try_from(value).map_err(|_| Malformed("bad id"))?,
+                )?,
+                TAG_CREATED_AT => once(
+                    &mut created_at,
+                    u64::from_be_bytes(value.try_into().map_err(|_| Malformed("bad time"))?),
+                )?,
+                TAG_ROOT_KEY => versioned(value, &mut root_keys)?,
+                TAG_CURRENT_ROOT => once(&mut current_root, u32_of(value)?)?,
+                TAG_INDEX_KEY => versioned(value, &mut index_keys)?,
+                TAG_CURRENT_INDEX => once(&mut current_index, u32_of(value)?)?,
+                TAG_PSEUDONYM_KEY => once(&mut pseudonym_key, key_of(value)?)?,
+                TAG_AUDIT_SEED => once(&mut audit_seed, key_of(value)?)?,
+                _ => return Err(Malformed("unknown section")),
+            }
+        }
+        let current_root = current_root.ok_or(Malformed("no current root key"))?;
+        let current_index = current_index.ok_or(Malformed("no current index key"))?;
+        let usable = |keys: &BTreeMap<u32, VersionedKey>, v| {
+            matches!(
+                keys.get(&v),
+                Some(VersionedKey {
+                    state: KeyState::Active,
+                    key: Some(_)
+                })
+            )
+        };
+        if !usable(&root_keys, current_root) || !usable(&index_keys, current_index) {
+            return Err(Malformed("current key is not an active key"));
+        }
+        Ok(Keyring {
+            region: region.ok_or(Malformed("no region"))?,
+            id: id.ok_or(Malformed("no id"))?,
+            created_at: created_at.ok_or(Malformed("no creation time"))?,
+            root_keys,
+            current_root,
+            index_keys,
+            current_index,
+            pseudonym_key: pseudonym_key.ok_or(Malformed("no pseudonym key"))?,
+            audit_seed: audit_seed.ok_or(Malformed("no audit key"))?,
+        })
+    }
+}
+
+fn section(out: &mut Vec<u8>, tag: u8, value: &[u8]) {
+    out.push(tag);
+    put_lp(out, value);
+}
+
+fn header(region: &Region) -> Vec<u8> {
+    let r = region.as_str().as_bytes();
+    let mut out = Vec::with_capacity(7 + r.len());
+    out.extend_from_slice(MAGIC);
+    out.push(KEYRING_FILE_V1);
+    // A region is at most 16 bytes (see Region).
+    out.extend_from_slice(&(r.len() as u16).to_be_bytes());
+    out.extend_from_slice(r);
+    out
+}
+
+fn aad(region: &Region) -> Vec<u8> {
+    let mut aad = labels::KEYRING.to_vec();
+    let mut magic = MAGIC.to_vec();
+    magic.push(KEYRING_FILE_V1);
+    put_lp(&mut aad, &magic);
+    put_lp(&mut aad, region.as_str().as_bytes());
+    aad
+}
+
+fn parse_header(file: &[u8]) -> Result<(Region, &[u8]), KeyringError> {
+    use KeyringError::Malformed;
+    if file.len() < 7 || &file[..4] != MAGIC {
+        return Err(Malformed("not a keyring file"));
+    }
+    if file[4] != KEYRING_FILE_V1 {
+        return Err(KeyringError::UnknownVersion(file[4]));
+    }
+    let r = u16::from_be_bytes([file[5], file[6]]) as usize;
+    let region_bytes = file.get(7..7 + r).ok_or(Malformed("truncated region"))?;
+    let region = std::str::from_utf8(region_bytes)
+        .ok()
+        .and_then(|s| s.parse::<Region>().ok())
+        .ok_or(Malformed("bad region"))?;
+    Ok((region, &file[7 + r..]))
+}
+
+/// Writes `bytes` to `path` atomically (temporary file, fsync, rename, fsync
+/// of the folder), readable by the owner only.
+pub fn write_secret_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    fs::create_dir_all(dir)?;
+    let tmp = path.with_extension("tmp");
+    {
+        let mut opts = fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut f = opts.open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+/// Parses an unseal key file: 64 hex digits, optionally followed by a newline.
+pub fn parse_unseal_key(text: &[u8]) -> Result<Key256, KeyringError> {
+    let text = text.strip_suffix(b"\n").unwrap_or(text);
+    let mut raw = Zeroizing::new([0u8; 32]);
+    hex::decode_to_slice(text, raw.as_mut()).map_err(|_| KeyringError::MalformedUnsealKey)?;
+    Ok(Key256::take(&mut raw))
+}
+
+/// The text of an unseal key file.
+pub fn format_unseal_key(key: &Key256) -> Zeroizing<String> {
+    let mut s = Zeroizing::new(hex::encode(key.expose_secret()));
+    s.push('\n');
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn eu() -> Region {
+        "eu".parse().unwrap()
+    }
+
+    #[test]
+    fn seal_unseal_round_trip() {
+        let kr = Keyring::generate(eu());
+        let uk = Key256::random();
+        let file = kr.seal(&uk);
+        let back = Keyring::unseal(&file, &uk, &eu()).unwrap();
+        assert_eq!(back.id(), kr.id());
+        assert_eq!(
+            back.current_root().unwrap().1.expose_secret(),
+            kr.current_root().unwrap().1.expose_secret()
+        );
+        assert_eq!(
+            back.pseudonym_key().expose_secret(),
+            kr.pseudonym_key().expose_secret()
+        );
+        assert_eq!(
+            back.audit_seed().expose_secret(),
+            kr.audit_seed().expose_secret()
+        );
+        assert_eq!(Keyring::peek_region(&file).unwrap(), eu());
+    }
+
+    #[test]
+    fn wrong_unseal_key() {
+        let file = Keyring::generate(eu()).seal(&Key256::random());
+        assert_eq!(
+            Keyring::unseal(&file, &Key256::random(), &eu()).unwrap_err(),
+            KeyringError::WrongUnsealKey
+        );
+    }
+
+    #[test]
+    fn wrong_region_is_refused_before_decrypting() {
+        let uk = Key256::random();
+        let file = Keyring::generate(eu()).seal(&uk);
+        let us: Region = "us".parse().unwrap();
+        assert!(matches!(
+            Keyring::unseal(&file, &uk, &us),
+            Err(KeyringError::WrongRegion { .. })
+        ));
+    }
+
+    #[test]
+    fn relabelled_region_does_not_decrypt() {
+        // Rewrite the clear header to say "us": the AAD and the KDF salt catch it.
+        let uk = Key256::random();
+        let mut file = Keyring::generate(eu()).seal(&uk);
+        file[7..9].copy_from_slice(b"us");
+        let us: Region = "us".parse().unwrap();
+        assert_eq!(
+            Keyring::unseal(&file, &uk, &us).unwrap_err(),
+            KeyringError::WrongUnsealKey
+        );
+    }
+
+    #[test]
+    fn malformed_files() {
+        let uk = Key256::random();
+        let file = Keyring::generate(eu()).seal(&uk);
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("empty", vec![]),
+            ("bad magic", [b"XXXX".as_slice(), &file[4..]].concat()),
+            ("truncated header", file[..6].to_vec()),
+            ("truncated region", file[..8].to_vec()),
+            ("truncated body", file[..20].to_vec()),
+        ];
+        for (name, bytes) in cases {
+            assert!(Keyring::unseal(&bytes, &uk, &eu()).is_err(), "{name}");
+        }
+        let mut v2 = file.clone();
+        v2[4] = 2;
+        assert_eq!(
+            Keyring::unseal(&v2, &uk, &eu()).unwrap_err(),
+            KeyringError::UnknownVersion(2)
+        );
+        for i in 9..file.len() {
+            let mut t = file.clone();
+            t[i] ^= 1;
+            assert_eq!(
+                Keyring::unseal(&t, &uk, &eu()).unwrap_err(),
+                KeyringError::WrongUnsealKey
+            );
+        }
+    }
+
+    #[test]
+    fn contents_decoder_refuses_bad_structure() {
+        let kr = Keyring::generate(eu());
+        let good = kr.encode_contents();
+        assert!(Keyring::decode_contents(&good).is_ok());
+        // Trailing garbage, an unknown section, a repeated singleton, a missing one.
+        let mut t = good.to_vec();
+        t.push(0);
+        assert!(Keyring::decode_contents(&t).is_err());
+        let mut t = good.to_vec();
+        section(&mut t, 99, b"x");
+        assert!(Keyring::decode_contents(&t).is_err());
+        let mut t = good.to_vec();
+        section(&mut t, TAG_CURRENT_ROOT, &1u32.to_be_bytes());
+        assert!(Keyring::decode_contents(&t).is_err());
+        let mut t = Vec::new();
+        section(&mut t, TAG_REGION, b"eu");
+        assert!(Keyring::decode_contents(&t).is_err());
+        // Every truncation is an error, never a panic.
+        for n in 0..good.len() {
+            assert!(Keyring::decode_contents(&good[..n]).is_err(), "prefix {n}");
+        }
+    }
+
+    #[test]
+    fn unseal_key_file_format() {
+        let k = Key256::random();
+        let text = format_unseal_key(&k);
+        assert_eq!(
+            parse_unseal_key(text.as_bytes()).unwrap().expose_secret(),
+            k.expose_secret()
+        );
+        assert!(parse_unseal_key(b"abc").is_err());
+        assert!(parse_unseal_key(&[b'z'; 64]).is_err());
+    }
+
+    #[test]
+    fn debug_shows_no_key_bytes() {
+        let kr = Keyring::generate(eu());
+        let shown = format!("{kr:?}");
+        let hex_root = hex::encode(kr.current_root().unwrap().1.expose_secret());
+        assert!(!shown.contains(&hex_root[..8]));
+        assert!(shown.contains("redacted"));
+    }
+}

@@ -1,0 +1,116 @@
+//! Subject keys: one random 256-bit key per data subject and version,
+//! stored wrapped under a root key.
+//!
+//! Stored value:
+//!
+//! ```text
+//!  0        1                   5                                   65
+//!  +--------+-------------------+-----------------------------------+
+//!  | ver=1  | root key version  | nonce (12) ‖ wrapped key (32) ‖ tag (16) |
+//!  | u8     | u32 big-endian    |                                   |
+//!  +--------+-------------------+-----------------------------------+
+//! ```
+//!
+//! `AAD = labels::SUBJECT_KEY ‖ lp(region) ‖ lp(subject id) ‖ u32be(subject key version)`,
+//! so a wrapped key copied to another subject, version or region does not unwrap.
+
+use super::{Keyring, Region};
+use crate::crypto::{labels, open_wrapped, put_lp, seal_wrapped, Key256, WRAP_OVERHEAD};
+use crate::{Error, Result};
+
+/// The stored wrapped-subject-key format this build writes and reads.
+pub const WRAPPED_SUBJECT_KEY_V1: u8 = 1;
+const STORED_LEN: usize = 1 + 4 + 32 + WRAP_OVERHEAD;
+
+fn aad(region: &Region, subject: &str, version: u32) -> Vec<u8> {
+    let mut aad =
+        Vec::with_capacity(labels::SUBJECT_KEY.len() + 12 + region.as_str().len() + subject.len());
+    aad.extend_from_slice(labels::SUBJECT_KEY);
+    put_lp(&mut aad, region.as_str().as_bytes());
+    put_lp(&mut aad, subject.as_bytes());
+    aad.extend_from_slice(&version.to_be_bytes());
+    aad
+}
+
+/// Wraps `key` (version `version` of `subject`'s key) under the current root key.
+pub fn wrap_subject_key(
+    keyring: &Keyring,
+    subject: &str,
+    version: u32,
+    key: &Key256,
+) -> Result<Vec<u8>> {
+    let (root_version, root) = keyring.current_root()?;
+    let mut out = Vec::with_capacity(STORED_LEN);
+    out.push(WRAPPED_SUBJECT_KEY_V1);
+    out.extend_from_slice(&root_version.to_be_bytes());
+    out.extend_from_slice(&seal_wrapped(
+        root,
+        &aad(keyring.region(), subject, version),
+        key.expose_secret(),
+    ));
+    Ok(out)
+}
+
+/// Unwraps a stored subject key. Any malformed, altered or moved value is
+/// an integrity failure.
+pub fn unwrap_subject_key(
+    keyring: &Keyring,
+    subject: &str,
+    version: u32,
+    stored: &[u8],
+) -> Result<Key256> {
+    if stored.len() != STORED_LEN || stored[0] != WRAPPED_SUBJECT_KEY_V1 {
+        return Err(Error::Integrity);
+    }
+    let root_version = u32::from_be_bytes([stored[1], stored[2], stored[3], stored[4]]);
+    let root = keyring.root_key(root_version).map_err(|e| {
+        tracing::warn!(error = %e, "subject key wrapped under an unavailable root key");
+        Error::Integrity
+    })?;
+    let plain = open_wrapped(root, &aad(keyring.region(), subject, version), &stored[5..])?;
+    Key256::from_slice(&plain).ok_or(Error::Integrity)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrap_round_trip_and_binding() {
+        let kr = Keyring::generate("eu".parse().unwrap());
+        let sk = Key256::random();
+        let w = wrap_subject_key(&kr, "alice", 1, &sk).unwrap();
+        assert_eq!(w.len(), STORED_LEN);
+        assert_eq!(
+            unwrap_subject_key(&kr, "alice", 1, &w)
+                .unwrap()
+                .expose_secret(),
+            sk.expose_secret()
+        );
+        assert!(matches!(
+            unwrap_subject_key(&kr, "bob", 1, &w),
+            Err(Error::Integrity)
+        ));
+        assert!(matches!(
+            unwrap_subject_key(&kr, "alice", 2, &w),
+            Err(Error::Integrity)
+        ));
+        let other = Keyring::generate("eu".parse().unwrap());
+        assert!(matches!(
+            unwrap_subject_key(&other, "alice", 1, &w),
+            Err(Error::Integrity)
+        ));
+        for n in 0..w.len() {
+            assert!(matches!(
+                unwrap_subject_key(&kr, "alice", 1, &w[..n]),
+                Err(Error::Integrity)
+            ));
+        }
+        let mut t = w.clone();
+        t[1] = 9; // unknown root version
+        assert!(matches!(
+            unwrap_subject_key(&kr, "alice", 1, &t),
+            Err(Error::Integrity)
+        ));
+    }
+}

@@ -1,0 +1,173 @@
+//! `vault-server`: the regional data vault.
+//!
+//! `vault-server --dev` runs a development vault in a local folder;
+//! `vault-server --config vault.toml` is the production form.
+
+#![forbid(unsafe_code)]
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use tokio::net::TcpListener;
+use vault_server::config::Config;
+use vault_server::engine::{self, OpenOptions};
+use vault_server::keys::Region;
+use vault_server::service::{self, Authenticator};
+use vault_server::{dev, Error};
+
+/// The regional data vault: personal data encrypted field by field under
+/// region-bound keys, served over gRPC.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+#[command(group(clap::ArgGroup::new("mode").required(true).args(["dev", "config"])))]
+struct Cli {
+    /// Development mode: a vault in a local folder, initialised and unsealed
+    /// automatically, with a development token that holds every role.
+    #[arg(long)]
+    dev: bool,
+    /// Production mode: read this TOML configuration file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// With --config: create the keyring (and the unseal key file if
+    /// missing) when there is none and the data folder is empty.
+    #[arg(long, requires = "config")]
+    init: bool,
+    /// Listen address (overrides the configuration file). Port 0 picks a free port.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Dev mode: the data folder.
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "vault-data",
+        requires = "dev"
+    )]
+    data_dir: PathBuf,
+    /// Dev mode: the region this vault serves.
+    #[arg(long, default_value = "eu", requires = "dev")]
+    region: String,
+    /// Dev mode: the development token (default: a random one).
+    #[arg(
+        long,
+        env = "VAULT_DEV_TOKEN",
+        hide_env_values = true,
+        requires = "dev"
+    )]
+    dev_token: Option<String>,
+}
+
+const DEV_LISTEN: &str = "127.0.0.1:8200";
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vault-server: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Error> {
+    let (opts, listen, auth, dev_token) = if let Some(path) = &cli.config {
+        let config = Config::load(path)?;
+        let opts = config.open_options(cli.init).map_err(Error::Config)?;
+        let auth = config.authenticator().map_err(Error::Config)?;
+        (opts, cli.listen.unwrap_or(config.listen), auth, None)
+    } else {
+        let region: Region = cli
+            .region
+            .parse()
+            .map_err(|e| Error::Config(format!("--region: {e}")))?;
+        let token = cli.dev_token.clone().unwrap_or_else(dev::random_token);
+        let mut auth = Authenticator::new();
+        auth.add_token(&token, dev::dev_principal());
+        let listen = cli
+            .listen
+            .unwrap_or_else(|| DEV_LISTEN.parse().expect("constant address parses"));
+        (
+            OpenOptions::dev(&cli.data_dir, region),
+            listen,
+            auth,
+            Some(token),
+        )
+    };
+
+    let engine = tokio::task::spawn_blocking(move || -> Result<_, Error> {
+        let engine = engine::open(&opts)?;
+        if cli.dev {
+            dev::seed(&engine)?;
+        }
+        Ok(engine)
+    })
+    .await
+    .map_err(|e| Error::Config(format!("start-up task failed: {e}")))??;
+    let region = engine.region().clone();
+
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|e| Error::io(format!("binding {listen}"), e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::io("reading the bound address", e))?;
+    tracing::info!(%addr, %region, "vault listening");
+    {
+        // Plain stdout lines for people and scripts; the token appears only here.
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "vault-server listening on {addr} (region {region})");
+        if let Some(token) = &dev_token {
+            let _ = writeln!(
+                out,
+                "development mode: data in {}, do not use in production",
+                cli.data_dir.display()
+            );
+            let _ = writeln!(out, "export VAULT_ADDR=http://{addr}");
+            let _ = writeln!(out, "export VAULT_TOKEN={token}");
+        }
+        let _ = out.flush();
+    }
+
+    service::serve(
+        listener,
+        Arc::new(engine),
+        Arc::new(auth),
+        shutdown_signal(),
+    )
+    .await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,74 @@
+//! The gRPC adapter: the only module that knows `vault-proto`. It
+//! authenticates, decodes, calls the engine on the blocking pool and encodes.
+//! `grpc.health.v1` and server reflection are always registered.
+
+mod auth;
+mod convert;
+mod vault;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::StreamExt;
+use tonic::service::interceptor::InterceptedService;
+use tonic_health::ServingStatus;
+use vault_proto::v1::vault_service_server::VaultServiceServer;
+
+pub use auth::{hash_token, Authenticator, PURPOSE_HEADER};
+pub use vault::VaultApi;
+
+use crate::{Engine, Error, Result};
+
+/// The gRPC service name, as health checks know it.
+pub const SERVICE_NAME: &str = "vault.v1.VaultService";
+/// Largest request or response message accepted.
+pub const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
+
+/// Serves the vault on `listener` until `shutdown` completes, then drains
+/// in-flight requests and returns.
+pub async fn serve(
+    listener: TcpListener,
+    engine: Arc<Engine>,
+    auth: Arc<Authenticator>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status(SERVICE_NAME, ServingStatus::Serving)
+        .await;
+
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(vault_proto::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| Error::Config(format!("reflection: {e}")))?;
+
+    let api = VaultServiceServer::new(VaultApi::new(engine))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let api = InterceptedService::new(api, auth::interceptor(auth));
+
+    let incoming = TcpListenerStream::new(listener).map(|conn| {
+        if let Ok(stream) = &conn {
+            // Small request/response pairs: no Nagle delay.
+            let _ = stream.set_nodelay(true);
+        }
+        conn
+    });
+
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(api)
+        .serve_with_incoming_shutdown(incoming, async move {
+            shutdown.await;
+            health
+                .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
+                .await;
+            tracing::info!("shutting down: draining in-flight requests");
+        })
+        .await
+        .map_err(|e| Error::Config(format!("gRPC server: {e}")))
+}

@@ -1,0 +1,161 @@
+//! The `vault.v1.VaultService` implementation: decode, hand to the engine
+//! on the blocking pool, encode.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+use vault_proto::v1 as pb;
+use vault_proto::v1::vault_service_server::VaultService;
+
+use super::auth::caller;
+use super::convert::{collection_from, collection_to, record_from, record_to};
+use crate::Engine;
+
+/// The data-plane API over one engine.
+#[derive(Debug, Clone)]
+pub struct VaultApi {
+    engine: Arc<Engine>,
+}
+
+impl VaultApi {
+    /// The API over `engine`.
+    pub fn new(engine: Arc<Engine>) -> Self {
+        VaultApi { engine }
+    }
+
+    /// Runs blocking engine work on the blocking pool, never on a reactor thread.
+    async fn blocking<T, F>(&self, f: F) -> Result<T, Status>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Engine) -> crate::Result<T> + Send + 'static,
+    {
+        let engine = Arc::clone(&self.engine);
+        match tokio::task::spawn_blocking(move || f(&engine)).await {
+            Ok(r) => r.map_err(Status::from),
+            Err(e) => {
+                tracing::error!(error = %e, "engine task failed");
+                Err(Status::internal("internal error"))
+            }
+        }
+    }
+}
+
+fn missing(what: &str) -> Status {
+    Status::invalid_argument(format!("{what} is missing"))
+}
+
+#[tonic::async_trait]
+impl VaultService for VaultApi {
+    async fn create_collection(
+        &self,
+        req: Request<pb::CreateCollectionRequest>,
+    ) -> Result<Response<pb::CreateCollectionResponse>, Status> {
+        let caller = caller(&req)?;
+        let c = collection_from(
+            req.into_inner()
+                .collection
+                .ok_or_else(|| missing("collection"))?,
+        )?;
+        let c = self
+            .blocking(move |e| e.create_collection(&caller, c))
+            .await?;
+        Ok(Response::new(pb::CreateCollectionResponse {
+            collection: Some(collection_to(&c)),
+        }))
+    }
+
+    async fn get_collection(
+        &self,
+        req: Request<pb::GetCollectionRequest>,
+    ) -> Result<Response<pb::GetCollectionResponse>, Status> {
+        let caller = caller(&req)?;
+        let name = req.into_inner().name;
+        let c = self.blocking(move |e| e.collection(&caller, &name)).await?;
+        Ok(Response::new(pb::GetCollectionResponse {
+            collection: Some(collection_to(&c)),
+        }))
+    }
+
+    async fn list_collections(
+        &self,
+        req: Request<pb::ListCollectionsRequest>,
+    ) -> Result<Response<pb::ListCollectionsResponse>, Status> {
+        let caller = caller(&req)?;
+        let all = self.blocking(move |e| e.list_collections(&caller)).await?;
+        Ok(Response::new(pb::ListCollectionsResponse {
+            collections: all.iter().map(|c| collection_to(c)).collect(),
+        }))
+    }
+
+    async fn put_record(
+        &self,
+        req: Request<pb::PutRecordRequest>,
+    ) -> Result<Response<pb::PutRecordResponse>, Status> {
+        let caller = caller(&req)?;
+        let record = record_from(req.into_inner().record.ok_or_else(|| missing("record"))?)?;
+        self.blocking(move |e| e.put_record(&caller, record))
+            .await?;
+        Ok(Response::new(pb::PutRecordResponse {}))
+    }
+
+    async fn get_record(
+        &self,
+        req: Request<pb::GetRecordRequest>,
+    ) -> Result<Response<pb::GetRecordResponse>, Status> {
+        let caller = caller(&req)?;
+        let r = req.into_inner();
+        let record = self
+            .blocking(move |e| e.get_record(&caller, &r.collection, &r.id, &r.fields))
+            .await?;
+        Ok(Response::new(pb::GetRecordResponse {
+            record: Some(record_to(record)),
+        }))
+    }
+
+    async fn batch_put_records(
+        &self,
+        req: Request<pb::BatchPutRecordsRequest>,
+    ) -> Result<Response<pb::BatchPutRecordsResponse>, Status> {
+        let caller = caller(&req)?;
+        let records = req
+            .into_inner()
+            .records
+            .into_iter()
+            .map(record_from)
+            .collect::<Result<Vec<_>, _>>()?;
+        let written = self
+            .blocking(move |e| e.put_records(&caller, records))
+            .await?;
+        Ok(Response::new(pb::BatchPutRecordsResponse {
+            // Bounded by the batch limit.
+            written: u32::try_from(written).unwrap_or(u32::MAX),
+        }))
+    }
+
+    async fn batch_get_records(
+        &self,
+        req: Request<pb::BatchGetRecordsRequest>,
+    ) -> Result<Response<pb::BatchGetRecordsResponse>, Status> {
+        let caller = caller(&req)?;
+        let r = req.into_inner();
+        let (records, missing_ids) = self
+            .blocking(move |e| e.get_records(&caller, &r.collection, &r.ids, &r.fields))
+            .await?;
+        Ok(Response::new(pb::BatchGetRecordsResponse {
+            records: records.into_iter().map(record_to).collect(),
+            missing_ids,
+        }))
+    }
+
+    async fn delete_record(
+        &self,
+        req: Request<pb::DeleteRecordRequest>,
+    ) -> Result<Response<pb::DeleteRecordResponse>, Status> {
+        let caller = caller(&req)?;
+        let r = req.into_inner();
+        let deleted = self
+            .blocking(move |e| e.delete_record(&caller, &r.collection, &r.id))
+            .await?;
+        Ok(Response::new(pb::DeleteRecordResponse { deleted }))
+    }
+}

@@ -1,0 +1,110 @@
+//! Storage: tables of bytes behind the [`Store`] trait. It sees only
+//! ciphertext and non-sensitive metadata; it knows nothing of keys or gRPC.
+//! RocksDB ([`RocksStore`]) is the embedded default.
+
+mod codec;
+mod rocks;
+
+pub use codec::{record_key, StoredField, StoredRecord, STORED_RECORD_V1};
+pub use rocks::{RocksStore, StoreOptions};
+
+use crate::Result;
+
+/// A kind of stored data; one RocksDB column family each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Table {
+    /// Facts about the data folder itself (region, keyring id).
+    Meta,
+    /// Collection schemas (JSON; no personal data).
+    Collections,
+    /// Records: field ciphertexts keyed by collection and record id.
+    Records,
+    /// Wrapped subject keys keyed by subject id and version.
+    SubjectKeys,
+    /// Blind indexes (used by search).
+    Index,
+    /// The audit log.
+    Audit,
+}
+
+impl Table {
+    /// Every table.
+    pub const ALL: [Table; 6] = [
+        Table::Meta,
+        Table::Collections,
+        Table::Records,
+        Table::SubjectKeys,
+        Table::Index,
+        Table::Audit,
+    ];
+
+    /// The column family's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Meta => "meta",
+            Table::Collections => "collections",
+            Table::Records => "records",
+            Table::SubjectKeys => "subject_keys",
+            Table::Index => "index",
+            Table::Audit => "audit",
+        }
+    }
+}
+
+/// One change in a [`WriteSet`].
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// Set a key to a value.
+    Put(Table, Vec<u8>, Vec<u8>),
+    /// Remove a key.
+    Delete(Table, Vec<u8>),
+}
+
+/// The writes of one request, applied atomically.
+#[derive(Debug, Default, Clone)]
+pub struct WriteSet {
+    ops: Vec<Op>,
+}
+
+impl WriteSet {
+    /// An empty set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a put.
+    pub fn put(&mut self, table: Table, key: Vec<u8>, value: Vec<u8>) {
+        self.ops.push(Op::Put(table, key, value));
+    }
+
+    /// Adds a delete.
+    pub fn delete(&mut self, table: Table, key: Vec<u8>) {
+        self.ops.push(Op::Delete(table, key));
+    }
+
+    /// The changes, in order.
+    pub fn ops(&self) -> &[Op] {
+        &self.ops
+    }
+
+    /// Whether there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+/// A transactional key-value store of [`Table`]s. Every method blocks: call
+/// it off the async reactor.
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    /// One value.
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>>;
+    /// Several values of one table, in the order of `keys`.
+    fn multi_get(&self, table: Table, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>>;
+    /// Every entry whose key starts with `prefix`, in key order.
+    fn scan_prefix(&self, table: Table, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+    /// The entry with the greatest key that starts with `prefix`.
+    fn last_with_prefix(&self, table: Table, prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>>;
+    /// Applies every change at once; when it returns `Ok`, the changes are
+    /// durable (if the store was opened with synced writes).
+    fn write(&self, set: WriteSet) -> Result<()>;
+}

@@ -1,0 +1,180 @@
+//! The RocksDB store.
+
+use std::path::{Path, PathBuf};
+
+use rocksdb::{
+    ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB,
+};
+
+use super::{Op, Store, Table, WriteSet};
+use crate::{Error, Result};
+
+/// How to open the store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Sync the WAL before a write is acknowledged. Off only for benchmarks
+    /// that measure CPU overhead; an unsynced write can be lost on power loss.
+    pub sync_writes: bool,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions { sync_writes: true }
+    }
+}
+
+/// RocksDB with one column family per [`Table`].
+pub struct RocksStore {
+    db: DB,
+    path: PathBuf,
+    sync_writes: bool,
+}
+
+impl std::fmt::Debug for RocksStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RocksStore")
+            .field("path", &self.path)
+            .field("sync_writes", &self.sync_writes)
+            .finish()
+    }
+}
+
+fn storage_err(e: rocksdb::Error) -> Error {
+    Error::Storage(e.into_string())
+}
+
+impl RocksStore {
+    /// Opens (creating if missing) the store in `path`.
+    pub fn open(path: &Path, options: &StoreOptions) -> Result<Self> {
+        let mut db_opts = Options::default();
+        db_opts.create_if_missing(true);
+        db_opts.create_missing_column_families(true);
+        // Values are ciphertext: compression would only cost CPU.
+        db_opts.set_compression_type(rocksdb::DBCompressionType::None);
+        let cfs = Table::ALL.iter().map(|t| {
+            let mut o = Options::default();
+            o.set_compression_type(rocksdb::DBCompressionType::None);
+            ColumnFamilyDescriptor::new(t.name(), o)
+        });
+        let db = DB::open_cf_descriptors(&db_opts, path, cfs).map_err(|e| {
+            Error::Storage(format!(
+                "cannot open the data folder {}: {}",
+                path.display(),
+                e.into_string()
+            ))
+        })?;
+        Ok(RocksStore {
+            db,
+            path: path.to_owned(),
+            sync_writes: options.sync_writes,
+        })
+    }
+
+    fn cf(&self, table: Table) -> Result<&rocksdb::ColumnFamily> {
+        self.db
+            .cf_handle(table.name())
+            .ok_or_else(|| Error::Storage(format!("column family {} missing", table.name())))
+    }
+}
+
+impl Store for RocksStore {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.db.get_cf(self.cf(table)?, key).map_err(storage_err)
+    }
+
+    fn multi_get(&self, table: Table, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
+        let cf = self.cf(table)?;
+        self.db
+            .multi_get_cf(keys.iter().map(|k| (cf, k.as_slice())))
+            .into_iter()
+            .map(|r| r.map_err(storage_err))
+            .collect()
+    }
+
+    fn scan_prefix(&self, table: Table, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(
+            self.cf(table)?,
+            IteratorMode::From(prefix, Direction::Forward),
+        ) {
+            let (k, v) = item.map_err(storage_err)?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            out.push((k.into_vec(), v.into_vec()));
+        }
+        Ok(out)
+    }
+
+    fn last_with_prefix(&self, table: Table, prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        let cf = self.cf(table)?;
+        // Seek to the last key <= prefix ‖ 0xFF…; keys here are short, so
+        // 256 bytes of 0xFF bound every key with this prefix.
+        let mut upper = prefix.to_vec();
+        upper.extend_from_slice(&[0xFF; 256]);
+        let mut it = self
+            .db
+            .iterator_cf(cf, IteratorMode::From(&upper, Direction::Reverse));
+        match it.next() {
+            Some(Ok((k, v))) if k.starts_with(prefix) => Ok(Some((k.into_vec(), v.into_vec()))),
+            Some(Err(e)) => Err(storage_err(e)),
+            _ => Ok(None),
+        }
+    }
+
+    fn write(&self, set: WriteSet) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        for op in set.ops() {
+            match op {
+                Op::Put(t, k, v) => batch.put_cf(self.cf(*t)?, k, v),
+                Op::Delete(t, k) => batch.delete_cf(self.cf(*t)?, k),
+            }
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(self.sync_writes);
+        self.db.write_opt(batch, &wo).map_err(storage_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_read_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RocksStore::open(dir.path(), &StoreOptions::default()).unwrap();
+        let mut ws = WriteSet::new();
+        ws.put(Table::Records, b"a\0x".to_vec(), b"1".to_vec());
+        ws.put(Table::Records, b"a\0y".to_vec(), b"2".to_vec());
+        ws.put(Table::Records, b"b\0x".to_vec(), b"3".to_vec());
+        ws.put(Table::Meta, b"a\0x".to_vec(), b"meta".to_vec());
+        store.write(ws).unwrap();
+        assert_eq!(
+            store.get(Table::Records, b"a\0x").unwrap(),
+            Some(b"1".to_vec())
+        );
+        assert_eq!(
+            store.get(Table::Meta, b"a\0x").unwrap(),
+            Some(b"meta".to_vec())
+        );
+        assert_eq!(store.scan_prefix(Table::Records, b"a\0").unwrap().len(), 2);
+        assert_eq!(
+            store
+                .last_with_prefix(Table::Records, b"a\0")
+                .unwrap()
+                .unwrap()
+                .1,
+            b"2".to_vec()
+        );
+        assert_eq!(store.last_with_prefix(Table::Records, b"c").unwrap(), None);
+        let got = store
+            .multi_get(Table::Records, &[b"b\0x".to_vec(), b"zz".to_vec()])
+            .unwrap();
+        assert_eq!(got, vec![Some(b"3".to_vec()), None]);
+        let mut ws = WriteSet::new();
+        ws.delete(Table::Records, b"a\0x".to_vec());
+        store.write(ws).unwrap();
+        assert_eq!(store.get(Table::Records, b"a\0x").unwrap(), None);
+    }
+}
