@@ -7,7 +7,7 @@
 //! keyring_file = "/etc/vault/keyring.v1"      # default: <data_dir>/keyring.v1
 //! unseal_key_file = "/run/vault/unseal.key"  # 64 hex digits; M-of-N custody replaces it
 //! sync_writes = true                         # default true
-//! key_cache_capacity = 100000                # subject key versions kept unwrapped
+//! key_cache_capacity = 10000                 # subject key versions kept unwrapped
 //!
 //! [limits]                                   # all optional
 //! max_record_bytes = 65536
@@ -65,7 +65,7 @@ fn yes() -> bool {
 }
 
 fn default_cache() -> usize {
-    100_000
+    10_000
 }
 
 /// `[limits]`.

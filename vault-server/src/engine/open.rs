@@ -51,7 +51,7 @@ impl OpenOptions {
             create_if_missing: true,
             store: StoreOptions::default(),
             limits: Limits::default(),
-            key_cache_capacity: 100_000,
+            key_cache_capacity: 10_000,
         }
     }
 }

@@ -13,7 +13,7 @@ use lru::LruCache;
 use crate::crypto::{derive_field_key, FieldKeyContext, Key256};
 
 /// Field ciphers kept per subject key; further fields are derived per use.
-const CIPHERS_PER_SUBJECT: usize = 64;
+const CIPHERS_PER_SUBJECT: usize = 32;
 
 /// One unwrapped subject key version and the field ciphers derived from it.
 pub struct SubjectKeys {
