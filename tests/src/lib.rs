@@ -78,20 +78,27 @@ impl TestVault {
 
     /// Stops the server, waits for it to drain, and closes the store, so the
     /// data folder can be opened by someone else.
-    pub async fn stop(mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(task) = self.task.take() {
-            task.await.unwrap().unwrap();
-        }
-        let engine = self.engine;
+    pub async fn stop(self) {
+        let engine = self.stop_serving().await;
         assert_eq!(
             Arc::strong_count(&engine),
             1,
             "the server still holds the engine"
         );
         drop(engine);
+    }
+
+    /// Stops the server and waits for it to drain; returns the engine, which
+    /// engine work of requests that their clients gave up on may still hold
+    /// on the runtime's blocking pool.
+    pub async fn stop_serving(mut self) -> Arc<Engine> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+        self.engine
     }
 }
 
@@ -107,4 +114,115 @@ pub fn server_binary() -> PathBuf {
         bin.display()
     );
     bin
+}
+
+/// The `vaultctl` binary, next to `vault-server` (built by the same
+/// `cargo build --workspace --all-targets`).
+pub fn vaultctl_binary() -> PathBuf {
+    let bin = server_binary().with_file_name("vaultctl");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (scripts/test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A [`TestVault`] on a single-threaded runtime of its own thread, which a
+/// test can freeze: while frozen the kernel still accepts connections and
+/// bytes, but the server answers nothing. Deadline tests use it to get a
+/// deterministic timeout from the real server, with no sleeps.
+#[derive(Debug)]
+pub struct FreezableVault {
+    url: String,
+    commands: Option<tokio::sync::mpsc::UnboundedSender<Freeze>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// A request to freeze: acknowledged on `frozen`, then the server's thread
+/// blocks on `thaw`.
+#[derive(Debug)]
+struct Freeze {
+    frozen: oneshot::Sender<()>,
+    thaw: std::sync::mpsc::Receiver<()>,
+}
+
+/// Keeps a [`FreezableVault`] frozen; dropping it thaws the server.
+#[derive(Debug)]
+pub struct Frozen {
+    _thaw: std::sync::mpsc::Sender<()>,
+}
+
+impl FreezableVault {
+    /// Starts a dev-mode vault of `region` over `data_dir` in a thread of its own.
+    pub async fn start(data_dir: &Path, region: &str) -> FreezableVault {
+        let (url_tx, url_rx) = oneshot::channel();
+        let (commands, mut requests) = tokio::sync::mpsc::unbounded_channel::<Freeze>();
+        let data_dir = data_dir.to_owned();
+        let region = region.to_owned();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let engine = runtime.block_on(async move {
+                let vault = TestVault::start(&data_dir, &region).await.unwrap();
+                let _ = url_tx.send(vault.url());
+                while let Some(freeze) = requests.recv().await {
+                    let _ = freeze.frozen.send(());
+                    // Blocks the runtime's only thread: no task of the
+                    // server runs until the thaw.
+                    let _ = freeze.thaw.recv();
+                }
+                vault.stop_serving().await
+            });
+            // Requests that timed out while the server was frozen may still
+            // run on the blocking pool; dropping the runtime waits for them.
+            drop(runtime);
+            assert_eq!(
+                Arc::strong_count(&engine),
+                1,
+                "the server still holds the engine"
+            );
+        });
+        let url = url_rx.await.expect("the vault's thread failed to start it");
+        FreezableVault {
+            url,
+            commands: Some(commands),
+            thread: Some(thread),
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        self.url.clone()
+    }
+
+    /// Freezes the server; it stays frozen until the returned guard drops.
+    pub async fn freeze(&self) -> Frozen {
+        let (frozen_tx, frozen_rx) = oneshot::channel();
+        let (thaw_tx, thaw_rx) = std::sync::mpsc::channel();
+        self.commands
+            .as_ref()
+            .unwrap()
+            .send(Freeze {
+                frozen: frozen_tx,
+                thaw: thaw_rx,
+            })
+            .unwrap();
+        frozen_rx.await.unwrap();
+        Frozen { _thaw: thaw_tx }
+    }
+
+    /// Stops the server (thaw it first) and waits for its thread.
+    pub async fn stop(mut self) {
+        drop(self.commands.take());
+        let thread = self.thread.take().unwrap();
+        let joined = tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .unwrap();
+        if let Err(panic) = joined {
+            std::panic::resume_unwind(panic);
+        }
+    }
 }

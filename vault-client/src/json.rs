@@ -11,7 +11,8 @@
 //!
 //! Output: strings, integers, booleans as themselves; doubles as numbers
 //! (non-finite ones as the strings `NaN`, `inf`, `-inf`); bytes as standard
-//! base64; timestamps as RFC 3339 in UTC.
+//! base64; timestamps as RFC 3339 in UTC (a year outside 0000–9999 with a
+//! sign, as in `+10000-01-01T00:00:00Z`, which reads back as input too).
 
 use std::collections::BTreeMap;
 

@@ -99,6 +99,9 @@ impl Timestamp {
     /// Parses an RFC 3339 timestamp such as `2024-03-01T12:00:00Z`,
     /// `2024-03-01t12:00:00.25+01:00` or `2024-03-01 12:00:00Z`. A bare date
     /// (`1990-05-17`) is taken as midnight UTC. Leap seconds (`:60`) are refused.
+    /// A year outside 0000–9999 is read in the signed form that
+    /// [`Timestamp::to_rfc3339`] writes it in (`+10000-01-01T00:00:00Z`,
+    /// `-249-10-15T19:33:20Z`), so every timestamp reads back.
     pub fn parse_rfc3339(text: &str) -> Result<Self, ParseError> {
         parse_rfc3339(text).ok_or_else(|| {
             ParseError::new("not an RFC 3339 timestamp (expected e.g. 2024-03-01T12:00:00Z)")
@@ -233,9 +236,26 @@ fn take_byte(s: &mut &[u8], allowed: &[u8]) -> Option<u8> {
     Some(first)
 }
 
+/// Reads a year from the front of `s`: four digits, or a sign and 1 to 12
+/// digits (the form `to_rfc3339` gives years outside 0000–9999).
+fn take_year(s: &mut &[u8]) -> Option<i64> {
+    let Some(sign) = take_byte(s, b"+-") else {
+        return take_digits(s, 4).map(i64::from);
+    };
+    let digits = s.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 || digits > 12 {
+        return None;
+    }
+    let magnitude = s[..digits]
+        .iter()
+        .fold(0i64, |acc, d| acc * 10 + i64::from(d - b'0'));
+    *s = &s[digits..];
+    Some(if sign == b'-' { -magnitude } else { magnitude })
+}
+
 fn parse_rfc3339(text: &str) -> Option<Timestamp> {
     let mut s = text.trim().as_bytes();
-    let year = i64::from(take_digits(&mut s, 4)?);
+    let year = take_year(&mut s)?;
     take_byte(&mut s, b"-")?;
     let month = take_digits(&mut s, 2)?;
     take_byte(&mut s, b"-")?;
@@ -245,7 +265,9 @@ fn parse_rfc3339(text: &str) -> Option<Timestamp> {
     }
     let days = days_from_civil(year, month, day);
     if s.is_empty() {
-        return Some(Timestamp::from_unix_seconds(days * SECONDS_PER_DAY));
+        return Some(Timestamp::from_unix_seconds(
+            days.checked_mul(SECONDS_PER_DAY)?,
+        ));
     }
 
     take_byte(&mut s, b"Tt ")?;
@@ -290,9 +312,12 @@ fn parse_rfc3339(text: &str) -> Option<Timestamp> {
         return None;
     }
 
-    let local = days * SECONDS_PER_DAY + i64::from(hour * 3600 + minute * 60 + second);
+    // In i128: near the ends of the i64 range, the start of the day or the
+    // local time may lie outside it while the instant itself does not.
+    let local = i128::from(days) * i128::from(SECONDS_PER_DAY)
+        + i128::from(hour * 3600 + minute * 60 + second);
     Some(Timestamp {
-        seconds: local - offset_seconds,
+        seconds: i64::try_from(local - i128::from(offset_seconds)).ok()?,
         nanos: i32::try_from(nanos).ok()?,
     })
 }
@@ -1059,6 +1084,41 @@ mod tests {
             };
             assert_eq!(ts.to_string().parse::<Timestamp>(), Ok(ts));
             seconds += 86_400 * 17 + 3_671;
+        }
+    }
+
+    #[test]
+    fn years_outside_rfc3339_read_back() {
+        let cases = [
+            (-62_135_596_801, 0, "0000-12-31T23:59:59Z"),
+            (-62_167_219_201, 0, "-1-12-31T23:59:59Z"),
+            (-70_000_000_000, 5_000, "-249-10-15T19:33:20.000005Z"),
+            (253_402_300_800, 0, "+10000-01-01T00:00:00Z"),
+            (
+                i64::MAX,
+                999_999_999,
+                "+292277026596-12-04T15:30:07.999999999Z",
+            ),
+            (i64::MIN, 0, "-292277022657-01-27T08:29:52Z"),
+        ];
+        for (seconds, nanos, text) in cases {
+            let ts = Timestamp { seconds, nanos };
+            assert_eq!(ts.to_string(), text);
+            assert_eq!(text.parse::<Timestamp>(), Ok(ts), "{text}");
+        }
+        assert_eq!(
+            "+10000-01-01".parse::<Timestamp>(),
+            Ok(Timestamp::from_unix_seconds(253_402_300_800))
+        );
+        // One second past either end of i64, and years too long to be one.
+        for text in [
+            "+292277026596-12-04T15:30:08Z",
+            "-292277022657-01-27T08:29:51Z",
+            "+1000000000000-01-01T00:00:00Z",
+            "+-01-01T00:00:00Z",
+            "+999999999999-01-01",
+        ] {
+            assert!(text.parse::<Timestamp>().is_err(), "{text:?} parsed");
         }
     }
 

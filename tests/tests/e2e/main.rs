@@ -5,10 +5,12 @@
 #![allow(clippy::unwrap_used)]
 
 mod binary;
+mod client;
 mod malformed;
 mod records;
 mod region;
 mod tamper;
+mod vaultctl;
 
 use vault_client::{Collection, DataCategory, FieldSchema, FieldType, Record, Timestamp};
 

@@ -284,12 +284,13 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
+            // One line, like every other vaultctl error; --help has the rest.
+            let message = usage_message(&e.render().to_string());
             if wants_json(&args) {
-                let message = usage_message(&e.render().to_string());
                 let body = json!({"error": {"kind": "usage", "message": message}});
                 println!("{body}");
             }
-            let _ = e.print();
+            eprintln!("error: {message} (see vaultctl --help)");
             return ExitCode::from(2);
         }
     };
