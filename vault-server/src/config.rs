@@ -6,7 +6,7 @@
 //! data_dir = "/var/lib/vault"
 //! keyring_file = "/etc/vault/keyring.v1"      # default: <data_dir>/keyring.v1
 //! unseal_key_file = "/run/vault/unseal.key"  # 64 hex digits; M-of-N custody replaces it
-//! sync_writes = true                         # default true
+//! danger_unsynced_writes = false            # default false: every write is WAL-synced
 //! key_cache_capacity = 10000                 # subject key versions kept unwrapped
 //!
 //! [limits]                                   # all optional
@@ -46,9 +46,10 @@ pub struct Config {
     pub keyring_file: Option<PathBuf>,
     /// Unseal key file.
     pub unseal_key_file: PathBuf,
-    /// Sync the WAL before acknowledging writes (default true).
-    #[serde(default = "yes")]
-    pub sync_writes: bool,
+    /// Acknowledge writes before the WAL is synced: faster, but a power
+    /// loss can lose acknowledged writes. For benchmarks only (default false).
+    #[serde(default)]
+    pub danger_unsynced_writes: bool,
     /// Subject key versions kept unwrapped in memory.
     #[serde(default = "default_cache")]
     pub key_cache_capacity: usize,
@@ -58,10 +59,6 @@ pub struct Config {
     /// Bearer tokens.
     #[serde(default)]
     pub tokens: Vec<TokenConfig>,
-}
-
-fn yes() -> bool {
-    true
 }
 
 fn default_cache() -> usize {
@@ -126,7 +123,7 @@ impl Config {
             unseal: UnsealSource::KeyFile(self.unseal_key_file.clone()),
             create_if_missing: init,
             store: StoreOptions {
-                sync_writes: self.sync_writes,
+                sync_writes: !self.danger_unsynced_writes,
             },
             limits: Limits {
                 max_record_bytes: self.limits.max_record_bytes.unwrap_or(d.max_record_bytes),
@@ -183,7 +180,7 @@ roles = ["reader"]
     #[test]
     fn parses_and_defaults() {
         let c = Config::parse(GOOD).unwrap();
-        assert!(c.sync_writes);
+        assert!(!c.danger_unsynced_writes);
         let o = c.open_options(false).unwrap();
         assert_eq!(o.keyring_file, PathBuf::from("/tmp/v/keyring.v1"));
         assert_eq!(o.limits.max_batch_records, 500);

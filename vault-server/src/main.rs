@@ -21,7 +21,8 @@ use vault_server::{dev, Error};
 
 /// The regional data vault: personal data encrypted field by field under
 /// region-bound keys, served over gRPC.
-#[derive(Debug, Parser)]
+// No `Debug`: the struct holds the development token.
+#[derive(Parser)]
 #[command(version, about)]
 #[command(group(clap::ArgGroup::new("mode").required(true).args(["dev", "config"])))]
 struct Cli {

@@ -19,7 +19,9 @@ pub fn open_raw(data_dir: &Path) -> DB {
 
 fn stored(db: &DB, collection: &str, id: &str) -> StoredRecord {
     let cf = db.cf_handle("records").unwrap();
-    StoredRecord::decode(&db.get_cf(cf, record_key(collection, id)).unwrap().unwrap()).unwrap()
+    StoredRecord::decode(&db.get_cf(cf, record_key(collection, id)).unwrap().unwrap())
+        .unwrap()
+        .0
 }
 
 fn store(db: &DB, collection: &str, id: &str, r: &StoredRecord) {
@@ -49,9 +51,18 @@ async fn every_raw_edit_is_an_integrity_error() {
         "version",
         "untouched",
         "subject-key",
+        "dropped-field",
+        "other-subject",
+        "record-version",
+        "empty",
+        "s2-anchor",
     ];
     for id in ids {
-        let subject = if id == "subject-key" { "s9" } else { "s1" };
+        let subject = match id {
+            "subject-key" => "s9",
+            "s2-anchor" => "s2",
+            _ => "s1",
+        };
         client.put(&user(id, subject)).await.unwrap();
     }
     drop(client);
@@ -86,6 +97,23 @@ async fn every_raw_edit_is_an_integrity_error() {
         let i = field_index(&v, "phone");
         v.fields[i].envelope[1..5].copy_from_slice(&2u32.to_be_bytes());
         store(&db, "users", "version", &v);
+        // (f) drop one field from a record: each remaining envelope is
+        // intact, but the record tag covers the set of fields.
+        let mut d = stored(&db, "users", "dropped-field");
+        d.fields.retain(|f| f.name != "phone");
+        store(&db, "users", "dropped-field", &d);
+        // (g) re-attribute a record to another subject whose key exists.
+        let mut o = stored(&db, "users", "other-subject");
+        o.subject_id = "s2".into();
+        store(&db, "users", "other-subject", &o);
+        // (h) change the record-level key version.
+        let mut rv = stored(&db, "users", "record-version");
+        rv.key_version = 2;
+        store(&db, "users", "record-version", &rv);
+        // (i) strip every field: an emptied record must not read as a record.
+        let mut e = stored(&db, "users", "empty");
+        e.fields.clear();
+        store(&db, "users", "empty", &e);
         // And a flipped byte in a wrapped subject key.
         let cf = db.cf_handle("subject_keys").unwrap();
         let mut key = b"s9\0".to_vec();
@@ -105,6 +133,10 @@ async fn every_raw_edit_is_an_integrity_error() {
         ("users2", "moved"),
         ("users", "version"),
         ("users", "subject-key"),
+        ("users", "dropped-field"),
+        ("users", "other-subject"),
+        ("users", "record-version"),
+        ("users", "empty"),
     ];
     for (collection, id) in cases {
         let got = client.get(collection, id).await;
@@ -112,13 +144,20 @@ async fn every_raw_edit_is_an_integrity_error() {
             matches!(got, Err(Error::Integrity)),
             "{collection}/{id}: {got:?}"
         );
+        // A projection that skips the edited field fails too: the record tag
+        // is checked before anything is decrypted.
+        let got = client.get_fields(collection, id, &["country"]).await;
+        assert!(
+            matches!(got, Err(Error::Integrity)),
+            "projected {collection}/{id}: {got:?}"
+        );
         let batch = client.get_many(collection, &[id], &[]).await;
         assert!(
             matches!(batch, Err(Error::Integrity)),
             "batch {collection}/{id}: {batch:?}"
         );
     }
-    // The untouched record and the original of the moved one still read.
+    // The untouched records and the original of the moved one still read.
     assert_eq!(
         client.get("users", "untouched").await.unwrap(),
         user("untouched", "s1")
@@ -126,6 +165,10 @@ async fn every_raw_edit_is_an_integrity_error() {
     assert_eq!(
         client.get("users", "moved").await.unwrap(),
         user("moved", "s1")
+    );
+    assert_eq!(
+        client.get("users", "s2-anchor").await.unwrap(),
+        user("s2-anchor", "s2")
     );
     drop(client);
     vault.stop().await;

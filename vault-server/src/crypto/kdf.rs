@@ -4,6 +4,9 @@
 //! field key = HKDF-SHA256(ikm  = subject key,
 //!                         salt = labels::FIELD ‖ lp(region),
 //!                         info = lp(collection) ‖ lp(field) ‖ u32be(subject key version))
+//! record key = HKDF-SHA256(ikm  = subject key,
+//!                          salt = labels::RECORD ‖ lp(region),
+//!                          info = u32be(subject key version))
 //! keyring key = HKDF-SHA256(ikm  = unseal key,
 //!                           salt = labels::KEYRING ‖ lp(region),
 //!                           info = "")
@@ -26,6 +29,8 @@ pub mod labels {
     pub const SUBJECT_KEY: &[u8] = b"vault/v1/subject-key";
     /// Salt prefix of the keyring-encryption key, and AAD prefix of the keyring file.
     pub const KEYRING: &[u8] = b"vault/v1/keyring";
+    /// Salt prefix of the record-tag key, and prefix of the tagged bytes.
+    pub const RECORD: &[u8] = b"vault/v1/record";
 }
 
 /// Where a field key is used: the inputs of its derivation besides the subject key.
@@ -51,6 +56,18 @@ pub fn derive_field_key(subject_key: &Key256, ctx: &FieldKeyContext<'_>) -> Key2
     put_lp(&mut info, ctx.field.as_bytes());
     info.extend_from_slice(&ctx.key_version.to_be_bytes());
     expand(&salt, subject_key.expose_secret(), &info)
+}
+
+/// Derives the key of the record tags of one subject key version.
+pub fn derive_record_key(subject_key: &Key256, region: &str, key_version: u32) -> Key256 {
+    let mut salt = Vec::with_capacity(labels::RECORD.len() + 4 + region.len());
+    salt.extend_from_slice(labels::RECORD);
+    put_lp(&mut salt, region.as_bytes());
+    expand(
+        &salt,
+        subject_key.expose_secret(),
+        &key_version.to_be_bytes(),
+    )
 }
 
 /// Derives the key that encrypts the keyring file from the unseal key.

@@ -13,15 +13,20 @@ use std::sync::{Arc, Mutex, RwLock};
 
 pub use open::{open, OpenOptions, UnsealSource};
 pub use schema::{
-    validate_id, validate_name, Collection, DataCategory, FieldSchema, FieldType, Mask, MAX_FIELDS,
-    MAX_ID_BYTES,
+    shown, validate_id, validate_name, Collection, DataCategory, FieldSchema, FieldType, Mask,
+    MAX_FIELDS, MAX_ID_BYTES,
 };
 pub use value::{Record, Value};
 
-use crate::crypto::{open_field, seal_field, EnvelopeHeader, FieldAad, Key256};
+use crate::crypto::{
+    open_field, record_tag, seal_field, verify_record_tag, EnvelopeHeader, FieldAad, Key256,
+    RecordContext,
+};
 use crate::keys::{unwrap_subject_key, wrap_subject_key, KeyCache, Keyring, Region, SubjectKeys};
 use crate::policy::{Caller, Role};
-use crate::storage::{record_key, Store, StoredField, StoredRecord, Table, WriteSet};
+use crate::storage::{
+    record_key, Store, StoredField, StoredRecord, Table, WriteSet, RECORD_TAG_LEN,
+};
 use crate::{Error, Result};
 
 const META_REGION: &[u8] = b"region";
@@ -273,7 +278,11 @@ impl Engine {
             let mut bytes = 0usize;
             for (name, value) in &r.fields {
                 let f = c.field(name).ok_or_else(|| {
-                    Error::InvalidArgument(format!("unknown field {name} in collection {}", c.name))
+                    Error::InvalidArgument(format!(
+                        "unknown field {} in collection {}",
+                        shown(name),
+                        c.name
+                    ))
                 })?;
                 if value.field_type() != f.field_type {
                     return Err(Error::InvalidArgument(format!(
@@ -324,13 +333,19 @@ impl Engine {
             }
             let stored = StoredRecord {
                 subject_id: r.subject_id.clone(),
+                key_version: sk.version(),
                 fields,
+                tag: [0; RECORD_TAG_LEN],
             };
-            ws.put(
-                Table::Records,
-                record_key(&r.collection, &r.id),
-                stored.encode(),
-            );
+            let mut value = stored.encode_body();
+            let ctx = RecordContext {
+                region: self.region.as_str(),
+                collection: &r.collection,
+                record_id: &r.id,
+            };
+            let tag = record_tag(sk.record_key(self.region.as_str()), &ctx, &value);
+            value.extend_from_slice(&tag);
+            ws.put(Table::Records, record_key(&r.collection, &r.id), value);
         }
         self.store.write(ws)?;
         self.counters
@@ -380,7 +395,8 @@ impl Engine {
         for f in fields {
             if c.field(f).is_none() {
                 return Err(Error::InvalidArgument(format!(
-                    "unknown field {f} in collection {}",
+                    "unknown field {} in collection {}",
+                    shown(f),
                     c.name
                 )));
             }
@@ -396,7 +412,16 @@ impl Engine {
                 missing.push(id.clone());
                 continue;
             };
-            let stored = StoredRecord::decode(&bytes)?;
+            let (stored, body) = StoredRecord::decode(&bytes)?;
+            // The record tag first: it vouches for the subject, the key
+            // version and the set of fields before anything is decrypted.
+            let sk = self.subject_key(&stored.subject_id, stored.key_version)?;
+            let ctx = RecordContext {
+                region: self.region.as_str(),
+                collection,
+                record_id: id,
+            };
+            verify_record_tag(sk.record_key(self.region.as_str()), &ctx, body, &stored.tag)?;
             let mut out = BTreeMap::new();
             for sf in &stored.fields {
                 // A stored field the schema does not know was not written by us.
@@ -404,8 +429,9 @@ impl Engine {
                 if !projected(&sf.name) {
                     continue;
                 }
-                let header = EnvelopeHeader::parse(&sf.envelope)?;
-                let sk = self.subject_key(&stored.subject_id, header.key_version)?;
+                if EnvelopeHeader::parse(&sf.envelope)?.key_version != stored.key_version {
+                    return Err(Error::Integrity);
+                }
                 let cipher = sk.field_cipher(self.region.as_str(), collection, &sf.name);
                 let aad = FieldAad {
                     region: self.region.as_str(),

@@ -123,6 +123,9 @@ impl Collection {
     /// Checks names, counts and masks. The region is checked by the engine.
     pub fn validate(&self) -> Result<()> {
         validate_name("collection name", &self.name, true)?;
+        self.region
+            .parse::<crate::keys::Region>()
+            .map_err(|e| Error::InvalidArgument(format!("collection region: {e}")))?;
         if self.description.chars().count() > MAX_DESCRIPTION_CHARS {
             return Err(Error::InvalidArgument(format!(
                 "description longer than {MAX_DESCRIPTION_CHARS} characters"
@@ -159,6 +162,17 @@ impl Collection {
     }
 }
 
+/// A client-supplied name as an error message shows it: at most 64
+/// characters, so a hostile name cannot bloat a status message.
+pub fn shown(name: &str) -> String {
+    if name.chars().count() <= MAX_NAME_CHARS {
+        name.to_owned()
+    } else {
+        let head: String = name.chars().take(MAX_NAME_CHARS).collect();
+        format!("{head}…")
+    }
+}
+
 /// Checks a collection or field name: 1 to 64 characters of `[a-z0-9_]`
 /// (and `-` for collections), starting with a letter.
 pub fn validate_name(what: &str, name: &str, allow_dash: bool) -> Result<()> {
@@ -177,7 +191,8 @@ pub fn validate_name(what: &str, name: &str, allow_dash: bool) -> Result<()> {
             "a-z, 0-9, '_'"
         };
         Err(Error::InvalidArgument(format!(
-            "invalid {what} {name:?}: 1 to {MAX_NAME_CHARS} characters of {allowed}, starting with a letter"
+            "invalid {what} {:?}: 1 to {MAX_NAME_CHARS} characters of {allowed}, starting with a letter",
+            shown(name)
         )))
     }
 }
@@ -254,6 +269,19 @@ mod tests {
         assert!(coll(many).validate().is_err());
         assert!(validate_name("collection name", "user-events", true).is_ok());
         assert!(validate_name("collection name", "", true).is_err());
+    }
+
+    #[test]
+    fn long_names_are_shortened_in_messages() {
+        let long = "x".repeat(10_000);
+        let err = validate_name("field name", &long, false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.len() < 300, "{}", err.len());
+        assert_eq!(shown("short"), "short");
+        let mut c = coll(vec![field("a", FieldType::Bool)]);
+        c.region = "EU!".repeat(1000);
+        assert!(c.validate().unwrap_err().to_string().len() < 200);
     }
 
     #[test]

@@ -144,8 +144,9 @@ impl Value {
 }
 
 /// A record as the engine sees it: plaintext, inside the vault only.
-/// `Debug` shows ids and field names, never values.
-#[derive(Debug, Clone, PartialEq)]
+/// `Debug` shows the collection, the lengths of the ids and the field names
+/// with their types, never values (ids too may be personal data).
+#[derive(Clone, PartialEq)]
 pub struct Record {
     /// Collection.
     pub collection: String,
@@ -155,6 +156,20 @@ pub struct Record {
     pub subject_id: String,
     /// Field name to value.
     pub fields: BTreeMap<String, Value>,
+}
+
+impl fmt::Debug for Record {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Record")
+            .field("collection", &self.collection)
+            .field("id", &format_args!("<{} bytes>", self.id.len()))
+            .field(
+                "subject_id",
+                &format_args!("<{} bytes>", self.subject_id.len()),
+            )
+            .field("fields", &self.fields)
+            .finish()
+    }
 }
 
 #[cfg(test)]
@@ -192,6 +207,24 @@ mod tests {
     fn debug_hides_content() {
         let shown = format!("{:?}", Value::String("secret@example.eu".into()));
         assert!(!shown.contains("secret"), "{shown}");
+        let record = Record {
+            collection: "users".into(),
+            id: "ada@example.eu".into(),
+            subject_id: "person-ada".into(),
+            fields: BTreeMap::from([(
+                "email".to_string(),
+                Value::String("secret@example.eu".into()),
+            )]),
+        };
+        let shown = format!("{record:?}");
+        assert!(
+            !shown.contains("secret") && !shown.contains("ada"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("email") && shown.contains("users"),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -5,12 +5,12 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::num::NonZeroUsize;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use aes_gcm::{Aes256Gcm, KeyInit};
 use lru::LruCache;
 
-use crate::crypto::{derive_field_key, FieldKeyContext, Key256};
+use crate::crypto::{derive_field_key, derive_record_key, FieldKeyContext, Key256};
 
 /// Field ciphers kept per subject key; further fields are derived per use.
 const CIPHERS_PER_SUBJECT: usize = 32;
@@ -22,6 +22,8 @@ pub struct SubjectKeys {
     /// AES-256-GCM key schedules per (collection, field). `Aes256Gcm` is
     /// built with the `zeroize` feature: it wipes its round keys on drop.
     ciphers: Mutex<HashMap<(String, String), Arc<Aes256Gcm>>>,
+    /// The record-tag key, derived on first use.
+    record_key: OnceLock<Key256>,
 }
 
 impl SubjectKeys {
@@ -31,7 +33,15 @@ impl SubjectKeys {
             version,
             key,
             ciphers: Mutex::new(HashMap::new()),
+            record_key: OnceLock::new(),
         }
+    }
+
+    /// The key of the record tags made with this subject key version. An
+    /// engine serves one region, so the first derivation is the only one.
+    pub fn record_key(&self, region: &str) -> &Key256 {
+        self.record_key
+            .get_or_init(|| derive_record_key(&self.key, region, self.version))
     }
 
     /// The subject key version.

@@ -255,7 +255,11 @@ impl Keyring {
     }
 
     fn encode_contents(&self) -> Zeroizing<Vec<u8>> {
-        let mut out = Zeroizing::new(Vec::with_capacity(512));
+        // Sized up front so the buffer never reallocates: a reallocation
+        // would free a copy of the keys without wiping it.
+        let keys = self.root_keys.len() + self.index_keys.len();
+        let capacity = 5 * 9 + 16 + 16 + 8 + 4 + 4 + 32 + 32 + keys * (5 + 37);
+        let mut out = Zeroizing::new(Vec::with_capacity(capacity));
         section(&mut out, TAG_REGION, self.region.as_str().as_bytes());
         section(&mut out, TAG_ID, &self.id);
         section(&mut out, TAG_CREATED_AT, &self.created_at.to_be_bytes());
@@ -448,9 +452,16 @@ pub fn write_secret_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .unwrap_or(Path::new("."));
     fs::create_dir_all(dir)?;
     let tmp = path.with_extension("tmp");
+    // A fresh file (O_EXCL), never one left behind with other permissions
+    // or a link planted in its place.
+    match fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
     {
         let mut opts = fs::OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
+        opts.write(true).create_new(true);
         #[cfg(unix)]
         {
             use std::os::unix::fs::OpenOptionsExt;

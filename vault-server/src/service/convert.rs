@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use tonic::Status;
 use vault_proto::v1 as pb;
 
-use crate::engine::{Collection, DataCategory, FieldSchema, FieldType, Mask, Record, Value};
+use crate::engine::{shown, Collection, DataCategory, FieldSchema, FieldType, Mask, Record, Value};
 
 pub fn field_type_from(v: i32, field: &str) -> Result<FieldType, Status> {
     Ok(match pb::FieldType::try_from(v) {
@@ -18,7 +18,8 @@ pub fn field_type_from(v: i32, field: &str) -> Result<FieldType, Status> {
         Ok(pb::FieldType::Timestamp) => FieldType::Timestamp,
         Ok(pb::FieldType::Unspecified) | Err(_) => {
             return Err(Status::invalid_argument(format!(
-                "field {field}: type is missing or unknown"
+                "field {}: type is missing or unknown",
+                shown(field)
             )))
         }
     })
@@ -46,7 +47,8 @@ fn category_from(v: i32, field: &str) -> Result<DataCategory, Status> {
         Ok(pb::DataCategory::Other) => DataCategory::Other,
         Ok(pb::DataCategory::Unspecified) | Err(_) => {
             return Err(Status::invalid_argument(format!(
-                "field {field}: data category is missing or unknown"
+                "field {}: data category is missing or unknown",
+                shown(field)
             )))
         }
     })
@@ -125,7 +127,8 @@ fn value_from(v: pb::Value, field: &str) -> Result<Value, Status> {
         },
         None => {
             return Err(Status::invalid_argument(format!(
-                "field {field}: value has no type set"
+                "field {}: value has no type set",
+                shown(field)
             )))
         }
     })

@@ -5,16 +5,22 @@
 //! Stored record, version 1 (integers big-endian):
 //!
 //! ```text
-//!  u8  version = 1
-//!  u16 subject id length ‖ subject id (UTF-8)
-//!  u16 field count
-//!  per field, in name order:
-//!      u16 name length ‖ name (UTF-8) ‖ u32 envelope length ‖ envelope
+//!  ┌ body ───────────────────────────────────────────────────────────────┐
+//!  │ u8  version = 1                                                     │
+//!  │ u16 subject id length ‖ subject id (UTF-8)                          │
+//!  │ u32 subject key version (of every envelope and of the record tag)   │
+//!  │ u16 field count                                                     │
+//!  │ per field, in name order:                                           │
+//!  │     u16 name length ‖ name (UTF-8) ‖ u32 envelope length ‖ envelope │
+//!  └─────────────────────────────────────────────────────────────────────┘
+//!  32 bytes record tag = HMAC-SHA256 over the body (see `crypto::record_tag`)
 //! ```
 //!
 //! Field values exist here only as envelopes (see `crypto::seal_field`).
-//! Anything that does not parse exactly, with no trailing bytes, is an
-//! integrity failure.
+//! The envelopes authenticate each value; the record tag authenticates the
+//! record as a whole (its subject, its set of fields), so a dropped field or
+//! a swapped subject is caught too. Anything that does not parse exactly,
+//! with no trailing bytes, is an integrity failure.
 
 use crate::{Error, Result};
 
@@ -39,20 +45,29 @@ pub struct StoredField {
     pub envelope: Vec<u8>,
 }
 
-/// A record as stored: the subject and the encrypted fields.
+/// Length of the record tag.
+pub const RECORD_TAG_LEN: usize = 32;
+
+/// A record as stored: the subject, the key version, the encrypted fields
+/// and the record tag.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredRecord {
     /// The data subject the record is about.
     pub subject_id: String,
+    /// The subject key version of every envelope and of the tag.
+    pub key_version: u32,
     /// The fields, sorted by name.
     pub fields: Vec<StoredField>,
+    /// HMAC-SHA256 over the encoded body.
+    pub tag: [u8; RECORD_TAG_LEN],
 }
 
 impl StoredRecord {
-    /// Encodes the record. Names and ids are bounded by request validation
-    /// far below u16::MAX, envelopes far below u32::MAX.
-    pub fn encode(&self) -> Vec<u8> {
-        let size: usize = 5
+    /// Encodes the body: everything but the tag. Names and ids are bounded
+    /// by request validation far below u16::MAX, envelopes far below u32::MAX.
+    pub fn encode_body(&self) -> Vec<u8> {
+        let size: usize = 9
+            + RECORD_TAG_LEN
             + self.subject_id.len()
             + self
                 .fields
@@ -62,6 +77,7 @@ impl StoredRecord {
         let mut out = Vec::with_capacity(size);
         out.push(STORED_RECORD_V1);
         put_u16_str(&mut out, &self.subject_id);
+        out.extend_from_slice(&self.key_version.to_be_bytes());
         out.extend_from_slice(&(self.fields.len() as u16).to_be_bytes());
         for f in &self.fields {
             put_u16_str(&mut out, &f.name);
@@ -71,13 +87,28 @@ impl StoredRecord {
         out
     }
 
-    /// Decodes a stored record, refusing anything malformed.
-    pub fn decode(bytes: &[u8]) -> Result<Self> {
-        let mut r = Reader(bytes);
+    /// Encodes the whole record: body, then tag.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = self.encode_body();
+        out.extend_from_slice(&self.tag);
+        out
+    }
+
+    /// Decodes a stored record, refusing anything malformed. Returns the
+    /// record and the body bytes its tag covers. (The tag is not checked
+    /// here: that needs the subject key.)
+    pub fn decode(bytes: &[u8]) -> Result<(Self, &[u8])> {
+        let split = bytes
+            .len()
+            .checked_sub(RECORD_TAG_LEN)
+            .ok_or(Error::Integrity)?;
+        let (body, tag) = bytes.split_at(split);
+        let mut r = Reader(body);
         if r.u8()? != STORED_RECORD_V1 {
             return Err(Error::Integrity);
         }
         let subject_id = r.u16_str()?;
+        let key_version = r.u32()?;
         let count = r.u16()? as usize;
         let mut fields = Vec::with_capacity(count.min(256));
         for _ in 0..count {
@@ -95,7 +126,15 @@ impl StoredRecord {
         if !r.0.is_empty() {
             return Err(Error::Integrity);
         }
-        Ok(StoredRecord { subject_id, fields })
+        let mut t = [0u8; RECORD_TAG_LEN];
+        t.copy_from_slice(tag);
+        let record = StoredRecord {
+            subject_id,
+            key_version,
+            fields,
+            tag: t,
+        };
+        Ok((record, body))
     }
 }
 
@@ -142,6 +181,8 @@ mod tests {
     fn sample() -> StoredRecord {
         StoredRecord {
             subject_id: "subject-1".into(),
+            key_version: 3,
+            tag: [7; RECORD_TAG_LEN],
             fields: vec![
                 StoredField {
                     name: "a".into(),
@@ -158,7 +199,10 @@ mod tests {
     #[test]
     fn round_trip() {
         let r = sample();
-        assert_eq!(StoredRecord::decode(&r.encode()).unwrap(), r);
+        let bytes = r.encode();
+        let (back, body) = StoredRecord::decode(&bytes).unwrap();
+        assert_eq!(back, r);
+        assert_eq!(body, r.encode_body().as_slice());
     }
 
     #[test]

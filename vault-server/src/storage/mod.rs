@@ -5,7 +5,7 @@
 mod codec;
 mod rocks;
 
-pub use codec::{record_key, StoredField, StoredRecord, STORED_RECORD_V1};
+pub use codec::{record_key, StoredField, StoredRecord, RECORD_TAG_LEN, STORED_RECORD_V1};
 pub use rocks::{RocksStore, StoreOptions};
 
 use crate::Result;

@@ -63,6 +63,11 @@ impl RocksStore {
                 e.into_string()
             ))
         })?;
+        if !options.sync_writes {
+            tracing::warn!(
+                "writes are acknowledged before the WAL is synced: a power loss can lose them"
+            );
+        }
         Ok(RocksStore {
             db,
             path: path.to_owned(),
