@@ -44,21 +44,40 @@ pub struct FieldAad<'a> {
     pub field: &'a str,
 }
 
+/// Largest AAD built on the stack: names, ids and regions are bounded by
+/// request validation (region 16, names 64, record id 128 bytes) to 301 bytes.
+const STACK_AAD: usize = 320;
+
 impl FieldAad<'_> {
-    fn encode(&self, version: u8, key_version: u32) -> Vec<u8> {
-        let mut aad = Vec::with_capacity(
-            30 + self.region.len()
-                + self.collection.len()
-                + self.record_id.len()
-                + self.field.len(),
-        );
-        put_lp(&mut aad, &[version]);
-        put_lp(&mut aad, self.region.as_bytes());
-        put_lp(&mut aad, self.collection.as_bytes());
-        put_lp(&mut aad, self.record_id.as_bytes());
-        put_lp(&mut aad, self.field.as_bytes());
-        put_lp(&mut aad, &key_version.to_be_bytes());
-        aad
+    /// Calls `f` with the encoded AAD, built on the stack when it fits (it
+    /// always does for validated requests), so the hot path does not allocate.
+    fn with_encoded<R>(&self, version: u8, key_version: u32, f: impl FnOnce(&[u8]) -> R) -> R {
+        let parts: [&[u8]; 6] = [
+            &[version],
+            self.region.as_bytes(),
+            self.collection.as_bytes(),
+            self.record_id.as_bytes(),
+            self.field.as_bytes(),
+            &key_version.to_be_bytes(),
+        ];
+        let len: usize = parts.iter().map(|p| 4 + p.len()).sum();
+        if len <= STACK_AAD {
+            let mut buf = [0u8; STACK_AAD];
+            let mut at = 0;
+            for p in parts {
+                // Each part is at most STACK_AAD bytes here, so it fits a u32.
+                buf[at..at + 4].copy_from_slice(&(p.len() as u32).to_be_bytes());
+                buf[at + 4..at + 4 + p.len()].copy_from_slice(p);
+                at += 4 + p.len();
+            }
+            f(&buf[..at])
+        } else {
+            let mut aad = Vec::with_capacity(len);
+            for p in parts {
+                put_lp(&mut aad, p);
+            }
+            f(&aad)
+        }
     }
 }
 
@@ -103,10 +122,11 @@ pub fn seal_field(
     rand::thread_rng().fill_bytes(&mut nonce);
     out.extend_from_slice(&nonce);
     out.extend_from_slice(plaintext);
-    let aad = aad.encode(ENVELOPE_V1, key_version);
     // AES-GCM in place fails only for plaintexts over 64 GiB, far beyond the record limit.
-    let tag = cipher
-        .encrypt_in_place_detached(Nonce::from_slice(&nonce), &aad, &mut out[HEADER_LEN..])
+    let tag = aad
+        .with_encoded(ENVELOPE_V1, key_version, |aad| {
+            cipher.encrypt_in_place_detached(Nonce::from_slice(&nonce), aad, &mut out[HEADER_LEN..])
+        })
         .expect("plaintext within AES-GCM limits");
     out.extend_from_slice(&tag);
     out
@@ -124,10 +144,10 @@ pub fn open_field(
     let tag = Tag::from_slice(&envelope[envelope.len() - TAG_LEN..]);
     let nonce = Nonce::from_slice(&envelope[5..HEADER_LEN]);
     let mut plaintext = Zeroizing::new(body.to_vec());
-    let aad = aad.encode(ENVELOPE_V1, header.key_version);
-    cipher
-        .decrypt_in_place_detached(nonce, &aad, plaintext.as_mut_slice(), tag)
-        .map_err(|_| CryptoError::Authentication)?;
+    aad.with_encoded(ENVELOPE_V1, header.key_version, |aad| {
+        cipher.decrypt_in_place_detached(nonce, aad, plaintext.as_mut_slice(), tag)
+    })
+    .map_err(|_| CryptoError::Authentication)?;
     Ok(plaintext)
 }
 
@@ -164,6 +184,26 @@ mod tests {
         assert_ne!(
             seal_field(&cipher(1), 7, &AAD, b"x"),
             seal_field(&cipher(1), 7, &AAD, b"x")
+        );
+    }
+
+    #[test]
+    fn long_aad_takes_the_heap_path_and_still_binds() {
+        let long = "x".repeat(400);
+        let aad = FieldAad {
+            record_id: &long,
+            ..AAD
+        };
+        let env = seal_field(&cipher(1), 1, &aad, b"v");
+        assert_eq!(open_field(&cipher(1), &aad, &env).unwrap().as_slice(), b"v");
+        let shorter = "x".repeat(399);
+        let other = FieldAad {
+            record_id: &shorter,
+            ..AAD
+        };
+        assert_eq!(
+            open_field(&cipher(1), &other, &env),
+            Err(CryptoError::Authentication)
         );
     }
 

@@ -2,7 +2,6 @@
 //! from them. Entries hold key material in zeroizing types, so an evicted
 //! entry is wiped when its last user drops it.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -21,7 +20,8 @@ pub struct SubjectKeys {
     key: Key256,
     /// AES-256-GCM key schedules per (collection, field). `Aes256Gcm` is
     /// built with the `zeroize` feature: it wipes its round keys on drop.
-    ciphers: Mutex<HashMap<(String, String), Arc<Aes256Gcm>>>,
+    /// A short list, scanned without allocating: a subject has few fields.
+    ciphers: Mutex<Vec<CachedCipher>>,
     /// The record-tag key, derived on first use.
     record_key: OnceLock<Key256>,
 }
@@ -32,7 +32,7 @@ impl SubjectKeys {
         SubjectKeys {
             version,
             key,
-            ciphers: Mutex::new(HashMap::new()),
+            ciphers: Mutex::new(Vec::new()),
             record_key: OnceLock::new(),
         }
     }
@@ -57,8 +57,11 @@ impl SubjectKeys {
     /// The cipher of one field, derived once and then cached.
     pub fn field_cipher(&self, region: &str, collection: &str, field: &str) -> Arc<Aes256Gcm> {
         let mut ciphers = lock(&self.ciphers);
-        if let Some(c) = ciphers.get(&(collection.to_owned(), field.to_owned())) {
-            return Arc::clone(c);
+        if let Some(c) = ciphers
+            .iter()
+            .find(|c| c.collection == collection && c.field == field)
+        {
+            return Arc::clone(&c.cipher);
         }
         let ctx = FieldKeyContext {
             region,
@@ -69,13 +72,21 @@ impl SubjectKeys {
         let key = derive_field_key(&self.key, &ctx);
         let cipher = Arc::new(Aes256Gcm::new(key.expose_secret().into()));
         if ciphers.len() < CIPHERS_PER_SUBJECT {
-            ciphers.insert(
-                (collection.to_owned(), field.to_owned()),
-                Arc::clone(&cipher),
-            );
+            ciphers.push(CachedCipher {
+                collection: collection.to_owned(),
+                field: field.to_owned(),
+                cipher: Arc::clone(&cipher),
+            });
         }
         cipher
     }
+}
+
+/// One derived field cipher.
+struct CachedCipher {
+    collection: String,
+    field: String,
+    cipher: Arc<Aes256Gcm>,
 }
 
 impl fmt::Debug for SubjectKeys {
