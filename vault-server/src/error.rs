@@ -54,6 +54,9 @@ pub enum Error {
     /// The storage engine failed. The detail is logged, not sent.
     #[error("storage: {0}")]
     Storage(String),
+    /// The gRPC server could not run (for example, the listener failed).
+    #[error("gRPC server: {0}")]
+    Serve(String),
     /// A file-system error outside the storage engine (keyring, key files).
     #[error("{context}: {source}")]
     Io {
@@ -90,7 +93,11 @@ impl From<Error> for tonic::Status {
             Error::Unauthenticated(m) => Status::unauthenticated(m),
             Error::PermissionDenied(m) => Status::permission_denied(m),
             Error::Sealed => Status::unavailable("vault is sealed"),
-            e @ (Error::Keyring(_) | Error::Config(_) | Error::Storage(_) | Error::Io { .. }) => {
+            e @ (Error::Keyring(_)
+            | Error::Config(_)
+            | Error::Storage(_)
+            | Error::Serve(_)
+            | Error::Io { .. }) => {
                 // The detail stays in the server's log; it may name paths.
                 tracing::error!(error = %e, "internal error");
                 Status::internal("internal error")

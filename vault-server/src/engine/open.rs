@@ -7,7 +7,7 @@ use crate::crypto::Key256;
 use crate::keys::{
     format_unseal_key, parse_unseal_key, write_secret_file, Keyring, KeyringError, Region,
 };
-use crate::storage::{RocksStore, StoreOptions, Table};
+use crate::storage::{RocksStore, Store, StoreOptions, Table};
 use crate::{Error, Result};
 
 /// Where the unseal key comes from. (M-of-N custody replaces the key file
@@ -98,7 +98,6 @@ pub fn open(opts: &OpenOptions) -> Result<Engine> {
             )))
         }
         None => {
-            use crate::storage::Store;
             if store.get(Table::Meta, b"keyring_id")?.is_some() {
                 return Err(Error::Config(format!(
                     "the data folder holds data but its keyring {} is missing; refusing to make a new one",

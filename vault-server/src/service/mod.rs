@@ -70,5 +70,5 @@ pub async fn serve(
             tracing::info!("shutting down: draining in-flight requests");
         })
         .await
-        .map_err(|e| Error::Config(format!("gRPC server: {e}")))
+        .map_err(|e| Error::Serve(e.to_string()))
 }
