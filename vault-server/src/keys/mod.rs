@@ -4,6 +4,7 @@
 mod cache;
 mod keyring;
 mod region;
+mod shares;
 mod subject;
 
 pub use cache::{KeyCache, SubjectKeys};
@@ -12,4 +13,5 @@ pub use keyring::{
     VersionedKey, KEYRING_FILE_V1,
 };
 pub use region::{InvalidRegion, Region};
+pub use shares::{split, Progress, ShareCollector, ShareError, UnsealShare, SHARE_PREFIX};
 pub use subject::{unwrap_subject_key, wrap_subject_key, WRAPPED_SUBJECT_KEY_V1};
