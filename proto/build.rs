@@ -12,9 +12,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("vault_v1_descriptor.bin"))
         .compile_protos(
-            &[PathBuf::from("vault/v1/vault.proto")],
+            &[
+                PathBuf::from("vault/v1/vault.proto"),
+                PathBuf::from("vault/v1/custody.proto"),
+            ],
             &[PathBuf::from("."), include],
         )?;
     println!("cargo:rerun-if-changed=vault/v1/vault.proto");
+    println!("cargo:rerun-if-changed=vault/v1/custody.proto");
     Ok(())
 }

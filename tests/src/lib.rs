@@ -12,8 +12,8 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use vault_client::VaultClient;
-use vault_server::engine::{self, OpenOptions};
 use vault_server::service::{self, Authenticator};
+use vault_server::vault::{OpenOptions, Vault};
 use vault_server::{dev, Engine};
 
 /// The development token of every test vault.
@@ -24,8 +24,8 @@ pub const TOKEN: &str = "test-root-token";
 pub struct TestVault {
     /// The bound address.
     pub addr: SocketAddr,
-    /// The engine, for counters.
-    pub engine: Arc<Engine>,
+    /// The vault, for its engine's counters.
+    pub vault: Arc<Vault>,
     /// The data folder.
     pub data_dir: PathBuf,
     shutdown: Option<oneshot::Sender<()>>,
@@ -33,25 +33,46 @@ pub struct TestVault {
 }
 
 impl TestVault {
-    /// Starts a dev-mode vault of `region` over `data_dir` (created if missing).
+    /// Starts a dev-mode vault of `region` over `data_dir` (created if
+    /// missing): initialised with one share and unsealed.
     pub async fn start(data_dir: &Path, region: &str) -> vault_server::Result<TestVault> {
         let opts = OpenOptions::dev(data_dir, region.parse().unwrap());
-        let engine = tokio::task::spawn_blocking(move || {
-            let engine = engine::open(&opts)?;
-            dev::seed(&engine)?;
-            Ok::<_, vault_server::Error>(engine)
+        let vault = tokio::task::spawn_blocking(move || {
+            let vault = Vault::open_dev(opts)?;
+            dev::seed(&*vault.engine()?)?;
+            Ok::<_, vault_server::Error>(vault)
         })
         .await
         .unwrap()?;
-        let engine = Arc::new(engine);
         let mut auth = Authenticator::new();
         auth.add_token(TOKEN, dev::dev_principal());
+        Self::serve(Arc::new(vault), auth, data_dir).await
+    }
+
+    /// Starts a vault as `vault-server --config` would: sealed (or not yet
+    /// initialised), with the given options and tokens.
+    pub async fn start_sealed(
+        opts: OpenOptions,
+        auth: Authenticator,
+    ) -> vault_server::Result<TestVault> {
+        let data_dir = opts.data_dir.clone();
+        let vault = tokio::task::spawn_blocking(move || Vault::open(opts))
+            .await
+            .unwrap()?;
+        Self::serve(Arc::new(vault), auth, &data_dir).await
+    }
+
+    async fn serve(
+        vault: Arc<Vault>,
+        auth: Authenticator,
+        data_dir: &Path,
+    ) -> vault_server::Result<TestVault> {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(service::serve(
             listener,
-            Arc::clone(&engine),
+            Arc::clone(&vault),
             Arc::new(auth),
             async {
                 let _ = rx.await;
@@ -59,7 +80,7 @@ impl TestVault {
         ));
         Ok(TestVault {
             addr,
-            engine,
+            vault,
             data_dir: data_dir.to_owned(),
             shutdown: Some(tx),
             task: Some(task),
@@ -76,29 +97,41 @@ impl TestVault {
         VaultClient::connect(self.url(), TOKEN).await.unwrap()
     }
 
+    /// A client with another token.
+    pub async fn client_with(&self, token: &str) -> VaultClient {
+        VaultClient::connect(self.url(), token).await.unwrap()
+    }
+
+    /// The engine (the vault must be unsealed), for its counters.
+    pub fn engine(&self) -> Arc<Engine> {
+        self.vault.engine().unwrap()
+    }
+
     /// Stops the server, waits for it to drain, and closes the store, so the
     /// data folder can be opened by someone else.
     pub async fn stop(self) {
-        let engine = self.stop_serving().await;
+        let vault = self.stop_serving().await;
         assert_eq!(
-            Arc::strong_count(&engine),
+            Arc::strong_count(&vault),
             1,
-            "the server still holds the engine"
+            "the server still holds the vault"
         );
-        drop(engine);
+        tokio::task::spawn_blocking(move || drop(vault))
+            .await
+            .unwrap();
     }
 
-    /// Stops the server and waits for it to drain; returns the engine, which
+    /// Stops the server and waits for it to drain; returns the vault, which
     /// engine work of requests that their clients gave up on may still hold
     /// on the runtime's blocking pool.
-    pub async fn stop_serving(mut self) -> Arc<Engine> {
+    pub async fn stop_serving(mut self) -> Arc<Vault> {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
         if let Some(task) = self.task.take() {
             task.await.unwrap().unwrap();
         }
-        self.engine
+        self.vault
     }
 }
 
@@ -165,7 +198,7 @@ impl FreezableVault {
                 .enable_all()
                 .build()
                 .unwrap();
-            let engine = runtime.block_on(async move {
+            let vault = runtime.block_on(async move {
                 let vault = TestVault::start(&data_dir, &region).await.unwrap();
                 let _ = url_tx.send(vault.url());
                 while let Some(freeze) = requests.recv().await {
@@ -180,9 +213,9 @@ impl FreezableVault {
             // run on the blocking pool; dropping the runtime waits for them.
             drop(runtime);
             assert_eq!(
-                Arc::strong_count(&engine),
+                Arc::strong_count(&vault),
                 1,
-                "the server still holds the engine"
+                "the server still holds the vault"
             );
         });
         let url = url_rx.await.expect("the vault's thread failed to start it");

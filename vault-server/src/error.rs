@@ -32,6 +32,14 @@ pub enum Error {
         /// The region of this vault.
         vault_region: String,
     },
+    /// The request is well formed but the vault's state does not allow it
+    /// now (for example: retiring the current root key).
+    #[error("failed precondition: {0}")]
+    FailedPrecondition(String),
+    /// The key version needed belongs to an erased subject. Reads treat the
+    /// record as absent; it is never decrypted.
+    #[error("the data subject was erased")]
+    SubjectErased,
     /// Stored ciphertext or a stored structure failed its integrity check.
     /// Deliberately without detail: the caller learns nothing about why.
     #[error("integrity check failed")]
@@ -89,6 +97,8 @@ impl From<Error> for tonic::Status {
             Error::NotFound(m) => Status::not_found(m),
             Error::AlreadyExists(m) => Status::already_exists(m),
             e @ Error::WrongRegion { .. } => Status::failed_precondition(e.to_string()),
+            Error::FailedPrecondition(m) => Status::failed_precondition(m),
+            Error::SubjectErased => Status::not_found("the data subject was erased"),
             Error::Integrity => Status::data_loss("integrity check failed"),
             Error::Unauthenticated(m) => Status::unauthenticated(m),
             Error::PermissionDenied(m) => Status::permission_denied(m),

@@ -17,6 +17,8 @@ pub mod keys;
 pub mod policy;
 pub mod service;
 pub mod storage;
+pub mod vault;
 
 pub use engine::Engine;
 pub use error::{Error, Result};
+pub use vault::Vault;

@@ -14,9 +14,10 @@ use std::sync::Arc;
 use clap::Parser;
 use tokio::net::TcpListener;
 use vault_server::config::Config;
-use vault_server::engine::{self, OpenOptions};
 use vault_server::keys::Region;
+use vault_server::policy::Caller;
 use vault_server::service::{self, Authenticator};
+use vault_server::vault::{OpenOptions, Vault};
 use vault_server::{dev, Error};
 
 /// The regional data vault: personal data encrypted field by field under
@@ -26,17 +27,15 @@ use vault_server::{dev, Error};
 #[command(version, about)]
 #[command(group(clap::ArgGroup::new("mode").required(true).args(["dev", "config"])))]
 struct Cli {
-    /// Development mode: a vault in a local folder, initialised and unsealed
-    /// automatically, with a development token that holds every role.
+    /// Development mode: a vault in a local folder, initialised (one share,
+    /// kept in the folder) and unsealed automatically, with a development
+    /// token that holds every role.
     #[arg(long)]
     dev: bool,
-    /// Production mode: read this TOML configuration file.
+    /// Production mode: read this TOML configuration file. The server starts
+    /// sealed; custodians unseal it with `vaultctl operator unseal`.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// With --config: create the keyring (and the unseal key file if
-    /// missing) when there is none and the data folder is empty.
-    #[arg(long, requires = "config")]
-    init: bool,
     /// Listen address (overrides the configuration file). Port 0 picks a free port.
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
@@ -84,7 +83,7 @@ async fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<(), Error> {
     let (opts, listen, auth, dev_token) = if let Some(path) = &cli.config {
         let config = Config::load(path)?;
-        let opts = config.open_options(cli.init).map_err(Error::Config)?;
+        let opts = config.open_options().map_err(Error::Config)?;
         let auth = config.authenticator().map_err(Error::Config)?;
         (opts, cli.listen.unwrap_or(config.listen), auth, None)
     } else {
@@ -106,16 +105,21 @@ async fn run(cli: Cli) -> Result<(), Error> {
         )
     };
 
-    let engine = tokio::task::spawn_blocking(move || -> Result<_, Error> {
-        let engine = engine::open(&opts)?;
-        if cli.dev {
-            dev::seed(&engine)?;
+    let dev_mode = cli.dev;
+    let vault = tokio::task::spawn_blocking(move || -> Result<_, Error> {
+        if dev_mode {
+            let vault = Vault::open_dev(opts)?;
+            dev::seed(&*vault.engine()?)?;
+            Ok(vault)
+        } else {
+            Vault::open(opts)
         }
-        Ok(engine)
     })
     .await
     .map_err(|e| Error::Config(format!("start-up task failed: {e}")))??;
-    let region = engine.region().clone();
+    let vault = Arc::new(vault);
+    let region = vault.region().clone();
+    let status = vault.status(&Caller::internal("start-up"))?;
 
     let listener = TcpListener::bind(listen)
         .await
@@ -128,6 +132,18 @@ async fn run(cli: Cli) -> Result<(), Error> {
         // Plain stdout lines for people and scripts; the token appears only here.
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "vault-server listening on {addr} (region {region})");
+        if !status.initialized {
+            let _ = writeln!(
+                out,
+                "vault is not initialised: run `vaultctl operator init --shares N --threshold M`"
+            );
+        } else if status.sealed {
+            let _ = writeln!(
+                out,
+                "vault is sealed: {} of {} custodians run `vaultctl operator unseal`",
+                status.threshold, status.shares
+            );
+        }
         if let Some(token) = &dev_token {
             let _ = writeln!(
                 out,
@@ -142,11 +158,13 @@ async fn run(cli: Cli) -> Result<(), Error> {
 
     service::serve(
         listener,
-        Arc::new(engine),
+        Arc::clone(&vault),
         Arc::new(auth),
         shutdown_signal(),
     )
     .await?;
+    // Stop background work and close the store off the reactor.
+    let _ = tokio::task::spawn_blocking(move || drop(vault)).await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -66,13 +66,13 @@ async fn projection_decrypts_only_named_fields() {
     let client = vault.client().await;
     client.put(&user("u1", "s1")).await.unwrap();
 
-    let before = vault.engine.stats().fields_decrypted;
+    let before = vault.engine().stats().fields_decrypted;
     let got = client
         .get_fields("users", "u1", &["email", "country"])
         .await
         .unwrap();
     assert_eq!(
-        vault.engine.stats().fields_decrypted - before,
+        vault.engine().stats().fields_decrypted - before,
         2,
         "only the two projected fields"
     );
@@ -85,17 +85,17 @@ async fn projection_decrypts_only_named_fields() {
         Some(&Value::String("u1@example.eu".into()))
     );
 
-    let before = vault.engine.stats().fields_decrypted;
+    let before = vault.engine().stats().fields_decrypted;
     let all = client.get("users", "u1").await.unwrap();
-    assert_eq!(vault.engine.stats().fields_decrypted - before, 5);
+    assert_eq!(vault.engine().stats().fields_decrypted - before, 5);
     assert_eq!(all, user("u1", "s1"));
 
-    let before = vault.engine.stats().fields_decrypted;
+    let before = vault.engine().stats().fields_decrypted;
     let batch = client
         .get_many("users", &["u1", "nobody"], &["name"])
         .await
         .unwrap();
-    assert_eq!(vault.engine.stats().fields_decrypted - before, 1);
+    assert_eq!(vault.engine().stats().fields_decrypted - before, 1);
     assert_eq!(batch.records.len(), 1);
     assert_eq!(batch.missing_ids, vec!["nobody".to_string()]);
     vault.stop().await;

@@ -2,8 +2,8 @@
 //! and ciphertext copied into another region's vault does not decrypt.
 
 use vault_client::Error;
-use vault_server::engine::{self, OpenOptions};
 use vault_server::storage::Table;
+use vault_server::vault::{OpenOptions, Vault};
 use vault_tests::TestVault;
 
 use crate::tamper::open_raw;
@@ -16,7 +16,7 @@ async fn a_us_server_refuses_an_eu_folder() {
     vault.client().await.put(&user("u1", "s1")).await.unwrap();
     vault.stop().await;
 
-    let err = engine::open(&OpenOptions::dev(dir.path(), "us".parse().unwrap())).unwrap_err();
+    let err = Vault::open(OpenOptions::dev(dir.path(), "us".parse().unwrap())).unwrap_err();
     let msg = err.to_string();
     assert!(
         msg.contains("bound to region eu") && msg.contains("configured for region us"),

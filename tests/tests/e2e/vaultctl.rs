@@ -543,14 +543,14 @@ async fn vaultctl_get_fields_projects_on_the_server() {
         .await
         .unwrap();
 
-    let before = vault.engine.stats().fields_decrypted;
+    let before = vault.engine().stats().fields_decrypted;
     let out = vaultctl(&vault, &["get", "users", "u1", "--fields", "country,email"]).await;
     assert_eq!(
         out.ok(),
         "users/u1 (subject s1)\ncountry: FR\nemail: u1@example.eu\n"
     );
     assert_eq!(
-        vault.engine.stats().fields_decrypted - before,
+        vault.engine().stats().fields_decrypted - before,
         2,
         "only the projected fields are decrypted"
     );

@@ -31,6 +31,11 @@ pub mod labels {
     pub const KEYRING: &[u8] = b"vault/v1/keyring";
     /// Salt prefix of the record-tag key, and prefix of the tagged bytes.
     pub const RECORD: &[u8] = b"vault/v1/record";
+    /// Prefix of the keyed hash that names a subject without its id
+    /// (erasure records in the keyring, erasure receipts).
+    pub const SUBJECT_PSEUDONYM: &[u8] = b"vault/v1/subject-pseudonym";
+    /// Prefix of the bytes an erasure receipt's Ed25519 signature covers.
+    pub const ERASURE_RECEIPT: &[u8] = b"vault/v1/erasure-receipt";
 }
 
 /// Where a field key is used: the inputs of its derivation besides the subject key.

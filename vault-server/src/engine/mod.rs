@@ -3,26 +3,34 @@
 //! store together. Every method blocks (storage I/O): call it off the async
 //! reactor.
 
-mod open;
+mod custody;
+mod rewrap;
 mod schema;
 mod value;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::hash::{BuildHasher, RandomState};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
-pub use open::{open, OpenOptions, UnsealSource};
+pub use custody::{RootKeyInfo, SubjectRotation};
+pub use rewrap::{RewrapOptions, RewrapProgress};
 pub use schema::{
     shown, validate_id, validate_name, Collection, DataCategory, FieldSchema, FieldType, Mask,
     MAX_FIELDS, MAX_ID_BYTES,
 };
 pub use value::{Record, Value};
 
+use zeroize::Zeroizing;
+
 use crate::crypto::{
     open_field, record_tag, seal_field, verify_record_tag, EnvelopeHeader, FieldAad, Key256,
     RecordContext,
 };
-use crate::keys::{unwrap_subject_key, wrap_subject_key, KeyCache, Keyring, Region, SubjectKeys};
+use crate::keys::{
+    unwrap_subject_key, wrap_subject_key, write_secret_file, KeyCache, Keyring, Region, SubjectKeys,
+};
 use crate::policy::{Caller, Role};
 use crate::storage::{
     record_key, Store, StoredField, StoredRecord, Table, WriteSet, RECORD_TAG_LEN,
@@ -30,7 +38,10 @@ use crate::storage::{
 use crate::{Error, Result};
 
 const META_REGION: &[u8] = b"region";
-const META_KEYRING_ID: &[u8] = b"keyring_id";
+/// The Meta key under which a data folder records its keyring's id.
+pub const META_KEYRING_ID: &[u8] = b"keyring_id";
+/// Stripes of the per-subject locks.
+const SUBJECT_STRIPES: usize = 64;
 
 /// Request limits.
 #[derive(Debug, Clone)]
@@ -71,18 +82,79 @@ pub struct Stats {
     pub cached_subject_keys: usize,
 }
 
-/// The vault engine of one region.
+/// Where the unsealed keyring is saved after a change, and the unseal key
+/// that seals it. Held only while the vault is unsealed.
+pub struct KeyringFile {
+    /// The keyring file.
+    pub path: PathBuf,
+    /// The unseal key (zeroized on drop).
+    pub unseal_key: Key256,
+}
+
+impl std::fmt::Debug for KeyringFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyringFile")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeyringFile {
+    /// Seals `keyring` and replaces the file atomically (write, fsync, rename).
+    pub fn save(&self, keyring: &Keyring) -> Result<()> {
+        write_secret_file(&self.path, &keyring.seal(&self.unseal_key))
+            .map_err(|e| Error::io(format!("writing keyring {}", self.path.display()), e))
+    }
+}
+
+/// How an engine runs, besides its store and keys.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Request limits.
+    pub limits: Limits,
+    /// Subject key versions kept unwrapped in memory.
+    pub key_cache_capacity: usize,
+    /// Pace of the root-key re-wrap job.
+    pub rewrap: RewrapOptions,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            limits: Limits::default(),
+            key_cache_capacity: 10_000,
+            rewrap: RewrapOptions::default(),
+        }
+    }
+}
+
+/// The vault engine of one region: an unsealed keyring over a store.
 #[derive(Debug)]
 pub struct Engine {
-    store: Box<dyn Store>,
-    keyring: Keyring,
+    store: Arc<dyn Store>,
+    /// The keyring as of now. Custody operations replace it (after saving
+    /// the file); readers take a snapshot.
+    keyring: RwLock<Arc<Keyring>>,
+    keyring_file: KeyringFile,
     region: Region,
     cache: KeyCache,
     limits: Limits,
     collections: RwLock<HashMap<String, Arc<Collection>>>,
-    /// Serialises creation of first subject keys and of collections, so two
-    /// concurrent requests never make two keys (or schemas) for one name.
+    /// Serialises creation of subject keys and of collections, so two
+    /// concurrent requests never make two keys (or schemas) for one name,
+    /// and no key is wrapped under a root key that a rotation just replaced.
     create_lock: Mutex<()>,
+    /// Serialises custody operations (keyring changes, subject-key rotation
+    /// and erasure, re-wrap batches): none of them overwrites what another
+    /// deleted.
+    custody_lock: Mutex<()>,
+    /// Per-subject locks (striped): writers of a subject share one; rotating
+    /// or erasing the subject takes it exclusively.
+    subject_locks: Vec<RwLock<()>>,
+    stripe_hasher: RandomState,
+    rewrap_options: RewrapOptions,
+    rewrap: rewrap::JobState,
+    closed: AtomicBool,
     counters: Counters,
 }
 
@@ -90,11 +162,16 @@ impl Engine {
     /// An engine over `store`, checking that the data folder belongs to this
     /// keyring and region (and recording both in a fresh folder).
     pub fn new(
-        store: Box<dyn Store>,
+        store: Arc<dyn Store>,
         keyring: Keyring,
-        limits: Limits,
-        key_cache_capacity: usize,
+        keyring_file: KeyringFile,
+        options: EngineOptions,
     ) -> Result<Self> {
+        let EngineOptions {
+            limits,
+            key_cache_capacity,
+            rewrap: rewrap_options,
+        } = options;
         let region = keyring.region().clone();
         match (
             store.get(Table::Meta, META_REGION)?,
@@ -129,16 +206,52 @@ impl Engine {
             let c: Collection = serde_json::from_slice(&v).map_err(|_| Error::Integrity)?;
             collections.insert(c.name.clone(), Arc::new(c));
         }
+        let rewrap = rewrap::JobState::load(store.as_ref())?;
         Ok(Engine {
             store,
-            keyring,
+            keyring: RwLock::new(Arc::new(keyring)),
+            keyring_file,
             region,
             cache: KeyCache::new(key_cache_capacity),
             limits,
             collections: RwLock::new(collections),
             create_lock: Mutex::new(()),
+            custody_lock: Mutex::new(()),
+            subject_locks: (0..SUBJECT_STRIPES).map(|_| RwLock::new(())).collect(),
+            stripe_hasher: RandomState::new(),
+            rewrap_options,
+            rewrap,
+            closed: AtomicBool::new(false),
             counters: Counters::default(),
         })
+    }
+
+    /// A snapshot of the keyring.
+    pub fn keyring(&self) -> Arc<Keyring> {
+        Arc::clone(&self.keyring.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Saves `keyring` to the keyring file, then makes it the engine's.
+    /// Held under `create_lock` for the swap, so no subject key is wrapped
+    /// under a root key version that is no longer current.
+    fn replace_keyring(&self, keyring: Keyring) -> Result<()> {
+        self.keyring_file.save(&keyring)?;
+        let _guard = lock(&self.create_lock);
+        *self.keyring.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keyring);
+        Ok(())
+    }
+
+    /// Stops background work and drops every cached key. The engine answers
+    /// no more re-wrap work; in-flight requests finish.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.rewrap.wake();
+        self.cache.clear();
+    }
+
+    /// Whether [`Engine::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
     }
 
     /// The region this engine serves.
@@ -311,47 +424,140 @@ impl Engine {
             )));
         }
 
+        // Writers of one subject share its lock; rotating or erasing the
+        // subject waits for them, and they for it.
+        let _subjects = self.lock_subjects(records.iter().map(|r| r.subject_id.as_str()));
+        let keys: Vec<_> = records
+            .iter()
+            .map(|r| record_key(&r.collection, &r.id))
+            .collect();
+        let previous = self.store.multi_get(Table::Records, &keys)?;
         let mut ws = WriteSet::new();
         let mut encrypted = 0u64;
-        for r in &records {
+        for ((r, key), previous) in records.iter().zip(keys).zip(previous) {
             let sk = self.current_subject_key(&r.subject_id)?;
-            let mut fields = Vec::with_capacity(r.fields.len());
-            for (name, value) in &r.fields {
-                let cipher = sk.field_cipher(self.region.as_str(), &r.collection, name);
-                let aad = FieldAad {
-                    region: self.region.as_str(),
-                    collection: &r.collection,
-                    record_id: &r.id,
-                    field: name,
-                };
-                let envelope = seal_field(&cipher, sk.version(), &aad, &value.encode());
-                fields.push(StoredField {
-                    name: name.clone(),
-                    envelope,
-                });
-                encrypted += 1;
+            let fields = r
+                .fields
+                .iter()
+                .map(|(name, value)| (name.as_str(), value.encode()));
+            let value = self.seal_record(&sk, &r.collection, &r.id, &r.subject_id, fields);
+            encrypted += r.fields.len() as u64;
+            // Keep the subject → records index true: a replaced record may
+            // have belonged to another subject. (An undecodable old record
+            // leaves at most a stale entry, which every user re-checks.)
+            if let Some(old) = previous
+                .as_deref()
+                .and_then(|b| StoredRecord::decode(b).ok())
+            {
+                if old.0.subject_id != r.subject_id {
+                    ws.delete(
+                        Table::SubjectRecords,
+                        subject_record_key(&old.0.subject_id, &key),
+                    );
+                }
             }
-            let stored = StoredRecord {
-                subject_id: r.subject_id.clone(),
-                key_version: sk.version(),
-                fields,
-                tag: [0; RECORD_TAG_LEN],
-            };
-            let mut value = stored.encode_body();
-            let ctx = RecordContext {
-                region: self.region.as_str(),
-                collection: &r.collection,
-                record_id: &r.id,
-            };
-            let tag = record_tag(sk.record_key(self.region.as_str()), &ctx, &value);
-            value.extend_from_slice(&tag);
-            ws.put(Table::Records, record_key(&r.collection, &r.id), value);
+            ws.put(
+                Table::SubjectRecords,
+                subject_record_key(&r.subject_id, &key),
+                Vec::new(),
+            );
+            ws.put(Table::Records, key, value);
         }
         self.store.write(ws)?;
         self.counters
             .fields_encrypted
             .fetch_add(encrypted, Ordering::Relaxed);
         Ok(records.len())
+    }
+
+    /// Encrypts one record's fields under `sk` and returns the stored value
+    /// (body and record tag).
+    fn seal_record<'a>(
+        &self,
+        sk: &SubjectKeys,
+        collection: &str,
+        id: &str,
+        subject: &str,
+        fields: impl Iterator<Item = (&'a str, Zeroizing<Vec<u8>>)>,
+    ) -> Vec<u8> {
+        let region = self.region.as_str();
+        let fields = fields
+            .map(|(name, plaintext)| {
+                let cipher = sk.field_cipher(region, collection, name);
+                let aad = FieldAad {
+                    region,
+                    collection,
+                    record_id: id,
+                    field: name,
+                };
+                StoredField {
+                    name: name.to_owned(),
+                    envelope: seal_field(&cipher, sk.version(), &aad, &plaintext),
+                }
+            })
+            .collect();
+        let stored = StoredRecord {
+            subject_id: subject.to_owned(),
+            key_version: sk.version(),
+            fields,
+            tag: [0; RECORD_TAG_LEN],
+        };
+        let mut value = stored.encode_body();
+        let ctx = RecordContext {
+            region,
+            collection,
+            record_id: id,
+        };
+        let tag = record_tag(sk.record_key(region), &ctx, &value);
+        value.extend_from_slice(&tag);
+        value
+    }
+
+    /// Decodes a stored record and checks its record tag under the subject
+    /// key it names, before anything is decrypted.
+    fn open_record(
+        &self,
+        collection: &str,
+        id: &str,
+        bytes: &[u8],
+    ) -> Result<(StoredRecord, Arc<SubjectKeys>)> {
+        let (stored, body) = StoredRecord::decode(bytes)?;
+        // The record tag vouches for the subject, the key version and the
+        // set of fields.
+        let sk = self.subject_key(&stored.subject_id, stored.key_version)?;
+        let ctx = RecordContext {
+            region: self.region.as_str(),
+            collection,
+            record_id: id,
+        };
+        verify_record_tag(sk.record_key(self.region.as_str()), &ctx, body, &stored.tag)?;
+        Ok((stored, sk))
+    }
+
+    /// Decrypts one field of an opened record.
+    fn open_stored_field(
+        &self,
+        sk: &SubjectKeys,
+        stored: &StoredRecord,
+        collection: &str,
+        id: &str,
+        sf: &StoredField,
+    ) -> Result<Zeroizing<Vec<u8>>> {
+        if EnvelopeHeader::parse(&sf.envelope)?.key_version != stored.key_version {
+            return Err(Error::Integrity);
+        }
+        let cipher = sk.field_cipher(self.region.as_str(), collection, &sf.name);
+        let aad = FieldAad {
+            region: self.region.as_str(),
+            collection,
+            record_id: id,
+            field: &sf.name,
+        };
+        let plaintext = open_field(&cipher, &aad, &sf.envelope)?;
+        self.counters
+            .fields_decrypted
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(plaintext)
     }
 
     /// Reads one record, decrypting only the projected fields (all if empty).
@@ -407,21 +613,32 @@ impl Engine {
         let values = self.store.multi_get(Table::Records, &keys)?;
         let mut found = Vec::new();
         let mut missing = Vec::new();
-        for (id, value) in ids.iter().zip(values) {
+        for ((id, key), value) in ids.iter().zip(&keys).zip(values) {
             let Some(bytes) = value else {
                 missing.push(id.clone());
                 continue;
             };
-            let (stored, body) = StoredRecord::decode(&bytes)?;
-            // The record tag first: it vouches for the subject, the key
-            // version and the set of fields before anything is decrypted.
-            let sk = self.subject_key(&stored.subject_id, stored.key_version)?;
-            let ctx = RecordContext {
-                region: self.region.as_str(),
-                collection,
-                record_id: id,
+            let opened = match self.open_record(collection, id, &bytes) {
+                // A subject-key rotation may have replaced the record and
+                // destroyed the key it named between our read and now: read
+                // it once more. A real integrity failure fails twice.
+                Err(Error::Integrity) => match self.store.get(Table::Records, key)? {
+                    Some(again) if again != bytes => self.open_record(collection, id, &again),
+                    Some(_) => Err(Error::Integrity),
+                    None => Err(Error::NotFound(String::new())),
+                },
+                other => other,
             };
-            verify_record_tag(sk.record_key(self.region.as_str()), &ctx, body, &stored.tag)?;
+            let (stored, sk) = match opened {
+                Ok(o) => o,
+                // An erased subject's record (say, from a restored backup)
+                // is absent: its key is refused, nothing is decrypted.
+                Err(Error::SubjectErased) | Err(Error::NotFound(_)) => {
+                    missing.push(id.clone());
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let mut out = BTreeMap::new();
             for sf in &stored.fields {
                 // A stored field the schema does not know was not written by us.
@@ -429,20 +646,7 @@ impl Engine {
                 if !projected(&sf.name) {
                     continue;
                 }
-                if EnvelopeHeader::parse(&sf.envelope)?.key_version != stored.key_version {
-                    return Err(Error::Integrity);
-                }
-                let cipher = sk.field_cipher(self.region.as_str(), collection, &sf.name);
-                let aad = FieldAad {
-                    region: self.region.as_str(),
-                    collection,
-                    record_id: id,
-                    field: &sf.name,
-                };
-                let plaintext = open_field(&cipher, &aad, &sf.envelope)?;
-                self.counters
-                    .fields_decrypted
-                    .fetch_add(1, Ordering::Relaxed);
+                let plaintext = self.open_stored_field(&sk, &stored, collection, id, sf)?;
                 let value = Value::decode(&plaintext)?;
                 if value.field_type() != schema.field_type {
                     return Err(Error::Integrity);
@@ -465,55 +669,84 @@ impl Engine {
         self.data_collection(collection)?;
         validate_id("record id", id)?;
         let key = record_key(collection, id);
-        let existed = self.store.get(Table::Records, &key)?.is_some();
-        if existed {
-            let mut ws = WriteSet::new();
-            ws.delete(Table::Records, key);
-            self.store.write(ws)?;
+        let Some(old) = self.store.get(Table::Records, &key)? else {
+            return Ok(false);
+        };
+        let mut ws = WriteSet::new();
+        if let Ok((stored, _)) = StoredRecord::decode(&old) {
+            ws.delete(
+                Table::SubjectRecords,
+                subject_record_key(&stored.subject_id, &key),
+            );
         }
-        Ok(existed)
+        ws.delete(Table::Records, key);
+        self.store.write(ws)?;
+        Ok(true)
+    }
+
+    /// Shared locks on the stripes of `subjects`, taken in stripe order so
+    /// two writers never wait on each other in a cycle.
+    fn lock_subjects<'a>(
+        &self,
+        subjects: impl Iterator<Item = &'a str>,
+    ) -> Vec<RwLockReadGuard<'_, ()>> {
+        let mut stripes: Vec<usize> = subjects.map(|s| self.stripe(s)).collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        stripes
+            .into_iter()
+            .map(|i| {
+                self.subject_locks[i]
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+            })
+            .collect()
+    }
+
+    fn stripe(&self, subject: &str) -> usize {
+        (self.stripe_hasher.hash_one(subject) % SUBJECT_STRIPES as u64) as usize
     }
 
     // ---- subject keys ----
 
-    fn subject_key_prefix(subject: &str) -> Vec<u8> {
-        let mut p = Vec::with_capacity(subject.len() + 1);
-        p.extend_from_slice(subject.as_bytes());
-        p.push(0);
-        p
-    }
-
-    fn subject_key_id(subject: &str, version: u32) -> Vec<u8> {
-        let mut k = Self::subject_key_prefix(subject);
-        k.extend_from_slice(&version.to_be_bytes());
-        k
-    }
-
     /// The subject's current key, made (and durably stored) on first use.
+    /// The caller holds the subject's lock.
     fn current_subject_key(&self, subject: &str) -> Result<Arc<SubjectKeys>> {
         if let Some(found) = self.latest_stored_subject_key(subject)? {
-            return self.cached_or_unwrap(subject, found);
+            match self.cached_or_unwrap(subject, found) {
+                Err(Error::SubjectErased) => {}
+                other => return other,
+            }
         }
         let _guard = lock(&self.create_lock);
-        if let Some(found) = self.latest_stored_subject_key(subject)? {
-            return self.cached_or_unwrap(subject, found);
+        let keyring = self.keyring();
+        let latest = self.latest_stored_subject_key(subject)?;
+        let erased = keyring.erased_through(subject);
+        if let Some(found) = latest.clone() {
+            if erased.is_none_or(|e| found.0 > e) {
+                return self.cached_or_unwrap(subject, found);
+            }
         }
+        // A new subject, or one whose keys were erased (and perhaps brought
+        // back by a restored backup): a fresh key, numbered after every
+        // version ever used, so no erased version is reused.
+        let version = latest.map_or(0, |l| l.0).max(erased.unwrap_or(0)) + 1;
         let key = Key256::random();
-        let wrapped = wrap_subject_key(&self.keyring, subject, 1, &key)?;
+        let wrapped = wrap_subject_key(&keyring, subject, version, &key)?;
         let mut ws = WriteSet::new();
         ws.put(
             Table::SubjectKeys,
-            Self::subject_key_id(subject, 1),
+            subject_key_id(subject, version),
             wrapped,
         );
         self.store.write(ws)?;
-        let keys = Arc::new(SubjectKeys::new(1, key));
+        let keys = Arc::new(SubjectKeys::new(version, key));
         self.cache.insert(subject, Arc::clone(&keys));
         Ok(keys)
     }
 
     fn latest_stored_subject_key(&self, subject: &str) -> Result<Option<(u32, Vec<u8>)>> {
-        let prefix = Self::subject_key_prefix(subject);
+        let prefix = subject_key_prefix(subject);
         let Some((k, v)) = self.store.last_with_prefix(Table::SubjectKeys, &prefix)? else {
             return Ok(None);
         };
@@ -529,9 +762,20 @@ impl Engine {
         if let Some(k) = self.cache.get(subject, version) {
             return Ok(k);
         }
-        let key = unwrap_subject_key(&self.keyring, subject, version, &wrapped)?;
+        let key = unwrap_subject_key(&self.keyring(), subject, version, &wrapped)?;
         let keys = Arc::new(SubjectKeys::new(version, key));
         self.cache.insert(subject, Arc::clone(&keys));
+        // An erasure may have finished between our unwrap and the insert;
+        // it evicted the subject before we inserted. Look again, with the
+        // keyring as of now, so no erased key stays cached.
+        if self
+            .keyring()
+            .erased_through(subject)
+            .is_some_and(|e| version <= e)
+        {
+            self.cache.evict_subject(subject);
+            return Err(Error::SubjectErased);
+        }
         Ok(keys)
     }
 
@@ -543,10 +787,41 @@ impl Engine {
         }
         let wrapped = self
             .store
-            .get(Table::SubjectKeys, &Self::subject_key_id(subject, version))?
+            .get(Table::SubjectKeys, &subject_key_id(subject, version))?
             .ok_or(Error::Integrity)?;
         self.cached_or_unwrap(subject, (version, wrapped))
     }
+}
+
+/// `subject ‖ 0`: the prefix of a subject's key rows and index entries.
+/// Ids hold no control characters, so no subject's prefix is another's.
+fn subject_key_prefix(subject: &str) -> Vec<u8> {
+    let mut p = Vec::with_capacity(subject.len() + 1);
+    p.extend_from_slice(subject.as_bytes());
+    p.push(0);
+    p
+}
+
+/// `subject ‖ 0 ‖ u32 version`: a wrapped subject key's row.
+fn subject_key_id(subject: &str, version: u32) -> Vec<u8> {
+    let mut k = subject_key_prefix(subject);
+    k.extend_from_slice(&version.to_be_bytes());
+    k
+}
+
+/// Splits a subject key row's key into subject and version.
+fn parse_subject_key_id(key: &[u8]) -> Result<(&str, u32)> {
+    let (head, version) = key.split_last_chunk::<4>().ok_or(Error::Integrity)?;
+    let subject = head.strip_suffix(&[0]).ok_or(Error::Integrity)?;
+    let subject = std::str::from_utf8(subject).map_err(|_| Error::Integrity)?;
+    Ok((subject, u32::from_be_bytes(*version)))
+}
+
+/// `subject ‖ 0 ‖ record key`: one entry of the subject → records index.
+fn subject_record_key(subject: &str, record_key: &[u8]) -> Vec<u8> {
+    let mut k = subject_key_prefix(subject);
+    k.extend_from_slice(record_key);
+    k
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -2,12 +2,42 @@ use super::*;
 use crate::policy::Principal;
 use crate::storage::{RocksStore, StoreOptions};
 
-fn engine(dir: &std::path::Path) -> Engine {
-    let store = RocksStore::open(dir, &StoreOptions::default()).unwrap();
-    let kr = Keyring::generate("eu".parse().unwrap());
-    let e = Engine::new(Box::new(store), kr, Limits::default(), 16).unwrap();
+fn custody() -> crate::keys::Custody {
+    crate::keys::Custody {
+        set_id: [1; 16],
+        threshold: 1,
+        shares: 1,
+    }
+}
+
+fn keyring_file(dir: &std::path::Path) -> KeyringFile {
+    KeyringFile {
+        path: dir.join("keyring"),
+        unseal_key: Key256::random(),
+    }
+}
+
+fn options() -> EngineOptions {
+    EngineOptions {
+        key_cache_capacity: 16,
+        rewrap: RewrapOptions {
+            batch_size: 7,
+            keys_per_second: 0,
+        },
+        ..EngineOptions::default()
+    }
+}
+
+fn engine_over(store: Arc<dyn Store>, dir: &std::path::Path) -> Engine {
+    let kr = Keyring::generate("eu".parse().unwrap(), custody());
+    let e = Engine::new(store, kr, keyring_file(dir), options()).unwrap();
     crate::dev::seed(&e).unwrap();
     e
+}
+
+fn engine(dir: &std::path::Path) -> Engine {
+    let store = RocksStore::open(&dir.join("db"), &StoreOptions::default()).unwrap();
+    engine_over(Arc::new(store), dir)
 }
 
 fn user(id: &str, subject: &str) -> Record {
@@ -142,9 +172,9 @@ fn foreign_region_collection_is_refused() {
 fn data_folder_remembers_its_keyring() {
     let dir = tempfile::tempdir().unwrap();
     drop(engine(dir.path()));
-    let store = RocksStore::open(dir.path(), &StoreOptions::default()).unwrap();
-    let other = Keyring::generate("eu".parse().unwrap());
-    let err = Engine::new(Box::new(store), other, Limits::default(), 16).unwrap_err();
+    let store = RocksStore::open(&dir.path().join("db"), &StoreOptions::default()).unwrap();
+    let other = Keyring::generate("eu".parse().unwrap(), custody());
+    let err = Engine::new(Arc::new(store), other, keyring_file(dir.path()), options()).unwrap_err();
     assert!(
         matches!(
             err,
@@ -152,4 +182,338 @@ fn data_folder_remembers_its_keyring() {
         ),
         "{err}"
     );
+}
+
+/// Every wrapped subject key, by subject-key row.
+fn wrapped_keys(e: &Engine) -> Vec<(Vec<u8>, Vec<u8>)> {
+    e.store.scan_prefix(Table::SubjectKeys, b"").unwrap()
+}
+
+fn run_rewrap_to_end(e: &Engine) -> usize {
+    let mut steps = 1;
+    while e.rewrap_step().unwrap() {
+        steps += 1;
+    }
+    steps
+}
+
+#[test]
+fn root_rotation_rewraps_every_key_and_data_still_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path());
+    let c = Caller::internal("t");
+    for i in 0..30 {
+        e.put_record(&c, user(&format!("r{i}"), &format!("s{i}")))
+            .unwrap();
+    }
+    assert!(e.rewrap_progress().finished);
+    assert_eq!(e.rotate_root(&c).unwrap(), 2);
+    assert!(!e.rewrap_progress().finished);
+    // A write after the rotation wraps under version 2.
+    e.put_record(&c, user("late", "s-late")).unwrap();
+    let before = wrapped_keys(&e);
+    // 31 keys in batches of 7: 5 batches, the last one short.
+    assert_eq!(run_rewrap_to_end(&e), 5);
+    let p = e.rewrap_progress();
+    assert!(p.finished);
+    assert_eq!(p.target_version, 2);
+    assert_eq!(
+        (p.rewrapped, p.examined, p.pending_at_start, p.unreadable),
+        (30, 31, 30, 0)
+    );
+    let after = wrapped_keys(&e);
+    assert_eq!(before.len(), after.len(), "no key lost or added");
+    for (k, v) in &after {
+        assert_eq!(crate::keys::wrapping_version(v).unwrap(), 2, "{k:?}");
+    }
+    let counts = e.root_keys(&c).unwrap();
+    assert_eq!(counts[0].wrapped_subject_keys, 0);
+    assert_eq!(counts[1].wrapped_subject_keys, 31);
+    // Retire and destroy the old version; everything still reads, from a
+    // cold cache too.
+    e.cache.clear();
+    e.retire_root(&c, 1).unwrap();
+    e.destroy_root(&c, 1).unwrap();
+    for i in 0..30 {
+        e.get_record(&c, "users", &format!("r{i}"), &[]).unwrap();
+    }
+    let file = std::fs::read(dir.path().join("keyring")).unwrap();
+    let kr = Keyring::unseal(&file, &e.keyring_file.unseal_key, &"eu".parse().unwrap()).unwrap();
+    assert_eq!(
+        kr.root_versions().collect::<Vec<_>>(),
+        vec![
+            (1, crate::keys::KeyState::Destroyed),
+            (2, crate::keys::KeyState::Active)
+        ]
+    );
+}
+
+#[test]
+fn retire_is_refused_while_keys_remain_or_for_the_current_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path());
+    let c = Caller::internal("t");
+    e.put_record(&c, user("r1", "s1")).unwrap();
+    assert!(matches!(
+        e.retire_root(&c, 1),
+        Err(Error::FailedPrecondition(_))
+    ));
+    e.rotate_root(&c).unwrap();
+    let err = e.retire_root(&c, 1).unwrap_err();
+    assert!(
+        err.to_string().contains("still wraps 1 subject keys"),
+        "{err}"
+    );
+    assert!(matches!(
+        e.destroy_root(&c, 1),
+        Err(Error::FailedPrecondition(_))
+    ));
+    assert!(matches!(e.destroy_root(&c, 9), Err(Error::NotFound(_))));
+    run_rewrap_to_end(&e);
+    e.retire_root(&c, 1).unwrap();
+    // A retired version wraps nothing new: new subjects go under v2.
+    e.put_record(&c, user("r2", "s2")).unwrap();
+    for (_, v) in wrapped_keys(&e) {
+        assert_eq!(crate::keys::wrapping_version(&v).unwrap(), 2);
+    }
+    // Custody needs the custodian role.
+    let reader = Caller {
+        principal: Principal {
+            name: "svc".into(),
+            roles: vec![Role::Reader, Role::Writer, Role::Admin],
+        },
+        purpose: None,
+    };
+    assert!(matches!(
+        e.rotate_root(&reader),
+        Err(Error::PermissionDenied(_))
+    ));
+    assert!(matches!(
+        e.rotate_subject(&reader, "s1"),
+        Err(Error::PermissionDenied(_))
+    ));
+    assert!(matches!(
+        e.erase_subject(&reader, "s1"),
+        Err(Error::PermissionDenied(_))
+    ));
+}
+
+#[test]
+fn rewrap_resumes_from_its_persisted_cursor() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> =
+        Arc::new(RocksStore::open(&dir.path().join("db"), &StoreOptions::default()).unwrap());
+    let kr = Keyring::generate("eu".parse().unwrap(), custody());
+    let kf = keyring_file(dir.path());
+    let uk = Key256::from_slice(kf.unseal_key.expose_secret()).unwrap();
+    let e = Engine::new(Arc::clone(&store), kr, kf, options()).unwrap();
+    crate::dev::seed(&e).unwrap();
+    let c = Caller::internal("t");
+    for i in 0..20 {
+        e.put_record(&c, user(&format!("r{i}"), &format!("s{i}")))
+            .unwrap();
+    }
+    e.rotate_root(&c).unwrap();
+    assert!(e.rewrap_step().unwrap());
+    assert!(e.rewrap_step().unwrap());
+    let mid = e.rewrap_progress();
+    assert_eq!(mid.examined, 14);
+    // "Restart": a new engine over the same store and the saved keyring.
+    drop(e);
+    let file = std::fs::read(dir.path().join("keyring")).unwrap();
+    let kr = Keyring::unseal(&file, &uk, &"eu".parse().unwrap()).unwrap();
+    let e = Engine::new(
+        store,
+        kr,
+        KeyringFile {
+            path: dir.path().join("keyring"),
+            unseal_key: uk,
+        },
+        options(),
+    )
+    .unwrap();
+    assert_eq!(e.rewrap_progress(), mid, "progress survives the restart");
+    run_rewrap_to_end(&e);
+    let p = e.rewrap_progress();
+    assert_eq!((p.rewrapped, p.examined), (20, 20), "every key once");
+    for i in 0..20 {
+        e.get_record(&c, "users", &format!("r{i}"), &[]).unwrap();
+    }
+}
+
+#[test]
+fn subject_rotation_reencrypts_and_destroys_the_old_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path());
+    let c = Caller::internal("t");
+    e.put_record(&c, user("a1", "alice")).unwrap();
+    e.put_record(&c, user("a2", "alice")).unwrap();
+    e.put_record(&c, user("b1", "bob")).unwrap();
+    let before = e.get_record(&c, "users", "a1", &[]).unwrap();
+    let raw_before = e
+        .store
+        .get(Table::Records, &record_key("users", "a1"))
+        .unwrap()
+        .unwrap();
+    let r = e.rotate_subject(&c, "alice").unwrap();
+    assert_eq!(
+        r,
+        SubjectRotation {
+            new_version: 2,
+            records: 2,
+            fields: 6
+        }
+    );
+    let raw_after = e
+        .store
+        .get(Table::Records, &record_key("users", "a1"))
+        .unwrap()
+        .unwrap();
+    assert_ne!(raw_before, raw_after);
+    assert_eq!(StoredRecord::decode(&raw_after).unwrap().0.key_version, 2);
+    e.cache.clear();
+    assert_eq!(e.get_record(&c, "users", "a1", &[]).unwrap(), before);
+    e.get_record(&c, "users", "a2", &[]).unwrap();
+    e.get_record(&c, "users", "b1", &[]).unwrap();
+    // Only version 2 of alice's key is left.
+    let rows = e.store.scan_prefix(Table::SubjectKeys, b"alice\0").unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(parse_subject_key_id(&rows[0].0).unwrap(), ("alice", 2));
+    // The old ciphertext does not open any more.
+    let mut ws = WriteSet::new();
+    ws.put(Table::Records, record_key("users", "a1"), raw_before);
+    e.store.write(ws).unwrap();
+    assert!(matches!(
+        e.get_record(&c, "users", "a1", &[]),
+        Err(Error::Integrity)
+    ));
+    // New writes go under version 2.
+    e.put_record(&c, user("a3", "alice")).unwrap();
+    let raw = e
+        .store
+        .get(Table::Records, &record_key("users", "a3"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(StoredRecord::decode(&raw).unwrap().0.key_version, 2);
+    assert!(matches!(
+        e.rotate_subject(&c, "nobody"),
+        Err(Error::NotFound(_))
+    ));
+}
+
+#[test]
+fn index_follows_replaced_and_deleted_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path());
+    let c = Caller::internal("t");
+    e.put_record(&c, user("r1", "alice")).unwrap();
+    e.put_record(&c, user("r2", "alice")).unwrap();
+    // r1 moves to bob; r2 is deleted.
+    e.put_record(&c, user("r1", "bob")).unwrap();
+    e.delete_record(&c, "users", "r2").unwrap();
+    assert!(e
+        .store
+        .scan_prefix(Table::SubjectRecords, b"alice\0")
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        e.store
+            .scan_prefix(Table::SubjectRecords, b"bob\0")
+            .unwrap()
+            .len(),
+        1
+    );
+    // Erasing alice leaves bob's r1 alone.
+    let receipt = e.erase_subject(&c, "alice").unwrap();
+    assert_eq!(receipt.records_deleted, 0);
+    e.get_record(&c, "users", "r1", &[]).unwrap();
+}
+
+#[test]
+fn erasure_shreds_and_survives_a_restored_backup() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path());
+    let c = Caller::internal("t");
+    e.put_record(&c, user("a1", "alice")).unwrap();
+    e.put_record(&c, user("a2", "alice")).unwrap();
+    e.put_record(&c, user("b1", "bob")).unwrap();
+    // The "backup": every raw row of alice, taken before the erasure.
+    let backup: Vec<(Table, Vec<u8>, Vec<u8>)> =
+        [Table::SubjectKeys, Table::Records, Table::SubjectRecords]
+            .into_iter()
+            .flat_map(|t| {
+                e.store
+                    .scan_prefix(t, b"")
+                    .unwrap()
+                    .into_iter()
+                    .map(move |(k, v)| (t, k, v))
+            })
+            .collect();
+    assert_eq!(e.stats().cached_subject_keys, 2);
+    let receipt = e.erase_subject(&c, "alice").unwrap();
+    assert_eq!(e.stats().cached_subject_keys, 1, "alice evicted at once");
+    assert_eq!(
+        (receipt.records_deleted, receipt.key_versions_destroyed),
+        (2, 1)
+    );
+    receipt
+        .verify(&ed25519_dalek::VerifyingKey::from_bytes(&e.signing_public_key()).unwrap())
+        .unwrap();
+    let stored = e.store.scan_prefix(Table::Receipts, b"").unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(
+        crate::keys::ErasureReceipt::decode(&stored[0].1).unwrap(),
+        receipt
+    );
+    assert!(e
+        .store
+        .scan_prefix(Table::SubjectKeys, b"alice\0")
+        .unwrap()
+        .is_empty());
+    assert!(matches!(
+        e.get_record(&c, "users", "a1", &[]),
+        Err(Error::NotFound(_))
+    ));
+    e.get_record(&c, "users", "b1", &[]).unwrap();
+
+    // Restore the backup over the live store: alice stays erased.
+    let mut ws = WriteSet::new();
+    for (t, k, v) in backup {
+        ws.put(t, k, v);
+    }
+    e.store.write(ws).unwrap();
+    e.cache.clear();
+    assert!(matches!(
+        e.get_record(&c, "users", "a1", &[]),
+        Err(Error::NotFound(_))
+    ));
+    let (found, missing) = e
+        .get_records(&c, "users", &["a1".into(), "a2".into()], &[])
+        .unwrap();
+    assert!(found.is_empty());
+    assert_eq!(missing.len(), 2);
+    e.get_record(&c, "users", "b1", &[]).unwrap();
+    assert_eq!(
+        e.stats().cached_subject_keys,
+        1,
+        "no erased key enters the cache"
+    );
+
+    // The id can be used again: a new key, numbered after the erased ones.
+    e.put_record(&c, user("a9", "alice")).unwrap();
+    let raw = e
+        .store
+        .get(Table::Records, &record_key("users", "a9"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(StoredRecord::decode(&raw).unwrap().0.key_version, 2);
+    e.get_record(&c, "users", "a9", &[]).unwrap();
+    assert!(matches!(
+        e.get_record(&c, "users", "a1", &[]),
+        Err(Error::NotFound(_))
+    ));
+
+    // Erasing someone unknown is not an error and changes nothing.
+    let r = e.erase_subject(&c, "nobody").unwrap();
+    assert_eq!((r.records_deleted, r.key_versions_destroyed), (0, 0));
 }

@@ -4,18 +4,24 @@
 //! File layout (all integers big-endian):
 //!
 //! ```text
-//!  0      4     5            7              7+r                       end
-//!  +------+-----+------------+--------------+-------------------------+
-//!  |"RDVK"| ver | u16 r      | region (r B) | wrapped contents        |
-//!  |      | =1  |            | UTF-8        | nonce ‖ ciphertext ‖ tag|
-//!  +------+-----+------------+--------------+-------------------------+
+//!  0      4     5       7          7+r            23+r   24+r   25+r                   end
+//!  +------+-----+-------+----------+--------------+------+------+------------------------+
+//!  |"RDVK"| ver | u16 r | region   | share-set id | M    | N    | wrapped contents       |
+//!  |      | =2  |       | (r B)    | (16 B)       | u8   | u8   | nonce ‖ ciphertext ‖ tag|
+//!  +------+-----+-------+----------+--------------+------+------+------------------------+
+//!  \_______________________ header (clear, authenticated) ______/
 //! ```
 //!
 //! The contents are AES-256-GCM under `derive_keyring_key(unseal key, region)`
-//! with `AAD = labels::KEYRING ‖ lp("RDVK" ‖ ver) ‖ lp(region)`. The region is
-//! readable before unsealing (so a server of another region can refuse the
-//! file with a clear error), and it is bound twice: through the AAD and the
-//! KDF salt, and again inside the contents.
+//! with `AAD = labels::KEYRING ‖ lp(header)`. The header is readable while
+//! sealed: the region (so a server of another region refuses the file with
+//! a clear error) and the custody parameters (which share set unseals it,
+//! M of N), so a foreign share is refused before it is combined. Editing
+//! any header byte makes the contents fail to open. The region is bound
+//! again through the KDF salt and inside the contents.
+//!
+//! The unseal key itself is never stored: custodians hold it as M-of-N
+//! Shamir shares ([`super::shares`]).
 //!
 //! The decrypted contents are a sequence of sections `u8 tag ‖ u32 len ‖ value`:
 //!
@@ -30,24 +36,33 @@
 //! | 7 | current index key version | u32 | 1 |
 //! | 8 | pseudonym key | 32 bytes | 1 |
 //! | 9 | audit signing key seed (Ed25519) | 32 bytes | 1 |
+//! | 10 | erased subject | 32-byte subject pseudonym ‖ u32 highest erased key version | ≥ 0 |
 //!
 //! Unknown tags, repeated singletons, missing sections and trailing bytes are
 //! refused: a keyring is either understood whole or not used at all.
+//!
+//! Erased subjects live here, not in the data folder, because the keyring
+//! is kept and backed up apart from the data: a restored backup of the data
+//! folder still holds the erased subject's wrapped keys, and this list is
+//! what refuses them (see SECURITY.md, "Erasure and backups").
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::path::Path;
 
+use hmac::{Hmac, Mac};
 use rand::RngCore;
+use sha2::Sha256;
 use zeroize::Zeroizing;
 
 use super::Region;
 use crate::crypto::{derive_keyring_key, labels, open_wrapped, put_lp, seal_wrapped, Key256};
 
 const MAGIC: &[u8; 4] = b"RDVK";
-/// The keyring file format this build writes and reads.
-pub const KEYRING_FILE_V1: u8 = 1;
+/// The keyring file format this build writes and reads. (Version 1, of the
+/// first development builds, kept an unseal key file; it is refused.)
+pub const KEYRING_FILE_V2: u8 = 2;
 
 const TAG_REGION: u8 = 1;
 const TAG_ID: u8 = 2;
@@ -58,6 +73,21 @@ const TAG_INDEX_KEY: u8 = 6;
 const TAG_CURRENT_INDEX: u8 = 7;
 const TAG_PSEUDONYM_KEY: u8 = 8;
 const TAG_AUDIT_SEED: u8 = 9;
+const TAG_ERASED_SUBJECT: u8 = 10;
+
+/// Which share set unseals a keyring: in the clear header of its file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Custody {
+    /// The id every share of the set carries.
+    pub set_id: [u8; 16],
+    /// Shares needed (M).
+    pub threshold: u8,
+    /// Shares made (N).
+    pub shares: u8,
+}
+
+/// A keyed hash that names a subject without its id.
+pub type SubjectPseudonym = [u8; 32];
 
 /// Why a keyring could not be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -86,9 +116,9 @@ pub enum KeyringError {
     /// The data folder was made with another keyring.
     #[error("the data folder belongs to another keyring")]
     ForeignDataFolder,
-    /// The unseal key file is not 64 hex digits.
-    #[error("malformed unseal key file (expected 64 hex digits)")]
-    MalformedUnsealKey,
+    /// A root key change the key's state does not allow.
+    #[error("{0}")]
+    BadTransition(String),
 }
 
 /// The life of a versioned key.
@@ -104,6 +134,15 @@ pub enum KeyState {
 }
 
 impl KeyState {
+    /// The state's name, as operators see it.
+    pub fn name(self) -> &'static str {
+        match self {
+            KeyState::Active => "active",
+            KeyState::Retired => "retired",
+            KeyState::Destroyed => "destroyed",
+        }
+    }
+
     fn from_byte(b: u8) -> Option<Self> {
         match b {
             1 => Some(KeyState::Active),
@@ -135,11 +174,15 @@ pub struct Keyring {
     current_index: u32,
     pseudonym_key: Key256,
     audit_seed: Key256,
+    /// Erased subjects (by pseudonym) and the highest key version erased.
+    erased: BTreeMap<SubjectPseudonym, u32>,
+    custody: Custody,
 }
 
 impl Keyring {
-    /// A new keyring for `region` with fresh random keys, version 1 of each.
-    pub fn generate(region: Region) -> Self {
+    /// A new keyring for `region` with fresh random keys, version 1 of
+    /// each, to be unsealed by the share set `custody`.
+    pub fn generate(region: Region, custody: Custody) -> Self {
         let mut id = [0u8; 16];
         rand::rngs::OsRng.fill_bytes(&mut id);
         let created_at = std::time::SystemTime::now()
@@ -160,7 +203,96 @@ impl Keyring {
             current_index: 1,
             pseudonym_key: Key256::random(),
             audit_seed: Key256::random(),
+            erased: BTreeMap::new(),
+            custody,
         }
+    }
+
+    /// Which share set unseals this keyring.
+    pub fn custody(&self) -> Custody {
+        self.custody
+    }
+
+    /// Makes a new root key version current and returns it. Earlier
+    /// versions stay active (they still unwrap) until retired.
+    pub fn rotate_root(&mut self) -> u32 {
+        let next = self.root_keys.keys().next_back().copied().unwrap_or(0) + 1;
+        self.root_keys.insert(
+            next,
+            VersionedKey {
+                state: KeyState::Active,
+                key: Some(Key256::random()),
+            },
+        );
+        self.current_root = next;
+        next
+    }
+
+    /// Retires an active, non-current root key version: it unwraps no more.
+    /// (The caller checks that no subject key is wrapped under it.)
+    pub fn retire_root(&mut self, version: u32) -> Result<(), KeyringError> {
+        if version == self.current_root {
+            return Err(KeyringError::BadTransition(format!(
+                "root key version {version} is current; rotate first"
+            )));
+        }
+        match self.root_keys.get_mut(&version) {
+            Some(k) if k.state == KeyState::Active => {
+                k.state = KeyState::Retired;
+                Ok(())
+            }
+            Some(k) => Err(KeyringError::BadTransition(format!(
+                "root key version {version} is {}, not active",
+                k.state.name()
+            ))),
+            None => Err(KeyringError::RootKeyUnavailable(version)),
+        }
+    }
+
+    /// Destroys a retired root key version: its bytes are dropped (and
+    /// zeroized) and leave the keyring file at its next write.
+    pub fn destroy_root(&mut self, version: u32) -> Result<(), KeyringError> {
+        match self.root_keys.get_mut(&version) {
+            Some(k) if k.state == KeyState::Retired => {
+                k.state = KeyState::Destroyed;
+                k.key = None;
+                Ok(())
+            }
+            Some(k) => Err(KeyringError::BadTransition(format!(
+                "root key version {version} is {}; only a retired version can be destroyed",
+                k.state.name()
+            ))),
+            None => Err(KeyringError::RootKeyUnavailable(version)),
+        }
+    }
+
+    /// The pseudonym of a subject id: HMAC-SHA256 under the pseudonym key.
+    pub fn subject_pseudonym(&self, subject: &str) -> SubjectPseudonym {
+        // HMAC takes keys of any length; 32 bytes is always accepted.
+        let mut m = <Hmac<Sha256> as Mac>::new_from_slice(self.pseudonym_key.expose_secret())
+            .expect("HMAC accepts any key length");
+        m.update(labels::SUBJECT_PSEUDONYM);
+        m.update(subject.as_bytes());
+        m.finalize().into_bytes().into()
+    }
+
+    /// Records that every key version of `subject` up to `through` was
+    /// destroyed: those versions are refused from now on, wherever they
+    /// come from (a restored backup, say).
+    pub fn record_erasure(&mut self, subject: &str, through: u32) {
+        let p = self.subject_pseudonym(subject);
+        let e = self.erased.entry(p).or_insert(0);
+        *e = (*e).max(through);
+    }
+
+    /// The highest erased key version of `subject`, if it was ever erased.
+    pub fn erased_through(&self, subject: &str) -> Option<u32> {
+        self.erased.get(&self.subject_pseudonym(subject)).copied()
+    }
+
+    /// How many subjects were erased.
+    pub fn erased_subjects(&self) -> usize {
+        self.erased.len()
     }
 
     /// The region the keyring is bound to.
@@ -219,8 +351,9 @@ impl Keyring {
     pub fn seal(&self, unseal_key: &Key256) -> Vec<u8> {
         let contents = self.encode_contents();
         let kek = derive_keyring_key(unseal_key, self.region.as_str());
-        let mut out = header(&self.region);
-        out.extend_from_slice(&seal_wrapped(&kek, &aad(&self.region), &contents));
+        let mut out = header(&self.region, &self.custody);
+        let wrapped = seal_wrapped(&kek, &aad(&out), &contents);
+        out.extend_from_slice(&wrapped);
         out
     }
 
@@ -230,7 +363,12 @@ impl Keyring {
         unseal_key: &Key256,
         expected: &Region,
     ) -> Result<Keyring, KeyringError> {
-        let (region, wrapped) = parse_header(file)?;
+        let Header {
+            region,
+            custody,
+            len,
+        } = parse_header(file)?;
+        let (header_bytes, wrapped) = file.split_at(len);
         if &region != expected {
             return Err(KeyringError::WrongRegion {
                 keyring: region.to_string(),
@@ -238,27 +376,30 @@ impl Keyring {
             });
         }
         let kek = derive_keyring_key(unseal_key, region.as_str());
-        let contents =
-            open_wrapped(&kek, &aad(&region), wrapped).map_err(|_| KeyringError::WrongUnsealKey)?;
-        let keyring = Self::decode_contents(&contents)?;
+        let contents = open_wrapped(&kek, &aad(header_bytes), wrapped)
+            .map_err(|_| KeyringError::WrongUnsealKey)?;
+        let mut keyring = Self::decode_contents(&contents, custody)?;
         if keyring.region != region {
             return Err(KeyringError::Malformed(
                 "region inside differs from the header",
             ));
         }
+        keyring.custody = custody;
         Ok(keyring)
     }
 
-    /// Reads the region of a keyring file without unsealing it.
-    pub fn peek_region(file: &[u8]) -> Result<Region, KeyringError> {
-        parse_header(file).map(|(r, _)| r)
+    /// Reads the region and custody parameters of a keyring file without
+    /// unsealing it.
+    pub fn peek(file: &[u8]) -> Result<(Region, Custody), KeyringError> {
+        parse_header(file).map(|h| (h.region, h.custody))
     }
 
     fn encode_contents(&self) -> Zeroizing<Vec<u8>> {
         // Sized up front so the buffer never reallocates: a reallocation
         // would free a copy of the keys without wiping it.
         let keys = self.root_keys.len() + self.index_keys.len();
-        let capacity = 5 * 9 + 16 + 16 + 8 + 4 + 4 + 32 + 32 + keys * (5 + 37);
+        let capacity =
+            5 * 9 + 16 + 16 + 8 + 4 + 4 + 32 + 32 + keys * (5 + 37) + self.erased.len() * (5 + 36);
         let mut out = Zeroizing::new(Vec::with_capacity(capacity));
         section(&mut out, TAG_REGION, self.region.as_str().as_bytes());
         section(&mut out, TAG_ID, &self.id);
@@ -289,10 +430,16 @@ impl Keyring {
             self.pseudonym_key.expose_secret(),
         );
         section(&mut out, TAG_AUDIT_SEED, self.audit_seed.expose_secret());
+        for (p, v) in &self.erased {
+            let mut value = [0u8; 36];
+            value[..32].copy_from_slice(p);
+            value[32..].copy_from_slice(&v.to_be_bytes());
+            section(&mut out, TAG_ERASED_SUBJECT, &value);
+        }
         out
     }
 
-    fn decode_contents(mut bytes: &[u8]) -> Result<Keyring, KeyringError> {
+    fn decode_contents(mut bytes: &[u8], custody: Custody) -> Result<Keyring, KeyringError> {
         use KeyringError::Malformed;
         let mut region = None;
         let mut id = None;
@@ -303,6 +450,7 @@ impl Keyring {
         let mut current_index = None;
         let mut pseudonym_key = None;
         let mut audit_seed = None;
+        let mut erased = BTreeMap::new();
 
         fn once<T>(slot: &mut Option<T>, value: T) -> Result<(), KeyringError> {
             if slot.replace(value).is_some() {
@@ -370,6 +518,14 @@ impl Keyring {
                 TAG_CURRENT_INDEX => once(&mut current_index, u32_of(value)?)?,
                 TAG_PSEUDONYM_KEY => once(&mut pseudonym_key, key_of(value)?)?,
                 TAG_AUDIT_SEED => once(&mut audit_seed, key_of(value)?)?,
+                TAG_ERASED_SUBJECT => {
+                    let (p, v) = value
+                        .split_first_chunk::<32>()
+                        .ok_or(Malformed("bad erased subject"))?;
+                    if erased.insert(*p, u32_of(v)?).is_some() {
+                        return Err(Malformed("repeated erased subject"));
+                    }
+                }
                 _ => return Err(Malformed("unknown section")),
             }
         }
@@ -397,6 +553,8 @@ impl Keyring {
             current_index,
             pseudonym_key: pseudonym_key.ok_or(Malformed("no pseudonym key"))?,
             audit_seed: audit_seed.ok_or(Malformed("no audit key"))?,
+            erased,
+            custody,
         })
     }
 }
@@ -406,32 +564,40 @@ fn section(out: &mut Vec<u8>, tag: u8, value: &[u8]) {
     put_lp(out, value);
 }
 
-fn header(region: &Region) -> Vec<u8> {
+fn header(region: &Region, custody: &Custody) -> Vec<u8> {
     let r = region.as_str().as_bytes();
-    let mut out = Vec::with_capacity(7 + r.len());
+    let mut out = Vec::with_capacity(7 + r.len() + 18);
     out.extend_from_slice(MAGIC);
-    out.push(KEYRING_FILE_V1);
+    out.push(KEYRING_FILE_V2);
     // A region is at most 16 bytes (see Region).
     out.extend_from_slice(&(r.len() as u16).to_be_bytes());
     out.extend_from_slice(r);
+    out.extend_from_slice(&custody.set_id);
+    out.push(custody.threshold);
+    out.push(custody.shares);
     out
 }
 
-fn aad(region: &Region) -> Vec<u8> {
+fn aad(header: &[u8]) -> Vec<u8> {
     let mut aad = labels::KEYRING.to_vec();
-    let mut magic = MAGIC.to_vec();
-    magic.push(KEYRING_FILE_V1);
-    put_lp(&mut aad, &magic);
-    put_lp(&mut aad, region.as_str().as_bytes());
+    put_lp(&mut aad, header);
     aad
 }
 
-fn parse_header(file: &[u8]) -> Result<(Region, &[u8]), KeyringError> {
+/// The clear header of a keyring file.
+struct Header {
+    region: Region,
+    custody: Custody,
+    /// Its length in bytes.
+    len: usize,
+}
+
+fn parse_header(file: &[u8]) -> Result<Header, KeyringError> {
     use KeyringError::Malformed;
     if file.len() < 7 || &file[..4] != MAGIC {
         return Err(Malformed("not a keyring file"));
     }
-    if file[4] != KEYRING_FILE_V1 {
+    if file[4] != KEYRING_FILE_V2 {
         return Err(KeyringError::UnknownVersion(file[4]));
     }
     let r = u16::from_be_bytes([file[5], file[6]]) as usize;
@@ -440,7 +606,24 @@ fn parse_header(file: &[u8]) -> Result<(Region, &[u8]), KeyringError> {
         .ok()
         .and_then(|s| s.parse::<Region>().ok())
         .ok_or(Malformed("bad region"))?;
-    Ok((region, &file[7 + r..]))
+    let c = file
+        .get(7 + r..7 + r + 18)
+        .ok_or(Malformed("truncated custody header"))?;
+    let mut set_id = [0u8; 16];
+    set_id.copy_from_slice(&c[..16]);
+    let (threshold, shares) = (c[16], c[17]);
+    if threshold == 0 || threshold > shares {
+        return Err(Malformed("bad custody parameters"));
+    }
+    Ok(Header {
+        region,
+        custody: Custody {
+            set_id,
+            threshold,
+            shares,
+        },
+        len: 7 + r + 18,
+    })
 }
 
 /// Writes `bytes` to `path` atomically (temporary file, fsync, rename, fsync
@@ -476,21 +659,6 @@ pub fn write_secret_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Parses an unseal key file: 64 hex digits, optionally followed by a newline.
-pub fn parse_unseal_key(text: &[u8]) -> Result<Key256, KeyringError> {
-    let text = text.strip_suffix(b"\n").unwrap_or(text);
-    let mut raw = Zeroizing::new([0u8; 32]);
-    hex::decode_to_slice(text, raw.as_mut()).map_err(|_| KeyringError::MalformedUnsealKey)?;
-    Ok(Key256::take(&mut raw))
-}
-
-/// The text of an unseal key file.
-pub fn format_unseal_key(key: &Key256) -> Zeroizing<String> {
-    let mut s = Zeroizing::new(hex::encode(key.expose_secret()));
-    s.push('\n');
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -499,9 +667,17 @@ mod tests {
         "eu".parse().unwrap()
     }
 
+    fn custody() -> Custody {
+        Custody {
+            set_id: [7; 16],
+            threshold: 2,
+            shares: 3,
+        }
+    }
+
     #[test]
     fn seal_unseal_round_trip() {
-        let kr = Keyring::generate(eu());
+        let kr = Keyring::generate(eu(), custody());
         let uk = Key256::random();
         let file = kr.seal(&uk);
         let back = Keyring::unseal(&file, &uk, &eu()).unwrap();
@@ -518,12 +694,13 @@ mod tests {
             back.audit_seed().expose_secret(),
             kr.audit_seed().expose_secret()
         );
-        assert_eq!(Keyring::peek_region(&file).unwrap(), eu());
+        assert_eq!(Keyring::peek(&file).unwrap(), (eu(), custody()));
+        assert_eq!(back.custody(), custody());
     }
 
     #[test]
     fn wrong_unseal_key() {
-        let file = Keyring::generate(eu()).seal(&Key256::random());
+        let file = Keyring::generate(eu(), custody()).seal(&Key256::random());
         assert_eq!(
             Keyring::unseal(&file, &Key256::random(), &eu()).unwrap_err(),
             KeyringError::WrongUnsealKey
@@ -533,7 +710,7 @@ mod tests {
     #[test]
     fn wrong_region_is_refused_before_decrypting() {
         let uk = Key256::random();
-        let file = Keyring::generate(eu()).seal(&uk);
+        let file = Keyring::generate(eu(), custody()).seal(&uk);
         let us: Region = "us".parse().unwrap();
         assert!(matches!(
             Keyring::unseal(&file, &uk, &us),
@@ -545,7 +722,7 @@ mod tests {
     fn relabelled_region_does_not_decrypt() {
         // Rewrite the clear header to say "us": the AAD and the KDF salt catch it.
         let uk = Key256::random();
-        let mut file = Keyring::generate(eu()).seal(&uk);
+        let mut file = Keyring::generate(eu(), custody()).seal(&uk);
         file[7..9].copy_from_slice(b"us");
         let us: Region = "us".parse().unwrap();
         assert_eq!(
@@ -557,7 +734,7 @@ mod tests {
     #[test]
     fn malformed_files() {
         let uk = Key256::random();
-        let file = Keyring::generate(eu()).seal(&uk);
+        let file = Keyring::generate(eu(), custody()).seal(&uk);
         let cases: Vec<(&str, Vec<u8>)> = vec![
             ("empty", vec![]),
             ("bad magic", [b"XXXX".as_slice(), &file[4..]].concat()),
@@ -568,64 +745,139 @@ mod tests {
         for (name, bytes) in cases {
             assert!(Keyring::unseal(&bytes, &uk, &eu()).is_err(), "{name}");
         }
-        let mut v2 = file.clone();
-        v2[4] = 2;
-        assert_eq!(
-            Keyring::unseal(&v2, &uk, &eu()).unwrap_err(),
-            KeyringError::UnknownVersion(2)
-        );
+        for v in [1, 3] {
+            let mut old = file.clone();
+            old[4] = v;
+            assert_eq!(
+                Keyring::unseal(&old, &uk, &eu()).unwrap_err(),
+                KeyringError::UnknownVersion(v)
+            );
+        }
+        // Every byte after the region is authenticated: the custody header
+        // (set id, M, N) and the contents.
         for i in 9..file.len() {
             let mut t = file.clone();
             t[i] ^= 1;
-            assert_eq!(
-                Keyring::unseal(&t, &uk, &eu()).unwrap_err(),
-                KeyringError::WrongUnsealKey
+            let err = Keyring::unseal(&t, &uk, &eu()).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    KeyringError::WrongUnsealKey | KeyringError::Malformed(_)
+                ),
+                "byte {i}: {err:?}"
+            );
+        }
+        // M > N in the header is refused before decrypting.
+        let mut t = file.clone();
+        t[9 + 16] = 9;
+        assert_eq!(
+            Keyring::unseal(&t, &uk, &eu()).unwrap_err(),
+            KeyringError::Malformed("bad custody parameters")
+        );
+    }
+
+    #[test]
+    fn contents_decoder_refuses_bad_structure() {
+        let kr = Keyring::generate(eu(), custody());
+        let good = kr.encode_contents();
+        assert!(Keyring::decode_contents(&good, custody()).is_ok());
+        // Trailing garbage, an unknown section, a repeated singleton, a missing one.
+        let mut t = good.to_vec();
+        t.push(0);
+        assert!(Keyring::decode_contents(&t, custody()).is_err());
+        let mut t = good.to_vec();
+        section(&mut t, 99, b"x");
+        assert!(Keyring::decode_contents(&t, custody()).is_err());
+        let mut t = good.to_vec();
+        section(&mut t, TAG_CURRENT_ROOT, &1u32.to_be_bytes());
+        assert!(Keyring::decode_contents(&t, custody()).is_err());
+        let mut t = Vec::new();
+        section(&mut t, TAG_REGION, b"eu");
+        assert!(Keyring::decode_contents(&t, custody()).is_err());
+        // Every truncation is an error, never a panic.
+        for n in 0..good.len() {
+            assert!(
+                Keyring::decode_contents(&good[..n], custody()).is_err(),
+                "prefix {n}"
             );
         }
     }
 
     #[test]
-    fn contents_decoder_refuses_bad_structure() {
-        let kr = Keyring::generate(eu());
-        let good = kr.encode_contents();
-        assert!(Keyring::decode_contents(&good).is_ok());
-        // Trailing garbage, an unknown section, a repeated singleton, a missing one.
-        let mut t = good.to_vec();
-        t.push(0);
-        assert!(Keyring::decode_contents(&t).is_err());
-        let mut t = good.to_vec();
-        section(&mut t, 99, b"x");
-        assert!(Keyring::decode_contents(&t).is_err());
-        let mut t = good.to_vec();
-        section(&mut t, TAG_CURRENT_ROOT, &1u32.to_be_bytes());
-        assert!(Keyring::decode_contents(&t).is_err());
-        let mut t = Vec::new();
-        section(&mut t, TAG_REGION, b"eu");
-        assert!(Keyring::decode_contents(&t).is_err());
-        // Every truncation is an error, never a panic.
-        for n in 0..good.len() {
-            assert!(Keyring::decode_contents(&good[..n]).is_err(), "prefix {n}");
-        }
-    }
-
-    #[test]
-    fn unseal_key_file_format() {
-        let k = Key256::random();
-        let text = format_unseal_key(&k);
-        assert_eq!(
-            parse_unseal_key(text.as_bytes()).unwrap().expose_secret(),
-            k.expose_secret()
-        );
-        assert!(parse_unseal_key(b"abc").is_err());
-        assert!(parse_unseal_key(&[b'z'; 64]).is_err());
-    }
-
-    #[test]
     fn debug_shows_no_key_bytes() {
-        let kr = Keyring::generate(eu());
+        let kr = Keyring::generate(eu(), custody());
         let shown = format!("{kr:?}");
         let hex_root = hex::encode(kr.current_root().unwrap().1.expose_secret());
         assert!(!shown.contains(&hex_root[..8]));
         assert!(shown.contains("redacted"));
+    }
+
+    #[test]
+    fn root_key_life_cycle() {
+        let mut kr = Keyring::generate(eu(), custody());
+        let v1 = kr.current_root().unwrap().0;
+        let old = kr.root_key(v1).unwrap().expose_secret().to_vec();
+        assert_eq!(kr.rotate_root(), 2);
+        assert_eq!(kr.current_root().unwrap().0, 2);
+        // The old version still unwraps until retired.
+        assert!(kr.root_key(1).is_ok());
+        assert!(matches!(
+            kr.retire_root(2),
+            Err(KeyringError::BadTransition(_))
+        ));
+        assert!(matches!(
+            kr.destroy_root(1),
+            Err(KeyringError::BadTransition(_))
+        ));
+        kr.retire_root(1).unwrap();
+        assert_eq!(
+            kr.root_key(1).unwrap_err(),
+            KeyringError::RootKeyUnavailable(1)
+        );
+        assert!(matches!(
+            kr.retire_root(1),
+            Err(KeyringError::BadTransition(_))
+        ));
+        assert_eq!(
+            kr.retire_root(9).unwrap_err(),
+            KeyringError::RootKeyUnavailable(9)
+        );
+        kr.destroy_root(1).unwrap();
+        // The destroyed key's bytes are gone from the sealed file.
+        let uk = Key256::random();
+        let file = kr.seal(&uk);
+        let back = Keyring::unseal(&file, &uk, &eu()).unwrap();
+        assert_eq!(
+            back.root_versions().collect::<Vec<_>>(),
+            vec![(1, KeyState::Destroyed), (2, KeyState::Active)]
+        );
+        let contents = back.encode_contents();
+        assert!(!contents.windows(32).any(|w| w == old.as_slice()));
+        assert_eq!(back.current_root().unwrap().0, 2);
+    }
+
+    #[test]
+    fn erased_subjects_survive_sealing() {
+        let mut kr = Keyring::generate(eu(), custody());
+        assert_eq!(kr.erased_through("alice"), None);
+        kr.record_erasure("alice", 3);
+        kr.record_erasure("alice", 2);
+        kr.record_erasure("bob", 1);
+        assert_eq!(kr.erased_through("alice"), Some(3));
+        let uk = Key256::random();
+        let back = Keyring::unseal(&kr.seal(&uk), &uk, &eu()).unwrap();
+        assert_eq!(back.erased_through("alice"), Some(3));
+        assert_eq!(back.erased_through("bob"), Some(1));
+        assert_eq!(back.erased_through("carol"), None);
+        assert_eq!(back.erased_subjects(), 2);
+        // Pseudonyms depend on the keyring's key, not just the id.
+        let other = Keyring::generate(eu(), custody());
+        assert_ne!(
+            other.subject_pseudonym("alice"),
+            kr.subject_pseudonym("alice")
+        );
+        // The file names no subject in the clear.
+        let file = kr.seal(&uk);
+        assert!(!file.windows(5).any(|w| w == b"alice"));
     }
 }

@@ -3,15 +3,20 @@
 
 mod cache;
 mod keyring;
+mod receipt;
 mod region;
 mod shares;
 mod subject;
 
 pub use cache::{KeyCache, SubjectKeys};
 pub use keyring::{
-    format_unseal_key, parse_unseal_key, write_secret_file, KeyState, Keyring, KeyringError,
-    VersionedKey, KEYRING_FILE_V1,
+    write_secret_file, Custody, KeyState, Keyring, KeyringError, SubjectPseudonym, VersionedKey,
+    KEYRING_FILE_V2,
 };
+pub use receipt::{signing_key, ErasureReceipt, ReceiptError, ERASURE_RECEIPT_V1};
 pub use region::{InvalidRegion, Region};
 pub use shares::{split, Progress, ShareCollector, ShareError, UnsealShare, SHARE_PREFIX};
-pub use subject::{unwrap_subject_key, wrap_subject_key, WRAPPED_SUBJECT_KEY_V1};
+pub use subject::{
+    rewrap_subject_key, unwrap_subject_key, wrap_subject_key, wrapping_version,
+    WRAPPED_SUBJECT_KEY_V1,
+};

@@ -51,18 +51,32 @@ pub fn wrap_subject_key(
     Ok(out)
 }
 
+/// The root key version a stored subject key is wrapped under.
+pub fn wrapping_version(stored: &[u8]) -> Result<u32> {
+    if stored.len() != STORED_LEN || stored[0] != WRAPPED_SUBJECT_KEY_V1 {
+        return Err(Error::Integrity);
+    }
+    Ok(u32::from_be_bytes([
+        stored[1], stored[2], stored[3], stored[4],
+    ]))
+}
+
 /// Unwraps a stored subject key. Any malformed, altered or moved value is
-/// an integrity failure.
+/// an integrity failure; a version the keyring records as erased is
+/// [`Error::SubjectErased`], whatever the store holds.
 pub fn unwrap_subject_key(
     keyring: &Keyring,
     subject: &str,
     version: u32,
     stored: &[u8],
 ) -> Result<Key256> {
-    if stored.len() != STORED_LEN || stored[0] != WRAPPED_SUBJECT_KEY_V1 {
-        return Err(Error::Integrity);
+    if keyring
+        .erased_through(subject)
+        .is_some_and(|v| version <= v)
+    {
+        return Err(Error::SubjectErased);
     }
-    let root_version = u32::from_be_bytes([stored[1], stored[2], stored[3], stored[4]]);
+    let root_version = wrapping_version(stored)?;
     let root = keyring.root_key(root_version).map_err(|e| {
         tracing::warn!(error = %e, "subject key wrapped under an unavailable root key");
         Error::Integrity
@@ -71,13 +85,79 @@ pub fn unwrap_subject_key(
     Key256::from_slice(&plain).ok_or(Error::Integrity)
 }
 
+/// Re-wraps a stored subject key under the keyring's current root key.
+/// `None` when it is already wrapped under the current version.
+pub fn rewrap_subject_key(
+    keyring: &Keyring,
+    subject: &str,
+    version: u32,
+    stored: &[u8],
+) -> Result<Option<Vec<u8>>> {
+    if wrapping_version(stored)? == keyring.current_root()?.0 {
+        return Ok(None);
+    }
+    let key = unwrap_subject_key(keyring, subject, version, stored)?;
+    wrap_subject_key(keyring, subject, version, &key).map(Some)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    use crate::keys::Custody;
+
+    fn keyring() -> Keyring {
+        Keyring::generate(
+            "eu".parse().unwrap(),
+            Custody {
+                set_id: [1; 16],
+                threshold: 1,
+                shares: 1,
+            },
+        )
+    }
+
+    #[test]
+    fn rewrap_moves_to_the_current_root_and_keeps_the_key() {
+        let mut kr = keyring();
+        let sk = Key256::random();
+        let w1 = wrap_subject_key(&kr, "alice", 3, &sk).unwrap();
+        assert_eq!(rewrap_subject_key(&kr, "alice", 3, &w1).unwrap(), None);
+        kr.rotate_root();
+        let w2 = rewrap_subject_key(&kr, "alice", 3, &w1).unwrap().unwrap();
+        assert_eq!(wrapping_version(&w1).unwrap(), 1);
+        assert_eq!(wrapping_version(&w2).unwrap(), 2);
+        assert_eq!(rewrap_subject_key(&kr, "alice", 3, &w2).unwrap(), None);
+        kr.retire_root(1).unwrap();
+        assert_eq!(
+            unwrap_subject_key(&kr, "alice", 3, &w2)
+                .unwrap()
+                .expose_secret(),
+            sk.expose_secret()
+        );
+        // The retired version unwraps no more.
+        assert!(matches!(
+            unwrap_subject_key(&kr, "alice", 3, &w1),
+            Err(Error::Integrity)
+        ));
+    }
+
+    #[test]
+    fn erased_versions_are_refused_newer_ones_are_not() {
+        let mut kr = keyring();
+        let w1 = wrap_subject_key(&kr, "alice", 1, &Key256::random()).unwrap();
+        let w2 = wrap_subject_key(&kr, "alice", 2, &Key256::random()).unwrap();
+        kr.record_erasure("alice", 1);
+        assert!(matches!(
+            unwrap_subject_key(&kr, "alice", 1, &w1),
+            Err(Error::SubjectErased)
+        ));
+        assert!(unwrap_subject_key(&kr, "alice", 2, &w2).is_ok());
+    }
+
     #[test]
     fn wrap_round_trip_and_binding() {
-        let kr = Keyring::generate("eu".parse().unwrap());
+        let kr = keyring();
         let sk = Key256::random();
         let w = wrap_subject_key(&kr, "alice", 1, &sk).unwrap();
         assert_eq!(w.len(), STORED_LEN);
@@ -95,7 +175,7 @@ mod tests {
             unwrap_subject_key(&kr, "alice", 2, &w),
             Err(Error::Integrity)
         ));
-        let other = Keyring::generate("eu".parse().unwrap());
+        let other = keyring();
         assert!(matches!(
             unwrap_subject_key(&other, "alice", 1, &w),
             Err(Error::Integrity)

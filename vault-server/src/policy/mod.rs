@@ -96,6 +96,19 @@ impl Caller {
         }
     }
 
+    /// Fails with `PermissionDenied` unless the principal holds one of `roles`.
+    pub fn require_any(&self, roles: &[Role]) -> crate::Result<()> {
+        if roles.iter().any(|r| self.principal.roles.contains(r)) {
+            return Ok(());
+        }
+        let names: Vec<_> = roles.iter().map(|r| r.name()).collect();
+        Err(crate::Error::PermissionDenied(format!(
+            "principal {} lacks the {} role",
+            self.principal.name,
+            names.join(" or ")
+        )))
+    }
+
     /// Fails with `PermissionDenied` unless the principal holds `role`.
     pub fn require(&self, role: Role) -> crate::Result<()> {
         if self.principal.roles.contains(&role) {

@@ -4,6 +4,7 @@
 
 mod auth;
 mod convert;
+mod custody;
 mod vault;
 
 use std::future::Future;
@@ -14,30 +15,56 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt;
 use tonic::service::interceptor::InterceptedService;
 use tonic_health::ServingStatus;
+use vault_proto::v1::operator_service_server::OperatorServiceServer;
+use vault_proto::v1::subject_service_server::SubjectServiceServer;
 use vault_proto::v1::vault_service_server::VaultServiceServer;
 
 pub use auth::{hash_token, Authenticator, PURPOSE_HEADER};
+pub use custody::{OperatorApi, SubjectApi};
 pub use vault::VaultApi;
 
-use crate::{Engine, Error, Result};
+use crate::{Error, Result, Vault};
 
 /// The gRPC service name, as health checks know it.
 pub const SERVICE_NAME: &str = "vault.v1.VaultService";
+/// The data services; health reports them NOT_SERVING while sealed.
+const DATA_SERVICES: [&str; 3] = ["", SERVICE_NAME, "vault.v1.SubjectService"];
 /// Largest request or response message accepted.
 pub const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
 
 /// Serves the vault on `listener` until `shutdown` completes, then drains
-/// in-flight requests and returns.
+/// in-flight requests and returns. Health follows the seal: the data
+/// services are SERVING only while the vault is unsealed; the operator
+/// service is always SERVING (it is how a vault is unsealed).
 pub async fn serve(
     listener: TcpListener,
-    engine: Arc<Engine>,
+    vault: Arc<Vault>,
     auth: Arc<Authenticator>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health
-        .set_service_status(SERVICE_NAME, ServingStatus::Serving)
+        .set_service_status("vault.v1.OperatorService", ServingStatus::Serving)
         .await;
+    let mut sealed = vault.watch_sealed();
+    let follower = {
+        let health = health.clone();
+        tokio::spawn(async move {
+            loop {
+                let status = if *sealed.borrow_and_update() {
+                    ServingStatus::NotServing
+                } else {
+                    ServingStatus::Serving
+                };
+                for name in DATA_SERVICES {
+                    health.set_service_status(name, status).await;
+                }
+                if sealed.changed().await.is_err() {
+                    break;
+                }
+            }
+        })
+    };
 
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(vault_proto::v1::FILE_DESCRIPTOR_SET)
@@ -45,10 +72,18 @@ pub async fn serve(
         .build_v1()
         .map_err(|e| Error::Config(format!("reflection: {e}")))?;
 
-    let api = VaultServiceServer::new(VaultApi::new(engine))
+    let api = VaultServiceServer::new(VaultApi::new(Arc::clone(&vault)))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let api = InterceptedService::new(api, auth::interceptor(auth));
+    let api = InterceptedService::new(api, auth::interceptor(Arc::clone(&auth)));
+    let operator = InterceptedService::new(
+        OperatorServiceServer::new(OperatorApi::new(Arc::clone(&vault))),
+        auth::interceptor(Arc::clone(&auth)),
+    );
+    let subjects = InterceptedService::new(
+        SubjectServiceServer::new(SubjectApi::new(Arc::clone(&vault))),
+        auth::interceptor(auth),
+    );
 
     let incoming = TcpListenerStream::new(listener).map(|conn| {
         if let Ok(stream) = &conn {
@@ -58,17 +93,23 @@ pub async fn serve(
         conn
     });
 
-    tonic::transport::Server::builder()
+    let served = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
         .add_service(api)
+        .add_service(operator)
+        .add_service(subjects)
         .serve_with_incoming_shutdown(incoming, async move {
             shutdown.await;
-            health
-                .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
-                .await;
+            follower.abort();
+            for name in DATA_SERVICES {
+                health
+                    .set_service_status(name, ServingStatus::NotServing)
+                    .await;
+            }
             tracing::info!("shutting down: draining in-flight requests");
         })
         .await
-        .map_err(|e| Error::Serve(e.to_string()))
+        .map_err(|e| Error::Serve(e.to_string()));
+    served
 }

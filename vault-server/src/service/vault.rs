@@ -9,33 +9,43 @@ use vault_proto::v1::vault_service_server::VaultService;
 
 use super::auth::caller;
 use super::convert::{collection_from, collection_to, record_from, record_to};
-use crate::Engine;
+use crate::{Engine, Vault};
 
-/// The data-plane API over one engine.
+/// The data-plane API over one vault. Every call needs it unsealed.
 #[derive(Debug, Clone)]
 pub struct VaultApi {
-    engine: Arc<Engine>,
+    vault: Arc<Vault>,
 }
 
 impl VaultApi {
-    /// The API over `engine`.
-    pub fn new(engine: Arc<Engine>) -> Self {
-        VaultApi { engine }
+    /// The API over `vault`.
+    pub fn new(vault: Arc<Vault>) -> Self {
+        VaultApi { vault }
     }
 
-    /// Runs blocking engine work on the blocking pool, never on a reactor thread.
+    /// Runs blocking engine work on the blocking pool, never on a reactor
+    /// thread; `UNAVAILABLE` while the vault is sealed.
     async fn blocking<T, F>(&self, f: F) -> Result<T, Status>
     where
         T: Send + 'static,
         F: FnOnce(&Engine) -> crate::Result<T> + Send + 'static,
     {
-        let engine = Arc::clone(&self.engine);
-        match tokio::task::spawn_blocking(move || f(&engine)).await {
-            Ok(r) => r.map_err(Status::from),
-            Err(e) => {
-                tracing::error!(error = %e, "engine task failed");
-                Err(Status::internal("internal error"))
-            }
+        let engine = self.vault.engine()?;
+        run_blocking(move || f(&engine)).await
+    }
+}
+
+/// Runs `f` on the blocking pool and maps its error to a status.
+pub(super) async fn run_blocking<T, F>(f: F) -> Result<T, Status>
+where
+    T: Send + 'static,
+    F: FnOnce() -> crate::Result<T> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(Status::from),
+        Err(e) => {
+            tracing::error!(error = %e, "engine task failed");
+            Err(Status::internal("internal error"))
         }
     }
 }

@@ -25,17 +25,23 @@ pub enum Table {
     Index,
     /// The audit log.
     Audit,
+    /// Which records belong to a subject: `subject ‖ 0 ‖ record key` → empty.
+    SubjectRecords,
+    /// Signed erasure receipts by receipt id.
+    Receipts,
 }
 
 impl Table {
     /// Every table.
-    pub const ALL: [Table; 6] = [
+    pub const ALL: [Table; 8] = [
         Table::Meta,
         Table::Collections,
         Table::Records,
         Table::SubjectKeys,
         Table::Index,
         Table::Audit,
+        Table::SubjectRecords,
+        Table::Receipts,
     ];
 
     /// The column family's name.
@@ -47,6 +53,8 @@ impl Table {
             Table::SubjectKeys => "subject_keys",
             Table::Index => "index",
             Table::Audit => "audit",
+            Table::SubjectRecords => "subject_records",
+            Table::Receipts => "receipts",
         }
     }
 }
@@ -102,6 +110,13 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     fn multi_get(&self, table: Table, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>>;
     /// Every entry whose key starts with `prefix`, in key order.
     fn scan_prefix(&self, table: Table, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+    /// At most `limit` entries with keys `>= start`, in key order.
+    fn scan_from(
+        &self,
+        table: Table,
+        start: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
     /// The entry with the greatest key that starts with `prefix`.
     fn last_with_prefix(&self, table: Table, prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>>;
     /// Applies every change at once; when it returns `Ok`, the changes are

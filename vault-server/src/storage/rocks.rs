@@ -111,6 +111,27 @@ impl Store for RocksStore {
         Ok(out)
     }
 
+    fn scan_from(
+        &self,
+        table: Table,
+        start: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut out = Vec::with_capacity(limit.min(4096));
+        for item in self
+            .db
+            .iterator_cf(
+                self.cf(table)?,
+                IteratorMode::From(start, Direction::Forward),
+            )
+            .take(limit)
+        {
+            let (k, v) = item.map_err(storage_err)?;
+            out.push((k.into_vec(), v.into_vec()));
+        }
+        Ok(out)
+    }
+
     fn last_with_prefix(&self, table: Table, prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
         let cf = self.cf(table)?;
         // Seek to the last key <= prefix ‖ 0xFF…; keys here are short, so

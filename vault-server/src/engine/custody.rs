@@ -1,0 +1,332 @@
+//! Key custody on an unsealed engine: root-key rotation, retirement and
+//! destruction, subject-key rotation, and erasure (crypto-shredding).
+//!
+//! Every operation here holds `custody_lock`, so none of them (nor a
+//! re-wrap batch) writes back a key that another one deleted. Operations on
+//! one subject also hold that subject's lock exclusively, so no write of the
+//! subject runs meanwhile. Lock order: subject stripe → custody → create.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::{lock, parse_subject_key_id, subject_key_id, subject_key_prefix, validate_id, Engine};
+use crate::crypto::Key256;
+use crate::keys::{
+    signing_key, wrap_subject_key, wrapping_version, ErasureReceipt, KeyState, Keyring,
+    KeyringError, SubjectKeys,
+};
+use crate::policy::{Caller, Role};
+use crate::storage::{StoredRecord, Table, WriteSet};
+use crate::{Error, Result};
+
+/// Subject key rows read per page when counting.
+const COUNT_PAGE: usize = 10_000;
+
+/// One root key version, as custodians see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootKeyInfo {
+    /// The version.
+    pub version: u32,
+    /// Its state.
+    pub state: KeyState,
+    /// Whether it wraps new subject keys.
+    pub current: bool,
+    /// Subject keys wrapped under it (0 when not counted).
+    pub wrapped_subject_keys: u64,
+}
+
+/// What a subject-key rotation did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubjectRotation {
+    /// The new key version.
+    pub new_version: u32,
+    /// Records re-encrypted.
+    pub records: u64,
+    /// Field values re-encrypted.
+    pub fields: u64,
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Engine {
+    /// Root key versions and their states (not counting subject keys).
+    pub fn root_versions(&self) -> Vec<RootKeyInfo> {
+        let kr = self.keyring();
+        let current = kr.current_root().map(|(v, _)| v).unwrap_or(0);
+        kr.root_versions()
+            .map(|(version, state)| RootKeyInfo {
+                version,
+                state,
+                current: version == current,
+                wrapped_subject_keys: 0,
+            })
+            .collect()
+    }
+
+    /// Every root key version with the number of subject keys it wraps
+    /// (a scan of every wrapped subject key).
+    pub fn root_keys(&self, caller: &Caller) -> Result<Vec<RootKeyInfo>> {
+        caller.require(Role::Custodian)?;
+        let counts = self.count_wrapped()?;
+        let mut all = self.root_versions();
+        for k in &mut all {
+            k.wrapped_subject_keys = counts.get(&k.version).copied().unwrap_or(0);
+        }
+        Ok(all)
+    }
+
+    /// Subject keys per wrapping root version.
+    pub(super) fn count_wrapped(&self) -> Result<BTreeMap<u32, u64>> {
+        let mut counts = BTreeMap::new();
+        let mut start = Vec::new();
+        loop {
+            let page = self
+                .store
+                .scan_from(Table::SubjectKeys, &start, COUNT_PAGE)?;
+            let Some((last, _)) = page.last() else {
+                break;
+            };
+            start = last.clone();
+            start.push(0);
+            for (_, v) in &page {
+                // An unreadable row counts under version 0.
+                *counts.entry(wrapping_version(v).unwrap_or(0)).or_insert(0) += 1;
+            }
+            if page.len() < COUNT_PAGE {
+                break;
+            }
+        }
+        Ok(counts)
+    }
+
+    /// Makes a new root key version current, saves the keyring, and starts
+    /// the job that re-wraps every subject key under it.
+    pub fn rotate_root(&self, caller: &Caller) -> Result<u32> {
+        caller.require(Role::Custodian)?;
+        let _custody = lock(&self.custody_lock);
+        let mut kr = Keyring::clone(&self.keyring());
+        let version = kr.rotate_root();
+        self.replace_keyring(kr)?;
+        tracing::info!(version, principal = %caller.principal.name, "root key rotated");
+        self.rewrap.wake();
+        Ok(version)
+    }
+
+    /// Retires a root key version: it unwraps no more. Refused while it is
+    /// current or still wraps a subject key.
+    pub fn retire_root(&self, caller: &Caller, version: u32) -> Result<()> {
+        caller.require(Role::Custodian)?;
+        let _custody = lock(&self.custody_lock);
+        let mut kr = Keyring::clone(&self.keyring());
+        kr.retire_root(version).map_err(custody_error)?;
+        // No new key is wrapped under a non-current version, so a count of
+        // zero stays zero.
+        let wraps = self.count_wrapped()?.get(&version).copied().unwrap_or(0);
+        if wraps > 0 {
+            return Err(Error::FailedPrecondition(format!(
+                "root key version {version} still wraps {wraps} subject keys; \
+                 wait for the re-wrap job (vaultctl operator rewrap-status --wait)"
+            )));
+        }
+        self.replace_keyring(kr)?;
+        tracing::info!(version, principal = %caller.principal.name, "root key retired");
+        Ok(())
+    }
+
+    /// Destroys a retired root key version: its bytes leave the keyring
+    /// file, which is rewritten now.
+    pub fn destroy_root(&self, caller: &Caller, version: u32) -> Result<()> {
+        caller.require(Role::Custodian)?;
+        let _custody = lock(&self.custody_lock);
+        let mut kr = Keyring::clone(&self.keyring());
+        kr.destroy_root(version).map_err(custody_error)?;
+        self.replace_keyring(kr)?;
+        tracing::info!(version, principal = %caller.principal.name, "root key destroyed");
+        Ok(())
+    }
+
+    /// The public half of the vault's signing key.
+    pub fn signing_public_key(&self) -> [u8; 32] {
+        signing_key(&self.keyring()).verifying_key().to_bytes()
+    }
+
+    /// The subject's stored key rows: (version, wrapped), oldest first.
+    fn subject_key_rows(&self, subject: &str) -> Result<Vec<(u32, Vec<u8>)>> {
+        self.store
+            .scan_prefix(Table::SubjectKeys, &subject_key_prefix(subject))?
+            .into_iter()
+            .map(|(k, v)| {
+                let (s, version) = parse_subject_key_id(&k)?;
+                if s != subject {
+                    return Err(Error::Integrity);
+                }
+                Ok((version, v))
+            })
+            .collect()
+    }
+
+    /// The subject's records, from the index: (index key, record key,
+    /// stored bytes). Stale entries (the record is gone, or now belongs to
+    /// another subject) come back with `None`.
+    #[allow(clippy::type_complexity)]
+    fn subject_records(&self, subject: &str) -> Result<Vec<(Vec<u8>, Vec<u8>, Option<Vec<u8>>)>> {
+        let prefix = subject_key_prefix(subject);
+        let entries = self.store.scan_prefix(Table::SubjectRecords, &prefix)?;
+        let record_keys: Vec<Vec<u8>> = entries
+            .iter()
+            .map(|(k, _)| k[prefix.len()..].to_vec())
+            .collect();
+        let values = self.store.multi_get(Table::Records, &record_keys)?;
+        Ok(entries
+            .into_iter()
+            .zip(record_keys)
+            .zip(values)
+            .map(|(((ik, _), rk), v)| {
+                let mine = v.filter(|b| {
+                    StoredRecord::decode(b).is_ok_and(|(r, _)| r.subject_id == subject)
+                });
+                (ik, rk, mine)
+            })
+            .collect())
+    }
+
+    /// Gives `subject` a new key, re-encrypts every field of its records
+    /// under it (same AAD binding: same region, collection, record and
+    /// field), and destroys every older key version, in one atomic write.
+    pub fn rotate_subject(&self, caller: &Caller, subject: &str) -> Result<SubjectRotation> {
+        caller.require(Role::Custodian)?;
+        validate_id("subject id", subject)?;
+        let _subject = self.subject_locks[self.stripe(subject)]
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        let _custody = lock(&self.custody_lock);
+        let rows = self.subject_key_rows(subject)?;
+        let Some(&(latest, _)) = rows.last() else {
+            return Err(Error::NotFound("subject (it has no key)".into()));
+        };
+        let kr = self.keyring();
+        let new_version = latest.max(kr.erased_through(subject).unwrap_or(0)) + 1;
+        let new_key = Arc::new(SubjectKeys::new(new_version, Key256::random()));
+
+        let mut ws = WriteSet::new();
+        let (mut records, mut fields) = (0u64, 0u64);
+        for (index_key, record_key, bytes) in self.subject_records(subject)? {
+            let Some(bytes) = bytes else {
+                ws.delete(Table::SubjectRecords, index_key);
+                continue;
+            };
+            let (collection, id) = split_record_key(&record_key)?;
+            // Any record that fails its checks stops the rotation before
+            // anything is written or destroyed.
+            let (stored, old) = self.open_record(collection, id, &bytes)?;
+            let mut plain = Vec::with_capacity(stored.fields.len());
+            for sf in &stored.fields {
+                plain.push((
+                    sf.name.as_str(),
+                    self.open_stored_field(&old, &stored, collection, id, sf)?,
+                ));
+            }
+            fields += plain.len() as u64;
+            records += 1;
+            let value = self.seal_record(&new_key, collection, id, subject, plain.into_iter());
+            ws.put(Table::Records, record_key, value);
+        }
+        {
+            let _create = lock(&self.create_lock);
+            let kr = self.keyring();
+            ws.put(
+                Table::SubjectKeys,
+                subject_key_id(subject, new_version),
+                wrap_subject_key(&kr, subject, new_version, new_key.key())?,
+            );
+            for (v, _) in &rows {
+                ws.delete(Table::SubjectKeys, subject_key_id(subject, *v));
+            }
+            self.store.write(ws)?;
+        }
+        self.cache.evict_subject(subject);
+        self.cache.insert(subject, new_key);
+        self.counters
+            .fields_encrypted
+            .fetch_add(fields, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(new_version, records, principal = %caller.principal.name, "subject key rotated");
+        Ok(SubjectRotation {
+            new_version,
+            records,
+            fields,
+        })
+    }
+
+    /// Crypto-shreds `subject`: records its erased key versions in the
+    /// keyring (saved first, so a crash afterwards still leaves the subject
+    /// unreadable), evicts its keys from the cache, then deletes its key
+    /// rows, records and index entries and stores a signed receipt, in one
+    /// atomic write.
+    pub fn erase_subject(&self, caller: &Caller, subject: &str) -> Result<ErasureReceipt> {
+        caller.require_any(&[Role::Custodian, Role::Dpo])?;
+        validate_id("subject id", subject)?;
+        let _subject = self.subject_locks[self.stripe(subject)]
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        let _custody = lock(&self.custody_lock);
+        let rows = self.subject_key_rows(subject)?;
+        let records = self.subject_records(subject)?;
+        let through = rows.last().map_or(0, |(v, _)| *v);
+
+        let mut kr = Keyring::clone(&self.keyring());
+        let already = kr.erased_through(subject).unwrap_or(0);
+        if through > already {
+            kr.record_erasure(subject, through);
+            self.replace_keyring(kr)?;
+        }
+        self.cache.evict_subject(subject);
+
+        let kr = self.keyring();
+        let mut ws = WriteSet::new();
+        for (v, _) in &rows {
+            ws.delete(Table::SubjectKeys, subject_key_id(subject, *v));
+        }
+        let mut deleted = 0u64;
+        for (index_key, record_key, bytes) in records {
+            if bytes.is_some() {
+                ws.delete(Table::Records, record_key);
+                deleted += 1;
+            }
+            ws.delete(Table::SubjectRecords, index_key);
+        }
+        let receipt = ErasureReceipt::sign(&kr, subject, through.max(already), deleted, now_secs());
+        let mut receipt_key = receipt.erased_at.to_be_bytes().to_vec();
+        receipt_key.extend_from_slice(&receipt.id);
+        ws.put(Table::Receipts, receipt_key, receipt.encode());
+        self.store.write(ws)?;
+        tracing::info!(
+            receipt = %hex::encode(receipt.id),
+            records = deleted,
+            key_versions = through,
+            principal = %caller.principal.name,
+            "subject erased"
+        );
+        Ok(receipt)
+    }
+}
+
+/// Maps a refused key-state change to the caller's error.
+fn custody_error(e: KeyringError) -> Error {
+    match e {
+        KeyringError::RootKeyUnavailable(v) => Error::NotFound(format!("root key version {v}")),
+        e => Error::FailedPrecondition(e.to_string()),
+    }
+}
+
+/// `collection ‖ 0 ‖ id` back into its parts.
+fn split_record_key(key: &[u8]) -> Result<(&str, &str)> {
+    let nul = key.iter().position(|&b| b == 0).ok_or(Error::Integrity)?;
+    let collection = std::str::from_utf8(&key[..nul]).map_err(|_| Error::Integrity)?;
+    let id = std::str::from_utf8(&key[nul + 1..]).map_err(|_| Error::Integrity)?;
+    Ok((collection, id))
+}

@@ -1,0 +1,423 @@
+//! The vault over one data folder, and its custody states:
+//!
+//! ```text
+//!   uninitialised ──init──▶ sealed ──unseal (M of N shares)──▶ unsealed
+//!                             ▲                                   │
+//!                             └──────────────seal─────────────────┘
+//! ```
+//!
+//! The store is open in every state (it holds only ciphertext); the keys
+//! exist only while unsealed, inside the [`Engine`]. Sealing closes the
+//! engine, stops its background job and drops it: every key is zeroized as
+//! its last holder lets go. The unseal key is never written anywhere; the
+//! custodians hold it as Shamir shares.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use tokio::sync::watch;
+use zeroize::Zeroizing;
+
+use crate::crypto::Key256;
+use crate::engine::{Engine, EngineOptions, KeyringFile, RootKeyInfo, META_KEYRING_ID};
+use crate::keys::{
+    split, write_secret_file, Custody, Keyring, KeyringError, Progress, Region, ShareCollector,
+    ShareError, UnsealShare,
+};
+use crate::policy::{Caller, Role};
+use crate::storage::{RocksStore, Store, StoreOptions, Table};
+use crate::{Error, Result};
+
+/// The development share's file name in a dev data folder.
+pub const DEV_SHARE_FILE: &str = "dev-unseal.share";
+
+/// How to open a vault.
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    /// The data folder; RocksDB lives in its `db/` subfolder.
+    pub data_dir: PathBuf,
+    /// The region this server serves.
+    pub region: Region,
+    /// The keyring file.
+    pub keyring_file: PathBuf,
+    /// Storage options.
+    pub store: StoreOptions,
+    /// Engine options (limits, cache, re-wrap pace).
+    pub engine: EngineOptions,
+}
+
+impl OpenOptions {
+    /// Development defaults: everything in `data_dir`.
+    pub fn dev(data_dir: &Path, region: Region) -> Self {
+        OpenOptions {
+            data_dir: data_dir.to_owned(),
+            region,
+            keyring_file: data_dir.join("keyring"),
+            store: StoreOptions::default(),
+            engine: EngineOptions::default(),
+        }
+    }
+}
+
+/// What custodians see of the vault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealStatus {
+    /// Whether a keyring exists.
+    pub initialized: bool,
+    /// Whether the vault holds no keys.
+    pub sealed: bool,
+    /// The region.
+    pub region: Region,
+    /// Shares needed and made (0 before init).
+    pub threshold: u8,
+    /// Shares made.
+    pub shares: u8,
+    /// Shares given towards the next unseal.
+    pub progress: u8,
+    /// When unsealed: root key versions (not counted).
+    pub root_keys: Vec<RootKeyInfo>,
+    /// When unsealed: the public half of the signing key.
+    pub signing_public_key: Option<[u8; 32]>,
+}
+
+enum State {
+    Uninitialised,
+    Sealed {
+        custody: Custody,
+        collector: ShareCollector,
+    },
+    Unsealed {
+        engine: Arc<Engine>,
+        job: Option<JoinHandle<()>>,
+    },
+}
+
+/// One regional vault: its store, and its keys while unsealed.
+pub struct Vault {
+    opts: OpenOptions,
+    store: Arc<dyn Store>,
+    state: Mutex<State>,
+    sealed: watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for Vault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vault")
+            .field("region", &self.opts.region)
+            .field("sealed", &*self.sealed.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Vault {
+    /// Opens the data folder, sealed. Refuses a keyring of another region,
+    /// and a data folder whose keyring is missing.
+    pub fn open(opts: OpenOptions) -> Result<Vault> {
+        let custody = match read_keyring_file(&opts.keyring_file)? {
+            Some(file) => {
+                let (region, custody) = Keyring::peek(&file)?;
+                if region != opts.region {
+                    return Err(KeyringError::WrongRegion {
+                        keyring: region.to_string(),
+                        configured: opts.region.to_string(),
+                    }
+                    .into());
+                }
+                Some(custody)
+            }
+            None => None,
+        };
+        std::fs::create_dir_all(&opts.data_dir).map_err(|e| {
+            Error::io(
+                format!("creating data folder {}", opts.data_dir.display()),
+                e,
+            )
+        })?;
+        let store = RocksStore::open(&opts.data_dir.join("db"), &opts.store)?;
+        let state = match custody {
+            Some(custody) => State::Sealed {
+                custody,
+                collector: ShareCollector::new(),
+            },
+            None => {
+                if store.get(Table::Meta, META_KEYRING_ID)?.is_some() {
+                    return Err(Error::Config(format!(
+                        "the data folder holds data but its keyring {} is missing; \
+                         restore the keyring file (a new one cannot read this data)",
+                        opts.keyring_file.display()
+                    )));
+                }
+                State::Uninitialised
+            }
+        };
+        Ok(Vault {
+            opts,
+            store: Arc::new(store),
+            state: Mutex::new(state),
+            sealed: watch::Sender::new(true),
+        })
+    }
+
+    /// Opens a development vault: initialised on first start with one
+    /// share (1 of 1) kept in the data folder, and unsealed with it.
+    pub fn open_dev(opts: OpenOptions) -> Result<Vault> {
+        let share_file = opts.data_dir.join(DEV_SHARE_FILE);
+        let vault = Vault::open(opts)?;
+        let caller = Caller::internal("dev-mode");
+        if !vault.status(&caller)?.initialized {
+            let shares = vault.init(&caller, 1, 1)?;
+            let text = shares[0].encode();
+            write_secret_file(&share_file, text.as_bytes())
+                .map_err(|e| Error::io(format!("writing dev share {}", share_file.display()), e))?;
+        }
+        let text =
+            Zeroizing::new(std::fs::read_to_string(&share_file).map_err(|e| {
+                Error::io(format!("reading dev share {}", share_file.display()), e)
+            })?);
+        vault.unseal(&caller, &text)?;
+        Ok(vault)
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The region this vault serves.
+    pub fn region(&self) -> &Region {
+        &self.opts.region
+    }
+
+    /// The engine, while unsealed.
+    pub fn engine(&self) -> Result<Arc<Engine>> {
+        match &*self.state() {
+            State::Unsealed { engine, .. } => Ok(Arc::clone(engine)),
+            _ => Err(Error::Sealed),
+        }
+    }
+
+    /// Follows sealed (true) / unsealed (false).
+    pub fn watch_sealed(&self) -> watch::Receiver<bool> {
+        self.sealed.subscribe()
+    }
+
+    /// Creates the keyring and splits its unseal key into `shares` shares,
+    /// `threshold` of which unseal it. The vault stays sealed.
+    pub fn init(&self, caller: &Caller, shares: u8, threshold: u8) -> Result<Vec<UnsealShare>> {
+        caller.require(Role::Custodian)?;
+        let mut state = self.state();
+        if !matches!(*state, State::Uninitialised) {
+            return Err(Error::FailedPrecondition(
+                "the vault is already initialised".into(),
+            ));
+        }
+        let unseal_key = Key256::random();
+        let parts = split(&unseal_key, threshold, shares).map_err(share_error)?;
+        let custody = Custody {
+            set_id: parts[0].set_id(),
+            threshold,
+            shares,
+        };
+        let keyring = Keyring::generate(self.opts.region.clone(), custody);
+        KeyringFile {
+            path: self.opts.keyring_file.clone(),
+            unseal_key,
+        }
+        .save(&keyring)?;
+        *state = State::Sealed {
+            custody,
+            collector: ShareCollector::new(),
+        };
+        tracing::info!(
+            region = %self.opts.region,
+            threshold,
+            shares,
+            principal = %caller.principal.name,
+            "vault initialised"
+        );
+        Ok(parts)
+    }
+
+    /// Takes one share. Once the threshold is reached, opens the keyring
+    /// and starts serving. Shares that together do not open the keyring
+    /// reset the progress (which one was wrong cannot be told).
+    pub fn unseal(&self, caller: &Caller, share: &str) -> Result<Progress> {
+        caller.require(Role::Custodian)?;
+        let share = UnsealShare::parse(share).map_err(share_error)?;
+        let mut state = self.state();
+        let (custody, collector) = match &mut *state {
+            State::Uninitialised => {
+                return Err(Error::FailedPrecondition(
+                    "the vault is not initialised; run `vaultctl operator init`".into(),
+                ))
+            }
+            State::Unsealed { .. } => {
+                return Err(Error::FailedPrecondition(
+                    "the vault is already unsealed".into(),
+                ))
+            }
+            State::Sealed { custody, collector } => (*custody, collector),
+        };
+        if share.set_id() != custody.set_id
+            || share.threshold() != custody.threshold
+            || share.total() != custody.shares
+        {
+            return Err(share_error(ShareError::Foreign));
+        }
+        let progress = collector.add(share).map_err(share_error)?;
+        tracing::info!(
+            progress = progress.have,
+            threshold = progress.need,
+            principal = %caller.principal.name,
+            "unseal share accepted"
+        );
+        if progress.have < progress.need {
+            return Ok(progress);
+        }
+        let combined = collector.combine();
+        collector.clear();
+        let unseal_key = combined.map_err(share_error)?;
+        let file = read_keyring_file(&self.opts.keyring_file)?.ok_or_else(|| {
+            Error::Config(format!(
+                "keyring {} disappeared",
+                self.opts.keyring_file.display()
+            ))
+        })?;
+        let keyring = match Keyring::unseal(&file, &unseal_key, &self.opts.region) {
+            Ok(k) => k,
+            Err(KeyringError::WrongUnsealKey) => {
+                tracing::warn!("unseal failed: the shares given do not open the keyring");
+                return Err(Error::InvalidArgument(
+                    "the shares given do not open the keyring (one is wrong or forged); \
+                     unseal progress was reset"
+                        .into(),
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let engine = Arc::new(Engine::new(
+            Arc::clone(&self.store),
+            keyring,
+            KeyringFile {
+                path: self.opts.keyring_file.clone(),
+                unseal_key,
+            },
+            self.opts.engine.clone(),
+        )?);
+        let worker = Arc::clone(&engine);
+        let job = std::thread::Builder::new()
+            .name("rewrap".into())
+            .spawn(move || worker.run_rewrap())
+            .map_err(|e| Error::io("starting the re-wrap job", e))?;
+        *state = State::Unsealed {
+            engine,
+            job: Some(job),
+        };
+        self.sealed.send_replace(false);
+        tracing::info!(region = %self.opts.region, "vault unsealed");
+        Ok(Progress {
+            have: 0,
+            need: custody.threshold,
+        })
+    }
+
+    /// Drops every key: closes the engine, waits for its background job,
+    /// and discards any unseal progress. Requests in flight finish with the
+    /// engine they hold; new ones are refused.
+    pub fn seal(&self, caller: &Caller) -> Result<()> {
+        caller.require(Role::Custodian)?;
+        let mut state = self.state();
+        let custody = match &*state {
+            State::Uninitialised => {
+                return Err(Error::FailedPrecondition(
+                    "the vault is not initialised".into(),
+                ))
+            }
+            State::Sealed { custody, .. } => *custody,
+            State::Unsealed { engine, .. } => engine.keyring().custody(),
+        };
+        let previous = std::mem::replace(
+            &mut *state,
+            State::Sealed {
+                custody,
+                collector: ShareCollector::new(),
+            },
+        );
+        self.sealed.send_replace(true);
+        drop(state);
+        if let State::Unsealed { engine, job } = previous {
+            engine.close();
+            if let Some(job) = job {
+                if job.join().is_err() {
+                    tracing::error!("the re-wrap job panicked");
+                }
+            }
+        }
+        tracing::info!(principal = %caller.principal.name, "vault sealed");
+        Ok(())
+    }
+
+    /// Custody status.
+    pub fn status(&self, caller: &Caller) -> Result<SealStatus> {
+        caller.require(Role::Custodian)?;
+        let state = self.state();
+        let mut s = SealStatus {
+            initialized: true,
+            sealed: true,
+            region: self.opts.region.clone(),
+            threshold: 0,
+            shares: 0,
+            progress: 0,
+            root_keys: Vec::new(),
+            signing_public_key: None,
+        };
+        match &*state {
+            State::Uninitialised => s.initialized = false,
+            State::Sealed { custody, collector } => {
+                s.threshold = custody.threshold;
+                s.shares = custody.shares;
+                s.progress = collector.progress().have;
+            }
+            State::Unsealed { engine, .. } => {
+                let custody = engine.keyring().custody();
+                s.sealed = false;
+                s.threshold = custody.threshold;
+                s.shares = custody.shares;
+                s.root_keys = engine.root_versions();
+                s.signing_public_key = Some(engine.signing_public_key());
+            }
+        }
+        Ok(s)
+    }
+
+    /// Closes the engine (if unsealed) and waits for background work,
+    /// before the store closes with the vault.
+    fn shutdown(&self) {
+        let previous = std::mem::replace(&mut *self.state(), State::Uninitialised);
+        if let State::Unsealed { engine, job } = previous {
+            engine.close();
+            if let Some(job) = job {
+                let _ = job.join();
+            }
+        }
+        self.sealed.send_replace(true);
+    }
+}
+
+impl Drop for Vault {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn read_keyring_file(path: &Path) -> Result<Option<Vec<u8>>> {
+    match std::fs::read(path) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(format!("reading keyring {}", path.display()), e)),
+    }
+}
+
+fn share_error(e: ShareError) -> Error {
+    Error::InvalidArgument(e.to_string())
+}
