@@ -9,14 +9,16 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::{lock, parse_subject_key_id, subject_key_id, subject_key_prefix, validate_id, Engine};
+use super::{lock, validate_id, Engine};
 use crate::crypto::Key256;
 use crate::keys::{
     signing_key, wrap_subject_key, wrapping_version, ErasureReceipt, KeyState, Keyring,
     KeyringError, SubjectKeys,
 };
 use crate::policy::{Caller, Role};
-use crate::storage::{StoredRecord, Table, WriteSet};
+use crate::storage::{
+    parse_subject_key_id, subject_key_id, subject_key_prefix, StoredRecord, Table, WriteSet,
+};
 use crate::{Error, Result};
 
 /// Subject key rows read per page when counting.

@@ -33,7 +33,8 @@ use crate::keys::{
 };
 use crate::policy::{Caller, Role};
 use crate::storage::{
-    record_key, Store, StoredField, StoredRecord, Table, WriteSet, RECORD_TAG_LEN,
+    record_key, subject_key_id, subject_key_prefix, subject_record_key, Store, StoredField,
+    StoredRecord, Table, WriteSet, RECORD_TAG_LEN,
 };
 use crate::{Error, Result};
 
@@ -791,37 +792,6 @@ impl Engine {
             .ok_or(Error::Integrity)?;
         self.cached_or_unwrap(subject, (version, wrapped))
     }
-}
-
-/// `subject ‖ 0`: the prefix of a subject's key rows and index entries.
-/// Ids hold no control characters, so no subject's prefix is another's.
-fn subject_key_prefix(subject: &str) -> Vec<u8> {
-    let mut p = Vec::with_capacity(subject.len() + 1);
-    p.extend_from_slice(subject.as_bytes());
-    p.push(0);
-    p
-}
-
-/// `subject ‖ 0 ‖ u32 version`: a wrapped subject key's row.
-fn subject_key_id(subject: &str, version: u32) -> Vec<u8> {
-    let mut k = subject_key_prefix(subject);
-    k.extend_from_slice(&version.to_be_bytes());
-    k
-}
-
-/// Splits a subject key row's key into subject and version.
-fn parse_subject_key_id(key: &[u8]) -> Result<(&str, u32)> {
-    let (head, version) = key.split_last_chunk::<4>().ok_or(Error::Integrity)?;
-    let subject = head.strip_suffix(&[0]).ok_or(Error::Integrity)?;
-    let subject = std::str::from_utf8(subject).map_err(|_| Error::Integrity)?;
-    Ok((subject, u32::from_be_bytes(*version)))
-}
-
-/// `subject ‖ 0 ‖ record key`: one entry of the subject → records index.
-fn subject_record_key(subject: &str, record_key: &[u8]) -> Vec<u8> {
-    let mut k = subject_key_prefix(subject);
-    k.extend_from_slice(record_key);
-    k
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -22,10 +22,10 @@
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{lock, parse_subject_key_id, Engine};
+use super::{lock, Engine};
 use crate::keys::rewrap_subject_key;
 use crate::policy::{Caller, Role};
-use crate::storage::{Store, Table, WriteSet};
+use crate::storage::{parse_subject_key_id, Store, Table, WriteSet};
 use crate::{Error, Result};
 
 const JOB_KEY: &[u8] = b"rewrap_job";

@@ -1,6 +1,6 @@
 use super::*;
 use crate::policy::Principal;
-use crate::storage::{RocksStore, StoreOptions};
+use crate::storage::{parse_subject_key_id, RocksStore, StoreOptions};
 
 fn custody() -> crate::keys::Custody {
     crate::keys::Custody {

@@ -1,6 +1,8 @@
 //! Keys and the stored record codec.
 //!
 //! Record key: `collection ‖ 0x00 ‖ record id` (names and ids never hold 0x00).
+//! Subject key row: `subject id ‖ 0x00 ‖ u32 key version`.
+//! Subject → records index entry: `subject id ‖ 0x00 ‖ record key`.
 //!
 //! Stored record, version 1 (integers big-endian):
 //!
@@ -33,6 +35,37 @@ pub fn record_key(collection: &str, id: &str) -> Vec<u8> {
     k.extend_from_slice(collection.as_bytes());
     k.push(0);
     k.extend_from_slice(id.as_bytes());
+    k
+}
+
+/// `subject ‖ 0`: the prefix of a subject's key rows and index entries.
+/// Ids hold no control characters, so no subject's prefix is another's.
+pub fn subject_key_prefix(subject: &str) -> Vec<u8> {
+    let mut p = Vec::with_capacity(subject.len() + 1);
+    p.extend_from_slice(subject.as_bytes());
+    p.push(0);
+    p
+}
+
+/// `subject ‖ 0 ‖ u32 version`: a wrapped subject key's row.
+pub fn subject_key_id(subject: &str, version: u32) -> Vec<u8> {
+    let mut k = subject_key_prefix(subject);
+    k.extend_from_slice(&version.to_be_bytes());
+    k
+}
+
+/// Splits a subject key row's key into subject and version.
+pub fn parse_subject_key_id(key: &[u8]) -> Result<(&str, u32)> {
+    let (head, version) = key.split_last_chunk::<4>().ok_or(Error::Integrity)?;
+    let subject = head.strip_suffix(&[0]).ok_or(Error::Integrity)?;
+    let subject = std::str::from_utf8(subject).map_err(|_| Error::Integrity)?;
+    Ok((subject, u32::from_be_bytes(*version)))
+}
+
+/// `subject ‖ 0 ‖ record key`: one entry of the subject → records index.
+pub fn subject_record_key(subject: &str, record_key: &[u8]) -> Vec<u8> {
+    let mut k = subject_key_prefix(subject);
+    k.extend_from_slice(record_key);
     k
 }
 

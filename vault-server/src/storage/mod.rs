@@ -5,7 +5,10 @@
 mod codec;
 mod rocks;
 
-pub use codec::{record_key, StoredField, StoredRecord, RECORD_TAG_LEN, STORED_RECORD_V1};
+pub use codec::{
+    parse_subject_key_id, record_key, subject_key_id, subject_key_prefix, subject_record_key,
+    StoredField, StoredRecord, RECORD_TAG_LEN, STORED_RECORD_V1,
+};
 pub use rocks::{RocksStore, StoreOptions};
 
 use crate::Result;
