@@ -10,9 +10,16 @@ use tonic::service::Interceptor;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status};
 use vault_proto::v1 as pb;
+use vault_proto::v1::operator_service_client::OperatorServiceClient;
+use vault_proto::v1::subject_service_client::SubjectServiceClient;
 use vault_proto::v1::vault_service_client::VaultServiceClient;
 
+use crate::custody::{
+    Initialized, RewrapProgress, RootKeys, SealStatus, SubjectKeyRotation, UnsealProgress,
+    UnsealShare,
+};
 use crate::error::{Error, Result};
+use crate::receipt::ErasureReceipt;
 use crate::types::{BatchGet, Collection, Record};
 
 /// The deadline of every call unless [`ClientBuilder::timeout`] says otherwise.
@@ -178,7 +185,7 @@ impl ClientBuilder {
 
     fn finish(self, channel: Channel, credentials: Credentials) -> VaultClient {
         VaultClient {
-            inner: intercepted(channel.clone(), credentials.clone()),
+            stubs: Stubs::new(channel.clone(), credentials.clone()),
             credentials,
             channel,
             addr: normalize_addr(&self.addr),
@@ -206,11 +213,26 @@ impl ClientBuilder {
     }
 }
 
-type Inner = VaultServiceClient<InterceptedService<Channel, Credentials>>;
+type Authenticated = InterceptedService<Channel, Credentials>;
 
-fn intercepted(channel: Channel, credentials: Credentials) -> Inner {
-    VaultServiceClient::with_interceptor(channel, credentials)
-        .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE)
+/// The generated clients of the three services, over one channel with one
+/// set of credentials.
+#[derive(Clone)]
+struct Stubs {
+    vault: VaultServiceClient<Authenticated>,
+    operator: OperatorServiceClient<Authenticated>,
+    subject: SubjectServiceClient<Authenticated>,
+}
+
+impl Stubs {
+    fn new(channel: Channel, credentials: Credentials) -> Self {
+        Self {
+            vault: VaultServiceClient::with_interceptor(channel.clone(), credentials.clone())
+                .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE),
+            operator: OperatorServiceClient::with_interceptor(channel.clone(), credentials.clone()),
+            subject: SubjectServiceClient::with_interceptor(channel, credentials),
+        }
+    }
 }
 
 /// A typed async client of one regional vault.
@@ -235,7 +257,7 @@ fn intercepted(channel: Channel, credentials: Credentials) -> Inner {
 /// ```
 #[derive(Clone)]
 pub struct VaultClient {
-    inner: Inner,
+    stubs: Stubs,
     credentials: Credentials,
     channel: Channel,
     addr: String,
@@ -297,7 +319,7 @@ impl VaultClient {
         let mut credentials = self.credentials.clone();
         credentials.purpose = purpose.map(purpose_metadata).transpose()?;
         Ok(Self {
-            inner: intercepted(self.channel.clone(), credentials.clone()),
+            stubs: Stubs::new(self.channel.clone(), credentials.clone()),
             credentials,
             channel: self.channel.clone(),
             addr: self.addr.clone(),
@@ -306,16 +328,35 @@ impl VaultClient {
         })
     }
 
-    /// Runs one call with the deadline, classifying its failure.
+    /// Runs one `VaultService` call with the deadline, classifying its
+    /// failure.
     async fn call<Req, Resp, F, Fut>(&self, message: Req, rpc: F) -> Result<Resp>
     where
-        F: FnOnce(Inner, Request<Req>) -> Fut,
+        F: FnOnce(VaultServiceClient<Authenticated>, Request<Req>) -> Fut,
+        Fut: Future<Output = std::result::Result<Response<Resp>, Status>>,
+    {
+        self.run(self.stubs.vault.clone(), message, rpc).await
+    }
+
+    /// Runs one `OperatorService` call, as [`VaultClient::call`] does.
+    async fn operator_call<Req, Resp, F, Fut>(&self, message: Req, rpc: F) -> Result<Resp>
+    where
+        F: FnOnce(OperatorServiceClient<Authenticated>, Request<Req>) -> Fut,
+        Fut: Future<Output = std::result::Result<Response<Resp>, Status>>,
+    {
+        self.run(self.stubs.operator.clone(), message, rpc).await
+    }
+
+    /// Runs one call on `stub` with the deadline, classifying its failure.
+    async fn run<Stub, Req, Resp, F, Fut>(&self, stub: Stub, message: Req, rpc: F) -> Result<Resp>
+    where
+        F: FnOnce(Stub, Request<Req>) -> Fut,
         Fut: Future<Output = std::result::Result<Response<Resp>, Status>>,
     {
         let mut request = Request::new(message);
         request.set_timeout(self.timeout);
         let started = Instant::now();
-        match tokio::time::timeout(self.timeout, rpc(self.inner.clone(), request)).await {
+        match tokio::time::timeout(self.timeout, rpc(stub, request)).await {
             Err(_elapsed) => Err(Error::Timeout),
             Ok(Ok(response)) => Ok(response.into_inner()),
             Ok(Err(status))
@@ -460,6 +501,159 @@ impl VaultClient {
                 .collect::<Result<_>>()?,
             missing_ids: response.missing_ids,
         })
+    }
+
+    /// Creates the keyring and splits its unseal key into `shares` shares
+    /// (1 to 255), any `threshold` of which unseal the vault. The shares are
+    /// returned once and never stored by the vault; the vault stays sealed.
+    /// [`Error::FailedPrecondition`] if it is already initialised,
+    /// [`Error::InvalidInput`] for a bad count.
+    ///
+    /// Needs the `custodian` role, as every custody call except
+    /// [`VaultClient::erase_subject`].
+    pub async fn init(&self, shares: u32, threshold: u32) -> Result<Initialized> {
+        let request = pb::InitRequest { shares, threshold };
+        let response = self
+            .operator_call(request, |mut c, r| async move { c.init(r).await })
+            .await?;
+        Ok(response.into())
+    }
+
+    /// Hands in one unseal share. Once `threshold` distinct shares of the
+    /// set are in, the vault opens its keyring and serves data.
+    /// [`Error::InvalidInput`] for a malformed, corrupted, foreign or
+    /// repeated share, and for shares that do not open the keyring (the
+    /// progress is then reset); [`Error::FailedPrecondition`] if the vault
+    /// is unsealed or not initialised.
+    pub async fn unseal(&self, share: &UnsealShare) -> Result<UnsealProgress> {
+        let request = pb::UnsealRequest {
+            share: share.expose_secret().to_owned(),
+        };
+        let response = self
+            .operator_call(request, |mut c, r| async move { c.unseal(r).await })
+            .await?;
+        Ok(response.into())
+    }
+
+    /// Seals the vault: it drops every key from memory and discards unseal
+    /// progress. Data calls then fail with [`Error::Unavailable`]
+    /// ([`Error::is_sealed`]) until the vault is unsealed again.
+    pub async fn seal(&self) -> Result<()> {
+        self.operator_call(
+            pb::SealRequest {},
+            |mut c, r| async move { c.seal(r).await },
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The vault's custody state: initialised, sealed, region, threshold,
+    /// unseal progress and, when unsealed, its root key versions and the
+    /// public key that verifies erasure receipts.
+    pub async fn status(&self) -> Result<SealStatus> {
+        self.operator_call(
+            pb::StatusRequest {},
+            |mut c, r| async move { c.status(r).await },
+        )
+        .await?
+        .try_into()
+    }
+
+    /// Makes a new root key version current and starts the background job
+    /// that re-wraps every subject key under it (see
+    /// [`VaultClient::rewrap_status`]); returns the new version.
+    pub async fn rotate_root_key(&self) -> Result<u32> {
+        let response = self
+            .operator_call(pb::RotateRootKeyRequest {}, |mut c, r| async move {
+                c.rotate_root_key(r).await
+            })
+            .await?;
+        Ok(response.version)
+    }
+
+    /// Progress of the job that re-wraps subject keys under the current
+    /// root key version.
+    pub async fn rewrap_status(&self) -> Result<RewrapProgress> {
+        let response = self
+            .operator_call(pb::RewrapStatusRequest {}, |mut c, r| async move {
+                c.rewrap_status(r).await
+            })
+            .await?;
+        Ok(response.into())
+    }
+
+    /// Every root key version, its state, and how many subject keys it
+    /// wraps.
+    pub async fn root_keys(&self) -> Result<RootKeys> {
+        self.operator_call(pb::ListRootKeysRequest {}, |mut c, r| async move {
+            c.list_root_keys(r).await
+        })
+        .await?
+        .try_into()
+    }
+
+    /// Retires a root key version: it no longer unwraps.
+    /// [`Error::FailedPrecondition`] while it is current or still wraps a
+    /// subject key.
+    pub async fn retire_root_key(&self, version: u32) -> Result<()> {
+        let request = pb::RetireRootKeyRequest { version };
+        self.operator_call(
+            request,
+            |mut c, r| async move { c.retire_root_key(r).await },
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Destroys a retired root key version: its bytes leave the keyring
+    /// file. [`Error::FailedPrecondition`] if it is not retired.
+    pub async fn destroy_root_key(&self, version: u32) -> Result<()> {
+        let request = pb::DestroyRootKeyRequest { version };
+        self.operator_call(
+            request,
+            |mut c, r| async move { c.destroy_root_key(r).await },
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Gives one subject a new key, re-encrypts every field of the
+    /// subject's records under it and destroys the old key, in one atomic
+    /// write.
+    pub async fn rotate_subject_key(&self, subject_id: &str) -> Result<SubjectKeyRotation> {
+        let request = pb::RotateSubjectKeyRequest {
+            subject_id: subject_id.to_owned(),
+        };
+        let response = self
+            .operator_call(
+                request,
+                |mut c, r| async move { c.rotate_subject_key(r).await },
+            )
+            .await?;
+        Ok(response.into())
+    }
+
+    /// Crypto-shreds a data subject: the vault destroys every version of the
+    /// subject's key, evicts it from every cache, deletes the subject's
+    /// records, and returns a signed receipt. Erasing a subject the vault
+    /// does not know is not an error (the receipt reports zero records and
+    /// key versions). Needs the `custodian` or `dpo` role.
+    ///
+    /// The receipt is returned as received: check it with
+    /// [`ErasureReceipt::verify`].
+    pub async fn erase_subject(&self, subject_id: &str) -> Result<ErasureReceipt> {
+        let request = pb::EraseSubjectRequest {
+            subject_id: subject_id.to_owned(),
+        };
+        let response = self
+            .run(self.stubs.subject.clone(), request, |mut c, r| async move {
+                c.erase_subject(r).await
+            })
+            .await?;
+        response
+            .receipt
+            .ok_or_else(|| missing("EraseSubjectResponse.receipt"))?
+            .try_into()
     }
 }
 

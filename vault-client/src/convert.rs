@@ -7,7 +7,12 @@
 
 use vault_proto::v1 as pb;
 
+use crate::custody::{
+    Initialized, KeyState, RewrapProgress, RootKeyInfo, RootKeys, SealStatus, SubjectKeyRotation,
+    UnsealProgress, UnsealShare,
+};
 use crate::error::Error;
+use crate::receipt::ErasureReceipt;
 use crate::types::{
     Collection, DataCategory, FieldSchema, FieldType, Mask, Record, Timestamp, Value,
 };
@@ -310,6 +315,161 @@ impl TryFrom<pb::Record> for Record {
     }
 }
 
+impl From<pb::InitResponse> for Initialized {
+    /// Moves each share's text into its zeroizing holder, without a copy.
+    fn from(response: pb::InitResponse) -> Self {
+        Initialized {
+            region: response.region,
+            threshold: response.threshold,
+            shares: response.shares.into_iter().map(UnsealShare::new).collect(),
+        }
+    }
+}
+
+impl From<pb::UnsealResponse> for UnsealProgress {
+    fn from(response: pb::UnsealResponse) -> Self {
+        UnsealProgress {
+            sealed: response.sealed,
+            progress: response.progress,
+            threshold: response.threshold,
+        }
+    }
+}
+
+impl TryFrom<i32> for KeyState {
+    type Error = Error;
+
+    /// Refuses `KEY_STATE_UNSPECIFIED` and unknown states.
+    fn try_from(state: i32) -> Result<Self, Error> {
+        match pb::KeyState::try_from(state) {
+            Ok(pb::KeyState::Active) => Ok(KeyState::Active),
+            Ok(pb::KeyState::Retired) => Ok(KeyState::Retired),
+            Ok(pb::KeyState::Destroyed) => Ok(KeyState::Destroyed),
+            Ok(pb::KeyState::Unspecified) | Err(_) => Err(Error::Protocol(format!(
+                "unspecified or unknown key state ({state})"
+            ))),
+        }
+    }
+}
+
+impl TryFrom<pb::RootKeyVersion> for RootKeyInfo {
+    type Error = Error;
+
+    /// Refuses an unspecified or unknown state.
+    fn try_from(key: pb::RootKeyVersion) -> Result<Self, Error> {
+        let state = KeyState::try_from(key.state).map_err(|e| match e {
+            Error::Protocol(message) => {
+                Error::Protocol(format!("root key version {}: {message}", key.version))
+            }
+            other => other,
+        })?;
+        Ok(RootKeyInfo {
+            version: key.version,
+            state,
+            current: key.current,
+            wrapped_subject_keys: key.wrapped_subject_keys,
+        })
+    }
+}
+
+impl TryFrom<pb::StatusResponse> for SealStatus {
+    type Error = Error;
+
+    /// Refuses a bad root key version and a signing key that is neither
+    /// empty nor 32 bytes.
+    fn try_from(status: pb::StatusResponse) -> Result<Self, Error> {
+        let signing_public_key = match status.signing_public_key.len() {
+            0 => None,
+            _ => Some(
+                <[u8; 32]>::try_from(status.signing_public_key.as_slice()).map_err(|_| {
+                    Error::Protocol(format!(
+                        "the signing public key has {} bytes, not 32",
+                        status.signing_public_key.len()
+                    ))
+                })?,
+            ),
+        };
+        Ok(SealStatus {
+            initialized: status.initialized,
+            sealed: status.sealed,
+            region: status.region,
+            threshold: status.threshold,
+            shares: status.shares,
+            progress: status.progress,
+            current_root_version: (status.current_root_version != 0)
+                .then_some(status.current_root_version),
+            root_keys: status
+                .root_keys
+                .into_iter()
+                .map(RootKeyInfo::try_from)
+                .collect::<Result<_, _>>()?,
+            signing_public_key,
+        })
+    }
+}
+
+impl TryFrom<pb::ListRootKeysResponse> for RootKeys {
+    type Error = Error;
+
+    /// Refuses a bad root key version.
+    fn try_from(response: pb::ListRootKeysResponse) -> Result<Self, Error> {
+        Ok(RootKeys {
+            current_version: response.current_version,
+            versions: response
+                .versions
+                .into_iter()
+                .map(RootKeyInfo::try_from)
+                .collect::<Result<_, _>>()?,
+        })
+    }
+}
+
+impl From<pb::RewrapStatusResponse> for RewrapProgress {
+    fn from(response: pb::RewrapStatusResponse) -> Self {
+        RewrapProgress {
+            target_version: response.target_version,
+            finished: response.finished,
+            rewrapped: response.rewrapped,
+            pending_at_start: response.pending_at_start,
+            examined: response.examined,
+        }
+    }
+}
+
+impl From<pb::RotateSubjectKeyResponse> for SubjectKeyRotation {
+    fn from(response: pb::RotateSubjectKeyResponse) -> Self {
+        SubjectKeyRotation {
+            new_version: response.new_version,
+            records: response.records,
+            fields: response.fields,
+        }
+    }
+}
+
+impl TryFrom<pb::ErasureReceipt> for ErasureReceipt {
+    type Error = Error;
+
+    /// Refuses a receipt without a valid `erased_at`. The receipt is not
+    /// verified here: see [`ErasureReceipt::verify`].
+    fn try_from(receipt: pb::ErasureReceipt) -> Result<Self, Error> {
+        let erased_at = receipt
+            .erased_at
+            .ok_or_else(|| Error::Protocol("the erasure receipt lacks erased_at".into()))?
+            .try_into()?;
+        Ok(ErasureReceipt {
+            body: receipt.body,
+            signature: receipt.signature,
+            public_key: receipt.public_key,
+            receipt_id: receipt.receipt_id,
+            erased_at,
+            region: receipt.region,
+            subject_pseudonym: receipt.subject_pseudonym,
+            key_versions_destroyed: receipt.key_versions_destroyed,
+            records_deleted: receipt.records_deleted,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -503,5 +663,98 @@ mod tests {
         assert_eq!(wire.fields.len(), 6);
         assert_eq!(pb::Record::from(record.clone()), wire);
         assert_eq!(Record::try_from(wire).unwrap(), record);
+    }
+    #[test]
+    fn custody_answers() {
+        let init = Initialized::from(pb::InitResponse {
+            shares: vec!["vault-share-v1:aa\n".into(), "vault-share-v1:bb".into()],
+            threshold: 2,
+            region: "eu".into(),
+        });
+        assert_eq!(init.region, "eu");
+        assert_eq!(init.threshold, 2);
+        let shares: Vec<&str> = init.shares.iter().map(|s| s.expose_secret()).collect();
+        assert_eq!(shares, ["vault-share-v1:aa", "vault-share-v1:bb"]);
+
+        let status = SealStatus::try_from(pb::StatusResponse {
+            initialized: true,
+            sealed: false,
+            region: "eu".into(),
+            threshold: 2,
+            shares: 3,
+            progress: 0,
+            current_root_version: 2,
+            root_keys: vec![
+                pb::RootKeyVersion {
+                    version: 1,
+                    state: pb::KeyState::Retired.into(),
+                    current: false,
+                    wrapped_subject_keys: 0,
+                },
+                pb::RootKeyVersion {
+                    version: 2,
+                    state: pb::KeyState::Active.into(),
+                    current: true,
+                    wrapped_subject_keys: 0,
+                },
+            ],
+            signing_public_key: vec![7; 32],
+        })
+        .unwrap();
+        assert_eq!(status.current_root_version, Some(2));
+        assert_eq!(status.root_keys[0].state, KeyState::Retired);
+        assert!(status.root_keys[1].current);
+        assert_eq!(status.signing_public_key, Some([7; 32]));
+
+        let sealed = SealStatus::try_from(pb::StatusResponse {
+            initialized: true,
+            sealed: true,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(sealed.current_root_version, None);
+        assert_eq!(sealed.signing_public_key, None);
+    }
+
+    #[test]
+    fn broken_custody_answers_are_protocol_errors() {
+        for state in [0, 4, -1] {
+            let key = pb::RootKeyVersion {
+                version: 3,
+                state,
+                current: false,
+                wrapped_subject_keys: 0,
+            };
+            match RootKeyInfo::try_from(key) {
+                Err(Error::Protocol(message)) => {
+                    assert!(message.contains("root key version 3"), "{message}")
+                }
+                other => panic!("state {state}: {other:?}"),
+            }
+        }
+        let short_key = pb::StatusResponse {
+            signing_public_key: vec![1; 31],
+            ..Default::default()
+        };
+        assert!(matches!(
+            SealStatus::try_from(short_key),
+            Err(Error::Protocol(m)) if m.contains("31 bytes")
+        ));
+        let no_time = pb::ErasureReceipt::default();
+        assert!(matches!(
+            ErasureReceipt::try_from(no_time),
+            Err(Error::Protocol(m)) if m.contains("erased_at")
+        ));
+        let bad_time = pb::ErasureReceipt {
+            erased_at: Some(prost_types::Timestamp {
+                seconds: 1,
+                nanos: -1,
+            }),
+            ..Default::default()
+        };
+        assert!(matches!(
+            ErasureReceipt::try_from(bad_time),
+            Err(Error::Protocol(_))
+        ));
     }
 }

@@ -4,6 +4,8 @@ use std::error::Error as StdError;
 
 use tonic::Code;
 
+use crate::receipt::ReceiptError;
+
 /// The result of a vault call.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -27,7 +29,8 @@ pub enum Error {
     Unauthenticated(String),
     /// INVALID_ARGUMENT: a malformed request (bad name or id, unknown field,
     /// a value of the wrong type, ...); also a bad address, token or purpose
-    /// given to the client builder.
+    /// given to the client builder; a malformed, foreign or repeated unseal
+    /// share, or shares that do not open the keyring.
     #[error("{}", detail("invalid input", .0))]
     InvalidInput(String),
     /// RESOURCE_EXHAUSTED: a record or batch over the server's size limits.
@@ -37,10 +40,13 @@ pub enum Error {
     #[error("{}", detail("already exists", .0))]
     AlreadyExists(String),
     /// FAILED_PRECONDITION: the collection resides in another region than
-    /// this vault.
+    /// this vault; or a custody step out of order (init of an initialised
+    /// vault, unseal of an unsealed one, retiring the current root key or
+    /// one that still wraps subject keys, destroying a key not retired).
     #[error("{}", detail("failed precondition", .0))]
     FailedPrecondition(String),
-    /// UNAVAILABLE from the server: the vault is sealed or shutting down.
+    /// UNAVAILABLE from the server: the vault is sealed (see
+    /// [`Error::is_sealed`]) or shutting down.
     #[error("{}", detail("vault unavailable", .0))]
     Unavailable(String),
     /// DATA_LOSS: stored ciphertext failed its integrity check (tampered,
@@ -57,6 +63,10 @@ pub enum Error {
     /// variant, an unspecified enum, a missing message, ...).
     #[error("{}", detail("protocol error", .0))]
     Protocol(String),
+    /// An erasure receipt that does not verify (see
+    /// [`ErasureReceipt::verify`](crate::ErasureReceipt::verify)).
+    #[error("erasure receipt does not verify: {0}")]
+    Receipt(ReceiptError),
     /// Any other gRPC status (INTERNAL, UNKNOWN, UNIMPLEMENTED, ...).
     #[error("{}", detail(&format!("vault error {}", code_name(*.code)), .message))]
     Other {
@@ -79,7 +89,8 @@ impl Error {
     /// A stable snake_case name of the variant, for machine-readable output:
     /// `not_found`, `permission_denied`, `unauthenticated`, `invalid_input`,
     /// `too_large`, `already_exists`, `failed_precondition`, `unavailable`,
-    /// `integrity`, `timeout`, `connect`, `protocol` or `other`.
+    /// `integrity`, `timeout`, `connect`, `protocol`, `invalid_receipt` or
+    /// `other`.
     pub fn kind(&self) -> &'static str {
         match self {
             Error::NotFound(_) => "not_found",
@@ -94,6 +105,7 @@ impl Error {
             Error::Timeout => "timeout",
             Error::Connect(_) => "connect",
             Error::Protocol(_) => "protocol",
+            Error::Receipt(_) => "invalid_receipt",
             Error::Other { .. } => "other",
         }
     }
@@ -106,7 +118,16 @@ impl Error {
             Error::Unavailable(_) | Error::Timeout | Error::Connect(_)
         )
     }
+
+    /// Whether the vault answered that it is sealed (UNAVAILABLE
+    /// `vault is sealed`): it serves no data until custodians unseal it.
+    pub fn is_sealed(&self) -> bool {
+        matches!(self, Error::Unavailable(message) if message.contains(SEALED_MESSAGE))
+    }
 }
+
+/// The status message of a sealed vault, as the custody contract states it.
+const SEALED_MESSAGE: &str = "vault is sealed";
 
 /// The canonical upper-case name of a gRPC code, as in the gRPC spec.
 pub(crate) fn code_name(code: Code) -> &'static str {
@@ -296,6 +317,13 @@ mod tests {
             Error::from(tonic::Status::unavailable("sealed")),
             Error::Unavailable(_)
         ));
+    }
+
+    #[test]
+    fn sealed() {
+        assert!(Error::from(tonic::Status::unavailable("vault is sealed")).is_sealed());
+        assert!(!Error::from(tonic::Status::unavailable("shutting down")).is_sealed());
+        assert!(!Error::from(tonic::Status::failed_precondition("vault is sealed")).is_sealed());
     }
 
     #[test]

@@ -6,6 +6,13 @@
 //! [`json`] module types JSON input by a collection's schema, as the
 //! `vaultctl` command does.
 //!
+//! Key custody (`OperatorService`, `SubjectService`) has its own calls:
+//! [`VaultClient::init`], [`VaultClient::unseal`], [`VaultClient::seal`],
+//! [`VaultClient::status`], root and subject key rotation and retirement,
+//! and [`VaultClient::erase_subject`], whose [`ErasureReceipt`] the client
+//! verifies itself ([`ErasureReceipt::verify`]). Unseal shares are
+//! [`UnsealShare`]s: zeroized on drop, redacted in `Debug`.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use vault_client::{Record, Timestamp, VaultClient};
@@ -26,12 +33,19 @@
 
 mod client;
 mod convert;
+mod custody;
 mod error;
 pub mod json;
+mod receipt;
 mod types;
 
 pub use crate::client::{ClientBuilder, VaultClient, DEFAULT_TIMEOUT, PURPOSE_METADATA_KEY};
+pub use crate::custody::{
+    Initialized, KeyState, RewrapProgress, RootKeyInfo, RootKeys, SealStatus, SubjectKeyRotation,
+    UnsealProgress, UnsealShare,
+};
 pub use crate::error::{Error, Result};
+pub use crate::receipt::{ErasureReceipt, ReceiptBody, ReceiptError, RECEIPT_SIGNATURE_LABEL};
 pub use crate::types::{
     is_valid_field_name, BatchGet, Collection, DataCategory, FieldSchema, FieldType, Mask,
     ParseError, Record, Timestamp, Value,

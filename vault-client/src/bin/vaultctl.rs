@@ -10,6 +10,18 @@
 //!   put COLLECTION ID --subject S --data JSON|-|@FILE
 //!   get COLLECTION ID [--fields a,b,...]
 //!   delete COLLECTION ID
+//!
+//!   operator init --shares N --threshold M [--share-dir DIR]
+//!   operator unseal [--share-file FILE]        (else one line from stdin)
+//!   operator seal
+//!   operator status
+//!   operator rotate root
+//!   operator rotate subject SUBJECT
+//!   operator rewrap-status [--wait]
+//!   operator keys
+//!   operator retire VERSION
+//!   operator destroy VERSION
+//!   subject erase SUBJECT
 //! ```
 //!
 //! A field SPEC is `name:type:category[:indexed][:mask=F,L]`. The global
@@ -17,9 +29,13 @@
 //! `VAULT_TOKEN`, `VAULT_PURPOSE` and `VAULT_TIMEOUT`. Errors are one line
 //! `error: <message>` on stderr and exit 1 (2 for a usage error); with
 //! `--json` stdout also gets `{"error":{"kind":"...","message":"..."}}`.
-//! The token is never printed.
+//! The token is never printed, and unseal shares are never taken as
+//! arguments.
 
 #![forbid(unsafe_code)]
+
+#[path = "vaultctl/custody.rs"]
+mod custody;
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;
@@ -32,6 +48,8 @@ use clap::{ArgGroup, Args, Parser, Subcommand};
 use serde_json::{json, Value as Json};
 use vault_client::json::{fields_from_json, record_to_json};
 use vault_client::{Collection, Error, FieldSchema, Record, VaultClient};
+
+use crate::custody::{OperatorCommand, SubjectCommand};
 
 /// Talks to a regional data vault.
 #[derive(Debug, Parser)]
@@ -114,6 +132,14 @@ enum Command {
         /// The record id.
         id: String,
     },
+
+    /// Key custody: init, unseal, seal, status, key rotation and retirement.
+    #[command(subcommand)]
+    Operator(OperatorCommand),
+
+    /// Data-subject requests: erasure.
+    #[command(subcommand)]
+    Subject(SubjectCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -185,6 +211,8 @@ enum CliError {
     Io(String),
     /// The command line was bad (exit 2).
     Usage(String),
+    /// The vault's erasure receipt does not verify (exit 1).
+    Unverified(String),
 }
 
 impl CliError {
@@ -194,13 +222,21 @@ impl CliError {
             CliError::Input(_) => "invalid_input",
             CliError::Io(_) => "io",
             CliError::Usage(_) => "usage",
+            CliError::Unverified(_) => "invalid_receipt",
         }
     }
 
     fn message(&self) -> String {
         match self {
+            CliError::Vault(e) if e.is_sealed() => {
+                "the vault is sealed: unseal it with `vaultctl operator unseal` (custodians \
+                 each give one share until the threshold is reached)"
+                    .into()
+            }
             CliError::Vault(e) => e.to_string(),
-            CliError::Input(m) | CliError::Io(m) | CliError::Usage(m) => m.clone(),
+            CliError::Input(m) | CliError::Io(m) | CliError::Usage(m) | CliError::Unverified(m) => {
+                m.clone()
+            }
         }
     }
 
@@ -431,6 +467,8 @@ async fn run(cli: &Cli) -> Result<(), CliError> {
                 ));
             }
         }
+        Command::Operator(command) => custody::run_operator(cli, command).await?,
+        Command::Subject(command) => custody::run_subject(cli, command).await?,
     }
     Ok(())
 }
@@ -771,6 +809,56 @@ mod tests {
         assert_eq!(error.kind(), "not_found");
         assert_eq!(error.message(), "not found: record users/u1");
         assert_eq!(CliError::Usage("x".into()).kind(), "usage");
+    }
+
+    #[test]
+    fn a_sealed_vault_says_how_to_unseal() {
+        let error = CliError::Vault(Error::from(tonic::Status::unavailable("vault is sealed")));
+        assert_eq!(error.kind(), "unavailable");
+        let message = error.message();
+        assert!(message.starts_with("the vault is sealed"), "{message}");
+        assert!(message.contains("vaultctl operator unseal"), "{message}");
+        assert!(!message.contains('\n'));
+        // Other unavailability keeps its own message.
+        let error = CliError::Vault(Error::Unavailable("shutting down".into()));
+        assert_eq!(error.message(), "vault unavailable: shutting down");
+    }
+
+    #[test]
+    fn custody_command_lines() {
+        let cli = parse(&["operator", "init", "--shares", "5", "--threshold", "3"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Operator(OperatorCommand::Init(_))
+        ));
+        for bad in [
+            &["operator", "init", "--shares", "0", "--threshold", "1"][..],
+            &["operator", "init", "--shares", "256", "--threshold", "1"],
+            &["operator", "init", "--shares", "3", "--threshold", "0"],
+            &["operator", "init", "--shares", "3"],
+        ] {
+            let err = parse(bad).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad:?}");
+        }
+        // A share is never an argument.
+        assert!(parse(&["operator", "unseal", "vault-share-v1:abcd"]).is_err());
+        assert!(parse(&["operator", "unseal", "--share", "vault-share-v1:abcd"]).is_err());
+        assert!(parse(&["operator", "unseal", "--share-file", "s.txt", "--json"]).is_ok());
+        for ok in [
+            &["operator", "seal"][..],
+            &["operator", "status"],
+            &["operator", "rotate", "root"],
+            &["operator", "rotate", "subject", "person-42"],
+            &["operator", "rewrap-status", "--wait"],
+            &["operator", "keys"],
+            &["operator", "retire", "1"],
+            &["operator", "destroy", "1"],
+            &["subject", "erase", "person-42"],
+        ] {
+            assert!(parse(ok).is_ok(), "{ok:?}");
+        }
+        assert!(parse(&["operator", "retire", "one"]).is_err());
+        assert!(parse(&["operator", "rotate"]).is_err());
     }
 
     #[test]

@@ -1,0 +1,1234 @@
+//! `vaultctl operator …` and `vaultctl subject …`: key custody.
+//!
+//! Unseal shares never travel through the command line (shell history,
+//! `ps`): `init` prints them or writes them to files of mode 0600, and
+//! `unseal` reads one from a file or stdin.
+
+use std::fs::{DirBuilder, File, OpenOptions};
+use std::io::{BufRead, IsTerminal as _, Read as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use serde::Serialize;
+use serde_json::{json, Value as Json};
+use vault_client::{
+    ErasureReceipt, Initialized, ReceiptBody, RewrapProgress, RootKeyInfo, RootKeys, SealStatus,
+    SubjectKeyRotation, UnsealProgress, UnsealShare,
+};
+use zeroize::Zeroizing;
+
+use super::{connect, emit, printable, Cli, CliError};
+
+/// How often `rewrap-status --wait` asks the vault.
+const REWRAP_POLL: Duration = Duration::from_millis(200);
+
+/// The width of the `rewrap-status --wait` progress bar, in characters.
+const BAR_WIDTH: u64 = 10;
+
+/// The most a share file or a share line may hold: a share is about 130
+/// characters; anything this long is the wrong file.
+const MAX_SHARE_INPUT: u64 = 4096;
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum OperatorCommand {
+    /// Create the keyring and split its unseal key into shares, shown once.
+    Init(InitArgs),
+
+    /// Hand in one unseal share, read from --share-file or stdin (never from
+    /// the command line).
+    Unseal {
+        /// A file holding one share (as `operator init --share-dir` writes
+        /// it). Without it, one line is read from stdin.
+        #[arg(long, value_name = "FILE")]
+        share_file: Option<PathBuf>,
+    },
+
+    /// Seal the vault: it drops every key from memory and serves no data
+    /// until it is unsealed again.
+    Seal,
+
+    /// Show whether the vault is initialised and sealed, and its root keys.
+    Status,
+
+    /// Rotate the root key or one subject's key.
+    #[command(subcommand)]
+    Rotate(RotateCommand),
+
+    /// Show the progress of re-wrapping subject keys after a root key
+    /// rotation.
+    RewrapStatus {
+        /// Poll until the job is finished, with a progress bar on stderr.
+        #[arg(long)]
+        wait: bool,
+    },
+
+    /// List the root key versions, their states and the subject keys each
+    /// wraps.
+    Keys,
+
+    /// Retire a root key version: it no longer unwraps subject keys.
+    Retire {
+        /// The root key version.
+        version: u32,
+    },
+
+    /// Destroy a retired root key version: its bytes leave the keyring.
+    Destroy {
+        /// The root key version.
+        version: u32,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct InitArgs {
+    /// How many shares to make (1 to 255), one per custodian.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=255))]
+    shares: u32,
+
+    /// How many shares unseal the vault (1 to N).
+    #[arg(long, value_name = "M", value_parser = clap::value_parser!(u32).range(1..=255))]
+    threshold: u32,
+
+    /// Write the shares to DIR/share-1.txt … share-N.txt (mode 0600, never
+    /// overwriting; DIR is created if missing) instead of printing them.
+    #[arg(long, value_name = "DIR")]
+    share_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum RotateCommand {
+    /// Make a new root key version current; subject keys are re-wrapped in
+    /// the background (see `operator rewrap-status`).
+    Root,
+    /// Give one subject a new key and re-encrypt the subject's records.
+    Subject {
+        /// The data subject.
+        subject: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum SubjectCommand {
+    /// Crypto-shred a data subject: destroy its keys, delete its records,
+    /// and check the vault's signed receipt.
+    Erase {
+        /// The data subject.
+        subject: String,
+    },
+}
+
+pub(crate) async fn run_operator(cli: &Cli, command: &OperatorCommand) -> Result<(), CliError> {
+    match command {
+        OperatorCommand::Init(args) => init(cli, args).await,
+        OperatorCommand::Unseal { share_file } => {
+            let share = match share_file {
+                Some(path) => read_share_file(path)?,
+                None => read_share_from_stdin()?,
+            };
+            let vault = connect(cli).await?;
+            let progress = vault.unseal(&share).await?;
+            drop(share);
+            if cli.json {
+                emit(&unseal_json(&progress).to_string());
+            } else {
+                emit(&unseal_text(&progress));
+            }
+            Ok(())
+        }
+        OperatorCommand::Seal => {
+            connect(cli).await?.seal().await?;
+            if cli.json {
+                emit(&json!({"sealed": true}).to_string());
+            } else {
+                emit("sealed");
+            }
+            Ok(())
+        }
+        OperatorCommand::Status => {
+            let status = connect(cli).await?.status().await?;
+            if cli.json {
+                emit(&status_json(&status).to_string());
+            } else {
+                emit(&status_text(&status));
+            }
+            Ok(())
+        }
+        OperatorCommand::Rotate(RotateCommand::Root) => {
+            let version = connect(cli).await?.rotate_root_key().await?;
+            if cli.json {
+                emit(&json!({ "version": version }).to_string());
+            } else {
+                emit(&format!(
+                    "root key version {version} is now current; subject keys are re-wrapped \
+                     in the background (vaultctl operator rewrap-status --wait)"
+                ));
+            }
+            Ok(())
+        }
+        OperatorCommand::Rotate(RotateCommand::Subject { subject }) => {
+            let rotation = connect(cli).await?.rotate_subject_key(subject).await?;
+            if cli.json {
+                emit(&rotation_json(subject, &rotation).to_string());
+            } else {
+                emit(&rotation_text(subject, &rotation));
+            }
+            Ok(())
+        }
+        OperatorCommand::RewrapStatus { wait } => {
+            let vault = connect(cli).await?;
+            let progress = if *wait {
+                wait_for_rewrap(|| vault.rewrap_status()).await?
+            } else {
+                vault.rewrap_status().await?
+            };
+            if cli.json {
+                emit(&rewrap_json(&progress).to_string());
+            } else {
+                emit(&rewrap_text(&progress));
+            }
+            Ok(())
+        }
+        OperatorCommand::Keys => {
+            let keys = connect(cli).await?.root_keys().await?;
+            if cli.json {
+                emit(&root_keys_json(&keys).to_string());
+            } else {
+                emit(&root_keys_table(&keys));
+            }
+            Ok(())
+        }
+        OperatorCommand::Retire { version } => {
+            connect(cli).await?.retire_root_key(*version).await?;
+            key_state_changed(cli, *version, "retired");
+            Ok(())
+        }
+        OperatorCommand::Destroy { version } => {
+            connect(cli).await?.destroy_root_key(*version).await?;
+            key_state_changed(cli, *version, "destroyed");
+            Ok(())
+        }
+    }
+}
+
+pub(crate) async fn run_subject(cli: &Cli, command: &SubjectCommand) -> Result<(), CliError> {
+    match command {
+        SubjectCommand::Erase { subject } => {
+            let receipt = connect(cli).await?.erase_subject(subject).await?;
+            receipt.verify().map_err(|e| {
+                CliError::Unverified(format!(
+                    "the vault reports the subject erased, but its {e}; do not rely on this \
+                     receipt"
+                ))
+            })?;
+            // verify() decoded the body already, so this cannot fail.
+            let body = ReceiptBody::decode(&receipt.body)
+                .map_err(|e| CliError::Unverified(e.to_string()))?;
+            if cli.json {
+                emit(&receipt_json(&receipt, &body).to_string());
+            } else {
+                emit(&receipt_text(&receipt, &body));
+            }
+            Ok(())
+        }
+    }
+}
+
+fn key_state_changed(cli: &Cli, version: u32, state: &str) {
+    if cli.json {
+        emit(&json!({ "version": version, "state": state }).to_string());
+    } else {
+        emit(&format!("root key version {version} {state}"));
+    }
+}
+
+async fn init(cli: &Cli, args: &InitArgs) -> Result<(), CliError> {
+    if args.threshold > args.shares {
+        return Err(CliError::Usage(format!(
+            "--threshold {} is more than --shares {}: the vault could never be unsealed",
+            args.threshold, args.shares
+        )));
+    }
+    // The files are made before the vault makes the shares, so a share
+    // never lacks a place to go.
+    let files = match &args.share_dir {
+        Some(dir) => Some(ShareFiles::create(dir, args.shares)?),
+        None => None,
+    };
+    let initialized = match connect_and_init(cli, args).await {
+        Ok(initialized) => initialized,
+        Err(e) => {
+            if let Some(files) = files {
+                files.discard();
+            }
+            return Err(e);
+        }
+    };
+
+    let Some(files) = files else {
+        if !cli.json {
+            eprintln!("{}", init_note(&initialized));
+            eprintln!(
+                "warning: the shares below are shown once and never again; give each to a \
+                 different custodian and keep no other copy"
+            );
+        }
+        print_shares(cli.json, &initialized);
+        return Ok(());
+    };
+    match files.write(&initialized.shares) {
+        Ok(paths) => {
+            if cli.json {
+                emit(&share_files_json(&initialized, &paths).to_string());
+            } else {
+                eprintln!("{}", init_note(&initialized));
+                eprintln!(
+                    "warning: give each file to a different custodian, then delete it here; \
+                     the shares are not shown again"
+                );
+                for path in &paths {
+                    emit(&printable(&path.display().to_string()));
+                }
+            }
+            Ok(())
+        }
+        Err(e) => {
+            // The vault is initialised and keeps no copy: the shares must
+            // not be lost with the files.
+            print_shares(cli.json, &initialized);
+            Err(CliError::Io(format!(
+                "{}; the shares were printed on stdout instead: give each to a different \
+                 custodian, they are not shown again",
+                e.message()
+            )))
+        }
+    }
+}
+
+async fn connect_and_init(cli: &Cli, args: &InitArgs) -> Result<Initialized, CliError> {
+    let vault = connect(cli).await?;
+    Ok(vault.init(args.shares, args.threshold).await?)
+}
+
+fn init_note(initialized: &Initialized) -> String {
+    format!(
+        "initialized the vault (region {}): any {} of these {} shares unseal it",
+        printable(&initialized.region),
+        initialized.threshold,
+        initialized.shares.len()
+    )
+}
+
+/// Prints the shares on stdout, one per line, or as
+/// `{"region","threshold","shares"}`.
+fn print_shares(json_output: bool, initialized: &Initialized) {
+    let mut out = std::io::stdout().lock();
+    if json_output {
+        // Serialised straight to stdout: no owned copy of the shares.
+        let _ = serde_json::to_writer(&mut out, &SharesJson::new(initialized));
+        let _ = writeln!(out);
+    } else {
+        for share in &initialized.shares {
+            let _ = writeln!(out, "{}", share.expose_secret());
+        }
+    }
+    let _ = out.flush();
+}
+
+/// `operator init` in JSON, borrowing the shares.
+#[derive(Serialize)]
+struct SharesJson<'a> {
+    region: &'a str,
+    threshold: u32,
+    shares: Vec<&'a str>,
+}
+
+impl<'a> SharesJson<'a> {
+    fn new(initialized: &'a Initialized) -> Self {
+        Self {
+            region: &initialized.region,
+            threshold: initialized.threshold,
+            shares: initialized
+                .shares
+                .iter()
+                .map(UnsealShare::expose_secret)
+                .collect(),
+        }
+    }
+}
+
+fn share_files_json(initialized: &Initialized, paths: &[PathBuf]) -> Json {
+    json!({
+        "region": initialized.region,
+        "threshold": initialized.threshold,
+        "share_files": paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+    })
+}
+
+/// `share-1.txt` … `share-N.txt` in a folder, created empty (mode 0600,
+/// never over an existing file) before the shares exist.
+#[derive(Debug)]
+struct ShareFiles {
+    dir: PathBuf,
+    files: Vec<(PathBuf, File)>,
+}
+
+impl ShareFiles {
+    /// Creates the folder if missing (mode 0700) and the `count` files; if
+    /// one exists or cannot be made, removes those it made and fails.
+    fn create(dir: &Path, count: u32) -> Result<Self, CliError> {
+        let mut builder = DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder
+            .create(dir)
+            .map_err(|e| CliError::Io(format!("cannot create {}: {e}", dir.display())))?;
+
+        let mut files = Self {
+            dir: dir.to_owned(),
+            files: Vec::new(),
+        };
+        for i in 1..=count {
+            let path = dir.join(format!("share-{i}.txt"));
+            let mut options = OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            match options.open(&path) {
+                Ok(file) => files.files.push((path, file)),
+                Err(e) => {
+                    files.discard();
+                    return Err(CliError::Io(
+                        if e.kind() == std::io::ErrorKind::AlreadyExists {
+                            format!(
+                                "{} exists: refusing to overwrite a share file (choose an \
+                                 empty --share-dir)",
+                                path.display()
+                            )
+                        } else {
+                            format!("cannot create {}: {e}", path.display())
+                        },
+                    ));
+                }
+            }
+        }
+        Ok(files)
+    }
+
+    /// Writes one share per file, each followed by a newline, and makes
+    /// them durable; returns the paths.
+    fn write(self, shares: &[UnsealShare]) -> Result<Vec<PathBuf>, CliError> {
+        if shares.len() != self.files.len() {
+            return Err(CliError::Vault(vault_client::Error::Protocol(format!(
+                "the vault returned {} shares, not the {} asked for",
+                shares.len(),
+                self.files.len()
+            ))));
+        }
+        let mut paths = Vec::with_capacity(self.files.len());
+        for ((path, mut file), share) in self.files.into_iter().zip(shares) {
+            file.write_all(share.expose_secret().as_bytes())
+                .and_then(|()| file.write_all(b"\n"))
+                .and_then(|()| file.sync_all())
+                .map_err(|e| CliError::Io(format!("cannot write {}: {e}", path.display())))?;
+            paths.push(path);
+        }
+        // The new directory entries must be durable too.
+        #[cfg(unix)]
+        File::open(&self.dir)
+            .and_then(|dir| dir.sync_all())
+            .map_err(|e| CliError::Io(format!("cannot sync {}: {e}", self.dir.display())))?;
+        Ok(paths)
+    }
+
+    /// Removes the (still empty) files.
+    fn discard(self) {
+        for (path, file) in self.files {
+            drop(file);
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Reads the one share that `path` holds.
+fn read_share_file(path: &Path) -> Result<UnsealShare, CliError> {
+    let file = File::open(path)
+        .map_err(|e| CliError::Io(format!("cannot read {}: {e}", path.display())))?;
+    let mut text = Zeroizing::new(String::with_capacity(1024));
+    file.take(MAX_SHARE_INPUT + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| CliError::Io(format!("cannot read {}: {e}", path.display())))?;
+    if text.len() as u64 > MAX_SHARE_INPUT {
+        return Err(CliError::Input(format!(
+            "{} is too large to be an unseal share",
+            path.display()
+        )));
+    }
+    let mut lines = text.lines().map(str::trim).filter(|line| !line.is_empty());
+    let share = lines
+        .next()
+        .ok_or_else(|| CliError::Input(format!("{} holds no unseal share", path.display())))?;
+    if lines.next().is_some() {
+        return Err(CliError::Input(format!(
+            "{} holds more than one line: give one share per file",
+            path.display()
+        )));
+    }
+    Ok(UnsealShare::new(share))
+}
+
+/// Reads one share from stdin, prompting on stderr if stdin is a terminal.
+fn read_share_from_stdin() -> Result<UnsealShare, CliError> {
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprint!("Unseal share: ");
+        let _ = std::io::stderr().flush();
+    }
+    read_share_line(&mut stdin.lock())
+}
+
+/// Reads one line and takes it as a share.
+fn read_share_line(input: &mut impl BufRead) -> Result<UnsealShare, CliError> {
+    let mut line = Zeroizing::new(String::with_capacity(1024));
+    input
+        .take(MAX_SHARE_INPUT + 1)
+        .read_line(&mut line)
+        .map_err(|e| CliError::Io(format!("cannot read the unseal share from stdin: {e}")))?;
+    if line.len() as u64 > MAX_SHARE_INPUT {
+        return Err(CliError::Input(
+            "the line on stdin is too long to be an unseal share".into(),
+        ));
+    }
+    let share = UnsealShare::new(line.as_str());
+    if share.is_empty() {
+        return Err(CliError::Input(
+            "no unseal share on stdin (give one line, or use --share-file)".into(),
+        ));
+    }
+    Ok(share)
+}
+
+fn unseal_text(progress: &UnsealProgress) -> String {
+    if progress.sealed {
+        format!(
+            "sealed: {} of {} shares given",
+            progress.progress, progress.threshold
+        )
+    } else {
+        "unsealed".into()
+    }
+}
+
+fn unseal_json(progress: &UnsealProgress) -> Json {
+    json!({
+        "sealed": progress.sealed,
+        "progress": progress.progress,
+        "threshold": progress.threshold,
+    })
+}
+
+fn yes_no(value: bool) -> &'static str {
+    if value {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+fn status_text(status: &SealStatus) -> String {
+    let mut lines = vec![
+        format!("initialized: {}", yes_no(status.initialized)),
+        format!("sealed: {}", yes_no(status.sealed)),
+        format!(
+            "region: {}",
+            printable(super::display_region(&status.region))
+        ),
+    ];
+    if status.initialized {
+        lines.push(format!("threshold: {}", status.threshold));
+        lines.push(format!("shares: {}", status.shares));
+        lines.push(format!(
+            "progress: {} of {} shares given",
+            status.progress, status.threshold
+        ));
+    }
+    match status.current_root_version {
+        Some(version) => lines.push(format!("current root version: {version}")),
+        None => lines.push("current root version: -".into()),
+    }
+    if !status.root_keys.is_empty() {
+        lines.push("root keys:".into());
+        lines.extend(status.root_keys.iter().map(|key| {
+            format!(
+                "  v{}: {}{}",
+                key.version,
+                key.state,
+                if key.current { " (current)" } else { "" }
+            )
+        }));
+    }
+    if let Some(key) = &status.signing_public_key {
+        lines.push(format!("receipt signing key: {}", hex::encode(key)));
+    }
+    lines.join("\n")
+}
+
+fn root_key_json(key: &RootKeyInfo) -> Json {
+    json!({
+        "version": key.version,
+        "state": key.state.as_str(),
+        "current": key.current,
+        "wrapped_subject_keys": key.wrapped_subject_keys,
+    })
+}
+
+fn status_json(status: &SealStatus) -> Json {
+    json!({
+        "initialized": status.initialized,
+        "sealed": status.sealed,
+        "region": status.region,
+        "threshold": status.threshold,
+        "shares": status.shares,
+        "progress": status.progress,
+        "current_root_version": status.current_root_version,
+        "root_keys": status.root_keys.iter().map(|key| json!({
+            "version": key.version,
+            "state": key.state.as_str(),
+            "current": key.current,
+        })).collect::<Vec<_>>(),
+        "signing_public_key": status.signing_public_key.map(hex::encode),
+    })
+}
+
+fn root_keys_json(keys: &RootKeys) -> Json {
+    json!({
+        "current_version": keys.current_version,
+        "versions": keys.versions.iter().map(root_key_json).collect::<Vec<_>>(),
+    })
+}
+
+fn root_keys_table(keys: &RootKeys) -> String {
+    if keys.versions.is_empty() {
+        return "no root keys".into();
+    }
+    let header = ["VERSION", "STATE", "CURRENT", "SUBJECT KEYS"].map(str::to_owned);
+    let rows: Vec<[String; 4]> = keys
+        .versions
+        .iter()
+        .map(|key| {
+            [
+                key.version.to_string(),
+                key.state.to_string(),
+                if key.current { "*" } else { "" }.to_owned(),
+                key.wrapped_subject_keys.to_string(),
+            ]
+        })
+        .collect();
+    let width = |i: usize| {
+        rows.iter()
+            .chain(std::iter::once(&header))
+            .map(|row| row[i].len())
+            .max()
+            .unwrap_or(0)
+    };
+    let (w0, w1, w2, w3) = (width(0), width(1), width(2), width(3));
+    std::iter::once(&header)
+        .chain(rows.iter())
+        .map(|r| format!("{:>w0$}  {:w1$}  {:w2$}  {:>w3$}", r[0], r[1], r[2], r[3]))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `[#####.....] 52% 5200/10000 re-wrapped`
+fn progress_bar(progress: &RewrapProgress) -> String {
+    let percent = progress.percent();
+    let filled = u64::from(percent) * BAR_WIDTH / 100;
+    let bar: String = (0..BAR_WIDTH)
+        .map(|i| if i < filled { '#' } else { '.' })
+        .collect();
+    format!(
+        "[{bar}] {percent}% {}/{} re-wrapped",
+        progress.rewrapped, progress.pending_at_start
+    )
+}
+
+/// Polls until the re-wrap job is finished, drawing its progress on stderr
+/// when stderr is a terminal.
+async fn wait_for_rewrap<F, Fut>(mut poll: F) -> Result<RewrapProgress, CliError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = vault_client::Result<RewrapProgress>>,
+{
+    let draw = std::io::stderr().is_terminal();
+    let mut drawn = false;
+    loop {
+        let progress = match poll().await {
+            Ok(progress) => progress,
+            Err(e) => {
+                if drawn {
+                    eprintln!();
+                }
+                return Err(e.into());
+            }
+        };
+        if draw {
+            // \x1b[K clears what a longer earlier line left behind.
+            eprint!("\r{}\x1b[K", progress_bar(&progress));
+            let _ = std::io::stderr().flush();
+            drawn = true;
+        }
+        if progress.finished {
+            if drawn {
+                eprintln!();
+            }
+            return Ok(progress);
+        }
+        tokio::time::sleep(REWRAP_POLL).await;
+    }
+}
+
+fn rewrap_text(progress: &RewrapProgress) -> String {
+    [
+        format!("target root version: {}", progress.target_version),
+        format!("finished: {}", yes_no(progress.finished)),
+        format!(
+            "re-wrapped: {} of {} ({}%)",
+            progress.rewrapped,
+            progress.pending_at_start,
+            progress.percent()
+        ),
+        format!("examined: {}", progress.examined),
+    ]
+    .join("\n")
+}
+
+fn rewrap_json(progress: &RewrapProgress) -> Json {
+    json!({
+        "target_version": progress.target_version,
+        "finished": progress.finished,
+        "rewrapped": progress.rewrapped,
+        "pending_at_start": progress.pending_at_start,
+        "examined": progress.examined,
+    })
+}
+
+fn rotation_text(subject: &str, rotation: &SubjectKeyRotation) -> String {
+    format!(
+        "subject {}: key version {}; {} record{} ({} field value{}) re-encrypted",
+        printable(subject),
+        rotation.new_version,
+        rotation.records,
+        if rotation.records == 1 { "" } else { "s" },
+        rotation.fields,
+        if rotation.fields == 1 { "" } else { "s" },
+    )
+}
+
+fn rotation_json(subject: &str, rotation: &SubjectKeyRotation) -> Json {
+    json!({
+        "subject_id": subject,
+        "new_version": rotation.new_version,
+        "records": rotation.records,
+        "fields": rotation.fields,
+    })
+}
+
+/// A verified receipt for people; `body` is its decoded body.
+fn receipt_text(receipt: &ErasureReceipt, body: &ReceiptBody) -> String {
+    [
+        "subject erased".to_owned(),
+        format!("receipt id: {}", hex::encode(body.receipt_id)),
+        format!("erased at: {}", receipt.erased_at),
+        format!("region: {}", printable(&body.region)),
+        format!("keyring id: {}", hex::encode(body.keyring_id)),
+        format!("subject pseudonym: {}", hex::encode(body.subject_pseudonym)),
+        format!("key versions destroyed: {}", body.key_versions_destroyed),
+        format!("records deleted: {}", body.records_deleted),
+        format!("public key: {}", hex::encode(&receipt.public_key)),
+        "receipt signature: verified".to_owned(),
+    ]
+    .join("\n")
+}
+
+/// A verified receipt as JSON: every field, the bytes as hex.
+fn receipt_json(receipt: &ErasureReceipt, body: &ReceiptBody) -> Json {
+    json!({
+        "receipt_id": hex::encode(body.receipt_id),
+        "erased_at": receipt.erased_at.to_rfc3339(),
+        "region": body.region,
+        "keyring_id": hex::encode(body.keyring_id),
+        "subject_pseudonym": hex::encode(body.subject_pseudonym),
+        "key_versions_destroyed": body.key_versions_destroyed,
+        "records_deleted": body.records_deleted,
+        "body": hex::encode(&receipt.body),
+        "signature": hex::encode(&receipt.signature),
+        "public_key": hex::encode(&receipt.public_key),
+        "verified": true,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Cursor;
+
+    use vault_client::{KeyState, Timestamp};
+
+    use super::*;
+
+    fn initialized(count: usize) -> Initialized {
+        Initialized {
+            region: "eu".into(),
+            threshold: 2,
+            shares: (1..=count)
+                .map(|i| UnsealShare::new(format!("vault-share-v1:{i:02x}")))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn share_files_are_private_and_never_overwritten() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("new").join("shares");
+        let files = ShareFiles::create(&dir, 3).unwrap();
+        let paths = files.write(&initialized(3).shares).unwrap();
+        assert_eq!(
+            paths,
+            (1..=3)
+                .map(|i| dir.join(format!("share-{i}.txt")))
+                .collect::<Vec<_>>()
+        );
+        for (i, path) in paths.iter().enumerate() {
+            let text = std::fs::read_to_string(path).unwrap();
+            assert_eq!(text, format!("vault-share-v1:{:02x}\n", i + 1));
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt as _;
+                let mode = std::fs::metadata(path).unwrap().permissions().mode();
+                assert_eq!(mode & 0o777, 0o600, "{}", path.display());
+            }
+            // What init writes, unseal reads.
+            assert_eq!(
+                read_share_file(path).unwrap().expose_secret(),
+                format!("vault-share-v1:{:02x}", i + 1)
+            );
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "the new folder is private: {mode:o}");
+        }
+
+        // A second init into the same folder is refused, and leaves the
+        // first shares as they were.
+        match ShareFiles::create(&dir, 3) {
+            Err(CliError::Io(message)) => {
+                assert!(message.contains("share-1.txt"), "{message}");
+                assert!(message.contains("refusing to overwrite"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            std::fs::read_to_string(&paths[0]).unwrap(),
+            "vault-share-v1:01\n"
+        );
+    }
+
+    #[test]
+    fn a_refused_share_dir_keeps_nothing_it_made() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("share-3.txt"), "old").unwrap();
+        assert!(matches!(
+            ShareFiles::create(tmp.path(), 4),
+            Err(CliError::Io(m)) if m.contains("share-3.txt")
+        ));
+        // share-1 and share-2 were made and removed again; share-3 is untouched.
+        let mut names: Vec<String> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["share-3.txt"]);
+        assert_eq!(
+            std::fs::read_to_string(tmp.path().join("share-3.txt")).unwrap(),
+            "old"
+        );
+
+        // Discarding reserved files (init failed) removes them.
+        let files = ShareFiles::create(&tmp.path().join("d"), 2).unwrap();
+        files.discard();
+        assert_eq!(std::fs::read_dir(tmp.path().join("d")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_share_count_mismatch_is_an_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let files = ShareFiles::create(tmp.path(), 3).unwrap();
+        assert!(matches!(
+            files.write(&initialized(2).shares),
+            Err(CliError::Vault(vault_client::Error::Protocol(m))) if m.contains("2 shares")
+        ));
+    }
+
+    #[test]
+    fn share_files_hold_exactly_one_share() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("share.txt");
+        std::fs::write(&path, "\n  vault-share-v1:abcd  \r\n\n").unwrap();
+        assert_eq!(
+            read_share_file(&path).unwrap().expose_secret(),
+            "vault-share-v1:abcd"
+        );
+        std::fs::write(&path, "vault-share-v1:ab\nvault-share-v1:cd\n").unwrap();
+        assert!(matches!(
+            read_share_file(&path),
+            Err(CliError::Input(m)) if m.contains("more than one line")
+        ));
+        std::fs::write(&path, " \n").unwrap();
+        assert!(matches!(
+            read_share_file(&path),
+            Err(CliError::Input(m)) if m.contains("no unseal share")
+        ));
+        std::fs::write(&path, "a".repeat(5000)).unwrap();
+        assert!(matches!(
+            read_share_file(&path),
+            Err(CliError::Input(m)) if m.contains("too large")
+        ));
+        assert!(matches!(
+            read_share_file(&tmp.path().join("missing.txt")),
+            Err(CliError::Io(m)) if m.contains("missing.txt")
+        ));
+    }
+
+    #[test]
+    fn stdin_gives_one_line() {
+        let mut input = Cursor::new("vault-share-v1:abcd\r\nvault-share-v1:ef01\n");
+        assert_eq!(
+            read_share_line(&mut input).unwrap().expose_secret(),
+            "vault-share-v1:abcd"
+        );
+        // Only the first line was consumed.
+        assert_eq!(
+            read_share_line(&mut input).unwrap().expose_secret(),
+            "vault-share-v1:ef01"
+        );
+        assert_eq!(
+            read_share_line(&mut Cursor::new("vault-share-v1:ab"))
+                .unwrap()
+                .expose_secret(),
+            "vault-share-v1:ab"
+        );
+        for empty in ["", "\n", "   \n"] {
+            assert!(
+                matches!(
+                    read_share_line(&mut Cursor::new(empty)),
+                    Err(CliError::Input(m)) if m.contains("no unseal share")
+                ),
+                "{empty:?}"
+            );
+        }
+        assert!(matches!(
+            read_share_line(&mut Cursor::new("b".repeat(5000))),
+            Err(CliError::Input(m)) if m.contains("too long")
+        ));
+    }
+
+    #[test]
+    fn init_json_shapes() {
+        let init = initialized(2);
+        assert_eq!(
+            serde_json::to_value(SharesJson::new(&init)).unwrap(),
+            json!({
+                "region": "eu",
+                "threshold": 2,
+                "shares": ["vault-share-v1:01", "vault-share-v1:02"],
+            })
+        );
+        assert_eq!(
+            share_files_json(&init, &[PathBuf::from("/s/share-1.txt")]),
+            json!({"region": "eu", "threshold": 2, "share_files": ["/s/share-1.txt"]})
+        );
+    }
+
+    #[test]
+    fn unseal_output() {
+        let sealed = UnsealProgress {
+            sealed: true,
+            progress: 2,
+            threshold: 3,
+        };
+        assert_eq!(unseal_text(&sealed), "sealed: 2 of 3 shares given");
+        assert_eq!(
+            unseal_json(&sealed),
+            json!({"sealed": true, "progress": 2, "threshold": 3})
+        );
+        let open = UnsealProgress {
+            sealed: false,
+            progress: 0,
+            threshold: 3,
+        };
+        assert_eq!(unseal_text(&open), "unsealed");
+    }
+
+    fn keys() -> Vec<RootKeyInfo> {
+        vec![
+            RootKeyInfo {
+                version: 1,
+                state: KeyState::Destroyed,
+                current: false,
+                wrapped_subject_keys: 0,
+            },
+            RootKeyInfo {
+                version: 2,
+                state: KeyState::Retired,
+                current: false,
+                wrapped_subject_keys: 0,
+            },
+            RootKeyInfo {
+                version: 3,
+                state: KeyState::Active,
+                current: true,
+                wrapped_subject_keys: 10_000,
+            },
+        ]
+    }
+
+    #[test]
+    fn status_output() {
+        let status = SealStatus {
+            initialized: true,
+            sealed: false,
+            region: "eu".into(),
+            threshold: 2,
+            shares: 3,
+            progress: 0,
+            current_root_version: Some(3),
+            root_keys: keys(),
+            signing_public_key: Some([0xab; 32]),
+        };
+        assert_eq!(
+            status_text(&status),
+            format!(
+                "initialized: yes\nsealed: no\nregion: eu\nthreshold: 2\nshares: 3\n\
+                 progress: 0 of 2 shares given\ncurrent root version: 3\nroot keys:\n\
+                 \x20 v1: destroyed\n  v2: retired\n  v3: active (current)\n\
+                 receipt signing key: {}",
+                "ab".repeat(32)
+            )
+        );
+        assert_eq!(
+            status_json(&status),
+            json!({
+                "initialized": true,
+                "sealed": false,
+                "region": "eu",
+                "threshold": 2,
+                "shares": 3,
+                "progress": 0,
+                "current_root_version": 3,
+                "root_keys": [
+                    {"version": 1, "state": "destroyed", "current": false},
+                    {"version": 2, "state": "retired", "current": false},
+                    {"version": 3, "state": "active", "current": true},
+                ],
+                "signing_public_key": "ab".repeat(32),
+            })
+        );
+
+        let sealed = SealStatus {
+            initialized: true,
+            sealed: true,
+            region: "eu".into(),
+            threshold: 2,
+            shares: 3,
+            progress: 1,
+            ..SealStatus::default()
+        };
+        assert_eq!(
+            status_text(&sealed),
+            "initialized: yes\nsealed: yes\nregion: eu\nthreshold: 2\nshares: 3\n\
+             progress: 1 of 2 shares given\ncurrent root version: -"
+        );
+        let json = status_json(&sealed);
+        assert_eq!(json["current_root_version"], Json::Null);
+        assert_eq!(json["signing_public_key"], Json::Null);
+        assert_eq!(json["root_keys"], json!([]));
+
+        let fresh = SealStatus {
+            sealed: true,
+            ..SealStatus::default()
+        };
+        assert_eq!(
+            status_text(&fresh),
+            "initialized: no\nsealed: yes\nregion: -\ncurrent root version: -"
+        );
+    }
+
+    #[test]
+    fn keys_output() {
+        let keys = RootKeys {
+            current_version: 3,
+            versions: keys(),
+        };
+        assert_eq!(
+            root_keys_table(&keys),
+            "VERSION  STATE      CURRENT  SUBJECT KEYS\n\
+             \x20     1  destroyed                      0\n\
+             \x20     2  retired                        0\n\
+             \x20     3  active     *               10000"
+        );
+        assert_eq!(
+            root_keys_json(&keys),
+            json!({
+                "current_version": 3,
+                "versions": [
+                    {"version": 1, "state": "destroyed", "current": false, "wrapped_subject_keys": 0},
+                    {"version": 2, "state": "retired", "current": false, "wrapped_subject_keys": 0},
+                    {"version": 3, "state": "active", "current": true, "wrapped_subject_keys": 10000},
+                ],
+            })
+        );
+        assert_eq!(root_keys_table(&RootKeys::default()), "no root keys");
+    }
+
+    fn rewrap(rewrapped: u64, finished: bool) -> RewrapProgress {
+        RewrapProgress {
+            target_version: 3,
+            finished,
+            rewrapped,
+            pending_at_start: 10_000,
+            examined: rewrapped + 100,
+        }
+    }
+
+    #[test]
+    fn rewrap_output() {
+        assert_eq!(
+            progress_bar(&rewrap(5_200, false)),
+            "[#####.....] 52% 5200/10000 re-wrapped"
+        );
+        assert_eq!(
+            progress_bar(&rewrap(0, false)),
+            "[..........] 0% 0/10000 re-wrapped"
+        );
+        assert_eq!(
+            progress_bar(&rewrap(10_000, true)),
+            "[##########] 100% 10000/10000 re-wrapped"
+        );
+        assert_eq!(
+            rewrap_text(&rewrap(5_200, false)),
+            "target root version: 3\nfinished: no\nre-wrapped: 5200 of 10000 (52%)\nexamined: 5300"
+        );
+        assert_eq!(
+            rewrap_json(&rewrap(10_000, true)),
+            json!({
+                "target_version": 3,
+                "finished": true,
+                "rewrapped": 10000,
+                "pending_at_start": 10000,
+                "examined": 10100,
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn waiting_polls_until_finished() {
+        let mut answers = vec![
+            Ok(rewrap(10_000, true)),
+            Ok(rewrap(5_000, false)),
+            Ok(rewrap(0, false)),
+        ];
+        let mut polls = 0;
+        let last = wait_for_rewrap(|| {
+            polls += 1;
+            let answer = answers.pop().unwrap();
+            async move { answer }
+        })
+        .await
+        .unwrap();
+        assert_eq!(polls, 3);
+        assert!(last.finished);
+
+        let failed = wait_for_rewrap(|| async {
+            Err(vault_client::Error::Unavailable("vault is sealed".into()))
+        })
+        .await;
+        assert!(matches!(failed, Err(CliError::Vault(e)) if e.is_sealed()));
+    }
+
+    #[test]
+    fn rotation_output() {
+        let rotation = SubjectKeyRotation {
+            new_version: 4,
+            records: 1,
+            fields: 5,
+        };
+        assert_eq!(
+            rotation_text("person-42", &rotation),
+            "subject person-42: key version 4; 1 record (5 field values) re-encrypted"
+        );
+        assert_eq!(
+            rotation_json("person-42", &rotation),
+            json!({"subject_id": "person-42", "new_version": 4, "records": 1, "fields": 5})
+        );
+    }
+
+    fn receipt() -> (ErasureReceipt, ReceiptBody) {
+        let body = ReceiptBody {
+            receipt_id: [0x11; 16],
+            erased_at: 1_700_000_000,
+            region: "eu".into(),
+            keyring_id: [0x22; 16],
+            subject_pseudonym: [0x33; 32],
+            key_versions_destroyed: 2,
+            records_deleted: 12,
+        };
+        let receipt = ErasureReceipt {
+            body: vec![1, 2, 3],
+            signature: vec![0x44; 64],
+            public_key: vec![0x55; 32],
+            receipt_id: hex::encode(body.receipt_id),
+            erased_at: Timestamp::from_unix_seconds(1_700_000_000),
+            region: "eu".into(),
+            subject_pseudonym: hex::encode(body.subject_pseudonym),
+            key_versions_destroyed: 2,
+            records_deleted: 12,
+        };
+        (receipt, body)
+    }
+
+    #[test]
+    fn receipt_output() {
+        let (receipt, body) = receipt();
+        let text = receipt_text(&receipt, &body);
+        assert_eq!(
+            text,
+            format!(
+                "subject erased\nreceipt id: {}\nerased at: 2023-11-14T22:13:20Z\nregion: eu\n\
+                 keyring id: {}\nsubject pseudonym: {}\nkey versions destroyed: 2\n\
+                 records deleted: 12\npublic key: {}\nreceipt signature: verified",
+                "11".repeat(16),
+                "22".repeat(16),
+                "33".repeat(32),
+                "55".repeat(32)
+            )
+        );
+        assert_eq!(
+            receipt_json(&receipt, &body),
+            json!({
+                "receipt_id": "11".repeat(16),
+                "erased_at": "2023-11-14T22:13:20Z",
+                "region": "eu",
+                "keyring_id": "22".repeat(16),
+                "subject_pseudonym": "33".repeat(32),
+                "key_versions_destroyed": 2,
+                "records_deleted": 12,
+                "body": "010203",
+                "signature": "44".repeat(64),
+                "public_key": "55".repeat(32),
+                "verified": true,
+            })
+        );
+    }
+}

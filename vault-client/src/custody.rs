@@ -1,0 +1,241 @@
+//! Key custody: the results of the `OperatorService` calls (`vault.v1`
+//! custody contract) as plain Rust types.
+//!
+//! Unseal shares are secrets: [`UnsealShare`] keeps its text in a zeroizing
+//! buffer and its `Debug` shows nothing of it; the text is reachable only
+//! through [`UnsealShare::expose_secret`].
+
+use std::fmt;
+
+use zeroize::Zeroizing;
+
+/// One custodian's unseal share, in its text form (`vault-share-v1:…`).
+///
+/// The text is wiped from memory when the share is dropped, and `Debug`
+/// redacts it. The client's own copies are zeroized; the bytes that the gRPC
+/// transport buffers on the way to or from the vault are beyond its reach.
+#[derive(Clone)]
+pub struct UnsealShare(Zeroizing<String>);
+
+impl UnsealShare {
+    /// A share from its text; surrounding whitespace (a trailing newline of
+    /// a file or a pasted line) is dropped in place, without a copy.
+    pub fn new(text: impl Into<String>) -> Self {
+        let mut text = Zeroizing::new(text.into());
+        let end = text.trim_end().len();
+        text.truncate(end);
+        let start = text.len() - text.trim_start().len();
+        text.drain(..start);
+        Self(text)
+    }
+
+    /// The share's text. Every use of it is a place where the secret leaves
+    /// this type: print it, write it to a file, or send it to the vault.
+    pub fn expose_secret(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether the share has no text.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for UnsealShare {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("UnsealShare(<redacted>)")
+    }
+}
+
+/// What [`VaultClient::init`](crate::VaultClient::init) returns: the new
+/// keyring's region and the unseal shares, shown once and never stored by
+/// the vault. `Debug` redacts the shares.
+#[derive(Debug, Clone)]
+pub struct Initialized {
+    /// The region the new keyring is bound to.
+    pub region: String,
+    /// Shares needed to unseal.
+    pub threshold: u32,
+    /// The shares, one per custodian, as the vault returned them.
+    pub shares: Vec<UnsealShare>,
+}
+
+/// Unseal progress after one share
+/// ([`VaultClient::unseal`](crate::VaultClient::unseal)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnsealProgress {
+    /// Whether the vault is still sealed.
+    pub sealed: bool,
+    /// Distinct shares accepted so far (0 once unsealed).
+    pub progress: u32,
+    /// Shares needed.
+    pub threshold: u32,
+}
+
+/// The vault's custody state ([`VaultClient::status`](crate::VaultClient::status)).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SealStatus {
+    /// False until the vault has a keyring.
+    pub initialized: bool,
+    /// Whether the vault is sealed (it then serves no data).
+    pub sealed: bool,
+    /// The vault's region.
+    pub region: String,
+    /// Shares needed to unseal.
+    pub threshold: u32,
+    /// Shares made at init.
+    pub shares: u32,
+    /// Shares accepted towards the next unseal.
+    pub progress: u32,
+    /// The current root key version; `None` while sealed.
+    pub current_root_version: Option<u32>,
+    /// Every root key version (empty while sealed). The status does not
+    /// count wrapped subject keys, so their
+    /// [`wrapped_subject_keys`](RootKeyInfo::wrapped_subject_keys) are 0;
+    /// [`VaultClient::root_keys`](crate::VaultClient::root_keys) counts them.
+    pub root_keys: Vec<RootKeyInfo>,
+    /// The Ed25519 public key that verifies erasure receipts; `None` while
+    /// sealed.
+    pub signing_public_key: Option<[u8; 32]>,
+}
+
+/// The life of a root key version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum KeyState {
+    /// Unwraps subject keys, and wraps them too if it is the current version.
+    Active,
+    /// Unwraps no more; kept until destroyed.
+    Retired,
+    /// Its bytes are gone from the keyring.
+    Destroyed,
+}
+
+impl KeyState {
+    /// `active`, `retired` or `destroyed`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            KeyState::Active => "active",
+            KeyState::Retired => "retired",
+            KeyState::Destroyed => "destroyed",
+        }
+    }
+}
+
+impl fmt::Display for KeyState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One root key version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RootKeyInfo {
+    /// The version number.
+    pub version: u32,
+    /// Its state.
+    pub state: KeyState,
+    /// Whether new subject keys are wrapped under it.
+    pub current: bool,
+    /// Subject keys wrapped under it (counted by
+    /// [`VaultClient::root_keys`](crate::VaultClient::root_keys) only).
+    pub wrapped_subject_keys: u64,
+}
+
+/// Every root key version ([`VaultClient::root_keys`](crate::VaultClient::root_keys)).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RootKeys {
+    /// The current version.
+    pub current_version: u32,
+    /// Every version, as the vault lists them.
+    pub versions: Vec<RootKeyInfo>,
+}
+
+/// Progress of the job that re-wraps subject keys under the current root
+/// key ([`VaultClient::rewrap_status`](crate::VaultClient::rewrap_status)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RewrapProgress {
+    /// The version subject keys are re-wrapped to (the current one).
+    pub target_version: u32,
+    /// True once every subject key is wrapped under the target version.
+    pub finished: bool,
+    /// Subject keys re-wrapped by this job so far.
+    pub rewrapped: u64,
+    /// Subject keys that needed a re-wrap when the job started.
+    pub pending_at_start: u64,
+    /// Subject keys examined so far (all versions).
+    pub examined: u64,
+}
+
+impl RewrapProgress {
+    /// Whole percent done, 0 to 100: `rewrapped` of `pending_at_start`
+    /// (100 when the job is finished or had nothing to do).
+    pub fn percent(&self) -> u8 {
+        if self.finished || self.pending_at_start == 0 {
+            return 100;
+        }
+        let done = u128::from(self.rewrapped.min(self.pending_at_start));
+        let percent = done * 100 / u128::from(self.pending_at_start);
+        // done <= pending, so percent <= 100.
+        u8::try_from(percent).unwrap_or(100)
+    }
+}
+
+/// The result of rotating one subject's key
+/// ([`VaultClient::rotate_subject_key`](crate::VaultClient::rotate_subject_key)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubjectKeyRotation {
+    /// The subject's new key version.
+    pub new_version: u32,
+    /// Records re-encrypted under it.
+    pub records: u64,
+    /// Field values re-encrypted under it.
+    pub fields: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_are_trimmed_and_redacted() {
+        let share = UnsealShare::new("  vault-share-v1:00ff\r\n");
+        assert_eq!(share.expose_secret(), "vault-share-v1:00ff");
+        assert!(!share.is_empty());
+        assert_eq!(format!("{share:?}"), "UnsealShare(<redacted>)");
+        assert!(UnsealShare::new(" \n").is_empty());
+
+        let init = Initialized {
+            region: "eu".into(),
+            threshold: 2,
+            shares: vec![share.clone(), UnsealShare::new("vault-share-v1:abcd")],
+        };
+        let debug = format!("{init:?}");
+        assert!(!debug.contains("vault-share"), "{debug}");
+        assert!(debug.contains("threshold: 2"), "{debug}");
+    }
+
+    #[test]
+    fn rewrap_percent() {
+        let progress = |rewrapped, pending_at_start, finished| RewrapProgress {
+            target_version: 2,
+            finished,
+            rewrapped,
+            pending_at_start,
+            examined: 0,
+        };
+        assert_eq!(progress(0, 10_000, false).percent(), 0);
+        assert_eq!(progress(5_200, 10_000, false).percent(), 52);
+        assert_eq!(progress(9_999, 10_000, false).percent(), 99);
+        assert_eq!(progress(10_000, 10_000, true).percent(), 100);
+        assert_eq!(progress(0, 0, false).percent(), 100);
+        assert_eq!(progress(12, 10, false).percent(), 100);
+        assert_eq!(progress(u64::MAX - 1, u64::MAX, false).percent(), 99);
+    }
+
+    #[test]
+    fn key_state_names() {
+        assert_eq!(KeyState::Active.to_string(), "active");
+        assert_eq!(KeyState::Retired.as_str(), "retired");
+        assert_eq!(KeyState::Destroyed.as_str(), "destroyed");
+    }
+}
