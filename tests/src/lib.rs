@@ -49,6 +49,22 @@ impl TestVault {
         Self::serve(Arc::new(vault), auth, data_dir).await
     }
 
+    /// Starts a dev-mode vault with the given options (data folder, region,
+    /// engine options such as the re-wrap pace).
+    pub async fn start_dev_with(opts: OpenOptions) -> vault_server::Result<TestVault> {
+        let data_dir = opts.data_dir.clone();
+        let vault = tokio::task::spawn_blocking(move || {
+            let vault = Vault::open_dev(opts)?;
+            dev::seed(&*vault.engine()?)?;
+            Ok::<_, vault_server::Error>(vault)
+        })
+        .await
+        .unwrap()?;
+        let mut auth = Authenticator::new();
+        auth.add_token(TOKEN, dev::dev_principal());
+        Self::serve(Arc::new(vault), auth, &data_dir).await
+    }
+
     /// Starts a vault as `vault-server --config` would: sealed (or not yet
     /// initialised), with the given options and tokens.
     pub async fn start_sealed(

@@ -6,6 +6,7 @@
 
 mod binary;
 mod client;
+mod custody;
 mod malformed;
 mod records;
 mod region;
