@@ -24,11 +24,11 @@ use vault_tests::{server_binary, TestVault};
 
 use crate::user;
 
-const CUSTODIAN: &str = "custodian-token";
-const SERVICE: &str = "service-token";
+pub(crate) const CUSTODIAN: &str = "custodian-token";
+pub(crate) const SERVICE: &str = "service-token";
 
 /// Production-like tokens: a custodian (custody only) and a data service.
-fn auth() -> Authenticator {
+pub(crate) fn auth() -> Authenticator {
     let mut a = Authenticator::new();
     a.add_token(
         CUSTODIAN,

@@ -12,6 +12,7 @@ mod records;
 mod region;
 mod tamper;
 mod vaultctl;
+mod vaultctl_custody;
 
 use vault_client::{Collection, DataCategory, FieldSchema, FieldType, Record, Timestamp};
 

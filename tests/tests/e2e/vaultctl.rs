@@ -19,22 +19,22 @@ use crate::{all_types, user};
 
 /// What one run of vaultctl did.
 #[derive(Debug)]
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Run {
+    pub(crate) code: Option<i32>,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
 impl Run {
     /// Asserts success with nothing on stderr; returns stdout.
-    fn ok(&self) -> &str {
+    pub(crate) fn ok(&self) -> &str {
         assert_eq!(self.code, Some(0), "{self:?}");
         assert_eq!(self.stderr, "", "{self:?}");
         &self.stdout
     }
 
     /// Asserts success and parses stdout as one JSON document.
-    fn json(&self) -> Json {
+    pub(crate) fn json(&self) -> Json {
         let text = self.ok();
         assert_eq!(text.lines().count(), 1, "one line of JSON: {self:?}");
         serde_json::from_str(text).unwrap()
@@ -42,7 +42,7 @@ impl Run {
 
     /// Asserts a failure without `--json`: `code`, one `error: ...` line on
     /// stderr and nothing on stdout. Returns the message.
-    fn error(&self, code: i32) -> String {
+    pub(crate) fn error(&self, code: i32) -> String {
         assert_eq!(self.code, Some(code), "{self:?}");
         assert_eq!(self.stdout, "", "{self:?}");
         one_error_line(&self.stderr)
@@ -81,7 +81,12 @@ fn one_error_line(stderr: &str) -> String {
 /// Runs vaultctl with `args` against `addr`, the token (if any) in
 /// `VAULT_TOKEN`, and `stdin` on its standard input. Checks that neither the
 /// given token nor the vault's real one is ever printed.
-async fn vaultctl_at(addr: &str, token: Option<&str>, args: &[&str], stdin: Option<&str>) -> Run {
+pub(crate) async fn vaultctl_at(
+    addr: &str,
+    token: Option<&str>,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> Run {
     let mut command = Command::new(vaultctl_binary());
     command
         .args(args)
@@ -118,7 +123,7 @@ async fn vaultctl_at(addr: &str, token: Option<&str>, args: &[&str], stdin: Opti
 }
 
 /// Runs vaultctl with the vault's token.
-async fn vaultctl(vault: &TestVault, args: &[&str]) -> Run {
+pub(crate) async fn vaultctl(vault: &TestVault, args: &[&str]) -> Run {
     vaultctl_at(&vault.url(), Some(TOKEN), args, None).await
 }
 
