@@ -22,8 +22,8 @@ use zeroize::Zeroizing;
 use crate::crypto::Key256;
 use crate::engine::{Engine, EngineOptions, KeyringFile, RootKeyInfo, META_KEYRING_ID};
 use crate::keys::{
-    split, write_secret_file, Custody, Keyring, KeyringError, Progress, Region, ShareCollector,
-    ShareError, UnsealShare,
+    split, write_secret_file, Custody, Keyring, KeyringError, Region, ShareCollector, ShareError,
+    UnsealShare,
 };
 use crate::policy::{Caller, Role};
 use crate::storage::{RocksStore, Store, StoreOptions, Table};
@@ -79,6 +79,17 @@ pub struct SealStatus {
     pub root_keys: Vec<RootKeyInfo>,
     /// When unsealed: the public half of the signing key.
     pub signing_public_key: Option<[u8; 32]>,
+}
+
+/// Where an unseal stands after one share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnsealProgress {
+    /// Whether the vault is still sealed.
+    pub sealed: bool,
+    /// Shares accepted towards this unseal (0 once unsealed).
+    pub progress: u8,
+    /// Shares needed.
+    pub threshold: u8,
 }
 
 enum State {
@@ -142,6 +153,13 @@ impl Vault {
             },
             None => {
                 if store.get(Table::Meta, META_KEYRING_ID)?.is_some() {
+                    if opts.data_dir.join("keyring.v1").exists() {
+                        return Err(Error::Config(format!(
+                            "the data folder {} was made by an earlier development build \
+                             (keyring format v1, with an unseal key file); start with a fresh folder",
+                            opts.data_dir.display()
+                        )));
+                    }
                     return Err(Error::Config(format!(
                         "the data folder holds data but its keyring {} is missing; \
                          restore the keyring file (a new one cannot read this data)",
@@ -241,9 +259,9 @@ impl Vault {
     /// Takes one share. Once the threshold is reached, opens the keyring
     /// and starts serving. Shares that together do not open the keyring
     /// reset the progress (which one was wrong cannot be told).
-    pub fn unseal(&self, caller: &Caller, share: &str) -> Result<Progress> {
+    pub fn unseal(&self, caller: &Caller, share: &str) -> Result<UnsealProgress> {
         caller.require(Role::Custodian)?;
-        let share = UnsealShare::parse(share).map_err(share_error)?;
+        let share = UnsealShare::parse(share).map_err(|e| refused(caller, e))?;
         let mut state = self.state();
         let (custody, collector) = match &mut *state {
             State::Uninitialised => {
@@ -262,9 +280,9 @@ impl Vault {
             || share.threshold() != custody.threshold
             || share.total() != custody.shares
         {
-            return Err(share_error(ShareError::Foreign));
+            return Err(refused(caller, ShareError::Foreign));
         }
-        let progress = collector.add(share).map_err(share_error)?;
+        let progress = collector.add(share).map_err(|e| refused(caller, e))?;
         tracing::info!(
             progress = progress.have,
             threshold = progress.need,
@@ -272,7 +290,11 @@ impl Vault {
             "unseal share accepted"
         );
         if progress.have < progress.need {
-            return Ok(progress);
+            return Ok(UnsealProgress {
+                sealed: true,
+                progress: progress.have,
+                threshold: progress.need,
+            });
         }
         let combined = collector.combine();
         collector.clear();
@@ -315,9 +337,10 @@ impl Vault {
         };
         self.sealed.send_replace(false);
         tracing::info!(region = %self.opts.region, "vault unsealed");
-        Ok(Progress {
-            have: 0,
-            need: custody.threshold,
+        Ok(UnsealProgress {
+            sealed: false,
+            progress: 0,
+            threshold: custody.threshold,
         })
     }
 
@@ -420,4 +443,11 @@ fn read_keyring_file(path: &Path) -> Result<Option<Vec<u8>>> {
 
 fn share_error(e: ShareError) -> Error {
     Error::InvalidArgument(e.to_string())
+}
+
+/// A refused unseal share: logged (why, and by whom; never the share) and
+/// returned as an invalid argument.
+fn refused(caller: &Caller, e: ShareError) -> Error {
+    tracing::warn!(reason = %e, principal = %caller.principal.name, "unseal share refused");
+    share_error(e)
 }

@@ -109,9 +109,9 @@ impl OperatorService for OperatorApi {
         let vault = Arc::clone(&self.vault);
         let p = run_blocking(move || vault.unseal(&caller, &share)).await?;
         Ok(Response::new(pb::UnsealResponse {
-            sealed: p.have != 0,
-            progress: u32::from(p.have),
-            threshold: u32::from(p.need),
+            sealed: p.sealed,
+            progress: u32::from(p.progress),
+            threshold: u32::from(p.threshold),
         }))
     }
 
