@@ -432,6 +432,8 @@ impl From<pb::RewrapStatusResponse> for RewrapProgress {
             rewrapped: response.rewrapped,
             pending_at_start: response.pending_at_start,
             examined: response.examined,
+            unreadable: response.unreadable,
+            removed_erased: response.removed_erased,
         }
     }
 }

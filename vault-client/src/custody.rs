@@ -164,6 +164,12 @@ pub struct RewrapProgress {
     pub pending_at_start: u64,
     /// Subject keys examined so far (all versions).
     pub examined: u64,
+    /// Subject keys that could not be unwrapped (damaged, or under a root
+    /// version no longer available): left as they are. While any remain
+    /// under an old version, that version cannot be retired.
+    pub unreadable: u64,
+    /// Wrapped keys of erased subjects (from a restored backup) removed.
+    pub removed_erased: u64,
 }
 
 impl RewrapProgress {
@@ -222,6 +228,8 @@ mod tests {
             rewrapped,
             pending_at_start,
             examined: 0,
+            unreadable: 0,
+            removed_erased: 0,
         };
         assert_eq!(progress(0, 10_000, false).percent(), 0);
         assert_eq!(progress(5_200, 10_000, false).percent(), 52);

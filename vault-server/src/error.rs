@@ -53,6 +53,10 @@ pub enum Error {
     /// The vault holds no keys.
     #[error("vault is sealed")]
     Sealed,
+    /// Try again shortly (for example: an unseal while the previous
+    /// session's requests are still finishing).
+    #[error("unavailable: {0}")]
+    Unavailable(String),
     /// The keyring could not be loaded, created or used.
     #[error("keyring: {0}")]
     Keyring(#[from] crate::keys::KeyringError),
@@ -103,6 +107,7 @@ impl From<Error> for tonic::Status {
             Error::Unauthenticated(m) => Status::unauthenticated(m),
             Error::PermissionDenied(m) => Status::permission_denied(m),
             Error::Sealed => Status::unavailable("vault is sealed"),
+            Error::Unavailable(m) => Status::unavailable(m),
             e @ (Error::Keyring(_)
             | Error::Config(_)
             | Error::Storage(_)

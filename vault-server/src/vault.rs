@@ -13,7 +13,7 @@
 //! custodians hold it as Shamir shares.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::thread::JoinHandle;
 
 use tokio::sync::watch;
@@ -109,6 +109,10 @@ pub struct Vault {
     opts: OpenOptions,
     store: Arc<dyn Store>,
     state: Mutex<State>,
+    /// The engine of the last unsealed session. After a seal, requests that
+    /// started before it may still hold that engine; no new one is made
+    /// until it is gone, so two engines never share the keyring file.
+    last_engine: Mutex<Weak<Engine>>,
     sealed: watch::Sender<bool>,
 }
 
@@ -173,6 +177,7 @@ impl Vault {
             opts,
             store: Arc::new(store),
             state: Mutex::new(state),
+            last_engine: Mutex::new(Weak::new()),
             sealed: watch::Sender::new(true),
         })
     }
@@ -276,6 +281,19 @@ impl Vault {
             }
             State::Sealed { custody, collector } => (*custody, collector),
         };
+        if self
+            .last_engine
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .strong_count()
+            > 0
+        {
+            return Err(Error::Unavailable(
+                "requests of the previous unsealed session are still finishing; \
+                 give the share again in a moment"
+                    .into(),
+            ));
+        }
         if share.set_id() != custody.set_id
             || share.threshold() != custody.threshold
             || share.total() != custody.shares
@@ -326,6 +344,7 @@ impl Vault {
             },
             self.opts.engine.clone(),
         )?);
+        *self.last_engine.lock().unwrap_or_else(|p| p.into_inner()) = Arc::downgrade(&engine);
         let worker = Arc::clone(&engine);
         let job = std::thread::Builder::new()
             .name("rewrap".into())
@@ -344,9 +363,10 @@ impl Vault {
         })
     }
 
-    /// Drops every key: closes the engine, waits for its background job,
-    /// and discards any unseal progress. Requests in flight finish with the
-    /// engine they hold; new ones are refused.
+    /// Drops every key: closes the engine and waits for its background
+    /// job. Requests in flight finish with the engine they hold (a closed
+    /// engine refuses further work); new ones are refused. Sealing a sealed
+    /// vault changes nothing (its unseal progress stays).
     pub fn seal(&self, caller: &Caller) -> Result<()> {
         caller.require(Role::Custodian)?;
         let mut state = self.state();
@@ -356,7 +376,7 @@ impl Vault {
                     "the vault is not initialised".into(),
                 ))
             }
-            State::Sealed { custody, .. } => *custody,
+            State::Sealed { .. } => return Ok(()),
             State::Unsealed { engine, .. } => engine.keyring().custody(),
         };
         let previous = std::mem::replace(
@@ -450,4 +470,43 @@ fn share_error(e: ShareError) -> Error {
 fn refused(caller: &Caller, e: ShareError) -> Error {
     tracing::warn!(reason = %e, principal = %caller.principal.name, "unseal share refused");
     share_error(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_second_engine_while_the_last_one_lives() {
+        let dir = tempfile::tempdir().unwrap();
+        let vault = Vault::open_dev(OpenOptions::dev(dir.path(), "eu".parse().unwrap())).unwrap();
+        let c = Caller::internal("t");
+        let share = std::fs::read_to_string(dir.path().join(DEV_SHARE_FILE)).unwrap();
+        // A request in flight holds the engine across the seal.
+        let in_flight = vault.engine().unwrap();
+        vault.seal(&c).unwrap();
+        assert!(in_flight.is_closed());
+        assert!(matches!(vault.engine(), Err(Error::Sealed)));
+        assert!(matches!(
+            vault.unseal(&c, &share),
+            Err(Error::Unavailable(_))
+        ));
+        drop(in_flight);
+        let p = vault.unseal(&c, &share).unwrap();
+        assert!(!p.sealed);
+        // Sealing twice is harmless; a sealed vault keeps its progress.
+        vault.seal(&c).unwrap();
+        vault.seal(&c).unwrap();
+        assert!(vault.status(&c).unwrap().sealed);
+    }
+
+    #[test]
+    fn a_folder_with_data_but_no_keyring_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = OpenOptions::dev(dir.path(), "eu".parse().unwrap());
+        drop(Vault::open_dev(opts.clone()).unwrap());
+        std::fs::remove_file(&opts.keyring_file).unwrap();
+        let err = Vault::open(opts).unwrap_err();
+        assert!(err.to_string().contains("keyring"), "{err}");
+    }
 }

@@ -15,7 +15,7 @@ pub use envelope::{open_field, seal_field, EnvelopeHeader, FieldAad, ENVELOPE_V1
 pub use kdf::{derive_field_key, derive_keyring_key, derive_record_key, labels, FieldKeyContext};
 pub use record::{record_tag, verify_record_tag, RecordContext};
 pub use secret::Key256;
-pub use wrap::{open_wrapped, seal_wrapped, WRAP_OVERHEAD};
+pub use wrap::{open_wrapped, seal_wrapped, WrapCipher, WRAP_OVERHEAD};
 
 /// Why a ciphertext was refused. Callers map every kind to the one opaque
 /// [`crate::Error::Integrity`]; the kinds exist so tests can assert the

@@ -21,9 +21,6 @@ use crate::storage::{
 };
 use crate::{Error, Result};
 
-/// Subject key rows read per page when counting.
-const COUNT_PAGE: usize = 10_000;
-
 /// One root key version, as custodians see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RootKeyInfo {
@@ -85,24 +82,10 @@ impl Engine {
     /// Subject keys per wrapping root version.
     pub(super) fn count_wrapped(&self) -> Result<BTreeMap<u32, u64>> {
         let mut counts = BTreeMap::new();
-        let mut start = Vec::new();
-        loop {
-            let page = self
-                .store
-                .scan_from(Table::SubjectKeys, &start, COUNT_PAGE)?;
-            let Some((last, _)) = page.last() else {
-                break;
-            };
-            start = last.clone();
-            start.push(0);
-            for (_, v) in &page {
-                // An unreadable row counts under version 0.
-                *counts.entry(wrapping_version(v).unwrap_or(0)).or_insert(0) += 1;
-            }
-            if page.len() < COUNT_PAGE {
-                break;
-            }
-        }
+        self.store.visit(Table::SubjectKeys, &mut |_, v| {
+            // An unreadable row counts under version 0.
+            *counts.entry(wrapping_version(v).unwrap_or(0)).or_insert(0) += 1;
+        })?;
         Ok(counts)
     }
 
@@ -111,6 +94,7 @@ impl Engine {
     pub fn rotate_root(&self, caller: &Caller) -> Result<u32> {
         caller.require(Role::Custodian)?;
         let _custody = lock(&self.custody_lock);
+        self.check_open()?;
         let mut kr = Keyring::clone(&self.keyring());
         let version = kr.rotate_root();
         self.replace_keyring(kr)?;
@@ -124,6 +108,7 @@ impl Engine {
     pub fn retire_root(&self, caller: &Caller, version: u32) -> Result<()> {
         caller.require(Role::Custodian)?;
         let _custody = lock(&self.custody_lock);
+        self.check_open()?;
         let mut kr = Keyring::clone(&self.keyring());
         kr.retire_root(version).map_err(custody_error)?;
         // No new key is wrapped under a non-current version, so a count of
@@ -145,6 +130,7 @@ impl Engine {
     pub fn destroy_root(&self, caller: &Caller, version: u32) -> Result<()> {
         caller.require(Role::Custodian)?;
         let _custody = lock(&self.custody_lock);
+        self.check_open()?;
         let mut kr = Keyring::clone(&self.keyring());
         kr.destroy_root(version).map_err(custody_error)?;
         self.replace_keyring(kr)?;
@@ -207,12 +193,16 @@ impl Engine {
             .write()
             .unwrap_or_else(|p| p.into_inner());
         let _custody = lock(&self.custody_lock);
+        self.check_open()?;
         let rows = self.subject_key_rows(subject)?;
         let Some(&(latest, _)) = rows.last() else {
             return Err(Error::NotFound("subject (it has no key)".into()));
         };
         let kr = self.keyring();
-        let new_version = latest.max(kr.erased_through(subject).unwrap_or(0)) + 1;
+        let new_version = latest
+            .max(kr.erased_through(subject).unwrap_or(0))
+            .checked_add(1)
+            .ok_or(Error::Integrity)?;
         let new_key = Arc::new(SubjectKeys::new(new_version, Key256::random()));
 
         let mut ws = WriteSet::new();
@@ -276,6 +266,7 @@ impl Engine {
             .write()
             .unwrap_or_else(|p| p.into_inner());
         let _custody = lock(&self.custody_lock);
+        self.check_open()?;
         let rows = self.subject_key_rows(subject)?;
         let records = self.subject_records(subject)?;
         let through = rows.last().map_or(0, |(v, _)| *v);

@@ -106,6 +106,15 @@ impl KeyringFile {
         write_secret_file(&self.path, &keyring.seal(&self.unseal_key))
             .map_err(|e| Error::io(format!("writing keyring {}", self.path.display()), e))
     }
+
+    /// Whether the file on disk opens to a keyring equal to `keyring`
+    /// (after a save that reported an error).
+    fn holds(&self, keyring: &Keyring) -> bool {
+        std::fs::read(&self.path)
+            .ok()
+            .and_then(|f| Keyring::unseal(&f, &self.unseal_key, keyring.region()).ok())
+            .is_some_and(|on_disk| on_disk.same_state(keyring))
+    }
 }
 
 /// How an engine runs, besides its store and keys.
@@ -236,10 +245,21 @@ impl Engine {
     /// Held under `create_lock` for the swap, so no subject key is wrapped
     /// under a root key version that is no longer current.
     fn replace_keyring(&self, keyring: Keyring) -> Result<()> {
-        self.keyring_file.save(&keyring)?;
+        self.check_open()?;
+        let saved = self.keyring_file.save(&keyring);
+        if let Err(e) = &saved {
+            // The file may hold the new keyring even so (the rename went
+            // through, a later fsync failed). Then memory must follow it, or
+            // the next save would write the old state back (a destroyed key
+            // returning, an erasure forgotten).
+            if !self.keyring_file.holds(&keyring) {
+                return saved;
+            }
+            tracing::error!(error = %e, "keyring saved, but not confirmed durable");
+        }
         let _guard = lock(&self.create_lock);
         *self.keyring.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keyring);
-        Ok(())
+        saved
     }
 
     /// Stops background work and drops every cached key. The engine answers
@@ -253,6 +273,17 @@ impl Engine {
     /// Whether [`Engine::close`] was called.
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::SeqCst)
+    }
+
+    /// Refuses work on a closed (sealed) engine. Requests that started
+    /// before the seal and reach this point afterwards stop here; custody
+    /// operations check again once they hold `custody_lock`, so a closed
+    /// engine never changes the keyring file.
+    fn check_open(&self) -> Result<()> {
+        if self.is_closed() {
+            return Err(Error::Sealed);
+        }
+        Ok(())
     }
 
     /// The region this engine serves.
@@ -365,6 +396,7 @@ impl Engine {
     /// Creates or replaces records atomically: one durable write for all.
     pub fn put_records(&self, caller: &Caller, records: Vec<Record>) -> Result<usize> {
         caller.require(Role::Writer)?;
+        self.check_open()?;
         if records.is_empty() {
             return Err(Error::InvalidArgument("no records to write".into()));
         }
@@ -425,14 +457,12 @@ impl Engine {
             )));
         }
 
-        // Writers of one subject share its lock; rotating or erasing the
-        // subject waits for them, and they for it.
-        let _subjects = self.lock_subjects(records.iter().map(|r| r.subject_id.as_str()));
         let keys: Vec<_> = records
             .iter()
             .map(|r| record_key(&r.collection, &r.id))
             .collect();
-        let previous = self.store.multi_get(Table::Records, &keys)?;
+        let subjects: Vec<&str> = records.iter().map(|r| r.subject_id.as_str()).collect();
+        let (_subjects, previous) = self.lock_writers(&subjects, &keys)?;
         let mut ws = WriteSet::new();
         let mut encrypted = 0u64;
         for ((r, key), previous) in records.iter().zip(keys).zip(previous) {
@@ -585,6 +615,7 @@ impl Engine {
         fields: &[String],
     ) -> Result<(Vec<Record>, Vec<String>)> {
         caller.require(Role::Reader)?;
+        self.check_open()?;
         let c = self.data_collection(collection)?;
         if ids.is_empty() {
             return Err(Error::InvalidArgument("no record ids".into()));
@@ -667,10 +698,12 @@ impl Engine {
     /// Deletes one record; returns whether it existed.
     pub fn delete_record(&self, caller: &Caller, collection: &str, id: &str) -> Result<bool> {
         caller.require(Role::Writer)?;
+        self.check_open()?;
         self.data_collection(collection)?;
         validate_id("record id", id)?;
         let key = record_key(collection, id);
-        let Some(old) = self.store.get(Table::Records, &key)? else {
+        let (_owner, previous) = self.lock_writers(&[], std::slice::from_ref(&key))?;
+        let Some(Some(old)) = previous.into_iter().next() else {
             return Ok(false);
         };
         let mut ws = WriteSet::new();
@@ -685,18 +718,52 @@ impl Engine {
         Ok(true)
     }
 
-    /// Shared locks on the stripes of `subjects`, taken in stripe order so
-    /// two writers never wait on each other in a cycle.
-    fn lock_subjects<'a>(
+    /// Takes the writers' (shared) locks for a write of `keys` by
+    /// `subjects`: the stripes of the new subjects and of the records'
+    /// current owners, so neither subject's rotation or erasure runs
+    /// meanwhile. Returns the guards and the records as they are under them.
+    #[allow(clippy::type_complexity)]
+    fn lock_writers(
         &self,
-        subjects: impl Iterator<Item = &'a str>,
-    ) -> Vec<RwLockReadGuard<'_, ()>> {
-        let mut stripes: Vec<usize> = subjects.map(|s| self.stripe(s)).collect();
-        stripes.sort_unstable();
-        stripes.dedup();
+        subjects: &[&str],
+        keys: &[Vec<u8>],
+    ) -> Result<(Vec<RwLockReadGuard<'_, ()>>, Vec<Option<Vec<u8>>>)> {
+        let owner = |b: &Option<Vec<u8>>| {
+            b.as_deref()
+                .and_then(|b| StoredRecord::decode(b).ok())
+                .map(|(r, _)| r.subject_id)
+        };
+        let mut also: Vec<String> = Vec::new();
+        loop {
+            let mut stripes: Vec<usize> = subjects
+                .iter()
+                .copied()
+                .chain(also.iter().map(String::as_str))
+                .map(|s| self.stripe(s))
+                .collect();
+            stripes.sort_unstable();
+            stripes.dedup();
+            let guards = self.lock_stripes(&stripes);
+            let current = self.store.multi_get(Table::Records, keys)?;
+            let owners: Vec<String> = current.iter().filter_map(owner).collect();
+            if owners
+                .iter()
+                .all(|o| stripes.binary_search(&self.stripe(o)).is_ok())
+            {
+                return Ok((guards, current));
+            }
+            // A record belongs to a subject whose lock we do not hold:
+            // take it too, and look again (the owner may change meanwhile).
+            drop(guards);
+            also = owners;
+        }
+    }
+
+    /// Shared locks on sorted, distinct stripes.
+    fn lock_stripes(&self, stripes: &[usize]) -> Vec<RwLockReadGuard<'_, ()>> {
         stripes
-            .into_iter()
-            .map(|i| {
+            .iter()
+            .map(|&i| {
                 self.subject_locks[i]
                     .read()
                     .unwrap_or_else(|p| p.into_inner())
@@ -731,7 +798,11 @@ impl Engine {
         // A new subject, or one whose keys were erased (and perhaps brought
         // back by a restored backup): a fresh key, numbered after every
         // version ever used, so no erased version is reused.
-        let version = latest.map_or(0, |l| l.0).max(erased.unwrap_or(0)) + 1;
+        let version = latest
+            .map_or(0, |l| l.0)
+            .max(erased.unwrap_or(0))
+            .checked_add(1)
+            .ok_or(Error::Integrity)?;
         let key = Key256::random();
         let wrapped = wrap_subject_key(&keyring, subject, version, &key)?;
         let mut ws = WriteSet::new();
@@ -786,11 +857,21 @@ impl Engine {
         if let Some(k) = self.cache.get(subject, version) {
             return Ok(k);
         }
+        let row = subject_key_id(subject, version);
         let wrapped = self
             .store
-            .get(Table::SubjectKeys, &subject_key_id(subject, version))?
+            .get(Table::SubjectKeys, &row)?
             .ok_or(Error::Integrity)?;
-        self.cached_or_unwrap(subject, (version, wrapped))
+        match self.cached_or_unwrap(subject, (version, wrapped.clone())) {
+            // The re-wrap job may have re-wrapped the row (and a custodian
+            // retired the old root version) between our read and the
+            // unwrap: read it once more. A real failure fails twice.
+            Err(Error::Integrity) => match self.store.get(Table::SubjectKeys, &row)? {
+                Some(again) if again != wrapped => self.cached_or_unwrap(subject, (version, again)),
+                _ => Err(Error::Integrity),
+            },
+            other => other,
+        }
     }
 }
 

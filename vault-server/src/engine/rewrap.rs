@@ -11,19 +11,25 @@
 //! Persisted job (Meta `rewrap_job`, integers big-endian):
 //!
 //! ```text
-//!  0     1        5          6           14         22        30           38      40
-//!  +-----+--------+----------+-----------+----------+---------+------------+-------+--------+
-//!  | ver | target | finished | rewrapped | examined | pending | unreadable | u16 c | cursor |
-//!  | =1  | u32    | u8 0/1   | u64       | u64      | u64     | u64        |       | (c B)  |
-//!  +-----+--------+----------+-----------+----------+---------+------------+-------+--------+
+//!  0     1        5          6           14         22        30           38        46      48
+//!  +-----+--------+----------+-----------+----------+---------+------------+---------+-------+--------+
+//!  | ver | target | finished | rewrapped | examined | pending | unreadable | removed | u16 c | cursor |
+//!  | =1  | u32    | u8 0/1   | u64       | u64      | u64     | u64        | u64     |       | (c B)  |
+//!  +-----+--------+----------+-----------+----------+---------+------------+---------+-------+--------+
 //! ```
 //! `cursor` is the first subject-key row not yet examined.
+//!
+//! Rows of erased subjects (a restored backup brings them back) are removed
+//! as the job meets them: the keyring refuses them anyway, and left in
+//! place they would keep an old root version from being retired. Rows that
+//! cannot be unwrapped for another reason (damaged, or under a root version
+//! no longer available) are left as they are, counted and logged.
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{lock, Engine};
-use crate::keys::rewrap_subject_key;
+use crate::keys::Rewrapper;
 use crate::policy::{Caller, Role};
 use crate::storage::{parse_subject_key_id, Store, Table, WriteSet};
 use crate::{Error, Result};
@@ -64,9 +70,11 @@ pub struct RewrapProgress {
     pub examined: u64,
     /// Keys that needed a re-wrap when the job started.
     pub pending_at_start: u64,
-    /// Keys that could not be unwrapped (erased, damaged, or under a root
-    /// version no longer available); left as they are and logged.
+    /// Keys that could not be unwrapped (damaged, or under a root version
+    /// no longer available); left as they are and logged.
     pub unreadable: u64,
+    /// Rows of erased subjects (from a restored backup) removed.
+    pub removed_erased: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,14 +86,21 @@ struct Job {
 impl Job {
     fn encode(&self) -> Vec<u8> {
         let p = &self.progress;
-        let mut b = Vec::with_capacity(40 + self.cursor.len());
+        let mut b = Vec::with_capacity(48 + self.cursor.len());
         b.push(JOB_V1);
         b.extend_from_slice(&p.target_version.to_be_bytes());
         b.push(u8::from(p.finished));
-        for n in [p.rewrapped, p.examined, p.pending_at_start, p.unreadable] {
+        for n in [
+            p.rewrapped,
+            p.examined,
+            p.pending_at_start,
+            p.unreadable,
+            p.removed_erased,
+        ] {
             b.extend_from_slice(&n.to_be_bytes());
         }
-        // Subject-key rows are short (a bounded id and a version).
+        // Subject-key rows are short (an id of at most MAX_ID_BYTES and a
+        // version), so the cursor fits a u16.
         b.extend_from_slice(&(self.cursor.len() as u16).to_be_bytes());
         b.extend_from_slice(&self.cursor);
         b
@@ -101,7 +116,7 @@ impl Job {
         }
         let (target, rest) = rest.split_first_chunk::<4>().ok_or_else(bad)?;
         let (&finished, mut rest) = rest.split_first().ok_or_else(bad)?;
-        let mut n = [0u64; 4];
+        let mut n = [0u64; 5];
         for slot in &mut n {
             let (v, r) = rest.split_first_chunk::<8>().ok_or_else(bad)?;
             *slot = u64::from_be_bytes(*v);
@@ -119,6 +134,7 @@ impl Job {
                 examined: n[1],
                 pending_at_start: n[2],
                 unreadable: n[3],
+                removed_erased: n[4],
             },
             cursor: cursor.to_vec(),
         })
@@ -126,20 +142,35 @@ impl Job {
 }
 
 /// The job's state in memory: the last committed job record, and a wake-up
-/// signal (a rotation, or the engine closing).
-#[derive(Debug)]
+/// signal (a rotation, or the engine closing). `Debug` omits the cursor,
+/// which holds a subject id.
 pub(super) struct JobState {
     job: Mutex<Option<Job>>,
     generation: Mutex<u64>,
     changed: Condvar,
 }
 
+impl std::fmt::Debug for JobState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let progress = lock(&self.job).as_ref().map(|j| j.progress);
+        f.debug_struct("JobState")
+            .field("progress", &progress)
+            .finish_non_exhaustive()
+    }
+}
+
 impl JobState {
     pub(super) fn load(store: &dyn Store) -> Result<Self> {
-        let job = store
-            .get(Table::Meta, JOB_KEY)?
-            .map(|b| Job::decode(&b))
-            .transpose()?;
+        // A damaged job record must not keep the vault from unsealing: the
+        // job then starts over (re-wrapping is idempotent).
+        let job = match store.get(Table::Meta, JOB_KEY)?.map(|b| Job::decode(&b)) {
+            Some(Ok(job)) => Some(job),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "re-wrap job record unreadable; the job starts over");
+                None
+            }
+            None => None,
+        };
         Ok(JobState {
             job: Mutex::new(job),
             generation: Mutex::new(0),
@@ -214,6 +245,9 @@ impl Engine {
     /// Re-wraps one batch. Returns whether work remains.
     pub fn rewrap_step(&self) -> Result<bool> {
         let _custody = lock(&self.custody_lock);
+        if self.is_closed() {
+            return Ok(false);
+        }
         let kr = self.keyring();
         let current = kr.current_root()?.0;
         let previous = lock(&self.rewrap.job).clone();
@@ -246,16 +280,21 @@ impl Engine {
             .scan_from(Table::SubjectKeys, &job.cursor, batch)?;
         let mut ws = WriteSet::new();
         let p = &mut job.progress;
+        let mut rewrapper = Rewrapper::new(&kr)?;
         for (k, v) in &page {
             p.examined += 1;
             match parse_subject_key_id(k)
-                .and_then(|(subject, version)| rewrap_subject_key(&kr, subject, version, v))
+                .and_then(|(subject, version)| rewrapper.rewrap(subject, version, v))
             {
                 Ok(Some(rewrapped)) => {
                     ws.put(Table::SubjectKeys, k.clone(), rewrapped);
                     p.rewrapped += 1;
                 }
                 Ok(None) => {}
+                Err(Error::SubjectErased) => {
+                    ws.delete(Table::SubjectKeys, k.clone());
+                    p.removed_erased += 1;
+                }
                 Err(e) => {
                     p.unreadable += 1;
                     tracing::warn!(error = %e, "re-wrap: a subject key could not be unwrapped; left as it is");
@@ -291,8 +330,13 @@ impl Engine {
             n => Duration::from_secs_f64(1.0 / n as f64),
         };
         let batch = self.rewrap_options.batch_size.max(1) as u32;
-        while !self.is_closed() {
+        loop {
+            // The generation first, then the flag: a close after this read
+            // bumps the generation, so the wait below cannot miss it.
             let seen = self.rewrap.generation();
+            if self.is_closed() {
+                return;
+            }
             let started = Instant::now();
             match self.rewrap_step() {
                 Ok(true) => {
@@ -326,6 +370,7 @@ mod tests {
                 examined: 12,
                 pending_at_start: 100,
                 unreadable: 1,
+                removed_erased: 2,
             },
             cursor: b"alice\0\0\0\0\x01\0".to_vec(),
         };

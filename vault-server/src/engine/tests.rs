@@ -1,6 +1,6 @@
 use super::*;
 use crate::policy::Principal;
-use crate::storage::{parse_subject_key_id, RocksStore, StoreOptions};
+use crate::storage::{parse_subject_key_id, subject_key_id, RocksStore, StoreOptions};
 
 fn custody() -> crate::keys::Custody {
     crate::keys::Custody {
@@ -516,4 +516,111 @@ fn erasure_shreds_and_survives_a_restored_backup() {
     // Erasing someone unknown is not an error and changes nothing.
     let r = e.erase_subject(&c, "nobody").unwrap();
     assert_eq!((r.records_deleted, r.key_versions_destroyed), (0, 0));
+}
+
+#[test]
+fn rewrap_removes_erased_rows_from_a_restored_backup_so_the_old_root_can_retire() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path());
+    let c = Caller::internal("t");
+    e.put_record(&c, user("a1", "alice")).unwrap();
+    e.put_record(&c, user("b1", "bob")).unwrap();
+    let alice_row = subject_key_id("alice", 1);
+    let backup = e
+        .store
+        .get(Table::SubjectKeys, &alice_row)
+        .unwrap()
+        .unwrap();
+    e.erase_subject(&c, "alice").unwrap();
+    // The backup brings alice's wrapped key back, under root version 1.
+    let mut ws = WriteSet::new();
+    ws.put(Table::SubjectKeys, alice_row.clone(), backup);
+    e.store.write(ws).unwrap();
+    e.rotate_root(&c).unwrap();
+    run_rewrap_to_end(&e);
+    let p = e.rewrap_progress();
+    assert_eq!((p.rewrapped, p.removed_erased, p.unreadable), (1, 1, 0));
+    assert!(e
+        .store
+        .get(Table::SubjectKeys, &alice_row)
+        .unwrap()
+        .is_none());
+    e.retire_root(&c, 1).unwrap();
+    e.get_record(&c, "users", "b1", &[]).unwrap();
+}
+
+#[test]
+fn a_closed_engine_refuses_work_and_custody() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path());
+    let c = Caller::internal("t");
+    e.put_record(&c, user("r1", "s1")).unwrap();
+    e.close();
+    assert_eq!(e.stats().cached_subject_keys, 0, "keys dropped at close");
+    assert!(matches!(
+        e.put_record(&c, user("r2", "s2")),
+        Err(Error::Sealed)
+    ));
+    assert!(matches!(
+        e.get_record(&c, "users", "r1", &[]),
+        Err(Error::Sealed)
+    ));
+    assert!(matches!(e.rotate_root(&c), Err(Error::Sealed)));
+    assert!(matches!(e.erase_subject(&c, "s1"), Err(Error::Sealed)));
+    assert!(matches!(e.rotate_subject(&c, "s1"), Err(Error::Sealed)));
+    assert!(!e.rewrap_step().unwrap());
+}
+
+#[test]
+fn a_damaged_job_record_restarts_the_job_instead_of_blocking_the_unseal() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> =
+        Arc::new(RocksStore::open(&dir.path().join("db"), &StoreOptions::default()).unwrap());
+    let kr = Keyring::generate("eu".parse().unwrap(), custody());
+    let kf = keyring_file(dir.path());
+    let uk = Key256::from_slice(kf.unseal_key.expose_secret()).unwrap();
+    let e = Engine::new(Arc::clone(&store), kr, kf, options()).unwrap();
+    crate::dev::seed(&e).unwrap();
+    let c = Caller::internal("t");
+    e.put_record(&c, user("r1", "s1")).unwrap();
+    e.rotate_root(&c).unwrap();
+    drop(e);
+    let mut ws = WriteSet::new();
+    ws.put(Table::Meta, b"rewrap_job".to_vec(), b"\x01garbage".to_vec());
+    store.write(ws).unwrap();
+    let file = std::fs::read(dir.path().join("keyring")).unwrap();
+    let kr = Keyring::unseal(&file, &uk, &"eu".parse().unwrap()).unwrap();
+    let kf = KeyringFile {
+        path: dir.path().join("keyring"),
+        unseal_key: uk,
+    };
+    let e = Engine::new(store, kr, kf, options()).unwrap();
+    run_rewrap_to_end(&e);
+    assert_eq!(e.rewrap_progress().rewrapped, 1);
+    e.retire_root(&c, 1).unwrap();
+}
+
+#[test]
+fn a_failed_keyring_save_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    // A file where the keyring's folder should be: every save fails before
+    // the rename.
+    std::fs::write(dir.path().join("blocker"), b"not a folder").unwrap();
+    let store: Arc<dyn Store> =
+        Arc::new(RocksStore::open(&dir.path().join("db"), &StoreOptions::default()).unwrap());
+    let kr = Keyring::generate("eu".parse().unwrap(), custody());
+    let e = Engine::new(
+        store,
+        kr,
+        KeyringFile {
+            path: dir.path().join("blocker").join("keyring"),
+            unseal_key: Key256::random(),
+        },
+        options(),
+    )
+    .unwrap();
+    let c = Caller::internal("t");
+    assert!(matches!(e.rotate_root(&c), Err(Error::Io { .. })));
+    assert_eq!(e.keyring().current_root().unwrap().0, 1, "memory unchanged");
+    assert!(e.rewrap_progress().finished, "no job was started");
 }

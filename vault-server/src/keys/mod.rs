@@ -17,6 +17,6 @@ pub use receipt::{signing_key, ErasureReceipt, ReceiptError, ERASURE_RECEIPT_V1}
 pub use region::{InvalidRegion, Region};
 pub use shares::{split, Progress, ShareCollector, ShareError, UnsealShare, SHARE_PREFIX};
 pub use subject::{
-    rewrap_subject_key, unwrap_subject_key, wrap_subject_key, wrapping_version,
+    rewrap_subject_key, unwrap_subject_key, wrap_subject_key, wrapping_version, Rewrapper,
     WRAPPED_SUBJECT_KEY_V1,
 };

@@ -55,6 +55,10 @@ pub enum ShareError {
     /// This share (the same index) was already given.
     #[error("this unseal share was already given")]
     Duplicate,
+    /// Two different shares with the same index: one of them is forged.
+    /// The progress is reset.
+    #[error("two different shares with the same index were given (one is forged); unseal progress was reset")]
+    Conflicting,
     /// Threshold and share count out of range.
     #[error("invalid split: need 1 <= threshold <= shares <= 255")]
     BadParameters,
@@ -229,8 +233,16 @@ impl ShareCollector {
             {
                 return Err(ShareError::Foreign);
             }
-            if self.shares.iter().any(|s| s.x == share.x) {
-                return Err(ShareError::Duplicate);
+            if let Some(same) = self.shares.iter().find(|s| s.x == share.x) {
+                // Compare the secret parts in constant time.
+                if bool::from(subtle::ConstantTimeEq::ct_eq(
+                    same.y.as_slice(),
+                    share.y.as_slice(),
+                )) {
+                    return Err(ShareError::Duplicate);
+                }
+                self.clear();
+                return Err(ShareError::Conflicting);
             }
         }
         self.shares.push(share);
@@ -323,6 +335,13 @@ mod tests {
         assert_eq!(c.add(b[1].clone()).unwrap_err(), ShareError::Foreign);
         assert_eq!(c.add(a[0].clone()).unwrap_err(), ShareError::Duplicate);
         assert_eq!(c.progress(), Progress { have: 1, need: 2 });
+        // A different share under a taken index: someone forged one of the
+        // two; both are dropped.
+        let mut forged = a[0].clone();
+        forged.y[3] ^= 1;
+        assert_eq!(c.add(forged).unwrap_err(), ShareError::Conflicting);
+        assert_eq!(c.progress(), Progress { have: 0, need: 0 });
+        c.add(a[0].clone()).unwrap();
         c.add(a[2].clone()).unwrap();
         assert!(c.combine().is_ok());
         c.clear();

@@ -14,8 +14,12 @@
 //! `AAD = labels::SUBJECT_KEY ‖ lp(region) ‖ lp(subject id) ‖ u32be(subject key version)`,
 //! so a wrapped key copied to another subject, version or region does not unwrap.
 
+use std::collections::BTreeMap;
+
 use super::{Keyring, Region};
-use crate::crypto::{labels, open_wrapped, put_lp, seal_wrapped, Key256, WRAP_OVERHEAD};
+use crate::crypto::{
+    labels, open_wrapped, put_lp, seal_wrapped, Key256, WrapCipher, WRAP_OVERHEAD,
+};
 use crate::{Error, Result};
 
 /// The stored wrapped-subject-key format this build writes and reads.
@@ -93,11 +97,73 @@ pub fn rewrap_subject_key(
     version: u32,
     stored: &[u8],
 ) -> Result<Option<Vec<u8>>> {
-    if wrapping_version(stored)? == keyring.current_root()?.0 {
-        return Ok(None);
+    Rewrapper::new(keyring)?.rewrap(subject, version, stored)
+}
+
+/// Re-wraps many subject keys under the current root key, building each
+/// root key's AES key schedule once (the re-wrap job's batches).
+#[derive(Debug)]
+pub struct Rewrapper<'a> {
+    keyring: &'a Keyring,
+    target: (u32, WrapCipher),
+    /// Ciphers of older root versions; `None` for a version that is not
+    /// usable (retired, destroyed, unknown).
+    older: BTreeMap<u32, Option<WrapCipher>>,
+}
+
+impl<'a> Rewrapper<'a> {
+    /// A re-wrapper to the keyring's current root key.
+    pub fn new(keyring: &'a Keyring) -> Result<Self> {
+        let (version, key) = keyring.current_root()?;
+        Ok(Rewrapper {
+            keyring,
+            target: (version, WrapCipher::new(key)),
+            older: BTreeMap::new(),
+        })
     }
-    let key = unwrap_subject_key(keyring, subject, version, stored)?;
-    wrap_subject_key(keyring, subject, version, &key).map(Some)
+
+    /// [`rewrap_subject_key`], reusing the ciphers.
+    pub fn rewrap(
+        &mut self,
+        subject: &str,
+        version: u32,
+        stored: &[u8],
+    ) -> Result<Option<Vec<u8>>> {
+        let root_version = wrapping_version(stored)?;
+        if root_version == self.target.0 {
+            return Ok(None);
+        }
+        if self
+            .keyring
+            .erased_through(subject)
+            .is_some_and(|v| version <= v)
+        {
+            return Err(Error::SubjectErased);
+        }
+        let keyring = self.keyring;
+        let old = self
+            .older
+            .entry(root_version)
+            .or_insert_with(|| keyring.root_key(root_version).ok().map(WrapCipher::new))
+            .as_ref()
+            .ok_or_else(|| {
+                tracing::warn!(
+                    root_version,
+                    "subject key wrapped under an unavailable root key"
+                );
+                Error::Integrity
+            })?;
+        let aad = aad(keyring.region(), subject, version);
+        let plain = old.open(&aad, &stored[5..])?;
+        if plain.len() != 32 {
+            return Err(Error::Integrity);
+        }
+        let mut out = Vec::with_capacity(STORED_LEN);
+        out.push(WRAPPED_SUBJECT_KEY_V1);
+        out.extend_from_slice(&self.target.0.to_be_bytes());
+        out.extend_from_slice(&self.target.1.seal(&aad, &plain));
+        Ok(Some(out))
+    }
 }
 
 #[cfg(test)]

@@ -172,6 +172,8 @@ impl OperatorService for OperatorApi {
             rewrapped: p.rewrapped,
             pending_at_start: p.pending_at_start,
             examined: p.examined,
+            unreadable: p.unreadable,
+            removed_erased: p.removed_erased,
         }))
     }
 

@@ -120,6 +120,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         start: &[u8],
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+    /// Calls `visit` with every entry of `table`, in key order, without
+    /// copying them (counting scans).
+    fn visit(&self, table: Table, visit: &mut dyn FnMut(&[u8], &[u8])) -> Result<()>;
     /// The entry with the greatest key that starts with `prefix`.
     fn last_with_prefix(&self, table: Table, prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>>;
     /// Applies every change at once; when it returns `Ok`, the changes are

@@ -132,6 +132,16 @@ impl Store for RocksStore {
         Ok(out)
     }
 
+    fn visit(&self, table: Table, visit: &mut dyn FnMut(&[u8], &[u8])) -> Result<()> {
+        let mut it = self.db.raw_iterator_cf(self.cf(table)?);
+        it.seek_to_first();
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            visit(k, v);
+            it.next();
+        }
+        it.status().map_err(storage_err)
+    }
+
     fn last_with_prefix(&self, table: Table, prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
         let cf = self.cf(table)?;
         // Seek to the last key <= prefix ‖ 0xFF…; keys here are short, so

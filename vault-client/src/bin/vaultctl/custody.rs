@@ -700,6 +700,18 @@ fn rewrap_text(progress: &RewrapProgress) -> String {
         ),
         format!("examined: {}", progress.examined),
     ]
+    .into_iter()
+    .chain((progress.unreadable > 0).then(|| {
+        format!(
+            "unreadable (left under their old root version): {}",
+            progress.unreadable
+        )
+    }))
+    .chain(
+        (progress.removed_erased > 0)
+            .then(|| format!("erased subjects' keys removed: {}", progress.removed_erased)),
+    )
+    .collect::<Vec<_>>()
     .join("\n")
 }
 
@@ -710,6 +722,8 @@ fn rewrap_json(progress: &RewrapProgress) -> Json {
         "rewrapped": progress.rewrapped,
         "pending_at_start": progress.pending_at_start,
         "examined": progress.examined,
+        "unreadable": progress.unreadable,
+        "removed_erased": progress.removed_erased,
     })
 }
 
@@ -1099,6 +1113,8 @@ mod tests {
             rewrapped,
             pending_at_start: 10_000,
             examined: rewrapped + 100,
+            unreadable: 0,
+            removed_erased: 0,
         }
     }
 
@@ -1128,6 +1144,8 @@ mod tests {
                 "rewrapped": 10000,
                 "pending_at_start": 10000,
                 "examined": 10100,
+                "unreadable": 0,
+                "removed_erased": 0,
             })
         );
     }
