@@ -150,6 +150,11 @@ async fn run(cli: Cli) -> Result<(), Error> {
                 "development mode: data in {}, do not use in production",
                 cli.data_dir.display()
             );
+            let _ = writeln!(
+                out,
+                "unsealed with the one share in {} (after `vaultctl operator seal`, unseal with --share-file)",
+                cli.data_dir.join(vault_server::vault::DEV_SHARE_FILE).display()
+            );
             let _ = writeln!(out, "export VAULT_ADDR=http://{addr}");
             let _ = writeln!(out, "export VAULT_TOKEN={token}");
         }

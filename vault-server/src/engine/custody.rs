@@ -81,12 +81,17 @@ impl Engine {
 
     /// Subject keys per wrapping root version.
     pub(super) fn count_wrapped(&self) -> Result<BTreeMap<u32, u64>> {
-        let mut counts = BTreeMap::new();
+        // Few versions exist at once: a short list beats a map per row.
+        let mut counts: Vec<(u32, u64)> = Vec::new();
         self.store.visit(Table::SubjectKeys, &mut |_, v| {
             // An unreadable row counts under version 0.
-            *counts.entry(wrapping_version(v).unwrap_or(0)).or_insert(0) += 1;
+            let version = wrapping_version(v).unwrap_or(0);
+            match counts.iter_mut().find(|(v, _)| *v == version) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((version, 1)),
+            }
         })?;
-        Ok(counts)
+        Ok(counts.into_iter().collect())
     }
 
     /// Makes a new root key version current, saves the keyring, and starts
