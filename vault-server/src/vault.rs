@@ -335,7 +335,7 @@ impl Vault {
             }
             Err(e) => return Err(e.into()),
         };
-        let engine = Arc::new(Engine::new(
+        let engine = Engine::new(
             Arc::clone(&self.store),
             keyring,
             KeyringFile {
@@ -343,7 +343,14 @@ impl Vault {
                 unseal_key,
             },
             self.opts.engine.clone(),
-        )?);
+        )
+        .map_err(|e| match e {
+            // The keyring opened but does not belong to this data folder:
+            // the custodians should hear why, not "internal error".
+            Error::Keyring(k) => Error::FailedPrecondition(k.to_string()),
+            e => e,
+        })?;
+        let engine = Arc::new(engine);
         *self.last_engine.lock().unwrap_or_else(|p| p.into_inner()) = Arc::downgrade(&engine);
         let worker = Arc::clone(&engine);
         let job = std::thread::Builder::new()

@@ -548,10 +548,12 @@ fn status_text(status: &SealStatus) -> String {
     if status.initialized {
         lines.push(format!("threshold: {}", status.threshold));
         lines.push(format!("shares: {}", status.shares));
-        lines.push(format!(
-            "progress: {} of {} shares given",
-            status.progress, status.threshold
-        ));
+        if status.sealed {
+            lines.push(format!(
+                "unseal progress: {} of {} shares given",
+                status.progress, status.threshold
+            ));
+        }
     }
     match status.current_root_version {
         Some(version) => lines.push(format!("current root version: {version}")),
@@ -1025,7 +1027,7 @@ mod tests {
             status_text(&status),
             format!(
                 "initialized: yes\nsealed: no\nregion: eu\nthreshold: 2\nshares: 3\n\
-                 progress: 0 of 2 shares given\ncurrent root version: 3\nroot keys:\n\
+                 current root version: 3\nroot keys:\n\
                  \x20 v1: destroyed\n  v2: retired\n  v3: active (current)\n\
                  receipt signing key: {}",
                 "ab".repeat(32)
@@ -1062,7 +1064,7 @@ mod tests {
         assert_eq!(
             status_text(&sealed),
             "initialized: yes\nsealed: yes\nregion: eu\nthreshold: 2\nshares: 3\n\
-             progress: 1 of 2 shares given\ncurrent root version: -"
+             unseal progress: 1 of 2 shares given\ncurrent root version: -"
         );
         let json = status_json(&sealed);
         assert_eq!(json["current_root_version"], Json::Null);
