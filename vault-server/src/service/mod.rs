@@ -32,6 +32,18 @@ const DATA_SERVICES: [&str; 3] = ["", SERVICE_NAME, "vault.v1.SubjectService"];
 /// Largest request or response message accepted.
 pub const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
 
+/// Reports the data services NOT_SERVING while sealed, SERVING otherwise.
+async fn set_data_health(health: &tonic_health::server::HealthReporter, sealed: bool) {
+    let status = if sealed {
+        ServingStatus::NotServing
+    } else {
+        ServingStatus::Serving
+    };
+    for name in DATA_SERVICES {
+        health.set_service_status(name, status).await;
+    }
+}
+
 /// Serves the vault on `listener` until `shutdown` completes, then drains
 /// in-flight requests and returns. Health follows the seal: the data
 /// services are SERVING only while the vault is unsealed; the operator
@@ -46,22 +58,17 @@ pub async fn serve(
     health
         .set_service_status("vault.v1.OperatorService", ServingStatus::Serving)
         .await;
+    // The status as of now is set before serving starts; a task follows
+    // every change after that.
     let mut sealed = vault.watch_sealed();
+    let now = *sealed.borrow_and_update();
+    set_data_health(&health, now).await;
     let follower = {
         let health = health.clone();
         tokio::spawn(async move {
-            loop {
-                let status = if *sealed.borrow_and_update() {
-                    ServingStatus::NotServing
-                } else {
-                    ServingStatus::Serving
-                };
-                for name in DATA_SERVICES {
-                    health.set_service_status(name, status).await;
-                }
-                if sealed.changed().await.is_err() {
-                    break;
-                }
+            while sealed.changed().await.is_ok() {
+                let now = *sealed.borrow_and_update();
+                set_data_health(&health, now).await;
             }
         })
     };
@@ -102,11 +109,7 @@ pub async fn serve(
         .serve_with_incoming_shutdown(incoming, async move {
             shutdown.await;
             follower.abort();
-            for name in DATA_SERVICES {
-                health
-                    .set_service_status(name, ServingStatus::NotServing)
-                    .await;
-            }
+            set_data_health(&health, true).await;
             tracing::info!("shutting down: draining in-flight requests");
         })
         .await
