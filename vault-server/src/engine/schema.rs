@@ -45,7 +45,7 @@ impl fmt::Display for FieldType {
 }
 
 /// What kind of personal data a field holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DataCategory {
     /// Names, national ids, dates of birth.

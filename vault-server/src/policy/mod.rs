@@ -1,8 +1,12 @@
 //! Who is calling and why. In this version a principal holds coarse roles;
 //! per-field, purpose-bound policy comes later and plugs in here.
 
+mod rules;
+
 use std::fmt;
 use std::str::FromStr;
+
+pub use rules::{Explanation, FieldAccess, FieldView, Operation, Policy, PolicyHandle, Redaction};
 
 /// A coarse permission held by a principal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -1,0 +1,950 @@
+//! The access policy: principals → roles, roles → rules, default deny.
+//!
+//! A policy file (TOML) looks like this:
+//!
+//! ```toml
+//! # Which roles a principal holds. A principal listed here holds exactly
+//! # these roles; one not listed keeps the roles its credential names
+//! # (token or certificate configuration), resolved against this file.
+//! [principals]
+//! "billing-service" = ["billing"]
+//! "spiffe://eu.example/support" = ["support"]
+//!
+//! [roles.billing]
+//! description = "Charges customers"
+//!
+//! [[roles.billing.rules]]
+//! collections = ["payments"]          # default: every collection ("*")
+//! fields = ["iban", "amount_cents"]   # fields and/or categories; neither: every field
+//! operations = ["read", "write"]      # read write delete search export erase custody audit admin
+//! purposes = ["billing", "refund"]    # required for data operations; "*" for any
+//! redaction = "masked"                # plain (default) | masked | redacted
+//!
+//! [[roles.support.rules]]
+//! collections = ["users"]
+//! categories = ["contact"]
+//! operations = ["read"]
+//! purposes = ["support-ticket"]
+//! redaction = "masked"
+//! ```
+//!
+//! Decisions:
+//! - **Data operations** (read, write, delete, search, export, erase) need a
+//!   stated purpose (`INVALID_ARGUMENT` without one) and a rule of one of the
+//!   caller's roles that names the operation, the collection and the
+//!   purpose (`PERMISSION_DENIED` otherwise).
+//! - **Reads** show each field at the most open level any matching rule
+//!   gives it (plain > masked > redacted). A field no rule covers is
+//!   redacted. Redacted fields are never decrypted; masked ones are
+//!   decrypted and masked inside the vault.
+//! - **Writes** need a write rule covering every field written.
+//! - **Custody, audit and admin** need a rule naming the operation; they
+//!   take no purpose.
+//!
+//! Anything not granted is denied.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::Deserialize;
+
+use super::{Caller, Role};
+use crate::engine::{Collection, DataCategory};
+use crate::{Error, Result};
+
+/// What a caller does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Operation {
+    /// Read records.
+    Read,
+    /// Create or replace records.
+    Write,
+    /// Delete records.
+    Delete,
+    /// Search by blind index.
+    Search,
+    /// Export a subject's data.
+    Export,
+    /// Erase a subject.
+    Erase,
+    /// Key custody (unseal, rotate, retire, destroy).
+    Custody,
+    /// Read the audit log.
+    Audit,
+    /// Manage collections and the policy.
+    Admin,
+}
+
+impl Operation {
+    /// Every operation.
+    pub const ALL: [Operation; 9] = [
+        Operation::Read,
+        Operation::Write,
+        Operation::Delete,
+        Operation::Search,
+        Operation::Export,
+        Operation::Erase,
+        Operation::Custody,
+        Operation::Audit,
+        Operation::Admin,
+    ];
+
+    /// Its name in policy files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Operation::Read => "read",
+            Operation::Write => "write",
+            Operation::Delete => "delete",
+            Operation::Search => "search",
+            Operation::Export => "export",
+            Operation::Erase => "erase",
+            Operation::Custody => "custody",
+            Operation::Audit => "audit",
+            Operation::Admin => "admin",
+        }
+    }
+
+    /// Whether it touches personal data (and so needs a purpose).
+    pub fn is_data(self) -> bool {
+        matches!(
+            self,
+            Operation::Read
+                | Operation::Write
+                | Operation::Delete
+                | Operation::Search
+                | Operation::Export
+                | Operation::Erase
+        )
+    }
+}
+
+impl fmt::Display for Operation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How much of a field a reader sees. Ordered from least to most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Redaction {
+    /// Not shown, not decrypted; the field is marked redacted.
+    Redacted,
+    /// Decrypted and masked inside the vault (the schema's mask).
+    Masked,
+    /// Shown as stored.
+    #[default]
+    Plain,
+}
+
+impl Redaction {
+    /// Its name in policy files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Redaction::Redacted => "redacted",
+            Redaction::Masked => "masked",
+            Redaction::Plain => "plain",
+        }
+    }
+}
+
+impl fmt::Display for Redaction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// `"*"` or a set of names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Names {
+    Any,
+    Some(BTreeSet<String>),
+}
+
+impl Names {
+    fn from_list(list: Option<Vec<String>>) -> Names {
+        match list {
+            None => Names::Any,
+            Some(l) if l.iter().any(|n| n == "*") => Names::Any,
+            Some(l) => Names::Some(l.into_iter().collect()),
+        }
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        match self {
+            Names::Any => true,
+            Names::Some(s) => s.contains(name),
+        }
+    }
+
+    fn shown(&self) -> String {
+        match self {
+            Names::Any => "*".into(),
+            Names::Some(s) => s.iter().cloned().collect::<Vec<_>>().join(", "),
+        }
+    }
+}
+
+/// Which fields a rule covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Fields {
+    all: bool,
+    names: BTreeSet<String>,
+    categories: BTreeSet<DataCategory>,
+}
+
+impl Fields {
+    fn covers(&self, collection: &Collection, field: &str) -> bool {
+        self.all
+            || self.names.contains(field)
+            || collection
+                .field(field)
+                .is_some_and(|f| self.categories.contains(&f.category))
+    }
+}
+
+/// One rule of a role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Rule {
+    collections: Names,
+    fields: Fields,
+    operations: BTreeSet<Operation>,
+    /// `None`: the rule names no purpose (custody, audit and admin rules).
+    purposes: Option<Names>,
+    redaction: Redaction,
+    /// Where it is in the policy file (for `policy check`).
+    line: usize,
+}
+
+impl Rule {
+    fn grants(&self, op: Operation, collection: Option<&str>) -> bool {
+        self.operations.contains(&op) && collection.is_none_or(|c| self.collections.contains(c))
+    }
+
+    fn allows_purpose(&self, op: Operation, purpose: Option<&str>) -> bool {
+        if !op.is_data() {
+            return true;
+        }
+        match (&self.purposes, purpose) {
+            (Some(p), Some(purpose)) => p.contains(purpose),
+            _ => false,
+        }
+    }
+}
+
+/// A loaded policy.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    principals: HashMap<String, Vec<String>>,
+    roles: BTreeMap<String, Vec<Rule>>,
+    /// Where it came from: a file, or the built-in role policy.
+    source: String,
+}
+
+// ---- the file format ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileDoc {
+    #[serde(default)]
+    principals: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    roles: BTreeMap<String, FileRole>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRole {
+    #[serde(default)]
+    #[allow(dead_code)]
+    description: String,
+    #[serde(default)]
+    rules: Vec<toml::Spanned<FileRule>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRule {
+    collections: Option<Vec<String>>,
+    fields: Option<Vec<String>>,
+    categories: Option<Vec<DataCategory>>,
+    operations: Vec<Operation>,
+    purposes: Option<Vec<String>>,
+    #[serde(default)]
+    redaction: Redaction,
+}
+
+/// The 1-based line of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    text.get(..offset)
+        .map_or(1, |t| t.bytes().filter(|&b| b == b'\n').count() + 1)
+}
+
+impl Policy {
+    /// The built-in policy used without a policy file: the coarse roles of
+    /// credentials, any purpose, every field plain.
+    /// reader: read · writer: write, delete · admin: admin · custodian:
+    /// custody · auditor: audit · dpo: read, export, erase.
+    pub fn builtin() -> Policy {
+        let rule = |ops: &[Operation]| Rule {
+            collections: Names::Any,
+            fields: Fields {
+                all: true,
+                names: BTreeSet::new(),
+                categories: BTreeSet::new(),
+            },
+            operations: ops.iter().copied().collect(),
+            purposes: Some(Names::Any),
+            redaction: Redaction::Plain,
+            line: 0,
+        };
+        let roles = Role::ALL
+            .iter()
+            .map(|r| {
+                let ops: &[Operation] = match r {
+                    Role::Reader => &[Operation::Read, Operation::Search],
+                    Role::Writer => &[Operation::Write, Operation::Delete],
+                    Role::Admin => &[Operation::Admin],
+                    Role::Custodian => &[Operation::Custody],
+                    Role::Auditor => &[Operation::Audit],
+                    Role::Dpo => &[Operation::Read, Operation::Export, Operation::Erase],
+                };
+                (r.name().to_owned(), vec![rule(ops)])
+            })
+            .collect();
+        Policy {
+            principals: HashMap::new(),
+            roles,
+            source: "built-in role policy".into(),
+        }
+    }
+
+    /// Parses a policy file's text. Errors name the line.
+    pub fn parse(text: &str, source: &str) -> std::result::Result<Policy, String> {
+        let doc: FileDoc = toml::from_str(text).map_err(|e| {
+            let line = e.span().map_or(0, |s| line_of(text, s.start));
+            let msg = e.message().trim_end().to_owned();
+            if line > 0 {
+                format!("line {line}: {msg}")
+            } else {
+                msg
+            }
+        })?;
+        let mut roles = BTreeMap::new();
+        for (name, role) in doc.roles {
+            if name.trim().is_empty() || name == "*" {
+                return Err(format!("role name {name:?} is not allowed"));
+            }
+            let mut rules = Vec::with_capacity(role.rules.len());
+            for spanned in role.rules {
+                let line = line_of(text, spanned.span().start);
+                let r = spanned.into_inner();
+                let err = |m: &str| format!("line {line}: role {name}: {m}");
+                if r.operations.is_empty() {
+                    return Err(err("a rule needs at least one operation"));
+                }
+                let data = r.operations.iter().any(|o| o.is_data());
+                let purposes =
+                    match (r.purposes, data) {
+                        (None, true) => return Err(err(
+                            "a rule with a data operation must name its purposes (\"*\" for any)",
+                        )),
+                        (Some(p), _) if p.is_empty() || p.iter().any(|s| s.trim().is_empty()) => {
+                            return Err(err("purposes must be non-empty names"))
+                        }
+                        (p, _) => p.map(|p| Names::from_list(Some(p))),
+                    };
+                let names: BTreeSet<String> = r.fields.unwrap_or_default().into_iter().collect();
+                let categories: BTreeSet<DataCategory> =
+                    r.categories.unwrap_or_default().into_iter().collect();
+                rules.push(Rule {
+                    collections: Names::from_list(r.collections),
+                    fields: Fields {
+                        all: names.is_empty() && categories.is_empty() || names.contains("*"),
+                        names,
+                        categories,
+                    },
+                    operations: r.operations.into_iter().collect(),
+                    purposes,
+                    redaction: r.redaction,
+                    line,
+                });
+            }
+            roles.insert(name, rules);
+        }
+        for (principal, held) in &doc.principals {
+            for role in held {
+                if !roles.contains_key(role) {
+                    return Err(format!(
+                        "principal {principal}: role {role} is not defined in this file"
+                    ));
+                }
+            }
+        }
+        Ok(Policy {
+            principals: doc.principals.into_iter().collect(),
+            roles,
+            source: source.to_owned(),
+        })
+    }
+
+    /// Reads and parses a policy file.
+    pub fn load(path: &Path) -> Result<Policy> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::io(format!("reading policy {}", path.display()), e))?;
+        Policy::parse(&text, &path.display().to_string())
+            .map_err(|e| Error::InvalidArgument(format!("policy {}: {e}", path.display())))
+    }
+
+    /// Where the policy came from.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The role names a caller holds under this policy.
+    pub fn roles_of(&self, caller: &Caller) -> Vec<String> {
+        match self.principals.get(&caller.principal.name) {
+            Some(roles) => roles.clone(),
+            None => caller
+                .principal
+                .roles
+                .iter()
+                .map(|r| r.name().to_owned())
+                .collect(),
+        }
+    }
+
+    fn rules_of<'a>(&'a self, caller: &Caller) -> impl Iterator<Item = &'a Rule> + 'a {
+        let roles = self.roles_of(caller);
+        roles
+            .into_iter()
+            .filter_map(|r| self.roles.get(&r))
+            .flatten()
+    }
+
+    /// Fails unless some rule of the caller's roles grants `op` (on
+    /// `collection`, when given) for the caller's stated purpose.
+    pub fn authorize(
+        &self,
+        caller: &Caller,
+        op: Operation,
+        collection: Option<&str>,
+    ) -> Result<()> {
+        let purpose = purpose_of(caller, op)?;
+        let mut granted_without_purpose = false;
+        for rule in self.rules_of(caller) {
+            if rule.grants(op, collection) {
+                if rule.allows_purpose(op, purpose) {
+                    return Ok(());
+                }
+                granted_without_purpose = true;
+            }
+        }
+        Err(denied(caller, op, collection, granted_without_purpose))
+    }
+
+    /// How the caller may see each field of `collection` when doing `op`
+    /// (read or export): fields absent from the map are redacted. Fails
+    /// when no rule grants `op` on the collection for the purpose.
+    pub fn field_view(
+        &self,
+        caller: &Caller,
+        op: Operation,
+        collection: &Collection,
+    ) -> Result<FieldView> {
+        let purpose = purpose_of(caller, op)?;
+        let mut levels: BTreeMap<String, Redaction> = BTreeMap::new();
+        let mut any = false;
+        let mut granted_without_purpose = false;
+        for rule in self.rules_of(caller) {
+            if !rule.grants(op, Some(&collection.name)) {
+                continue;
+            }
+            if !rule.allows_purpose(op, purpose) {
+                granted_without_purpose = true;
+                continue;
+            }
+            any = true;
+            for f in &collection.fields {
+                if rule.fields.covers(collection, &f.name) {
+                    let level = levels.entry(f.name.clone()).or_insert(rule.redaction);
+                    *level = (*level).max(rule.redaction);
+                }
+            }
+        }
+        if !any {
+            return Err(denied(
+                caller,
+                op,
+                Some(&collection.name),
+                granted_without_purpose,
+            ));
+        }
+        Ok(FieldView { levels })
+    }
+
+    /// Fails unless write rules for the caller's purpose cover every field
+    /// in `fields` of `collection`.
+    pub fn authorize_write<'a>(
+        &self,
+        caller: &Caller,
+        collection: &Collection,
+        fields: impl Iterator<Item = &'a str>,
+    ) -> Result<()> {
+        let purpose = purpose_of(caller, Operation::Write)?;
+        let rules: Vec<&Rule> = self
+            .rules_of(caller)
+            .filter(|r| r.grants(Operation::Write, Some(&collection.name)))
+            .collect();
+        if rules.is_empty() {
+            return Err(denied(
+                caller,
+                Operation::Write,
+                Some(&collection.name),
+                false,
+            ));
+        }
+        let rules: Vec<&Rule> = rules
+            .into_iter()
+            .filter(|r| r.allows_purpose(Operation::Write, purpose))
+            .collect();
+        if rules.is_empty() {
+            return Err(denied(
+                caller,
+                Operation::Write,
+                Some(&collection.name),
+                true,
+            ));
+        }
+        for field in fields {
+            if !rules.iter().any(|r| r.fields.covers(collection, field)) {
+                return Err(Error::PermissionDenied(format!(
+                    "principal {} may not write field {field} of collection {}",
+                    caller.principal.name, collection.name
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// What a principal may do on a collection for a purpose, field by
+    /// field: the auditor's view of the policy.
+    pub fn explain(&self, caller: &Caller, collection: &Collection) -> Explanation {
+        let purpose = caller.purpose.as_deref();
+        let roles = self.roles_of(caller);
+        let mut operations = Vec::new();
+        for op in Operation::ALL {
+            let rules: Vec<&Rule> = self
+                .rules_of(caller)
+                .filter(|r| r.grants(op, Some(&collection.name)) && r.allows_purpose(op, purpose))
+                .collect();
+            if rules.is_empty() {
+                continue;
+            }
+            let fields = collection
+                .fields
+                .iter()
+                .map(|f| {
+                    let level = rules
+                        .iter()
+                        .filter(|r| r.fields.covers(collection, &f.name))
+                        .map(|r| r.redaction)
+                        .max();
+                    let shown = match (op, level) {
+                        (_, None) => FieldAccess::None,
+                        (Operation::Read | Operation::Export, Some(l)) => FieldAccess::Read(l),
+                        (_, Some(_)) => FieldAccess::Allowed,
+                    };
+                    (f.name.clone(), shown)
+                })
+                .collect();
+            operations.push((op, fields));
+        }
+        Explanation {
+            source: self.source.clone(),
+            roles,
+            operations,
+        }
+    }
+
+    /// A one-line summary of each rule of the caller's roles, for `policy
+    /// check` without a collection.
+    pub fn rules_summary(&self, caller: &Caller) -> Vec<String> {
+        let mut out = Vec::new();
+        for role in self.roles_of(caller) {
+            let Some(rules) = self.roles.get(&role) else {
+                out.push(format!(
+                    "role {role}: not defined by this policy (grants nothing)"
+                ));
+                continue;
+            };
+            for r in rules {
+                let ops: Vec<&str> = r.operations.iter().map(|o| o.name()).collect();
+                let fields = if r.fields.all {
+                    "every field".to_owned()
+                } else {
+                    let mut parts: Vec<String> = r.fields.names.iter().cloned().collect();
+                    parts.extend(
+                        r.fields
+                            .categories
+                            .iter()
+                            .map(|c| format!("category {c:?}").to_lowercase()),
+                    );
+                    parts.join(", ")
+                };
+                let purposes = r.purposes.as_ref().map_or("-".into(), Names::shown);
+                let at = if r.line > 0 {
+                    format!(" (line {})", r.line)
+                } else {
+                    String::new()
+                };
+                out.push(format!(
+                    "role {role}{at}: {} on collections {} · fields {fields} · purposes {purposes} · {}",
+                    ops.join(", "),
+                    r.collections.shown(),
+                    r.redaction
+                ));
+            }
+        }
+        out
+    }
+}
+
+fn purpose_of(caller: &Caller, op: Operation) -> Result<Option<&str>> {
+    let purpose = caller.purpose.as_deref().filter(|p| !p.trim().is_empty());
+    if op.is_data() && purpose.is_none() {
+        return Err(Error::InvalidArgument(
+            "a purpose is required: state it in the x-vault-purpose metadata \
+             (vaultctl --purpose, VAULT_PURPOSE)"
+                .into(),
+        ));
+    }
+    Ok(purpose)
+}
+
+fn denied(caller: &Caller, op: Operation, collection: Option<&str>, purpose_only: bool) -> Error {
+    let on = collection.map_or(String::new(), |c| format!(" on collection {c}"));
+    if purpose_only {
+        Error::PermissionDenied(format!(
+            "principal {} may not {op}{on} for purpose {}",
+            caller.principal.name,
+            caller.purpose.as_deref().unwrap_or("-")
+        ))
+    } else {
+        Error::PermissionDenied(format!(
+            "principal {} may not {op}{on}",
+            caller.principal.name
+        ))
+    }
+}
+
+/// How a reader sees each field of a collection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldView {
+    levels: BTreeMap<String, Redaction>,
+}
+
+impl FieldView {
+    /// The level of one field (redacted when no rule covers it).
+    pub fn level(&self, field: &str) -> Redaction {
+        self.levels
+            .get(field)
+            .copied()
+            .unwrap_or(Redaction::Redacted)
+    }
+}
+
+/// What one operation allows on one field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldAccess {
+    /// Not covered: denied (reads show it redacted).
+    None,
+    /// Read or export at this level.
+    Read(Redaction),
+    /// Covered (write, delete, …).
+    Allowed,
+}
+
+/// The answer of [`Policy::explain`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Explanation {
+    /// The policy's source.
+    pub source: String,
+    /// The caller's roles.
+    pub roles: Vec<String>,
+    /// Each granted operation, with every field's access.
+    pub operations: Vec<(Operation, Vec<(String, FieldAccess)>)>,
+}
+
+/// The policy in force, replaceable at run time (reload) without dropping
+/// connections: each request takes a snapshot.
+#[derive(Debug)]
+pub struct PolicyHandle {
+    current: std::sync::RwLock<std::sync::Arc<Policy>>,
+    file: Option<PathBuf>,
+}
+
+impl PolicyHandle {
+    /// A handle on `policy`, reloadable from `file` when given.
+    pub fn new(policy: Policy, file: Option<PathBuf>) -> Self {
+        PolicyHandle {
+            current: std::sync::RwLock::new(std::sync::Arc::new(policy)),
+            file,
+        }
+    }
+
+    /// The built-in role policy, not reloadable.
+    pub fn builtin() -> Self {
+        Self::new(Policy::builtin(), None)
+    }
+
+    /// The policy in force.
+    pub fn current(&self) -> std::sync::Arc<Policy> {
+        std::sync::Arc::clone(&self.current.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Reads the policy file again. A file that does not parse is refused
+    /// (with its line-numbered error) and the policy in force stays.
+    pub fn reload(&self) -> Result<std::sync::Arc<Policy>> {
+        let Some(file) = &self.file else {
+            return Err(Error::FailedPrecondition(
+                "no policy file is configured (the built-in role policy is in force)".into(),
+            ));
+        };
+        let policy = std::sync::Arc::new(Policy::load(file)?);
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = std::sync::Arc::clone(&policy);
+        Ok(policy)
+    }
+}
+
+impl FromStr for Operation {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        Operation::ALL
+            .into_iter()
+            .find(|o| o.name() == s)
+            .ok_or_else(|| format!("unknown operation {s:?}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{FieldSchema, FieldType, Mask};
+    use crate::policy::Principal;
+
+    const POLICY: &str = r#"
+[principals]
+"billing-service" = ["billing"]
+"support-agent" = ["support"]
+"both" = ["billing", "support"]
+
+[roles.billing]
+description = "charges"
+
+[[roles.billing.rules]]
+collections = ["users"]
+fields = ["email"]
+operations = ["read", "write"]
+purposes = ["billing"]
+redaction = "plain"
+
+[[roles.support.rules]]
+collections = ["users"]
+categories = ["contact"]
+operations = ["read"]
+purposes = ["support-ticket"]
+redaction = "masked"
+
+[[roles.support.rules]]
+collections = ["users"]
+fields = ["name"]
+operations = ["read"]
+purposes = ["support-ticket"]
+redaction = "redacted"
+"#;
+
+    fn users() -> Collection {
+        let f = |name: &str, category| FieldSchema {
+            name: name.into(),
+            field_type: FieldType::String,
+            category,
+            indexed: false,
+            mask: Some(Mask {
+                keep_first: 1,
+                keep_last: 0,
+            }),
+        };
+        Collection {
+            name: "users".into(),
+            region: "eu".into(),
+            description: String::new(),
+            fields: vec![
+                f("email", DataCategory::Contact),
+                f("phone", DataCategory::Contact),
+                f("name", DataCategory::Identity),
+                f("country", DataCategory::Location),
+            ],
+        }
+    }
+
+    fn caller(name: &str, purpose: Option<&str>) -> Caller {
+        Caller {
+            principal: Principal {
+                name: name.into(),
+                roles: vec![],
+            },
+            purpose: purpose.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn field_levels_take_the_most_open_matching_rule() {
+        let p = Policy::parse(POLICY, "test").unwrap();
+        let c = users();
+        let v = p
+            .field_view(
+                &caller("support-agent", Some("support-ticket")),
+                Operation::Read,
+                &c,
+            )
+            .unwrap();
+        assert_eq!(v.level("email"), Redaction::Masked);
+        assert_eq!(v.level("phone"), Redaction::Masked);
+        assert_eq!(v.level("name"), Redaction::Redacted);
+        assert_eq!(v.level("country"), Redaction::Redacted, "not covered");
+        // Two roles: billing's plain email wins over support's masked one,
+        // but only for billing's purpose.
+        let both = p
+            .field_view(&caller("both", Some("billing")), Operation::Read, &c)
+            .unwrap();
+        assert_eq!(both.level("email"), Redaction::Plain);
+        assert_eq!(both.level("phone"), Redaction::Redacted);
+    }
+
+    #[test]
+    fn purposes_and_default_deny() {
+        let p = Policy::parse(POLICY, "test").unwrap();
+        let c = users();
+        assert!(matches!(
+            p.field_view(&caller("support-agent", None), Operation::Read, &c),
+            Err(Error::InvalidArgument(_))
+        ));
+        let e = p
+            .field_view(
+                &caller("support-agent", Some("marketing")),
+                Operation::Read,
+                &c,
+            )
+            .unwrap_err();
+        assert!(e.to_string().contains("for purpose marketing"), "{e}");
+        let e = p
+            .authorize(
+                &caller("support-agent", Some("support-ticket")),
+                Operation::Delete,
+                Some("users"),
+            )
+            .unwrap_err();
+        assert!(matches!(e, Error::PermissionDenied(_)), "{e}");
+        assert!(p
+            .authorize(
+                &caller("stranger", Some("x")),
+                Operation::Read,
+                Some("users")
+            )
+            .is_err());
+        // Writes: every field must be covered.
+        let b = caller("billing-service", Some("billing"));
+        p.authorize_write(&b, &c, ["email"].into_iter()).unwrap();
+        let e = p
+            .authorize_write(&b, &c, ["email", "phone"].into_iter())
+            .unwrap_err();
+        assert!(e.to_string().contains("field phone"), "{e}");
+        // Custody needs no purpose, but a rule.
+        assert!(p.authorize(&b, Operation::Custody, None).is_err());
+    }
+
+    #[test]
+    fn builtin_policy_follows_credential_roles() {
+        let p = Policy::builtin();
+        let mut c = Caller::internal("svc");
+        c.principal.roles = vec![Role::Reader];
+        let v = p.field_view(&c, Operation::Read, &users()).unwrap();
+        assert_eq!(v.level("name"), Redaction::Plain);
+        assert!(p.authorize(&c, Operation::Write, Some("users")).is_err());
+        c.purpose = None;
+        assert!(matches!(
+            p.authorize(&c, Operation::Read, Some("users")),
+            Err(Error::InvalidArgument(_))
+        ));
+        c.principal.roles = vec![Role::Custodian];
+        p.authorize(&c, Operation::Custody, None).unwrap();
+    }
+
+    #[test]
+    fn bad_files_are_refused_with_a_line() {
+        let cases = [
+            ("[roles.a]\n[[roles.a.rules]]\noperations = [\"fly\"]\npurposes = [\"*\"]\n", "line 3"),
+            ("[roles.a]\n[[roles.a.rules]]\noperations = [\"read\"]\n", "line 2"),
+            ("[roles.a]\n[[roles.a.rules]]\noperations = []\n", "line 2"),
+            ("[principals]\nx = [\"ghost\"]\n", "ghost"),
+            ("[roles.a]\nbogus = 1\n", "line 2"),
+            ("[roles.a]\n[[roles.a.rules]]\noperations = [\"read\"]\npurposes = [\"*\"]\nredaction = \"partly\"\n", "line 5"),
+            ("[roles.a]\n[[roles.a.rules]]\noperations = [\"read\"]\npurposes = [\"*\"]\ncategories = [\"gossip\"]\n", "line 5"),
+            ("not toml at all [", "line 1"),
+        ];
+        for (text, want) in cases {
+            let e = Policy::parse(text, "t").unwrap_err();
+            assert!(e.contains(want), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn explain_shows_each_field() {
+        let p = Policy::parse(POLICY, "test").unwrap();
+        let e = p.explain(&caller("support-agent", Some("support-ticket")), &users());
+        assert_eq!(e.roles, vec!["support".to_owned()]);
+        assert_eq!(e.operations.len(), 1);
+        let (op, fields) = &e.operations[0];
+        assert_eq!(*op, Operation::Read);
+        assert_eq!(
+            fields[0],
+            ("email".into(), FieldAccess::Read(Redaction::Masked))
+        );
+        assert_eq!(fields[3], ("country".into(), FieldAccess::None));
+        assert!(!p.rules_summary(&caller("support-agent", None)).is_empty());
+    }
+
+    #[test]
+    fn reload_keeps_the_old_policy_on_a_broken_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("policy.toml");
+        std::fs::write(&file, POLICY).unwrap();
+        let h = PolicyHandle::new(Policy::load(&file).unwrap(), Some(file.clone()));
+        std::fs::write(&file, "[roles.x]\nnope = 1\n").unwrap();
+        let e = h.reload().unwrap_err();
+        assert!(e.to_string().contains("line 2"), "{e}");
+        assert!(h
+            .current()
+            .authorize(
+                &caller("support-agent", Some("support-ticket")),
+                Operation::Read,
+                Some("users")
+            )
+            .is_ok());
+        std::fs::write(&file, "").unwrap();
+        h.reload().unwrap();
+        assert!(h
+            .current()
+            .authorize(
+                &caller("support-agent", Some("support-ticket")),
+                Operation::Read,
+                Some("users")
+            )
+            .is_err());
+    }
+}
