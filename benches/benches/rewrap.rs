@@ -576,17 +576,19 @@ fn main() {
     for chunk in (0..records).collect::<Vec<_>>().chunks(PUT_BATCH) {
         let batch = chunk
             .iter()
-            .map(|&i| Record {
-                collection: "users".into(),
-                id: ids[i].clone(),
-                subject_id: subject(i * stride),
-                fields: BTreeMap::from([
-                    (
-                        "email".to_owned(),
-                        Value::String(format!("user{i}@example.org")),
-                    ),
-                    ("name".to_owned(), Value::String(format!("User Number {i}"))),
-                ]),
+            .map(|&i| {
+                Record::new(
+                    "users",
+                    ids[i].clone(),
+                    subject(i * stride),
+                    BTreeMap::from([
+                        (
+                            "email".to_owned(),
+                            Value::String(format!("user{i}@example.org")),
+                        ),
+                        ("name".to_owned(), Value::String(format!("User Number {i}"))),
+                    ]),
+                )
             })
             .collect();
         engine.put_records(&caller, batch).unwrap();

@@ -8,16 +8,22 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use vault_client::VaultClient;
-use vault_server::service::{self, Authenticator};
+use vault_client::{ClientBuilder, VaultClient};
+use vault_server::service::{self, Authenticator, ServerTls};
 use vault_server::vault::{OpenOptions, Vault};
 use vault_server::{dev, Engine};
 
 /// The development token of every test vault.
 pub const TOKEN: &str = "test-root-token";
+/// The purpose test clients state (every data request needs one).
+pub const PURPOSE: &str = "testing";
 
 /// A vault server running in this process on 127.0.0.1:0.
 #[derive(Debug)]
@@ -28,6 +34,8 @@ pub struct TestVault {
     pub vault: Arc<Vault>,
     /// The data folder.
     pub data_dir: PathBuf,
+    /// The CA certificate (PEM) of a TLS vault's certificate.
+    tls_ca_pem: Option<String>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<vault_server::Result<()>>>,
 }
@@ -47,6 +55,29 @@ impl TestVault {
         let mut auth = Authenticator::new();
         auth.add_token(TOKEN, dev::dev_principal());
         Self::serve(Arc::new(vault), auth, data_dir).await
+    }
+
+    /// Starts a dev-mode vault of `region` over `data_dir` (initialised and
+    /// unsealed) that speaks TLS, or mutual TLS, as `tls` says, with its
+    /// tokens and certificate principals. Its [`TestVault::url`] is
+    /// `https://127.0.0.1:PORT`.
+    pub async fn start_tls(
+        data_dir: &Path,
+        region: &str,
+        tls: TlsFixture,
+    ) -> vault_server::Result<TestVault> {
+        let opts = OpenOptions::dev(data_dir, region.parse().unwrap());
+        let vault = tokio::task::spawn_blocking(move || {
+            let vault = Vault::open_dev(opts)?;
+            dev::seed(&*vault.engine()?)?;
+            Ok::<_, vault_server::Error>(vault)
+        })
+        .await
+        .unwrap()?;
+        let mut vault =
+            Self::serve_with(Arc::new(vault), tls.auth, Some(tls.server), data_dir).await?;
+        vault.tls_ca_pem = Some(tls.ca_pem);
+        Ok(vault)
     }
 
     /// Starts a dev-mode vault with the given options (data folder, region,
@@ -83,13 +114,23 @@ impl TestVault {
         auth: Authenticator,
         data_dir: &Path,
     ) -> vault_server::Result<TestVault> {
+        Self::serve_with(vault, auth, None, data_dir).await
+    }
+
+    async fn serve_with(
+        vault: Arc<Vault>,
+        auth: Authenticator,
+        tls: Option<ServerTls>,
+        data_dir: &Path,
+    ) -> vault_server::Result<TestVault> {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel();
-        let task = tokio::spawn(service::serve(
+        let task = tokio::spawn(service::serve_with_tls(
             listener,
             Arc::clone(&vault),
             Arc::new(auth),
+            tls,
             async {
                 let _ = rx.await;
             },
@@ -98,24 +139,45 @@ impl TestVault {
             addr,
             vault,
             data_dir: data_dir.to_owned(),
+            tls_ca_pem: None,
             shutdown: Some(tx),
             task: Some(task),
         })
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT`, or `https://` for a TLS vault.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls_ca_pem.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// A client builder for this vault: its URL and, for a TLS vault, the CA
+    /// of its certificate. No token, purpose or client certificate yet.
+    pub fn client_builder(&self) -> ClientBuilder {
+        let builder = VaultClient::builder(self.url());
+        match &self.tls_ca_pem {
+            Some(ca) => builder.ca_certificate_pem(ca.clone()),
+            None => builder,
+        }
     }
 
     /// A client with the development token.
     pub async fn client(&self) -> VaultClient {
-        VaultClient::connect(self.url(), TOKEN).await.unwrap()
+        self.client_with(TOKEN).await
     }
 
-    /// A client with another token.
+    /// A client with another token (stating [`PURPOSE`]).
     pub async fn client_with(&self, token: &str) -> VaultClient {
-        VaultClient::connect(self.url(), token).await.unwrap()
+        self.client_builder()
+            .token(token)
+            .purpose(PURPOSE)
+            .connect()
+            .await
+            .unwrap()
     }
 
     /// The engine (the vault must be unsealed), for its counters.
@@ -148,6 +210,171 @@ impl TestVault {
             task.await.unwrap().unwrap();
         }
         self.vault
+    }
+}
+
+/// A certificate and its private key, PEM.
+#[derive(Debug, Clone)]
+pub struct CertAndKey {
+    /// The certificate (PEM).
+    pub cert_pem: String,
+    /// Its private key (PEM, PKCS#8).
+    pub key_pem: String,
+}
+
+impl CertAndKey {
+    /// Writes `NAME.pem` and `NAME.key` into `dir`; returns their paths.
+    pub fn write(&self, dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+        let cert = dir.join(format!("{name}.pem"));
+        let key = dir.join(format!("{name}.key"));
+        std::fs::write(&cert, &self.cert_pem).unwrap();
+        std::fs::write(&key, &self.key_pem).unwrap();
+        (cert, key)
+    }
+}
+
+/// A small PKI made for one test: a CA, a server certificate for
+/// 127.0.0.1 and localhost, and client certificates on demand (by URI SAN or
+/// CN, expired, or from another CA).
+#[derive(Debug)]
+pub struct Pki {
+    ca: Issuer<'static, KeyPair>,
+    ca_pem: String,
+    server: CertAndKey,
+}
+
+impl Pki {
+    /// A new CA (named `name`) and its server certificate.
+    pub fn new(name: &str) -> Pki {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca_pem = params.self_signed(&key).unwrap().pem();
+        let ca = Issuer::new(params, key);
+        let server = Self::issue(
+            &ca,
+            vec![
+                SanType::IpAddress("127.0.0.1".parse().unwrap()),
+                SanType::DnsName("localhost".try_into().unwrap()),
+            ],
+            Some("vault test server"),
+            ExtendedKeyUsagePurpose::ServerAuth,
+            false,
+        );
+        Pki { ca, ca_pem, server }
+    }
+
+    /// The CA certificate (PEM).
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// The server's certificate, for 127.0.0.1 and localhost.
+    pub fn server(&self) -> &CertAndKey {
+        &self.server
+    }
+
+    /// A client certificate whose first URI SAN is `uri`, with the common
+    /// name `cn` if given.
+    pub fn client_uri(&self, uri: &str, cn: Option<&str>) -> CertAndKey {
+        Self::issue(
+            &self.ca,
+            vec![SanType::URI(uri.try_into().unwrap())],
+            cn,
+            ExtendedKeyUsagePurpose::ClientAuth,
+            false,
+        )
+    }
+
+    /// A client certificate with the common name `cn` and no SAN.
+    pub fn client_cn(&self, cn: &str) -> CertAndKey {
+        Self::issue(
+            &self.ca,
+            Vec::new(),
+            Some(cn),
+            ExtendedKeyUsagePurpose::ClientAuth,
+            false,
+        )
+    }
+
+    /// A client certificate for `uri` that expired in 2021.
+    pub fn expired_client(&self, uri: &str) -> CertAndKey {
+        Self::issue(
+            &self.ca,
+            vec![SanType::URI(uri.try_into().unwrap())],
+            None,
+            ExtendedKeyUsagePurpose::ClientAuth,
+            true,
+        )
+    }
+
+    fn issue(
+        ca: &Issuer<'static, KeyPair>,
+        sans: Vec<SanType>,
+        cn: Option<&str>,
+        usage: ExtendedKeyUsagePurpose,
+        expired: bool,
+    ) -> CertAndKey {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.subject_alt_names = sans;
+        params.distinguished_name = DistinguishedName::new();
+        if let Some(cn) = cn {
+            params.distinguished_name.push(DnType::CommonName, cn);
+        }
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![usage];
+        if expired {
+            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        }
+        let cert = params.signed_by(&key, ca).unwrap();
+        CertAndKey {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+}
+
+/// How [`TestVault::start_tls`] serves: its TLS configuration, the CA that
+/// clients verify it with, and who may call.
+#[derive(Debug)]
+pub struct TlsFixture {
+    /// The server's TLS configuration.
+    pub server: ServerTls,
+    /// The CA certificate (PEM) of the server's certificate.
+    pub ca_pem: String,
+    /// Tokens and certificate principals.
+    pub auth: Authenticator,
+}
+
+impl TlsFixture {
+    /// Mutual TLS: `pki`'s server certificate; client certificates of
+    /// `pki`'s CA required.
+    pub fn mutual(pki: &Pki, auth: Authenticator) -> TlsFixture {
+        Self::with_client_ca(pki, Some(pki.ca_pem().as_bytes().to_vec()), auth)
+    }
+
+    /// TLS without client certificates: tokens authenticate.
+    pub fn server_only(pki: &Pki, auth: Authenticator) -> TlsFixture {
+        Self::with_client_ca(pki, None, auth)
+    }
+
+    fn with_client_ca(pki: &Pki, client_ca: Option<Vec<u8>>, auth: Authenticator) -> TlsFixture {
+        let server = ServerTls::from_pem(
+            pki.server().cert_pem.clone(),
+            pki.server().key_pem.clone(),
+            client_ca,
+        )
+        .unwrap();
+        TlsFixture {
+            server,
+            ca_pem: pki.ca_pem().to_owned(),
+            auth,
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
@@ -20,6 +21,7 @@ use crate::custody::{
 };
 use crate::error::{Error, Result};
 use crate::receipt::ErasureReceipt;
+use crate::tls::{Pem, TlsOptions};
 use crate::types::{BatchGet, Collection, Record};
 
 /// The deadline of every call unless [`ClientBuilder::timeout`] says otherwise.
@@ -31,14 +33,23 @@ const MAX_DECODING_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
 /// The metadata key of the caller's purpose.
 pub const PURPOSE_METADATA_KEY: &str = "x-vault-purpose";
 
-/// Adds the bearer token and the purpose to every request.
+/// Adds the bearer token (if any: a client certificate may stand alone)
+/// and the purpose to every request.
 #[derive(Clone)]
 struct Credentials {
-    authorization: AsciiMetadataValue,
+    authorization: Option<AsciiMetadataValue>,
     purpose: Option<AsciiMetadataValue>,
 }
 
 impl Credentials {
+    /// No token: the connection's client certificate authenticates.
+    fn certificate_only(purpose: Option<&str>) -> Result<Self> {
+        Ok(Self {
+            authorization: None,
+            purpose: purpose.map(purpose_metadata).transpose()?,
+        })
+    }
+
     fn new(token: &str, purpose: Option<&str>) -> Result<Self> {
         if token.is_empty() {
             return Err(Error::InvalidInput("the token is empty".into()));
@@ -52,7 +63,7 @@ impl Credentials {
         let mut authorization = ascii_metadata(&format!("Bearer {token}"), "token")?;
         authorization.set_sensitive(true);
         Ok(Self {
-            authorization,
+            authorization: Some(authorization),
             purpose: purpose.map(purpose_metadata).transpose()?,
         })
     }
@@ -79,7 +90,9 @@ fn ascii_metadata(text: &str, what: &str) -> Result<AsciiMetadataValue> {
 impl Interceptor for Credentials {
     fn call(&mut self, mut request: Request<()>) -> std::result::Result<Request<()>, Status> {
         let metadata = request.metadata_mut();
-        metadata.insert("authorization", self.authorization.clone());
+        if let Some(authorization) = &self.authorization {
+            metadata.insert("authorization", authorization.clone());
+        }
         if let Some(purpose) = &self.purpose {
             metadata.insert(PURPOSE_METADATA_KEY, purpose.clone());
         }
@@ -90,30 +103,40 @@ impl Interceptor for Credentials {
 impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Credentials")
-            .field("authorization", &"Bearer <redacted>")
+            .field(
+                "authorization",
+                &self.authorization.as_ref().map(|_| "Bearer <redacted>"),
+            )
             .field("purpose", &self.purpose)
             .finish()
     }
 }
 
-/// Adds `http://` to an address without a scheme.
-fn normalize_addr(addr: &str) -> String {
+/// Adds `scheme://` to an address without a scheme.
+fn with_scheme(addr: &str, scheme: &str) -> String {
     let addr = addr.trim();
     if addr.contains("://") {
         addr.to_owned()
     } else {
-        format!("http://{addr}")
+        format!("{scheme}://{addr}")
     }
 }
 
 /// Builds a [`VaultClient`]:
 /// `VaultClient::builder(addr).token(t).purpose(p).timeout(d).connect().await`.
+///
+/// Over TLS (an `https://` address): `.ca_certificate_file(path)` (or
+/// `_pem`) names the CA that signed the vault's certificate (the system's
+/// trusted roots otherwise), and `.client_identity_files(cert, key)` (or
+/// `_pem`) presents a client certificate for mutual TLS; the token is then
+/// optional, since the certificate names the caller.
 pub struct ClientBuilder {
     addr: String,
     token: Option<String>,
     purpose: Option<String>,
     timeout: Duration,
     connect_timeout: Option<Duration>,
+    tls: TlsOptions,
 }
 
 impl fmt::Debug for ClientBuilder {
@@ -124,13 +147,15 @@ impl fmt::Debug for ClientBuilder {
             .field("purpose", &self.purpose)
             .field("timeout", &self.timeout)
             .field("connect_timeout", &self.connect_timeout)
+            .field("tls", &self.tls)
             .finish()
     }
 }
 
 impl ClientBuilder {
-    /// A builder for the vault at `addr` (`http://host:port`; a bare
-    /// `host:port` gets `http://`).
+    /// A builder for the vault at `addr` (`http://host:port` or
+    /// `https://host:port`; a bare `host:port` gets `http://`, or `https://`
+    /// when a TLS option is set).
     pub fn new(addr: impl Into<String>) -> Self {
         Self {
             addr: addr.into(),
@@ -138,10 +163,14 @@ impl ClientBuilder {
             purpose: None,
             timeout: DEFAULT_TIMEOUT,
             connect_timeout: None,
+            tls: TlsOptions::default(),
         }
     }
 
-    /// The bearer token sent as `authorization: Bearer <token>`. Required.
+    /// The bearer token sent as `authorization: Bearer <token>`. Required,
+    /// unless a client certificate is given
+    /// ([`ClientBuilder::client_identity_files`]); with both, the vault
+    /// requires the token to be bound to the certificate's principal.
     #[must_use]
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());
@@ -169,17 +198,92 @@ impl ClientBuilder {
         self
     }
 
+    /// The CA certificate(s) (PEM) that the vault's TLS certificate must
+    /// chain to, instead of the system's trusted roots.
+    #[must_use]
+    pub fn ca_certificate_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls.ca = Some(Pem::Text(pem.into().into()));
+        self
+    }
+
+    /// As [`ClientBuilder::ca_certificate_pem`], read from a file when
+    /// connecting (errors name the file).
+    #[must_use]
+    pub fn ca_certificate_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.tls.ca = Some(Pem::File(path.into()));
+        self
+    }
+
+    /// The client certificate chain and its private key (PEM) to present
+    /// for mutual TLS. The key is wiped from memory when the builder drops.
+    #[must_use]
+    pub fn client_identity_pem(
+        mut self,
+        cert_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.tls.identity = Some((
+            Pem::Text(cert_pem.into().into()),
+            Pem::Text(key_pem.into().into()),
+        ));
+        self
+    }
+
+    /// As [`ClientBuilder::client_identity_pem`], read from files when
+    /// connecting (errors name the file).
+    #[must_use]
+    pub fn client_identity_files(
+        mut self,
+        cert_path: impl Into<PathBuf>,
+        key_path: impl Into<PathBuf>,
+    ) -> Self {
+        self.tls.identity = Some((Pem::File(cert_path.into()), Pem::File(key_path.into())));
+        self
+    }
+
+    /// The name the vault's certificate must carry (default: the host of
+    /// the address).
+    #[must_use]
+    pub fn tls_server_name(mut self, name: impl Into<String>) -> Self {
+        self.tls.server_name = Some(name.into());
+        self
+    }
+
+    /// The address with its scheme: `https://` for a bare address when a
+    /// TLS option is set.
+    fn full_addr(&self) -> String {
+        with_scheme(&self.addr, if self.tls.any() { "https" } else { "http" })
+    }
+
     fn endpoint(&self) -> Result<(Endpoint, Credentials)> {
-        let token = self
-            .token
-            .as_deref()
-            .ok_or_else(|| Error::InvalidInput("no token given".into()))?;
-        let credentials = Credentials::new(token, self.purpose.as_deref())?;
-        let addr = normalize_addr(&self.addr);
-        let endpoint = Endpoint::from_shared(addr.clone())
+        let credentials = match self.token.as_deref() {
+            Some(token) => Credentials::new(token, self.purpose.as_deref())?,
+            None if self.tls.has_identity() => {
+                Credentials::certificate_only(self.purpose.as_deref())?
+            }
+            None => {
+                return Err(Error::InvalidInput(
+                    "no token given (and no client certificate)".into(),
+                ))
+            }
+        };
+        let addr = self.full_addr();
+        let mut endpoint = Endpoint::from_shared(addr.clone())
             .map_err(|e| Error::InvalidInput(format!("bad vault address `{addr}`: {e}")))?
             .connect_timeout(self.connect_timeout.unwrap_or(self.timeout))
             .tcp_nodelay(true);
+        if addr.starts_with("https://") {
+            endpoint = endpoint
+                .tls_config(self.tls.client_config()?)
+                .map_err(|e| {
+                    Error::InvalidInput(format!("TLS: {}", crate::error::error_chain(&e)))
+                })?;
+        } else if self.tls.any() {
+            return Err(Error::InvalidInput(format!(
+                "a CA certificate, client certificate or TLS server name needs an https:// \
+                 address, not `{addr}`"
+            )));
+        }
         Ok((endpoint, credentials))
     }
 
@@ -188,15 +292,20 @@ impl ClientBuilder {
             stubs: Stubs::new(channel.clone(), credentials.clone()),
             credentials,
             channel,
-            addr: normalize_addr(&self.addr),
+            addr: self.full_addr(),
             purpose: self.purpose,
             timeout: self.timeout,
         }
     }
 
     /// Connects to the vault; fails with [`Error::Connect`] if it cannot be
-    /// reached and [`Error::InvalidInput`] for a bad address, a missing
-    /// token, or a token or purpose that cannot be sent as metadata.
+    /// reached (or the TLS handshake fails) and [`Error::InvalidInput`] for a
+    /// bad address, a missing token, a token or purpose that cannot be sent
+    /// as metadata, or an unreadable or malformed certificate or key.
+    ///
+    /// Under TLS 1.3 the vault checks a client certificate after the client
+    /// has finished its handshake, so a refused certificate may surface as
+    /// [`Error::Connect`] on the first call rather than here.
     pub async fn connect(self) -> Result<VaultClient> {
         let (endpoint, credentials) = self.endpoint()?;
         let channel = endpoint.connect().await?;
@@ -204,8 +313,8 @@ impl ClientBuilder {
     }
 
     /// A client that connects on its first call (and reconnects as needed);
-    /// only the address, token and purpose are checked here. Needs a Tokio
-    /// runtime.
+    /// only the address, token, purpose and TLS files are checked here.
+    /// Needs a Tokio runtime.
     pub fn connect_lazy(self) -> Result<VaultClient> {
         let (endpoint, credentials) = self.endpoint()?;
         let channel = endpoint.connect_lazy();
@@ -671,10 +780,17 @@ mod tests {
 
     #[test]
     fn addresses_get_a_scheme() {
-        assert_eq!(normalize_addr("127.0.0.1:8200"), "http://127.0.0.1:8200");
-        assert_eq!(normalize_addr(" http://h:1 "), "http://h:1");
         assert_eq!(
-            normalize_addr("https://vault.eu:443"),
+            with_scheme("127.0.0.1:8200", "http"),
+            "http://127.0.0.1:8200"
+        );
+        assert_eq!(
+            with_scheme("vault.eu:8200", "https"),
+            "https://vault.eu:8200"
+        );
+        assert_eq!(with_scheme(" http://h:1 ", "https"), "http://h:1");
+        assert_eq!(
+            with_scheme("https://vault.eu:443", "http"),
             "https://vault.eu:443"
         );
     }
@@ -736,6 +852,72 @@ mod tests {
         let debug = format!("{client:?}");
         assert!(!debug.contains("s3cret"), "{debug}");
         let builder = VaultClient::builder("x").token("s3cret-token");
+        assert!(!format!("{builder:?}").contains("s3cret"));
+    }
+
+    fn invalid(builder: ClientBuilder) -> String {
+        match builder.connect_lazy() {
+            Err(Error::InvalidInput(m)) => m,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn tls_options_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let garbage = dir.path().join("garbage.pem");
+        std::fs::write(&garbage, "not pem at all").unwrap();
+        let missing = dir.path().join("missing.pem");
+
+        let m = invalid(VaultClient::builder("vault.eu:8200").ca_certificate_file(&missing));
+        assert!(m.contains("no token"), "{m}");
+        let m = invalid(
+            VaultClient::builder("vault.eu:8200")
+                .token("t")
+                .ca_certificate_file(&missing),
+        );
+        assert!(
+            m.starts_with("cannot read the CA certificate file") && m.contains("missing.pem"),
+            "{m}"
+        );
+        let m = invalid(
+            VaultClient::builder("https://vault.eu:8200")
+                .token("t")
+                .ca_certificate_file(&garbage),
+        );
+        assert!(m.contains("garbage.pem holds no PEM certificate"), "{m}");
+        let m = invalid(
+            VaultClient::builder("https://vault.eu:8200")
+                .token("t")
+                .ca_certificate_pem(
+                    "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+                ),
+        );
+        assert!(m.contains("not a usable CA certificate"), "{m}");
+        let m = invalid(
+            VaultClient::builder("https://vault.eu:8200").client_identity_files(&garbage, &missing),
+        );
+        assert!(
+            m.contains("client certificate file") && m.contains("garbage.pem"),
+            "{m}"
+        );
+        let m = invalid(
+            VaultClient::builder("http://vault.eu:8200")
+                .token("t")
+                .ca_certificate_file(&garbage),
+        );
+        assert!(m.contains("needs an https:// address"), "{m}");
+
+        // No CA: the system's roots; a bare address gets https:// with a
+        // TLS option.
+        let client = VaultClient::builder("127.0.0.1:1")
+            .token("t")
+            .tls_server_name("vault.eu")
+            .connect_lazy();
+        if let Ok(client) = client {
+            assert_eq!(client.addr(), "https://127.0.0.1:1");
+        }
+        let builder = VaultClient::builder("x").client_identity_pem("CERT", "s3cret-key");
         assert!(!format!("{builder:?}").contains("s3cret"));
     }
 }

@@ -268,6 +268,8 @@ impl From<Record> for pb::Record {
                 .into_iter()
                 .map(|(name, value)| (name, value.into()))
                 .collect(),
+            redacted_fields: Vec::new(),
+            masked_fields: Vec::new(),
         }
     }
 }
@@ -283,6 +285,8 @@ impl From<&Record> for pb::Record {
                 .iter()
                 .map(|(name, value)| (name.clone(), value.into()))
                 .collect(),
+            redacted_fields: Vec::new(),
+            masked_fields: Vec::new(),
         }
     }
 }
@@ -568,6 +572,8 @@ mod tests {
             id: "u1".into(),
             subject_id: "s1".into(),
             fields: [("email".to_owned(), pb::Value { kind: None })].into(),
+            redacted_fields: Vec::new(),
+            masked_fields: Vec::new(),
         };
         match Record::try_from(record) {
             Err(Error::Protocol(message)) => {

@@ -6,6 +6,13 @@
 //! [`json`] module types JSON input by a collection's schema, as the
 //! `vaultctl` command does.
 //!
+//! Over TLS, give the builder an `https://` address and, as needed, the CA
+//! of the vault's certificate ([`ClientBuilder::ca_certificate_file`]; the
+//! system's roots otherwise) and a client certificate for mutual TLS
+//! ([`ClientBuilder::client_identity_files`]), which names the caller, so
+//! that the token becomes optional. Certificate and key files are checked
+//! before connecting; errors name the file.
+//!
 //! Key custody (`OperatorService`, `SubjectService`) has its own calls:
 //! [`VaultClient::init`], [`VaultClient::unseal`], [`VaultClient::seal`],
 //! [`VaultClient::status`], root and subject key rotation and retirement,
@@ -37,6 +44,7 @@ mod custody;
 mod error;
 pub mod json;
 mod receipt;
+mod tls;
 mod types;
 
 pub use crate::client::{ClientBuilder, VaultClient, DEFAULT_TIMEOUT, PURPOSE_METADATA_KEY};

@@ -17,32 +17,51 @@
 //! batch_size = 1000
 //! keys_per_second = 100000                   # 0: no limit
 //!
+//! [tls]                                      # optional; without it the port is plaintext
+//! cert_file = "/etc/vault/server.pem"        # PEM chain, the server's certificate first
+//! key_file = "/etc/vault/server.key"         # PEM private key (PKCS#8, PKCS#1 or SEC1)
+//! client_ca_file = "/etc/vault/clients-ca.pem"   # optional: mutual TLS; every connection
+//!                                            # must present a client certificate signed by it
+//!
+//! [[principals]]                             # client-certificate principals and their roles
+//! name = "spiffe://eu.example/billing-service"   # the certificate's first URI SAN, else its CN
+//! roles = ["reader", "writer"]
+//!
 //! [[tokens]]                                 # bearer tokens, stored as SHA-256 hex
 //! principal = "billing-service"
 //! sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 //! roles = ["reader", "writer"]
+//! expires_at = "2027-01-01T00:00:00Z"        # optional, RFC 3339: refused from then on
 //!
 //! [[tokens]]                                 # custodians hold custody tokens only
 //! principal = "custodian-alice"
 //! sha256 = "…"
 //! roles = ["custodian"]
+//! revoked = true                             # optional: refused as "token revoked"
 //! ```
 //!
 //! The server starts sealed; the unseal key is never in a file. Custodians
 //! run `vaultctl operator init` once, then `vaultctl operator unseal` (M of
-//! N) after every start. A token with the `custodian` role may not also hold
-//! a data role (reader, writer, admin): custody and data access are
-//! separate duties.
+//! N) after every start. A token or principal with the `custodian` role may
+//! not also hold a data role (reader, writer, admin): custody and data
+//! access are separate duties.
+//!
+//! Over mutual TLS a request's principal is its client certificate's, with
+//! the roles of its `[[principals]]` entry; a bearer token sent as well must
+//! be bound to that same principal (and adds no role). Without a client
+//! certificate, the bearer token decides, as in plaintext mode.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 use crate::engine::{EngineOptions, Limits, RewrapOptions};
 use crate::keys::Region;
 use crate::policy::{Principal, Role};
-use crate::service::Authenticator;
+use crate::service::{Authenticator, TlsFiles, TokenGrant};
 use crate::storage::StoreOptions;
 use crate::vault::OpenOptions;
 use crate::{Error, Result};
@@ -72,6 +91,11 @@ pub struct Config {
     /// Pace of the re-wrap job.
     #[serde(default)]
     pub rewrap: RewrapConfig,
+    /// TLS on the gRPC port; plaintext without it.
+    pub tls: Option<TlsConfig>,
+    /// Principals that authenticate by client certificate, with their roles.
+    #[serde(default)]
+    pub principals: Vec<PrincipalConfig>,
     /// Bearer tokens.
     #[serde(default)]
     pub tokens: Vec<TokenConfig>,
@@ -103,6 +127,31 @@ pub struct RewrapConfig {
     pub keys_per_second: Option<u64>,
 }
 
+/// `[tls]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The server's certificate chain (PEM).
+    pub cert_file: PathBuf,
+    /// The server's private key (PEM).
+    pub key_file: PathBuf,
+    /// CA certificates (PEM) of client certificates; when set, every
+    /// connection must present one signed by them (mutual TLS).
+    pub client_ca_file: Option<PathBuf>,
+}
+
+/// One `[[principals]]` entry: a principal that authenticates by client
+/// certificate.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrincipalConfig {
+    /// The name its certificates carry: the first URI SAN (whole, e.g.
+    /// `spiffe://eu.example/billing-service`), else the subject CN.
+    pub name: String,
+    /// Roles: reader, writer, admin, custodian, auditor, dpo.
+    pub roles: Vec<String>,
+}
+
 /// One `[[tokens]]` entry.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -113,6 +162,54 @@ pub struct TokenConfig {
     pub sha256: String,
     /// Roles: reader, writer, admin, custodian, auditor, dpo.
     pub roles: Vec<String>,
+    /// When the token stops working: RFC 3339 with an offset
+    /// (`"2027-01-01T00:00:00Z"`; a TOML date-time with an offset works too).
+    #[serde(default, deserialize_with = "text_or_datetime")]
+    pub expires_at: Option<String>,
+    /// A revoked token is refused ("token revoked").
+    #[serde(default)]
+    pub revoked: bool,
+}
+
+/// A string, or a TOML date-time as its RFC 3339 text.
+fn text_or_datetime<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    match toml::Value::deserialize(d)? {
+        toml::Value::String(s) => Ok(Some(s)),
+        toml::Value::Datetime(dt) => Ok(Some(dt.to_string())),
+        other => Err(serde::de::Error::custom(format!(
+            "expected an RFC 3339 time such as \"2027-01-01T00:00:00Z\", found a {}",
+            other.type_str()
+        ))),
+    }
+}
+
+/// An RFC 3339 time with an offset, as an instant.
+fn parse_instant(text: &str) -> Result<SystemTime, String> {
+    time::OffsetDateTime::parse(text.trim(), &time::format_description::well_known::Rfc3339)
+        .map(SystemTime::from)
+        .map_err(|e| {
+            format!("{text:?} is not an RFC 3339 time with an offset such as 2027-01-01T00:00:00Z ({e})")
+        })
+}
+
+/// Parses role names; refuses custody combined with data access.
+fn parse_roles(what: &str, names: &[String]) -> Result<Vec<Role>, String> {
+    let roles = names
+        .iter()
+        .map(|r| r.parse::<Role>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{what}.roles: {e}"))?;
+    if roles.contains(&Role::Custodian)
+        && roles
+            .iter()
+            .any(|r| matches!(r, Role::Reader | Role::Writer | Role::Admin))
+    {
+        return Err(format!(
+            "{what}: the custodian role cannot be combined with reader, writer or admin \
+             (custody and data access are separate duties; give the custodian its own credential)"
+        ));
+    }
+    Ok(roles)
 }
 
 impl Config {
@@ -165,11 +262,23 @@ impl Config {
                     batch_size: self.rewrap.batch_size.unwrap_or(r.batch_size),
                     keys_per_second: self.rewrap.keys_per_second.unwrap_or(r.keys_per_second),
                 },
+                ..EngineOptions::default()
             },
         })
     }
 
-    /// The authenticator holding the configured tokens.
+    /// The `[tls]` files, if the port is to speak TLS. (They are read and
+    /// checked by [`ServerTls::load`](crate::service::ServerTls::load).)
+    pub fn tls_files(&self) -> Option<TlsFiles> {
+        self.tls.as_ref().map(|t| TlsFiles {
+            cert_file: t.cert_file.clone(),
+            key_file: t.key_file.clone(),
+            client_ca_file: t.client_ca_file.clone(),
+        })
+    }
+
+    /// The authenticator holding the configured tokens and certificate
+    /// principals.
     pub fn authenticator(&self) -> Result<Authenticator, String> {
         let mut auth = Authenticator::new();
         for (i, t) in self.tokens.iter().enumerate() {
@@ -179,29 +288,46 @@ impl Config {
             if t.principal.trim().is_empty() {
                 return Err(format!("tokens[{i}].principal is empty"));
             }
-            let roles = t
-                .roles
-                .iter()
-                .map(|r| r.parse::<Role>())
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| format!("tokens[{i}].roles: {e}"))?;
-            if roles.contains(&Role::Custodian)
-                && roles
-                    .iter()
-                    .any(|r| matches!(r, Role::Reader | Role::Writer | Role::Admin))
-            {
-                return Err(format!(
-                    "tokens[{i}]: the custodian role cannot be combined with reader, writer or admin \
-                     (custody and data access are separate duties; give the custodian its own token)"
-                ));
-            }
-            auth.add_token_hash(
+            let roles = parse_roles(&format!("tokens[{i}]"), &t.roles)?;
+            let expires_at = t
+                .expires_at
+                .as_deref()
+                .map(parse_instant)
+                .transpose()
+                .map_err(|e| format!("tokens[{i}].expires_at: {e}"))?;
+            auth.add_token_grant(
                 hash,
-                Principal {
-                    name: t.principal.clone(),
-                    roles,
+                TokenGrant {
+                    principal: Principal {
+                        name: t.principal.clone(),
+                        roles,
+                    },
+                    expires_at,
+                    revoked: t.revoked,
                 },
             );
+        }
+        if !self.principals.is_empty()
+            && self.tls.as_ref().is_none_or(|t| t.client_ca_file.is_none())
+        {
+            return Err(
+                "[[principals]] authenticate by client certificate: set tls.client_ca_file \
+                 (mutual TLS) or remove them"
+                    .into(),
+            );
+        }
+        let mut seen = HashSet::new();
+        for (i, p) in self.principals.iter().enumerate() {
+            if p.name.trim().is_empty() || p.name.chars().any(char::is_control) {
+                return Err(format!(
+                    "principals[{i}].name must be non-empty, without control characters"
+                ));
+            }
+            if !seen.insert(p.name.as_str()) {
+                return Err(format!("principals[{i}]: {} is listed twice", p.name));
+            }
+            let roles = parse_roles(&format!("principals[{i}]"), &p.roles)?;
+            auth.add_certificate_principal(p.name.clone(), roles);
         }
         Ok(auth)
     }
@@ -249,5 +375,112 @@ roles = ["reader"]
         assert!(e.contains("batch_size"), "{e}");
         let e = Config::parse("region = \n").unwrap_err();
         assert!(e.contains("line 1"), "{e}");
+    }
+
+    const TLS: &str = r#"
+[tls]
+cert_file = "/etc/vault/server.pem"
+key_file = "/etc/vault/server.key"
+client_ca_file = "/etc/vault/clients-ca.pem"
+
+[[principals]]
+name = "spiffe://eu.example/billing-service"
+roles = ["reader", "writer"]
+
+[[principals]]
+name = "custodian-alice"
+roles = ["custodian"]
+"#;
+
+    #[test]
+    fn tls_and_certificate_principals() {
+        let c = Config::parse(&format!("{GOOD}{TLS}")).unwrap();
+        let files = c.tls_files().unwrap();
+        assert_eq!(files.cert_file, PathBuf::from("/etc/vault/server.pem"));
+        assert_eq!(
+            files.client_ca_file,
+            Some(PathBuf::from("/etc/vault/clients-ca.pem"))
+        );
+        let auth = c.authenticator().unwrap();
+        assert_eq!(
+            auth.roles_of("spiffe://eu.example/billing-service"),
+            Some(&[Role::Reader, Role::Writer][..])
+        );
+        assert_eq!(
+            auth.roles_of("custodian-alice"),
+            Some(&[Role::Custodian][..])
+        );
+        assert_eq!(auth.roles_of("svc"), None);
+        assert!(Config::parse(GOOD).unwrap().tls_files().is_none());
+
+        // Server TLS without client CAs is fine; principals then are not.
+        let no_mtls = TLS.replace("client_ca_file = \"/etc/vault/clients-ca.pem\"\n", "");
+        let e = Config::parse(&format!("{GOOD}{no_mtls}")).unwrap_err();
+        assert!(e.contains("tls.client_ca_file"), "{e}");
+        let server_only = no_mtls.split("[[principals]]").next().unwrap().to_owned();
+        let c = Config::parse(&format!("{GOOD}{server_only}")).unwrap();
+        assert_eq!(c.tls_files().unwrap().client_ca_file, None);
+
+        let e = Config::parse(&format!(
+            "{GOOD}{}",
+            TLS.replace("[\"custodian\"]", "[\"custodian\", \"admin\"]")
+        ))
+        .unwrap_err();
+        assert!(
+            e.contains("principals[1]") && e.contains("separate duties"),
+            "{e}"
+        );
+        let e = Config::parse(&format!(
+            "{GOOD}{}",
+            TLS.replace("custodian-alice", "spiffe://eu.example/billing-service")
+        ))
+        .unwrap_err();
+        assert!(e.contains("listed twice"), "{e}");
+        let e =
+            Config::parse(&format!("{GOOD}{}", TLS.replace("key_file", "keyfile"))).unwrap_err();
+        assert!(e.contains("keyfile"), "{e}");
+        let e = Config::parse(&format!(
+            "{GOOD}{}",
+            TLS.replace("\"reader\", \"writer\"", "\"root\"")
+        ))
+        .unwrap_err();
+        assert!(
+            e.contains("principals[0].roles") && e.contains("unknown role"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn token_expiry_and_revocation() {
+        let with = |extra: &str| Config::parse(&format!("{GOOD}{extra}\n"));
+        for ok in [
+            "expires_at = \"2027-01-01T00:00:00Z\"",
+            "expires_at = \"2027-01-01T02:00:00+02:00\"",
+            "expires_at = 2027-01-01T00:00:00Z",
+            "revoked = true",
+        ] {
+            assert!(with(ok).is_ok(), "{ok}");
+        }
+        let c = with("expires_at = 2027-01-01T01:00:00+01:00").unwrap();
+        assert_eq!(
+            c.tokens[0].expires_at.as_deref(),
+            Some("2027-01-01T01:00:00+01:00")
+        );
+        for bad in [
+            "expires_at = \"2027-01-01\"",
+            "expires_at = \"next year\"",
+            "expires_at = 2027-01-01T00:00:00",
+            "expires_at = 2027-01-01",
+        ] {
+            let e = with(bad).unwrap_err();
+            assert!(
+                e.contains("tokens[0].expires_at") && e.contains("RFC 3339"),
+                "{bad}: {e}"
+            );
+        }
+        let e = with("expires_at = 5").unwrap_err();
+        assert!(e.contains("RFC 3339"), "{e}");
+        let e = with("revoked = \"yes\"").unwrap_err();
+        assert!(e.contains("revoked"), "{e}");
     }
 }

@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use vault_server::config::Config;
 use vault_server::keys::Region;
 use vault_server::policy::Caller;
-use vault_server::service::{self, Authenticator};
+use vault_server::service::{self, Authenticator, ServerTls};
 use vault_server::vault::{OpenOptions, Vault};
 use vault_server::{dev, Error};
 
@@ -81,11 +81,17 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), Error> {
-    let (opts, listen, auth, dev_token) = if let Some(path) = &cli.config {
+    let (opts, listen, auth, tls, dev_token) = if let Some(path) = &cli.config {
         let config = Config::load(path)?;
         let opts = config.open_options().map_err(Error::Config)?;
         let auth = config.authenticator().map_err(Error::Config)?;
-        (opts, cli.listen.unwrap_or(config.listen), auth, None)
+        // The certificate files are read and checked before anything else
+        // starts, so a bad file stops the server with its name.
+        let tls = config
+            .tls_files()
+            .map(|files| ServerTls::load(&files))
+            .transpose()?;
+        (opts, cli.listen.unwrap_or(config.listen), auth, tls, None)
     } else {
         let region: Region = cli
             .region
@@ -101,6 +107,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
             OpenOptions::dev(&cli.data_dir, region),
             listen,
             auth,
+            None,
             Some(token),
         )
     };
@@ -127,11 +134,26 @@ async fn run(cli: Cli) -> Result<(), Error> {
     let addr = listener
         .local_addr()
         .map_err(|e| Error::io("reading the bound address", e))?;
-    tracing::info!(%addr, %region, "vault listening");
+    let transport = match &tls {
+        None => "plaintext",
+        Some(tls) if tls.requires_client_certificates() => "mutual TLS",
+        Some(_) => "TLS",
+    };
+    tracing::info!(%addr, %region, transport, "vault listening");
     {
         // Plain stdout lines for people and scripts; the token appears only here.
         let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "vault-server listening on {addr} (region {region})");
+        match &tls {
+            None => {
+                let _ = writeln!(out, "vault-server listening on {addr} (region {region})");
+            }
+            Some(_) => {
+                let _ = writeln!(
+                    out,
+                    "vault-server listening on {addr} (region {region}, {transport})"
+                );
+            }
+        }
         if !status.initialized {
             let _ = writeln!(
                 out,
@@ -161,10 +183,11 @@ async fn run(cli: Cli) -> Result<(), Error> {
         let _ = out.flush();
     }
 
-    service::serve(
+    service::serve_with_tls(
         listener,
         Arc::clone(&vault),
         Arc::new(auth),
+        tls,
         shutdown_signal(),
     )
     .await?;

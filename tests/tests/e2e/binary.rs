@@ -65,6 +65,8 @@ async fn dev_mode_serves_and_stops_on_sigterm() {
 
     let client = VaultClient::connect(url, "binary-test-token")
         .await
+        .unwrap()
+        .with_purpose(Some(vault_tests::PURPOSE))
         .unwrap();
     assert_eq!(
         client.collection("users").await.unwrap().fields.len(),

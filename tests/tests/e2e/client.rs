@@ -34,7 +34,14 @@ async fn client_purpose_metadata_is_accepted() {
     assert_eq!(billing.collections().await.unwrap().len(), 1);
     let none = support.with_purpose(None).unwrap();
     assert_eq!(none.purpose(), None);
-    assert!(none.delete("users", "u1").await.unwrap());
+    // Without a purpose, schemas are readable but data is not.
+    assert_eq!(none.collections().await.unwrap().len(), 1);
+    let refused = none.delete("users", "u1").await;
+    assert!(
+        matches!(&refused, Err(Error::InvalidInput(m)) if m.contains("purpose")),
+        "{refused:?}"
+    );
+    assert!(support.delete("users", "u1").await.unwrap());
     // The longest purpose the server takes: 128 characters.
     let longest = support.with_purpose(Some(&"p".repeat(128))).unwrap();
     longest.collections().await.unwrap();
@@ -102,7 +109,11 @@ async fn client_tiny_deadlines_are_timeouts() {
     // 1 ns deadline against a live local server loses the race to its
     // answer now and then, against a frozen one never.
     let vault = FreezableVault::start(dir.path(), "eu").await;
-    let client = VaultClient::connect(vault.url(), TOKEN).await.unwrap();
+    let client = VaultClient::connect(vault.url(), TOKEN)
+        .await
+        .unwrap()
+        .with_purpose(Some(vault_tests::PURPOSE))
+        .unwrap();
     client.put(&user("u1", "s1")).await.unwrap();
 
     let frozen = vault.freeze().await;
@@ -232,6 +243,7 @@ async fn client_records_round_trip() {
     let client = VaultClient::connect(vault.addr.to_string(), TOKEN)
         .await
         .unwrap();
+    let client = client.with_purpose(Some(vault_tests::PURPOSE)).unwrap();
     assert_eq!(client.addr(), vault.url());
 
     let ada = |id: &str| {

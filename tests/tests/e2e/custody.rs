@@ -442,6 +442,8 @@ roles = ["reader", "writer", "admin"]
         .unwrap();
     let service = VaultClient::connect(server.url.clone(), SERVICE)
         .await
+        .unwrap()
+        .with_purpose(Some(vault_tests::PURPOSE))
         .unwrap();
     let init = custodian.init(3, 2).await.unwrap();
     custodian.unseal(&init.shares[0]).await.unwrap();
@@ -475,6 +477,8 @@ roles = ["reader", "writer", "admin"]
         .unwrap();
     let service = VaultClient::connect(server.url.clone(), SERVICE)
         .await
+        .unwrap()
+        .with_purpose(Some(vault_tests::PURPOSE))
         .unwrap();
     assert!(custodian.status().await.unwrap().sealed);
     sealed_error(service.get("users", "r0").await);

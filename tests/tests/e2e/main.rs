@@ -11,6 +11,7 @@ mod malformed;
 mod records;
 mod region;
 mod tamper;
+mod tls;
 mod vaultctl;
 mod vaultctl_custody;
 

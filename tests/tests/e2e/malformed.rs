@@ -175,6 +175,8 @@ async fn malformed_messages_are_invalid_arguments() {
         id: "x".into(),
         subject_id: "s".into(),
         fields,
+        redacted_fields: Vec::new(),
+        masked_fields: Vec::new(),
     };
     let s = raw
         .put_record(authed(pb::PutRecordRequest {
@@ -199,6 +201,8 @@ async fn malformed_messages_are_invalid_arguments() {
         id: "x".into(),
         subject_id: "s".into(),
         fields,
+        redacted_fields: Vec::new(),
+        masked_fields: Vec::new(),
     };
     let s = raw
         .put_record(authed(pb::PutRecordRequest {

@@ -92,7 +92,9 @@ pub(crate) async fn vaultctl_at(
         .args(args)
         .env("VAULT_ADDR", addr)
         .env_remove("VAULT_TOKEN")
-        .env_remove("VAULT_PURPOSE")
+        // Every data request states a purpose; tests that check purposes
+        // override it with --purpose or their own VAULT_PURPOSE.
+        .env("VAULT_PURPOSE", vault_tests::PURPOSE)
         .env_remove("VAULT_TIMEOUT")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

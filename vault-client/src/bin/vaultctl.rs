@@ -1,7 +1,8 @@
 //! `vaultctl`: the command line of the regional data vault.
 //!
 //! ```text
-//! vaultctl [--addr URL] --token TOKEN [--purpose P] [--timeout SECS] [--json] COMMAND
+//! vaultctl [--addr URL] --token TOKEN [--purpose P] [--timeout SECS] [--json]
+//!          [--ca FILE] [--cert FILE --key FILE] COMMAND
 //!
 //!   collection create NAME --field SPEC... [--region R] [--description D]
 //!   collection create NAME --schema FILE.json [--region R] [--description D]
@@ -26,7 +27,11 @@
 //!
 //! A field SPEC is `name:type:category[:indexed][:mask=F,L]`. The global
 //! options may also come after the command and default to `VAULT_ADDR`,
-//! `VAULT_TOKEN`, `VAULT_PURPOSE` and `VAULT_TIMEOUT`. Errors are one line
+//! `VAULT_TOKEN`, `VAULT_PURPOSE`, `VAULT_TIMEOUT`, `VAULT_CACERT`,
+//! `VAULT_CLIENT_CERT` and `VAULT_CLIENT_KEY`. Over TLS (`https://`), `--ca`
+//! names the CA of the vault's certificate (else the system's roots) and
+//! `--cert`/`--key` present a client certificate (mutual TLS), which makes
+//! the token optional. Errors are one line
 //! `error: <message>` on stderr and exit 1 (2 for a usage error); with
 //! `--json` stdout also gets `{"error":{"kind":"...","message":"..."}}`.
 //! The token is never printed, and unseal shares are never taken as
@@ -65,7 +70,8 @@ struct Cli {
     addr: String,
 
     /// The bearer token (prefer the VAULT_TOKEN variable: arguments are visible
-    /// to other users of the machine). Required.
+    /// to other users of the machine). Required, unless --cert and --key present
+    /// a client certificate.
     #[arg(long, env = "VAULT_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
 
@@ -87,6 +93,21 @@ struct Cli {
     /// Print machine-readable JSON on stdout, errors included.
     #[arg(long, global = true)]
     json: bool,
+
+    /// The CA certificate (PEM) that signed the vault's TLS certificate
+    /// (default: the system's trusted roots). Needs an https:// address; a
+    /// bare host:port gets https://.
+    #[arg(long, env = "VAULT_CACERT", value_name = "FILE", global = true)]
+    ca: Option<PathBuf>,
+
+    /// A client certificate (PEM) for mutual TLS, with --key; its principal
+    /// is the caller's, and a token is then optional.
+    #[arg(long, env = "VAULT_CLIENT_CERT", value_name = "FILE", global = true)]
+    cert: Option<PathBuf>,
+
+    /// The private key (PEM) of --cert.
+    #[arg(long, env = "VAULT_CLIENT_KEY", value_name = "FILE", global = true)]
+    key: Option<PathBuf>,
 
     #[command(subcommand)]
     command: Command,
@@ -345,13 +366,34 @@ fn main() -> ExitCode {
 }
 
 async fn connect(cli: &Cli) -> Result<VaultClient, CliError> {
-    let token = cli
-        .token
-        .as_deref()
-        .ok_or_else(|| CliError::Usage("no token: set VAULT_TOKEN or pass --token".into()))?;
-    let mut builder = VaultClient::builder(cli.addr.as_str())
-        .token(token)
-        .timeout(cli.timeout);
+    let mut builder = VaultClient::builder(cli.addr.as_str()).timeout(cli.timeout);
+    match (&cli.cert, &cli.key) {
+        (Some(cert), Some(key)) => builder = builder.client_identity_files(cert, key),
+        (None, None) => {}
+        (Some(_), None) => {
+            return Err(CliError::Usage(
+                "--cert needs --key (or VAULT_CLIENT_KEY): the client certificate's private key"
+                    .into(),
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(CliError::Usage(
+                "--key needs --cert (or VAULT_CLIENT_CERT): the client certificate".into(),
+            ))
+        }
+    }
+    match cli.token.as_deref() {
+        Some(token) => builder = builder.token(token),
+        None if cli.cert.is_some() => {}
+        None => {
+            return Err(CliError::Usage(
+                "no token: set VAULT_TOKEN or pass --token".into(),
+            ))
+        }
+    }
+    if let Some(ca) = &cli.ca {
+        builder = builder.ca_certificate_file(ca);
+    }
     if let Some(purpose) = &cli.purpose {
         builder = builder.purpose(purpose.as_str());
     }
@@ -779,6 +821,67 @@ mod tests {
             "{message}"
         );
         assert!(!message.contains('\n'));
+    }
+
+    fn connect_error(args: &[&str]) -> String {
+        let cli = parse(args).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        match runtime.block_on(connect(&cli)) {
+            Err(e) => format!("{}: {}", e.kind(), e.message()),
+            Ok(_) => panic!("connected with {args:?}"),
+        }
+    }
+
+    #[test]
+    fn tls_flags_are_checked_before_connecting() {
+        let cli = parse(&[
+            "--ca",
+            "ca.pem",
+            "--cert",
+            "c.pem",
+            "--key",
+            "k.pem",
+            "collection",
+            "list",
+        ])
+        .unwrap();
+        assert_eq!(cli.ca.as_deref(), Some(Path::new("ca.pem")));
+        assert_eq!(cli.cert.as_deref(), Some(Path::new("c.pem")));
+        assert_eq!(cli.key.as_deref(), Some(Path::new("k.pem")));
+
+        let m = connect_error(&["--cert", "c.pem", "collection", "list"]);
+        assert!(m.starts_with("usage: --cert needs --key"), "{m}");
+        let m = connect_error(&["--key", "k.pem", "--token", "t", "collection", "list"]);
+        assert!(m.starts_with("usage: --key needs --cert"), "{m}");
+        let m = connect_error(&["collection", "list"]);
+        assert!(m.starts_with("usage: no token"), "{m}");
+        // Without a token, a client certificate will do; its files are read.
+        let m = connect_error(&[
+            "--addr",
+            "127.0.0.1:1",
+            "--cert",
+            "/nonexistent/c.pem",
+            "--key",
+            "/nonexistent/k.pem",
+            "collection",
+            "list",
+        ]);
+        assert!(
+            m.starts_with("invalid_input: invalid input: cannot read the client certificate file /nonexistent/c.pem"),
+            "{m}"
+        );
+        let m = connect_error(&[
+            "--token",
+            "t",
+            "--ca",
+            "/nonexistent/ca.pem",
+            "collection",
+            "list",
+        ]);
+        assert!(m.contains("needs an https:// address"), "{m}");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use crate::keys::{
     signing_key, wrap_subject_key, wrapping_version, ErasureReceipt, KeyState, Keyring,
     KeyringError, SubjectKeys,
 };
-use crate::policy::{Caller, Role};
+use crate::policy::{Caller, Operation};
 use crate::storage::{
     parse_subject_key_id, subject_key_id, subject_key_prefix, StoredRecord, Table, WriteSet,
 };
@@ -70,7 +70,7 @@ impl Engine {
     /// Every root key version with the number of subject keys it wraps
     /// (a scan of every wrapped subject key).
     pub fn root_keys(&self, caller: &Caller) -> Result<Vec<RootKeyInfo>> {
-        caller.require(Role::Custodian)?;
+        self.policy().authorize(caller, Operation::Custody, None)?;
         let counts = self.count_wrapped()?;
         let mut all = self.root_versions();
         for k in &mut all {
@@ -97,7 +97,7 @@ impl Engine {
     /// Makes a new root key version current, saves the keyring, and starts
     /// the job that re-wraps every subject key under it.
     pub fn rotate_root(&self, caller: &Caller) -> Result<u32> {
-        caller.require(Role::Custodian)?;
+        self.policy().authorize(caller, Operation::Custody, None)?;
         let _custody = lock(&self.custody_lock);
         self.check_open()?;
         let mut kr = Keyring::clone(&self.keyring());
@@ -111,7 +111,7 @@ impl Engine {
     /// Retires a root key version: it unwraps no more. Refused while it is
     /// current or still wraps a subject key.
     pub fn retire_root(&self, caller: &Caller, version: u32) -> Result<()> {
-        caller.require(Role::Custodian)?;
+        self.policy().authorize(caller, Operation::Custody, None)?;
         let _custody = lock(&self.custody_lock);
         self.check_open()?;
         let mut kr = Keyring::clone(&self.keyring());
@@ -133,7 +133,7 @@ impl Engine {
     /// Destroys a retired root key version: its bytes leave the keyring
     /// file, which is rewritten now.
     pub fn destroy_root(&self, caller: &Caller, version: u32) -> Result<()> {
-        caller.require(Role::Custodian)?;
+        self.policy().authorize(caller, Operation::Custody, None)?;
         let _custody = lock(&self.custody_lock);
         self.check_open()?;
         let mut kr = Keyring::clone(&self.keyring());
@@ -192,7 +192,7 @@ impl Engine {
     /// under it (same AAD binding: same region, collection, record and
     /// field), and destroys every older key version, in one atomic write.
     pub fn rotate_subject(&self, caller: &Caller, subject: &str) -> Result<SubjectRotation> {
-        caller.require(Role::Custodian)?;
+        self.policy().authorize(caller, Operation::Custody, None)?;
         validate_id("subject id", subject)?;
         let _subject = self.subject_locks[self.stripe(subject)]
             .write()
@@ -265,7 +265,7 @@ impl Engine {
     /// rows, records and index entries and stores a signed receipt, in one
     /// atomic write.
     pub fn erase_subject(&self, caller: &Caller, subject: &str) -> Result<ErasureReceipt> {
-        caller.require_any(&[Role::Custodian, Role::Dpo])?;
+        self.policy().authorize(caller, Operation::Erase, None)?;
         validate_id("subject id", subject)?;
         let _subject = self.subject_locks[self.stripe(subject)]
             .write()

@@ -31,7 +31,7 @@ use crate::crypto::{
 use crate::keys::{
     unwrap_subject_key, wrap_subject_key, write_secret_file, KeyCache, Keyring, Region, SubjectKeys,
 };
-use crate::policy::{Caller, Role};
+use crate::policy::{Caller, Operation, Policy, PolicyHandle, Redaction};
 use crate::storage::{
     record_key, subject_key_id, subject_key_prefix, subject_record_key, Store, StoredField,
     StoredRecord, Table, WriteSet, RECORD_TAG_LEN,
@@ -126,6 +126,8 @@ pub struct EngineOptions {
     pub key_cache_capacity: usize,
     /// Pace of the root-key re-wrap job.
     pub rewrap: RewrapOptions,
+    /// The access policy in force (shared with the server, which reloads it).
+    pub policy: Arc<PolicyHandle>,
 }
 
 impl Default for EngineOptions {
@@ -134,6 +136,7 @@ impl Default for EngineOptions {
             limits: Limits::default(),
             key_cache_capacity: 10_000,
             rewrap: RewrapOptions::default(),
+            policy: Arc::new(PolicyHandle::builtin()),
         }
     }
 }
@@ -164,6 +167,7 @@ pub struct Engine {
     stripe_hasher: RandomState,
     rewrap_options: RewrapOptions,
     rewrap: rewrap::JobState,
+    policy: Arc<PolicyHandle>,
     closed: AtomicBool,
     counters: Counters,
 }
@@ -181,6 +185,7 @@ impl Engine {
             limits,
             key_cache_capacity,
             rewrap: rewrap_options,
+            policy,
         } = options;
         let region = keyring.region().clone();
         match (
@@ -231,9 +236,15 @@ impl Engine {
             stripe_hasher: RandomState::new(),
             rewrap_options,
             rewrap,
+            policy,
             closed: AtomicBool::new(false),
             counters: Counters::default(),
         })
+    }
+
+    /// The policy in force (a snapshot: a reload does not change it).
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.current()
     }
 
     /// A snapshot of the keyring.
@@ -313,7 +324,8 @@ impl Engine {
         caller: &Caller,
         mut collection: Collection,
     ) -> Result<Collection> {
-        caller.require(Role::Admin)?;
+        self.policy()
+            .authorize(caller, Operation::Admin, Some(&collection.name))?;
         if collection.region.is_empty() {
             collection.region = self.region.to_string();
         }
@@ -343,15 +355,28 @@ impl Engine {
     }
 
     /// One collection's schema.
+    /// Any principal whose policy grants it anything on the collection may
+    /// read its schema (no personal data, no purpose needed).
     pub fn collection(&self, caller: &Caller, name: &str) -> Result<Arc<Collection>> {
-        caller.require(Role::Reader)?;
+        self.policy().authorize_schema(caller, name)?;
         self.lookup_collection(name)
     }
 
-    /// Every collection, by name.
+    /// A collection's schema without an authorization check: for the
+    /// vault's own use (the policy check shows a schema's fields).
+    pub fn collection_schema(&self, name: &str) -> Result<Arc<Collection>> {
+        self.lookup_collection(name)
+    }
+
+    /// Every collection whose schema the caller may read, by name.
     pub fn list_collections(&self, caller: &Caller) -> Result<Vec<Arc<Collection>>> {
-        caller.require(Role::Reader)?;
-        let mut all: Vec<_> = self.read_collections().values().cloned().collect();
+        let policy = self.policy();
+        let mut all: Vec<_> = self
+            .read_collections()
+            .values()
+            .filter(|c| policy.authorize_schema(caller, &c.name).is_ok())
+            .cloned()
+            .collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(all)
     }
@@ -395,8 +420,8 @@ impl Engine {
 
     /// Creates or replaces records atomically: one durable write for all.
     pub fn put_records(&self, caller: &Caller, records: Vec<Record>) -> Result<usize> {
-        caller.require(Role::Writer)?;
         self.check_open()?;
+        let policy = self.policy();
         if records.is_empty() {
             return Err(Error::InvalidArgument("no records to write".into()));
         }
@@ -412,7 +437,9 @@ impl Engine {
         let mut batch_bytes = 0usize;
         let mut schemas = Vec::with_capacity(records.len());
         for r in &records {
+            policy.authorize(caller, Operation::Write, Some(&r.collection))?;
             let c = self.data_collection(&r.collection)?;
+            policy.authorize_write(caller, &c, r.fields.keys().map(String::as_str))?;
             validate_id("record id", &r.id)?;
             validate_id("subject id", &r.subject_id)?;
             if !seen.insert((r.collection.as_str(), r.id.as_str())) {
@@ -614,9 +641,11 @@ impl Engine {
         ids: &[String],
         fields: &[String],
     ) -> Result<(Vec<Record>, Vec<String>)> {
-        caller.require(Role::Reader)?;
         self.check_open()?;
+        let policy = self.policy();
+        policy.authorize(caller, Operation::Read, Some(collection))?;
         let c = self.data_collection(collection)?;
+        let view = policy.field_view(caller, Operation::Read, &c)?;
         if ids.is_empty() {
             return Err(Error::InvalidArgument("no record ids".into()));
         }
@@ -671,11 +700,28 @@ impl Engine {
                 }
                 Err(e) => return Err(e),
             };
-            let mut out = BTreeMap::new();
+            let mut record = Record::new(
+                collection,
+                id.clone(),
+                stored.subject_id.clone(),
+                BTreeMap::new(),
+            );
             for sf in &stored.fields {
                 // A stored field the schema does not know was not written by us.
                 let schema = c.field(&sf.name).ok_or(Error::Integrity)?;
                 if !projected(&sf.name) {
+                    continue;
+                }
+                // Only strings can be masked; a masked field of another type
+                // is redacted. A redacted field is never decrypted.
+                let level = match view.level(&sf.name) {
+                    Redaction::Masked if schema.field_type != FieldType::String => {
+                        Redaction::Redacted
+                    }
+                    l => l,
+                };
+                if level == Redaction::Redacted {
+                    record.redacted.insert(sf.name.clone());
                     continue;
                 }
                 let plaintext = self.open_stored_field(&sk, &stored, collection, id, sf)?;
@@ -683,21 +729,28 @@ impl Engine {
                 if value.field_type() != schema.field_type {
                     return Err(Error::Integrity);
                 }
-                out.insert(sf.name.clone(), value);
+                let value = match (level, value) {
+                    (Redaction::Masked, Value::String(s)) => {
+                        record.masked.insert(sf.name.clone());
+                        let mask = schema.mask.unwrap_or(Mask {
+                            keep_first: 0,
+                            keep_last: 0,
+                        });
+                        Value::String(mask.apply(&s))
+                    }
+                    (_, v) => v,
+                };
+                record.fields.insert(sf.name.clone(), value);
             }
-            found.push(Record {
-                collection: collection.to_owned(),
-                id: id.clone(),
-                subject_id: stored.subject_id,
-                fields: out,
-            });
+            found.push(record);
         }
         Ok((found, missing))
     }
 
     /// Deletes one record; returns whether it existed.
     pub fn delete_record(&self, caller: &Caller, collection: &str, id: &str) -> Result<bool> {
-        caller.require(Role::Writer)?;
+        self.policy()
+            .authorize(caller, Operation::Delete, Some(collection))?;
         self.check_open()?;
         self.data_collection(collection)?;
         validate_id("record id", id)?;

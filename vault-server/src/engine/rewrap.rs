@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use super::{lock, Engine};
 use crate::keys::Rewrapper;
-use crate::policy::{Caller, Role};
+use crate::policy::{Caller, Operation};
 use crate::storage::{parse_subject_key_id, Store, Table, WriteSet};
 use crate::{Error, Result};
 
@@ -219,7 +219,7 @@ impl JobState {
 impl Engine {
     /// Where the re-wrap job stands.
     pub fn rewrap_status(&self, caller: &Caller) -> Result<RewrapProgress> {
-        caller.require(Role::Custodian)?;
+        self.policy().authorize(caller, Operation::Custody, None)?;
         Ok(self.rewrap_progress())
     }
 

@@ -10,7 +10,7 @@
 //!   6 timestamp i64 seconds big-endian ‖ i32 nanos big-endian (0 ≤ nanos < 10^9)
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use zeroize::Zeroizing;
@@ -156,6 +156,31 @@ pub struct Record {
     pub subject_id: String,
     /// Field name to value.
     pub fields: BTreeMap<String, Value>,
+    /// On read: projected fields present in the record that the caller's
+    /// policy does not show (they were not decrypted). Ignored on write.
+    pub redacted: BTreeSet<String>,
+    /// On read: fields whose values the caller's policy masked. Ignored on
+    /// write.
+    pub masked: BTreeSet<String>,
+}
+
+impl Record {
+    /// A record to write.
+    pub fn new(
+        collection: impl Into<String>,
+        id: impl Into<String>,
+        subject_id: impl Into<String>,
+        fields: BTreeMap<String, Value>,
+    ) -> Self {
+        Record {
+            collection: collection.into(),
+            id: id.into(),
+            subject_id: subject_id.into(),
+            fields,
+            redacted: BTreeSet::new(),
+            masked: BTreeSet::new(),
+        }
+    }
 }
 
 impl fmt::Debug for Record {
@@ -168,6 +193,8 @@ impl fmt::Debug for Record {
                 &format_args!("<{} bytes>", self.subject_id.len()),
             )
             .field("fields", &self.fields)
+            .field("redacted", &self.redacted)
+            .field("masked", &self.masked)
             .finish()
     }
 }
@@ -207,15 +234,15 @@ mod tests {
     fn debug_hides_content() {
         let shown = format!("{:?}", Value::String("secret@example.eu".into()));
         assert!(!shown.contains("secret"), "{shown}");
-        let record = Record {
-            collection: "users".into(),
-            id: "ada@example.eu".into(),
-            subject_id: "person-ada".into(),
-            fields: BTreeMap::from([(
+        let record = Record::new(
+            "users",
+            "ada@example.eu",
+            "person-ada",
+            BTreeMap::from([(
                 "email".to_string(),
                 Value::String("secret@example.eu".into()),
             )]),
-        };
+        );
         let shown = format!("{record:?}");
         assert!(
             !shown.contains("secret") && !shown.contains("ada"),

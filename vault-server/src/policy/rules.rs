@@ -107,6 +107,21 @@ impl Operation {
         }
     }
 
+    /// What it does, as a phrase after "may not".
+    pub fn verb(self) -> &'static str {
+        match self {
+            Operation::Read => "read",
+            Operation::Write => "write",
+            Operation::Delete => "delete",
+            Operation::Search => "search",
+            Operation::Export => "export",
+            Operation::Erase => "erase subjects",
+            Operation::Custody => "perform key custody",
+            Operation::Audit => "read the audit log",
+            Operation::Admin => "administer the vault",
+        }
+    }
+
     /// Whether it touches personal data (and so needs a purpose).
     pub fn is_data(self) -> bool {
         matches!(
@@ -446,6 +461,24 @@ impl Policy {
         Err(denied(caller, op, collection, granted_without_purpose))
     }
 
+    /// Fails unless some rule of the caller's roles names `collection` (any
+    /// operation, any purpose): enough to read its schema, which holds no
+    /// personal data.
+    pub fn authorize_schema(&self, caller: &Caller, collection: &str) -> Result<()> {
+        if self.rules_of(caller).any(|r| {
+            r.collections.contains(collection)
+                && r.operations
+                    .iter()
+                    .any(|o| o.is_data() || *o == Operation::Admin)
+        }) {
+            return Ok(());
+        }
+        Err(Error::PermissionDenied(format!(
+            "principal {} may not see collection {collection}",
+            caller.principal.name
+        )))
+    }
+
     /// How the caller may see each field of `collection` when doing `op`
     /// (read or export): fields absent from the map are redacted. Fails
     /// when no rule grants `op` on the collection for the purpose.
@@ -629,14 +662,16 @@ fn denied(caller: &Caller, op: Operation, collection: Option<&str>, purpose_only
     let on = collection.map_or(String::new(), |c| format!(" on collection {c}"));
     if purpose_only {
         Error::PermissionDenied(format!(
-            "principal {} may not {op}{on} for purpose {}",
+            "principal {} may not {}{on} for purpose {}",
             caller.principal.name,
+            op.verb(),
             caller.purpose.as_deref().unwrap_or("-")
         ))
     } else {
         Error::PermissionDenied(format!(
-            "principal {} may not {op}{on}",
-            caller.principal.name
+            "principal {} may not {}{on}",
+            caller.principal.name,
+            op.verb()
         ))
     }
 }

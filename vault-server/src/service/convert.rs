@@ -158,12 +158,7 @@ pub fn record_from(r: pb::Record) -> Result<Record, Status> {
             Ok((name, value))
         })
         .collect::<Result<BTreeMap<_, _>, Status>>()?;
-    Ok(Record {
-        collection: r.collection,
-        id: r.id,
-        subject_id: r.subject_id,
-        fields,
-    })
+    Ok(Record::new(r.collection, r.id, r.subject_id, fields))
 }
 
 pub fn record_to(r: Record) -> pb::Record {
@@ -176,6 +171,8 @@ pub fn record_to(r: Record) -> pb::Record {
             .into_iter()
             .map(|(k, v)| (k, value_to(v)))
             .collect(),
+        redacted_fields: r.redacted.into_iter().collect(),
+        masked_fields: r.masked.into_iter().collect(),
     }
 }
 

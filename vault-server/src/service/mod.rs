@@ -1,10 +1,13 @@
 //! The gRPC adapter: the only module that knows `vault-proto`. It
 //! authenticates, decodes, calls the engine on the blocking pool and encodes.
-//! `grpc.health.v1` and server reflection are always registered.
+//! `grpc.health.v1` and server reflection are always registered. The port
+//! is plaintext HTTP/2 unless a [`ServerTls`] is given (TLS, or mutual TLS
+//! with client CAs).
 
 mod auth;
 mod convert;
 mod custody;
+mod tls;
 mod vault;
 
 use std::future::Future;
@@ -19,8 +22,9 @@ use vault_proto::v1::operator_service_server::OperatorServiceServer;
 use vault_proto::v1::subject_service_server::SubjectServiceServer;
 use vault_proto::v1::vault_service_server::VaultServiceServer;
 
-pub use auth::{hash_token, Authenticator, PURPOSE_HEADER};
+pub use auth::{hash_token, Authenticator, TokenGrant, PURPOSE_HEADER};
 pub use custody::{OperatorApi, SubjectApi};
+pub use tls::{certificate_principal, ServerTls, TlsFiles};
 pub use vault::VaultApi;
 
 use crate::{Error, Result, Vault};
@@ -44,9 +48,9 @@ async fn set_data_health(health: &tonic_health::server::HealthReporter, sealed: 
     }
 }
 
-/// Serves the vault on `listener` until `shutdown` completes, then drains
-/// in-flight requests and returns. Health follows the seal: the data
-/// services are SERVING only while the vault is unsealed; the operator
+/// Serves the vault in plaintext on `listener` until `shutdown` completes,
+/// then drains in-flight requests and returns. Health follows the seal: the
+/// data services are SERVING only while the vault is unsealed; the operator
 /// service is always SERVING (it is how a vault is unsealed).
 pub async fn serve(
     listener: TcpListener,
@@ -54,6 +58,26 @@ pub async fn serve(
     auth: Arc<Authenticator>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
+    serve_with_tls(listener, vault, auth, None, shutdown).await
+}
+
+/// As [`serve`], over TLS when `tls` is given. With client CAs, a
+/// connection without a valid client certificate fails its handshake and
+/// reaches no service (health and reflection included); a request's client
+/// certificate then names its principal (see [`Authenticator`]).
+pub async fn serve_with_tls(
+    listener: TcpListener,
+    vault: Arc<Vault>,
+    auth: Arc<Authenticator>,
+    tls: Option<ServerTls>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = &tls {
+        server = server
+            .tls_config(tls.server_config())
+            .map_err(|e| Error::Config(format!("tls: {e}")))?;
+    }
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_service_status("vault.v1.OperatorService", ServingStatus::Serving)
@@ -100,7 +124,7 @@ pub async fn serve(
         conn
     });
 
-    let served = tonic::transport::Server::builder()
+    let served = server
         .add_service(health_service)
         .add_service(reflection)
         .add_service(api)
