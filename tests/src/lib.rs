@@ -66,7 +66,19 @@ impl TestVault {
         region: &str,
         tls: TlsFixture,
     ) -> vault_server::Result<TestVault> {
-        let opts = OpenOptions::dev(data_dir, region.parse().unwrap());
+        Self::start_tls_with(OpenOptions::dev(data_dir, region.parse().unwrap()), tls).await
+    }
+
+    /// [`TestVault::start_tls`] with the given options (an access policy,
+    /// say). The authenticator learns the policy, whose `[principals]` also
+    /// name certificate principals.
+    pub async fn start_tls_with(
+        opts: OpenOptions,
+        mut tls: TlsFixture,
+    ) -> vault_server::Result<TestVault> {
+        let data_dir = opts.data_dir.clone();
+        let data_dir = data_dir.as_path();
+        tls.auth.set_policy(Arc::clone(&opts.engine.policy));
         let vault = tokio::task::spawn_blocking(move || {
             let vault = Vault::open_dev(opts)?;
             dev::seed(&*vault.engine()?)?;

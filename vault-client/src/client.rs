@@ -11,6 +11,7 @@ use tonic::service::Interceptor;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status};
 use vault_proto::v1 as pb;
+use vault_proto::v1::admin_service_client::AdminServiceClient;
 use vault_proto::v1::operator_service_client::OperatorServiceClient;
 use vault_proto::v1::subject_service_client::SubjectServiceClient;
 use vault_proto::v1::vault_service_client::VaultServiceClient;
@@ -20,6 +21,7 @@ use crate::custody::{
     UnsealShare,
 };
 use crate::error::{Error, Result};
+use crate::policy::PolicyCheck;
 use crate::receipt::ErasureReceipt;
 use crate::tls::{Pem, TlsOptions};
 use crate::types::{BatchGet, Collection, Record};
@@ -324,13 +326,14 @@ impl ClientBuilder {
 
 type Authenticated = InterceptedService<Channel, Credentials>;
 
-/// The generated clients of the three services, over one channel with one
+/// The generated clients of the four services, over one channel with one
 /// set of credentials.
 #[derive(Clone)]
 struct Stubs {
     vault: VaultServiceClient<Authenticated>,
     operator: OperatorServiceClient<Authenticated>,
     subject: SubjectServiceClient<Authenticated>,
+    admin: AdminServiceClient<Authenticated>,
 }
 
 impl Stubs {
@@ -339,7 +342,8 @@ impl Stubs {
             vault: VaultServiceClient::with_interceptor(channel.clone(), credentials.clone())
                 .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE),
             operator: OperatorServiceClient::with_interceptor(channel.clone(), credentials.clone()),
-            subject: SubjectServiceClient::with_interceptor(channel, credentials),
+            subject: SubjectServiceClient::with_interceptor(channel.clone(), credentials.clone()),
+            admin: AdminServiceClient::with_interceptor(channel, credentials),
         }
     }
 }
@@ -763,6 +767,47 @@ impl VaultClient {
             .receipt
             .ok_or_else(|| missing("EraseSubjectResponse.receipt"))?
             .try_into()
+    }
+
+    /// Reads the vault's policy file again (as `SIGHUP` does) and returns
+    /// where the policy now in force came from. A file that does not parse
+    /// is refused with [`Error::InvalidInput`] naming its line, and the
+    /// policy in force stays. Needs the `admin` operation
+    /// ([`Error::PermissionDenied`] otherwise).
+    pub async fn reload_policy(&self) -> Result<String> {
+        let response = self
+            .run(
+                self.stubs.admin.clone(),
+                pb::ReloadPolicyRequest {},
+                |mut c, r| async move { c.reload_policy(r).await },
+            )
+            .await?;
+        Ok(response.source)
+    }
+
+    /// What the policy in force grants `principal` (a token's principal
+    /// name, or a certificate's) when it states `purpose` (`None`: no
+    /// purpose). With a `collection`, each operation granted on it and how
+    /// it treats every field ([`PolicyCheck::operations`]); without one, a
+    /// line per rule of the principal's roles ([`PolicyCheck::rules`]).
+    /// Needs the `admin` or `audit` operation.
+    pub async fn check_policy(
+        &self,
+        principal: &str,
+        purpose: Option<&str>,
+        collection: Option<&str>,
+    ) -> Result<PolicyCheck> {
+        let request = pb::CheckPolicyRequest {
+            principal: principal.to_owned(),
+            purpose: purpose.unwrap_or_default().to_owned(),
+            collection: collection.unwrap_or_default().to_owned(),
+        };
+        let response = self
+            .run(self.stubs.admin.clone(), request, |mut c, r| async move {
+                c.check_policy(r).await
+            })
+            .await?;
+        Ok(response.into())
     }
 }
 

@@ -5,6 +5,8 @@
 //! enum, an out-of-range timestamp, a missing message) is an
 //! [`Error::Protocol`], never a panic.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use vault_proto::v1 as pb;
 
 use crate::custody::{
@@ -12,6 +14,7 @@ use crate::custody::{
     UnsealProgress, UnsealShare,
 };
 use crate::error::Error;
+use crate::policy::{FieldAccess, OperationAccess, PolicyCheck};
 use crate::receipt::ErasureReceipt;
 use crate::types::{
     Collection, DataCategory, FieldSchema, FieldType, Mask, Record, Timestamp, Value,
@@ -294,27 +297,45 @@ impl From<&Record> for pb::Record {
 impl TryFrom<pb::Record> for Record {
     type Error = Error;
 
-    /// Refuses a record with a value that has no variant set.
+    /// Refuses a record with a value that has no variant set, a redacted
+    /// field that has a value, and a masked field that has none.
     fn try_from(record: pb::Record) -> Result<Self, Error> {
-        let fields = record
-            .fields
+        let pb::Record {
+            collection,
+            id,
+            subject_id,
+            fields,
+            redacted_fields,
+            masked_fields,
+        } = record;
+        let broken = |name: &str, message: &str| {
+            Error::Protocol(format!(
+                "record `{collection}/{id}` field `{name}`: {message}"
+            ))
+        };
+        let fields: BTreeMap<String, Value> = fields
             .into_iter()
             .map(|(name, value)| match Value::try_from(value) {
                 Ok(value) => Ok((name, value)),
-                Err(e) => Err(match e {
-                    Error::Protocol(message) => Error::Protocol(format!(
-                        "record `{}/{}` field `{name}`: {message}",
-                        record.collection, record.id
-                    )),
-                    other => other,
-                }),
+                Err(Error::Protocol(message)) => Err(broken(&name, &message)),
+                Err(other) => Err(other),
             })
             .collect::<Result<_, _>>()?;
+        let redacted: BTreeSet<String> = redacted_fields.into_iter().collect();
+        if let Some(name) = redacted.iter().find(|name| fields.contains_key(*name)) {
+            return Err(broken(name, "marked redacted, yet it has a value"));
+        }
+        let masked: BTreeSet<String> = masked_fields.into_iter().collect();
+        if let Some(name) = masked.iter().find(|name| !fields.contains_key(*name)) {
+            return Err(broken(name, "marked masked, yet it has no value"));
+        }
         Ok(Record {
-            collection: record.collection,
-            id: record.id,
-            subject_id: record.subject_id,
+            collection,
+            id,
+            subject_id,
             fields,
+            redacted,
+            masked,
         })
     }
 }
@@ -473,6 +494,35 @@ impl TryFrom<pb::ErasureReceipt> for ErasureReceipt {
             key_versions_destroyed: receipt.key_versions_destroyed,
             records_deleted: receipt.records_deleted,
         })
+    }
+}
+
+impl From<pb::FieldAccess> for FieldAccess {
+    fn from(access: pb::FieldAccess) -> Self {
+        FieldAccess {
+            field: access.field,
+            access: access.access,
+        }
+    }
+}
+
+impl From<pb::OperationAccess> for OperationAccess {
+    fn from(operation: pb::OperationAccess) -> Self {
+        OperationAccess {
+            operation: operation.operation,
+            fields: operation.fields.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+impl From<pb::CheckPolicyResponse> for PolicyCheck {
+    fn from(response: pb::CheckPolicyResponse) -> Self {
+        PolicyCheck {
+            source: response.source,
+            roles: response.roles,
+            operations: response.operations.into_iter().map(Into::into).collect(),
+            rules: response.rules,
+        }
     }
 }
 
@@ -669,8 +719,129 @@ mod tests {
             .with("birth_date", Timestamp::from_unix_seconds(642_902_400));
         let wire = pb::Record::from(&record);
         assert_eq!(wire.fields.len(), 6);
+        assert!(wire.redacted_fields.is_empty() && wire.masked_fields.is_empty());
         assert_eq!(pb::Record::from(record.clone()), wire);
+        // Read back with nothing redacted, it is the record written.
         assert_eq!(Record::try_from(wire).unwrap(), record);
+    }
+
+    fn read_wire() -> pb::Record {
+        pb::Record {
+            collection: "users".into(),
+            id: "u1".into(),
+            subject_id: "s1".into(),
+            fields: [
+                (
+                    "email".to_owned(),
+                    pb::Value::from(Value::from("a***@b.eu")),
+                ),
+                ("name".to_owned(), pb::Value::from(Value::from("Ada"))),
+            ]
+            .into(),
+            redacted_fields: vec!["phone".into(), "birth_date".into(), "phone".into()],
+            masked_fields: vec!["email".into()],
+        }
+    }
+
+    #[test]
+    fn redacted_and_masked_fields_are_read() {
+        let record = Record::try_from(read_wire()).unwrap();
+        assert_eq!(
+            record.redacted.iter().collect::<Vec<_>>(),
+            ["birth_date", "phone"]
+        );
+        assert_eq!(record.masked.iter().collect::<Vec<_>>(), ["email"]);
+        assert_eq!(record.get("email"), Some(&Value::from("a***@b.eu")));
+        assert_eq!(record.get("phone"), None);
+        assert_ne!(
+            record,
+            Record::new("users", "u1", "s1")
+                .with("email", "a***@b.eu")
+                .with("name", "Ada")
+        );
+        // Never sent back.
+        let wire = pb::Record::from(&record);
+        assert!(wire.redacted_fields.is_empty() && wire.masked_fields.is_empty());
+        let wire = pb::Record::from(record);
+        assert!(wire.redacted_fields.is_empty() && wire.masked_fields.is_empty());
+    }
+
+    #[test]
+    fn contradictory_redaction_is_a_protocol_error() {
+        let mut redacted_with_a_value = read_wire();
+        redacted_with_a_value.redacted_fields.push("name".into());
+        match Record::try_from(redacted_with_a_value) {
+            Err(Error::Protocol(m)) => {
+                assert_eq!(
+                    m,
+                    "record `users/u1` field `name`: marked redacted, yet it has a value"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut masked_without_a_value = read_wire();
+        masked_without_a_value.masked_fields.push("phone".into());
+        match Record::try_from(masked_without_a_value) {
+            Err(Error::Protocol(m)) => {
+                assert_eq!(
+                    m,
+                    "record `users/u1` field `phone`: marked masked, yet it has no value"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn policy_checks() {
+        let check = PolicyCheck::from(pb::CheckPolicyResponse {
+            source: "/etc/vault/policy.toml".into(),
+            roles: vec!["support".into()],
+            operations: vec![pb::OperationAccess {
+                operation: "read".into(),
+                fields: vec![
+                    pb::FieldAccess {
+                        field: "email".into(),
+                        access: "masked".into(),
+                    },
+                    pb::FieldAccess {
+                        field: "country".into(),
+                        access: "redacted".into(),
+                    },
+                ],
+            }],
+            rules: Vec::new(),
+        });
+        assert_eq!(
+            check,
+            PolicyCheck {
+                source: "/etc/vault/policy.toml".into(),
+                roles: vec!["support".into()],
+                operations: vec![OperationAccess {
+                    operation: "read".into(),
+                    fields: vec![
+                        FieldAccess {
+                            field: "email".into(),
+                            access: "masked".into(),
+                        },
+                        FieldAccess {
+                            field: "country".into(),
+                            access: "redacted".into(),
+                        },
+                    ],
+                }],
+                rules: Vec::new(),
+            }
+        );
+        let summary = PolicyCheck::from(pb::CheckPolicyResponse {
+            source: "built-in role policy".into(),
+            roles: vec!["reader".into(), "writer".into()],
+            operations: Vec::new(),
+            rules: vec!["role reader: read on collections * · every field".into()],
+        });
+        assert_eq!(summary.roles, ["reader", "writer"]);
+        assert!(summary.operations.is_empty());
+        assert_eq!(summary.rules.len(), 1);
     }
     #[test]
     fn custody_answers() {

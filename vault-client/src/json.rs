@@ -182,7 +182,12 @@ pub fn value_to_json(value: &Value) -> Json {
 }
 
 /// Shows a record as the JSON object
-/// `{"collection", "id", "subject_id", "fields": {name: value, ...}}`.
+/// `{"collection", "id", "subject_id", "fields": {name: value, ...}}`, with
+/// `"redacted": [name, ...]` and `"masked": [name, ...]` (sorted by name)
+/// when the caller's policy withheld or masked fields
+/// ([`Record::redacted`], [`Record::masked`]). Each of the two keys is
+/// present only when its list is not empty, so a record the policy left
+/// whole shows as it always has.
 pub fn record_to_json(record: &Record) -> Json {
     let fields: Map<String, Json> = record
         .fields
@@ -194,6 +199,12 @@ pub fn record_to_json(record: &Record) -> Json {
     object.insert("id".into(), Json::String(record.id.clone()));
     object.insert("subject_id".into(), Json::String(record.subject_id.clone()));
     object.insert("fields".into(), Json::Object(fields));
+    for (key, names) in [("redacted", &record.redacted), ("masked", &record.masked)] {
+        if !names.is_empty() {
+            let names = names.iter().map(|n| Json::String(n.clone())).collect();
+            object.insert(key.into(), Json::Array(names));
+        }
+    }
     Json::Object(object)
 }
 
@@ -394,6 +405,37 @@ mod tests {
                 "fields": {"email": "a@b.eu", "photo": "AP8="}
             })
         );
+    }
+
+    #[test]
+    fn output_names_redacted_and_masked_fields() {
+        let mut record = Record::new("users", "u1", "s1")
+            .with("email", "a***@b.eu")
+            .with("name", "Ada");
+        record.redacted.insert("phone".into());
+        record.redacted.insert("birth_date".into());
+        record.masked.insert("email".into());
+        assert_eq!(
+            record_to_json(&record),
+            json!({
+                "collection": "users",
+                "id": "u1",
+                "subject_id": "s1",
+                "fields": {"email": "a***@b.eu", "name": "Ada"},
+                "redacted": ["birth_date", "phone"],
+                "masked": ["email"]
+            })
+        );
+        // Each key only when its list is not empty.
+        record.masked.clear();
+        let json = record_to_json(&record);
+        assert_eq!(json["redacted"], json!(["birth_date", "phone"]));
+        assert!(json.get("masked").is_none(), "{json}");
+        let mut record = Record::new("users", "u1", "s1").with("email", "a***@b.eu");
+        record.masked.insert("email".into());
+        let json = record_to_json(&record);
+        assert_eq!(json["masked"], json!(["email"]));
+        assert!(json.get("redacted").is_none(), "{json}");
     }
 
     #[test]

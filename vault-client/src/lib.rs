@@ -20,6 +20,12 @@
 //! verifies itself ([`ErasureReceipt::verify`]). Unseal shares are
 //! [`UnsealShare`]s: zeroized on drop, redacted in `Debug`.
 //!
+//! The vault enforces an access policy: a [`Record`] read back says which
+//! of its fields the caller's policy withheld ([`Record::redacted`], not
+//! decrypted) or masked ([`Record::masked`]). `AdminService` reloads the
+//! policy ([`VaultClient::reload_policy`]) and shows what it grants a
+//! principal ([`VaultClient::check_policy`], a [`PolicyCheck`]).
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use vault_client::{Record, Timestamp, VaultClient};
@@ -43,6 +49,7 @@ mod convert;
 mod custody;
 mod error;
 pub mod json;
+mod policy;
 mod receipt;
 mod tls;
 mod types;
@@ -53,6 +60,7 @@ pub use crate::custody::{
     UnsealProgress, UnsealShare,
 };
 pub use crate::error::{Error, Result};
+pub use crate::policy::{FieldAccess, OperationAccess, PolicyCheck};
 pub use crate::receipt::{ErasureReceipt, ReceiptBody, ReceiptError, RECEIPT_SIGNATURE_LABEL};
 pub use crate::types::{
     is_valid_field_name, BatchGet, Collection, DataCategory, FieldSchema, FieldType, Mask,

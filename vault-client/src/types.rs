@@ -5,7 +5,7 @@
 //! enums without an "unspecified" member, and record fields are kept sorted by
 //! name. The conversions to and from the wire types live in `convert`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -452,7 +452,19 @@ impl From<SystemTime> for Value {
 }
 
 /// A record: the data of one collection about one data subject (a person).
-#[derive(Debug, Clone, PartialEq, Default)]
+///
+/// A record read from the vault also says what the caller's access policy
+/// did to it: [`redacted`](Record::redacted) names the fields the record
+/// has that the policy does not show (they are absent from `fields`, and
+/// were not decrypted), [`masked`](Record::masked) the fields whose values
+/// in `fields` were masked inside the vault. Both are empty for a record
+/// built here, and are never sent (the vault decides them on each read):
+/// writing back a record read with redacted or masked fields would replace
+/// the stored values with what the policy let through.
+///
+/// `Debug` shows the collection, the lengths of the ids, and the field names
+/// with their types, never values (ids too may be personal data).
+#[derive(Clone, PartialEq, Default)]
 pub struct Record {
     /// The collection the record belongs to.
     pub collection: String,
@@ -462,6 +474,14 @@ pub struct Record {
     pub subject_id: String,
     /// Field name to value, sorted by name.
     pub fields: BTreeMap<String, Value>,
+    /// On read: the fields the record has that the caller's policy does not
+    /// show, sorted by name. They are not in `fields`, and the vault did not
+    /// decrypt them. Not sent on write.
+    pub redacted: BTreeSet<String>,
+    /// On read: the fields of `fields` whose values the caller's policy
+    /// masked inside the vault (the schema's mask), sorted by name. Not sent
+    /// on write.
+    pub masked: BTreeSet<String>,
 }
 
 impl Record {
@@ -475,7 +495,7 @@ impl Record {
             collection: collection.into(),
             id: id.into(),
             subject_id: subject_id.into(),
-            fields: BTreeMap::new(),
+            ..Self::default()
         }
     }
 
@@ -483,18 +503,62 @@ impl Record {
     /// `Record::new("users", "u1", "s1").with("email", "a@b.eu")`.
     #[must_use]
     pub fn with(mut self, field: impl Into<String>, value: impl Into<Value>) -> Self {
-        self.fields.insert(field.into(), value.into());
+        self.set(field, value);
         self
     }
 
-    /// Sets `field` to `value`, returning the value it had.
+    /// Sets `field` to `value`, returning the value it had. The field is no
+    /// longer [`redacted`](Record::redacted) or [`masked`](Record::masked):
+    /// the value is the caller's own.
     pub fn set(&mut self, field: impl Into<String>, value: impl Into<Value>) -> Option<Value> {
-        self.fields.insert(field.into(), value.into())
+        let field = field.into();
+        self.redacted.remove(&field);
+        self.masked.remove(&field);
+        self.fields.insert(field, value.into())
     }
 
     /// The value of `field`, if the record has it.
     pub fn get(&self, field: &str) -> Option<&Value> {
         self.fields.get(field)
+    }
+
+    /// Whether the caller's policy withheld `field` (it is in
+    /// [`redacted`](Record::redacted)).
+    pub fn is_redacted(&self, field: &str) -> bool {
+        self.redacted.contains(field)
+    }
+
+    /// Whether the value of `field` is masked (it is in
+    /// [`masked`](Record::masked)).
+    pub fn is_masked(&self, field: &str) -> bool {
+        self.masked.contains(field)
+    }
+}
+
+impl fmt::Debug for Record {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        /// A field's type in place of its value.
+        struct Types<'a>(&'a BTreeMap<String, Value>);
+        impl fmt::Debug for Types<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                let mut map = f.debug_map();
+                for (name, value) in self.0 {
+                    map.entry(name, &format_args!("{}", value.field_type()));
+                }
+                map.finish()
+            }
+        }
+        f.debug_struct("Record")
+            .field("collection", &self.collection)
+            .field("id", &format_args!("<{} bytes>", self.id.len()))
+            .field(
+                "subject_id",
+                &format_args!("<{} bytes>", self.subject_id.len()),
+            )
+            .field("fields", &Types(&self.fields))
+            .field("redacted", &self.redacted)
+            .field("masked", &self.masked)
+            .finish()
     }
 }
 
@@ -1224,5 +1288,71 @@ mod tests {
         assert_eq!(record.collection, "users");
         assert_eq!(record.get("email"), Some(&Value::String("a@b.eu".into())));
         assert_eq!(record.fields.keys().collect::<Vec<_>>(), ["age", "email"]);
+        assert!(record.redacted.is_empty());
+        assert!(record.masked.is_empty());
+    }
+
+    /// A record as a policy-filtered read gives it.
+    fn read_back() -> Record {
+        let mut record = Record::new("users", "u1", "s1")
+            .with("email", "a***@b.eu")
+            .with("name", "Ada");
+        record.redacted.insert("phone".into());
+        record.masked.insert("email".into());
+        record
+    }
+
+    #[test]
+    fn redaction_and_masking_are_part_of_the_record() {
+        let record = read_back();
+        assert!(record.is_redacted("phone"));
+        assert!(!record.is_redacted("email"));
+        assert!(record.is_masked("email"));
+        assert!(!record.is_masked("name"));
+        assert_eq!(record.redacted.iter().collect::<Vec<_>>(), ["phone"]);
+        // Equal records agree on what the policy did too.
+        let whole = Record::new("users", "u1", "s1")
+            .with("email", "a***@b.eu")
+            .with("name", "Ada");
+        assert_ne!(record, whole);
+        assert_eq!(record, record.clone());
+
+        // A value set by the caller is neither masked nor redacted.
+        let mut record = read_back();
+        record.set("email", "ada@b.eu");
+        record.set("phone", "+33612345678");
+        assert!(record.masked.is_empty() && record.redacted.is_empty());
+        assert_eq!(
+            record,
+            Record::new("users", "u1", "s1")
+                .with("email", "ada@b.eu")
+                .with("name", "Ada")
+                .with("phone", "+33612345678")
+        );
+    }
+
+    #[test]
+    fn debug_hides_values_and_ids() {
+        let mut record = Record::new("users", "ada@example.eu", "person-ada")
+            .with("email", "secret@example.eu")
+            .with("age", 36i64)
+            .with("photo", vec![0xde_u8, 0xad]);
+        record.redacted.insert("phone".into());
+        record.masked.insert("email".into());
+        let shown = format!("{record:?}");
+        for hidden in ["secret", "ada", "36", "222", "3q0"] {
+            assert!(!shown.contains(hidden), "{hidden} in {shown}");
+        }
+        assert_eq!(
+            shown,
+            "Record { collection: \"users\", id: <14 bytes>, subject_id: <10 bytes>, \
+             fields: {\"age\": int64, \"email\": string, \"photo\": bytes}, \
+             redacted: {\"phone\"}, masked: {\"email\"} }"
+        );
+        let batch = BatchGet {
+            records: vec![record],
+            missing_ids: Vec::new(),
+        };
+        assert!(!format!("{batch:?}").contains("secret"));
     }
 }

@@ -5,6 +5,7 @@
 //! listen = "0.0.0.0:8200"
 //! data_dir = "/var/lib/vault"
 //! keyring_file = "/etc/vault/keyring"         # default: <data_dir>/keyring
+//! policy_file = "/etc/vault/policy.toml"     # default: the built-in role policy; reloaded on SIGHUP
 //! danger_unsynced_writes = false            # default false: every write is WAL-synced
 //! key_cache_capacity = 10000                 # subject key versions kept unwrapped
 //!
@@ -60,7 +61,7 @@ use serde::{Deserialize, Deserializer};
 
 use crate::engine::{EngineOptions, Limits, RewrapOptions};
 use crate::keys::Region;
-use crate::policy::{Principal, Role};
+use crate::policy::{Policy, PolicyHandle, Principal, Role};
 use crate::service::{Authenticator, TlsFiles, TokenGrant};
 use crate::storage::StoreOptions;
 use crate::vault::OpenOptions;
@@ -78,6 +79,10 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Keyring file; default `<data_dir>/keyring`.
     pub keyring_file: Option<PathBuf>,
+    /// The access policy file (TOML; see `policy/rules.rs`). Without it
+    /// the built-in role policy applies: credential roles, any purpose,
+    /// every field plain. Reloaded on SIGHUP and by `AdminService`.
+    pub policy_file: Option<PathBuf>,
     /// Acknowledge writes before the WAL is synced: faster, but a power
     /// loss can lose acknowledged writes. For benchmarks only (default false).
     #[serde(default)]
@@ -262,9 +267,21 @@ impl Config {
                     batch_size: self.rewrap.batch_size.unwrap_or(r.batch_size),
                     keys_per_second: self.rewrap.keys_per_second.unwrap_or(r.keys_per_second),
                 },
-                ..EngineOptions::default()
+                policy: std::sync::Arc::new(self.policy()?),
             },
         })
+    }
+
+    /// The access policy: the policy file's, or the built-in role policy.
+    /// A file that does not parse is refused with its line number.
+    pub fn policy(&self) -> Result<PolicyHandle, String> {
+        match &self.policy_file {
+            None => Ok(PolicyHandle::builtin()),
+            Some(path) => {
+                let policy = Policy::load(path).map_err(|e| e.to_string())?;
+                Ok(PolicyHandle::new(policy, Some(path.clone())))
+            }
+        }
     }
 
     /// The `[tls]` files, if the port is to speak TLS. (They are read and
@@ -404,11 +421,11 @@ roles = ["custodian"]
         let auth = c.authenticator().unwrap();
         assert_eq!(
             auth.roles_of("spiffe://eu.example/billing-service"),
-            Some(&[Role::Reader, Role::Writer][..])
+            Some(vec![Role::Reader, Role::Writer])
         );
         assert_eq!(
             auth.roles_of("custodian-alice"),
-            Some(&[Role::Custodian][..])
+            Some(vec![Role::Custodian])
         );
         assert_eq!(auth.roles_of("svc"), None);
         assert!(Config::parse(GOOD).unwrap().tls_files().is_none());

@@ -15,7 +15,7 @@ use clap::Parser;
 use tokio::net::TcpListener;
 use vault_server::config::Config;
 use vault_server::keys::Region;
-use vault_server::policy::Caller;
+use vault_server::policy::PolicyHandle;
 use vault_server::service::{self, Authenticator, ServerTls};
 use vault_server::vault::{OpenOptions, Vault};
 use vault_server::{dev, Error};
@@ -81,7 +81,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), Error> {
-    let (opts, listen, auth, tls, dev_token) = if let Some(path) = &cli.config {
+    let (opts, listen, mut auth, tls, dev_token) = if let Some(path) = &cli.config {
         let config = Config::load(path)?;
         let opts = config.open_options().map_err(Error::Config)?;
         let auth = config.authenticator().map_err(Error::Config)?;
@@ -126,7 +126,9 @@ async fn run(cli: Cli) -> Result<(), Error> {
     .map_err(|e| Error::Config(format!("start-up task failed: {e}")))??;
     let vault = Arc::new(vault);
     let region = vault.region().clone();
-    let status = vault.status(&Caller::internal("start-up"))?;
+    let status = vault.seal_status();
+    auth.set_policy(vault.policy());
+    tokio::spawn(reload_on_sighup(vault.policy()));
 
     let listener = TcpListener::bind(listen)
         .await
@@ -179,6 +181,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
             );
             let _ = writeln!(out, "export VAULT_ADDR=http://{addr}");
             let _ = writeln!(out, "export VAULT_TOKEN={token}");
+            let _ = writeln!(out, "export VAULT_PURPOSE=development");
         }
         let _ = out.flush();
     }
@@ -195,6 +198,32 @@ async fn run(cli: Cli) -> Result<(), Error> {
     let _ = tokio::task::spawn_blocking(move || drop(vault)).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Reloads the policy file on every SIGHUP. A file that does not parse is
+/// refused (logged with its line) and the policy in force stays.
+async fn reload_on_sighup(policy: Arc<PolicyHandle>) {
+    #[cfg(unix)]
+    {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            let p = Arc::clone(&policy);
+            match tokio::task::spawn_blocking(move || p.reload()).await {
+                Ok(Ok(loaded)) => {
+                    tracing::info!(source = loaded.source(), "policy reloaded (SIGHUP)")
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "policy reload refused; the policy in force stays")
+                }
+                Err(e) => tracing::error!(error = %e, "policy reload task failed"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = policy;
 }
 
 /// Completes on SIGINT or SIGTERM.

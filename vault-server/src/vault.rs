@@ -206,6 +206,11 @@ impl Vault {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The access policy in force (shared with every engine of this vault).
+    pub fn policy(&self) -> Arc<crate::policy::PolicyHandle> {
+        Arc::clone(&self.opts.engine.policy)
+    }
+
     /// The region this vault serves.
     pub fn region(&self) -> &Region {
         &self.opts.region

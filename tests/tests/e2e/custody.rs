@@ -302,7 +302,7 @@ async fn rotation_under_load_fails_no_request() {
                 let i = (n * 7 + worker * 101) % subjects;
                 let r = if worker == 0 {
                     // Writer: replaces old records and makes new subjects.
-                    let rec = if n % 2 == 0 {
+                    let rec = if n.is_multiple_of(2) {
                         user(&format!("r{i}"), &format!("s{i}"))
                     } else {
                         user(&format!("new{n}"), &format!("new-s{n}"))

@@ -8,6 +8,7 @@ mod binary;
 mod client;
 mod custody;
 mod malformed;
+mod policy;
 mod records;
 mod region;
 mod tamper;

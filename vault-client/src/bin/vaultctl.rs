@@ -23,6 +23,9 @@
 //!   operator retire VERSION
 //!   operator destroy VERSION
 //!   subject erase SUBJECT
+//!
+//!   policy check --principal P [--purpose X] [--collection C]
+//!   policy reload
 //! ```
 //!
 //! A field SPEC is `name:type:category[:indexed][:mask=F,L]`. The global
@@ -31,7 +34,10 @@
 //! `VAULT_CLIENT_CERT` and `VAULT_CLIENT_KEY`. Over TLS (`https://`), `--ca`
 //! names the CA of the vault's certificate (else the system's roots) and
 //! `--cert`/`--key` present a client certificate (mutual TLS), which makes
-//! the token optional. Errors are one line
+//! the token optional. `policy check` checks the purpose of its own
+//! command line only (`--purpose`), never `VAULT_PURPOSE`. `get` shows a
+//! field the caller's policy withholds as `name: (redacted)` and a masked
+//! value as `value (masked)`. Errors are one line
 //! `error: <message>` on stderr and exit 1 (2 for a usage error); with
 //! `--json` stdout also gets `{"error":{"kind":"...","message":"..."}}`.
 //! The token is never printed, and unseal shares are never taken as
@@ -41,6 +47,8 @@
 
 #[path = "vaultctl/custody.rs"]
 mod custody;
+#[path = "vaultctl/policy.rs"]
+mod policy;
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;
@@ -49,12 +57,16 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{ArgGroup, Args, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{
+    ArgGroup, ArgMatches, Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand,
+};
 use serde_json::{json, Value as Json};
 use vault_client::json::{fields_from_json, record_to_json};
 use vault_client::{Collection, Error, FieldSchema, Record, VaultClient};
 
 use crate::custody::{OperatorCommand, SubjectCommand};
+use crate::policy::PolicyCommand;
 
 /// Talks to a regional data vault.
 #[derive(Debug, Parser)]
@@ -76,8 +88,13 @@ struct Cli {
     token: Option<String>,
 
     /// Why you access the data (sent as x-vault-purpose), e.g. support-ticket.
+    /// For `policy check`: the purpose to check (from the command line only).
     #[arg(long, env = "VAULT_PURPOSE", global = true)]
     purpose: Option<String>,
+
+    /// Whether --purpose was on the command line rather than VAULT_PURPOSE.
+    #[arg(skip)]
+    purpose_on_command_line: bool,
 
     /// The deadline of each call, in seconds.
     #[arg(
@@ -161,6 +178,10 @@ enum Command {
     /// Data-subject requests: erasure.
     #[command(subcommand)]
     Subject(SubjectCommand),
+
+    /// The access policy: check what it grants a principal, reload it.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -208,6 +229,25 @@ struct CreateArgs {
     /// A description for people.
     #[arg(long)]
     description: Option<String>,
+}
+
+impl Cli {
+    /// Parses the command line (`args` starts with the program name).
+    fn parse_args<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        Self::from_matches(&Self::command().try_get_matches_from(args)?)
+    }
+
+    /// The options of parsed `matches`, noting where --purpose came from.
+    fn from_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+        let mut cli = Self::from_arg_matches(matches)?;
+        cli.purpose_on_command_line =
+            matches.value_source("purpose") == Some(ValueSource::CommandLine);
+        Ok(cli)
+    }
 }
 
 fn parse_timeout(text: &str) -> Result<Duration, String> {
@@ -333,7 +373,7 @@ fn usage_message(rendered: &str) -> String {
 
 fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();
-    let cli = match Cli::try_parse_from(&args) {
+    let cli = match Cli::parse_args(&args) {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {
             // --help and --version.
@@ -455,12 +495,8 @@ async fn run(cli: &Cli) -> Result<(), CliError> {
             let schema = vault.collection(collection).await?;
             let fields =
                 fields_from_json(&schema, &data).map_err(|e| CliError::Input(e.to_string()))?;
-            let record = Record {
-                collection: collection.clone(),
-                id: id.clone(),
-                subject_id: subject.clone(),
-                fields,
-            };
+            let mut record = Record::new(collection, id, subject);
+            record.fields = fields;
             vault.put(&record).await?;
             if cli.json {
                 emit(&json!({"collection": collection, "id": id, "stored": true}).to_string());
@@ -511,6 +547,7 @@ async fn run(cli: &Cli) -> Result<(), CliError> {
         }
         Command::Operator(command) => custody::run_operator(cli, command).await?,
         Command::Subject(command) => custody::run_subject(cli, command).await?,
+        Command::Policy(command) => policy::run_policy(cli, command).await?,
     }
     Ok(())
 }
@@ -653,6 +690,9 @@ fn collections_table(collections: &[Collection]) -> String {
         .join("\n")
 }
 
+/// A record for people: a header line, then one `name: value` line per
+/// field in name order; a field the caller's policy withholds shows as
+/// `name: (redacted)`, a masked value as `name: value (masked)`.
 fn record_text(record: &Record) -> String {
     let mut lines = vec![format!(
         "{}/{} (subject {})",
@@ -660,12 +700,22 @@ fn record_text(record: &Record) -> String {
         printable(&record.id),
         printable(&record.subject_id)
     )];
-    lines.extend(
-        record
-            .fields
-            .iter()
-            .map(|(name, value)| format!("{}: {}", printable(name), printable(&value.to_string()))),
-    );
+    let names: BTreeSet<&str> = record
+        .fields
+        .keys()
+        .chain(&record.redacted)
+        .map(String::as_str)
+        .collect();
+    lines.extend(names.into_iter().map(|name| {
+        let shown = match record.get(name) {
+            Some(value) if record.is_masked(name) => {
+                format!("{} (masked)", printable(&value.to_string()))
+            }
+            Some(value) => printable(&value.to_string()),
+            None => "(redacted)".to_owned(),
+        };
+        format!("{}: {shown}", printable(name))
+    }));
     lines.join("\n")
 }
 
@@ -677,7 +727,7 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
-        Cli::try_parse_from(std::iter::once("vaultctl").chain(args.iter().copied()))
+        Cli::parse_args(std::iter::once("vaultctl").chain(args.iter().copied()))
     }
 
     #[test]
@@ -974,6 +1024,121 @@ mod tests {
             record_text(&record),
             "users/u1 (subject s1)\nage: 36\nbirth_date: 1970-01-01T00:00:00Z\nname: Ada\\nLovelace"
         );
+    }
+
+    /// A record as a policy-filtered read gives it.
+    fn filtered_record() -> Record {
+        let mut record = Record::new("users", "u1", "s1")
+            .with("email", "a***@example.eu")
+            .with("name", "Ada\nLovelace")
+            .with("phone", "+33*******78");
+        record.redacted = ["country", "birth_date"].map(String::from).into();
+        record.masked = ["email", "phone"].map(String::from).into();
+        record
+    }
+
+    #[test]
+    fn redacted_and_masked_record_output() {
+        let record = filtered_record();
+        assert_eq!(
+            record_text(&record),
+            "users/u1 (subject s1)\nbirth_date: (redacted)\ncountry: (redacted)\n\
+             email: a***@example.eu (masked)\nname: Ada\\nLovelace\nphone: +33*******78 (masked)"
+        );
+        assert_eq!(
+            record_to_json(&record),
+            json!({
+                "collection": "users", "id": "u1", "subject_id": "s1",
+                "fields": {"email": "a***@example.eu", "name": "Ada\nLovelace",
+                           "phone": "+33*******78"},
+                "redacted": ["birth_date", "country"],
+                "masked": ["email", "phone"],
+            })
+        );
+        // Only a redacted field: the header and that line.
+        let mut only = Record::new("users", "u2", "s2");
+        only.redacted.insert("email".into());
+        assert_eq!(
+            record_text(&only),
+            "users/u2 (subject s2)\nemail: (redacted)"
+        );
+    }
+
+    #[test]
+    fn whole_records_show_as_before() {
+        let record = Record::new("users", "u1", "s1")
+            .with("email", "u1@example.eu")
+            .with("country", "FR");
+        assert_eq!(
+            record_text(&record),
+            "users/u1 (subject s1)\ncountry: FR\nemail: u1@example.eu"
+        );
+        assert_eq!(
+            record_to_json(&record),
+            json!({"collection": "users", "id": "u1", "subject_id": "s1",
+                   "fields": {"country": "FR", "email": "u1@example.eu"}})
+        );
+        assert_eq!(
+            record_text(&Record::new("users", "u2", "s2")),
+            "users/u2 (subject s2)"
+        );
+    }
+
+    #[test]
+    fn policy_command_lines() {
+        let cli = parse(&[
+            "policy",
+            "check",
+            "--principal",
+            "billing-service",
+            "--purpose",
+            "refund",
+            "--collection",
+            "payments",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Policy(PolicyCommand::Check(_))
+        ));
+        assert_eq!(cli.purpose.as_deref(), Some("refund"));
+        assert!(cli.purpose_on_command_line);
+        // --purpose before the command counts as the command line's too.
+        let cli = parse(&["--purpose", "refund", "policy", "check", "--principal", "p"]).unwrap();
+        assert!(cli.purpose_on_command_line);
+        assert!(parse(&["policy", "check", "--principal", "p", "--json"]).is_ok());
+        assert!(parse(&["policy", "reload"]).is_ok());
+        assert!(parse(&["policy", "reload", "--json"]).is_ok());
+        for bad in [
+            &["policy", "check"][..],
+            &["policy", "check", "--principal"],
+            &["policy", "reload", "now"],
+            &["policy"],
+        ] {
+            let err = parse(bad).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_purpose_from_the_environment_is_not_the_command_lines() {
+        // The same option under a variable of this test's own, so that no
+        // other test sees it.
+        const VAR: &str = "VAULTCTL_TEST_PURPOSE_FROM_ENV";
+        std::env::set_var(VAR, "support-ticket");
+        let command = Cli::command().mut_arg("purpose", |a| a.env(VAR));
+        let args = ["vaultctl", "policy", "check", "--principal", "p"];
+        let matches = command.clone().try_get_matches_from(args).unwrap();
+        let cli = Cli::from_matches(&matches).unwrap();
+        assert_eq!(cli.purpose.as_deref(), Some("support-ticket"));
+        assert!(!cli.purpose_on_command_line);
+        let matches = command
+            .try_get_matches_from(args.iter().chain(&["--purpose", "refund"]))
+            .unwrap();
+        let cli = Cli::from_matches(&matches).unwrap();
+        assert_eq!(cli.purpose.as_deref(), Some("refund"));
+        assert!(cli.purpose_on_command_line);
+        std::env::remove_var(VAR);
     }
 
     #[test]

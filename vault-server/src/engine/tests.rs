@@ -144,6 +144,7 @@ fn validation_errors() {
             roles: vec![Role::Reader],
         },
         purpose: Some("test".into()),
+        internal: false,
     };
     assert!(matches!(
         e.put_record(&reader, user("r1", "s1")),
@@ -278,6 +279,7 @@ fn retire_is_refused_while_keys_remain_or_for_the_current_version() {
             roles: vec![Role::Reader, Role::Writer, Role::Admin],
         },
         purpose: Some("test".into()),
+        internal: false,
     };
     assert!(matches!(
         e.rotate_root(&reader),
@@ -669,6 +671,7 @@ fn as_(name: &str, purpose: Option<&str>) -> Caller {
             roles: vec![],
         },
         purpose: purpose.map(str::to_owned),
+        internal: false,
     }
 }
 

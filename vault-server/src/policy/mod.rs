@@ -86,6 +86,10 @@ pub struct Caller {
     pub principal: Principal,
     /// The stated purpose of the request (`x-vault-purpose`), if any.
     pub purpose: Option<String>,
+    /// The vault itself (dev-mode seeding and unsealing, tests, benches):
+    /// every operation is allowed. No credential ever yields an internal
+    /// caller; only [`Caller::internal`] makes one.
+    pub internal: bool,
 }
 
 impl Caller {
@@ -97,6 +101,7 @@ impl Caller {
                 roles: Role::ALL.to_vec(),
             },
             purpose: Some("internal".to_owned()),
+            internal: true,
         }
     }
 
@@ -142,6 +147,7 @@ mod tests {
                 roles: vec![Role::Reader],
             },
             purpose: None,
+            internal: false,
         };
         assert!(c.require(Role::Reader).is_ok());
         assert!(matches!(

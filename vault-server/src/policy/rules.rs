@@ -259,6 +259,20 @@ pub struct Policy {
     source: String,
 }
 
+/// What the vault itself may do: everything (see [`Caller::internal`]).
+static INTERNAL_RULE: std::sync::LazyLock<Rule> = std::sync::LazyLock::new(|| Rule {
+    collections: Names::Any,
+    fields: Fields {
+        all: true,
+        names: BTreeSet::new(),
+        categories: BTreeSet::new(),
+    },
+    operations: Operation::ALL.into_iter().collect(),
+    purposes: Some(Names::Any),
+    redaction: Redaction::Plain,
+    line: 0,
+});
+
 // ---- the file format ----
 
 #[derive(Deserialize)]
@@ -419,6 +433,11 @@ impl Policy {
         &self.source
     }
 
+    /// Whether the policy's `[principals]` lists `name`.
+    pub fn lists_principal(&self, name: &str) -> bool {
+        self.principals.contains_key(name)
+    }
+
     /// The role names a caller holds under this policy.
     pub fn roles_of(&self, caller: &Caller) -> Vec<String> {
         match self.principals.get(&caller.principal.name) {
@@ -434,10 +453,12 @@ impl Policy {
 
     fn rules_of<'a>(&'a self, caller: &Caller) -> impl Iterator<Item = &'a Rule> + 'a {
         let roles = self.roles_of(caller);
+        let internal = caller.internal.then_some(&*INTERNAL_RULE);
         roles
             .into_iter()
             .filter_map(|r| self.roles.get(&r))
             .flatten()
+            .chain(internal)
     }
 
     /// Fails unless some rule of the caller's roles grants `op` (on
@@ -834,6 +855,7 @@ redaction = "redacted"
                 roles: vec![],
             },
             purpose: purpose.map(str::to_owned),
+            internal: false,
         }
     }
 
@@ -907,6 +929,7 @@ redaction = "redacted"
     fn builtin_policy_follows_credential_roles() {
         let p = Policy::builtin();
         let mut c = Caller::internal("svc");
+        c.internal = false;
         c.principal.roles = vec![Role::Reader];
         let v = p.field_view(&c, Operation::Read, &users()).unwrap();
         assert_eq!(v.level("name"), Redaction::Plain);
@@ -918,6 +941,20 @@ redaction = "redacted"
         ));
         c.principal.roles = vec![Role::Custodian];
         p.authorize(&c, Operation::Custody, None).unwrap();
+    }
+
+    #[test]
+    fn the_vault_itself_may_do_anything_but_no_credential_is_the_vault() {
+        let p = Policy::parse(POLICY, "test").unwrap();
+        let internal = Caller::internal("seed");
+        p.authorize(&internal, Operation::Admin, Some("users"))
+            .unwrap();
+        p.authorize(&internal, Operation::Custody, None).unwrap();
+        let mut outsider = internal.clone();
+        outsider.internal = false;
+        assert!(p
+            .authorize(&outsider, Operation::Admin, Some("users"))
+            .is_err());
     }
 
     #[test]

@@ -67,6 +67,9 @@ impl TokenGrant {
 pub struct Authenticator {
     tokens: HashMap<[u8; 32], TokenGrant>,
     certificate_roles: HashMap<String, Vec<Role>>,
+    /// The access policy: a certificate principal it lists is known even
+    /// without configured roles (the policy gives it its roles).
+    policy: Option<std::sync::Arc<crate::policy::PolicyHandle>>,
 }
 
 impl fmt::Debug for Authenticator {
@@ -106,11 +109,42 @@ impl Authenticator {
         self.certificate_roles.insert(name.into(), roles);
     }
 
+    /// Knows the access policy in force, whose `[principals]` also name
+    /// certificate principals.
+    pub fn set_policy(&mut self, policy: std::sync::Arc<crate::policy::PolicyHandle>) {
+        self.policy = Some(policy);
+    }
+
     /// The roles of a principal that authenticated by client certificate;
-    /// `None` if it has none here. (The one place certificate principals get
-    /// their roles.)
-    pub fn roles_of(&self, principal: &str) -> Option<&[Role]> {
-        self.certificate_roles.get(principal).map(Vec::as_slice)
+    /// `None` if neither the configuration nor the policy knows it. (The one
+    /// place certificate principals get their roles; the policy may replace
+    /// them, see [`crate::policy::Policy::roles_of`].)
+    pub fn roles_of(&self, principal: &str) -> Option<Vec<Role>> {
+        if let Some(roles) = self.certificate_roles.get(principal) {
+            return Some(roles.clone());
+        }
+        self.policy
+            .as_ref()
+            .filter(|p| p.current().lists_principal(principal))
+            .map(|_| Vec::new())
+    }
+
+    /// Every role a principal's credentials carry (its certificate roles and
+    /// those of tokens bound to it), for the policy check.
+    pub fn credential_roles(&self, principal: &str) -> Vec<Role> {
+        let mut roles: Vec<Role> = self
+            .certificate_roles
+            .get(principal)
+            .cloned()
+            .unwrap_or_default();
+        for grant in self.tokens.values() {
+            if grant.principal.name == principal {
+                roles.extend(grant.principal.roles.iter().copied());
+            }
+        }
+        roles.sort();
+        roles.dedup();
+        roles
     }
 
     /// The caller of a request without a client certificate, from its
@@ -159,10 +193,7 @@ impl Authenticator {
                         "principal {name} (from the client certificate) has no roles in this vault"
                     ))
                 })?;
-                Principal {
-                    name,
-                    roles: roles.to_vec(),
-                }
+                Principal { name, roles }
             }
             None => {
                 token_principal.ok_or_else(|| Status::unauthenticated("missing bearer token"))?
@@ -171,6 +202,7 @@ impl Authenticator {
         Ok(Caller {
             principal,
             purpose: purpose(metadata)?,
+            internal: false,
         })
     }
 

@@ -4,6 +4,7 @@
 //! is plaintext HTTP/2 unless a [`ServerTls`] is given (TLS, or mutual TLS
 //! with client CAs).
 
+mod admin;
 mod auth;
 mod convert;
 mod custody;
@@ -18,10 +19,12 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt;
 use tonic::service::interceptor::InterceptedService;
 use tonic_health::ServingStatus;
+use vault_proto::v1::admin_service_server::AdminServiceServer;
 use vault_proto::v1::operator_service_server::OperatorServiceServer;
 use vault_proto::v1::subject_service_server::SubjectServiceServer;
 use vault_proto::v1::vault_service_server::VaultServiceServer;
 
+pub use admin::{AdminApi, RoleLookup};
 pub use auth::{hash_token, Authenticator, TokenGrant, PURPOSE_HEADER};
 pub use custody::{OperatorApi, SubjectApi};
 pub use tls::{certificate_principal, ServerTls, TlsFiles};
@@ -79,9 +82,11 @@ pub async fn serve_with_tls(
             .map_err(|e| Error::Config(format!("tls: {e}")))?;
     }
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_service_status("vault.v1.OperatorService", ServingStatus::Serving)
-        .await;
+    for always in ["vault.v1.OperatorService", "vault.v1.AdminService"] {
+        health
+            .set_service_status(always, ServingStatus::Serving)
+            .await;
+    }
     // The status as of now is set before serving starts; a task follows
     // every change after that.
     let mut sealed = vault.watch_sealed();
@@ -113,6 +118,14 @@ pub async fn serve_with_tls(
     );
     let subjects = InterceptedService::new(
         SubjectServiceServer::new(SubjectApi::new(Arc::clone(&vault))),
+        auth::interceptor(Arc::clone(&auth)),
+    );
+    let lookup = {
+        let auth = Arc::clone(&auth);
+        Arc::new(move |name: &str| auth.credential_roles(name)) as admin::RoleLookup
+    };
+    let admin = InterceptedService::new(
+        AdminServiceServer::new(AdminApi::new(Arc::clone(&vault), vault.policy(), lookup)),
         auth::interceptor(auth),
     );
 
@@ -130,6 +143,7 @@ pub async fn serve_with_tls(
         .add_service(api)
         .add_service(operator)
         .add_service(subjects)
+        .add_service(admin)
         .serve_with_incoming_shutdown(incoming, async move {
             shutdown.await;
             follower.abort();

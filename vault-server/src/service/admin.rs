@@ -1,0 +1,120 @@
+//! `vault.v1.AdminService`: reload the access policy, and show what it
+//! grants a principal (the auditor's view).
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+use vault_proto::v1 as pb;
+use vault_proto::v1::admin_service_server::AdminService;
+
+use super::auth::caller;
+use super::vault::run_blocking;
+use crate::policy::{Caller, FieldAccess, Operation, PolicyHandle, Principal, Role};
+use crate::Vault;
+
+/// Resolves a principal name to the roles its credentials carry (tokens,
+/// certificate principals), for `CheckPolicy`.
+pub type RoleLookup = Arc<dyn Fn(&str) -> Vec<Role> + Send + Sync>;
+
+/// The admin API.
+#[derive(Clone)]
+pub struct AdminApi {
+    vault: Arc<Vault>,
+    policy: Arc<PolicyHandle>,
+    roles: RoleLookup,
+}
+
+impl std::fmt::Debug for AdminApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminApi").finish_non_exhaustive()
+    }
+}
+
+impl AdminApi {
+    /// The API over `vault` and its policy.
+    pub fn new(vault: Arc<Vault>, policy: Arc<PolicyHandle>, roles: RoleLookup) -> Self {
+        AdminApi {
+            vault,
+            policy,
+            roles,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl AdminService for AdminApi {
+    async fn reload_policy(
+        &self,
+        req: Request<pb::ReloadPolicyRequest>,
+    ) -> Result<Response<pb::ReloadPolicyResponse>, Status> {
+        let caller = caller(&req)?;
+        self.policy
+            .current()
+            .authorize(&caller, Operation::Admin, None)?;
+        let policy = Arc::clone(&self.policy);
+        let loaded = run_blocking(move || policy.reload()).await?;
+        tracing::info!(source = loaded.source(), principal = %caller.principal.name, "policy reloaded");
+        Ok(Response::new(pb::ReloadPolicyResponse {
+            source: loaded.source().to_owned(),
+        }))
+    }
+
+    async fn check_policy(
+        &self,
+        req: Request<pb::CheckPolicyRequest>,
+    ) -> Result<Response<pb::CheckPolicyResponse>, Status> {
+        let caller = caller(&req)?;
+        let policy = self.policy.current();
+        if policy.authorize(&caller, Operation::Admin, None).is_err() {
+            policy.authorize(&caller, Operation::Audit, None)?;
+        }
+        let r = req.into_inner();
+        if r.principal.trim().is_empty() {
+            return Err(Status::invalid_argument("principal is missing"));
+        }
+        let subject = Caller {
+            principal: Principal {
+                roles: (self.roles)(&r.principal),
+                name: r.principal,
+            },
+            purpose: Some(r.purpose).filter(|p| !p.trim().is_empty()),
+            internal: false,
+        };
+        let mut out = pb::CheckPolicyResponse {
+            source: policy.source().to_owned(),
+            roles: policy.roles_of(&subject),
+            ..Default::default()
+        };
+        if r.collection.is_empty() {
+            out.rules = policy.rules_summary(&subject);
+        } else {
+            let engine = self.vault.engine()?;
+            let collection = engine.collection_schema(&r.collection)?;
+            let explained = policy.explain(&subject, &collection);
+            out.operations = explained
+                .operations
+                .into_iter()
+                .map(|(op, fields)| pb::OperationAccess {
+                    operation: op.name().to_owned(),
+                    fields: fields
+                        .into_iter()
+                        .map(|(field, access)| pb::FieldAccess {
+                            field,
+                            access: match access {
+                                FieldAccess::None
+                                    if matches!(op, Operation::Read | Operation::Export) =>
+                                {
+                                    "redacted".to_owned()
+                                }
+                                FieldAccess::None => "denied".to_owned(),
+                                FieldAccess::Read(level) => level.name().to_owned(),
+                                FieldAccess::Allowed => "allowed".to_owned(),
+                            },
+                        })
+                        .collect(),
+                })
+                .collect();
+        }
+        Ok(Response::new(out))
+    }
+}
