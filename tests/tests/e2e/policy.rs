@@ -385,3 +385,87 @@ async fn reload_changes_a_running_clients_access_and_a_broken_file_changes_nothi
 fn write_policy(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
 }
+
+#[tokio::test]
+async fn vaultctl_shows_redaction_and_the_auditors_view() {
+    let s = setup().await;
+    client(&s, LOADER, Some("onboarding"))
+        .await
+        .put(&full_user())
+        .await
+        .unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let ca = files.path().join("ca.pem");
+    std::fs::write(&ca, s.pki.ca_pem()).unwrap();
+    let ca = ca.to_str().unwrap().to_owned();
+    let url = s.vault.url();
+    let as_ = |principal: &str, name: &str| {
+        let (cert, key) = s.pki.client_uri(principal, None).write(files.path(), name);
+        (
+            cert.to_str().unwrap().to_owned(),
+            key.to_str().unwrap().to_owned(),
+        )
+    };
+    let (support_cert, support_key) = as_(SUPPORT, "support");
+    let (admin_cert, admin_key) = as_(ADMIN, "admin");
+    let run = |cert: String, key: String, args: Vec<&'static str>| {
+        let (url, ca) = (url.clone(), ca.clone());
+        async move {
+            let mut all = vec!["--addr", &url, "--ca", &ca, "--cert", &cert, "--key", &key];
+            all.extend(args);
+            crate::tls::vaultctl_env(&all, &[]).await
+        }
+    };
+
+    let out = run(
+        support_cert.clone(),
+        support_key.clone(),
+        vec!["--purpose", "support-ticket", "get", "users", "u1"],
+    )
+    .await;
+    let text = out.ok();
+    assert!(text.contains("email: u************ (masked)"), "{text}");
+    assert!(text.contains("country: (redacted)"), "{text}");
+    assert!(text.contains("name: Ada Lovelace\n"), "{text}");
+    let out = run(
+        support_cert,
+        support_key,
+        vec!["--purpose", "marketing", "get", "users", "u1"],
+    )
+    .await;
+    assert!(out.error(1).contains("permission denied"), "{out:?}");
+
+    let out = run(
+        admin_cert.clone(),
+        admin_key.clone(),
+        vec![
+            "policy",
+            "check",
+            "--principal",
+            SUPPORT,
+            "--purpose",
+            "support-ticket",
+            "--collection",
+            "users",
+        ],
+    )
+    .await;
+    let text = out.ok();
+    assert!(text.contains("roles: support"), "{text}");
+    assert!(text.contains("read:"), "{text}");
+    for (field, access) in [
+        ("email", "masked"),
+        ("name", "plain"),
+        ("country", "redacted"),
+    ] {
+        assert!(
+            text.lines()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>() == [field, access]),
+            "{field} {access}: {text}"
+        );
+    }
+    let out = run(admin_cert, admin_key, vec!["--json", "policy", "reload"]).await;
+    let json: serde_json::Value = serde_json::from_str(out.ok().trim()).unwrap();
+    assert_eq!(json["source"], s.policy_file.display().to_string());
+    s.vault.stop().await;
+}

@@ -305,7 +305,7 @@ async fn server_tls_with_tokens_refuses_expired_and_revoked_ones() {
 
 /// Runs vaultctl with `args` and the environment `env` (and no other
 /// `VAULT_` variable).
-async fn vaultctl_env(args: &[&str], env: &[(&str, &str)]) -> Run {
+pub(crate) async fn vaultctl_env(args: &[&str], env: &[(&str, &str)]) -> Run {
     let mut command = Command::new(vaultctl_binary());
     let inherited: HashMap<String, String> = std::env::vars()
         .filter(|(k, _)| !k.starts_with("VAULT_"))
