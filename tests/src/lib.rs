@@ -70,15 +70,13 @@ impl TestVault {
     }
 
     /// [`TestVault::start_tls`] with the given options (an access policy,
-    /// say). The authenticator learns the policy, whose `[principals]` also
-    /// name certificate principals.
+    /// say).
     pub async fn start_tls_with(
         opts: OpenOptions,
-        mut tls: TlsFixture,
+        tls: TlsFixture,
     ) -> vault_server::Result<TestVault> {
         let data_dir = opts.data_dir.clone();
         let data_dir = data_dir.as_path();
-        tls.auth.set_policy(Arc::clone(&opts.engine.policy));
         let vault = tokio::task::spawn_blocking(move || {
             let vault = Vault::open_dev(opts)?;
             dev::seed(&*vault.engine()?)?;

@@ -529,6 +529,7 @@ impl VaultClient {
 
     /// Creates or replaces a record; returns once it is durable.
     pub async fn put(&self, record: &Record) -> Result<()> {
+        refuse_partial(record)?;
         let request = pb::PutRecordRequest {
             record: Some(record.into()),
         };
@@ -574,6 +575,7 @@ impl VaultClient {
     /// Creates or replaces several records, of one or more collections,
     /// atomically; returns how many were written.
     pub async fn put_many(&self, records: &[Record]) -> Result<u32> {
+        records.iter().try_for_each(refuse_partial)?;
         let request = pb::BatchPutRecordsRequest {
             records: records.iter().map(Into::into).collect(),
         };
@@ -817,6 +819,19 @@ fn to_strings(items: &[&str]) -> Vec<String> {
 
 fn missing(what: &str) -> Error {
     Error::Protocol(format!("the answer lacks {what}"))
+}
+
+/// A record read with masked or redacted fields holds less than the vault
+/// does: writing it back would store the masks and drop the hidden fields.
+fn refuse_partial(record: &Record) -> Result<()> {
+    if record.masked.is_empty() && record.redacted.is_empty() {
+        return Ok(());
+    }
+    Err(Error::InvalidInput(format!(
+        "a record of collection {} was read with masked or redacted fields; writing it \
+         back would overwrite the stored values with what the policy showed",
+        record.collection
+    )))
 }
 
 #[cfg(test)]

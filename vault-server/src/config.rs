@@ -298,10 +298,18 @@ impl Config {
     /// principals.
     pub fn authenticator(&self) -> Result<Authenticator, String> {
         let mut auth = Authenticator::new();
+        let mut seen = std::collections::HashSet::new();
         for (i, t) in self.tokens.iter().enumerate() {
             let mut hash = [0u8; 32];
             hex::decode_to_slice(&t.sha256, &mut hash)
                 .map_err(|_| format!("tokens[{i}].sha256: expected 64 hex digits"))?;
+            // A second entry for one token would silently win over the first
+            // (un-revoking it, say).
+            if !seen.insert(hash) {
+                return Err(format!(
+                    "tokens[{i}].sha256: the same token is configured twice"
+                ));
+            }
             if t.principal.trim().is_empty() {
                 return Err(format!("tokens[{i}].principal is empty"));
             }

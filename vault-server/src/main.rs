@@ -81,7 +81,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), Error> {
-    let (opts, listen, mut auth, tls, dev_token) = if let Some(path) = &cli.config {
+    let (opts, listen, auth, tls, dev_token) = if let Some(path) = &cli.config {
         let config = Config::load(path)?;
         let opts = config.open_options().map_err(Error::Config)?;
         let auth = config.authenticator().map_err(Error::Config)?;
@@ -112,6 +112,8 @@ async fn run(cli: Cli) -> Result<(), Error> {
         )
     };
 
+    // Reloads follow SIGHUP from now on (also while the store opens).
+    tokio::spawn(reload_on_sighup(Arc::clone(&opts.engine.policy)));
     let dev_mode = cli.dev;
     let vault = tokio::task::spawn_blocking(move || -> Result<_, Error> {
         if dev_mode {
@@ -127,8 +129,6 @@ async fn run(cli: Cli) -> Result<(), Error> {
     let vault = Arc::new(vault);
     let region = vault.region().clone();
     let status = vault.seal_status();
-    auth.set_policy(vault.policy());
-    tokio::spawn(reload_on_sighup(vault.policy()));
 
     let listener = TcpListener::bind(listen)
         .await
@@ -205,9 +205,12 @@ async fn run(cli: Cli) -> Result<(), Error> {
 async fn reload_on_sighup(policy: Arc<PolicyHandle>) {
     #[cfg(unix)]
     {
-        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        else {
-            return;
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(hup) => hup,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot watch SIGHUP; reload the policy through AdminService");
+                return;
+            }
         };
         while hup.recv().await.is_some() {
             let p = Arc::clone(&policy);

@@ -96,7 +96,13 @@ async fn setup() -> Setup {
         Some(policy_file.clone()),
     ));
     let pki = Pki::new("policy test CA");
-    let vault = TestVault::start_tls_with(opts, TlsFixture::mutual(&pki, Authenticator::new()))
+    // Certificate principals are configured (here without roles: the policy
+    // file gives them theirs). The stranger is not configured at all.
+    let mut auth = Authenticator::new();
+    for p in [LOADER, BILLING, SUPPORT, ANALYTICS, ADMIN] {
+        auth.add_certificate_principal(p, Vec::new());
+    }
+    let vault = TestVault::start_tls_with(opts, TlsFixture::mutual(&pki, auth))
         .await
         .unwrap();
     Setup {
@@ -275,6 +281,15 @@ async fn authorisation_matrix_through_mutual_tls() {
         );
     }
 
+    // What a policy showed cannot be written back as if it were the record.
+    let support = client(&s, SUPPORT, Some("support-ticket")).await;
+    let seen = support.get("users", "u1").await.unwrap();
+    let refused = loader.put(&seen).await;
+    assert!(
+        matches!(&refused, Err(Error::InvalidInput(m)) if m.contains("masked or redacted")),
+        "{refused:?}"
+    );
+
     // A projection of only redacted fields decrypts nothing.
     let billing = client(&s, BILLING, Some("billing")).await;
     let before = s.vault.engine().stats().fields_decrypted;
@@ -364,7 +379,8 @@ async fn reload_changes_a_running_clients_access_and_a_broken_file_changes_nothi
         "the reloaded policy is still in force"
     );
 
-    // Revoke analytics entirely: denied on the same connection.
+    // Take analytics out of the policy: its configured certificate
+    // principal now holds no roles, and is denied on the same connection.
     write_policy(
         &s.policy_file,
         &POLICY.replace("\"spiffe://eu.test/analytics\" = [\"analytics\"]\n", ""),

@@ -492,6 +492,18 @@ impl Engine {
         let (_subjects, previous) = self.lock_writers(&subjects, &keys)?;
         let mut ws = WriteSet::new();
         let mut encrypted = 0u64;
+        // Replacing a record drops its old fields: the caller's write rules
+        // must cover those too, or a writer of one field could erase the
+        // others.
+        for (r, previous) in records.iter().zip(&previous) {
+            if let Some((old, _)) = previous
+                .as_deref()
+                .and_then(|b| StoredRecord::decode(b).ok())
+            {
+                let c = self.data_collection(&r.collection)?;
+                policy.authorize_write(caller, &c, old.fields.iter().map(|f| f.name.as_str()))?;
+            }
+        }
         for ((r, key), previous) in records.iter().zip(keys).zip(previous) {
             let sk = self.current_subject_key(&r.subject_id)?;
             let fields = r

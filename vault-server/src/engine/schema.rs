@@ -74,11 +74,15 @@ pub struct Mask {
 }
 
 impl Mask {
-    /// Applies the mask: kept characters stay, every other becomes `*`.
+    /// Applies the mask: kept characters stay, every other becomes `*`. A
+    /// value no longer than the characters the mask keeps is masked whole
+    /// (a short value would otherwise come back in full).
     pub fn apply(&self, s: &str) -> String {
         let n = s.chars().count();
-        let first = self.keep_first as usize;
-        let last = self.keep_last as usize;
+        let (mut first, mut last) = (self.keep_first as usize, self.keep_last as usize);
+        if first.saturating_add(last) >= n {
+            (first, last) = (0, 0);
+        }
         s.chars()
             .enumerate()
             .map(|(i, c)| if i < first || i + last >= n { c } else { '*' })
@@ -300,7 +304,10 @@ mod tests {
             keep_last: 4,
         };
         assert_eq!(m.apply("+33612345678"), "+*******5678");
-        assert_eq!(m.apply("abc"), "abc");
+        // A value no longer than what the mask keeps is masked whole.
+        assert_eq!(m.apply("abc"), "***");
+        assert_eq!(m.apply("abcde"), "*****");
+        assert_eq!(m.apply("abcdef"), "a*cdef");
         assert_eq!(
             Mask {
                 keep_first: 0,

@@ -626,6 +626,13 @@ const POLICY: &str = r#"
 [principals]
 "loader" = ["loader"]
 "support" = ["support"]
+"mailer" = ["mailer"]
+
+[[roles.mailer.rules]]
+collections = ["users"]
+fields = ["email"]
+operations = ["write"]
+purposes = ["onboarding"]
 
 [[roles.loader.rules]]
 collections = ["users"]
@@ -720,6 +727,21 @@ fn policy_masks_redacts_and_never_decrypts_what_it_hides() {
         e.get_record(&as_("support", Some("marketing")), "users", "r1", &[]),
         Err(Error::PermissionDenied(_))
     ));
+    // A writer of one field may create a record of that field, but not
+    // replace a record whose other fields it would drop.
+    let mailer = as_("mailer", Some("onboarding"));
+    let mut only_email = user("r7", "s7");
+    only_email.fields.retain(|k, _| k == "email");
+    e.put_record(&mailer, only_email.clone()).unwrap();
+    e.put_record(&mailer, only_email).unwrap();
+    let mut onto_r1 = user("r1", "s1");
+    onto_r1.fields.retain(|k, _| k == "email");
+    let err = e.put_record(&mailer, onto_r1).unwrap_err();
+    assert!(matches!(err, Error::PermissionDenied(_)), "{err}");
+    assert_eq!(
+        e.get_record(&loader, "users", "r1", &[]).unwrap().fields,
+        r.fields
+    );
     // Operations the policy does not grant.
     assert!(matches!(
         e.put_record(&support, user("r2", "s2")),

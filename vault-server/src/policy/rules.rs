@@ -51,7 +51,7 @@ use std::str::FromStr;
 use serde::Deserialize;
 
 use super::{Caller, Role};
-use crate::engine::{Collection, DataCategory};
+use crate::engine::{shown, Collection, DataCategory};
 use crate::{Error, Result};
 
 /// What a caller does.
@@ -235,8 +235,16 @@ struct Rule {
 }
 
 impl Rule {
+    /// Whether the rule grants `op` on `collection`. Without a collection
+    /// (erasing a subject, custody, reloading the policy) only a rule over
+    /// every collection grants: a rule scoped to some collections must not
+    /// reach beyond them.
     fn grants(&self, op: Operation, collection: Option<&str>) -> bool {
-        self.operations.contains(&op) && collection.is_none_or(|c| self.collections.contains(c))
+        self.operations.contains(&op)
+            && match collection {
+                Some(c) => self.collections.contains(c),
+                None => self.collections == Names::Any,
+            }
     }
 
     fn allows_purpose(&self, op: Operation, purpose: Option<&str>) -> bool {
@@ -375,6 +383,26 @@ impl Policy {
                 if r.operations.is_empty() {
                     return Err(err("a rule needs at least one operation"));
                 }
+                for (what, list) in [
+                    ("collections", &r.collections),
+                    ("fields", &r.fields),
+                    ("purposes", &r.purposes),
+                ] {
+                    if list.as_ref().is_some_and(|l| l.is_empty()) {
+                        return Err(err(&format!(
+                            "{what} is empty; leave it out for every one, or use [\"*\"]"
+                        )));
+                    }
+                }
+                if r.categories.as_ref().is_some_and(|l| l.is_empty()) {
+                    return Err(err("categories is empty; leave it out"));
+                }
+                if let Some(bad) = r.purposes.iter().flatten().find(|p| !valid_purpose(p)) {
+                    return Err(err(&format!(
+                        "purpose {bad:?} can never be stated: purposes are 1 to 128 printable \
+                         ASCII characters without surrounding spaces"
+                    )));
+                }
                 let data = r.operations.iter().any(|o| o.is_data());
                 let purposes =
                     match (r.purposes, data) {
@@ -404,13 +432,44 @@ impl Policy {
             }
             roles.insert(name, rules);
         }
+        // Custody and data access are separate duties: no role, and no
+        // principal, holds both.
+        let kind = |rules: &Vec<Rule>| {
+            let custody = rules
+                .iter()
+                .any(|r| r.operations.contains(&Operation::Custody));
+            let data = rules.iter().any(|r| {
+                r.operations
+                    .iter()
+                    .any(|o| o.is_data() && *o != Operation::Erase || *o == Operation::Admin)
+            });
+            (custody, data)
+        };
+        for (name, rules) in &roles {
+            if kind(rules) == (true, true) {
+                return Err(format!(
+                    "role {name}: custody cannot be combined with data or admin operations \
+                     (separate duties; make two roles for two principals)"
+                ));
+            }
+        }
         for (principal, held) in &doc.principals {
+            let (mut custody, mut data) = (false, false);
             for role in held {
-                if !roles.contains_key(role) {
+                let Some(rules) = roles.get(role) else {
                     return Err(format!(
                         "principal {principal}: role {role} is not defined in this file"
                     ));
-                }
+                };
+                let (c, d) = kind(rules);
+                custody |= c;
+                data |= d;
+            }
+            if custody && data {
+                return Err(format!(
+                    "principal {principal}: holds both custody and data or admin roles \
+                     (separate duties)"
+                ));
             }
         }
         Ok(Policy {
@@ -495,8 +554,9 @@ impl Policy {
             return Ok(());
         }
         Err(Error::PermissionDenied(format!(
-            "principal {} may not see collection {collection}",
-            caller.principal.name
+            "principal {} may not see collection {}",
+            caller.principal.name,
+            shown(collection)
         )))
     }
 
@@ -576,8 +636,10 @@ impl Policy {
         for field in fields {
             if !rules.iter().any(|r| r.fields.covers(collection, field)) {
                 return Err(Error::PermissionDenied(format!(
-                    "principal {} may not write field {field} of collection {}",
-                    caller.principal.name, collection.name
+                    "principal {} may not write field {} of collection {}",
+                    caller.principal.name,
+                    shown(field),
+                    collection.name
                 )));
             }
         }
@@ -667,6 +729,16 @@ impl Policy {
     }
 }
 
+/// Whether a purpose in a policy file could ever be stated by a caller
+/// (the `x-vault-purpose` rules), or is `"*"`.
+fn valid_purpose(p: &str) -> bool {
+    p == "*"
+        || (!p.is_empty()
+            && p.len() <= 128
+            && p.trim() == p
+            && p.chars().all(|c| c.is_ascii_graphic() || c == ' '))
+}
+
 fn purpose_of(caller: &Caller, op: Operation) -> Result<Option<&str>> {
     let purpose = caller.purpose.as_deref().filter(|p| !p.trim().is_empty());
     if op.is_data() && purpose.is_none() {
@@ -680,7 +752,7 @@ fn purpose_of(caller: &Caller, op: Operation) -> Result<Option<&str>> {
 }
 
 fn denied(caller: &Caller, op: Operation, collection: Option<&str>, purpose_only: bool) -> Error {
-    let on = collection.map_or(String::new(), |c| format!(" on collection {c}"));
+    let on = collection.map_or(String::new(), |c| format!(" on collection {}", shown(c)));
     if purpose_only {
         Error::PermissionDenied(format!(
             "principal {} may not {}{on} for purpose {}",
@@ -741,6 +813,8 @@ pub struct Explanation {
 pub struct PolicyHandle {
     current: std::sync::RwLock<std::sync::Arc<Policy>>,
     file: Option<PathBuf>,
+    /// Serialises reloads, so the file read last is the one in force.
+    reloading: std::sync::Mutex<()>,
 }
 
 impl PolicyHandle {
@@ -749,6 +823,7 @@ impl PolicyHandle {
         PolicyHandle {
             current: std::sync::RwLock::new(std::sync::Arc::new(policy)),
             file,
+            reloading: std::sync::Mutex::new(()),
         }
     }
 
@@ -770,6 +845,7 @@ impl PolicyHandle {
                 "no policy file is configured (the built-in role policy is in force)".into(),
             ));
         };
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
         let policy = std::sync::Arc::new(Policy::load(file)?);
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = std::sync::Arc::clone(&policy);
         Ok(policy)
@@ -944,6 +1020,18 @@ redaction = "redacted"
     }
 
     #[test]
+    fn rules_scoped_to_collections_grant_nothing_beyond_them() {
+        let text = "[principals]\nm = [\"m\"]\n[[roles.m.rules]]\ncollections = [\"marketing\"]\noperations = [\"erase\", \"admin\"]\npurposes = [\"*\"]\n";
+        let p = Policy::parse(text, "t").unwrap();
+        let m = caller("m", Some("gdpr"));
+        // Erasing a subject and reloading the policy span every collection.
+        assert!(p.authorize(&m, Operation::Erase, None).is_err());
+        assert!(p.authorize(&m, Operation::Admin, None).is_err());
+        p.authorize(&m, Operation::Admin, Some("marketing"))
+            .unwrap();
+    }
+
+    #[test]
     fn the_vault_itself_may_do_anything_but_no_credential_is_the_vault() {
         let p = Policy::parse(POLICY, "test").unwrap();
         let internal = Caller::internal("seed");
@@ -968,6 +1056,10 @@ redaction = "redacted"
             ("[roles.a]\n[[roles.a.rules]]\noperations = [\"read\"]\npurposes = [\"*\"]\nredaction = \"partly\"\n", "line 5"),
             ("[roles.a]\n[[roles.a.rules]]\noperations = [\"read\"]\npurposes = [\"*\"]\ncategories = [\"gossip\"]\n", "line 5"),
             ("not toml at all [", "line 1"),
+            ("[roles.a]\n[[roles.a.rules]]\noperations = [\"read\"]\npurposes = [\"*\"]\nfields = []\n", "fields is empty"),
+            ("[roles.a]\n[[roles.a.rules]]\noperations = [\"read\"]\npurposes = [\" billing\"]\n", "can never be stated"),
+            ("[roles.a]\n[[roles.a.rules]]\noperations = [\"custody\", \"read\"]\npurposes = [\"*\"]\n", "separate duties"),
+            ("[principals]\np = [\"a\", \"b\"]\n[[roles.a.rules]]\noperations = [\"custody\"]\n[[roles.b.rules]]\noperations = [\"write\"]\npurposes = [\"*\"]\n", "separate duties"),
         ];
         for (text, want) in cases {
             let e = Policy::parse(text, "t").unwrap_err();

@@ -77,7 +77,7 @@ impl AdminService for AdminApi {
                 roles: (self.roles)(&r.principal),
                 name: r.principal,
             },
-            purpose: Some(r.purpose).filter(|p| !p.trim().is_empty()),
+            purpose: Some(r.purpose.trim().to_owned()).filter(|p| !p.is_empty()),
             internal: false,
         };
         let mut out = pb::CheckPolicyResponse {

@@ -67,9 +67,6 @@ impl TokenGrant {
 pub struct Authenticator {
     tokens: HashMap<[u8; 32], TokenGrant>,
     certificate_roles: HashMap<String, Vec<Role>>,
-    /// The access policy: a certificate principal it lists is known even
-    /// without configured roles (the policy gives it its roles).
-    policy: Option<std::sync::Arc<crate::policy::PolicyHandle>>,
 }
 
 impl fmt::Debug for Authenticator {
@@ -109,24 +106,13 @@ impl Authenticator {
         self.certificate_roles.insert(name.into(), roles);
     }
 
-    /// Knows the access policy in force, whose `[principals]` also name
-    /// certificate principals.
-    pub fn set_policy(&mut self, policy: std::sync::Arc<crate::policy::PolicyHandle>) {
-        self.policy = Some(policy);
-    }
-
     /// The roles of a principal that authenticated by client certificate;
-    /// `None` if neither the configuration nor the policy knows it. (The one
-    /// place certificate principals get their roles; the policy may replace
-    /// them, see [`crate::policy::Policy::roles_of`].)
+    /// `None` if the configuration does not know it: a certificate principal
+    /// must be configured (`[[principals]]`, possibly with no roles), even
+    /// when the policy file gives it its roles
+    /// ([`crate::policy::Policy::roles_of`]).
     pub fn roles_of(&self, principal: &str) -> Option<Vec<Role>> {
-        if let Some(roles) = self.certificate_roles.get(principal) {
-            return Some(roles.clone());
-        }
-        self.policy
-            .as_ref()
-            .filter(|p| p.current().lists_principal(principal))
-            .map(|_| Vec::new())
+        self.certificate_roles.get(principal).cloned()
     }
 
     /// Every role a principal's credentials carry (its certificate roles and
@@ -137,8 +123,10 @@ impl Authenticator {
             .get(principal)
             .cloned()
             .unwrap_or_default();
+        let now = SystemTime::now();
         for grant in self.tokens.values() {
-            if grant.principal.name == principal {
+            let live = !grant.revoked && grant.expires_at.is_none_or(|t| now < t);
+            if live && grant.principal.name == principal {
                 roles.extend(grant.principal.roles.iter().copied());
             }
         }
