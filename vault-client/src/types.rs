@@ -322,8 +322,10 @@ fn parse_rfc3339(text: &str) -> Option<Timestamp> {
     })
 }
 
-/// A typed field value. Each variant matches one [`FieldType`].
-#[derive(Debug, Clone, PartialEq)]
+/// A typed field value. Each variant matches one [`FieldType`]. `Debug`
+/// shows the type only, never the content (values are personal data and
+/// must not reach logs by accident).
+#[derive(Clone, PartialEq)]
 pub enum Value {
     /// UTF-8 text ([`FieldType::String`]).
     String(String),
@@ -337,6 +339,12 @@ pub enum Value {
     Bytes(Vec<u8>),
     /// A point in time ([`FieldType::Timestamp`]).
     Timestamp(Timestamp),
+}
+
+impl std::fmt::Debug for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Value::{}(<redacted>)", self.field_type())
+    }
 }
 
 impl Value {
@@ -941,6 +949,13 @@ impl Collection {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn value_debug_shows_no_content() {
+        let shown = format!("{:?}", Value::String("ada@example.eu".into()));
+        assert_eq!(shown, "Value::string(<redacted>)");
+    }
+
     use super::*;
 
     #[test]
