@@ -34,6 +34,8 @@ pub mod labels {
     /// Prefix of the keyed hash that names a subject without its id
     /// (erasure records in the keyring, erasure receipts).
     pub const SUBJECT_PSEUDONYM: &[u8] = b"vault/v1/subject-pseudonym";
+    /// Prefix of the keyed hash that names a record in audit events.
+    pub const RECORD_PSEUDONYM: &[u8] = b"vault/v1/record-pseudonym";
     /// Prefix of the bytes an erasure receipt's Ed25519 signature covers.
     pub const ERASURE_RECEIPT: &[u8] = b"vault/v1/erasure-receipt";
 }

@@ -8,7 +8,7 @@ mod rewrap;
 mod schema;
 mod value;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -24,6 +24,7 @@ pub use value::{Record, Value};
 
 use zeroize::Zeroizing;
 
+use crate::audit::{AuditLog, Event};
 use crate::crypto::{
     open_field, record_tag, seal_field, verify_record_tag, EnvelopeHeader, FieldAad, Key256,
     RecordContext,
@@ -168,6 +169,7 @@ pub struct Engine {
     rewrap_options: RewrapOptions,
     rewrap: rewrap::JobState,
     policy: Arc<PolicyHandle>,
+    audit: AuditLog,
     closed: AtomicBool,
     counters: Counters,
 }
@@ -222,6 +224,7 @@ impl Engine {
             collections.insert(c.name.clone(), Arc::new(c));
         }
         let rewrap = rewrap::JobState::load(store.as_ref())?;
+        let audit = AuditLog::open(Arc::clone(&store))?;
         Ok(Engine {
             store,
             keyring: RwLock::new(Arc::new(keyring)),
@@ -237,6 +240,7 @@ impl Engine {
             rewrap_options,
             rewrap,
             policy,
+            audit,
             closed: AtomicBool::new(false),
             counters: Counters::default(),
         })
@@ -418,8 +422,24 @@ impl Engine {
         self.put_records(caller, vec![record]).map(|_| ())
     }
 
-    /// Creates or replaces records atomically: one durable write for all.
+    /// Creates or replaces records atomically: one durable write for all,
+    /// with its audit event in the same batch.
     pub fn put_records(&self, caller: &Caller, records: Vec<Record>) -> Result<usize> {
+        let mut ev = self.event(
+            caller,
+            Operation::Write,
+            records.first().map(|r| r.collection.as_str()),
+        );
+        let result = self.put_records_audited(caller, records, &mut ev);
+        self.audit_failure(ev, result)
+    }
+
+    fn put_records_audited(
+        &self,
+        caller: &Caller,
+        records: Vec<Record>,
+        ev: &mut Event,
+    ) -> Result<usize> {
         self.check_open()?;
         let policy = self.policy();
         if records.is_empty() {
@@ -533,7 +553,19 @@ impl Engine {
             );
             ws.put(Table::Records, key, value);
         }
-        self.store.write(ws)?;
+        let kr = self.keyring();
+        let mut fields = BTreeSet::new();
+        for r in &records {
+            ev.records
+                .push(hex::encode(kr.record_pseudonym(&r.collection, &r.id)));
+            ev.subjects
+                .push(hex::encode(kr.subject_pseudonym(&r.subject_id)));
+            fields.extend(r.fields.keys().cloned());
+        }
+        ev.subjects.sort();
+        ev.subjects.dedup();
+        ev.fields = fields.into_iter().collect();
+        self.audit.commit(ws, ev.clone())?;
         self.counters
             .fields_encrypted
             .fetch_add(encrypted, Ordering::Relaxed);
@@ -646,7 +678,41 @@ impl Engine {
 
     /// Reads records of one collection; returns those found (in request
     /// order) and the ids that have no record.
+    ///
+    /// Plaintext leaves only after the read's audit event is durable: if
+    /// the event cannot be written, the read fails.
     pub fn get_records(
+        &self,
+        caller: &Caller,
+        collection: &str,
+        ids: &[String],
+        fields: &[String],
+    ) -> Result<(Vec<Record>, Vec<String>)> {
+        let mut ev = self.event(caller, Operation::Read, Some(collection));
+        let (found, missing) = match self.get_records_unaudited(caller, collection, ids, fields) {
+            Ok(r) => r,
+            Err(e) => return self.audit_failure(ev, Err(e)),
+        };
+        let kr = self.keyring();
+        let mut returned = BTreeSet::new();
+        for r in &found {
+            ev.records
+                .push(hex::encode(kr.record_pseudonym(collection, &r.id)));
+            ev.subjects
+                .push(hex::encode(kr.subject_pseudonym(&r.subject_id)));
+            for (name, value) in &r.fields {
+                returned.insert(name.clone());
+                ev.bytes += value.size() as u64;
+            }
+        }
+        ev.subjects.sort();
+        ev.subjects.dedup();
+        ev.fields = returned.into_iter().collect();
+        self.audit.commit(WriteSet::new(), ev)?;
+        Ok((found, missing))
+    }
+
+    fn get_records_unaudited(
         &self,
         caller: &Caller,
         collection: &str,
@@ -761,6 +827,18 @@ impl Engine {
 
     /// Deletes one record; returns whether it existed.
     pub fn delete_record(&self, caller: &Caller, collection: &str, id: &str) -> Result<bool> {
+        let mut ev = self.event(caller, Operation::Delete, Some(collection));
+        let result = self.delete_record_audited(caller, collection, id, &mut ev);
+        self.audit_failure(ev, result)
+    }
+
+    fn delete_record_audited(
+        &self,
+        caller: &Caller,
+        collection: &str,
+        id: &str,
+        ev: &mut Event,
+    ) -> Result<bool> {
         self.policy()
             .authorize(caller, Operation::Delete, Some(collection))?;
         self.check_open()?;
@@ -768,19 +846,72 @@ impl Engine {
         validate_id("record id", id)?;
         let key = record_key(collection, id);
         let (_owner, previous) = self.lock_writers(&[], std::slice::from_ref(&key))?;
+        ev.records
+            .push(hex::encode(self.keyring().record_pseudonym(collection, id)));
         let Some(Some(old)) = previous.into_iter().next() else {
+            self.audit.commit(WriteSet::new(), ev.clone())?;
             return Ok(false);
         };
         let mut ws = WriteSet::new();
         if let Ok((stored, _)) = StoredRecord::decode(&old) {
+            ev.subjects.push(hex::encode(
+                self.keyring().subject_pseudonym(&stored.subject_id),
+            ));
             ws.delete(
                 Table::SubjectRecords,
                 subject_record_key(&stored.subject_id, &key),
             );
         }
         ws.delete(Table::Records, key);
-        self.store.write(ws)?;
+        self.audit.commit(ws, ev.clone())?;
         Ok(true)
+    }
+
+    // ---- audit ----
+
+    /// A new audit event for `caller` doing `op`.
+    fn event(&self, caller: &Caller, op: Operation, collection: Option<&str>) -> Event {
+        let mut id = [0u8; 8];
+        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut id);
+        Event {
+            time_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            request_id: hex::encode(id),
+            principal: caller.principal.name.clone(),
+            purpose: caller.purpose.clone(),
+            operation: op.name().to_owned(),
+            collection: collection.map(shown),
+            decision: "allowed".into(),
+            ..Event::default()
+        }
+    }
+
+    /// Records a refused or failed request (its event was not committed).
+    /// If even that event cannot be written, the error stands: the request
+    /// fails either way, and no data left.
+    fn audit_failure<T>(&self, mut ev: Event, result: Result<T>) -> Result<T> {
+        if let Err(e) = &result {
+            ev.decision = match e {
+                Error::PermissionDenied(_) | Error::Unauthenticated(_) => "denied",
+                _ => "failed",
+            }
+            .into();
+            ev.reason = Some(e.to_string());
+            ev.records.clear();
+            ev.subjects.clear();
+            ev.fields.clear();
+            ev.bytes = 0;
+            if let Err(w) = self.audit.commit(WriteSet::new(), ev) {
+                tracing::error!(error = %w, "audit event of a failed request could not be written");
+            }
+        }
+        result
+    }
+
+    /// The audit log.
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
     }
 
     /// Takes the writers' (shared) locks for a write of `keys` by

@@ -770,3 +770,108 @@ fn policy_masks_redacts_and_never_decrypts_what_it_hides() {
         Err(Error::PermissionDenied(_))
     ));
 }
+
+/// A store whose writes fail while they hold an audit event, on demand.
+#[derive(Debug)]
+struct FaultyAudit {
+    inner: RocksStore,
+    fail: std::sync::atomic::AtomicBool,
+}
+
+impl Store for FaultyAudit {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.inner.get(table, key)
+    }
+    fn multi_get(&self, table: Table, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
+        self.inner.multi_get(table, keys)
+    }
+    fn scan_prefix(&self, table: Table, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.inner.scan_prefix(table, prefix)
+    }
+    fn scan_from(
+        &self,
+        table: Table,
+        start: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.inner.scan_from(table, start, limit)
+    }
+    fn visit(&self, table: Table, visit: &mut dyn FnMut(&[u8], &[u8])) -> Result<()> {
+        self.inner.visit(table, visit)
+    }
+    fn last_with_prefix(&self, table: Table, prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        self.inner.last_with_prefix(table, prefix)
+    }
+    fn write(&self, set: WriteSet) -> Result<()> {
+        let audits = set
+            .ops()
+            .iter()
+            .any(|op| matches!(op, crate::storage::Op::Put(Table::Audit, _, _)));
+        if audits && self.fail.load(Ordering::SeqCst) {
+            return Err(Error::Storage("injected audit write fault".into()));
+        }
+        self.inner.write(set)
+    }
+}
+
+#[test]
+fn audit_is_fail_closed_and_counts_one_event_per_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(FaultyAudit {
+        inner: RocksStore::open(&dir.path().join("db"), &StoreOptions::default()).unwrap(),
+        fail: std::sync::atomic::AtomicBool::new(false),
+    });
+    let e = engine_over(Arc::clone(&store) as Arc<dyn Store>, dir.path());
+    let c = Caller::internal("t");
+    let base = e.audit().size();
+    e.put_record(&c, user("r1", "s1")).unwrap();
+    e.get_record(&c, "users", "r1", &[]).unwrap();
+    e.get_records(&c, "users", &["r1".into(), "zz".into()], &[])
+        .unwrap();
+    assert!(e.get_record(&c, "users", "nope", &[]).is_err());
+    assert!(e.delete_record(&c, "users", "zz").is_ok());
+    let stranger = Caller {
+        principal: Principal {
+            name: "x".into(),
+            roles: vec![],
+        },
+        purpose: Some("p".into()),
+        internal: false,
+    };
+    assert!(e.get_record(&stranger, "users", "r1", &[]).is_err());
+    assert_eq!(e.audit().size() - base, 6, "one event per request");
+    let events = e.audit().events(base, 100).unwrap();
+    let last: crate::audit::Event = serde_json::from_slice(events.last().unwrap()).unwrap();
+    assert_eq!(last.decision, "denied");
+    assert!(last.records.is_empty() && last.bytes == 0);
+    let read: crate::audit::Event = serde_json::from_slice(&events[1]).unwrap();
+    assert_eq!(read.operation, "read");
+    assert!(read.bytes > 0);
+    assert_eq!(read.records.len(), 1);
+    // No event ever holds a value or an id in the clear.
+    for ev in &events {
+        let text = String::from_utf8(ev.clone()).unwrap();
+        assert!(
+            !text.contains("r1@example.eu") && !text.contains("\"s1\""),
+            "{text}"
+        );
+    }
+
+    // With audit writes failing: no read returns data, no write lands.
+    store.fail.store(true, Ordering::SeqCst);
+    let size = e.audit().size();
+    assert!(matches!(
+        e.get_record(&c, "users", "r1", &[]),
+        Err(Error::Storage(_))
+    ));
+    assert!(e.get_records(&c, "users", &["r1".into()], &[]).is_err());
+    assert!(e.put_record(&c, user("r2", "s2")).is_err());
+    assert!(e.delete_record(&c, "users", "r1").is_err());
+    assert_eq!(e.audit().size(), size, "nothing appended");
+    store.fail.store(false, Ordering::SeqCst);
+    assert!(matches!(
+        e.get_record(&c, "users", "r2", &[]),
+        Err(Error::NotFound(_))
+    ));
+    e.get_record(&c, "users", "r1", &[]).unwrap();
+}

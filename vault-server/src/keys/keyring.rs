@@ -301,6 +301,17 @@ impl Keyring {
         m.finalize().into_bytes().into()
     }
 
+    /// The pseudonym of a record (collection and id) in audit events.
+    pub fn record_pseudonym(&self, collection: &str, id: &str) -> SubjectPseudonym {
+        let mut m = <Hmac<Sha256> as Mac>::new_from_slice(self.pseudonym_key.expose_secret())
+            .expect("HMAC accepts any key length");
+        m.update(labels::RECORD_PSEUDONYM);
+        m.update(&(collection.len() as u64).to_be_bytes());
+        m.update(collection.as_bytes());
+        m.update(id.as_bytes());
+        m.finalize().into_bytes().into()
+    }
+
     /// Records that every key version of `subject` up to `through` was
     /// destroyed: those versions are refused from now on, wherever they
     /// come from (a restored backup, say).

@@ -1,0 +1,279 @@
+//! The audit log (DESIGN.md §6): one event per audited request, appended
+//! to an RFC 6962 Merkle tree whose heads the vault signs as checkpoints.
+//!
+//! - **Events** are JSON objects (no values, ever: pseudonyms of record and
+//!   subject ids, field names, decision, bytes returned). Each carries its
+//!   `index` and `prev`, the leaf hash of the event before it, so a verifier
+//!   names the first event that was changed, removed or moved.
+//! - **Fail closed.** A write's event goes into the write's own `WriteSet`
+//!   (one atomic, synced batch); a read's event is written, synced, before
+//!   any plaintext is returned. If the event cannot be written, the request
+//!   fails. Appends are serialised (indices are dense and in commit order).
+//! - **Stored** in `Table::Audit`: `e ‖ u64 index` → event bytes (the leaf),
+//!   `c ‖ u64 size` → signed checkpoint (see [`checkpoint`]).
+//!
+//! The leaf hashes are kept in memory (32 bytes per event) for proofs.
+
+pub mod checkpoint;
+pub mod merkle;
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use ed25519_dalek::SigningKey;
+use serde::{Deserialize, Serialize};
+
+use crate::storage::{Store, Table, WriteSet};
+use crate::{Error, Result};
+use merkle::{Frontier, Hash};
+
+/// The event format this build writes.
+pub const EVENT_V1: u8 = 1;
+const EVENT_PREFIX: u8 = b'e';
+const CHECKPOINT_PREFIX: u8 = b'c';
+
+/// One audited request. Field order is the JSON order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Event {
+    /// Format version.
+    pub v: u8,
+    /// Position in the log.
+    pub index: u64,
+    /// Hex leaf hash of the event before (64 zeros for the first).
+    pub prev: String,
+    /// Milliseconds since the Unix epoch.
+    pub time_ms: u64,
+    /// Random request id (hex).
+    pub request_id: String,
+    /// Who asked.
+    pub principal: String,
+    /// The stated purpose.
+    pub purpose: Option<String>,
+    /// The operation (`read`, `write`, …, or a custody verb).
+    pub operation: String,
+    /// The collection, if one.
+    pub collection: Option<String>,
+    /// Pseudonyms (keyed hashes, hex) of the record ids touched.
+    pub records: Vec<String>,
+    /// Pseudonyms (hex) of the subjects touched.
+    pub subjects: Vec<String>,
+    /// Field names returned (reads) or written.
+    pub fields: Vec<String>,
+    /// `allowed`, `denied` or `failed`.
+    pub decision: String,
+    /// Why, when not allowed (an error kind and message; never a value).
+    pub reason: Option<String>,
+    /// Plaintext bytes returned to the caller.
+    pub bytes: u64,
+}
+
+fn event_key(index: u64) -> Vec<u8> {
+    let mut k = vec![EVENT_PREFIX];
+    k.extend_from_slice(&index.to_be_bytes());
+    k
+}
+
+fn checkpoint_key(size: u64) -> Vec<u8> {
+    let mut k = vec![CHECKPOINT_PREFIX];
+    k.extend_from_slice(&size.to_be_bytes());
+    k
+}
+
+#[derive(Debug, Default)]
+struct State {
+    frontier: Frontier,
+    leaves: Vec<Hash>,
+}
+
+/// The audit log of one data folder.
+#[derive(Debug)]
+pub struct AuditLog {
+    store: Arc<dyn Store>,
+    state: Mutex<State>,
+}
+
+impl AuditLog {
+    /// Opens the log in `store`, re-hashing every stored event. A gap in
+    /// the indices, or an event whose `index` or `prev` does not fit, is an
+    /// integrity failure: the vault does not append to a broken log.
+    pub fn open(store: Arc<dyn Store>) -> Result<Self> {
+        let mut state = State::default();
+        let mut failure = None;
+        store.visit(Table::Audit, &mut |k, v| {
+            if failure.is_some() || k.first() != Some(&EVENT_PREFIX) {
+                return;
+            }
+            let expected = state.frontier.size();
+            let ok = k.len() == 9
+                && k[1..] == expected.to_be_bytes()
+                && serde_json::from_slice::<Event>(v).is_ok_and(|e| {
+                    e.index == expected
+                        && e.prev == hex::encode(state.leaves.last().copied().unwrap_or([0; 32]))
+                });
+            if !ok {
+                failure = Some(expected);
+                return;
+            }
+            let h = merkle::leaf_hash(v);
+            state.frontier.push(h);
+            state.leaves.push(h);
+        })?;
+        if let Some(index) = failure {
+            tracing::error!(index, "the audit log in the data folder is damaged");
+            return Err(Error::Integrity);
+        }
+        Ok(AuditLog {
+            store,
+            state: Mutex::new(state),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Appends `event` and writes it with `ws` in one atomic, synced batch.
+    /// Returns the event's index. If the write fails nothing is appended.
+    pub fn commit(&self, mut ws: WriteSet, mut event: Event) -> Result<u64> {
+        let mut state = self.lock();
+        let index = state.frontier.size();
+        event.v = EVENT_V1;
+        event.index = index;
+        event.prev = hex::encode(state.leaves.last().copied().unwrap_or([0; 32]));
+        let bytes = serde_json::to_vec(&event)
+            .map_err(|e| Error::Storage(format!("encoding an audit event: {e}")))?;
+        let h = merkle::leaf_hash(&bytes);
+        ws.put(Table::Audit, event_key(index), bytes);
+        self.store.write(ws)?;
+        state.frontier.push(h);
+        state.leaves.push(h);
+        Ok(index)
+    }
+
+    /// How many events.
+    pub fn size(&self) -> u64 {
+        self.lock().frontier.size()
+    }
+
+    /// The tree head now.
+    pub fn root(&self) -> (u64, Hash) {
+        let s = self.lock();
+        (s.frontier.size(), s.frontier.root())
+    }
+
+    /// Up to `limit` events from `from`, as stored (the leaves).
+    pub fn events(&self, from: u64, limit: usize) -> Result<Vec<Vec<u8>>> {
+        let rows = self
+            .store
+            .scan_from(Table::Audit, &event_key(from), limit)?;
+        Ok(rows
+            .into_iter()
+            .take_while(|(k, _)| k.first() == Some(&EVENT_PREFIX))
+            .map(|(_, v)| v)
+            .collect())
+    }
+
+    /// The inclusion proof of event `index` in the tree of `size` events.
+    pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>> {
+        let s = self.lock();
+        let size = usize::try_from(size).unwrap_or(usize::MAX);
+        let leaves = s.leaves.get(..size).ok_or_else(|| {
+            Error::InvalidArgument(format!("the log has only {} events", s.leaves.len()))
+        })?;
+        merkle::inclusion_proof(leaves, usize::try_from(index).unwrap_or(usize::MAX))
+            .ok_or_else(|| Error::InvalidArgument("index is not below the tree size".into()))
+    }
+
+    /// The consistency proof between trees of `old` and `new` events.
+    pub fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>> {
+        let s = self.lock();
+        let new = usize::try_from(new).unwrap_or(usize::MAX);
+        let leaves = s.leaves.get(..new).ok_or_else(|| {
+            Error::InvalidArgument(format!("the log has only {} events", s.leaves.len()))
+        })?;
+        merkle::consistency_proof(leaves, usize::try_from(old).unwrap_or(usize::MAX))
+            .ok_or_else(|| Error::InvalidArgument("need 1 <= old size <= new size".into()))
+    }
+
+    /// A signed checkpoint of the log now: the stored one if the log has
+    /// not grown since, else a new one, stored.
+    pub fn checkpoint(&self, origin: &str, key: &SigningKey) -> Result<String> {
+        // Held across the store write, so checkpoints are stored in order.
+        let s = self.lock();
+        let size = s.frontier.size();
+        if let Some(note) = self.store.get(Table::Audit, &checkpoint_key(size))? {
+            return String::from_utf8(note).map_err(|_| Error::Integrity);
+        }
+        let note = checkpoint::sign(origin, size, &s.frontier.root(), key);
+        let mut ws = WriteSet::new();
+        ws.put(
+            Table::Audit,
+            checkpoint_key(size),
+            note.clone().into_bytes(),
+        );
+        self.store.write(ws)?;
+        Ok(note)
+    }
+
+    /// Every stored checkpoint of size ≥ `from_size`, in order.
+    pub fn checkpoints(&self, from_size: u64) -> Result<Vec<String>> {
+        let rows = self
+            .store
+            .scan_from(Table::Audit, &checkpoint_key(from_size), 10_000)?;
+        rows.into_iter()
+            .take_while(|(k, _)| k.first() == Some(&CHECKPOINT_PREFIX))
+            .map(|(_, v)| String::from_utf8(v).map_err(|_| Error::Integrity))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{RocksStore, StoreOptions};
+
+    fn store(dir: &std::path::Path) -> Arc<dyn Store> {
+        Arc::new(RocksStore::open(dir, &StoreOptions::default()).unwrap())
+    }
+
+    fn event(op: &str) -> Event {
+        Event {
+            principal: "p".into(),
+            operation: op.into(),
+            decision: "allowed".into(),
+            ..Event::default()
+        }
+    }
+
+    #[test]
+    fn appends_chain_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let log = AuditLog::open(Arc::clone(&s)).unwrap();
+        for i in 0..5 {
+            assert_eq!(log.commit(WriteSet::new(), event("read")).unwrap(), i);
+        }
+        let (size, root) = log.root();
+        let events = log.events(0, 100).unwrap();
+        assert_eq!(events.len(), 5);
+        let second: Event = serde_json::from_slice(&events[1]).unwrap();
+        assert_eq!(second.prev, hex::encode(merkle::leaf_hash(&events[0])));
+        let key = SigningKey::from_bytes(&[3; 32]);
+        let note = log.checkpoint("vault.eu/t", &key).unwrap();
+        assert_eq!(log.checkpoint("vault.eu/t", &key).unwrap(), note);
+        drop(log);
+        let log = AuditLog::open(Arc::clone(&s)).unwrap();
+        assert_eq!(log.root(), (size, root));
+        assert_eq!(log.checkpoints(0).unwrap(), vec![note]);
+        assert_eq!(log.inclusion_proof(2, 5).unwrap().len(), 3);
+        assert!(log.inclusion_proof(5, 5).is_err());
+        assert!(log.consistency_proof(2, 9).is_err());
+        // A raw edit of a stored event is caught at open.
+        let mut ws = WriteSet::new();
+        let mut edited = events[2].clone();
+        edited[5] ^= 1;
+        ws.put(Table::Audit, event_key(2), edited);
+        s.write(ws).unwrap();
+        drop(log);
+        assert!(matches!(AuditLog::open(s), Err(Error::Integrity)));
+    }
+}
