@@ -26,6 +26,10 @@
 //! policy ([`VaultClient::reload_policy`]) and shows what it grants a
 //! principal ([`VaultClient::check_policy`], a [`PolicyCheck`]).
 //!
+//! The [`audit`] module verifies an exported audit log offline, with its
+//! own RFC 6962 Merkle hashing and C2SP checkpoint signatures: an auditor
+//! need not trust the vault's code.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use vault_client::{Record, Timestamp, VaultClient};
@@ -44,6 +48,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod audit;
 mod client;
 mod convert;
 mod custody;

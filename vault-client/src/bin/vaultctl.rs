@@ -26,6 +26,8 @@
 //!
 //!   policy check --principal P [--purpose X] [--collection C]
 //!   policy reload
+//!
+//!   audit verify DIR --public-key FILE        (offline: no vault, no token)
 //! ```
 //!
 //! A field SPEC is `name:type:category[:indexed][:mask=F,L]`. The global
@@ -41,10 +43,14 @@
 //! `error: <message>` on stderr and exit 1 (2 for a usage error); with
 //! `--json` stdout also gets `{"error":{"kind":"...","message":"..."}}`.
 //! The token is never printed, and unseal shares are never taken as
-//! arguments.
+//! arguments. `audit verify` prints its verdict on stdout, one line
+//! (`valid: …`, or `invalid: event I: KIND: …` and exit 1; with `--json`,
+//! `{"valid", "events", "checkpoints", "fault"}`).
 
 #![forbid(unsafe_code)]
 
+#[path = "vaultctl/audit.rs"]
+mod audit;
 #[path = "vaultctl/custody.rs"]
 mod custody;
 #[path = "vaultctl/policy.rs"]
@@ -65,6 +71,7 @@ use serde_json::{json, Value as Json};
 use vault_client::json::{fields_from_json, record_to_json};
 use vault_client::{Collection, Error, FieldSchema, Record, VaultClient};
 
+use crate::audit::AuditCommand;
 use crate::custody::{OperatorCommand, SubjectCommand};
 use crate::policy::PolicyCommand;
 
@@ -182,6 +189,10 @@ enum Command {
     /// The access policy: check what it grants a principal, reload it.
     #[command(subcommand)]
     Policy(PolicyCommand),
+
+    /// The audit log: verify an export offline.
+    #[command(subcommand)]
+    Audit(AuditCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -400,7 +411,9 @@ fn main() -> ExitCode {
         Err(e) => return report(&CliError::Io(format!("cannot start: {e}")), cli.json),
     };
     match runtime.block_on(run(&cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(Outcome::Done) => ExitCode::SUCCESS,
+        // A verification that ran and found a fault: its verdict is printed.
+        Ok(Outcome::Failed) => ExitCode::FAILURE,
         Err(error) => report(&error, cli.json),
     }
 }
@@ -446,7 +459,16 @@ fn emit(text: &str) {
     let _ = writeln!(out, "{text}");
 }
 
-async fn run(cli: &Cli) -> Result<(), CliError> {
+/// How a command that ran to the end went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// Success (exit 0).
+    Done,
+    /// It printed a negative verdict (exit 1).
+    Failed,
+}
+
+async fn run(cli: &Cli) -> Result<Outcome, CliError> {
     match &cli.command {
         Command::Collection(CollectionCommand::Create(args)) => {
             let collection = collection_to_create(args)?;
@@ -548,8 +570,14 @@ async fn run(cli: &Cli) -> Result<(), CliError> {
         Command::Operator(command) => custody::run_operator(cli, command).await?,
         Command::Subject(command) => custody::run_subject(cli, command).await?,
         Command::Policy(command) => policy::run_policy(cli, command).await?,
+        Command::Audit(command) => {
+            // Offline: no connection, no token.
+            if !audit::run_audit(cli, command)? {
+                return Ok(Outcome::Failed);
+            }
+        }
     }
-    Ok(())
+    Ok(Outcome::Done)
 }
 
 /// The collection that `collection create` asks for.

@@ -914,6 +914,27 @@ impl Engine {
         &self.audit
     }
 
+    /// The origin line of this vault's checkpoints: region and keyring id.
+    pub fn audit_origin(&self) -> String {
+        format!("vault/{}/{}", self.region, hex::encode(self.keyring().id()))
+    }
+
+    /// The C2SP verifier key of the audit signing key.
+    pub fn audit_verifier_key(&self) -> String {
+        crate::audit::checkpoint::verifier_key(
+            &self.audit_origin(),
+            &crate::keys::signing_key(&self.keyring()),
+        )
+    }
+
+    /// A signed checkpoint of the audit log now.
+    pub fn checkpoint(&self) -> Result<String> {
+        self.audit.checkpoint(
+            &self.audit_origin(),
+            &crate::keys::signing_key(&self.keyring()),
+        )
+    }
+
     /// Takes the writers' (shared) locks for a write of `keys` by
     /// `subjects`: the stripes of the new subjects and of the records'
     /// current owners, so neither subject's rotation or erasure runs

@@ -5,6 +5,7 @@
 //! with client CAs).
 
 mod admin;
+mod audit;
 mod auth;
 mod convert;
 mod custody;
@@ -20,11 +21,13 @@ use tokio_stream::StreamExt;
 use tonic::service::interceptor::InterceptedService;
 use tonic_health::ServingStatus;
 use vault_proto::v1::admin_service_server::AdminServiceServer;
+use vault_proto::v1::audit_service_server::AuditServiceServer;
 use vault_proto::v1::operator_service_server::OperatorServiceServer;
 use vault_proto::v1::subject_service_server::SubjectServiceServer;
 use vault_proto::v1::vault_service_server::VaultServiceServer;
 
 pub use admin::{AdminApi, RoleLookup};
+pub use audit::AuditApi;
 pub use auth::{hash_token, Authenticator, TokenGrant, PURPOSE_HEADER};
 pub use custody::{OperatorApi, SubjectApi};
 pub use tls::{certificate_principal, ServerTls, TlsFiles};
@@ -35,7 +38,12 @@ use crate::{Error, Result, Vault};
 /// The gRPC service name, as health checks know it.
 pub const SERVICE_NAME: &str = "vault.v1.VaultService";
 /// The data services; health reports them NOT_SERVING while sealed.
-const DATA_SERVICES: [&str; 3] = ["", SERVICE_NAME, "vault.v1.SubjectService"];
+const DATA_SERVICES: [&str; 4] = [
+    "",
+    SERVICE_NAME,
+    "vault.v1.SubjectService",
+    "vault.v1.AuditService",
+];
 /// Largest request or response message accepted.
 pub const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
 
@@ -126,6 +134,11 @@ pub async fn serve_with_tls(
     };
     let admin = InterceptedService::new(
         AdminServiceServer::new(AdminApi::new(Arc::clone(&vault), vault.policy(), lookup)),
+        auth::interceptor(Arc::clone(&auth)),
+    );
+    let audit = InterceptedService::new(
+        AuditServiceServer::new(AuditApi::new(Arc::clone(&vault)))
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
         auth::interceptor(auth),
     );
 
@@ -144,6 +157,7 @@ pub async fn serve_with_tls(
         .add_service(operator)
         .add_service(subjects)
         .add_service(admin)
+        .add_service(audit)
         .serve_with_incoming_shutdown(incoming, async move {
             shutdown.await;
             follower.abort();

@@ -1,0 +1,265 @@
+//! The audit log through real sockets: every data request leaves one event,
+//! the log exported over `AuditService` verifies offline with `vaultctl audit
+//! verify` (an implementation of its own, in vault-client), and each kind of
+//! tampering with an export, or a raw edit of the audit column family, is
+//! caught and named.
+
+use std::path::{Path, PathBuf};
+
+use tokio::process::Command;
+use vault_proto::v1 as pb;
+use vault_proto::v1::audit_service_client::AuditServiceClient;
+use vault_tests::{vaultctl_binary, TestVault, TOKEN};
+
+use crate::user;
+
+fn authed<T>(msg: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    req
+}
+
+/// Exports the log (events, checkpoints) into `dir`; returns the verifier
+/// key file.
+async fn export(vault: &TestVault, dir: &Path) -> PathBuf {
+    let mut raw = AuditServiceClient::connect(vault.url()).await.unwrap();
+    let key = raw
+        .public_key(authed(pb::AuditPublicKeyRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    let checkpoints = raw
+        .checkpoints(authed(pb::CheckpointsRequest { from_size: 0 }))
+        .await
+        .unwrap()
+        .into_inner()
+        .checkpoints;
+    let mut events = Vec::new();
+    loop {
+        let page = raw
+            .events(authed(pb::AuditEventsRequest {
+                from: events.len() as u64,
+                limit: 7,
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        if page.events.is_empty() {
+            break;
+        }
+        events.extend(page.events);
+    }
+    write_export(dir, &events, &checkpoints);
+    let key_file = dir.join("vault.vkey");
+    std::fs::write(&key_file, format!("{}\n", key.verifier_key)).unwrap();
+    key_file
+}
+
+fn write_export(dir: &Path, events: &[Vec<u8>], checkpoints: &[String]) {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir.join("checkpoints")).unwrap();
+    let mut lines = Vec::new();
+    for e in events {
+        lines.extend_from_slice(e);
+        lines.push(b'\n');
+    }
+    std::fs::write(dir.join("events.jsonl"), lines).unwrap();
+    for (i, c) in checkpoints.iter().enumerate() {
+        std::fs::write(dir.join("checkpoints").join(format!("{i:06}.note")), c).unwrap();
+    }
+}
+
+fn read_export(dir: &Path) -> (Vec<Vec<u8>>, Vec<String>) {
+    let events = std::fs::read(dir.join("events.jsonl"))
+        .unwrap()
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect();
+    let mut names: Vec<_> = std::fs::read_dir(dir.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    names.sort();
+    let checkpoints = names
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    (events, checkpoints)
+}
+
+/// `vaultctl --json audit verify DIR --public-key KEY`: (valid, fault index, fault kind).
+async fn verify(dir: &Path, key: &Path) -> (bool, Option<u64>, Option<String>) {
+    let out = Command::new(vaultctl_binary())
+        .args(["--json", "audit", "verify"])
+        .arg(dir)
+        .arg("--public-key")
+        .arg(key)
+        .env_remove("VAULT_ADDR")
+        .env_remove("VAULT_TOKEN")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let json: serde_json::Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("{e}: {stdout:?} {:?}", String::from_utf8_lossy(&out.stderr)));
+    let valid = json["valid"].as_bool().unwrap();
+    assert_eq!(out.status.success(), valid, "{json}");
+    (
+        valid,
+        json["fault"]["index"].as_u64(),
+        json["fault"]["kind"].as_str().map(str::to_owned),
+    )
+}
+
+async fn some_traffic(vault: &TestVault, n: usize) {
+    let client = vault.client().await;
+    for i in 0..n {
+        client
+            .put(&user(&format!("u{i}"), &format!("s{i}")))
+            .await
+            .unwrap();
+        client.get("users", &format!("u{i}")).await.unwrap();
+    }
+    assert!(client.get("users", "nobody").await.is_err());
+}
+
+#[tokio::test]
+async fn every_data_request_leaves_one_event_and_the_export_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let vault = TestVault::start(dir.path(), "eu").await.unwrap();
+    let before = vault.engine().audit().size();
+    some_traffic(&vault, 5).await;
+    // 5 puts, 5 gets, 1 failed get.
+    assert_eq!(vault.engine().audit().size() - before, 11);
+
+    let export_dir = tempfile::tempdir().unwrap();
+    let key = export(&vault, export_dir.path()).await;
+    assert_eq!(verify(export_dir.path(), &key).await, (true, None, None));
+    let (events, checkpoints) = read_export(export_dir.path());
+    assert_eq!(events.len() as u64, vault.engine().audit().size());
+    // No value or id leaves the vault in an event.
+    for e in &events {
+        let text = String::from_utf8_lossy(e);
+        assert!(
+            !text.contains("@example.eu") && !text.contains("\"u1\""),
+            "{text}"
+        );
+    }
+
+    // More traffic, a second checkpoint: the two must be consistent.
+    some_traffic(&vault, 2).await;
+    let second = tempfile::tempdir().unwrap();
+    export(&vault, second.path()).await;
+    let (_, both) = read_export(second.path());
+    assert_eq!(both.len(), checkpoints.len() + 1);
+    assert_eq!(verify(second.path(), &key).await, (true, None, None));
+    vault.stop().await;
+}
+
+#[tokio::test]
+async fn tampered_exports_are_caught_and_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let vault = TestVault::start(dir.path(), "eu").await.unwrap();
+    some_traffic(&vault, 4).await;
+    let good = tempfile::tempdir().unwrap();
+    let key = export(&vault, good.path()).await;
+    let (events, checkpoints) = read_export(good.path());
+    let n = events.len();
+    assert!(n >= 9);
+    let work = tempfile::tempdir().unwrap();
+    let case = |events: Vec<Vec<u8>>, checkpoints: Vec<String>| {
+        write_export(work.path(), &events, &checkpoints);
+    };
+
+    // Change one event (its principal).
+    let mut changed = events.clone();
+    let text = String::from_utf8(changed[3].clone()).unwrap();
+    changed[3] = text.replace("dev-root", "dev-rooT").into_bytes();
+    case(changed, checkpoints.clone());
+    let (valid, index, kind) = verify(work.path(), &key).await;
+    assert!(!valid);
+    assert_eq!((index, kind.as_deref()), (Some(3), Some("modified")));
+
+    // Delete one.
+    let mut deleted = events.clone();
+    deleted.remove(4);
+    case(deleted, checkpoints.clone());
+    let (valid, index, _) = verify(work.path(), &key).await;
+    assert!(!valid);
+    assert_eq!(index, Some(4));
+
+    // Reorder two.
+    let mut reordered = events.clone();
+    reordered.swap(2, 5);
+    case(reordered, checkpoints.clone());
+    let (valid, index, _) = verify(work.path(), &key).await;
+    assert!(!valid);
+    assert_eq!(index, Some(2));
+
+    // Truncate the tail.
+    case(events[..n - 2].to_vec(), checkpoints.clone());
+    let (valid, index, kind) = verify(work.path(), &key).await;
+    assert!(!valid);
+    assert_eq!(
+        (index, kind.as_deref()),
+        (Some(n as u64 - 2), Some("truncated"))
+    );
+
+    // Re-sign the checkpoint with another key (a forged note).
+    let forged_note = checkpoints
+        .last()
+        .unwrap()
+        .rsplit_once("\u{2014} ")
+        .map(|(body, _)| format!("{body}\u{2014} other {}\n", "A".repeat(92)))
+        .unwrap();
+    let mut forged = checkpoints.clone();
+    *forged.last_mut().unwrap() = forged_note;
+    case(events.clone(), forged);
+    let (valid, _, kind) = verify(work.path(), &key).await;
+    assert!(!valid);
+    assert_eq!(kind.as_deref(), Some("bad_signature"));
+
+    // The untouched export still verifies.
+    assert_eq!(verify(good.path(), &key).await, (true, None, None));
+    vault.stop().await;
+}
+
+#[tokio::test]
+async fn a_raw_edit_of_the_audit_column_family_is_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let vault = TestVault::start(dir.path(), "eu").await.unwrap();
+    some_traffic(&vault, 3).await;
+    let before = tempfile::tempdir().unwrap();
+    let key = export(&vault, before.path()).await;
+    let (_, checkpoints) = read_export(before.path());
+    vault.stop().await;
+
+    // Someone with the data folder rewrites event 2 in place.
+    let db = crate::tamper::open_raw(dir.path());
+    let cf = db.cf_handle("audit").unwrap();
+    let mut k = vec![b'e'];
+    k.extend_from_slice(&2u64.to_be_bytes());
+    let old = db.get_cf(cf, &k).unwrap().unwrap();
+    let text = String::from_utf8(old).unwrap();
+    // Make the request look like another principal's.
+    assert!(text.contains("dev-root"));
+    db.put_cf(cf, &k, text.replace("dev-root", "dev-rooT"))
+        .unwrap();
+    let raw: Vec<Vec<u8>> = db
+        .prefix_iterator_cf(cf, b"e")
+        .map(|r| r.unwrap())
+        .take_while(|(k, _)| k.first() == Some(&b'e'))
+        .map(|(_, v)| v.to_vec())
+        .collect();
+    drop(db);
+    // The auditor, with the checkpoint taken earlier, catches it.
+    let after = tempfile::tempdir().unwrap();
+    write_export(after.path(), &raw, &checkpoints);
+    let (valid, index, kind) = verify(after.path(), &key).await;
+    assert!(!valid);
+    assert_eq!((index, kind.as_deref()), (Some(2), Some("modified")));
+    // And the vault refuses to append to a damaged log.
+    assert!(TestVault::start(dir.path(), "eu").await.is_err());
+}

@@ -1,0 +1,102 @@
+//! `vault.v1.AuditService`: the audit log for auditors (events, signed
+//! checkpoints, proofs, the verifier key). Needs the `audit` operation.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+use vault_proto::v1 as pb;
+use vault_proto::v1::audit_service_server::AuditService;
+
+use super::auth::caller;
+use super::vault::run_blocking;
+use crate::policy::{Caller, Operation};
+use crate::{Engine, Vault};
+
+/// Most events in one response.
+const MAX_EVENTS: u32 = 1000;
+
+/// The auditor API over one vault (unsealed: checkpoints are signed).
+#[derive(Debug, Clone)]
+pub struct AuditApi {
+    vault: Arc<Vault>,
+}
+
+impl AuditApi {
+    /// The API over `vault`.
+    pub fn new(vault: Arc<Vault>) -> Self {
+        AuditApi { vault }
+    }
+
+    fn authorized(&self, caller: &Caller) -> Result<Arc<Engine>, Status> {
+        let engine = self.vault.engine()?;
+        engine.policy().authorize(caller, Operation::Audit, None)?;
+        Ok(engine)
+    }
+}
+
+#[tonic::async_trait]
+impl AuditService for AuditApi {
+    async fn events(
+        &self,
+        req: Request<pb::AuditEventsRequest>,
+    ) -> Result<Response<pb::AuditEventsResponse>, Status> {
+        let engine = self.authorized(&caller(&req)?)?;
+        let r = req.into_inner();
+        let limit = r.limit.clamp(1, MAX_EVENTS) as usize;
+        let (events, tree_size) = run_blocking(move || {
+            let events = engine.audit().events(r.from, limit)?;
+            Ok((events, engine.audit().size()))
+        })
+        .await?;
+        Ok(Response::new(pb::AuditEventsResponse { events, tree_size }))
+    }
+
+    async fn checkpoints(
+        &self,
+        req: Request<pb::CheckpointsRequest>,
+    ) -> Result<Response<pb::CheckpointsResponse>, Status> {
+        let engine = self.authorized(&caller(&req)?)?;
+        let from = req.into_inner().from_size;
+        let checkpoints = run_blocking(move || {
+            engine.checkpoint()?;
+            engine.audit().checkpoints(from)
+        })
+        .await?;
+        Ok(Response::new(pb::CheckpointsResponse { checkpoints }))
+    }
+
+    async fn inclusion_proof(
+        &self,
+        req: Request<pb::InclusionProofRequest>,
+    ) -> Result<Response<pb::ProofResponse>, Status> {
+        let engine = self.authorized(&caller(&req)?)?;
+        let r = req.into_inner();
+        let hashes = engine.audit().inclusion_proof(r.index, r.tree_size)?;
+        Ok(Response::new(pb::ProofResponse {
+            hashes: hashes.iter().map(|h| h.to_vec()).collect(),
+        }))
+    }
+
+    async fn consistency_proof(
+        &self,
+        req: Request<pb::ConsistencyProofRequest>,
+    ) -> Result<Response<pb::ProofResponse>, Status> {
+        let engine = self.authorized(&caller(&req)?)?;
+        let r = req.into_inner();
+        let hashes = engine.audit().consistency_proof(r.old_size, r.new_size)?;
+        Ok(Response::new(pb::ProofResponse {
+            hashes: hashes.iter().map(|h| h.to_vec()).collect(),
+        }))
+    }
+
+    async fn public_key(
+        &self,
+        req: Request<pb::AuditPublicKeyRequest>,
+    ) -> Result<Response<pb::AuditPublicKeyResponse>, Status> {
+        let engine = self.authorized(&caller(&req)?)?;
+        Ok(Response::new(pb::AuditPublicKeyResponse {
+            verifier_key: engine.audit_verifier_key(),
+            origin: engine.audit_origin(),
+        }))
+    }
+}
