@@ -12,10 +12,12 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status};
 use vault_proto::v1 as pb;
 use vault_proto::v1::admin_service_client::AdminServiceClient;
+use vault_proto::v1::audit_service_client::AuditServiceClient;
 use vault_proto::v1::operator_service_client::OperatorServiceClient;
 use vault_proto::v1::subject_service_client::SubjectServiceClient;
 use vault_proto::v1::vault_service_client::VaultServiceClient;
 
+use crate::audit::{Hash, VerifierKey};
 use crate::custody::{
     Initialized, RewrapProgress, RootKeys, SealStatus, SubjectKeyRotation, UnsealProgress,
     UnsealShare,
@@ -326,7 +328,7 @@ impl ClientBuilder {
 
 type Authenticated = InterceptedService<Channel, Credentials>;
 
-/// The generated clients of the four services, over one channel with one
+/// The generated clients of the five services, over one channel with one
 /// set of credentials.
 #[derive(Clone)]
 struct Stubs {
@@ -334,6 +336,7 @@ struct Stubs {
     operator: OperatorServiceClient<Authenticated>,
     subject: SubjectServiceClient<Authenticated>,
     admin: AdminServiceClient<Authenticated>,
+    audit: AuditServiceClient<Authenticated>,
 }
 
 impl Stubs {
@@ -343,7 +346,10 @@ impl Stubs {
                 .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE),
             operator: OperatorServiceClient::with_interceptor(channel.clone(), credentials.clone()),
             subject: SubjectServiceClient::with_interceptor(channel.clone(), credentials.clone()),
-            admin: AdminServiceClient::with_interceptor(channel, credentials),
+            admin: AdminServiceClient::with_interceptor(channel.clone(), credentials.clone()),
+            // A page of up to 1000 events.
+            audit: AuditServiceClient::with_interceptor(channel, credentials)
+                .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE),
         }
     }
 }
@@ -811,6 +817,147 @@ impl VaultClient {
             .await?;
         Ok(response.into())
     }
+
+    /// Runs one `AuditService` call, as [`VaultClient::call`] does.
+    async fn audit_call<Req, Resp, F, Fut>(&self, message: Req, rpc: F) -> Result<Resp>
+    where
+        F: FnOnce(AuditServiceClient<Authenticated>, Request<Req>) -> Fut,
+        Fut: Future<Output = std::result::Result<Response<Resp>, Status>>,
+    {
+        self.run(self.stubs.audit.clone(), message, rpc).await
+    }
+
+    /// Up to `limit` audit events from index `from` (the vault sends at
+    /// most 1000 a call, and at least one if there is one), each exactly
+    /// the bytes of its Merkle leaf (a JSON object), and the log's size
+    /// now. An empty page: no event at `from` or after. The `audit_*`
+    /// calls need the `audit` operation ([`Error::PermissionDenied`]
+    /// otherwise) and an unsealed vault.
+    ///
+    /// Check what they return with [`crate::audit`]: [`crate::audit::verify_export`]
+    /// for an exported log, [`crate::audit::verify_inclusion`] for a proof.
+    pub async fn audit_events(&self, from: u64, limit: u32) -> Result<AuditPage> {
+        let request = pb::AuditEventsRequest { from, limit };
+        let response = self
+            .audit_call(request, |mut c, r| async move { c.events(r).await })
+            .await?;
+        let most = limit.max(1) as usize;
+        if response.events.len() > most {
+            return Err(Error::Protocol(format!(
+                "the vault sent {} audit events for a page of at most {most}",
+                response.events.len()
+            )));
+        }
+        Ok(AuditPage {
+            events: response.events,
+            tree_size: response.tree_size,
+        })
+    }
+
+    /// The vault's signed checkpoints (C2SP signed notes) of tree size
+    /// `from_size` or more, oldest first. The vault signs one of the log as
+    /// it is now if the log grew since its last: unless `from_size` is
+    /// beyond the log's size, the last note is the current checkpoint.
+    /// Open them with [`crate::audit::Checkpoint::open`].
+    pub async fn audit_checkpoints(&self, from_size: u64) -> Result<Vec<String>> {
+        let request = pb::CheckpointsRequest { from_size };
+        let response = self
+            .audit_call(request, |mut c, r| async move { c.checkpoints(r).await })
+            .await?;
+        Ok(response.checkpoints)
+    }
+
+    /// The inclusion proof of audit event `index` in the tree of the first
+    /// `tree_size` events: the sibling hashes from the leaf up, for
+    /// [`crate::audit::verify_inclusion`]. [`Error::InvalidInput`] if the
+    /// index is not below the size or the log is smaller;
+    /// [`Error::Protocol`] if a hash is not 32 bytes.
+    pub async fn audit_inclusion_proof(&self, index: u64, tree_size: u64) -> Result<Vec<Hash>> {
+        let request = pb::InclusionProofRequest { index, tree_size };
+        let response = self
+            .audit_call(
+                request,
+                |mut c, r| async move { c.inclusion_proof(r).await },
+            )
+            .await?;
+        proof_hashes(response.hashes, "inclusion")
+    }
+
+    /// The consistency proof between the audit log's trees of `old_size`
+    /// and `new_size` events, for [`crate::audit::verify_consistency`].
+    /// [`Error::InvalidInput`] unless 1 ≤ `old_size` ≤ `new_size` ≤ the
+    /// log's size; [`Error::Protocol`] if a hash is not 32 bytes.
+    pub async fn audit_consistency_proof(&self, old_size: u64, new_size: u64) -> Result<Vec<Hash>> {
+        let request = pb::ConsistencyProofRequest { old_size, new_size };
+        let response = self
+            .audit_call(
+                request,
+                |mut c, r| async move { c.consistency_proof(r).await },
+            )
+            .await?;
+        proof_hashes(response.hashes, "consistency")
+    }
+
+    /// The C2SP verifier key of the vault's checkpoint signing key
+    /// (`<origin>+<hex key id>+<base64 key>`, parsed by
+    /// [`crate::audit::VerifierKey`]) and the log's origin, as
+    /// `(verifier_key, origin)`. A key taken from the vault it is meant to
+    /// check proves little: an auditor pins it, obtained once, out of band.
+    /// [`Error::Protocol`] if the key does not parse.
+    pub async fn audit_public_key(&self) -> Result<(String, String)> {
+        let response = self
+            .audit_call(pb::AuditPublicKeyRequest {}, |mut c, r| async move {
+                c.public_key(r).await
+            })
+            .await?;
+        check_verifier_key(&response.verifier_key)?;
+        Ok((response.verifier_key, response.origin))
+    }
+}
+
+/// One page of the audit log ([`VaultClient::audit_events`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditPage {
+    /// The events, in log order from the index asked for: each is exactly
+    /// the bytes of its Merkle leaf (a JSON object).
+    pub events: Vec<Vec<u8>>,
+    /// How many events the log held when the page was read.
+    pub tree_size: u64,
+}
+
+/// The most hashes a proof may hold: a tree of at most 2^64 leaves has 64
+/// levels, and a consistency proof needs at most twice that.
+const MAX_PROOF_HASHES: usize = 128;
+
+/// The hashes of a proof from the vault, each of 32 bytes.
+fn proof_hashes(hashes: Vec<Vec<u8>>, kind: &str) -> Result<Vec<Hash>> {
+    if hashes.len() > MAX_PROOF_HASHES {
+        return Err(Error::Protocol(format!(
+            "the {kind} proof has {} hashes (at most {MAX_PROOF_HASHES} make sense)",
+            hashes.len()
+        )));
+    }
+    hashes
+        .into_iter()
+        .enumerate()
+        .map(|(i, hash)| {
+            let len = hash.len();
+            Hash::try_from(hash).map_err(|_| {
+                Error::Protocol(format!(
+                    "hash {i} of the {kind} proof is {len} bytes, not 32"
+                ))
+            })
+        })
+        .collect()
+}
+
+/// Refuses a verifier key from the vault that does not parse.
+fn check_verifier_key(text: &str) -> Result<()> {
+    text.parse::<VerifierKey>().map(drop).map_err(|e| {
+        Error::Protocol(format!(
+            "the vault's audit verifier key does not parse: {e}"
+        ))
+    })
 }
 
 fn to_strings(items: &[&str]) -> Vec<String> {
@@ -837,6 +984,68 @@ fn refuse_partial(record: &Record) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proof_hashes_must_be_32_bytes() {
+        let good = vec![vec![1u8; 32], vec![2u8; 32]];
+        assert_eq!(
+            proof_hashes(good, "inclusion").unwrap(),
+            vec![[1u8; 32], [2u8; 32]]
+        );
+        assert_eq!(
+            proof_hashes(Vec::new(), "inclusion").unwrap(),
+            Vec::<Hash>::new()
+        );
+        for bad in [vec![0u8; 31], vec![0u8; 33], Vec::new()] {
+            let len = bad.len();
+            let hashes = vec![vec![0u8; 32], bad];
+            assert!(
+                matches!(
+                    proof_hashes(hashes, "consistency"),
+                    Err(Error::Protocol(m))
+                        if m == format!("hash 1 of the consistency proof is {len} bytes, not 32")
+                ),
+                "{len}"
+            );
+        }
+        let too_many = vec![vec![0u8; 32]; MAX_PROOF_HASHES + 1];
+        assert!(matches!(
+            proof_hashes(too_many, "inclusion"),
+            Err(Error::Protocol(m)) if m.contains("129 hashes")
+        ));
+        assert_eq!(
+            proof_hashes(vec![vec![0u8; 32]; MAX_PROOF_HASHES], "x")
+                .unwrap()
+                .len(),
+            MAX_PROOF_HASHES
+        );
+    }
+
+    #[test]
+    fn the_vaults_verifier_key_must_parse() {
+        let public = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]).verifying_key();
+        let key = crate::audit::VerifierKey::new("vault/eu/01ab", public.as_bytes()).unwrap();
+        assert!(check_verifier_key(&key.to_string()).is_ok());
+        for bad in ["", "vault/eu+00000000+AQ==", "not a key"] {
+            assert!(
+                matches!(check_verifier_key(bad), Err(Error::Protocol(m)) if m.contains("does not parse")),
+                "{bad}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn audit_calls_map_an_unreachable_vault_to_an_error() {
+        let client = VaultClient::builder("127.0.0.1:1")
+            .token("t")
+            .timeout(Duration::from_secs(2))
+            .connect_lazy()
+            .unwrap();
+        assert!(matches!(
+            client.audit_events(0, 10).await,
+            Err(Error::Connect(_) | Error::Unavailable(_) | Error::Timeout)
+        ));
+    }
 
     #[test]
     fn addresses_get_a_scheme() {

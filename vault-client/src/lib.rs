@@ -28,7 +28,12 @@
 //!
 //! The [`audit`] module verifies an exported audit log offline, with its
 //! own RFC 6962 Merkle hashing and C2SP checkpoint signatures: an auditor
-//! need not trust the vault's code.
+//! need not trust the vault's code. `AuditService` has its calls too:
+//! [`VaultClient::audit_events`] (an [`AuditPage`]),
+//! [`VaultClient::audit_checkpoints`], [`VaultClient::audit_inclusion_proof`],
+//! [`VaultClient::audit_consistency_proof`] and
+//! [`VaultClient::audit_public_key`]; proofs arrive as 32-byte hashes, for
+//! [`audit::verify_inclusion`] and [`audit::verify_consistency`].
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -59,7 +64,9 @@ mod receipt;
 mod tls;
 mod types;
 
-pub use crate::client::{ClientBuilder, VaultClient, DEFAULT_TIMEOUT, PURPOSE_METADATA_KEY};
+pub use crate::client::{
+    AuditPage, ClientBuilder, VaultClient, DEFAULT_TIMEOUT, PURPOSE_METADATA_KEY,
+};
 pub use crate::custody::{
     Initialized, KeyState, RewrapProgress, RootKeyInfo, RootKeys, SealStatus, SubjectKeyRotation,
     UnsealProgress, UnsealShare,

@@ -19,6 +19,7 @@ use std::thread::JoinHandle;
 use tokio::sync::watch;
 use zeroize::Zeroizing;
 
+use crate::audit::{AuditLog, Event};
 use crate::crypto::Key256;
 use crate::engine::{Engine, EngineOptions, KeyringFile, RootKeyInfo, META_KEYRING_ID};
 use crate::keys::{
@@ -26,7 +27,7 @@ use crate::keys::{
     UnsealShare,
 };
 use crate::policy::{Caller, Operation};
-use crate::storage::{RocksStore, Store, StoreOptions, Table};
+use crate::storage::{RocksStore, Store, StoreOptions, Table, WriteSet};
 use crate::{Error, Result};
 
 /// The development share's file name in a dev data folder.
@@ -109,6 +110,9 @@ pub struct Vault {
     opts: OpenOptions,
     store: Arc<dyn Store>,
     state: Mutex<State>,
+    /// The audit log: one per data folder, shared with every engine; it
+    /// also records what happens while sealed (init, unseal, seal).
+    audit: Arc<AuditLog>,
     /// The engine of the last unsealed session. After a seal, requests that
     /// started before it may still hold that engine; no new one is made
     /// until it is gone, so two engines never share the keyring file.
@@ -173,9 +177,12 @@ impl Vault {
                 State::Uninitialised
             }
         };
+        let store: Arc<dyn Store> = Arc::new(store);
+        let audit = Arc::new(AuditLog::open(Arc::clone(&store))?);
         Ok(Vault {
             opts,
-            store: Arc::new(store),
+            store,
+            audit,
             state: Mutex::new(state),
             last_engine: Mutex::new(Weak::new()),
             sealed: watch::Sender::new(true),
@@ -224,6 +231,26 @@ impl Vault {
         }
     }
 
+    /// Records a custody or admin request (allowed, or refused with its
+    /// error) in the audit log. A failure to record is logged; the
+    /// operation's own result stands.
+    pub fn record<T>(
+        &self,
+        caller: &Caller,
+        operation: &str,
+        detail: Option<String>,
+        result: &Result<T>,
+    ) {
+        let mut ev = Event::now(&caller.principal.name, caller.purpose.as_deref(), operation);
+        ev.detail = detail;
+        if let Err(e) = result {
+            ev = ev.refused(e);
+        }
+        if let Err(e) = self.audit.commit(WriteSet::new(), ev) {
+            tracing::error!(error = %e, operation, "audit event could not be written");
+        }
+    }
+
     /// Follows sealed (true) / unsealed (false).
     pub fn watch_sealed(&self) -> watch::Receiver<bool> {
         self.sealed.subscribe()
@@ -232,6 +259,22 @@ impl Vault {
     /// Creates the keyring and splits its unseal key into `shares` shares,
     /// `threshold` of which unseal it. The vault stays sealed.
     pub fn init(&self, caller: &Caller, shares: u8, threshold: u8) -> Result<Vec<UnsealShare>> {
+        let result = self.init_unaudited(caller, shares, threshold);
+        self.record(
+            caller,
+            "init",
+            Some(format!("{threshold} of {shares} shares")),
+            &result,
+        );
+        result
+    }
+
+    fn init_unaudited(
+        &self,
+        caller: &Caller,
+        shares: u8,
+        threshold: u8,
+    ) -> Result<Vec<UnsealShare>> {
         self.opts
             .engine
             .policy
@@ -274,6 +317,19 @@ impl Vault {
     /// and starts serving. Shares that together do not open the keyring
     /// reset the progress (which one was wrong cannot be told).
     pub fn unseal(&self, caller: &Caller, share: &str) -> Result<UnsealProgress> {
+        let result = self.unseal_unaudited(caller, share);
+        let detail = result.as_ref().ok().map(|p| {
+            if p.sealed {
+                format!("share accepted: {} of {}", p.progress, p.threshold)
+            } else {
+                "unsealed".to_owned()
+            }
+        });
+        self.record(caller, "unseal", detail, &result);
+        result
+    }
+
+    fn unseal_unaudited(&self, caller: &Caller, share: &str) -> Result<UnsealProgress> {
         self.opts
             .engine
             .policy
@@ -348,7 +404,7 @@ impl Vault {
             }
             Err(e) => return Err(e.into()),
         };
-        let engine = Engine::new(
+        let engine = Engine::with_audit(
             Arc::clone(&self.store),
             keyring,
             KeyringFile {
@@ -356,6 +412,7 @@ impl Vault {
                 unseal_key,
             },
             self.opts.engine.clone(),
+            Arc::clone(&self.audit),
         )
         .map_err(|e| match e {
             // The keyring opened but does not belong to this data folder:
@@ -388,6 +445,12 @@ impl Vault {
     /// engine refuses further work); new ones are refused. Sealing a sealed
     /// vault changes nothing (its unseal progress stays).
     pub fn seal(&self, caller: &Caller) -> Result<()> {
+        let result = self.seal_unaudited(caller);
+        self.record(caller, "seal", None, &result);
+        result
+    }
+
+    fn seal_unaudited(&self, caller: &Caller) -> Result<()> {
         self.opts
             .engine
             .policy
@@ -426,12 +489,15 @@ impl Vault {
 
     /// Custody status.
     pub fn status(&self, caller: &Caller) -> Result<SealStatus> {
-        self.opts
+        let result = self
+            .opts
             .engine
             .policy
             .current()
-            .authorize(caller, Operation::Custody, None)?;
-        Ok(self.seal_status())
+            .authorize(caller, Operation::Custody, None)
+            .map(|()| self.seal_status());
+        self.record(caller, "status", None, &result);
+        result
     }
 
     /// Custody status, without an authorization check: for the server's

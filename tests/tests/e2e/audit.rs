@@ -174,13 +174,19 @@ async fn tampered_exports_are_caught_and_named() {
     };
 
     // Change one event (its principal).
+    let target = (3..n)
+        .find(|&i| String::from_utf8_lossy(&events[i]).contains("dev-root"))
+        .unwrap();
     let mut changed = events.clone();
-    let text = String::from_utf8(changed[3].clone()).unwrap();
-    changed[3] = text.replace("dev-root", "dev-rooT").into_bytes();
+    let text = String::from_utf8(changed[target].clone()).unwrap();
+    changed[target] = text.replace("dev-root", "dev-rooT").into_bytes();
     case(changed, checkpoints.clone());
     let (valid, index, kind) = verify(work.path(), &key).await;
     assert!(!valid);
-    assert_eq!((index, kind.as_deref()), (Some(3), Some("modified")));
+    assert_eq!(
+        (index, kind.as_deref()),
+        (Some(target as u64), Some("modified"))
+    );
 
     // Delete one.
     let mut deleted = events.clone();
@@ -236,15 +242,22 @@ async fn a_raw_edit_of_the_audit_column_family_is_caught() {
     let (_, checkpoints) = read_export(before.path());
     vault.stop().await;
 
-    // Someone with the data folder rewrites event 2 in place.
+    // Someone with the data folder rewrites a data event in place.
     let db = crate::tamper::open_raw(dir.path());
     let cf = db.cf_handle("audit").unwrap();
+    let stored: Vec<Vec<u8>> = db
+        .prefix_iterator_cf(cf, b"e")
+        .map(|r| r.unwrap())
+        .take_while(|(k, _)| k.first() == Some(&b'e'))
+        .map(|(_, v)| v.to_vec())
+        .collect();
+    let target = stored
+        .iter()
+        .position(|e| String::from_utf8_lossy(e).contains("dev-root"))
+        .unwrap();
     let mut k = vec![b'e'];
-    k.extend_from_slice(&2u64.to_be_bytes());
-    let old = db.get_cf(cf, &k).unwrap().unwrap();
-    let text = String::from_utf8(old).unwrap();
-    // Make the request look like another principal's.
-    assert!(text.contains("dev-root"));
+    k.extend_from_slice(&(target as u64).to_be_bytes());
+    let text = String::from_utf8(stored[target].clone()).unwrap();
     db.put_cf(cf, &k, text.replace("dev-root", "dev-rooT"))
         .unwrap();
     let raw: Vec<Vec<u8>> = db
@@ -259,7 +272,72 @@ async fn a_raw_edit_of_the_audit_column_family_is_caught() {
     write_export(after.path(), &raw, &checkpoints);
     let (valid, index, kind) = verify(after.path(), &key).await;
     assert!(!valid);
-    assert_eq!((index, kind.as_deref()), (Some(2), Some("modified")));
+    assert_eq!(
+        (index, kind.as_deref()),
+        (Some(target as u64), Some("modified"))
+    );
     // And the vault refuses to append to a damaged log.
     assert!(TestVault::start(dir.path(), "eu").await.is_err());
+}
+
+#[tokio::test]
+async fn every_custody_admin_and_data_rpc_leaves_exactly_one_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let vault = TestVault::start(dir.path(), "eu").await.unwrap();
+    let client = vault.client().await;
+    let size = || vault.engine().audit().size();
+    let mut before = size();
+    let mut step = |what: &str, now: u64| {
+        assert_eq!(now - before, 1, "{what}: events");
+        before = now;
+    };
+    client.collections().await.unwrap();
+    step("list collections", size());
+    client.collection("users").await.unwrap();
+    step("get collection", size());
+    client
+        .create_collection(&crate::all_types("things"))
+        .await
+        .unwrap();
+    step("create collection", size());
+    assert!(client
+        .create_collection(&crate::all_types("things"))
+        .await
+        .is_err());
+    step("create collection refused", size());
+    client.put(&user("u1", "s1")).await.unwrap();
+    step("put", size());
+    client
+        .put_many(&[user("u2", "s2"), user("u3", "s3")])
+        .await
+        .unwrap();
+    step("batch put", size());
+    client.get("users", "u1").await.unwrap();
+    step("get", size());
+    client.get_many("users", &["u1", "u2"], &[]).await.unwrap();
+    step("batch get", size());
+    client.delete("users", "u3").await.unwrap();
+    step("delete", size());
+    client.status().await.unwrap();
+    step("status", size());
+    client.root_keys().await.unwrap();
+    step("list root keys", size());
+    client.rewrap_status().await.unwrap();
+    step("rewrap status", size());
+    client.rotate_subject_key("s1").await.unwrap();
+    step("rotate subject key", size());
+    client.erase_subject("s2").await.unwrap();
+    step("erase subject", size());
+    assert!(
+        client.reload_policy().await.is_err(),
+        "no policy file in dev mode"
+    );
+    step("reload policy refused", size());
+    client
+        .check_policy("dev-root", Some("testing"), None)
+        .await
+        .unwrap();
+    step("check policy", size());
+    drop(client);
+    vault.stop().await;
 }

@@ -27,6 +27,10 @@
 //!   policy check --principal P [--purpose X] [--collection C]
 //!   policy reload
 //!
+//!   audit public-key
+//!   audit export DIR
+//!   audit proof INDEX [--size N] [--public-key FILE]
+//!   audit tail [--from N] [--follow]
 //!   audit verify DIR --public-key FILE        (offline: no vault, no token)
 //! ```
 //!
@@ -45,7 +49,13 @@
 //! The token is never printed, and unseal shares are never taken as
 //! arguments. `audit verify` prints its verdict on stdout, one line
 //! (`valid: …`, or `invalid: event I: KIND: …` and exit 1; with `--json`,
-//! `{"valid", "events", "checkpoints", "fault"}`).
+//! `{"valid", "events", "checkpoints", "fault"}`). `audit export` writes
+//! what `audit verify` reads (`events.jsonl`, `checkpoints/NNNNNN.note`)
+//! into a new or empty directory. `audit proof` prints `event I is
+//! included in the tree of size S (root …)`, or `event I is not shown to be
+//! included: …` and exit 1; without `--public-key` it checks the
+//! checkpoint with the key the vault gives, and says so. `audit tail`
+//! prints events as JSON lines (control characters escaped).
 
 #![forbid(unsafe_code)]
 
@@ -190,7 +200,8 @@ enum Command {
     #[command(subcommand)]
     Policy(PolicyCommand),
 
-    /// The audit log: verify an export offline.
+    /// The audit log: its verifier key, export, inclusion proofs, the latest
+    /// events; verify an export offline.
     #[command(subcommand)]
     Audit(AuditCommand),
 }
@@ -571,8 +582,7 @@ async fn run(cli: &Cli) -> Result<Outcome, CliError> {
         Command::Subject(command) => custody::run_subject(cli, command).await?,
         Command::Policy(command) => policy::run_policy(cli, command).await?,
         Command::Audit(command) => {
-            // Offline: no connection, no token.
-            if !audit::run_audit(cli, command)? {
+            if !audit::run_audit(cli, command).await? {
                 return Ok(Outcome::Failed);
             }
         }

@@ -64,6 +64,44 @@ pub struct Event {
     pub reason: Option<String>,
     /// Plaintext bytes returned to the caller.
     pub bytes: u64,
+    /// What a custody or admin operation did (versions, counts, receipt id).
+    pub detail: Option<String>,
+}
+
+impl Event {
+    /// A new event of `principal` doing `operation`, allowed, stamped now
+    /// with a random request id.
+    pub fn now(principal: &str, purpose: Option<&str>, operation: &str) -> Event {
+        let mut id = [0u8; 8];
+        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut id);
+        Event {
+            time_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            request_id: hex::encode(id),
+            principal: principal.to_owned(),
+            purpose: purpose.map(str::to_owned),
+            operation: operation.to_owned(),
+            decision: "allowed".into(),
+            ..Event::default()
+        }
+    }
+
+    /// Marks the event refused (`denied` for authorisation, else `failed`)
+    /// with the error as its reason, and drops what it would have touched.
+    pub fn refused(mut self, e: &Error) -> Event {
+        self.decision = match e {
+            Error::PermissionDenied(_) | Error::Unauthenticated(_) => "denied",
+            _ => "failed",
+        }
+        .into();
+        self.reason = Some(e.to_string());
+        self.records.clear();
+        self.subjects.clear();
+        self.fields.clear();
+        self.bytes = 0;
+        self
+    }
 }
 
 fn event_key(index: u64) -> Vec<u8> {

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::{lock, validate_id, Engine};
+use crate::audit::Event;
 use crate::crypto::Key256;
 use crate::keys::{
     signing_key, wrap_subject_key, wrapping_version, ErasureReceipt, KeyState, Keyring,
@@ -70,7 +71,8 @@ impl Engine {
     /// Every root key version with the number of subject keys it wraps
     /// (a scan of every wrapped subject key).
     pub fn root_keys(&self, caller: &Caller) -> Result<Vec<RootKeyInfo>> {
-        self.policy().authorize(caller, Operation::Custody, None)?;
+        self.authorize_audited(caller, Operation::Custody, None, "list_root_keys")?;
+        self.audit_done(caller, "list_root_keys", None);
         let counts = self.count_wrapped()?;
         let mut all = self.root_versions();
         for k in &mut all {
@@ -97,13 +99,18 @@ impl Engine {
     /// Makes a new root key version current, saves the keyring, and starts
     /// the job that re-wraps every subject key under it.
     pub fn rotate_root(&self, caller: &Caller) -> Result<u32> {
-        self.policy().authorize(caller, Operation::Custody, None)?;
+        self.authorize_audited(caller, Operation::Custody, None, "rotate_root_key")?;
         let _custody = lock(&self.custody_lock);
         self.check_open()?;
         let mut kr = Keyring::clone(&self.keyring());
         let version = kr.rotate_root();
         self.replace_keyring(kr)?;
         tracing::info!(version, principal = %caller.principal.name, "root key rotated");
+        self.audit_done(
+            caller,
+            "rotate_root_key",
+            Some(format!("version {version}")),
+        );
         self.rewrap.wake();
         Ok(version)
     }
@@ -111,7 +118,7 @@ impl Engine {
     /// Retires a root key version: it unwraps no more. Refused while it is
     /// current or still wraps a subject key.
     pub fn retire_root(&self, caller: &Caller, version: u32) -> Result<()> {
-        self.policy().authorize(caller, Operation::Custody, None)?;
+        self.authorize_audited(caller, Operation::Custody, None, "retire_root_key")?;
         let _custody = lock(&self.custody_lock);
         self.check_open()?;
         let mut kr = Keyring::clone(&self.keyring());
@@ -127,19 +134,29 @@ impl Engine {
         }
         self.replace_keyring(kr)?;
         tracing::info!(version, principal = %caller.principal.name, "root key retired");
+        self.audit_done(
+            caller,
+            "retire_root_key",
+            Some(format!("version {version}")),
+        );
         Ok(())
     }
 
     /// Destroys a retired root key version: its bytes leave the keyring
     /// file, which is rewritten now.
     pub fn destroy_root(&self, caller: &Caller, version: u32) -> Result<()> {
-        self.policy().authorize(caller, Operation::Custody, None)?;
+        self.authorize_audited(caller, Operation::Custody, None, "destroy_root_key")?;
         let _custody = lock(&self.custody_lock);
         self.check_open()?;
         let mut kr = Keyring::clone(&self.keyring());
         kr.destroy_root(version).map_err(custody_error)?;
         self.replace_keyring(kr)?;
         tracing::info!(version, principal = %caller.principal.name, "root key destroyed");
+        self.audit_done(
+            caller,
+            "destroy_root_key",
+            Some(format!("version {version}")),
+        );
         Ok(())
     }
 
@@ -192,7 +209,7 @@ impl Engine {
     /// under it (same AAD binding: same region, collection, record and
     /// field), and destroys every older key version, in one atomic write.
     pub fn rotate_subject(&self, caller: &Caller, subject: &str) -> Result<SubjectRotation> {
-        self.policy().authorize(caller, Operation::Custody, None)?;
+        self.authorize_audited(caller, Operation::Custody, None, "rotate_subject_key")?;
         validate_id("subject id", subject)?;
         let _subject = self.subject_locks[self.stripe(subject)]
             .write()
@@ -244,7 +261,16 @@ impl Engine {
             for (v, _) in &rows {
                 ws.delete(Table::SubjectKeys, subject_key_id(subject, *v));
             }
-            self.store.write(ws)?;
+            let mut ev = Event::now(
+                &caller.principal.name,
+                caller.purpose.as_deref(),
+                "rotate_subject_key",
+            );
+            ev.subjects.push(hex::encode(kr.subject_pseudonym(subject)));
+            ev.detail = Some(format!(
+                "key version {new_version}; {records} records, {fields} fields re-encrypted"
+            ));
+            self.commit(ws, ev)?;
         }
         self.cache.evict_subject(subject);
         self.cache.insert(subject, new_key);
@@ -265,7 +291,7 @@ impl Engine {
     /// rows, records and index entries and stores a signed receipt, in one
     /// atomic write.
     pub fn erase_subject(&self, caller: &Caller, subject: &str) -> Result<ErasureReceipt> {
-        self.policy().authorize(caller, Operation::Erase, None)?;
+        self.authorize_audited(caller, Operation::Erase, None, "erase_subject")?;
         validate_id("subject id", subject)?;
         let _subject = self.subject_locks[self.stripe(subject)]
             .write()
@@ -301,7 +327,19 @@ impl Engine {
         let mut receipt_key = receipt.erased_at.to_be_bytes().to_vec();
         receipt_key.extend_from_slice(&receipt.id);
         ws.put(Table::Receipts, receipt_key, receipt.encode());
-        self.store.write(ws)?;
+        let mut ev = Event::now(
+            &caller.principal.name,
+            caller.purpose.as_deref(),
+            "erase_subject",
+        );
+        ev.subjects.push(hex::encode(receipt.subject));
+        ev.detail = Some(format!(
+            "receipt {}; {} records deleted; key versions 1..={} destroyed",
+            hex::encode(receipt.id),
+            deleted,
+            receipt.key_versions_destroyed
+        ));
+        self.commit(ws, ev)?;
         tracing::info!(
             receipt = %hex::encode(receipt.id),
             records = deleted,

@@ -40,6 +40,9 @@ use crate::storage::{
 use crate::{Error, Result};
 
 const META_REGION: &[u8] = b"region";
+/// A signed audit checkpoint every this many events (and whenever an
+/// auditor asks).
+pub const CHECKPOINT_EVERY: u64 = 1000;
 /// The Meta key under which a data folder records its keyring's id.
 pub const META_KEYRING_ID: &[u8] = b"keyring_id";
 /// Stripes of the per-subject locks.
@@ -169,7 +172,7 @@ pub struct Engine {
     rewrap_options: RewrapOptions,
     rewrap: rewrap::JobState,
     policy: Arc<PolicyHandle>,
-    audit: AuditLog,
+    audit: Arc<AuditLog>,
     closed: AtomicBool,
     counters: Counters,
 }
@@ -182,6 +185,20 @@ impl Engine {
         keyring: Keyring,
         keyring_file: KeyringFile,
         options: EngineOptions,
+    ) -> Result<Self> {
+        let audit = Arc::new(AuditLog::open(Arc::clone(&store))?);
+        Self::with_audit(store, keyring, keyring_file, options, audit)
+    }
+
+    /// [`Engine::new`] appending to an audit log the caller already opened
+    /// over the same store (the vault's, which also records sealed-time
+    /// events): one log, one writer.
+    pub fn with_audit(
+        store: Arc<dyn Store>,
+        keyring: Keyring,
+        keyring_file: KeyringFile,
+        options: EngineOptions,
+        audit: Arc<AuditLog>,
     ) -> Result<Self> {
         let EngineOptions {
             limits,
@@ -224,7 +241,6 @@ impl Engine {
             collections.insert(c.name.clone(), Arc::new(c));
         }
         let rewrap = rewrap::JobState::load(store.as_ref())?;
-        let audit = AuditLog::open(Arc::clone(&store))?;
         Ok(Engine {
             store,
             keyring: RwLock::new(Arc::new(keyring)),
@@ -323,13 +339,24 @@ impl Engine {
     // ---- collections ----
 
     /// Creates a collection. An empty region means this vault's region.
-    pub fn create_collection(
+    pub fn create_collection(&self, caller: &Caller, collection: Collection) -> Result<Collection> {
+        self.authorize_audited(
+            caller,
+            Operation::Admin,
+            Some(&collection.name),
+            "create_collection",
+        )?;
+        let mut ev = self.event(caller, Operation::Admin, Some(&collection.name));
+        ev.operation = "create_collection".into();
+        let result = self.create_collection_audited(collection, ev.clone());
+        self.audit_failure(ev, result)
+    }
+
+    fn create_collection_audited(
         &self,
-        caller: &Caller,
         mut collection: Collection,
+        ev: Event,
     ) -> Result<Collection> {
-        self.policy()
-            .authorize(caller, Operation::Admin, Some(&collection.name))?;
         if collection.region.is_empty() {
             collection.region = self.region.to_string();
         }
@@ -349,12 +376,12 @@ impl Engine {
             collection.name.as_bytes().to_vec(),
             json,
         );
-        self.store.write(ws)?;
+        self.commit(ws, ev.clone())?;
         self.collections
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(collection.name.clone(), Arc::new(collection.clone()));
-        tracing::info!(collection = %collection.name, principal = %caller.principal.name, "collection created");
+        tracing::info!(collection = %collection.name, principal = %ev.principal, "collection created");
         Ok(collection)
     }
 
@@ -362,8 +389,19 @@ impl Engine {
     /// Any principal whose policy grants it anything on the collection may
     /// read its schema (no personal data, no purpose needed).
     pub fn collection(&self, caller: &Caller, name: &str) -> Result<Arc<Collection>> {
-        self.policy().authorize_schema(caller, name)?;
-        self.lookup_collection(name)
+        let mut ev = self.event(caller, Operation::Read, Some(name));
+        ev.operation = "get_collection".into();
+        let result = self
+            .policy()
+            .authorize_schema(caller, name)
+            .and_then(|()| self.lookup_collection(name));
+        match result {
+            Ok(c) => {
+                self.commit(WriteSet::new(), ev)?;
+                Ok(c)
+            }
+            Err(e) => self.audit_failure(ev, Err(e)),
+        }
     }
 
     /// A collection's schema without an authorization check: for the
@@ -374,6 +412,9 @@ impl Engine {
 
     /// Every collection whose schema the caller may read, by name.
     pub fn list_collections(&self, caller: &Caller) -> Result<Vec<Arc<Collection>>> {
+        let mut ev = self.event(caller, Operation::Read, None);
+        ev.operation = "list_collections".into();
+        self.commit(WriteSet::new(), ev)?;
         let policy = self.policy();
         let mut all: Vec<_> = self
             .read_collections()
@@ -565,7 +606,7 @@ impl Engine {
         ev.subjects.sort();
         ev.subjects.dedup();
         ev.fields = fields.into_iter().collect();
-        self.audit.commit(ws, ev.clone())?;
+        self.commit(ws, ev.clone())?;
         self.counters
             .fields_encrypted
             .fetch_add(encrypted, Ordering::Relaxed);
@@ -708,7 +749,7 @@ impl Engine {
         ev.subjects.sort();
         ev.subjects.dedup();
         ev.fields = returned.into_iter().collect();
-        self.audit.commit(WriteSet::new(), ev)?;
+        self.commit(WriteSet::new(), ev)?;
         Ok((found, missing))
     }
 
@@ -849,7 +890,7 @@ impl Engine {
         ev.records
             .push(hex::encode(self.keyring().record_pseudonym(collection, id)));
         let Some(Some(old)) = previous.into_iter().next() else {
-            self.audit.commit(WriteSet::new(), ev.clone())?;
+            self.commit(WriteSet::new(), ev.clone())?;
             return Ok(false);
         };
         let mut ws = WriteSet::new();
@@ -863,7 +904,7 @@ impl Engine {
             );
         }
         ws.delete(Table::Records, key);
-        self.audit.commit(ws, ev.clone())?;
+        self.commit(ws, ev.clone())?;
         Ok(true)
     }
 
@@ -871,38 +912,35 @@ impl Engine {
 
     /// A new audit event for `caller` doing `op`.
     fn event(&self, caller: &Caller, op: Operation, collection: Option<&str>) -> Event {
-        let mut id = [0u8; 8];
-        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut id);
-        Event {
-            time_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-            request_id: hex::encode(id),
-            principal: caller.principal.name.clone(),
-            purpose: caller.purpose.clone(),
-            operation: op.name().to_owned(),
-            collection: collection.map(shown),
-            decision: "allowed".into(),
-            ..Event::default()
+        let mut ev = Event::now(&caller.principal.name, caller.purpose.as_deref(), op.name());
+        ev.collection = collection.map(shown);
+        ev
+    }
+
+    /// Authorises `op`, recording a refusal as an audit event named
+    /// `operation`.
+    pub(crate) fn authorize_audited(
+        &self,
+        caller: &Caller,
+        op: Operation,
+        collection: Option<&str>,
+        operation: &str,
+    ) -> Result<()> {
+        let result = self.policy().authorize(caller, op, collection);
+        if result.is_err() {
+            let mut ev = self.event(caller, op, collection);
+            ev.operation = operation.to_owned();
+            return self.audit_failure(ev, result);
         }
+        result
     }
 
     /// Records a refused or failed request (its event was not committed).
     /// If even that event cannot be written, the error stands: the request
     /// fails either way, and no data left.
-    fn audit_failure<T>(&self, mut ev: Event, result: Result<T>) -> Result<T> {
+    fn audit_failure<T>(&self, ev: Event, result: Result<T>) -> Result<T> {
         if let Err(e) = &result {
-            ev.decision = match e {
-                Error::PermissionDenied(_) | Error::Unauthenticated(_) => "denied",
-                _ => "failed",
-            }
-            .into();
-            ev.reason = Some(e.to_string());
-            ev.records.clear();
-            ev.subjects.clear();
-            ev.fields.clear();
-            ev.bytes = 0;
-            if let Err(w) = self.audit.commit(WriteSet::new(), ev) {
+            if let Err(w) = self.commit(WriteSet::new(), ev.refused(e)) {
                 tracing::error!(error = %w, "audit event of a failed request could not be written");
             }
         }
@@ -912,6 +950,29 @@ impl Engine {
     /// The audit log.
     pub fn audit(&self) -> &AuditLog {
         &self.audit
+    }
+
+    /// Commits `ws` with its audit event, and signs a checkpoint every
+    /// [`CHECKPOINT_EVERY`] events.
+    fn commit(&self, ws: WriteSet, ev: Event) -> Result<u64> {
+        let index = self.audit.commit(ws, ev)?;
+        if (index + 1) % CHECKPOINT_EVERY == 0 {
+            if let Err(e) = self.checkpoint() {
+                tracing::error!(error = %e, "could not sign an audit checkpoint");
+            }
+        }
+        Ok(index)
+    }
+
+    /// Records a custody or admin operation that is already done (its
+    /// effect is in the keyring file, not in a store batch).
+    pub(crate) fn audit_done(&self, caller: &Caller, operation: &str, detail: Option<String>) {
+        let mut ev = self.event(caller, Operation::Custody, None);
+        ev.operation = operation.to_owned();
+        ev.detail = detail;
+        if let Err(e) = self.commit(WriteSet::new(), ev) {
+            tracing::error!(error = %e, operation, "audit event could not be written");
+        }
     }
 
     /// The origin line of this vault's checkpoints: region and keyring id.

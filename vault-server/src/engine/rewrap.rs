@@ -219,7 +219,8 @@ impl JobState {
 impl Engine {
     /// Where the re-wrap job stands.
     pub fn rewrap_status(&self, caller: &Caller) -> Result<RewrapProgress> {
-        self.policy().authorize(caller, Operation::Custody, None)?;
+        self.authorize_audited(caller, Operation::Custody, None, "rewrap_status")?;
+        self.audit_done(caller, "rewrap_status", None);
         Ok(self.rewrap_progress())
     }
 
@@ -307,6 +308,21 @@ impl Engine {
         }
         if page.len() < batch {
             job.progress.finished = true;
+        }
+        ws.put(Table::Meta, JOB_KEY.to_vec(), job.encode());
+        self.store.write(ws)?;
+        // A job after a rotation is a custody event; the empty job of a
+        // vault that never rotated is not.
+        if job.progress.finished && (job.progress.target_version > 1 || job.progress.rewrapped > 0)
+        {
+            self.audit_done(
+                &Caller::internal("vault"),
+                "rewrap_finished",
+                Some(format!(
+                    "root version {current}: {} re-wrapped, {} unreadable, {} erased removed",
+                    job.progress.rewrapped, job.progress.unreadable, job.progress.removed_erased
+                )),
+            );
             tracing::info!(
                 target_version = current,
                 rewrapped = job.progress.rewrapped,
@@ -314,8 +330,6 @@ impl Engine {
                 "re-wrap job finished"
             );
         }
-        ws.put(Table::Meta, JOB_KEY.to_vec(), job.encode());
-        self.store.write(ws)?;
         let more = !job.progress.finished;
         *lock(&self.rewrap.job) = Some(job);
         Ok(more)

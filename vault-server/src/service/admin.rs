@@ -52,7 +52,15 @@ impl AdminService for AdminApi {
             .current()
             .authorize(&caller, Operation::Admin, None)?;
         let policy = Arc::clone(&self.policy);
-        let loaded = run_blocking(move || policy.reload()).await?;
+        let vault = Arc::clone(&self.vault);
+        let who = caller.clone();
+        let loaded = run_blocking(move || {
+            let result = policy.reload();
+            let detail = result.as_ref().ok().map(|p| p.source().to_owned());
+            vault.record(&who, "reload_policy", detail, &result);
+            result
+        })
+        .await?;
         tracing::info!(source = loaded.source(), principal = %caller.principal.name, "policy reloaded");
         Ok(Response::new(pb::ReloadPolicyResponse {
             source: loaded.source().to_owned(),
@@ -65,9 +73,11 @@ impl AdminService for AdminApi {
     ) -> Result<Response<pb::CheckPolicyResponse>, Status> {
         let caller = caller(&req)?;
         let policy = self.policy.current();
-        if policy.authorize(&caller, Operation::Admin, None).is_err() {
-            policy.authorize(&caller, Operation::Audit, None)?;
-        }
+        let allowed = policy
+            .authorize(&caller, Operation::Admin, None)
+            .or_else(|_| policy.authorize(&caller, Operation::Audit, None));
+        self.vault.record(&caller, "check_policy", None, &allowed);
+        allowed?;
         let r = req.into_inner();
         if r.principal.trim().is_empty() {
             return Err(Status::invalid_argument("principal is missing"));

@@ -4,16 +4,26 @@
 //! independent implementation ([`vault_client::audit`]): it needs no vault,
 //! no token and no trust in the vault's code, only the vault's checkpoint
 //! verifier key, obtained out of band.
+//!
+//! The others ask the vault (`AuditService`, the `audit` operation):
+//! `public-key` prints its verifier key, `export` writes the log into a
+//! directory that `verify` reads, `proof` checks one event's inclusion
+//! proof locally, and `tail` prints the latest events.
 
-use std::io::{IsTerminal as _, Read as _, Write as _};
+use std::fs::File;
+use std::io::{BufWriter, IsTerminal as _, Read as _, Write as _};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::{Args, Subcommand};
+use serde_json::json;
 use vault_client::audit::{
-    verify_export_with_progress, Progress, Report, VerifierKey, EVENTS_FILE,
+    leaf_hash, verify_consistency, verify_export_with_progress, verify_inclusion, Checkpoint,
+    Progress, Report, VerifierKey, CHECKPOINTS_DIR, EVENTS_FILE,
 };
+use vault_client::{Error, VaultClient};
 
-use super::{emit, one_line, Cli, CliError};
+use super::{connect, emit, one_line, printable, Cli, CliError};
 
 /// An events file at least this large gets a progress bar (on a terminal).
 const LARGE_LOG_BYTES: u64 = 8 * 1024 * 1024;
@@ -24,6 +34,19 @@ const BAR_WIDTH: u64 = 20;
 /// The most a verifier key file may hold (a key is about 60 characters).
 const MAX_KEY_FILE: u64 = 4096;
 
+/// Events asked for in one call (the most the vault sends).
+const PAGE: u32 = 1000;
+
+/// How many of the latest events `tail` shows without --from.
+const TAIL_DEFAULT: u64 = 20;
+
+/// How often `tail --follow` asks for new events.
+const FOLLOW_INTERVAL: Duration = Duration::from_millis(500);
+
+/// The note of `proof` when the checkpoint key came from the vault itself.
+const UNPINNED_NOTE: &str =
+    "checkpoint verified with the key the server gave; pin it with --public-key";
+
 #[derive(Debug, Subcommand)]
 pub(crate) enum AuditCommand {
     /// Verify an exported audit log offline: every event's hash chain, and
@@ -31,6 +54,57 @@ pub(crate) enum AuditCommand {
     /// Prints one line: `valid: …` (exit 0) or `invalid: event I: KIND: …`
     /// (exit 1), naming the first fault.
     Verify(VerifyArgs),
+
+    /// Print the vault's checkpoint verifier key, one line, to save for
+    /// `audit verify --public-key` (with --json: {"verifier_key", "origin"}).
+    /// Check it against a copy obtained out of band.
+    PublicKey,
+
+    /// Export the audit log into a new or empty directory: events.jsonl and
+    /// checkpoints/NNNNNN.note, as `audit verify` reads them.
+    Export(ExportArgs),
+
+    /// Check that one event is in the log: fetch it, its inclusion proof
+    /// and a signed checkpoint, and verify the proof locally. Prints
+    /// `event I is included in the tree of size S (root …)`, or exits 1.
+    Proof(ProofArgs),
+
+    /// Print audit events as JSON lines, from --from (default: the last 20).
+    Tail(TailArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ExportArgs {
+    /// The directory to create (or an empty one).
+    dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ProofArgs {
+    /// The event's index (its line in events.jsonl, from 0).
+    index: u64,
+
+    /// The size of the tree to prove it in: a signed checkpoint of that
+    /// size must exist (default: the latest checkpoint). The latest
+    /// checkpoint is then also checked to extend it.
+    #[arg(long, value_name = "N")]
+    size: Option<u64>,
+
+    /// The verifier key to check checkpoints with (a file of one line, as
+    /// `audit public-key` prints); without it, the key the vault gives.
+    #[arg(long, value_name = "FILE")]
+    public_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TailArgs {
+    /// The index of the first event to print (default: the last 20).
+    #[arg(long, value_name = "N")]
+    from: Option<u64>,
+
+    /// Keep printing new events (polling every 500 ms) until interrupted.
+    #[arg(long)]
+    follow: bool,
 }
 
 #[derive(Debug, Args)]
@@ -44,9 +118,11 @@ pub(crate) struct VerifyArgs {
     public_key: PathBuf,
 }
 
-pub(crate) fn run_audit(cli: &Cli, command: &AuditCommand) -> Result<bool, CliError> {
+/// Runs one `audit` command; `Ok(false)`: it printed a negative verdict.
+pub(crate) async fn run_audit(cli: &Cli, command: &AuditCommand) -> Result<bool, CliError> {
     match command {
         AuditCommand::Verify(args) => {
+            // Offline: no connection, no token.
             let key = read_key(&args.public_key)?;
             let report = verify(&args.dir, &key)?;
             if cli.json {
@@ -55,6 +131,426 @@ pub(crate) fn run_audit(cli: &Cli, command: &AuditCommand) -> Result<bool, CliEr
                 emit(&report_text(&report));
             }
             Ok(report.is_valid())
+        }
+        AuditCommand::PublicKey => {
+            let vault = connect(cli).await?;
+            let (verifier_key, origin) = vault.audit_public_key().await?;
+            if cli.json {
+                emit(&json!({"verifier_key": verifier_key, "origin": origin}).to_string());
+            } else {
+                // It parsed as a key: one line of printable characters.
+                emit(&printable(&verifier_key));
+            }
+            Ok(true)
+        }
+        AuditCommand::Export(args) => {
+            let (events, checkpoints) = export(cli, &args.dir).await?;
+            if cli.json {
+                emit(
+                    &json!({"events": events, "checkpoints": checkpoints, "dir": args.dir})
+                        .to_string(),
+                );
+            } else {
+                emit(&export_text(events, checkpoints, &args.dir));
+            }
+            Ok(true)
+        }
+        AuditCommand::Proof(args) => {
+            let verdict = proof(cli, args).await?;
+            if cli.json {
+                emit(&verdict.to_json().to_string());
+            } else {
+                emit(&verdict.text());
+            }
+            Ok(verdict.holds())
+        }
+        AuditCommand::Tail(args) => {
+            let vault = connect(cli).await?;
+            if args.follow {
+                tokio::select! {
+                    result = tail(&vault, args) => result?,
+                    // Interrupted: the lines printed stand.
+                    Ok(()) = tokio::signal::ctrl_c() => {}
+                }
+            } else {
+                tail(&vault, args).await?;
+            }
+            Ok(true)
+        }
+    }
+}
+
+/// Refuses an export directory that exists and holds anything.
+fn check_export_dir(dir: &Path) -> Result<(), CliError> {
+    match std::fs::read_dir(dir).map(|mut entries| entries.next().is_none()) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(CliError::Input(format!(
+            "{} is not empty: export into a new or empty directory",
+            dir.display()
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(CliError::Io(format!("cannot use {}: {e}", dir.display()))),
+    }
+}
+
+fn io_error(path: &Path) -> impl Fn(std::io::Error) -> CliError + '_ {
+    move |e| CliError::Io(format!("cannot write {}: {e}", path.display()))
+}
+
+/// The file name of the `i`th checkpoint of an export.
+fn checkpoint_file_name(i: usize) -> String {
+    format!("{i:06}.note")
+}
+
+/// Exports the log into `dir`; returns how many events and checkpoints it
+/// wrote. The checkpoints are fetched first (the vault signs one of the
+/// log as it is), then the events, at least up to the latest checkpoint.
+async fn export(cli: &Cli, dir: &Path) -> Result<(u64, usize), CliError> {
+    check_export_dir(dir)?;
+    let vault = connect(cli).await?;
+    let checkpoints = vault.audit_checkpoints(0).await?;
+    let covered = checkpoints
+        .last()
+        .and_then(|note| Checkpoint::claimed_size(note.as_bytes()))
+        .unwrap_or(0);
+
+    let notes_dir = dir.join(CHECKPOINTS_DIR);
+    std::fs::create_dir_all(&notes_dir).map_err(io_error(&notes_dir))?;
+    let events_path = dir.join(EVENTS_FILE);
+    let file = File::create(&events_path).map_err(io_error(&events_path))?;
+    let mut out = BufWriter::new(file);
+
+    let draw = std::io::stderr().is_terminal();
+    let mut shown: Option<u64> = None;
+    let mut written = 0u64;
+    // The log's size when the export began: events after it are taken if
+    // they come with a page, not waited for.
+    let mut target: Option<u64> = None;
+    loop {
+        let page = vault.audit_events(written, PAGE).await?;
+        let target = *target.get_or_insert(covered.max(page.tree_size));
+        if page.events.is_empty() {
+            break;
+        }
+        for event in &page.events {
+            if event.contains(&b'\n') {
+                return Err(CliError::Vault(Error::Protocol(format!(
+                    "audit event {written} holds a line break: {EVENTS_FILE} cannot hold it"
+                ))));
+            }
+            out.write_all(event)
+                .and_then(|()| out.write_all(b"\n"))
+                .map_err(io_error(&events_path))?;
+            written += 1;
+        }
+        if draw {
+            let percent = percent(written, target);
+            if shown != Some(percent) {
+                shown = Some(percent);
+                eprint!("\r{}\x1b[K", export_bar(written, target));
+                let _ = std::io::stderr().flush();
+            }
+        }
+        if written >= target {
+            break;
+        }
+    }
+    if shown.is_some() {
+        eprint!("\r\x1b[K");
+        let _ = std::io::stderr().flush();
+    }
+    let file = out
+        .into_inner()
+        .map_err(|e| io_error(&events_path)(e.into_error()))?;
+    file.sync_all().map_err(io_error(&events_path))?;
+
+    for (i, note) in checkpoints.iter().enumerate() {
+        let path = notes_dir.join(checkpoint_file_name(i));
+        std::fs::write(&path, note).map_err(io_error(&path))?;
+    }
+    if written < covered {
+        return Err(CliError::Vault(Error::Protocol(format!(
+            "the vault gave {written} events but its latest checkpoint covers {covered}: the \
+             export in {} is incomplete",
+            dir.display()
+        ))));
+    }
+    Ok((written, checkpoints.len()))
+}
+
+fn export_text(events: u64, checkpoints: usize, dir: &Path) -> String {
+    format!(
+        "exported {} and {} to {}",
+        plural(events, "event"),
+        plural(checkpoints as u64, "checkpoint"),
+        printable(&dir.display().to_string())
+    )
+}
+
+fn export_bar(done: u64, total: u64) -> String {
+    let percent = percent(done, total);
+    format!(
+        "{} {percent}% {done} of {total} events exported",
+        bar(percent)
+    )
+}
+
+/// What `audit proof` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ProofVerdict {
+    index: u64,
+    /// The checkpoint the event was proved against, if one verified.
+    checkpoint: Option<Checkpoint>,
+    /// The latest checkpoint, when it is larger than the one proved
+    /// against and was shown to extend it.
+    extended_by: Option<Checkpoint>,
+    /// Whether the checkpoint key was the user's rather than the vault's.
+    key_pinned: bool,
+    /// Why the event is not shown to be included (None: it is).
+    failure: Option<String>,
+}
+
+impl ProofVerdict {
+    fn holds(&self) -> bool {
+        self.failure.is_none()
+    }
+
+    fn text(&self) -> String {
+        let mut lines = Vec::new();
+        match (&self.failure, &self.checkpoint) {
+            (None, Some(checkpoint)) => {
+                lines.push(format!(
+                    "event {} is included in the tree of size {} (root {})",
+                    self.index,
+                    checkpoint.size,
+                    hex::encode(checkpoint.root)
+                ));
+                if let Some(latest) = &self.extended_by {
+                    lines.push(format!(
+                        "the latest checkpoint (size {}, root {}) extends that tree",
+                        latest.size,
+                        hex::encode(latest.root)
+                    ));
+                }
+            }
+            (failure, _) => lines.push(one_line(&format!(
+                "event {} is not shown to be included: {}",
+                self.index,
+                failure.as_deref().unwrap_or("no checkpoint")
+            ))),
+        }
+        if !self.key_pinned {
+            lines.push(UNPINNED_NOTE.to_owned());
+        }
+        lines.join("\n")
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        let checkpoint = |c: &Option<Checkpoint>| {
+            c.as_ref().map(
+                |c| json!({"origin": c.origin, "tree_size": c.size, "root": hex::encode(c.root)}),
+            )
+        };
+        json!({
+            "included": self.holds(),
+            "index": self.index,
+            "tree_size": self.checkpoint.as_ref().map(|c| c.size),
+            "root": self.checkpoint.as_ref().map(|c| hex::encode(c.root)),
+            "checkpoint": checkpoint(&self.checkpoint),
+            "extended_by": checkpoint(&self.extended_by),
+            "key_pinned": self.key_pinned,
+            "note": (!self.key_pinned).then_some(UNPINNED_NOTE),
+            "reason": self.failure.as_deref().map(one_line),
+        })
+    }
+}
+
+/// Lists a few sizes of checkpoints, for a message.
+fn sizes_text(notes: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let sizes: Vec<String> = notes
+        .iter()
+        .filter_map(|n| Checkpoint::claimed_size(n.as_bytes()))
+        .take(SHOWN)
+        .map(|s| s.to_string())
+        .collect();
+    match sizes.len() {
+        0 => "none".into(),
+        n if notes.len() > n => format!("{}, …", sizes.join(", ")),
+        _ => sizes.join(", "),
+    }
+}
+
+async fn proof(cli: &Cli, args: &ProofArgs) -> Result<ProofVerdict, CliError> {
+    let pinned = args.public_key.as_deref().map(read_key).transpose()?;
+    let vault = connect(cli).await?;
+    let index = args.index;
+    let page = vault.audit_events(index, 1).await?;
+    let Some(event) = page.events.into_iter().next() else {
+        return Err(CliError::Input(format!(
+            "there is no event {index}: the log has {}",
+            plural(page.tree_size, "event")
+        )));
+    };
+    if args.size.is_some_and(|size| index >= size) {
+        return Err(CliError::Input(format!(
+            "event {index} is not in a tree of size {} (events 0 to size - 1)",
+            args.size.unwrap_or_default()
+        )));
+    }
+    let key_pinned = pinned.is_some();
+    let key = match pinned {
+        Some(key) => key,
+        None => server_key(&vault).await?,
+    };
+    let mut verdict = ProofVerdict {
+        index,
+        checkpoint: None,
+        extended_by: None,
+        key_pinned,
+        failure: None,
+    };
+
+    // The checkpoints of the tree asked for and larger; the last is the
+    // current one.
+    let notes = vault
+        .audit_checkpoints(args.size.unwrap_or(page.tree_size))
+        .await?;
+    let latest_note = notes.last();
+    let note = match args.size {
+        None => latest_note.ok_or_else(|| {
+            CliError::Vault(Error::Protocol("the vault gave no checkpoint".into()))
+        })?,
+        Some(size) => notes
+            .iter()
+            .find(|n| Checkpoint::claimed_size(n.as_bytes()) == Some(size))
+            .ok_or_else(|| {
+                CliError::Input(format!(
+                    "the vault has no checkpoint of size {size}; of that size or more: {}",
+                    sizes_text(&notes)
+                ))
+            })?,
+    };
+    let checkpoint = match Checkpoint::open(note.as_bytes(), &key) {
+        Ok(checkpoint) => checkpoint,
+        Err(e) => {
+            let size = Checkpoint::claimed_size(note.as_bytes())
+                .map_or_else(String::new, |s| format!(" of size {s}"));
+            verdict.failure = Some(format!("the checkpoint{size} does not verify: {e}"));
+            return Ok(verdict);
+        }
+    };
+    if index >= checkpoint.size {
+        // Only if the vault's checkpoint is older than the event it gave.
+        verdict.failure = Some(format!(
+            "the latest checkpoint (size {}) does not cover event {index}",
+            checkpoint.size
+        ));
+        return Ok(verdict);
+    }
+    let hashes = vault.audit_inclusion_proof(index, checkpoint.size).await?;
+    let included = verify_inclusion(
+        &leaf_hash(&event),
+        index,
+        checkpoint.size,
+        &hashes,
+        &checkpoint.root,
+    );
+    let size = checkpoint.size;
+    verdict.checkpoint = Some(checkpoint);
+    if let Err(e) = included {
+        verdict.failure = Some(format!(
+            "the inclusion proof in the tree of size {size} does not verify: {e}"
+        ));
+        return Ok(verdict);
+    }
+
+    // With --size: the latest checkpoint must extend the tree proved in.
+    if let (Some(_), Some(latest_note)) = (args.size, latest_note) {
+        if Checkpoint::claimed_size(latest_note.as_bytes()).is_some_and(|s| s > size) {
+            let latest = match Checkpoint::open(latest_note.as_bytes(), &key) {
+                Ok(latest) => latest,
+                Err(e) => {
+                    verdict.failure = Some(format!("the latest checkpoint does not verify: {e}"));
+                    return Ok(verdict);
+                }
+            };
+            let hashes = vault.audit_consistency_proof(size, latest.size).await?;
+            let root = verdict
+                .checkpoint
+                .as_ref()
+                .map(|c| c.root)
+                .unwrap_or_default();
+            if let Err(e) = verify_consistency(size, latest.size, &hashes, &root, &latest.root) {
+                verdict.failure = Some(format!(
+                    "event {index} is in the tree of size {size}, but the latest checkpoint \
+                     (size {}) does not extend it: {e}",
+                    latest.size
+                ));
+                return Ok(verdict);
+            }
+            verdict.extended_by = Some(latest);
+        }
+    }
+    Ok(verdict)
+}
+
+/// The vault's own verifier key.
+async fn server_key(vault: &VaultClient) -> Result<VerifierKey, CliError> {
+    let (text, _origin) = vault.audit_public_key().await?;
+    text.parse().map_err(|e| {
+        CliError::Vault(Error::Protocol(format!(
+            "the vault's verifier key does not parse: {e}"
+        )))
+    })
+}
+
+/// An event as one line of text: its JSON with every control character
+/// escaped (`\u00XX`), so a stored string cannot drive the terminal.
+fn event_line(event: &[u8]) -> String {
+    let text = String::from_utf8_lossy(event);
+    let mut line = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            line.push_str(&format!("\\u{:04x}", u32::from(c)));
+        } else {
+            line.push(c);
+        }
+    }
+    line
+}
+
+/// Prints events from --from (or the last 20) to the end of the log; with
+/// --follow, then keeps polling. A closed stdout ends it quietly.
+async fn tail(vault: &VaultClient, args: &TailArgs) -> Result<(), CliError> {
+    let mut next = match args.from {
+        Some(from) => from,
+        None => vault
+            .audit_events(0, 1)
+            .await?
+            .tree_size
+            .saturating_sub(TAIL_DEFAULT),
+    };
+    loop {
+        let page = vault.audit_events(next, PAGE).await?;
+        {
+            let mut out = std::io::stdout().lock();
+            for event in &page.events {
+                if writeln!(out, "{}", event_line(event))
+                    .and_then(|()| out.flush())
+                    .is_err()
+                {
+                    return Ok(());
+                }
+            }
+        }
+        next += page.events.len() as u64;
+        let caught_up = page.events.is_empty() || next >= page.tree_size;
+        if caught_up {
+            if !args.follow {
+                return Ok(());
+            }
+            tokio::time::sleep(FOLLOW_INTERVAL).await;
         }
     }
 }
@@ -110,13 +606,22 @@ fn percent(done: u64, total: u64) -> u64 {
     (u128::from(done.min(total)) * 100 / u128::from(total)) as u64
 }
 
-fn progress_bar(progress: &Progress, total: u64) -> String {
-    let percent = percent(progress.bytes, total);
+/// `[####....]`, filled to `percent`.
+fn bar(percent: u64) -> String {
     let filled = percent * BAR_WIDTH / 100;
     let bar: String = (0..BAR_WIDTH)
         .map(|i| if i < filled { '#' } else { '.' })
         .collect();
-    format!("[{bar}] {percent}% {} events verified", progress.events)
+    format!("[{bar}]")
+}
+
+fn progress_bar(progress: &Progress, total: u64) -> String {
+    let percent = percent(progress.bytes, total);
+    format!(
+        "{} {percent}% {} events verified",
+        bar(percent),
+        progress.events
+    )
 }
 
 fn plural(n: u64, word: &str) -> String {
@@ -225,6 +730,183 @@ mod tests {
         ] {
             assert_eq!(Cli::parse_args(bad).unwrap_err().exit_code(), 2, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn online_command_lines() {
+        use crate::Command;
+        let parse = |args: &[&str]| Cli::parse_args(["vaultctl", "audit"].iter().chain(args));
+        let cli = parse(&["proof", "42", "--size", "100", "--public-key", "k.pub"]).unwrap();
+        let Command::Audit(AuditCommand::Proof(args)) = &cli.command else {
+            panic!("{cli:?}");
+        };
+        assert_eq!(
+            (args.index, args.size, args.public_key.as_deref()),
+            (42, Some(100), Some(Path::new("k.pub")))
+        );
+        let cli = parse(&["proof", "0"]).unwrap();
+        let Command::Audit(AuditCommand::Proof(args)) = &cli.command else {
+            panic!("{cli:?}");
+        };
+        assert_eq!((args.size, args.public_key.is_none()), (None, true));
+
+        let cli = parse(&["tail", "--from", "7", "--follow", "--json"]).unwrap();
+        let Command::Audit(AuditCommand::Tail(args)) = &cli.command else {
+            panic!("{cli:?}");
+        };
+        assert_eq!((args.from, args.follow), (Some(7), true));
+        let cli = parse(&["tail"]).unwrap();
+        let Command::Audit(AuditCommand::Tail(args)) = &cli.command else {
+            panic!("{cli:?}");
+        };
+        assert_eq!((args.from, args.follow), (None, false));
+
+        let cli = parse(&["export", "out"]).unwrap();
+        let Command::Audit(AuditCommand::Export(args)) = &cli.command else {
+            panic!("{cli:?}");
+        };
+        assert_eq!(args.dir, Path::new("out"));
+        assert!(matches!(
+            parse(&["public-key", "--json"]).unwrap().command,
+            Command::Audit(AuditCommand::PublicKey)
+        ));
+        for bad in [
+            &["proof"][..],
+            &["proof", "-1"],
+            &["proof", "x"],
+            &["proof", "1", "--size", "many"],
+            &["tail", "--from", "-3"],
+            &["export"],
+            &["public-key", "extra"],
+        ] {
+            assert_eq!(parse(bad).unwrap_err().exit_code(), 2, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn events_print_as_one_safe_line() {
+        let event = br#"{"index":3,"reason":"a\nb","principal":"ada"}"#;
+        assert_eq!(event_line(event), String::from_utf8_lossy(event));
+        // Raw control characters (a DEL, a C1 CSI, a newline) are escaped the
+        // JSON way, so the line stays valid JSON and inert on a terminal.
+        let line = event_line("{\"r\":\"x\u{7f}\u{9b}2J\ny\"}".as_bytes());
+        assert_eq!(line, r#"{"r":"x\u007f\u009b2J\u000ay"}"#);
+        let back: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(back["r"], "x\u{7f}\u{9b}2J\ny");
+        assert_eq!(event_line(b"{\"a\":\"\xff\"}"), "{\"a\":\"\u{fffd}\"}");
+    }
+
+    #[test]
+    fn export_output() {
+        assert_eq!(
+            export_text(1234, 3, Path::new("audit-2024")),
+            "exported 1234 events and 3 checkpoints to audit-2024"
+        );
+        assert_eq!(
+            export_text(1, 1, Path::new("a\nb")),
+            "exported 1 event and 1 checkpoint to a\\nb"
+        );
+        assert_eq!(checkpoint_file_name(0), "000000.note");
+        assert_eq!(checkpoint_file_name(1234), "001234.note");
+        assert_eq!(
+            export_bar(250, 1000),
+            "[#####...............] 25% 250 of 1000 events exported"
+        );
+        assert_eq!(
+            export_bar(0, 0),
+            "[####################] 100% 0 of 0 events exported"
+        );
+    }
+
+    #[test]
+    fn exports_go_to_new_or_empty_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(check_export_dir(dir.path()).is_ok());
+        assert!(check_export_dir(&dir.path().join("new/deeper")).is_ok());
+        std::fs::write(dir.path().join("events.jsonl"), "").unwrap();
+        assert!(matches!(
+            check_export_dir(dir.path()),
+            Err(CliError::Input(m)) if m.ends_with("is not empty: export into a new or empty directory")
+        ));
+        assert!(matches!(
+            check_export_dir(&dir.path().join("events.jsonl")),
+            Err(CliError::Io(m)) if m.starts_with("cannot use ")
+        ));
+    }
+
+    fn checkpoint(size: u64) -> Checkpoint {
+        Checkpoint {
+            origin: "vault/eu/01".into(),
+            size,
+            root: [0xcd; 32],
+        }
+    }
+
+    #[test]
+    fn proof_verdicts() {
+        let root = "cd".repeat(32);
+        let mut verdict = ProofVerdict {
+            index: 4,
+            checkpoint: Some(checkpoint(9)),
+            extended_by: None,
+            key_pinned: true,
+            failure: None,
+        };
+        assert!(verdict.holds());
+        assert_eq!(
+            verdict.text(),
+            format!("event 4 is included in the tree of size 9 (root {root})")
+        );
+        let json = verdict.to_json();
+        assert_eq!(json["included"], true);
+        assert_eq!(json["tree_size"], 9);
+        assert_eq!(json["root"], root.as_str());
+        assert_eq!(json["key_pinned"], true);
+        assert!(json["note"].is_null() && json["reason"].is_null());
+
+        verdict.key_pinned = false;
+        verdict.extended_by = Some(checkpoint(12));
+        assert_eq!(
+            verdict.text(),
+            format!(
+                "event 4 is included in the tree of size 9 (root {root})\n\
+                 the latest checkpoint (size 12, root {root}) extends that tree\n\
+                 checkpoint verified with the key the server gave; pin it with --public-key"
+            )
+        );
+        assert_eq!(verdict.to_json()["note"], UNPINNED_NOTE);
+        assert_eq!(verdict.to_json()["extended_by"]["tree_size"], 12);
+
+        verdict.extended_by = None;
+        verdict.failure = Some("the inclusion proof\ndoes not verify".into());
+        assert!(!verdict.holds());
+        assert_eq!(
+            verdict.text().lines().next(),
+            Some("event 4 is not shown to be included: the inclusion proof does not verify")
+        );
+        assert_eq!(verdict.to_json()["included"], false);
+
+        let unsigned = ProofVerdict {
+            checkpoint: None,
+            key_pinned: true,
+            ..verdict
+        };
+        assert_eq!(unsigned.to_json()["tree_size"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn checkpoint_sizes_for_a_message() {
+        let note = |size: u64| {
+            format!(
+                "vault/eu/01\n{size}\n{}\n\n— vault/eu/01 AAAAAAA=\n",
+                "A".repeat(43) + "="
+            )
+        };
+        assert_eq!(sizes_text(&[]), "none");
+        let notes: Vec<String> = (10..13).map(note).collect();
+        assert_eq!(sizes_text(&notes), "10, 11, 12");
+        let notes: Vec<String> = (10..17).map(note).collect();
+        assert_eq!(sizes_text(&notes), "10, 11, 12, 13, 14, …");
     }
 
     #[test]
