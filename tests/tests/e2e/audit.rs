@@ -148,6 +148,22 @@ async fn every_data_request_leaves_one_event_and_the_export_verifies() {
         );
     }
 
+    // The same through vaultctl: export, then verify the export.
+    let by_ctl = tempfile::tempdir().unwrap();
+    let ctl_dir = by_ctl.path().join("export");
+    let out = Command::new(vaultctl_binary())
+        .args(["--json", "audit", "export"])
+        .arg(&ctl_dir)
+        .env("VAULT_ADDR", vault.url())
+        .env("VAULT_TOKEN", TOKEN)
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let exported: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(exported["events"].as_u64().unwrap() >= events.len() as u64);
+    assert_eq!(verify(&ctl_dir, &key).await, (true, None, None));
+
     // More traffic, a second checkpoint: the two must be consistent.
     some_traffic(&vault, 2).await;
     let second = tempfile::tempdir().unwrap();
