@@ -102,6 +102,11 @@ impl WriteSet {
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
     }
+
+    /// Appends every change of `other` (after this set's own).
+    pub fn append(&mut self, other: WriteSet) {
+        self.ops.extend(other.ops);
+    }
 }
 
 /// A transactional key-value store of [`Table`]s. Every method blocks: call
