@@ -324,7 +324,7 @@ impl Verifier<'_> {
                         format!(
                             "the first {size} events do not have the root of checkpoint \
                              {name}: an event in {from}..{} was changed, inserted or removed",
-                            size - 1
+                            size.saturating_sub(1)
                         ),
                     ),
                 };

@@ -64,6 +64,20 @@ pub fn verifier_key(origin: &str, key: &SigningKey) -> String {
     )
 }
 
+/// The tree size and root a stored checkpoint states, if it parses.
+pub fn parse(note: &[u8]) -> Option<(u64, Hash)> {
+    let text = std::str::from_utf8(note).ok()?;
+    let mut lines = text.lines();
+    let _origin = lines.next()?;
+    let size = lines.next()?.parse().ok()?;
+    let root = base64::engine::general_purpose::STANDARD
+        .decode(lines.next()?)
+        .ok()?
+        .try_into()
+        .ok()?;
+    Some((size, root))
+}
+
 /// The tree size a checkpoint states (for storage keys), if it parses.
 pub fn size_of(note: &str) -> Option<u64> {
     note.lines().nth(1)?.parse().ok()
@@ -85,6 +99,8 @@ mod tests {
             body("vault.eu/test", 5, &[9u8; 32])
         );
         assert_eq!(size_of(&note), Some(5));
+        assert_eq!(parse(note.as_bytes()), Some((5, [9u8; 32])));
+        assert_eq!(parse(b"x\n5\n!!\n"), None);
         let line = sig_part
             .strip_prefix("\u{2014} vault.eu/test ")
             .unwrap()

@@ -96,12 +96,33 @@ impl Event {
             _ => "failed",
         }
         .into();
-        self.reason = Some(e.to_string());
+        // The kind only: messages can repeat what the caller sent (a
+        // mistyped name may be personal data), and the log is forever.
+        self.reason = Some(kind_of(e).to_owned());
         self.records.clear();
         self.subjects.clear();
         self.fields.clear();
         self.bytes = 0;
         self
+    }
+}
+
+/// The kind of an error, as audit events record it.
+fn kind_of(e: &Error) -> &'static str {
+    match e {
+        Error::InvalidArgument(_) => "invalid argument",
+        Error::LimitExceeded(_) => "limit exceeded",
+        Error::NotFound(_) => "not found",
+        Error::AlreadyExists(_) => "already exists",
+        Error::WrongRegion { .. } => "wrong region",
+        Error::FailedPrecondition(_) => "failed precondition",
+        Error::SubjectErased => "subject erased",
+        Error::Integrity => "integrity check failed",
+        Error::Unauthenticated(_) => "unauthenticated",
+        Error::PermissionDenied(_) => "permission denied",
+        Error::Sealed => "sealed",
+        Error::Unavailable(_) => "unavailable",
+        _ => "internal error",
     }
 }
 
@@ -121,28 +142,39 @@ fn checkpoint_key(size: u64) -> Vec<u8> {
 struct State {
     frontier: Frontier,
     leaves: Vec<Hash>,
+    /// A write failed: no more appends until the vault reopens the log.
+    failed: bool,
 }
 
-/// Where a queued request waits for its group's write.
+/// What a queued request hears back.
+#[derive(Debug)]
+enum Answer {
+    /// Its event was written (its index), or its group failed.
+    Done(Result<u64>),
+    /// The previous leader is done: this request writes the next group.
+    Lead,
+}
+
+/// Where a queued request waits.
 #[derive(Debug, Default)]
 struct Slot {
-    result: Mutex<Option<Result<u64>>>,
+    answer: Mutex<Option<Answer>>,
     ready: std::sync::Condvar,
 }
 
 impl Slot {
-    fn set(&self, r: Result<u64>) {
-        *self.result.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+    fn set(&self, a: Answer) {
+        *self.answer.lock().unwrap_or_else(|p| p.into_inner()) = Some(a);
         self.ready.notify_all();
     }
 
-    fn wait(&self) -> Result<u64> {
-        let mut r = self.result.lock().unwrap_or_else(|p| p.into_inner());
+    fn wait(&self) -> Answer {
+        let mut a = self.answer.lock().unwrap_or_else(|p| p.into_inner());
         loop {
-            if let Some(done) = r.take() {
+            if let Some(done) = a.take() {
                 return done;
             }
-            r = self.ready.wait(r).unwrap_or_else(|p| p.into_inner());
+            a = self.ready.wait(a).unwrap_or_else(|p| p.into_inner());
         }
     }
 }
@@ -192,6 +224,38 @@ impl AuditLog {
             tracing::error!(index, "the audit log in the data folder is damaged");
             return Err(Error::Integrity);
         }
+        // Every checkpoint the vault signed must still match the log: an
+        // edited or truncated history is refused, not signed over.
+        let mut signed = Vec::new();
+        store.visit(Table::Audit, &mut |k, v| {
+            if k.first() == Some(&CHECKPOINT_PREFIX) {
+                signed.push(checkpoint::parse(v));
+            }
+        })?;
+        let mut check = Frontier::new();
+        for c in signed {
+            let Some((size, root)) = c else {
+                tracing::error!("an audit checkpoint in the data folder is unreadable");
+                return Err(Error::Integrity);
+            };
+            let Some(more) = usize::try_from(size)
+                .ok()
+                .and_then(|n| state.leaves.get(check.size() as usize..n))
+            else {
+                tracing::error!(size, "the audit log is shorter than a checkpoint it signed");
+                return Err(Error::Integrity);
+            };
+            for h in more {
+                check.push(*h);
+            }
+            if check.root() != root {
+                tracing::error!(
+                    size,
+                    "the audit log no longer matches a checkpoint it signed"
+                );
+                return Err(Error::Integrity);
+            }
+        }
         Ok(AuditLog {
             store,
             state: Mutex::new(state),
@@ -212,33 +276,46 @@ impl AuditLog {
     /// batch. One fsync serves many requests; if it fails, all of them fail.
     pub fn commit(&self, ws: WriteSet, event: Event) -> Result<u64> {
         let slot = Arc::new(Slot::default());
-        {
+        let mut lead = {
             let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
             q.pending.push((ws, event, Arc::clone(&slot)));
-            if q.leader {
-                drop(q);
-                return slot.wait();
-            }
-            q.leader = true;
-        }
+            !std::mem::replace(&mut q.leader, true)
+        };
         loop {
-            let group = {
+            if lead {
+                // One group per turn, then hand the lead on: no request
+                // waits behind an endless stream of others.
+                let group = {
+                    let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+                    std::mem::take(&mut q.pending)
+                };
+                self.write_group(group);
                 let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-                if q.pending.is_empty() {
-                    q.leader = false;
-                    break;
+                match q.pending.first() {
+                    Some((_, _, next)) => next.set(Answer::Lead),
+                    None => q.leader = false,
                 }
-                std::mem::take(&mut q.pending)
-            };
-            self.write_group(group);
+            }
+            match slot.wait() {
+                Answer::Done(r) => return r,
+                Answer::Lead => lead = true,
+            }
         }
-        slot.wait()
     }
 
     /// Writes one group of queued requests as one batch and hands each its
     /// result.
     fn write_group(&self, group: Vec<(WriteSet, Event, Arc<Slot>)>) {
         let mut state = self.lock();
+        if state.failed {
+            drop(state);
+            for (_, _, slot) in group {
+                slot.set(Answer::Done(Err(Error::Storage(
+                    "the audit log refuses writes after a failed write; restart the vault".into(),
+                ))));
+            }
+            return;
+        }
         let mut merged = WriteSet::new();
         let mut hashes = Vec::with_capacity(group.len());
         let mut slots = Vec::with_capacity(group.len());
@@ -265,14 +342,19 @@ impl AuditLog {
                 }
                 drop(state);
                 for (index, slot) in slots {
-                    slot.set(Ok(index));
+                    slot.set(Answer::Done(Ok(index)));
                 }
             }
             Err(e) => {
+                // The batch may still be replayed from the WAL at the next
+                // start: appending more under the same indices now could
+                // overwrite it. The log takes no more writes until reopened.
+                state.failed = true;
                 drop(state);
+                tracing::error!(error = %e, "audit write failed; the audit log refuses writes until the vault restarts");
                 let message = e.to_string();
                 for (_, slot) in slots {
-                    slot.set(Err(Error::Storage(message.clone())));
+                    slot.set(Answer::Done(Err(Error::Storage(message.clone()))));
                 }
             }
         }
@@ -301,25 +383,27 @@ impl AuditLog {
             .collect())
     }
 
+    /// A copy of the first `size` leaf hashes: proofs are computed outside
+    /// the log's lock, so they never hold up commits.
+    fn leaves_up_to(&self, size: u64) -> Result<Vec<Hash>> {
+        let s = self.lock();
+        let n = usize::try_from(size).unwrap_or(usize::MAX);
+        s.leaves.get(..n).map(<[Hash]>::to_vec).ok_or_else(|| {
+            Error::InvalidArgument(format!("the log has only {} events", s.leaves.len()))
+        })
+    }
+
     /// The inclusion proof of event `index` in the tree of `size` events.
     pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>> {
-        let s = self.lock();
-        let size = usize::try_from(size).unwrap_or(usize::MAX);
-        let leaves = s.leaves.get(..size).ok_or_else(|| {
-            Error::InvalidArgument(format!("the log has only {} events", s.leaves.len()))
-        })?;
-        merkle::inclusion_proof(leaves, usize::try_from(index).unwrap_or(usize::MAX))
+        let leaves = self.leaves_up_to(size)?;
+        merkle::inclusion_proof(&leaves, usize::try_from(index).unwrap_or(usize::MAX))
             .ok_or_else(|| Error::InvalidArgument("index is not below the tree size".into()))
     }
 
     /// The consistency proof between trees of `old` and `new` events.
     pub fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>> {
-        let s = self.lock();
-        let new = usize::try_from(new).unwrap_or(usize::MAX);
-        let leaves = s.leaves.get(..new).ok_or_else(|| {
-            Error::InvalidArgument(format!("the log has only {} events", s.leaves.len()))
-        })?;
-        merkle::consistency_proof(leaves, usize::try_from(old).unwrap_or(usize::MAX))
+        let leaves = self.leaves_up_to(new)?;
+        merkle::consistency_proof(&leaves, usize::try_from(old).unwrap_or(usize::MAX))
             .ok_or_else(|| Error::InvalidArgument("need 1 <= old size <= new size".into()))
     }
 
@@ -330,6 +414,10 @@ impl AuditLog {
         let s = self.lock();
         let size = s.frontier.size();
         if let Some(note) = self.store.get(Table::Audit, &checkpoint_key(size))? {
+            // Never hand out a stored note that no longer matches the log.
+            if checkpoint::parse(&note).map(|(_, root)| root) != Some(s.frontier.root()) {
+                return Err(Error::Integrity);
+            }
             return String::from_utf8(note).map_err(|_| Error::Integrity);
         }
         let note = checkpoint::sign(origin, size, &s.frontier.root(), key);
@@ -396,6 +484,34 @@ mod tests {
         assert_eq!(log.inclusion_proof(2, 5).unwrap().len(), 3);
         assert!(log.inclusion_proof(5, 5).is_err());
         assert!(log.consistency_proof(2, 9).is_err());
+        // Editing the newest event (no later event chains to it) or dropping
+        // events a checkpoint covers: the signed checkpoint no longer fits.
+        let mut ws = WriteSet::new();
+        let mut last = events[4].clone();
+        last[5] ^= 1;
+        ws.put(Table::Audit, event_key(4), last);
+        s.write(ws).unwrap();
+        drop(log);
+        assert!(matches!(
+            AuditLog::open(Arc::clone(&s)),
+            Err(Error::Integrity)
+        ));
+        let mut ws = WriteSet::new();
+        ws.put(Table::Audit, event_key(4), events[4].clone());
+        s.write(ws).unwrap();
+        let log = AuditLog::open(Arc::clone(&s)).unwrap();
+        let mut ws = WriteSet::new();
+        ws.delete(Table::Audit, event_key(4));
+        s.write(ws).unwrap();
+        drop(log);
+        assert!(matches!(
+            AuditLog::open(Arc::clone(&s)),
+            Err(Error::Integrity)
+        ));
+        let mut ws = WriteSet::new();
+        ws.put(Table::Audit, event_key(4), events[4].clone());
+        s.write(ws).unwrap();
+        let log = AuditLog::open(Arc::clone(&s)).unwrap();
         // A raw edit of a stored event is caught at open.
         let mut ws = WriteSet::new();
         let mut edited = events[2].clone();

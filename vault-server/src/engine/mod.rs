@@ -913,7 +913,15 @@ impl Engine {
     /// A new audit event for `caller` doing `op`.
     fn event(&self, caller: &Caller, op: Operation, collection: Option<&str>) -> Event {
         let mut ev = Event::now(&caller.principal.name, caller.purpose.as_deref(), op.name());
-        ev.collection = collection.map(shown);
+        // Only names of collections that exist: a mistyped name the caller
+        // sent may be anything (an e-mail address), and the log is forever.
+        ev.collection = collection.map(|c| {
+            if self.read_collections().contains_key(c) {
+                c.to_owned()
+            } else {
+                "<unknown collection>".to_owned()
+            }
+        });
         ev
     }
 

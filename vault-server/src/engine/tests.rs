@@ -869,9 +869,16 @@ fn audit_is_fail_closed_and_counts_one_event_per_request() {
     assert!(e.delete_record(&c, "users", "r1").is_err());
     assert_eq!(e.audit().size(), size, "nothing appended");
     store.fail.store(false, Ordering::SeqCst);
-    assert!(matches!(
-        e.get_record(&c, "users", "r2", &[]),
-        Err(Error::NotFound(_))
-    ));
-    e.get_record(&c, "users", "r1", &[]).unwrap();
+    // After a failed audit write the log takes no more writes until the
+    // vault reopens it: still no data.
+    let err = e.get_record(&c, "users", "r1", &[]).unwrap_err();
+    assert!(err.to_string().contains("restart"), "{err}");
+    drop(e);
+    // Reopened (as a restarted vault would), the log is whole.
+    let log = crate::audit::AuditLog::open(Arc::clone(&store) as Arc<dyn Store>).unwrap();
+    assert_eq!(
+        log.size(),
+        size,
+        "the log is whole, nothing was half-written"
+    );
 }

@@ -48,9 +48,21 @@ impl AdminService for AdminApi {
         req: Request<pb::ReloadPolicyRequest>,
     ) -> Result<Response<pb::ReloadPolicyResponse>, Status> {
         let caller = caller(&req)?;
-        self.policy
+        let allowed = self
+            .policy
             .current()
-            .authorize(&caller, Operation::Admin, None)?;
+            .authorize(&caller, Operation::Admin, None);
+        if allowed.is_err() {
+            let vault = Arc::clone(&self.vault);
+            let who = caller.clone();
+            let refused = Err::<(), _>(crate::Error::PermissionDenied(String::new()));
+            run_blocking(move || {
+                vault.record(&who, "reload_policy", None, &refused);
+                Ok(())
+            })
+            .await?;
+        }
+        allowed?;
         let policy = Arc::clone(&self.policy);
         let vault = Arc::clone(&self.vault);
         let who = caller.clone();
@@ -76,7 +88,16 @@ impl AdminService for AdminApi {
         let allowed = policy
             .authorize(&caller, Operation::Admin, None)
             .or_else(|_| policy.authorize(&caller, Operation::Audit, None));
-        self.vault.record(&caller, "check_policy", None, &allowed);
+        let recorded = allowed
+            .as_ref()
+            .map(|_| ())
+            .map_err(|_| crate::Error::PermissionDenied(String::new()));
+        let (vault, who) = (Arc::clone(&self.vault), caller.clone());
+        run_blocking(move || {
+            vault.record(&who, "check_policy", None, &recorded);
+            Ok(())
+        })
+        .await?;
         allowed?;
         let r = req.into_inner();
         if r.principal.trim().is_empty() {

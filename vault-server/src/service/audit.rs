@@ -71,7 +71,8 @@ impl AuditService for AuditApi {
     ) -> Result<Response<pb::ProofResponse>, Status> {
         let engine = self.authorized(&caller(&req)?)?;
         let r = req.into_inner();
-        let hashes = engine.audit().inclusion_proof(r.index, r.tree_size)?;
+        let hashes =
+            run_blocking(move || engine.audit().inclusion_proof(r.index, r.tree_size)).await?;
         Ok(Response::new(pb::ProofResponse {
             hashes: hashes.iter().map(|h| h.to_vec()).collect(),
         }))
@@ -83,7 +84,8 @@ impl AuditService for AuditApi {
     ) -> Result<Response<pb::ProofResponse>, Status> {
         let engine = self.authorized(&caller(&req)?)?;
         let r = req.into_inner();
-        let hashes = engine.audit().consistency_proof(r.old_size, r.new_size)?;
+        let hashes =
+            run_blocking(move || engine.audit().consistency_proof(r.old_size, r.new_size)).await?;
         Ok(Response::new(pb::ProofResponse {
             hashes: hashes.iter().map(|h| h.to_vec()).collect(),
         }))
