@@ -342,6 +342,11 @@ async fn every_custody_admin_and_data_rpc_leaves_exactly_one_event() {
     step("rewrap status", size());
     client.rotate_subject_key("s1").await.unwrap();
     step("rotate subject key", size());
+    assert!(
+        client.retire_root_key(1).await.is_err(),
+        "the current version"
+    );
+    step("retire refused after authorisation", size());
     client.erase_subject("s2").await.unwrap();
     step("erase subject", size());
     assert!(

@@ -100,6 +100,14 @@ impl Engine {
     /// the job that re-wraps every subject key under it.
     pub fn rotate_root(&self, caller: &Caller) -> Result<u32> {
         self.authorize_audited(caller, Operation::Custody, None, "rotate_root_key")?;
+        let result = self.rotate_root_unaudited(caller);
+        if let Err(e) = &result {
+            self.audit_refused(caller, "rotate_root_key", e);
+        }
+        result
+    }
+
+    fn rotate_root_unaudited(&self, caller: &Caller) -> Result<u32> {
         let _custody = lock(&self.custody_lock);
         self.check_open()?;
         let mut kr = Keyring::clone(&self.keyring());
@@ -119,6 +127,14 @@ impl Engine {
     /// current or still wraps a subject key.
     pub fn retire_root(&self, caller: &Caller, version: u32) -> Result<()> {
         self.authorize_audited(caller, Operation::Custody, None, "retire_root_key")?;
+        let result = self.retire_root_unaudited(caller, version);
+        if let Err(e) = &result {
+            self.audit_refused(caller, "retire_root_key", e);
+        }
+        result
+    }
+
+    fn retire_root_unaudited(&self, caller: &Caller, version: u32) -> Result<()> {
         let _custody = lock(&self.custody_lock);
         self.check_open()?;
         let mut kr = Keyring::clone(&self.keyring());
@@ -146,6 +162,14 @@ impl Engine {
     /// file, which is rewritten now.
     pub fn destroy_root(&self, caller: &Caller, version: u32) -> Result<()> {
         self.authorize_audited(caller, Operation::Custody, None, "destroy_root_key")?;
+        let result = self.destroy_root_unaudited(caller, version);
+        if let Err(e) = &result {
+            self.audit_refused(caller, "destroy_root_key", e);
+        }
+        result
+    }
+
+    fn destroy_root_unaudited(&self, caller: &Caller, version: u32) -> Result<()> {
         let _custody = lock(&self.custody_lock);
         self.check_open()?;
         let mut kr = Keyring::clone(&self.keyring());
@@ -210,6 +234,14 @@ impl Engine {
     /// field), and destroys every older key version, in one atomic write.
     pub fn rotate_subject(&self, caller: &Caller, subject: &str) -> Result<SubjectRotation> {
         self.authorize_audited(caller, Operation::Custody, None, "rotate_subject_key")?;
+        let result = self.rotate_subject_unaudited(caller, subject);
+        if let Err(e) = &result {
+            self.audit_refused(caller, "rotate_subject_key", e);
+        }
+        result
+    }
+
+    fn rotate_subject_unaudited(&self, caller: &Caller, subject: &str) -> Result<SubjectRotation> {
         validate_id("subject id", subject)?;
         let _subject = self.subject_locks[self.stripe(subject)]
             .write()
@@ -292,6 +324,14 @@ impl Engine {
     /// atomic write.
     pub fn erase_subject(&self, caller: &Caller, subject: &str) -> Result<ErasureReceipt> {
         self.authorize_audited(caller, Operation::Erase, None, "erase_subject")?;
+        let result = self.erase_subject_unaudited(caller, subject);
+        if let Err(e) = &result {
+            self.audit_refused(caller, "erase_subject", e);
+        }
+        result
+    }
+
+    fn erase_subject_unaudited(&self, caller: &Caller, subject: &str) -> Result<ErasureReceipt> {
         validate_id("subject id", subject)?;
         let _subject = self.subject_locks[self.stripe(subject)]
             .write()
@@ -348,6 +388,16 @@ impl Engine {
             "subject erased"
         );
         Ok(receipt)
+    }
+}
+
+impl Engine {
+    /// Records an authorised custody request that failed.
+    fn audit_refused(&self, caller: &Caller, operation: &str, e: &Error) {
+        let ev = Event::now(&caller.principal.name, caller.purpose.as_deref(), operation);
+        if let Err(w) = self.audit.commit(WriteSet::new(), ev.refused(e)) {
+            tracing::error!(error = %w, operation, "audit event could not be written");
+        }
     }
 }
 
