@@ -241,11 +241,13 @@ impl Vault {
         detail: Option<String>,
         result: &Result<T>,
     ) {
-        let mut ev = Event::now(&caller.principal.name, caller.purpose.as_deref(), operation);
-        ev.detail = detail;
-        if let Err(e) = result {
-            ev = ev.refused(e);
-        }
+        let ev = Event::outcome(
+            &caller.principal.name,
+            caller.purpose.as_deref(),
+            operation,
+            detail,
+            result,
+        );
         if let Err(e) = self.audit.commit(WriteSet::new(), ev) {
             tracing::error!(error = %e, operation, "audit event could not be written");
         }

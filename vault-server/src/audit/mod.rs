@@ -88,6 +88,23 @@ impl Event {
         }
     }
 
+    /// The event of a request whose outcome is known: allowed with
+    /// `detail`, or refused with the error's kind.
+    pub fn outcome<T>(
+        principal: &str,
+        purpose: Option<&str>,
+        operation: &str,
+        detail: Option<String>,
+        result: &Result<T>,
+    ) -> Event {
+        let mut ev = Event::now(principal, purpose, operation);
+        ev.detail = detail;
+        match result {
+            Ok(_) => ev,
+            Err(e) => ev.refused(e),
+        }
+    }
+
     /// Marks the event refused (`denied` for authorisation, else `failed`)
     /// with the error as its reason, and drops what it would have touched.
     pub fn refused(mut self, e: &Error) -> Event {
@@ -199,62 +216,66 @@ impl AuditLog {
     /// the indices, or an event whose `index` or `prev` does not fit, is an
     /// integrity failure: the vault does not append to a broken log.
     pub fn open(store: Arc<dyn Store>) -> Result<Self> {
+        // One pass: checkpoint rows (`c…`) sort before event rows (`e…`), so
+        // every checkpoint is known before the events it covers are hashed.
+        // Each must still match the log: an edited or truncated history is
+        // refused, not signed over.
         let mut state = State::default();
+        let mut signed = std::collections::VecDeque::new();
         let mut failure = None;
+        let check = |state: &State, signed: &mut std::collections::VecDeque<_>| {
+            while let Some(&Some((size, root))) = signed.front() {
+                if size != state.frontier.size() {
+                    break;
+                }
+                signed.pop_front();
+                if state.frontier.root() != root {
+                    return Some("the audit log no longer matches a checkpoint it signed");
+                }
+            }
+            None
+        };
         store.visit(Table::Audit, &mut |k, v| {
-            if failure.is_some() || k.first() != Some(&EVENT_PREFIX) {
+            if failure.is_some() {
                 return;
             }
-            let expected = state.frontier.size();
-            let ok = k.len() == 9
-                && k[1..] == expected.to_be_bytes()
-                && serde_json::from_slice::<Event>(v).is_ok_and(|e| {
-                    e.index == expected
-                        && e.prev == hex::encode(state.leaves.last().copied().unwrap_or([0; 32]))
-                });
-            if !ok {
-                failure = Some(expected);
-                return;
+            match k.first() {
+                Some(&CHECKPOINT_PREFIX) => signed.push_back(checkpoint::parse(v)),
+                Some(&EVENT_PREFIX) => {
+                    if let Some(why) = check(&state, &mut signed) {
+                        failure = Some(why);
+                        return;
+                    }
+                    let expected = state.frontier.size();
+                    let ok = k.len() == 9
+                        && k[1..] == expected.to_be_bytes()
+                        && serde_json::from_slice::<Event>(v).is_ok_and(|e| {
+                            e.index == expected
+                                && e.prev
+                                    == hex::encode(state.leaves.last().copied().unwrap_or([0; 32]))
+                        });
+                    if !ok {
+                        failure = Some("an event does not follow the one before");
+                        return;
+                    }
+                    let h = merkle::leaf_hash(v);
+                    state.frontier.push(h);
+                    state.leaves.push(h);
+                }
+                _ => {}
             }
-            let h = merkle::leaf_hash(v);
-            state.frontier.push(h);
-            state.leaves.push(h);
         })?;
-        if let Some(index) = failure {
-            tracing::error!(index, "the audit log in the data folder is damaged");
+        let failure = failure.or_else(|| check(&state, &mut signed)).or_else(|| {
+            (!signed.is_empty())
+                .then_some("a checkpoint is unreadable, or covers more than the log holds")
+        });
+        if let Some(why) = failure {
+            tracing::error!(
+                size = state.frontier.size(),
+                why,
+                "the audit log in the data folder is damaged"
+            );
             return Err(Error::Integrity);
-        }
-        // Every checkpoint the vault signed must still match the log: an
-        // edited or truncated history is refused, not signed over.
-        let mut signed = Vec::new();
-        store.visit(Table::Audit, &mut |k, v| {
-            if k.first() == Some(&CHECKPOINT_PREFIX) {
-                signed.push(checkpoint::parse(v));
-            }
-        })?;
-        let mut check = Frontier::new();
-        for c in signed {
-            let Some((size, root)) = c else {
-                tracing::error!("an audit checkpoint in the data folder is unreadable");
-                return Err(Error::Integrity);
-            };
-            let Some(more) = usize::try_from(size)
-                .ok()
-                .and_then(|n| state.leaves.get(check.size() as usize..n))
-            else {
-                tracing::error!(size, "the audit log is shorter than a checkpoint it signed");
-                return Err(Error::Integrity);
-            };
-            for h in more {
-                check.push(*h);
-            }
-            if check.root() != root {
-                tracing::error!(
-                    size,
-                    "the audit log no longer matches a checkpoint it signed"
-                );
-                return Err(Error::Integrity);
-            }
         }
         Ok(AuditLog {
             store,

@@ -72,7 +72,7 @@ impl Engine {
     /// (a scan of every wrapped subject key).
     pub fn root_keys(&self, caller: &Caller) -> Result<Vec<RootKeyInfo>> {
         self.authorize_audited(caller, Operation::Custody, None, "list_root_keys")?;
-        self.audit_done(caller, "list_root_keys", None);
+        self.record(caller, "list_root_keys", None, &Ok(()));
         let counts = self.count_wrapped()?;
         let mut all = self.root_versions();
         for k in &mut all {
@@ -99,25 +99,23 @@ impl Engine {
     /// Makes a new root key version current, saves the keyring, and starts
     /// the job that re-wraps every subject key under it.
     pub fn rotate_root(&self, caller: &Caller) -> Result<u32> {
-        self.authorize_audited(caller, Operation::Custody, None, "rotate_root_key")?;
-        let result = self.rotate_root_unaudited(caller);
-        if let Err(e) = &result {
-            self.audit_refused(caller, "rotate_root_key", e);
-        }
-        result
+        self.audited(caller, Operation::Custody, "rotate_root_key", || {
+            self.rotate_root_authorized(caller)
+        })
     }
 
-    fn rotate_root_unaudited(&self, caller: &Caller) -> Result<u32> {
+    fn rotate_root_authorized(&self, caller: &Caller) -> Result<u32> {
         let _custody = lock(&self.custody_lock);
         self.check_open()?;
         let mut kr = Keyring::clone(&self.keyring());
         let version = kr.rotate_root();
         self.replace_keyring(kr)?;
         tracing::info!(version, principal = %caller.principal.name, "root key rotated");
-        self.audit_done(
+        self.record(
             caller,
             "rotate_root_key",
             Some(format!("version {version}")),
+            &Ok(()),
         );
         self.rewrap.wake();
         Ok(version)
@@ -126,15 +124,12 @@ impl Engine {
     /// Retires a root key version: it unwraps no more. Refused while it is
     /// current or still wraps a subject key.
     pub fn retire_root(&self, caller: &Caller, version: u32) -> Result<()> {
-        self.authorize_audited(caller, Operation::Custody, None, "retire_root_key")?;
-        let result = self.retire_root_unaudited(caller, version);
-        if let Err(e) = &result {
-            self.audit_refused(caller, "retire_root_key", e);
-        }
-        result
+        self.audited(caller, Operation::Custody, "retire_root_key", || {
+            self.retire_root_authorized(caller, version)
+        })
     }
 
-    fn retire_root_unaudited(&self, caller: &Caller, version: u32) -> Result<()> {
+    fn retire_root_authorized(&self, caller: &Caller, version: u32) -> Result<()> {
         let _custody = lock(&self.custody_lock);
         self.check_open()?;
         let mut kr = Keyring::clone(&self.keyring());
@@ -150,10 +145,11 @@ impl Engine {
         }
         self.replace_keyring(kr)?;
         tracing::info!(version, principal = %caller.principal.name, "root key retired");
-        self.audit_done(
+        self.record(
             caller,
             "retire_root_key",
             Some(format!("version {version}")),
+            &Ok(()),
         );
         Ok(())
     }
@@ -161,25 +157,23 @@ impl Engine {
     /// Destroys a retired root key version: its bytes leave the keyring
     /// file, which is rewritten now.
     pub fn destroy_root(&self, caller: &Caller, version: u32) -> Result<()> {
-        self.authorize_audited(caller, Operation::Custody, None, "destroy_root_key")?;
-        let result = self.destroy_root_unaudited(caller, version);
-        if let Err(e) = &result {
-            self.audit_refused(caller, "destroy_root_key", e);
-        }
-        result
+        self.audited(caller, Operation::Custody, "destroy_root_key", || {
+            self.destroy_root_authorized(caller, version)
+        })
     }
 
-    fn destroy_root_unaudited(&self, caller: &Caller, version: u32) -> Result<()> {
+    fn destroy_root_authorized(&self, caller: &Caller, version: u32) -> Result<()> {
         let _custody = lock(&self.custody_lock);
         self.check_open()?;
         let mut kr = Keyring::clone(&self.keyring());
         kr.destroy_root(version).map_err(custody_error)?;
         self.replace_keyring(kr)?;
         tracing::info!(version, principal = %caller.principal.name, "root key destroyed");
-        self.audit_done(
+        self.record(
             caller,
             "destroy_root_key",
             Some(format!("version {version}")),
+            &Ok(()),
         );
         Ok(())
     }
@@ -233,15 +227,12 @@ impl Engine {
     /// under it (same AAD binding: same region, collection, record and
     /// field), and destroys every older key version, in one atomic write.
     pub fn rotate_subject(&self, caller: &Caller, subject: &str) -> Result<SubjectRotation> {
-        self.authorize_audited(caller, Operation::Custody, None, "rotate_subject_key")?;
-        let result = self.rotate_subject_unaudited(caller, subject);
-        if let Err(e) = &result {
-            self.audit_refused(caller, "rotate_subject_key", e);
-        }
-        result
+        self.audited(caller, Operation::Custody, "rotate_subject_key", || {
+            self.rotate_subject_authorized(caller, subject)
+        })
     }
 
-    fn rotate_subject_unaudited(&self, caller: &Caller, subject: &str) -> Result<SubjectRotation> {
+    fn rotate_subject_authorized(&self, caller: &Caller, subject: &str) -> Result<SubjectRotation> {
         validate_id("subject id", subject)?;
         let _subject = self.subject_locks[self.stripe(subject)]
             .write()
@@ -323,15 +314,12 @@ impl Engine {
     /// rows, records and index entries and stores a signed receipt, in one
     /// atomic write.
     pub fn erase_subject(&self, caller: &Caller, subject: &str) -> Result<ErasureReceipt> {
-        self.authorize_audited(caller, Operation::Erase, None, "erase_subject")?;
-        let result = self.erase_subject_unaudited(caller, subject);
-        if let Err(e) = &result {
-            self.audit_refused(caller, "erase_subject", e);
-        }
-        result
+        self.audited(caller, Operation::Erase, "erase_subject", || {
+            self.erase_subject_authorized(caller, subject)
+        })
     }
 
-    fn erase_subject_unaudited(&self, caller: &Caller, subject: &str) -> Result<ErasureReceipt> {
+    fn erase_subject_authorized(&self, caller: &Caller, subject: &str) -> Result<ErasureReceipt> {
         validate_id("subject id", subject)?;
         let _subject = self.subject_locks[self.stripe(subject)]
             .write()
@@ -388,16 +376,6 @@ impl Engine {
             "subject erased"
         );
         Ok(receipt)
-    }
-}
-
-impl Engine {
-    /// Records an authorised custody request that failed.
-    fn audit_refused(&self, caller: &Caller, operation: &str, e: &Error) {
-        let ev = Event::now(&caller.principal.name, caller.purpose.as_deref(), operation);
-        if let Err(w) = self.audit.commit(WriteSet::new(), ev.refused(e)) {
-            tracing::error!(error = %w, operation, "audit event could not be written");
-        }
     }
 }
 

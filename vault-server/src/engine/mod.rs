@@ -555,17 +555,20 @@ impl Engine {
         let mut encrypted = 0u64;
         // Replacing a record drops its old fields: the caller's write rules
         // must cover those too, or a writer of one field could erase the
-        // others.
-        for (r, previous) in records.iter().zip(&previous) {
-            if let Some((old, _)) = previous
+        // others. (An undecodable old record leaves at most a stale index
+        // entry, which every user re-checks.)
+        let mut old_owners = Vec::with_capacity(records.len());
+        for (previous, c) in previous.iter().zip(&schemas) {
+            let old = previous
                 .as_deref()
                 .and_then(|b| StoredRecord::decode(b).ok())
-            {
-                let c = self.data_collection(&r.collection)?;
-                policy.authorize_write(caller, &c, old.fields.iter().map(|f| f.name.as_str()))?;
+                .map(|(old, _)| old);
+            if let Some(old) = &old {
+                policy.authorize_write(caller, c, old.fields.iter().map(|f| f.name.as_str()))?;
             }
+            old_owners.push(old.map(|o| o.subject_id));
         }
-        for ((r, key), previous) in records.iter().zip(keys).zip(previous) {
+        for ((r, key), old_owner) in records.iter().zip(keys).zip(old_owners) {
             let sk = self.current_subject_key(&r.subject_id)?;
             let fields = r
                 .fields
@@ -574,18 +577,9 @@ impl Engine {
             let value = self.seal_record(&sk, &r.collection, &r.id, &r.subject_id, fields);
             encrypted += r.fields.len() as u64;
             // Keep the subject → records index true: a replaced record may
-            // have belonged to another subject. (An undecodable old record
-            // leaves at most a stale entry, which every user re-checks.)
-            if let Some(old) = previous
-                .as_deref()
-                .and_then(|b| StoredRecord::decode(b).ok())
-            {
-                if old.0.subject_id != r.subject_id {
-                    ws.delete(
-                        Table::SubjectRecords,
-                        subject_record_key(&old.0.subject_id, &key),
-                    );
-                }
+            // have belonged to another subject.
+            if let Some(old_owner) = old_owner.filter(|o| *o != r.subject_id) {
+                ws.delete(Table::SubjectRecords, subject_record_key(&old_owner, &key));
             }
             ws.put(
                 Table::SubjectRecords,
@@ -972,15 +966,45 @@ impl Engine {
         Ok(index)
     }
 
-    /// Records a custody or admin operation that is already done (its
-    /// effect is in the keyring file, not in a store batch).
-    pub(crate) fn audit_done(&self, caller: &Caller, operation: &str, detail: Option<String>) {
-        let mut ev = self.event(caller, Operation::Custody, None);
-        ev.operation = operation.to_owned();
-        ev.detail = detail;
+    /// Records a custody or admin request whose outcome is known: done
+    /// (its effect is in the keyring file, not in a store batch) or failed
+    /// after authorisation. A failure to record is logged; the request's
+    /// own result stands.
+    pub(crate) fn record<T>(
+        &self,
+        caller: &Caller,
+        operation: &str,
+        detail: Option<String>,
+        result: &Result<T>,
+    ) {
+        let ev = Event::outcome(
+            &caller.principal.name,
+            caller.purpose.as_deref(),
+            operation,
+            detail,
+            result,
+        );
         if let Err(e) = self.commit(WriteSet::new(), ev) {
             tracing::error!(error = %e, operation, "audit event could not be written");
         }
+    }
+
+    /// Runs a custody or erasure request: authorised (a refusal recorded),
+    /// then `work`, whose failure is recorded too (its success records its
+    /// own event, with what it did).
+    pub(crate) fn audited<T>(
+        &self,
+        caller: &Caller,
+        op: Operation,
+        operation: &str,
+        work: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        self.authorize_audited(caller, op, None, operation)?;
+        let result = work();
+        if result.is_err() {
+            self.record(caller, operation, None, &result);
+        }
+        result
     }
 
     /// The origin line of this vault's checkpoints: region and keyring id.

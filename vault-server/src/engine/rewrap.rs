@@ -220,7 +220,7 @@ impl Engine {
     /// Where the re-wrap job stands.
     pub fn rewrap_status(&self, caller: &Caller) -> Result<RewrapProgress> {
         self.authorize_audited(caller, Operation::Custody, None, "rewrap_status")?;
-        self.audit_done(caller, "rewrap_status", None);
+        self.record(caller, "rewrap_status", None, &Ok(()));
         Ok(self.rewrap_progress())
     }
 
@@ -315,13 +315,14 @@ impl Engine {
         // vault that never rotated is not.
         if job.progress.finished && (job.progress.target_version > 1 || job.progress.rewrapped > 0)
         {
-            self.audit_done(
+            self.record(
                 &Caller::internal("vault"),
                 "rewrap_finished",
                 Some(format!(
                     "root version {current}: {} re-wrapped, {} unreadable, {} erased removed",
                     job.progress.rewrapped, job.progress.unreadable, job.progress.removed_erased
                 )),
+                &Ok(()),
             );
             tracing::info!(
                 target_version = current,

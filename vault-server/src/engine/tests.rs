@@ -35,6 +35,46 @@ fn engine_over(store: Arc<dyn Store>, dir: &std::path::Path) -> Engine {
     e
 }
 
+/// A data folder whose engine can be "restarted": a new engine over the
+/// same store, unsealing the saved keyring file with the same key.
+struct Restartable {
+    dir: std::path::PathBuf,
+    store: Arc<dyn Store>,
+    unseal_key: Key256,
+}
+
+impl Restartable {
+    fn new(dir: &std::path::Path) -> Self {
+        Restartable {
+            dir: dir.to_owned(),
+            store: Arc::new(RocksStore::open(&dir.join("db"), &StoreOptions::default()).unwrap()),
+            unseal_key: Key256::random(),
+        }
+    }
+
+    fn file(&self) -> KeyringFile {
+        KeyringFile {
+            path: self.dir.join("keyring"),
+            unseal_key: Key256::from_slice(self.unseal_key.expose_secret()).unwrap(),
+        }
+    }
+
+    /// The first engine: a fresh keyring, the dev collection.
+    fn start(&self) -> Engine {
+        let kr = Keyring::generate("eu".parse().unwrap(), custody());
+        let e = Engine::new(Arc::clone(&self.store), kr, self.file(), options()).unwrap();
+        crate::dev::seed(&e).unwrap();
+        e
+    }
+
+    /// A later engine, from the keyring file the earlier one saved.
+    fn restart(&self) -> Engine {
+        let file = std::fs::read(self.dir.join("keyring")).unwrap();
+        let kr = Keyring::unseal(&file, &self.unseal_key, &"eu".parse().unwrap()).unwrap();
+        Engine::new(Arc::clone(&self.store), kr, self.file(), options()).unwrap()
+    }
+}
+
 fn engine(dir: &std::path::Path) -> Engine {
     let store = RocksStore::open(&dir.join("db"), &StoreOptions::default()).unwrap();
     engine_over(Arc::new(store), dir)
@@ -298,13 +338,8 @@ fn retire_is_refused_while_keys_remain_or_for_the_current_version() {
 #[test]
 fn rewrap_resumes_from_its_persisted_cursor() {
     let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> =
-        Arc::new(RocksStore::open(&dir.path().join("db"), &StoreOptions::default()).unwrap());
-    let kr = Keyring::generate("eu".parse().unwrap(), custody());
-    let kf = keyring_file(dir.path());
-    let uk = Key256::from_slice(kf.unseal_key.expose_secret()).unwrap();
-    let e = Engine::new(Arc::clone(&store), kr, kf, options()).unwrap();
-    crate::dev::seed(&e).unwrap();
+    let folder = Restartable::new(dir.path());
+    let e = folder.start();
     let c = Caller::internal("t");
     for i in 0..20 {
         e.put_record(&c, user(&format!("r{i}"), &format!("s{i}")))
@@ -317,18 +352,7 @@ fn rewrap_resumes_from_its_persisted_cursor() {
     assert_eq!(mid.examined, 14);
     // "Restart": a new engine over the same store and the saved keyring.
     drop(e);
-    let file = std::fs::read(dir.path().join("keyring")).unwrap();
-    let kr = Keyring::unseal(&file, &uk, &"eu".parse().unwrap()).unwrap();
-    let e = Engine::new(
-        store,
-        kr,
-        KeyringFile {
-            path: dir.path().join("keyring"),
-            unseal_key: uk,
-        },
-        options(),
-    )
-    .unwrap();
+    let e = folder.restart();
     assert_eq!(e.rewrap_progress(), mid, "progress survives the restart");
     run_rewrap_to_end(&e);
     let p = e.rewrap_progress();
@@ -571,27 +595,16 @@ fn a_closed_engine_refuses_work_and_custody() {
 #[test]
 fn a_damaged_job_record_restarts_the_job_instead_of_blocking_the_unseal() {
     let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> =
-        Arc::new(RocksStore::open(&dir.path().join("db"), &StoreOptions::default()).unwrap());
-    let kr = Keyring::generate("eu".parse().unwrap(), custody());
-    let kf = keyring_file(dir.path());
-    let uk = Key256::from_slice(kf.unseal_key.expose_secret()).unwrap();
-    let e = Engine::new(Arc::clone(&store), kr, kf, options()).unwrap();
-    crate::dev::seed(&e).unwrap();
+    let folder = Restartable::new(dir.path());
+    let e = folder.start();
     let c = Caller::internal("t");
     e.put_record(&c, user("r1", "s1")).unwrap();
     e.rotate_root(&c).unwrap();
     drop(e);
     let mut ws = WriteSet::new();
     ws.put(Table::Meta, b"rewrap_job".to_vec(), b"\x01garbage".to_vec());
-    store.write(ws).unwrap();
-    let file = std::fs::read(dir.path().join("keyring")).unwrap();
-    let kr = Keyring::unseal(&file, &uk, &"eu".parse().unwrap()).unwrap();
-    let kf = KeyringFile {
-        path: dir.path().join("keyring"),
-        unseal_key: uk,
-    };
-    let e = Engine::new(store, kr, kf, options()).unwrap();
+    folder.store.write(ws).unwrap();
+    let e = folder.restart();
     run_rewrap_to_end(&e);
     assert_eq!(e.rewrap_progress().rewrapped, 1);
     e.retire_root(&c, 1).unwrap();

@@ -1,5 +1,7 @@
-//! Who is calling and why. In this version a principal holds coarse roles;
-//! per-field, purpose-bound policy comes later and plugs in here.
+//! Who is calling and why, and what they may do: a principal carries the
+//! coarse roles of its credential; the access policy (`rules.rs`) resolves
+//! roles to rules over collections, fields, operations, purposes and
+//! redaction levels.
 
 mod rules;
 
@@ -103,19 +105,6 @@ impl Caller {
             purpose: Some("internal".to_owned()),
             internal: true,
         }
-    }
-
-    /// Fails with `PermissionDenied` unless the principal holds one of `roles`.
-    pub fn require_any(&self, roles: &[Role]) -> crate::Result<()> {
-        if roles.iter().any(|r| self.principal.roles.contains(r)) {
-            return Ok(());
-        }
-        let names: Vec<_> = roles.iter().map(|r| r.name()).collect();
-        Err(crate::Error::PermissionDenied(format!(
-            "principal {} lacks the {} role",
-            self.principal.name,
-            names.join(" or ")
-        )))
     }
 
     /// Fails with `PermissionDenied` unless the principal holds `role`.

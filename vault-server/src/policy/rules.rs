@@ -492,11 +492,6 @@ impl Policy {
         &self.source
     }
 
-    /// Whether the policy's `[principals]` lists `name`.
-    pub fn lists_principal(&self, name: &str) -> bool {
-        self.principals.contains_key(name)
-    }
-
     /// The role names a caller holds under this policy.
     pub fn roles_of(&self, caller: &Caller) -> Vec<String> {
         match self.principals.get(&caller.principal.name) {
