@@ -116,7 +116,7 @@ fn audit_append(engine: &Arc<vault_server::Engine>) {
         run("audit append (alone)", threads, |_| {
             engine
                 .audit()
-                .commit(WriteSet::new(), Event::now("bench", None, "read"))
+                .commit(WriteSet::new(), Event::new("bench", None, "read", None))
                 .unwrap();
         });
     }

@@ -31,7 +31,7 @@
 //!    two reader threads call `get_record` on random ids, first idle, then
 //!    while the job re-wraps every key at its default pace
 //!    (`RewrapOptions::default()`) after a second rotation, in the background
-//!    (`run_rewrap`). Target: p99 during the job at most 2x idle. The machine
+//!    (`run_background`). Target: p99 during the job at most 2x idle. The machine
 //!    has 2 cores, shared by the readers and the job. One engine per data
 //!    folder: the part-1 engine (no pace limit) is dropped and a default one
 //!    opened over the same store, keyring and keyring file. Each idle
@@ -616,7 +616,7 @@ fn main() {
     let new_root = engine.rotate_root(&caller).unwrap();
     let job = {
         let engine = Arc::clone(&engine);
-        thread::spawn(move || engine.run_rewrap())
+        thread::spawn(move || engine.run_background())
     };
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = {

@@ -38,6 +38,8 @@ pub struct TestVault {
     tls_ca_pem: Option<String>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<vault_server::Result<()>>>,
+    /// The audit log's size and requests begun when serving started.
+    audit_start: (u64, u64),
 }
 
 impl TestVault {
@@ -136,6 +138,8 @@ impl TestVault {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel();
+        let log = vault.audit_log();
+        let audit_start = (log.size(), log.requests_begun());
         let task = tokio::spawn(service::serve_with_tls(
             listener,
             Arc::clone(&vault),
@@ -152,6 +156,7 @@ impl TestVault {
             tls_ca_pem: None,
             shutdown: Some(tx),
             task: Some(task),
+            audit_start,
         })
     }
 
@@ -196,9 +201,23 @@ impl TestVault {
     }
 
     /// Stops the server, waits for it to drain, and closes the store, so the
-    /// data folder can be opened by someone else.
+    /// data folder can be opened by someone else. First checks DESIGN.md
+    /// §6 over everything the server served: every gRPC request left
+    /// exactly one audit event (events carry their request's id; the
+    /// vault's own work carries none).
     pub async fn stop(self) {
+        let (from, begun_before) = self.audit_start;
         let vault = self.stop_serving().await;
+        let (requests, events) = tokio::task::spawn_blocking({
+            let vault = Arc::clone(&vault);
+            move || request_events(&vault, from, begun_before)
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            events, requests,
+            "gRPC requests served vs audit events with a request id"
+        );
         assert_eq!(
             Arc::strong_count(&vault),
             1,
@@ -221,6 +240,31 @@ impl TestVault {
         }
         self.vault
     }
+}
+
+/// The requests a vault served since its log had `begun_before` requests
+/// begun, and the distinct request ids of the events from index `from`;
+/// panics if two events carry the same request id.
+fn request_events(vault: &Vault, from: u64, begun_before: u64) -> (u64, u64) {
+    let log = vault.audit_log();
+    let mut seen = std::collections::HashSet::new();
+    let mut at = from;
+    loop {
+        let page = log.events(at, 1000).unwrap();
+        if page.is_empty() {
+            break;
+        }
+        for bytes in &page {
+            let ev: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+            let id = ev["request_id"].as_str().unwrap_or_default();
+            assert!(
+                id.is_empty() || seen.insert(id.to_owned()),
+                "two audit events for request {id}: {ev}"
+            );
+        }
+        at += page.len() as u64;
+    }
+    (log.requests_begun() - begun_before, seen.len() as u64)
 }
 
 /// A certificate and its private key, PEM.

@@ -18,6 +18,10 @@
 //! batch_size = 1000
 //! keys_per_second = 100000                   # 0: no limit
 //!
+//! [audit]                                    # when audit checkpoints are signed; optional
+//! checkpoint_every_events = 1000             # 0: not by count
+//! checkpoint_interval_ms = 10000             # if the log grew; 0: not by time
+//!
 //! [tls]                                      # optional; without it the port is plaintext
 //! cert_file = "/etc/vault/server.pem"        # PEM chain, the server's certificate first
 //! key_file = "/etc/vault/server.key"         # PEM private key (PKCS#8, PKCS#1 or SEC1)
@@ -59,7 +63,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Deserializer};
 
-use crate::engine::{EngineOptions, Limits, RewrapOptions};
+use crate::engine::{CheckpointOptions, EngineOptions, Limits, RewrapOptions};
 use crate::keys::Region;
 use crate::policy::{Policy, PolicyHandle, Principal, Role};
 use crate::service::{Authenticator, TlsFiles, TokenGrant};
@@ -96,6 +100,9 @@ pub struct Config {
     /// Pace of the re-wrap job.
     #[serde(default)]
     pub rewrap: RewrapConfig,
+    /// Audit checkpoints.
+    #[serde(default)]
+    pub audit: AuditConfig,
     /// TLS on the gRPC port; plaintext without it.
     pub tls: Option<TlsConfig>,
     /// Principals that authenticate by client certificate, with their roles.
@@ -130,6 +137,17 @@ pub struct RewrapConfig {
     pub batch_size: Option<usize>,
     /// Most subject keys per second; 0 for no limit.
     pub keys_per_second: Option<u64>,
+}
+
+/// `[audit]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// A checkpoint after every this many events; 0: not by count.
+    pub checkpoint_every_events: Option<u64>,
+    /// A checkpoint every this many milliseconds if the log grew; 0: not
+    /// by time.
+    pub checkpoint_interval_ms: Option<u64>,
 }
 
 /// `[tls]`.
@@ -243,6 +261,7 @@ impl Config {
     pub fn open_options(&self) -> Result<OpenOptions, String> {
         let d = Limits::default();
         let r = RewrapOptions::default();
+        let c = CheckpointOptions::default();
         if self.rewrap.batch_size == Some(0) {
             return Err("rewrap.batch_size must be at least 1".into());
         }
@@ -268,6 +287,13 @@ impl Config {
                     keys_per_second: self.rewrap.keys_per_second.unwrap_or(r.keys_per_second),
                 },
                 policy: std::sync::Arc::new(self.policy()?),
+                checkpoints: CheckpointOptions {
+                    every_events: self.audit.checkpoint_every_events.unwrap_or(c.every_events),
+                    interval: self
+                        .audit
+                        .checkpoint_interval_ms
+                        .map_or(c.interval, std::time::Duration::from_millis),
+                },
             },
         })
     }
@@ -380,6 +406,18 @@ roles = ["reader"]
         assert_eq!(o.keyring_file, PathBuf::from("/tmp/v/keyring"));
         assert_eq!(o.engine.limits.max_batch_records, 500);
         assert_eq!(o.engine.rewrap, RewrapOptions::default());
+        assert_eq!(o.engine.checkpoints, CheckpointOptions::default());
+        let c = Config::parse(&format!(
+            "{GOOD}\n[audit]\ncheckpoint_every_events = 0\ncheckpoint_interval_ms = 250\n"
+        ))
+        .unwrap();
+        let o = c.open_options().unwrap().engine.checkpoints;
+        assert_eq!(
+            (o.every_events, o.interval),
+            (0, std::time::Duration::from_millis(250))
+        );
+        let e = Config::parse(&format!("{GOOD}\n[audit]\ncheckpoint_every = 5\n")).unwrap_err();
+        assert!(e.contains("unknown field"), "{e}");
     }
 
     #[test]

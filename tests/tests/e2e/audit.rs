@@ -35,7 +35,10 @@ async fn export(vault: &TestVault, dir: &Path) -> PathBuf {
         .unwrap()
         .into_inner()
         .checkpoints;
+    // Each page request is itself an event: read up to the size the log
+    // had at the first page, as `vaultctl audit export` does.
     let mut events = Vec::new();
+    let mut target = None;
     loop {
         let page = raw
             .events(authed(pb::AuditEventsRequest {
@@ -45,10 +48,11 @@ async fn export(vault: &TestVault, dir: &Path) -> PathBuf {
             .await
             .unwrap()
             .into_inner();
-        if page.events.is_empty() {
+        let target = *target.get_or_insert(page.tree_size);
+        events.extend(page.events);
+        if events.len() as u64 >= target {
             break;
         }
-        events.extend(page.events);
     }
     write_export(dir, &events, &checkpoints);
     let key_file = dir.join("vault.vkey");
@@ -138,7 +142,24 @@ async fn every_data_request_leaves_one_event_and_the_export_verifies() {
     let key = export(&vault, export_dir.path()).await;
     assert_eq!(verify(export_dir.path(), &key).await, (true, None, None));
     let (events, checkpoints) = read_export(export_dir.path());
-    assert_eq!(events.len() as u64, vault.engine().audit().size());
+    // Everything up to the export's own reads, which are events too.
+    assert!(events.len() as u64 >= before + 11);
+    assert!(events.len() as u64 <= vault.engine().audit().size());
+    let ops: Vec<serde_json::Value> = events
+        .iter()
+        .map(|e| serde_json::from_slice(e).unwrap())
+        .collect();
+    for op in [
+        "vault.v1.AuditService/PublicKey",
+        "vault.v1.AuditService/Checkpoints",
+        "vault.v1.AuditService/Events",
+    ] {
+        assert!(
+            ops.iter()
+                .any(|e| e["operation"] == op && e["principal"] == "dev-root"),
+            "{op}"
+        );
+    }
     // No value or id leaves the vault in an event.
     for e in &events {
         let text = String::from_utf8_lossy(e);
@@ -164,12 +185,13 @@ async fn every_data_request_leaves_one_event_and_the_export_verifies() {
     assert!(exported["events"].as_u64().unwrap() >= events.len() as u64);
     assert_eq!(verify(&ctl_dir, &key).await, (true, None, None));
 
-    // More traffic, a second checkpoint: the two must be consistent.
+    // More traffic, a second checkpoint (and the one vaultctl's export
+    // had signed): all must be consistent.
     some_traffic(&vault, 2).await;
     let second = tempfile::tempdir().unwrap();
     export(&vault, second.path()).await;
     let (_, both) = read_export(second.path());
-    assert_eq!(both.len(), checkpoints.len() + 1);
+    assert_eq!(both.len(), checkpoints.len() + 2);
     assert_eq!(verify(second.path(), &key).await, (true, None, None));
     vault.stop().await;
 }
@@ -359,6 +381,127 @@ async fn every_custody_admin_and_data_rpc_leaves_exactly_one_event() {
         .await
         .unwrap();
     step("check policy", size());
+    drop(client);
+    vault.stop().await;
+}
+
+/// The newest audit event of `vault`.
+fn last_event(vault: &TestVault) -> serde_json::Value {
+    let log = vault.vault.audit_log();
+    let events = log.events(log.size() - 1, 1).unwrap();
+    serde_json::from_slice(&events[0]).unwrap()
+}
+
+/// Calls `path` with `msg` (encoded as given) over a plain gRPC client.
+async fn call_raw(
+    vault: &TestVault,
+    path: &'static str,
+    msg: pb::AuditEventsRequest,
+) -> Result<(), tonic::Status> {
+    let channel = tonic::transport::Endpoint::from_shared(vault.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let codec =
+        tonic_prost::ProstCodec::<pb::AuditEventsRequest, pb::AuditEventsResponse>::default();
+    grpc.unary(
+        authed(msg),
+        tonic::codegen::http::uri::PathAndQuery::from_static(path),
+        codec,
+    )
+    .await
+    .map(drop)
+}
+
+#[tokio::test]
+async fn requests_no_handler_records_are_recorded_by_the_server() {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+
+    let dir = tempfile::tempdir().unwrap();
+    let vault = TestVault::start(dir.path(), "eu").await.unwrap();
+    let size = || vault.vault.audit_log().size();
+    let mut before = size();
+    let mut one_more = |what: &str| {
+        let now = size();
+        assert_eq!(now - before, 1, "{what}: events");
+        before = now;
+        last_event(&vault)
+    };
+
+    // A health check: no credentials, still one event, named by its id.
+    let channel = tonic::transport::Endpoint::from_shared(vault.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let response = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap();
+    let ev = one_more("health check");
+    assert_eq!(ev["operation"], "grpc.health.v1.Health/Check");
+    assert_eq!(
+        (&ev["principal"], &ev["decision"]),
+        (&"unauthenticated".into(), &"allowed".into())
+    );
+    let id = response
+        .metadata()
+        .get(vault_server::service::REQUEST_ID_HEADER)
+        .unwrap()
+        .to_str()
+        .unwrap();
+    assert_eq!(ev["request_id"], id);
+
+    // Refused by the authentication layer, before any handler.
+    let stranger = vault.client_with("not-a-token").await;
+    assert!(stranger.collections().await.is_err());
+    let ev = one_more("bad token");
+    assert_eq!(ev["operation"], "vault.v1.VaultService/ListCollections");
+    assert_eq!(
+        (&ev["principal"], &ev["decision"], &ev["reason"]),
+        (
+            &"unauthenticated".into(),
+            &"denied".into(),
+            &"unauthenticated".into()
+        )
+    );
+
+    // A message that does not decode: authenticated, refused by the codec.
+    let bad = pb::AuditEventsRequest { from: 5, limit: 1 };
+    assert!(call_raw(&vault, "/vault.v1.VaultService/GetRecord", bad)
+        .await
+        .is_err());
+    let ev = one_more("undecodable message");
+    assert_eq!(ev["operation"], "vault.v1.VaultService/GetRecord");
+    assert_eq!(
+        (&ev["principal"], &ev["decision"]),
+        (&"dev-root".into(), &"failed".into())
+    );
+
+    // Unknown methods: the path is the client's text, never logged.
+    for path in [
+        "/vault.v1.VaultService/NoSuchMethod",
+        "/jane.doe@example.eu/Get",
+    ] {
+        let r = call_raw(&vault, path, pb::AuditEventsRequest::default()).await;
+        assert_eq!(r.unwrap_err().code(), tonic::Code::Unimplemented);
+        let ev = one_more(path);
+        assert_eq!(ev["operation"], "<unknown method>");
+        assert_eq!(ev["reason"], "unimplemented");
+        assert!(!ev.to_string().contains("jane"));
+    }
+
+    // The auditor's own reads are events too.
+    let client = vault.client().await;
+    client.audit_events(0, 5).await.unwrap();
+    let ev = one_more("audit events");
+    assert_eq!(ev["operation"], "vault.v1.AuditService/Events");
     drop(client);
     vault.stop().await;
 }

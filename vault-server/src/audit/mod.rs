@@ -18,11 +18,14 @@
 pub mod checkpoint;
 pub mod merkle;
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use ed25519_dalek::SigningKey;
 use serde::{Deserialize, Serialize};
 
+use crate::policy::Caller;
 use crate::storage::{Store, Table, WriteSet};
 use crate::{Error, Result};
 use merkle::{Frontier, Hash};
@@ -43,7 +46,8 @@ pub struct Event {
     pub prev: String,
     /// Milliseconds since the Unix epoch.
     pub time_ms: u64,
-    /// Random request id (hex).
+    /// The id of the gRPC request (hex; the `x-vault-request-id` header
+    /// of its response), or empty for the vault's own work.
     pub request_id: String,
     /// Who asked.
     pub principal: String,
@@ -70,16 +74,20 @@ pub struct Event {
 }
 
 impl Event {
-    /// A new event of `principal` doing `operation`, allowed, stamped now
-    /// with a random request id.
-    pub fn now(principal: &str, purpose: Option<&str>, operation: &str) -> Event {
-        let mut id = [0u8; 8];
-        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut id);
+    /// A new event of `principal` doing `operation`, allowed, stamped now.
+    /// `request_id` names the gRPC request it records (none: the vault's
+    /// own work, or an in-process caller).
+    pub fn new(
+        principal: &str,
+        purpose: Option<&str>,
+        operation: &str,
+        request_id: Option<&str>,
+    ) -> Event {
         Event {
             time_ms: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-            request_id: hex::encode(id),
+            request_id: request_id.unwrap_or_default().to_owned(),
             principal: principal.to_owned(),
             purpose: purpose.map(str::to_owned),
             operation: operation.to_owned(),
@@ -88,16 +96,25 @@ impl Event {
         }
     }
 
+    /// A new event of `caller`'s request doing `operation`, allowed.
+    pub fn of(caller: &Caller, operation: &str) -> Event {
+        Event::new(
+            &caller.principal.name,
+            caller.purpose.as_deref(),
+            operation,
+            caller.request_id.as_deref(),
+        )
+    }
+
     /// The event of a request whose outcome is known: allowed with
     /// `detail`, or refused with the error's kind.
     pub fn outcome<T>(
-        principal: &str,
-        purpose: Option<&str>,
+        caller: &Caller,
         operation: &str,
         detail: Option<String>,
         result: &Result<T>,
     ) -> Event {
-        let mut ev = Event::now(principal, purpose, operation);
+        let mut ev = Event::of(caller, operation);
         ev.detail = detail;
         match result {
             Ok(_) => ev,
@@ -209,6 +226,37 @@ pub struct AuditLog {
     store: Arc<dyn Store>,
     state: Mutex<State>,
     queue: Mutex<Queue>,
+    /// gRPC requests in flight (by request id): how many events each has
+    /// had written so far.
+    requests: Mutex<HashMap<String, u32>>,
+    /// gRPC requests begun since the log was opened.
+    requests_begun: AtomicU64,
+}
+
+/// Follows one gRPC request's events (see [`AuditLog::begin_request`]).
+/// Dropped unfinished (its client went away), it stops following.
+#[derive(Debug)]
+pub struct RequestGuard {
+    log: Arc<AuditLog>,
+    id: String,
+}
+
+impl RequestGuard {
+    /// The request's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Stops following: how many events the request has had written.
+    pub fn finish(self) -> u32 {
+        self.log.end_request(&self.id)
+    }
+}
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        self.log.end_request(&self.id);
+    }
 }
 
 impl AuditLog {
@@ -281,7 +329,40 @@ impl AuditLog {
             store,
             state: Mutex::new(state),
             queue: Mutex::new(Queue::default()),
+            requests: Mutex::new(HashMap::new()),
+            requests_begun: AtomicU64::new(0),
         })
+    }
+
+    /// Starts following the events of a gRPC request, under a new random
+    /// request id: the service layer checks, when the request ends, that it
+    /// had exactly one event.
+    pub fn begin_request(self: &Arc<Self>) -> RequestGuard {
+        let mut raw = [0u8; 8];
+        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut raw);
+        let id = hex::encode(raw);
+        self.requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), 0);
+        self.requests_begun.fetch_add(1, Ordering::Relaxed);
+        RequestGuard {
+            log: Arc::clone(self),
+            id,
+        }
+    }
+
+    fn end_request(&self, id: &str) -> u32 {
+        self.requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id)
+            .unwrap_or(0)
+    }
+
+    /// gRPC requests begun since the log was opened.
+    pub fn requests_begun(&self) -> u64 {
+        self.requests_begun.load(Ordering::Relaxed)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -296,6 +377,22 @@ impl AuditLog {
     /// order, and writes them (each with its own changes) in one synced
     /// batch. One fsync serves many requests; if it fails, all of them fail.
     pub fn commit(&self, ws: WriteSet, event: Event) -> Result<u64> {
+        let request = (!event.request_id.is_empty()).then(|| event.request_id.clone());
+        let index = self.commit_unfollowed(ws, event)?;
+        if let Some(id) = request {
+            if let Some(n) = self
+                .requests
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_mut(&id)
+            {
+                *n += 1;
+            }
+        }
+        Ok(index)
+    }
+
+    fn commit_unfollowed(&self, ws: WriteSet, event: Event) -> Result<u64> {
         let slot = Arc::new(Slot::default());
         let mut lead = {
             let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());

@@ -284,11 +284,7 @@ impl Engine {
             for (v, _) in &rows {
                 ws.delete(Table::SubjectKeys, subject_key_id(subject, *v));
             }
-            let mut ev = Event::now(
-                &caller.principal.name,
-                caller.purpose.as_deref(),
-                "rotate_subject_key",
-            );
+            let mut ev = Event::of(caller, "rotate_subject_key");
             ev.subjects.push(hex::encode(kr.subject_pseudonym(subject)));
             ev.detail = Some(format!(
                 "key version {new_version}; {records} records, {fields} fields re-encrypted"
@@ -355,11 +351,7 @@ impl Engine {
         let mut receipt_key = receipt.erased_at.to_be_bytes().to_vec();
         receipt_key.extend_from_slice(&receipt.id);
         ws.put(Table::Receipts, receipt_key, receipt.encode());
-        let mut ev = Event::now(
-            &caller.principal.name,
-            caller.purpose.as_deref(),
-            "erase_subject",
-        );
+        let mut ev = Event::of(caller, "erase_subject");
         ev.subjects.push(hex::encode(receipt.subject));
         ev.detail = Some(format!(
             "receipt {}; {} records deleted; key versions 1..={} destroyed",

@@ -13,6 +13,7 @@ use std::hash::{BuildHasher, RandomState};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::time::Duration;
 
 pub use custody::{RootKeyInfo, SubjectRotation};
 pub use rewrap::{RewrapOptions, RewrapProgress};
@@ -40,9 +41,24 @@ use crate::storage::{
 use crate::{Error, Result};
 
 const META_REGION: &[u8] = b"region";
-/// A signed audit checkpoint every this many events (and whenever an
-/// auditor asks).
-pub const CHECKPOINT_EVERY: u64 = 1000;
+/// When the vault signs audit checkpoints (besides whenever an auditor
+/// asks for one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckpointOptions {
+    /// After every this many events; 0: not by count.
+    pub every_events: u64,
+    /// Every this long, if the log grew; zero: not by time.
+    pub interval: Duration,
+}
+
+impl Default for CheckpointOptions {
+    fn default() -> Self {
+        CheckpointOptions {
+            every_events: 1000,
+            interval: Duration::from_secs(10),
+        }
+    }
+}
 /// The Meta key under which a data folder records its keyring's id.
 pub const META_KEYRING_ID: &[u8] = b"keyring_id";
 /// Stripes of the per-subject locks.
@@ -132,6 +148,8 @@ pub struct EngineOptions {
     pub rewrap: RewrapOptions,
     /// The access policy in force (shared with the server, which reloads it).
     pub policy: Arc<PolicyHandle>,
+    /// When audit checkpoints are signed.
+    pub checkpoints: CheckpointOptions,
 }
 
 impl Default for EngineOptions {
@@ -141,6 +159,7 @@ impl Default for EngineOptions {
             key_cache_capacity: 10_000,
             rewrap: RewrapOptions::default(),
             policy: Arc::new(PolicyHandle::builtin()),
+            checkpoints: CheckpointOptions::default(),
         }
     }
 }
@@ -170,6 +189,7 @@ pub struct Engine {
     subject_locks: Vec<RwLock<()>>,
     stripe_hasher: RandomState,
     rewrap_options: RewrapOptions,
+    checkpoints: CheckpointOptions,
     rewrap: rewrap::JobState,
     policy: Arc<PolicyHandle>,
     audit: Arc<AuditLog>,
@@ -205,6 +225,7 @@ impl Engine {
             key_cache_capacity,
             rewrap: rewrap_options,
             policy,
+            checkpoints,
         } = options;
         let region = keyring.region().clone();
         match (
@@ -254,6 +275,7 @@ impl Engine {
             subject_locks: (0..SUBJECT_STRIPES).map(|_| RwLock::new(())).collect(),
             stripe_hasher: RandomState::new(),
             rewrap_options,
+            checkpoints,
             rewrap,
             policy,
             audit,
@@ -906,7 +928,7 @@ impl Engine {
 
     /// A new audit event for `caller` doing `op`.
     fn event(&self, caller: &Caller, op: Operation, collection: Option<&str>) -> Event {
-        let mut ev = Event::now(&caller.principal.name, caller.purpose.as_deref(), op.name());
+        let mut ev = Event::of(caller, op.name());
         // Only names of collections that exist: a mistyped name the caller
         // sent may be anything (an e-mail address), and the log is forever.
         ev.collection = collection.map(|c| {
@@ -955,15 +977,22 @@ impl Engine {
     }
 
     /// Commits `ws` with its audit event, and signs a checkpoint every
-    /// [`CHECKPOINT_EVERY`] events.
+    /// [`CheckpointOptions::every_events`] events.
     fn commit(&self, ws: WriteSet, ev: Event) -> Result<u64> {
         let index = self.audit.commit(ws, ev)?;
-        if (index + 1) % CHECKPOINT_EVERY == 0 {
+        let every = self.checkpoints.every_events;
+        if every > 0 && (index + 1) % every == 0 {
             if let Err(e) = self.checkpoint() {
                 tracing::error!(error = %e, "could not sign an audit checkpoint");
             }
         }
         Ok(index)
+    }
+
+    /// Appends an event with no changes (a request the service layer
+    /// records itself); counts towards checkpoints like any other.
+    pub fn append_event(&self, ev: Event) -> Result<u64> {
+        self.commit(WriteSet::new(), ev)
     }
 
     /// Records a custody or admin request whose outcome is known: done
@@ -977,13 +1006,7 @@ impl Engine {
         detail: Option<String>,
         result: &Result<T>,
     ) {
-        let ev = Event::outcome(
-            &caller.principal.name,
-            caller.purpose.as_deref(),
-            operation,
-            detail,
-            result,
-        );
+        let ev = Event::outcome(caller, operation, detail, result);
         if let Err(e) = self.commit(WriteSet::new(), ev) {
             tracing::error!(error = %e, operation, "audit event could not be written");
         }

@@ -336,15 +336,18 @@ impl Engine {
         Ok(more)
     }
 
-    /// Runs the re-wrap job until the engine is closed: re-wraps while work
-    /// remains, at the configured pace, and sleeps until the next rotation
-    /// otherwise.
-    pub fn run_rewrap(self: &Arc<Self>) {
+    /// The engine's background thread, until the engine is closed: runs
+    /// the re-wrap job while work remains, at the configured pace, and
+    /// signs an audit checkpoint every [`interval`](super::CheckpointOptions::interval)
+    /// (if the log grew); sleeps until the next rotation otherwise.
+    pub fn run_background(self: &Arc<Self>) {
         let per_key = match self.rewrap_options.keys_per_second {
             0 => Duration::ZERO,
             n => Duration::from_secs_f64(1.0 / n as f64),
         };
         let batch = self.rewrap_options.batch_size.max(1) as u32;
+        let interval = self.checkpoints.interval;
+        let mut next_checkpoint = Instant::now() + interval;
         loop {
             // The generation first, then the flag: a close after this read
             // bumps the generation, so the wait below cannot miss it.
@@ -353,19 +356,31 @@ impl Engine {
                 return;
             }
             let started = Instant::now();
-            match self.rewrap_step() {
+            if !interval.is_zero() && started >= next_checkpoint {
+                if let Err(e) = self.checkpoint() {
+                    tracing::error!(error = %e, "could not sign a timed audit checkpoint");
+                }
+                next_checkpoint = Instant::now() + interval;
+            }
+            let until_checkpoint =
+                (!interval.is_zero()).then(|| next_checkpoint.saturating_duration_since(started));
+            let wait = match self.rewrap_step() {
                 Ok(true) => {
                     let budget = per_key * batch;
-                    let left = budget.saturating_sub(started.elapsed());
-                    if !left.is_zero() {
-                        self.rewrap.wait(seen, Some(left));
-                    }
+                    Some(budget.saturating_sub(started.elapsed()))
                 }
-                Ok(false) => self.rewrap.wait(seen, None),
+                Ok(false) => None,
                 Err(e) => {
                     tracing::error!(error = %e, "re-wrap batch failed; retrying");
-                    self.rewrap.wait(seen, Some(RETRY_AFTER));
+                    Some(RETRY_AFTER)
                 }
+            };
+            let wait = match (wait, until_checkpoint) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            if wait != Some(Duration::ZERO) {
+                self.rewrap.wait(seen, wait);
             }
         }
     }

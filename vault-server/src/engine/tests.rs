@@ -185,6 +185,7 @@ fn validation_errors() {
         },
         purpose: Some("test".into()),
         internal: false,
+        request_id: None,
     };
     assert!(matches!(
         e.put_record(&reader, user("r1", "s1")),
@@ -320,6 +321,7 @@ fn retire_is_refused_while_keys_remain_or_for_the_current_version() {
         },
         purpose: Some("test".into()),
         internal: false,
+        request_id: None,
     };
     assert!(matches!(
         e.rotate_root(&reader),
@@ -692,6 +694,7 @@ fn as_(name: &str, purpose: Option<&str>) -> Caller {
         },
         purpose: purpose.map(str::to_owned),
         internal: false,
+        request_id: None,
     }
 }
 
@@ -850,6 +853,7 @@ fn audit_is_fail_closed_and_counts_one_event_per_request() {
         },
         purpose: Some("p".into()),
         internal: false,
+        request_id: None,
     };
     assert!(e.get_record(&stranger, "users", "r1", &[]).is_err());
     assert_eq!(e.audit().size() - base, 6, "one event per request");
@@ -893,5 +897,53 @@ fn audit_is_fail_closed_and_counts_one_event_per_request() {
         log.size(),
         size,
         "the log is whole, nothing was half-written"
+    );
+}
+
+#[test]
+fn checkpoints_are_signed_by_count_and_by_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> =
+        Arc::new(RocksStore::open(&dir.path().join("db"), &StoreOptions::default()).unwrap());
+    let kr = Keyring::generate("eu".parse().unwrap(), custody());
+    let mut opts = options();
+    opts.checkpoints = CheckpointOptions {
+        every_events: 4,
+        interval: std::time::Duration::from_millis(20),
+    };
+    let e = Arc::new(Engine::new(store, kr, keyring_file(dir.path()), opts).unwrap());
+    crate::dev::seed(&e).unwrap();
+    let c = Caller::internal("t");
+    let sizes = |e: &Engine| -> Vec<u64> {
+        e.audit()
+            .checkpoints(0)
+            .unwrap()
+            .iter()
+            .map(|n| crate::audit::checkpoint::parse(n.as_bytes()).unwrap().0)
+            .collect()
+    };
+    // By count: after the 4th and 8th events, without anyone asking.
+    for i in 0..9 {
+        e.put_record(&c, user(&format!("r{i}"), "s1")).unwrap();
+    }
+    let size = e.audit().size();
+    let by_count: Vec<u64> = (1..=size / 4).map(|k| k * 4).collect();
+    assert_eq!(sizes(&e), by_count);
+    // By time: the background thread signs the log as it is, once.
+    let worker = Arc::clone(&e);
+    let thread = std::thread::spawn(move || worker.run_background());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while sizes(&e).last() != Some(&size) {
+        assert!(std::time::Instant::now() < deadline, "no timed checkpoint");
+        std::thread::yield_now();
+    }
+    e.close();
+    thread.join().unwrap();
+    let mut expected = by_count;
+    expected.push(size);
+    assert_eq!(
+        sizes(&e),
+        expected,
+        "no checkpoint while the log did not grow"
     );
 }

@@ -92,6 +92,9 @@ pub struct Caller {
     /// every operation is allowed. No credential ever yields an internal
     /// caller; only [`Caller::internal`] makes one.
     pub internal: bool,
+    /// The gRPC request this call serves (its audit event carries it);
+    /// none for in-process callers.
+    pub request_id: Option<String>,
 }
 
 impl Caller {
@@ -104,6 +107,7 @@ impl Caller {
             },
             purpose: Some("internal".to_owned()),
             internal: true,
+            request_id: None,
         }
     }
 
@@ -137,6 +141,7 @@ mod tests {
             },
             purpose: None,
             internal: false,
+            request_id: None,
         };
         assert!(c.require(Role::Reader).is_ok());
         assert!(matches!(

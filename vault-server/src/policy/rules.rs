@@ -927,6 +927,7 @@ redaction = "redacted"
             },
             purpose: purpose.map(str::to_owned),
             internal: false,
+            request_id: None,
         }
     }
 

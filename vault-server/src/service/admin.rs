@@ -110,6 +110,7 @@ impl AdminService for AdminApi {
             },
             purpose: Some(r.purpose.trim().to_owned()).filter(|p| !p.is_empty()),
             internal: false,
+            request_id: None,
         };
         let mut out = pb::CheckPolicyResponse {
             source: policy.source().to_owned(),

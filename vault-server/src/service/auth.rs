@@ -26,6 +26,7 @@ use tonic::metadata::MetadataMap;
 use tonic::transport::CertificateDer;
 use tonic::{Request, Status};
 
+use super::requests::RequestMark;
 use super::tls::certificate_principal;
 use crate::policy::{Caller, Principal, Role};
 
@@ -191,6 +192,7 @@ impl Authenticator {
             principal,
             purpose: purpose(metadata)?,
             internal: false,
+            request_id: None,
         })
     }
 
@@ -251,14 +253,19 @@ fn purpose(metadata: &MetadataMap) -> Result<Option<String>, Status> {
 }
 
 /// The interceptor: authenticates (by the connection's client certificate
-/// and the bearer token) and puts the [`Caller`] in the request's extensions.
+/// and the bearer token) and puts the [`Caller`] in the request's
+/// extensions, with the request's id from the audit layer.
 pub fn interceptor(
     auth: Arc<Authenticator>,
 ) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
     move |mut req: Request<()>| {
         let certs = req.peer_certs();
-        let caller = auth
+        let mut caller = auth
             .authenticate_with_certificates(req.metadata(), certs.as_deref().map(Vec::as_slice))?;
+        if let Some(mark) = req.extensions().get::<Arc<RequestMark>>() {
+            mark.authenticated(&caller.principal.name, caller.purpose.as_deref());
+            caller.request_id = Some(mark.id.clone());
+        }
         req.extensions_mut().insert(caller);
         Ok(req)
     }

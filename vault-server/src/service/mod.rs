@@ -9,6 +9,7 @@ mod audit;
 mod auth;
 mod convert;
 mod custody;
+mod requests;
 mod tls;
 mod vault;
 
@@ -30,6 +31,7 @@ pub use admin::{AdminApi, RoleLookup};
 pub use audit::AuditApi;
 pub use auth::{hash_token, Authenticator, TokenGrant, PURPOSE_HEADER};
 pub use custody::{OperatorApi, SubjectApi};
+pub use requests::{RequestAudit, REQUEST_ID_HEADER};
 pub use tls::{certificate_principal, ServerTls, TlsFiles};
 pub use vault::VaultApi;
 
@@ -89,6 +91,15 @@ pub async fn serve_with_tls(
             .tls_config(tls.server_config())
             .map_err(|e| Error::Config(format!("tls: {e}")))?;
     }
+    // Every request, to any service, leaves one audit event.
+    let mut server = server.layer(RequestAudit::new(
+        Arc::clone(&vault),
+        &[
+            vault_proto::v1::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        ],
+    ));
     let (health, health_service) = tonic_health::server::health_reporter();
     for always in ["vault.v1.OperatorService", "vault.v1.AdminService"] {
         health

@@ -1,0 +1,289 @@
+//! One audit event per gRPC request (DESIGN.md §6), whatever the request
+//! reaches: a tower layer around every service, health and reflection
+//! included.
+//!
+//! Each request gets a random id (the `x-vault-request-id` header of its
+//! response). The interceptor copies it into the [`Caller`], so the event
+//! the engine writes for the request carries it, and the audit log counts
+//! the events written under it. When the response is ready and the request
+//! has no event yet — it was refused before any handler ran (no or bad
+//! credentials, a malformed message, a sealed vault) or it reached a
+//! service that records nothing itself (health, reflection) — the layer
+//! writes one, from the method's name and the response's gRPC status. If
+//! that write fails, the response is replaced by `UNAVAILABLE`: no audit,
+//! no answer.
+//!
+//! A request whose client goes away before its response is ready is
+//! recorded only if the vault already acted on it (the handler's own event).
+//!
+//! [`Caller`]: crate::policy::Caller
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+
+use prost::Message;
+use tonic::codegen::http;
+use tonic::codegen::Service;
+use tonic::{Code, Status};
+
+use crate::audit::Event;
+use crate::Vault;
+
+/// The response header naming a request's id (its audit event's
+/// `request_id`).
+pub const REQUEST_ID_HEADER: &str = "x-vault-request-id";
+
+/// What the layer tells the rest of the stack about a request (a request
+/// extension).
+#[derive(Debug)]
+pub struct RequestMark {
+    /// The request's id.
+    pub id: String,
+    /// Who the interceptor authenticated, and their stated purpose.
+    who: OnceLock<(String, Option<String>)>,
+}
+
+impl RequestMark {
+    /// Records who the interceptor authenticated (the first call counts).
+    pub fn authenticated(&self, principal: &str, purpose: Option<&str>) {
+        let _ = self
+            .who
+            .set((principal.to_owned(), purpose.map(str::to_owned)));
+    }
+}
+
+/// The layer (see the module docs).
+#[derive(Debug, Clone)]
+pub struct RequestAudit {
+    vault: Arc<Vault>,
+    /// `/package.Service/Method` of every method served: only these names
+    /// go into the log (a path is whatever the client sent).
+    methods: Arc<HashSet<String>>,
+}
+
+impl RequestAudit {
+    /// The layer over `vault`, knowing the methods of these encoded
+    /// `FileDescriptorSet`s.
+    pub fn new(vault: Arc<Vault>, descriptor_sets: &[&[u8]]) -> Self {
+        let mut methods = HashSet::new();
+        for set in descriptor_sets {
+            // Sets compiled into this binary; one that does not decode only
+            // makes its methods show as "<unknown method>".
+            let Ok(set) = prost_types::FileDescriptorSet::decode(*set) else {
+                tracing::error!("a compiled-in descriptor set does not decode");
+                continue;
+            };
+            for file in set.file {
+                for service in &file.service {
+                    for method in &service.method {
+                        methods.insert(format!(
+                            "/{}.{}/{}",
+                            file.package(),
+                            service.name(),
+                            method.name()
+                        ));
+                    }
+                }
+            }
+        }
+        RequestAudit {
+            vault,
+            methods: Arc::new(methods),
+        }
+    }
+
+    /// The operation name an event gives the request at `path`.
+    fn operation(&self, path: &str) -> String {
+        if self.methods.contains(path) {
+            path.trim_start_matches('/').to_owned()
+        } else {
+            "<unknown method>".to_owned()
+        }
+    }
+}
+
+impl<S> tower_layer::Layer<S> for RequestAudit {
+    type Service = Audited<S>;
+
+    fn layer(&self, inner: S) -> Audited<S> {
+        Audited {
+            inner,
+            audit: self.clone(),
+        }
+    }
+}
+
+/// A service whose every request leaves exactly one audit event.
+#[derive(Debug, Clone)]
+pub struct Audited<S> {
+    inner: S,
+    audit: RequestAudit,
+}
+
+impl<S, B> Service<http::Request<B>> for Audited<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        // The clone is not ready; the ready one serves this request.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let audit = self.audit.clone();
+        let guard = audit.vault.audit_log().begin_request();
+        let mark = Arc::new(RequestMark {
+            id: guard.id().to_owned(),
+            who: OnceLock::new(),
+        });
+        let operation = audit.operation(req.uri().path());
+        req.extensions_mut().insert(Arc::clone(&mark));
+        Box::pin(async move {
+            let mut response = inner.call(req).await?;
+            match guard.finish() {
+                0 => {
+                    let ev = fallback_event(&mark, &operation, &response);
+                    let vault = Arc::clone(&audit.vault);
+                    let written = tokio::task::spawn_blocking(move || vault.append_event(ev)).await;
+                    if !matches!(written, Ok(Ok(_))) {
+                        tracing::error!(
+                            operation,
+                            "the audit event of a request could not be written; refusing it"
+                        );
+                        response = Status::unavailable(
+                            "the audit log is unavailable: the request is refused",
+                        )
+                        .into_http();
+                    }
+                }
+                1 => {}
+                n => tracing::error!(
+                    operation,
+                    events = n,
+                    "a request was recorded more than once"
+                ),
+            }
+            if let Ok(v) = http::HeaderValue::from_str(&mark.id) {
+                response.headers_mut().insert(REQUEST_ID_HEADER, v);
+            }
+            Ok(response)
+        })
+    }
+}
+
+/// The event of a request no handler recorded: who (if authenticated),
+/// the method, and the outcome its response's gRPC status gives.
+fn fallback_event(
+    mark: &RequestMark,
+    operation: &str,
+    response: &http::Response<tonic::body::Body>,
+) -> Event {
+    let (principal, purpose) = match mark.who.get() {
+        Some((p, purpose)) => (p.as_str(), purpose.as_deref()),
+        None => ("unauthenticated", None),
+    };
+    let mut ev = Event::new(principal, purpose, operation, Some(&mark.id));
+    // A gRPC status in the headers: a "trailers-only" error response.
+    // Without one the call went on (its status comes in the trailers).
+    let status = response
+        .headers()
+        .get("grpc-status")
+        .map(|v| v.to_str().ok().and_then(|s| s.parse::<i32>().ok()));
+    match status {
+        None | Some(Some(0)) => {}
+        Some(code) => {
+            let code = code.map_or(Code::Unknown, Code::from);
+            ev.decision = match code {
+                Code::Unauthenticated | Code::PermissionDenied => "denied",
+                _ => "failed",
+            }
+            .into();
+            ev.reason = Some(code_kind(code).to_owned());
+        }
+    }
+    ev
+}
+
+/// The reason an event gives a gRPC status code (as `audit::kind_of` words
+/// the vault's own errors).
+fn code_kind(code: Code) -> &'static str {
+    match code {
+        Code::InvalidArgument => "invalid argument",
+        Code::NotFound => "not found",
+        Code::AlreadyExists => "already exists",
+        Code::PermissionDenied => "permission denied",
+        Code::Unauthenticated => "unauthenticated",
+        Code::ResourceExhausted => "limit exceeded",
+        Code::FailedPrecondition => "failed precondition",
+        Code::Unavailable => "unavailable",
+        Code::Unimplemented => "unimplemented",
+        Code::Cancelled => "cancelled",
+        Code::DeadlineExceeded => "deadline exceeded",
+        Code::OutOfRange => "out of range",
+        Code::DataLoss => "integrity check failed",
+        _ => "internal error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response_with(status: Option<&str>) -> http::Response<tonic::body::Body> {
+        let mut r = http::Response::new(tonic::body::Body::empty());
+        if let Some(s) = status {
+            r.headers_mut().insert("grpc-status", s.parse().unwrap());
+        }
+        r
+    }
+
+    #[test]
+    fn fallback_events_follow_the_status_and_the_authenticated_caller() {
+        let mark = RequestMark {
+            id: "00ff".into(),
+            who: OnceLock::new(),
+        };
+        let ev = fallback_event(&mark, "grpc.health.v1.Health/Check", &response_with(None));
+        assert_eq!(
+            (ev.principal.as_str(), ev.decision.as_str(), ev.reason),
+            ("unauthenticated", "allowed", None)
+        );
+        assert_eq!(ev.request_id, "00ff");
+        let ev = fallback_event(&mark, "x", &response_with(Some("16")));
+        assert_eq!(
+            (ev.decision.as_str(), ev.reason.as_deref()),
+            ("denied", Some("unauthenticated"))
+        );
+        mark.authenticated("svc", Some("billing"));
+        mark.authenticated("other", None);
+        let ev = fallback_event(&mark, "x", &response_with(Some("14")));
+        assert_eq!(
+            (
+                ev.principal.as_str(),
+                ev.purpose.as_deref(),
+                ev.decision.as_str(),
+                ev.reason.as_deref()
+            ),
+            ("svc", Some("billing"), "failed", Some("unavailable"))
+        );
+        for garbage in ["abc", "", "99999999999"] {
+            let ev = fallback_event(&mark, "x", &response_with(Some(garbage)));
+            assert_eq!(ev.decision, "failed", "{garbage:?}");
+        }
+    }
+}
