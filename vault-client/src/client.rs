@@ -17,7 +17,7 @@ use vault_proto::v1::operator_service_client::OperatorServiceClient;
 use vault_proto::v1::subject_service_client::SubjectServiceClient;
 use vault_proto::v1::vault_service_client::VaultServiceClient;
 
-use crate::audit::{Hash, VerifierKey};
+use crate::audit::{Hash, LedgerEntry, LedgerPage, VerifierKey};
 use crate::custody::{
     Initialized, RewrapProgress, RootKeys, SealStatus, SubjectKeyRotation, UnsealProgress,
     UnsealShare,
@@ -775,6 +775,65 @@ impl VaultClient {
             .receipt
             .ok_or_else(|| missing("EraseSubjectResponse.receipt"))?
             .try_into()
+    }
+
+    /// One page of a data subject's access ledger: the audit events that
+    /// name the subject from log index `from` (at most `limit`, 1 to 100;
+    /// 0 for 100), each with its inclusion proof in the checkpoint the page
+    /// carries. Check it with [`LedgerPage::verify`]; fetch the next page
+    /// from its `next_index`. Needs the `export` operation (the `dpo`
+    /// role). The request is itself an event about the subject.
+    pub async fn access_ledger(
+        &self,
+        subject_id: &str,
+        from: u64,
+        limit: u32,
+    ) -> Result<LedgerPage> {
+        let request = pb::AccessLedgerRequest {
+            subject_id: subject_id.to_owned(),
+            from_index: from,
+            limit,
+        };
+        let response = self
+            .run(self.stubs.subject.clone(), request, |mut c, r| async move {
+                c.access_ledger(r).await
+            })
+            .await?;
+        let most = match limit {
+            0 => 100,
+            n => n.min(100) as usize,
+        };
+        if response.entries.len() > most {
+            return Err(Error::Protocol(format!(
+                "the vault sent {} ledger entries for a page of at most {most}",
+                response.entries.len()
+            )));
+        }
+        let entries = response
+            .entries
+            .into_iter()
+            .map(|e| {
+                Ok(LedgerEntry {
+                    index: e.index,
+                    event: e.event,
+                    proof: proof_hashes(e.proof, "inclusion")?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if let (Some(last), n) = (entries.last(), response.next_index) {
+            if n != 0 && n <= last.index {
+                return Err(Error::Protocol(format!(
+                    "the ledger's next page starts at {n}, not after its last event {}",
+                    last.index
+                )));
+            }
+        }
+        Ok(LedgerPage {
+            subject_pseudonym: response.subject_pseudonym,
+            checkpoint: response.checkpoint,
+            entries,
+            next_index: (response.next_index != 0).then_some(response.next_index),
+        })
     }
 
     /// Reads the vault's policy file again (as `SIGHUP` does) and returns

@@ -505,3 +505,116 @@ async fn requests_no_handler_records_are_recorded_by_the_server() {
     drop(client);
     vault.stop().await;
 }
+
+/// Runs `vaultctl --json audit ledger SUBJECT [--public-key KEY]`.
+async fn ledger_by_ctl(
+    vault: &TestVault,
+    subject: &str,
+    key: Option<&Path>,
+) -> (bool, serde_json::Value) {
+    let mut cmd = Command::new(vaultctl_binary());
+    cmd.args(["--json", "audit", "ledger", subject])
+        .env("VAULT_ADDR", vault.url())
+        .env("VAULT_TOKEN", TOKEN)
+        .env("VAULT_PURPOSE", vault_tests::PURPOSE);
+    if let Some(key) = key {
+        cmd.arg("--public-key").arg(key);
+    }
+    let out = cmd.output().await.unwrap();
+    let json = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+    (out.status.success(), json)
+}
+
+#[tokio::test]
+async fn a_subjects_access_ledger_lists_its_events_with_proofs() {
+    let dir = tempfile::tempdir().unwrap();
+    let vault = TestVault::start(dir.path(), "eu").await.unwrap();
+    let client = vault.client().await;
+    client.put(&user("u1", "alice")).await.unwrap();
+    client.put(&user("u2", "bob")).await.unwrap();
+    client.get("users", "u1").await.unwrap();
+    client.get("users", "u2").await.unwrap();
+    client.get_many("users", &["u1", "u2"], &[]).await.unwrap();
+    client.rotate_subject_key("alice").await.unwrap();
+    let key_dir = tempfile::tempdir().unwrap();
+    let key = key_dir.path().join("vault.vkey");
+    let (verifier_key, _) = client.audit_public_key().await.unwrap();
+    std::fs::write(&key, format!("{verifier_key}\n")).unwrap();
+
+    // Through the client, a page at a time: each verifies on its own.
+    let verifier: vault_client::audit::VerifierKey = verifier_key.parse().unwrap();
+    let first = client.access_ledger("alice", 0, 2).await.unwrap();
+    assert_eq!(first.entries.len(), 2);
+    first.verify(&verifier).unwrap();
+    let next = first.next_index.unwrap();
+    let rest = client.access_ledger("alice", next, 0).await.unwrap();
+    rest.verify(&verifier).unwrap();
+    assert_eq!(rest.next_index, None);
+    let ops: Vec<String> = first
+        .entries
+        .iter()
+        .chain(&rest.entries)
+        .map(|e| {
+            let ev: serde_json::Value = serde_json::from_slice(&e.event).unwrap();
+            ev["operation"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    // Alice's put, get, batch get, rotation, then the first ledger page
+    // request itself (the second is after its own checkpoint).
+    assert_eq!(
+        ops,
+        [
+            "write",
+            "read",
+            "read",
+            "rotate_subject_key",
+            "access_ledger"
+        ]
+    );
+
+    // vaultctl checks every proof with the pinned key.
+    let (ok, json) = ledger_by_ctl(&vault, "alice", Some(&key)).await;
+    assert!(ok, "{json}");
+    assert_eq!(json["verified"], true);
+    assert_eq!(json["key_pinned"], true);
+    let events = json["events"].as_array().unwrap();
+    assert_eq!(events.len(), 6, "{json}");
+    assert!(events.iter().all(|e| e["subjects"]
+        .as_array()
+        .unwrap()
+        .contains(&json["subject_pseudonym"])));
+    assert!(
+        !json.to_string().contains("alice"),
+        "no subject id in the output"
+    );
+
+    // After erasure the ledger still answers, erasure included.
+    client.erase_subject("alice").await.unwrap();
+    let (ok, json) = ledger_by_ctl(&vault, "alice", Some(&key)).await;
+    assert!(ok, "{json}");
+    let events = json["events"].as_array().unwrap();
+    // The six before, the first vaultctl ledger request, the erasure.
+    assert_eq!(events.len(), 8, "{json}");
+    assert_eq!(events[6]["operation"], "access_ledger");
+    assert_eq!(events[7]["operation"], "erase_subject");
+
+    // Bob's ledger holds only his events; a stranger's key is refused.
+    let (ok, json) = ledger_by_ctl(&vault, "bob", Some(&key)).await;
+    assert!(ok);
+    assert_eq!(json["events"].as_array().unwrap().len(), 3, "{json}");
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = TestVault::start(other_dir.path(), "eu").await.unwrap();
+    let (other_key, _) = other.client().await.audit_public_key().await.unwrap();
+    other.stop().await;
+    std::fs::write(&key, format!("{other_key}\n")).unwrap();
+    let (ok, json) = ledger_by_ctl(&vault, "bob", Some(&key)).await;
+    assert!(!ok);
+    assert_eq!(json["verified"], false);
+    assert!(
+        json["reason"].as_str().unwrap().contains("checkpoint"),
+        "{json}"
+    );
+    drop(client);
+    vault.stop().await;
+}

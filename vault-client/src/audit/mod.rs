@@ -49,10 +49,12 @@
 //! # Ok(()) }
 //! ```
 
+mod ledger;
 mod merkle;
 mod note;
 mod verify;
 
+pub use self::ledger::{LedgerEntry, LedgerFault, LedgerPage};
 pub use self::merkle::{
     empty_root, leaf_hash, node_hash, root_from_leaf_hashes, verify_consistency, verify_inclusion,
     Hash, ProofError, RootBuilder, LEAF_PREFIX, NODE_PREFIX,

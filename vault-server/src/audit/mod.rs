@@ -11,7 +11,12 @@
 //!   fails. Appends are group-committed in order (indices are dense and in
 //!   commit order; concurrent requests share one synced write).
 //! - **Stored** in `Table::Audit`: `e ‖ u64 index` → event bytes (the leaf),
-//!   `c ‖ u64 size` → signed checkpoint (see [`checkpoint`]).
+//!   `c ‖ u64 size` → signed checkpoint (see [`checkpoint`]), and the
+//!   subject index for access ledgers, `s ‖ pseudonym ‖ u64 index` → empty,
+//!   written in the same batch as its event (`i` → how many events it
+//!   covers). The index is not part of the tree: a ledger proves that each
+//!   event it lists is in the log, not that none is missing (a full export
+//!   shows that).
 //!
 //! The leaf hashes are kept in memory (32 bytes per event) for proofs.
 
@@ -34,6 +39,10 @@ use merkle::{Frontier, Hash};
 pub const EVENT_V1: u8 = 1;
 const EVENT_PREFIX: u8 = b'e';
 const CHECKPOINT_PREFIX: u8 = b'c';
+/// `s ‖ subject pseudonym ‖ u64 index` → empty: the subject index.
+const SUBJECT_PREFIX: u8 = b's';
+/// `i` → u64: the subject index covers the events below this.
+const INDEXED_KEY: &[u8] = b"i";
 
 /// One audited request. Field order is the JSON order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -164,6 +173,24 @@ fn event_key(index: u64) -> Vec<u8> {
     let mut k = vec![EVENT_PREFIX];
     k.extend_from_slice(&index.to_be_bytes());
     k
+}
+
+fn subject_key(pseudonym: &[u8; 32], index: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(41);
+    k.push(SUBJECT_PREFIX);
+    k.extend_from_slice(pseudonym);
+    k.extend_from_slice(&index.to_be_bytes());
+    k
+}
+
+/// Adds the subject index rows of event `index` to `ws`.
+fn index_subjects(ws: &mut WriteSet, index: u64, subjects: &[String]) {
+    for subject in subjects {
+        let mut pseudonym = [0u8; 32];
+        if hex::decode_to_slice(subject, &mut pseudonym).is_ok() {
+            ws.put(Table::Audit, subject_key(&pseudonym, index), Vec::new());
+        }
+    }
 }
 
 fn checkpoint_key(size: u64) -> Vec<u8> {
@@ -325,6 +352,33 @@ impl AuditLog {
             );
             return Err(Error::Integrity);
         }
+        // Events the subject index does not cover yet (a log from before
+        // the index): indexed now, in one batch.
+        let indexed = store
+            .get(Table::Audit, INDEXED_KEY)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+            .map_or(0, u64::from_be_bytes);
+        let size = state.frontier.size();
+        if indexed < size {
+            let mut ws = WriteSet::new();
+            store.visit(Table::Audit, &mut |k, v| {
+                if k.first() == Some(&EVENT_PREFIX) && k.len() == 9 {
+                    let index = u64::from_be_bytes(k[1..].try_into().unwrap_or([0xff; 8]));
+                    if index >= indexed {
+                        if let Ok(e) = serde_json::from_slice::<Event>(v) {
+                            index_subjects(&mut ws, index, &e.subjects);
+                        }
+                    }
+                }
+            })?;
+            ws.put(
+                Table::Audit,
+                INDEXED_KEY.to_vec(),
+                size.to_be_bytes().to_vec(),
+            );
+            store.write(ws)?;
+            tracing::info!(from = indexed, to = size, "indexed audit events by subject");
+        }
         Ok(AuditLog {
             store,
             state: Mutex::new(state),
@@ -450,8 +504,14 @@ impl AuditLog {
             hashes.push(prev);
             merged.append(ws);
             merged.put(Table::Audit, event_key(index), bytes);
+            index_subjects(&mut merged, index, &event.subjects);
             slots.push((index, slot));
         }
+        merged.put(
+            Table::Audit,
+            INDEXED_KEY.to_vec(),
+            (first + slots.len() as u64).to_be_bytes().to_vec(),
+        );
         match self.store.write(merged) {
             Ok(()) => {
                 for h in hashes {
@@ -513,9 +573,53 @@ impl AuditLog {
 
     /// The inclusion proof of event `index` in the tree of `size` events.
     pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>> {
+        let mut proofs = self.inclusion_proofs(&[index], size)?;
+        proofs.pop().ok_or(Error::Integrity)
+    }
+
+    /// The events naming `pseudonym` in `subjects`, from index `from` and
+    /// below `below`: at most `limit` (index, event) pairs, oldest first.
+    pub fn subject_events(
+        &self,
+        pseudonym: &[u8; 32],
+        from: u64,
+        below: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>> {
+        let rows = self
+            .store
+            .scan_from(Table::Audit, &subject_key(pseudonym, from), limit)?;
+        let mut out = Vec::new();
+        for (k, _) in rows {
+            if k.len() != 41 || k[0] != SUBJECT_PREFIX || k[1..33] != pseudonym[..] {
+                break;
+            }
+            let index = u64::from_be_bytes(k[33..].try_into().map_err(|_| Error::Integrity)?);
+            if index >= below {
+                break;
+            }
+            let event = self
+                .store
+                .get(Table::Audit, &event_key(index))?
+                .ok_or(Error::Integrity)?;
+            out.push((index, event));
+        }
+        Ok(out)
+    }
+
+    /// Inclusion proofs of several events in the tree of `size` events
+    /// (one copy of the leaves for all).
+    pub fn inclusion_proofs(&self, indices: &[u64], size: u64) -> Result<Vec<Vec<Hash>>> {
         let leaves = self.leaves_up_to(size)?;
-        merkle::inclusion_proof(&leaves, usize::try_from(index).unwrap_or(usize::MAX))
-            .ok_or_else(|| Error::InvalidArgument("index is not below the tree size".into()))
+        indices
+            .iter()
+            .map(|&i| {
+                merkle::inclusion_proof(&leaves, usize::try_from(i).unwrap_or(usize::MAX))
+                    .ok_or_else(|| {
+                        Error::InvalidArgument("index is not below the tree size".into())
+                    })
+            })
+            .collect()
     }
 
     /// The consistency proof between trees of `old` and `new` events.
@@ -638,6 +742,46 @@ mod tests {
         s.write(ws).unwrap();
         drop(log);
         assert!(matches!(AuditLog::open(s), Err(Error::Integrity)));
+    }
+
+    #[test]
+    fn the_subject_index_is_written_with_events_and_rebuilt_for_old_logs() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let log = AuditLog::open(Arc::clone(&s)).unwrap();
+        let alice = hex::encode([0xa1; 32]);
+        let bob = hex::encode([0xb0; 32]);
+        for i in 0..6u64 {
+            let mut ev = event("read");
+            ev.subjects = match i % 3 {
+                0 => vec![alice.clone()],
+                1 => vec![alice.clone(), bob.clone()],
+                _ => vec!["not hex".into()],
+            };
+            log.commit(WriteSet::new(), ev).unwrap();
+        }
+        let indices = |log: &AuditLog, who: u8, from: u64, below: u64| -> Vec<u64> {
+            log.subject_events(&[who; 32], from, below, 100)
+                .unwrap()
+                .into_iter()
+                .map(|(i, _)| i)
+                .collect()
+        };
+        assert_eq!(indices(&log, 0xa1, 0, 6), [0, 1, 3, 4]);
+        assert_eq!(indices(&log, 0xa1, 2, 4), [3]);
+        assert_eq!(indices(&log, 0xb0, 0, 6), [1, 4]);
+        assert!(indices(&log, 0xff, 0, 6).is_empty());
+        // A log written before the index: its rows are rebuilt at open.
+        drop(log);
+        let mut ws = WriteSet::new();
+        for (k, _) in s.scan_prefix(Table::Audit, &[SUBJECT_PREFIX]).unwrap() {
+            ws.delete(Table::Audit, k);
+        }
+        ws.delete(Table::Audit, INDEXED_KEY.to_vec());
+        s.write(ws).unwrap();
+        let log = AuditLog::open(Arc::clone(&s)).unwrap();
+        assert_eq!(indices(&log, 0xa1, 0, 6), [0, 1, 3, 4]);
+        assert_eq!(indices(&log, 0xb0, 0, 6), [1, 4]);
     }
 
     #[test]

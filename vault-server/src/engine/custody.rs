@@ -369,6 +369,84 @@ impl Engine {
         );
         Ok(receipt)
     }
+
+    /// One page of `subject`'s access ledger: the events naming it, from
+    /// log index `from`, at most `limit` (1 to [`MAX_LEDGER_PAGE`]), with
+    /// inclusion proofs in a checkpoint signed now. The request is an event
+    /// too (naming the subject), written before the page is returned.
+    pub fn access_ledger(
+        &self,
+        caller: &Caller,
+        subject: &str,
+        from: u64,
+        limit: usize,
+    ) -> Result<Ledger> {
+        self.audited(caller, Operation::Export, "access_ledger", || {
+            validate_id("subject id", subject)?;
+            self.check_open()?;
+            let limit = limit.clamp(1, MAX_LEDGER_PAGE);
+            let pseudonym = self.keyring().subject_pseudonym(subject);
+            let checkpoint = self.checkpoint()?;
+            let (size, _) =
+                crate::audit::checkpoint::parse(checkpoint.as_bytes()).ok_or(Error::Integrity)?;
+            let mut found = self
+                .audit()
+                .subject_events(&pseudonym, from, size, limit + 1)?;
+            let next = found.get(limit).map(|(index, _)| *index);
+            found.truncate(limit);
+            let indices: Vec<u64> = found.iter().map(|(index, _)| *index).collect();
+            let proofs = self.audit().inclusion_proofs(&indices, size)?;
+            let entries: Vec<LedgerEntry> = found
+                .into_iter()
+                .zip(proofs)
+                .map(|((index, event), proof)| LedgerEntry {
+                    index,
+                    event,
+                    proof,
+                })
+                .collect();
+            let mut ev = Event::of(caller, "access_ledger");
+            ev.subjects.push(hex::encode(pseudonym));
+            ev.detail = Some(format!(
+                "{} events from index {from}, proved in the tree of size {size}",
+                entries.len()
+            ));
+            self.commit(WriteSet::new(), ev)?;
+            Ok(Ledger {
+                pseudonym,
+                checkpoint,
+                entries,
+                next,
+            })
+        })
+    }
+}
+
+/// Most entries in one page of an access ledger.
+pub const MAX_LEDGER_PAGE: usize = 100;
+
+/// One page of a subject's access ledger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ledger {
+    /// The subject's pseudonym, as events name it.
+    pub pseudonym: [u8; 32],
+    /// The signed checkpoint the proofs are against.
+    pub checkpoint: String,
+    /// The events, oldest first.
+    pub entries: Vec<LedgerEntry>,
+    /// The index the next page starts at, if there is one.
+    pub next: Option<u64>,
+}
+
+/// One event of a ledger, with its inclusion proof.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerEntry {
+    /// Its index in the log.
+    pub index: u64,
+    /// The event as stored (the leaf).
+    pub event: Vec<u8>,
+    /// Its inclusion proof, from the leaf up.
+    pub proof: Vec<crate::audit::merkle::Hash>,
 }
 
 /// Maps a refused key-state change to the caller's error.

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
-pub use custody::{RootKeyInfo, SubjectRotation};
+pub use custody::{Ledger, LedgerEntry, RootKeyInfo, SubjectRotation, MAX_LEDGER_PAGE};
 pub use rewrap::{RewrapOptions, RewrapProgress};
 pub use schema::{
     shown, validate_id, validate_name, Collection, DataCategory, FieldSchema, FieldType, Mask,

@@ -947,3 +947,71 @@ fn checkpoints_are_signed_by_count_and_by_time() {
         "no checkpoint while the log did not grow"
     );
 }
+
+#[test]
+fn access_ledgers_page_prove_and_need_the_export_operation() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path());
+    let c = Caller::internal("t");
+    for i in 0..5 {
+        e.put_record(&c, user(&format!("a{i}"), "alice")).unwrap();
+        e.put_record(&c, user(&format!("b{i}"), "bob")).unwrap();
+    }
+    let page = e.access_ledger(&c, "alice", 0, 3).unwrap();
+    assert_eq!(page.entries.len(), 3);
+    let (size, root) = crate::audit::checkpoint::parse(page.checkpoint.as_bytes()).unwrap();
+    let pseudonym = hex::encode(page.pseudonym);
+    for entry in &page.entries {
+        let ev: crate::audit::Event = serde_json::from_slice(&entry.event).unwrap();
+        assert_eq!(
+            (ev.index, ev.subjects.clone()),
+            (entry.index, vec![pseudonym.clone()])
+        );
+        let mut h = crate::audit::merkle::leaf_hash(&entry.event);
+        // RFC 6962 §2.1.1 inclusion check, as a verifier would do it.
+        let mut fi = entry.index;
+        let mut sn = size - 1;
+        for p in &entry.proof {
+            assert!(sn != 0, "proof too long");
+            if fi & 1 == 1 || fi == sn {
+                h = crate::audit::merkle::node_hash(p, &h);
+                while fi & 1 == 0 && fi != 0 {
+                    fi >>= 1;
+                    sn >>= 1;
+                }
+            } else {
+                h = crate::audit::merkle::node_hash(&h, p);
+            }
+            fi >>= 1;
+            sn >>= 1;
+        }
+        assert_eq!((h, sn), (root, 0), "entry {}", entry.index);
+    }
+    let rest = e
+        .access_ledger(&c, "alice", page.next.unwrap(), 100)
+        .unwrap();
+    // Two more puts, then the first ledger request.
+    assert_eq!(rest.entries.len(), 3);
+    assert_eq!(rest.next, None);
+    let last: crate::audit::Event = serde_json::from_slice(&rest.entries[2].event).unwrap();
+    assert_eq!(last.operation, "access_ledger");
+
+    // A reader may not: refused, and the refusal is an event.
+    let before = e.audit().size();
+    let reader = Caller {
+        principal: Principal {
+            name: "svc".into(),
+            roles: vec![Role::Reader],
+        },
+        ..as_("svc", Some("support"))
+    };
+    assert!(matches!(
+        e.access_ledger(&reader, "alice", 0, 10),
+        Err(Error::PermissionDenied(_))
+    ));
+    assert_eq!(e.audit().size(), before + 1);
+    assert!(matches!(
+        e.access_ledger(&c, "", 0, 10),
+        Err(Error::InvalidArgument(_))
+    ));
+}

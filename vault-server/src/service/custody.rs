@@ -246,4 +246,34 @@ impl SubjectService for SubjectApi {
             receipt: Some(receipt_to(&receipt, public_key)),
         }))
     }
+
+    async fn access_ledger(
+        &self,
+        req: Request<pb::AccessLedgerRequest>,
+    ) -> Result<Response<pb::AccessLedgerResponse>, Status> {
+        let caller = caller(&req)?;
+        let r = req.into_inner();
+        let engine = self.vault.engine()?;
+        let limit = match r.limit {
+            0 => crate::engine::MAX_LEDGER_PAGE,
+            n => n as usize,
+        };
+        let ledger =
+            run_blocking(move || engine.access_ledger(&caller, &r.subject_id, r.from_index, limit))
+                .await?;
+        Ok(Response::new(pb::AccessLedgerResponse {
+            subject_pseudonym: hex::encode(ledger.pseudonym),
+            checkpoint: ledger.checkpoint,
+            entries: ledger
+                .entries
+                .into_iter()
+                .map(|e| pb::LedgerEntry {
+                    index: e.index,
+                    event: e.event,
+                    proof: e.proof.iter().map(|h| h.to_vec()).collect(),
+                })
+                .collect(),
+            next_index: ledger.next.unwrap_or(0),
+        }))
+    }
 }

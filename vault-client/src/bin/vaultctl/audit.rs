@@ -8,7 +8,9 @@
 //! The others ask the vault (`AuditService`, the `audit` operation):
 //! `public-key` prints its verifier key, `export` writes the log into a
 //! directory that `verify` reads, `proof` checks one event's inclusion
-//! proof locally, and `tail` prints the latest events.
+//! proof locally, and `tail` prints the latest events. `ledger` (the
+//! `export` operation, for data-protection officers) lists the events about
+//! one data subject, each proved to be in a signed checkpoint.
 
 use std::fs::File;
 use std::io::{BufWriter, IsTerminal as _, Read as _, Write as _};
@@ -71,6 +73,23 @@ pub(crate) enum AuditCommand {
 
     /// Print audit events as JSON lines, from --from (default: the last 20).
     Tail(TailArgs),
+
+    /// A data subject's access ledger: who read, wrote or erased their
+    /// data, when, for which purpose. Every event is checked locally: its
+    /// inclusion proof in a checkpoint signed by --public-key (or the
+    /// vault's key), and that it names the subject. Exits 1 if one fails.
+    Ledger(LedgerArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct LedgerArgs {
+    /// The data subject's id.
+    subject: String,
+
+    /// The verifier key to check checkpoints with (a file of one line, as
+    /// `audit public-key` prints); without it, the key the vault gives.
+    #[arg(long, value_name = "FILE")]
+    public_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -163,6 +182,15 @@ pub(crate) async fn run_audit(cli: &Cli, command: &AuditCommand) -> Result<bool,
                 emit(&verdict.text());
             }
             Ok(verdict.holds())
+        }
+        AuditCommand::Ledger(args) => {
+            let ledger = ledger(cli, args).await?;
+            if cli.json {
+                emit(&ledger.to_json().to_string());
+            } else {
+                emit(&ledger.text());
+            }
+            Ok(ledger.failure.is_none())
         }
         AuditCommand::Tail(args) => {
             let vault = connect(cli).await?;
@@ -495,6 +523,153 @@ async fn proof(cli: &Cli, args: &ProofArgs) -> Result<ProofVerdict, CliError> {
     Ok(verdict)
 }
 
+/// What `audit ledger` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct LedgerReport {
+    pseudonym: String,
+    /// The events, each as stored.
+    events: Vec<Vec<u8>>,
+    /// The tree sizes of the checkpoints the pages were proved in.
+    checkpoint_sizes: Vec<u64>,
+    key_pinned: bool,
+    /// The first fault, if one page did not verify.
+    failure: Option<String>,
+}
+
+impl LedgerReport {
+    fn text(&self) -> String {
+        let mut lines: Vec<String> = self.events.iter().map(|e| ledger_line(e)).collect();
+        let sizes = self
+            .checkpoint_sizes
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        lines.push(match &self.failure {
+            None => format!(
+                "{} about subject {} (pseudonym), each proved in a signed checkpoint (tree size {sizes})",
+                plural(self.events.len() as u64, "event"),
+                self.pseudonym
+            ),
+            Some(why) => one_line(&format!("the ledger does not verify: {why}")),
+        });
+        if !self.key_pinned {
+            lines.push(UNPINNED_NOTE.to_owned());
+        }
+        lines.join("\n")
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        let events: Vec<serde_json::Value> = self
+            .events
+            .iter()
+            .map(|e| serde_json::from_slice(e).unwrap_or(serde_json::Value::Null))
+            .collect();
+        json!({
+            "verified": self.failure.is_none(),
+            "subject_pseudonym": self.pseudonym,
+            "events": events,
+            "checkpoint_sizes": self.checkpoint_sizes,
+            "key_pinned": self.key_pinned,
+            "note": (!self.key_pinned).then_some(UNPINNED_NOTE),
+            "reason": self.failure.as_deref().map(one_line),
+        })
+    }
+}
+
+/// One ledger event as a line: when, who, for what, what, the outcome.
+fn ledger_line(event: &[u8]) -> String {
+    let Ok(ev) = serde_json::from_slice::<serde_json::Value>(event) else {
+        return event_line(event);
+    };
+    let text = |key: &str| ev[key].as_str().unwrap_or("-").to_owned();
+    let when = ev["time_ms"].as_u64().map_or_else(
+        || "-".to_owned(),
+        |ms| {
+            vault_client::Timestamp {
+                seconds: i64::try_from(ms / 1000).unwrap_or(i64::MAX),
+                nanos: i32::try_from((ms % 1000) * 1_000_000).unwrap_or(0),
+            }
+            .to_rfc3339()
+        },
+    );
+    let fields = ev["fields"]
+        .as_array()
+        .map(|f| {
+            f.iter()
+                .filter_map(|v| v.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .filter(|f| !f.is_empty())
+        .unwrap_or_else(|| "-".into());
+    let mut line = format!(
+        "#{} {when} {} purpose={} {} collection={} fields={} {}",
+        ev["index"].as_u64().unwrap_or_default(),
+        text("principal"),
+        text("purpose"),
+        text("operation"),
+        text("collection"),
+        fields,
+        text("decision"),
+    );
+    if let Some(reason) = ev["reason"].as_str() {
+        line.push_str(&format!(" ({reason})"));
+    }
+    event_line(line.as_bytes())
+}
+
+/// Fetches every page of a subject's ledger and verifies each.
+async fn ledger(cli: &Cli, args: &LedgerArgs) -> Result<LedgerReport, CliError> {
+    let pinned = args.public_key.as_deref().map(read_key).transpose()?;
+    let vault = connect(cli).await?;
+    let key_pinned = pinned.is_some();
+    let key = match pinned {
+        Some(key) => key,
+        None => server_key(&vault).await?,
+    };
+    let mut report = LedgerReport {
+        pseudonym: String::new(),
+        events: Vec::new(),
+        checkpoint_sizes: Vec::new(),
+        key_pinned,
+        failure: None,
+    };
+    let mut from = 0;
+    loop {
+        let page = vault.access_ledger(&args.subject, from, 0).await?;
+        if report.pseudonym.is_empty() {
+            report.pseudonym = page.subject_pseudonym.clone();
+        } else if report.pseudonym != page.subject_pseudonym {
+            report.failure = Some("the vault named the subject by two pseudonyms".into());
+            return Ok(report);
+        }
+        match page.verify(&key) {
+            Ok(checkpoint) => {
+                if report.checkpoint_sizes.last() != Some(&checkpoint.size) {
+                    report.checkpoint_sizes.push(checkpoint.size);
+                }
+            }
+            Err(fault) => {
+                report.failure = Some(fault.to_string());
+                return Ok(report);
+            }
+        }
+        report
+            .events
+            .extend(page.entries.into_iter().map(|e| e.event));
+        match page.next_index {
+            Some(next) if next > from => from = next,
+            Some(_) => {
+                return Err(CliError::Vault(Error::Protocol(
+                    "the vault's ledger pages do not advance".into(),
+                )))
+            }
+            None => return Ok(report),
+        }
+    }
+}
+
 /// The vault's own verifier key.
 async fn server_key(vault: &VaultClient) -> Result<VerifierKey, CliError> {
     let (text, _origin) = vault.audit_public_key().await?;
@@ -794,6 +969,41 @@ mod tests {
         let back: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(back["r"], "x\u{7f}\u{9b}2J\ny");
         assert_eq!(event_line(b"{\"a\":\"\xff\"}"), "{\"a\":\"\u{fffd}\"}");
+    }
+
+    #[test]
+    fn ledger_lines_and_reports() {
+        let event = br#"{"index":7,"time_ms":1700000000250,"principal":"billing","purpose":"invoicing","operation":"read","collection":"users","fields":["email","name"],"decision":"allowed"}"#;
+        assert_eq!(
+            ledger_line(event),
+            "#7 2023-11-14T22:13:20.250Z billing purpose=invoicing read collection=users \
+             fields=email,name allowed"
+        );
+        let refused = br#"{"index":8,"principal":"x\u001b[2J","operation":"read","fields":[],"decision":"denied","reason":"permission denied"}"#;
+        assert_eq!(
+            ledger_line(refused),
+            "#8 - x\\u001b[2J purpose=- read collection=- fields=- denied (permission denied)"
+        );
+        let mut report = LedgerReport {
+            pseudonym: "ab12".into(),
+            events: vec![event.to_vec()],
+            checkpoint_sizes: vec![9],
+            key_pinned: true,
+            failure: None,
+        };
+        assert!(report.text().ends_with(
+            "1 event about subject ab12 (pseudonym), each proved in a signed checkpoint (tree size 9)"
+        ));
+        report.failure = Some("event 7 is not proved to be in the log: bad".into());
+        report.key_pinned = false;
+        let text = report.text();
+        assert!(
+            text.contains("the ledger does not verify: event 7"),
+            "{text}"
+        );
+        assert!(text.ends_with(UNPINNED_NOTE), "{text}");
+        assert_eq!(report.to_json()["verified"], false);
+        assert_eq!(report.to_json()["events"][0]["index"], 7);
     }
 
     #[test]
