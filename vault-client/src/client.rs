@@ -918,12 +918,39 @@ impl VaultClient {
     /// it is now if the log grew since its last: unless `from_size` is
     /// beyond the log's size, the last note is the current checkpoint.
     /// Open them with [`crate::audit::Checkpoint::open`].
+    ///
+    /// The vault sends at most 1000 stored checkpoints at a time; this asks
+    /// again until it has them all.
     pub async fn audit_checkpoints(&self, from_size: u64) -> Result<Vec<String>> {
-        let request = pb::CheckpointsRequest { from_size };
-        let response = self
-            .audit_call(request, |mut c, r| async move { c.checkpoints(r).await })
-            .await?;
-        Ok(response.checkpoints)
+        let mut all: Vec<String> = Vec::new();
+        let mut from = from_size;
+        loop {
+            let request = pb::CheckpointsRequest { from_size: from };
+            let mut response = self
+                .audit_call(request, |mut c, r| async move { c.checkpoints(r).await })
+                .await?;
+            if !response.more {
+                all.append(&mut response.checkpoints);
+                return Ok(all);
+            }
+            // The page, then the current checkpoint: keep the page, ask
+            // again after its last.
+            response.checkpoints.pop();
+            let last = response
+                .checkpoints
+                .last()
+                .and_then(|note| crate::audit::Checkpoint::claimed_size(note.as_bytes()))
+                .filter(|&size| size >= from)
+                .ok_or_else(|| {
+                    Error::Protocol(
+                        "the vault said more checkpoints follow a page that states no size".into(),
+                    )
+                })?;
+            all.append(&mut response.checkpoints);
+            from = last.checked_add(1).ok_or_else(|| {
+                Error::Protocol("a checkpoint states the largest tree size".into())
+            })?;
+        }
     }
 
     /// The inclusion proof of audit event `index` in the tree of the first

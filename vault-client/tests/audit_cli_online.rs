@@ -151,15 +151,24 @@ impl AuditService for Fake {
         &self,
         req: Request<pb::CheckpointsRequest>,
     ) -> Result<Response<pb::CheckpointsResponse>, Status> {
+        // Pages of two stored notes, then the current (last) one, as the
+        // vault pages its own: the client must ask again.
+        const PAGE: usize = 2;
         let from = req.into_inner().from_size;
-        let checkpoints = self
+        let mut checkpoints: Vec<String> = self
             .0
             .notes
             .iter()
             .filter(|(size, _)| *size >= from)
             .map(|(_, note)| note.clone())
             .collect();
-        Ok(Response::new(pb::CheckpointsResponse { checkpoints }))
+        let current = self.0.notes.last().map(|(_, n)| n.clone());
+        let more = checkpoints.len() > PAGE + 1;
+        if more {
+            checkpoints.truncate(PAGE);
+            checkpoints.extend(current);
+        }
+        Ok(Response::new(pb::CheckpointsResponse { checkpoints, more }))
     }
 
     async fn inclusion_proof(
@@ -241,8 +250,8 @@ fn arg(path: &Path) -> &str {
 #[tokio::test(flavor = "multi_thread")]
 async fn export_then_verify_offline() {
     let key = SigningKey::from_bytes(&[9; 32]);
-    // More than a page of events.
-    let log = Arc::new(FakeLog::new(2345, &[5, 1000, 2345], &key));
+    // More than a page of events, and of checkpoints.
+    let log = Arc::new(FakeLog::new(2345, &[5, 6, 700, 1000, 2000, 2345], &key));
     let addr = serve(log.clone());
     let dir = tempfile::tempdir().unwrap();
 
@@ -264,7 +273,7 @@ async fn export_then_verify_offline() {
     assert_eq!(
         out.trim(),
         format!(
-            "exported 2345 events and 3 checkpoints to {}",
+            "exported 2345 events and 6 checkpoints to {}",
             export.display()
         )
     );
@@ -279,6 +288,10 @@ async fn export_then_verify_offline() {
         std::fs::read_to_string(export.join("checkpoints/000002.note")).unwrap(),
         log.notes[2].1
     );
+    assert_eq!(
+        std::fs::read_to_string(export.join("checkpoints/000005.note")).unwrap(),
+        log.notes[5].1
+    );
     let (code, out, err) = vaultctl(
         addr,
         &[
@@ -292,7 +305,7 @@ async fn export_then_verify_offline() {
     .await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(
-        out.starts_with("valid: 2345 events, 3 checkpoints"),
+        out.starts_with("valid: 2345 events, 6 checkpoints"),
         "{out}"
     );
 
@@ -306,7 +319,7 @@ async fn export_then_verify_offline() {
     let json: Json = serde_json::from_str(&out).unwrap();
     assert_eq!(
         json,
-        json!({"events": 2345, "checkpoints": 3, "dir": again.to_str().unwrap()})
+        json!({"events": 2345, "checkpoints": 6, "dir": again.to_str().unwrap()})
     );
 }
 

@@ -20,7 +20,7 @@
 //!
 //! [audit]                                    # when audit checkpoints are signed; optional
 //! checkpoint_every_events = 1000             # 0: not by count
-//! checkpoint_interval_ms = 10000             # if the log grew; 0: not by time
+//! checkpoint_interval_ms = 60000             # if the log grew; 0: not by time
 //!
 //! [tls]                                      # optional; without it the port is plaintext
 //! cert_file = "/etc/vault/server.pem"        # PEM chain, the server's certificate first

@@ -260,6 +260,37 @@ pub struct AuditLog {
     requests_begun: AtomicU64,
 }
 
+/// Held by a group-commit leader while it writes: dropped only if the write
+/// panics, it fails the group and everyone queued, stops the log (as a
+/// failed write does) and gives up the lead, so no request waits forever.
+struct LeaderGuard<'a> {
+    log: &'a AuditLog,
+    slots: Vec<Arc<Slot>>,
+}
+
+impl Drop for LeaderGuard<'_> {
+    fn drop(&mut self) {
+        self.log.lock().failed = true;
+        let queued = {
+            let mut q = self.log.queue.lock().unwrap_or_else(|p| p.into_inner());
+            q.leader = false;
+            std::mem::take(&mut q.pending)
+        };
+        let failed = || {
+            Answer::Done(Err(Error::Storage(
+                "an audit write panicked; the audit log refuses writes until the vault restarts"
+                    .into(),
+            )))
+        };
+        for slot in self.slots.drain(..) {
+            slot.set(failed());
+        }
+        for (_, _, slot) in queued {
+            slot.set(failed());
+        }
+    }
+}
+
 /// Follows one gRPC request's events (see [`AuditLog::begin_request`]).
 /// Dropped unfinished (its client went away), it stops following.
 #[derive(Debug)]
@@ -461,7 +492,13 @@ impl AuditLog {
                     let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
                     std::mem::take(&mut q.pending)
                 };
+                // Should the write panic, nobody may be left waiting.
+                let guard = LeaderGuard {
+                    log: self,
+                    slots: group.iter().map(|(_, _, s)| Arc::clone(s)).collect(),
+                };
                 self.write_group(group);
+                std::mem::forget(guard);
                 let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
                 match q.pending.first() {
                     Some((_, _, next)) => next.set(Answer::Lead),
@@ -653,11 +690,29 @@ impl AuditLog {
         Ok(note)
     }
 
-    /// Every stored checkpoint of size ≥ `from_size`, in order.
-    pub fn checkpoints(&self, from_size: u64) -> Result<Vec<String>> {
+    /// A page of checkpoints for auditors: at most `limit` stored ones of
+    /// size ≥ `from_size`, then `current` (if not already last); and
+    /// whether stored ones between the page and `current` were left out.
+    pub fn checkpoint_page(
+        &self,
+        from_size: u64,
+        limit: usize,
+        current: String,
+    ) -> Result<(Vec<String>, bool)> {
+        let mut page = self.checkpoints(from_size, limit + 1)?;
+        let more = page.len() > limit && page[limit] != current;
+        page.truncate(limit);
+        if page.last() != Some(&current) {
+            page.push(current);
+        }
+        Ok((page, more))
+    }
+
+    /// Stored checkpoints of size ≥ `from_size`, in order, at most `limit`.
+    pub fn checkpoints(&self, from_size: u64, limit: usize) -> Result<Vec<String>> {
         let rows = self
             .store
-            .scan_from(Table::Audit, &checkpoint_key(from_size), 10_000)?;
+            .scan_from(Table::Audit, &checkpoint_key(from_size), limit)?;
         rows.into_iter()
             .take_while(|(k, _)| k.first() == Some(&CHECKPOINT_PREFIX))
             .map(|(_, v)| String::from_utf8(v).map_err(|_| Error::Integrity))
@@ -702,7 +757,7 @@ mod tests {
         drop(log);
         let log = AuditLog::open(Arc::clone(&s)).unwrap();
         assert_eq!(log.root(), (size, root));
-        assert_eq!(log.checkpoints(0).unwrap(), vec![note]);
+        assert_eq!(log.checkpoints(0, 10).unwrap(), vec![note.clone()]);
         assert_eq!(log.inclusion_proof(2, 5).unwrap().len(), 3);
         assert!(log.inclusion_proof(5, 5).is_err());
         assert!(log.consistency_proof(2, 9).is_err());
@@ -782,6 +837,37 @@ mod tests {
         let log = AuditLog::open(Arc::clone(&s)).unwrap();
         assert_eq!(indices(&log, 0xa1, 0, 6), [0, 1, 3, 4]);
         assert_eq!(indices(&log, 0xb0, 0, 6), [1, 4]);
+    }
+
+    #[test]
+    fn checkpoints_come_in_pages_ending_with_the_current_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(store(dir.path())).unwrap();
+        let key = SigningKey::from_bytes(&[3; 32]);
+        let mut notes = Vec::new();
+        for _ in 0..5 {
+            log.commit(WriteSet::new(), event("read")).unwrap();
+            notes.push(log.checkpoint("o", &key).unwrap());
+        }
+        let current = notes[4].clone();
+        let page = |from, limit| log.checkpoint_page(from, limit, current.clone()).unwrap();
+        assert_eq!(page(0, 10), (notes.clone(), false));
+        assert_eq!(page(0, 4), (notes.clone(), false), "the 5th is the current");
+        assert_eq!(
+            page(0, 2),
+            (
+                vec![notes[0].clone(), notes[1].clone(), current.clone()],
+                true
+            )
+        );
+        assert_eq!(
+            page(3, 2),
+            (
+                vec![notes[2].clone(), notes[3].clone(), current.clone()],
+                false
+            )
+        );
+        assert_eq!(page(9, 2), (vec![current.clone()], false));
     }
 
     #[test]

@@ -55,7 +55,7 @@ impl Default for CheckpointOptions {
     fn default() -> Self {
         CheckpointOptions {
             every_events: 1000,
-            interval: Duration::from_secs(10),
+            interval: Duration::from_secs(60),
         }
     }
 }

@@ -792,6 +792,8 @@ fn policy_masks_redacts_and_never_decrypts_what_it_hides() {
 struct FaultyAudit {
     inner: RocksStore,
     fail: std::sync::atomic::AtomicBool,
+    /// Panic (rather than fail) on such writes.
+    panic: std::sync::atomic::AtomicBool,
 }
 
 impl Store for FaultyAudit {
@@ -826,6 +828,9 @@ impl Store for FaultyAudit {
         if audits && self.fail.load(Ordering::SeqCst) {
             return Err(Error::Storage("injected audit write fault".into()));
         }
+        if audits && self.panic.load(Ordering::SeqCst) {
+            panic!("injected audit write panic");
+        }
         self.inner.write(set)
     }
 }
@@ -836,6 +841,7 @@ fn audit_is_fail_closed_and_counts_one_event_per_request() {
     let store = Arc::new(FaultyAudit {
         inner: RocksStore::open(&dir.path().join("db"), &StoreOptions::default()).unwrap(),
         fail: std::sync::atomic::AtomicBool::new(false),
+        panic: std::sync::atomic::AtomicBool::new(false),
     });
     let e = engine_over(Arc::clone(&store) as Arc<dyn Store>, dir.path());
     let c = Caller::internal("t");
@@ -916,7 +922,7 @@ fn checkpoints_are_signed_by_count_and_by_time() {
     let c = Caller::internal("t");
     let sizes = |e: &Engine| -> Vec<u64> {
         e.audit()
-            .checkpoints(0)
+            .checkpoints(0, 1000)
             .unwrap()
             .iter()
             .map(|n| crate::audit::checkpoint::parse(n.as_bytes()).unwrap().0)
@@ -1013,5 +1019,35 @@ fn access_ledgers_page_prove_and_need_the_export_operation() {
     assert!(matches!(
         e.access_ledger(&c, "", 0, 10),
         Err(Error::InvalidArgument(_))
+    ));
+}
+
+#[test]
+fn a_panicking_audit_write_leaves_nobody_waiting() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(FaultyAudit {
+        inner: RocksStore::open(&dir.path().join("db"), &StoreOptions::default()).unwrap(),
+        fail: std::sync::atomic::AtomicBool::new(false),
+        panic: std::sync::atomic::AtomicBool::new(false),
+    });
+    let e = Arc::new(engine_over(
+        Arc::clone(&store) as Arc<dyn Store>,
+        dir.path(),
+    ));
+    let c = Caller::internal("t");
+    e.put_record(&c, user("r1", "s1")).unwrap();
+    store.panic.store(true, Ordering::SeqCst);
+    let worker = Arc::clone(&e);
+    let panicked = std::thread::spawn(move || {
+        let _ = worker.get_record(&Caller::internal("t"), "users", "r1", &[]);
+    })
+    .join();
+    assert!(panicked.is_err(), "the injected panic");
+    // The lead was given up and the log stopped: the next request fails at
+    // once (no data), rather than queueing behind a dead leader.
+    store.panic.store(false, Ordering::SeqCst);
+    assert!(matches!(
+        e.get_record(&c, "users", "r1", &[]),
+        Err(Error::Storage(_))
     ));
 }

@@ -14,6 +14,8 @@ use crate::{Engine, Vault};
 
 /// Most events in one response.
 const MAX_EVENTS: u32 = 1000;
+/// Most stored checkpoints in one response (besides the current one).
+const MAX_CHECKPOINTS: usize = 1000;
 
 /// The auditor API over one vault (unsealed: checkpoints are signed).
 #[derive(Debug, Clone)]
@@ -57,12 +59,14 @@ impl AuditService for AuditApi {
     ) -> Result<Response<pb::CheckpointsResponse>, Status> {
         let engine = self.authorized(&caller(&req)?)?;
         let from = req.into_inner().from_size;
-        let checkpoints = run_blocking(move || {
-            engine.checkpoint()?;
-            engine.audit().checkpoints(from)
+        let (checkpoints, more) = run_blocking(move || {
+            let current = engine.checkpoint()?;
+            engine
+                .audit()
+                .checkpoint_page(from, MAX_CHECKPOINTS, current)
         })
         .await?;
-        Ok(Response::new(pb::CheckpointsResponse { checkpoints }))
+        Ok(Response::new(pb::CheckpointsResponse { checkpoints, more }))
     }
 
     async fn inclusion_proof(
