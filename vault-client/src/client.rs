@@ -913,6 +913,20 @@ impl VaultClient {
         })
     }
 
+    /// Follows the audit log from index `from`: pages of events as they are
+    /// appended, one request (one audit event) however long it runs. The
+    /// client's timeout applies to opening the stream only.
+    pub async fn audit_follow(&self, from: u64) -> Result<AuditFollow> {
+        let mut stub = self.stubs.audit.clone();
+        let request = Request::new(pb::AuditEventsRequest { from, limit: 0 });
+        let response = tokio::time::timeout(self.timeout, stub.follow(request))
+            .await
+            .map_err(|_| Error::Timeout)??;
+        Ok(AuditFollow {
+            stream: response.into_inner(),
+        })
+    }
+
     /// The vault's signed checkpoints (C2SP signed notes) of tree size
     /// `from_size` or more, oldest first. The vault signs one of the log as
     /// it is now if the log grew since its last: unless `from_size` is
@@ -1009,6 +1023,30 @@ pub struct AuditPage {
     pub events: Vec<Vec<u8>>,
     /// How many events the log held when the page was read.
     pub tree_size: u64,
+}
+
+/// A stream of audit events ([`VaultClient::audit_follow`]).
+#[derive(Debug)]
+pub struct AuditFollow {
+    stream: tonic::Streaming<pb::AuditEventsResponse>,
+}
+
+impl AuditFollow {
+    /// The next page of new events (at most 1000); `None` when the vault
+    /// ended the stream (it shut down).
+    pub async fn next(&mut self) -> Result<Option<AuditPage>> {
+        match self.stream.message().await? {
+            None => Ok(None),
+            Some(page) if page.events.len() > 1000 => Err(Error::Protocol(format!(
+                "the vault streamed {} audit events in one page (at most 1000)",
+                page.events.len()
+            ))),
+            Some(page) => Ok(Some(AuditPage {
+                events: page.events,
+                tree_size: page.tree_size,
+            })),
+        }
+    }
 }
 
 /// The most hashes a proof may hold: a tree of at most 2^64 leaves has 64

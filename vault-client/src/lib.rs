@@ -65,7 +65,7 @@ mod tls;
 mod types;
 
 pub use crate::client::{
-    AuditPage, ClientBuilder, VaultClient, DEFAULT_TIMEOUT, PURPOSE_METADATA_KEY,
+    AuditFollow, AuditPage, ClientBuilder, VaultClient, DEFAULT_TIMEOUT, PURPOSE_METADATA_KEY,
 };
 pub use crate::custody::{
     Initialized, KeyState, RewrapProgress, RootKeyInfo, RootKeys, SealStatus, SubjectKeyRotation,

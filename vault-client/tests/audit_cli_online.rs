@@ -133,6 +133,35 @@ struct Fake(Arc<FakeLog>);
 
 #[tonic::async_trait]
 impl AuditService for Fake {
+    type FollowStream = std::pin::Pin<
+        Box<
+            dyn tonic::codegen::tokio_stream::Stream<Item = Result<pb::AuditEventsResponse, Status>>
+                + Send,
+        >,
+    >;
+
+    /// The events from `from` in pages of 7, then the stream ends (as when
+    /// the vault shuts down).
+    async fn follow(
+        &self,
+        req: Request<pb::AuditEventsRequest>,
+    ) -> Result<Response<Self::FollowStream>, Status> {
+        let from = (req.into_inner().from as usize).min(self.0.events.len());
+        let size = self.0.events.len() as u64;
+        let pages: Vec<Result<pb::AuditEventsResponse, Status>> = self.0.events[from..]
+            .chunks(7)
+            .map(|c| {
+                Ok(pb::AuditEventsResponse {
+                    events: c.to_vec(),
+                    tree_size: size,
+                })
+            })
+            .collect();
+        Ok(Response::new(Box::pin(tonic::codegen::tokio_stream::iter(
+            pages,
+        ))))
+    }
+
     async fn events(
         &self,
         req: Request<pb::AuditEventsRequest>,
@@ -409,6 +438,14 @@ async fn proofs_and_tail() {
     assert_eq!(lines[19].as_bytes(), log.events[36].as_slice());
     let (_, out, _) = vaultctl(addr, &["audit", "tail", "--from", "35"]).await;
     assert_eq!(out.lines().count(), 2);
+    // --follow streams (one request): every event from --from, then the
+    // vault's end of the stream is an error.
+    let (code, out, err) = vaultctl(addr, &["audit", "tail", "--from", "20", "--follow"]).await;
+    assert_eq!(code, 1);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 17);
+    assert_eq!(lines[16].as_bytes(), log.events[36].as_slice());
+    assert!(err.contains("the vault ended the stream"), "{err}");
 
     // A hash of 31 bytes is a protocol error.
     log.short_hashes.store(true, Ordering::SeqCst);

@@ -618,3 +618,29 @@ async fn a_subjects_access_ledger_lists_its_events_with_proofs() {
     drop(client);
     vault.stop().await;
 }
+
+#[tokio::test]
+async fn following_the_log_streams_new_events_and_ends_at_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let vault = TestVault::start(dir.path(), "eu").await.unwrap();
+    let client = vault.client().await;
+    let from = vault.vault.audit_log().size();
+    let mut follow = client.audit_follow(from).await.unwrap();
+    // The follow request is itself an event, streamed first.
+    let first = follow.next().await.unwrap().unwrap();
+    let ev: serde_json::Value = serde_json::from_slice(&first.events[0]).unwrap();
+    assert_eq!(ev["operation"], "vault.v1.AuditService/Follow");
+    // A write appears as it is appended, without asking again.
+    client.put(&user("u1", "s1")).await.unwrap();
+    let page = follow.next().await.unwrap().unwrap();
+    let ev: serde_json::Value = serde_json::from_slice(&page.events[0]).unwrap();
+    assert_eq!(
+        (ev["operation"].as_str(), ev["index"].as_u64()),
+        (Some("write"), Some(from + 1))
+    );
+    // Stopping the server ends the stream (it does not hold up the drain).
+    drop(client);
+    let stopping = tokio::spawn(vault.stop());
+    assert!(matches!(follow.next().await, Ok(None) | Err(_)));
+    stopping.await.unwrap();
+}

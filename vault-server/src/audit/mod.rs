@@ -258,6 +258,8 @@ pub struct AuditLog {
     requests: Mutex<HashMap<String, u32>>,
     /// gRPC requests begun since the log was opened.
     requests_begun: AtomicU64,
+    /// The log's size, for followers.
+    grown: tokio::sync::watch::Sender<u64>,
 }
 
 /// Held by a group-commit leader while it writes: dropped only if the write
@@ -416,6 +418,7 @@ impl AuditLog {
             queue: Mutex::new(Queue::default()),
             requests: Mutex::new(HashMap::new()),
             requests_begun: AtomicU64::new(0),
+            grown: tokio::sync::watch::Sender::new(size),
         })
     }
 
@@ -555,6 +558,7 @@ impl AuditLog {
                     state.frontier.push(h);
                     state.leaves.push(h);
                 }
+                self.grown.send_replace(state.frontier.size());
                 drop(state);
                 for (index, slot) in slots {
                     slot.set(Answer::Done(Ok(index)));
@@ -573,6 +577,11 @@ impl AuditLog {
                 }
             }
         }
+    }
+
+    /// Follows the log's size as events are appended.
+    pub fn watch_size(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.grown.subscribe()
     }
 
     /// How many events.

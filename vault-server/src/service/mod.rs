@@ -147,8 +147,9 @@ pub async fn serve_with_tls(
         AdminServiceServer::new(AdminApi::new(Arc::clone(&vault), vault.policy(), lookup)),
         auth::interceptor(Arc::clone(&auth)),
     );
+    let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
     let audit = InterceptedService::new(
-        AuditServiceServer::new(AuditApi::new(Arc::clone(&vault)))
+        AuditServiceServer::new(AuditApi::new(Arc::clone(&vault), stopping_rx))
             .max_encoding_message_size(MAX_MESSAGE_BYTES),
         auth::interceptor(auth),
     );
@@ -171,6 +172,8 @@ pub async fn serve_with_tls(
         .add_service(audit)
         .serve_with_incoming_shutdown(incoming, async move {
             shutdown.await;
+            // Long-lived streams end, so the drain below can finish.
+            stopping.send_replace(true);
             follower.abort();
             set_data_health(&health, true).await;
             tracing::info!("shutting down: draining in-flight requests");

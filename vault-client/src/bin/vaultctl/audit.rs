@@ -8,14 +8,14 @@
 //! The others ask the vault (`AuditService`, the `audit` operation):
 //! `public-key` prints its verifier key, `export` writes the log into a
 //! directory that `verify` reads, `proof` checks one event's inclusion
-//! proof locally, and `tail` prints the latest events. `ledger` (the
+//! proof locally, and `tail` prints the latest events (`--follow`: one
+//! streaming request). `ledger` (the
 //! `export` operation, for data-protection officers) lists the events about
 //! one data subject, each proved to be in a signed checkpoint.
 
 use std::fs::File;
 use std::io::{BufWriter, IsTerminal as _, Read as _, Write as _};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use serde_json::json;
@@ -41,9 +41,6 @@ const PAGE: u32 = 1000;
 
 /// How many of the latest events `tail` shows without --from.
 const TAIL_DEFAULT: u64 = 20;
-
-/// How often `tail --follow` asks for new events.
-const FOLLOW_INTERVAL: Duration = Duration::from_millis(500);
 
 /// The note of `proof` when the checkpoint key came from the vault itself.
 const UNPINNED_NOTE: &str =
@@ -121,7 +118,8 @@ pub(crate) struct TailArgs {
     #[arg(long, value_name = "N")]
     from: Option<u64>,
 
-    /// Keep printing new events (polling every 500 ms) until interrupted.
+    /// Keep printing new events as they are appended (one streaming
+    /// request) until interrupted.
     #[arg(long)]
     follow: bool,
 }
@@ -696,7 +694,8 @@ fn event_line(event: &[u8]) -> String {
 }
 
 /// Prints events from --from (or the last 20) to the end of the log; with
-/// --follow, then keeps polling. A closed stdout ends it quietly.
+/// --follow, then streams new ones (one request however long it runs). A
+/// closed stdout ends it quietly.
 async fn tail(vault: &VaultClient, args: &TailArgs) -> Result<(), CliError> {
     let mut next = match args.from {
         Some(from) => from,
@@ -706,28 +705,37 @@ async fn tail(vault: &VaultClient, args: &TailArgs) -> Result<(), CliError> {
             .tree_size
             .saturating_sub(TAIL_DEFAULT),
     };
-    loop {
-        let page = vault.audit_events(next, PAGE).await?;
-        {
-            let mut out = std::io::stdout().lock();
-            for event in &page.events {
-                if writeln!(out, "{}", event_line(event))
-                    .and_then(|()| out.flush())
-                    .is_err()
-                {
-                    return Ok(());
-                }
-            }
-        }
-        next += page.events.len() as u64;
-        let caught_up = page.events.is_empty() || next >= page.tree_size;
-        if caught_up {
-            if !args.follow {
+    if args.follow {
+        let mut stream = vault.audit_follow(next).await?;
+        while let Some(page) = stream.next().await? {
+            if !print_events(&page.events) {
                 return Ok(());
             }
-            tokio::time::sleep(FOLLOW_INTERVAL).await;
+        }
+        return Err(CliError::Vault(Error::Unavailable(
+            "the vault ended the stream (it is shutting down or was sealed)".into(),
+        )));
+    }
+    loop {
+        let page = vault.audit_events(next, PAGE).await?;
+        if !print_events(&page.events) {
+            return Ok(());
+        }
+        next += page.events.len() as u64;
+        if page.events.is_empty() || next >= page.tree_size {
+            return Ok(());
         }
     }
+}
+
+/// Prints events one line each; false once stdout is closed.
+fn print_events(events: &[Vec<u8>]) -> bool {
+    let mut out = std::io::stdout().lock();
+    events.iter().all(|event| {
+        writeln!(out, "{}", event_line(event))
+            .and_then(|()| out.flush())
+            .is_ok()
+    })
 }
 
 fn read_key(path: &Path) -> Result<VerifierKey, CliError> {
