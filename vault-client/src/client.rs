@@ -345,7 +345,8 @@ impl Stubs {
             vault: VaultServiceClient::with_interceptor(channel.clone(), credentials.clone())
                 .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE),
             operator: OperatorServiceClient::with_interceptor(channel.clone(), credentials.clone()),
-            subject: SubjectServiceClient::with_interceptor(channel.clone(), credentials.clone()),
+            subject: SubjectServiceClient::with_interceptor(channel.clone(), credentials.clone())
+                .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE),
             admin: AdminServiceClient::with_interceptor(channel.clone(), credentials.clone()),
             // A page of up to 1000 events.
             audit: AuditServiceClient::with_interceptor(channel, credentials)
@@ -780,19 +781,24 @@ impl VaultClient {
     /// One page of a data subject's access ledger: the audit events that
     /// name the subject from log index `from` (at most `limit`, 1 to 100;
     /// 0 for 100), each with its inclusion proof in the checkpoint the page
-    /// carries. Check it with [`LedgerPage::verify`]; fetch the next page
-    /// from its `next_index`. Needs the `export` operation (the `dpo`
-    /// role). The request is itself an event about the subject.
+    /// carries: one signed now (`tree_size` 0), or the stored one of
+    /// `tree_size` events (pass the first page's, so that every page is
+    /// proved in the same tree). Check it with [`LedgerPage::verify`];
+    /// fetch the next page from its `next_index`. Needs the `export`
+    /// operation (the `dpo` role). The request is itself an event about
+    /// the subject.
     pub async fn access_ledger(
         &self,
         subject_id: &str,
         from: u64,
         limit: u32,
+        tree_size: u64,
     ) -> Result<LedgerPage> {
         let request = pb::AccessLedgerRequest {
             subject_id: subject_id.to_owned(),
             from_index: from,
             limit,
+            tree_size,
         };
         let response = self
             .run(self.stubs.subject.clone(), request, |mut c, r| async move {
@@ -809,6 +815,24 @@ impl VaultClient {
                 response.entries.len()
             )));
         }
+        // In order, from `from` on, and the next page after this one.
+        let mut floor = from;
+        for (k, e) in response.entries.iter().enumerate() {
+            if e.index < floor || (k > 0 && e.index == floor) {
+                return Err(Error::Protocol(format!(
+                    "ledger entry {} is out of order (or before {from})",
+                    e.index
+                )));
+            }
+            floor = e.index;
+        }
+        if response.next_index != 0 && (response.entries.is_empty() || response.next_index <= floor)
+        {
+            return Err(Error::Protocol(format!(
+                "the ledger's next page would start at {}, not after this one",
+                response.next_index
+            )));
+        }
         let entries = response
             .entries
             .into_iter()
@@ -820,19 +844,12 @@ impl VaultClient {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        if let (Some(last), n) = (entries.last(), response.next_index) {
-            if n != 0 && n <= last.index {
-                return Err(Error::Protocol(format!(
-                    "the ledger's next page starts at {n}, not after its last event {}",
-                    last.index
-                )));
-            }
-        }
         Ok(LedgerPage {
             subject_pseudonym: response.subject_pseudonym,
             checkpoint: response.checkpoint,
             entries,
             next_index: (response.next_index != 0).then_some(response.next_index),
+            verifier_key: response.verifier_key,
         })
     }
 

@@ -139,6 +139,9 @@ pub struct RewrapConfig {
     pub keys_per_second: Option<u64>,
 }
 
+/// The longest `audit.checkpoint_interval_ms`: one day.
+const MAX_CHECKPOINT_INTERVAL_MS: u64 = 86_400_000;
+
 /// `[audit]`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -264,6 +267,15 @@ impl Config {
         let c = CheckpointOptions::default();
         if self.rewrap.batch_size == Some(0) {
             return Err("rewrap.batch_size must be at least 1".into());
+        }
+        if self
+            .audit
+            .checkpoint_interval_ms
+            .is_some_and(|ms| ms > MAX_CHECKPOINT_INTERVAL_MS)
+        {
+            return Err(format!(
+                "audit.checkpoint_interval_ms must be at most {MAX_CHECKPOINT_INTERVAL_MS} (one day)"
+            ));
         }
         Ok(OpenOptions {
             data_dir: self.data_dir.clone(),
@@ -416,6 +428,11 @@ roles = ["reader"]
             (o.every_events, o.interval),
             (0, std::time::Duration::from_millis(250))
         );
+        let e = Config::parse(&format!(
+            "{GOOD}\n[audit]\ncheckpoint_interval_ms = 100000000000\n"
+        ))
+        .unwrap_err();
+        assert!(e.contains("one day"), "{e}");
         let e = Config::parse(&format!("{GOOD}\n[audit]\ncheckpoint_every = 5\n")).unwrap_err();
         assert!(e.contains("unknown field"), "{e}");
     }

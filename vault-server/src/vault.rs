@@ -296,6 +296,9 @@ impl Vault {
                 "the vault is already initialised".into(),
             ));
         }
+        // Its event is written after the keyring: if the log were already
+        // refusing writes, the shares would be shown with no record.
+        self.audit.writable()?;
         let unseal_key = Key256::random();
         let parts = split(&unseal_key, threshold, shares).map_err(share_error)?;
         let custody = Custody {

@@ -544,11 +544,13 @@ async fn a_subjects_access_ledger_lists_its_events_with_proofs() {
 
     // Through the client, a page at a time: each verifies on its own.
     let verifier: vault_client::audit::VerifierKey = verifier_key.parse().unwrap();
-    let first = client.access_ledger("alice", 0, 2).await.unwrap();
+    let first = client.access_ledger("alice", 0, 2, 0).await.unwrap();
     assert_eq!(first.entries.len(), 2);
     first.verify(&verifier).unwrap();
     let next = first.next_index.unwrap();
-    let rest = client.access_ledger("alice", next, 0).await.unwrap();
+    let size = vault_client::audit::Checkpoint::claimed_size(first.checkpoint.as_bytes()).unwrap();
+    let rest = client.access_ledger("alice", next, 0, size).await.unwrap();
+    assert_eq!(rest.checkpoint, first.checkpoint, "one tree for every page");
     rest.verify(&verifier).unwrap();
     assert_eq!(rest.next_index, None);
     let ops: Vec<String> = first
@@ -560,18 +562,10 @@ async fn a_subjects_access_ledger_lists_its_events_with_proofs() {
             ev["operation"].as_str().unwrap().to_owned()
         })
         .collect();
-    // Alice's put, get, batch get, rotation, then the first ledger page
-    // request itself (the second is after its own checkpoint).
-    assert_eq!(
-        ops,
-        [
-            "write",
-            "read",
-            "read",
-            "rotate_subject_key",
-            "access_ledger"
-        ]
-    );
+    // Alice's put, get, batch get and rotation (the ledger requests came
+    // after the tree they are proved in).
+    assert_eq!(ops, ["write", "read", "read", "rotate_subject_key"]);
+    assert_eq!(first.verifier_key, verifier_key);
 
     // vaultctl checks every proof with the pinned key.
     let (ok, json) = ledger_by_ctl(&vault, "alice", Some(&key)).await;
@@ -599,9 +593,12 @@ async fn a_subjects_access_ledger_lists_its_events_with_proofs() {
     assert_eq!(events[6]["operation"], "access_ledger");
     assert_eq!(events[7]["operation"], "erase_subject");
 
-    // Bob's ledger holds only his events; a stranger's key is refused.
-    let (ok, json) = ledger_by_ctl(&vault, "bob", Some(&key)).await;
-    assert!(ok);
+    // Bob's ledger holds only his events (here with the vault's own key,
+    // as a DPO without the `audit` operation gets it); a stranger's key is
+    // refused.
+    let (ok, json) = ledger_by_ctl(&vault, "bob", None).await;
+    assert!(ok, "{json}");
+    assert_eq!(json["key_pinned"], false);
     assert_eq!(json["events"].as_array().unwrap().len(), 3, "{json}");
     let other_dir = tempfile::tempdir().unwrap();
     let other = TestVault::start(other_dir.path(), "eu").await.unwrap();
@@ -643,4 +640,42 @@ async fn following_the_log_streams_new_events_and_ends_at_shutdown() {
     let stopping = tokio::spawn(vault.stop());
     assert!(matches!(follow.next().await, Ok(None) | Err(_)));
     stopping.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_request_whose_deadline_passes_still_leaves_its_event() {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+
+    let dir = tempfile::tempdir().unwrap();
+    let vault = TestVault::start(dir.path(), "eu").await.unwrap();
+    let client = vault.client().await;
+    let mut follow = client
+        .audit_follow(vault.vault.audit_log().size())
+        .await
+        .unwrap();
+    follow.next().await.unwrap().unwrap(); // the follow request's own event
+                                           // A deadline of 1 ns: tonic's server gives up on the request outside
+                                           // the audit layer; the request still runs to its end and is recorded.
+    let channel = tonic::transport::Endpoint::from_shared(vault.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut request = tonic::Request::new(HealthCheckRequest {
+        service: String::new(),
+    });
+    request.set_timeout(std::time::Duration::from_nanos(1));
+    let _ = HealthClient::new(channel).check(request).await;
+    let page = tokio::time::timeout(std::time::Duration::from_secs(60), follow.next())
+        .await
+        .expect("no event for the request whose deadline passed")
+        .unwrap()
+        .unwrap();
+    let ev: serde_json::Value = serde_json::from_slice(&page.events[0]).unwrap();
+    assert_eq!(ev["operation"], "grpc.health.v1.Health/Check");
+    drop(follow);
+    drop(client);
+    // The harness checks that no request was left without its event.
+    vault.stop().await;
 }

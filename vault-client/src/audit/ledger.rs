@@ -20,6 +20,9 @@ pub struct LedgerPage {
     pub entries: Vec<LedgerEntry>,
     /// Where the next page starts, if there is one.
     pub next_index: Option<u64>,
+    /// The vault's own verifier key, as it sent it (trust it only as far as
+    /// the vault; pin a key obtained out of band instead).
+    pub verifier_key: String,
 }
 
 /// One event of a ledger and its inclusion proof.
@@ -86,6 +89,9 @@ impl LedgerPage {
     pub fn verify(&self, key: &VerifierKey) -> Result<Checkpoint, LedgerFault> {
         let checkpoint = Checkpoint::open(self.checkpoint.as_bytes(), key)
             .map_err(|e| LedgerFault::Checkpoint(e.to_string()))?;
+        if let Some(next) = self.next_index.filter(|&n| n >= checkpoint.size) {
+            return Err(LedgerFault::OutOfOrder { index: next });
+        }
         let mut last = None;
         for entry in &self.entries {
             let index = entry.index;
@@ -174,6 +180,7 @@ mod tests {
                 checkpoint: note,
                 entries,
                 next_index: None,
+                verifier_key: String::new(),
             },
             key,
         )
@@ -228,6 +235,13 @@ mod tests {
         assert_eq!(
             swapped.verify(&key),
             Err(LedgerFault::OutOfOrder { index: 1 })
+        );
+
+        let mut beyond = page.clone();
+        beyond.next_index = Some(6);
+        assert_eq!(
+            beyond.verify(&key),
+            Err(LedgerFault::OutOfOrder { index: 6 })
         );
 
         let (_, stranger) = signed_by(6, &[0; 32], 8);

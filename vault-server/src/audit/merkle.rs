@@ -78,6 +78,61 @@ pub fn inclusion_proof(leaves: &[Hash], index: usize) -> Option<Vec<Hash>> {
     Some(out)
 }
 
+/// Inclusion proofs of several leaves in one tree, sharing the work: every
+/// subtree root of 64 leaves or more is computed once, so a page of proofs
+/// costs about one pass over the leaves rather than one per proof. `None`
+/// if an index is out of range.
+pub fn inclusion_proofs(leaves: &[Hash], indices: &[usize]) -> Option<Vec<Vec<Hash>>> {
+    const MEMO_FROM: usize = 64;
+    type Memo = std::collections::HashMap<(usize, usize), Hash>;
+    fn sub_root(leaves: &[Hash], start: usize, len: usize, memo: &mut Memo) -> Hash {
+        if len < MEMO_FROM {
+            return root(&leaves[start..start + len]);
+        }
+        if let Some(h) = memo.get(&(start, len)) {
+            return *h;
+        }
+        let k = split(len);
+        let h = node_hash(
+            &sub_root(leaves, start, k, memo),
+            &sub_root(leaves, start + k, len - k, memo),
+        );
+        memo.insert((start, len), h);
+        h
+    }
+    fn path(
+        m: usize,
+        start: usize,
+        len: usize,
+        leaves: &[Hash],
+        memo: &mut Memo,
+        out: &mut Vec<Hash>,
+    ) {
+        if len <= 1 {
+            return;
+        }
+        let k = split(len);
+        if m < k {
+            path(m, start, k, leaves, memo, out);
+            out.push(sub_root(leaves, start + k, len - k, memo));
+        } else {
+            path(m - k, start + k, len - k, leaves, memo, out);
+            out.push(sub_root(leaves, start, k, memo));
+        }
+    }
+    let mut memo = Memo::new();
+    indices
+        .iter()
+        .map(|&index| {
+            (index < leaves.len()).then(|| {
+                let mut out = Vec::new();
+                path(index, 0, leaves.len(), leaves, &mut memo, &mut out);
+                out
+            })
+        })
+        .collect()
+}
+
 /// The consistency proof between the tree of the first `old` leaves and the
 /// tree of all `leaves` (RFC 6962 §2.1.2). `None` unless 1 ≤ old ≤ len.
 pub fn consistency_proof(leaves: &[Hash], old: usize) -> Option<Vec<Hash>> {
@@ -247,5 +302,18 @@ mod tests {
             assert_eq!(f.root(), root(&all), "size {}", i + 1);
         }
         assert_eq!(f.size(), 300);
+    }
+
+    #[test]
+    fn batched_proofs_equal_single_ones() {
+        for n in [1usize, 2, 63, 64, 65, 200, 1000] {
+            let leaves: Vec<Hash> = (0..n).map(|i| leaf_hash(&i.to_be_bytes())).collect();
+            let indices: Vec<usize> = (0..n).step_by(7).chain([n - 1]).collect();
+            let batched = inclusion_proofs(&leaves, &indices).unwrap();
+            for (i, proof) in indices.iter().zip(batched) {
+                assert_eq!(Some(proof), inclusion_proof(&leaves, *i), "n {n} index {i}");
+            }
+            assert!(inclusion_proofs(&leaves, &[0, n]).is_none());
+        }
     }
 }

@@ -253,9 +253,8 @@ pub struct AuditLog {
     store: Arc<dyn Store>,
     state: Mutex<State>,
     queue: Mutex<Queue>,
-    /// gRPC requests in flight (by request id): how many events each has
-    /// had written so far.
-    requests: Mutex<HashMap<String, u32>>,
+    /// gRPC requests in flight (by request id): their events so far.
+    requests: Mutex<HashMap<String, RequestEvents>>,
     /// gRPC requests begun since the log was opened.
     requests_begun: AtomicU64,
     /// The log's size, for followers.
@@ -268,10 +267,15 @@ pub struct AuditLog {
 struct LeaderGuard<'a> {
     log: &'a AuditLog,
     slots: Vec<Arc<Slot>>,
+    /// Set once the write returned: the drop then does nothing.
+    done: bool,
 }
 
 impl Drop for LeaderGuard<'_> {
     fn drop(&mut self) {
+        if self.done {
+            return;
+        }
         self.log.lock().failed = true;
         let queued = {
             let mut q = self.log.queue.lock().unwrap_or_else(|p| p.into_inner());
@@ -293,6 +297,15 @@ impl Drop for LeaderGuard<'_> {
     }
 }
 
+/// The events of one gRPC request so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RequestEvents {
+    /// Events the request tried to write (whatever became of them).
+    pub attempted: u32,
+    /// Of those, the ones written.
+    pub written: u32,
+}
+
 /// Follows one gRPC request's events (see [`AuditLog::begin_request`]).
 /// Dropped unfinished (its client went away), it stops following.
 #[derive(Debug)]
@@ -307,8 +320,8 @@ impl RequestGuard {
         &self.id
     }
 
-    /// Stops following: how many events the request has had written.
-    pub fn finish(self) -> u32 {
+    /// Stops following: the request's events.
+    pub fn finish(self) -> RequestEvents {
         self.log.end_request(&self.id)
     }
 }
@@ -385,33 +398,8 @@ impl AuditLog {
             );
             return Err(Error::Integrity);
         }
-        // Events the subject index does not cover yet (a log from before
-        // the index): indexed now, in one batch.
-        let indexed = store
-            .get(Table::Audit, INDEXED_KEY)?
-            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
-            .map_or(0, u64::from_be_bytes);
         let size = state.frontier.size();
-        if indexed < size {
-            let mut ws = WriteSet::new();
-            store.visit(Table::Audit, &mut |k, v| {
-                if k.first() == Some(&EVENT_PREFIX) && k.len() == 9 {
-                    let index = u64::from_be_bytes(k[1..].try_into().unwrap_or([0xff; 8]));
-                    if index >= indexed {
-                        if let Ok(e) = serde_json::from_slice::<Event>(v) {
-                            index_subjects(&mut ws, index, &e.subjects);
-                        }
-                    }
-                }
-            })?;
-            ws.put(
-                Table::Audit,
-                INDEXED_KEY.to_vec(),
-                size.to_be_bytes().to_vec(),
-            );
-            store.write(ws)?;
-            tracing::info!(from = indexed, to = size, "indexed audit events by subject");
-        }
+        Self::reindex(&store, size)?;
         Ok(AuditLog {
             store,
             state: Mutex::new(state),
@@ -420,6 +408,68 @@ impl AuditLog {
             requests_begun: AtomicU64::new(0),
             grown: tokio::sync::watch::Sender::new(size),
         })
+    }
+
+    /// Brings the subject index to the log's `size` events: indexes the
+    /// events it does not cover yet (a log from before the index), in
+    /// batches, and drops rows of events past the end (a log whose tail was
+    /// cut), so a ledger never points at another event.
+    fn reindex(store: &Arc<dyn Store>, size: u64) -> Result<()> {
+        const BATCH: usize = 10_000;
+        let indexed = store
+            .get(Table::Audit, INDEXED_KEY)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+            .map_or(0, u64::from_be_bytes);
+        if indexed > size {
+            let mut ws = WriteSet::new();
+            for (k, _) in store.scan_prefix(Table::Audit, &[SUBJECT_PREFIX])? {
+                let past_end = k.len() == 41
+                    && u64::from_be_bytes(k[33..].try_into().unwrap_or([0xff; 8])) >= size;
+                if past_end {
+                    ws.delete(Table::Audit, k);
+                }
+            }
+            ws.put(
+                Table::Audit,
+                INDEXED_KEY.to_vec(),
+                size.to_be_bytes().to_vec(),
+            );
+            store.write(ws)?;
+            tracing::warn!(
+                indexed,
+                size,
+                "dropped subject index rows past the end of the audit log"
+            );
+            return Ok(());
+        }
+        let mut at = indexed;
+        while at < size {
+            let rows = store.scan_from(Table::Audit, &event_key(at), BATCH)?;
+            let mut ws = WriteSet::new();
+            for (k, v) in rows
+                .iter()
+                .take_while(|(k, _)| k.first() == Some(&EVENT_PREFIX))
+            {
+                let index = u64::from_be_bytes(k[1..].try_into().map_err(|_| Error::Integrity)?);
+                if let Ok(e) = serde_json::from_slice::<Event>(v) {
+                    index_subjects(&mut ws, index, &e.subjects);
+                }
+                at = index + 1;
+            }
+            if rows.is_empty() {
+                return Err(Error::Integrity);
+            }
+            ws.put(
+                Table::Audit,
+                INDEXED_KEY.to_vec(),
+                at.to_be_bytes().to_vec(),
+            );
+            store.write(ws)?;
+        }
+        if indexed < size {
+            tracing::info!(from = indexed, to = size, "indexed audit events by subject");
+        }
+        Ok(())
     }
 
     /// Starts following the events of a gRPC request, under a new random
@@ -432,7 +482,7 @@ impl AuditLog {
         self.requests
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id.clone(), 0);
+            .insert(id.clone(), RequestEvents::default());
         self.requests_begun.fetch_add(1, Ordering::Relaxed);
         RequestGuard {
             log: Arc::clone(self),
@@ -440,12 +490,23 @@ impl AuditLog {
         }
     }
 
-    fn end_request(&self, id: &str) -> u32 {
+    fn end_request(&self, id: &str) -> RequestEvents {
         self.requests
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(id)
-            .unwrap_or(0)
+            .unwrap_or_default()
+    }
+
+    /// Fails if the log refuses writes (after a failed write), so that an
+    /// operation whose effect lies outside the store can refuse first.
+    pub fn writable(&self) -> Result<()> {
+        if self.lock().failed {
+            return Err(Error::Unavailable(
+                "the audit log refuses writes after a failed write; restart the vault".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// gRPC requests begun since the log was opened.
@@ -466,7 +527,7 @@ impl AuditLog {
     /// batch. One fsync serves many requests; if it fails, all of them fail.
     pub fn commit(&self, ws: WriteSet, event: Event) -> Result<u64> {
         let request = (!event.request_id.is_empty()).then(|| event.request_id.clone());
-        let index = self.commit_unfollowed(ws, event)?;
+        let result = self.commit_unfollowed(ws, event);
         if let Some(id) = request {
             if let Some(n) = self
                 .requests
@@ -474,10 +535,11 @@ impl AuditLog {
                 .unwrap_or_else(|p| p.into_inner())
                 .get_mut(&id)
             {
-                *n += 1;
+                n.attempted += 1;
+                n.written += u32::from(result.is_ok());
             }
         }
-        Ok(index)
+        result
     }
 
     fn commit_unfollowed(&self, ws: WriteSet, event: Event) -> Result<u64> {
@@ -496,12 +558,14 @@ impl AuditLog {
                     std::mem::take(&mut q.pending)
                 };
                 // Should the write panic, nobody may be left waiting.
-                let guard = LeaderGuard {
+                let mut guard = LeaderGuard {
                     log: self,
                     slots: group.iter().map(|(_, _, s)| Arc::clone(s)).collect(),
+                    done: false,
                 };
                 self.write_group(group);
-                std::mem::forget(guard);
+                guard.done = true;
+                drop(guard);
                 let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
                 match q.pending.first() {
                     Some((_, _, next)) => next.set(Answer::Lead),
@@ -648,7 +712,13 @@ impl AuditLog {
                 .store
                 .get(Table::Audit, &event_key(index))?
                 .ok_or(Error::Integrity)?;
-            out.push((index, event));
+            // The index is outside the tree: trust only what the event says.
+            let names = serde_json::from_slice::<Event>(&event).is_ok_and(|e| {
+                e.index == index && e.subjects.iter().any(|s| *s == hex::encode(pseudonym))
+            });
+            if names {
+                out.push((index, event));
+            }
         }
         Ok(out)
     }
@@ -657,15 +727,12 @@ impl AuditLog {
     /// (one copy of the leaves for all).
     pub fn inclusion_proofs(&self, indices: &[u64], size: u64) -> Result<Vec<Vec<Hash>>> {
         let leaves = self.leaves_up_to(size)?;
-        indices
+        let indices: Vec<usize> = indices
             .iter()
-            .map(|&i| {
-                merkle::inclusion_proof(&leaves, usize::try_from(i).unwrap_or(usize::MAX))
-                    .ok_or_else(|| {
-                        Error::InvalidArgument("index is not below the tree size".into())
-                    })
-            })
-            .collect()
+            .map(|&i| usize::try_from(i).unwrap_or(usize::MAX))
+            .collect();
+        merkle::inclusion_proofs(&leaves, &indices)
+            .ok_or_else(|| Error::InvalidArgument("index is not below the tree size".into()))
     }
 
     /// The consistency proof between trees of `old` and `new` events.
@@ -699,6 +766,14 @@ impl AuditLog {
         Ok(note)
     }
 
+    /// The stored checkpoint of tree size `size`, if there is one.
+    pub fn stored_checkpoint(&self, size: u64) -> Result<Option<String>> {
+        self.store
+            .get(Table::Audit, &checkpoint_key(size))?
+            .map(|note| String::from_utf8(note).map_err(|_| Error::Integrity))
+            .transpose()
+    }
+
     /// A page of checkpoints for auditors: at most `limit` stored ones of
     /// size ≥ `from_size`, then `current` (if not already last); and
     /// whether stored ones between the page and `current` were left out.
@@ -708,8 +783,14 @@ impl AuditLog {
         limit: usize,
         current: String,
     ) -> Result<(Vec<String>, bool)> {
+        // Only those below the current one: a checkpoint stored since it
+        // was signed would otherwise come after it.
+        let current_size = checkpoint::parse(current.as_bytes()).map_or(0, |(size, _)| size);
         let mut page = self.checkpoints(from_size, limit + 1)?;
-        let more = page.len() > limit && page[limit] != current;
+        page.retain(|note| {
+            checkpoint::parse(note.as_bytes()).is_some_and(|(s, _)| s < current_size)
+        });
+        let more = page.len() > limit;
         page.truncate(limit);
         if page.last() != Some(&current) {
             page.push(current);
@@ -846,6 +927,24 @@ mod tests {
         let log = AuditLog::open(Arc::clone(&s)).unwrap();
         assert_eq!(indices(&log, 0xa1, 0, 6), [0, 1, 3, 4]);
         assert_eq!(indices(&log, 0xb0, 0, 6), [1, 4]);
+        // The tail cut off (no checkpoint covered it): the index rows of
+        // the lost events go at open, so new events are not misattributed.
+        drop(log);
+        let mut ws = WriteSet::new();
+        ws.delete(Table::Audit, event_key(5));
+        ws.delete(Table::Audit, event_key(4));
+        s.write(ws).unwrap();
+        let log = AuditLog::open(Arc::clone(&s)).unwrap();
+        assert_eq!(log.size(), 4);
+        assert!(s
+            .get(Table::Audit, &subject_key(&[0xa1; 32], 4))
+            .unwrap()
+            .is_none());
+        let mut ev = event("read");
+        ev.subjects = vec![bob.clone()];
+        log.commit(WriteSet::new(), ev).unwrap();
+        assert_eq!(indices(&log, 0xa1, 0, 9), [0, 1, 3]);
+        assert_eq!(indices(&log, 0xb0, 0, 9), [1, 4]);
     }
 
     #[test]

@@ -371,29 +371,50 @@ impl Engine {
     }
 
     /// One page of `subject`'s access ledger: the events naming it, from
-    /// log index `from`, at most `limit` (1 to [`MAX_LEDGER_PAGE`]), with
-    /// inclusion proofs in a checkpoint signed now. The request is an event
-    /// too (naming the subject), written before the page is returned.
+    /// log index `from`, at most `limit` (1 to [`MAX_LEDGER_PAGE`], and
+    /// [`MAX_LEDGER_BYTES`] of events), with inclusion proofs in a
+    /// checkpoint signed now (`tree_size` 0) or in the stored checkpoint of
+    /// `tree_size` events. The request is an event too (naming the
+    /// subject), written before the page is returned.
     pub fn access_ledger(
         &self,
         caller: &Caller,
         subject: &str,
         from: u64,
         limit: usize,
+        tree_size: u64,
     ) -> Result<Ledger> {
         self.audited(caller, Operation::Export, "access_ledger", || {
             validate_id("subject id", subject)?;
             self.check_open()?;
             let limit = limit.clamp(1, MAX_LEDGER_PAGE);
             let pseudonym = self.keyring().subject_pseudonym(subject);
-            let checkpoint = self.checkpoint()?;
+            let checkpoint = match tree_size {
+                0 => self.checkpoint()?,
+                n => self.audit().stored_checkpoint(n)?.ok_or_else(|| {
+                    Error::InvalidArgument(format!("there is no checkpoint of tree size {n}"))
+                })?,
+            };
             let (size, _) =
                 crate::audit::checkpoint::parse(checkpoint.as_bytes()).ok_or(Error::Integrity)?;
             let mut found = self
                 .audit()
                 .subject_events(&pseudonym, from, size, limit + 1)?;
-            let next = found.get(limit).map(|(index, _)| *index);
-            found.truncate(limit);
+            // A page stops at `limit` events or at the byte budget (always
+            // at least one event, which is far below the message limit).
+            let mut bytes = 0;
+            let fits = found
+                .iter()
+                .take(limit)
+                .take_while(|(_, event)| {
+                    bytes += event.len();
+                    bytes <= MAX_LEDGER_BYTES
+                })
+                .count()
+                .max(1)
+                .min(found.len());
+            let next = found.get(fits).map(|(index, _)| *index);
+            found.truncate(fits);
             let indices: Vec<u64> = found.iter().map(|(index, _)| *index).collect();
             let proofs = self.audit().inclusion_proofs(&indices, size)?;
             let entries: Vec<LedgerEntry> = found
@@ -424,6 +445,9 @@ impl Engine {
 
 /// Most entries in one page of an access ledger.
 pub const MAX_LEDGER_PAGE: usize = 100;
+/// Most bytes of events in one page of an access ledger (the gRPC message
+/// limit is 8 MiB; proofs and framing take the rest).
+pub const MAX_LEDGER_BYTES: usize = 4 * 1024 * 1024;
 
 /// One page of a subject's access ledger.
 #[derive(Debug, Clone, PartialEq, Eq)]

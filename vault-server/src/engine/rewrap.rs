@@ -347,7 +347,9 @@ impl Engine {
         };
         let batch = self.rewrap_options.batch_size.max(1) as u32;
         let interval = self.checkpoints.interval;
-        let mut next_checkpoint = Instant::now() + interval;
+        // `checked_add`: an interval too long to add means "never".
+        let after = |t: Instant| t.checked_add(interval);
+        let mut next_checkpoint = after(Instant::now());
         loop {
             // The generation first, then the flag: a close after this read
             // bumps the generation, so the wait below cannot miss it.
@@ -356,14 +358,15 @@ impl Engine {
                 return;
             }
             let started = Instant::now();
-            if !interval.is_zero() && started >= next_checkpoint {
+            if !interval.is_zero() && next_checkpoint.is_some_and(|at| started >= at) {
                 if let Err(e) = self.checkpoint() {
                     tracing::error!(error = %e, "could not sign a timed audit checkpoint");
                 }
-                next_checkpoint = Instant::now() + interval;
+                next_checkpoint = after(Instant::now());
             }
-            let until_checkpoint =
-                (!interval.is_zero()).then(|| next_checkpoint.saturating_duration_since(started));
+            let until_checkpoint = next_checkpoint
+                .filter(|_| !interval.is_zero())
+                .map(|at| at.saturating_duration_since(started));
             let wait = match self.rewrap_step() {
                 Ok(true) => {
                     let budget = per_key * batch;

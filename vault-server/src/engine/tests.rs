@@ -963,7 +963,7 @@ fn access_ledgers_page_prove_and_need_the_export_operation() {
         e.put_record(&c, user(&format!("a{i}"), "alice")).unwrap();
         e.put_record(&c, user(&format!("b{i}"), "bob")).unwrap();
     }
-    let page = e.access_ledger(&c, "alice", 0, 3).unwrap();
+    let page = e.access_ledger(&c, "alice", 0, 3, 0).unwrap();
     assert_eq!(page.entries.len(), 3);
     let (size, root) = crate::audit::checkpoint::parse(page.checkpoint.as_bytes()).unwrap();
     let pseudonym = hex::encode(page.pseudonym);
@@ -993,14 +993,30 @@ fn access_ledgers_page_prove_and_need_the_export_operation() {
         }
         assert_eq!((h, sn), (root, 0), "entry {}", entry.index);
     }
+    // The next page, proved in the same tree: the two other puts, not the
+    // first page's own event (it came after that checkpoint).
     let rest = e
-        .access_ledger(&c, "alice", page.next.unwrap(), 100)
+        .access_ledger(&c, "alice", page.next.unwrap(), 100, size)
         .unwrap();
-    // Two more puts, then the first ledger request.
-    assert_eq!(rest.entries.len(), 3);
+    assert_eq!(rest.checkpoint, page.checkpoint);
+    assert_eq!(rest.entries.len(), 2);
     assert_eq!(rest.next, None);
-    let last: crate::audit::Event = serde_json::from_slice(&rest.entries[2].event).unwrap();
-    assert_eq!(last.operation, "access_ledger");
+    // A fresh ledger sees both earlier ledger requests.
+    let fresh = e.access_ledger(&c, "alice", 0, 100, 0).unwrap();
+    let ops: Vec<String> = fresh
+        .entries
+        .iter()
+        .map(|en| {
+            serde_json::from_slice::<crate::audit::Event>(&en.event)
+                .unwrap()
+                .operation
+        })
+        .collect();
+    assert_eq!(ops[5..], ["access_ledger", "access_ledger"]);
+    assert!(matches!(
+        e.access_ledger(&c, "alice", 0, 100, size + 1),
+        Err(Error::InvalidArgument(_))
+    ));
 
     // A reader may not: refused, and the refusal is an event.
     let before = e.audit().size();
@@ -1012,12 +1028,12 @@ fn access_ledgers_page_prove_and_need_the_export_operation() {
         ..as_("svc", Some("support"))
     };
     assert!(matches!(
-        e.access_ledger(&reader, "alice", 0, 10),
+        e.access_ledger(&reader, "alice", 0, 10, 0),
         Err(Error::PermissionDenied(_))
     ));
     assert_eq!(e.audit().size(), before + 1);
     assert!(matches!(
-        e.access_ledger(&c, "", 0, 10),
+        e.access_ledger(&c, "", 0, 10, 0),
         Err(Error::InvalidArgument(_))
     ));
 }

@@ -258,9 +258,12 @@ impl SubjectService for SubjectApi {
             0 => crate::engine::MAX_LEDGER_PAGE,
             n => n as usize,
         };
-        let ledger =
-            run_blocking(move || engine.access_ledger(&caller, &r.subject_id, r.from_index, limit))
-                .await?;
+        let (ledger, verifier_key) = run_blocking(move || {
+            let ledger =
+                engine.access_ledger(&caller, &r.subject_id, r.from_index, limit, r.tree_size)?;
+            Ok((ledger, engine.audit_verifier_key()))
+        })
+        .await?;
         Ok(Response::new(pb::AccessLedgerResponse {
             subject_pseudonym: hex::encode(ledger.pseudonym),
             checkpoint: ledger.checkpoint,
@@ -274,6 +277,7 @@ impl SubjectService for SubjectApi {
                 })
                 .collect(),
             next_index: ledger.next.unwrap_or(0),
+            verifier_key,
         }))
     }
 }

@@ -136,7 +136,8 @@ pub async fn serve_with_tls(
         auth::interceptor(Arc::clone(&auth)),
     );
     let subjects = InterceptedService::new(
-        SubjectServiceServer::new(SubjectApi::new(Arc::clone(&vault))),
+        SubjectServiceServer::new(SubjectApi::new(Arc::clone(&vault)))
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
         auth::interceptor(Arc::clone(&auth)),
     );
     let lookup = {

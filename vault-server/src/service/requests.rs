@@ -11,10 +11,12 @@
 //! service that records nothing itself (health, reflection) — the layer
 //! writes one, from the method's name and the response's gRPC status. If
 //! that write fails, the response is replaced by `UNAVAILABLE`: no audit,
-//! no answer.
+//! no answer. (A handler whose own event failed has answered accordingly:
+//! data requests fail closed; a custody change already made keeps its
+//! answer, and the log refuses all writes from then on.)
 //!
-//! A request whose client goes away before its response is ready is
-//! recorded only if the vault already acted on it (the handler's own event).
+//! Each request runs to its end in a task of its own, so one whose client
+//! goes away (or whose deadline passes) still leaves its event.
 //!
 //! [`Caller`]: crate::policy::Caller
 
@@ -153,35 +155,49 @@ where
         });
         let operation = audit.operation(req.uri().path());
         req.extensions_mut().insert(Arc::clone(&mark));
-        Box::pin(async move {
+        // The request runs in a task of its own: if its caller's future is
+        // dropped (the client went away, or its `grpc-timeout` ran out,
+        // which tonic enforces outside this layer), the request still
+        // finishes and leaves its event.
+        let task = tokio::spawn(async move {
             let mut response = inner.call(req).await?;
-            match guard.finish() {
-                0 => {
-                    let ev = fallback_event(&mark, &operation, &response);
-                    let vault = Arc::clone(&audit.vault);
-                    let written = tokio::task::spawn_blocking(move || vault.append_event(ev)).await;
-                    if !matches!(written, Ok(Ok(_))) {
-                        tracing::error!(
-                            operation,
-                            "the audit event of a request could not be written; refusing it"
-                        );
-                        response = Status::unavailable(
-                            "the audit log is unavailable: the request is refused",
-                        )
-                        .into_http();
-                    }
+            let events = guard.finish();
+            if events.attempted == 0 {
+                let ev = fallback_event(&mark, &operation, &response);
+                let vault = Arc::clone(&audit.vault);
+                let written = tokio::task::spawn_blocking(move || vault.append_event(ev)).await;
+                if !matches!(written, Ok(Ok(_))) {
+                    tracing::error!(
+                        operation,
+                        "the audit event of a request could not be written; refusing it"
+                    );
+                    response =
+                        Status::unavailable("the audit log is unavailable: the request is refused")
+                            .into_http();
                 }
-                1 => {}
-                n => tracing::error!(
+            } else if events.written == 0 {
+                // The handler's own event failed. A handler that returns
+                // data failed closed already; one whose effect happened
+                // outside the store (a keyring change) keeps its answer:
+                // replacing it would hide what was done (init's shares).
+                tracing::error!(operation, "a request's audit event could not be written");
+            } else if events.written > 1 {
+                tracing::error!(
                     operation,
-                    events = n,
+                    events = events.written,
                     "a request was recorded more than once"
-                ),
+                );
             }
             if let Ok(v) = http::HeaderValue::from_str(&mark.id) {
                 response.headers_mut().insert(REQUEST_ID_HEADER, v);
             }
             Ok(response)
+        });
+        Box::pin(async move {
+            match task.await {
+                Ok(result) => result,
+                Err(_) => Ok(Status::internal("internal error").into_http()),
+            }
         })
     }
 }

@@ -617,34 +617,41 @@ fn ledger_line(event: &[u8]) -> String {
     event_line(line.as_bytes())
 }
 
-/// Fetches every page of a subject's ledger and verifies each.
+/// Fetches every page of a subject's ledger and verifies each, all in the
+/// tree of the first page's checkpoint.
 async fn ledger(cli: &Cli, args: &LedgerArgs) -> Result<LedgerReport, CliError> {
     let pinned = args.public_key.as_deref().map(read_key).transpose()?;
     let vault = connect(cli).await?;
-    let key_pinned = pinned.is_some();
-    let key = match pinned {
-        Some(key) => key,
-        None => server_key(&vault).await?,
-    };
     let mut report = LedgerReport {
         pseudonym: String::new(),
         events: Vec::new(),
         checkpoint_sizes: Vec::new(),
-        key_pinned,
+        key_pinned: pinned.is_some(),
         failure: None,
     };
-    let mut from = 0;
+    let first = vault.access_ledger(&args.subject, 0, 0, 0).await?;
+    // Without a pinned key, the one the vault sent with the page (a DPO
+    // holds no `audit` operation to ask for it apart).
+    let key = match pinned {
+        Some(key) => key,
+        None => first.verifier_key.parse().map_err(|e| {
+            CliError::Vault(Error::Protocol(format!(
+                "the vault's verifier key does not parse: {e}"
+            )))
+        })?,
+    };
+    report.pseudonym = first.subject_pseudonym.clone();
+    let mut page = first.clone();
     loop {
-        let page = vault.access_ledger(&args.subject, from, 0).await?;
-        if report.pseudonym.is_empty() {
-            report.pseudonym = page.subject_pseudonym.clone();
-        } else if report.pseudonym != page.subject_pseudonym {
-            report.failure = Some("the vault named the subject by two pseudonyms".into());
+        if page.subject_pseudonym != first.subject_pseudonym || page.checkpoint != first.checkpoint
+        {
+            report.failure =
+                Some("the vault changed the subject's pseudonym or the tree between pages".into());
             return Ok(report);
         }
         match page.verify(&key) {
             Ok(checkpoint) => {
-                if report.checkpoint_sizes.last() != Some(&checkpoint.size) {
+                if report.checkpoint_sizes.is_empty() {
                     report.checkpoint_sizes.push(checkpoint.size);
                 }
             }
@@ -653,18 +660,15 @@ async fn ledger(cli: &Cli, args: &LedgerArgs) -> Result<LedgerReport, CliError> 
                 return Ok(report);
             }
         }
+        let next = page.next_index;
         report
             .events
             .extend(page.entries.into_iter().map(|e| e.event));
-        match page.next_index {
-            Some(next) if next > from => from = next,
-            Some(_) => {
-                return Err(CliError::Vault(Error::Protocol(
-                    "the vault's ledger pages do not advance".into(),
-                )))
-            }
-            None => return Ok(report),
-        }
+        let Some(next) = next else {
+            return Ok(report);
+        };
+        let size = report.checkpoint_sizes.first().copied().unwrap_or_default();
+        page = vault.access_ledger(&args.subject, next, 0, size).await?;
     }
 }
 
