@@ -446,6 +446,17 @@ pub fn server_binary() -> PathBuf {
     bin
 }
 
+/// The `vault-bench` load generator, next to `vault-server`.
+pub fn bench_binary() -> PathBuf {
+    let bin = server_binary().with_file_name("vault-bench");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (scripts/test does)",
+        bin.display()
+    );
+    bin
+}
+
 /// The `vaultctl` binary, next to `vault-server` (built by the same
 /// `cargo build --workspace --all-targets`).
 pub fn vaultctl_binary() -> PathBuf {

@@ -1,0 +1,474 @@
+//! `vault-bench`: the load generator. Drives a vault over gRPC with N
+//! concurrent clients for a fixed time or count, then (with --baselines)
+//! the same records, workload and concurrency against the baselines: raw
+//! RocksDB with the vault's own store options (the storage ceiling) and a
+//! bare gRPC echo of the same payload size (the transport ceiling).
+//! Reports ops/s and latency p50/p95/p99/max per operation, the ratios, and
+//! writes `result.json` and a self-contained `report.html` with plots.
+//!
+//! Without --addr it starts a development vault of its own, in process, on
+//! a temporary folder and a loopback port (synced writes, as in
+//! production, unless --unsynced).
+
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use rand::Rng;
+use tokio::net::TcpListener;
+use vault_benches::echo::echo_client::EchoClient;
+use vault_benches::echo::echo_server::EchoServer;
+use vault_benches::echo::EchoMessage;
+use vault_benches::load::{drive_async, drive_threads, OpKind, RunResult, Shape, Stop, Workload};
+use vault_benches::report::Report;
+use vault_benches::EchoService;
+use vault_client::{Collection, DataCategory, FieldSchema, FieldType, Record, VaultClient};
+use vault_server::storage::{RocksStore, Store, StoreOptions, Table, WriteSet};
+
+/// The collection the bench writes.
+const COLLECTION: &str = "bench";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "vault-bench",
+    about = "Load generator for the regional data vault: ops/s and latency over gRPC, beside raw RocksDB and a bare gRPC echo",
+    after_help = "Example: vault-bench --clients 16 --duration 30 --workload read-heavy --baselines --out report\n\
+                  Open OUT/report.html in a browser; OUT/result.json holds every figure."
+)]
+struct Args {
+    /// The vault to drive (e.g. http://127.0.0.1:8200). Without it, a
+    /// development vault is started in this process on a temporary folder.
+    #[arg(long, env = "VAULT_ADDR")]
+    addr: Option<String>,
+
+    /// Bearer token for --addr (the started vault makes its own).
+    #[arg(long, env = "VAULT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+
+    /// The purpose stated on every request.
+    #[arg(long, default_value = "benchmark")]
+    purpose: String,
+
+    /// Concurrent clients (each with its own connection).
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
+
+    /// Seconds to run each target (ignored with --count).
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+
+    /// Run each target for this many operations instead of a duration.
+    #[arg(long)]
+    count: Option<u64>,
+
+    /// The mix: read-heavy (95% get, 5% put), write-heavy (95% put, 5%
+    /// get), batch (batch put and batch get alternately).
+    #[arg(long, value_enum, default_value_t = Workload::ReadHeavy)]
+    workload: Workload,
+
+    /// String fields per record.
+    #[arg(long, default_value_t = 5)]
+    fields: usize,
+
+    /// Bytes per field value.
+    #[arg(long, default_value_t = 32)]
+    value_size: usize,
+
+    /// Records written before measuring (gets read these).
+    #[arg(long, default_value_t = 1000)]
+    records: usize,
+
+    /// Records per batch (batch workload; at most 500).
+    #[arg(long, default_value_t = 50)]
+    batch_size: usize,
+
+    /// Also run the baselines: raw RocksDB and a bare gRPC echo.
+    #[arg(long)]
+    baselines: bool,
+
+    /// Acknowledge writes before the WAL is synced, in the started vault
+    /// and the RocksDB baseline (to measure CPU cost rather than the disk).
+    #[arg(long)]
+    unsynced: bool,
+
+    /// Directory for result.json and report.html (created if missing).
+    #[arg(long, default_value = "vault-bench-report")]
+    out: PathBuf,
+
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn main() {
+    let args = Args::parse();
+    if let Err(e) = check(&args) {
+        eprintln!("error: {e}");
+        std::process::exit(2);
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    match runtime.block_on(run(&args)) {
+        Ok(report) => {
+            print!("{}", report.text());
+            println!(
+                "wrote {} and {}",
+                args.out.join("result.json").display(),
+                args.out.join("report.html").display()
+            );
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Refuses options that cannot make a run.
+fn check(args: &Args) -> Result<(), String> {
+    if args.clients == 0 {
+        return Err("--clients must be at least 1".into());
+    }
+    // A day at most: Duration::from_secs_f64 takes no more than it holds.
+    let duration_ok = args.duration.is_finite() && args.duration > 0.0 && args.duration <= 86_400.0;
+    if args.count == Some(0) || (args.count.is_none() && !duration_ok) {
+        return Err("--count must be positive, --duration positive and at most 86400".into());
+    }
+    if args.fields == 0 || args.value_size == 0 || args.records == 0 {
+        return Err("--fields, --value-size and --records must be at least 1".into());
+    }
+    if !(1..=500).contains(&args.batch_size) {
+        return Err("--batch-size must be 1 to 500".into());
+    }
+    if args.workload == Workload::Batch && args.batch_size > args.records {
+        return Err("--batch-size cannot exceed --records".into());
+    }
+    if args.addr.is_some() && args.token.is_none() {
+        return Err("--addr needs --token (or VAULT_TOKEN)".into());
+    }
+    Ok(())
+}
+
+fn stop(args: &Args) -> Stop {
+    match args.count {
+        Some(n) => Stop::Count(n),
+        None => Stop::Duration(Duration::from_secs_f64(args.duration)),
+    }
+}
+
+fn shape(args: &Args) -> Shape {
+    Shape {
+        fields: args.fields,
+        value_size: args.value_size,
+        records: args.records,
+        batch_size: args.batch_size,
+    }
+}
+
+/// A vault started by the bench: its address, token, and what keeps it up.
+struct Hosted {
+    url: String,
+    token: String,
+    _dir: tempfile::TempDir,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn host_vault(unsynced: bool) -> Result<Hosted, String> {
+    use vault_server::service::{self, Authenticator};
+    use vault_server::vault::{OpenOptions, Vault};
+    let dir = tempfile::tempdir().map_err(|e| format!("temporary folder: {e}"))?;
+    let mut opts = OpenOptions::dev(dir.path(), "eu".parse().map_err(|e| format!("{e:?}"))?);
+    opts.store.sync_writes = !unsynced;
+    let vault = tokio::task::spawn_blocking(move || Vault::open_dev(opts))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("starting the vault: {e}"))?;
+    let token = format!("bench-{:016x}", rand::thread_rng().gen::<u64>());
+    let mut auth = Authenticator::new();
+    auth.add_token(&token, vault_server::dev::dev_principal());
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| format!("binding a port: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(service::serve(
+        listener,
+        Arc::new(vault),
+        Arc::new(auth),
+        async {
+            let _ = rx.await;
+        },
+    ));
+    Ok(Hosted {
+        url: format!("http://{addr}"),
+        token,
+        _dir: dir,
+        _stop: tx,
+    })
+}
+
+fn record(shape: &Shape, n: usize, rng: &mut impl Rng) -> Record {
+    let mut r = Record::new(COLLECTION, Shape::id(n), Shape::subject(n));
+    for (name, value) in shape.values(rng) {
+        r = r.with(name, value);
+    }
+    r
+}
+
+async fn run(args: &Args) -> Result<Report, String> {
+    let shape = shape(args);
+    let hosted = match &args.addr {
+        Some(_) => None,
+        None => Some(host_vault(args.unsynced).await?),
+    };
+    let (url, token) = match (&hosted, &args.addr, &args.token) {
+        (Some(h), _, _) => (h.url.clone(), h.token.clone()),
+        (None, Some(a), Some(t)) => (a.clone(), t.clone()),
+        _ => return Err("--addr needs --token".into()),
+    };
+    let connect = || {
+        VaultClient::builder(url.clone())
+            .token(token.clone())
+            .purpose(args.purpose.clone())
+            .connect()
+    };
+    let admin = connect()
+        .await
+        .map_err(|e| format!("connecting to {url}: {e}"))?;
+    let mut collection = Collection::new(COLLECTION).description("vault-bench records");
+    for f in 0..shape.fields {
+        collection = collection.field(FieldSchema::new(
+            format!("f{f}"),
+            FieldType::String,
+            DataCategory::Other,
+        ));
+    }
+    match admin.create_collection(&collection).await {
+        Ok(_) | Err(vault_client::Error::AlreadyExists(_)) => {}
+        Err(e) => return Err(format!("creating collection {COLLECTION}: {e}")),
+    }
+    let mut rng = rand::thread_rng();
+    let preload: Vec<Record> = (0..shape.records)
+        .map(|n| record(&shape, n, &mut rng))
+        .collect();
+    for chunk in preload.chunks(100) {
+        admin
+            .put_many(chunk)
+            .await
+            .map_err(|e| format!("writing the records: {e}"))?;
+    }
+
+    let mut clients = Vec::with_capacity(args.clients);
+    for _ in 0..args.clients {
+        clients.push(connect().await.map_err(|e| e.to_string())?);
+    }
+    let clients = Arc::new(clients);
+    let workload = args.workload;
+    let vault_run = drive_async("vault", args.clients, stop(args), !args.quiet, {
+        let clients = Arc::clone(&clients);
+        move |c, i, mut rng| {
+            let client = clients[c].clone();
+            async move {
+                let kind = workload.pick(i, &mut rng);
+                let n = rng.gen_range(0..shape.records);
+                let ok = match kind {
+                    OpKind::Get => client.get(COLLECTION, &Shape::id(n)).await.is_ok(),
+                    OpKind::Put => client.put(&record(&shape, n, &mut rng)).await.is_ok(),
+                    OpKind::BatchPut => {
+                        let batch: Vec<Record> = (0..shape.batch_size)
+                            .map(|k| record(&shape, (n + k) % shape.records, &mut rng))
+                            .collect();
+                        client.put_many(&batch).await.is_ok()
+                    }
+                    OpKind::BatchGet => {
+                        let ids: Vec<String> = (0..shape.batch_size)
+                            .map(|k| Shape::id((n + k) % shape.records))
+                            .collect();
+                        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+                        client.get_many(COLLECTION, &ids, &[]).await.is_ok()
+                    }
+                };
+                (kind, ok, rng)
+            }
+        }
+    })
+    .await;
+    let mut runs = vec![vault_run];
+    if args.baselines {
+        runs.push(rocksdb_baseline(args, shape)?);
+        runs.push(echo_baseline(args, shape).await?);
+    }
+    drop(hosted);
+
+    let report = Report {
+        version: 1,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        cpus: std::thread::available_parallelism().map_or(1, usize::from),
+        config: serde_json::json!({
+            "addr": args.addr,
+            "self_hosted": args.addr.is_none(),
+            "clients": args.clients,
+            "duration_s": args.count.is_none().then_some(args.duration),
+            "count": args.count,
+            "workload": args.workload,
+            "shape": shape,
+            "record_plaintext_bytes": shape.record_bytes(),
+            "synced_writes": !args.unsynced,
+        }),
+        ratios: Report::ratios_of(&runs),
+        runs,
+    };
+    write_report(&args.out, &report)?;
+    Ok(report)
+}
+
+fn write_report(out: &std::path::Path, report: &Report) -> Result<(), String> {
+    std::fs::create_dir_all(out).map_err(|e| format!("creating {}: {e}", out.display()))?;
+    let json = serde_json::to_string_pretty(report).map_err(|e| e.to_string())?;
+    for (name, text) in [("result.json", json), ("report.html", report.html())] {
+        let path = out.join(name);
+        std::fs::write(&path, text).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// The same records and mix written to and read from RocksDB directly,
+/// through the vault's own store (same options, same sync), plaintext.
+fn rocksdb_baseline(args: &Args, shape: Shape) -> Result<RunResult, String> {
+    let dir = tempfile::tempdir().map_err(|e| format!("temporary folder: {e}"))?;
+    let store = RocksStore::open(
+        &dir.path().join("db"),
+        &StoreOptions {
+            sync_writes: !args.unsynced,
+        },
+    )
+    .map_err(|e| format!("opening RocksDB: {e}"))?;
+    let mut rng = rand::thread_rng();
+    let mut ws = WriteSet::new();
+    for n in 0..shape.records {
+        ws.put(
+            Table::Records,
+            Shape::id(n).into_bytes(),
+            Shape::plaintext(&shape.values(&mut rng)),
+        );
+    }
+    store.write(ws).map_err(|e| e.to_string())?;
+    let workload = args.workload;
+    Ok(drive_threads(
+        "rocksdb",
+        args.clients,
+        stop(args),
+        !args.quiet,
+        |_, i, rng| {
+            let kind = workload.pick(i, rng);
+            let n = rng.gen_range(0..shape.records);
+            let ok = match kind {
+                OpKind::Get => store
+                    .get(Table::Records, Shape::id(n).as_bytes())
+                    .is_ok_and(|v| v.is_some()),
+                OpKind::Put => {
+                    let mut ws = WriteSet::new();
+                    ws.put(
+                        Table::Records,
+                        Shape::id(n).into_bytes(),
+                        Shape::plaintext(&shape.values(rng)),
+                    );
+                    store.write(ws).is_ok()
+                }
+                OpKind::BatchPut => {
+                    let mut ws = WriteSet::new();
+                    for k in 0..shape.batch_size {
+                        ws.put(
+                            Table::Records,
+                            Shape::id((n + k) % shape.records).into_bytes(),
+                            Shape::plaintext(&shape.values(rng)),
+                        );
+                    }
+                    store.write(ws).is_ok()
+                }
+                OpKind::BatchGet => {
+                    let keys: Vec<Vec<u8>> = (0..shape.batch_size)
+                        .map(|k| Shape::id((n + k) % shape.records).into_bytes())
+                        .collect();
+                    store.multi_get(Table::Records, &keys).is_ok()
+                }
+            };
+            (kind, ok)
+        },
+    ))
+}
+
+/// A bare tonic echo of the same payloads (a record's plaintext, or a
+/// batch's), same concurrency: the transport ceiling.
+async fn echo_baseline(args: &Args, shape: Shape) -> Result<RunResult, String> {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| format!("binding a port: {e}"))?;
+    let addr: SocketAddr = listener.local_addr().map_err(|e| e.to_string())?;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(EchoServer::new(EchoService).max_decoding_message_size(16 * 1024 * 1024))
+            .serve_with_incoming_shutdown(tokio_stream_incoming(listener), async {
+                let _ = rx.await;
+            }),
+    );
+    let mut clients = Vec::with_capacity(args.clients);
+    for _ in 0..args.clients {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| e.to_string())?
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .map_err(|e| format!("connecting to the echo server: {e}"))?;
+        clients.push(EchoClient::new(channel).max_decoding_message_size(16 * 1024 * 1024));
+    }
+    let clients = Arc::new(clients);
+    let workload = args.workload;
+    let one = shape.record_bytes();
+    let result = drive_async("echo", args.clients, stop(args), !args.quiet, {
+        let clients = Arc::clone(&clients);
+        move |c, i, mut rng| {
+            let mut client = clients[c].clone();
+            async move {
+                let kind = workload.pick(i, &mut rng);
+                let size = match kind {
+                    OpKind::Get | OpKind::Put => one,
+                    OpKind::BatchPut | OpKind::BatchGet => one * shape.batch_size,
+                };
+                let payload = vec![b'x'; size];
+                let ok = client
+                    .echo(EchoMessage { payload })
+                    .await
+                    .is_ok_and(|r| r.into_inner().payload.len() == size);
+                (kind, ok, rng)
+            }
+        }
+    })
+    .await;
+    let _ = tx.send(());
+    let _ = server.await;
+    Ok(result)
+}
+
+/// Accepted connections of `listener`, with Nagle off (as the vault does).
+fn tokio_stream_incoming(
+    listener: TcpListener,
+) -> impl tonic::codegen::tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    let incoming = tonic::codegen::tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tonic::codegen::tokio_stream::StreamExt::map(incoming, |conn| {
+        if let Ok(s) = &conn {
+            let _ = s.set_nodelay(true);
+        }
+        conn
+    })
+}

@@ -1,0 +1,113 @@
+//! The load generator, briefly: it runs against a vault of its own and
+//! its baselines, and writes well-formed reports. Not a speed test: the
+//! figures are only checked to exist.
+
+use tokio::process::Command;
+use vault_tests::bench_binary;
+
+#[tokio::test]
+async fn a_short_run_writes_a_json_result_and_an_html_report() {
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("report");
+    let run = Command::new(bench_binary())
+        .args([
+            "--duration",
+            "0.5",
+            "--clients",
+            "2",
+            "--records",
+            "20",
+            "--fields",
+            "3",
+            "--value-size",
+            "16",
+            "--baselines",
+            "--quiet",
+            "--out",
+        ])
+        .arg(&dir)
+        .env_remove("VAULT_ADDR")
+        .env_remove("VAULT_TOKEN")
+        .output()
+        .await
+        .unwrap();
+    assert!(run.status.success(), "{run:?}");
+    let text = String::from_utf8(run.stdout).unwrap();
+    assert!(text.contains("ratio vault get / rocksdb get"), "{text}");
+
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("result.json")).unwrap()).unwrap();
+    assert_eq!(json["version"], 1);
+    let targets: Vec<&str> = json["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["target"].as_str().unwrap())
+        .collect();
+    assert_eq!(targets, ["vault", "rocksdb", "echo"]);
+    for r in json["runs"].as_array().unwrap() {
+        assert!(r["total"]["count"].as_u64().unwrap() > 0, "{r}");
+        assert_eq!(r["errors"], 0, "{r}");
+        for key in ["p50_us", "p95_us", "p99_us", "max_us", "ops_per_sec"] {
+            assert!(r["total"][key].is_number(), "{key}");
+        }
+        assert!(!r["timeline"].as_array().unwrap().is_empty());
+    }
+    assert_eq!(json["config"]["record_plaintext_bytes"], 3 * (2 + 2 + 16));
+    assert!(json["ratios"].as_array().unwrap().len() >= 6);
+
+    let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
+    assert!(html.starts_with("<!DOCTYPE html>") && html.trim_end().ends_with("</html>"));
+    assert_eq!(html.matches("<svg").count(), 2);
+    assert_eq!(html.matches("</svg>").count(), 2);
+    assert!(html.contains("<polyline"));
+}
+
+#[tokio::test]
+async fn help_documents_every_option_and_bad_options_are_refused() {
+    let help = Command::new(bench_binary())
+        .arg("--help")
+        .output()
+        .await
+        .unwrap();
+    assert!(help.status.success());
+    let text = String::from_utf8(help.stdout).unwrap();
+    for option in [
+        "--addr",
+        "--token",
+        "--purpose",
+        "--clients",
+        "--duration",
+        "--count",
+        "--workload",
+        "--fields",
+        "--value-size",
+        "--records",
+        "--batch-size",
+        "--baselines",
+        "--unsynced",
+        "--out",
+        "--quiet",
+    ] {
+        assert!(text.contains(option), "{option} missing from --help");
+    }
+    for (args, why) in [
+        (vec!["--clients", "0"], "--clients"),
+        (vec!["--duration", "1e30"], "--duration"),
+        (vec!["--batch-size", "501"], "--batch-size"),
+        (vec!["--addr", "http://127.0.0.1:1"], "--token"),
+    ] {
+        let out = Command::new(bench_binary())
+            .args(&args)
+            .env_remove("VAULT_TOKEN")
+            .env_remove("VAULT_ADDR")
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(why),
+            "{args:?}"
+        );
+    }
+}
