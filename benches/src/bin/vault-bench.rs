@@ -178,7 +178,7 @@ fn shape(args: &Args) -> Shape {
 struct Hosted {
     url: String,
     token: String,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
@@ -211,7 +211,7 @@ async fn host_vault(unsynced: bool) -> Result<Hosted, String> {
     Ok(Hosted {
         url: format!("http://{addr}"),
         token,
-        _dir: dir,
+        dir,
         _stop: tx,
     })
 }
@@ -302,6 +302,9 @@ async fn run(args: &Args) -> Result<Report, String> {
         }
     })
     .await;
+    // What the started vault's data folder holds now (records, keys,
+    // audit events, RocksDB's own files), for sizing.
+    let disk_bytes = hosted.as_ref().map(|h| folder_bytes(h.dir.path()));
     let mut runs = vec![vault_run];
     if args.baselines {
         runs.push(rocksdb_baseline(args, shape)?);
@@ -323,6 +326,8 @@ async fn run(args: &Args) -> Result<Report, String> {
             "shape": shape,
             "record_plaintext_bytes": shape.record_bytes(),
             "synced_writes": !args.unsynced,
+            "self_hosted_data_folder_bytes": disk_bytes,
+            "peak_rss_bytes": peak_rss_bytes(),
         }),
         ratios: Report::ratios_of(&runs),
         runs,
@@ -458,6 +463,30 @@ async fn echo_baseline(args: &Args, shape: Shape) -> Result<RunResult, String> {
     let _ = tx.send(());
     let _ = server.await;
     Ok(result)
+}
+
+/// Bytes of every file under `dir`.
+fn folder_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => folder_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// The peak resident memory of this process (clients, and the started
+/// vault if any), from /proc on Linux.
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 /// Accepted connections of `listener`, with Nagle off (as the vault does).

@@ -54,6 +54,12 @@ async fn a_short_run_writes_a_json_result_and_an_html_report() {
         assert!(!r["timeline"].as_array().unwrap().is_empty());
     }
     assert_eq!(json["config"]["record_plaintext_bytes"], 3 * (2 + 2 + 16));
+    assert!(
+        json["config"]["self_hosted_data_folder_bytes"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
     assert!(json["ratios"].as_array().unwrap().len() >= 6);
 
     let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
