@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod load;
+pub mod postgres;
 pub mod report;
 
 /// The bare gRPC echo service: the transport baseline.

@@ -90,6 +90,13 @@ struct Args {
     #[arg(long)]
     baselines: bool,
 
+    /// Also run the PostgreSQL baseline: pgcrypto-encrypted fields, an
+    /// audit row per request in the same transaction, synchronous commit;
+    /// a server started in a temporary folder on loopback (PostgreSQL is
+    /// installed with apt-get if missing, when running as root).
+    #[arg(long)]
+    postgres: bool,
+
     /// Acknowledge writes before the WAL is synced, in the started vault
     /// and the RocksDB baseline (to measure CPU cost rather than the disk).
     #[arg(long)]
@@ -311,6 +318,9 @@ async fn run(args: &Args) -> Result<Report, String> {
         runs.push(echo_baseline(args, shape).await?);
     }
     drop(hosted);
+    if args.postgres {
+        runs.push(postgres_baseline(args, shape).await?);
+    }
 
     let report = Report {
         version: 1,
@@ -462,6 +472,70 @@ async fn echo_baseline(args: &Args, shape: Shape) -> Result<RunResult, String> {
     .await;
     let _ = tx.send(());
     let _ = server.await;
+    Ok(result)
+}
+
+/// The same records, mix and concurrency through PostgreSQL doing the
+/// vault's job (see `vault_benches::postgres`).
+async fn postgres_baseline(args: &Args, shape: Shape) -> Result<RunResult, String> {
+    use vault_benches::postgres::{self, Statements};
+    let server = tokio::task::spawn_blocking(postgres::Server::start)
+        .await
+        .map_err(|e| e.to_string())??;
+    let setup = server.connect().await?;
+    setup
+        .batch_execute(&Statements::schema(shape.fields))
+        .await
+        .map_err(|e| format!("PostgreSQL schema: {e}"))?;
+    let statements = Arc::new(Statements::new(shape.fields));
+    let key: Arc<str> = format!("{:032x}", rand::thread_rng().gen::<u128>()).into();
+    postgres::preload(&setup, &statements, &shape, &key, &mut rand::thread_rng()).await?;
+    let mut clients = Vec::with_capacity(args.clients);
+    for _ in 0..args.clients {
+        clients.push(Arc::new(server.connect().await?));
+    }
+    let clients = Arc::new(clients);
+    let workload = args.workload;
+    let result = drive_async("postgres", args.clients, stop(args), !args.quiet, {
+        let clients = Arc::clone(&clients);
+        move |c, i, mut rng| {
+            let (client, statements, key) = (
+                Arc::clone(&clients[c]),
+                Arc::clone(&statements),
+                Arc::clone(&key),
+            );
+            async move {
+                let kind = workload.pick(i, &mut rng);
+                let n = rng.gen_range(0..shape.records);
+                let batch: Vec<usize> = (0..shape.batch_size)
+                    .map(|k| (n + k) % shape.records)
+                    .collect();
+                let ok = match kind {
+                    OpKind::Get => postgres::get(&client, &statements, &key, n)
+                        .await
+                        .is_ok_and(|v| v.len() == shape.fields),
+                    OpKind::Put => postgres::put(&client, &statements, &shape, &key, n, &mut rng)
+                        .await
+                        .is_ok(),
+                    OpKind::BatchPut => {
+                        postgres::batch_put(&client, &statements, &shape, &key, &batch, &mut rng)
+                            .await
+                            .is_ok()
+                    }
+                    OpKind::BatchGet => postgres::batch_get(&client, &statements, &key, &batch)
+                        .await
+                        .is_ok(),
+                };
+                (kind, ok, rng)
+            }
+        }
+    })
+    .await;
+    drop(clients);
+    drop(setup);
+    tokio::task::spawn_blocking(move || drop(server))
+        .await
+        .map_err(|e| e.to_string())?;
     Ok(result)
 }
 

@@ -1,5 +1,6 @@
 //! The load generator, briefly: it runs against a vault of its own and
-//! its baselines, and writes well-formed reports. Not a speed test: the
+//! its baselines (RocksDB, a gRPC echo, a real PostgreSQL server that
+//! `scripts/prereqs` installed), and writes well-formed reports. Not a speed test: the
 //! figures are only checked to exist.
 
 use tokio::process::Command;
@@ -22,6 +23,7 @@ async fn a_short_run_writes_a_json_result_and_an_html_report() {
             "--value-size",
             "16",
             "--baselines",
+            "--postgres",
             "--quiet",
             "--out",
         ])
@@ -44,7 +46,7 @@ async fn a_short_run_writes_a_json_result_and_an_html_report() {
         .iter()
         .map(|r| r["target"].as_str().unwrap())
         .collect();
-    assert_eq!(targets, ["vault", "rocksdb", "echo"]);
+    assert_eq!(targets, ["vault", "rocksdb", "echo", "postgres"]);
     for r in json["runs"].as_array().unwrap() {
         assert!(r["total"]["count"].as_u64().unwrap() > 0, "{r}");
         assert_eq!(r["errors"], 0, "{r}");
@@ -60,7 +62,7 @@ async fn a_short_run_writes_a_json_result_and_an_html_report() {
             .unwrap()
             > 0
     );
-    assert!(json["ratios"].as_array().unwrap().len() >= 6);
+    assert!(json["ratios"].as_array().unwrap().len() >= 9);
 
     let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
     assert!(html.starts_with("<!DOCTYPE html>") && html.trim_end().ends_with("</html>"));
@@ -91,6 +93,7 @@ async fn help_documents_every_option_and_bad_options_are_refused() {
         "--records",
         "--batch-size",
         "--baselines",
+        "--postgres",
         "--unsynced",
         "--out",
         "--quiet",
