@@ -22,6 +22,10 @@ pub enum Workload {
     WriteHeavy,
     /// Batch puts and batch gets, alternately.
     Batch,
+    /// Only single-record gets (for a clean per-operation ratio).
+    GetOnly,
+    /// Only single-record puts.
+    PutOnly,
 }
 
 impl Workload {
@@ -34,6 +38,8 @@ impl Workload {
             Workload::WriteHeavy => OpKind::Get,
             Workload::Batch if i.is_multiple_of(2) => OpKind::BatchPut,
             Workload::Batch => OpKind::BatchGet,
+            Workload::GetOnly => OpKind::Get,
+            Workload::PutOnly => OpKind::Put,
         }
     }
 }

@@ -66,7 +66,8 @@ struct Args {
     count: Option<u64>,
 
     /// The mix: read-heavy (95% get, 5% put), write-heavy (95% put, 5%
-    /// get), batch (batch put and batch get alternately).
+    /// get), batch (batch put and batch get alternately), get-only or
+    /// put-only (one operation, for a clean ratio to the baselines).
     #[arg(long, value_enum, default_value_t = Workload::ReadHeavy)]
     workload: Workload,
 
