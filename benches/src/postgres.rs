@@ -92,8 +92,9 @@ fn ids_of(user: &str) -> Result<(u32, u32), String> {
 
 impl Server {
     /// Installs (if needed), initialises and starts a server on a free
-    /// loopback port, with `synchronous_commit = on` and `fsync = on`.
-    pub fn start() -> Result<Server, String> {
+    /// loopback port, with `synchronous_commit = on`, `fsync = on` and room
+    /// for `max_connections` clients.
+    pub fn start(max_connections: usize) -> Result<Server, String> {
         let bin = ensure_installed()?;
         let dir = tempfile::tempdir().map_err(|e| format!("temporary folder: {e}"))?;
         let data = dir.path().join("pgdata");
@@ -131,8 +132,10 @@ impl Server {
             ],
         )?;
         let options = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c synchronous_commit=on -c fsync=on",
-            server.data.display()
+            "-p {port} -k '{}' -c listen_addresses=127.0.0.1 -c synchronous_commit=on -c fsync=on \
+             -c max_connections={}",
+            server.data.display(),
+            max_connections.saturating_add(10)
         );
         server.tool(
             "pg_ctl",
@@ -288,10 +291,41 @@ impl Statements {
     }
 }
 
+/// The statements prepared on one connection (parsed and planned once, as
+/// an application would).
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    put: tokio_postgres::Statement,
+    get: tokio_postgres::Statement,
+    batch_put: tokio_postgres::Statement,
+    batch_get: tokio_postgres::Statement,
+}
+
+impl Prepared {
+    /// Prepares `statements` on `client`.
+    pub async fn new(client: &Client, statements: &Statements) -> Result<Prepared, String> {
+        let prepare = |q: &str| {
+            let q = q.to_owned();
+            async move {
+                client
+                    .prepare(&q)
+                    .await
+                    .map_err(|e| format!("PostgreSQL prepare: {e}"))
+            }
+        };
+        Ok(Prepared {
+            put: prepare(&statements.put).await?,
+            get: prepare(&statements.get).await?,
+            batch_put: prepare(&statements.batch_put).await?,
+            batch_get: prepare(&statements.batch_get).await?,
+        })
+    }
+}
+
 /// Writes the `shape.records` records, in batches.
 pub async fn preload(
     client: &Client,
-    statements: &Statements,
+    statements: &Prepared,
     shape: &Shape,
     key: &str,
     rng: &mut impl rand::Rng,
@@ -306,7 +340,7 @@ pub async fn preload(
 /// One batch put of records `n`.
 pub async fn batch_put(
     client: &Client,
-    statements: &Statements,
+    statements: &Prepared,
     shape: &Shape,
     key: &str,
     n: &[usize],
@@ -326,7 +360,7 @@ pub async fn batch_put(
         params.push(c);
     }
     client
-        .execute(statements.batch_put.as_str(), &params)
+        .execute(&statements.batch_put, &params)
         .await
         .map(drop)
         .map_err(|e| format!("PostgreSQL batch put: {e}"))
@@ -335,7 +369,7 @@ pub async fn batch_put(
 /// One put of record `n`.
 pub async fn put(
     client: &Client,
-    statements: &Statements,
+    statements: &Prepared,
     shape: &Shape,
     key: &str,
     n: usize,
@@ -350,7 +384,7 @@ pub async fn put(
         params.push(v);
     }
     client
-        .execute(statements.put.as_str(), &params)
+        .execute(&statements.put, &params)
         .await
         .map(drop)
         .map_err(|e| format!("PostgreSQL put: {e}"))
@@ -359,12 +393,12 @@ pub async fn put(
 /// One get of record `n`: its fields, decrypted.
 pub async fn get(
     client: &Client,
-    statements: &Statements,
+    statements: &Prepared,
     key: &str,
     n: usize,
 ) -> Result<Vec<String>, String> {
     let row = client
-        .query_one(statements.get.as_str(), &[&Shape::id(n), &key])
+        .query_one(&statements.get, &[&Shape::id(n), &key])
         .await
         .map_err(|e| format!("PostgreSQL get: {e}"))?;
     (0..row.len())
@@ -375,13 +409,13 @@ pub async fn get(
 /// One batch get of records `n`.
 pub async fn batch_get(
     client: &Client,
-    statements: &Statements,
+    statements: &Prepared,
     key: &str,
     n: &[usize],
 ) -> Result<usize, String> {
     let ids: Vec<String> = n.iter().map(|&i| Shape::id(i)).collect();
     client
-        .query(statements.batch_get.as_str(), &[&ids, &key])
+        .query(&statements.batch_get, &[&ids, &key])
         .await
         .map(|rows| rows.len())
         .map_err(|e| format!("PostgreSQL batch get: {e}"))

@@ -145,11 +145,18 @@ impl Report {
             .runs
             .iter()
             .map(|r| {
+                // Each bucket is 100 ms, but the last covers only what is
+                // left of the run: scaled by its own width.
+                let last = r.timeline.len().saturating_sub(1);
+                let tail = (r.seconds * 10.0 - last as f64).clamp(0.05, 1.0);
                 let pts = r
                     .timeline
                     .iter()
                     .enumerate()
-                    .map(|(i, &n)| ((i as f64 + 1.0) / 10.0, n as f64 * 10.0))
+                    .map(|(i, &n)| {
+                        let width = if i == last { tail } else { 1.0 };
+                        ((i as f64 + width) / 10.0, n as f64 * 10.0 / width)
+                    })
                     .collect();
                 (r.target.clone(), pts)
             })

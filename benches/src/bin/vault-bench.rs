@@ -160,6 +160,21 @@ fn check(args: &Args) -> Result<(), String> {
     if args.workload == Workload::Batch && args.batch_size > args.records {
         return Err("--batch-size cannot exceed --records".into());
     }
+    if args.unsynced && args.postgres {
+        return Err("--unsynced and --postgres do not compare: the PostgreSQL baseline commits synchronously".into());
+    }
+    let record = args
+        .fields
+        .saturating_mul(args.value_size.saturating_add(8));
+    if record > 64 * 1024 {
+        return Err("--fields x --value-size must stay under the vault's 64 KiB per record".into());
+    }
+    if args.workload == Workload::Batch && record.saturating_mul(args.batch_size) > 4 * 1024 * 1024
+    {
+        return Err(
+            "--batch-size x record size must stay under the vault's 4 MiB per batch".into(),
+        );
+    }
     if args.addr.is_some() && args.token.is_none() {
         return Err("--addr needs --token (or VAULT_TOKEN)".into());
     }
@@ -187,7 +202,19 @@ struct Hosted {
     url: String,
     token: String,
     dir: tempfile::TempDir,
-    _stop: tokio::sync::oneshot::Sender<()>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<vault_server::Result<()>>,
+}
+
+impl Hosted {
+    /// Stops the vault and waits for it; returns the size of its data
+    /// folder, which is then removed. The baselines run after this, on
+    /// cores the vault no longer uses.
+    async fn shutdown(self) -> u64 {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+        folder_bytes(self.dir.path())
+    }
 }
 
 async fn host_vault(unsynced: bool) -> Result<Hosted, String> {
@@ -208,7 +235,7 @@ async fn host_vault(unsynced: bool) -> Result<Hosted, String> {
         .map_err(|e| format!("binding a port: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let (tx, rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(service::serve(
+    let task = tokio::spawn(service::serve(
         listener,
         Arc::new(vault),
         Arc::new(auth),
@@ -220,7 +247,8 @@ async fn host_vault(unsynced: bool) -> Result<Hosted, String> {
         url: format!("http://{addr}"),
         token,
         dir,
-        _stop: tx,
+        stop: tx,
+        task,
     })
 }
 
@@ -268,7 +296,9 @@ async fn run(args: &Args) -> Result<Report, String> {
     let preload: Vec<Record> = (0..shape.records)
         .map(|n| record(&shape, n, &mut rng))
         .collect();
-    for chunk in preload.chunks(100) {
+    // Chunks under the vault's batch limits (500 records, 4 MiB).
+    let per_chunk = (2 * 1024 * 1024 / shape.record_bytes().max(1)).clamp(1, 100);
+    for chunk in preload.chunks(per_chunk) {
         admin
             .put_many(chunk)
             .await
@@ -310,15 +340,21 @@ async fn run(args: &Args) -> Result<Report, String> {
         }
     })
     .await;
-    // What the started vault's data folder holds now (records, keys,
+    // Memory now (clients and the started vault, before any baseline),
+    // then the vault stops: what its data folder holds (records, keys,
     // audit events, RocksDB's own files), for sizing.
-    let disk_bytes = hosted.as_ref().map(|h| folder_bytes(h.dir.path()));
+    let peak_rss = peak_rss_bytes();
+    drop(clients);
+    drop(admin);
+    let disk_bytes = match hosted {
+        Some(h) => Some(h.shutdown().await),
+        None => None,
+    };
     let mut runs = vec![vault_run];
     if args.baselines {
         runs.push(rocksdb_baseline(args, shape)?);
         runs.push(echo_baseline(args, shape).await?);
     }
-    drop(hosted);
     if args.postgres {
         runs.push(postgres_baseline(args, shape).await?);
     }
@@ -336,9 +372,10 @@ async fn run(args: &Args) -> Result<Report, String> {
             "workload": args.workload,
             "shape": shape,
             "record_plaintext_bytes": shape.record_bytes(),
-            "synced_writes": !args.unsynced,
+            // Unknown for a vault at --addr: its own configuration says.
+            "synced_writes": args.addr.is_none().then_some(!args.unsynced),
             "self_hosted_data_folder_bytes": disk_bytes,
-            "peak_rss_bytes": peak_rss_bytes(),
+            "peak_rss_bytes_after_vault_run": peak_rss,
         }),
         ratios: Report::ratios_of(&runs),
         runs,
@@ -479,8 +516,9 @@ async fn echo_baseline(args: &Args, shape: Shape) -> Result<RunResult, String> {
 /// The same records, mix and concurrency through PostgreSQL doing the
 /// vault's job (see `vault_benches::postgres`).
 async fn postgres_baseline(args: &Args, shape: Shape) -> Result<RunResult, String> {
-    use vault_benches::postgres::{self, Statements};
-    let server = tokio::task::spawn_blocking(postgres::Server::start)
+    use vault_benches::postgres::{self, Prepared, Statements};
+    let max_connections = args.clients;
+    let server = tokio::task::spawn_blocking(move || postgres::Server::start(max_connections))
         .await
         .map_err(|e| e.to_string())??;
     let setup = server.connect().await?;
@@ -488,42 +526,45 @@ async fn postgres_baseline(args: &Args, shape: Shape) -> Result<RunResult, Strin
         .batch_execute(&Statements::schema(shape.fields))
         .await
         .map_err(|e| format!("PostgreSQL schema: {e}"))?;
-    let statements = Arc::new(Statements::new(shape.fields));
+    let statements = Statements::new(shape.fields);
     let key: Arc<str> = format!("{:032x}", rand::thread_rng().gen::<u128>()).into();
-    postgres::preload(&setup, &statements, &shape, &key, &mut rand::thread_rng()).await?;
+    let prepared = Prepared::new(&setup, &statements).await?;
+    postgres::preload(&setup, &prepared, &shape, &key, &mut rand::thread_rng()).await?;
+    // One connection per client, its statements prepared once.
     let mut clients = Vec::with_capacity(args.clients);
     for _ in 0..args.clients {
-        clients.push(Arc::new(server.connect().await?));
+        let client = server.connect().await?;
+        let prepared = Prepared::new(&client, &statements).await?;
+        clients.push(Arc::new((client, prepared)));
     }
     let clients = Arc::new(clients);
     let workload = args.workload;
     let result = drive_async("postgres", args.clients, stop(args), !args.quiet, {
         let clients = Arc::clone(&clients);
         move |c, i, mut rng| {
-            let (client, statements, key) = (
-                Arc::clone(&clients[c]),
-                Arc::clone(&statements),
-                Arc::clone(&key),
-            );
+            let (conn, key) = (Arc::clone(&clients[c]), Arc::clone(&key));
             async move {
+                let (client, statements) = (&conn.0, &conn.1);
                 let kind = workload.pick(i, &mut rng);
                 let n = rng.gen_range(0..shape.records);
-                let batch: Vec<usize> = (0..shape.batch_size)
+                // Sorted: two batches that overlap lock rows in one order.
+                let mut batch: Vec<usize> = (0..shape.batch_size)
                     .map(|k| (n + k) % shape.records)
                     .collect();
+                batch.sort_unstable();
                 let ok = match kind {
-                    OpKind::Get => postgres::get(&client, &statements, &key, n)
+                    OpKind::Get => postgres::get(client, statements, &key, n)
                         .await
                         .is_ok_and(|v| v.len() == shape.fields),
-                    OpKind::Put => postgres::put(&client, &statements, &shape, &key, n, &mut rng)
+                    OpKind::Put => postgres::put(client, statements, &shape, &key, n, &mut rng)
                         .await
                         .is_ok(),
                     OpKind::BatchPut => {
-                        postgres::batch_put(&client, &statements, &shape, &key, &batch, &mut rng)
+                        postgres::batch_put(client, statements, &shape, &key, &batch, &mut rng)
                             .await
                             .is_ok()
                     }
-                    OpKind::BatchGet => postgres::batch_get(&client, &statements, &key, &batch)
+                    OpKind::BatchGet => postgres::batch_get(client, statements, &key, &batch)
                         .await
                         .is_ok(),
                 };
@@ -555,8 +596,7 @@ fn folder_bytes(dir: &std::path::Path) -> u64 {
         .sum()
 }
 
-/// The peak resident memory of this process (clients, and the started
-/// vault if any), from /proc on Linux.
+/// The peak resident memory of this process so far, from /proc on Linux.
 fn peak_rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;

@@ -62,7 +62,8 @@ async fn a_short_run_writes_a_json_result_and_an_html_report() {
             .unwrap()
             > 0
     );
-    assert!(json["ratios"].as_array().unwrap().len() >= 9);
+    // get and all against each baseline (a 95/5 mix this short may do no put).
+    assert!(json["ratios"].as_array().unwrap().len() >= 6);
 
     let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
     assert!(html.starts_with("<!DOCTYPE html>") && html.trim_end().ends_with("</html>"));
@@ -103,6 +104,8 @@ async fn help_documents_every_option_and_bad_options_are_refused() {
     for (args, why) in [
         (vec!["--clients", "0"], "--clients"),
         (vec!["--duration", "1e30"], "--duration"),
+        (vec!["--unsynced", "--postgres"], "--postgres"),
+        (vec!["--value-size", "70000"], "64 KiB"),
         (vec!["--batch-size", "501"], "--batch-size"),
         (vec!["--addr", "http://127.0.0.1:1"], "--token"),
     ] {
