@@ -266,10 +266,14 @@ where
             log
         }));
     }
+    // A client that panicked takes the run down with it, rather than
+    // vanishing from the figures.
     let mut logs = Vec::new();
     for t in tasks {
-        if let Ok(log) = t.await {
-            logs.push(log);
+        match t.await {
+            Ok(log) => logs.push(log),
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => {}
         }
     }
     let seconds = progress.started.elapsed().as_secs_f64();
@@ -315,7 +319,10 @@ where
                 })
             })
             .collect();
-        handles.into_iter().filter_map(|h| h.join().ok()).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
     });
     let seconds = progress.started.elapsed().as_secs_f64();
     progress.finished.store(true, Ordering::Relaxed);

@@ -107,15 +107,11 @@ impl Server {
                 .map_err(|e| e.to_string())?;
             std::os::unix::fs::chown(&data, Some(uid), Some(gid)).map_err(|e| e.to_string())?;
         }
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-            l.local_addr().map_err(|e| e.to_string())?.port()
-        };
-        let server = Server {
+        let mut server = Server {
             bin,
             data,
             run_as,
-            port,
+            port: 0,
             _dir: dir,
         };
         server.tool(
@@ -131,25 +127,41 @@ impl Server {
                 "--no-sync",
             ],
         )?;
-        let options = format!(
-            "-p {port} -k '{}' -c listen_addresses=127.0.0.1 -c synchronous_commit=on -c fsync=on \
-             -c max_connections={}",
-            server.data.display(),
-            max_connections.saturating_add(10)
-        );
-        server.tool(
-            "pg_ctl",
-            &[
-                "-D",
-                &server.data.to_string_lossy(),
-                "-o",
-                &options,
-                "-l",
-                &server.data.join("server.log").to_string_lossy(),
-                "-w",
-                "start",
-            ],
-        )?;
+        // A free port is chosen just before starting, and again if another
+        // process took it meanwhile (tests bind ports in parallel).
+        let mut attempt = 0;
+        loop {
+            server.port = {
+                let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+                l.local_addr().map_err(|e| e.to_string())?.port()
+            };
+            let options = format!(
+                "-p {} -k '{}' -c listen_addresses=127.0.0.1 -c synchronous_commit=on \
+                 -c fsync=on -c max_connections={}",
+                server.port,
+                server.data.display(),
+                max_connections.saturating_add(10)
+            );
+            let started = server.tool(
+                "pg_ctl",
+                &[
+                    "-D",
+                    &server.data.to_string_lossy(),
+                    "-o",
+                    &options,
+                    "-l",
+                    &server.data.join("server.log").to_string_lossy(),
+                    "-w",
+                    "start",
+                ],
+            );
+            attempt += 1;
+            match started {
+                Ok(()) => break,
+                Err(e) if attempt >= 3 => return Err(e),
+                Err(_) => {}
+            }
+        }
         Ok(server)
     }
 

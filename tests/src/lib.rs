@@ -42,21 +42,23 @@ pub struct TestVault {
     audit_start: (u64, u64),
 }
 
+/// Opens a dev-mode vault (initialised with one share, unsealed) and
+/// seeds its dev collection, off the reactor.
+async fn open_seeded(opts: OpenOptions) -> vault_server::Result<Vault> {
+    tokio::task::spawn_blocking(move || {
+        let vault = Vault::open_dev(opts)?;
+        dev::seed(&*vault.engine()?)?;
+        Ok(vault)
+    })
+    .await
+    .unwrap()
+}
+
 impl TestVault {
     /// Starts a dev-mode vault of `region` over `data_dir` (created if
     /// missing): initialised with one share and unsealed.
     pub async fn start(data_dir: &Path, region: &str) -> vault_server::Result<TestVault> {
-        let opts = OpenOptions::dev(data_dir, region.parse().unwrap());
-        let vault = tokio::task::spawn_blocking(move || {
-            let vault = Vault::open_dev(opts)?;
-            dev::seed(&*vault.engine()?)?;
-            Ok::<_, vault_server::Error>(vault)
-        })
-        .await
-        .unwrap()?;
-        let mut auth = Authenticator::new();
-        auth.add_token(TOKEN, dev::dev_principal());
-        Self::serve(Arc::new(vault), auth, data_dir).await
+        Self::start_dev_with(OpenOptions::dev(data_dir, region.parse().unwrap())).await
     }
 
     /// Starts a dev-mode vault of `region` over `data_dir` (initialised and
@@ -79,13 +81,7 @@ impl TestVault {
     ) -> vault_server::Result<TestVault> {
         let data_dir = opts.data_dir.clone();
         let data_dir = data_dir.as_path();
-        let vault = tokio::task::spawn_blocking(move || {
-            let vault = Vault::open_dev(opts)?;
-            dev::seed(&*vault.engine()?)?;
-            Ok::<_, vault_server::Error>(vault)
-        })
-        .await
-        .unwrap()?;
+        let vault = open_seeded(opts).await?;
         let mut vault =
             Self::serve_with(Arc::new(vault), tls.auth, Some(tls.server), data_dir).await?;
         vault.tls_ca_pem = Some(tls.ca_pem);
@@ -96,13 +92,7 @@ impl TestVault {
     /// engine options such as the re-wrap pace).
     pub async fn start_dev_with(opts: OpenOptions) -> vault_server::Result<TestVault> {
         let data_dir = opts.data_dir.clone();
-        let vault = tokio::task::spawn_blocking(move || {
-            let vault = Vault::open_dev(opts)?;
-            dev::seed(&*vault.engine()?)?;
-            Ok::<_, vault_server::Error>(vault)
-        })
-        .await
-        .unwrap()?;
+        let vault = open_seeded(opts).await?;
         let mut auth = Authenticator::new();
         auth.add_token(TOKEN, dev::dev_principal());
         Self::serve(Arc::new(vault), auth, &data_dir).await
@@ -432,41 +422,35 @@ impl TlsFixture {
     }
 }
 
-/// The `vault-server` binary next to the test executable (built by
-/// `cargo build --workspace --bins`, which the test command runs first).
-pub fn server_binary() -> PathBuf {
+/// The workspace binary `name` next to the test executable (built by
+/// `cargo build --workspace --all-targets`, which the test command runs
+/// first).
+fn workspace_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().and_then(Path::parent).unwrap();
-    let bin = dir.join("vault-server");
+    let bin = dir.join(name);
     assert!(
         bin.exists(),
-        "{} is missing: run `cargo build --workspace --bins` first (scripts/test does)",
+        "{} is missing: run `cargo build --locked --workspace --all-targets` first \
+         (scripts/test does; a narrower build rebuilds RocksDB)",
         bin.display()
     );
     bin
 }
 
-/// The `vault-bench` load generator, next to `vault-server`.
+/// The `vault-server` binary.
+pub fn server_binary() -> PathBuf {
+    workspace_binary("vault-server")
+}
+
+/// The `vault-bench` load generator.
 pub fn bench_binary() -> PathBuf {
-    let bin = server_binary().with_file_name("vault-bench");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build --workspace --bins` first (scripts/test does)",
-        bin.display()
-    );
-    bin
+    workspace_binary("vault-bench")
 }
 
-/// The `vaultctl` binary, next to `vault-server` (built by the same
-/// `cargo build --workspace --all-targets`).
+/// The `vaultctl` binary.
 pub fn vaultctl_binary() -> PathBuf {
-    let bin = server_binary().with_file_name("vaultctl");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build --workspace --bins` first (scripts/test does)",
-        bin.display()
-    );
-    bin
+    workspace_binary("vaultctl")
 }
 
 /// A [`TestVault`] on a single-threaded runtime of its own thread, which a

@@ -638,6 +638,17 @@ impl VaultClient {
         let response = self
             .operator_call(request, |mut c, r| async move { c.init(r).await })
             .await?;
+        // Shares are printed and written to files as they come: nothing but
+        // printable ASCII (their text form) is taken.
+        if !response
+            .shares
+            .iter()
+            .all(|s| s.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Err(Error::Protocol(
+                "the vault sent an unseal share that is not printable text".into(),
+            ));
+        }
         Ok(response.into())
     }
 
@@ -814,6 +825,17 @@ impl VaultClient {
                 "the vault sent {} ledger entries for a page of at most {most}",
                 response.entries.len()
             )));
+        }
+        // The pseudonym is printed: only what a pseudonym can be (hex).
+        if response.subject_pseudonym.is_empty()
+            || !response
+                .subject_pseudonym
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit())
+        {
+            return Err(Error::Protocol(
+                "the vault named the subject by something that is not a hex pseudonym".into(),
+            ));
         }
         // In order, from `from` on, and the next page after this one.
         let mut floor = from;

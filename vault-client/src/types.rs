@@ -571,12 +571,25 @@ impl fmt::Debug for Record {
 }
 
 /// The result of [`VaultClient::get_many`](crate::VaultClient::get_many).
-#[derive(Debug, Clone, PartialEq, Default)]
+/// Its `Debug` shows no value and no id (ids may be personal data).
+#[derive(Clone, PartialEq, Default)]
 pub struct BatchGet {
     /// The records found, in the order of the requested ids.
     pub records: Vec<Record>,
     /// The requested ids that have no record.
     pub missing_ids: Vec<String>,
+}
+
+impl fmt::Debug for BatchGet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BatchGet")
+            .field("records", &self.records)
+            .field(
+                "missing_ids",
+                &format_args!("<{} ids>", self.missing_ids.len()),
+            )
+            .finish()
+    }
 }
 
 /// The type of a field's values.

@@ -241,8 +241,10 @@ impl Vault {
         detail: Option<String>,
         result: &Result<T>,
     ) {
+        // Through the engine while unsealed, so it counts towards
+        // checkpoints like every other event.
         let ev = Event::outcome(caller, operation, detail, result);
-        if let Err(e) = self.audit.commit(WriteSet::new(), ev) {
+        if let Err(e) = self.append_event(ev) {
             tracing::error!(error = %e, operation, "audit event could not be written");
         }
     }

@@ -1,6 +1,7 @@
 //! The load generator, briefly: it runs against a vault of its own and
 //! its baselines (RocksDB, a gRPC echo, a real PostgreSQL server that
-//! `scripts/prereqs` installed), and writes well-formed reports. Not a speed test: the
+//! `scripts/prereqs --with-postgres` installed), and writes well-formed
+//! reports. Not a speed test: the
 //! figures are only checked to exist.
 
 use tokio::process::Command;

@@ -55,7 +55,10 @@ pub fn root(leaves: &[Hash]) -> Hash {
 }
 
 /// The inclusion proof of leaf `index` in the tree of `leaves` (RFC 6962
-/// §2.1.1). `None` when the index is out of range.
+/// §2.1.1), computed the plain recursive way: the reference that the
+/// vectors and [`inclusion_proofs`] are checked against. `None` when the
+/// index is out of range.
+#[cfg(test)]
 pub fn inclusion_proof(leaves: &[Hash], index: usize) -> Option<Vec<Hash>> {
     fn path(m: usize, d: &[Hash], out: &mut Vec<Hash>) {
         if d.len() <= 1 {

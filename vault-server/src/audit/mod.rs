@@ -247,8 +247,8 @@ struct Queue {
     leader: bool,
 }
 
-/// The audit log of one data folder.
-#[derive(Debug)]
+/// The audit log of one data folder. Its `Debug` shows the size only:
+/// queued writes hold record and subject keys.
 pub struct AuditLog {
     store: Arc<dyn Store>,
     state: Mutex<State>,
@@ -259,6 +259,19 @@ pub struct AuditLog {
     requests_begun: AtomicU64,
     /// The log's size, for followers.
     grown: tokio::sync::watch::Sender<u64>,
+    /// Held while a checkpoint is signed and stored, so they are stored in
+    /// order without holding up commits.
+    checkpointing: Mutex<()>,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = self.lock();
+        f.debug_struct("AuditLog")
+            .field("size", &s.frontier.size())
+            .field("failed", &s.failed)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Held by a group-commit leader while it writes: dropped only if the write
@@ -407,6 +420,7 @@ impl AuditLog {
             requests: Mutex::new(HashMap::new()),
             requests_begun: AtomicU64::new(0),
             grown: tokio::sync::watch::Sender::new(size),
+            checkpointing: Mutex::new(()),
         })
     }
 
@@ -745,17 +759,18 @@ impl AuditLog {
     /// A signed checkpoint of the log now: the stored one if the log has
     /// not grown since, else a new one, stored.
     pub fn checkpoint(&self, origin: &str, key: &SigningKey) -> Result<String> {
-        // Held across the store write, so checkpoints are stored in order.
-        let s = self.lock();
-        let size = s.frontier.size();
+        // Checkpoints are stored in order (sizes only grow, and one is
+        // made at a time); commits go on meanwhile.
+        let _one_at_a_time = self.checkpointing.lock().unwrap_or_else(|p| p.into_inner());
+        let (size, root) = self.root();
         if let Some(note) = self.store.get(Table::Audit, &checkpoint_key(size))? {
             // Never hand out a stored note that no longer matches the log.
-            if checkpoint::parse(&note).map(|(_, root)| root) != Some(s.frontier.root()) {
+            if checkpoint::parse(&note).map(|(_, r)| r) != Some(root) {
                 return Err(Error::Integrity);
             }
             return String::from_utf8(note).map_err(|_| Error::Integrity);
         }
-        let note = checkpoint::sign(origin, size, &s.frontier.root(), key);
+        let note = checkpoint::sign(origin, size, &root, key);
         let mut ws = WriteSet::new();
         ws.put(
             Table::Audit,

@@ -13,8 +13,8 @@ use super::{lock, validate_id, Engine};
 use crate::audit::Event;
 use crate::crypto::Key256;
 use crate::keys::{
-    signing_key, wrap_subject_key, wrapping_version, ErasureReceipt, KeyState, Keyring,
-    KeyringError, SubjectKeys,
+    wrap_subject_key, wrapping_version, ErasureReceipt, KeyState, Keyring, KeyringError,
+    SubjectKeys,
 };
 use crate::policy::{Caller, Operation};
 use crate::storage::{
@@ -180,7 +180,7 @@ impl Engine {
 
     /// The public half of the vault's signing key.
     pub fn signing_public_key(&self) -> [u8; 32] {
-        signing_key(&self.keyring()).verifying_key().to_bytes()
+        self.audit_signer.verifying_key().to_bytes()
     }
 
     /// The subject's stored key rows: (version, wrapped), oldest first.
@@ -223,6 +223,26 @@ impl Engine {
             .collect())
     }
 
+    /// Validates `subject` and takes what a subject custody change holds
+    /// for its whole length: the subject's stripe exclusively (no write of
+    /// the subject meanwhile), then the custody lock; refuses a closed
+    /// engine.
+    fn lock_subject_custody(
+        &self,
+        subject: &str,
+    ) -> Result<(
+        std::sync::RwLockWriteGuard<'_, ()>,
+        std::sync::MutexGuard<'_, ()>,
+    )> {
+        validate_id("subject id", subject)?;
+        let stripe = self.subject_locks[self.stripe(subject)]
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        let custody = lock(&self.custody_lock);
+        self.check_open()?;
+        Ok((stripe, custody))
+    }
+
     /// Gives `subject` a new key, re-encrypts every field of its records
     /// under it (same AAD binding: same region, collection, record and
     /// field), and destroys every older key version, in one atomic write.
@@ -233,12 +253,7 @@ impl Engine {
     }
 
     fn rotate_subject_authorized(&self, caller: &Caller, subject: &str) -> Result<SubjectRotation> {
-        validate_id("subject id", subject)?;
-        let _subject = self.subject_locks[self.stripe(subject)]
-            .write()
-            .unwrap_or_else(|p| p.into_inner());
-        let _custody = lock(&self.custody_lock);
-        self.check_open()?;
+        let _locks = self.lock_subject_custody(subject)?;
         let rows = self.subject_key_rows(subject)?;
         let Some(&(latest, _)) = rows.last() else {
             return Err(Error::NotFound("subject (it has no key)".into()));
@@ -316,12 +331,7 @@ impl Engine {
     }
 
     fn erase_subject_authorized(&self, caller: &Caller, subject: &str) -> Result<ErasureReceipt> {
-        validate_id("subject id", subject)?;
-        let _subject = self.subject_locks[self.stripe(subject)]
-            .write()
-            .unwrap_or_else(|p| p.into_inner());
-        let _custody = lock(&self.custody_lock);
-        self.check_open()?;
+        let _locks = self.lock_subject_custody(subject)?;
         let rows = self.subject_key_rows(subject)?;
         let records = self.subject_records(subject)?;
         let through = rows.last().map_or(0, |(v, _)| *v);

@@ -190,6 +190,10 @@ pub struct Engine {
     stripe_hasher: RandomState,
     rewrap_options: RewrapOptions,
     checkpoints: CheckpointOptions,
+    /// The audit (and receipt) signing key and the checkpoints' origin:
+    /// fixed for the keyring's life, derived once.
+    audit_signer: ed25519_dalek::SigningKey,
+    audit_origin: String,
     rewrap: rewrap::JobState,
     policy: Arc<PolicyHandle>,
     audit: Arc<AuditLog>,
@@ -262,6 +266,8 @@ impl Engine {
             collections.insert(c.name.clone(), Arc::new(c));
         }
         let rewrap = rewrap::JobState::load(store.as_ref())?;
+        let audit_signer = crate::keys::signing_key(&keyring);
+        let audit_origin = format!("vault/{region}/{}", hex::encode(keyring.id()));
         Ok(Engine {
             store,
             keyring: RwLock::new(Arc::new(keyring)),
@@ -276,6 +282,8 @@ impl Engine {
             stripe_hasher: RandomState::new(),
             rewrap_options,
             checkpoints,
+            audit_signer,
+            audit_origin,
             rewrap,
             policy,
             audit,
@@ -1032,23 +1040,18 @@ impl Engine {
 
     /// The origin line of this vault's checkpoints: region and keyring id.
     pub fn audit_origin(&self) -> String {
-        format!("vault/{}/{}", self.region, hex::encode(self.keyring().id()))
+        self.audit_origin.clone()
     }
 
     /// The C2SP verifier key of the audit signing key.
     pub fn audit_verifier_key(&self) -> String {
-        crate::audit::checkpoint::verifier_key(
-            &self.audit_origin(),
-            &crate::keys::signing_key(&self.keyring()),
-        )
+        crate::audit::checkpoint::verifier_key(&self.audit_origin, &self.audit_signer)
     }
 
     /// A signed checkpoint of the audit log now.
     pub fn checkpoint(&self) -> Result<String> {
-        self.audit.checkpoint(
-            &self.audit_origin(),
-            &crate::keys::signing_key(&self.keyring()),
-        )
+        self.audit
+            .checkpoint(&self.audit_origin, &self.audit_signer)
     }
 
     /// Takes the writers' (shared) locks for a write of `keys` by

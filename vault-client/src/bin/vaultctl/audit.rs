@@ -163,9 +163,11 @@ pub(crate) async fn run_audit(cli: &Cli, command: &AuditCommand) -> Result<bool,
         AuditCommand::Export(args) => {
             let (events, checkpoints) = export(cli, &args.dir).await?;
             if cli.json {
+                // The path as text: a path that is not UTF-8 cannot go
+                // into JSON as it is.
+                let dir = args.dir.display().to_string();
                 emit(
-                    &json!({"events": events, "checkpoints": checkpoints, "dir": args.dir})
-                        .to_string(),
+                    &json!({"events": events, "checkpoints": checkpoints, "dir": dir}).to_string(),
                 );
             } else {
                 emit(&export_text(events, checkpoints, &args.dir));
@@ -408,9 +410,14 @@ fn sizes_text(notes: &[String]) -> String {
 }
 
 async fn proof(cli: &Cli, args: &ProofArgs) -> Result<ProofVerdict, CliError> {
+    let index = args.index;
+    if let Some(size) = args.size.filter(|&size| index >= size) {
+        return Err(CliError::Input(format!(
+            "event {index} is not in a tree of size {size} (events 0 to size - 1)"
+        )));
+    }
     let pinned = args.public_key.as_deref().map(read_key).transpose()?;
     let vault = connect(cli).await?;
-    let index = args.index;
     let page = vault.audit_events(index, 1).await?;
     let Some(event) = page.events.into_iter().next() else {
         return Err(CliError::Input(format!(
@@ -418,12 +425,6 @@ async fn proof(cli: &Cli, args: &ProofArgs) -> Result<ProofVerdict, CliError> {
             plural(page.tree_size, "event")
         )));
     };
-    if args.size.is_some_and(|size| index >= size) {
-        return Err(CliError::Input(format!(
-            "event {index} is not in a tree of size {} (events 0 to size - 1)",
-            args.size.unwrap_or_default()
-        )));
-    }
     let key_pinned = pinned.is_some();
     let key = match pinned {
         Some(key) => key,
@@ -482,7 +483,7 @@ async fn proof(cli: &Cli, args: &ProofArgs) -> Result<ProofVerdict, CliError> {
         &hashes,
         &checkpoint.root,
     );
-    let size = checkpoint.size;
+    let (size, root) = (checkpoint.size, checkpoint.root);
     verdict.checkpoint = Some(checkpoint);
     if let Err(e) = included {
         verdict.failure = Some(format!(
@@ -502,11 +503,6 @@ async fn proof(cli: &Cli, args: &ProofArgs) -> Result<ProofVerdict, CliError> {
                 }
             };
             let hashes = vault.audit_consistency_proof(size, latest.size).await?;
-            let root = verdict
-                .checkpoint
-                .as_ref()
-                .map(|c| c.root)
-                .unwrap_or_default();
             if let Err(e) = verify_consistency(size, latest.size, &hashes, &root, &latest.root) {
                 verdict.failure = Some(format!(
                     "event {index} is in the tree of size {size}, but the latest checkpoint \
@@ -547,7 +543,7 @@ impl LedgerReport {
             None => format!(
                 "{} about subject {} (pseudonym), each proved in a signed checkpoint (tree size {sizes})",
                 plural(self.events.len() as u64, "event"),
-                self.pseudonym
+                printable(&self.pseudonym)
             ),
             Some(why) => one_line(&format!("the ledger does not verify: {why}")),
         });
@@ -622,44 +618,31 @@ fn ledger_line(event: &[u8]) -> String {
 async fn ledger(cli: &Cli, args: &LedgerArgs) -> Result<LedgerReport, CliError> {
     let pinned = args.public_key.as_deref().map(read_key).transpose()?;
     let vault = connect(cli).await?;
-    let mut report = LedgerReport {
-        pseudonym: String::new(),
-        events: Vec::new(),
-        checkpoint_sizes: Vec::new(),
-        key_pinned: pinned.is_some(),
-        failure: None,
-    };
-    let first = vault.access_ledger(&args.subject, 0, 0, 0).await?;
+    let mut page = vault.access_ledger(&args.subject, 0, 0, 0).await?;
     // Without a pinned key, the one the vault sent with the page (a DPO
     // holds no `audit` operation to ask for it apart).
+    let key_pinned = pinned.is_some();
     let key = match pinned {
         Some(key) => key,
-        None => first.verifier_key.parse().map_err(|e| {
-            CliError::Vault(Error::Protocol(format!(
-                "the vault's verifier key does not parse: {e}"
-            )))
-        })?,
+        None => parse_vault_key(&page.verifier_key)?,
     };
-    report.pseudonym = first.subject_pseudonym.clone();
-    let mut page = first.clone();
-    loop {
-        if page.subject_pseudonym != first.subject_pseudonym || page.checkpoint != first.checkpoint
-        {
-            report.failure =
-                Some("the vault changed the subject's pseudonym or the tree between pages".into());
+    let mut report = LedgerReport {
+        pseudonym: page.subject_pseudonym.clone(),
+        events: Vec::new(),
+        checkpoint_sizes: Vec::new(),
+        key_pinned,
+        failure: None,
+    };
+    let checkpoint = match page.verify(&key) {
+        Ok(checkpoint) => checkpoint,
+        Err(fault) => {
+            report.failure = Some(fault.to_string());
             return Ok(report);
         }
-        match page.verify(&key) {
-            Ok(checkpoint) => {
-                if report.checkpoint_sizes.is_empty() {
-                    report.checkpoint_sizes.push(checkpoint.size);
-                }
-            }
-            Err(fault) => {
-                report.failure = Some(fault.to_string());
-                return Ok(report);
-            }
-        }
+    };
+    report.checkpoint_sizes.push(checkpoint.size);
+    let first_note = page.checkpoint.clone();
+    loop {
         let next = page.next_index;
         report
             .events
@@ -667,19 +650,34 @@ async fn ledger(cli: &Cli, args: &LedgerArgs) -> Result<LedgerReport, CliError> 
         let Some(next) = next else {
             return Ok(report);
         };
-        let size = report.checkpoint_sizes.first().copied().unwrap_or_default();
-        page = vault.access_ledger(&args.subject, next, 0, size).await?;
+        page = vault
+            .access_ledger(&args.subject, next, 0, checkpoint.size)
+            .await?;
+        if page.subject_pseudonym != report.pseudonym || page.checkpoint != first_note {
+            report.failure =
+                Some("the vault changed the subject's pseudonym or the tree between pages".into());
+            return Ok(report);
+        }
+        if let Err(fault) = page.verify(&key) {
+            report.failure = Some(fault.to_string());
+            return Ok(report);
+        }
     }
 }
 
-/// The vault's own verifier key.
-async fn server_key(vault: &VaultClient) -> Result<VerifierKey, CliError> {
-    let (text, _origin) = vault.audit_public_key().await?;
+/// A verifier key the vault sent.
+fn parse_vault_key(text: &str) -> Result<VerifierKey, CliError> {
     text.parse().map_err(|e| {
         CliError::Vault(Error::Protocol(format!(
             "the vault's verifier key does not parse: {e}"
         )))
     })
+}
+
+/// The vault's own verifier key.
+async fn server_key(vault: &VaultClient) -> Result<VerifierKey, CliError> {
+    let (text, _origin) = vault.audit_public_key().await?;
+    parse_vault_key(&text)
 }
 
 /// An event as one line of text: its JSON with every control character
@@ -752,9 +750,15 @@ fn read_key(path: &Path) -> Result<VerifierKey, CliError> {
     let mut text = String::new();
     std::fs::File::open(path)
         .map_err(io_error)?
-        .take(MAX_KEY_FILE)
+        .take(MAX_KEY_FILE + 1)
         .read_to_string(&mut text)
         .map_err(io_error)?;
+    if text.len() as u64 > MAX_KEY_FILE {
+        return Err(CliError::Input(format!(
+            "public key file {} is too large to be a verifier key",
+            path.display()
+        )));
+    }
     text.parse()
         .map_err(|e| CliError::Input(format!("public key file {}: {e}", path.display())))
 }
