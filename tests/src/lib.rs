@@ -551,3 +551,98 @@ impl FreezableVault {
         }
     }
 }
+
+/// The `vault-server` binary running `--dev` as a child process on
+/// 127.0.0.1:0: for tests that kill it, or that must see whether it
+/// panicked (its stderr is kept).
+#[derive(Debug)]
+pub struct ChildVault {
+    child: tokio::process::Child,
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    /// What it wrote to stderr so far.
+    stderr: Arc<std::sync::Mutex<String>>,
+}
+
+impl ChildVault {
+    /// Starts `vault-server --dev` over `data_dir` (created, or reopened if
+    /// it holds a dev vault), with `token` as its development token, and
+    /// waits until it prints its address and token.
+    pub async fn start(data_dir: &Path, token: &str) -> ChildVault {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+        let mut child = tokio::process::Command::new(server_binary())
+            .args(["--dev", "--listen", "127.0.0.1:0", "--dev-token", token])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start vault-server");
+        let stderr = Arc::new(std::sync::Mutex::new(String::new()));
+        let mut err = child.stderr.take().expect("stderr");
+        let kept = Arc::clone(&stderr);
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            while let Ok(n) = err.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                kept.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let mut addr = None;
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(rest) = line.strip_prefix("vault-server listening on ") {
+                addr = rest.split_whitespace().next().and_then(|a| a.parse().ok());
+            }
+            if line.starts_with("export VAULT_TOKEN=") {
+                break;
+            }
+        }
+        // Keep reading, so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let Some(addr) = addr else {
+            let status = child.wait().await;
+            panic!(
+                "vault-server did not start ({status:?}); its stderr:\n{}",
+                stderr.lock().unwrap()
+            );
+        };
+        ChildVault {
+            child,
+            addr,
+            stderr,
+        }
+    }
+
+    /// `http://addr`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// What the child wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Whether the child is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Kills the child with SIGKILL and waits for it; panics if it had
+    /// already exited.
+    pub async fn kill(mut self) {
+        self.child.start_kill().expect("SIGKILL");
+        let status = self.child.wait().await.expect("wait for the killed vault");
+        assert!(
+            !status.success(),
+            "the vault exited before the kill: {status}; stderr:\n{}",
+            self.stderr()
+        );
+    }
+}

@@ -9,17 +9,23 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+#[cfg(feature = "rocksdb")]
 pub mod config;
 pub mod crypto;
+#[cfg(feature = "rocksdb")]
 pub mod dev;
 pub mod engine;
 pub mod error;
+pub mod fuzzing;
 pub mod keys;
 pub mod policy;
+#[cfg(feature = "rocksdb")]
 pub mod service;
 pub mod storage;
+#[cfg(feature = "rocksdb")]
 pub mod vault;
 
 pub use engine::Engine;
 pub use error::{Error, Result};
+#[cfg(feature = "rocksdb")]
 pub use vault::Vault;

@@ -9,6 +9,7 @@ mod bench;
 mod binary;
 mod client;
 mod custody;
+mod hostile;
 mod malformed;
 mod policy;
 mod records;

@@ -205,6 +205,20 @@ struct State {
     leaves: Vec<Hash>,
     /// A write failed: no more appends until the vault reopens the log.
     failed: bool,
+    /// The storage was full when it failed: later refusals say so too.
+    full: bool,
+}
+
+/// Why the log refuses a write after a failed one.
+fn refused(state: &State) -> Error {
+    Error::Unavailable(if state.full {
+        format!(
+            "{} (the audit log refuses writes until then)",
+            crate::storage::STORAGE_FULL
+        )
+    } else {
+        "the audit log refuses writes after a failed write; restart the vault".into()
+    })
 }
 
 /// What a queued request hears back.
@@ -515,10 +529,9 @@ impl AuditLog {
     /// Fails if the log refuses writes (after a failed write), so that an
     /// operation whose effect lies outside the store can refuse first.
     pub fn writable(&self) -> Result<()> {
-        if self.lock().failed {
-            return Err(Error::Unavailable(
-                "the audit log refuses writes after a failed write; restart the vault".into(),
-            ));
+        let s = self.lock();
+        if s.failed {
+            return Err(refused(&s));
         }
         Ok(())
     }
@@ -600,9 +613,7 @@ impl AuditLog {
         if state.failed {
             drop(state);
             for (_, _, slot) in group {
-                slot.set(Answer::Done(Err(Error::Storage(
-                    "the audit log refuses writes after a failed write; restart the vault".into(),
-                ))));
+                slot.set(Answer::Done(Err(refused(&self.lock()))));
             }
             return;
         }
@@ -647,11 +658,17 @@ impl AuditLog {
                 // start: appending more under the same indices now could
                 // overwrite it. The log takes no more writes until reopened.
                 state.failed = true;
+                state.full =
+                    matches!(&e, Error::Unavailable(m) if m == crate::storage::STORAGE_FULL);
                 drop(state);
                 tracing::error!(error = %e, "audit write failed; the audit log refuses writes until the vault restarts");
-                let message = e.to_string();
                 for (_, slot) in slots {
-                    slot.set(Answer::Done(Err(Error::Storage(message.clone()))));
+                    // A full disk keeps its own, clear error.
+                    let each = match &e {
+                        Error::Unavailable(m) => Error::Unavailable(m.clone()),
+                        other => Error::Storage(other.to_string()),
+                    };
+                    slot.set(Answer::Done(Err(each)));
                 }
             }
         }

@@ -343,5 +343,74 @@ mod tests {
         fn prop_decoder_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
             let _ = open_field(&cipher(3), &AAD, &bytes);
         }
+
+        /// Each named part of the envelope, replaced by other bytes of the
+        /// same length, is refused: version, key version, nonce,
+        /// ciphertext, tag.
+        #[test]
+        fn prop_each_part_replaced_is_refused(
+            pt in proptest::collection::vec(any::<u8>(), 1..64),
+            part in 0usize..5,
+            fill in proptest::collection::vec(any::<u8>(), 64),
+        ) {
+            let env = seal_field(&cipher(3), 9, &AAD, &pt);
+            let (from, to) = match part {
+                0 => (0, 1),
+                1 => (1, 5),
+                2 => (5, HEADER_LEN),
+                3 => (HEADER_LEN, env.len() - TAG_LEN),
+                _ => (env.len() - TAG_LEN, env.len()),
+            };
+            let mut t = env.clone();
+            t[from..to].copy_from_slice(&fill[..to - from]);
+            prop_assume!(t != env);
+            prop_assert!(open_field(&cipher(3), &AAD, &t).is_err());
+        }
+
+        /// Each AAD part changed alone is refused, and so is the key
+        /// version the header names when it differs from the one sealed
+        /// (it is in the AAD too).
+        #[test]
+        fn prop_each_aad_part_alone_is_refused(part in 0usize..4, other in "[a-z0-9]{1,12}") {
+            let env = seal_field(&cipher(3), 1, &AAD, b"secret");
+            let mut aad: FieldAad<'_> = AAD;
+            let slot = match part {
+                0 => &mut aad.region,
+                1 => &mut aad.collection,
+                2 => &mut aad.record_id,
+                _ => &mut aad.field,
+            };
+            prop_assume!(*slot != other.as_str());
+            *slot = &other;
+            prop_assert_eq!(open_field(&cipher(3), &aad, &env), Err(CryptoError::Authentication));
+        }
+
+        /// Cut short or extended, an envelope is refused; so is one made of
+        /// the header of one envelope and the body of another.
+        #[test]
+        fn prop_truncated_extended_or_spliced_is_refused(
+            a in proptest::collection::vec(any::<u8>(), 0..64),
+            b in proptest::collection::vec(any::<u8>(), 0..64),
+            cut in any::<prop::sample::Index>(),
+            extra in proptest::collection::vec(any::<u8>(), 1..16),
+        ) {
+            let ea = seal_field(&cipher(3), 1, &AAD, &a);
+            let eb = seal_field(&cipher(3), 1, &AAD, &b);
+            let short = &ea[..cut.index(ea.len())];
+            prop_assert!(open_field(&cipher(3), &AAD, short).is_err());
+            let mut long = ea.clone();
+            long.extend_from_slice(&extra);
+            prop_assert!(open_field(&cipher(3), &AAD, &long).is_err());
+            let mut spliced = ea[..HEADER_LEN].to_vec();
+            spliced.extend_from_slice(&eb[HEADER_LEN..]);
+            prop_assert!(open_field(&cipher(3), &AAD, &spliced).is_err());
+        }
+
+        /// Under another key, nothing opens.
+        #[test]
+        fn prop_another_key_is_refused(pt in proptest::collection::vec(any::<u8>(), 0..64), k in 4u8..=255) {
+            let env = seal_field(&cipher(3), 1, &AAD, &pt);
+            prop_assert_eq!(open_field(&cipher(k), &AAD, &env), Err(CryptoError::Authentication));
+        }
     }
 }

@@ -794,6 +794,19 @@ struct FaultyAudit {
     fail: std::sync::atomic::AtomicBool,
     /// Panic (rather than fail) on such writes.
     panic: std::sync::atomic::AtomicBool,
+    /// Fail every write as RocksDB does on a full disk.
+    full: std::sync::atomic::AtomicBool,
+}
+
+impl FaultyAudit {
+    fn over(dir: &std::path::Path) -> FaultyAudit {
+        FaultyAudit {
+            inner: RocksStore::open(&dir.join("db"), &StoreOptions::default()).unwrap(),
+            fail: std::sync::atomic::AtomicBool::new(false),
+            panic: std::sync::atomic::AtomicBool::new(false),
+            full: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
 }
 
 impl Store for FaultyAudit {
@@ -821,6 +834,9 @@ impl Store for FaultyAudit {
         self.inner.last_with_prefix(table, prefix)
     }
     fn write(&self, set: WriteSet) -> Result<()> {
+        if self.full.load(Ordering::SeqCst) {
+            return Err(Error::Unavailable(crate::storage::STORAGE_FULL.into()));
+        }
         let audits = set
             .ops()
             .iter()
@@ -838,11 +854,7 @@ impl Store for FaultyAudit {
 #[test]
 fn audit_is_fail_closed_and_counts_one_event_per_request() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(FaultyAudit {
-        inner: RocksStore::open(&dir.path().join("db"), &StoreOptions::default()).unwrap(),
-        fail: std::sync::atomic::AtomicBool::new(false),
-        panic: std::sync::atomic::AtomicBool::new(false),
-    });
+    let store = Arc::new(FaultyAudit::over(dir.path()));
     let e = engine_over(Arc::clone(&store) as Arc<dyn Store>, dir.path());
     let c = Caller::internal("t");
     let base = e.audit().size();
@@ -1041,11 +1053,7 @@ fn access_ledgers_page_prove_and_need_the_export_operation() {
 #[test]
 fn a_panicking_audit_write_leaves_nobody_waiting() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(FaultyAudit {
-        inner: RocksStore::open(&dir.path().join("db"), &StoreOptions::default()).unwrap(),
-        fail: std::sync::atomic::AtomicBool::new(false),
-        panic: std::sync::atomic::AtomicBool::new(false),
-    });
+    let store = Arc::new(FaultyAudit::over(dir.path()));
     let e = Arc::new(engine_over(
         Arc::clone(&store) as Arc<dyn Store>,
         dir.path(),
@@ -1064,6 +1072,61 @@ fn a_panicking_audit_write_leaves_nobody_waiting() {
     store.panic.store(false, Ordering::SeqCst);
     assert!(matches!(
         e.get_record(&c, "users", "r1", &[]),
-        Err(Error::Storage(_))
+        Err(Error::Unavailable(_))
+    ));
+}
+
+/// A full disk: every write fails as RocksDB fails it. Requests get a
+/// clear UNAVAILABLE (no path, no INTERNAL); a read returns no data; a
+/// re-wrap batch stops with the same error. After a restart with space
+/// again, every acknowledged write is there, the failed ones are not, the
+/// audit log verifies, and the re-wrap resumes where it stopped.
+#[test]
+fn a_full_disk_fails_clearly_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(FaultyAudit::over(dir.path()));
+    let folder = Restartable {
+        dir: dir.path().to_owned(),
+        store: Arc::clone(&store) as Arc<dyn Store>,
+        unseal_key: Key256::random(),
+    };
+    let e = folder.start();
+    let c = Caller::internal("t");
+    for i in 0..20 {
+        e.put_record(&c, user(&format!("r{i}"), &format!("s{i}")))
+            .unwrap();
+    }
+    e.rotate_root(&c).unwrap();
+    assert!(e.rewrap_step().unwrap());
+    let mid = e.rewrap_progress();
+    let events = e.audit().size();
+
+    store.full.store(true, Ordering::SeqCst);
+    let full = |r: Result<()>| match r {
+        Err(Error::Unavailable(m)) => assert!(m.starts_with(crate::storage::STORAGE_FULL), "{m}"),
+        other => panic!("{other:?}"),
+    };
+    full(e.put_record(&c, user("lost", "s-lost")).map(|_| ()));
+    full(e.get_record(&c, "users", "r1", &[]).map(|_| ()));
+    full(e.rewrap_step().map(|_| ()));
+    let status = tonic::Status::from(e.put_record(&c, user("x", "s")).unwrap_err());
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert_eq!(e.rewrap_progress(), mid, "the failed batch is not counted");
+
+    // Space again, and a restart.
+    store.full.store(false, Ordering::SeqCst);
+    drop(e);
+    let e = folder.restart();
+    assert_eq!(e.audit().size(), events, "no event of a failed write");
+    assert_eq!(e.rewrap_progress(), mid);
+    run_rewrap_to_end(&e);
+    let p = e.rewrap_progress();
+    assert_eq!((p.rewrapped, p.examined), (20, 20));
+    for i in 0..20 {
+        e.get_record(&c, "users", &format!("r{i}"), &[]).unwrap();
+    }
+    assert!(matches!(
+        e.get_record(&c, "users", "lost", &[]),
+        Err(Error::NotFound(_))
     ));
 }

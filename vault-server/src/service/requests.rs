@@ -161,6 +161,7 @@ where
         // finishes and leaves its event.
         let task = tokio::spawn(async move {
             let mut response = inner.call(req).await?;
+            client_faults_are_invalid_arguments(&mut response);
             let events = guard.finish();
             if events.attempted == 0 {
                 let ev = fallback_event(&mark, &operation, &response);
@@ -199,6 +200,24 @@ where
                 Err(_) => Ok(Status::internal("internal error").into_http()),
             }
         })
+    }
+}
+
+/// tonic answers a request body it cannot read (bad gRPC framing, a
+/// compressed flag without an encoding, no message, a message that does
+/// not decode) with `INTERNAL`. That is the client's fault, not the
+/// server's: it becomes `INVALID_ARGUMENT`, with tonic's message. The
+/// vault's own `INTERNAL` always says "internal error" and is kept.
+fn client_faults_are_invalid_arguments(response: &mut http::Response<tonic::body::Body>) {
+    let headers = response.headers_mut();
+    if headers.get("grpc-status").map(http::HeaderValue::as_bytes) != Some(b"13") {
+        return;
+    }
+    let ours = headers
+        .get("grpc-message")
+        .is_some_and(|m| m.as_bytes() == b"internal%20error" || m.as_bytes() == b"internal error");
+    if !ours {
+        headers.insert("grpc-status", http::HeaderValue::from_static("3"));
     }
 }
 
@@ -266,6 +285,27 @@ mod tests {
             r.headers_mut().insert("grpc-status", s.parse().unwrap());
         }
         r
+    }
+
+    #[test]
+    fn undecodable_requests_are_invalid_arguments_and_our_internal_errors_stay() {
+        let mut r = Status::internal("failed to decode Protobuf message: invalid wire type")
+            .into_http::<tonic::body::Body>();
+        client_faults_are_invalid_arguments(&mut r);
+        assert_eq!(r.headers()["grpc-status"], "3");
+        assert!(r.headers()["grpc-message"]
+            .to_str()
+            .unwrap()
+            .contains("decode"));
+        let mut r = Status::internal("internal error").into_http::<tonic::body::Body>();
+        client_faults_are_invalid_arguments(&mut r);
+        assert_eq!(r.headers()["grpc-status"], "13");
+        let mut r = Status::not_found("x").into_http::<tonic::body::Body>();
+        client_faults_are_invalid_arguments(&mut r);
+        assert_eq!(r.headers()["grpc-status"], "5");
+        let mut r = response_with(None);
+        client_faults_are_invalid_arguments(&mut r);
+        assert!(r.headers().get("grpc-status").is_none());
     }
 
     #[test]

@@ -3,13 +3,19 @@
 //! RocksDB ([`RocksStore`]) is the embedded default.
 
 mod codec;
+#[cfg(feature = "rocksdb")]
 mod rocks;
 
 pub use codec::{
     parse_subject_key_id, record_key, subject_key_id, subject_key_prefix, subject_record_key,
     StoredField, StoredRecord, RECORD_TAG_LEN, STORED_RECORD_V1,
 };
+#[cfg(feature = "rocksdb")]
 pub use rocks::{RocksStore, StoreOptions};
+
+/// What a write on a full disk answers (`UNAVAILABLE`).
+pub const STORAGE_FULL: &str = "the vault's storage is full (no space left on device): \
+     it accepts no writes until space is freed and the vault restarts";
 
 use crate::Result;
 

@@ -40,7 +40,19 @@ impl std::fmt::Debug for RocksStore {
 }
 
 fn storage_err(e: rocksdb::Error) -> Error {
-    Error::Storage(e.into_string())
+    classify(e.into_string())
+}
+
+/// A full disk is the operator's to fix, and says so (without RocksDB's
+/// file paths); any other storage failure stays an internal error whose
+/// detail goes to the server's log only.
+fn classify(message: String) -> Error {
+    use super::STORAGE_FULL;
+    if message.contains("No space left on device") {
+        Error::Unavailable(STORAGE_FULL.into())
+    } else {
+        Error::Storage(message)
+    }
 }
 
 impl RocksStore {
@@ -180,6 +192,24 @@ impl Store for RocksStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_disk_is_unavailable_and_names_no_path() {
+        let e = classify(
+            "IO error: No space left on device: While appending to file: \
+             /srv/vault/db/000004.log: No space left on device"
+                .into(),
+        );
+        assert!(
+            matches!(&e, Error::Unavailable(m) if m == crate::storage::STORAGE_FULL),
+            "{e:?}"
+        );
+        assert!(!e.to_string().contains("/srv"));
+        assert!(matches!(
+            classify("Corruption: bad block".into()),
+            Error::Storage(_)
+        ));
+    }
 
     #[test]
     fn write_read_scan() {
