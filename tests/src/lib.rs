@@ -562,6 +562,8 @@ pub struct ChildVault {
     pub addr: SocketAddr,
     /// What it wrote to stderr so far.
     stderr: Arc<std::sync::Mutex<String>>,
+    /// The task reading stderr: it ends when the child does.
+    stderr_reader: JoinHandle<()>,
 }
 
 impl ChildVault {
@@ -582,7 +584,7 @@ impl ChildVault {
         let stderr = Arc::new(std::sync::Mutex::new(String::new()));
         let mut err = child.stderr.take().expect("stderr");
         let kept = Arc::clone(&stderr);
-        tokio::spawn(async move {
+        let stderr_reader = tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
             while let Ok(n) = err.read(&mut buf).await {
                 if n == 0 {
@@ -595,13 +597,21 @@ impl ChildVault {
         });
         let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
         let mut addr = None;
-        while let Ok(Some(line)) = lines.next_line().await {
-            if let Some(rest) = line.strip_prefix("vault-server listening on ") {
-                addr = rest.split_whitespace().next().and_then(|a| a.parse().ok());
+        // A vault that never says it is ready fails the test, not hangs it.
+        let ready = tokio::time::timeout(std::time::Duration::from_secs(120), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(rest) = line.strip_prefix("vault-server listening on ") {
+                    addr = rest.split_whitespace().next().and_then(|a| a.parse().ok());
+                }
+                if line.starts_with("export VAULT_TOKEN=") {
+                    break;
+                }
             }
-            if line.starts_with("export VAULT_TOKEN=") {
-                break;
-            }
+        })
+        .await;
+        if ready.is_err() {
+            addr = None;
+            let _ = child.start_kill();
         }
         // Keep reading, so the child never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
@@ -616,6 +626,7 @@ impl ChildVault {
             child,
             addr,
             stderr,
+            stderr_reader,
         }
     }
 
@@ -635,14 +646,19 @@ impl ChildVault {
     }
 
     /// Kills the child with SIGKILL and waits for it; panics if it had
-    /// already exited.
-    pub async fn kill(mut self) {
+    /// exited before (a clean exit or a crash). Returns all it wrote to
+    /// stderr.
+    pub async fn kill(mut self) -> String {
+        use std::os::unix::process::ExitStatusExt;
         self.child.start_kill().expect("SIGKILL");
         let status = self.child.wait().await.expect("wait for the killed vault");
-        assert!(
-            !status.success(),
-            "the vault exited before the kill: {status}; stderr:\n{}",
-            self.stderr()
+        let _ = (&mut self.stderr_reader).await;
+        let stderr = self.stderr();
+        assert_eq!(
+            status.signal(),
+            Some(9),
+            "the vault exited before the kill: {status}; stderr:\n{stderr}"
         );
+        stderr
     }
 }

@@ -124,7 +124,11 @@ impl Server {
     }
 
     async fn kill(self) {
-        self.0.kill().await;
+        let stderr = self.0.kill().await;
+        assert!(
+            !stderr.contains("panicked"),
+            "the vault panicked:\n{stderr}"
+        );
     }
 }
 

@@ -1,8 +1,10 @@
 //! Fuzz entry points: each takes arbitrary bytes from outside and runs
 //! them through one decoder the vault uses on such bytes. Each must
 //! return (with an error, usually) and never panic, whatever the input.
-//! The cargo-fuzz targets in `fuzz/` call these, and a unit test replays
-//! the committed corpus (`fuzz/corpus/`) through them on every CI run.
+//! The cargo-fuzz targets in `fuzz/` call these (cargo-fuzz builds with
+//! `--cfg fuzzing`, the only non-test build that has this module), and a
+//! unit test replays the committed corpus (`fuzz/corpus/`) through them on
+//! every CI run.
 
 use aes_gcm::{Aes256Gcm, KeyInit};
 
@@ -72,9 +74,10 @@ pub fn policy_file(data: &[u8]) {
 /// a stored checkpoint note.
 pub fn audit_entry(data: &[u8]) {
     if let Ok(event) = serde_json::from_slice::<Event>(data) {
-        // What parses must encode again (the log re-hashes stored bytes,
-        // but the engine encodes events it builds).
-        let _ = serde_json::to_vec(&event);
+        // What parses encodes again, to what parses as the same event.
+        let again = serde_json::to_vec(&event).expect("an event encodes");
+        let back: Event = serde_json::from_slice(&again).expect("an encoded event parses");
+        assert_eq!(back, event, "an event changed through encode and parse");
     }
     let _ = checkpoint::parse(data);
 }
@@ -161,6 +164,7 @@ mod tests {
         );
         let file = keyring.seal(&Key256::take(&mut [9; 32]));
         write("keyring_file", "sealed", &file);
+        write("keyring_file", "contents", &keyring.contents_for_seed());
         write("policy_file", "example", POLICY_EXAMPLE.as_bytes());
         let mut ev = Event::new("svc", Some("billing"), "read", Some("00ff"));
         ev.collection = Some("users".into());

@@ -16,6 +16,7 @@ pub mod crypto;
 pub mod dev;
 pub mod engine;
 pub mod error;
+#[cfg(any(test, fuzzing))]
 pub mod fuzzing;
 pub mod keys;
 pub mod policy;

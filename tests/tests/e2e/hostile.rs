@@ -207,8 +207,9 @@ fn body(rng: &mut StdRng, seeds: &[Vec<u8>]) -> (Vec<u8>, &'static str) {
         4 => (frame(rng.gen_range(2..=255), len, &m), "an unknown flag"),
         5 => (frame(0, u32::MAX, &m), "a 4 GiB length"),
         6 if rng.gen_ratio(1, 10) => {
-            // Over the server's message limit, sent whole.
-            let big = vec![0x0a; 5 * 1024 * 1024];
+            // Over the server's message limit (8 MiB for the data plane,
+            // tonic's 4 MiB elsewhere), sent whole.
+            let big = vec![0x0a; 9 * 1024 * 1024];
             (frame(0, big.len() as u32, &big), "an oversized message")
         }
         6 => (frame(0, 64 * 1024 * 1024, &m), "a frame announcing 64 MiB"),
@@ -451,6 +452,22 @@ async fn hostile_raw_http2_requests_all_get_a_status_and_nothing_panics() {
         };
         match result {
             Ok(code) => {
+                // A vault.v1 method refuses bad credentials before anything
+                // else; no answer to a malformed request is INTERNAL.
+                let vault_method = SAFE_METHODS.contains(&path) && path.starts_with("/vault.v1.")
+                    || GUARDED_METHODS.contains(&path);
+                if !m.valid_credentials && vault_method {
+                    assert_eq!(
+                        code, 16,
+                        "case {case} (VAULT_HOSTILE_SEED={seed}): {path} with {} and {shape}",
+                        m.what
+                    );
+                }
+                assert_ne!(
+                    code, 13,
+                    "case {case} (VAULT_HOSTILE_SEED={seed}): {path} with {} and {shape}",
+                    m.what
+                );
                 *codes.entry(code).or_default() += 1;
                 if std::env::var_os("VAULT_HOSTILE_SHOW").is_some() {
                     println!("{code}\t{path}\t{}\t{shape}", m.what);
@@ -474,9 +491,9 @@ async fn hostile_raw_http2_requests_all_get_a_status_and_nothing_panics() {
     }
     assert_eq!(serving(&vault).await, ServingStatus::Serving);
     assert!(vault.is_running(), "the server exited");
-    // A malformed request is the client's fault: never INTERNAL.
-    assert_eq!(codes.get(&13), None, "INTERNAL answers: {codes:?}");
-    let stderr = vault.stderr();
+    // Killed, then its stderr read to the end: a panic in the last cases
+    // is seen too.
+    let stderr = vault.kill().await;
     assert!(
         !stderr.contains("panicked"),
         "the server panicked (VAULT_HOSTILE_SEED={seed}):\n{stderr}"
@@ -485,5 +502,4 @@ async fn hostile_raw_http2_requests_all_get_a_status_and_nothing_panics() {
         "hostile client: {CASES} cases (VAULT_HOSTILE_SEED={seed}), 0 panics, health SERVING \
          throughout; gRPC status codes seen (-1: a follow stream left open): {codes:?}"
     );
-    vault.kill().await;
 }

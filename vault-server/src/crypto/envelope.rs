@@ -367,9 +367,9 @@ mod tests {
             prop_assert!(open_field(&cipher(3), &AAD, &t).is_err());
         }
 
-        /// Each AAD part changed alone is refused, and so is the key
-        /// version the header names when it differs from the one sealed
-        /// (it is in the AAD too).
+        /// Each AAD part (region, collection, record id, field) changed
+        /// alone is refused. (The key version, also in the AAD, is
+        /// covered by `prop_each_part_replaced_is_refused`.)
         #[test]
         fn prop_each_aad_part_alone_is_refused(part in 0usize..4, other in "[a-z0-9]{1,12}") {
             let env = seal_field(&cipher(3), 1, &AAD, b"secret");

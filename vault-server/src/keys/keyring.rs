@@ -431,6 +431,9 @@ impl Keyring {
     /// The decoder of a keyring's decrypted contents (its sections), for
     /// the fuzz target: a random file never gets past the AEAD, so the
     /// sections are fuzzed directly. Refuses malformed input with an error.
+    /// Only in test and fuzzing builds (`--cfg fuzzing`): it builds a
+    /// keyring from unauthenticated bytes.
+    #[cfg(any(test, fuzzing))]
     #[doc(hidden)]
     pub fn decode_contents_for_fuzzing(contents: &[u8]) -> Result<Keyring, KeyringError> {
         Self::decode_contents(
@@ -447,6 +450,12 @@ impl Keyring {
     /// unsealing it.
     pub fn peek(file: &[u8]) -> Result<(Region, Custody), KeyringError> {
         parse_header(file).map(|h| (h.region, h.custody))
+    }
+
+    /// The plaintext contents, for the fuzz seed corpus.
+    #[cfg(test)]
+    pub(crate) fn contents_for_seed(&self) -> Vec<u8> {
+        self.encode_contents().to_vec()
     }
 
     fn encode_contents(&self) -> Zeroizing<Vec<u8>> {

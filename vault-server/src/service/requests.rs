@@ -203,20 +203,31 @@ where
     }
 }
 
-/// tonic answers a request body it cannot read (bad gRPC framing, a
-/// compressed flag without an encoding, no message, a message that does
-/// not decode) with `INTERNAL`. That is the client's fault, not the
-/// server's: it becomes `INVALID_ARGUMENT`, with tonic's message. The
-/// vault's own `INTERNAL` always says "internal error" and is kept.
+/// tonic answers a request body it cannot read with `INTERNAL`: a
+/// message that does not decode, no message, a truncated frame, a
+/// compressed flag without an encoding or an unknown flag. That is the
+/// client's fault, not the server's, and an operator's alerts on
+/// `INTERNAL` should not fire for it: such an answer becomes
+/// `INVALID_ARGUMENT`, with tonic's message. (The gRPC compression spec
+/// asks for `INTERNAL` on the compressed-flag case; the vault answers it
+/// like every other malformed frame.) Only these messages of tonic's are
+/// rewritten; every other `INTERNAL` is kept.
 fn client_faults_are_invalid_arguments(response: &mut http::Response<tonic::body::Body>) {
+    const CLIENT_FAULTS: &[&str] = &[
+        "failed to decode Protobuf message",
+        "protocol error: received message with",
+        "Missing request message.",
+        "Unexpected EOF decoding stream.",
+    ];
     let headers = response.headers_mut();
     if headers.get("grpc-status").map(http::HeaderValue::as_bytes) != Some(b"13") {
         return;
     }
-    let ours = headers
-        .get("grpc-message")
-        .is_some_and(|m| m.as_bytes() == b"internal%20error" || m.as_bytes() == b"internal error");
-    if !ours {
+    let Some(message) = headers.get("grpc-message") else {
+        return;
+    };
+    let message = percent_encoding::percent_decode(message.as_bytes()).decode_utf8_lossy();
+    if CLIENT_FAULTS.iter().any(|p| message.starts_with(p)) {
         headers.insert("grpc-status", http::HeaderValue::from_static("3"));
     }
 }
@@ -297,9 +308,20 @@ mod tests {
             .to_str()
             .unwrap()
             .contains("decode"));
-        let mut r = Status::internal("internal error").into_http::<tonic::body::Body>();
-        client_faults_are_invalid_arguments(&mut r);
-        assert_eq!(r.headers()["grpc-status"], "13");
+        for kept in ["internal error", "Error encoding: x", "a new handler's own"] {
+            let mut r = Status::internal(kept).into_http::<tonic::body::Body>();
+            client_faults_are_invalid_arguments(&mut r);
+            assert_eq!(r.headers()["grpc-status"], "13", "{kept}");
+        }
+        for fault in [
+            "protocol error: received message with compressed-flag but no grpc-encoding was specified",
+            "Missing request message.",
+            "Unexpected EOF decoding stream.",
+        ] {
+            let mut r = Status::internal(fault).into_http::<tonic::body::Body>();
+            client_faults_are_invalid_arguments(&mut r);
+            assert_eq!(r.headers()["grpc-status"], "3", "{fault}");
+        }
         let mut r = Status::not_found("x").into_http::<tonic::body::Body>();
         client_faults_are_invalid_arguments(&mut r);
         assert_eq!(r.headers()["grpc-status"], "5");

@@ -13,9 +13,11 @@ pub use codec::{
 #[cfg(feature = "rocksdb")]
 pub use rocks::{RocksStore, StoreOptions};
 
-/// What a write on a full disk answers (`UNAVAILABLE`).
+/// What a write on a full disk answers (`UNAVAILABLE`). RocksDB may fail
+/// the sync after the append, so the write may yet appear at restart.
 pub const STORAGE_FULL: &str = "the vault's storage is full (no space left on device): \
-     it accepts no writes until space is freed and the vault restarts";
+     whether this request was written is known only after a restart; the vault accepts \
+     no writes until space is freed and it restarts";
 
 use crate::Result;
 

@@ -48,7 +48,9 @@ fn storage_err(e: rocksdb::Error) -> Error {
 /// detail goes to the server's log only.
 fn classify(message: String) -> Error {
     use super::STORAGE_FULL;
-    if message.contains("No space left on device") {
+    if message.contains("No space left on device") || message.contains("Disk quota exceeded") {
+        // RocksDB's own words (file, volume) are for the operator's log.
+        tracing::warn!(error = %message, "storage full");
         Error::Unavailable(STORAGE_FULL.into())
     } else {
         Error::Storage(message)
@@ -205,6 +207,10 @@ mod tests {
             "{e:?}"
         );
         assert!(!e.to_string().contains("/srv"));
+        assert!(matches!(
+            classify("IO error: Disk quota exceeded: While appending".into()),
+            Error::Unavailable(_)
+        ));
         assert!(matches!(
             classify("Corruption: bad block".into()),
             Error::Storage(_)
