@@ -273,6 +273,8 @@ pub struct AuditLog {
     requests_begun: AtomicU64,
     /// The log's size, for followers.
     grown: tokio::sync::watch::Sender<u64>,
+    /// Whether the log refuses writes (after a failed one), for health.
+    refusing: tokio::sync::watch::Sender<bool>,
     /// Held while a checkpoint is signed and stored, so they are stored in
     /// order without holding up commits.
     checkpointing: Mutex<()>,
@@ -304,6 +306,7 @@ impl Drop for LeaderGuard<'_> {
             return;
         }
         self.log.lock().failed = true;
+        self.log.refusing.send_replace(true);
         let queued = {
             let mut q = self.log.queue.lock().unwrap_or_else(|p| p.into_inner());
             q.leader = false;
@@ -434,6 +437,7 @@ impl AuditLog {
             requests: Mutex::new(HashMap::new()),
             requests_begun: AtomicU64::new(0),
             grown: tokio::sync::watch::Sender::new(size),
+            refusing: tokio::sync::watch::Sender::new(false),
             checkpointing: Mutex::new(()),
         })
     }
@@ -658,6 +662,7 @@ impl AuditLog {
                 // start: appending more under the same indices now could
                 // overwrite it. The log takes no more writes until reopened.
                 state.failed = true;
+                self.refusing.send_replace(true);
                 state.full =
                     matches!(&e, Error::Unavailable(m) if m == crate::storage::STORAGE_FULL);
                 drop(state);
@@ -672,6 +677,12 @@ impl AuditLog {
                 }
             }
         }
+    }
+
+    /// Follows whether the log refuses writes (true after a failed write,
+    /// until the vault restarts): the data services' health follows it.
+    pub fn watch_refusing(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.refusing.subscribe()
     }
 
     /// Follows the log's size as events are appended.

@@ -1101,6 +1101,8 @@ fn a_full_disk_fails_clearly_and_loses_nothing() {
     let mid = e.rewrap_progress();
     let events = e.audit().size();
 
+    let refusing = e.audit().watch_refusing();
+    assert!(!*refusing.borrow());
     store.full.store(true, Ordering::SeqCst);
     let full = |r: Result<()>| match r {
         Err(Error::Unavailable(m)) => assert!(m.starts_with(crate::storage::STORAGE_FULL), "{m}"),
@@ -1112,6 +1114,10 @@ fn a_full_disk_fails_clearly_and_loses_nothing() {
     let status = tonic::Status::from(e.put_record(&c, user("x", "s")).unwrap_err());
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
     assert_eq!(e.rewrap_progress(), mid, "the failed batch is not counted");
+    assert!(
+        *refusing.borrow(),
+        "health follows this: the data services go NOT_SERVING"
+    );
 
     // Space again, and a restart.
     store.full.store(false, Ordering::SeqCst);

@@ -50,8 +50,8 @@ const DATA_SERVICES: [&str; 4] = [
 pub const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
 
 /// Reports the data services NOT_SERVING while sealed, SERVING otherwise.
-async fn set_data_health(health: &tonic_health::server::HealthReporter, sealed: bool) {
-    let status = if sealed {
+async fn set_data_health(health: &tonic_health::server::HealthReporter, down: bool) {
+    let status = if down {
         ServingStatus::NotServing
     } else {
         ServingStatus::Serving
@@ -62,9 +62,10 @@ async fn set_data_health(health: &tonic_health::server::HealthReporter, sealed: 
 }
 
 /// Serves the vault in plaintext on `listener` until `shutdown` completes,
-/// then drains in-flight requests and returns. Health follows the seal: the
-/// data services are SERVING only while the vault is unsealed; the operator
-/// service is always SERVING (it is how a vault is unsealed).
+/// then drains in-flight requests and returns. Health follows the seal and
+/// the audit log: the data services are SERVING only while the vault is
+/// unsealed and its audit log takes writes; the operator service is always
+/// SERVING (it is how a vault is unsealed).
 pub async fn serve(
     listener: TcpListener,
     vault: Arc<Vault>,
@@ -107,15 +108,22 @@ pub async fn serve_with_tls(
             .await;
     }
     // The status as of now is set before serving starts; a task follows
-    // every change after that.
+    // every change after that. The data services are down while the vault
+    // is sealed, and while its audit log refuses writes (after a failed
+    // write, a full disk say: no request could be served).
     let mut sealed = vault.watch_sealed();
-    let now = *sealed.borrow_and_update();
+    let mut refusing = vault.audit_log().watch_refusing();
+    let now = *sealed.borrow_and_update() || *refusing.borrow_and_update();
     set_data_health(&health, now).await;
     let follower = {
         let health = health.clone();
         tokio::spawn(async move {
-            while sealed.changed().await.is_ok() {
-                let now = *sealed.borrow_and_update();
+            loop {
+                tokio::select! {
+                    r = sealed.changed() => if r.is_err() { break },
+                    r = refusing.changed() => if r.is_err() { break },
+                }
+                let now = *sealed.borrow_and_update() || *refusing.borrow_and_update();
                 set_data_health(&health, now).await;
             }
         })
