@@ -49,7 +49,8 @@ const DATA_SERVICES: [&str; 4] = [
 /// Largest request or response message accepted.
 pub const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
 
-/// Reports the data services NOT_SERVING while sealed, SERVING otherwise.
+/// Reports the data services NOT_SERVING while `down` (sealed, or the audit
+/// log refusing writes), SERVING otherwise.
 async fn set_data_health(health: &tonic_health::server::HealthReporter, down: bool) {
     let status = if down {
         ServingStatus::NotServing
