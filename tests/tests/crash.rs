@@ -75,6 +75,15 @@ struct Model {
     next: Vec<u64>,
 }
 
+impl Model {
+    fn slot(&mut self, w: usize, target: Target) -> &mut Slot {
+        match target {
+            Target::Single(k) => &mut self.singles[w][k],
+            Target::Group(g) => &mut self.groups[w][g],
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Counts {
     writes: u64,
@@ -98,6 +107,28 @@ fn record(id: &str, subject: &str, value: &str) -> Record {
     Record::new("users", id, subject)
         .with("email", format!("{id}@example.eu"))
         .with("name", value)
+}
+
+/// Writer `w`'s single record `k`, holding `value`.
+fn single_record(w: usize, k: usize, value: &str) -> Record {
+    record(&single_id(w, k), &format!("subject-w{w}-{k}"), value)
+}
+
+/// Writer `w`'s batch group `g`, every record holding `value` (two
+/// subjects per batch).
+fn group_records(w: usize, g: usize, value: &str) -> Vec<Record> {
+    group_ids(w, g)
+        .iter()
+        .enumerate()
+        .map(|(i, id)| record(id, &format!("subject-w{w}-g{g}-{}", i % 2), value))
+        .collect()
+}
+
+/// What one write touches: a single record or a batch group.
+#[derive(Debug, Clone, Copy)]
+enum Target {
+    Single(usize),
+    Group(usize),
 }
 
 fn name_of(r: &Record) -> Option<&str> {
@@ -233,41 +264,28 @@ async fn writer(
             m.next[w]
         };
         let value = format!("w{w}-n{n}");
-        let result = if rng.gen_bool(0.6) {
-            let k = rng.gen_range(0..SINGLES);
-            let id = single_id(w, k);
-            model.lock().unwrap().singles[w][k].in_flight = Some(value.clone());
-            let r = client
-                .put(&record(&id, &format!("subject-w{w}-{k}"), &value))
-                .await;
-            if r.is_ok() {
-                let mut m = model.lock().unwrap();
-                m.singles[w][k] = Slot {
-                    acked: Some(value),
-                    in_flight: None,
-                };
-                writes += 1;
-            }
-            r
+        let target = if rng.gen_bool(0.6) {
+            Target::Single(rng.gen_range(0..SINGLES))
         } else {
-            let g = rng.gen_range(0..GROUPS);
-            let records: Vec<Record> = group_ids(w, g)
-                .iter()
-                .enumerate()
-                .map(|(i, id)| record(id, &format!("subject-w{w}-g{g}-{}", i % 2), &value))
-                .collect();
-            model.lock().unwrap().groups[w][g].in_flight = Some(value.clone());
-            let r = client.put_many(&records).await.map(|_| ());
-            if r.is_ok() {
-                let mut m = model.lock().unwrap();
-                m.groups[w][g] = Slot {
-                    acked: Some(value),
-                    in_flight: None,
-                };
-                batches += 1;
-            }
-            r
+            Target::Group(rng.gen_range(0..GROUPS))
         };
+        model.lock().unwrap().slot(w, target).in_flight = Some(value.clone());
+        let result = match target {
+            Target::Single(k) => client.put(&single_record(w, k, &value)).await,
+            Target::Group(g) => client
+                .put_many(&group_records(w, g, &value))
+                .await
+                .map(|_| ()),
+        };
+        if result.is_ok() {
+            let mut m = model.lock().unwrap();
+            let slot = m.slot(w, target);
+            slot.acked = slot.in_flight.take();
+            match target {
+                Target::Single(_) => writes += 1,
+                Target::Group(_) => batches += 1,
+            }
+        }
         if let Err(e) = result {
             assert!(
                 killed.load(Ordering::SeqCst),
@@ -337,20 +355,14 @@ async fn crash_cycles_lose_no_acknowledged_write_or_read_event() {
         let client = server.client("crash-setup").await;
         for w in 0..WRITERS {
             for k in 0..SINGLES {
-                let id = single_id(w, k);
-                client
-                    .put(&record(&id, &format!("subject-w{w}-{k}"), "initial"))
-                    .await
-                    .unwrap();
+                client.put(&single_record(w, k, "initial")).await.unwrap();
                 model.lock().unwrap().singles[w][k].acked = Some("initial".into());
             }
             for g in 0..GROUPS {
-                let records: Vec<Record> = group_ids(w, g)
-                    .iter()
-                    .enumerate()
-                    .map(|(i, id)| record(id, &format!("subject-w{w}-g{g}-{}", i % 2), "initial"))
-                    .collect();
-                client.put_many(&records).await.unwrap();
+                client
+                    .put_many(&group_records(w, g, "initial"))
+                    .await
+                    .unwrap();
                 model.lock().unwrap().groups[w][g].acked = Some("initial".into());
             }
         }

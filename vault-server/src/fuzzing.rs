@@ -27,18 +27,25 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("audit_entry", audit_entry),
 ];
 
+/// The envelope target's field key and AAD (its seeds are sealed with them).
+const ENVELOPE_KEY: [u8; 32] = [7; 32];
+const ENVELOPE_AAD: FieldAad<'static> = FieldAad {
+    region: "eu",
+    collection: "users",
+    record_id: "r1",
+    field: "email",
+};
+
+/// The unseal key the keyring target opens files with (its seed is sealed
+/// under it).
+const KEYRING_UNSEAL_KEY: [u8; 32] = [9; 32];
+
 /// A field envelope (v1) as read from the store: the header, then the
 /// AEAD open under a fixed key and AAD.
 pub fn envelope(data: &[u8]) {
     let _ = EnvelopeHeader::parse(data);
-    let cipher = Aes256Gcm::new(&[7u8; 32].into());
-    let aad = FieldAad {
-        region: "eu",
-        collection: "users",
-        record_id: "r1",
-        field: "email",
-    };
-    let _ = open_field(&cipher, &aad, data);
+    let cipher = Aes256Gcm::new(&ENVELOPE_KEY.into());
+    let _ = open_field(&cipher, &ENVELOPE_AAD, data);
 }
 
 /// A stored record (v1): what decodes must encode back to the same bytes.
@@ -58,7 +65,8 @@ pub fn keyring_file(data: &[u8]) {
         Ok(r) => r,
         Err(_) => return,
     };
-    let key = crate::crypto::Key256::take(&mut [9; 32]);
+    let mut bytes = KEYRING_UNSEAL_KEY;
+    let key = crate::crypto::Key256::take(&mut bytes);
     let _ = Keyring::unseal(data, &key, &region);
     let _ = Keyring::decode_contents_for_fuzzing(data);
 }
@@ -128,13 +136,8 @@ mod tests {
             std::fs::create_dir_all(&dir).unwrap();
             std::fs::write(dir.join(format!("seed-{name}")), bytes).unwrap();
         };
-        let cipher = Aes256Gcm::new(&[7u8; 32].into());
-        let aad = FieldAad {
-            region: "eu",
-            collection: "users",
-            record_id: "r1",
-            field: "email",
-        };
+        let cipher = Aes256Gcm::new(&ENVELOPE_KEY.into());
+        let aad = ENVELOPE_AAD;
         write(
             "envelope",
             "ok",
@@ -162,10 +165,15 @@ mod tests {
                 shares: 3,
             },
         );
-        let file = keyring.seal(&Key256::take(&mut [9; 32]));
+        let mut unseal = KEYRING_UNSEAL_KEY;
+        let file = keyring.seal(&Key256::take(&mut unseal));
         write("keyring_file", "sealed", &file);
         write("keyring_file", "contents", &keyring.contents_for_seed());
-        write("policy_file", "example", POLICY_EXAMPLE.as_bytes());
+        write(
+            "policy_file",
+            "example",
+            crate::policy::TEST_POLICY.as_bytes(),
+        );
         let mut ev = Event::new("svc", Some("billing"), "read", Some("00ff"));
         ev.collection = Some("users".into());
         ev.records = vec!["ab".repeat(32)];
@@ -178,27 +186,4 @@ mod tests {
                 .as_bytes(),
         );
     }
-
-    const POLICY_EXAMPLE: &str = r#"
-[principals]
-"billing-service" = ["billing"]
-"spiffe://eu.example/support" = ["support"]
-
-[roles.billing]
-description = "Charges customers"
-
-[[roles.billing.rules]]
-collections = ["payments"]
-fields = ["iban", "amount_cents"]
-operations = ["read", "write"]
-purposes = ["billing", "refund"]
-redaction = "masked"
-
-[[roles.support.rules]]
-collections = ["users"]
-categories = ["contact"]
-operations = ["read"]
-purposes = ["support-ticket"]
-redaction = "masked"
-"#;
 }

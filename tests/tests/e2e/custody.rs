@@ -12,8 +12,6 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
 use vault_client::{Error, KeyState, Record, UnsealShare, VaultClient};
 use vault_server::engine::RewrapOptions;
 use vault_server::keys::{Keyring, ShareCollector, UnsealShare as ServerShare};
@@ -22,7 +20,7 @@ use vault_server::service::Authenticator;
 use vault_server::vault::{OpenOptions, DEV_SHARE_FILE};
 use vault_tests::{server_binary, TestVault};
 
-use crate::user;
+use crate::{health, user};
 
 pub(crate) const CUSTODIAN: &str = "custodian-token";
 pub(crate) const SERVICE: &str = "service-token";
@@ -52,22 +50,6 @@ fn sealed_error(r: Result<impl std::fmt::Debug, Error>) {
         Err(Error::Unavailable(m)) => assert!(m.contains("sealed"), "{m}"),
         other => panic!("expected UNAVAILABLE sealed, got {other:?}"),
     }
-}
-
-async fn health(url: &str, service: &str) -> ServingStatus {
-    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    HealthClient::new(channel)
-        .check(HealthCheckRequest {
-            service: service.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status()
 }
 
 /// A share with a valid checksum and the right set, whose secret part is

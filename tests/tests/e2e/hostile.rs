@@ -12,8 +12,6 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::net::TcpStream;
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
 use vault_proto::v1 as pb;
 use vault_tests::ChildVault;
 
@@ -358,33 +356,28 @@ async fn send(
     // a large body: a refused send is not a fault.
     let _ = stream.send_data(Bytes::from(body), true);
     let response = response.await.map_err(|e| format!("no response: {e}"))?;
-    let (parts, mut body) = response.into_parts();
+    let (parts, body) = response.into_parts();
     if parts.status != http::StatusCode::OK {
         return Err(format!("HTTP status {}", parts.status));
     }
     if let Some(code) = parts.headers.get("grpc-status") {
         return parse_code(code);
     }
+    let end = status_at_end(body);
     if path.ends_with("/Follow") {
         // A well-formed follow streams until the client cancels it (a
         // deadline bounds only its opening): an open stream is its answer.
-        let end = async {
-            while let Some(chunk) = body.data().await {
-                let chunk = chunk.map_err(|e| format!("reading the body: {e}"))?;
-                let _ = body.flow_control().release_capacity(chunk.len());
-            }
-            let trailers = body
-                .trailers()
-                .await
-                .map_err(|e| format!("reading trailers: {e}"))?
-                .ok_or("no trailers")?;
-            parse_code(trailers.get("grpc-status").ok_or("no grpc-status")?)
-        };
         return match tokio::time::timeout(Duration::from_millis(200), end).await {
             Ok(r) => r,
             Err(_) => Ok(STREAMING),
         };
     }
+    end.await
+}
+
+/// Reads a response body to its end and returns the status its trailers
+/// give.
+async fn status_at_end(mut body: h2::RecvStream) -> Result<i32, String> {
     while let Some(chunk) = body.data().await {
         let chunk = chunk.map_err(|e| format!("reading the body: {e}"))?;
         let _ = body.flow_control().release_capacity(chunk.len());
@@ -405,19 +398,7 @@ fn parse_code(v: &http::HeaderValue) -> Result<i32, String> {
 }
 
 async fn serving(vault: &ChildVault) -> ServingStatus {
-    let channel = tonic::transport::Endpoint::from_shared(vault.url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    HealthClient::new(channel)
-        .check(HealthCheckRequest {
-            service: "vault.v1.VaultService".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status()
+    crate::health(&vault.url(), "vault.v1.VaultService").await
 }
 
 #[tokio::test]

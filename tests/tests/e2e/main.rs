@@ -19,6 +19,9 @@ mod tls;
 mod vaultctl;
 mod vaultctl_custody;
 
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
 use vault_client::{Collection, DataCategory, FieldSchema, FieldType, Record, Timestamp};
 
 /// A `users` record of the dev schema.
@@ -57,4 +60,22 @@ pub fn all_types(name: &str) -> Collection {
             f("t", FieldType::Timestamp),
         ],
     }
+}
+
+/// The health status the server at `url` reports for `service` (`""`: the
+/// server as a whole).
+pub async fn health(url: &str, service: &str) -> ServingStatus {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status()
 }

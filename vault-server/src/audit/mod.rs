@@ -209,16 +209,16 @@ struct State {
     full: bool,
 }
 
-/// Why the log refuses a write after a failed one.
-fn refused(state: &State) -> Error {
-    Error::Unavailable(if state.full {
+/// Why the log refuses a write after a failed one (`UNAVAILABLE`).
+fn refusal(state: &State) -> String {
+    if state.full {
         format!(
             "{} (the audit log refuses writes until then)",
             crate::storage::STORAGE_FULL
         )
     } else {
         "the audit log refuses writes after a failed write; restart the vault".into()
-    })
+    }
 }
 
 /// What a queued request hears back.
@@ -535,7 +535,7 @@ impl AuditLog {
     pub fn writable(&self) -> Result<()> {
         let s = self.lock();
         if s.failed {
-            return Err(refused(&s));
+            return Err(Error::Unavailable(refusal(&s)));
         }
         Ok(())
     }
@@ -615,9 +615,10 @@ impl AuditLog {
     fn write_group(&self, group: Vec<(WriteSet, Event, Arc<Slot>)>) {
         let mut state = self.lock();
         if state.failed {
+            let why = refusal(&state);
             drop(state);
             for (_, _, slot) in group {
-                slot.set(Answer::Done(Err(refused(&self.lock()))));
+                slot.set(Answer::Done(Err(Error::Unavailable(why.clone()))));
             }
             return;
         }

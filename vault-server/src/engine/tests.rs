@@ -97,6 +97,23 @@ fn user(id: &str, subject: &str) -> Record {
     Record::new("users", id, subject, fields)
 }
 
+/// Writes users `r0`..`r{n-1}`, each of its own subject `s0`...
+fn put_users(e: &Engine, n: usize) {
+    let c = Caller::internal("t");
+    for i in 0..n {
+        e.put_record(&c, user(&format!("r{i}"), &format!("s{i}")))
+            .unwrap();
+    }
+}
+
+/// Reads users `r0`..`r{n-1}` back (each must decrypt).
+fn read_users(e: &Engine, n: usize) {
+    let c = Caller::internal("t");
+    for i in 0..n {
+        e.get_record(&c, "users", &format!("r{i}"), &[]).unwrap();
+    }
+}
+
 #[test]
 fn put_get_projection_counts_decrypts() {
     let dir = tempfile::tempdir().unwrap();
@@ -127,10 +144,7 @@ fn one_subject_key_per_subject_under_concurrency() {
     for h in handles {
         h.join().unwrap();
     }
-    let c = Caller::internal("t");
-    for i in 0..8 {
-        e.get_record(&c, "users", &format!("r{i}"), &[]).unwrap();
-    }
+    read_users(&e, 8);
     assert_eq!(
         e.store
             .scan_prefix(Table::SubjectKeys, b"same\0")
@@ -239,10 +253,7 @@ fn root_rotation_rewraps_every_key_and_data_still_reads() {
     let dir = tempfile::tempdir().unwrap();
     let e = engine(dir.path());
     let c = Caller::internal("t");
-    for i in 0..30 {
-        e.put_record(&c, user(&format!("r{i}"), &format!("s{i}")))
-            .unwrap();
-    }
+    put_users(&e, 30);
     assert!(e.rewrap_progress().finished);
     assert_eq!(e.rotate_root(&c).unwrap(), 2);
     assert!(!e.rewrap_progress().finished);
@@ -271,9 +282,7 @@ fn root_rotation_rewraps_every_key_and_data_still_reads() {
     e.cache.clear();
     e.retire_root(&c, 1).unwrap();
     e.destroy_root(&c, 1).unwrap();
-    for i in 0..30 {
-        e.get_record(&c, "users", &format!("r{i}"), &[]).unwrap();
-    }
+    read_users(&e, 30);
     let file = std::fs::read(dir.path().join("keyring")).unwrap();
     let kr = Keyring::unseal(&file, &e.keyring_file.unseal_key, &"eu".parse().unwrap()).unwrap();
     assert_eq!(
@@ -343,10 +352,7 @@ fn rewrap_resumes_from_its_persisted_cursor() {
     let folder = Restartable::new(dir.path());
     let e = folder.start();
     let c = Caller::internal("t");
-    for i in 0..20 {
-        e.put_record(&c, user(&format!("r{i}"), &format!("s{i}")))
-            .unwrap();
-    }
+    put_users(&e, 20);
     e.rotate_root(&c).unwrap();
     assert!(e.rewrap_step().unwrap());
     assert!(e.rewrap_step().unwrap());
@@ -359,9 +365,7 @@ fn rewrap_resumes_from_its_persisted_cursor() {
     run_rewrap_to_end(&e);
     let p = e.rewrap_progress();
     assert_eq!((p.rewrapped, p.examined), (20, 20), "every key once");
-    for i in 0..20 {
-        e.get_record(&c, "users", &format!("r{i}"), &[]).unwrap();
-    }
+    read_users(&e, 20);
 }
 
 #[test]
@@ -1092,10 +1096,7 @@ fn a_full_disk_fails_clearly_and_loses_nothing() {
     };
     let e = folder.start();
     let c = Caller::internal("t");
-    for i in 0..20 {
-        e.put_record(&c, user(&format!("r{i}"), &format!("s{i}")))
-            .unwrap();
-    }
+    put_users(&e, 20);
     e.rotate_root(&c).unwrap();
     assert!(e.rewrap_step().unwrap());
     let mid = e.rewrap_progress();
@@ -1128,9 +1129,7 @@ fn a_full_disk_fails_clearly_and_loses_nothing() {
     run_rewrap_to_end(&e);
     let p = e.rewrap_progress();
     assert_eq!((p.rewrapped, p.examined), (20, 20));
-    for i in 0..20 {
-        e.get_record(&c, "users", &format!("r{i}"), &[]).unwrap();
-    }
+    read_users(&e, 20);
     assert!(matches!(
         e.get_record(&c, "users", "lost", &[]),
         Err(Error::NotFound(_))

@@ -8,6 +8,8 @@ mod rules;
 use std::fmt;
 use std::str::FromStr;
 
+#[cfg(test)]
+pub(crate) use rules::tests::POLICY as TEST_POLICY;
 pub use rules::{Explanation, FieldAccess, FieldView, Operation, Policy, PolicyHandle, Redaction};
 
 /// A coarse permission held by a principal.

@@ -859,12 +859,14 @@ impl FromStr for Operation {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::engine::{FieldSchema, FieldType, Mask};
     use crate::policy::Principal;
 
-    const POLICY: &str = r#"
+    /// A policy file with principals, two roles, field and category rules
+    /// and every redaction level (also the fuzz seed of `policy_file`).
+    pub(crate) const POLICY: &str = r#"
 [principals]
 "billing-service" = ["billing"]
 "support-agent" = ["support"]
