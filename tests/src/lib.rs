@@ -20,8 +20,11 @@ use vault_server::service::{self, Authenticator, ServerTls};
 use vault_server::vault::{OpenOptions, Vault};
 use vault_server::{dev, Engine};
 
-/// The development token of every test vault.
+/// The development token of every test vault: every role but custody.
 pub const TOKEN: &str = "test-root-token";
+/// The development custodian's token of every dev-mode test vault: custody
+/// only (custody and data access are separate duties).
+pub const CUSTODIAN_TOKEN: &str = "test-custodian-token";
 /// The purpose test clients state (every data request needs one).
 pub const PURPOSE: &str = "testing";
 
@@ -95,6 +98,7 @@ impl TestVault {
         let vault = open_seeded(opts).await?;
         let mut auth = Authenticator::new();
         auth.add_token(TOKEN, dev::dev_principal());
+        auth.add_token(CUSTODIAN_TOKEN, dev::dev_custodian());
         Self::serve(Arc::new(vault), auth, &data_dir).await
     }
 
@@ -175,6 +179,11 @@ impl TestVault {
         self.client_with(TOKEN).await
     }
 
+    /// A client with the development custodian's token.
+    pub async fn custodian(&self) -> VaultClient {
+        self.client_with(CUSTODIAN_TOKEN).await
+    }
+
     /// A client with another token (stating [`PURPOSE`]).
     pub async fn client_with(&self, token: &str) -> VaultClient {
         self.client_builder()
@@ -191,10 +200,10 @@ impl TestVault {
     }
 
     /// Stops the server, waits for it to drain, and closes the store, so the
-    /// data folder can be opened by someone else. First checks DESIGN.md
-    /// §6 over everything the server served: every gRPC request left
-    /// exactly one audit event (events carry their request's id; the
-    /// vault's own work carries none).
+    /// data folder can be opened by someone else. First checks invariant
+    /// 17 of ARCHITECTURE.md over everything the server served: every gRPC
+    /// request left exactly one audit event (events carry their request's
+    /// id; the vault's own work carries none).
     pub async fn stop(self) {
         let (from, begun_before) = self.audit_start;
         let vault = self.stop_serving().await;
@@ -574,6 +583,7 @@ impl ChildVault {
         use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
         let mut child = tokio::process::Command::new(server_binary())
             .args(["--dev", "--listen", "127.0.0.1:0", "--dev-token", token])
+            .args(["--dev-custodian-token", CUSTODIAN_TOKEN])
             .arg("--data-dir")
             .arg(data_dir)
             .stdout(std::process::Stdio::piped())

@@ -348,7 +348,8 @@ impl Stubs {
             subject: SubjectServiceClient::with_interceptor(channel.clone(), credentials.clone())
                 .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE),
             admin: AdminServiceClient::with_interceptor(channel.clone(), credentials.clone()),
-            // A page of up to 1000 events.
+            // A page of audit events (the vault keeps one under 4 MiB,
+            // unless a single event is larger).
             audit: AuditServiceClient::with_interceptor(channel, credentials)
                 .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE),
         }
@@ -926,11 +927,13 @@ impl VaultClient {
     }
 
     /// Up to `limit` audit events from index `from` (the vault sends at
-    /// most 1000 a call, and at least one if there is one), each exactly
-    /// the bytes of its Merkle leaf (a JSON object), and the log's size
-    /// now. An empty page: no event at `from` or after. The `audit_*`
-    /// calls need the `audit` operation ([`Error::PermissionDenied`]
-    /// otherwise) and an unsealed vault.
+    /// most 1000 a call and no more than fit in a 4 MiB message, but at
+    /// least one if there is one), each exactly the bytes of its Merkle
+    /// leaf (a JSON object), and the log's size now. A page may stop short
+    /// of `limit` and of the log's end: ask again from `from` plus the
+    /// events received. An empty page: no event at `from` or after. The
+    /// `audit_*` calls need the `audit` operation
+    /// ([`Error::PermissionDenied`] otherwise) and an unsealed vault.
     ///
     /// Check what they return with [`crate::audit`]: [`crate::audit::verify_export`]
     /// for an exported log, [`crate::audit::verify_inclusion`] for a proof.
@@ -1071,8 +1074,9 @@ pub struct AuditFollow {
 }
 
 impl AuditFollow {
-    /// The next page of new events (at most 1000); `None` when the vault
-    /// ended the stream (it shut down).
+    /// The next page of new events (at most 1000, and at most 4 MiB unless
+    /// a single event is larger); `None` when the vault ended the stream
+    /// (it shut down).
     pub async fn next(&mut self) -> Result<Option<AuditPage>> {
         match self.stream.message().await? {
             None => Ok(None),

@@ -393,6 +393,7 @@ impl TryFrom<pb::RootKeyVersion> for RootKeyInfo {
             state,
             current: key.current,
             wrapped_subject_keys: key.wrapped_subject_keys,
+            wraps: key.wraps,
         })
     }
 }
@@ -429,6 +430,9 @@ impl TryFrom<pb::StatusResponse> for SealStatus {
                 .map(RootKeyInfo::try_from)
                 .collect::<Result<_, _>>()?,
             signing_public_key,
+            rotate_root_after_wraps: status.rotate_root_after_wraps,
+            root_rotation_due: status.root_rotation_due,
+            transport: status.transport,
         })
     }
 }
@@ -869,17 +873,25 @@ mod tests {
                     state: pb::KeyState::Retired.into(),
                     current: false,
                     wrapped_subject_keys: 0,
+                    wraps: 12,
                 },
                 pb::RootKeyVersion {
                     version: 2,
                     state: pb::KeyState::Active.into(),
                     current: true,
                     wrapped_subject_keys: 0,
+                    wraps: 3,
                 },
             ],
             signing_public_key: vec![7; 32],
+            rotate_root_after_wraps: 1 << 31,
+            root_rotation_due: false,
+            transport: "TLS".into(),
         })
         .unwrap();
+        assert_eq!(status.root_keys[0].wraps, 12);
+        assert_eq!(status.rotate_root_after_wraps, 1 << 31);
+        assert_eq!(status.transport, "TLS");
         assert_eq!(status.current_root_version, Some(2));
         assert_eq!(status.root_keys[0].state, KeyState::Retired);
         assert!(status.root_keys[1].current);
@@ -903,6 +915,7 @@ mod tests {
                 state,
                 current: false,
                 wrapped_subject_keys: 0,
+                wraps: 0,
             };
             match RootKeyInfo::try_from(key) {
                 Err(Error::Protocol(message)) => {

@@ -97,6 +97,14 @@ pub struct SealStatus {
     /// The Ed25519 public key that verifies erasure receipts; `None` while
     /// sealed.
     pub signing_public_key: Option<[u8; 32]>,
+    /// Keys a root key version may wrap before the vault asks for a root
+    /// rotation (NIST SP 800-38D bounds random nonces at 2^32 per key).
+    pub rotate_root_after_wraps: u64,
+    /// The current root key has wrapped that many keys: rotate it.
+    pub root_rotation_due: bool,
+    /// How the vault's port is reached: `plaintext (loopback)`,
+    /// `plaintext (allowed on any address)`, `TLS` or `mutual TLS`.
+    pub transport: String,
 }
 
 /// The life of a root key version.
@@ -139,6 +147,9 @@ pub struct RootKeyInfo {
     /// Subject keys wrapped under it (counted by
     /// [`VaultClient::root_keys`](crate::VaultClient::root_keys) only).
     pub wrapped_subject_keys: u64,
+    /// Keys it has wrapped, ever: each one AES-GCM encryption under a
+    /// random nonce, bounded at 2^32 per key (NIST SP 800-38D).
+    pub wraps: u64,
 }
 
 /// Every root key version ([`VaultClient::root_keys`](crate::VaultClient::root_keys)).

@@ -7,6 +7,7 @@
 //! keyring_file = "/etc/vault/keyring"         # default: <data_dir>/keyring
 //! policy_file = "/etc/vault/policy.toml"     # default: the built-in role policy; reloaded on SIGHUP
 //! danger_unsynced_writes = false            # default false: every write is WAL-synced
+//! danger_allow_plaintext = false            # default false: without [tls], loopback only
 //! key_cache_capacity = 10000                 # subject key versions kept unwrapped
 //!
 //! [limits]                                   # all optional
@@ -21,6 +22,10 @@
 //! [audit]                                    # when audit checkpoints are signed; optional
 //! checkpoint_every_events = 1000             # 0: not by count
 //! checkpoint_interval_ms = 60000             # if the log grew; 0: not by time
+//!
+//! [keys]                                     # optional
+//! rotate_root_after_wraps = 2147483648       # ask for a root rotation after this many
+//!                                            # wraps under one version (at most 2^32)
 //!
 //! [tls]                                      # optional; without it the port is plaintext
 //! cert_file = "/etc/vault/server.pem"        # PEM chain, the server's certificate first
@@ -48,8 +53,10 @@
 //! The server starts sealed; the unseal key is never in a file. Custodians
 //! run `vaultctl operator init` once, then `vaultctl operator unseal` (M of
 //! N) after every start. A token or principal with the `custodian` role may
-//! not also hold a data role (reader, writer, admin): custody and data
-//! access are separate duties.
+//! not also hold a role that reads or writes data (reader, writer, admin,
+//! dpo): custody and data access are separate duties. With a policy file,
+//! the roles a credential names are resolved against the file and checked
+//! the same way, at start and at every reload.
 //!
 //! Over mutual TLS a request's principal is its client certificate's, with
 //! the roles of its `[[principals]]` entry; a bearer token sent as well must
@@ -63,7 +70,10 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Deserializer};
 
-use crate::engine::{CheckpointOptions, EngineOptions, Limits, RewrapOptions};
+use crate::engine::{
+    CheckpointOptions, EngineOptions, Limits, RewrapOptions, DEFAULT_ROTATE_AFTER_WRAPS,
+    NIST_RANDOM_NONCE_LIMIT,
+};
 use crate::keys::Region;
 use crate::policy::{Policy, PolicyHandle, Principal, Role};
 use crate::service::{Authenticator, TlsFiles, TokenGrant};
@@ -87,6 +97,12 @@ pub struct Config {
     /// the built-in role policy applies: credential roles, any purpose,
     /// every field plain. Reloaded on SIGHUP and by `AdminService`.
     pub policy_file: Option<PathBuf>,
+    /// Listen in plaintext (no `[tls]`) on an address other than loopback,
+    /// e.g. behind a TLS-terminating proxy on the same host. Without it
+    /// such a listener is refused. Logged at start; `operator status`
+    /// shows it.
+    #[serde(default)]
+    pub danger_allow_plaintext: bool,
     /// Acknowledge writes before the WAL is synced: faster, but a power
     /// loss can lose acknowledged writes. For benchmarks only (default false).
     #[serde(default)]
@@ -103,6 +119,9 @@ pub struct Config {
     /// Audit checkpoints.
     #[serde(default)]
     pub audit: AuditConfig,
+    /// Root key use.
+    #[serde(default)]
+    pub keys: KeysConfig,
     /// TLS on the gRPC port; plaintext without it.
     pub tls: Option<TlsConfig>,
     /// Principals that authenticate by client certificate, with their roles.
@@ -151,6 +170,16 @@ pub struct AuditConfig {
     /// A checkpoint every this many milliseconds if the log grew; 0: not
     /// by time.
     pub checkpoint_interval_ms: Option<u64>,
+}
+
+/// `[keys]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysConfig {
+    /// Keys a root key version may wrap before the vault asks for a root
+    /// rotation; at most 2^32 (NIST SP 800-38D's bound for random nonces),
+    /// default 2^31.
+    pub rotate_root_after_wraps: Option<u64>,
 }
 
 /// `[tls]`.
@@ -228,10 +257,10 @@ fn parse_roles(what: &str, names: &[String]) -> Result<Vec<Role>, String> {
     if roles.contains(&Role::Custodian)
         && roles
             .iter()
-            .any(|r| matches!(r, Role::Reader | Role::Writer | Role::Admin))
+            .any(|r| matches!(r, Role::Reader | Role::Writer | Role::Admin | Role::Dpo))
     {
         return Err(format!(
-            "{what}: the custodian role cannot be combined with reader, writer or admin \
+            "{what}: the custodian role cannot be combined with reader, writer, admin or dpo \
              (custody and data access are separate duties; give the custodian its own credential)"
         ));
     }
@@ -252,6 +281,11 @@ impl Config {
         config.region()?;
         config.authenticator()?;
         config.open_options()?;
+        check_listener(
+            config.listen,
+            config.tls.is_some(),
+            config.danger_allow_plaintext,
+        )?;
         Ok(config)
     }
 
@@ -265,6 +299,16 @@ impl Config {
         let d = Limits::default();
         let r = RewrapOptions::default();
         let c = CheckpointOptions::default();
+        let rotate_root_after_wraps = self
+            .keys
+            .rotate_root_after_wraps
+            .unwrap_or(DEFAULT_ROTATE_AFTER_WRAPS);
+        if !(1..=NIST_RANDOM_NONCE_LIMIT).contains(&rotate_root_after_wraps) {
+            return Err(format!(
+                "keys.rotate_root_after_wraps must be 1 to {NIST_RANDOM_NONCE_LIMIT} (2^32, \
+                 NIST SP 800-38D's bound on random nonces per key)"
+            ));
+        }
         if self.rewrap.batch_size == Some(0) {
             return Err("rewrap.batch_size must be at least 1".into());
         }
@@ -306,6 +350,7 @@ impl Config {
                         .checkpoint_interval_ms
                         .map_or(c.interval, std::time::Duration::from_millis),
                 },
+                rotate_root_after_wraps,
             },
         })
     }
@@ -317,7 +362,8 @@ impl Config {
             None => Ok(PolicyHandle::builtin()),
             Some(path) => {
                 let policy = Policy::load(path).map_err(|e| e.to_string())?;
-                Ok(PolicyHandle::new(policy, Some(path.clone())))
+                PolicyHandle::with_credentials(policy, Some(path.clone()), self.credentials()?)
+                    .map_err(|e| format!("policy {}: {e}", path.display()))
             }
         }
     }
@@ -330,6 +376,24 @@ impl Config {
             key_file: t.key_file.clone(),
             client_ca_file: t.client_ca_file.clone(),
         })
+    }
+
+    /// Every configured credential (tokens, then certificate principals)
+    /// as the principal it stands for, with its roles.
+    fn credentials(&self) -> Result<Vec<Principal>, String> {
+        let tokens = self.tokens.iter().enumerate().map(|(i, t)| {
+            Ok(Principal {
+                name: t.principal.clone(),
+                roles: parse_roles(&format!("tokens[{i}]"), &t.roles)?,
+            })
+        });
+        let certificates = self.principals.iter().enumerate().map(|(i, p)| {
+            Ok(Principal {
+                name: p.name.clone(),
+                roles: parse_roles(&format!("principals[{i}]"), &p.roles)?,
+            })
+        });
+        tokens.chain(certificates).collect()
     }
 
     /// The authenticator holding the configured tokens and certificate
@@ -396,6 +460,20 @@ impl Config {
     }
 }
 
+/// Refuses a plaintext listener on an address other than loopback unless
+/// the configuration allows it explicitly.
+pub fn check_listener(listen: SocketAddr, tls: bool, allow_plaintext: bool) -> Result<(), String> {
+    if tls || allow_plaintext || listen.ip().is_loopback() {
+        return Ok(());
+    }
+    Err(format!(
+        "refusing to listen in plaintext on {listen}, which is not a loopback address: \
+         tokens, unseal shares and values would cross the network in the clear; configure \
+         [tls], or set danger_allow_plaintext = true (e.g. behind a TLS-terminating proxy \
+         on the same host)"
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -438,6 +516,81 @@ roles = ["reader"]
     }
 
     #[test]
+    fn plaintext_listens_on_loopback_only_unless_allowed() {
+        let public = GOOD.replace("127.0.0.1:0", "0.0.0.0:8200");
+        let e = Config::parse(&public).unwrap_err();
+        assert!(
+            e.contains("refusing to listen in plaintext on 0.0.0.0:8200"),
+            "{e}"
+        );
+        assert!(e.contains("danger_allow_plaintext"), "{e}");
+        let allowed = Config::parse(&format!("danger_allow_plaintext = true\n{public}")).unwrap();
+        assert!(allowed.danger_allow_plaintext);
+        assert!(Config::parse(&GOOD.replace("127.0.0.1:0", "[::1]:0")).is_ok());
+        assert!(!Config::parse(GOOD).unwrap().danger_allow_plaintext);
+        // What --listen overrides is checked the same way.
+        let any: SocketAddr = "0.0.0.0:0".parse().unwrap();
+        assert!(check_listener(any, false, false).is_err());
+        assert!(check_listener(any, true, false).is_ok());
+        assert!(check_listener(any, false, true).is_ok());
+    }
+
+    /// A policy file resolves the roles that credentials name: one that
+    /// would give a configured token both custody and data access is
+    /// refused at start and at reload (the policy in force stays).
+    #[test]
+    fn a_policy_file_cannot_give_a_credential_both_duties() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = dir.path().join("policy.toml");
+        let custody_and_audit = "[[roles.custodian.rules]]\noperations = [\"custody\"]\n\
+                                 [[roles.auditor.rules]]\noperations = [\"audit\"]\n";
+        std::fs::write(&policy, custody_and_audit).unwrap();
+        let text = format!(
+            "policy_file = {:?}\n{}",
+            policy.display().to_string(),
+            GOOD.replace("[\"reader\"]", "[\"custodian\", \"auditor\"]")
+        );
+        let config = Config::parse(&text).unwrap();
+        let handle = config.policy().unwrap();
+        // The file's "auditor" role now reads data: the token would hold both.
+        let mixed = format!(
+            "{custody_and_audit}[[roles.auditor.rules]]\noperations = [\"read\"]\npurposes = [\"*\"]\n"
+        );
+        std::fs::write(&policy, &mixed).unwrap();
+        let e = handle.reload().unwrap_err().to_string();
+        assert!(
+            e.contains("principal svc") && e.contains("separate duties"),
+            "{e}"
+        );
+        let caller = crate::policy::Caller {
+            principal: Principal {
+                name: "svc".into(),
+                roles: vec![Role::Custodian, Role::Auditor],
+            },
+            purpose: Some("x".into()),
+            internal: false,
+            request_id: None,
+        };
+        assert_eq!(handle.current().roles_of(&caller), ["custodian", "auditor"]);
+        assert!(handle
+            .current()
+            .authorize(&caller, crate::policy::Operation::Custody, None)
+            .is_ok());
+        let e = Config::parse(&text).unwrap_err();
+        assert!(
+            e.contains("principal svc") && e.contains("separate duties"),
+            "{e}"
+        );
+        // Listing the principal in the file with one duty settles it.
+        std::fs::write(
+            &policy,
+            format!("[principals]\nsvc = [\"custodian\"]\n{mixed}"),
+        )
+        .unwrap();
+        assert!(Config::parse(&text).is_ok());
+    }
+
+    #[test]
     fn errors_are_clear() {
         let e = Config::parse(&GOOD.replace("region = \"eu\"", "region = \"EU!\"")).unwrap_err();
         assert!(e.contains("region"), "{e}");
@@ -450,7 +603,27 @@ roles = ["reader"]
         let e = Config::parse(&GOOD.replace("[\"reader\"]", "[\"custodian\", \"reader\"]"))
             .unwrap_err();
         assert!(e.contains("separate duties"), "{e}");
-        assert!(Config::parse(&GOOD.replace("[\"reader\"]", "[\"custodian\", \"dpo\"]")).is_ok());
+        let e =
+            Config::parse(&GOOD.replace("[\"reader\"]", "[\"custodian\", \"dpo\"]")).unwrap_err();
+        assert!(e.contains("separate duties"), "{e}");
+        assert!(
+            Config::parse(&GOOD.replace("[\"reader\"]", "[\"custodian\", \"auditor\"]")).is_ok()
+        );
+        for bad in ["0", "4294967297"] {
+            let e = Config::parse(&format!(
+                "{GOOD}\n[keys]\nrotate_root_after_wraps = {bad}\n"
+            ))
+            .unwrap_err();
+            assert!(e.contains("rotate_root_after_wraps"), "{e}");
+        }
+        let c = Config::parse(&format!(
+            "{GOOD}\n[keys]\nrotate_root_after_wraps = 4294967296\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.open_options().unwrap().engine.rotate_root_after_wraps,
+            1 << 32
+        );
         let e = Config::parse(&format!("{GOOD}\n[rewrap]\nbatch_size = 0\n")).unwrap_err();
         assert!(e.contains("batch_size"), "{e}");
         let e = Config::parse("region = \n").unwrap_err();

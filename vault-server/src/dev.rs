@@ -60,11 +60,24 @@ pub fn seed(engine: &Engine) -> Result<()> {
     }
 }
 
-/// The development principal: every role, like a root token.
+/// The development principal: every role but custody (reader, writer,
+/// admin, auditor, dpo). Custody and data access are separate duties even
+/// in development: custody has its own token ([`dev_custodian`]).
 pub fn dev_principal() -> Principal {
     Principal {
         name: "dev-root".into(),
-        roles: Role::ALL.to_vec(),
+        roles: Role::ALL
+            .into_iter()
+            .filter(|r| *r != Role::Custodian)
+            .collect(),
+    }
+}
+
+/// The development custodian: custody only.
+pub fn dev_custodian() -> Principal {
+    Principal {
+        name: "dev-custodian".into(),
+        roles: vec![Role::Custodian],
     }
 }
 

@@ -1,16 +1,26 @@
 //! Fuzz entry points: each takes arbitrary bytes from outside and runs
 //! them through one decoder the vault uses on such bytes. Each must
 //! return (with an error, usually) and never panic, whatever the input.
-//! The cargo-fuzz targets in `fuzz/` call these (cargo-fuzz builds with
-//! `--cfg fuzzing`, the only non-test build that has this module), and a
-//! unit test replays the committed corpus (`fuzz/corpus/`) through them on
-//! every CI run.
+//! The cargo-fuzz targets in `fuzz/` call these, and a unit test replays
+//! the committed corpus (`fuzz/corpus/`) through them on every CI run.
+//! Only test builds and fuzzing builds have this module: the `fuzzing`
+//! feature (what `fuzz/` enables, and what `scripts/test` checks builds
+//! without RocksDB) or `--cfg fuzzing` (cargo-fuzz's flag).
+//!
+//! The `config` target needs the `rocksdb` feature (the configuration
+//! names the store's and the service's options): it exists in test builds
+//! and in `fuzz/` with `--features rocksdb`.
+
+use std::sync::OnceLock;
 
 use aes_gcm::{Aes256Gcm, KeyInit};
 
 use crate::audit::{checkpoint, Event};
 use crate::crypto::{open_field, EnvelopeHeader, FieldAad};
-use crate::keys::{Keyring, Region};
+use crate::keys::{
+    signing_key, unwrap_subject_key, wrapping_version, ErasureReceipt, Keyring, Region, Rewrapper,
+    ShareCollector, UnsealShare,
+};
 use crate::policy::Policy;
 use crate::storage::StoredRecord;
 
@@ -25,6 +35,13 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("keyring_file", keyring_file),
     ("policy_file", policy_file),
     ("audit_entry", audit_entry),
+    #[cfg(feature = "rocksdb")]
+    ("config", config),
+    ("unseal_share", unseal_share),
+    ("wrapped_key", wrapped_key),
+    ("erasure_receipt", erasure_receipt),
+    ("rewrap_job", rewrap_job),
+    ("value", value),
 ];
 
 /// The envelope target's field key and AAD (its seeds are sealed with them).
@@ -39,6 +56,27 @@ const ENVELOPE_AAD: FieldAad<'static> = FieldAad {
 /// The unseal key the keyring target opens files with (its seed is sealed
 /// under it).
 const KEYRING_UNSEAL_KEY: [u8; 32] = [9; 32];
+
+/// The subject, and the version of its key, whose wrapped key the
+/// `wrapped_key` target unwraps (its seed is wrapped for them).
+const WRAPPED_SUBJECT: &str = "s1";
+const WRAPPED_VERSION: u32 = 1;
+
+/// The fixed keyring of the `wrapped_key` and `erasure_receipt` targets
+/// ([`Keyring::fixed_for_fuzzing`], region eu), and the same keyring after
+/// a root-key rotation (what the re-wrap job wraps to).
+fn fixed_keyrings() -> Option<&'static (Keyring, Keyring)> {
+    static RINGS: OnceLock<Option<(Keyring, Keyring)>> = OnceLock::new();
+    RINGS
+        .get_or_init(|| {
+            let region: Region = "eu".parse().ok()?;
+            let fixed = Keyring::fixed_for_fuzzing(region);
+            let mut rotated = fixed.clone();
+            rotated.rotate_root();
+            Some((fixed, rotated))
+        })
+        .as_ref()
+}
 
 /// A field envelope (v1) as read from the store: the header, then the
 /// AEAD open under a fixed key and AAD.
@@ -90,11 +128,155 @@ pub fn audit_entry(data: &[u8]) {
     let _ = checkpoint::parse(data);
 }
 
+/// The configuration file (TOML text), parsed and checked whole as at
+/// start. A configuration naming a `policy_file` is only decoded, not
+/// checked: the check reads that file, any path the input names
+/// (`/dev/zero` included).
+#[cfg(feature = "rocksdb")]
+pub fn config(data: &[u8]) {
+    use crate::config::Config;
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    match toml::from_str::<Config>(text) {
+        Ok(c) if c.policy_file.is_some() => {
+            let _ = c.region();
+        }
+        _ => {
+            let _ = Config::parse(text);
+        }
+    }
+}
+
+/// Unseal shares in their text form, one per line, as custodians hand
+/// them in: each is parsed (what parses encodes to a share that parses
+/// the same), given to one collector, and the key is rebuilt once enough
+/// are in.
+pub fn unseal_share(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let mut collector = ShareCollector::new();
+    for line in text.lines().take(32) {
+        let Ok(share) = UnsealShare::parse(line) else {
+            continue;
+        };
+        let again = share.encode();
+        let back = UnsealShare::parse(&again).expect("an encoded share parses");
+        assert_eq!(
+            back.encode().as_str(),
+            again.as_str(),
+            "a share changed through encode and parse"
+        );
+        if collector.add(share).is_ok() {
+            let _ = collector.combine();
+        }
+    }
+}
+
+/// A stored wrapped subject key (v1), as read from the store: its root
+/// key version, the unwrap under the fixed keyring, and the re-wrap job's
+/// re-wrap to the rotated keyring. What unwraps re-wraps to a key that
+/// unwraps to the same key.
+pub fn wrapped_key(data: &[u8]) {
+    let _ = wrapping_version(data);
+    let Some((fixed, rotated)) = fixed_keyrings() else {
+        return;
+    };
+    let unwrapped = unwrap_subject_key(fixed, WRAPPED_SUBJECT, WRAPPED_VERSION, data);
+    let Ok(mut rewrapper) = Rewrapper::new(rotated) else {
+        return;
+    };
+    let rewrapped = rewrapper.rewrap(WRAPPED_SUBJECT, WRAPPED_VERSION, data);
+    if let (Ok(key), Ok(Some(again))) = (&unwrapped, &rewrapped) {
+        let back = unwrap_subject_key(rotated, WRAPPED_SUBJECT, WRAPPED_VERSION, again)
+            .expect("a re-wrapped key unwraps");
+        assert!(
+            back.expose_secret() == key.expose_secret(),
+            "a re-wrap changed the key"
+        );
+    }
+}
+
+/// A stored erasure receipt (v1): what decodes encodes back to the same
+/// bytes; its signature is checked under the fixed keyring's key.
+pub fn erasure_receipt(data: &[u8]) {
+    if let Ok(receipt) = ErasureReceipt::decode(data) {
+        assert_eq!(
+            receipt.encode(),
+            data,
+            "a decoded receipt encodes to other bytes"
+        );
+        if let Some((fixed, _)) = fixed_keyrings() {
+            let _ = receipt.verify(&signing_key(fixed).verifying_key());
+        }
+    }
+}
+
+/// The re-wrap job's persisted record (v1, with its cursor): what decodes
+/// encodes back to the same bytes.
+pub fn rewrap_job(data: &[u8]) {
+    if let Some(again) = crate::engine::reencode_job_record(data) {
+        assert_eq!(again, data, "a decoded job record encodes to other bytes");
+    }
+}
+
+/// A field value's plaintext encoding, as decrypted: what decodes must
+/// encode back to the same bytes.
+pub fn value(data: &[u8]) {
+    if let Ok(v) = crate::engine::Value::decode(data) {
+        assert_eq!(
+            v.encode().as_slice(),
+            data,
+            "a decoded value encodes to other bytes"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
 
     use super::*;
+
+    /// The names of the entries of `dir` (files: without `.rs`), sorted.
+    fn names_in(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|e| {
+                let name = e.unwrap().file_name().into_string().unwrap();
+                name.strip_suffix(".rs").unwrap_or(&name).to_owned()
+            })
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Every entry point has a cargo-fuzz target, a `[[bin]]` in
+    /// `fuzz/Cargo.toml` and a corpus, and nothing in `fuzz/` names a
+    /// target that is not here.
+    #[test]
+    fn every_target_has_a_fuzz_target_and_a_corpus() {
+        let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
+        let mut targets: Vec<String> = TARGETS.iter().map(|(n, _)| (*n).to_owned()).collect();
+        targets.sort();
+        assert_eq!(names_in(&fuzz.join("fuzz_targets")), targets);
+        assert_eq!(names_in(&fuzz.join("corpus")), targets);
+        let manifest = std::fs::read_to_string(fuzz.join("Cargo.toml")).unwrap();
+        for name in &targets {
+            let bin = format!("name = \"{name}\"\npath = \"fuzz_targets/{name}.rs\"\n");
+            assert!(
+                manifest.contains(&bin),
+                "no [[bin]] {name} in fuzz/Cargo.toml"
+            );
+            let source =
+                std::fs::read_to_string(fuzz.join(format!("fuzz_targets/{name}.rs"))).unwrap();
+            assert!(
+                source.contains(&format!("vault_server::fuzzing::{name}(data)")),
+                "fuzz_targets/{name}.rs does not call its entry point"
+            );
+        }
+    }
 
     /// Replays every committed corpus file of every target (what CI runs
     /// where no fuzzer is installed), and counts them.
@@ -117,6 +299,89 @@ mod tests {
         }
         println!(
             "fuzz corpus replay: {total} inputs over {} targets",
+            TARGETS.len()
+        );
+    }
+
+    /// A small mutation fuzzer for where cargo-fuzz is not installed: each
+    /// target's committed seeds (`seed-*`), mutated (bits flipped, bytes
+    /// set, inserted, deleted, truncated, duplicated, spliced with another
+    /// seed) a thousand times (`VAULT_MUTATIONS` to change), must never
+    /// panic. Reproducible: the seed of the mutations is fixed unless
+    /// `VAULT_MUTATION_SEED` is set.
+    #[test]
+    fn mutated_seeds_never_panic() {
+        use rand::rngs::StdRng;
+        use rand::{Rng, SeedableRng};
+        let per_target: usize = std::env::var("VAULT_MUTATIONS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1000);
+        let seed: u64 = std::env::var("VAULT_MUTATION_SEED")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(13);
+        let mut rng = StdRng::seed_from_u64(seed);
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
+        for (name, target) in TARGETS {
+            let seeds: Vec<Vec<u8>> = std::fs::read_dir(root.join(name))
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| {
+                    p.file_name()
+                        .unwrap()
+                        .to_string_lossy()
+                        .starts_with("seed-")
+                })
+                .map(|p| std::fs::read(p).unwrap())
+                .collect();
+            assert!(!seeds.is_empty(), "{name} has no seed");
+            for _ in 0..per_target {
+                let mut input = seeds[rng.gen_range(0..seeds.len())].clone();
+                for _ in 0..rng.gen_range(1..4) {
+                    let n = input.len();
+                    match rng.gen_range(0..7) {
+                        0 if n > 0 => {
+                            let at = rng.gen_range(0..n);
+                            input[at] ^= 1 << rng.gen_range(0..8);
+                        }
+                        1 if n > 0 => {
+                            let at = rng.gen_range(0..n);
+                            input[at] = rng.gen();
+                        }
+                        2 => {
+                            let at = rng.gen_range(0..=n);
+                            let extra: Vec<u8> =
+                                (0..rng.gen_range(1..9)).map(|_| rng.gen()).collect();
+                            input.splice(at..at, extra);
+                        }
+                        3 if n > 0 => {
+                            let from = rng.gen_range(0..n);
+                            let to = rng.gen_range(from..=n.min(from + 16));
+                            input.drain(from..to);
+                        }
+                        4 => input.truncate(rng.gen_range(0..=n)),
+                        5 if n > 0 => {
+                            let from = rng.gen_range(0..n);
+                            let to = rng.gen_range(from..=n);
+                            let chunk = input[from..to].to_vec();
+                            let at = rng.gen_range(0..=n);
+                            input.splice(at..at, chunk);
+                        }
+                        _ => {
+                            let other = &seeds[rng.gen_range(0..seeds.len())];
+                            let cut = rng.gen_range(0..=input.len());
+                            let from = rng.gen_range(0..=other.len());
+                            input.truncate(cut);
+                            input.extend_from_slice(&other[from..]);
+                        }
+                    }
+                }
+                target(&input);
+            }
+        }
+        println!(
+            "mutated seeds: {per_target} inputs over each of {} targets (VAULT_MUTATION_SEED={seed}), 0 panics",
             TARGETS.len()
         );
     }
@@ -185,5 +450,98 @@ mod tests {
             "eu.vault.example/audit\n42\nq6urq6urq6urq6urq6urq6urq6urq6urq6urq6urq6s=\n\n\u{2014} eu.vault.example/audit AAAAAA==\n"
                 .as_bytes(),
         );
+        write("config", "example", CONFIG_SEED.as_bytes());
+        crate::config::Config::parse(CONFIG_SEED).expect("the config seed parses");
+        let mut unseal = KEYRING_UNSEAL_KEY;
+        let shares = crate::keys::split(&Key256::take(&mut unseal), 2, 3).unwrap();
+        let lines: Vec<String> = shares
+            .iter()
+            .map(|s| s.encode().as_str().to_owned())
+            .collect();
+        write("unseal_share", "one", lines[0].as_bytes());
+        write(
+            "unseal_share",
+            "two-of-three",
+            lines[1..].join("\n").as_bytes(),
+        );
+        let (fixed, _) = fixed_keyrings().unwrap();
+        let mut subject_key = [6u8; 32];
+        let wrapped = crate::keys::wrap_subject_key(
+            fixed,
+            WRAPPED_SUBJECT,
+            WRAPPED_VERSION,
+            &Key256::take(&mut subject_key),
+        )
+        .unwrap();
+        assert!(unwrap_subject_key(fixed, WRAPPED_SUBJECT, WRAPPED_VERSION, &wrapped).is_ok());
+        write("wrapped_key", "v1", &wrapped);
+        let receipt = ErasureReceipt::sign(fixed, "s1", 2, 7, 1_700_000_000);
+        receipt
+            .verify(&signing_key(fixed).verifying_key())
+            .expect("the receipt seed verifies");
+        write("erasure_receipt", "signed", &receipt.encode());
+        write("rewrap_job", "part-way", &crate::engine::job_record_seed());
+        for (name, v) in [
+            (
+                "string",
+                crate::engine::Value::String("Ada Lovelace".into()),
+            ),
+            ("int64", crate::engine::Value::Int64(-42)),
+            ("double", crate::engine::Value::Double(2.5)),
+            ("bool", crate::engine::Value::Bool(true)),
+            ("bytes", crate::engine::Value::Bytes(vec![0, 255])),
+            (
+                "timestamp",
+                crate::engine::Value::Timestamp {
+                    seconds: -4_917_000_000,
+                    nanos: 5,
+                },
+            ),
+        ] {
+            write("value", name, &v.encode());
+        }
     }
+
+    /// The config target's seed: every section, no policy file.
+    const CONFIG_SEED: &str = r#"region = "eu"
+listen = "0.0.0.0:8200"
+data_dir = "/var/lib/vault"
+keyring_file = "/etc/vault/keyring"
+danger_unsynced_writes = false
+key_cache_capacity = 10000
+
+[limits]
+max_record_bytes = 65536
+max_batch_records = 500
+max_batch_bytes = 4194304
+
+[rewrap]
+batch_size = 1000
+keys_per_second = 100000
+
+[audit]
+checkpoint_every_events = 1000
+checkpoint_interval_ms = 60000
+
+[tls]
+cert_file = "/etc/vault/server.pem"
+key_file = "/etc/vault/server.key"
+client_ca_file = "/etc/vault/clients-ca.pem"
+
+[[principals]]
+name = "spiffe://eu.example/billing-service"
+roles = ["reader", "writer"]
+
+[[tokens]]
+principal = "billing-service"
+sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+roles = ["reader", "writer"]
+expires_at = "2027-01-01T00:00:00Z"
+
+[[tokens]]
+principal = "custodian-alice"
+sha256 = "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"
+roles = ["custodian"]
+revoked = true
+"#;
 }

@@ -16,7 +16,7 @@ pub mod crypto;
 pub mod dev;
 pub mod engine;
 pub mod error;
-#[cfg(any(test, fuzzing))]
+#[cfg(any(test, fuzzing, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod keys;
 pub mod policy;

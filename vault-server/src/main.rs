@@ -15,7 +15,6 @@ use clap::Parser;
 use tokio::net::TcpListener;
 use vault_server::config::Config;
 use vault_server::keys::Region;
-use vault_server::policy::PolicyHandle;
 use vault_server::service::{self, Authenticator, ServerTls};
 use vault_server::vault::{OpenOptions, Vault};
 use vault_server::{dev, Error};
@@ -28,8 +27,8 @@ use vault_server::{dev, Error};
 #[command(group(clap::ArgGroup::new("mode").required(true).args(["dev", "config"])))]
 struct Cli {
     /// Development mode: a vault in a local folder, initialised (one share,
-    /// kept in the folder) and unsealed automatically, with a development
-    /// token that holds every role.
+    /// kept in the folder) and unsealed automatically, with two development
+    /// tokens: one for data (every role but custody) and one for custody.
     #[arg(long)]
     dev: bool,
     /// Production mode: read this TOML configuration file. The server starts
@@ -58,6 +57,19 @@ struct Cli {
         requires = "dev"
     )]
     dev_token: Option<String>,
+    /// Dev mode: the development custodian's token (default: a random one).
+    #[arg(
+        long,
+        env = "VAULT_DEV_CUSTODIAN_TOKEN",
+        hide_env_values = true,
+        requires = "dev"
+    )]
+    dev_custodian_token: Option<String>,
+    /// Dev mode: allow a listen address other than loopback. A development
+    /// vault speaks plaintext and prints its tokens: anyone who reaches the
+    /// port can use them.
+    #[arg(long, requires = "dev")]
+    dev_listen_anywhere: bool,
 }
 
 const DEV_LISTEN: &str = "127.0.0.1:8200";
@@ -81,7 +93,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), Error> {
-    let (opts, listen, auth, tls, dev_token) = if let Some(path) = &cli.config {
+    let (opts, listen, auth, tls, dev_tokens, allow_plaintext) = if let Some(path) = &cli.config {
         let config = Config::load(path)?;
         let opts = config.open_options().map_err(Error::Config)?;
         let auth = config.authenticator().map_err(Error::Config)?;
@@ -91,29 +103,64 @@ async fn run(cli: Cli) -> Result<(), Error> {
             .tls_files()
             .map(|files| ServerTls::load(&files))
             .transpose()?;
-        (opts, cli.listen.unwrap_or(config.listen), auth, tls, None)
+        let listen = cli.listen.unwrap_or(config.listen);
+        vault_server::config::check_listener(listen, tls.is_some(), config.danger_allow_plaintext)
+            .map_err(Error::Config)?;
+        if config.danger_allow_plaintext {
+            tracing::warn!(
+                "danger_allow_plaintext = true: the port may speak plaintext on any address"
+            );
+        }
+        if config.policy_file.is_none() {
+            tracing::warn!(
+                "no policy_file: the built-in role policy is in force (every role's \
+                 operations, for any purpose, every field plain); set policy_file to \
+                 restrict purposes and fields"
+            );
+        }
+        (opts, listen, auth, tls, None, config.danger_allow_plaintext)
     } else {
         let region: Region = cli
             .region
             .parse()
             .map_err(|e| Error::Config(format!("--region: {e}")))?;
         let token = cli.dev_token.clone().unwrap_or_else(dev::random_token);
+        let custodian = cli
+            .dev_custodian_token
+            .clone()
+            .unwrap_or_else(dev::random_token);
+        if token == custodian {
+            return Err(Error::Config(
+                "--dev-token and --dev-custodian-token must differ (custody and data access \
+                 are separate duties)"
+                    .into(),
+            ));
+        }
         let mut auth = Authenticator::new();
         auth.add_token(&token, dev::dev_principal());
+        auth.add_token(&custodian, dev::dev_custodian());
         let listen = cli
             .listen
             .unwrap_or_else(|| DEV_LISTEN.parse().expect("constant address parses"));
+        if !listen.ip().is_loopback() && !cli.dev_listen_anywhere {
+            return Err(Error::Config(format!(
+                "development mode listens on loopback only ({listen} is not): it speaks \
+                 plaintext and prints its tokens; add --dev-listen-anywhere to expose it anyway"
+            )));
+        }
         (
             OpenOptions::dev(&cli.data_dir, region),
             listen,
             auth,
             None,
-            Some(token),
+            Some((token, custodian)),
+            cli.dev_listen_anywhere,
         )
     };
 
-    // Reloads follow SIGHUP from now on (also while the store opens).
-    tokio::spawn(reload_on_sighup(Arc::clone(&opts.engine.policy)));
+    // SIGHUP is caught from now on (also while the store opens); reloads
+    // start once the vault is open, so each one leaves an audit event.
+    let hup = watch_sighup();
     let dev_mode = cli.dev;
     let vault = tokio::task::spawn_blocking(move || -> Result<_, Error> {
         if dev_mode {
@@ -127,6 +174,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
     .await
     .map_err(|e| Error::Config(format!("start-up task failed: {e}")))??;
     let vault = Arc::new(vault);
+    tokio::spawn(reload_on_sighup(hup, Arc::clone(&vault)));
     let region = vault.region().clone();
     let status = vault.seal_status();
 
@@ -142,6 +190,14 @@ async fn run(cli: Cli) -> Result<(), Error> {
         Some(_) => "TLS",
     };
     tracing::info!(%addr, %region, transport, "vault listening");
+    if tls.is_none() && !addr.ip().is_loopback() {
+        // Only with danger_allow_plaintext or --dev-listen-anywhere.
+        tracing::warn!(
+            %addr,
+            "plaintext on a non-loopback address (allowed explicitly): tokens, shares and \
+             values cross the network in the clear"
+        );
+    }
     {
         // Plain stdout lines for people and scripts; the token appears only here.
         let mut out = std::io::stdout().lock();
@@ -168,7 +224,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
                 status.threshold, status.shares
             );
         }
-        if let Some(token) = &dev_token {
+        if let Some((token, custodian)) = &dev_tokens {
             let _ = writeln!(
                 out,
                 "development mode: data in {}, do not use in production",
@@ -182,15 +238,22 @@ async fn run(cli: Cli) -> Result<(), Error> {
             let _ = writeln!(out, "export VAULT_ADDR=http://{addr}");
             let _ = writeln!(out, "export VAULT_TOKEN={token}");
             let _ = writeln!(out, "export VAULT_PURPOSE=development");
+            let _ = writeln!(
+                out,
+                "custody (operator commands) has its own token: VAULT_CUSTODIAN_TOKEN={custodian}"
+            );
         }
         let _ = out.flush();
     }
 
-    service::serve_with_tls(
+    service::serve_with(
         listener,
         Arc::clone(&vault),
         Arc::new(auth),
         tls,
+        service::ServeOptions {
+            danger_allow_plaintext: allow_plaintext,
+        },
         shutdown_signal(),
     )
     .await?;
@@ -200,23 +263,40 @@ async fn run(cli: Cli) -> Result<(), Error> {
     Ok(())
 }
 
-/// Reloads the policy file on every SIGHUP. A file that does not parse is
-/// refused (logged with its line) and the policy in force stays.
-async fn reload_on_sighup(policy: Arc<PolicyHandle>) {
+#[cfg(unix)]
+type Hangups = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hangups = Option<()>;
+
+/// Starts catching SIGHUP (whose default action would end the process).
+fn watch_sighup() -> Hangups {
     #[cfg(unix)]
     {
-        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-            Ok(hup) => hup,
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(hup) => Some(hup),
             Err(e) => {
                 tracing::error!(error = %e, "cannot watch SIGHUP; reload the policy through AdminService");
-                return;
+                None
             }
-        };
+        }
+    }
+    #[cfg(not(unix))]
+    None
+}
+
+/// Reloads the policy file on every SIGHUP. A file that does not parse is
+/// refused (logged with its line) and the policy in force stays; either
+/// way the reload is an audit event naming the policy in force.
+async fn reload_on_sighup(hup: Hangups, vault: Arc<Vault>) {
+    #[cfg(unix)]
+    {
+        let Some(mut hup) = hup else { return };
         while hup.recv().await.is_some() {
-            let p = Arc::clone(&policy);
-            match tokio::task::spawn_blocking(move || p.reload()).await {
+            let v = Arc::clone(&vault);
+            let caller = vault_server::policy::Caller::internal("vault (SIGHUP)");
+            match tokio::task::spawn_blocking(move || v.reload_policy(&caller)).await {
                 Ok(Ok(loaded)) => {
-                    tracing::info!(source = loaded.source(), "policy reloaded (SIGHUP)")
+                    tracing::info!(policy = %loaded.identity(), "policy reloaded (SIGHUP)")
                 }
                 Ok(Err(e)) => {
                     tracing::error!(error = %e, "policy reload refused; the policy in force stays")
@@ -226,7 +306,7 @@ async fn reload_on_sighup(policy: Arc<PolicyHandle>) {
         }
     }
     #[cfg(not(unix))]
-    let _ = policy;
+    let _ = (hup, vault);
 }
 
 /// Completes on SIGINT or SIGTERM.

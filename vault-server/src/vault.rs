@@ -80,6 +80,10 @@ pub struct SealStatus {
     pub root_keys: Vec<RootKeyInfo>,
     /// When unsealed: the public half of the signing key.
     pub signing_public_key: Option<[u8; 32]>,
+    /// Keys a root key version may wrap before a rotation is asked for.
+    pub rotate_root_after_wraps: u64,
+    /// When unsealed: whether the current root key has wrapped that many.
+    pub root_rotation_due: bool,
 }
 
 /// Where an unseal stands after one share.
@@ -247,6 +251,22 @@ impl Vault {
         if let Err(e) = self.append_event(ev) {
             tracing::error!(error = %e, operation, "audit event could not be written");
         }
+    }
+
+    /// Reads the policy file again (`AdminService.ReloadPolicy`, or the
+    /// server on SIGHUP with an internal caller) and records the reload,
+    /// done or refused, as an event that names the policy now in force by
+    /// its source and the SHA-256 of its text. The caller is authorised by
+    /// its callers (the admin service asks the policy first).
+    pub fn reload_policy(&self, caller: &Caller) -> Result<Arc<crate::policy::Policy>> {
+        let handle = &self.opts.engine.policy;
+        let result = handle.reload();
+        let detail = match &result {
+            Ok(p) => format!("in force: {}", p.identity()),
+            Err(_) => format!("refused; in force: {}", handle.current().identity()),
+        };
+        self.record(caller, "reload_policy", Some(detail), &result);
+        result
     }
 
     /// The audit log (open whether sealed or not).
@@ -528,6 +548,8 @@ impl Vault {
             progress: 0,
             root_keys: Vec::new(),
             signing_public_key: None,
+            rotate_root_after_wraps: self.opts.engine.rotate_root_after_wraps,
+            root_rotation_due: false,
         };
         match &*state {
             State::Uninitialised => s.initialized = false,
@@ -543,6 +565,7 @@ impl Vault {
                 s.shares = custody.shares;
                 s.root_keys = engine.root_versions();
                 s.signing_public_key = Some(engine.signing_public_key());
+                s.root_rotation_due = engine.root_rotation_due();
             }
         }
         s

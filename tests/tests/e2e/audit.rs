@@ -356,16 +356,17 @@ async fn every_custody_admin_and_data_rpc_leaves_exactly_one_event() {
     step("batch get", size());
     client.delete("users", "u3").await.unwrap();
     step("delete", size());
-    client.status().await.unwrap();
+    let custodian = vault.custodian().await;
+    custodian.status().await.unwrap();
     step("status", size());
-    client.root_keys().await.unwrap();
+    custodian.root_keys().await.unwrap();
     step("list root keys", size());
-    client.rewrap_status().await.unwrap();
+    custodian.rewrap_status().await.unwrap();
     step("rewrap status", size());
-    client.rotate_subject_key("s1").await.unwrap();
+    custodian.rotate_subject_key("s1").await.unwrap();
     step("rotate subject key", size());
     assert!(
-        client.retire_root_key(1).await.is_err(),
+        custodian.retire_root_key(1).await.is_err(),
         "the current version"
     );
     step("retire refused after authorisation", size());
@@ -536,7 +537,12 @@ async fn a_subjects_access_ledger_lists_its_events_with_proofs() {
     client.get("users", "u1").await.unwrap();
     client.get("users", "u2").await.unwrap();
     client.get_many("users", &["u1", "u2"], &[]).await.unwrap();
-    client.rotate_subject_key("alice").await.unwrap();
+    vault
+        .custodian()
+        .await
+        .rotate_subject_key("alice")
+        .await
+        .unwrap();
     let key_dir = tempfile::tempdir().unwrap();
     let key = key_dir.path().join("vault.vkey");
     let (verifier_key, _) = client.audit_public_key().await.unwrap();
@@ -677,5 +683,267 @@ async fn a_request_whose_deadline_passes_still_leaves_its_event() {
     drop(follow);
     drop(client);
     // The harness checks that no request was left without its event.
+    vault.stop().await;
+}
+
+/// The encoded size of an audit page as the vault sends it.
+fn encoded_page_len(events: &[Vec<u8>], tree_size: u64) -> usize {
+    use prost::Message;
+    pb::AuditEventsResponse {
+        events: events.to_vec(),
+        tree_size,
+    }
+    .encoded_len()
+}
+
+/// The `index` of each event, which must run on from `from` without a gap.
+fn check_dense(events: &[Vec<u8>], from: u64) {
+    for (i, e) in events.iter().enumerate() {
+        let ev: serde_json::Value = serde_json::from_slice(e).unwrap();
+        assert_eq!(ev["index"].as_u64(), Some(from + i as u64), "event {i}");
+    }
+}
+
+#[tokio::test]
+async fn pages_of_large_events_stay_under_4_mib_and_every_event_comes() {
+    use vault_server::audit::MAX_PAGE_BYTES;
+    // Reads of 500 records (the most in a batch) of 500 subjects: each event
+    // names 1000 pseudonyms (~67 KB); 150 of them (~10 MB) pass the 8 MiB a
+    // response may hold, so 1000 events a page cannot work.
+    const READS: u64 = 150;
+    let dir = tempfile::tempdir().unwrap();
+    let vault = TestVault::start(dir.path(), "eu").await.unwrap();
+    let client = vault.client().await;
+    client
+        .create_collection(&crate::all_types("tiny"))
+        .await
+        .unwrap();
+    let records: Vec<vault_client::Record> = (0..500)
+        .map(|i| vault_client::Record::new("tiny", i.to_string(), i.to_string()).with("b", true))
+        .collect();
+    client.put_many(&records).await.unwrap();
+    let ids: Vec<String> = (0..500).map(|i: u32| i.to_string()).collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let from = vault.vault.audit_log().size();
+    for _ in 0..READS {
+        // Projected on a field the records lack: found, none decrypted.
+        let got = client.get_many("tiny", &ids, &["i"]).await.unwrap();
+        assert_eq!(got.records.len(), 500);
+    }
+    // (The vault's own work may have added an event or two.)
+    let end = vault.vault.audit_log().size();
+    let n = end - from;
+    let stored = vault.vault.audit_log().events(from, n as usize).unwrap();
+    assert_eq!(stored.len() as u64, n);
+    let large = stored.iter().filter(|e| e.len() > 60_000).count();
+    assert_eq!(large as u64, READS);
+    let total: usize = stored.iter().map(Vec::len).sum();
+    assert!(total > 8 * 1024 * 1024, "{total}");
+
+    // Events, 1000 asked each time, with a client that accepts no message
+    // over 4 MiB: pages stop at the byte cap (not one event short of it),
+    // and paging on from what came returns every event.
+    let mut raw = AuditServiceClient::connect(vault.url())
+        .await
+        .unwrap()
+        .max_decoding_message_size(MAX_PAGE_BYTES);
+    let mut events: Vec<Vec<u8>> = Vec::new();
+    let mut pages = 0;
+    while (events.len() as u64) < n {
+        let page = raw
+            .events(authed(pb::AuditEventsRequest {
+                from: from + events.len() as u64,
+                limit: 1000,
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        let bytes = encoded_page_len(&page.events, page.tree_size);
+        assert!(bytes <= MAX_PAGE_BYTES, "a page of {bytes} bytes");
+        assert!(!page.events.is_empty());
+        let after = from + (events.len() + page.events.len()) as u64;
+        if after < end {
+            let next = &stored[events.len() + page.events.len()];
+            // (The vault keeps 11 bytes for the tree size; an event costs
+            // 4 more than its length.)
+            assert!(
+                bytes + next.len() + 15 > MAX_PAGE_BYTES,
+                "page stopped early"
+            );
+        }
+        events.extend(page.events);
+        pages += 1;
+    }
+    // (The last page may hold the events of these requests too.)
+    assert_eq!(events[..n as usize], stored[..]);
+    assert!(pages >= 3, "{pages} pages");
+    check_dense(&events, from);
+
+    // The client's follow stream: the backlog in messages of at most 4 MiB.
+    let mut follow = client.audit_follow(from).await.unwrap();
+    let mut followed: Vec<Vec<u8>> = Vec::new();
+    let mut messages = 0;
+    while (followed.len() as u64) < n {
+        let page = follow.next().await.unwrap().unwrap();
+        let bytes = encoded_page_len(&page.events, page.tree_size);
+        assert!(bytes <= MAX_PAGE_BYTES, "a message of {bytes} bytes");
+        followed.extend(page.events);
+        messages += 1;
+    }
+    assert_eq!(followed[..n as usize], stored[..]);
+    assert!(messages >= 3, "{messages} messages");
+    drop(follow);
+
+    // vaultctl: tail (to the end of the log), tail --follow, export.
+    let ctl = || {
+        let mut cmd = Command::new(vaultctl_binary());
+        cmd.env("VAULT_ADDR", vault.url())
+            .env("VAULT_TOKEN", TOKEN)
+            .kill_on_drop(true);
+        cmd
+    };
+    let out = ctl()
+        .args(["audit", "tail", "--from", &from.to_string()])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let lines: Vec<&[u8]> = out.stdout.split(|&b| b == b'\n').collect();
+    assert!(lines.len() as u64 > n, "{} lines", lines.len());
+    check_dense(
+        &lines[..n as usize]
+            .iter()
+            .map(|l| l.to_vec())
+            .collect::<Vec<_>>(),
+        from,
+    );
+
+    let mut child = ctl()
+        .args(["audit", "tail", "--follow", "--from", &from.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(child.stdout.take().unwrap()));
+    let mut tailed = Vec::new();
+    while (tailed.len() as u64) < n {
+        let line = lines
+            .next_line()
+            .await
+            .unwrap()
+            .expect("tail --follow ended before the last event");
+        tailed.push(line.into_bytes());
+    }
+    check_dense(&tailed, from);
+    child.kill().await.unwrap();
+
+    let export_dir = tempfile::tempdir().unwrap();
+    let out = ctl()
+        .args(["--json", "audit", "export"])
+        .arg(export_dir.path().join("export"))
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let (exported, _) = read_export(&export_dir.path().join("export"));
+    assert!(exported.len() as u64 >= end);
+    assert_eq!(exported[from as usize..end as usize], stored[..]);
+    check_dense(&exported, 0);
+    let key_file = export_dir.path().join("vault.vkey");
+    let (verifier_key, _) = client.audit_public_key().await.unwrap();
+    std::fs::write(&key_file, format!("{verifier_key}\n")).unwrap();
+    assert_eq!(
+        verify(&export_dir.path().join("export"), &key_file).await,
+        (true, None, None)
+    );
+    drop(client);
+    vault.stop().await;
+}
+
+/// Events say what was asked: a batch across collections names every
+/// collection, and reads and deletes that are refused or find nothing
+/// still carry the pseudonyms of the ids asked for, the same pseudonyms
+/// as the writes of those ids (id probing shows to the auditor).
+#[tokio::test]
+async fn events_name_every_collection_and_every_id_asked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let vault = TestVault::start(dir.path(), "eu").await.unwrap();
+    let client = vault.client().await;
+    client
+        .create_collection(&crate::all_types("things"))
+        .await
+        .unwrap();
+    let thing = vault_client::Record::new("things", "t1", "alice").with("s", "x");
+    let from = client.audit_events(0, 1).await.unwrap().tree_size;
+    client
+        .put_many(&[user("u1", "alice"), thing, user("u2", "bob")])
+        .await
+        .unwrap();
+    // Not found, refused (the custodian reads no data), and a delete
+    // refused for want of a purpose.
+    let got = client
+        .get_many("users", &["u1", "ghost"], &[])
+        .await
+        .unwrap();
+    assert_eq!(got.missing_ids, ["ghost"]);
+    assert!(client.get("users", "ghost").await.is_err());
+    assert!(vault
+        .custodian()
+        .await
+        .get_many("users", &["u2", "ghost"], &[])
+        .await
+        .is_err());
+    let no_purpose = vault
+        .client_builder()
+        .token(vault_tests::TOKEN)
+        .connect()
+        .await
+        .unwrap();
+    assert!(no_purpose.delete("users", "u1").await.is_err());
+
+    let events: Vec<serde_json::Value> = client
+        .audit_events(from, 100)
+        .await
+        .unwrap()
+        .events
+        .iter()
+        .map(|e| serde_json::from_slice(e).unwrap())
+        .collect();
+    let of = |op: &str| -> Vec<&serde_json::Value> {
+        events.iter().filter(|e| e["operation"] == op).collect()
+    };
+    let records = |e: &serde_json::Value| -> Vec<String> {
+        e["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.as_str().unwrap().to_owned())
+            .collect()
+    };
+    let write = of("write")[0];
+    assert_eq!(write["collection"], "users,things", "{write}");
+    let written = records(write);
+    assert_eq!(written.len(), 3, "{write}");
+    assert_eq!(write["subjects"].as_array().unwrap().len(), 2, "{write}");
+    let (u1, u2) = (&written[0], &written[2]);
+
+    let reads = of("read");
+    assert_eq!(reads.len(), 3, "{reads:?}");
+    let found_and_ghost = records(reads[0]);
+    assert_eq!(found_and_ghost[0], *u1);
+    let ghost = &found_and_ghost[1];
+    assert!(!written.contains(ghost));
+    assert_eq!(records(reads[1]), std::slice::from_ref(ghost), "not found");
+    assert_ne!(reads[2]["decision"], "allowed", "{}", reads[2]);
+    assert_eq!(
+        records(reads[2]),
+        [u2.clone(), ghost.clone()],
+        "refused: {}",
+        reads[2]
+    );
+    let delete = of("delete")[0];
+    assert_ne!(delete["decision"], "allowed", "{delete}");
+    assert_eq!(records(delete), std::slice::from_ref(u1), "refused");
+    drop((client, no_purpose));
     vault.stop().await;
 }

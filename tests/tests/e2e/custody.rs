@@ -67,6 +67,67 @@ fn forge(share: &UnsealShare) -> UnsealShare {
     UnsealShare::new(format!("{prefix}{}", hex::encode(b)))
 }
 
+/// Separation of duties holds on every request, whatever built the
+/// credential: a token whose roles hold custody and data (the
+/// configuration refuses such a token; here the authenticator is built by
+/// hand) is refused every custody and data call through the socket. A
+/// custodian reads no data; a data service performs no custody.
+#[tokio::test]
+async fn custody_and_data_access_stay_apart_on_every_request() {
+    const BOTH: &str = "custodian-and-dpo-token";
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = auth();
+    a.add_token(
+        BOTH,
+        Principal {
+            name: "both".into(),
+            roles: vec![Role::Custodian, Role::Dpo],
+        },
+    );
+    let vault = TestVault::start_sealed(OpenOptions::dev(dir.path(), "eu".parse().unwrap()), a)
+        .await
+        .unwrap();
+    let both = vault.client_with(BOTH).await;
+    let custodian = vault.client_with(CUSTODIAN).await;
+    let service = vault.client_with(SERVICE).await;
+    let separate = |r: Result<String, Error>| match r {
+        Err(Error::PermissionDenied(m)) => assert!(m.contains("separate duties"), "{m}"),
+        other => panic!("expected PERMISSION_DENIED (separate duties), got {other:?}"),
+    };
+    separate(both.init(1, 1).await.map(|_| String::new()));
+    let init = custodian.init(1, 1).await.unwrap();
+    separate(both.unseal(&init.shares[0]).await.map(|_| String::new()));
+    custodian.unseal(&init.shares[0]).await.unwrap();
+    vault_server::dev::seed(&vault.engine()).unwrap();
+    service.put(&user("u1", "alice")).await.unwrap();
+
+    separate(both.get("users", "u1").await.map(|_| String::new()));
+    separate(
+        both.access_ledger("alice", 0, 10, 0)
+            .await
+            .map(|_| String::new()),
+    );
+    separate(both.erase_subject("alice").await.map(|_| String::new()));
+    separate(both.status().await.map(|_| String::new()));
+    separate(both.rotate_root_key().await.map(|v| v.to_string()));
+    // One duty each.
+    assert!(matches!(
+        custodian.get("users", "u1").await,
+        Err(Error::PermissionDenied(_))
+    ));
+    assert!(matches!(
+        service.rotate_root_key().await,
+        Err(Error::PermissionDenied(_))
+    ));
+    assert_eq!(
+        service.get("users", "u1").await.unwrap(),
+        user("u1", "alice")
+    );
+    custodian.status().await.unwrap();
+    drop((both, custodian, service));
+    vault.stop().await;
+}
+
 #[tokio::test]
 async fn init_three_of_five_and_unseal_in_any_order() {
     let dir = tempfile::tempdir().unwrap();
@@ -261,6 +322,7 @@ async fn rotation_under_load_fails_no_request() {
     };
     let vault = TestVault::start_dev_with(opts).await.unwrap();
     let client = vault.client().await;
+    let custodian = vault.custodian().await;
     let subjects = 600;
     let records: Vec<Record> = (0..subjects)
         .map(|i| user(&format!("r{i}"), &format!("s{i}")))
@@ -305,10 +367,10 @@ async fn rotation_under_load_fails_no_request() {
         }));
     }
 
-    assert_eq!(client.rotate_root_key().await.unwrap(), 2);
+    assert_eq!(custodian.rotate_root_key().await.unwrap(), 2);
     let mut ops_at_finish = 0;
     loop {
-        let p = client.rewrap_status().await.unwrap();
+        let p = custodian.rewrap_status().await.unwrap();
         assert_eq!(p.target_version, 2);
         if p.finished {
             assert_eq!(p.rewrapped, p.pending_at_start);
@@ -330,7 +392,7 @@ async fn rotation_under_load_fails_no_request() {
         "the load overlapped the job ({ops_at_finish} requests)"
     );
 
-    let keys = client.root_keys().await.unwrap();
+    let keys = custodian.root_keys().await.unwrap();
     assert_eq!(keys.current_version, 2);
     assert_eq!(keys.versions[0].wrapped_subject_keys, 0, "{keys:?}");
     assert!(keys.versions[1].wrapped_subject_keys >= subjects);
@@ -343,7 +405,7 @@ async fn rotation_under_load_fails_no_request() {
         assert!(missing.is_empty());
         assert_eq!(found, chunk);
     }
-    drop(client);
+    drop((client, custodian));
     vault.stop().await;
 }
 
@@ -514,14 +576,15 @@ async fn retired_versions_wrap_nothing_and_destroyed_ones_leave_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let vault = TestVault::start(dir.path(), "eu").await.unwrap();
     let client = vault.client().await;
+    let custodian = vault.custodian().await;
     client.put(&user("r1", "s1")).await.unwrap();
-    let err = client.retire_root_key(1).await;
+    let err = custodian.retire_root_key(1).await;
     assert!(
         matches!(err, Err(Error::FailedPrecondition(ref m)) if m.contains("current")),
         "{err:?}"
     );
-    assert_eq!(client.rotate_root_key().await.unwrap(), 2);
-    while !client.rewrap_status().await.unwrap().finished {
+    assert_eq!(custodian.rotate_root_key().await.unwrap(), 2);
+    while !custodian.rewrap_status().await.unwrap().finished {
         client.get("users", "r1").await.unwrap();
     }
     let v1 = dev_keyring(dir.path())
@@ -529,7 +592,7 @@ async fn retired_versions_wrap_nothing_and_destroyed_ones_leave_the_file() {
         .unwrap()
         .expose_secret()
         .to_vec();
-    client.retire_root_key(1).await.unwrap();
+    custodian.retire_root_key(1).await.unwrap();
     // New subjects after the retirement: wrapped under version 2 only.
     for i in 2..20 {
         client
@@ -537,12 +600,12 @@ async fn retired_versions_wrap_nothing_and_destroyed_ones_leave_the_file() {
             .await
             .unwrap();
     }
-    let keys = client.root_keys().await.unwrap();
+    let keys = custodian.root_keys().await.unwrap();
     assert_eq!(keys.versions[0].state, KeyState::Retired);
     assert_eq!(keys.versions[0].wrapped_subject_keys, 0);
     assert_eq!(keys.versions[1].wrapped_subject_keys, 19);
-    client.destroy_root_key(1).await.unwrap();
-    let keys = client.root_keys().await.unwrap();
+    custodian.destroy_root_key(1).await.unwrap();
+    let keys = custodian.root_keys().await.unwrap();
     assert_eq!(keys.versions[0].state, KeyState::Destroyed);
     let kr = dev_keyring(dir.path());
     assert_eq!(
@@ -555,7 +618,7 @@ async fn retired_versions_wrap_nothing_and_destroyed_ones_leave_the_file() {
     assert!(kr.root_key(1).is_err());
     assert_ne!(kr.root_key(2).unwrap().expose_secret().to_vec(), v1);
     // Everything still reads, after a restart too (a cold key cache).
-    drop(client);
+    drop((client, custodian));
     vault.stop().await;
     let vault = TestVault::start(dir.path(), "eu").await.unwrap();
     let client = vault.client().await;
@@ -571,10 +634,11 @@ async fn subject_key_rotation_reencrypts_the_subjects_records() {
     let dir = tempfile::tempdir().unwrap();
     let vault = TestVault::start(dir.path(), "eu").await.unwrap();
     let client = vault.client().await;
+    let custodian = vault.custodian().await;
     client.put(&user("a1", "alice")).await.unwrap();
     client.put(&user("a2", "alice")).await.unwrap();
     client.put(&user("b1", "bob")).await.unwrap();
-    let r = client.rotate_subject_key("alice").await.unwrap();
+    let r = custodian.rotate_subject_key("alice").await.unwrap();
     assert_eq!((r.new_version, r.records, r.fields), (2, 2, 10));
     assert_eq!(
         client.get("users", "a1").await.unwrap(),
@@ -582,10 +646,10 @@ async fn subject_key_rotation_reencrypts_the_subjects_records() {
     );
     assert_eq!(client.get("users", "b1").await.unwrap(), user("b1", "bob"));
     assert!(matches!(
-        client.rotate_subject_key("nobody").await,
+        custodian.rotate_subject_key("nobody").await,
         Err(Error::NotFound(_))
     ));
-    drop(client);
+    drop((client, custodian));
     vault.stop().await;
     // On disk: alice's records name key version 2, and only version 2 of
     // her key is left.
@@ -640,13 +704,14 @@ async fn erasure_survives_a_restored_backup() {
 
     let vault = TestVault::start(dir.path(), "eu").await.unwrap();
     let client = vault.client().await;
+    let custodian = vault.custodian().await;
     assert_eq!(
         client.get("users", "a1").await.unwrap(),
         user("a1", "alice")
     );
     let receipt = client.erase_subject("alice").await.unwrap();
     receipt.verify().unwrap();
-    let status = client.status().await.unwrap();
+    let status = custodian.status().await.unwrap();
     receipt
         .verify_with_key(&status.signing_public_key.unwrap())
         .unwrap();
@@ -664,7 +729,7 @@ async fn erasure_survives_a_restored_backup() {
         ));
     }
     assert_eq!(client.get("users", "b1").await.unwrap(), user("b1", "bob"));
-    drop(client);
+    drop((client, custodian));
     vault.stop().await;
 
     // Restore the pre-erasure data folder; keep the current keyring.
@@ -681,6 +746,7 @@ async fn erasure_survives_a_restored_backup() {
     }
     let vault = TestVault::start(dir.path(), "eu").await.unwrap();
     let client = vault.client().await;
+    let custodian = vault.custodian().await;
     for id in ["a1", "a2"] {
         assert!(matches!(
             client.get("users", id).await,
@@ -711,6 +777,6 @@ async fn erasure_survives_a_restored_backup() {
         client.get("users", "a1").await,
         Err(Error::NotFound(_))
     ));
-    drop(client);
+    drop((client, custodian));
     vault.stop().await;
 }

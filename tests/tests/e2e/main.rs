@@ -12,6 +12,7 @@ mod custody;
 mod hostile;
 mod malformed;
 mod policy;
+mod prereqs;
 mod records;
 mod region;
 mod tamper;

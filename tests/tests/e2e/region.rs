@@ -1,5 +1,12 @@
 //! Region binding: a keyring of one region is refused by a server of another,
 //! and ciphertext copied into another region's vault does not decrypt.
+//!
+//! That vault has other keys as well, so the copy would fail even without
+//! any region binding. The binding itself — the very same keys under
+//! another region label refuse the ciphertext, under its own label they
+//! read it — is shown in process, where a keyring can be relabelled:
+//! `vault-server/src/engine/tests.rs`,
+//! `the_same_keys_under_another_region_label_do_not_decrypt`.
 
 use vault_client::Error;
 use vault_server::storage::Table;

@@ -56,11 +56,13 @@ async fn every_raw_edit_is_an_integrity_error() {
         "record-version",
         "empty",
         "s2-anchor",
+        "relocated",
+        "relocated-over",
     ];
     for id in ids {
         let subject = match id {
             "subject-key" => "s9",
-            "s2-anchor" => "s2",
+            "s2-anchor" | "relocated-over" => "s2",
             _ => "s1",
         };
         client.put(&user(id, subject)).await.unwrap();
@@ -114,6 +116,17 @@ async fn every_raw_edit_is_an_integrity_error() {
         let mut e = stored(&db, "users", "empty");
         e.fields.clear();
         store(&db, "users", "empty", &e);
+        // (j) move a whole record, its raw value byte for byte, to other
+        // ids of the same collection: a new id (same subject, no index
+        // row), and over another subject's record.
+        let cf = db.cf_handle("records").unwrap();
+        let whole = db
+            .get_cf(cf, record_key("users", "relocated"))
+            .unwrap()
+            .unwrap();
+        for to in ["relocated-new", "relocated-over"] {
+            db.put_cf(cf, record_key("users", to), &whole).unwrap();
+        }
         // And a flipped byte in a wrapped subject key.
         let cf = db.cf_handle("subject_keys").unwrap();
         let mut key = b"s9\0".to_vec();
@@ -137,6 +150,8 @@ async fn every_raw_edit_is_an_integrity_error() {
         ("users", "other-subject"),
         ("users", "record-version"),
         ("users", "empty"),
+        ("users", "relocated-new"),
+        ("users", "relocated-over"),
     ];
     for (collection, id) in cases {
         let got = client.get(collection, id).await;
@@ -157,7 +172,7 @@ async fn every_raw_edit_is_an_integrity_error() {
             "batch {collection}/{id}: {batch:?}"
         );
     }
-    // The untouched records and the original of the moved one still read.
+    // The untouched records and the originals of the moved ones still read.
     assert_eq!(
         client.get("users", "untouched").await.unwrap(),
         user("untouched", "s1")
@@ -169,6 +184,11 @@ async fn every_raw_edit_is_an_integrity_error() {
     assert_eq!(
         client.get("users", "s2-anchor").await.unwrap(),
         user("s2-anchor", "s2")
+    );
+    // The relocated record still reads under its own id.
+    assert_eq!(
+        client.get("users", "relocated").await.unwrap(),
+        user("relocated", "s1")
     );
     drop(client);
     vault.stop().await;

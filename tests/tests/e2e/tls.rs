@@ -161,6 +161,33 @@ async fn mtls_principal_falls_back_to_the_common_name() {
     vault.stop().await;
 }
 
+/// A certificate whose CN is a configured URI principal, but which has no
+/// URI SAN, does not pose as it: a CN that looks like a URI is refused.
+#[tokio::test]
+async fn a_common_name_that_looks_like_a_uri_is_no_principal() {
+    let pki = Pki::new("eu clients ca");
+    let (_dir, vault) = mtls_vault(&pki).await;
+    for cn in [BILLING, "urn:eu.example:billing-service"] {
+        let posing = as_client(&vault, &pki.client_cn(cn))
+            .connect()
+            .await
+            .unwrap();
+        match posing.collections().await {
+            Err(vault_client::Error::Unauthenticated(m)) => {
+                assert!(m.contains("looks like a URI"), "{cn}: {m}")
+            }
+            other => panic!("{cn}: expected UNAUTHENTICATED, got {other:?}"),
+        }
+    }
+    // The same name as a URI SAN is the principal.
+    let billing = as_client(&vault, &pki.client_uri(BILLING, None))
+        .connect()
+        .await
+        .unwrap();
+    billing.collections().await.unwrap();
+    vault.stop().await;
+}
+
 #[tokio::test]
 async fn handshakes_without_a_valid_client_certificate_are_refused() {
     let pki = Pki::new("eu clients ca");

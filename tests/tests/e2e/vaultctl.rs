@@ -26,10 +26,12 @@ pub(crate) struct Run {
 }
 
 impl Run {
-    /// Asserts success with nothing on stderr; returns stdout.
+    /// Asserts success with nothing on stderr and stdout ending with
+    /// exactly one line break; returns stdout.
     pub(crate) fn ok(&self) -> &str {
         assert_eq!(self.code, Some(0), "{self:?}");
         assert_eq!(self.stderr, "", "{self:?}");
+        assert_one_line_break(&self.stdout);
         &self.stdout
     }
 
@@ -54,6 +56,7 @@ impl Run {
     fn json_error(&self, code: i32, kind: &str) -> String {
         assert_eq!(self.code, Some(code), "{self:?}");
         assert_eq!(self.stdout.lines().count(), 1, "{self:?}");
+        assert_one_line_break(&self.stdout);
         let body: Json = serde_json::from_str(&self.stdout).unwrap();
         let message = body["error"]["message"].as_str().unwrap().to_owned();
         assert_eq!(
@@ -64,6 +67,16 @@ impl Run {
         assert_eq!(one_error_line(&self.stderr), message, "{self:?}");
         message
     }
+}
+
+/// Asserts that `stdout` ends with one line break and not two (so the
+/// next shell prompt or error starts on a line of its own, after no blank
+/// one).
+pub(crate) fn assert_one_line_break(stdout: &str) {
+    assert!(
+        stdout.ends_with('\n') && !stdout.ends_with("\n\n"),
+        "stdout must end with exactly one line break: {stdout:?}"
+    );
 }
 
 /// The message of a stderr that is exactly one `error: <message>` line.
@@ -1179,5 +1192,172 @@ async fn vaultctl_and_the_client_read_each_others_records() {
         );
     }
     drop(client);
+    vault.stop().await;
+}
+
+/// Every command's stdout, human or `--json`, success or error, ends with
+/// exactly one line break (`Run::ok` checks it for every run of these
+/// tests; here each kind of output once, `--json get` and `operator
+/// status` among them).
+#[tokio::test]
+async fn vaultctl_output_ends_with_exactly_one_line_break() {
+    let dir = tempfile::tempdir().unwrap();
+    let vault = TestVault::start(dir.path(), "eu").await.unwrap();
+    let client = vault.client().await;
+    client.put(&user("u1", "s1")).await.unwrap();
+    drop(client);
+    let export = tempfile::tempdir().unwrap();
+    let export_dir = export.path().join("export");
+    let export_arg = export_dir.to_str().unwrap();
+    let key_file = export.path().join("vault.vkey");
+    let commands: &[&[&str]] = &[
+        &["get", "users", "u1"],
+        &["get", "users", "u1", "--fields", "email"],
+        &["collection", "list"],
+        &["collection", "show", "users"],
+        &[
+            "put",
+            "users",
+            "u2",
+            "--subject",
+            "s2",
+            "--data",
+            r#"{"country":"FR"}"#,
+        ],
+        &["delete", "users", "u2"],
+        &["delete", "users", "u2"],
+        &[
+            "policy",
+            "check",
+            "--principal",
+            "dev-root",
+            "--purpose",
+            "testing",
+        ],
+        &["audit", "public-key"],
+        &["audit", "proof", "0"],
+        &["audit", "tail"],
+        &["audit", "export", export_arg],
+    ];
+    for command in commands {
+        for json in [true, false] {
+            let mut args = Vec::from(*command);
+            if json {
+                args.insert(0, "--json");
+            }
+            if command[1] == "export" {
+                let _ = std::fs::remove_dir_all(&export_dir);
+            }
+            let run = vaultctl(&vault, &args).await;
+            let stdout = run.ok();
+            assert!(!stdout.trim().is_empty(), "{args:?}: {run:?}");
+            if json && command[1] != "tail" {
+                assert_eq!(stdout.lines().count(), 1, "{args:?}: {run:?}");
+                serde_json::from_str::<Json>(stdout).unwrap();
+            }
+        }
+    }
+
+    // Offline verification, both verdicts.
+    let key = vaultctl(&vault, &["audit", "public-key"]).await;
+    std::fs::write(&key_file, key.ok()).unwrap();
+    let verify = ["audit", "verify", export_arg, "--public-key"];
+    for json in [true, false] {
+        let mut args = Vec::from(verify);
+        args.push(key_file.to_str().unwrap());
+        if json {
+            args.insert(0, "--json");
+        }
+        vaultctl(&vault, &args).await.ok();
+        let events = export_dir.join("events.jsonl");
+        let good = std::fs::read_to_string(&events).unwrap();
+        std::fs::write(&events, good.replacen("dev-root", "dev-rooT", 1)).unwrap();
+        let run = vaultctl(&vault, &args).await;
+        std::fs::write(&events, good).unwrap();
+        assert_eq!(run.code, Some(1), "{run:?}");
+        assert_one_line_break(&run.stdout);
+    }
+
+    // Custody, as a custodian: status before init, init (shares on
+    // stdout), unseal from stdin, then status, keys, re-wrap status, seal.
+    let sealed_dir = tempfile::tempdir().unwrap();
+    let custody = TestVault::start_sealed(
+        vault_server::vault::OpenOptions::dev(sealed_dir.path(), "eu".parse().unwrap()),
+        crate::custody::auth(),
+    )
+    .await
+    .unwrap();
+    let url = custody.url();
+    let op = |args: Vec<&'static str>, stdin: Option<String>| {
+        let url = url.clone();
+        async move {
+            vaultctl_at(
+                &url,
+                Some(crate::custody::CUSTODIAN),
+                &args,
+                stdin.as_deref(),
+            )
+            .await
+        }
+    };
+    for json in [true, false] {
+        let args = if json {
+            vec!["--json", "operator", "status"]
+        } else {
+            vec!["operator", "status"]
+        };
+        op(args, None).await.ok();
+    }
+    let init = op(
+        vec![
+            "--json",
+            "operator",
+            "init",
+            "--shares",
+            "1",
+            "--threshold",
+            "1",
+        ],
+        None,
+    )
+    .await;
+    let share = init.json()["shares"][0].as_str().unwrap().to_owned();
+    op(vec!["operator", "unseal"], Some(format!("{share}\n")))
+        .await
+        .ok();
+    for command in [
+        &["operator", "status"][..],
+        &["operator", "keys"],
+        &["operator", "rewrap-status"],
+    ] {
+        for json in [true, false] {
+            let mut args = Vec::from(command);
+            if json {
+                args.insert(0, "--json");
+            }
+            let run = op(args, None).await;
+            assert!(!run.ok().trim().is_empty(), "{run:?}");
+        }
+    }
+    op(vec!["operator", "seal"], None).await.ok();
+    op(vec!["operator", "unseal"], Some(share.clone()))
+        .await
+        .ok();
+    op(vec!["--json", "operator", "seal"], None).await.json();
+    custody.stop().await;
+
+    // Errors: a vault error and a usage error, each with --json (a JSON
+    // body on stdout) and without (nothing on stdout).
+    for args in [&["get", "users", "nobody"][..], &["get", "users"]] {
+        let run = vaultctl(&vault, args).await;
+        assert_eq!(run.stdout, "", "{run:?}");
+        assert!(run.stderr.ends_with('\n') && !run.stderr.ends_with("\n\n"));
+        let mut json = vec!["--json"];
+        json.extend(args);
+        let run = vaultctl(&vault, &json).await;
+        assert!(matches!(run.code, Some(1 | 2)), "{run:?}");
+        assert_one_line_break(&run.stdout);
+        serde_json::from_str::<Json>(&run.stdout).unwrap();
+    }
     vault.stop().await;
 }

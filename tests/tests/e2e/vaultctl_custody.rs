@@ -148,6 +148,11 @@ async fn vaultctl_init_unseal_seal_and_status() {
     vault.stop().await;
 }
 
+/// `vaultctl` with the development custodian's token.
+async fn custody(vault: &TestVault, args: &[&str]) -> crate::vaultctl::Run {
+    vaultctl_at(&vault.url(), Some(vault_tests::CUSTODIAN_TOKEN), args, None).await
+}
+
 #[tokio::test]
 async fn vaultctl_rotate_keys_retire_destroy_and_erase() {
     let dir = tempfile::tempdir().unwrap();
@@ -162,36 +167,36 @@ async fn vaultctl_rotate_keys_retire_destroy_and_erase() {
     drop(client);
 
     assert_eq!(
-        vaultctl(&vault, &["--json", "operator", "rotate", "root"])
+        custody(&vault, &["--json", "operator", "rotate", "root"])
             .await
             .json()["version"],
         2
     );
-    let p = vaultctl(&vault, &["--json", "operator", "rewrap-status", "--wait"])
+    let p = custody(&vault, &["--json", "operator", "rewrap-status", "--wait"])
         .await
         .json();
     assert_eq!(p["finished"], true);
     assert_eq!(p["target_version"], 2);
     assert_eq!(p["rewrapped"], 20);
-    let keys = vaultctl(&vault, &["--json", "operator", "keys"])
+    let keys = custody(&vault, &["--json", "operator", "keys"])
         .await
         .json();
     assert_eq!(keys["current_version"], 2);
     assert_eq!(keys["versions"][0]["wrapped_subject_keys"], 0);
     assert_eq!(keys["versions"][1]["wrapped_subject_keys"], 20);
-    let table = vaultctl(&vault, &["operator", "keys"]).await;
+    let table = custody(&vault, &["operator", "keys"]).await;
     assert!(table.ok().contains("active"), "{table:?}");
 
-    let run = vaultctl(&vault, &["operator", "destroy", "1"]).await;
+    let run = custody(&vault, &["operator", "destroy", "1"]).await;
     assert!(run.error(1).contains("retired"), "{run:?}");
-    vaultctl(&vault, &["operator", "retire", "1"]).await.ok();
-    vaultctl(&vault, &["operator", "destroy", "1"]).await.ok();
-    let keys = vaultctl(&vault, &["--json", "operator", "keys"])
+    custody(&vault, &["operator", "retire", "1"]).await.ok();
+    custody(&vault, &["operator", "destroy", "1"]).await.ok();
+    let keys = custody(&vault, &["--json", "operator", "keys"])
         .await
         .json();
     assert_eq!(keys["versions"][0]["state"], "destroyed");
 
-    let r = vaultctl(&vault, &["--json", "operator", "rotate", "subject", "s3"])
+    let r = custody(&vault, &["--json", "operator", "rotate", "subject", "s3"])
         .await
         .json();
     assert_eq!(
@@ -218,11 +223,11 @@ async fn vaultctl_rotate_keys_retire_destroy_and_erase() {
     }
     vaultctl(&vault, &["get", "users", "r5"]).await.ok();
 
-    vaultctl(&vault, &["operator", "seal"]).await.ok();
+    custody(&vault, &["operator", "seal"]).await.ok();
     let run = vaultctl(&vault, &["get", "users", "r5"]).await;
     assert!(run.error(1).contains("sealed"), "{run:?}");
     let share = dir.path().join(vault_server::vault::DEV_SHARE_FILE);
-    vaultctl(
+    custody(
         &vault,
         &[
             "operator",

@@ -1,5 +1,6 @@
-//! An independent, offline verifier of the vault's audit log (DESIGN §6):
-//! an auditor checks an export without trusting the vault's own code.
+//! An independent, offline verifier of the vault's audit log (SECURITY.md,
+//! "Audit log"): an auditor checks an export without trusting the vault's own
+//! code.
 //! Nothing here is shared with `vault-server`.
 //!
 //! An export directory holds:

@@ -366,7 +366,7 @@ fn report(error: &CliError, json_output: bool) -> ExitCode {
     let message = one_line(&error.message());
     if json_output {
         let body = json!({"error": {"kind": error.kind(), "message": message}});
-        println!("{body}");
+        emit(&body.to_string());
     }
     eprintln!("error: {message}");
     error.exit_code()
@@ -407,7 +407,7 @@ fn main() -> ExitCode {
             let message = usage_message(&e.render().to_string());
             if wants_json(&args) {
                 let body = json!({"error": {"kind": "usage", "message": message}});
-                println!("{body}");
+                emit(&body.to_string());
             }
             eprintln!("error: {message} (see vaultctl --help)");
             return ExitCode::from(2);
@@ -464,10 +464,19 @@ async fn connect(cli: &Cli) -> Result<VaultClient, CliError> {
     Ok(builder.connect().await?)
 }
 
-/// Writes one line to stdout; a closed pipe is not an error worth a message.
+/// Writes `text` to stdout ending with exactly one line break, whatever
+/// it ends with (every command's output, `--json` or not, goes through
+/// here), and flushes it; a closed pipe is not an error worth a message.
 fn emit(text: &str) {
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{text}");
+    let _ = out
+        .write_all(one_newline(text).as_bytes())
+        .and_then(|()| out.flush());
+}
+
+/// `text` with its trailing line breaks replaced by exactly one.
+fn one_newline(text: &str) -> String {
+    format!("{}\n", text.trim_end_matches(['\n', '\r']))
 }
 
 /// How a command that ran to the end went.
@@ -1000,6 +1009,15 @@ mod tests {
         assert_eq!(error.kind(), "not_found");
         assert_eq!(error.message(), "not found: record users/u1");
         assert_eq!(CliError::Usage("x".into()).kind(), "usage");
+    }
+
+    #[test]
+    fn output_ends_with_exactly_one_line_break() {
+        assert_eq!(one_newline(""), "\n");
+        assert_eq!(one_newline("{}"), "{}\n");
+        assert_eq!(one_newline("a\nb"), "a\nb\n");
+        assert_eq!(one_newline("a\nb\n"), "a\nb\n");
+        assert_eq!(one_newline("a\r\n\n\n"), "a\n");
     }
 
     #[test]

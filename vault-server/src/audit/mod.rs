@@ -1,5 +1,6 @@
-//! The audit log (DESIGN.md §6): one event per audited request, appended
-//! to an RFC 6962 Merkle tree whose heads the vault signs as checkpoints.
+//! The audit log (SECURITY.md, "Audit log"): one event per audited request,
+//! appended to an RFC 6962 Merkle tree whose heads the vault signs as
+//! checkpoints.
 //!
 //! - **Events** are JSON objects (no values, ever: pseudonyms of record and
 //!   subject ids, field names, decision, bytes returned). Each carries its
@@ -44,6 +45,15 @@ const SUBJECT_PREFIX: u8 = b's';
 /// `i` → u64: the subject index covers the events below this.
 const INDEXED_KEY: &[u8] = b"i";
 
+/// Most bytes of events in one page the vault sends: a page of
+/// `AuditService.Events`, one message of `AuditService.Follow`, a page of
+/// an access ledger. Half the gRPC message limit (8 MiB), so that framing
+/// and proofs fit beside them; far below what vault-client accepts.
+pub const MAX_PAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Events read from the store at a time while filling a page.
+const SCAN_CHUNK: usize = 128;
+
 /// One audited request. Field order is the JSON order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Event {
@@ -64,9 +74,11 @@ pub struct Event {
     pub purpose: Option<String>,
     /// The operation (`read`, `write`, …, or a custody verb).
     pub operation: String,
-    /// The collection, if one.
+    /// The collection, if one; for a batch across collections, each one,
+    /// comma-separated in request order.
     pub collection: Option<String>,
-    /// Pseudonyms (keyed hashes, hex) of the record ids touched.
+    /// Pseudonyms (keyed hashes, hex) of the record ids asked for (found
+    /// or not, allowed or not; at most a batch's limit of them).
     pub records: Vec<String>,
     /// Pseudonyms (hex) of the subjects touched.
     pub subjects: Vec<String>,
@@ -132,7 +144,8 @@ impl Event {
     }
 
     /// Marks the event refused (`denied` for authorisation, else `failed`)
-    /// with the error as its reason, and drops what it would have touched.
+    /// with the error's kind as its reason. It keeps the pseudonyms of the
+    /// records and subjects asked for, and drops the fields and bytes.
     pub fn refused(mut self, e: &Error) -> Event {
         self.decision = match e {
             Error::PermissionDenied(_) | Error::Unauthenticated(_) => "denied",
@@ -142,8 +155,8 @@ impl Event {
         // The kind only: messages can repeat what the caller sent (a
         // mistyped name may be personal data), and the log is forever.
         self.reason = Some(kind_of(e).to_owned());
-        self.records.clear();
-        self.subjects.clear();
+        // The pseudonyms of what was asked for stay: probing for ids must
+        // show to the auditor. Nothing was returned or written.
         self.fields.clear();
         self.bytes = 0;
         self
@@ -714,6 +727,38 @@ impl AuditLog {
             .collect())
     }
 
+    /// A page of events from `from`: at most `limit`, and only as many as
+    /// fit in `budget` bytes when each counts `cost(event length)`, but
+    /// at least one if there is one: an event larger than the budget
+    /// travels alone rather than never. Reads the store a chunk at a time,
+    /// so a page of large events does not read `limit` of them.
+    pub fn events_page(
+        &self,
+        from: u64,
+        limit: usize,
+        budget: usize,
+        cost: impl Fn(usize) -> usize,
+    ) -> Result<Vec<Vec<u8>>> {
+        let mut page: Vec<Vec<u8>> = Vec::new();
+        let mut used = 0usize;
+        while page.len() < limit {
+            let want = (limit - page.len()).min(SCAN_CHUNK);
+            let chunk = self.events(from + page.len() as u64, want)?;
+            let got = chunk.len();
+            for event in chunk {
+                used = used.saturating_add(cost(event.len()));
+                if !page.is_empty() && used > budget {
+                    return Ok(page);
+                }
+                page.push(event);
+            }
+            if got < want {
+                break;
+            }
+        }
+        Ok(page)
+    }
+
     /// A copy of the first `size` leaf hashes: proofs are computed outside
     /// the log's lock, so they never hold up commits.
     fn leaves_up_to(&self, size: u64) -> Result<Vec<Hash>> {
@@ -989,6 +1034,56 @@ mod tests {
         log.commit(WriteSet::new(), ev).unwrap();
         assert_eq!(indices(&log, 0xa1, 0, 9), [0, 1, 3]);
         assert_eq!(indices(&log, 0xb0, 0, 9), [1, 4]);
+    }
+
+    #[test]
+    fn pages_stop_at_the_byte_budget_but_never_come_back_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(store(dir.path())).unwrap();
+        for i in 0..300u64 {
+            let mut ev = event("read");
+            // Every tenth event is large.
+            if i % 10 == 0 {
+                ev.records = vec![hex::encode([7; 32]); 100];
+            }
+            log.commit(WriteSet::new(), ev).unwrap();
+        }
+        let all = log.events(0, 1000).unwrap();
+        assert_eq!(all.len(), 300);
+        let large = all[0].len();
+        let small = all[1].len();
+        assert!(large > 6000 && small < 300, "{large} {small}");
+        let cost = |n: usize| n + 3;
+        // No budget: `limit` events, across several store reads.
+        assert_eq!(
+            log.events_page(0, 1000, usize::MAX, cost).unwrap(),
+            all,
+            "past the end: what there is"
+        );
+        assert_eq!(
+            log.events_page(5, 200, usize::MAX, cost).unwrap(),
+            all[5..205]
+        );
+        // A budget: pages as long as fit, resumed where they stopped, and
+        // together the whole log.
+        let budget = 2 * large + 20 * small;
+        let mut from = 0;
+        let mut pages = 0;
+        while from < 300 {
+            let page = log.events_page(from, 1000, budget, cost).unwrap();
+            let bytes: usize = page.iter().map(|e| cost(e.len())).sum();
+            assert!(bytes <= budget, "{bytes} > {budget}");
+            let next = all.get(from as usize + page.len());
+            assert!(next.is_none_or(|e| bytes + cost(e.len()) > budget));
+            assert_eq!(page, all[from as usize..from as usize + page.len()]);
+            from += page.len() as u64;
+            pages += 1;
+        }
+        assert!(pages > 5, "{pages}");
+        // A budget below one event: one at a time, never none.
+        assert_eq!(log.events_page(0, 1000, 10, cost).unwrap(), all[..1]);
+        assert_eq!(log.events_page(299, 1000, 0, cost).unwrap(), all[299..]);
+        assert!(log.events_page(300, 1000, 0, cost).unwrap().is_empty());
     }
 
     #[test]

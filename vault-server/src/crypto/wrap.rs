@@ -38,12 +38,13 @@ impl WrapCipher {
 
     /// Encrypts `plaintext`, bound to `aad`, with a fresh random nonce.
     ///
-    /// The nonce comes from `rand`'s thread-local CSPRNG (ChaCha12, seeded
-    /// and periodically reseeded from the operating system): a system call
-    /// per nonce cost more than the encryption itself in the re-wrap job.
+    /// The nonce comes from the operating system's generator. Random
+    /// 96-bit nonces are bounded at 2^32 encryptions per key (NIST SP
+    /// 800-38D): the engine counts wraps per root key version and asks for
+    /// a rotation before that.
     pub fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
         let mut nonce = [0u8; 12];
-        rand::thread_rng().fill_bytes(&mut nonce);
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
         self.seal_with_nonce(&nonce, aad, plaintext)
     }
 

@@ -33,6 +33,9 @@ pub struct RootKeyInfo {
     pub current: bool,
     /// Subject keys wrapped under it (0 when not counted).
     pub wrapped_subject_keys: u64,
+    /// Keys it has wrapped, ever (each an AES-GCM encryption under a random
+    /// nonce; NIST SP 800-38D bounds them at 2^32).
+    pub wraps: u64,
 }
 
 /// What a subject-key rotation did.
@@ -64,8 +67,22 @@ impl Engine {
                 state,
                 current: version == current,
                 wrapped_subject_keys: 0,
+                wraps: self.wraps.of(version),
             })
             .collect()
+    }
+
+    /// Whether the current root key has wrapped as many keys as the
+    /// configured bound, and should be rotated.
+    pub fn root_rotation_due(&self) -> bool {
+        let kr = self.keyring();
+        kr.current_root()
+            .is_ok_and(|(v, _)| self.wraps.of(v) >= self.wraps.rotate_after())
+    }
+
+    /// The configured bound on wraps per root key version.
+    pub fn rotate_root_after_wraps(&self) -> u64 {
+        self.wraps.rotate_after()
     }
 
     /// Every root key version with the number of subject keys it wraps
@@ -291,10 +308,12 @@ impl Engine {
         {
             let _create = lock(&self.create_lock);
             let kr = self.keyring();
+            let wrapped = wrap_subject_key(&kr, subject, new_version, new_key.key())?;
+            let root_version = wrapping_version(&wrapped)?;
             ws.put(
                 Table::SubjectKeys,
                 subject_key_id(subject, new_version),
-                wrap_subject_key(&kr, subject, new_version, new_key.key())?,
+                wrapped,
             );
             for (v, _) in &rows {
                 ws.delete(Table::SubjectKeys, subject_key_id(subject, *v));
@@ -304,7 +323,8 @@ impl Engine {
             ev.detail = Some(format!(
                 "key version {new_version}; {records} records, {fields} fields re-encrypted"
             ));
-            self.commit(ws, ev)?;
+            self.wraps
+                .commit(root_version, 1, ws, |ws| self.commit(ws, ev))?;
         }
         self.cache.evict_subject(subject);
         self.cache.insert(subject, new_key);
@@ -455,9 +475,10 @@ impl Engine {
 
 /// Most entries in one page of an access ledger.
 pub const MAX_LEDGER_PAGE: usize = 100;
-/// Most bytes of events in one page of an access ledger (the gRPC message
-/// limit is 8 MiB; proofs and framing take the rest).
-pub const MAX_LEDGER_BYTES: usize = 4 * 1024 * 1024;
+/// Most bytes of events in one page of an access ledger: the audit log's
+/// page budget (the gRPC message limit is 8 MiB; proofs and framing take
+/// the rest).
+pub const MAX_LEDGER_BYTES: usize = crate::audit::MAX_PAGE_BYTES;
 
 /// One page of a subject's access ledger.
 #[derive(Debug, Clone, PartialEq, Eq)]

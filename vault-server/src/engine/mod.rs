@@ -7,6 +7,7 @@ mod custody;
 mod rewrap;
 mod schema;
 mod value;
+mod wraps;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
@@ -16,12 +17,17 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
 pub use custody::{Ledger, LedgerEntry, RootKeyInfo, SubjectRotation, MAX_LEDGER_PAGE};
+#[cfg(test)]
+pub(crate) use rewrap::job_record_seed;
+#[cfg(any(test, fuzzing, feature = "fuzzing"))]
+pub(crate) use rewrap::reencode_job_record;
 pub use rewrap::{RewrapOptions, RewrapProgress};
 pub use schema::{
     shown, validate_id, validate_name, Collection, DataCategory, FieldSchema, FieldType, Mask,
     MAX_FIELDS, MAX_ID_BYTES,
 };
 pub use value::{Record, Value};
+pub use wraps::{DEFAULT_ROTATE_AFTER_WRAPS, NIST_RANDOM_NONCE_LIMIT};
 
 use zeroize::Zeroizing;
 
@@ -31,7 +37,8 @@ use crate::crypto::{
     RecordContext,
 };
 use crate::keys::{
-    unwrap_subject_key, wrap_subject_key, write_secret_file, KeyCache, Keyring, Region, SubjectKeys,
+    unwrap_subject_key, wrap_subject_key, wrapping_version, write_secret_file, KeyCache, Keyring,
+    Region, SubjectKeys,
 };
 use crate::policy::{Caller, Operation, Policy, PolicyHandle, Redaction};
 use crate::storage::{
@@ -150,6 +157,9 @@ pub struct EngineOptions {
     pub policy: Arc<PolicyHandle>,
     /// When audit checkpoints are signed.
     pub checkpoints: CheckpointOptions,
+    /// Keys a root key version may wrap before the vault asks for a root
+    /// rotation (at most 2^32, NIST SP 800-38D's bound for random nonces).
+    pub rotate_root_after_wraps: u64,
 }
 
 impl Default for EngineOptions {
@@ -160,6 +170,7 @@ impl Default for EngineOptions {
             rewrap: RewrapOptions::default(),
             policy: Arc::new(PolicyHandle::builtin()),
             checkpoints: CheckpointOptions::default(),
+            rotate_root_after_wraps: DEFAULT_ROTATE_AFTER_WRAPS,
         }
     }
 }
@@ -195,6 +206,8 @@ pub struct Engine {
     audit_signer: ed25519_dalek::SigningKey,
     audit_origin: String,
     rewrap: rewrap::JobState,
+    /// Keys wrapped per root key version (NIST's bound on random nonces).
+    wraps: wraps::WrapCounts,
     policy: Arc<PolicyHandle>,
     audit: Arc<AuditLog>,
     closed: AtomicBool,
@@ -230,6 +243,7 @@ impl Engine {
             rewrap: rewrap_options,
             policy,
             checkpoints,
+            rotate_root_after_wraps,
         } = options;
         let region = keyring.region().clone();
         match (
@@ -266,6 +280,7 @@ impl Engine {
             collections.insert(c.name.clone(), Arc::new(c));
         }
         let rewrap = rewrap::JobState::load(store.as_ref())?;
+        let wraps = wraps::WrapCounts::load(store.as_ref(), rotate_root_after_wraps)?;
         let audit_signer = crate::keys::signing_key(&keyring);
         let audit_origin = format!("vault/{region}/{}", hex::encode(keyring.id()));
         Ok(Engine {
@@ -285,6 +300,7 @@ impl Engine {
             audit_signer,
             audit_origin,
             rewrap,
+            wraps,
             policy,
             audit,
             closed: AtomicBool::new(false),
@@ -496,11 +512,26 @@ impl Engine {
     /// Creates or replaces records atomically: one durable write for all,
     /// with its audit event in the same batch.
     pub fn put_records(&self, caller: &Caller, records: Vec<Record>) -> Result<usize> {
-        let mut ev = self.event(
-            caller,
-            Operation::Write,
-            records.first().map(|r| r.collection.as_str()),
-        );
+        let mut ev = self.event(caller, Operation::Write, None);
+        let mut collections: Vec<&str> = Vec::new();
+        for r in &records {
+            if !collections.contains(&r.collection.as_str()) {
+                collections.push(&r.collection);
+            }
+        }
+        ev.collection = self.shown_collections(collections.into_iter());
+        // Every record (and subject) asked for, allowed or not: attempts
+        // show in the log too.
+        let kr = self.keyring();
+        for r in records.iter().take(self.limits.max_batch_records) {
+            ev.records
+                .push(hex::encode(kr.record_pseudonym(&r.collection, &r.id)));
+            ev.subjects
+                .push(hex::encode(kr.subject_pseudonym(&r.subject_id)));
+        }
+        ev.subjects.sort();
+        ev.subjects.dedup();
+        drop(kr);
         let result = self.put_records_audited(caller, records, &mut ev);
         self.audit_failure(ev, result)
     }
@@ -618,17 +649,10 @@ impl Engine {
             );
             ws.put(Table::Records, key, value);
         }
-        let kr = self.keyring();
         let mut fields = BTreeSet::new();
         for r in &records {
-            ev.records
-                .push(hex::encode(kr.record_pseudonym(&r.collection, &r.id)));
-            ev.subjects
-                .push(hex::encode(kr.subject_pseudonym(&r.subject_id)));
             fields.extend(r.fields.keys().cloned());
         }
-        ev.subjects.sort();
-        ev.subjects.dedup();
         ev.fields = fields.into_iter().collect();
         self.commit(ws, ev.clone())?;
         self.counters
@@ -754,15 +778,19 @@ impl Engine {
         fields: &[String],
     ) -> Result<(Vec<Record>, Vec<String>)> {
         let mut ev = self.event(caller, Operation::Read, Some(collection));
+        // Every id asked for, found or not, allowed or not: probing for
+        // ids shows in the log.
+        let kr = self.keyring();
+        for id in ids.iter().take(self.limits.max_batch_records) {
+            ev.records
+                .push(hex::encode(kr.record_pseudonym(collection, id)));
+        }
         let (found, missing) = match self.get_records_unaudited(caller, collection, ids, fields) {
             Ok(r) => r,
             Err(e) => return self.audit_failure(ev, Err(e)),
         };
-        let kr = self.keyring();
         let mut returned = BTreeSet::new();
         for r in &found {
-            ev.records
-                .push(hex::encode(kr.record_pseudonym(collection, &r.id)));
             ev.subjects
                 .push(hex::encode(kr.subject_pseudonym(&r.subject_id)));
             for (name, value) in &r.fields {
@@ -893,6 +921,9 @@ impl Engine {
     /// Deletes one record; returns whether it existed.
     pub fn delete_record(&self, caller: &Caller, collection: &str, id: &str) -> Result<bool> {
         let mut ev = self.event(caller, Operation::Delete, Some(collection));
+        // The id asked for, allowed or not.
+        ev.records
+            .push(hex::encode(self.keyring().record_pseudonym(collection, id)));
         let result = self.delete_record_audited(caller, collection, id, &mut ev);
         self.audit_failure(ev, result)
     }
@@ -911,8 +942,6 @@ impl Engine {
         validate_id("record id", id)?;
         let key = record_key(collection, id);
         let (_owner, previous) = self.lock_writers(&[], std::slice::from_ref(&key))?;
-        ev.records
-            .push(hex::encode(self.keyring().record_pseudonym(collection, id)));
         let Some(Some(old)) = previous.into_iter().next() else {
             self.commit(WriteSet::new(), ev.clone())?;
             return Ok(false);
@@ -937,16 +966,28 @@ impl Engine {
     /// A new audit event for `caller` doing `op`.
     fn event(&self, caller: &Caller, op: Operation, collection: Option<&str>) -> Event {
         let mut ev = Event::of(caller, op.name());
-        // Only names of collections that exist: a mistyped name the caller
-        // sent may be anything (an e-mail address), and the log is forever.
-        ev.collection = collection.map(|c| {
-            if self.read_collections().contains_key(c) {
-                c.to_owned()
-            } else {
-                "<unknown collection>".to_owned()
-            }
-        });
+        ev.collection = collection.and_then(|c| self.shown_collections(std::iter::once(c)));
         ev
+    }
+
+    /// What an event says of the collections a request names: each name,
+    /// comma-separated in request order (names are `[a-z0-9_-]`), where
+    /// only collections that exist are named. A mistyped name the caller
+    /// sent may be anything (an e-mail address), and the log is forever.
+    fn shown_collections<'a>(&self, names: impl Iterator<Item = &'a str>) -> Option<String> {
+        let known = self.read_collections();
+        let mut shown: Vec<&str> = Vec::new();
+        for c in names {
+            let c = if known.contains_key(c) {
+                c
+            } else {
+                "<unknown collection>"
+            };
+            if !shown.contains(&c) {
+                shown.push(c);
+            }
+        }
+        (!shown.is_empty()).then(|| shown.join(","))
     }
 
     /// Authorises `op`, recording a refusal as an audit event named
@@ -1141,13 +1182,15 @@ impl Engine {
             .ok_or(Error::Integrity)?;
         let key = Key256::random();
         let wrapped = wrap_subject_key(&keyring, subject, version, &key)?;
+        let root_version = wrapping_version(&wrapped)?;
         let mut ws = WriteSet::new();
         ws.put(
             Table::SubjectKeys,
             subject_key_id(subject, version),
             wrapped,
         );
-        self.store.write(ws)?;
+        self.wraps
+            .commit(root_version, 1, ws, |ws| self.store.write(ws))?;
         let keys = Arc::new(SubjectKeys::new(version, key));
         self.cache.insert(subject, Arc::clone(&keys));
         Ok(keys)

@@ -141,6 +141,33 @@ impl Job {
     }
 }
 
+/// The job record decoder, for the fuzz target: `Some` with the record
+/// encoded again when `bytes` decode (the target checks it is the same
+/// bytes), `None` when they are refused. Only in test and fuzzing builds.
+#[cfg(any(test, fuzzing, feature = "fuzzing"))]
+pub(crate) fn reencode_job_record(bytes: &[u8]) -> Option<Vec<u8>> {
+    Job::decode(bytes).ok().map(|job| job.encode())
+}
+
+/// A well-formed job record (a cursor part way through), the fuzz
+/// target's seed.
+#[cfg(test)]
+pub(crate) fn job_record_seed() -> Vec<u8> {
+    Job {
+        progress: RewrapProgress {
+            target_version: 2,
+            finished: false,
+            rewrapped: 40,
+            examined: 57,
+            pending_at_start: 120,
+            unreadable: 1,
+            removed_erased: 2,
+        },
+        cursor: crate::storage::subject_key_id("s1", 3),
+    }
+    .encode()
+}
+
 /// The job's state in memory: the last committed job record, and a wake-up
 /// signal (a rotation, or the engine closing). `Debug` omits the cursor,
 /// which holds a subject id.
@@ -282,6 +309,7 @@ impl Engine {
         let mut ws = WriteSet::new();
         let p = &mut job.progress;
         let mut rewrapper = Rewrapper::new(&kr)?;
+        let mut wrapped = 0u64;
         for (k, v) in &page {
             p.examined += 1;
             match parse_subject_key_id(k)
@@ -290,6 +318,7 @@ impl Engine {
                 Ok(Some(rewrapped)) => {
                     ws.put(Table::SubjectKeys, k.clone(), rewrapped);
                     p.rewrapped += 1;
+                    wrapped += 1;
                 }
                 Ok(None) => {}
                 Err(Error::SubjectErased) => {
@@ -310,7 +339,8 @@ impl Engine {
             job.progress.finished = true;
         }
         ws.put(Table::Meta, JOB_KEY.to_vec(), job.encode());
-        self.store.write(ws)?;
+        self.wraps
+            .commit(current, wrapped, ws, |ws| self.store.write(ws))?;
         // A job after a rotation is a custody event; the empty job of a
         // vault that never rotated is not.
         if job.progress.finished && (job.progress.target_version > 1 || job.progress.rewrapped > 0)

@@ -235,6 +235,71 @@ fn data_folder_remembers_its_keyring() {
     );
 }
 
+/// Region binding with the same key material: records and wrapped subject
+/// keys written by an eu engine are copied into fresh data folders and read
+/// by engines holding that very keyring, labelled eu (the control: they
+/// read) and relabelled de (they do not). Only the label differs, so the
+/// refusal comes from the region bound into the keys and AADs, not from
+/// other keys (the e2e test `region::ciphertext_copied_to_another_region_
+/// does_not_decrypt` copies into a vault with other keys as well).
+#[test]
+fn the_same_keys_under_another_region_label_do_not_decrypt() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> =
+        Arc::new(RocksStore::open(&dir.path().join("db"), &StoreOptions::default()).unwrap());
+    let keyring = Keyring::generate("eu".parse().unwrap(), custody());
+    let e = Engine::new(
+        Arc::clone(&store),
+        keyring.clone(),
+        keyring_file(dir.path()),
+        options(),
+    )
+    .unwrap();
+    crate::dev::seed(&e).unwrap();
+    put_users(&e, 3);
+    e.close();
+    drop(e);
+
+    // A fresh data folder holding the eu rows, unsealed with `keyring`
+    // under the label `region`.
+    let copy_under = |region: &str| {
+        let folder = dir.path().join(region);
+        let to = RocksStore::open(&folder.join("db"), &StoreOptions::default()).unwrap();
+        let mut ws = WriteSet::new();
+        for table in [Table::Records, Table::SubjectKeys, Table::SubjectRecords] {
+            store
+                .visit(table, &mut |k, v| ws.put(table, k.to_vec(), v.to_vec()))
+                .unwrap();
+        }
+        to.write(ws).unwrap();
+        let labelled = keyring.relabelled_for_test(region.parse().unwrap());
+        let e = Engine::new(Arc::new(to), labelled, keyring_file(&folder), options()).unwrap();
+        crate::dev::seed(&e).unwrap();
+        assert_eq!(e.region().as_str(), region);
+        e
+    };
+    let c = Caller::internal("t");
+    let eu = copy_under("eu");
+    read_users(&eu, 3);
+    let de = copy_under("de");
+    for i in 0..3 {
+        let got = de.get_record(&c, "users", &format!("r{i}"), &[]);
+        assert!(matches!(got, Err(Error::Integrity)), "r{i}: {got:?}");
+    }
+    // Each subject key unwraps under eu and under no other label: the
+    // refusal is the wrap's region binding, whatever the store holds.
+    for (row, wrapped) in wrapped_keys(&eu) {
+        let (subject, version) = parse_subject_key_id(&row).unwrap();
+        let eu_ring = keyring.relabelled_for_test("eu".parse().unwrap());
+        let de_ring = keyring.relabelled_for_test("de".parse().unwrap());
+        assert!(unwrap_subject_key(&eu_ring, subject, version, &wrapped).is_ok());
+        assert!(matches!(
+            unwrap_subject_key(&de_ring, subject, version, &wrapped),
+            Err(Error::Integrity)
+        ));
+    }
+}
+
 /// Every wrapped subject key, by subject-key row.
 fn wrapped_keys(e: &Engine) -> Vec<(Vec<u8>, Vec<u8>)> {
     e.store.scan_prefix(Table::SubjectKeys, b"").unwrap()
@@ -882,7 +947,10 @@ fn audit_is_fail_closed_and_counts_one_event_per_request() {
     let events = e.audit().events(base, 100).unwrap();
     let last: crate::audit::Event = serde_json::from_slice(events.last().unwrap()).unwrap();
     assert_eq!(last.decision, "denied");
-    assert!(last.records.is_empty() && last.bytes == 0);
+    assert_eq!(last.bytes, 0);
+    // A refused read still names (by pseudonym) the id it asked for.
+    let write: crate::audit::Event = serde_json::from_slice(&events[0]).unwrap();
+    assert_eq!(last.records, write.records);
     let read: crate::audit::Event = serde_json::from_slice(&events[1]).unwrap();
     assert_eq!(read.operation, "read");
     assert!(read.bytes > 0);
@@ -1134,4 +1202,94 @@ fn a_full_disk_fails_clearly_and_loses_nothing() {
         e.get_record(&c, "users", "lost", &[]),
         Err(Error::NotFound(_))
     ));
+}
+
+/// Every key a root version wraps is counted (new subjects, subject-key
+/// rotations, re-wraps), the count survives a restart, the status asks for
+/// a rotation past the configured bound, and a version that has sealed
+/// 2^32 keys seals no more.
+#[test]
+fn wraps_are_counted_per_root_version_and_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = Restartable::new(dir.path());
+    let e = r.start();
+    let c = Caller::internal("t");
+    let wraps = |e: &Engine, v: u32| {
+        e.root_versions()
+            .iter()
+            .find(|k| k.version == v)
+            .unwrap()
+            .wraps
+    };
+    put_users(&e, 5);
+    assert_eq!(wraps(&e, 1), 5);
+    // A subject already keyed wraps nothing more.
+    e.put_record(&c, user("r0", "s0")).unwrap();
+    assert_eq!(wraps(&e, 1), 5);
+    e.rotate_subject(&c, "s0").unwrap();
+    assert_eq!(wraps(&e, 1), 6);
+    assert!(!e.root_rotation_due());
+    assert_eq!(e.rotate_root(&c).unwrap(), 2);
+    run_rewrap_to_end(&e);
+    assert_eq!(wraps(&e, 1), 6, "counts stay with their version");
+    assert_eq!(
+        wraps(&e, 2),
+        5,
+        "each of the five subjects' keys re-wrapped"
+    );
+    e.close();
+    drop(e);
+
+    // After a restart, with a bound of 7: the next new subject reaches it.
+    let file = std::fs::read(dir.path().join("keyring")).unwrap();
+    let kr = Keyring::unseal(&file, &r.unseal_key, &"eu".parse().unwrap()).unwrap();
+    let bounded = EngineOptions {
+        rotate_root_after_wraps: 7,
+        ..options()
+    };
+    let e = Engine::new(Arc::clone(&r.store), kr, r.file(), bounded).unwrap();
+    assert_eq!(wraps(&e, 2), 5);
+    assert_eq!(e.rotate_root_after_wraps(), 7);
+    e.put_record(&c, user("r5", "s5")).unwrap();
+    assert!(!e.root_rotation_due());
+    e.put_record(&c, user("r6", "s6")).unwrap();
+    assert_eq!(wraps(&e, 2), 7);
+    assert!(e.root_rotation_due(), "rotation asked for at the bound");
+
+    // NIST's bound is hard: past 2^32 nothing more is wrapped under v2.
+    let mut ws = WriteSet::new();
+    ws.put(
+        Table::Meta,
+        [b"wraps/".as_slice(), &2u32.to_be_bytes()].concat(),
+        crate::engine::NIST_RANDOM_NONCE_LIMIT
+            .to_be_bytes()
+            .to_vec(),
+    );
+    e.store.write(ws).unwrap();
+    e.close();
+    drop(e);
+    let kr = Keyring::unseal(&file, &r.unseal_key, &"eu".parse().unwrap()).unwrap();
+    let e = Engine::new(Arc::clone(&r.store), kr, r.file(), options()).unwrap();
+    let err = e.put_record(&c, user("r7", "s7")).unwrap_err();
+    assert!(
+        matches!(&err, Error::FailedPrecondition(m) if m.contains("rotate the root key")),
+        "{err}"
+    );
+    assert!(
+        e.get_record(&c, "users", "r7", &[]).is_err(),
+        "nothing written"
+    );
+    // A malformed counter row is a clear error at open.
+    let mut ws = WriteSet::new();
+    ws.put(
+        Table::Meta,
+        [b"wraps/".as_slice(), &2u32.to_be_bytes()].concat(),
+        vec![1, 2, 3],
+    );
+    e.store.write(ws).unwrap();
+    e.close();
+    drop(e);
+    let kr = Keyring::unseal(&file, &r.unseal_key, &"eu".parse().unwrap()).unwrap();
+    let err = Engine::new(Arc::clone(&r.store), kr, r.file(), options()).unwrap_err();
+    assert!(err.to_string().contains("wrap counter"), "{err}");
 }

@@ -431,9 +431,9 @@ impl Keyring {
     /// The decoder of a keyring's decrypted contents (its sections), for
     /// the fuzz target: a random file never gets past the AEAD, so the
     /// sections are fuzzed directly. Refuses malformed input with an error.
-    /// Only in test and fuzzing builds (`--cfg fuzzing`): it builds a
-    /// keyring from unauthenticated bytes.
-    #[cfg(any(test, fuzzing))]
+    /// Only in test and fuzzing builds (`--cfg fuzzing` or the `fuzzing`
+    /// feature): it builds a keyring from unauthenticated bytes.
+    #[cfg(any(test, fuzzing, feature = "fuzzing"))]
     #[doc(hidden)]
     pub fn decode_contents_for_fuzzing(contents: &[u8]) -> Result<Keyring, KeyringError> {
         Self::decode_contents(
@@ -444,6 +444,51 @@ impl Keyring {
                 shares: 1,
             },
         )
+    }
+
+    /// A keyring of `region` whose keys are fixed bytes (root key 1 is
+    /// `[1; 32]`, index key 1 `[2; 32]`, the pseudonym key `[3; 32]`, the
+    /// audit seed `[4; 32]`), for the fuzz targets: their seeds (wrapped
+    /// subject keys, signed receipts) are made under it, so they open again
+    /// on every run. Only in test and fuzzing builds.
+    #[cfg(any(test, fuzzing, feature = "fuzzing"))]
+    #[doc(hidden)]
+    pub fn fixed_for_fuzzing(region: Region) -> Keyring {
+        let fixed = |byte: u8| {
+            let mut bytes = [byte; 32];
+            Key256::take(&mut bytes)
+        };
+        let active = |byte: u8| VersionedKey {
+            state: KeyState::Active,
+            key: Some(fixed(byte)),
+        };
+        Keyring {
+            region,
+            id: [5; 16],
+            created_at: 1_700_000_000,
+            root_keys: BTreeMap::from([(1, active(1))]),
+            current_root: 1,
+            index_keys: BTreeMap::from([(1, active(2))]),
+            current_index: 1,
+            pseudonym_key: fixed(3),
+            audit_seed: fixed(4),
+            erased: BTreeMap::new(),
+            custody: Custody {
+                set_id: [0; 16],
+                threshold: 1,
+                shares: 1,
+            },
+        }
+    }
+
+    /// The same keys and state under another region label: what a keyring
+    /// whose region were not bound into its keys would let through (the
+    /// region tests show it is refused).
+    #[cfg(test)]
+    pub(crate) fn relabelled_for_test(&self, region: Region) -> Keyring {
+        let mut k = self.clone();
+        k.region = region;
+        k
     }
 
     /// Reads the region and custody parameters of a keyring file without

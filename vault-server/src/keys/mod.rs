@@ -1,5 +1,5 @@
-//! The key hierarchy (DESIGN.md §3): the keyring, wrapped subject keys, and
-//! the bounded cache of unwrapped keys.
+//! The key hierarchy (SECURITY.md, "Key hierarchy"): the keyring, wrapped
+//! subject keys, and the bounded cache of unwrapped keys.
 
 mod cache;
 mod keyring;

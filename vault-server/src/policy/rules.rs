@@ -49,8 +49,9 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use serde::Deserialize;
+use sha2::Digest;
 
-use super::{Caller, Role};
+use super::{Caller, Principal, Role};
 use crate::engine::{shown, Collection, DataCategory};
 use crate::{Error, Result};
 
@@ -265,6 +266,8 @@ pub struct Policy {
     roles: BTreeMap<String, Vec<Rule>>,
     /// Where it came from: a file, or the built-in role policy.
     source: String,
+    /// SHA-256 of the file's text; none for the built-in policy.
+    sha256: Option<[u8; 32]>,
 }
 
 /// What the vault itself may do: everything (see [`Caller::internal`]).
@@ -356,6 +359,7 @@ impl Policy {
             principals: HashMap::new(),
             roles,
             source: "built-in role policy".into(),
+            sha256: None,
         }
     }
 
@@ -434,19 +438,8 @@ impl Policy {
         }
         // Custody and data access are separate duties: no role, and no
         // principal, holds both.
-        let kind = |rules: &Vec<Rule>| {
-            let custody = rules
-                .iter()
-                .any(|r| r.operations.contains(&Operation::Custody));
-            let data = rules.iter().any(|r| {
-                r.operations
-                    .iter()
-                    .any(|o| o.is_data() && *o != Operation::Erase || *o == Operation::Admin)
-            });
-            (custody, data)
-        };
         for (name, rules) in &roles {
-            if kind(rules) == (true, true) {
+            if Duties::of(rules).mixed() {
                 return Err(format!(
                     "role {name}: custody cannot be combined with data or admin operations \
                      (separate duties; make two roles for two principals)"
@@ -454,28 +447,18 @@ impl Policy {
             }
         }
         for (principal, held) in &doc.principals {
-            let (mut custody, mut data) = (false, false);
-            for role in held {
-                let Some(rules) = roles.get(role) else {
-                    return Err(format!(
-                        "principal {principal}: role {role} is not defined in this file"
-                    ));
-                };
-                let (c, d) = kind(rules);
-                custody |= c;
-                data |= d;
-            }
-            if custody && data {
+            if let Some(role) = held.iter().find(|r| !roles.contains_key(*r)) {
                 return Err(format!(
-                    "principal {principal}: holds both custody and data or admin roles \
-                     (separate duties)"
+                    "principal {principal}: role {role} is not defined in this file"
                 ));
             }
+            check_duties(&roles, principal, held)?;
         }
         Ok(Policy {
             principals: doc.principals.into_iter().collect(),
             roles,
             source: source.to_owned(),
+            sha256: Some(sha2::Sha256::digest(text.as_bytes()).into()),
         })
     }
 
@@ -490,6 +473,45 @@ impl Policy {
     /// Where the policy came from.
     pub fn source(&self) -> &str {
         &self.source
+    }
+
+    /// What an audit event says of this policy: its source and the SHA-256
+    /// of its text (an auditor holding the file can check it is the one).
+    pub fn identity(&self) -> String {
+        match &self.sha256 {
+            Some(h) => format!("{} sha256:{}", self.source, hex::encode(h)),
+            None => self.source.clone(),
+        }
+    }
+
+    /// Fails unless every credential of the configuration (token or
+    /// certificate principal, with the roles it names) keeps custody and
+    /// data apart under this policy. A principal listed in the file holds
+    /// the file's roles (checked when it parsed); one not listed holds its
+    /// credential's roles, resolved against the file's definitions, and is
+    /// checked here.
+    pub fn check_credentials(&self, credentials: &[Principal]) -> std::result::Result<(), String> {
+        for p in credentials {
+            if self.principals.contains_key(&p.name) {
+                continue;
+            }
+            let held: Vec<String> = p.roles.iter().map(|r| r.name().to_owned()).collect();
+            check_duties(&self.roles, &p.name, &held)
+                .map_err(|e| format!("{e}: its credential's roles resolve so under this policy"))?;
+        }
+        Ok(())
+    }
+
+    /// Fails with `PERMISSION_DENIED` when the caller's roles hold both
+    /// custody and data access. The configuration and the policy refuse
+    /// such credentials when they load; this check holds on every request
+    /// whatever built the caller.
+    fn separate_duties(&self, caller: &Caller) -> Result<()> {
+        if caller.internal {
+            return Ok(());
+        }
+        check_duties(&self.roles, &caller.principal.name, &self.roles_of(caller))
+            .map_err(Error::PermissionDenied)
     }
 
     /// The role names a caller holds under this policy.
@@ -523,6 +545,7 @@ impl Policy {
         op: Operation,
         collection: Option<&str>,
     ) -> Result<()> {
+        self.separate_duties(caller)?;
         let purpose = purpose_of(caller, op)?;
         let mut granted_without_purpose = false;
         for rule in self.rules_of(caller) {
@@ -540,6 +563,7 @@ impl Policy {
     /// operation, any purpose): enough to read its schema, which holds no
     /// personal data.
     pub fn authorize_schema(&self, caller: &Caller, collection: &str) -> Result<()> {
+        self.separate_duties(caller)?;
         if self.rules_of(caller).any(|r| {
             r.collections.contains(collection)
                 && r.operations
@@ -564,6 +588,7 @@ impl Policy {
         op: Operation,
         collection: &Collection,
     ) -> Result<FieldView> {
+        self.separate_duties(caller)?;
         let purpose = purpose_of(caller, op)?;
         let mut levels: BTreeMap<String, Redaction> = BTreeMap::new();
         let mut any = false;
@@ -603,6 +628,7 @@ impl Policy {
         collection: &Collection,
         fields: impl Iterator<Item = &'a str>,
     ) -> Result<()> {
+        self.separate_duties(caller)?;
         let purpose = purpose_of(caller, Operation::Write)?;
         let rules: Vec<&Rule> = self
             .rules_of(caller)
@@ -724,6 +750,57 @@ impl Policy {
     }
 }
 
+/// What a set of rules lets its holder do, as far as separation of duties
+/// goes: key custody, and data access (reading, searching, exporting,
+/// writing or deleting records, or administering the vault, which can
+/// change the policy). Erasing a subject is neither: custodians may shred.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Duties {
+    custody: bool,
+    data: bool,
+}
+
+impl Duties {
+    fn of<'a>(rules: impl IntoIterator<Item = &'a Rule>) -> Duties {
+        let mut d = Duties::default();
+        for rule in rules {
+            for op in &rule.operations {
+                match op {
+                    Operation::Custody => d.custody = true,
+                    Operation::Erase | Operation::Audit => {}
+                    Operation::Read
+                    | Operation::Write
+                    | Operation::Delete
+                    | Operation::Search
+                    | Operation::Export
+                    | Operation::Admin => d.data = true,
+                }
+            }
+        }
+        d
+    }
+
+    fn mixed(self) -> bool {
+        self.custody && self.data
+    }
+}
+
+/// Fails when `held` (role names; those `roles` does not define grant
+/// nothing) gives `who` both custody and data access.
+fn check_duties(
+    roles: &BTreeMap<String, Vec<Rule>>,
+    who: &str,
+    held: &[String],
+) -> std::result::Result<(), String> {
+    if Duties::of(held.iter().filter_map(|r| roles.get(r)).flatten()).mixed() {
+        return Err(format!(
+            "principal {who}: holds both custody and data or admin roles (separate duties: \
+             a credential that holds custody reads, searches, exports and writes no data)"
+        ));
+    }
+    Ok(())
+}
+
 /// Whether a purpose in a policy file could ever be stated by a caller
 /// (the `x-vault-purpose` rules), or is `"*"`.
 fn valid_purpose(p: &str) -> bool {
@@ -808,6 +885,9 @@ pub struct Explanation {
 pub struct PolicyHandle {
     current: std::sync::RwLock<std::sync::Arc<Policy>>,
     file: Option<PathBuf>,
+    /// The configuration's credentials, checked against every policy
+    /// loaded (separation of duties).
+    credentials: Vec<Principal>,
     /// Serialises reloads, so the file read last is the one in force.
     reloading: std::sync::Mutex<()>,
 }
@@ -818,8 +898,23 @@ impl PolicyHandle {
         PolicyHandle {
             current: std::sync::RwLock::new(std::sync::Arc::new(policy)),
             file,
+            credentials: Vec::new(),
             reloading: std::sync::Mutex::new(()),
         }
+    }
+
+    /// A handle whose policy, and every policy reloaded later, must keep
+    /// custody and data apart for each of `credentials` (the configured
+    /// tokens and certificate principals); refused otherwise.
+    pub fn with_credentials(
+        policy: Policy,
+        file: Option<PathBuf>,
+        credentials: Vec<Principal>,
+    ) -> std::result::Result<Self, String> {
+        policy.check_credentials(&credentials)?;
+        let mut handle = Self::new(policy, file);
+        handle.credentials = credentials;
+        Ok(handle)
     }
 
     /// The built-in role policy, not reloadable.
@@ -832,8 +927,9 @@ impl PolicyHandle {
         std::sync::Arc::clone(&self.current.read().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// Reads the policy file again. A file that does not parse is refused
-    /// (with its line-numbered error) and the policy in force stays.
+    /// Reads the policy file again. A file that does not parse, or that
+    /// would give a configured credential both custody and data access, is
+    /// refused (with its error) and the policy in force stays.
     pub fn reload(&self) -> Result<std::sync::Arc<Policy>> {
         let Some(file) = &self.file else {
             return Err(Error::FailedPrecondition(
@@ -841,7 +937,11 @@ impl PolicyHandle {
             ));
         };
         let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
-        let policy = std::sync::Arc::new(Policy::load(file)?);
+        let policy = Policy::load(file)?;
+        policy
+            .check_credentials(&self.credentials)
+            .map_err(|e| Error::InvalidArgument(format!("policy {}: {e}", file.display())))?;
+        let policy = std::sync::Arc::new(policy);
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = std::sync::Arc::clone(&policy);
         Ok(policy)
     }
@@ -1027,6 +1127,54 @@ redaction = "redacted"
         assert!(p.authorize(&m, Operation::Admin, None).is_err());
         p.authorize(&m, Operation::Admin, Some("marketing"))
             .unwrap();
+    }
+
+    /// Whatever built the caller, one whose roles hold both custody and
+    /// data access is refused every data and custody operation.
+    #[test]
+    fn a_caller_holding_both_duties_is_refused_everything() {
+        let p = Policy::builtin();
+        let mut c = caller("both", Some("billing"));
+        c.principal.roles = vec![Role::Custodian, Role::Dpo];
+        for op in [
+            Operation::Read,
+            Operation::Export,
+            Operation::Custody,
+            Operation::Erase,
+        ] {
+            let e = p.authorize(&c, op, Some("users")).unwrap_err();
+            assert!(
+                matches!(&e, Error::PermissionDenied(m) if m.contains("separate duties")),
+                "{op}: {e}"
+            );
+        }
+        assert!(p.field_view(&c, Operation::Read, &users()).is_err());
+        assert!(p.authorize_schema(&c, "users").is_err());
+        assert!(p
+            .authorize_write(&c, &users(), ["email"].into_iter())
+            .is_err());
+        // Custody with audit, or with erasure alone, is allowed.
+        c.principal.roles = vec![Role::Custodian, Role::Auditor];
+        p.authorize(&c, Operation::Custody, None).unwrap();
+        p.authorize(&c, Operation::Audit, None).unwrap();
+        let file = Policy::parse(
+            "[[roles.custodian.rules]]\noperations = [\"custody\", \"erase\"]\npurposes = [\"*\"]\n",
+            "t",
+        )
+        .unwrap();
+        c.principal.roles = vec![Role::Custodian];
+        file.authorize(&c, Operation::Custody, None).unwrap();
+        // Unlisted principals' credential roles resolve against the file.
+        let mixed = Policy::parse(
+            "[[roles.custodian.rules]]\noperations = [\"custody\"]\n\
+             [[roles.auditor.rules]]\noperations = [\"read\"]\npurposes = [\"*\"]\n",
+            "t",
+        )
+        .unwrap();
+        c.principal.roles = vec![Role::Custodian, Role::Auditor];
+        let e = mixed.check_credentials(&[c.principal.clone()]).unwrap_err();
+        assert!(e.contains("separate duties"), "{e}");
+        assert!(mixed.authorize(&c, Operation::Custody, None).is_err());
     }
 
     #[test]

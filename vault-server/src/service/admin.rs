@@ -63,16 +63,9 @@ impl AdminService for AdminApi {
             .await?;
         }
         allowed?;
-        let policy = Arc::clone(&self.policy);
         let vault = Arc::clone(&self.vault);
         let who = caller.clone();
-        let loaded = run_blocking(move || {
-            let result = policy.reload();
-            let detail = result.as_ref().ok().map(|p| p.source().to_owned());
-            vault.record(&who, "reload_policy", detail, &result);
-            result
-        })
-        .await?;
+        let loaded = run_blocking(move || vault.reload_policy(&who)).await?;
         tracing::info!(source = loaded.source(), principal = %caller.principal.name, "policy reloaded");
         Ok(Response::new(pb::ReloadPolicyResponse {
             source: loaded.source().to_owned(),

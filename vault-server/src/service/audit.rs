@@ -12,13 +12,37 @@ use vault_proto::v1::audit_service_server::AuditService;
 
 use super::auth::caller;
 use super::vault::run_blocking;
+use crate::audit::{AuditLog, MAX_PAGE_BYTES};
 use crate::policy::{Caller, Operation};
 use crate::{Engine, Vault};
 
-/// Most events in one response.
+/// Most events in one response (or one message of a follow stream).
 const MAX_EVENTS: u32 = 1000;
 /// Most stored checkpoints in one response (besides the current one).
 const MAX_CHECKPOINTS: usize = 1000;
+/// The most `tree_size` takes in an encoded response: a tag and a 10-byte
+/// varint.
+const TREE_SIZE_BYTES: usize = 11;
+
+/// Events from `from` for one response (of `Events`, or one message of
+/// `Follow`), and the log's size: at most `limit` events, and the response
+/// encoded in at most [`MAX_PAGE_BYTES`] (4 MiB, the access ledger's budget
+/// too: half the 8 MiB this server sends, far below what vault-client
+/// accepts). Each event costs its tag, length prefix and bytes. A single
+/// event larger than that is sent alone, never skipped.
+fn events_response(
+    log: &AuditLog,
+    from: u64,
+    limit: usize,
+) -> crate::Result<pb::AuditEventsResponse> {
+    let events = log.events_page(from, limit, MAX_PAGE_BYTES - TREE_SIZE_BYTES, |len| {
+        1 + prost::length_delimiter_len(len) + len
+    })?;
+    Ok(pb::AuditEventsResponse {
+        events,
+        tree_size: log.size(),
+    })
+}
 
 /// The auditor API over one vault (unsealed: checkpoints are signed).
 #[derive(Debug, Clone)]
@@ -50,12 +74,8 @@ impl AuditService for AuditApi {
         let engine = self.authorized(&caller(&req)?)?;
         let r = req.into_inner();
         let limit = r.limit.clamp(1, MAX_EVENTS) as usize;
-        let (events, tree_size) = run_blocking(move || {
-            let events = engine.audit().events(r.from, limit)?;
-            Ok((events, engine.audit().size()))
-        })
-        .await?;
-        Ok(Response::new(pb::AuditEventsResponse { events, tree_size }))
+        let page = run_blocking(move || events_response(engine.audit(), r.from, limit)).await?;
+        Ok(Response::new(page))
     }
 
     type FollowStream =
@@ -79,18 +99,15 @@ impl AuditService for AuditApi {
                 // wakes the wait below.
                 grown.borrow_and_update();
                 let reader = Arc::clone(&log);
-                let page = run_blocking(move || {
-                    Ok((reader.events(next, MAX_EVENTS as usize)?, reader.size()))
-                })
-                .await;
+                let page =
+                    run_blocking(move || events_response(&reader, next, MAX_EVENTS as usize)).await;
                 match page {
                     Err(status) => {
                         let _ = tx.send(Err(status)).await;
                         return;
                     }
-                    Ok((events, tree_size)) if !events.is_empty() => {
-                        next += events.len() as u64;
-                        let page = pb::AuditEventsResponse { events, tree_size };
+                    Ok(page) if !page.events.is_empty() => {
+                        next += page.events.len() as u64;
                         if tx.send(Ok(page)).await.is_err() {
                             return;
                         }

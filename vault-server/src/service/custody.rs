@@ -20,12 +20,14 @@ use crate::Vault;
 #[derive(Debug, Clone)]
 pub struct OperatorApi {
     vault: Arc<Vault>,
+    /// How the port is reached, for `Status`.
+    transport: &'static str,
 }
 
 impl OperatorApi {
-    /// The API over `vault`.
-    pub fn new(vault: Arc<Vault>) -> Self {
-        OperatorApi { vault }
+    /// The API over `vault`, served over `transport` (shown by `Status`).
+    pub fn new(vault: Arc<Vault>, transport: &'static str) -> Self {
+        OperatorApi { vault, transport }
     }
 }
 
@@ -56,6 +58,7 @@ fn root_key(k: &RootKeyInfo) -> pb::RootKeyVersion {
         state: key_state(k.state) as i32,
         current: k.current,
         wrapped_subject_keys: k.wrapped_subject_keys,
+        wraps: k.wraps,
     }
 }
 
@@ -146,6 +149,9 @@ impl OperatorService for OperatorApi {
                 .map_or(0, |k| k.version),
             root_keys: s.root_keys.iter().map(root_key).collect(),
             signing_public_key: s.signing_public_key.map(|k| k.to_vec()).unwrap_or_default(),
+            rotate_root_after_wraps: s.rotate_root_after_wraps,
+            root_rotation_due: s.root_rotation_due,
+            transport: self.transport.to_owned(),
         }))
     }
 

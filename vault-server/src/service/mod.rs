@@ -76,6 +76,15 @@ pub async fn serve(
     serve_with_tls(listener, vault, auth, None, shutdown).await
 }
 
+/// How the server is run, beyond its listener, vault, credentials and TLS.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ServeOptions {
+    /// Plaintext was allowed on an address other than loopback (the
+    /// configuration's `danger_allow_plaintext`, or dev mode's
+    /// `--dev-listen-anywhere`); `operator status` says so.
+    pub danger_allow_plaintext: bool,
+}
+
 /// As [`serve`], over TLS when `tls` is given. With client CAs, a
 /// connection without a valid client certificate fails its handshake and
 /// reaches no service (health and reflection included); a request's client
@@ -87,6 +96,32 @@ pub async fn serve_with_tls(
     tls: Option<ServerTls>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
+    serve_with(
+        listener,
+        vault,
+        auth,
+        tls,
+        ServeOptions::default(),
+        shutdown,
+    )
+    .await
+}
+
+/// As [`serve_with_tls`], with options.
+pub async fn serve_with(
+    listener: TcpListener,
+    vault: Arc<Vault>,
+    auth: Arc<Authenticator>,
+    tls: Option<ServerTls>,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
+    let transport = match &tls {
+        Some(tls) if tls.requires_client_certificates() => "mutual TLS",
+        Some(_) => "TLS",
+        None if options.danger_allow_plaintext => "plaintext (allowed on any address)",
+        None => "plaintext (loopback)",
+    };
     let mut server = tonic::transport::Server::builder();
     if let Some(tls) = &tls {
         server = server
@@ -141,7 +176,7 @@ pub async fn serve_with_tls(
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let api = InterceptedService::new(api, auth::interceptor(Arc::clone(&auth)));
     let operator = InterceptedService::new(
-        OperatorServiceServer::new(OperatorApi::new(Arc::clone(&vault))),
+        OperatorServiceServer::new(OperatorApi::new(Arc::clone(&vault), transport)),
         auth::interceptor(Arc::clone(&auth)),
     );
     let subjects = InterceptedService::new(

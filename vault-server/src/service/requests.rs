@@ -1,6 +1,6 @@
-//! One audit event per gRPC request (DESIGN.md §6), whatever the request
-//! reaches: a tower layer around every service, health and reflection
-//! included.
+//! One audit event per gRPC request (ARCHITECTURE.md, invariant 17), whatever
+//! the request reaches: a tower layer around every service, health and
+//! reflection included.
 //!
 //! Each request gets a random id (the `x-vault-request-id` header of its
 //! response). The interceptor copies it into the [`Caller`], so the event

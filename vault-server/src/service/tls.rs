@@ -216,8 +216,10 @@ pub(crate) fn install_provider() {
 
 /// The principal a client certificate (DER) names: its first URI subject
 /// alternative name, whole (`spiffe://eu.example/billing-service`), else the
-/// first common name of its subject. A name with control characters, or
-/// longer than 512 characters, is refused.
+/// first common name of its subject. A common name that looks like a URI
+/// (`spiffe://…`, `urn:…`) is refused, so it cannot pose as a URI
+/// principal; so is a name with control characters, or one longer than 512
+/// characters.
 pub fn certificate_principal(der: &[u8]) -> Result<String, String> {
     let cert = x509_cert::Certificate::from_der(der)
         .map_err(|e| format!("the client certificate is not valid X.509: {e}"))?;
@@ -233,11 +235,23 @@ pub fn certificate_principal(der: &[u8]) -> Result<String, String> {
     });
     let name = match uri {
         Some(uri) => uri,
-        None => common_name(&tbs.subject)?.ok_or_else(|| {
-            "the client certificate names no principal: it has no URI subject \
-             alternative name and no common name"
-                .to_owned()
-        })?,
+        None => {
+            let cn = common_name(&tbs.subject)?.ok_or_else(|| {
+                "the client certificate names no principal: it has no URI subject \
+                 alternative name and no common name"
+                    .to_owned()
+            })?;
+            // URI principals come from URI SANs only: a CA that signs any
+            // CN must not let `CN=spiffe://…` pose as a workload identity.
+            if looks_like_uri(&cn) {
+                return Err(
+                    "the client certificate's common name looks like a URI (scheme:…); \
+                     a URI principal must be a URI subject alternative name"
+                        .to_owned(),
+                );
+            }
+            cn
+        }
     };
     if name.is_empty()
         || name.chars().count() > MAX_PRINCIPAL_CHARS
@@ -249,6 +263,17 @@ pub fn certificate_principal(der: &[u8]) -> Result<String, String> {
         ));
     }
     Ok(name)
+}
+
+/// Whether `name` starts with a URI scheme and its colon (RFC 3986:
+/// a letter, then letters, digits, `+`, `-` or `.`).
+fn looks_like_uri(name: &str) -> bool {
+    let Some((scheme, _)) = name.split_once(':') else {
+        return false;
+    };
+    let mut chars = scheme.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
 }
 
 /// The first common name of a subject, if it has one.
@@ -361,6 +386,21 @@ mod tests {
         assert!(e.contains("names no principal"), "{e}");
         let e = certificate_principal(b"not a certificate").unwrap_err();
         assert!(e.contains("not valid X.509"), "{e}");
+        // A CN never poses as a URI principal.
+        for uri in [
+            "spiffe://eu.example/billing",
+            "urn:x:y",
+            "https:x",
+            "a+b.c-d:e",
+        ] {
+            let (cn_uri, _) = leaf(&ca, None, Some(uri));
+            let e = certificate_principal(&der(&cn_uri)).unwrap_err();
+            assert!(e.contains("looks like a URI"), "{uri}: {e}");
+        }
+        for plain in ["support desk", "svc-1.eu", ":x", "1a:b", "a b:c"] {
+            let (cn, _) = leaf(&ca, None, Some(plain));
+            assert_eq!(certificate_principal(&der(&cn)).unwrap(), plain);
+        }
     }
 
     #[test]

@@ -36,7 +36,9 @@ const BAR_WIDTH: u64 = 20;
 /// The most a verifier key file may hold (a key is about 60 characters).
 const MAX_KEY_FILE: u64 = 4096;
 
-/// Events asked for in one call (the most the vault sends).
+/// Events asked for in one call (the most the vault sends; it sends fewer
+/// when they would pass 4 MiB, and the next call starts after the last
+/// one received).
 const PAGE: u32 = 1000;
 
 /// How many of the latest events `tail` shows without --from.

@@ -563,15 +563,32 @@ fn status_text(status: &SealStatus) -> String {
         lines.push("root keys:".into());
         lines.extend(status.root_keys.iter().map(|key| {
             format!(
-                "  v{}: {}{}",
+                "  v{}: {}{}, {} keys wrapped",
                 key.version,
                 key.state,
-                if key.current { " (current)" } else { "" }
+                if key.current { " (current)" } else { "" },
+                key.wraps
             )
         }));
     }
+    if status.rotate_root_after_wraps > 0 {
+        lines.push(format!(
+            "rotate root after: {} wraps",
+            status.rotate_root_after_wraps
+        ));
+    }
+    if status.root_rotation_due {
+        lines.push(
+            "ROOT ROTATION DUE: the current root key has wrapped that many keys; \
+             run `vaultctl operator rotate root`"
+                .into(),
+        );
+    }
     if let Some(key) = &status.signing_public_key {
         lines.push(format!("receipt signing key: {}", hex::encode(key)));
+    }
+    if !status.transport.is_empty() {
+        lines.push(format!("transport: {}", printable(&status.transport)));
     }
     lines.join("\n")
 }
@@ -582,6 +599,7 @@ fn root_key_json(key: &RootKeyInfo) -> Json {
         "state": key.state.as_str(),
         "current": key.current,
         "wrapped_subject_keys": key.wrapped_subject_keys,
+        "wraps": key.wraps,
     })
 }
 
@@ -598,8 +616,12 @@ fn status_json(status: &SealStatus) -> Json {
             "version": key.version,
             "state": key.state.as_str(),
             "current": key.current,
+            "wraps": key.wraps,
         })).collect::<Vec<_>>(),
         "signing_public_key": status.signing_public_key.map(hex::encode),
+        "rotate_root_after_wraps": status.rotate_root_after_wraps,
+        "root_rotation_due": status.root_rotation_due,
+        "transport": status.transport,
     })
 }
 
@@ -994,18 +1016,21 @@ mod tests {
                 state: KeyState::Destroyed,
                 current: false,
                 wrapped_subject_keys: 0,
+                wraps: 4,
             },
             RootKeyInfo {
                 version: 2,
                 state: KeyState::Retired,
                 current: false,
                 wrapped_subject_keys: 0,
+                wraps: 0,
             },
             RootKeyInfo {
                 version: 3,
                 state: KeyState::Active,
                 current: true,
                 wrapped_subject_keys: 10_000,
+                wraps: 10_004,
             },
         ]
     }
@@ -1022,14 +1047,21 @@ mod tests {
             current_root_version: Some(3),
             root_keys: keys(),
             signing_public_key: Some([0xab; 32]),
+            rotate_root_after_wraps: 10_000,
+            root_rotation_due: true,
+            transport: "mutual TLS".into(),
         };
         assert_eq!(
             status_text(&status),
             format!(
                 "initialized: yes\nsealed: no\nregion: eu\nthreshold: 2\nshares: 3\n\
                  current root version: 3\nroot keys:\n\
-                 \x20 v1: destroyed\n  v2: retired\n  v3: active (current)\n\
-                 receipt signing key: {}",
+                 \x20 v1: destroyed, 4 keys wrapped\n  v2: retired, 0 keys wrapped\n  \
+                 v3: active (current), 10004 keys wrapped\n\
+                 rotate root after: 10000 wraps\n\
+                 ROOT ROTATION DUE: the current root key has wrapped that many keys; \
+                 run `vaultctl operator rotate root`\n\
+                 receipt signing key: {}\ntransport: mutual TLS",
                 "ab".repeat(32)
             )
         );
@@ -1044,11 +1076,14 @@ mod tests {
                 "progress": 0,
                 "current_root_version": 3,
                 "root_keys": [
-                    {"version": 1, "state": "destroyed", "current": false},
-                    {"version": 2, "state": "retired", "current": false},
-                    {"version": 3, "state": "active", "current": true},
+                    {"version": 1, "state": "destroyed", "current": false, "wraps": 4},
+                    {"version": 2, "state": "retired", "current": false, "wraps": 0},
+                    {"version": 3, "state": "active", "current": true, "wraps": 10004},
                 ],
                 "signing_public_key": "ab".repeat(32),
+                "rotate_root_after_wraps": 10000,
+                "root_rotation_due": true,
+                "transport": "mutual TLS",
             })
         );
 
@@ -1099,9 +1134,9 @@ mod tests {
             json!({
                 "current_version": 3,
                 "versions": [
-                    {"version": 1, "state": "destroyed", "current": false, "wrapped_subject_keys": 0},
-                    {"version": 2, "state": "retired", "current": false, "wrapped_subject_keys": 0},
-                    {"version": 3, "state": "active", "current": true, "wrapped_subject_keys": 10000},
+                    {"version": 1, "state": "destroyed", "current": false, "wrapped_subject_keys": 0, "wraps": 4},
+                    {"version": 2, "state": "retired", "current": false, "wrapped_subject_keys": 0, "wraps": 0},
+                    {"version": 3, "state": "active", "current": true, "wrapped_subject_keys": 10000, "wraps": 10004},
                 ],
             })
         );
