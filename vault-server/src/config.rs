@@ -12,7 +12,7 @@
 //!
 //! [limits]                                   # all optional
 //! max_record_bytes = 65536
-//! max_batch_records = 500
+//! max_batch_records = 500                   # at most 10000
 //! max_batch_bytes = 4194304
 //!
 //! [rewrap]                                   # pace of the root-key re-wrap job; optional
@@ -158,6 +158,9 @@ pub struct RewrapConfig {
     pub keys_per_second: Option<u64>,
 }
 
+/// The most `limits.max_batch_records`.
+const MAX_BATCH_RECORDS: usize = 10_000;
+
 /// The longest `audit.checkpoint_interval_ms`: one day.
 const MAX_CHECKPOINT_INTERVAL_MS: u64 = 86_400_000;
 
@@ -254,6 +257,12 @@ fn parse_roles(what: &str, names: &[String]) -> Result<Vec<Role>, String> {
         .map(|r| r.parse::<Role>())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("{what}.roles: {e}"))?;
+    separate_duties(what, &roles)?;
+    Ok(roles)
+}
+
+/// Refuses custody combined with a role that reads or writes data.
+fn separate_duties(what: &str, roles: &[Role]) -> Result<(), String> {
     if roles.contains(&Role::Custodian)
         && roles
             .iter()
@@ -264,7 +273,7 @@ fn parse_roles(what: &str, names: &[String]) -> Result<Vec<Role>, String> {
              (custody and data access are separate duties; give the custodian its own credential)"
         ));
     }
-    Ok(roles)
+    Ok(())
 }
 
 impl Config {
@@ -280,6 +289,7 @@ impl Config {
         let config: Config = toml::from_str(text).map_err(|e| e.to_string())?;
         config.region()?;
         config.authenticator()?;
+        config.credentials()?;
         config.open_options()?;
         check_listener(
             config.listen,
@@ -307,6 +317,18 @@ impl Config {
             return Err(format!(
                 "keys.rotate_root_after_wraps must be 1 to {NIST_RANDOM_NONCE_LIMIT} (2^32, \
                  NIST SP 800-38D's bound on random nonces per key)"
+            ));
+        }
+        // Every audit event names the pseudonyms of a batch's ids (about
+        // 67 bytes each): the cap keeps the largest event far inside one
+        // page of the audit API.
+        if self
+            .limits
+            .max_batch_records
+            .is_some_and(|n| !(1..=MAX_BATCH_RECORDS).contains(&n))
+        {
+            return Err(format!(
+                "limits.max_batch_records must be 1 to {MAX_BATCH_RECORDS}"
             ));
         }
         if self.rewrap.batch_size == Some(0) {
@@ -378,22 +400,32 @@ impl Config {
         })
     }
 
-    /// Every configured credential (tokens, then certificate principals)
-    /// as the principal it stands for, with its roles.
+    /// Every principal the configured credentials (tokens and certificate
+    /// principals) stand for, with the roles of all its credentials
+    /// together: one principal holds custody and data through no pair of
+    /// credentials either.
     fn credentials(&self) -> Result<Vec<Principal>, String> {
-        let tokens = self.tokens.iter().enumerate().map(|(i, t)| {
-            Ok(Principal {
-                name: t.principal.clone(),
-                roles: parse_roles(&format!("tokens[{i}]"), &t.roles)?,
+        let mut merged: std::collections::BTreeMap<&str, Vec<Role>> = Default::default();
+        for (i, t) in self.tokens.iter().enumerate() {
+            let roles = parse_roles(&format!("tokens[{i}]"), &t.roles)?;
+            merged.entry(&t.principal).or_default().extend(roles);
+        }
+        for (i, p) in self.principals.iter().enumerate() {
+            let roles = parse_roles(&format!("principals[{i}]"), &p.roles)?;
+            merged.entry(&p.name).or_default().extend(roles);
+        }
+        merged
+            .into_iter()
+            .map(|(name, mut roles)| {
+                roles.sort();
+                roles.dedup();
+                separate_duties(&format!("principal {name} (all its credentials)"), &roles)?;
+                Ok(Principal {
+                    name: name.to_owned(),
+                    roles,
+                })
             })
-        });
-        let certificates = self.principals.iter().enumerate().map(|(i, p)| {
-            Ok(Principal {
-                name: p.name.clone(),
-                roles: parse_roles(&format!("principals[{i}]"), &p.roles)?,
-            })
-        });
-        tokens.chain(certificates).collect()
+            .collect()
     }
 
     /// The authenticator holding the configured tokens and certificate
@@ -609,6 +641,23 @@ roles = ["reader"]
         assert!(
             Config::parse(&GOOD.replace("[\"reader\"]", "[\"custodian\", \"auditor\"]")).is_ok()
         );
+        // Nor through two credentials of one principal.
+        let second = GOOD
+            .split("[[tokens]]")
+            .nth(1)
+            .unwrap()
+            .replace("9f86", "0f86")
+            .replace("[\"reader\"]", "[\"custodian\"]");
+        let e = Config::parse(&format!("{GOOD}[[tokens]]{second}")).unwrap_err();
+        assert!(
+            e.contains("principal svc (all its credentials)") && e.contains("separate duties"),
+            "{e}"
+        );
+        for bad in ["0", "10001"] {
+            let e = Config::parse(&format!("{GOOD}\n[limits]\nmax_batch_records = {bad}\n"))
+                .unwrap_err();
+            assert!(e.contains("max_batch_records must be 1 to 10000"), "{e}");
+        }
         for bad in ["0", "4294967297"] {
             let e = Config::parse(&format!(
                 "{GOOD}\n[keys]\nrotate_root_after_wraps = {bad}\n"

@@ -278,6 +278,39 @@ mod tests {
         }
     }
 
+    /// The seeds still reach the deep checks of their targets: the fixed
+    /// keyrings exist, the wrapped-key seed unwraps and re-wraps, the
+    /// receipt seed verifies, and every other seed decodes. Without this a
+    /// drifted seed or keyring would leave those checks unreached.
+    #[test]
+    fn the_seeds_reach_their_targets_deep_checks() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
+        let seed = |target: &str, name: &str| {
+            std::fs::read(root.join(target).join(format!("seed-{name}"))).unwrap()
+        };
+        let (fixed, rotated) = fixed_keyrings().expect("the fixed keyrings");
+        let wrapped = seed("wrapped_key", "v1");
+        let key = unwrap_subject_key(fixed, WRAPPED_SUBJECT, WRAPPED_VERSION, &wrapped)
+            .expect("the wrapped-key seed unwraps");
+        let again = Rewrapper::new(rotated)
+            .unwrap()
+            .rewrap(WRAPPED_SUBJECT, WRAPPED_VERSION, &wrapped)
+            .unwrap()
+            .expect("it re-wraps under the rotated keyring");
+        let back = unwrap_subject_key(rotated, WRAPPED_SUBJECT, WRAPPED_VERSION, &again).unwrap();
+        assert!(back.expose_secret() == key.expose_secret());
+        let receipt = ErasureReceipt::decode(&seed("erasure_receipt", "signed")).unwrap();
+        receipt
+            .verify(&signing_key(fixed).verifying_key())
+            .expect("the receipt seed verifies");
+        assert!(crate::engine::reencode_job_record(&seed("rewrap_job", "part-way")).is_some());
+        let shares = String::from_utf8(seed("unseal_share", "two-of-three")).unwrap();
+        assert!(shares.lines().all(|l| UnsealShare::parse(l).is_ok()));
+        for v in ["string", "int64", "double", "bool", "bytes", "timestamp"] {
+            crate::engine::Value::decode(&seed("value", v)).unwrap();
+        }
+    }
+
     /// Replays every committed corpus file of every target (what CI runs
     /// where no fuzzer is installed), and counts them.
     #[test]

@@ -259,14 +259,13 @@ impl Vault {
     /// its source and the SHA-256 of its text. The caller is authorised by
     /// its callers (the admin service asks the policy first).
     pub fn reload_policy(&self, caller: &Caller) -> Result<Arc<crate::policy::Policy>> {
-        let handle = &self.opts.engine.policy;
-        let result = handle.reload();
-        let detail = match &result {
-            Ok(p) => format!("in force: {}", p.identity()),
-            Err(_) => format!("refused; in force: {}", handle.current().identity()),
-        };
-        self.record(caller, "reload_policy", Some(detail), &result);
-        result
+        self.opts.engine.policy.reload_then(|result, in_force| {
+            let detail = match result {
+                Ok(_) => format!("in force: {}", in_force.identity()),
+                Err(_) => format!("refused; in force: {}", in_force.identity()),
+            };
+            self.record(caller, "reload_policy", Some(detail), result);
+        })
     }
 
     /// The audit log (open whether sealed or not).

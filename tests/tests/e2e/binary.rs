@@ -455,3 +455,21 @@ async fn policy_reloads_leave_events_with_the_policy_in_force() {
     drop((custodian, auditor, admin, follow));
     vault.stop().await;
 }
+
+/// Without a policy file a production vault says at start that the
+/// built-in policy (every purpose, every field plain) is in force.
+#[tokio::test]
+async fn a_vault_without_a_policy_file_warns_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(
+        dir.path(),
+        "listen = \"127.0.0.1:0\"",
+        &token_entry("keeper", "custody-token", "[\"custodian\"]"),
+    );
+    let vault = start(&["--config", &config], "vault is not initialised").await;
+    let stderr = vault.stop().await;
+    assert!(
+        stderr.contains("no policy_file: the built-in role policy is in force"),
+        "{stderr}"
+    );
+}

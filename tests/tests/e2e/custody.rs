@@ -128,6 +128,32 @@ async fn custody_and_data_access_stay_apart_on_every_request() {
     vault.stop().await;
 }
 
+/// `operator status` asks for a root rotation once the current root key
+/// has wrapped as many keys as configured.
+#[tokio::test]
+async fn status_asks_for_a_root_rotation_past_the_configured_wraps() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = OpenOptions::dev(dir.path(), "eu".parse().unwrap());
+    opts.engine.rotate_root_after_wraps = 3;
+    let vault = TestVault::start_dev_with(opts).await.unwrap();
+    let client = vault.client().await;
+    let custodian = vault.custodian().await;
+    for i in 0..3 {
+        let s = custodian.status().await.unwrap();
+        assert!(!s.root_rotation_due, "{i} wraps: {s:?}");
+        client
+            .put(&user(&format!("r{i}"), &format!("s{i}")))
+            .await
+            .unwrap();
+    }
+    let s = custodian.status().await.unwrap();
+    assert!(s.root_rotation_due, "{s:?}");
+    assert_eq!(s.rotate_root_after_wraps, 3);
+    assert_eq!(s.root_keys[0].wraps, 3);
+    drop((client, custodian));
+    vault.stop().await;
+}
+
 #[tokio::test]
 async fn init_three_of_five_and_unseal_in_any_order() {
     let dir = tempfile::tempdir().unwrap();

@@ -513,24 +513,17 @@ impl Engine {
     /// with its audit event in the same batch.
     pub fn put_records(&self, caller: &Caller, records: Vec<Record>) -> Result<usize> {
         let mut ev = self.event(caller, Operation::Write, None);
-        let mut collections: Vec<&str> = Vec::new();
-        for r in &records {
-            if !collections.contains(&r.collection.as_str()) {
-                collections.push(&r.collection);
-            }
-        }
-        ev.collection = self.shown_collections(collections.into_iter());
-        // Every record (and subject) asked for, allowed or not: attempts
-        // show in the log too.
+        // Every record asked for, allowed or not (the first batch's limit
+        // of them): attempts show in the log too. Subjects are named once
+        // the write is allowed, so a refused caller cannot fill anyone's
+        // access ledger.
+        let asked = &records[..records.len().min(self.limits.max_batch_records)];
+        ev.collection = self.shown_collections(asked.iter().map(|r| r.collection.as_str()));
         let kr = self.keyring();
-        for r in records.iter().take(self.limits.max_batch_records) {
-            ev.records
-                .push(hex::encode(kr.record_pseudonym(&r.collection, &r.id)));
-            ev.subjects
-                .push(hex::encode(kr.subject_pseudonym(&r.subject_id)));
-        }
-        ev.subjects.sort();
-        ev.subjects.dedup();
+        ev.records = asked
+            .iter()
+            .map(|r| hex::encode(kr.record_pseudonym(&r.collection, &r.id)))
+            .collect();
         drop(kr);
         let result = self.put_records_audited(caller, records, &mut ev);
         self.audit_failure(ev, result)
@@ -649,10 +642,15 @@ impl Engine {
             );
             ws.put(Table::Records, key, value);
         }
+        let kr = self.keyring();
         let mut fields = BTreeSet::new();
         for r in &records {
+            ev.subjects
+                .push(hex::encode(kr.subject_pseudonym(&r.subject_id)));
             fields.extend(r.fields.keys().cloned());
         }
+        ev.subjects.sort();
+        ev.subjects.dedup();
         ev.fields = fields.into_iter().collect();
         self.commit(ws, ev.clone())?;
         self.counters
@@ -976,6 +974,7 @@ impl Engine {
     /// sent may be anything (an e-mail address), and the log is forever.
     fn shown_collections<'a>(&self, names: impl Iterator<Item = &'a str>) -> Option<String> {
         let known = self.read_collections();
+        let mut seen = HashSet::new();
         let mut shown: Vec<&str> = Vec::new();
         for c in names {
             let c = if known.contains_key(c) {
@@ -983,7 +982,7 @@ impl Engine {
             } else {
                 "<unknown collection>"
             };
-            if !shown.contains(&c) {
+            if seen.insert(c) {
                 shown.push(c);
             }
         }

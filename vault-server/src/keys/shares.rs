@@ -176,7 +176,11 @@ pub fn split(key: &Key256, threshold: u8, total: u8) -> Result<Vec<UnsealShare>,
     }
     let mut set_id = [0u8; 16];
     rand::rngs::OsRng.fill_bytes(&mut set_id);
-    let dealer = blahaj::Sharks(threshold).dealer(key.expose_secret());
+    // The polynomials' coefficients come from the operating system's
+    // generator too (blahaj's `dealer` would use a thread-local one).
+    let mut os = rand_sys::rngs::SysRng;
+    let mut rng = rand_sys::rand_core::UnwrapErr(&mut os);
+    let dealer = blahaj::Sharks(threshold).dealer_rng(key.expose_secret(), &mut rng);
     let mut shares = Vec::with_capacity(total as usize);
     for share in dealer.take(total as usize) {
         let raw = Zeroizing::new(Vec::from(&share));

@@ -931,12 +931,28 @@ impl PolicyHandle {
     /// would give a configured credential both custody and data access, is
     /// refused (with its error) and the policy in force stays.
     pub fn reload(&self) -> Result<std::sync::Arc<Policy>> {
+        self.reload_then(|_, _| ())
+    }
+
+    /// [`PolicyHandle::reload`], then `then(result, policy in force)` while
+    /// reloads are still held off: what `then` records (an audit event) is
+    /// in the order the reloads took effect, and names the policy in force.
+    pub fn reload_then(
+        &self,
+        then: impl FnOnce(&Result<std::sync::Arc<Policy>>, &Policy),
+    ) -> Result<std::sync::Arc<Policy>> {
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        let result = self.load_and_swap();
+        then(&result, &self.current());
+        result
+    }
+
+    fn load_and_swap(&self) -> Result<std::sync::Arc<Policy>> {
         let Some(file) = &self.file else {
             return Err(Error::FailedPrecondition(
                 "no policy file is configured (the built-in role policy is in force)".into(),
             ));
         };
-        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
         let policy = Policy::load(file)?;
         policy
             .check_credentials(&self.credentials)

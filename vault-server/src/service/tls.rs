@@ -234,6 +234,13 @@ pub fn certificate_principal(der: &[u8]) -> Result<String, String> {
         })
     });
     let name = match uri {
+        // A URI SAN must be a URI, or it could pose as a CN principal.
+        Some(uri) if !looks_like_uri(&uri) => {
+            return Err(
+                "the client certificate's URI subject alternative name is not a URI (scheme:…)"
+                    .to_owned(),
+            )
+        }
         Some(uri) => uri,
         None => {
             let cn = common_name(&tbs.subject)?.ok_or_else(|| {
