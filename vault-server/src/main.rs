@@ -161,6 +161,8 @@ async fn run(cli: Cli) -> Result<(), Error> {
     // SIGHUP is caught from now on (also while the store opens); reloads
     // start once the vault is open, so each one leaves an audit event.
     let hup = watch_sighup();
+    // So are SIGINT and SIGTERM: a stop asked for at any time is graceful.
+    let shutdown = shutdown_signal();
     let dev_mode = cli.dev;
     let vault = tokio::task::spawn_blocking(move || -> Result<_, Error> {
         if dev_mode {
@@ -254,7 +256,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
         service::ServeOptions {
             danger_allow_plaintext: allow_plaintext,
         },
-        shutdown_signal(),
+        shutdown,
     )
     .await?;
     // Stop background work and close the store off the reactor.
@@ -309,24 +311,46 @@ async fn reload_on_sighup(hup: Hangups, vault: Arc<Vault>) {
     let _ = (hup, vault);
 }
 
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Completes on SIGINT or SIGTERM. The handlers are installed when this is
+/// called, not when the future is first polled: a signal that arrives
+/// right after the ready lines stops the server gracefully rather than
+/// killing it.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
+    let (mut int, mut term) = {
+        use tokio::signal::unix::{signal, SignalKind};
+        (
+            signal(SignalKind::interrupt()).ok(),
+            signal(SignalKind::terminate()).ok(),
+        )
     };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+    async move {
+        #[cfg(unix)]
+        {
+            let int = async {
+                match &mut int {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            let term = async {
+                match &mut term {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = int => {},
+                _ = term => {},
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
