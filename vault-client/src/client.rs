@@ -660,8 +660,22 @@ impl VaultClient {
     /// progress is then reset); [`Error::FailedPrecondition`] if the vault
     /// is unsealed or not initialised.
     pub async fn unseal(&self, share: &UnsealShare) -> Result<UnsealProgress> {
+        self.unseal_with(share, false).await
+    }
+
+    /// [`VaultClient::unseal`]; with `allow_keyring_rollback` the vault
+    /// opens a keyring older than its data folder has seen (disaster
+    /// recovery from a keyring backup: destroyed keys come back, erasures
+    /// since are forgotten). Without it such a keyring is refused
+    /// ([`Error::FailedPrecondition`]). The unseal's audit event says it.
+    pub async fn unseal_with(
+        &self,
+        share: &UnsealShare,
+        allow_keyring_rollback: bool,
+    ) -> Result<UnsealProgress> {
         let request = pb::UnsealRequest {
             share: share.expose_secret().to_owned(),
+            allow_keyring_rollback,
         };
         let response = self
             .operator_call(request, |mut c, r| async move { c.unseal(r).await })

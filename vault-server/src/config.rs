@@ -372,6 +372,7 @@ impl Config {
                         .checkpoint_interval_ms
                         .map_or(c.interval, std::time::Duration::from_millis),
                 },
+                accept_keyring_rollback: false,
                 rotate_root_after_wraps,
             },
         })

@@ -351,19 +351,41 @@ impl Vault {
     /// and starts serving. Shares that together do not open the keyring
     /// reset the progress (which one was wrong cannot be told).
     pub fn unseal(&self, caller: &Caller, share: &str) -> Result<UnsealProgress> {
-        let result = self.unseal_unaudited(caller, share);
-        let detail = result.as_ref().ok().map(|p| {
-            if p.sealed {
-                format!("share accepted: {} of {}", p.progress, p.threshold)
-            } else {
-                "unsealed".to_owned()
-            }
+        self.unseal_with(caller, share, false)
+    }
+
+    /// [`Vault::unseal`]; with `allow_keyring_rollback`, the last share
+    /// opens a keyring older than the data folder has seen (disaster
+    /// recovery), and the unseal event says so with both generations.
+    pub fn unseal_with(
+        &self,
+        caller: &Caller,
+        share: &str,
+        allow_keyring_rollback: bool,
+    ) -> Result<UnsealProgress> {
+        let result = self.unseal_unaudited(caller, share, allow_keyring_rollback);
+        let rollback = self
+            .engine()
+            .ok()
+            .and_then(|e| e.accepted_keyring_rollback());
+        let detail = result.as_ref().ok().map(|p| match rollback {
+            _ if p.sealed => format!("share accepted: {} of {}", p.progress, p.threshold),
+            Some((keyring, folder)) => format!(
+                "unsealed; keyring rollback accepted: keyring generation {keyring}, \
+                 the data folder had seen {folder}"
+            ),
+            None => "unsealed".to_owned(),
         });
         self.record(caller, "unseal", detail, &result);
         result
     }
 
-    fn unseal_unaudited(&self, caller: &Caller, share: &str) -> Result<UnsealProgress> {
+    fn unseal_unaudited(
+        &self,
+        caller: &Caller,
+        share: &str,
+        allow_keyring_rollback: bool,
+    ) -> Result<UnsealProgress> {
         self.opts
             .engine
             .policy
@@ -438,6 +460,8 @@ impl Vault {
             }
             Err(e) => return Err(e.into()),
         };
+        let mut options = self.opts.engine.clone();
+        options.accept_keyring_rollback = allow_keyring_rollback;
         let engine = Engine::with_audit(
             Arc::clone(&self.store),
             keyring,
@@ -445,7 +469,7 @@ impl Vault {
                 path: self.opts.keyring_file.clone(),
                 unseal_key,
             },
-            self.opts.engine.clone(),
+            options,
             Arc::clone(&self.audit),
         )
         .map_err(|e| match e {

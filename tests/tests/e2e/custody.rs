@@ -154,6 +154,65 @@ async fn status_asks_for_a_root_rotation_past_the_configured_wraps() {
     vault.stop().await;
 }
 
+/// A keyring file restored from before a change (here a root rotation) is
+/// refused at unseal with a clear message; the custodians' override opens
+/// it and the unseal's audit event says so.
+#[tokio::test]
+async fn an_older_keyring_is_refused_at_unseal_unless_overridden() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = OpenOptions::dev(dir.path(), "eu".parse().unwrap());
+    let keyring_file = opts.keyring_file.clone();
+    let vault = TestVault::start_sealed(opts, auth()).await.unwrap();
+    let custodian = vault.client_with(CUSTODIAN).await;
+    let init = custodian.init(1, 1).await.unwrap();
+    let share = &init.shares[0];
+    custodian.unseal(share).await.unwrap();
+    let before = std::fs::read(&keyring_file).unwrap();
+    assert_eq!(custodian.rotate_root_key().await.unwrap(), 2);
+    custodian.seal().await.unwrap();
+    let current = std::fs::read(&keyring_file).unwrap();
+    std::fs::write(&keyring_file, &before).unwrap();
+
+    match custodian.unseal(share).await {
+        Err(Error::FailedPrecondition(m)) => assert!(
+            m.contains("generation 1, older than generation 2")
+                && m.contains("--allow-keyring-rollback"),
+            "{m}"
+        ),
+        other => panic!("expected FAILED_PRECONDITION, got {other:?}"),
+    }
+    assert!(custodian.status().await.unwrap().sealed);
+    let p = custodian.unseal_with(share, true).await.unwrap();
+    assert!(!p.sealed);
+    assert_eq!(
+        custodian.status().await.unwrap().current_root_version,
+        Some(1)
+    );
+    let log = vault.vault.audit_log();
+    let events = log.events(0, 1000).unwrap();
+    let unseals: Vec<serde_json::Value> = events
+        .iter()
+        .map(|e| serde_json::from_slice::<serde_json::Value>(e).unwrap())
+        .filter(|e| e["operation"] == "unseal")
+        .collect();
+    let last = unseals.last().unwrap();
+    assert_eq!(last["principal"], "custodian", "{last}");
+    assert!(
+        last["detail"].as_str().unwrap().contains(
+            "keyring rollback accepted: keyring generation 1, the data folder had seen 2"
+        ),
+        "{last}"
+    );
+    let refused = &unseals[unseals.len() - 2];
+    assert_ne!(refused["decision"], "allowed", "{refused}");
+    // The current keyring back: it opens again, no override needed.
+    custodian.seal().await.unwrap();
+    std::fs::write(&keyring_file, &current).unwrap();
+    custodian.unseal(share).await.unwrap();
+    drop(custodian);
+    vault.stop().await;
+}
+
 #[tokio::test]
 async fn init_three_of_five_and_unseal_in_any_order() {
     let dir = tempfile::tempdir().unwrap();

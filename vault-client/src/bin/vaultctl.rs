@@ -1053,6 +1053,7 @@ mod tests {
         assert!(parse(&["operator", "unseal", "vault-share-v1:abcd"]).is_err());
         assert!(parse(&["operator", "unseal", "--share", "vault-share-v1:abcd"]).is_err());
         assert!(parse(&["operator", "unseal", "--share-file", "s.txt", "--json"]).is_ok());
+        assert!(parse(&["operator", "unseal", "--allow-keyring-rollback"]).is_ok());
         for ok in [
             &["operator", "seal"][..],
             &["operator", "status"],

@@ -131,7 +131,10 @@ impl Engine {
         self.record(
             caller,
             "rotate_root_key",
-            Some(format!("version {version}")),
+            Some(format!(
+                "version {version}; keyring generation {}",
+                self.keyring().generation()
+            )),
             &Ok(()),
         );
         self.rewrap.wake();
@@ -165,7 +168,10 @@ impl Engine {
         self.record(
             caller,
             "retire_root_key",
-            Some(format!("version {version}")),
+            Some(format!(
+                "version {version}; keyring generation {}",
+                self.keyring().generation()
+            )),
             &Ok(()),
         );
         Ok(())
@@ -189,7 +195,10 @@ impl Engine {
         self.record(
             caller,
             "destroy_root_key",
-            Some(format!("version {version}")),
+            Some(format!(
+                "version {version}; keyring generation {}",
+                self.keyring().generation()
+            )),
             &Ok(()),
         );
         Ok(())
@@ -384,10 +393,11 @@ impl Engine {
         let mut ev = Event::of(caller, "erase_subject");
         ev.subjects.push(hex::encode(receipt.subject));
         ev.detail = Some(format!(
-            "receipt {}; {} records deleted; key versions 1..={} destroyed",
+            "receipt {}; {} records deleted; key versions 1..={} destroyed; keyring generation {}",
             hex::encode(receipt.id),
             deleted,
-            receipt.key_versions_destroyed
+            receipt.key_versions_destroyed,
+            kr.generation()
         ));
         self.commit(ws, ev)?;
         tracing::info!(

@@ -68,6 +68,9 @@ impl Default for CheckpointOptions {
 }
 /// The Meta key under which a data folder records its keyring's id.
 pub const META_KEYRING_ID: &[u8] = b"keyring_id";
+/// `Table::Meta` key: the highest keyring generation the folder has seen
+/// (u64 big-endian); an older keyring is refused at unseal.
+pub const META_KEYRING_GENERATION: &[u8] = b"keyring_generation";
 /// Stripes of the per-subject locks.
 const SUBJECT_STRIPES: usize = 64;
 
@@ -157,6 +160,9 @@ pub struct EngineOptions {
     pub policy: Arc<PolicyHandle>,
     /// When audit checkpoints are signed.
     pub checkpoints: CheckpointOptions,
+    /// Open with a keyring older than the data folder has seen (disaster
+    /// recovery from a keyring backup; custodians ask for it at unseal).
+    pub accept_keyring_rollback: bool,
     /// Keys a root key version may wrap before the vault asks for a root
     /// rotation (at most 2^32, NIST SP 800-38D's bound for random nonces).
     pub rotate_root_after_wraps: u64,
@@ -170,6 +176,7 @@ impl Default for EngineOptions {
             rewrap: RewrapOptions::default(),
             policy: Arc::new(PolicyHandle::builtin()),
             checkpoints: CheckpointOptions::default(),
+            accept_keyring_rollback: false,
             rotate_root_after_wraps: DEFAULT_ROTATE_AFTER_WRAPS,
         }
     }
@@ -212,6 +219,9 @@ pub struct Engine {
     audit: Arc<AuditLog>,
     closed: AtomicBool,
     counters: Counters,
+    /// (keyring generation, folder generation) when opened with an older
+    /// keyring by the custodians' choice.
+    accepted_rollback: Option<(u64, u64)>,
 }
 
 impl Engine {
@@ -243,6 +253,7 @@ impl Engine {
             rewrap: rewrap_options,
             policy,
             checkpoints,
+            accept_keyring_rollback,
             rotate_root_after_wraps,
         } = options;
         let region = keyring.region().clone();
@@ -274,6 +285,8 @@ impl Engine {
             }
             _ => return Err(Error::Storage("data folder metadata is incomplete".into())),
         }
+        let accepted_rollback =
+            check_keyring_generation(store.as_ref(), &keyring, accept_keyring_rollback)?;
         let mut collections = HashMap::new();
         for (_, v) in store.scan_prefix(Table::Collections, b"")? {
             let c: Collection = serde_json::from_slice(&v).map_err(|_| Error::Integrity)?;
@@ -305,7 +318,14 @@ impl Engine {
             audit,
             closed: AtomicBool::new(false),
             counters: Counters::default(),
+            accepted_rollback,
         })
+    }
+
+    /// The keyring rollback this engine was opened with, if custodians
+    /// accepted one: (the keyring's generation, the folder's).
+    pub fn accepted_keyring_rollback(&self) -> Option<(u64, u64)> {
+        self.accepted_rollback
     }
 
     /// The policy in force (a snapshot: a reload does not change it).
@@ -321,8 +341,9 @@ impl Engine {
     /// Saves `keyring` to the keyring file, then makes it the engine's.
     /// Held under `create_lock` for the swap, so no subject key is wrapped
     /// under a root key version that is no longer current.
-    fn replace_keyring(&self, keyring: Keyring) -> Result<()> {
+    fn replace_keyring(&self, mut keyring: Keyring) -> Result<()> {
         self.check_open()?;
+        keyring.next_generation();
         let saved = self.keyring_file.save(&keyring);
         if let Err(e) = &saved {
             // The file may hold the new keyring even so (the rename went
@@ -333,6 +354,13 @@ impl Engine {
                 return saved;
             }
             tracing::error!(error = %e, "keyring saved, but not confirmed durable");
+        }
+        // The folder follows the keyring: from now on an older keyring
+        // file is refused. (If this write fails the folder lags behind,
+        // which only lets through a keyring that is no older than the
+        // last it saw; the next open catches up.)
+        if let Err(e) = write_keyring_generation(self.store.as_ref(), keyring.generation()) {
+            tracing::error!(error = %e, "the data folder could not record the keyring generation");
         }
         let _guard = lock(&self.create_lock);
         *self.keyring.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keyring);
@@ -1255,6 +1283,57 @@ impl Engine {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Checks the keyring's generation against the highest the data folder
+/// has seen, and records a newer one. An older keyring is refused, or,
+/// when custodians accept it, taken as the folder's new mark: then the
+/// generations are returned (keyring, folder) for the unseal's event.
+fn check_keyring_generation(
+    store: &dyn Store,
+    keyring: &Keyring,
+    accept_rollback: bool,
+) -> Result<Option<(u64, u64)>> {
+    let ours = keyring.generation();
+    let seen = match store.get(Table::Meta, META_KEYRING_GENERATION)? {
+        None => None,
+        Some(v) => Some(u64::from_be_bytes(v.as_slice().try_into().map_err(
+            |_| Error::Storage("the data folder's keyring generation is malformed".into()),
+        )?)),
+    };
+    match seen {
+        Some(folder) if ours < folder => {
+            if !accept_rollback {
+                return Err(crate::keys::KeyringError::RolledBack {
+                    keyring: ours,
+                    folder,
+                }
+                .into());
+            }
+            tracing::warn!(
+                keyring = ours,
+                folder,
+                "an older keyring accepted by the custodians (keyring rollback)"
+            );
+            write_keyring_generation(store, ours)?;
+            Ok(Some((ours, folder)))
+        }
+        Some(folder) if ours == folder => Ok(None),
+        _ => {
+            write_keyring_generation(store, ours)?;
+            Ok(None)
+        }
+    }
+}
+
+fn write_keyring_generation(store: &dyn Store, generation: u64) -> Result<()> {
+    let mut ws = WriteSet::new();
+    ws.put(
+        Table::Meta,
+        META_KEYRING_GENERATION.to_vec(),
+        generation.to_be_bytes().to_vec(),
+    );
+    store.write(ws)
 }
 
 #[cfg(test)]

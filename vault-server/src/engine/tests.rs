@@ -1293,3 +1293,75 @@ fn wraps_are_counted_per_root_version_and_bounded() {
     let err = Engine::new(Arc::clone(&r.store), kr, r.file(), options()).unwrap_err();
     assert!(err.to_string().contains("wrap counter"), "{err}");
 }
+
+/// Every saved keyring change raises the generation and the data folder
+/// follows it; an older keyring file (a restored backup) is refused at
+/// open, unless custodians accept the rollback, which the engine reports.
+#[test]
+fn an_older_keyring_is_refused_unless_the_rollback_is_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = Restartable::new(dir.path());
+    let e = r.start();
+    let c = Caller::internal("t");
+    let folder_generation = |e: &Engine| {
+        let v = e
+            .store
+            .get(Table::Meta, META_KEYRING_GENERATION)
+            .unwrap()
+            .unwrap();
+        u64::from_be_bytes(v.try_into().unwrap())
+    };
+    assert_eq!(e.keyring().generation(), 1);
+    assert_eq!(folder_generation(&e), 1);
+    put_users(&e, 2);
+    e.rotate_root(&c).unwrap();
+    let old_file = std::fs::read(dir.path().join("keyring")).unwrap();
+    assert_eq!(e.keyring().generation(), 2);
+    e.erase_subject(&c, "s0").unwrap();
+    assert_eq!(e.keyring().generation(), 3);
+    assert_eq!(folder_generation(&e), 3);
+    e.close();
+    drop(e);
+
+    // The current file opens; the one from before the erasure does not.
+    drop(r.restart());
+    let current = std::fs::read(dir.path().join("keyring")).unwrap();
+    std::fs::write(dir.path().join("keyring"), &old_file).unwrap();
+    let open = |accept: bool| {
+        let kr = Keyring::unseal(&old_file, &r.unseal_key, &"eu".parse().unwrap()).unwrap();
+        let options = EngineOptions {
+            accept_keyring_rollback: accept,
+            ..options()
+        };
+        Engine::new(Arc::clone(&r.store), kr, r.file(), options)
+    };
+    let err = open(false).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            Error::Keyring(crate::keys::KeyringError::RolledBack {
+                keyring: 2,
+                folder: 3
+            })
+        ),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("--allow-keyring-rollback"),
+        "{err}"
+    );
+    // Disaster recovery: accepted, reported, and the folder's mark follows.
+    let e = open(true).unwrap();
+    assert_eq!(e.accepted_keyring_rollback(), Some((2, 3)));
+    assert_eq!(folder_generation(&e), 2);
+    e.close();
+    drop(e);
+    std::fs::write(dir.path().join("keyring"), &current).unwrap();
+    let e = r.restart();
+    assert_eq!(e.accepted_keyring_rollback(), None);
+    assert_eq!(
+        folder_generation(&e),
+        3,
+        "a newer keyring moves the mark up"
+    );
+}

@@ -37,6 +37,7 @@
 //! | 8 | pseudonym key | 32 bytes | 1 |
 //! | 9 | audit signing key seed (Ed25519) | 32 bytes | 1 |
 //! | 10 | erased subject | 32-byte subject pseudonym ‖ u32 highest erased key version | ≥ 0 |
+//! | 11 | generation | u64, raised by every saved change (absent: 0) | ≤ 1 |
 //!
 //! Unknown tags, repeated singletons, missing sections and trailing bytes are
 //! refused: a keyring is either understood whole or not used at all.
@@ -45,6 +46,11 @@
 //! is kept and backed up apart from the data: a restored backup of the data
 //! folder still holds the erased subject's wrapped keys, and this list is
 //! what refuses them (see SECURITY.md, "Erasure and backups").
+//!
+//! The generation rises with every change the vault saves, and the data
+//! folder remembers the highest it has seen: an older keyring file (a
+//! restored backup, which would bring destroyed keys back and forget
+//! erasures) is refused at unseal unless custodians override it.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -74,6 +80,7 @@ const TAG_CURRENT_INDEX: u8 = 7;
 const TAG_PSEUDONYM_KEY: u8 = 8;
 const TAG_AUDIT_SEED: u8 = 9;
 const TAG_ERASED_SUBJECT: u8 = 10;
+const TAG_GENERATION: u8 = 11;
 
 /// Which share set unseals a keyring: in the clear header of its file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,6 +123,21 @@ pub enum KeyringError {
     /// The data folder was made with another keyring.
     #[error("the data folder belongs to another keyring")]
     ForeignDataFolder,
+    /// The keyring is older than the data folder has seen: a restored
+    /// keyring file, which would bring destroyed keys back and forget
+    /// erasures.
+    #[error(
+        "the keyring is generation {keyring}, older than generation {folder} that this data \
+         folder has seen: an old keyring file was restored (it would bring destroyed keys back \
+         and forget erasures); put the current keyring file back, or, to recover from a \
+         disaster, unseal with --allow-keyring-rollback (recorded in the audit log)"
+    )]
+    RolledBack {
+        /// The keyring's generation.
+        keyring: u64,
+        /// The highest generation the data folder has seen.
+        folder: u64,
+    },
     /// A root key change the key's state does not allow.
     #[error("{0}")]
     BadTransition(String),
@@ -177,6 +199,8 @@ pub struct Keyring {
     audit_seed: Key256,
     /// Erased subjects (by pseudonym) and the highest key version erased.
     erased: BTreeMap<SubjectPseudonym, u32>,
+    /// Raised by every saved change.
+    generation: u64,
     custody: Custody,
 }
 
@@ -192,6 +216,7 @@ impl std::fmt::Debug for Keyring {
             .field("pseudonym_key", &self.pseudonym_key)
             .field("audit_seed", &self.audit_seed)
             .field("erased_subjects", &self.erased.len())
+            .field("generation", &self.generation)
             .field("custody", &self.custody)
             .finish()
     }
@@ -229,8 +254,19 @@ impl Keyring {
             pseudonym_key: Key256::random(),
             audit_seed: Key256::random(),
             erased: BTreeMap::new(),
+            generation: 1,
             custody,
         }
+    }
+
+    /// The generation: every saved change raises it.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Raises the generation, for a change about to be saved.
+    pub fn next_generation(&mut self) {
+        self.generation = self.generation.saturating_add(1);
     }
 
     /// Which share set unseals this keyring.
@@ -473,6 +509,7 @@ impl Keyring {
             pseudonym_key: fixed(3),
             audit_seed: fixed(4),
             erased: BTreeMap::new(),
+            generation: 1,
             custody: Custody {
                 set_id: [0; 16],
                 threshold: 1,
@@ -507,8 +544,17 @@ impl Keyring {
         // Sized up front so the buffer never reallocates: a reallocation
         // would free a copy of the keys without wiping it.
         let keys = self.root_keys.len() + self.index_keys.len();
-        let capacity =
-            5 * 9 + 16 + 16 + 8 + 4 + 4 + 32 + 32 + keys * (5 + 37) + self.erased.len() * (5 + 36);
+        let capacity = 5 * 10
+            + 16
+            + 16
+            + 8
+            + 4
+            + 4
+            + 32
+            + 32
+            + 8
+            + keys * (5 + 37)
+            + self.erased.len() * (5 + 36);
         let mut out = Zeroizing::new(Vec::with_capacity(capacity));
         section(&mut out, TAG_REGION, self.region.as_str().as_bytes());
         section(&mut out, TAG_ID, &self.id);
@@ -545,6 +591,7 @@ impl Keyring {
             value[32..].copy_from_slice(&v.to_be_bytes());
             section(&mut out, TAG_ERASED_SUBJECT, &value);
         }
+        section(&mut out, TAG_GENERATION, &self.generation.to_be_bytes());
         out
     }
 
@@ -560,6 +607,7 @@ impl Keyring {
         let mut pseudonym_key = None;
         let mut audit_seed = None;
         let mut erased = BTreeMap::new();
+        let mut generation = None;
 
         fn once<T>(slot: &mut Option<T>, value: T) -> Result<(), KeyringError> {
             if slot.replace(value).is_some() {
@@ -635,6 +683,10 @@ impl Keyring {
                         return Err(Malformed("repeated erased subject"));
                     }
                 }
+                TAG_GENERATION => once(
+                    &mut generation,
+                    u64::from_be_bytes(value.try_into().map_err(|_| Malformed("bad generation"))?),
+                )?,
                 _ => return Err(Malformed("unknown section")),
             }
         }
@@ -663,6 +715,8 @@ impl Keyring {
             pseudonym_key: pseudonym_key.ok_or(Malformed("no pseudonym key"))?,
             audit_seed: audit_seed.ok_or(Malformed("no audit key"))?,
             erased,
+            // A keyring from before generations: the oldest.
+            generation: generation.unwrap_or(0),
             custody,
         })
     }
@@ -807,6 +861,41 @@ mod tests {
         assert_eq!(back.custody(), custody());
     }
 
+    /// The generation travels in the file; a keyring from before
+    /// generations (no such section) is generation 0, the oldest; a
+    /// malformed or repeated one is refused.
+    #[test]
+    fn the_generation_round_trips_and_defaults_to_the_oldest() {
+        let mut kr = Keyring::generate(eu(), custody());
+        assert_eq!(kr.generation(), 1);
+        kr.next_generation();
+        kr.next_generation();
+        let uk = Key256::random();
+        let back = Keyring::unseal(&kr.seal(&uk), &uk, &eu()).unwrap();
+        assert_eq!(back.generation(), 3);
+        let contents = kr.encode_contents();
+        // The generation is the last section: tag, u32 length, u64.
+        let (without, last) = contents.split_at(contents.len() - 13);
+        assert_eq!(last[0], TAG_GENERATION);
+        assert_eq!(
+            Keyring::decode_contents(without, custody())
+                .unwrap()
+                .generation(),
+            0
+        );
+        let twice = [&contents[..], last].concat();
+        assert_eq!(
+            Keyring::decode_contents(&twice, custody()).unwrap_err(),
+            KeyringError::Malformed("repeated section")
+        );
+        let mut short = without.to_vec();
+        short.extend_from_slice(&[TAG_GENERATION, 0, 0, 0, 2, 0, 1]);
+        assert_eq!(
+            Keyring::decode_contents(&short, custody()).unwrap_err(),
+            KeyringError::Malformed("bad generation")
+        );
+    }
+
     #[test]
     fn wrong_unseal_key() {
         let file = Keyring::generate(eu(), custody()).seal(&Key256::random());
@@ -903,12 +992,15 @@ mod tests {
         let mut t = Vec::new();
         section(&mut t, TAG_REGION, b"eu");
         assert!(Keyring::decode_contents(&t, custody()).is_err());
-        // Every truncation is an error, never a panic.
+        // Every truncation is an error, never a panic, but the one that
+        // drops exactly the (optional, last) generation section.
         for n in 0..good.len() {
-            assert!(
-                Keyring::decode_contents(&good[..n], custody()).is_err(),
-                "prefix {n}"
-            );
+            let decoded = Keyring::decode_contents(&good[..n], custody());
+            if n == good.len() - 13 {
+                assert_eq!(decoded.map(|k| k.generation()), Ok(0));
+                continue;
+            }
+            assert!(decoded.is_err(), "prefix {n}");
         }
     }
 

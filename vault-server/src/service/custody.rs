@@ -108,9 +108,11 @@ impl OperatorService for OperatorApi {
         req: Request<pb::UnsealRequest>,
     ) -> Result<Response<pb::UnsealResponse>, Status> {
         let caller = caller(&req)?;
-        let share = Zeroizing::new(req.into_inner().share);
+        let r = req.into_inner();
+        let allow_rollback = r.allow_keyring_rollback;
+        let share = Zeroizing::new(r.share);
         let vault = Arc::clone(&self.vault);
-        let p = run_blocking(move || vault.unseal(&caller, &share)).await?;
+        let p = run_blocking(move || vault.unseal_with(&caller, &share, allow_rollback)).await?;
         Ok(Response::new(pb::UnsealResponse {
             sealed: p.sealed,
             progress: u32::from(p.progress),

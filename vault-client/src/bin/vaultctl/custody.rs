@@ -42,6 +42,11 @@ pub(crate) enum OperatorCommand {
         /// it). Without it, one line is read from stdin.
         #[arg(long, value_name = "FILE")]
         share_file: Option<PathBuf>,
+        /// Disaster recovery: accept a keyring older than the data folder
+        /// has seen (a restored keyring backup brings destroyed keys back
+        /// and forgets erasures made since). Recorded in the audit log.
+        #[arg(long)]
+        allow_keyring_rollback: bool,
     },
 
     /// Seal the vault: it drops every key from memory and serves no data
@@ -121,13 +126,16 @@ pub(crate) enum SubjectCommand {
 pub(crate) async fn run_operator(cli: &Cli, command: &OperatorCommand) -> Result<(), CliError> {
     match command {
         OperatorCommand::Init(args) => init(cli, args).await,
-        OperatorCommand::Unseal { share_file } => {
+        OperatorCommand::Unseal {
+            share_file,
+            allow_keyring_rollback,
+        } => {
             let share = match share_file {
                 Some(path) => read_share_file(path)?,
                 None => read_share_from_stdin()?,
             };
             let vault = connect(cli).await?;
-            let progress = vault.unseal(&share).await?;
+            let progress = vault.unseal_with(&share, *allow_keyring_rollback).await?;
             drop(share);
             if cli.json {
                 emit(&unseal_json(&progress).to_string());
