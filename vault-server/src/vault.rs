@@ -260,10 +260,8 @@ impl Vault {
     /// its callers (the admin service asks the policy first).
     pub fn reload_policy(&self, caller: &Caller) -> Result<Arc<crate::policy::Policy>> {
         self.opts.engine.policy.reload_then(|result, in_force| {
-            let detail = match result {
-                Ok(_) => format!("in force: {}", in_force.identity()),
-                Err(_) => format!("refused; in force: {}", in_force.identity()),
-            };
+            let refused = if result.is_ok() { "" } else { "refused; " };
+            let detail = format!("{refused}in force: {}", in_force.identity());
             self.record(caller, "reload_policy", Some(detail), result);
         })
     }

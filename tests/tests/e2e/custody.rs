@@ -205,6 +205,16 @@ async fn an_older_keyring_is_refused_at_unseal_unless_overridden() {
     );
     let refused = &unseals[unseals.len() - 2];
     assert_ne!(refused["decision"], "allowed", "{refused}");
+    // The custody event names the generation it made.
+    let rotation = events
+        .iter()
+        .map(|e| serde_json::from_slice::<serde_json::Value>(e).unwrap())
+        .find(|e| e["operation"] == "rotate_root_key")
+        .unwrap();
+    assert_eq!(
+        rotation["detail"], "version 2; keyring generation 2",
+        "{rotation}"
+    );
     // The current keyring back: it opens again, no override needed.
     custodian.seal().await.unwrap();
     std::fs::write(&keyring_file, &current).unwrap();
