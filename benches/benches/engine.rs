@@ -51,11 +51,14 @@ fn vault(synced: bool) -> (tempfile::TempDir, Vault) {
 }
 
 fn codec(c: &mut Criterion) {
-    // Four fields of about 20 bytes sealed in their envelopes (version,
-    // nonce, ciphertext, GCM tag): the codec does not look inside them.
+    // Four fields of about 20 bytes and the ids sealed in their envelopes
+    // (version, nonce, ciphertext, GCM tag): the codec does not look inside
+    // them.
     let stored = StoredRecord {
-        subject_id: "s00001".into(),
+        subject: [0x33; 32],
         key_version: 1,
+        // The ids envelope: "s00001" and "u0000001" with their lengths.
+        ids: vec![0x5a; 1 + 12 + 18 + 16],
         fields: ["country", "email", "name", "phone"]
             .iter()
             .map(|n| StoredField {

@@ -23,7 +23,7 @@
 //!    Beside it, where a re-wrapped key's time goes: the job's first step
 //!    (which counts the pending keys with a full scan) apart from the others,
 //!    a scan alone, and on a sample of rows (no writes) an unwrap, a wrap, a
-//!    full re-wrap, the subject-pseudonym HMAC of the erased-subject check,
+//!    full re-wrap (its erased-subject check included),
 //!    and floors: a nonce from the OS, an AES-GCM key schedule, and a
 //!    decrypt + encrypt with a prebuilt cipher.
 //! 2. **Reads during the job.** About 10 000 `users` records of imported
@@ -56,7 +56,8 @@ use rand::{Rng, RngCore};
 use vault_server::crypto::Key256;
 use vault_server::engine::{EngineOptions, KeyringFile, Record, RewrapOptions, Value};
 use vault_server::keys::{
-    rewrap_subject_key, unwrap_subject_key, wrap_subject_key, Custody, Keyring,
+    rewrap_subject_key, unwrap_subject_key, wrap_subject_key, Custody, Keyring, StorageNames,
+    SubjectName,
 };
 use vault_server::policy::Caller;
 use vault_server::storage::{
@@ -128,12 +129,13 @@ fn micros(d: Duration) -> f64 {
 /// Writes `n` subject keys (version 1, wrapped under the current root key)
 /// in large synced batches.
 fn import(store: &dyn Store, keyring: &Keyring, n: usize) {
+    let names = StorageNames::of(keyring);
     let mut ws = WriteSet::new();
     for i in 0..n {
-        let s = subject(i);
+        let s = names.subject(&subject(i));
         ws.put(
             Table::SubjectKeys,
-            subject_key_id(&s, 1),
+            subject_key_id(names.bucket(&s), &s, 1),
             wrap_subject_key(keyring, &s, 1, &Key256::random()).unwrap(),
         );
         if (i + 1) % IMPORT_BATCH == 0 {
@@ -206,10 +208,6 @@ fn check_job(engine: &Engine, from: u32, to: u32, n: u64) {
 /// with `keyring` (whose current root is newer). No writes.
 struct Breakdown {
     rows: usize,
-    /// The HMAC behind the erased-subject check in every unwrap. (With no
-    /// erased subject in the keyring the compiler may skip it; once one
-    /// subject is erased, every unwrap pays it.)
-    pseudonym: Duration,
     unwrap: Duration,
     wrap: Duration,
     rewrap: Duration,
@@ -224,18 +222,13 @@ struct Breakdown {
 
 fn breakdown(store: &dyn Store, keyring: &Keyring, sample: usize) -> Breakdown {
     let rows = store.scan_from(Table::SubjectKeys, b"", sample).unwrap();
-    let parsed: Vec<(&str, u32, &[u8])> = rows
+    let parsed: Vec<(SubjectName, u32, &[u8])> = rows
         .iter()
         .map(|(k, v)| {
-            let (s, version) = parse_subject_key_id(k).unwrap();
+            let (_, s, version) = parse_subject_key_id(k).unwrap();
             (s, version, v.as_slice())
         })
         .collect();
-    let t = Instant::now();
-    for (s, _, _) in &parsed {
-        std::hint::black_box(keyring.subject_pseudonym(std::hint::black_box(s)));
-    }
-    let pseudonym = t.elapsed();
     let t = Instant::now();
     let keys: Vec<Key256> = parsed
         .iter()
@@ -310,7 +303,6 @@ fn breakdown(store: &dyn Store, keyring: &Keyring, sample: usize) -> Breakdown {
     let bare_aead = t.elapsed();
     Breakdown {
         rows: parsed.len(),
-        pseudonym,
         unwrap,
         wrap,
         rewrap,
@@ -538,10 +530,6 @@ fn main() {
     item(
         "    unwrap_subject_key (with erased check)",
         per_key(bd.unwrap),
-    );
-    item(
-        "      subject pseudonym HMAC (the erased check)",
-        per_key(bd.pseudonym),
     );
     item("    wrap_subject_key", per_key(bd.wrap));
     item("  floors: OS nonce (getrandom, 12 B)", per_key(bd.os_nonce));

@@ -580,8 +580,15 @@ impl ChildVault {
     /// it holds a dev vault), with `token` as its development token, and
     /// waits until it prints its address and token.
     pub async fn start(data_dir: &Path, token: &str) -> ChildVault {
+        Self::start_with_env(data_dir, token, &[]).await
+    }
+
+    /// [`ChildVault::start`] with extra environment variables (such as
+    /// `RUST_LOG`).
+    pub async fn start_with_env(data_dir: &Path, token: &str, env: &[(&str, &str)]) -> ChildVault {
         use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
         let mut child = tokio::process::Command::new(server_binary())
+            .envs(env.iter().copied())
             .args(["--dev", "--listen", "127.0.0.1:0", "--dev-token", token])
             .args(["--dev-custodian-token", CUSTODIAN_TOKEN])
             .arg("--data-dir")

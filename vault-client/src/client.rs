@@ -19,8 +19,8 @@ use vault_proto::v1::vault_service_client::VaultServiceClient;
 
 use crate::audit::{Hash, LedgerEntry, LedgerPage, VerifierKey};
 use crate::custody::{
-    Initialized, RewrapProgress, RootKeys, SealStatus, SubjectKeyRotation, UnsealProgress,
-    UnsealShare,
+    Initialized, RekeyProgress, RewrapProgress, RootKeys, SealStatus, SubjectKeyRotation,
+    UnsealProgress, UnsealShare,
 };
 use crate::error::{Error, Result};
 use crate::policy::PolicyCheck;
@@ -635,22 +635,73 @@ impl VaultClient {
     /// Needs the `custodian` role, as every custody call except
     /// [`VaultClient::erase_subject`].
     pub async fn init(&self, shares: u32, threshold: u32) -> Result<Initialized> {
-        let request = pb::InitRequest { shares, threshold };
+        self.init_with_recipients(shares, threshold, &[]).await
+    }
+
+    /// [`VaultClient::init`]; with `recipients` (one age X25519 recipient,
+    /// `age1…`, per share, in order) the vault encrypts each share to its
+    /// custodian and returns only the ciphertexts
+    /// ([`Initialized::encrypted_shares`]): whoever runs init never sees
+    /// a share. [`Error::InvalidInput`] for a malformed or repeated
+    /// recipient, or not one per share.
+    pub async fn init_with_recipients(
+        &self,
+        shares: u32,
+        threshold: u32,
+        recipients: &[String],
+    ) -> Result<Initialized> {
+        let request = pb::InitRequest {
+            shares,
+            threshold,
+            recipients: recipients.to_vec(),
+        };
         let response = self
             .operator_call(request, |mut c, r| async move { c.init(r).await })
             .await?;
-        // Shares are printed and written to files as they come: nothing but
-        // printable ASCII (their text form) is taken.
-        if !response
-            .shares
-            .iter()
-            .all(|s| s.bytes().all(|b| b.is_ascii_graphic()))
-        {
-            return Err(Error::Protocol(
-                "the vault sent an unseal share that is not printable text".into(),
-            ));
+        check_issued(&response.shares, &response.encrypted_shares, recipients)?;
+        Ok(response.into())
+    }
+
+    /// Hands in one share of the current set towards a rekey: a new unseal
+    /// key split `threshold` of `shares`, its shares encrypted to
+    /// `recipients` if any are given (one per share). Every custodian's
+    /// call names the same split. Once the current threshold is reached
+    /// the vault re-encrypts its keyring under the new key and returns the
+    /// new shares ([`RekeyProgress::complete`]); the old shares open
+    /// nothing any more. The vault must be unsealed.
+    /// [`Error::FailedPrecondition`] if another split is in progress.
+    pub async fn rekey(
+        &self,
+        share: &UnsealShare,
+        shares: u32,
+        threshold: u32,
+        recipients: &[String],
+    ) -> Result<RekeyProgress> {
+        let request = pb::RekeyRequest {
+            share: share.expose_secret().to_owned(),
+            shares,
+            threshold,
+            recipients: recipients.to_vec(),
+            cancel: false,
+        };
+        let response = self
+            .operator_call(request, |mut c, r| async move { c.rekey(r).await })
+            .await?;
+        if response.complete {
+            check_issued(&response.shares, &response.encrypted_shares, recipients)?;
         }
         Ok(response.into())
+    }
+
+    /// Abandons the rekey in progress, if any.
+    pub async fn cancel_rekey(&self) -> Result<()> {
+        let request = pb::RekeyRequest {
+            cancel: true,
+            ..Default::default()
+        };
+        self.operator_call(request, |mut c, r| async move { c.rekey(r).await })
+            .await?;
+        Ok(())
     }
 
     /// Hands in one unseal share. Once `threshold` distinct shares of the
@@ -1160,6 +1211,38 @@ fn refuse_partial(record: &Record) -> Result<()> {
          back would overwrite the stored values with what the policy showed",
         record.collection
     )))
+}
+
+/// Shares are printed and written to files as they come: nothing but
+/// printable text is taken, and shares come in clear only when no
+/// recipients were named (else only age files, one per recipient).
+fn check_issued(clear: &[String], sealed: &[String], recipients: &[String]) -> Result<()> {
+    if !clear
+        .iter()
+        .all(|s| s.bytes().all(|b| b.is_ascii_graphic()))
+    {
+        return Err(Error::Protocol(
+            "the vault sent an unseal share that is not printable text".into(),
+        ));
+    }
+    if !sealed.iter().all(|s| {
+        s.starts_with(crate::sealed_share::AGE_ARMOR_BEGIN)
+            && s.bytes()
+                .all(|b| b.is_ascii_graphic() || b == b'\n' || b == b'\r' || b == b' ')
+    }) {
+        return Err(Error::Protocol(
+            "the vault sent an encrypted share that is not an ASCII-armored age file".into(),
+        ));
+    }
+    if !recipients.is_empty() && (!clear.is_empty() || sealed.len() != recipients.len()) {
+        return Err(Error::Protocol(format!(
+            "{} recipients were named, but the vault sent {} encrypted and {} clear shares",
+            recipients.len(),
+            sealed.len(),
+            clear.len()
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

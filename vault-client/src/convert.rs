@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use vault_proto::v1 as pb;
 
 use crate::custody::{
-    Initialized, KeyState, RewrapProgress, RootKeyInfo, RootKeys, SealStatus, SubjectKeyRotation,
-    UnsealProgress, UnsealShare,
+    Initialized, KeyState, RekeyProgress, RewrapProgress, RootKeyInfo, RootKeys, SealStatus,
+    SubjectKeyRotation, UnsealProgress, UnsealShare,
 };
 use crate::error::Error;
 use crate::policy::{FieldAccess, OperationAccess, PolicyCheck};
@@ -347,6 +347,24 @@ impl From<pb::InitResponse> for Initialized {
             region: response.region,
             threshold: response.threshold,
             shares: response.shares.into_iter().map(UnsealShare::new).collect(),
+            encrypted_shares: response.encrypted_shares,
+        }
+    }
+}
+
+impl From<pb::RekeyResponse> for RekeyProgress {
+    /// Moves each new share's text into its zeroizing holder.
+    fn from(response: pb::RekeyResponse) -> Self {
+        RekeyProgress {
+            complete: response.complete,
+            progress: response.progress,
+            required: response.required,
+            shares: response.shares.into_iter().map(UnsealShare::new).collect(),
+            encrypted_shares: response.encrypted_shares,
+            threshold: response.threshold,
+            share_count: response.share_count,
+            keyring_generation: response.keyring_generation,
+            sealed: response.sealed,
         }
     }
 }
@@ -497,6 +515,9 @@ impl TryFrom<pb::ErasureReceipt> for ErasureReceipt {
             subject_pseudonym: receipt.subject_pseudonym,
             key_versions_destroyed: receipt.key_versions_destroyed,
             records_deleted: receipt.records_deleted,
+            shred_bucket: receipt.shred_bucket,
+            shred_epoch_destroyed: receipt.shred_epoch_destroyed,
+            keys_rewrapped: receipt.keys_rewrapped,
         })
     }
 }
@@ -853,6 +874,7 @@ mod tests {
             shares: vec!["vault-share-v1:aa\n".into(), "vault-share-v1:bb".into()],
             threshold: 2,
             region: "eu".into(),
+            encrypted_shares: Vec::new(),
         });
         assert_eq!(init.region, "eu");
         assert_eq!(init.threshold, 2);
@@ -948,5 +970,24 @@ mod tests {
             ErasureReceipt::try_from(bad_time),
             Err(Error::Protocol(_))
         ));
+        let shredded = ErasureReceipt::try_from(pb::ErasureReceipt {
+            erased_at: Some(prost_types::Timestamp {
+                seconds: 1,
+                nanos: 0,
+            }),
+            shred_bucket: 517,
+            shred_epoch_destroyed: 3,
+            keys_rewrapped: 12,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            (
+                shredded.shred_bucket,
+                shredded.shred_epoch_destroyed,
+                shredded.keys_rewrapped
+            ),
+            (517, 3, 12)
+        );
     }
 }

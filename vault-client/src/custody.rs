@@ -56,8 +56,38 @@ pub struct Initialized {
     pub region: String,
     /// Shares needed to unseal.
     pub threshold: u32,
-    /// The shares, one per custodian, as the vault returned them.
+    /// The shares, one per custodian, as the vault returned them (empty
+    /// when they were encrypted to recipients).
     pub shares: Vec<UnsealShare>,
+    /// With recipients: share i encrypted to recipient i (ASCII-armored age
+    /// files, openable only with that custodian's identity).
+    pub encrypted_shares: Vec<String>,
+}
+
+/// Where a rekey stands after one share
+/// ([`VaultClient::rekey`](crate::VaultClient::rekey)). `Debug` redacts
+/// the new shares.
+#[derive(Debug, Clone, Default)]
+pub struct RekeyProgress {
+    /// True once the rekey is done (this call gave the last share).
+    pub complete: bool,
+    /// Current shares accepted towards the rekey (0 once complete).
+    pub progress: u32,
+    /// Current shares needed.
+    pub required: u32,
+    /// When complete: the new shares in clear (no recipients given) …
+    pub shares: Vec<UnsealShare>,
+    /// … or each encrypted to its recipient (ASCII-armored age files).
+    pub encrypted_shares: Vec<String>,
+    /// When complete: shares needed and made by the new split.
+    pub threshold: u32,
+    /// When complete: shares made.
+    pub share_count: u32,
+    /// When complete: the keyring's new generation.
+    pub keyring_generation: u64,
+    /// When complete: the vault could not reopen and is sealed (unseal it
+    /// with the new shares).
+    pub sealed: bool,
 }
 
 /// Unseal progress after one share
@@ -225,10 +255,18 @@ mod tests {
             region: "eu".into(),
             threshold: 2,
             shares: vec![share.clone(), UnsealShare::new("vault-share-v1:abcd")],
+            encrypted_shares: Vec::new(),
         };
         let debug = format!("{init:?}");
         assert!(!debug.contains("vault-share"), "{debug}");
         assert!(debug.contains("threshold: 2"), "{debug}");
+        let rekeyed = RekeyProgress {
+            complete: true,
+            shares: vec![share.clone()],
+            ..Default::default()
+        };
+        let debug = format!("{rekeyed:?}");
+        assert!(!debug.contains("vault-share"), "{debug}");
     }
 
     #[test]

@@ -61,6 +61,7 @@ mod error;
 pub mod json;
 mod policy;
 mod receipt;
+pub mod sealed_share;
 mod tls;
 mod types;
 
@@ -68,8 +69,8 @@ pub use crate::client::{
     AuditFollow, AuditPage, ClientBuilder, VaultClient, DEFAULT_TIMEOUT, PURPOSE_METADATA_KEY,
 };
 pub use crate::custody::{
-    Initialized, KeyState, RewrapProgress, RootKeyInfo, RootKeys, SealStatus, SubjectKeyRotation,
-    UnsealProgress, UnsealShare,
+    Initialized, KeyState, RekeyProgress, RewrapProgress, RootKeyInfo, RootKeys, SealStatus,
+    SubjectKeyRotation, UnsealProgress, UnsealShare,
 };
 pub use crate::error::{Error, Result};
 pub use crate::policy::{FieldAccess, OperationAccess, PolicyCheck};

@@ -10,8 +10,9 @@ use crate::types::Timestamp;
 /// The domain label signed in front of every receipt body.
 pub const RECEIPT_SIGNATURE_LABEL: &[u8] = b"vault/v1/erasure-receipt";
 
-/// The receipt body version this client reads.
-const RECEIPT_V1: u8 = 1;
+/// The receipt body version this client reads (version 1, without the
+/// shredded bucket key, is refused).
+const RECEIPT_V2: u8 = 2;
 
 /// Why an erasure receipt does not verify. The messages name the failing
 /// part, never the subject.
@@ -50,11 +51,11 @@ pub enum ReceiptError {
 
 /// The fields of a receipt's signed body, decoded.
 ///
-/// The body, version 1 (integers big-endian, no trailing bytes):
+/// The body, version 2 (integers big-endian, no trailing bytes):
 ///
 /// ```text
 ///  offset  size  field
-///       0     1  version = 1
+///       0     1  version = 2
 ///       1    16  receipt id (random)
 ///      17     8  erased_at, Unix seconds (u64)
 ///      25     2  region length L (u16)
@@ -63,8 +64,18 @@ pub enum ReceiptError {
 ///    43+L    32  subject pseudonym (HMAC-SHA256 of the subject id)
 ///    75+L     4  key versions destroyed (u32)
 ///    79+L     8  records deleted (u64)
-///    87+L        end
+///    87+L     2  shred bucket (u16)
+///    89+L     4  bucket key epoch destroyed (u32)
+///    93+L     8  other subjects' keys re-wrapped (u64)
+///   101+L        end
 /// ```
+///
+/// Erasure crypto-shreds: every subject key is wrapped under a key derived
+/// from the root key and one of the keyring's shred-bucket keys. Erasing a
+/// subject re-wraps the other subjects of its bucket under the bucket key's
+/// next epoch and destroys the old epoch, so no copy of the data folder
+/// made before the erasure opens a key of that bucket wrapped under it.
+/// Any other version (1 had no shred fields) is refused.
 ///
 /// The signature is Ed25519 over [`RECEIPT_SIGNATURE_LABEL`] ‖ body,
 /// checked with `verify_strict` (no malleable signatures, no weak keys).
@@ -85,15 +96,21 @@ pub struct ReceiptBody {
     pub key_versions_destroyed: u32,
     /// Records deleted.
     pub records_deleted: u64,
+    /// The subject's shred bucket.
+    pub shred_bucket: u16,
+    /// The epoch of the bucket's key destroyed by the erasure.
+    pub shred_epoch_destroyed: u32,
+    /// Keys of the bucket's other subjects re-wrapped under its next epoch.
+    pub keys_rewrapped: u64,
 }
 
 impl ReceiptBody {
-    /// Decodes a version 1 body (layout above). Every
+    /// Decodes a version 2 body (layout above). Every
     /// malformation is an error, never a panic.
     pub fn decode(body: &[u8]) -> Result<Self, ReceiptError> {
         let mut reader = Reader(body);
         let [version] = reader.array::<1>("version")?;
-        if version != RECEIPT_V1 {
+        if version != RECEIPT_V2 {
             return Err(ReceiptError::UnknownVersion(version));
         }
         let receipt_id = reader.array("receipt id")?;
@@ -107,6 +124,9 @@ impl ReceiptBody {
         let subject_pseudonym = reader.array("subject pseudonym")?;
         let key_versions_destroyed = u32::from_be_bytes(reader.array("key version count")?);
         let records_deleted = u64::from_be_bytes(reader.array("record count")?);
+        let shred_bucket = u16::from_be_bytes(reader.array("shred bucket")?);
+        let shred_epoch_destroyed = u32::from_be_bytes(reader.array("shred epoch")?);
+        let keys_rewrapped = u64::from_be_bytes(reader.array("re-wrapped key count")?);
         if !reader.0.is_empty() {
             return Err(ReceiptError::TrailingBytes(reader.0.len()));
         }
@@ -118,6 +138,9 @@ impl ReceiptBody {
             subject_pseudonym,
             key_versions_destroyed,
             records_deleted,
+            shred_bucket,
+            shred_epoch_destroyed,
+            keys_rewrapped,
         })
     }
 
@@ -126,8 +149,8 @@ impl ReceiptBody {
     #[cfg(test)]
     fn encode(&self) -> Option<Vec<u8>> {
         let region_len = u16::try_from(self.region.len()).ok()?;
-        let mut body = Vec::with_capacity(87 + self.region.len());
-        body.push(RECEIPT_V1);
+        let mut body = Vec::with_capacity(101 + self.region.len());
+        body.push(RECEIPT_V2);
         body.extend_from_slice(&self.receipt_id);
         body.extend_from_slice(&self.erased_at.to_be_bytes());
         body.extend_from_slice(&region_len.to_be_bytes());
@@ -136,6 +159,9 @@ impl ReceiptBody {
         body.extend_from_slice(&self.subject_pseudonym);
         body.extend_from_slice(&self.key_versions_destroyed.to_be_bytes());
         body.extend_from_slice(&self.records_deleted.to_be_bytes());
+        body.extend_from_slice(&self.shred_bucket.to_be_bytes());
+        body.extend_from_slice(&self.shred_epoch_destroyed.to_be_bytes());
+        body.extend_from_slice(&self.keys_rewrapped.to_be_bytes());
         Some(body)
     }
 }
@@ -185,6 +211,14 @@ pub struct ErasureReceipt {
     pub key_versions_destroyed: u32,
     /// Records deleted.
     pub records_deleted: u64,
+    /// The subject's shred bucket (its keys were wrapped under that
+    /// bucket's key).
+    pub shred_bucket: u32,
+    /// The epoch of the bucket key destroyed: no copy of the data folder
+    /// made before the erasure opens a key of the bucket wrapped under it.
+    pub shred_epoch_destroyed: u32,
+    /// Keys of the bucket's other subjects re-wrapped under its next epoch.
+    pub keys_rewrapped: u64,
 }
 
 impl ErasureReceipt {
@@ -251,6 +285,15 @@ impl ErasureReceipt {
         if self.records_deleted != body.records_deleted {
             return Err(ReceiptError::Mismatch("records deleted"));
         }
+        if self.shred_bucket != u32::from(body.shred_bucket) {
+            return Err(ReceiptError::Mismatch("shred bucket"));
+        }
+        if self.shred_epoch_destroyed != body.shred_epoch_destroyed {
+            return Err(ReceiptError::Mismatch("shred epoch destroyed"));
+        }
+        if self.keys_rewrapped != body.keys_rewrapped {
+            return Err(ReceiptError::Mismatch("keys re-wrapped"));
+        }
         Ok(())
     }
 }
@@ -282,6 +325,9 @@ mod tests {
             subject_pseudonym: [0xab; 32],
             key_versions_destroyed: 2,
             records_deleted: 12,
+            shred_bucket: 517,
+            shred_epoch_destroyed: 3,
+            keys_rewrapped: 0x0102_0304_0506,
         }
     }
 
@@ -304,6 +350,9 @@ mod tests {
             subject_pseudonym: hex::encode(fields.subject_pseudonym),
             key_versions_destroyed: 2,
             records_deleted: 12,
+            shred_bucket: 517,
+            shred_epoch_destroyed: 3,
+            keys_rewrapped: 0x0102_0304_0506,
         }
     }
 
@@ -317,8 +366,8 @@ mod tests {
     #[test]
     fn layout() {
         let encoded = body().encode().unwrap();
-        assert_eq!(encoded.len(), 87 + 2);
-        assert_eq!(encoded[0], 1);
+        assert_eq!(encoded.len(), 101 + 2);
+        assert_eq!(encoded[0], 2);
         assert_eq!(&encoded[1..17], &[0x11; 16]);
         assert_eq!(&encoded[17..25], &1_700_000_000u64.to_be_bytes());
         assert_eq!(&encoded[25..27], &[0, 2]);
@@ -327,7 +376,15 @@ mod tests {
         assert_eq!(&encoded[45..77], &[0xab; 32]);
         assert_eq!(&encoded[77..81], &[0, 0, 0, 2]);
         assert_eq!(&encoded[81..89], &[0, 0, 0, 0, 0, 0, 0, 12]);
+        assert_eq!(&encoded[89..91], &517u16.to_be_bytes());
+        assert_eq!(&encoded[91..95], &[0, 0, 0, 3]);
+        assert_eq!(&encoded[95..103], &[0, 0, 1, 2, 3, 4, 5, 6]);
         assert_eq!(ReceiptBody::decode(&encoded), Ok(body()));
+        // What decodes encodes back to the same bytes.
+        assert_eq!(
+            ReceiptBody::decode(&encoded).unwrap().encode(),
+            Some(encoded)
+        );
     }
 
     #[test]
@@ -430,6 +487,40 @@ mod tests {
             ReceiptBody::decode(&good.body[..30]),
             Err(ReceiptError::Truncated("keyring id"))
         );
+        // Ends inside each of the version 2 fields.
+        for (len, field) in [
+            (88, "record count"),
+            (90, "shred bucket"),
+            (94, "shred epoch"),
+            (102, "re-wrapped key count"),
+        ] {
+            assert_eq!(
+                ReceiptBody::decode(&good.body[..len]),
+                Err(ReceiptError::Truncated(field)),
+                "length {len}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_version_1_receipt_is_refused() {
+        // A well-formed, validly signed version 1 body: the version 2 body
+        // without its last three fields.
+        let key = signing_key();
+        let mut v1 = receipt(&key);
+        v1.body.truncate(87 + 2);
+        v1.body[0] = 1;
+        v1.signature = sign(&key, &v1.body);
+        assert_eq!(failure(&v1), ReceiptError::UnknownVersion(1));
+        assert_eq!(
+            failure(&v1).to_string(),
+            "receipt body version 1 is not supported"
+        );
+        // Also with the version 2 length.
+        let mut long_v1 = receipt(&key);
+        long_v1.body[0] = 1;
+        long_v1.signature = sign(&key, &long_v1.body);
+        assert_eq!(failure(&long_v1), ReceiptError::UnknownVersion(1));
     }
 
     #[test]
@@ -443,12 +534,14 @@ mod tests {
             Err(ReceiptError::TrailingBytes(1))
         );
 
-        let mut version = good.clone();
-        version[0] = 2;
-        assert_eq!(
-            ReceiptBody::decode(&version),
-            Err(ReceiptError::UnknownVersion(2))
-        );
+        for v in [0, 1, 3, 0xff] {
+            let mut version = good.clone();
+            version[0] = v;
+            assert_eq!(
+                ReceiptBody::decode(&version),
+                Err(ReceiptError::UnknownVersion(v))
+            );
+        }
 
         let mut region = good.clone();
         region[27] = 0xff;
@@ -487,7 +580,7 @@ mod tests {
     fn a_mismatched_convenience_field_fails() {
         let key = signing_key();
         let good = receipt(&key);
-        let cases: [(&str, ErasureReceipt); 8] = [
+        let cases: [(&str, ErasureReceipt); 11] = [
             (
                 "receipt id",
                 ErasureReceipt {
@@ -544,6 +637,27 @@ mod tests {
                 "records deleted",
                 ErasureReceipt {
                     records_deleted: 0,
+                    ..good.clone()
+                },
+            ),
+            (
+                "shred bucket",
+                ErasureReceipt {
+                    shred_bucket: 517 + 65536,
+                    ..good.clone()
+                },
+            ),
+            (
+                "shred epoch destroyed",
+                ErasureReceipt {
+                    shred_epoch_destroyed: 4,
+                    ..good.clone()
+                },
+            ),
+            (
+                "keys re-wrapped",
+                ErasureReceipt {
+                    keys_rewrapped: 0,
                     ..good.clone()
                 },
             ),

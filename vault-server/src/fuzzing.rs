@@ -42,6 +42,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("erasure_receipt", erasure_receipt),
     ("rewrap_job", rewrap_job),
     ("value", value),
+    ("share_recipients", share_recipients),
 ];
 
 /// The envelope target's field key and AAD (its seeds are sealed with them).
@@ -59,7 +60,7 @@ const KEYRING_UNSEAL_KEY: [u8; 32] = [9; 32];
 
 /// The subject, and the version of its key, whose wrapped key the
 /// `wrapped_key` target unwraps (its seed is wrapped for them).
-const WRAPPED_SUBJECT: &str = "s1";
+const WRAPPED_SUBJECT: &crate::keys::SubjectName = &[1; 32];
 const WRAPPED_VERSION: u32 = 1;
 
 /// The fixed keyring of the `wrapped_key` and `erasure_receipt` targets
@@ -174,7 +175,25 @@ pub fn unseal_share(data: &[u8]) {
     }
 }
 
-/// A stored wrapped subject key (v1), as read from the store: its root
+/// The age recipients of an init or rekey request, one per line, as
+/// custodians give them: checked as the vault checks them (one per share),
+/// and what passes is checked again from its canonical form.
+pub fn share_recipients(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let lines: Vec<&str> = text.lines().take(255).collect();
+    let Ok(count) = u8::try_from(lines.len()) else {
+        return;
+    };
+    if let Ok(recipients) = crate::keys::ShareRecipients::parse(&lines, count) {
+        assert_eq!(recipients.len(), lines.len());
+        let again = crate::keys::ShareRecipients::parse(&lines, count).expect("parses again");
+        assert!(again == recipients, "a recipient list parsed differently");
+    }
+}
+
+/// A stored wrapped subject key (v2), as read from the store: its root
 /// key version, the unwrap under the fixed keyring, and the re-wrap job's
 /// re-wrap to the rotated keyring. What unwraps re-wraps to a key that
 /// unwraps to the same key.
@@ -184,9 +203,7 @@ pub fn wrapped_key(data: &[u8]) {
         return;
     };
     let unwrapped = unwrap_subject_key(fixed, WRAPPED_SUBJECT, WRAPPED_VERSION, data);
-    let Ok(mut rewrapper) = Rewrapper::new(rotated) else {
-        return;
-    };
+    let mut rewrapper = Rewrapper::new(rotated);
     let rewrapped = rewrapper.rewrap(WRAPPED_SUBJECT, WRAPPED_VERSION, data);
     if let (Ok(key), Ok(Some(again))) = (&unwrapped, &rewrapped) {
         let back = unwrap_subject_key(rotated, WRAPPED_SUBJECT, WRAPPED_VERSION, again)
@@ -289,11 +306,10 @@ mod tests {
             std::fs::read(root.join(target).join(format!("seed-{name}"))).unwrap()
         };
         let (fixed, rotated) = fixed_keyrings().expect("the fixed keyrings");
-        let wrapped = seed("wrapped_key", "v1");
+        let wrapped = seed("wrapped_key", "v2");
         let key = unwrap_subject_key(fixed, WRAPPED_SUBJECT, WRAPPED_VERSION, &wrapped)
             .expect("the wrapped-key seed unwraps");
         let again = Rewrapper::new(rotated)
-            .unwrap()
             .rewrap(WRAPPED_SUBJECT, WRAPPED_VERSION, &wrapped)
             .unwrap()
             .expect("it re-wraps under the rotated keyring");
@@ -306,6 +322,9 @@ mod tests {
         assert!(crate::engine::reencode_job_record(&seed("rewrap_job", "part-way")).is_some());
         let shares = String::from_utf8(seed("unseal_share", "two-of-three")).unwrap();
         assert!(shares.lines().all(|l| UnsealShare::parse(l).is_ok()));
+        let recipients = String::from_utf8(seed("share_recipients", "two")).unwrap();
+        let lines: Vec<&str> = recipients.lines().collect();
+        assert!(crate::keys::ShareRecipients::parse(&lines, 2).is_ok());
         for v in ["string", "int64", "double", "bool", "bytes", "timestamp"] {
             crate::engine::Value::decode(&seed("value", v)).unwrap();
         }
@@ -443,8 +462,9 @@ mod tests {
         );
         write("envelope", "empty", &seal_field(&cipher, 7, &aad, b""));
         let record = StoredRecord {
-            subject_id: "s1".into(),
+            subject: [1; 32],
             key_version: 3,
+            ids: seal_field(&cipher, 3, &aad, b"ids"),
             fields: ["country", "email"]
                 .iter()
                 .map(|n| StoredField {
@@ -497,6 +517,16 @@ mod tests {
             "two-of-three",
             lines[1..].join("\n").as_bytes(),
         );
+        // age's own X25519 test recipients, and a recipient of another kind.
+        let x25519 = "age1t7rxyev2z3rw82stdlrrepyc39nvn86l5078zqkf5uasdy86jp6svpy7pa\n\
+                      age1ysxuaeqlk7xd8uqsh8lsnfwt9jzzjlqf49ruhpjrrj5yatlcuf7qke4pqe\n";
+        write("share_recipients", "two", x25519.as_bytes());
+        write(
+            "share_recipients",
+            "not-x25519",
+            b"age1t7rxyev2z3rw82stdlrrepyc39nvn86l5078zqkf5uasdy86jp6svpy7pa\n\
+              age1tag1qt8lw0ual6avlwmwatk888yqnmdamm7xfd0wak53ut6elz5c4swx2y\n",
+        );
         let (fixed, _) = fixed_keyrings().unwrap();
         let mut subject_key = [6u8; 32];
         let wrapped = crate::keys::wrap_subject_key(
@@ -507,8 +537,19 @@ mod tests {
         )
         .unwrap();
         assert!(unwrap_subject_key(fixed, WRAPPED_SUBJECT, WRAPPED_VERSION, &wrapped).is_ok());
-        write("wrapped_key", "v1", &wrapped);
-        let receipt = ErasureReceipt::sign(fixed, "s1", 2, 7, 1_700_000_000);
+        write("wrapped_key", "v2", &wrapped);
+        let receipt = ErasureReceipt::sign(
+            fixed,
+            "s1",
+            2,
+            7,
+            1_700_000_000,
+            crate::keys::Shredded {
+                bucket: 1,
+                epoch: 1,
+                keys_rewrapped: 12,
+            },
+        );
         receipt
             .verify(&signing_key(fixed).verifying_key())
             .expect("the receipt seed verifies");

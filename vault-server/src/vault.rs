@@ -23,8 +23,8 @@ use crate::audit::{AuditLog, Event};
 use crate::crypto::Key256;
 use crate::engine::{Engine, EngineOptions, KeyringFile, RootKeyInfo, META_KEYRING_ID};
 use crate::keys::{
-    split, write_secret_file, Custody, Keyring, KeyringError, Region, ShareCollector, ShareError,
-    UnsealShare,
+    check_split, split, write_secret_file, Custody, Keyring, KeyringError, Region, ShareCollector,
+    ShareError, ShareRecipients, UnsealShare,
 };
 use crate::policy::{Caller, Operation};
 use crate::storage::{RocksStore, Store, StoreOptions, Table, WriteSet};
@@ -122,6 +122,8 @@ pub struct Vault {
     /// until it is gone, so two engines never share the keyring file.
     last_engine: Mutex<Weak<Engine>>,
     sealed: watch::Sender<bool>,
+    /// The rekey in progress, if any (only while unsealed).
+    rekey: Mutex<Option<PendingRekey>>,
 }
 
 impl std::fmt::Debug for Vault {
@@ -158,6 +160,10 @@ impl Vault {
             )
         })?;
         let store = RocksStore::open(&opts.data_dir.join("db"), &opts.store)?;
+        // A folder of another format is refused at start, not at unseal.
+        if store.get(Table::Meta, META_KEYRING_ID)?.is_some() {
+            crate::engine::check_format(&store)?;
+        }
         let state = match custody {
             Some(custody) => State::Sealed {
                 custody,
@@ -190,6 +196,7 @@ impl Vault {
             state: Mutex::new(state),
             last_engine: Mutex::new(Weak::new()),
             sealed: watch::Sender::new(true),
+            rekey: Mutex::new(None),
         })
     }
 
@@ -288,11 +295,27 @@ impl Vault {
     /// Creates the keyring and splits its unseal key into `shares` shares,
     /// `threshold` of which unseal it. The vault stays sealed.
     pub fn init(&self, caller: &Caller, shares: u8, threshold: u8) -> Result<Vec<UnsealShare>> {
-        let result = self.init_unaudited(caller, shares, threshold);
+        Ok(self.init_with(caller, shares, threshold, None)?.clear)
+    }
+
+    /// [`Vault::init`]; with `recipients` (one per share), each share is
+    /// encrypted to its custodian's age recipient before the keyring is
+    /// written, and only the ciphertexts are returned.
+    pub fn init_with(
+        &self,
+        caller: &Caller,
+        shares: u8,
+        threshold: u8,
+        recipients: Option<&ShareRecipients>,
+    ) -> Result<IssuedShares> {
+        let result = self.init_unaudited(caller, shares, threshold, recipients);
+        let sealed_to = recipients.map_or(String::new(), |r| {
+            format!("; shares encrypted to {} age recipients", r.len())
+        });
         self.record(
             caller,
             "init",
-            Some(format!("{threshold} of {shares} shares")),
+            Some(format!("{threshold} of {shares} shares{sealed_to}")),
             &result,
         );
         result
@@ -303,12 +326,15 @@ impl Vault {
         caller: &Caller,
         shares: u8,
         threshold: u8,
-    ) -> Result<Vec<UnsealShare>> {
+        recipients: Option<&ShareRecipients>,
+    ) -> Result<IssuedShares> {
         self.opts
             .engine
             .policy
             .current()
             .authorize(caller, Operation::Custody, None)?;
+        check_split(threshold, shares).map_err(share_error)?;
+        check_recipients(recipients, shares)?;
         let mut state = self.state();
         if !matches!(*state, State::Uninitialised) {
             return Err(Error::FailedPrecondition(
@@ -325,6 +351,9 @@ impl Vault {
             threshold,
             shares,
         };
+        // Sealed to their custodians before the keyring exists: a failure
+        // here changes nothing.
+        let issued = issue(parts, recipients)?;
         let keyring = Keyring::generate(self.opts.region.clone(), custody);
         KeyringFile {
             path: self.opts.keyring_file.clone(),
@@ -342,7 +371,7 @@ impl Vault {
             principal = %caller.principal.name,
             "vault initialised"
         );
-        Ok(parts)
+        Ok(issued)
     }
 
     /// Takes one share. Once the threshold is reached, opens the keyring
@@ -512,6 +541,10 @@ impl Vault {
             .policy
             .current()
             .authorize(caller, Operation::Custody, None)?;
+        // A rekey in progress ends with the session (its shares are
+        // dropped); one swapping the unseal key now is waited for. (Lock
+        // order: the rekey slot, then the state.)
+        let mut rekey = self.rekey_slot();
         let mut state = self.state();
         let custody = match &*state {
             State::Uninitialised => {
@@ -522,6 +555,7 @@ impl Vault {
             State::Sealed { .. } => return Ok(()),
             State::Unsealed { engine, .. } => engine.keyring().custody(),
         };
+        rekey.take();
         let previous = std::mem::replace(
             &mut *state,
             State::Sealed {
@@ -606,6 +640,438 @@ impl Vault {
     }
 }
 
+/// Shares a split issued: in clear, or each sealed to its custodian's age
+/// recipient (then `clear` is empty). `Debug` shows counts only.
+pub struct IssuedShares {
+    /// The shares in clear, when no recipients were given.
+    pub clear: Vec<UnsealShare>,
+    /// Else share i encrypted to recipient i (ASCII-armored age files).
+    pub sealed: Vec<String>,
+}
+
+impl std::fmt::Debug for IssuedShares {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "IssuedShares(clear: {}, sealed: {})",
+            self.clear.len(),
+            self.sealed.len()
+        )
+    }
+}
+
+/// The new split a rekey makes: every call of one rekey names the same.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RekeyParams {
+    /// New shares to make (N).
+    pub shares: u8,
+    /// New shares needed (M).
+    pub threshold: u8,
+    /// One age recipient per new share, or none (shares returned in clear).
+    pub recipients: Option<ShareRecipients>,
+}
+
+impl RekeyParams {
+    fn describe(&self) -> String {
+        let to = self.recipients.as_ref().map_or(String::new(), |r| {
+            format!(", encrypted to {} age recipients", r.len())
+        });
+        format!("{} of {} shares{to}", self.threshold, self.shares)
+    }
+}
+
+/// Where a rekey stands after one share of the current set.
+#[derive(Debug)]
+pub struct RekeyProgress {
+    /// Current shares accepted towards this rekey (0 once done).
+    pub progress: u8,
+    /// Current shares needed (the current threshold).
+    pub required: u8,
+    /// Once the last share is in: the new shares.
+    pub done: Option<Rekeyed>,
+}
+
+/// A finished rekey.
+#[derive(Debug)]
+pub struct Rekeyed {
+    /// The new shares (the old ones open nothing any more).
+    pub shares: IssuedShares,
+    /// New shares needed.
+    pub threshold: u8,
+    /// New shares made.
+    pub total: u8,
+    /// The keyring's generation after the rekey.
+    pub keyring_generation: u64,
+    /// True if the vault could not reopen its session after saving the
+    /// rekeyed keyring: it is then sealed, and the new shares unseal it.
+    pub sealed: bool,
+}
+
+/// A rekey in progress: the split it makes and the current shares given.
+struct PendingRekey {
+    /// The current share set the shares belong to.
+    set_id: [u8; 16],
+    params: RekeyParams,
+    collector: ShareCollector,
+}
+
+/// How long a rekey waits for requests of the session it ends to finish.
+const REKEY_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl Vault {
+    fn rekey_slot(&self) -> MutexGuard<'_, Option<PendingRekey>> {
+        self.rekey.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Rekey: replaces the unseal key. Takes one share of the current set
+    /// per call; every call names the same new split (`params`), which the
+    /// first fixes. Once the current threshold is reached, the keyring
+    /// (same keys, generation raised) is re-encrypted under a new random
+    /// unseal key whose shares are returned (sealed to `params.recipients`
+    /// if given), and the old shares open nothing any more. The vault must
+    /// be unsealed; it briefly ends its session to swap the unseal key
+    /// (requests during the swap answer "sealed") and serves on. One audit
+    /// event per call, naming the new split and, at the end, the keyring
+    /// generation; never a share.
+    pub fn rekey(
+        &self,
+        caller: &Caller,
+        share: &str,
+        params: &RekeyParams,
+    ) -> Result<RekeyProgress> {
+        let result = self.rekey_unaudited(caller, share, params);
+        let detail = match &result {
+            Ok(RekeyProgress {
+                done: Some(done), ..
+            }) => format!(
+                "rekeyed to {}; keyring generation {}{}",
+                params.describe(),
+                done.keyring_generation,
+                if done.sealed {
+                    "; the vault sealed itself (reopening failed): unseal with the new shares"
+                } else {
+                    ""
+                }
+            ),
+            Ok(p) => format!(
+                "share accepted: {} of {}; towards {}",
+                p.progress,
+                p.required,
+                params.describe()
+            ),
+            Err(_) => format!("towards {}", params.describe()),
+        };
+        self.record(caller, "rekey", Some(detail), &result);
+        result
+    }
+
+    /// Abandons the rekey in progress (its shares are dropped). Returns
+    /// whether there was one.
+    pub fn cancel_rekey(&self, caller: &Caller) -> Result<bool> {
+        let result = self
+            .opts
+            .engine
+            .policy
+            .current()
+            .authorize(caller, Operation::Custody, None)
+            .map(|()| self.rekey_slot().take().is_some());
+        let detail = match result {
+            Ok(true) => "cancelled",
+            Ok(false) => "cancel: no rekey in progress",
+            Err(_) => "cancel",
+        };
+        self.record(caller, "rekey", Some(detail.to_owned()), &result);
+        if matches!(result, Ok(true)) {
+            tracing::info!(principal = %caller.principal.name, "rekey cancelled");
+        }
+        result
+    }
+
+    fn rekey_unaudited(
+        &self,
+        caller: &Caller,
+        share: &str,
+        params: &RekeyParams,
+    ) -> Result<RekeyProgress> {
+        self.opts
+            .engine
+            .policy
+            .current()
+            .authorize(caller, Operation::Custody, None)?;
+        check_split(params.threshold, params.shares).map_err(share_error)?;
+        check_recipients(params.recipients.as_ref(), params.shares)?;
+        let share = UnsealShare::parse(share).map_err(|e| refused(caller, e))?;
+        // Held to the end: a seal (which takes it first too) waits for the
+        // swap below rather than finding the vault sealed halfway.
+        let mut slot = self.rekey_slot();
+        let mut state = self.state();
+        let engine = match &*state {
+            State::Unsealed { engine, .. } => Arc::clone(engine),
+            State::Uninitialised => {
+                return Err(Error::FailedPrecondition(
+                    "the vault is not initialised; run `vaultctl operator init`".into(),
+                ))
+            }
+            State::Sealed { .. } => {
+                return Err(Error::FailedPrecondition(
+                    "the vault is sealed: unseal it first (a rekey re-encrypts the keyring \
+                     it holds)"
+                        .into(),
+                ))
+            }
+        };
+        let custody = engine.keyring().custody();
+        if share.set_id() != custody.set_id
+            || share.threshold() != custody.threshold
+            || share.total() != custody.shares
+        {
+            return Err(refused(caller, ShareError::Foreign));
+        }
+        if slot.as_ref().is_some_and(|p| p.set_id != custody.set_id) {
+            *slot = None;
+        }
+        if let Some(p) = slot.as_ref() {
+            if p.params != *params {
+                let have = p.collector.progress().have;
+                return Err(Error::FailedPrecondition(format!(
+                    "another rekey is in progress (to {}; {have} of {} shares given): give \
+                     the same --shares, --threshold and recipients, or cancel it \
+                     (vaultctl operator rekey --cancel)",
+                    p.params.describe(),
+                    custody.threshold
+                )));
+            }
+        }
+        let pending = slot.get_or_insert_with(|| PendingRekey {
+            set_id: custody.set_id,
+            params: params.clone(),
+            collector: ShareCollector::new(),
+        });
+        let progress = pending
+            .collector
+            .add(share)
+            .map_err(|e| refused(caller, e))?;
+        tracing::info!(
+            progress = progress.have,
+            threshold = progress.need,
+            principal = %caller.principal.name,
+            "rekey share accepted"
+        );
+        if progress.have < progress.need {
+            return Ok(RekeyProgress {
+                progress: progress.have,
+                required: progress.need,
+                done: None,
+            });
+        }
+        // The last share: the rekey ends here, done or failed.
+        let combined = pending.collector.combine();
+        *slot = None;
+        let old_key = combined.map_err(share_error)?;
+        let file = read_keyring_file(&self.opts.keyring_file)?.ok_or_else(|| {
+            Error::Config(format!(
+                "keyring {} disappeared",
+                self.opts.keyring_file.display()
+            ))
+        })?;
+        match Keyring::unseal(&file, &old_key, &self.opts.region) {
+            Ok(_) => {}
+            Err(KeyringError::WrongUnsealKey) => {
+                tracing::warn!("rekey failed: the shares given do not open the keyring");
+                return Err(Error::InvalidArgument(
+                    "the shares given do not open the keyring (one is wrong or forged); \
+                     rekey progress was reset"
+                        .into(),
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        // As for init: the new shares must not be issued unrecorded.
+        self.audit.writable()?;
+        let new_key = Key256::random();
+        let parts = split(&new_key, params.threshold, params.shares).map_err(share_error)?;
+        let new_custody = Custody {
+            set_id: parts[0].set_id(),
+            threshold: params.threshold,
+            shares: params.shares,
+        };
+        // Sealed to the custodians before anything changes.
+        let issued = issue(parts, params.recipients.as_ref())?;
+
+        // End the session: the engine saves the keyring under the old
+        // unseal key, so no request of it may still run once the file is
+        // rekeyed. Meanwhile the vault answers "sealed"; an unseal is
+        // refused while the old engine lives, and a seal waits for the
+        // state lock, which is taken again before the engine is let go.
+        let previous = std::mem::replace(
+            &mut *state,
+            State::Sealed {
+                custody,
+                collector: ShareCollector::new(),
+            },
+        );
+        drop(state);
+        engine.close();
+        if let State::Unsealed { engine: held, job } = previous {
+            drop(held);
+            if let Some(job) = job {
+                if job.join().is_err() {
+                    tracing::error!("the re-wrap job panicked");
+                }
+            }
+        }
+        let deadline = std::time::Instant::now() + REKEY_DRAIN;
+        while Arc::strong_count(&engine) > 1 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let mut state = self.state();
+        if Arc::strong_count(&engine) > 1 {
+            // Nothing changed on disk; the old shares still unseal.
+            self.sealed.send_replace(true);
+            tracing::warn!("rekey abandoned: requests of the session did not finish in time");
+            return Err(Error::Unavailable(
+                "requests of the unsealed session did not finish in time; the vault sealed \
+                 itself and nothing changed: unseal it and start the rekey again"
+                    .into(),
+            ));
+        }
+        let old_keyring = Keyring::clone(&engine.keyring());
+        drop(engine);
+        let mut keyring = old_keyring.clone();
+        keyring.set_custody(new_custody);
+        keyring.next_generation();
+        let generation = keyring.generation();
+        let new_file = KeyringFile {
+            path: self.opts.keyring_file.clone(),
+            unseal_key: new_key,
+        };
+        if let Err(e) = new_file.save(&keyring) {
+            let rekeyed_on_disk = read_keyring_file(&self.opts.keyring_file)
+                .ok()
+                .flatten()
+                .is_some_and(|f| {
+                    Keyring::unseal(&f, &new_file.unseal_key, &self.opts.region)
+                        .is_ok_and(|k| k.same_state(&keyring))
+                });
+            if !rekeyed_on_disk {
+                // The old keyring file stands: serve on under it.
+                let old_file = KeyringFile {
+                    path: self.opts.keyring_file.clone(),
+                    unseal_key: old_key,
+                };
+                if let Err(reopen) = self.start_session(&mut state, old_keyring, old_file) {
+                    self.sealed.send_replace(true);
+                    tracing::error!(
+                        error = %reopen,
+                        "after a failed rekey the vault could not reopen; it is sealed"
+                    );
+                }
+                return Err(e);
+            }
+            tracing::error!(error = %e, "rekeyed keyring saved, but not confirmed durable");
+        }
+        drop(old_key);
+        let sealed = match self.start_session(&mut state, keyring, new_file) {
+            Ok(()) => false,
+            Err(e) => {
+                // The keyring is rekeyed: the new shares are the only way
+                // in, so they are returned whatever happens here.
+                *state = State::Sealed {
+                    custody: new_custody,
+                    collector: ShareCollector::new(),
+                };
+                self.sealed.send_replace(true);
+                tracing::error!(
+                    error = %e,
+                    "the vault could not reopen after a rekey; it is sealed"
+                );
+                true
+            }
+        };
+        tracing::info!(
+            threshold = params.threshold,
+            shares = params.shares,
+            generation,
+            encrypted = params.recipients.is_some(),
+            principal = %caller.principal.name,
+            "vault rekeyed"
+        );
+        Ok(RekeyProgress {
+            progress: 0,
+            required: params.threshold,
+            done: Some(Rekeyed {
+                shares: issued,
+                threshold: params.threshold,
+                total: params.shares,
+                keyring_generation: generation,
+                sealed,
+            }),
+        })
+    }
+
+    /// Opens an engine over `keyring` and serves with it (after a rekey).
+    fn start_session(&self, state: &mut State, keyring: Keyring, file: KeyringFile) -> Result<()> {
+        let custody = keyring.custody();
+        let engine = Arc::new(Engine::with_audit(
+            Arc::clone(&self.store),
+            keyring,
+            file,
+            self.opts.engine.clone(),
+            Arc::clone(&self.audit),
+        )?);
+        *self.last_engine.lock().unwrap_or_else(|p| p.into_inner()) = Arc::downgrade(&engine);
+        let worker = Arc::clone(&engine);
+        let job = std::thread::Builder::new()
+            .name("vault-background".into())
+            .spawn(move || worker.run_background());
+        match job {
+            Ok(job) => {
+                *state = State::Unsealed {
+                    engine,
+                    job: Some(job),
+                };
+                self.sealed.send_replace(false);
+                Ok(())
+            }
+            Err(e) => {
+                engine.close();
+                *state = State::Sealed {
+                    custody,
+                    collector: ShareCollector::new(),
+                };
+                Err(Error::io("starting the re-wrap job", e))
+            }
+        }
+    }
+}
+
+/// The shares to hand out: in clear, or sealed to their recipients.
+fn issue(parts: Vec<UnsealShare>, recipients: Option<&ShareRecipients>) -> Result<IssuedShares> {
+    match recipients {
+        None => Ok(IssuedShares {
+            clear: parts,
+            sealed: Vec::new(),
+        }),
+        Some(r) => Ok(IssuedShares {
+            clear: Vec::new(),
+            sealed: r
+                .seal(&parts)
+                .map_err(|e| Error::InvalidArgument(e.to_string()))?,
+        }),
+    }
+}
+
+/// One recipient per share, if any are given.
+fn check_recipients(recipients: Option<&ShareRecipients>, shares: u8) -> Result<()> {
+    match recipients {
+        Some(r) if r.len() != usize::from(shares) => Err(Error::InvalidArgument(format!(
+            "{} recipients for {shares} shares: give exactly one recipient per share",
+            r.len()
+        ))),
+        _ => Ok(()),
+    }
+}
+
 impl Drop for Vault {
     fn drop(&mut self) {
         self.shutdown();
@@ -667,5 +1133,37 @@ mod tests {
         std::fs::remove_file(&opts.keyring_file).unwrap();
         let err = Vault::open(opts).unwrap_err();
         assert!(err.to_string().contains("keyring"), "{err}");
+    }
+
+    /// A folder of an older format (one without the format marker: the
+    /// first builds, which kept ids in clear) is refused at start with a
+    /// message that says what to do, before any unseal.
+    #[test]
+    fn a_folder_of_another_format_is_refused_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = OpenOptions::dev(dir.path(), "eu".parse().unwrap());
+        drop(Vault::open_dev(opts.clone()).unwrap());
+        drop(Vault::open(opts.clone()).unwrap());
+        let set_format = |value: Option<&[u8]>| {
+            let store = RocksStore::open(&opts.data_dir.join("db"), &opts.store).unwrap();
+            let mut ws = crate::storage::WriteSet::new();
+            match value {
+                Some(v) => ws.put(Table::Meta, crate::engine::META_FORMAT.to_vec(), v.to_vec()),
+                None => ws.delete(Table::Meta, crate::engine::META_FORMAT.to_vec()),
+            }
+            store.write(ws).unwrap();
+        };
+        set_format(None);
+        let err = Vault::open(opts.clone()).unwrap_err().to_string();
+        assert!(
+            err.contains("format 1") && err.contains("no migration"),
+            "{err}"
+        );
+        set_format(Some(&3u32.to_be_bytes()));
+        let err = Vault::open(opts.clone()).unwrap_err().to_string();
+        assert!(err.contains("format 3"), "{err}");
+        set_format(Some(b"x"));
+        let err = Vault::open(opts).unwrap_err().to_string();
+        assert!(err.contains("malformed"), "{err}");
     }
 }

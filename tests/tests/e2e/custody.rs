@@ -381,7 +381,7 @@ async fn init_three_of_five_and_unseal_in_any_order() {
 }
 
 /// The dev `users` schema, for a vault that was not seeded.
-fn users_schema() -> vault_client::Collection {
+pub(crate) fn users_schema() -> vault_client::Collection {
     let c = vault_server::dev::users_collection("eu");
     vault_client::Collection {
         name: c.name,
@@ -745,29 +745,24 @@ async fn subject_key_rotation_reencrypts_the_subjects_records() {
         Err(Error::NotFound(_))
     ));
     drop((client, custodian));
+    let names = crate::tamper::names_of(&vault);
     vault.stop().await;
     // On disk: alice's records name key version 2, and only version 2 of
     // her key is left.
     let db = crate::tamper::open_raw(dir.path());
-    let records = db.cf_handle("records").unwrap();
     for id in ["a1", "a2"] {
-        let raw = db
-            .get_cf(records, vault_server::storage::record_key("users", id))
-            .unwrap()
-            .unwrap();
-        let stored = vault_server::storage::StoredRecord::decode(&raw).unwrap().0;
+        let stored = crate::tamper::stored(&db, &names, "users", id);
         assert_eq!(stored.key_version, 2);
     }
     let keys = db.cf_handle("subject_keys").unwrap();
+    let alice = names.subject("alice");
+    let prefix = vault_server::storage::subject_key_prefix(names.bucket(&alice), &alice);
     let rows: Vec<_> = db
-        .prefix_iterator_cf(keys, b"alice\0")
+        .prefix_iterator_cf(keys, &prefix)
         .map(|r| r.unwrap().0.to_vec())
-        .take_while(|k| k.starts_with(b"alice\0"))
+        .take_while(|k| k.starts_with(&prefix))
         .collect();
-    assert_eq!(
-        rows,
-        vec![vault_server::storage::subject_key_id("alice", 2)]
-    );
+    assert_eq!(rows, vec![crate::tamper::key_row(&names, "alice", 2)]);
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -793,6 +788,7 @@ async fn erasure_survives_a_restored_backup() {
     client.put(&user("a2", "alice")).await.unwrap();
     client.put(&user("b1", "bob")).await.unwrap();
     drop(client);
+    let names = crate::tamper::names_of(&vault);
     vault.stop().await;
     // A backup of the data (not of the keyring), taken before the erasure.
     copy_dir(&dir.path().join("db"), &backup.path().join("db"));
@@ -814,6 +810,14 @@ async fn erasure_survives_a_restored_backup() {
         (receipt.records_deleted, receipt.key_versions_destroyed),
         (2, 1)
     );
+    // It destroyed an epoch of alice's shred bucket; bob's one key was
+    // re-wrapped under the next epoch only if bob shares the bucket.
+    let bucket = names.bucket(&names.subject("alice"));
+    assert!(receipt.shred_bucket < 1024, "{receipt:?}");
+    assert_eq!(receipt.shred_bucket, u32::from(bucket));
+    assert!(receipt.shred_epoch_destroyed >= 1, "{receipt:?}");
+    let bob_shares = names.bucket(&names.subject("bob")) == bucket;
+    assert_eq!(receipt.keys_rewrapped, u64::from(bob_shares));
     assert_eq!(receipt.region, "eu");
     assert!(!format!("{receipt:?}").contains("alice"));
     // Unreadable at once (the key was cached), others untouched.
@@ -835,7 +839,7 @@ async fn erasure_survives_a_restored_backup() {
         let db = crate::tamper::open_raw(dir.path());
         let keys = db.cf_handle("subject_keys").unwrap();
         assert!(db
-            .get_cf(keys, vault_server::storage::subject_key_id("alice", 1))
+            .get_cf(keys, crate::tamper::key_row(&names, "alice", 1))
             .unwrap()
             .is_some());
     }

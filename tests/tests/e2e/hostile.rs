@@ -58,6 +58,7 @@ const GUARDED_METHODS: &[&str] = &[
     "/vault.v1.OperatorService/RetireRootKey",
     "/vault.v1.OperatorService/DestroyRootKey",
     "/vault.v1.OperatorService/RotateSubjectKey",
+    "/vault.v1.OperatorService/Rekey",
     "/vault.v1.SubjectService/EraseSubject",
     "/vault.v1.AdminService/ReloadPolicy",
 ];

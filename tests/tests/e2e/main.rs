@@ -10,6 +10,7 @@ mod binary;
 mod client;
 mod custody;
 mod hostile;
+mod ids_at_rest;
 mod malformed;
 mod policy;
 mod prereqs;
@@ -19,6 +20,7 @@ mod tamper;
 mod tls;
 mod vaultctl;
 mod vaultctl_custody;
+mod vaultctl_rekey;
 
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;

@@ -13,7 +13,7 @@ use vault_server::storage::Table;
 use vault_server::vault::{OpenOptions, Vault};
 use vault_tests::TestVault;
 
-use crate::tamper::open_raw;
+use crate::tamper::{key_row, names_of, open_raw, row};
 use crate::user;
 
 #[tokio::test]
@@ -45,23 +45,37 @@ async fn ciphertext_copied_to_another_region_does_not_decrypt() {
     let us_dir = tempfile::tempdir().unwrap();
     let eu = TestVault::start(eu_dir.path(), "eu").await.unwrap();
     eu.client().await.put(&user("u1", "s1")).await.unwrap();
+    let eu_names = names_of(&eu);
     eu.stop().await;
     let us = TestVault::start(us_dir.path(), "us").await.unwrap();
+    let us_names = names_of(&us);
     us.stop().await;
 
-    // Copy every record and wrapped subject key from the eu store into the us store.
+    // Rows are stored under names only each vault's keyring computes, so
+    // a plain copy is not even found (no row of the us vault's names).
+    // Copy the record and its subject's wrapped key to the rows the us
+    // vault looks up for the same ids: they still do not decrypt.
     {
         let src = open_raw(eu_dir.path());
         let dst = open_raw(us_dir.path());
-        for table in [Table::Records, Table::SubjectKeys] {
+        for (table, from, to) in [
+            (
+                Table::Records,
+                row(&eu_names, "users", "u1"),
+                row(&us_names, "users", "u1"),
+            ),
+            (
+                Table::SubjectKeys,
+                key_row(&eu_names, "s1", 1),
+                key_row(&us_names, "s1", 1),
+            ),
+        ] {
             let (s, d) = (
                 src.cf_handle(table.name()).unwrap(),
                 dst.cf_handle(table.name()).unwrap(),
             );
-            for item in src.iterator_cf(s, rocksdb::IteratorMode::Start) {
-                let (k, v) = item.unwrap();
-                dst.put_cf(d, k, v).unwrap();
-            }
+            let value = src.get_cf(s, from).unwrap().unwrap();
+            dst.put_cf(d, to, value).unwrap();
         }
     }
     let us = TestVault::start(us_dir.path(), "us").await.unwrap();

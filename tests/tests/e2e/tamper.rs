@@ -7,7 +7,8 @@ use std::path::Path;
 
 use rocksdb::{Options, DB};
 use vault_client::{Error, Record, Value};
-use vault_server::storage::{record_key, StoredRecord, Table};
+use vault_server::keys::StorageNames;
+use vault_server::storage::{record_key, subject_key_id, StoredRecord, Table};
 use vault_tests::TestVault;
 
 use crate::user;
@@ -17,16 +18,32 @@ pub fn open_raw(data_dir: &Path) -> DB {
     DB::open_cf(&Options::default(), data_dir.join("db"), names).unwrap()
 }
 
-fn stored(db: &DB, collection: &str, id: &str) -> StoredRecord {
-    let cf = db.cf_handle("records").unwrap();
-    StoredRecord::decode(&db.get_cf(cf, record_key(collection, id)).unwrap().unwrap())
-        .unwrap()
-        .0
+/// The storage names of a test vault's rows (its keyring's), so that a
+/// test can find a record's row by its clear ids.
+pub fn names_of(vault: &TestVault) -> StorageNames {
+    StorageNames::of(&vault.engine().keyring())
 }
 
-fn store(db: &DB, collection: &str, id: &str, r: &StoredRecord) {
+/// The Records row of a record.
+pub fn row(names: &StorageNames, collection: &str, id: &str) -> Vec<u8> {
+    record_key(collection, &names.record(collection, id))
+}
+
+/// The SubjectKeys row of a version of a subject's key.
+pub fn key_row(names: &StorageNames, subject: &str, version: u32) -> Vec<u8> {
+    let name = names.subject(subject);
+    subject_key_id(names.bucket(&name), &name, version)
+}
+
+pub fn stored(db: &DB, names: &StorageNames, collection: &str, id: &str) -> StoredRecord {
     let cf = db.cf_handle("records").unwrap();
-    db.put_cf(cf, record_key(collection, id), r.encode())
+    let raw = db.get_cf(cf, row(names, collection, id)).unwrap().unwrap();
+    StoredRecord::decode(&raw).unwrap().0
+}
+
+fn store(db: &DB, names: &StorageNames, collection: &str, id: &str, r: &StoredRecord) {
+    let cf = db.cf_handle("records").unwrap();
+    db.put_cf(cf, row(names, collection, id), r.encode())
         .unwrap();
 }
 
@@ -68,69 +85,69 @@ async fn every_raw_edit_is_an_integrity_error() {
         client.put(&user(id, subject)).await.unwrap();
     }
     drop(client);
+    let n = &names_of(&vault);
     vault.stop().await;
 
     {
         let db = open_raw(dir.path());
         // (a) flip one byte of a stored field's ciphertext.
-        let mut r = stored(&db, "users", "flip");
+        let mut r = stored(&db, n, "users", "flip");
         let i = field_index(&r, "email");
         r.fields[i].envelope[20] ^= 0x01;
-        store(&db, "users", "flip", &r);
+        store(&db, n, "users", "flip", &r);
         // (b) swap one field's ciphertext between two records of the same subject.
-        let mut a = stored(&db, "users", "swap-a");
-        let mut b = stored(&db, "users", "swap-b");
+        let mut a = stored(&db, n, "users", "swap-a");
+        let mut b = stored(&db, n, "users", "swap-b");
         let (ia, ib) = (field_index(&a, "name"), field_index(&b, "name"));
         std::mem::swap(&mut a.fields[ia].envelope, &mut b.fields[ib].envelope);
-        store(&db, "users", "swap-a", &a);
-        store(&db, "users", "swap-b", &b);
+        store(&db, n, "users", "swap-a", &a);
+        store(&db, n, "users", "swap-b", &b);
         // (c) swap the ciphertexts of two fields of one record.
-        let mut c = stored(&db, "users", "cross");
+        let mut c = stored(&db, n, "users", "cross");
         let (ie, in_) = (field_index(&c, "email"), field_index(&c, "name"));
         let tmp = c.fields[ie].envelope.clone();
         c.fields[ie].envelope = c.fields[in_].envelope.clone();
         c.fields[in_].envelope = tmp;
-        store(&db, "users", "cross", &c);
+        store(&db, n, "users", "cross", &c);
         // (d) move a record's ciphertext to another collection with the same schema.
-        let m = stored(&db, "users", "moved");
-        store(&db, "users2", "moved", &m);
+        let m = stored(&db, n, "users", "moved");
+        store(&db, n, "users2", "moved", &m);
         // (e) change the stored key version of a field.
-        let mut v = stored(&db, "users", "version");
+        let mut v = stored(&db, n, "users", "version");
         let i = field_index(&v, "phone");
         v.fields[i].envelope[1..5].copy_from_slice(&2u32.to_be_bytes());
-        store(&db, "users", "version", &v);
+        store(&db, n, "users", "version", &v);
         // (f) drop one field from a record: each remaining envelope is
         // intact, but the record tag covers the set of fields.
-        let mut d = stored(&db, "users", "dropped-field");
+        let mut d = stored(&db, n, "users", "dropped-field");
         d.fields.retain(|f| f.name != "phone");
-        store(&db, "users", "dropped-field", &d);
+        store(&db, n, "users", "dropped-field", &d);
         // (g) re-attribute a record to another subject whose key exists.
-        let mut o = stored(&db, "users", "other-subject");
-        o.subject_id = "s2".into();
-        store(&db, "users", "other-subject", &o);
+        let mut o = stored(&db, n, "users", "other-subject");
+        o.subject = n.subject("s2");
+        store(&db, n, "users", "other-subject", &o);
         // (h) change the record-level key version.
-        let mut rv = stored(&db, "users", "record-version");
+        let mut rv = stored(&db, n, "users", "record-version");
         rv.key_version = 2;
-        store(&db, "users", "record-version", &rv);
+        store(&db, n, "users", "record-version", &rv);
         // (i) strip every field: an emptied record must not read as a record.
-        let mut e = stored(&db, "users", "empty");
+        let mut e = stored(&db, n, "users", "empty");
         e.fields.clear();
-        store(&db, "users", "empty", &e);
+        store(&db, n, "users", "empty", &e);
         // (j) move a whole record, its raw value byte for byte, to other
         // ids of the same collection: a new id (same subject, no index
         // row), and over another subject's record.
         let cf = db.cf_handle("records").unwrap();
         let whole = db
-            .get_cf(cf, record_key("users", "relocated"))
+            .get_cf(cf, row(n, "users", "relocated"))
             .unwrap()
             .unwrap();
         for to in ["relocated-new", "relocated-over"] {
-            db.put_cf(cf, record_key("users", to), &whole).unwrap();
+            db.put_cf(cf, row(n, "users", to), &whole).unwrap();
         }
         // And a flipped byte in a wrapped subject key.
         let cf = db.cf_handle("subject_keys").unwrap();
-        let mut key = b"s9\0".to_vec();
-        key.extend_from_slice(&1u32.to_be_bytes());
+        let key = key_row(n, "s9", 1);
         let mut wrapped = db.get_cf(cf, &key).unwrap().unwrap();
         wrapped[30] ^= 0x01;
         db.put_cf(cf, &key, wrapped).unwrap();

@@ -11,7 +11,7 @@ use tokio::process::Command;
 use vault_client::{
     Collection, DataCategory, FieldSchema, FieldType, Record, Timestamp, Value, VaultClient,
 };
-use vault_server::storage::{record_key, StoredRecord};
+use vault_server::storage::StoredRecord;
 use vault_tests::{vaultctl_binary, FreezableVault, TestVault, TOKEN};
 
 use crate::tamper::open_raw;
@@ -1064,11 +1064,12 @@ async fn vaultctl_reports_tampered_data_as_an_integrity_error() {
     let dir = tempfile::tempdir().unwrap();
     let vault = TestVault::start(dir.path(), "eu").await.unwrap();
     vault.client().await.put(&user("u1", "s1")).await.unwrap();
+    let names = crate::tamper::names_of(&vault);
     vault.stop().await;
     {
         let db = open_raw(dir.path());
         let cf = db.cf_handle("records").unwrap();
-        let key = record_key("users", "u1");
+        let key = crate::tamper::row(&names, "users", "u1");
         let mut stored = StoredRecord::decode(&db.get_cf(cf, &key).unwrap().unwrap())
             .unwrap()
             .0;

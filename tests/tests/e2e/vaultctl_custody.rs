@@ -212,10 +212,38 @@ async fn vaultctl_rotate_keys_retire_destroy_and_erase() {
     assert_eq!(receipt["records_deleted"], 1);
     assert_eq!(receipt["key_versions_destroyed"], 2);
     assert_eq!(receipt["region"], "eu");
+    // The receipt names s3's shred bucket and the epoch of its key that the
+    // erasure destroyed; the other subjects of the bucket (one key each)
+    // were re-wrapped under the next epoch.
+    let names = crate::tamper::names_of(&vault);
+    let bucket_of = |s: &str| names.bucket(&names.subject(s));
+    let others_in = |bucket: u16, erased: &[&str]| {
+        (0..20)
+            .map(|i| format!("s{i}"))
+            .filter(|s| !erased.contains(&s.as_str()) && bucket_of(s) == bucket)
+            .count()
+    };
+    assert_eq!(receipt["shred_bucket"], bucket_of("s3"));
+    assert!(receipt["shred_bucket"].as_u64().unwrap() < 1024);
+    assert!(receipt["shred_epoch_destroyed"].as_u64().unwrap() >= 1);
+    assert_eq!(
+        receipt["keys_rewrapped"],
+        others_in(bucket_of("s3"), &["s3"])
+    );
     let text = vaultctl(&vault, &["subject", "erase", "s4"]).await;
+    let text = text.ok();
+    assert!(text.contains("receipt signature: verified"), "{text}");
     assert!(
-        text.ok().contains("receipt signature: verified"),
-        "{text:?}"
+        text.contains(&format!("\nshred bucket: {}\n", bucket_of("s4"))),
+        "{text}"
+    );
+    assert!(text.contains("\nbucket key epoch destroyed: "), "{text}");
+    assert!(
+        text.contains(&format!(
+            "\nother keys re-wrapped: {}\n",
+            others_in(bucket_of("s4"), &["s3", "s4"])
+        )),
+        "{text}"
     );
     for id in ["r3", "r4"] {
         let run = vaultctl(&vault, &["get", "users", id]).await;

@@ -13,7 +13,12 @@
 //!   delete COLLECTION ID
 //!
 //!   operator init --shares N --threshold M [--share-dir DIR]
-//!   operator unseal [--share-file FILE]        (else one line from stdin)
+//!                 [--recipient AGE1... | --recipients-file FILE]
+//!   operator unseal [--share-file FILE] [--identity FILE]
+//!                                              (else one line from stdin)
+//!   operator rekey --shares N --threshold M [--share-file FILE] [--identity FILE]
+//!                  [--recipient AGE1... | --recipients-file FILE] [--share-dir DIR]
+//!   operator rekey --cancel
 //!   operator seal
 //!   operator status
 //!   operator rotate root
@@ -1069,6 +1074,88 @@ mod tests {
         }
         assert!(parse(&["operator", "retire", "one"]).is_err());
         assert!(parse(&["operator", "rotate"]).is_err());
+
+        // Rekey: a split, or --cancel alone; recipients one way or the other.
+        for ok in [
+            &["operator", "rekey", "--shares", "3", "--threshold", "2"][..],
+            &[
+                "operator",
+                "rekey",
+                "--shares",
+                "3",
+                "--threshold",
+                "2",
+                "--share-file",
+                "s.age",
+                "--identity",
+                "me.key",
+                "--recipient",
+                "age1x",
+                "--recipient",
+                "age1y",
+                "--recipient",
+                "age1z",
+                "--share-dir",
+                "d",
+            ],
+            &["operator", "rekey", "--cancel"],
+            &[
+                "operator",
+                "unseal",
+                "--share-file",
+                "s.age",
+                "--identity",
+                "me.key",
+            ],
+            &[
+                "operator",
+                "init",
+                "--shares",
+                "2",
+                "--threshold",
+                "2",
+                "--recipients-file",
+                "r",
+            ],
+        ] {
+            assert!(parse(ok).is_ok(), "{ok:?}");
+        }
+        for bad in [
+            &["operator", "rekey"][..],
+            &["operator", "rekey", "--shares", "3"],
+            &[
+                "operator",
+                "rekey",
+                "--cancel",
+                "--shares",
+                "3",
+                "--threshold",
+                "2",
+            ],
+            &[
+                "operator",
+                "rekey",
+                "--shares",
+                "3",
+                "--threshold",
+                "2",
+                "--recipient",
+                "age1x",
+                "--recipients-file",
+                "r",
+            ],
+            &[
+                "operator",
+                "rekey",
+                "--shares",
+                "3",
+                "--threshold",
+                "2",
+                "vault-share-v1:ab",
+            ],
+        ] {
+            assert_eq!(parse(bad).unwrap_err().exit_code(), 2, "{bad:?}");
+        }
     }
 
     #[test]

@@ -10,6 +10,12 @@
 //! keyring key = HKDF-SHA256(ikm  = unseal key,
 //!                           salt = labels::KEYRING ‖ lp(region),
 //!                           info = "")
+//! subject-key wrapping key = HKDF-SHA256(ikm  = root key ‖ shred-bucket key,
+//!                                        salt = labels::SUBJECT_WRAP ‖ lp(region),
+//!                                        info = u32be(root version) ‖ u16be(bucket) ‖ u32be(bucket epoch))
+//! storage-name key = HKDF-SHA256(ikm  = pseudonym key,
+//!                                salt = labels::STORAGE_NAMES ‖ lp(region),
+//!                                info = "")
 //! ```
 //! `lp(x)` is `x` prefixed with its length as a big-endian u32, so no two
 //! different tuples give the same bytes.
@@ -38,6 +44,21 @@ pub mod labels {
     pub const RECORD_PSEUDONYM: &[u8] = b"vault/v1/record-pseudonym";
     /// Prefix of the bytes an erasure receipt's Ed25519 signature covers.
     pub const ERASURE_RECEIPT: &[u8] = b"vault/v1/erasure-receipt";
+    /// Salt prefix of the key that wraps subject keys (a root key and a
+    /// shred-bucket key together).
+    pub const SUBJECT_WRAP: &[u8] = b"vault/v2/subject-wrap";
+    /// AAD prefix of a wrapped subject key, format 2 (bound to the
+    /// subject's storage name, not its id).
+    pub const SUBJECT_KEY_V2: &[u8] = b"vault/v2/subject-key";
+    /// Salt prefix of the key of the names rows are stored under.
+    pub const STORAGE_NAMES: &[u8] = b"vault/v2/storage-names";
+    /// Prefix of a subject's storage name.
+    pub const SUBJECT_NAME: &[u8] = b"vault/v2/subject-name";
+    /// Prefix of a record's storage name.
+    pub const RECORD_NAME: &[u8] = b"vault/v2/record-name";
+    /// The reserved field under which a stored record keeps its record and
+    /// subject ids, encrypted (schema field names never start with `$`).
+    pub const IDS_FIELD: &str = "$ids";
 }
 
 /// Where a field key is used: the inputs of its derivation besides the subject key.
@@ -83,6 +104,47 @@ pub fn derive_keyring_key(unseal_key: &Key256, region: &str) -> Key256 {
     salt.extend_from_slice(labels::KEYRING);
     put_lp(&mut salt, region.as_bytes());
     expand(&salt, unseal_key.expose_secret(), &[])
+}
+
+/// Where a subject-key wrapping key is used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct WrapKeyContext {
+    /// The root key version.
+    pub root_version: u32,
+    /// The shred bucket.
+    pub bucket: u16,
+    /// The bucket key's epoch.
+    pub epoch: u32,
+}
+
+/// Derives the key that wraps the subject keys of one shred bucket under
+/// one root key version: destroying either key makes the wrapped keys
+/// unopenable.
+pub fn derive_wrap_key(
+    root: &Key256,
+    bucket_key: &Key256,
+    region: &str,
+    ctx: WrapKeyContext,
+) -> Key256 {
+    let mut salt = Vec::with_capacity(labels::SUBJECT_WRAP.len() + 4 + region.len());
+    salt.extend_from_slice(labels::SUBJECT_WRAP);
+    put_lp(&mut salt, region.as_bytes());
+    let mut ikm = Zeroizing::new([0u8; 64]);
+    ikm[..32].copy_from_slice(root.expose_secret());
+    ikm[32..].copy_from_slice(bucket_key.expose_secret());
+    let mut info = [0u8; 10];
+    info[..4].copy_from_slice(&ctx.root_version.to_be_bytes());
+    info[4..6].copy_from_slice(&ctx.bucket.to_be_bytes());
+    info[6..].copy_from_slice(&ctx.epoch.to_be_bytes());
+    expand(&salt, ikm.as_ref(), &info)
+}
+
+/// Derives the key of the names rows are stored under (HMAC-SHA256).
+pub fn derive_storage_names_key(pseudonym_key: &Key256, region: &str) -> Key256 {
+    let mut salt = Vec::with_capacity(labels::STORAGE_NAMES.len() + 4 + region.len());
+    salt.extend_from_slice(labels::STORAGE_NAMES);
+    put_lp(&mut salt, region.as_bytes());
+    expand(&salt, pseudonym_key.expose_secret(), &[])
 }
 
 fn expand(salt: &[u8], ikm: &[u8], info: &[u8]) -> Key256 {

@@ -12,7 +12,10 @@ mod vectors;
 mod wrap;
 
 pub use envelope::{open_field, seal_field, EnvelopeHeader, FieldAad, ENVELOPE_V1};
-pub use kdf::{derive_field_key, derive_keyring_key, derive_record_key, labels, FieldKeyContext};
+pub use kdf::{
+    derive_field_key, derive_keyring_key, derive_record_key, derive_storage_names_key,
+    derive_wrap_key, labels, FieldKeyContext, WrapKeyContext,
+};
 pub use record::{record_tag, verify_record_tag, RecordContext};
 pub use secret::Key256;
 pub use wrap::{open_wrapped, seal_wrapped, WrapCipher, WRAP_OVERHEAD};

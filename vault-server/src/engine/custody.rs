@@ -9,16 +9,17 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::{lock, validate_id, Engine};
+use super::{lock, stripe, validate_id, Engine, Ids};
 use crate::audit::Event;
 use crate::crypto::Key256;
 use crate::keys::{
-    wrap_subject_key, wrapping_version, ErasureReceipt, KeyState, Keyring, KeyringError,
-    SubjectKeys,
+    wrap_subject_key, wrapping_version, ErasureReceipt, KeyState, Keyring, KeyringError, Rewrapper,
+    SubjectKeys, SubjectName,
 };
 use crate::policy::{Caller, Operation};
 use crate::storage::{
-    parse_subject_key_id, subject_key_id, subject_key_prefix, StoredRecord, Table, WriteSet,
+    bucket_prefix, parse_subject_key_id, split_record_key, subject_key_id, subject_key_prefix,
+    StoredRecord, Table, WriteSet,
 };
 use crate::{Error, Result};
 
@@ -210,13 +211,14 @@ impl Engine {
     }
 
     /// The subject's stored key rows: (version, wrapped), oldest first.
-    fn subject_key_rows(&self, subject: &str) -> Result<Vec<(u32, Vec<u8>)>> {
+    fn subject_key_rows(&self, subject: &SubjectName) -> Result<Vec<(u32, Vec<u8>)>> {
+        let bucket = self.names.bucket(subject);
         self.store
-            .scan_prefix(Table::SubjectKeys, &subject_key_prefix(subject))?
+            .scan_prefix(Table::SubjectKeys, &subject_key_prefix(bucket, subject))?
             .into_iter()
             .map(|(k, v)| {
-                let (s, version) = parse_subject_key_id(&k)?;
-                if s != subject {
+                let (b, s, version) = parse_subject_key_id(&k)?;
+                if (b, &s) != (bucket, subject) {
                     return Err(Error::Integrity);
                 }
                 Ok((version, v))
@@ -228,12 +230,14 @@ impl Engine {
     /// stored bytes). Stale entries (the record is gone, or now belongs to
     /// another subject) come back with `None`.
     #[allow(clippy::type_complexity)]
-    fn subject_records(&self, subject: &str) -> Result<Vec<(Vec<u8>, Vec<u8>, Option<Vec<u8>>)>> {
-        let prefix = subject_key_prefix(subject);
-        let entries = self.store.scan_prefix(Table::SubjectRecords, &prefix)?;
+    fn subject_records(
+        &self,
+        subject: &SubjectName,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>, Option<Vec<u8>>)>> {
+        let entries = self.store.scan_prefix(Table::SubjectRecords, subject)?;
         let record_keys: Vec<Vec<u8>> = entries
             .iter()
-            .map(|(k, _)| k[prefix.len()..].to_vec())
+            .map(|(k, _)| k[subject.len()..].to_vec())
             .collect();
         let values = self.store.multi_get(Table::Records, &record_keys)?;
         Ok(entries
@@ -241,9 +245,8 @@ impl Engine {
             .zip(record_keys)
             .zip(values)
             .map(|(((ik, _), rk), v)| {
-                let mine = v.filter(|b| {
-                    StoredRecord::decode(b).is_ok_and(|(r, _)| r.subject_id == subject)
-                });
+                let mine =
+                    v.filter(|b| StoredRecord::decode(b).is_ok_and(|(r, _)| r.subject == *subject));
                 (ik, rk, mine)
             })
             .collect())
@@ -253,20 +256,23 @@ impl Engine {
     /// for its whole length: the subject's stripe exclusively (no write of
     /// the subject meanwhile), then the custody lock; refuses a closed
     /// engine.
+    #[allow(clippy::type_complexity)]
     fn lock_subject_custody(
         &self,
         subject: &str,
     ) -> Result<(
+        SubjectName,
         std::sync::RwLockWriteGuard<'_, ()>,
         std::sync::MutexGuard<'_, ()>,
     )> {
         validate_id("subject id", subject)?;
-        let stripe = self.subject_locks[self.stripe(subject)]
+        let name = self.names.subject(subject);
+        let stripe = self.subject_locks[stripe(&name)]
             .write()
             .unwrap_or_else(|p| p.into_inner());
         let custody = lock(&self.custody_lock);
         self.check_open()?;
-        Ok((stripe, custody))
+        Ok((name, stripe, custody))
     }
 
     /// Gives `subject` a new key, re-encrypts every field of its records
@@ -279,53 +285,61 @@ impl Engine {
     }
 
     fn rotate_subject_authorized(&self, caller: &Caller, subject: &str) -> Result<SubjectRotation> {
-        let _locks = self.lock_subject_custody(subject)?;
-        let rows = self.subject_key_rows(subject)?;
+        let (name, _stripe, _custody) = self.lock_subject_custody(subject)?;
+        let rows = self.subject_key_rows(&name)?;
         let Some(&(latest, _)) = rows.last() else {
             return Err(Error::NotFound("subject (it has no key)".into()));
         };
         let kr = self.keyring();
         let new_version = latest
-            .max(kr.erased_through(subject).unwrap_or(0))
+            .max(kr.erased_through(&name).unwrap_or(0))
             .checked_add(1)
             .ok_or(Error::Integrity)?;
         let new_key = Arc::new(SubjectKeys::new(new_version, Key256::random()));
 
         let mut ws = WriteSet::new();
         let (mut records, mut fields) = (0u64, 0u64);
-        for (index_key, record_key, bytes) in self.subject_records(subject)? {
+        for (index_key, record_key, bytes) in self.subject_records(&name)? {
             let Some(bytes) = bytes else {
                 ws.delete(Table::SubjectRecords, index_key);
                 continue;
             };
-            let (collection, id) = split_record_key(&record_key)?;
+            let (collection, record_name) = split_record_key(&record_key)?;
             // Any record that fails its checks stops the rotation before
             // anything is written or destroyed.
-            let (stored, old) = self.open_record(collection, id, &bytes)?;
-            let mut plain = Vec::with_capacity(stored.fields.len());
-            for sf in &stored.fields {
+            let opened = self.open_record(collection, &record_name, None, &bytes)?;
+            let mut plain = Vec::with_capacity(opened.stored.fields.len());
+            for sf in &opened.stored.fields {
                 plain.push((
                     sf.name.as_str(),
-                    self.open_stored_field(&old, &stored, collection, id, sf)?,
+                    self.open_stored_field(&opened, collection, sf)?,
                 ));
             }
             fields += plain.len() as u64;
             records += 1;
-            let value = self.seal_record(&new_key, collection, id, subject, plain.into_iter());
-            ws.put(Table::Records, record_key, value);
+            let ids = Ids {
+                collection,
+                id: &opened.id,
+                name: &record_name,
+                subject_id: &opened.subject_id,
+                subject: &name,
+            };
+            let value = self.seal_record(&new_key, &ids, plain.into_iter());
+            ws.put(Table::Records, record_key.clone(), value);
         }
         {
             let _create = lock(&self.create_lock);
             let kr = self.keyring();
-            let wrapped = wrap_subject_key(&kr, subject, new_version, new_key.key())?;
+            let wrapped = wrap_subject_key(&kr, &name, new_version, new_key.key())?;
             let root_version = wrapping_version(&wrapped)?;
+            let bucket = self.names.bucket(&name);
             ws.put(
                 Table::SubjectKeys,
-                subject_key_id(subject, new_version),
+                subject_key_id(bucket, &name, new_version),
                 wrapped,
             );
             for (v, _) in &rows {
-                ws.delete(Table::SubjectKeys, subject_key_id(subject, *v));
+                ws.delete(Table::SubjectKeys, subject_key_id(bucket, &name, *v));
             }
             let mut ev = Event::of(caller, "rotate_subject_key");
             ev.subjects.push(hex::encode(kr.subject_pseudonym(subject)));
@@ -335,8 +349,8 @@ impl Engine {
             self.wraps
                 .commit(root_version, 1, ws, |ws| self.commit(ws, ev))?;
         }
-        self.cache.evict_subject(subject);
-        self.cache.insert(subject, new_key);
+        self.cache.evict_subject(&name);
+        self.cache.insert(&name, new_key);
         self.counters
             .fields_encrypted
             .fetch_add(fields, std::sync::atomic::Ordering::Relaxed);
@@ -348,11 +362,24 @@ impl Engine {
         })
     }
 
-    /// Crypto-shreds `subject`: records its erased key versions in the
-    /// keyring (saved first, so a crash afterwards still leaves the subject
-    /// unreadable), evicts its keys from the cache, then deletes its key
-    /// rows, records and index entries and stores a signed receipt, in one
-    /// atomic write.
+    /// Crypto-shreds `subject` by destroying key material that exists only
+    /// in the keyring:
+    ///
+    /// 1. the keyring records the erasure and gains a new epoch of the
+    ///    subject's shred-bucket key (saved; both epochs open);
+    /// 2. one atomic write deletes the subject's key rows, records and index
+    ///    entries, re-wraps every other subject key of the bucket under the
+    ///    new epoch, and stores the signed receipt with the audit event;
+    /// 3. the keyring drops the old epoch (saved: the commit point of the
+    ///    destruction); every copy of the bucket's old wrapped keys, in any
+    ///    backup, is now unopenable;
+    /// 4. the affected key ranges are compacted, so the deleted bytes leave
+    ///    the data files.
+    ///
+    /// A crash after 1 leaves two epochs in the keyring: the next unseal
+    /// finishes 2 (without the records, which stay unreadable: their key is
+    /// refused) and 3. No subject other than the erased one is ever without
+    /// a key that opens it.
     pub fn erase_subject(&self, caller: &Caller, subject: &str) -> Result<ErasureReceipt> {
         self.audited(caller, Operation::Erase, "erase_subject", || {
             self.erase_subject_authorized(caller, subject)
@@ -360,54 +387,217 @@ impl Engine {
     }
 
     fn erase_subject_authorized(&self, caller: &Caller, subject: &str) -> Result<ErasureReceipt> {
-        let _locks = self.lock_subject_custody(subject)?;
-        let rows = self.subject_key_rows(subject)?;
-        let records = self.subject_records(subject)?;
+        let (name, _stripe, _custody) = self.lock_subject_custody(subject)?;
+        let bucket = self.names.bucket(&name);
+        let rows = self.subject_key_rows(&name)?;
+        let records = self.subject_records(&name)?;
         let through = rows.last().map_or(0, |(v, _)| *v);
+        // No subject key is made (in this bucket or any) until the bucket
+        // has moved to its new epoch.
+        let create = lock(&self.create_lock);
 
+        // 1. The erasure and the bucket's new epoch, in the keyring.
         let mut kr = Keyring::clone(&self.keyring());
-        let already = kr.erased_through(subject).unwrap_or(0);
+        let already = kr.erased_through(&name).unwrap_or(0);
         if through > already {
-            kr.record_erasure(subject, through);
-            self.replace_keyring(kr)?;
+            kr.record_erasure(&name, through);
         }
-        self.cache.evict_subject(subject);
+        let (old_epoch, new_epoch) = kr.begin_shred(bucket).map_err(custody_error)?;
+        let (kr, saved) = self.save_keyring(kr)?;
+        self.swap_keyring(kr);
+        saved?;
+        self.cache.evict_subject(&name);
 
+        // 2. One atomic write.
         let kr = self.keyring();
-        let mut ws = WriteSet::new();
-        for (v, _) in &rows {
-            ws.delete(Table::SubjectKeys, subject_key_id(subject, *v));
-        }
+        let (mut ws, moved) = self.move_bucket(&kr, bucket, Some(&name))?;
         let mut deleted = 0u64;
+        let mut deleted_keys = Vec::new();
         for (index_key, record_key, bytes) in records {
             if bytes.is_some() {
-                ws.delete(Table::Records, record_key);
+                ws.delete(Table::Records, record_key.clone());
+                deleted_keys.push(record_key);
                 deleted += 1;
             }
             ws.delete(Table::SubjectRecords, index_key);
         }
-        let receipt = ErasureReceipt::sign(&kr, subject, through.max(already), deleted, now_secs());
+        let receipt = ErasureReceipt::sign(
+            &kr,
+            subject,
+            through.max(already),
+            deleted,
+            now_secs(),
+            crate::keys::Shredded {
+                bucket,
+                epoch: old_epoch,
+                keys_rewrapped: moved.rewrapped,
+            },
+        );
         let mut receipt_key = receipt.erased_at.to_be_bytes().to_vec();
         receipt_key.extend_from_slice(&receipt.id);
         ws.put(Table::Receipts, receipt_key, receipt.encode());
         let mut ev = Event::of(caller, "erase_subject");
         ev.subjects.push(hex::encode(receipt.subject));
         ev.detail = Some(format!(
-            "receipt {}; {} records deleted; key versions 1..={} destroyed; keyring generation {}",
+            "receipt {}; {} records deleted; key versions 1..={} destroyed with epoch {} of \
+             shred bucket {} ({} keys of {} other subjects re-wrapped to epoch {}); backups \
+             made before this erasure can open no key of shred bucket {} with this keyring; \
+             keyring generation {}",
             hex::encode(receipt.id),
             deleted,
             receipt.key_versions_destroyed,
-            kr.generation()
+            old_epoch,
+            bucket,
+            moved.rewrapped,
+            moved.subjects,
+            new_epoch,
+            bucket,
+            kr.generation() + 1,
         ));
-        self.commit(ws, ev)?;
+        let root_version = kr.current_root()?.0;
+        self.wraps
+            .commit(root_version, moved.rewrapped, ws, |ws| self.commit(ws, ev))?;
+
+        // 3. The old epoch leaves the keyring: the commit point.
+        self.finish_bucket(bucket)?;
+        drop(create);
+
+        // 4. The deleted bytes leave the data files.
+        self.compact_after_erasure(bucket, &name, &deleted_keys);
         tracing::info!(
             receipt = %hex::encode(receipt.id),
             records = deleted,
             key_versions = through,
+            bucket,
+            destroyed_epoch = old_epoch,
+            rewrapped = moved.rewrapped,
             principal = %caller.principal.name,
             "subject erased"
         );
         Ok(receipt)
+    }
+
+    /// The writes that move `bucket` to its newest epoch: every subject key
+    /// row of the bucket re-wrapped (under the current root key too), the
+    /// rows of `erased` and of subjects the keyring records as erased
+    /// deleted. A row that cannot be unwrapped (already dead: its root key
+    /// is gone) is left and counted.
+    fn move_bucket(
+        &self,
+        kr: &Keyring,
+        bucket: u16,
+        erased: Option<&SubjectName>,
+    ) -> Result<(WriteSet, BucketMove)> {
+        let mut ws = WriteSet::new();
+        let mut moved = BucketMove::default();
+        let mut rewrapper = Rewrapper::new(kr);
+        let mut last: Option<SubjectName> = None;
+        for (k, v) in self
+            .store
+            .scan_prefix(Table::SubjectKeys, &bucket_prefix(bucket))?
+        {
+            let (b, subject, version) = match parse_subject_key_id(&k) {
+                Ok(parsed) if parsed.0 == bucket && self.names.bucket(&parsed.1) == bucket => {
+                    parsed
+                }
+                _ => {
+                    moved.unreadable += 1;
+                    tracing::warn!(
+                        bucket,
+                        "erasure: a malformed subject key row; left as it is"
+                    );
+                    continue;
+                }
+            };
+            debug_assert_eq!(b, bucket);
+            if Some(&subject) == erased {
+                ws.delete(Table::SubjectKeys, k);
+                continue;
+            }
+            match rewrapper.rewrap(&subject, version, &v) {
+                Ok(Some(rewrapped)) => {
+                    ws.put(Table::SubjectKeys, k, rewrapped);
+                    moved.rewrapped += 1;
+                    if last != Some(subject) {
+                        moved.subjects += 1;
+                        last = Some(subject);
+                    }
+                }
+                Ok(None) => {}
+                Err(Error::SubjectErased) => ws.delete(Table::SubjectKeys, k),
+                Err(e) => {
+                    moved.unreadable += 1;
+                    tracing::warn!(error = %e, bucket, "erasure: a subject key could not be unwrapped; left as it is");
+                }
+            }
+        }
+        Ok((ws, moved))
+    }
+
+    /// Drops every epoch of `bucket` but the newest and saves the keyring.
+    /// The caller holds `create_lock`.
+    fn finish_bucket(&self, bucket: u16) -> Result<Vec<u32>> {
+        let mut kr = Keyring::clone(&self.keyring());
+        let destroyed = kr.finish_shred(bucket);
+        let (kr, saved) = self.save_keyring(kr)?;
+        self.swap_keyring(kr);
+        saved?;
+        Ok(destroyed)
+    }
+
+    /// Finishes the erasures a crash interrupted (buckets holding two
+    /// epochs): their buckets are moved to the newest epoch and the older
+    /// one destroyed. Runs when an engine opens, before any request.
+    pub(super) fn finish_interrupted_erasures(&self) -> Result<()> {
+        let kr = self.keyring();
+        for bucket in kr.unfinished_shreds() {
+            let _custody = lock(&self.custody_lock);
+            let _create = lock(&self.create_lock);
+            let kr = self.keyring();
+            let (ws, moved) = self.move_bucket(&kr, bucket, None)?;
+            let mut ev = Event::of(&Caller::internal("vault"), "finish_erasure");
+            let root_version = kr.current_root()?.0;
+            let destroyed_keyring = kr.generation() + 1;
+            ev.detail = Some(format!(
+                "an interrupted erasure finished: shred bucket {bucket} moved to epoch {} \
+                 ({} keys re-wrapped, {} unreadable), older epochs destroyed; keyring \
+                 generation {destroyed_keyring}",
+                kr.shred_epoch(bucket).unwrap_or(0),
+                moved.rewrapped,
+                moved.unreadable,
+            ));
+            self.wraps
+                .commit(root_version, moved.rewrapped, ws, |ws| self.commit(ws, ev))?;
+            let destroyed = self.finish_bucket(bucket)?;
+            tracing::warn!(bucket, ?destroyed, "an interrupted erasure finished");
+        }
+        Ok(())
+    }
+
+    /// Compacts what an erasure deleted (logged, not fatal: the keys that
+    /// opened those bytes are destroyed either way).
+    fn compact_after_erasure(&self, bucket: u16, subject: &SubjectName, records: &[Vec<u8>]) {
+        let start = bucket_prefix(bucket).to_vec();
+        let end = match bucket.checked_add(1) {
+            Some(next) => bucket_prefix(next).to_vec(),
+            None => vec![0xFF; 3],
+        };
+        let mut index_end = subject.to_vec();
+        index_end.extend_from_slice(&[0xFF; 128]);
+        let mut ranges = vec![
+            (Table::SubjectKeys, start, end),
+            (Table::SubjectRecords, subject.to_vec(), index_end),
+        ];
+        ranges.extend(
+            records
+                .iter()
+                .map(|k| (Table::Records, k.clone(), k.clone())),
+        );
+        for (table, start, end) in ranges {
+            if let Err(e) = self.store.compact_range(table, &start, &end) {
+                tracing::warn!(error = %e, table = table.name(), "erasure: compaction failed");
+            }
+        }
     }
 
     /// One page of `subject`'s access ledger: the events naming it, from
@@ -483,6 +673,17 @@ impl Engine {
     }
 }
 
+/// What moving a shred bucket to a new epoch did.
+#[derive(Debug, Default, Clone, Copy)]
+struct BucketMove {
+    /// Key rows re-wrapped.
+    rewrapped: u64,
+    /// Distinct subjects among them.
+    subjects: u64,
+    /// Rows that could not be unwrapped (left as they were).
+    unreadable: u64,
+}
+
 /// Most entries in one page of an access ledger.
 pub const MAX_LEDGER_PAGE: usize = 100;
 /// Most bytes of events in one page of an access ledger: the audit log's
@@ -520,12 +721,4 @@ fn custody_error(e: KeyringError) -> Error {
         KeyringError::RootKeyUnavailable(v) => Error::NotFound(format!("root key version {v}")),
         e => Error::FailedPrecondition(e.to_string()),
     }
-}
-
-/// `collection ‖ 0 ‖ id` back into its parts.
-fn split_record_key(key: &[u8]) -> Result<(&str, &str)> {
-    let nul = key.iter().position(|&b| b == 0).ok_or(Error::Integrity)?;
-    let collection = std::str::from_utf8(&key[..nul]).map_err(|_| Error::Integrity)?;
-    let id = std::str::from_utf8(&key[nul + 1..]).map_err(|_| Error::Integrity)?;
-    Ok((collection, id))
 }

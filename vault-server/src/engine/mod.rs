@@ -10,7 +10,6 @@ mod value;
 mod wraps;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::hash::{BuildHasher, RandomState};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
@@ -33,21 +32,27 @@ use zeroize::Zeroizing;
 
 use crate::audit::{AuditLog, Event};
 use crate::crypto::{
-    open_field, record_tag, seal_field, verify_record_tag, EnvelopeHeader, FieldAad, Key256,
-    RecordContext,
+    labels, open_field, record_tag, seal_field, verify_record_tag, EnvelopeHeader, FieldAad,
+    Key256, RecordContext,
 };
 use crate::keys::{
     unwrap_subject_key, wrap_subject_key, wrapping_version, write_secret_file, KeyCache, Keyring,
-    Region, SubjectKeys,
+    RecordName, Region, StorageNames, SubjectKeys, SubjectName,
 };
 use crate::policy::{Caller, Operation, Policy, PolicyHandle, Redaction};
 use crate::storage::{
-    record_key, subject_key_id, subject_key_prefix, subject_record_key, Store, StoredField,
-    StoredRecord, Table, WriteSet, RECORD_TAG_LEN,
+    decode_ids, encode_ids, record_key, subject_key_id, subject_key_prefix, subject_record_key,
+    Store, StoredField, StoredRecord, Table, WriteSet, RECORD_TAG_LEN,
 };
 use crate::{Error, Result};
 
 const META_REGION: &[u8] = b"region";
+/// `Table::Meta` key: the data folder's format (u32 big-endian).
+pub const META_FORMAT: &[u8] = b"format";
+/// The data folder format this build writes and reads: 2 (storage names,
+/// shred buckets, stored record and wrapped subject key format 2). Format
+/// 1 folders (clear ids in keys) have no format row and are refused.
+pub const DATA_FOLDER_FORMAT: u32 = 2;
 /// When the vault signs audit checkpoints (besides whenever an auditor
 /// asks for one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -202,10 +207,11 @@ pub struct Engine {
     /// and erasure, re-wrap batches): none of them overwrites what another
     /// deleted.
     custody_lock: Mutex<()>,
-    /// Per-subject locks (striped): writers of a subject share one; rotating
-    /// or erasing the subject takes it exclusively.
+    /// Per-subject locks (striped by storage name): writers of a subject
+    /// share one; rotating or erasing the subject takes it exclusively.
     subject_locks: Vec<RwLock<()>>,
-    stripe_hasher: RandomState,
+    /// The names rows are stored under.
+    names: StorageNames,
     rewrap_options: RewrapOptions,
     checkpoints: CheckpointOptions,
     /// The audit (and receipt) signing key and the checkpoints' origin:
@@ -265,6 +271,11 @@ impl Engine {
                 let mut ws = WriteSet::new();
                 ws.put(
                     Table::Meta,
+                    META_FORMAT.to_vec(),
+                    DATA_FOLDER_FORMAT.to_be_bytes().to_vec(),
+                );
+                ws.put(
+                    Table::Meta,
                     META_REGION.to_vec(),
                     region.as_str().as_bytes().to_vec(),
                 );
@@ -282,6 +293,7 @@ impl Engine {
                 if id != keyring.id() {
                     return Err(crate::keys::KeyringError::ForeignDataFolder.into());
                 }
+                check_format(store.as_ref())?;
             }
             _ => return Err(Error::Storage("data folder metadata is incomplete".into())),
         }
@@ -296,7 +308,8 @@ impl Engine {
         let wraps = wraps::WrapCounts::load(store.as_ref(), rotate_root_after_wraps)?;
         let audit_signer = crate::keys::signing_key(&keyring);
         let audit_origin = format!("vault/{region}/{}", hex::encode(keyring.id()));
-        Ok(Engine {
+        let names = StorageNames::of(&keyring);
+        let engine = Engine {
             store,
             keyring: RwLock::new(Arc::new(keyring)),
             keyring_file,
@@ -307,7 +320,7 @@ impl Engine {
             create_lock: Mutex::new(()),
             custody_lock: Mutex::new(()),
             subject_locks: (0..SUBJECT_STRIPES).map(|_| RwLock::new(())).collect(),
-            stripe_hasher: RandomState::new(),
+            names,
             rewrap_options,
             checkpoints,
             audit_signer,
@@ -319,7 +332,9 @@ impl Engine {
             closed: AtomicBool::new(false),
             counters: Counters::default(),
             accepted_rollback,
-        })
+        };
+        engine.finish_interrupted_erasures()?;
+        Ok(engine)
     }
 
     /// The keyring rollback this engine was opened with, if custodians
@@ -341,20 +356,36 @@ impl Engine {
     /// Saves `keyring` to the keyring file, then makes it the engine's.
     /// Held under `create_lock` for the swap, so no subject key is wrapped
     /// under a root key version that is no longer current.
-    fn replace_keyring(&self, mut keyring: Keyring) -> Result<()> {
+    fn replace_keyring(&self, keyring: Keyring) -> Result<()> {
+        let (keyring, saved) = self.save_keyring(keyring)?;
+        let _guard = lock(&self.create_lock);
+        self.swap_keyring(keyring);
+        saved
+    }
+
+    /// Makes `keyring` (saved) the engine's; the caller holds `create_lock`.
+    fn swap_keyring(&self, keyring: Keyring) {
+        *self.keyring.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keyring);
+    }
+
+    /// Raises the generation of `keyring` and saves it. `Err`: not saved;
+    /// `Ok((keyring, Err))`: saved, but not confirmed durable (memory must
+    /// follow the file all the same).
+    fn save_keyring(&self, mut keyring: Keyring) -> Result<(Keyring, Result<()>)> {
         self.check_open()?;
         keyring.next_generation();
-        let saved = self.keyring_file.save(&keyring);
-        if let Err(e) = &saved {
+        let saved = match self.keyring_file.save(&keyring) {
             // The file may hold the new keyring even so (the rename went
             // through, a later fsync failed). Then memory must follow it, or
             // the next save would write the old state back (a destroyed key
             // returning, an erasure forgotten).
-            if !self.keyring_file.holds(&keyring) {
-                return saved;
+            Err(e) if !self.keyring_file.holds(&keyring) => return Err(e),
+            Err(e) => {
+                tracing::error!(error = %e, "keyring saved, but not confirmed durable");
+                Err(e)
             }
-            tracing::error!(error = %e, "keyring saved, but not confirmed durable");
-        }
+            Ok(()) => Ok(()),
+        };
         // The folder follows the keyring: from now on an older keyring
         // file is refused. (If this write fails the folder lags behind,
         // which only lets through a keyring that is no older than the
@@ -362,9 +393,7 @@ impl Engine {
         if let Err(e) = write_keyring_generation(self.store.as_ref(), keyring.generation()) {
             tracing::error!(error = %e, "the data folder could not record the keyring generation");
         }
-        let _guard = lock(&self.create_lock);
-        *self.keyring.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keyring);
-        saved
+        Ok((keyring, saved))
     }
 
     /// Stops background work and drops every cached key. The engine answers
@@ -627,11 +656,19 @@ impl Engine {
             )));
         }
 
+        let names: Vec<RecordName> = records
+            .iter()
+            .map(|r| self.names.record(&r.collection, &r.id))
+            .collect();
         let keys: Vec<_> = records
             .iter()
-            .map(|r| record_key(&r.collection, &r.id))
+            .zip(&names)
+            .map(|(r, name)| record_key(&r.collection, name))
             .collect();
-        let subjects: Vec<&str> = records.iter().map(|r| r.subject_id.as_str()).collect();
+        let subjects: Vec<SubjectName> = records
+            .iter()
+            .map(|r| self.names.subject(&r.subject_id))
+            .collect();
         let (_subjects, previous) = self.lock_writers(&subjects, &keys)?;
         let mut ws = WriteSet::new();
         let mut encrypted = 0u64;
@@ -648,24 +685,36 @@ impl Engine {
             if let Some(old) = &old {
                 policy.authorize_write(caller, c, old.fields.iter().map(|f| f.name.as_str()))?;
             }
-            old_owners.push(old.map(|o| o.subject_id));
+            old_owners.push(old.map(|o| o.subject));
         }
-        for ((r, key), old_owner) in records.iter().zip(keys).zip(old_owners) {
-            let sk = self.current_subject_key(&r.subject_id)?;
+        for (((r, key), old_owner), (name, subject)) in records
+            .iter()
+            .zip(keys)
+            .zip(old_owners)
+            .zip(names.iter().zip(&subjects))
+        {
+            let sk = self.current_subject_key(subject)?;
             let fields = r
                 .fields
                 .iter()
                 .map(|(name, value)| (name.as_str(), value.encode()));
-            let value = self.seal_record(&sk, &r.collection, &r.id, &r.subject_id, fields);
+            let ids = Ids {
+                collection: &r.collection,
+                id: &r.id,
+                name,
+                subject_id: &r.subject_id,
+                subject,
+            };
+            let value = self.seal_record(&sk, &ids, fields);
             encrypted += r.fields.len() as u64;
             // Keep the subject → records index true: a replaced record may
             // have belonged to another subject.
-            if let Some(old_owner) = old_owner.filter(|o| *o != r.subject_id) {
+            if let Some(old_owner) = old_owner.filter(|o| o != subject) {
                 ws.delete(Table::SubjectRecords, subject_record_key(&old_owner, &key));
             }
             ws.put(
                 Table::SubjectRecords,
-                subject_record_key(&r.subject_id, &key),
+                subject_record_key(subject, &key),
                 Vec::new(),
             );
             ws.put(Table::Records, key, value);
@@ -687,35 +736,40 @@ impl Engine {
         Ok(records.len())
     }
 
-    /// Encrypts one record's fields under `sk` and returns the stored value
-    /// (body and record tag).
+    /// Encrypts one record's ids and fields under `sk` and returns the
+    /// stored value (body and record tag).
     fn seal_record<'a>(
         &self,
         sk: &SubjectKeys,
-        collection: &str,
-        id: &str,
-        subject: &str,
+        ids: &Ids<'_>,
         fields: impl Iterator<Item = (&'a str, Zeroizing<Vec<u8>>)>,
     ) -> Vec<u8> {
         let region = self.region.as_str();
+        let collection = ids.collection;
+        let seal = |name: &str, record_id: &str, plaintext: &[u8]| {
+            let cipher = sk.field_cipher(region, collection, name);
+            let aad = FieldAad {
+                region,
+                collection,
+                record_id,
+                field: name,
+            };
+            seal_field(&cipher, sk.version(), &aad, plaintext)
+        };
         let fields = fields
-            .map(|(name, plaintext)| {
-                let cipher = sk.field_cipher(region, collection, name);
-                let aad = FieldAad {
-                    region,
-                    collection,
-                    record_id: id,
-                    field: name,
-                };
-                StoredField {
-                    name: name.to_owned(),
-                    envelope: seal_field(&cipher, sk.version(), &aad, &plaintext),
-                }
+            .map(|(name, plaintext)| StoredField {
+                name: name.to_owned(),
+                envelope: seal(name, ids.id, &plaintext),
             })
             .collect();
         let stored = StoredRecord {
-            subject_id: subject.to_owned(),
+            subject: *ids.subject,
             key_version: sk.version(),
+            ids: seal(
+                labels::IDS_FIELD,
+                &hex::encode(ids.name),
+                &encode_ids(ids.subject_id, ids.id),
+            ),
             fields,
             tag: [0; RECORD_TAG_LEN],
         };
@@ -723,51 +777,79 @@ impl Engine {
         let ctx = RecordContext {
             region,
             collection,
-            record_id: id,
+            record_id: ids.id,
         };
         let tag = record_tag(sk.record_key(region), &ctx, &value);
         value.extend_from_slice(&tag);
         value
     }
 
-    /// Decodes a stored record and checks its record tag under the subject
-    /// key it names, before anything is decrypted.
+    /// Decodes a stored record, opens its ids envelope (authenticated on
+    /// its own, and bound to the row's name) and checks its record tag
+    /// under the subject key it names, before any field is decrypted.
+    /// `expected`: the record id the caller asked for, if any.
     fn open_record(
         &self,
         collection: &str,
-        id: &str,
+        name: &RecordName,
+        expected: Option<&str>,
         bytes: &[u8],
-    ) -> Result<(StoredRecord, Arc<SubjectKeys>)> {
+    ) -> Result<OpenedRecord> {
         let (stored, body) = StoredRecord::decode(bytes)?;
-        // The record tag vouches for the subject, the key version and the
-        // set of fields.
-        let sk = self.subject_key(&stored.subject_id, stored.key_version)?;
-        let ctx = RecordContext {
-            region: self.region.as_str(),
+        let sk = self.subject_key(&stored.subject, stored.key_version)?;
+        if EnvelopeHeader::parse(&stored.ids)?.key_version != stored.key_version {
+            return Err(Error::Integrity);
+        }
+        let region = self.region.as_str();
+        let aad = FieldAad {
+            region,
             collection,
-            record_id: id,
+            record_id: &hex::encode(name),
+            field: labels::IDS_FIELD,
         };
-        verify_record_tag(sk.record_key(self.region.as_str()), &ctx, body, &stored.tag)?;
-        Ok((stored, sk))
+        let cipher = sk.field_cipher(region, collection, labels::IDS_FIELD);
+        let (subject_id, id) = decode_ids(&open_field(&cipher, &aad, &stored.ids)?)?;
+        // The ids belong to this row and this subject (a record moved to
+        // another row, or ids of another subject, are refused).
+        if expected.is_some_and(|e| e != id)
+            || self.names.record(collection, &id) != *name
+            || self.names.subject(&subject_id) != stored.subject
+        {
+            return Err(Error::Integrity);
+        }
+        // The record tag vouches for the subject, the key version, the ids
+        // and the set of fields.
+        let ctx = RecordContext {
+            region,
+            collection,
+            record_id: &id,
+        };
+        verify_record_tag(sk.record_key(region), &ctx, body, &stored.tag)?;
+        Ok(OpenedRecord {
+            stored,
+            sk,
+            subject_id,
+            id,
+        })
     }
 
     /// Decrypts one field of an opened record.
     fn open_stored_field(
         &self,
-        sk: &SubjectKeys,
-        stored: &StoredRecord,
+        opened: &OpenedRecord,
         collection: &str,
-        id: &str,
         sf: &StoredField,
     ) -> Result<Zeroizing<Vec<u8>>> {
-        if EnvelopeHeader::parse(&sf.envelope)?.key_version != stored.key_version {
+        if EnvelopeHeader::parse(&sf.envelope)?.key_version != opened.stored.key_version {
             return Err(Error::Integrity);
         }
-        let cipher = sk.field_cipher(self.region.as_str(), collection, &sf.name);
+        let cipher = opened
+            .sk
+            .field_cipher(self.region.as_str(), collection, &sf.name);
         let aad = FieldAad {
             region: self.region.as_str(),
             collection,
-            record_id: id,
+            record_id: &opened.id,
             field: &sf.name,
         };
         let plaintext = open_field(&cipher, &aad, &sf.envelope)?;
@@ -867,27 +949,33 @@ impl Engine {
         }
         let projected = |name: &str| fields.is_empty() || fields.iter().any(|f| f == name);
 
-        let keys: Vec<_> = ids.iter().map(|id| record_key(collection, id)).collect();
+        let names: Vec<RecordName> = ids
+            .iter()
+            .map(|id| self.names.record(collection, id))
+            .collect();
+        let keys: Vec<_> = names.iter().map(|n| record_key(collection, n)).collect();
         let values = self.store.multi_get(Table::Records, &keys)?;
         let mut found = Vec::new();
         let mut missing = Vec::new();
-        for ((id, key), value) in ids.iter().zip(&keys).zip(values) {
+        for (((id, key), name), value) in ids.iter().zip(&keys).zip(&names).zip(values) {
             let Some(bytes) = value else {
                 missing.push(id.clone());
                 continue;
             };
-            let opened = match self.open_record(collection, id, &bytes) {
+            let opened = match self.open_record(collection, name, Some(id), &bytes) {
                 // A subject-key rotation may have replaced the record and
                 // destroyed the key it named between our read and now: read
                 // it once more. A real integrity failure fails twice.
                 Err(Error::Integrity) => match self.store.get(Table::Records, key)? {
-                    Some(again) if again != bytes => self.open_record(collection, id, &again),
+                    Some(again) if again != bytes => {
+                        self.open_record(collection, name, Some(id), &again)
+                    }
                     Some(_) => Err(Error::Integrity),
                     None => Err(Error::NotFound(String::new())),
                 },
                 other => other,
             };
-            let (stored, sk) = match opened {
+            let opened = match opened {
                 Ok(o) => o,
                 // An erased subject's record (say, from a restored backup)
                 // is absent: its key is refused, nothing is decrypted.
@@ -900,10 +988,10 @@ impl Engine {
             let mut record = Record::new(
                 collection,
                 id.clone(),
-                stored.subject_id.clone(),
+                opened.subject_id.clone(),
                 BTreeMap::new(),
             );
-            for sf in &stored.fields {
+            for sf in &opened.stored.fields {
                 // A stored field the schema does not know was not written by us.
                 let schema = c.field(&sf.name).ok_or(Error::Integrity)?;
                 if !projected(&sf.name) {
@@ -921,7 +1009,7 @@ impl Engine {
                     record.redacted.insert(sf.name.clone());
                     continue;
                 }
-                let plaintext = self.open_stored_field(&sk, &stored, collection, id, sf)?;
+                let plaintext = self.open_stored_field(&opened, collection, sf)?;
                 let value = Value::decode(&plaintext)?;
                 if value.field_type() != schema.field_type {
                     return Err(Error::Integrity);
@@ -966,7 +1054,8 @@ impl Engine {
         self.check_open()?;
         self.data_collection(collection)?;
         validate_id("record id", id)?;
-        let key = record_key(collection, id);
+        let name = self.names.record(collection, id);
+        let key = record_key(collection, &name);
         let (_owner, previous) = self.lock_writers(&[], std::slice::from_ref(&key))?;
         let Some(Some(old)) = previous.into_iter().next() else {
             self.commit(WriteSet::new(), ev.clone())?;
@@ -974,12 +1063,16 @@ impl Engine {
         };
         let mut ws = WriteSet::new();
         if let Ok((stored, _)) = StoredRecord::decode(&old) {
-            ev.subjects.push(hex::encode(
-                self.keyring().subject_pseudonym(&stored.subject_id),
-            ));
+            // The event names the subject when its key still opens the
+            // record's ids (not after an erasure).
+            if let Ok(opened) = self.open_record(collection, &name, Some(id), &old) {
+                ev.subjects.push(hex::encode(
+                    self.keyring().subject_pseudonym(&opened.subject_id),
+                ));
+            }
             ws.delete(
                 Table::SubjectRecords,
-                subject_record_key(&stored.subject_id, &key),
+                subject_record_key(&stored.subject, &key),
             );
         }
         ws.delete(Table::Records, key);
@@ -1129,30 +1222,25 @@ impl Engine {
     #[allow(clippy::type_complexity)]
     fn lock_writers(
         &self,
-        subjects: &[&str],
+        subjects: &[SubjectName],
         keys: &[Vec<u8>],
     ) -> Result<(Vec<RwLockReadGuard<'_, ()>>, Vec<Option<Vec<u8>>>)> {
         let owner = |b: &Option<Vec<u8>>| {
             b.as_deref()
                 .and_then(|b| StoredRecord::decode(b).ok())
-                .map(|(r, _)| r.subject_id)
+                .map(|(r, _)| r.subject)
         };
-        let mut also: Vec<String> = Vec::new();
+        let mut also: Vec<SubjectName> = Vec::new();
         loop {
-            let mut stripes: Vec<usize> = subjects
-                .iter()
-                .copied()
-                .chain(also.iter().map(String::as_str))
-                .map(|s| self.stripe(s))
-                .collect();
+            let mut stripes: Vec<usize> = subjects.iter().chain(also.iter()).map(stripe).collect();
             stripes.sort_unstable();
             stripes.dedup();
             let guards = self.lock_stripes(&stripes);
             let current = self.store.multi_get(Table::Records, keys)?;
-            let owners: Vec<String> = current.iter().filter_map(owner).collect();
+            let owners: Vec<SubjectName> = current.iter().filter_map(owner).collect();
             if owners
                 .iter()
-                .all(|o| stripes.binary_search(&self.stripe(o)).is_ok())
+                .all(|o| stripes.binary_search(&stripe(o)).is_ok())
             {
                 return Ok((guards, current));
             }
@@ -1175,15 +1263,11 @@ impl Engine {
             .collect()
     }
 
-    fn stripe(&self, subject: &str) -> usize {
-        (self.stripe_hasher.hash_one(subject) % SUBJECT_STRIPES as u64) as usize
-    }
-
     // ---- subject keys ----
 
     /// The subject's current key, made (and durably stored) on first use.
     /// The caller holds the subject's lock.
-    fn current_subject_key(&self, subject: &str) -> Result<Arc<SubjectKeys>> {
+    fn current_subject_key(&self, subject: &SubjectName) -> Result<Arc<SubjectKeys>> {
         if let Some(found) = self.latest_stored_subject_key(subject)? {
             match self.cached_or_unwrap(subject, found) {
                 Err(Error::SubjectErased) => {}
@@ -1213,7 +1297,7 @@ impl Engine {
         let mut ws = WriteSet::new();
         ws.put(
             Table::SubjectKeys,
-            subject_key_id(subject, version),
+            subject_key_id(self.names.bucket(subject), subject, version),
             wrapped,
         );
         self.wraps
@@ -1223,8 +1307,8 @@ impl Engine {
         Ok(keys)
     }
 
-    fn latest_stored_subject_key(&self, subject: &str) -> Result<Option<(u32, Vec<u8>)>> {
-        let prefix = subject_key_prefix(subject);
+    fn latest_stored_subject_key(&self, subject: &SubjectName) -> Result<Option<(u32, Vec<u8>)>> {
+        let prefix = subject_key_prefix(self.names.bucket(subject), subject);
         let Some((k, v)) = self.store.last_with_prefix(Table::SubjectKeys, &prefix)? else {
             return Ok(None);
         };
@@ -1234,7 +1318,7 @@ impl Engine {
 
     fn cached_or_unwrap(
         &self,
-        subject: &str,
+        subject: &SubjectName,
         (version, wrapped): (u32, Vec<u8>),
     ) -> Result<Arc<SubjectKeys>> {
         if let Some(k) = self.cache.get(subject, version) {
@@ -1259,19 +1343,20 @@ impl Engine {
 
     /// A subject key by version, for decryption. A ciphertext that names a
     /// key version that does not exist is an integrity failure.
-    fn subject_key(&self, subject: &str, version: u32) -> Result<Arc<SubjectKeys>> {
+    fn subject_key(&self, subject: &SubjectName, version: u32) -> Result<Arc<SubjectKeys>> {
         if let Some(k) = self.cache.get(subject, version) {
             return Ok(k);
         }
-        let row = subject_key_id(subject, version);
+        let row = subject_key_id(self.names.bucket(subject), subject, version);
         let wrapped = self
             .store
             .get(Table::SubjectKeys, &row)?
             .ok_or(Error::Integrity)?;
         match self.cached_or_unwrap(subject, (version, wrapped.clone())) {
-            // The re-wrap job may have re-wrapped the row (and a custodian
-            // retired the old root version) between our read and the
-            // unwrap: read it once more. A real failure fails twice.
+            // The re-wrap job or an erasure in the subject's bucket may have
+            // re-wrapped the row (and the old root version or bucket epoch
+            // gone) between our read and the unwrap: read it once more. A
+            // real failure fails twice.
             Err(Error::Integrity) => match self.store.get(Table::SubjectKeys, &row)? {
                 Some(again) if again != wrapped => self.cached_or_unwrap(subject, (version, again)),
                 _ => Err(Error::Integrity),
@@ -1279,6 +1364,54 @@ impl Engine {
             other => other,
         }
     }
+}
+
+/// A record's ids and names, as a write seals them.
+struct Ids<'a> {
+    collection: &'a str,
+    id: &'a str,
+    name: &'a RecordName,
+    subject_id: &'a str,
+    subject: &'a SubjectName,
+}
+
+/// A stored record whose ids and tag checked out, with its subject key.
+struct OpenedRecord {
+    stored: StoredRecord,
+    sk: Arc<SubjectKeys>,
+    /// The clear subject id (from the ids envelope).
+    subject_id: String,
+    /// The clear record id (from the ids envelope).
+    id: String,
+}
+
+/// The lock stripe of a subject (its storage name is already a keyed hash).
+fn stripe(subject: &SubjectName) -> usize {
+    (u64::from_be_bytes([
+        subject[0], subject[1], subject[2], subject[3], subject[4], subject[5], subject[6],
+        subject[7],
+    ]) % SUBJECT_STRIPES as u64) as usize
+}
+
+/// Refuses a data folder of another format than this build's (one that
+/// holds data: a new folder has no format yet).
+pub(crate) fn check_format(store: &dyn Store) -> Result<()> {
+    let found =
+        match store.get(Table::Meta, META_FORMAT)? {
+            None => 1,
+            Some(v) => u32::from_be_bytes(v.as_slice().try_into().map_err(|_| {
+                Error::Storage("the data folder's format marker is malformed".into())
+            })?),
+        };
+    if found != DATA_FOLDER_FORMAT {
+        return Err(Error::Config(format!(
+            "the data folder is of format {found}; this build reads format {DATA_FOLDER_FORMAT} \
+             only (record and subject ids are no longer stored in clear, and erasure destroys \
+             keys): start from a new data folder and keyring (operator init); there is no \
+             migration"
+        )));
+    }
+    Ok(())
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -29,7 +29,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{lock, Engine};
-use crate::keys::Rewrapper;
+use crate::keys::{bucket_of, Rewrapper};
 use crate::policy::{Caller, Operation};
 use crate::storage::{parse_subject_key_id, Store, Table, WriteSet};
 use crate::{Error, Result};
@@ -163,14 +163,14 @@ pub(crate) fn job_record_seed() -> Vec<u8> {
             unreadable: 1,
             removed_erased: 2,
         },
-        cursor: crate::storage::subject_key_id("s1", 3),
+        cursor: crate::storage::subject_key_id(1, &[1; 32], 3),
     }
     .encode()
 }
 
 /// The job's state in memory: the last committed job record, and a wake-up
-/// signal (a rotation, or the engine closing). `Debug` omits the cursor,
-/// which holds a subject id.
+/// signal (a rotation, or the engine closing). `Debug` omits the cursor
+/// (a subject key row: bucket and storage name).
 pub(super) struct JobState {
     job: Mutex<Option<Job>>,
     generation: Mutex<u64>,
@@ -308,13 +308,18 @@ impl Engine {
             .scan_from(Table::SubjectKeys, &job.cursor, batch)?;
         let mut ws = WriteSet::new();
         let p = &mut job.progress;
-        let mut rewrapper = Rewrapper::new(&kr)?;
+        let mut rewrapper = Rewrapper::new(&kr);
         let mut wrapped = 0u64;
         for (k, v) in &page {
             p.examined += 1;
-            match parse_subject_key_id(k)
-                .and_then(|(subject, version)| rewrapper.rewrap(subject, version, v))
-            {
+            match parse_subject_key_id(k).and_then(|(bucket, subject, version)| {
+                // A row filed under another bucket than its subject's was
+                // not written by us.
+                if bucket != bucket_of(&subject, kr.shred_buckets()) {
+                    return Err(Error::Integrity);
+                }
+                rewrapper.rewrap(&subject, version, v)
+            }) {
                 Ok(Some(rewrapped)) => {
                     ws.put(Table::SubjectKeys, k.clone(), rewrapped);
                     p.rewrapped += 1;
@@ -435,7 +440,7 @@ mod tests {
                 unreadable: 1,
                 removed_erased: 2,
             },
-            cursor: b"alice\0\0\0\0\x01\0".to_vec(),
+            cursor: crate::storage::subject_key_id(7, &[0xa1; 32], 1),
         };
         let b = job.encode();
         assert_eq!(Job::decode(&b).unwrap(), job);

@@ -1,6 +1,30 @@
 use super::*;
 use crate::policy::{PolicyHandle, Principal, Role};
-use crate::storage::{parse_subject_key_id, subject_key_id, RocksStore, StoreOptions};
+use crate::storage::{
+    parse_subject_key_id, subject_key_id, subject_key_prefix, RocksStore, StoreOptions,
+};
+
+/// The Records row of a record, by its clear ids.
+fn rec_key(e: &Engine, collection: &str, id: &str) -> Vec<u8> {
+    record_key(collection, &e.names.record(collection, id))
+}
+
+/// The prefix of a subject's SubjectKeys rows.
+fn key_prefix(e: &Engine, subject: &str) -> Vec<u8> {
+    let name = e.names.subject(subject);
+    subject_key_prefix(e.names.bucket(&name), &name)
+}
+
+/// The SubjectKeys row of one version of a subject's key.
+fn key_row(e: &Engine, subject: &str, version: u32) -> Vec<u8> {
+    let name = e.names.subject(subject);
+    subject_key_id(e.names.bucket(&name), &name, version)
+}
+
+/// The prefix of a subject's SubjectRecords (index) rows.
+fn index_prefix(e: &Engine, subject: &str) -> Vec<u8> {
+    e.names.subject(subject).to_vec()
+}
 
 fn custody() -> crate::keys::Custody {
     crate::keys::Custody {
@@ -147,7 +171,7 @@ fn one_subject_key_per_subject_under_concurrency() {
     read_users(&e, 8);
     assert_eq!(
         e.store
-            .scan_prefix(Table::SubjectKeys, b"same\0")
+            .scan_prefix(Table::SubjectKeys, &key_prefix(&e, "same"))
             .unwrap()
             .len(),
         1
@@ -282,19 +306,21 @@ fn the_same_keys_under_another_region_label_do_not_decrypt() {
     let eu = copy_under("eu");
     read_users(&eu, 3);
     let de = copy_under("de");
+    // Storage names are region-bound too: under another label no row is
+    // even found.
     for i in 0..3 {
         let got = de.get_record(&c, "users", &format!("r{i}"), &[]);
-        assert!(matches!(got, Err(Error::Integrity)), "r{i}: {got:?}");
+        assert!(matches!(got, Err(Error::NotFound(_))), "r{i}: {got:?}");
     }
     // Each subject key unwraps under eu and under no other label: the
     // refusal is the wrap's region binding, whatever the store holds.
     for (row, wrapped) in wrapped_keys(&eu) {
-        let (subject, version) = parse_subject_key_id(&row).unwrap();
+        let (_, subject, version) = parse_subject_key_id(&row).unwrap();
         let eu_ring = keyring.relabelled_for_test("eu".parse().unwrap());
         let de_ring = keyring.relabelled_for_test("de".parse().unwrap());
-        assert!(unwrap_subject_key(&eu_ring, subject, version, &wrapped).is_ok());
+        assert!(unwrap_subject_key(&eu_ring, &subject, version, &wrapped).is_ok());
         assert!(matches!(
-            unwrap_subject_key(&de_ring, subject, version, &wrapped),
+            unwrap_subject_key(&de_ring, &subject, version, &wrapped),
             Err(Error::Integrity)
         ));
     }
@@ -444,7 +470,7 @@ fn subject_rotation_reencrypts_and_destroys_the_old_key() {
     let before = e.get_record(&c, "users", "a1", &[]).unwrap();
     let raw_before = e
         .store
-        .get(Table::Records, &record_key("users", "a1"))
+        .get(Table::Records, &rec_key(&e, "users", "a1"))
         .unwrap()
         .unwrap();
     let r = e.rotate_subject(&c, "alice").unwrap();
@@ -458,7 +484,7 @@ fn subject_rotation_reencrypts_and_destroys_the_old_key() {
     );
     let raw_after = e
         .store
-        .get(Table::Records, &record_key("users", "a1"))
+        .get(Table::Records, &rec_key(&e, "users", "a1"))
         .unwrap()
         .unwrap();
     assert_ne!(raw_before, raw_after);
@@ -468,12 +494,15 @@ fn subject_rotation_reencrypts_and_destroys_the_old_key() {
     e.get_record(&c, "users", "a2", &[]).unwrap();
     e.get_record(&c, "users", "b1", &[]).unwrap();
     // Only version 2 of alice's key is left.
-    let rows = e.store.scan_prefix(Table::SubjectKeys, b"alice\0").unwrap();
+    let rows = e
+        .store
+        .scan_prefix(Table::SubjectKeys, &key_prefix(&e, "alice"))
+        .unwrap();
     assert_eq!(rows.len(), 1);
-    assert_eq!(parse_subject_key_id(&rows[0].0).unwrap(), ("alice", 2));
+    assert_eq!(rows[0].0, key_row(&e, "alice", 2));
     // The old ciphertext does not open any more.
     let mut ws = WriteSet::new();
-    ws.put(Table::Records, record_key("users", "a1"), raw_before);
+    ws.put(Table::Records, rec_key(&e, "users", "a1"), raw_before);
     e.store.write(ws).unwrap();
     assert!(matches!(
         e.get_record(&c, "users", "a1", &[]),
@@ -483,7 +512,7 @@ fn subject_rotation_reencrypts_and_destroys_the_old_key() {
     e.put_record(&c, user("a3", "alice")).unwrap();
     let raw = e
         .store
-        .get(Table::Records, &record_key("users", "a3"))
+        .get(Table::Records, &rec_key(&e, "users", "a3"))
         .unwrap()
         .unwrap();
     assert_eq!(StoredRecord::decode(&raw).unwrap().0.key_version, 2);
@@ -505,12 +534,12 @@ fn index_follows_replaced_and_deleted_records() {
     e.delete_record(&c, "users", "r2").unwrap();
     assert!(e
         .store
-        .scan_prefix(Table::SubjectRecords, b"alice\0")
+        .scan_prefix(Table::SubjectRecords, &index_prefix(&e, "alice"))
         .unwrap()
         .is_empty());
     assert_eq!(
         e.store
-            .scan_prefix(Table::SubjectRecords, b"bob\0")
+            .scan_prefix(Table::SubjectRecords, &index_prefix(&e, "bob"))
             .unwrap()
             .len(),
         1
@@ -559,7 +588,7 @@ fn erasure_shreds_and_survives_a_restored_backup() {
     );
     assert!(e
         .store
-        .scan_prefix(Table::SubjectKeys, b"alice\0")
+        .scan_prefix(Table::SubjectKeys, &key_prefix(&e, "alice"))
         .unwrap()
         .is_empty());
     assert!(matches!(
@@ -595,7 +624,7 @@ fn erasure_shreds_and_survives_a_restored_backup() {
     e.put_record(&c, user("a9", "alice")).unwrap();
     let raw = e
         .store
-        .get(Table::Records, &record_key("users", "a9"))
+        .get(Table::Records, &rec_key(&e, "users", "a9"))
         .unwrap()
         .unwrap();
     assert_eq!(StoredRecord::decode(&raw).unwrap().0.key_version, 2);
@@ -610,6 +639,135 @@ fn erasure_shreds_and_survives_a_restored_backup() {
     assert_eq!((r.records_deleted, r.key_versions_destroyed), (0, 0));
 }
 
+fn copy_folder(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_folder(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// Crypto-shredding, read from the disk: a copy of the data folder taken
+/// before an erasure, opened afterwards with the current keyring through
+/// the storage and key layers alone (no engine check), cannot unwrap the
+/// erased subject's key, even with the keyring's erased list emptied: the
+/// bucket key it was wrapped under is gone. The other subjects of the
+/// bucket open from the current folder (re-wrapped under the new epoch),
+/// with the same keys as before; subjects of other buckets are untouched.
+#[test]
+fn a_copy_from_before_an_erasure_cannot_unwrap_the_erased_key() {
+    let eu: Region = "eu".parse().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let backup = tempfile::tempdir().unwrap();
+    let unseal_key = Key256::random();
+    let file = || KeyringFile {
+        path: dir.path().join("keyring"),
+        unseal_key: Key256::from_slice(unseal_key.expose_secret()).unwrap(),
+    };
+    let open_store = |folder: &std::path::Path| -> Arc<dyn Store> {
+        Arc::new(RocksStore::open(&folder.join("db"), &StoreOptions::default()).unwrap())
+    };
+    let current_keyring = || {
+        let bytes = std::fs::read(dir.path().join("keyring")).unwrap();
+        Keyring::unseal(&bytes, &unseal_key, &eu).unwrap()
+    };
+    let c = Caller::internal("t");
+    let (names, bucket, mates, outsider) = {
+        let kr = Keyring::generate(eu.clone(), custody());
+        std::fs::write(dir.path().join("keyring"), kr.seal(&unseal_key)).unwrap();
+        let e = Engine::new(open_store(dir.path()), kr, file(), options()).unwrap();
+        crate::dev::seed(&e).unwrap();
+        let names = e.names.clone();
+        let bucket = names.bucket(&names.subject("alice"));
+        // Three subjects that share alice's bucket, one that does not.
+        let mates: Vec<String> = (0..)
+            .map(|i| format!("m{i}"))
+            .filter(|s| names.bucket(&names.subject(s)) == bucket)
+            .take(3)
+            .collect();
+        let outsider = (0..)
+            .map(|i| format!("o{i}"))
+            .find(|s| names.bucket(&names.subject(s)) != bucket)
+            .unwrap();
+        e.put_record(&c, user("a1", "alice")).unwrap();
+        e.put_record(&c, user("a2", "alice")).unwrap();
+        for (i, s) in mates.iter().chain([&outsider]).enumerate() {
+            e.put_record(&c, user(&format!("r{i}"), s)).unwrap();
+        }
+        e.close();
+        (names, bucket, mates, outsider)
+    };
+    // The engine and its store are dropped: the folder is closed. Copy it,
+    // and the keyring that goes with it (to check the copy is sound).
+    copy_folder(&dir.path().join("db"), &backup.path().join("db"));
+    let keyring_before = current_keyring();
+
+    let e = Engine::new(open_store(dir.path()), current_keyring(), file(), options()).unwrap();
+    let receipt = e.erase_subject(&c, "alice").unwrap();
+    assert_eq!(receipt.shredded.bucket, bucket);
+    assert_eq!(receipt.shredded.epoch, 1);
+    assert_eq!(receipt.shredded.keys_rewrapped, 3);
+    for i in 0..3 {
+        e.get_record(&c, "users", &format!("r{i}"), &[]).unwrap();
+    }
+    e.close();
+    drop(e);
+
+    let now = current_keyring();
+    let bare = now.without_erasures_for_test();
+    let old_rows = open_store(backup.path())
+        .scan_prefix(Table::SubjectKeys, b"")
+        .unwrap();
+    let current_store = open_store(dir.path());
+    let alice = names.subject("alice");
+    let mut seen = (0, 0, 0);
+    for (row, wrapped) in &old_rows {
+        let (row_bucket, name, version) = parse_subject_key_id(row).unwrap();
+        // The copy is sound: its keyring opens every row of it.
+        let before = unwrap_subject_key(&keyring_before, &name, version, wrapped).unwrap();
+        if name == alice {
+            seen.0 += 1;
+            assert!(matches!(
+                unwrap_subject_key(&now, &name, version, wrapped),
+                Err(Error::SubjectErased)
+            ));
+            assert!(matches!(
+                unwrap_subject_key(&bare, &name, version, wrapped),
+                Err(Error::Integrity)
+            ));
+            assert!(current_store
+                .get(Table::SubjectKeys, row)
+                .unwrap()
+                .is_none());
+        } else if row_bucket == bucket {
+            seen.1 += 1;
+            // The old wrap of a bucket-mate is dead too; its re-wrapped
+            // row in the current folder opens, to the same key.
+            assert!(matches!(
+                unwrap_subject_key(&bare, &name, version, wrapped),
+                Err(Error::Integrity)
+            ));
+            let rewrapped = current_store.get(Table::SubjectKeys, row).unwrap().unwrap();
+            assert_eq!(crate::keys::wrapping(&rewrapped).unwrap().1, 2);
+            let after = unwrap_subject_key(&now, &name, version, &rewrapped).unwrap();
+            assert_eq!(after.expose_secret(), before.expose_secret());
+        } else {
+            seen.2 += 1;
+            let same = unwrap_subject_key(&now, &name, version, wrapped).unwrap();
+            assert_eq!(same.expose_secret(), before.expose_secret());
+        }
+    }
+    // alice, her three bucket-mates, and the outsider plus the dev seed's
+    // subjects elsewhere.
+    assert_eq!((seen.0, seen.1), (1, mates.len()));
+    assert!(seen.2 >= 1, "{outsider} is in another bucket");
+}
+
 #[test]
 fn rewrap_removes_erased_rows_from_a_restored_backup_so_the_old_root_can_retire() {
     let dir = tempfile::tempdir().unwrap();
@@ -617,7 +775,7 @@ fn rewrap_removes_erased_rows_from_a_restored_backup_so_the_old_root_can_retire(
     let c = Caller::internal("t");
     e.put_record(&c, user("a1", "alice")).unwrap();
     e.put_record(&c, user("b1", "bob")).unwrap();
-    let alice_row = subject_key_id("alice", 1);
+    let alice_row = key_row(&e, "alice", 1);
     let backup = e
         .store
         .get(Table::SubjectKeys, &alice_row)
@@ -901,6 +1059,9 @@ impl Store for FaultyAudit {
     }
     fn last_with_prefix(&self, table: Table, prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
         self.inner.last_with_prefix(table, prefix)
+    }
+    fn compact_range(&self, table: Table, start: &[u8], end: &[u8]) -> Result<()> {
+        self.inner.compact_range(table, start, end)
     }
     fn write(&self, set: WriteSet) -> Result<()> {
         if self.full.load(Ordering::SeqCst) {
@@ -1318,8 +1479,9 @@ fn an_older_keyring_is_refused_unless_the_rollback_is_accepted() {
     let old_file = std::fs::read(dir.path().join("keyring")).unwrap();
     assert_eq!(e.keyring().generation(), 2);
     e.erase_subject(&c, "s0").unwrap();
-    assert_eq!(e.keyring().generation(), 3);
-    assert_eq!(folder_generation(&e), 3);
+    // An erasure saves twice: the new bucket epoch, then the old one gone.
+    assert_eq!(e.keyring().generation(), 4);
+    assert_eq!(folder_generation(&e), 4);
     e.close();
     drop(e);
 
@@ -1341,7 +1503,7 @@ fn an_older_keyring_is_refused_unless_the_rollback_is_accepted() {
             &err,
             Error::Keyring(crate::keys::KeyringError::RolledBack {
                 keyring: 2,
-                folder: 3
+                folder: 4
             })
         ),
         "{err}"
@@ -1352,7 +1514,7 @@ fn an_older_keyring_is_refused_unless_the_rollback_is_accepted() {
     );
     // Disaster recovery: accepted, reported, and the folder's mark follows.
     let e = open(true).unwrap();
-    assert_eq!(e.accepted_keyring_rollback(), Some((2, 3)));
+    assert_eq!(e.accepted_keyring_rollback(), Some((2, 4)));
     assert_eq!(folder_generation(&e), 2);
     e.close();
     drop(e);
@@ -1361,7 +1523,7 @@ fn an_older_keyring_is_refused_unless_the_rollback_is_accepted() {
     assert_eq!(e.accepted_keyring_rollback(), None);
     assert_eq!(
         folder_generation(&e),
-        3,
+        4,
         "a newer keyring moves the mark up"
     );
 }

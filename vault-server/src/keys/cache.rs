@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use aes_gcm::{Aes256Gcm, KeyInit};
 use lru::LruCache;
 
+use super::SubjectName;
 use crate::crypto::{derive_field_key, derive_record_key, FieldKeyContext, Key256};
 
 /// Field ciphers kept per subject key; further fields are derived per use.
@@ -97,9 +98,10 @@ impl fmt::Debug for SubjectKeys {
     }
 }
 
-/// A least-recently-used cache of subject keys by (subject id, version).
+/// A least-recently-used cache of subject keys by (subject storage name,
+/// version).
 pub struct KeyCache {
-    entries: Mutex<LruCache<(String, u32), Arc<SubjectKeys>>>,
+    entries: Mutex<LruCache<(SubjectName, u32), Arc<SubjectKeys>>>,
 }
 
 impl KeyCache {
@@ -112,24 +114,22 @@ impl KeyCache {
     }
 
     /// A cached key, if present.
-    pub fn get(&self, subject: &str, version: u32) -> Option<Arc<SubjectKeys>> {
-        lock(&self.entries)
-            .get(&(subject.to_owned(), version))
-            .cloned()
+    pub fn get(&self, subject: &SubjectName, version: u32) -> Option<Arc<SubjectKeys>> {
+        lock(&self.entries).get(&(*subject, version)).cloned()
     }
 
     /// Caches a key, evicting the least recently used one if full.
-    pub fn insert(&self, subject: &str, keys: Arc<SubjectKeys>) {
-        lock(&self.entries).put((subject.to_owned(), keys.version), keys);
+    pub fn insert(&self, subject: &SubjectName, keys: Arc<SubjectKeys>) {
+        lock(&self.entries).put((*subject, keys.version), keys);
     }
 
     /// Drops every version of one subject's key at once.
-    pub fn evict_subject(&self, subject: &str) {
+    pub fn evict_subject(&self, subject: &SubjectName) {
         let mut entries = lock(&self.entries);
         let doomed: Vec<_> = entries
             .iter()
             .filter(|((s, _), _)| s == subject)
-            .map(|(k, _)| k.clone())
+            .map(|(k, _)| *k)
             .collect();
         for k in doomed {
             entries.pop(&k);
@@ -173,17 +173,15 @@ mod tests {
     #[test]
     fn bounded_and_evicts_by_subject() {
         let cache = KeyCache::new(2);
-        cache.insert("a", Arc::new(SubjectKeys::new(1, Key256::random())));
-        cache.insert("a", Arc::new(SubjectKeys::new(2, Key256::random())));
-        cache.insert("b", Arc::new(SubjectKeys::new(1, Key256::random())));
+        let (a, b) = (&[1; 32], &[2; 32]);
+        cache.insert(a, Arc::new(SubjectKeys::new(1, Key256::random())));
+        cache.insert(a, Arc::new(SubjectKeys::new(2, Key256::random())));
+        cache.insert(b, Arc::new(SubjectKeys::new(1, Key256::random())));
         assert_eq!(cache.len(), 2);
-        assert!(
-            cache.get("a", 1).is_none(),
-            "least recently used went first"
-        );
-        cache.evict_subject("a");
-        assert!(cache.get("a", 2).is_none());
-        assert!(cache.get("b", 1).is_some());
+        assert!(cache.get(a, 1).is_none(), "least recently used went first");
+        cache.evict_subject(a);
+        assert!(cache.get(a, 2).is_none());
+        assert!(cache.get(b, 1).is_some());
     }
 
     #[test]

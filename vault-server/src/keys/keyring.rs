@@ -36,11 +36,21 @@
 //! | 7 | current index key version | u32 | 1 |
 //! | 8 | pseudonym key | 32 bytes | 1 |
 //! | 9 | audit signing key seed (Ed25519) | 32 bytes | 1 |
-//! | 10 | erased subject | 32-byte subject pseudonym ‖ u32 highest erased key version | ≥ 0 |
+//! | 10 | erased subject | 32-byte subject storage name ‖ u32 highest erased key version | ≥ 0 |
 //! | 11 | generation | u64, raised by every saved change (absent: 0) | ≤ 1 |
+//! | 12 | shred-bucket key | u16 bucket ‖ u32 epoch ‖ 32 key bytes | 1 or 2 per bucket, buckets 0..K in order |
+//! | 13 | shred-bucket count K | u16, before the bucket keys; every bucket must have a key | 1 |
 //!
 //! Unknown tags, repeated singletons, missing sections and trailing bytes are
 //! refused: a keyring is either understood whole or not used at all.
+//!
+//! Shred-bucket keys are the secrets erasure destroys. Every subject key is
+//! wrapped under a key derived from a root key *and* its bucket's key; to
+//! erase a subject the vault re-wraps the other subjects of the bucket
+//! under a new epoch of the bucket key and drops the old one. While that
+//! runs a bucket holds two epochs (the newer wraps); a keyring saved with
+//! two (a crash mid-erasure) is finished at the next unseal. A keyring
+//! without shred-bucket keys was made by an older build and is refused.
 //!
 //! Erased subjects live here, not in the data folder, because the keyring
 //! is kept and backed up apart from the data: a restored backup of the data
@@ -81,6 +91,13 @@ const TAG_PSEUDONYM_KEY: u8 = 8;
 const TAG_AUDIT_SEED: u8 = 9;
 const TAG_ERASED_SUBJECT: u8 = 10;
 const TAG_GENERATION: u8 = 11;
+const TAG_SHRED_KEY: u8 = 12;
+const TAG_SHRED_COUNT: u8 = 13;
+
+/// Shred buckets of a new keyring: an erasure re-wraps about
+/// subjects / 1024 keys (a thousand with a million subjects), and the
+/// keyring holds 1024 keys (about 43 KB).
+pub const SHRED_BUCKETS: u16 = 1024;
 
 /// Which share set unseals a keyring: in the clear header of its file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,6 +158,22 @@ pub enum KeyringError {
     /// A root key change the key's state does not allow.
     #[error("{0}")]
     BadTransition(String),
+    /// A shred-bucket key epoch the keyring does not hold (destroyed by an
+    /// erasure, or never made).
+    #[error("shred bucket {bucket} has no key of epoch {epoch}")]
+    ShredKeyUnavailable {
+        /// The bucket.
+        bucket: u16,
+        /// The epoch asked for.
+        epoch: u32,
+    },
+    /// A keyring of an older build, without shred-bucket keys.
+    #[error(
+        "the keyring was made by an older build of the vault (it has no shred-bucket keys); \
+         this build opens only keyrings and data folders of format 2: start from a new data \
+         folder and keyring (operator init)"
+    )]
+    NoShredBuckets,
 }
 
 /// The life of a versioned key.
@@ -197,8 +230,11 @@ pub struct Keyring {
     current_index: u32,
     pseudonym_key: Key256,
     audit_seed: Key256,
-    /// Erased subjects (by pseudonym) and the highest key version erased.
+    /// Erased subjects (by storage name) and the highest key version erased.
     erased: BTreeMap<SubjectPseudonym, u32>,
+    /// Shred-bucket keys by bucket: epoch → key; one epoch, or two while
+    /// an erasure moves the bucket to the newer one.
+    buckets: Vec<BTreeMap<u32, Key256>>,
     /// Raised by every saved change.
     generation: u64,
     custody: Custody,
@@ -216,6 +252,7 @@ impl std::fmt::Debug for Keyring {
             .field("pseudonym_key", &self.pseudonym_key)
             .field("audit_seed", &self.audit_seed)
             .field("erased_subjects", &self.erased.len())
+            .field("shred_buckets", &self.buckets.len())
             .field("generation", &self.generation)
             .field("custody", &self.custody)
             .finish()
@@ -254,6 +291,9 @@ impl Keyring {
             pseudonym_key: Key256::random(),
             audit_seed: Key256::random(),
             erased: BTreeMap::new(),
+            buckets: (0..SHRED_BUCKETS)
+                .map(|_| BTreeMap::from([(1, Key256::random())]))
+                .collect(),
             generation: 1,
             custody,
         }
@@ -272,6 +312,13 @@ impl Keyring {
     /// Which share set unseals this keyring.
     pub fn custody(&self) -> Custody {
         self.custody
+    }
+
+    /// Hands the keyring to a new share set (a rekey): its file's clear
+    /// header will name the new set, M and N. The caller raises the
+    /// generation and seals it under the new unseal key.
+    pub fn set_custody(&mut self, custody: Custody) {
+        self.custody = custody;
     }
 
     /// Makes a new root key version current and returns it. Earlier
@@ -348,22 +395,84 @@ impl Keyring {
         m.finalize().into_bytes().into()
     }
 
-    /// Records that every key version of `subject` up to `through` was
-    /// destroyed: those versions are refused from now on, wherever they
-    /// come from (a restored backup, say).
-    pub fn record_erasure(&mut self, subject: &str, through: u32) {
-        let p = self.subject_pseudonym(subject);
-        let e = self.erased.entry(p).or_insert(0);
+    /// Records that every key version of the subject named `subject` (its
+    /// storage name) up to `through` was destroyed: those versions are
+    /// refused from now on, wherever they come from (a restored backup).
+    pub fn record_erasure(&mut self, subject: &SubjectPseudonym, through: u32) {
+        let e = self.erased.entry(*subject).or_insert(0);
         *e = (*e).max(through);
     }
 
-    /// The highest erased key version of `subject`, if it was ever erased.
-    pub fn erased_through(&self, subject: &str) -> Option<u32> {
-        // The common case costs no HMAC: nobody was ever erased.
-        if self.erased.is_empty() {
-            return None;
+    /// The highest erased key version of the subject named `subject`, if it
+    /// was ever erased.
+    pub fn erased_through(&self, subject: &SubjectPseudonym) -> Option<u32> {
+        self.erased.get(subject).copied()
+    }
+
+    /// How many shred buckets there are.
+    pub fn shred_buckets(&self) -> u16 {
+        // At most SHRED_BUCKETS-sized lists are made or decoded (u16 buckets).
+        self.buckets.len() as u16
+    }
+
+    /// The epoch of `bucket`'s key that wraps new subject keys (its newest).
+    pub fn shred_epoch(&self, bucket: u16) -> Result<u32, KeyringError> {
+        self.buckets
+            .get(bucket as usize)
+            .and_then(|b| b.keys().next_back().copied())
+            .ok_or(KeyringError::ShredKeyUnavailable { bucket, epoch: 0 })
+    }
+
+    /// One epoch of a bucket's key, if the keyring still holds it.
+    pub fn shred_key(&self, bucket: u16, epoch: u32) -> Result<&Key256, KeyringError> {
+        self.buckets
+            .get(bucket as usize)
+            .and_then(|b| b.get(&epoch))
+            .ok_or(KeyringError::ShredKeyUnavailable { bucket, epoch })
+    }
+
+    /// Adds a new epoch to `bucket` (the first step of an erasure): new
+    /// wraps use it, the old epoch still unwraps. Returns (old, new); if an
+    /// earlier erasure left two epochs, those.
+    pub fn begin_shred(&mut self, bucket: u16) -> Result<(u32, u32), KeyringError> {
+        let b = self
+            .buckets
+            .get_mut(bucket as usize)
+            .ok_or(KeyringError::ShredKeyUnavailable { bucket, epoch: 0 })?;
+        let newest = b.keys().next_back().copied().unwrap_or(0);
+        let oldest = b.keys().next().copied().unwrap_or(0);
+        if b.len() > 1 {
+            return Ok((oldest, newest));
         }
-        self.erased.get(&self.subject_pseudonym(subject)).copied()
+        let next = newest
+            .checked_add(1)
+            .ok_or(KeyringError::BadTransition(format!(
+                "shred bucket {bucket} has no epoch left"
+            )))?;
+        b.insert(next, Key256::random());
+        Ok((newest, next))
+    }
+
+    /// Drops every epoch of `bucket` but its newest (the commit point of an
+    /// erasure, once the keyring is saved): the dropped keys are zeroized
+    /// and leave the keyring file. Returns the epochs destroyed.
+    pub fn finish_shred(&mut self, bucket: u16) -> Vec<u32> {
+        let Some(b) = self.buckets.get_mut(bucket as usize) else {
+            return Vec::new();
+        };
+        let newest = b.keys().next_back().copied().unwrap_or(0);
+        let old: Vec<u32> = b.keys().copied().filter(|e| *e != newest).collect();
+        for e in &old {
+            b.remove(e);
+        }
+        old
+    }
+
+    /// Buckets holding more than one epoch: erasures a crash interrupted.
+    pub fn unfinished_shreds(&self) -> Vec<u16> {
+        (0..self.shred_buckets())
+            .filter(|&b| self.buckets[b as usize].len() > 1)
+            .collect()
     }
 
     /// How many subjects were erased.
@@ -509,6 +618,10 @@ impl Keyring {
             pseudonym_key: fixed(3),
             audit_seed: fixed(4),
             erased: BTreeMap::new(),
+            // Few buckets keep the fuzz seeds small; bucket keys are 6, 7.
+            buckets: (0..2)
+                .map(|b| BTreeMap::from([(1, fixed(6 + b))]))
+                .collect(),
             generation: 1,
             custody: Custody {
                 set_id: [0; 16],
@@ -525,6 +638,15 @@ impl Keyring {
     pub(crate) fn relabelled_for_test(&self, region: Region) -> Keyring {
         let mut k = self.clone();
         k.region = region;
+        k
+    }
+
+    /// This keyring with its erased list emptied: what a test uses to show
+    /// that an erased key is gone by cryptography, not refused by the list.
+    #[cfg(test)]
+    pub(crate) fn without_erasures_for_test(&self) -> Keyring {
+        let mut k = self.clone();
+        k.erased.clear();
         k
     }
 
@@ -554,7 +676,10 @@ impl Keyring {
             + 32
             + 8
             + keys * (5 + 37)
-            + self.erased.len() * (5 + 36);
+            + self.erased.len() * (5 + 36)
+            + 5
+            + 2
+            + self.buckets.iter().map(BTreeMap::len).sum::<usize>() * (5 + 38);
         let mut out = Zeroizing::new(Vec::with_capacity(capacity));
         section(&mut out, TAG_REGION, self.region.as_str().as_bytes());
         section(&mut out, TAG_ID, &self.id);
@@ -591,6 +716,22 @@ impl Keyring {
             value[32..].copy_from_slice(&v.to_be_bytes());
             section(&mut out, TAG_ERASED_SUBJECT, &value);
         }
+        section(
+            &mut out,
+            TAG_SHRED_COUNT,
+            &self.shred_buckets().to_be_bytes(),
+        );
+        for (bucket, epochs) in self.buckets.iter().enumerate() {
+            for (epoch, key) in epochs {
+                let mut value = Zeroizing::new([0u8; 38]);
+                value[..2].copy_from_slice(&(bucket as u16).to_be_bytes());
+                value[2..6].copy_from_slice(&epoch.to_be_bytes());
+                value[6..].copy_from_slice(key.expose_secret());
+                section(&mut out, TAG_SHRED_KEY, value.as_ref());
+            }
+        }
+        // Last, so that a keyring from before generations reads as one
+        // with the section cut off.
         section(&mut out, TAG_GENERATION, &self.generation.to_be_bytes());
         out
     }
@@ -608,6 +749,8 @@ impl Keyring {
         let mut audit_seed = None;
         let mut erased = BTreeMap::new();
         let mut generation = None;
+        let mut buckets: Vec<BTreeMap<u32, Key256>> = Vec::new();
+        let mut bucket_count: Option<u16> = None;
 
         fn once<T>(slot: &mut Option<T>, value: T) -> Result<(), KeyringError> {
             if slot.replace(value).is_some() {
@@ -687,6 +830,39 @@ impl Keyring {
                     &mut generation,
                     u64::from_be_bytes(value.try_into().map_err(|_| Malformed("bad generation"))?),
                 )?,
+                TAG_SHRED_COUNT => {
+                    let count = value
+                        .try_into()
+                        .map_err(|_| Malformed("bad shred-bucket count"))?;
+                    once(&mut bucket_count, u16::from_be_bytes(count))?;
+                    if bucket_count == Some(0) || !buckets.is_empty() {
+                        return Err(Malformed("bad shred-bucket count"));
+                    }
+                }
+                TAG_SHRED_KEY => {
+                    if bucket_count.is_none() {
+                        return Err(Malformed("shred-bucket key before the count"));
+                    }
+                    if value.len() != 38 {
+                        return Err(Malformed("bad shred-bucket key"));
+                    }
+                    let bucket = u16::from_be_bytes([value[0], value[1]]) as usize;
+                    let epoch = u32_of(&value[2..6])?;
+                    // Buckets come in order, each with one or two epochs.
+                    if bucket == buckets.len() {
+                        buckets.push(BTreeMap::new());
+                    }
+                    if bucket + 1 != buckets.len() {
+                        return Err(Malformed("shred-bucket keys out of order"));
+                    }
+                    let epochs = &mut buckets[bucket];
+                    if epoch == 0
+                        || epochs.len() >= 2
+                        || epochs.insert(epoch, key_of(&value[6..])?).is_some()
+                    {
+                        return Err(Malformed("bad or repeated shred-bucket epoch"));
+                    }
+                }
                 _ => return Err(Malformed("unknown section")),
             }
         }
@@ -704,6 +880,13 @@ impl Keyring {
         if !usable(&root_keys, current_root) || !usable(&index_keys, current_index) {
             return Err(Malformed("current key is not an active key"));
         }
+        match bucket_count {
+            None => return Err(KeyringError::NoShredBuckets),
+            Some(k) if usize::from(k) != buckets.len() => {
+                return Err(Malformed("a shred bucket has no key"))
+            }
+            Some(_) => {}
+        }
         Ok(Keyring {
             region: region.ok_or(Malformed("no region"))?,
             id: id.ok_or(Malformed("no id"))?,
@@ -715,6 +898,7 @@ impl Keyring {
             pseudonym_key: pseudonym_key.ok_or(Malformed("no pseudonym key"))?,
             audit_seed: audit_seed.ok_or(Malformed("no audit key"))?,
             erased,
+            buckets,
             // A keyring from before generations: the oldest.
             generation: generation.unwrap_or(0),
             custody,
@@ -861,6 +1045,36 @@ mod tests {
         assert_eq!(back.custody(), custody());
     }
 
+    /// A rekey: the same keys under a new share set and a new unseal key;
+    /// the header names the new set, and the old key opens it no more.
+    #[test]
+    fn a_rekeyed_keyring_opens_only_with_the_new_key() {
+        let kr = Keyring::generate(eu(), custody());
+        let (old_key, new_key) = (Key256::random(), Key256::random());
+        let new_custody = Custody {
+            set_id: [9; 16],
+            threshold: 3,
+            shares: 5,
+        };
+        let mut rekeyed = Keyring::clone(&kr);
+        rekeyed.set_custody(new_custody);
+        rekeyed.next_generation();
+        let file = rekeyed.seal(&new_key);
+        assert_eq!(Keyring::peek(&file).unwrap(), (eu(), new_custody));
+        assert_eq!(
+            Keyring::unseal(&file, &old_key, &eu()).unwrap_err(),
+            KeyringError::WrongUnsealKey
+        );
+        let back = Keyring::unseal(&file, &new_key, &eu()).unwrap();
+        assert_eq!(back.custody(), new_custody);
+        assert_eq!(back.generation(), kr.generation() + 1);
+        assert_eq!(back.id(), kr.id());
+        assert_eq!(
+            back.current_root().unwrap().1.expose_secret(),
+            kr.current_root().unwrap().1.expose_secret()
+        );
+    }
+
     /// The generation travels in the file; a keyring from before
     /// generations (no such section) is generation 0, the oldest; a
     /// malformed or repeated one is refused.
@@ -932,7 +1146,10 @@ mod tests {
     #[test]
     fn malformed_files() {
         let uk = Key256::random();
-        let file = Keyring::generate(eu(), custody()).seal(&uk);
+        // Two buckets keep the every-byte loop below quick (debug builds).
+        let mut kr = Keyring::generate(eu(), custody());
+        kr.buckets.truncate(2);
+        let file = kr.seal(&uk);
         let cases: Vec<(&str, Vec<u8>)> = vec![
             ("empty", vec![]),
             ("bad magic", [b"XXXX".as_slice(), &file[4..]].concat()),
@@ -976,7 +1193,10 @@ mod tests {
 
     #[test]
     fn contents_decoder_refuses_bad_structure() {
-        let kr = Keyring::generate(eu(), custody());
+        let mut kr = Keyring::generate(eu(), custody());
+        // Three buckets keep the every-truncation loop below quick.
+        kr.buckets.truncate(3);
+        kr.begin_shred(1).unwrap();
         let good = kr.encode_contents();
         assert!(Keyring::decode_contents(&good, custody()).is_ok());
         // Trailing garbage, an unknown section, a repeated singleton, a missing one.
@@ -1057,19 +1277,91 @@ mod tests {
         assert_eq!(back.current_root().unwrap().0, 2);
     }
 
+    /// A shred runs in two saved steps: a new epoch beside the old, then
+    /// the old one gone, its bytes out of the sealed contents. The decoder
+    /// refuses bucket lists that are out of order, incomplete, or hold more
+    /// than two epochs.
+    #[test]
+    fn shred_buckets_move_in_two_steps_and_refuse_bad_lists() {
+        let uk = Key256::random();
+        let mut kr = Keyring::generate(eu(), custody());
+        assert_eq!(kr.shred_buckets(), SHRED_BUCKETS);
+        assert!(kr.unfinished_shreds().is_empty());
+        let old = kr.shred_key(5, 1).unwrap().expose_secret().to_vec();
+        assert_eq!(kr.begin_shred(5).unwrap(), (1, 2));
+        assert_eq!(kr.begin_shred(5).unwrap(), (1, 2), "idempotent");
+        assert_eq!(kr.shred_epoch(5).unwrap(), 2);
+        let mid = Keyring::unseal(&kr.seal(&uk), &uk, &eu()).unwrap();
+        assert_eq!(mid.unfinished_shreds(), vec![5]);
+        assert!(mid.shred_key(5, 1).is_ok());
+        assert_eq!(kr.finish_shred(5), vec![1]);
+        assert_eq!(kr.finish_shred(5), Vec::<u32>::new());
+        let back = Keyring::unseal(&kr.seal(&uk), &uk, &eu()).unwrap();
+        assert!(back.unfinished_shreds().is_empty());
+        assert_eq!(
+            back.shred_key(5, 1).unwrap_err(),
+            KeyringError::ShredKeyUnavailable {
+                bucket: 5,
+                epoch: 1
+            }
+        );
+        assert!(!back
+            .encode_contents()
+            .windows(32)
+            .any(|w| w == old.as_slice()));
+        assert!(back.shred_key(SHRED_BUCKETS, 1).is_err());
+
+        let mut small = Keyring::generate(eu(), custody());
+        small.buckets.truncate(2);
+        let good = small.encode_contents();
+        assert!(Keyring::decode_contents(&good, custody()).is_ok());
+        let count_at = good
+            .windows(7)
+            .position(|w| w == [TAG_SHRED_COUNT, 0, 0, 0, 2, 0, 2])
+            .unwrap();
+        let key = |bucket: u16, epoch: u32| {
+            let mut v = bucket.to_be_bytes().to_vec();
+            v.extend_from_slice(&epoch.to_be_bytes());
+            v.extend_from_slice(&[9; 32]);
+            v
+        };
+        let with = |extra: &[(u16, u32)]| {
+            let mut t = good[..good.len() - 13].to_vec();
+            for (b, e) in extra {
+                section(&mut t, TAG_SHRED_KEY, &key(*b, *e));
+            }
+            t.extend_from_slice(&good[good.len() - 13..]);
+            Keyring::decode_contents(&t, custody())
+        };
+        assert!(with(&[(1, 2)]).is_ok(), "a second epoch");
+        assert!(with(&[(1, 2), (1, 3)]).is_err(), "a third epoch");
+        assert!(with(&[(1, 1)]).is_err(), "a repeated epoch");
+        assert!(with(&[(1, 0)]).is_err(), "epoch 0");
+        assert!(with(&[(0, 2)]).is_err(), "out of order");
+        assert!(with(&[(3, 1)]).is_err(), "a skipped bucket");
+        // The count disagrees with the keys, or is missing.
+        let mut t = good.to_vec();
+        t[count_at + 6] = 3;
+        assert!(Keyring::decode_contents(&t, custody()).is_err());
+        let t = [&good[..count_at], &good[count_at + 7..]].concat();
+        assert!(Keyring::decode_contents(&t, custody()).is_err());
+    }
+
     #[test]
     fn erased_subjects_survive_sealing() {
+        const ALICE: SubjectPseudonym = [1; 32];
+        const BOB: SubjectPseudonym = [2; 32];
         let mut kr = Keyring::generate(eu(), custody());
-        assert_eq!(kr.erased_through("alice"), None);
-        kr.record_erasure("alice", 3);
-        kr.record_erasure("alice", 2);
-        kr.record_erasure("bob", 1);
-        assert_eq!(kr.erased_through("alice"), Some(3));
+        assert_eq!(kr.erased_through(&ALICE), None);
+        kr.record_erasure(&ALICE, 3);
+        kr.record_erasure(&ALICE, 2);
+        kr.record_erasure(&BOB, 1);
+        assert_eq!(kr.erased_through(&ALICE), Some(3));
         let uk = Key256::random();
         let back = Keyring::unseal(&kr.seal(&uk), &uk, &eu()).unwrap();
-        assert_eq!(back.erased_through("alice"), Some(3));
-        assert_eq!(back.erased_through("bob"), Some(1));
-        assert_eq!(back.erased_through("carol"), None);
+        assert_eq!(back.erased_through(&ALICE), Some(3));
+        assert_eq!(back.erased_through(&BOB), Some(1));
+        assert_eq!(back.erased_through(&[3; 32]), None);
         assert_eq!(back.erased_subjects(), 2);
         // Pseudonyms depend on the keyring's key, not just the id.
         let other = Keyring::generate(eu(), custody());

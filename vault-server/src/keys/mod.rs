@@ -3,7 +3,9 @@
 
 mod cache;
 mod keyring;
+mod names;
 mod receipt;
+mod recipients;
 mod region;
 mod shares;
 mod subject;
@@ -11,12 +13,16 @@ mod subject;
 pub use cache::{KeyCache, SubjectKeys};
 pub use keyring::{
     write_secret_file, Custody, KeyState, Keyring, KeyringError, SubjectPseudonym, VersionedKey,
-    KEYRING_FILE_V2,
+    KEYRING_FILE_V2, SHRED_BUCKETS,
 };
-pub use receipt::{signing_key, ErasureReceipt, ReceiptError, ERASURE_RECEIPT_V1};
+pub use names::{bucket_of, RecordName, StorageNames, SubjectName};
+pub use receipt::{signing_key, ErasureReceipt, ReceiptError, Shredded, ERASURE_RECEIPT_V2};
+pub use recipients::{RecipientError, ShareRecipients};
 pub use region::{InvalidRegion, Region};
-pub use shares::{split, Progress, ShareCollector, ShareError, UnsealShare, SHARE_PREFIX};
+pub use shares::{
+    check_split, split, Progress, ShareCollector, ShareError, UnsealShare, SHARE_PREFIX,
+};
 pub use subject::{
-    rewrap_subject_key, unwrap_subject_key, wrap_subject_key, wrapping_version, Rewrapper,
-    WRAPPED_SUBJECT_KEY_V1,
+    rewrap_subject_key, unwrap_subject_key, wrap_subject_key, wrapping, wrapping_version,
+    Rewrapper, WRAPPED_SUBJECT_KEY_V2,
 };

@@ -7,9 +7,20 @@
 //!  0     1             17          25      27        27+r         43+r                75+r      79+r          87+r
 //!  +-----+-------------+-----------+-------+---------+------------+-------------------+---------+-------------+
 //!  | ver | receipt id  | erased at | u16 r | region  | keyring id | subject pseudonym | key     | records     |
-//!  | =1  | (16 random) | u64 secs  |       | (r B)   | (16 B)     | (32 B)            | vers u32| deleted u64 |
+//!  | =2  | (16 random) | u64 secs  |       | (r B)   | (16 B)     | (32 B)            | vers u32| deleted u64 |
 //!  +-----+-------------+-----------+-------+---------+------------+-------------------+---------+-------------+
+//!  87+r            89+r                  93+r                     101+r
+//!  +---------------+---------------------+------------------------+
+//!  | shred bucket  | bucket key epoch    | other subjects' keys   |
+//!  | u16           | destroyed, u32      | re-wrapped, u64        |
+//!  +---------------+---------------------+------------------------+
 //! ```
+//!
+//! The last three fields say what the erasure destroyed: the epoch of the
+//! shred-bucket key that wrapped the subject's keys (and every other key of
+//! its bucket, re-wrapped under the next epoch), so no copy of the data
+//! folder made before the erasure opens any key of that bucket with the
+//! current keyring. Version 1 (without them) is refused.
 //!
 //! `signature = Ed25519(signing key, labels::ERASURE_RECEIPT ‖ body)`, where
 //! the signing key's seed is the keyring's audit seed. The receipt names the
@@ -23,7 +34,7 @@ use super::{Keyring, SubjectPseudonym};
 use crate::crypto::labels;
 
 /// The receipt body format this build writes and reads.
-pub const ERASURE_RECEIPT_V1: u8 = 1;
+pub const ERASURE_RECEIPT_V2: u8 = 2;
 const SIGNATURE_LEN: usize = 64;
 
 /// Why stored receipt bytes were refused.
@@ -58,8 +69,21 @@ pub struct ErasureReceipt {
     pub key_versions_destroyed: u32,
     /// Records deleted.
     pub records_deleted: u64,
+    /// The key material destroyed.
+    pub shredded: Shredded,
     /// The signature over the label and [`ErasureReceipt::body`].
     pub signature: [u8; SIGNATURE_LEN],
+}
+
+/// What an erasure destroyed: one epoch of one shred-bucket key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Shredded {
+    /// The subject's shred bucket.
+    pub bucket: u16,
+    /// The epoch of the bucket key destroyed.
+    pub epoch: u32,
+    /// Keys of other subjects of the bucket re-wrapped under the next epoch.
+    pub keys_rewrapped: u64,
 }
 
 /// The vault's Ed25519 signing key, from the keyring's audit seed.
@@ -75,6 +99,7 @@ impl ErasureReceipt {
         key_versions_destroyed: u32,
         records_deleted: u64,
         erased_at: u64,
+        shredded: Shredded,
     ) -> Self {
         let mut id = [0u8; 16];
         rand::rngs::OsRng.fill_bytes(&mut id);
@@ -86,6 +111,7 @@ impl ErasureReceipt {
             subject: keyring.subject_pseudonym(subject),
             key_versions_destroyed,
             records_deleted,
+            shredded,
             signature: [0; SIGNATURE_LEN],
         };
         r.signature = signing_key(keyring)
@@ -96,8 +122,8 @@ impl ErasureReceipt {
 
     /// The signed body.
     pub fn body(&self) -> Vec<u8> {
-        let mut b = Vec::with_capacity(87 + self.region.len());
-        b.push(ERASURE_RECEIPT_V1);
+        let mut b = Vec::with_capacity(101 + self.region.len());
+        b.push(ERASURE_RECEIPT_V2);
         b.extend_from_slice(&self.id);
         b.extend_from_slice(&self.erased_at.to_be_bytes());
         // A region is at most 16 bytes (see Region).
@@ -107,6 +133,9 @@ impl ErasureReceipt {
         b.extend_from_slice(&self.subject);
         b.extend_from_slice(&self.key_versions_destroyed.to_be_bytes());
         b.extend_from_slice(&self.records_deleted.to_be_bytes());
+        b.extend_from_slice(&self.shredded.bucket.to_be_bytes());
+        b.extend_from_slice(&self.shredded.epoch.to_be_bytes());
+        b.extend_from_slice(&self.shredded.keys_rewrapped.to_be_bytes());
         b
     }
 
@@ -124,7 +153,7 @@ impl ErasureReceipt {
             .split_last_chunk::<SIGNATURE_LEN>()
             .ok_or(Malformed)?;
         let (&ver, rest) = body.split_first().ok_or(Malformed)?;
-        if ver != ERASURE_RECEIPT_V1 {
+        if ver != ERASURE_RECEIPT_V2 {
             return Err(ReceiptError::UnknownVersion(ver));
         }
         let (id, rest) = rest.split_first_chunk::<16>().ok_or(Malformed)?;
@@ -139,7 +168,10 @@ impl ErasureReceipt {
         let (keyring_id, rest) = rest.split_first_chunk::<16>().ok_or(Malformed)?;
         let (subject, rest) = rest.split_first_chunk::<32>().ok_or(Malformed)?;
         let (versions, rest) = rest.split_first_chunk::<4>().ok_or(Malformed)?;
-        let records: [u8; 8] = rest.try_into().map_err(|_| Malformed)?;
+        let (records, rest) = rest.split_first_chunk::<8>().ok_or(Malformed)?;
+        let (bucket, rest) = rest.split_first_chunk::<2>().ok_or(Malformed)?;
+        let (epoch, rest) = rest.split_first_chunk::<4>().ok_or(Malformed)?;
+        let rewrapped: [u8; 8] = rest.try_into().map_err(|_| Malformed)?;
         Ok(ErasureReceipt {
             id: *id,
             erased_at: u64::from_be_bytes(*at),
@@ -147,7 +179,12 @@ impl ErasureReceipt {
             keyring_id: *keyring_id,
             subject: *subject,
             key_versions_destroyed: u32::from_be_bytes(*versions),
-            records_deleted: u64::from_be_bytes(records),
+            records_deleted: u64::from_be_bytes(*records),
+            shredded: Shredded {
+                bucket: u16::from_be_bytes(*bucket),
+                epoch: u32::from_be_bytes(*epoch),
+                keys_rewrapped: u64::from_be_bytes(rewrapped),
+            },
             signature: *sig,
         })
     }
@@ -187,7 +224,12 @@ mod tests {
     #[test]
     fn signs_verifies_and_round_trips() {
         let kr = keyring();
-        let r = ErasureReceipt::sign(&kr, "alice", 2, 7, 1_700_000_000);
+        let shredded = Shredded {
+            bucket: 513,
+            epoch: 4,
+            keys_rewrapped: 977,
+        };
+        let r = ErasureReceipt::sign(&kr, "alice", 2, 7, 1_700_000_000, shredded);
         let pk = signing_key(&kr).verifying_key();
         r.verify(&pk).unwrap();
         let back = ErasureReceipt::decode(&r.encode()).unwrap();
@@ -200,23 +242,26 @@ mod tests {
         let mut edited = r.clone();
         edited.records_deleted = 6;
         assert_eq!(edited.verify(&pk), Err(ReceiptError::BadSignature));
+        let mut edited = r.clone();
+        edited.shredded.epoch = 3;
+        assert_eq!(edited.verify(&pk), Err(ReceiptError::BadSignature));
     }
 
     #[test]
     fn decoder_refuses_damage_without_panicking() {
         let kr = keyring();
-        let stored = ErasureReceipt::sign(&kr, "alice", 1, 1, 1).encode();
+        let stored = ErasureReceipt::sign(&kr, "alice", 1, 1, 1, Shredded::default()).encode();
         for n in 0..stored.len() {
             assert!(ErasureReceipt::decode(&stored[..n]).is_err(), "prefix {n}");
         }
         let mut longer = stored.clone();
         longer.insert(30, 0);
         assert!(ErasureReceipt::decode(&longer).is_err());
-        let mut v2 = stored.clone();
-        v2[0] = 2;
+        let mut v1 = stored.clone();
+        v1[0] = 1;
         assert_eq!(
-            ErasureReceipt::decode(&v2),
-            Err(ReceiptError::UnknownVersion(2))
+            ErasureReceipt::decode(&v1),
+            Err(ReceiptError::UnknownVersion(1))
         );
         let pk = signing_key(&kr).verifying_key();
         for i in 0..stored.len() {

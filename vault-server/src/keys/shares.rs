@@ -62,6 +62,13 @@ pub enum ShareError {
     /// Threshold and share count out of range.
     #[error("invalid split: need 1 <= threshold <= shares <= 255")]
     BadParameters,
+    /// Threshold 1 with more than one share: every share would be the
+    /// whole unseal key.
+    #[error(
+        "threshold 1 with {0} shares would make every share the whole unseal key; \
+         use a threshold of 2 or more (or a single share)"
+    )]
+    EveryShareIsTheKey(u8),
     /// Fewer shares than the threshold.
     #[error("not enough unseal shares")]
     NotEnough,
@@ -125,7 +132,7 @@ impl UnsealShare {
     pub fn encode(&self) -> Zeroizing<String> {
         let mut s = Zeroizing::new(String::with_capacity(SHARE_PREFIX.len() + 2 * LEN));
         s.push_str(SHARE_PREFIX);
-        s.push_str(&Zeroizing::new(hex::encode(self.bytes().as_ref())));
+        s.push_str(&Zeroizing::new(hex::encode(&self.bytes()[..])));
         s
     }
 
@@ -169,11 +176,24 @@ fn checksum(bytes: &[u8]) -> [u8; 4] {
     [d[0], d[1], d[2], d[3]]
 }
 
-/// Splits `key` into `total` shares, any `threshold` of which rebuild it.
-pub fn split(key: &Key256, threshold: u8, total: u8) -> Result<Vec<UnsealShare>, ShareError> {
+/// Checks the parameters of a split: 1 <= threshold <= total, and no
+/// threshold of 1 with more than one share (each share would then be the
+/// key itself: custody by one person, N times over). A single share (1 of
+/// 1, dev mode) is allowed.
+pub fn check_split(threshold: u8, total: u8) -> Result<(), ShareError> {
     if threshold == 0 || threshold > total {
         return Err(ShareError::BadParameters);
     }
+    if threshold == 1 && total > 1 {
+        return Err(ShareError::EveryShareIsTheKey(total));
+    }
+    Ok(())
+}
+
+/// Splits `key` into `total` shares, any `threshold` of which rebuild it.
+/// Refuses what [`check_split`] refuses.
+pub fn split(key: &Key256, threshold: u8, total: u8) -> Result<Vec<UnsealShare>, ShareError> {
+    check_split(threshold, total)?;
     let mut set_id = [0u8; 16];
     rand::rngs::OsRng.fill_bytes(&mut set_id);
     // The polynomials' coefficients come from the operating system's
@@ -403,6 +423,12 @@ mod tests {
             split(&Key256::random(), 3, 2).unwrap_err(),
             ShareError::BadParameters
         );
+        // Threshold 1 of several: every share would be the key.
+        let err = split(&Key256::random(), 1, 3).unwrap_err();
+        assert_eq!(err, ShareError::EveryShareIsTheKey(3));
+        assert!(err.to_string().contains("every share the whole unseal key"));
+        assert_eq!(check_split(1, 1), Ok(()));
+        assert_eq!(check_split(2, 255), Ok(()));
         // 1-of-1 (dev mode) combines from its one share.
         assert!(collect(&[&shares[0]]).is_ok());
     }

@@ -13,7 +13,8 @@ use zeroize::Zeroizing;
 use super::auth::caller;
 use super::vault::run_blocking;
 use crate::engine::RootKeyInfo;
-use crate::keys::{ErasureReceipt, KeyState};
+use crate::keys::{ErasureReceipt, KeyState, ShareRecipients};
+use crate::vault::RekeyParams;
 use crate::Vault;
 
 /// The custody API over one vault.
@@ -66,6 +67,17 @@ fn small(what: &str, n: u32) -> Result<u8, Status> {
     u8::try_from(n).map_err(|_| Status::invalid_argument(format!("{what} must be 1 to 255")))
 }
 
+/// The recipients a request names, if any, checked: one age X25519
+/// recipient per share.
+fn recipients(list: &[String], shares: u8) -> Result<Option<ShareRecipients>, Status> {
+    if list.is_empty() {
+        return Ok(None);
+    }
+    ShareRecipients::parse(list, shares)
+        .map(Some)
+        .map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
 fn receipt_to(r: &ErasureReceipt, public_key: [u8; 32]) -> pb::ErasureReceipt {
     pb::ErasureReceipt {
         body: r.body(),
@@ -80,6 +92,9 @@ fn receipt_to(r: &ErasureReceipt, public_key: [u8; 32]) -> pb::ErasureReceipt {
         subject_pseudonym: hex::encode(r.subject),
         key_versions_destroyed: r.key_versions_destroyed,
         records_deleted: r.records_deleted,
+        shred_bucket: u32::from(r.shredded.bucket),
+        shred_epoch_destroyed: r.shredded.epoch,
+        keys_rewrapped: r.shredded.keys_rewrapped,
     }
 }
 
@@ -92,15 +107,71 @@ impl OperatorService for OperatorApi {
         let caller = caller(&req)?;
         let r = req.into_inner();
         let (shares, threshold) = (small("shares", r.shares)?, small("threshold", r.threshold)?);
+        let to = recipients(&r.recipients, shares)?;
         let vault = Arc::clone(&self.vault);
-        let parts = run_blocking(move || vault.init(&caller, shares, threshold)).await?;
+        let issued =
+            run_blocking(move || vault.init_with(&caller, shares, threshold, to.as_ref())).await?;
         // The response owns plain Strings (prost); the shares leave this
-        // process once and are not kept.
+        // process once and are not kept. With recipients, only their
+        // ciphertexts leave it.
         Ok(Response::new(pb::InitResponse {
-            shares: parts.iter().map(|s| s.encode().to_string()).collect(),
+            shares: issued
+                .clear
+                .iter()
+                .map(|s| s.encode().to_string())
+                .collect(),
             threshold: u32::from(threshold),
             region: self.vault.region().to_string(),
+            encrypted_shares: issued.sealed,
         }))
+    }
+
+    async fn rekey(
+        &self,
+        req: Request<pb::RekeyRequest>,
+    ) -> Result<Response<pb::RekeyResponse>, Status> {
+        let caller = caller(&req)?;
+        let r = req.into_inner();
+        let share = Zeroizing::new(r.share);
+        let vault = Arc::clone(&self.vault);
+        if r.cancel {
+            let custody = run_blocking(move || {
+                vault.cancel_rekey(&caller)?;
+                Ok(vault.seal_status())
+            })
+            .await?;
+            return Ok(Response::new(pb::RekeyResponse {
+                required: u32::from(custody.threshold),
+                ..Default::default()
+            }));
+        }
+        let (shares, threshold) = (small("shares", r.shares)?, small("threshold", r.threshold)?);
+        let params = RekeyParams {
+            shares,
+            threshold,
+            recipients: recipients(&r.recipients, shares)?,
+        };
+        let p = run_blocking(move || vault.rekey(&caller, &share, &params)).await?;
+        let mut response = pb::RekeyResponse {
+            complete: p.done.is_some(),
+            progress: u32::from(p.progress),
+            required: u32::from(p.required),
+            ..Default::default()
+        };
+        if let Some(done) = p.done {
+            response.shares = done
+                .shares
+                .clear
+                .iter()
+                .map(|s| s.encode().to_string())
+                .collect();
+            response.encrypted_shares = done.shares.sealed;
+            response.threshold = u32::from(done.threshold);
+            response.share_count = u32::from(done.total);
+            response.keyring_generation = done.keyring_generation;
+            response.sealed = done.sealed;
+        }
+        Ok(Response::new(response))
     }
 
     async fn unseal(

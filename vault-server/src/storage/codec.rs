@@ -1,16 +1,21 @@
-//! Keys and the stored record codec.
+//! Keys and the stored record codec, format 2. No key and no value holds a
+//! record id or a subject id in clear: rows are named by keyed storage
+//! names (`keys::StorageNames`), and the clear ids live only inside each
+//! record, encrypted.
 //!
-//! Record key: `collection ‖ 0x00 ‖ record id` (names and ids never hold 0x00).
-//! Subject key row: `subject id ‖ 0x00 ‖ u32 key version`.
-//! Subject → records index entry: `subject id ‖ 0x00 ‖ record key`.
+//! Record key: `collection ‖ 0x00 ‖ record name (32)` (names never hold 0x00).
+//! Subject key row: `u16 bucket ‖ subject name (32) ‖ u32 key version`,
+//! so one shred bucket's rows are one range.
+//! Subject → records index entry: `subject name (32) ‖ record key`.
 //!
-//! Stored record, version 1 (integers big-endian):
+//! Stored record, version 2 (integers big-endian):
 //!
 //! ```text
 //!  ┌ body ───────────────────────────────────────────────────────────────┐
-//!  │ u8  version = 1                                                     │
-//!  │ u16 subject id length ‖ subject id (UTF-8)                          │
+//!  │ u8  version = 2                                                     │
+//!  │ 32  subject storage name                                            │
 //!  │ u32 subject key version (of every envelope and of the record tag)   │
+//!  │ u32 ids envelope length ‖ ids envelope                              │
 //!  │ u16 field count                                                     │
 //!  │ per field, in name order:                                           │
 //!  │     u16 name length ‖ name (UTF-8) ‖ u32 envelope length ‖ envelope │
@@ -18,55 +23,95 @@
 //!  32 bytes record tag = HMAC-SHA256 over the body (see `crypto::record_tag`)
 //! ```
 //!
-//! Field values exist here only as envelopes (see `crypto::seal_field`).
+//! The ids envelope is a field envelope (same key derivation and AAD, with
+//! the reserved field name `$ids` and the record's storage name in hex in
+//! place of its id) whose plaintext is `u16 len ‖ subject id ‖ u16 len ‖
+//! record id` ([`encode_ids`]). Field values exist here only as envelopes.
 //! The envelopes authenticate each value; the record tag authenticates the
-//! record as a whole (its subject, its set of fields), so a dropped field or
-//! a swapped subject is caught too. Anything that does not parse exactly,
-//! with no trailing bytes, is an integrity failure.
+//! record as a whole (its subject, its ids, its set of fields), so a dropped
+//! field or a swapped subject is caught too. Anything that does not parse
+//! exactly, with no trailing bytes, is an integrity failure. Version 1
+//! (subject id in clear) is refused.
 
+use crate::keys::{RecordName, SubjectName};
 use crate::{Error, Result};
 
 /// The stored record format this build writes and reads.
-pub const STORED_RECORD_V1: u8 = 1;
+pub const STORED_RECORD_V2: u8 = 2;
 
 /// The key of a record in [`super::Table::Records`].
-pub fn record_key(collection: &str, id: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(collection.len() + 1 + id.len());
+pub fn record_key(collection: &str, name: &RecordName) -> Vec<u8> {
+    let mut k = Vec::with_capacity(collection.len() + 1 + name.len());
     k.extend_from_slice(collection.as_bytes());
     k.push(0);
-    k.extend_from_slice(id.as_bytes());
+    k.extend_from_slice(name);
     k
 }
 
-/// `subject ‖ 0`: the prefix of a subject's key rows and index entries.
-/// Ids hold no control characters, so no subject's prefix is another's.
-pub fn subject_key_prefix(subject: &str) -> Vec<u8> {
-    let mut p = Vec::with_capacity(subject.len() + 1);
-    p.extend_from_slice(subject.as_bytes());
-    p.push(0);
+/// A record key back into its collection and record name.
+pub fn split_record_key(key: &[u8]) -> Result<(&str, RecordName)> {
+    let nul = key.iter().position(|&b| b == 0).ok_or(Error::Integrity)?;
+    let collection = std::str::from_utf8(&key[..nul]).map_err(|_| Error::Integrity)?;
+    let name = key[nul + 1..].try_into().map_err(|_| Error::Integrity)?;
+    Ok((collection, name))
+}
+
+/// `u16 bucket`: the prefix of one shred bucket's subject key rows.
+pub fn bucket_prefix(bucket: u16) -> [u8; 2] {
+    bucket.to_be_bytes()
+}
+
+/// `u16 bucket ‖ subject name`: the prefix of a subject's key rows.
+pub fn subject_key_prefix(bucket: u16, subject: &SubjectName) -> Vec<u8> {
+    let mut p = Vec::with_capacity(38);
+    p.extend_from_slice(&bucket.to_be_bytes());
+    p.extend_from_slice(subject);
     p
 }
 
-/// `subject ‖ 0 ‖ u32 version`: a wrapped subject key's row.
-pub fn subject_key_id(subject: &str, version: u32) -> Vec<u8> {
-    let mut k = subject_key_prefix(subject);
+/// `u16 bucket ‖ subject name ‖ u32 version`: a wrapped subject key's row.
+pub fn subject_key_id(bucket: u16, subject: &SubjectName, version: u32) -> Vec<u8> {
+    let mut k = subject_key_prefix(bucket, subject);
     k.extend_from_slice(&version.to_be_bytes());
     k
 }
 
-/// Splits a subject key row's key into subject and version.
-pub fn parse_subject_key_id(key: &[u8]) -> Result<(&str, u32)> {
-    let (head, version) = key.split_last_chunk::<4>().ok_or(Error::Integrity)?;
-    let subject = head.strip_suffix(&[0]).ok_or(Error::Integrity)?;
-    let subject = std::str::from_utf8(subject).map_err(|_| Error::Integrity)?;
-    Ok((subject, u32::from_be_bytes(*version)))
+/// Splits a subject key row's key into bucket, subject name and version.
+pub fn parse_subject_key_id(key: &[u8]) -> Result<(u16, SubjectName, u32)> {
+    let key: &[u8; 38] = key.try_into().map_err(|_| Error::Integrity)?;
+    let bucket = u16::from_be_bytes([key[0], key[1]]);
+    let mut subject = [0u8; 32];
+    subject.copy_from_slice(&key[2..34]);
+    let version = u32::from_be_bytes([key[34], key[35], key[36], key[37]]);
+    Ok((bucket, subject, version))
 }
 
-/// `subject ‖ 0 ‖ record key`: one entry of the subject → records index.
-pub fn subject_record_key(subject: &str, record_key: &[u8]) -> Vec<u8> {
-    let mut k = subject_key_prefix(subject);
+/// `subject name ‖ record key`: one entry of the subject → records index.
+pub fn subject_record_key(subject: &SubjectName, record_key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(32 + record_key.len());
+    k.extend_from_slice(subject);
     k.extend_from_slice(record_key);
     k
+}
+
+/// The plaintext of a record's ids envelope.
+pub fn encode_ids(subject_id: &str, record_id: &str) -> zeroize::Zeroizing<Vec<u8>> {
+    let mut out =
+        zeroize::Zeroizing::new(Vec::with_capacity(4 + subject_id.len() + record_id.len()));
+    put_u16_str(&mut out, subject_id);
+    put_u16_str(&mut out, record_id);
+    out
+}
+
+/// Decodes the plaintext of an ids envelope: (subject id, record id).
+pub fn decode_ids(plain: &[u8]) -> Result<(String, String)> {
+    let mut r = Reader(plain);
+    let subject = r.u16_str()?;
+    let record = r.u16_str()?;
+    if !r.0.is_empty() {
+        return Err(Error::Integrity);
+    }
+    Ok((subject, record))
 }
 
 /// One encrypted field as stored.
@@ -81,14 +126,16 @@ pub struct StoredField {
 /// Length of the record tag.
 pub const RECORD_TAG_LEN: usize = 32;
 
-/// A record as stored: the subject, the key version, the encrypted fields
-/// and the record tag.
+/// A record as stored: the subject's storage name, the key version, the
+/// encrypted ids and fields, and the record tag.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredRecord {
-    /// The data subject the record is about.
-    pub subject_id: String,
+    /// The storage name of the data subject the record is about.
+    pub subject: SubjectName,
     /// The subject key version of every envelope and of the tag.
     pub key_version: u32,
+    /// The envelope of the subject and record ids.
+    pub ids: Vec<u8>,
     /// The fields, sorted by name.
     pub fields: Vec<StoredField>,
     /// HMAC-SHA256 over the encoded body.
@@ -99,18 +146,20 @@ impl StoredRecord {
     /// Encodes the body: everything but the tag. Names and ids are bounded
     /// by request validation far below u16::MAX, envelopes far below u32::MAX.
     pub fn encode_body(&self) -> Vec<u8> {
-        let size: usize = 9
+        let size: usize = 43
             + RECORD_TAG_LEN
-            + self.subject_id.len()
+            + self.ids.len()
             + self
                 .fields
                 .iter()
                 .map(|f| 6 + f.name.len() + f.envelope.len())
                 .sum::<usize>();
         let mut out = Vec::with_capacity(size);
-        out.push(STORED_RECORD_V1);
-        put_u16_str(&mut out, &self.subject_id);
+        out.push(STORED_RECORD_V2);
+        out.extend_from_slice(&self.subject);
         out.extend_from_slice(&self.key_version.to_be_bytes());
+        out.extend_from_slice(&(self.ids.len() as u32).to_be_bytes());
+        out.extend_from_slice(&self.ids);
         out.extend_from_slice(&(self.fields.len() as u16).to_be_bytes());
         for f in &self.fields {
             put_u16_str(&mut out, &f.name);
@@ -137,11 +186,13 @@ impl StoredRecord {
             .ok_or(Error::Integrity)?;
         let (body, tag) = bytes.split_at(split);
         let mut r = Reader(body);
-        if r.u8()? != STORED_RECORD_V1 {
+        if r.u8()? != STORED_RECORD_V2 {
             return Err(Error::Integrity);
         }
-        let subject_id = r.u16_str()?;
+        let subject: SubjectName = r.take(32)?.try_into().map_err(|_| Error::Integrity)?;
         let key_version = r.u32()?;
+        let ids_len = r.u32()? as usize;
+        let ids = r.take(ids_len)?.to_vec();
         let count = r.u16()? as usize;
         let mut fields = Vec::with_capacity(count.min(256));
         for _ in 0..count {
@@ -162,8 +213,9 @@ impl StoredRecord {
         let mut t = [0u8; RECORD_TAG_LEN];
         t.copy_from_slice(tag);
         let record = StoredRecord {
-            subject_id,
+            subject,
             key_version,
+            ids,
             fields,
             tag: t,
         };
@@ -172,6 +224,7 @@ impl StoredRecord {
 }
 
 fn put_u16_str(out: &mut Vec<u8>, s: &str) {
+    // Ids and names are bounded by request validation far below u16::MAX.
     out.extend_from_slice(&(s.len() as u16).to_be_bytes());
     out.extend_from_slice(s.as_bytes());
 }
@@ -213,8 +266,9 @@ mod tests {
 
     fn sample() -> StoredRecord {
         StoredRecord {
-            subject_id: "subject-1".into(),
+            subject: [9; 32],
             key_version: 3,
+            ids: vec![4; 30],
             tag: [7; RECORD_TAG_LEN],
             fields: vec![
                 StoredField {
@@ -251,7 +305,7 @@ mod tests {
         t.push(0);
         assert!(matches!(StoredRecord::decode(&t), Err(Error::Integrity)));
         let mut t = bytes;
-        t[0] = 2;
+        t[0] = 1; // format 1, the subject id in clear: refused
         assert!(matches!(StoredRecord::decode(&t), Err(Error::Integrity)));
     }
 
@@ -265,6 +319,32 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn ids_round_trip_and_refuse_anything_else() {
+        let plain = encode_ids("subject@example.org", "record-1");
+        assert_eq!(
+            decode_ids(&plain).unwrap(),
+            ("subject@example.org".into(), "record-1".into())
+        );
+        for n in 0..plain.len() {
+            assert!(decode_ids(&plain[..n]).is_err());
+        }
+        let mut longer = plain.to_vec();
+        longer.push(0);
+        assert!(decode_ids(&longer).is_err());
+    }
+
+    #[test]
+    fn keys_split_back() {
+        let k = record_key("users", &[7; 32]);
+        assert_eq!(split_record_key(&k).unwrap(), ("users", [7; 32]));
+        assert!(split_record_key(&k[..k.len() - 1]).is_err());
+        let row = subject_key_id(513, &[8; 32], 4);
+        assert_eq!(parse_subject_key_id(&row).unwrap(), (513, [8; 32], 4));
+        assert!(row.starts_with(&bucket_prefix(513)));
+        assert!(parse_subject_key_id(&row[1..]).is_err());
+    }
+
     proptest! {
         #[test]
         fn decoder_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..128)) {
@@ -276,14 +356,16 @@ mod tests {
         /// exactly the body; a byte more or less is refused.
         #[test]
         fn prop_round_trip(
-            subject in "[a-z0-9]{1,16}",
+            subject in any::<[u8; 32]>(),
             key_version in any::<u32>(),
+            ids in proptest::collection::vec(any::<u8>(), 0..64),
             fields in proptest::collection::btree_map("[a-z_]{1,12}", proptest::collection::vec(any::<u8>(), 0..64), 0..8),
             tag in any::<[u8; RECORD_TAG_LEN]>(),
         ) {
             let r = StoredRecord {
-                subject_id: subject,
+                subject,
                 key_version,
+                ids,
                 fields: fields
                     .into_iter()
                     .map(|(name, envelope)| StoredField { name, envelope })

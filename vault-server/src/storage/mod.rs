@@ -7,8 +7,9 @@ mod codec;
 mod rocks;
 
 pub use codec::{
-    parse_subject_key_id, record_key, subject_key_id, subject_key_prefix, subject_record_key,
-    StoredField, StoredRecord, RECORD_TAG_LEN, STORED_RECORD_V1,
+    bucket_prefix, decode_ids, encode_ids, parse_subject_key_id, record_key, split_record_key,
+    subject_key_id, subject_key_prefix, subject_record_key, StoredField, StoredRecord,
+    RECORD_TAG_LEN, STORED_RECORD_V2,
 };
 #[cfg(feature = "rocksdb")]
 pub use rocks::{RocksStore, StoreOptions};
@@ -28,15 +29,15 @@ pub enum Table {
     Meta,
     /// Collection schemas (JSON; no personal data).
     Collections,
-    /// Records: field ciphertexts keyed by collection and record id.
+    /// Records: field ciphertexts keyed by collection and record name.
     Records,
-    /// Wrapped subject keys keyed by subject id and version.
+    /// Wrapped subject keys keyed by shred bucket, subject name and version.
     SubjectKeys,
     /// Blind indexes (used by search).
     Index,
     /// The audit log.
     Audit,
-    /// Which records belong to a subject: `subject ‖ 0 ‖ record key` → empty.
+    /// Which records belong to a subject: `subject name ‖ record key` → empty.
     SubjectRecords,
     /// Signed erasure receipts by receipt id.
     Receipts,
@@ -141,4 +142,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Applies every change at once; when it returns `Ok`, the changes are
     /// durable (if the store was opened with synced writes).
     fn write(&self, set: WriteSet) -> Result<()>;
+    /// Rewrites the stored files that hold keys in `[start, end)` of
+    /// `table` (memory first), so that deleted and overwritten entries of
+    /// that range leave the files.
+    fn compact_range(&self, table: Table, start: &[u8], end: &[u8]) -> Result<()>;
 }

@@ -1,8 +1,11 @@
 //! `vaultctl operator …` and `vaultctl subject …`: key custody.
 //!
 //! Unseal shares never travel through the command line (shell history,
-//! `ps`): `init` prints them or writes them to files of mode 0600, and
-//! `unseal` reads one from a file or stdin.
+//! `ps`): `init` and `rekey` print them or write them to files of mode
+//! 0600, and `unseal` and `rekey` read one from a file or stdin. With age
+//! recipients (`--recipient`, `--recipients-file`) the vault encrypts each
+//! share to its custodian and vaultctl only ever sees ciphertexts; a
+//! custodian opens theirs with `--identity`, here, just before sending it.
 
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::{BufRead, IsTerminal as _, Read as _, Write as _};
@@ -12,9 +15,10 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use serde::Serialize;
 use serde_json::{json, Value as Json};
+use vault_client::sealed_share::{self, Identities};
 use vault_client::{
-    ErasureReceipt, Initialized, ReceiptBody, RewrapProgress, RootKeyInfo, RootKeys, SealStatus,
-    SubjectKeyRotation, UnsealProgress, UnsealShare,
+    ErasureReceipt, Initialized, ReceiptBody, RekeyProgress, RewrapProgress, RootKeyInfo, RootKeys,
+    SealStatus, SubjectKeyRotation, UnsealProgress, UnsealShare,
 };
 use zeroize::Zeroizing;
 
@@ -38,16 +42,19 @@ pub(crate) enum OperatorCommand {
     /// Hand in one unseal share, read from --share-file or stdin (never from
     /// the command line).
     Unseal {
-        /// A file holding one share (as `operator init --share-dir` writes
-        /// it). Without it, one line is read from stdin.
-        #[arg(long, value_name = "FILE")]
-        share_file: Option<PathBuf>,
+        #[command(flatten)]
+        share: ShareArgs,
         /// Disaster recovery: accept a keyring older than the data folder
         /// has seen (a restored keyring backup brings destroyed keys back
         /// and forgets erasures made since). Recorded in the audit log.
         #[arg(long)]
         allow_keyring_rollback: bool,
     },
+
+    /// Replace the unseal key (rekey): each custodian hands in one current
+    /// share, naming the same new split; the last one gets the new shares,
+    /// and the old shares open nothing any more.
+    Rekey(RekeyArgs),
 
     /// Seal the vault: it drops every key from memory and serves no data
     /// until it is unsealed again.
@@ -95,10 +102,74 @@ pub(crate) struct InitArgs {
     #[arg(long, value_name = "M", value_parser = clap::value_parser!(u32).range(1..=255))]
     threshold: u32,
 
-    /// Write the shares to DIR/share-1.txt … share-N.txt (mode 0600, never
-    /// overwriting; DIR is created if missing) instead of printing them.
+    /// Write the shares to DIR/share-1.txt … share-N.txt (share-I.age when
+    /// encrypted; mode 0600, never overwriting; DIR is created if missing)
+    /// instead of printing them.
     #[arg(long, value_name = "DIR")]
     share_dir: Option<PathBuf>,
+
+    #[command(flatten)]
+    recipients: RecipientArgs,
+}
+
+/// Where a share handed in comes from.
+#[derive(Debug, Args)]
+pub(crate) struct ShareArgs {
+    /// A file holding one share (as `operator init --share-dir` writes
+    /// it). Without it, one line is read from stdin (with --identity: the
+    /// whole encrypted share).
+    #[arg(long, value_name = "FILE")]
+    share_file: Option<PathBuf>,
+    /// An age identity file (`AGE-SECRET-KEY-1…`, as `age-keygen` writes
+    /// it) that opens an encrypted share (from `--recipient`); the share is
+    /// decrypted here and sent to the vault.
+    #[arg(long, value_name = "FILE")]
+    identity: Option<PathBuf>,
+}
+
+/// The custodians' age recipients, one per new share.
+#[derive(Debug, Args)]
+pub(crate) struct RecipientArgs {
+    /// Encrypt the shares to the custodians' age X25519 recipients
+    /// (`age1…`): once per share, in order; share I goes to the I-th.
+    #[arg(
+        long = "recipient",
+        value_name = "AGE1…",
+        conflicts_with = "recipients_file"
+    )]
+    recipient: Vec<String>,
+    /// A file of age recipients, one per line (`#` comments allowed), one
+    /// per share, in order.
+    #[arg(long, value_name = "FILE")]
+    recipients_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RekeyArgs {
+    /// How many new shares to make (1 to 255).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=255),
+          required_unless_present = "cancel")]
+    shares: Option<u32>,
+
+    /// How many new shares unseal the vault (1 to N; 1 only with 1 share).
+    #[arg(long, value_name = "M", value_parser = clap::value_parser!(u32).range(1..=255),
+          required_unless_present = "cancel")]
+    threshold: Option<u32>,
+
+    #[command(flatten)]
+    share: ShareArgs,
+
+    #[command(flatten)]
+    recipients: RecipientArgs,
+
+    /// Where the last custodian's call writes the new shares (as init's
+    /// --share-dir); reserved on every call, kept only by the last.
+    #[arg(long, value_name = "DIR")]
+    share_dir: Option<PathBuf>,
+
+    /// Abandon the rekey in progress (the shares given are dropped).
+    #[arg(long, conflicts_with_all = ["shares", "threshold", "share_dir", "share_file", "identity", "recipient", "recipients_file"])]
+    cancel: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -126,14 +197,12 @@ pub(crate) enum SubjectCommand {
 pub(crate) async fn run_operator(cli: &Cli, command: &OperatorCommand) -> Result<(), CliError> {
     match command {
         OperatorCommand::Init(args) => init(cli, args).await,
+        OperatorCommand::Rekey(args) => rekey(cli, args).await,
         OperatorCommand::Unseal {
-            share_file,
+            share,
             allow_keyring_rollback,
         } => {
-            let share = match share_file {
-                Some(path) => read_share_file(path)?,
-                None => read_share_from_stdin()?,
-            };
+            let share = read_share(share)?;
             let vault = connect(cli).await?;
             let progress = vault.unseal_with(&share, *allow_keyring_rollback).await?;
             drop(share);
@@ -250,20 +319,80 @@ fn key_state_changed(cli: &Cli, version: u32, state: &str) {
     }
 }
 
-async fn init(cli: &Cli, args: &InitArgs) -> Result<(), CliError> {
-    if args.threshold > args.shares {
+/// Checks a new split on the command line.
+fn check_split(shares: u32, threshold: u32) -> Result<(), CliError> {
+    if threshold > shares {
         return Err(CliError::Usage(format!(
-            "--threshold {} is more than --shares {}: the vault could never be unsealed",
-            args.threshold, args.shares
+            "--threshold {threshold} is more than --shares {shares}: the vault could never be \
+             unsealed"
         )));
     }
-    // The files are made before the vault makes the shares, so a share
-    // never lacks a place to go.
-    let files = match &args.share_dir {
-        Some(dir) => Some(ShareFiles::create(dir, args.shares)?),
-        None => None,
+    if threshold == 1 && shares > 1 {
+        return Err(CliError::Usage(format!(
+            "--threshold 1 with --shares {shares} would make every share the whole unseal key; \
+             use a threshold of 2 or more (or a single share)"
+        )));
+    }
+    Ok(())
+}
+
+/// The recipients named (`--recipient` or `--recipients-file`), checked:
+/// one per share.
+fn recipients_of(args: &RecipientArgs, shares: u32) -> Result<Vec<String>, CliError> {
+    let list = match &args.recipients_file {
+        Some(path) => {
+            let file = File::open(path)
+                .map_err(|e| CliError::Io(format!("cannot read {}: {e}", path.display())))?;
+            let mut text = String::new();
+            file.take(sealed_share::MAX_KEY_FILE + 1)
+                .read_to_string(&mut text)
+                .map_err(|e| CliError::Io(format!("cannot read {}: {e}", path.display())))?;
+            sealed_share::parse_recipients(&text)
+                .map_err(|e| CliError::Input(format!("{}: {e}", path.display())))?
+        }
+        None => args
+            .recipient
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                sealed_share::check_recipient(r).map_err(|_| {
+                    CliError::Usage(format!(
+                        "--recipient number {} is not an age X25519 recipient (age1…)",
+                        i + 1
+                    ))
+                })
+            })
+            .collect::<Result<_, _>>()?,
     };
-    let initialized = match connect_and_init(cli, args).await {
+    if !list.is_empty() && list.len() != shares as usize {
+        return Err(CliError::Usage(format!(
+            "{} recipients for {shares} shares: give exactly one recipient per share",
+            list.len()
+        )));
+    }
+    Ok(list)
+}
+
+/// Reserves the share files before the vault makes the shares, so a share
+/// never lacks a place to go.
+fn reserve(
+    dir: Option<&Path>,
+    count: u32,
+    encrypted: bool,
+) -> Result<Option<ShareFiles>, CliError> {
+    dir.map(|dir| ShareFiles::create(dir, count, if encrypted { "age" } else { "txt" }))
+        .transpose()
+}
+
+async fn init(cli: &Cli, args: &InitArgs) -> Result<(), CliError> {
+    check_split(args.shares, args.threshold)?;
+    let recipients = recipients_of(&args.recipients, args.shares)?;
+    let files = reserve(
+        args.share_dir.as_deref(),
+        args.shares,
+        !recipients.is_empty(),
+    )?;
+    let initialized = match connect_and_init(cli, args, &recipients).await {
         Ok(initialized) => initialized,
         Err(e) => {
             if let Some(files) = files {
@@ -272,28 +401,79 @@ async fn init(cli: &Cli, args: &InitArgs) -> Result<(), CliError> {
             return Err(e);
         }
     };
+    let mut header = serde_json::Map::new();
+    header.insert("region".into(), json!(initialized.region));
+    header.insert("threshold".into(), json!(initialized.threshold));
+    deliver(
+        cli,
+        files,
+        &init_note(&initialized),
+        &header,
+        &initialized.shares,
+        &initialized.encrypted_shares,
+    )
+}
 
+/// Hands out new shares (of init or rekey): into the reserved files, or on
+/// stdout. Clear shares come with a warning; encrypted ones are safe to
+/// show, each opens only with its custodian's identity.
+fn deliver(
+    cli: &Cli,
+    files: Option<ShareFiles>,
+    note: &str,
+    header: &serde_json::Map<String, Json>,
+    clear: &[UnsealShare],
+    sealed: &[String],
+) -> Result<(), CliError> {
+    let encrypted = !sealed.is_empty();
     let Some(files) = files else {
         if !cli.json {
-            eprintln!("{}", init_note(&initialized));
-            eprintln!(
-                "warning: the shares below are shown once and never again; give each to a \
-                 different custodian and keep no other copy"
-            );
+            eprintln!("{note}");
+            if encrypted {
+                eprintln!(
+                    "the shares below are each encrypted to one custodian's age recipient, in \
+                     the order given; send each to its custodian"
+                );
+            } else {
+                eprintln!(
+                    "warning: the shares below are shown once and never again; give each to a \
+                     different custodian and keep no other copy"
+                );
+            }
         }
-        print_shares(cli.json, &initialized);
+        print_shares(cli.json, header, clear, sealed);
         return Ok(());
     };
-    match files.write(&initialized.shares) {
+    let texts: Vec<&str> = if encrypted {
+        sealed.iter().map(String::as_str).collect()
+    } else {
+        clear.iter().map(UnsealShare::expose_secret).collect()
+    };
+    match files.write(&texts) {
         Ok(paths) => {
             if cli.json {
-                emit(&share_files_json(&initialized, &paths).to_string());
-            } else {
-                eprintln!("{}", init_note(&initialized));
-                eprintln!(
-                    "warning: give each file to a different custodian, then delete it here; \
-                     the shares are not shown again"
+                let mut out = header.clone();
+                out.insert(
+                    "share_files".into(),
+                    json!(paths
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()),
                 );
+                emit(&Json::Object(out).to_string());
+            } else {
+                eprintln!("{note}");
+                if encrypted {
+                    eprintln!(
+                        "each file is encrypted to one custodian's age recipient: send it to \
+                         that custodian"
+                    );
+                } else {
+                    eprintln!(
+                        "warning: give each file to a different custodian, then delete it \
+                         here; the shares are not shown again"
+                    );
+                }
                 for path in &paths {
                     emit(&printable(&path.display().to_string()));
                 }
@@ -301,9 +481,9 @@ async fn init(cli: &Cli, args: &InitArgs) -> Result<(), CliError> {
             Ok(())
         }
         Err(e) => {
-            // The vault is initialised and keeps no copy: the shares must
-            // not be lost with the files.
-            print_shares(cli.json, &initialized);
+            // The vault keeps no copy: the shares must not be lost with the
+            // files.
+            print_shares(cli.json, header, clear, sealed);
             Err(CliError::Io(format!(
                 "{}; the shares were printed on stdout instead: give each to a different \
                  custodian, they are not shown again",
@@ -313,9 +493,95 @@ async fn init(cli: &Cli, args: &InitArgs) -> Result<(), CliError> {
     }
 }
 
-async fn connect_and_init(cli: &Cli, args: &InitArgs) -> Result<Initialized, CliError> {
+async fn connect_and_init(
+    cli: &Cli,
+    args: &InitArgs,
+    recipients: &[String],
+) -> Result<Initialized, CliError> {
     let vault = connect(cli).await?;
-    Ok(vault.init(args.shares, args.threshold).await?)
+    Ok(vault
+        .init_with_recipients(args.shares, args.threshold, recipients)
+        .await?)
+}
+
+async fn rekey(cli: &Cli, args: &RekeyArgs) -> Result<(), CliError> {
+    if args.cancel {
+        connect(cli).await?.cancel_rekey().await?;
+        if cli.json {
+            emit(&json!({"cancelled": true}).to_string());
+        } else {
+            emit("no rekey in progress any more (the shares given were dropped)");
+        }
+        return Ok(());
+    }
+    let (Some(shares), Some(threshold)) = (args.shares, args.threshold) else {
+        return Err(CliError::Usage(
+            "give --shares and --threshold (or --cancel)".into(),
+        ));
+    };
+    check_split(shares, threshold)?;
+    let recipients = recipients_of(&args.recipients, shares)?;
+    let share = read_share(&args.share)?;
+    let files = reserve(args.share_dir.as_deref(), shares, !recipients.is_empty())?;
+    let result = match connect(cli).await {
+        Ok(vault) => vault
+            .rekey(&share, shares, threshold, &recipients)
+            .await
+            .map_err(CliError::from),
+        Err(e) => Err(e),
+    };
+    drop(share);
+    let progress = match result {
+        Ok(p) if p.complete => p,
+        other => {
+            if let Some(files) = files {
+                files.discard();
+            }
+            let p = other?;
+            if cli.json {
+                emit(
+                    &json!({"complete": false, "progress": p.progress, "required": p.required})
+                        .to_string(),
+                );
+            } else {
+                emit(&format!(
+                    "rekey: {} of {} shares given (towards {threshold} of {shares})",
+                    p.progress, p.required
+                ));
+            }
+            return Ok(());
+        }
+    };
+    deliver(
+        cli,
+        files,
+        &rekey_note(&progress),
+        &rekey_header(&progress),
+        &progress.shares,
+        &progress.encrypted_shares,
+    )
+}
+
+fn rekey_note(p: &RekeyProgress) -> String {
+    let mut note = format!(
+        "rekeyed the vault: any {} of these {} new shares unseal it; the old shares open \
+         nothing any more (keyring generation {})",
+        p.threshold, p.share_count, p.keyring_generation
+    );
+    if p.sealed {
+        note.push_str("; the vault could not reopen and is sealed: unseal it with the new shares");
+    }
+    note
+}
+
+fn rekey_header(p: &RekeyProgress) -> serde_json::Map<String, Json> {
+    let mut header = serde_json::Map::new();
+    header.insert("complete".into(), json!(true));
+    header.insert("threshold".into(), json!(p.threshold));
+    header.insert("share_count".into(), json!(p.share_count));
+    header.insert("keyring_generation".into(), json!(p.keyring_generation));
+    header.insert("sealed".into(), json!(p.sealed));
+    header
 }
 
 fn init_note(initialized: &Initialized) -> String {
@@ -327,50 +593,55 @@ fn init_note(initialized: &Initialized) -> String {
     )
 }
 
-/// Prints the shares on stdout, one per line, or as
-/// `{"region","threshold","shares"}`.
-fn print_shares(json_output: bool, initialized: &Initialized) {
+/// Prints the shares on stdout: clear ones one per line, encrypted ones
+/// (ASCII-armored age files) one after the other; or as the header's
+/// fields with `shares` (clear) or `encrypted_shares`.
+fn print_shares(
+    json_output: bool,
+    header: &serde_json::Map<String, Json>,
+    clear: &[UnsealShare],
+    sealed: &[String],
+) {
     let mut out = std::io::stdout().lock();
     if json_output {
         // Serialised straight to stdout: no owned copy of the shares.
-        let _ = serde_json::to_writer(&mut out, &SharesJson::new(initialized));
+        let _ = serde_json::to_writer(&mut out, &SharesJson::new(header, clear, sealed));
         let _ = writeln!(out);
-    } else {
-        for share in &initialized.shares {
+    } else if sealed.is_empty() {
+        for share in clear {
             let _ = writeln!(out, "{}", share.expose_secret());
+        }
+    } else {
+        for armored in sealed {
+            let _ = writeln!(out, "{}", armored.trim_end());
         }
     }
     let _ = out.flush();
 }
 
-/// `operator init` in JSON, borrowing the shares.
+/// New shares in JSON, borrowing them.
 #[derive(Serialize)]
 struct SharesJson<'a> {
-    region: &'a str,
-    threshold: u32,
+    #[serde(flatten)]
+    header: &'a serde_json::Map<String, Json>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     shares: Vec<&'a str>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    encrypted_shares: &'a [String],
 }
 
 impl<'a> SharesJson<'a> {
-    fn new(initialized: &'a Initialized) -> Self {
+    fn new(
+        header: &'a serde_json::Map<String, Json>,
+        clear: &'a [UnsealShare],
+        sealed: &'a [String],
+    ) -> Self {
         Self {
-            region: &initialized.region,
-            threshold: initialized.threshold,
-            shares: initialized
-                .shares
-                .iter()
-                .map(UnsealShare::expose_secret)
-                .collect(),
+            header,
+            shares: clear.iter().map(UnsealShare::expose_secret).collect(),
+            encrypted_shares: sealed,
         }
     }
-}
-
-fn share_files_json(initialized: &Initialized, paths: &[PathBuf]) -> Json {
-    json!({
-        "region": initialized.region,
-        "threshold": initialized.threshold,
-        "share_files": paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
-    })
 }
 
 /// `share-1.txt` … `share-N.txt` in a folder, created empty (mode 0600,
@@ -382,9 +653,10 @@ struct ShareFiles {
 }
 
 impl ShareFiles {
-    /// Creates the folder if missing (mode 0700) and the `count` files; if
-    /// one exists or cannot be made, removes those it made and fails.
-    fn create(dir: &Path, count: u32) -> Result<Self, CliError> {
+    /// Creates the folder if missing (mode 0700) and the `count` files
+    /// `share-I.EXT`; if one exists or cannot be made, removes those it
+    /// made and fails.
+    fn create(dir: &Path, count: u32, ext: &str) -> Result<Self, CliError> {
         let mut builder = DirBuilder::new();
         builder.recursive(true);
         #[cfg(unix)]
@@ -398,7 +670,7 @@ impl ShareFiles {
             files: Vec::new(),
         };
         for i in 1..=count {
-            let path = dir.join(format!("share-{i}.txt"));
+            let path = dir.join(format!("share-{i}.{ext}"));
             let mut options = OpenOptions::new();
             options.write(true).create_new(true);
             #[cfg(unix)]
@@ -424,9 +696,9 @@ impl ShareFiles {
         Ok(files)
     }
 
-    /// Writes one share per file, each followed by a newline, and makes
-    /// them durable; returns the paths.
-    fn write(self, shares: &[UnsealShare]) -> Result<Vec<PathBuf>, CliError> {
+    /// Writes one share (clear or encrypted) per file, each followed by a
+    /// newline, and makes them durable; returns the paths.
+    fn write(self, shares: &[&str]) -> Result<Vec<PathBuf>, CliError> {
         if shares.len() != self.files.len() {
             return Err(CliError::Vault(vault_client::Error::Protocol(format!(
                 "the vault returned {} shares, not the {} asked for",
@@ -436,7 +708,7 @@ impl ShareFiles {
         }
         let mut paths = Vec::with_capacity(self.files.len());
         for ((path, mut file), share) in self.files.into_iter().zip(shares) {
-            file.write_all(share.expose_secret().as_bytes())
+            file.write_all(share.trim_end().as_bytes())
                 .and_then(|()| file.write_all(b"\n"))
                 .and_then(|()| file.sync_all())
                 .map_err(|e| CliError::Io(format!("cannot write {}: {e}", path.display())))?;
@@ -459,6 +731,73 @@ impl ShareFiles {
     }
 }
 
+/// Reads the share handed in: from `--share-file` or stdin, decrypted with
+/// `--identity` if given.
+fn read_share(args: &ShareArgs) -> Result<UnsealShare, CliError> {
+    match (&args.identity, &args.share_file) {
+        (None, Some(path)) => read_share_file(path),
+        (None, None) => read_share_from_stdin(),
+        (Some(identity), source) => {
+            let identities = read_identities(identity)?;
+            let (sealed, name) = match source {
+                Some(path) => {
+                    let file = File::open(path).map_err(|e| {
+                        CliError::Io(format!("cannot read {}: {e}", path.display()))
+                    })?;
+                    (
+                        read_bounded(file, &path.display().to_string())?,
+                        path.display().to_string(),
+                    )
+                }
+                None => {
+                    if std::io::stdin().is_terminal() {
+                        eprintln!("Paste the encrypted share, then end with Ctrl-D:");
+                    }
+                    (
+                        read_bounded(std::io::stdin().lock(), "stdin")?,
+                        "stdin".to_owned(),
+                    )
+                }
+            };
+            if !sealed_share::is_sealed(&sealed) {
+                return Err(CliError::Input(format!(
+                    "{name} is not an age-encrypted share (--identity opens the share files of \
+                     `operator init --recipient`; give a clear share without it)"
+                )));
+            }
+            sealed_share::open(&sealed, &identities)
+                .map_err(|e| CliError::Input(format!("{name}: {e}")))
+        }
+    }
+}
+
+/// Reads an encrypted share (bounded).
+fn read_bounded(input: impl std::io::Read, name: &str) -> Result<Vec<u8>, CliError> {
+    let mut bytes = Vec::with_capacity(1024);
+    input
+        .take(sealed_share::MAX_SEALED_SHARE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| CliError::Io(format!("cannot read {name}: {e}")))?;
+    if bytes.len() as u64 > sealed_share::MAX_SEALED_SHARE {
+        return Err(CliError::Input(format!(
+            "{name} is too large to be an encrypted unseal share"
+        )));
+    }
+    Ok(bytes)
+}
+
+/// Reads an age identity file (secret: kept in a zeroizing buffer, never
+/// echoed).
+fn read_identities(path: &Path) -> Result<Identities, CliError> {
+    let file = File::open(path)
+        .map_err(|e| CliError::Io(format!("cannot read {}: {e}", path.display())))?;
+    let mut text = Zeroizing::new(String::with_capacity(1024));
+    file.take(sealed_share::MAX_KEY_FILE + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| CliError::Io(format!("cannot read {}: {e}", path.display())))?;
+    Identities::parse(&text).map_err(|e| CliError::Input(format!("{}: {e}", path.display())))
+}
+
 /// Reads the one share that `path` holds.
 fn read_share_file(path: &Path) -> Result<UnsealShare, CliError> {
     let file = File::open(path)
@@ -470,6 +809,12 @@ fn read_share_file(path: &Path) -> Result<UnsealShare, CliError> {
     if text.len() as u64 > MAX_SHARE_INPUT {
         return Err(CliError::Input(format!(
             "{} is too large to be an unseal share",
+            path.display()
+        )));
+    }
+    if sealed_share::is_sealed(text.as_bytes()) {
+        return Err(CliError::Input(format!(
+            "{} is an age-encrypted share: give your identity file with --identity",
             path.display()
         )));
     }
@@ -791,6 +1136,9 @@ fn receipt_text(receipt: &ErasureReceipt, body: &ReceiptBody) -> String {
         format!("subject pseudonym: {}", hex::encode(body.subject_pseudonym)),
         format!("key versions destroyed: {}", body.key_versions_destroyed),
         format!("records deleted: {}", body.records_deleted),
+        format!("shred bucket: {}", body.shred_bucket),
+        format!("bucket key epoch destroyed: {}", body.shred_epoch_destroyed),
+        format!("other keys re-wrapped: {}", body.keys_rewrapped),
         format!("public key: {}", hex::encode(&receipt.public_key)),
         "receipt signature: verified".to_owned(),
     ]
@@ -807,6 +1155,9 @@ fn receipt_json(receipt: &ErasureReceipt, body: &ReceiptBody) -> Json {
         "subject_pseudonym": hex::encode(body.subject_pseudonym),
         "key_versions_destroyed": body.key_versions_destroyed,
         "records_deleted": body.records_deleted,
+        "shred_bucket": body.shred_bucket,
+        "shred_epoch_destroyed": body.shred_epoch_destroyed,
+        "keys_rewrapped": body.keys_rewrapped,
         "body": hex::encode(&receipt.body),
         "signature": hex::encode(&receipt.signature),
         "public_key": hex::encode(&receipt.public_key),
@@ -829,15 +1180,20 @@ mod tests {
             shares: (1..=count)
                 .map(|i| UnsealShare::new(format!("vault-share-v1:{i:02x}")))
                 .collect(),
+            encrypted_shares: Vec::new(),
         }
+    }
+
+    fn texts(init: &Initialized) -> Vec<&str> {
+        init.shares.iter().map(UnsealShare::expose_secret).collect()
     }
 
     #[test]
     fn share_files_are_private_and_never_overwritten() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("new").join("shares");
-        let files = ShareFiles::create(&dir, 3).unwrap();
-        let paths = files.write(&initialized(3).shares).unwrap();
+        let files = ShareFiles::create(&dir, 3, "txt").unwrap();
+        let paths = files.write(&texts(&initialized(3))).unwrap();
         assert_eq!(
             paths,
             (1..=3)
@@ -868,7 +1224,7 @@ mod tests {
 
         // A second init into the same folder is refused, and leaves the
         // first shares as they were.
-        match ShareFiles::create(&dir, 3) {
+        match ShareFiles::create(&dir, 3, "txt") {
             Err(CliError::Io(message)) => {
                 assert!(message.contains("share-1.txt"), "{message}");
                 assert!(message.contains("refusing to overwrite"), "{message}");
@@ -886,7 +1242,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         std::fs::write(tmp.path().join("share-3.txt"), "old").unwrap();
         assert!(matches!(
-            ShareFiles::create(tmp.path(), 4),
+            ShareFiles::create(tmp.path(), 4, "txt"),
             Err(CliError::Io(m)) if m.contains("share-3.txt")
         ));
         // share-1 and share-2 were made and removed again; share-3 is untouched.
@@ -902,7 +1258,7 @@ mod tests {
         );
 
         // Discarding reserved files (init failed) removes them.
-        let files = ShareFiles::create(&tmp.path().join("d"), 2).unwrap();
+        let files = ShareFiles::create(&tmp.path().join("d"), 2, "txt").unwrap();
         files.discard();
         assert_eq!(std::fs::read_dir(tmp.path().join("d")).unwrap().count(), 0);
     }
@@ -910,9 +1266,9 @@ mod tests {
     #[test]
     fn a_share_count_mismatch_is_an_error() {
         let tmp = tempfile::tempdir().unwrap();
-        let files = ShareFiles::create(tmp.path(), 3).unwrap();
+        let files = ShareFiles::create(tmp.path(), 3, "txt").unwrap();
         assert!(matches!(
-            files.write(&initialized(2).shares),
+            files.write(&texts(&initialized(2))),
             Err(CliError::Vault(vault_client::Error::Protocol(m))) if m.contains("2 shares")
         ));
     }
@@ -983,18 +1339,130 @@ mod tests {
     #[test]
     fn init_json_shapes() {
         let init = initialized(2);
+        let mut header = serde_json::Map::new();
+        header.insert("region".into(), json!("eu"));
+        header.insert("threshold".into(), json!(2));
         assert_eq!(
-            serde_json::to_value(SharesJson::new(&init)).unwrap(),
+            serde_json::to_value(SharesJson::new(&header, &init.shares, &[])).unwrap(),
             json!({
                 "region": "eu",
                 "threshold": 2,
                 "shares": ["vault-share-v1:01", "vault-share-v1:02"],
             })
         );
+        let sealed = vec!["-----BEGIN AGE ENCRYPTED FILE-----\n…".to_owned()];
         assert_eq!(
-            share_files_json(&init, &[PathBuf::from("/s/share-1.txt")]),
-            json!({"region": "eu", "threshold": 2, "share_files": ["/s/share-1.txt"]})
+            serde_json::to_value(SharesJson::new(&header, &[], &sealed)).unwrap(),
+            json!({"region": "eu", "threshold": 2, "encrypted_shares": sealed})
         );
+    }
+
+    #[test]
+    fn splits_and_recipients_are_checked_before_the_vault_is_asked() {
+        assert!(check_split(3, 2).is_ok());
+        assert!(matches!(check_split(2, 3), Err(CliError::Usage(m)) if m.contains("more than")));
+        assert!(matches!(
+            check_split(3, 1),
+            Err(CliError::Usage(m)) if m.contains("every share the whole unseal key")
+        ));
+        assert!(check_split(1, 1).is_ok());
+        let a = age::x25519::Identity::generate().to_public().to_string();
+        let b = age::x25519::Identity::generate().to_public().to_string();
+        let args = |recipient: Vec<String>| RecipientArgs {
+            recipient,
+            recipients_file: None,
+        };
+        assert_eq!(
+            recipients_of(&args(vec![]), 3).unwrap(),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            recipients_of(&args(vec![a.clone(), b.clone()]), 2).unwrap(),
+            vec![a.clone(), b.clone()]
+        );
+        assert!(matches!(
+            recipients_of(&args(vec![a.clone()]), 2),
+            Err(CliError::Usage(m)) if m.contains("one recipient per share")
+        ));
+        assert!(matches!(
+            recipients_of(&args(vec![a.clone(), "age1nope".into()]), 2),
+            Err(CliError::Usage(m)) if m.contains("number 2")
+        ));
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("custodians.txt");
+        std::fs::write(&file, format!("# ops team\n{a}\n\n{b}\n")).unwrap();
+        let from_file = RecipientArgs {
+            recipient: vec![],
+            recipients_file: Some(file.clone()),
+        };
+        assert_eq!(recipients_of(&from_file, 2).unwrap(), vec![a, b]);
+        std::fs::write(&file, "age1bad\n").unwrap();
+        assert!(matches!(
+            recipients_of(&from_file, 1),
+            Err(CliError::Input(m)) if m.contains("line 1")
+        ));
+    }
+
+    #[test]
+    fn encrypted_share_files_need_the_identity() {
+        let id = age::x25519::Identity::generate();
+        let other = age::x25519::Identity::generate();
+        let tmp = tempfile::tempdir().unwrap();
+        let sealed = {
+            use std::io::Write as _;
+            let r = id.to_public();
+            let e = age::Encryptor::with_recipients(std::iter::once(&r as &dyn age::Recipient))
+                .unwrap();
+            let mut out = Vec::new();
+            let armor =
+                age::armor::ArmoredWriter::wrap_output(&mut out, age::armor::Format::AsciiArmor)
+                    .unwrap();
+            let mut w = e.wrap_output(armor).unwrap();
+            w.write_all(b"vault-share-v1:abcd\n").unwrap();
+            w.finish().unwrap().finish().unwrap();
+            out
+        };
+        let share_file = tmp.path().join("share-1.age");
+        std::fs::write(&share_file, &sealed).unwrap();
+        let id_file = tmp.path().join("me.key");
+        let other_file = tmp.path().join("other.key");
+        use age::secrecy::ExposeSecret as _;
+        std::fs::write(
+            &id_file,
+            format!("# mine\n{}\n", id.to_string().expose_secret()),
+        )
+        .unwrap();
+        std::fs::write(&other_file, other.to_string().expose_secret()).unwrap();
+        let args = |identity: Option<&Path>| ShareArgs {
+            share_file: Some(share_file.clone()),
+            identity: identity.map(Path::to_owned),
+        };
+        assert_eq!(
+            read_share(&args(Some(&id_file))).unwrap().expose_secret(),
+            "vault-share-v1:abcd"
+        );
+        assert!(matches!(
+            read_share(&args(None)),
+            Err(CliError::Input(m)) if m.contains("--identity")
+        ));
+        assert!(matches!(
+            read_share(&args(Some(&other_file))),
+            Err(CliError::Input(m)) if m.contains("another custodian")
+        ));
+        // A clear share with --identity is a mistake worth naming.
+        std::fs::write(&share_file, "vault-share-v1:abcd\n").unwrap();
+        assert!(matches!(
+            read_share(&args(Some(&id_file))),
+            Err(CliError::Input(m)) if m.contains("not an age-encrypted share")
+        ));
+        // A damaged identity file is named by line, never echoed.
+        std::fs::write(&other_file, "AGE-SECRET-KEY-1SECRETSECRET\n").unwrap();
+        match read_share(&args(Some(&other_file))) {
+            Err(CliError::Input(m)) => {
+                assert!(m.contains("line 1") && !m.contains("SECRETSECRET"), "{m}")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
@@ -1246,6 +1714,9 @@ mod tests {
             subject_pseudonym: [0x33; 32],
             key_versions_destroyed: 2,
             records_deleted: 12,
+            shred_bucket: 517,
+            shred_epoch_destroyed: 3,
+            keys_rewrapped: 1,
         };
         let receipt = ErasureReceipt {
             body: vec![1, 2, 3],
@@ -1257,6 +1728,9 @@ mod tests {
             subject_pseudonym: hex::encode(body.subject_pseudonym),
             key_versions_destroyed: 2,
             records_deleted: 12,
+            shred_bucket: 517,
+            shred_epoch_destroyed: 3,
+            keys_rewrapped: 1,
         };
         (receipt, body)
     }
@@ -1270,7 +1744,8 @@ mod tests {
             format!(
                 "subject erased\nreceipt id: {}\nerased at: 2023-11-14T22:13:20Z\nregion: eu\n\
                  keyring id: {}\nsubject pseudonym: {}\nkey versions destroyed: 2\n\
-                 records deleted: 12\npublic key: {}\nreceipt signature: verified",
+                 records deleted: 12\nshred bucket: 517\nbucket key epoch destroyed: 3\n\
+                 other keys re-wrapped: 1\npublic key: {}\nreceipt signature: verified",
                 "11".repeat(16),
                 "22".repeat(16),
                 "33".repeat(32),
@@ -1287,6 +1762,9 @@ mod tests {
                 "subject_pseudonym": "33".repeat(32),
                 "key_versions_destroyed": 2,
                 "records_deleted": 12,
+                "shred_bucket": 517,
+                "shred_epoch_destroyed": 3,
+                "keys_rewrapped": 1,
                 "body": "010203",
                 "signature": "44".repeat(64),
                 "public_key": "55".repeat(32),
