@@ -118,6 +118,14 @@ async fn run(cli: Cli) -> Result<(), Error> {
                  restrict purposes and fields"
             );
         }
+        if opts.keyring_file.starts_with(&opts.data_dir) {
+            tracing::warn!(
+                "the keyring file is inside the data folder: a copy of the folder then \
+                 also holds the keyring of its day, which custodians' shares open, and \
+                 with it the keys of subjects erased since; set keyring_file outside \
+                 data_dir and back it up apart"
+            );
+        }
         (opts, listen, auth, tls, None, config.danger_allow_plaintext)
     } else {
         let region: Region = cli

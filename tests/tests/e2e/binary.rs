@@ -459,7 +459,7 @@ async fn policy_reloads_leave_events_with_the_policy_in_force() {
 /// Without a policy file a production vault says at start that the
 /// built-in policy (every purpose, every field plain) is in force.
 #[tokio::test]
-async fn a_vault_without_a_policy_file_warns_at_start() {
+async fn a_vault_without_a_policy_file_or_with_its_keyring_in_the_data_folder_warns_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let config = config_file(
         dir.path(),
@@ -472,4 +472,19 @@ async fn a_vault_without_a_policy_file_warns_at_start() {
         stderr.contains("no policy_file: the built-in role policy is in force"),
         "{stderr}"
     );
+    // The default keyring file is inside the data folder: warned too.
+    let inside = "the keyring file is inside the data folder";
+    assert!(stderr.contains(inside), "{stderr}");
+    let apart = tempfile::tempdir().unwrap();
+    let config = config_file(
+        dir.path(),
+        &format!(
+            "listen = \"127.0.0.1:0\"\nkeyring_file = {:?}",
+            apart.path().join("keyring").display().to_string()
+        ),
+        &token_entry("keeper", "custody-token", "[\"custodian\"]"),
+    );
+    let vault = start(&["--config", &config], "vault is not initialised").await;
+    let stderr = vault.stop().await;
+    assert!(!stderr.contains(inside), "{stderr}");
 }

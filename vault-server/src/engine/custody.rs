@@ -387,6 +387,7 @@ impl Engine {
     }
 
     fn erase_subject_authorized(&self, caller: &Caller, subject: &str) -> Result<ErasureReceipt> {
+        let started = std::time::Instant::now();
         let (name, _stripe, _custody) = self.lock_subject_custody(subject)?;
         let bucket = self.names.bucket(&name);
         let rows = self.subject_key_rows(&name)?;
@@ -395,6 +396,9 @@ impl Engine {
         // No subject key is made (in this bucket or any) until the bucket
         // has moved to its new epoch.
         let create = lock(&self.create_lock);
+        // An earlier erasure this session could not finish (a failed save
+        // or batch) is finished first: each erasure destroys its own epoch.
+        self.finish_unfinished_buckets(caller)?;
 
         // 1. The erasure and the bucket's new epoch, in the keyring.
         let mut kr = Keyring::clone(&self.keyring());
@@ -405,8 +409,8 @@ impl Engine {
         let (old_epoch, new_epoch) = kr.begin_shred(bucket).map_err(custody_error)?;
         let (kr, saved) = self.save_keyring(kr)?;
         self.swap_keyring(kr);
-        saved?;
         self.cache.evict_subject(&name);
+        saved?;
 
         // 2. One atomic write.
         let kr = self.keyring();
@@ -461,9 +465,21 @@ impl Engine {
         // 3. The old epoch leaves the keyring: the commit point.
         self.finish_bucket(bucket)?;
         drop(create);
+        let shredded = started.elapsed();
 
         // 4. The deleted bytes leave the data files.
         self.compact_after_erasure(bucket, &name, &deleted_keys);
+        let compacted = started.elapsed() - shredded;
+        let micros = |d: std::time::Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        self.counters
+            .erasures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.counters
+            .erasure_shred_micros
+            .fetch_add(micros(shredded), std::sync::atomic::Ordering::Relaxed);
+        self.counters
+            .erasure_compaction_micros
+            .fetch_add(micros(compacted), std::sync::atomic::Ordering::Relaxed);
         tracing::info!(
             receipt = %hex::encode(receipt.id),
             records = deleted,
@@ -471,6 +487,8 @@ impl Engine {
             bucket,
             destroyed_epoch = old_epoch,
             rewrapped = moved.rewrapped,
+            shred_ms = shredded.as_millis(),
+            compaction_ms = compacted.as_millis(),
             principal = %caller.principal.name,
             "subject erased"
         );
@@ -539,7 +557,7 @@ impl Engine {
     fn finish_bucket(&self, bucket: u16) -> Result<Vec<u32>> {
         let mut kr = Keyring::clone(&self.keyring());
         let destroyed = kr.finish_shred(bucket);
-        let (kr, saved) = self.save_keyring(kr)?;
+        let (kr, saved) = self.save_keyring_even_if_closed(kr)?;
         self.swap_keyring(kr);
         saved?;
         Ok(destroyed)
@@ -549,13 +567,22 @@ impl Engine {
     /// epochs): their buckets are moved to the newest epoch and the older
     /// one destroyed. Runs when an engine opens, before any request.
     pub(super) fn finish_interrupted_erasures(&self) -> Result<()> {
-        let kr = self.keyring();
-        for bucket in kr.unfinished_shreds() {
-            let _custody = lock(&self.custody_lock);
-            let _create = lock(&self.create_lock);
+        if self.keyring().unfinished_shreds().is_empty() {
+            return Ok(());
+        }
+        let _custody = lock(&self.custody_lock);
+        let _create = lock(&self.create_lock);
+        self.finish_unfinished_buckets(&Caller::internal("vault"))
+    }
+
+    /// Moves every bucket that holds two epochs to its newest and destroys
+    /// the older, each with an audited `finish_erasure` event (on behalf of
+    /// `caller`). The caller holds `custody_lock` and `create_lock`.
+    fn finish_unfinished_buckets(&self, caller: &Caller) -> Result<()> {
+        for bucket in self.keyring().unfinished_shreds() {
             let kr = self.keyring();
             let (ws, moved) = self.move_bucket(&kr, bucket, None)?;
-            let mut ev = Event::of(&Caller::internal("vault"), "finish_erasure");
+            let mut ev = Event::of(caller, "finish_erasure");
             let root_version = kr.current_root()?.0;
             let destroyed_keyring = kr.generation() + 1;
             ev.detail = Some(format!(

@@ -105,6 +105,9 @@ impl Default for Limits {
 struct Counters {
     fields_encrypted: AtomicU64,
     fields_decrypted: AtomicU64,
+    erasures: AtomicU64,
+    erasure_shred_micros: AtomicU64,
+    erasure_compaction_micros: AtomicU64,
 }
 
 /// A snapshot of the engine's counters.
@@ -116,6 +119,14 @@ pub struct Stats {
     pub fields_decrypted: u64,
     /// Subject key versions in the cache.
     pub cached_subject_keys: usize,
+    /// Subjects erased since start.
+    pub erasures: u64,
+    /// Time those erasures spent up to their commit point (the keyring
+    /// saves, the bucket's re-wrap and the deletes), microseconds.
+    pub erasure_shred_micros: u64,
+    /// Time they spent compacting the deleted bytes out of the data files
+    /// afterwards, microseconds.
+    pub erasure_compaction_micros: u64,
 }
 
 /// Where the unsealed keyring is saved after a change, and the unseal key
@@ -371,8 +382,17 @@ impl Engine {
     /// Raises the generation of `keyring` and saves it. `Err`: not saved;
     /// `Ok((keyring, Err))`: saved, but not confirmed durable (memory must
     /// follow the file all the same).
-    fn save_keyring(&self, mut keyring: Keyring) -> Result<(Keyring, Result<()>)> {
+    fn save_keyring(&self, keyring: Keyring) -> Result<(Keyring, Result<()>)> {
         self.check_open()?;
+        self.save_keyring_even_if_closed(keyring)
+    }
+
+    /// [`Engine::save_keyring`] on an engine that may have been closed
+    /// meanwhile: for an erasure's commit point, once its batch is written
+    /// (a seal must not leave the old epoch in the file). No other engine
+    /// opens the keyring file while this one lives: the vault starts no new
+    /// session, and a rekey saves nothing, until its last user drops it.
+    fn save_keyring_even_if_closed(&self, mut keyring: Keyring) -> Result<(Keyring, Result<()>)> {
         keyring.next_generation();
         let saved = match self.keyring_file.save(&keyring) {
             // The file may hold the new keyring even so (the rename went
@@ -436,6 +456,12 @@ impl Engine {
             fields_encrypted: self.counters.fields_encrypted.load(Ordering::Relaxed),
             fields_decrypted: self.counters.fields_decrypted.load(Ordering::Relaxed),
             cached_subject_keys: self.cache.len(),
+            erasures: self.counters.erasures.load(Ordering::Relaxed),
+            erasure_shred_micros: self.counters.erasure_shred_micros.load(Ordering::Relaxed),
+            erasure_compaction_micros: self
+                .counters
+                .erasure_compaction_micros
+                .load(Ordering::Relaxed),
         }
     }
 
@@ -1009,21 +1035,25 @@ impl Engine {
                     record.redacted.insert(sf.name.clone());
                     continue;
                 }
+                // The value takes over the wiped plaintext buffer (no copy)
+                // and wipes it in turn when dropped.
                 let plaintext = self.open_stored_field(&opened, collection, sf)?;
-                let value = Value::decode(&plaintext)?;
+                let value = Value::from_plaintext(plaintext)?;
                 if value.field_type() != schema.field_type {
                     return Err(Error::Integrity);
                 }
-                let value = match (level, value) {
+                // The unmasked value is wiped as it drops, at the end of
+                // this iteration.
+                let value = match (level, &value) {
                     (Redaction::Masked, Value::String(s)) => {
                         record.masked.insert(sf.name.clone());
                         let mask = schema.mask.unwrap_or(Mask {
                             keep_first: 0,
                             keep_last: 0,
                         });
-                        Value::String(mask.apply(&s))
+                        Value::String(mask.apply(s))
                     }
-                    (_, v) => v,
+                    _ => value,
                 };
                 record.fields.insert(sf.name.clone(), value);
             }

@@ -83,10 +83,16 @@ impl Mask {
         if first.saturating_add(last) >= n {
             (first, last) = (0, 0);
         }
-        s.chars()
-            .enumerate()
-            .map(|(i, c)| if i < first || i + last >= n { c } else { '*' })
-            .collect()
+        // At most `s.len()` bytes (`*` is one byte, no shorter than the
+        // character it replaces): allocated once, so growing never leaves a
+        // copy of the kept characters behind in freed memory.
+        let mut out = String::with_capacity(s.len());
+        out.extend(
+            s.chars()
+                .enumerate()
+                .map(|(i, c)| if i < first || i + last >= n { c } else { '*' }),
+        );
+        out
     }
 }
 

@@ -639,6 +639,209 @@ fn erasure_shreds_and_survives_a_restored_backup() {
     assert_eq!((r.records_deleted, r.key_versions_destroyed), (0, 0));
 }
 
+/// An erasure stopped at its commit point (the keyring save after the
+/// batch fails, say a full disk) leaves no subject without a key: the batch
+/// already re-wrapped the bucket under the new epoch, which the keyring on
+/// disk holds beside the old one; the vault keeps serving, and the next
+/// engine drops the old epoch at start (an audited `finish_erasure`).
+#[test]
+fn an_erasure_stopped_at_its_commit_point_is_finished_at_start() {
+    let eu: Region = "eu".parse().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("keys");
+    std::fs::create_dir(&folder).unwrap();
+    let unseal_key = Key256::random();
+    let file = || KeyringFile {
+        path: folder.join("keyring"),
+        unseal_key: Key256::from_slice(unseal_key.expose_secret()).unwrap(),
+    };
+    let on_disk = || {
+        let bytes = std::fs::read(folder.join("keyring")).unwrap();
+        Keyring::unseal(&bytes, &unseal_key, &eu).unwrap()
+    };
+    let store = Arc::new(FaultyAudit::over(dir.path()));
+    let kr = Keyring::generate(eu.clone(), custody());
+    std::fs::write(folder.join("keyring"), kr.seal(&unseal_key)).unwrap();
+    let e = Engine::new(Arc::clone(&store) as Arc<dyn Store>, kr, file(), options()).unwrap();
+    crate::dev::seed(&e).unwrap();
+    let c = Caller::internal("t");
+    let names = e.names.clone();
+    let bucket = names.bucket(&names.subject("alice"));
+    let mates: Vec<String> = (0..)
+        .map(|i| format!("m{i}"))
+        .filter(|s| names.bucket(&names.subject(s)) == bucket)
+        .take(2)
+        .collect();
+    e.put_record(&c, user("a1", "alice")).unwrap();
+    for (i, s) in mates.iter().enumerate() {
+        e.put_record(&c, user(&format!("r{i}"), s)).unwrap();
+    }
+    let read_mates = |e: &Engine| {
+        for i in 0..mates.len() {
+            e.get_record(&c, "users", &format!("r{i}"), &[]).unwrap();
+        }
+    };
+    *lock(&store.block_folder_after_key_write) = Some(folder.clone());
+    assert!(matches!(
+        e.erase_subject(&c, "alice"),
+        Err(Error::Io { .. })
+    ));
+    // The folder comes back (the operator frees the disk).
+    std::fs::remove_file(&folder).unwrap();
+    std::fs::rename(folder.with_extension("moved"), &folder).unwrap();
+    assert_eq!(on_disk().unfinished_shreds(), vec![bucket]);
+    read_mates(&e);
+    assert!(matches!(
+        e.get_record(&c, "users", "a1", &[]),
+        Err(Error::NotFound(_))
+    ));
+    e.close();
+    drop(e);
+
+    let e = Engine::new(
+        Arc::clone(&store) as Arc<dyn Store>,
+        on_disk(),
+        file(),
+        options(),
+    )
+    .unwrap();
+    assert!(e.keyring().unfinished_shreds().is_empty());
+    assert!(on_disk().unfinished_shreds().is_empty());
+    assert_eq!(e.keyring().shred_epoch(bucket).unwrap(), 2);
+    assert!(
+        on_disk().shred_key(bucket, 1).is_err(),
+        "the old epoch is gone"
+    );
+    read_mates(&e);
+    let finished: Vec<crate::audit::Event> = e
+        .audit()
+        .events(0, 10_000)
+        .unwrap()
+        .iter()
+        .map(|raw| serde_json::from_slice::<crate::audit::Event>(raw).unwrap())
+        .filter(|ev| ev.operation == "finish_erasure")
+        .collect();
+    assert_eq!(finished.len(), 1);
+    let detail = finished[0].detail.clone().unwrap();
+    assert!(
+        detail.contains(&format!(
+            "shred bucket {bucket} moved to epoch 2 (0 keys re-wrapped"
+        )),
+        "{detail}"
+    );
+}
+
+/// A later erasure in a bucket whose last erasure did not reach its commit
+/// point finishes that one first, then destroys its own epoch: a key made
+/// in between (under the newer epoch) is not left openable in a copy.
+#[test]
+fn a_later_erasure_finishes_an_unfinished_one_and_destroys_its_own_epoch() {
+    let eu: Region = "eu".parse().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("keys");
+    std::fs::create_dir(&folder).unwrap();
+    let unseal_key = Key256::random();
+    let store = Arc::new(FaultyAudit::over(dir.path()));
+    let kr = Keyring::generate(eu.clone(), custody());
+    std::fs::write(folder.join("keyring"), kr.seal(&unseal_key)).unwrap();
+    let file = KeyringFile {
+        path: folder.join("keyring"),
+        unseal_key: Key256::from_slice(unseal_key.expose_secret()).unwrap(),
+    };
+    let e = Engine::new(Arc::clone(&store) as Arc<dyn Store>, kr, file, options()).unwrap();
+    crate::dev::seed(&e).unwrap();
+    let c = Caller::internal("t");
+    let names = e.names.clone();
+    let bucket = names.bucket(&names.subject("alice"));
+    let mut mates = (0..)
+        .map(|i| format!("m{i}"))
+        .filter(|s| names.bucket(&names.subject(s)) == bucket);
+    let (bob, carol) = (mates.next().unwrap(), mates.next().unwrap());
+    e.put_record(&c, user("a1", "alice")).unwrap();
+    e.put_record(&c, user("c1", &carol)).unwrap();
+    *lock(&store.block_folder_after_key_write) = Some(folder.clone());
+    assert!(e.erase_subject(&c, "alice").is_err());
+    std::fs::remove_file(&folder).unwrap();
+    std::fs::rename(folder.with_extension("moved"), &folder).unwrap();
+    assert_eq!(e.keyring().unfinished_shreds(), vec![bucket]);
+    // bob's first key is made now, under epoch 2; a copy keeps it.
+    e.put_record(&c, user("b1", &bob)).unwrap();
+    let bob_row = key_row(&e, &bob, 1);
+    let copy = e.store.get(Table::SubjectKeys, &bob_row).unwrap().unwrap();
+    assert_eq!(crate::keys::wrapping(&copy).unwrap().1, 2);
+
+    let receipt = e.erase_subject(&c, &bob).unwrap();
+    assert_eq!(receipt.shredded.epoch, 2, "bob's own epoch is destroyed");
+    let kr = e.keyring();
+    assert!(kr.unfinished_shreds().is_empty());
+    assert_eq!(kr.shred_epoch(bucket).unwrap(), 3);
+    assert!(kr.shred_key(bucket, 1).is_err() && kr.shred_key(bucket, 2).is_err());
+    let bare = kr.without_erasures_for_test();
+    let bob_name = names.subject(&bob);
+    assert!(matches!(
+        unwrap_subject_key(&bare, &bob_name, 1, &copy),
+        Err(Error::Integrity)
+    ));
+    e.get_record(&c, "users", "c1", &[]).unwrap();
+    let finished = e
+        .audit()
+        .events(0, 10_000)
+        .unwrap()
+        .iter()
+        .map(|raw| serde_json::from_slice::<crate::audit::Event>(raw).unwrap())
+        .filter(|ev| ev.operation == "finish_erasure")
+        .count();
+    assert_eq!(finished, 1);
+}
+
+/// An erasure whose batch failed (after the keyring gained the bucket's
+/// new epoch and recorded the erasure) leaves no subject without a key:
+/// the old epoch still opens the bucket-mates' rows, and the next engine
+/// re-wraps them, deletes the erased subject's key rows and drops the old
+/// epoch at start. (After a failed write the audit log refuses every write
+/// until a restart, so the restart comes first.)
+#[test]
+fn an_engine_finishes_an_erasure_whose_batch_never_ran() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(FaultyAudit::over(dir.path()));
+    let folder = Restartable {
+        dir: dir.path().to_owned(),
+        store: Arc::clone(&store) as Arc<dyn Store>,
+        unseal_key: Key256::random(),
+    };
+    let e = folder.start();
+    // The first engine's keyring exists only in memory until a save.
+    e.rotate_root(&Caller::internal("t")).unwrap();
+    run_rewrap_to_end(&e);
+    let c = Caller::internal("t");
+    let names = e.names.clone();
+    let bucket = names.bucket(&names.subject("alice"));
+    let mate = (0..)
+        .map(|i| format!("m{i}"))
+        .find(|s| names.bucket(&names.subject(s)) == bucket)
+        .unwrap();
+    e.put_record(&c, user("a1", "alice")).unwrap();
+    e.put_record(&c, user("r0", &mate)).unwrap();
+    store.fail.store(true, Ordering::SeqCst);
+    assert!(e.erase_subject(&c, "alice").is_err());
+    store.fail.store(false, Ordering::SeqCst);
+    e.close();
+    drop(e);
+    let e = folder.restart();
+    let kr = e.keyring();
+    assert!(kr.unfinished_shreds().is_empty());
+    assert!(kr.shred_key(bucket, 1).is_err(), "the old epoch is gone");
+    e.get_record(&c, "users", "r0", &[]).unwrap();
+    assert!(e
+        .store
+        .scan_prefix(Table::SubjectKeys, &key_prefix(&e, "alice"))
+        .unwrap()
+        .is_empty());
+    // alice's record outlived the failed call; erasing again removes it.
+    let again = e.erase_subject(&c, "alice").unwrap();
+    assert_eq!(again.records_deleted, 1);
+}
+
 fn copy_folder(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
@@ -1023,6 +1226,9 @@ struct FaultyAudit {
     panic: std::sync::atomic::AtomicBool,
     /// Fail every write as RocksDB does on a full disk.
     full: std::sync::atomic::AtomicBool,
+    /// After the next successful write that puts a subject key, replace
+    /// this folder with a file: every later keyring save into it fails.
+    block_folder_after_key_write: Mutex<Option<std::path::PathBuf>>,
 }
 
 impl FaultyAudit {
@@ -1032,6 +1238,7 @@ impl FaultyAudit {
             fail: std::sync::atomic::AtomicBool::new(false),
             panic: std::sync::atomic::AtomicBool::new(false),
             full: std::sync::atomic::AtomicBool::new(false),
+            block_folder_after_key_write: Mutex::new(None),
         }
     }
 }
@@ -1077,7 +1284,18 @@ impl Store for FaultyAudit {
         if audits && self.panic.load(Ordering::SeqCst) {
             panic!("injected audit write panic");
         }
-        self.inner.write(set)
+        let keys = set
+            .ops()
+            .iter()
+            .any(|op| matches!(op, crate::storage::Op::Put(Table::SubjectKeys, _, _)));
+        self.inner.write(set)?;
+        if keys {
+            if let Some(folder) = lock(&self.block_folder_after_key_write).take() {
+                std::fs::rename(&folder, folder.with_extension("moved")).unwrap();
+                std::fs::write(&folder, b"not a folder").unwrap();
+            }
+        }
+        Ok(())
     }
 }
 

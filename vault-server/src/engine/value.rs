@@ -9,16 +9,24 @@
 //!   5 bytes     raw
 //!   6 timestamp i64 seconds big-endian ‖ i32 nanos big-endian (0 ≤ nanos < 10^9)
 //! ```
+//!
+//! Plaintext stays in wiped memory inside the engine: [`Value::encode`]
+//! writes into a [`Zeroizing`] buffer, [`Value::from_plaintext`] builds a
+//! string or bytes value in the decrypted buffer itself (no copy), and a
+//! [`Value`] wipes its heap contents when it is dropped.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use super::schema::FieldType;
 use crate::{Error, Result};
 
 /// A field value. `Debug` shows the type and size, never the content.
+///
+/// Wiped when dropped (see [`Zeroize`]); so a string or bytes value cannot
+/// be moved out by a pattern: take it with [`std::mem::take`].
 #[derive(Clone, PartialEq)]
 pub enum Value {
     /// Text.
@@ -39,6 +47,32 @@ pub enum Value {
         nanos: i32,
     },
 }
+
+/// Zeroes the string or bytes (their whole allocation, spare capacity
+/// included) and leaves them empty; zeroes a scalar. The variant stays.
+impl Zeroize for Value {
+    fn zeroize(&mut self) {
+        match self {
+            Value::String(s) => s.zeroize(),
+            Value::Bytes(b) => b.zeroize(),
+            Value::Int64(i) => i.zeroize(),
+            Value::Double(d) => d.zeroize(),
+            Value::Bool(b) => b.zeroize(),
+            Value::Timestamp { seconds, nanos } => {
+                seconds.zeroize();
+                nanos.zeroize();
+            }
+        }
+    }
+}
+
+impl Drop for Value {
+    fn drop(&mut self) {
+        self.zeroize();
+    }
+}
+
+impl ZeroizeOnDrop for Value {}
 
 impl fmt::Debug for Value {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -82,7 +116,8 @@ impl Value {
         Ok(())
     }
 
-    /// The plaintext that goes into the field envelope.
+    /// The plaintext that goes into the field envelope, in a wiped buffer
+    /// of exactly its size (it never grows, so no reallocation leaves a copy).
     pub fn encode(&self) -> Zeroizing<Vec<u8>> {
         let mut out = Zeroizing::new(Vec::with_capacity(1 + self.size()));
         match self {
@@ -115,13 +150,39 @@ impl Value {
         out
     }
 
+    /// Decodes plaintext from a borrowed slice: [`Value::from_plaintext`]
+    /// on a wiped copy of it.
+    pub fn decode(bytes: &[u8]) -> Result<Value> {
+        Value::from_plaintext(Zeroizing::new(bytes.to_vec()))
+    }
+
     /// Decodes decrypted plaintext. Malformed plaintext can only come from a
     /// bug or a forged key, so it is an integrity failure.
-    pub fn decode(bytes: &[u8]) -> Result<Value> {
-        let (&tag, p) = bytes.split_first().ok_or(Error::Integrity)?;
+    ///
+    /// A string or bytes value takes over `plaintext`'s buffer (the tag
+    /// byte shifted out in place), so no other copy is made; every other
+    /// outcome, an error included, leaves it in `plaintext`, wiped on drop.
+    pub fn from_plaintext(mut plaintext: Zeroizing<Vec<u8>>) -> Result<Value> {
+        let (&tag, p) = plaintext.split_first().ok_or(Error::Integrity)?;
         let arr8 = |p: &[u8]| -> Result<[u8; 8]> { p.try_into().map_err(|_| Error::Integrity) };
         Ok(match tag {
-            1 => Value::String(String::from_utf8(p.to_vec()).map_err(|_| Error::Integrity)?),
+            1 | 5 => {
+                // The shift leaves the last byte once more in the spare
+                // capacity, which the Value's wipe covers too.
+                plaintext.remove(0);
+                let buf = std::mem::take(&mut *plaintext);
+                if tag == 5 {
+                    Value::Bytes(buf)
+                } else {
+                    match String::from_utf8(buf) {
+                        Ok(s) => Value::String(s),
+                        Err(e) => {
+                            drop(Zeroizing::new(e.into_bytes()));
+                            return Err(Error::Integrity);
+                        }
+                    }
+                }
+            }
             2 => Value::Int64(i64::from_be_bytes(arr8(p)?)),
             3 => Value::Double(f64::from_bits(u64::from_be_bytes(arr8(p)?))),
             4 => match p {
@@ -129,7 +190,6 @@ impl Value {
                 [1] => Value::Bool(true),
                 _ => return Err(Error::Integrity),
             },
-            5 => Value::Bytes(p.to_vec()),
             6 if p.len() == 12 => {
                 let seconds = i64::from_be_bytes(arr8(&p[..8])?);
                 let nanos = i32::from_be_bytes([p[8], p[9], p[10], p[11]]);
@@ -227,6 +287,76 @@ mod tests {
                 (Value::Double(a), Value::Double(b)) => assert_eq!(a.to_bits(), b.to_bits()),
                 _ => assert_eq!(v, back),
             }
+        }
+    }
+
+    fn every_kind() -> Vec<Value> {
+        vec![
+            Value::String("ada@example.eu".into()),
+            Value::String("é✓ multi-byte".into()),
+            Value::String(String::new()),
+            Value::Int64(-42),
+            Value::Double(3.5),
+            Value::Bool(true),
+            Value::Bool(false),
+            Value::Bytes(vec![0, 255, 7]),
+            Value::Bytes(Vec::new()),
+            Value::Timestamp {
+                seconds: -1,
+                nanos: 999_999_999,
+            },
+        ]
+    }
+
+    #[test]
+    fn from_plaintext_round_trips_every_kind_in_place() {
+        for v in every_kind() {
+            let plaintext = v.encode();
+            assert_eq!(plaintext.capacity(), plaintext.len(), "{v:?}: exact size");
+            let at = plaintext.as_ptr();
+            let back = Value::from_plaintext(plaintext).unwrap();
+            assert_eq!(back, v);
+            // A non-empty string or bytes value owns the decrypted buffer
+            // itself: no other copy of the plaintext was made.
+            match &back {
+                Value::String(s) if !s.is_empty() => assert_eq!(s.as_ptr(), at),
+                Value::Bytes(b) if !b.is_empty() => assert_eq!(b.as_ptr(), at),
+                _ => {}
+            }
+        }
+        for bad in [&[][..], &[9], &[1, 0xFF], &[1, b'a', 0xC3], &[4, 2]] {
+            assert!(matches!(
+                Value::from_plaintext(Zeroizing::new(bad.to_vec())),
+                Err(Error::Integrity)
+            ));
+        }
+    }
+
+    #[test]
+    fn zeroize_empties_strings_and_bytes_and_zeroes_scalars() {
+        let mut s = Value::String("secret@example.eu".into());
+        s.zeroize();
+        assert_eq!(s, Value::String(String::new()));
+        let mut b = Value::Bytes(vec![1, 2, 3]);
+        b.zeroize();
+        assert_eq!(b, Value::Bytes(Vec::new()));
+        for (mut v, zero) in [
+            (Value::Int64(-42), Value::Int64(0)),
+            (Value::Double(3.5), Value::Double(0.0)),
+            (Value::Bool(true), Value::Bool(false)),
+            (
+                Value::Timestamp {
+                    seconds: 7,
+                    nanos: 9,
+                },
+                Value::Timestamp {
+                    seconds: 0,
+                    nanos: 0,
+                },
+            ),
+        ] {
+            v.zeroize();
+            assert_eq!(v, zero);
         }
     }
 

@@ -432,17 +432,20 @@ impl Keyring {
     }
 
     /// Adds a new epoch to `bucket` (the first step of an erasure): new
-    /// wraps use it, the old epoch still unwraps. Returns (old, new); if an
-    /// earlier erasure left two epochs, those.
+    /// wraps use it, the old epoch still unwraps. Returns (old, new).
+    /// Refused while an earlier erasure left the bucket with two epochs:
+    /// that one must be finished first, or this erasure would destroy only
+    /// the older epoch and leave keys wrapped under the newer one.
     pub fn begin_shred(&mut self, bucket: u16) -> Result<(u32, u32), KeyringError> {
         let b = self
             .buckets
             .get_mut(bucket as usize)
             .ok_or(KeyringError::ShredKeyUnavailable { bucket, epoch: 0 })?;
         let newest = b.keys().next_back().copied().unwrap_or(0);
-        let oldest = b.keys().next().copied().unwrap_or(0);
         if b.len() > 1 {
-            return Ok((oldest, newest));
+            return Err(KeyringError::BadTransition(format!(
+                "shred bucket {bucket} has an unfinished erasure"
+            )));
         }
         let next = newest
             .checked_add(1)
@@ -1289,7 +1292,10 @@ mod tests {
         assert!(kr.unfinished_shreds().is_empty());
         let old = kr.shred_key(5, 1).unwrap().expose_secret().to_vec();
         assert_eq!(kr.begin_shred(5).unwrap(), (1, 2));
-        assert_eq!(kr.begin_shred(5).unwrap(), (1, 2), "idempotent");
+        assert!(
+            matches!(kr.begin_shred(5), Err(KeyringError::BadTransition(_))),
+            "an unfinished shred is finished before the next"
+        );
         assert_eq!(kr.shred_epoch(5).unwrap(), 2);
         let mid = Keyring::unseal(&kr.seal(&uk), &uk, &eu()).unwrap();
         assert_eq!(mid.unfinished_shreds(), vec![5]);

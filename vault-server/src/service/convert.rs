@@ -134,17 +134,23 @@ fn value_from(v: pb::Value, field: &str) -> Result<Value, Status> {
     })
 }
 
-fn value_to(v: Value) -> pb::Value {
+/// Moves a string or bytes value into the message, no copy: what is left
+/// in `v` (wiped on drop) is empty, and the message is then the only holder
+/// of that plaintext. Neither it nor tonic's encode buffer is wiped once
+/// the response is sent: prost messages and `bytes` buffers have no wipe,
+/// and closing that would take a custom codec.
+fn value_to(mut v: Value) -> pb::Value {
     use pb::value::Kind;
-    let kind = match v {
-        Value::String(s) => Kind::StringValue(s),
-        Value::Int64(i) => Kind::Int64Value(i),
-        Value::Double(d) => Kind::DoubleValue(d),
-        Value::Bool(b) => Kind::BoolValue(b),
-        Value::Bytes(b) => Kind::BytesValue(b),
-        Value::Timestamp { seconds, nanos } => {
-            Kind::TimestampValue(prost_types::Timestamp { seconds, nanos })
-        }
+    let kind = match &mut v {
+        Value::String(s) => Kind::StringValue(std::mem::take(s)),
+        Value::Int64(i) => Kind::Int64Value(*i),
+        Value::Double(d) => Kind::DoubleValue(*d),
+        Value::Bool(b) => Kind::BoolValue(*b),
+        Value::Bytes(b) => Kind::BytesValue(std::mem::take(b)),
+        Value::Timestamp { seconds, nanos } => Kind::TimestampValue(prost_types::Timestamp {
+            seconds: *seconds,
+            nanos: *nanos,
+        }),
     };
     pb::Value { kind: Some(kind) }
 }

@@ -192,10 +192,10 @@ impl Store for RocksStore {
     }
 
     fn compact_range(&self, table: Table, start: &[u8], end: &[u8]) -> Result<()> {
-        // Flush the memtable, then rewrite every level's files over the
-        // range, the last level too: that is where tombstones and the
-        // values they cover are finally dropped.
-        self.db.flush_cf(self.cf(table)?).map_err(storage_err)?;
+        // Rewrite every level's files over the range, the last level too:
+        // that is where tombstones and the values they cover are finally
+        // dropped. RocksDB flushes the memtable first when it overlaps the
+        // range (and only then).
         let mut opts = CompactOptions::default();
         opts.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
         self.db
