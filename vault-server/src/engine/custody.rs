@@ -415,6 +415,9 @@ impl Engine {
         // 2. One atomic write.
         let kr = self.keyring();
         let (mut ws, moved) = self.move_bucket(&kr, bucket, Some(&name))?;
+        // Step 3 drops the old epoch from an fsynced file: these re-wraps
+        // must be on disk first, whatever `danger_unsynced_writes` says.
+        ws.must_sync();
         let mut deleted = 0u64;
         let mut deleted_keys = Vec::new();
         for (index_key, record_key, bytes) in records {
@@ -576,19 +579,27 @@ impl Engine {
     }
 
     /// Moves every bucket that holds two epochs to its newest and destroys
-    /// the older, each with an audited `finish_erasure` event (on behalf of
-    /// `caller`). The caller holds `custody_lock` and `create_lock`.
+    /// the older, each with an audited `finish_erasure` event of the vault
+    /// (naming `caller`'s request, if any). The caller holds `custody_lock`
+    /// and `create_lock`.
     fn finish_unfinished_buckets(&self, caller: &Caller) -> Result<()> {
         for bucket in self.keyring().unfinished_shreds() {
             let kr = self.keyring();
-            let (ws, moved) = self.move_bucket(&kr, bucket, None)?;
-            let mut ev = Event::of(caller, "finish_erasure");
+            let (mut ws, moved) = self.move_bucket(&kr, bucket, None)?;
+            ws.must_sync();
+            // The vault's own work, not the request's (which has its own
+            // event): named in the detail.
+            let mut ev = Event::of(&Caller::internal("vault"), "finish_erasure");
             let root_version = kr.current_root()?.0;
             let destroyed_keyring = kr.generation() + 1;
             ev.detail = Some(format!(
-                "an interrupted erasure finished: shred bucket {bucket} moved to epoch {} \
+                "an interrupted erasure finished{}: shred bucket {bucket} moved to epoch {} \
                  ({} keys re-wrapped, {} unreadable), older epochs destroyed; keyring \
                  generation {destroyed_keyring}",
+                match &caller.request_id {
+                    Some(id) => format!(" before request {id}"),
+                    None => String::new(),
+                },
                 kr.shred_epoch(bucket).unwrap_or(0),
                 moved.rewrapped,
                 moved.unreadable,

@@ -1300,7 +1300,10 @@ impl Engine {
     fn current_subject_key(&self, subject: &SubjectName) -> Result<Arc<SubjectKeys>> {
         if let Some(found) = self.latest_stored_subject_key(subject)? {
             match self.cached_or_unwrap(subject, found) {
-                Err(Error::SubjectErased) => {}
+                // Erased, or read just before an erasure in its bucket
+                // re-wrapped it and dropped the epoch: read again under
+                // the lock erasures hold.
+                Err(Error::SubjectErased | Error::Integrity) => {}
                 other => return other,
             }
         }

@@ -792,6 +792,9 @@ fn a_later_erasure_finishes_an_unfinished_one_and_destroys_its_own_epoch() {
         .filter(|ev| ev.operation == "finish_erasure")
         .count();
     assert_eq!(finished, 1);
+    // Both erasures' batches were written synced, as their commit points
+    // need, whatever the store's own setting.
+    assert_eq!(*lock(&store.receipt_writes_synced), vec![true, true]);
 }
 
 /// An erasure whose batch failed (after the keyring gained the bucket's
@@ -1229,6 +1232,8 @@ struct FaultyAudit {
     /// After the next successful write that puts a subject key, replace
     /// this folder with a file: every later keyring save into it fails.
     block_folder_after_key_write: Mutex<Option<std::path::PathBuf>>,
+    /// Whether each write that stored an erasure receipt asked to be synced.
+    receipt_writes_synced: Mutex<Vec<bool>>,
 }
 
 impl FaultyAudit {
@@ -1239,6 +1244,7 @@ impl FaultyAudit {
             panic: std::sync::atomic::AtomicBool::new(false),
             full: std::sync::atomic::AtomicBool::new(false),
             block_folder_after_key_write: Mutex::new(None),
+            receipt_writes_synced: Mutex::new(Vec::new()),
         }
     }
 }
@@ -1288,6 +1294,13 @@ impl Store for FaultyAudit {
             .ops()
             .iter()
             .any(|op| matches!(op, crate::storage::Op::Put(Table::SubjectKeys, _, _)));
+        if set
+            .ops()
+            .iter()
+            .any(|op| matches!(op, crate::storage::Op::Put(Table::Receipts, _, _)))
+        {
+            lock(&self.receipt_writes_synced).push(set.needs_sync());
+        }
         self.inner.write(set)?;
         if keys {
             if let Some(folder) = lock(&self.block_folder_after_key_write).take() {

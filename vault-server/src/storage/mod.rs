@@ -84,6 +84,8 @@ pub enum Op {
 #[derive(Debug, Default, Clone)]
 pub struct WriteSet {
     ops: Vec<Op>,
+    /// Synced even when the store acknowledges writes before the WAL sync.
+    sync: bool,
 }
 
 impl WriteSet {
@@ -112,9 +114,24 @@ impl WriteSet {
         self.ops.is_empty()
     }
 
-    /// Appends every change of `other` (after this set's own).
+    /// Appends every change of `other` (after this set's own); the result
+    /// must be synced if either had to be.
     pub fn append(&mut self, other: WriteSet) {
         self.ops.extend(other.ops);
+        self.sync |= other.sync;
+    }
+
+    /// Asks for this set to reach the disk (WAL synced) before the write
+    /// returns, even under `danger_unsynced_writes`: for writes that a
+    /// file synced afterwards depends on (an erasure's re-wrapped keys,
+    /// before the keyring file drops the epoch that opened the old ones).
+    pub fn must_sync(&mut self) {
+        self.sync = true;
+    }
+
+    /// Whether [`WriteSet::must_sync`] was asked.
+    pub fn needs_sync(&self) -> bool {
+        self.sync
     }
 }
 

@@ -58,6 +58,9 @@ fn classify(message: String) -> Error {
     }
 }
 
+/// Target size of an SST file.
+const SST_FILE_BYTES: u64 = 8 << 20;
+
 impl RocksStore {
     /// Opens (creating if missing) the store in `path`.
     pub fn open(path: &Path, options: &StoreOptions) -> Result<Self> {
@@ -69,6 +72,9 @@ impl RocksStore {
         let cfs = Table::ALL.iter().map(|t| {
             let mut o = Options::default();
             o.set_compression_type(rocksdb::DBCompressionType::None);
+            // Smaller files than RocksDB's 64 MiB: compacting one key range
+            // after an erasure rewrites the files that overlap it, whole.
+            o.set_target_file_size_base(SST_FILE_BYTES);
             ColumnFamilyDescriptor::new(t.name(), o)
         });
         let db = DB::open_cf_descriptors(&db_opts, path, cfs).map_err(|e| {
@@ -187,7 +193,7 @@ impl Store for RocksStore {
             }
         }
         let mut wo = WriteOptions::default();
-        wo.set_sync(self.sync_writes);
+        wo.set_sync(self.sync_writes || set.needs_sync());
         self.db.write_opt(batch, &wo).map_err(storage_err)
     }
 
