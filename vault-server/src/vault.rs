@@ -135,6 +135,28 @@ impl std::fmt::Debug for Vault {
     }
 }
 
+/// Reads the keyring file and opens it with `unseal_key`. Shares that
+/// do not open it are an `INVALID_ARGUMENT` saying that `step`'s
+/// (unseal, rekey) progress was reset.
+fn open_keyring_file(opts: &OpenOptions, unseal_key: &Key256, step: &str) -> Result<Keyring> {
+    let file = read_keyring_file(&opts.keyring_file)?.ok_or_else(|| {
+        Error::Config(format!(
+            "keyring {} disappeared",
+            opts.keyring_file.display()
+        ))
+    })?;
+    match Keyring::unseal(&file, unseal_key, &opts.region) {
+        Err(KeyringError::WrongUnsealKey) => {
+            tracing::warn!(step, "the shares given do not open the keyring");
+            Err(Error::InvalidArgument(format!(
+                "the shares given do not open the keyring (one is wrong or forged); \
+                     {step} progress was reset"
+            )))
+        }
+        other => Ok(other?),
+    }
+}
+
 impl Vault {
     /// Opens the data folder, sealed. Refuses a keyring of another region,
     /// and a data folder whose keyring is missing.
@@ -469,24 +491,7 @@ impl Vault {
         let combined = collector.combine();
         collector.clear();
         let unseal_key = combined.map_err(share_error)?;
-        let file = read_keyring_file(&self.opts.keyring_file)?.ok_or_else(|| {
-            Error::Config(format!(
-                "keyring {} disappeared",
-                self.opts.keyring_file.display()
-            ))
-        })?;
-        let keyring = match Keyring::unseal(&file, &unseal_key, &self.opts.region) {
-            Ok(k) => k,
-            Err(KeyringError::WrongUnsealKey) => {
-                tracing::warn!("unseal failed: the shares given do not open the keyring");
-                return Err(Error::InvalidArgument(
-                    "the shares given do not open the keyring (one is wrong or forged); \
-                     unseal progress was reset"
-                        .into(),
-                ));
-            }
-            Err(e) => return Err(e.into()),
-        };
+        let keyring = open_keyring_file(&self.opts, &unseal_key, "unseal")?;
         let mut options = self.opts.engine.clone();
         options.accept_keyring_rollback = allow_keyring_rollback;
         let engine = Engine::with_audit(
@@ -868,24 +873,7 @@ impl Vault {
         let combined = pending.collector.combine();
         *slot = None;
         let old_key = combined.map_err(share_error)?;
-        let file = read_keyring_file(&self.opts.keyring_file)?.ok_or_else(|| {
-            Error::Config(format!(
-                "keyring {} disappeared",
-                self.opts.keyring_file.display()
-            ))
-        })?;
-        match Keyring::unseal(&file, &old_key, &self.opts.region) {
-            Ok(_) => {}
-            Err(KeyringError::WrongUnsealKey) => {
-                tracing::warn!("rekey failed: the shares given do not open the keyring");
-                return Err(Error::InvalidArgument(
-                    "the shares given do not open the keyring (one is wrong or forged); \
-                     rekey progress was reset"
-                        .into(),
-                ));
-            }
-            Err(e) => return Err(e.into()),
-        }
+        open_keyring_file(&self.opts, &old_key, "rekey")?;
         // As for init: the new shares must not be issued unrecorded.
         self.audit.writable()?;
         let new_key = Key256::random();

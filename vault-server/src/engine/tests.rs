@@ -76,6 +76,15 @@ impl Restartable {
         }
     }
 
+    /// The same over a store of the test's own (one that injects faults).
+    fn over(dir: &std::path::Path, store: Arc<dyn Store>) -> Self {
+        Restartable {
+            dir: dir.to_owned(),
+            store,
+            unseal_key: Key256::random(),
+        }
+    }
+
     fn file(&self) -> KeyringFile {
         KeyringFile {
             path: self.dir.join("keyring"),
@@ -807,11 +816,7 @@ fn a_later_erasure_finishes_an_unfinished_one_and_destroys_its_own_epoch() {
 fn an_engine_finishes_an_erasure_whose_batch_never_ran() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(FaultyAudit::over(dir.path()));
-    let folder = Restartable {
-        dir: dir.path().to_owned(),
-        store: Arc::clone(&store) as Arc<dyn Store>,
-        unseal_key: Key256::random(),
-    };
+    let folder = Restartable::over(dir.path(), Arc::clone(&store) as Arc<dyn Store>);
     let e = folder.start();
     // The first engine's keyring exists only in memory until a save.
     e.rotate_root(&Caller::internal("t")).unwrap();
@@ -1549,11 +1554,7 @@ fn a_panicking_audit_write_leaves_nobody_waiting() {
 fn a_full_disk_fails_clearly_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(FaultyAudit::over(dir.path()));
-    let folder = Restartable {
-        dir: dir.path().to_owned(),
-        store: Arc::clone(&store) as Arc<dyn Store>,
-        unseal_key: Key256::random(),
-    };
+    let folder = Restartable::over(dir.path(), Arc::clone(&store) as Arc<dyn Store>);
     let e = folder.start();
     let c = Caller::internal("t");
     put_users(&e, 20);
