@@ -655,32 +655,22 @@ fn erasure_shreds_and_survives_a_restored_backup() {
 /// engine drops the old epoch at start (an audited `finish_erasure`).
 #[test]
 fn an_erasure_stopped_at_its_commit_point_is_finished_at_start() {
-    let eu: Region = "eu".parse().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let folder = dir.path().join("keys");
-    std::fs::create_dir(&folder).unwrap();
-    let unseal_key = Key256::random();
-    let file = || KeyringFile {
-        path: folder.join("keyring"),
-        unseal_key: Key256::from_slice(unseal_key.expose_secret()).unwrap(),
-    };
-    let on_disk = || {
-        let bytes = std::fs::read(folder.join("keyring")).unwrap();
-        Keyring::unseal(&bytes, &unseal_key, &eu).unwrap()
-    };
+    let (keys, kr) = KeyringApart::new(dir.path().join("keys"));
+    let folder = keys.folder.clone();
     let store = Arc::new(FaultyAudit::over(dir.path()));
-    let kr = Keyring::generate(eu.clone(), custody());
-    std::fs::write(folder.join("keyring"), kr.seal(&unseal_key)).unwrap();
-    let e = Engine::new(Arc::clone(&store) as Arc<dyn Store>, kr, file(), options()).unwrap();
+    let e = Engine::new(
+        Arc::clone(&store) as Arc<dyn Store>,
+        kr,
+        keys.file(),
+        options(),
+    )
+    .unwrap();
     crate::dev::seed(&e).unwrap();
     let c = Caller::internal("t");
     let names = e.names.clone();
     let bucket = names.bucket(&names.subject("alice"));
-    let mates: Vec<String> = (0..)
-        .map(|i| format!("m{i}"))
-        .filter(|s| names.bucket(&names.subject(s)) == bucket)
-        .take(2)
-        .collect();
+    let mates = bucket_mates(&names, "alice", 2);
     e.put_record(&c, user("a1", "alice")).unwrap();
     for (i, s) in mates.iter().enumerate() {
         e.put_record(&c, user(&format!("r{i}"), s)).unwrap();
@@ -698,7 +688,7 @@ fn an_erasure_stopped_at_its_commit_point_is_finished_at_start() {
     // The folder comes back (the operator frees the disk).
     std::fs::remove_file(&folder).unwrap();
     std::fs::rename(folder.with_extension("moved"), &folder).unwrap();
-    assert_eq!(on_disk().unfinished_shreds(), vec![bucket]);
+    assert_eq!(keys.on_disk().unfinished_shreds(), vec![bucket]);
     read_mates(&e);
     assert!(matches!(
         e.get_record(&c, "users", "a1", &[]),
@@ -709,27 +699,20 @@ fn an_erasure_stopped_at_its_commit_point_is_finished_at_start() {
 
     let e = Engine::new(
         Arc::clone(&store) as Arc<dyn Store>,
-        on_disk(),
-        file(),
+        keys.on_disk(),
+        keys.file(),
         options(),
     )
     .unwrap();
     assert!(e.keyring().unfinished_shreds().is_empty());
-    assert!(on_disk().unfinished_shreds().is_empty());
+    assert!(keys.on_disk().unfinished_shreds().is_empty());
     assert_eq!(e.keyring().shred_epoch(bucket).unwrap(), 2);
     assert!(
-        on_disk().shred_key(bucket, 1).is_err(),
+        keys.on_disk().shred_key(bucket, 1).is_err(),
         "the old epoch is gone"
     );
     read_mates(&e);
-    let finished: Vec<crate::audit::Event> = e
-        .audit()
-        .events(0, 10_000)
-        .unwrap()
-        .iter()
-        .map(|raw| serde_json::from_slice::<crate::audit::Event>(raw).unwrap())
-        .filter(|ev| ev.operation == "finish_erasure")
-        .collect();
+    let finished = events_of(&e, "finish_erasure");
     assert_eq!(finished.len(), 1);
     let detail = finished[0].detail.clone().unwrap();
     assert!(
@@ -745,27 +728,22 @@ fn an_erasure_stopped_at_its_commit_point_is_finished_at_start() {
 /// in between (under the newer epoch) is not left openable in a copy.
 #[test]
 fn a_later_erasure_finishes_an_unfinished_one_and_destroys_its_own_epoch() {
-    let eu: Region = "eu".parse().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let folder = dir.path().join("keys");
-    std::fs::create_dir(&folder).unwrap();
-    let unseal_key = Key256::random();
+    let (keys, kr) = KeyringApart::new(dir.path().join("keys"));
+    let folder = keys.folder.clone();
     let store = Arc::new(FaultyAudit::over(dir.path()));
-    let kr = Keyring::generate(eu.clone(), custody());
-    std::fs::write(folder.join("keyring"), kr.seal(&unseal_key)).unwrap();
-    let file = KeyringFile {
-        path: folder.join("keyring"),
-        unseal_key: Key256::from_slice(unseal_key.expose_secret()).unwrap(),
-    };
-    let e = Engine::new(Arc::clone(&store) as Arc<dyn Store>, kr, file, options()).unwrap();
+    let e = Engine::new(
+        Arc::clone(&store) as Arc<dyn Store>,
+        kr,
+        keys.file(),
+        options(),
+    )
+    .unwrap();
     crate::dev::seed(&e).unwrap();
     let c = Caller::internal("t");
     let names = e.names.clone();
     let bucket = names.bucket(&names.subject("alice"));
-    let mut mates = (0..)
-        .map(|i| format!("m{i}"))
-        .filter(|s| names.bucket(&names.subject(s)) == bucket);
-    let (bob, carol) = (mates.next().unwrap(), mates.next().unwrap());
+    let [bob, carol]: [String; 2] = bucket_mates(&names, "alice", 2).try_into().unwrap();
     e.put_record(&c, user("a1", "alice")).unwrap();
     e.put_record(&c, user("c1", &carol)).unwrap();
     *lock(&store.block_folder_after_key_write) = Some(folder.clone());
@@ -792,15 +770,7 @@ fn a_later_erasure_finishes_an_unfinished_one_and_destroys_its_own_epoch() {
         Err(Error::Integrity)
     ));
     e.get_record(&c, "users", "c1", &[]).unwrap();
-    let finished = e
-        .audit()
-        .events(0, 10_000)
-        .unwrap()
-        .iter()
-        .map(|raw| serde_json::from_slice::<crate::audit::Event>(raw).unwrap())
-        .filter(|ev| ev.operation == "finish_erasure")
-        .count();
-    assert_eq!(finished, 1);
+    assert_eq!(events_of(&e, "finish_erasure").len(), 1);
     // Both erasures' batches were written synced, as their commit points
     // need, whatever the store's own setting.
     assert_eq!(*lock(&store.receipt_writes_synced), vec![true, true]);
@@ -850,6 +820,61 @@ fn an_engine_finishes_an_erasure_whose_batch_never_ran() {
     assert_eq!(again.records_deleted, 1);
 }
 
+/// A keyring file in a folder of its own, as production keeps it apart
+/// from the data folder, sealed under a known unseal key.
+struct KeyringApart {
+    folder: std::path::PathBuf,
+    unseal_key: Key256,
+}
+
+impl KeyringApart {
+    /// A new keyring, saved in `folder` (created).
+    fn new(folder: std::path::PathBuf) -> (KeyringApart, Keyring) {
+        std::fs::create_dir_all(&folder).unwrap();
+        let apart = KeyringApart {
+            folder,
+            unseal_key: Key256::random(),
+        };
+        let kr = Keyring::generate("eu".parse().unwrap(), custody());
+        std::fs::write(apart.folder.join("keyring"), kr.seal(&apart.unseal_key)).unwrap();
+        (apart, kr)
+    }
+
+    fn file(&self) -> KeyringFile {
+        KeyringFile {
+            path: self.folder.join("keyring"),
+            unseal_key: Key256::from_slice(self.unseal_key.expose_secret()).unwrap(),
+        }
+    }
+
+    /// The keyring as the file holds it now.
+    fn on_disk(&self) -> Keyring {
+        let bytes = std::fs::read(self.folder.join("keyring")).unwrap();
+        Keyring::unseal(&bytes, &self.unseal_key, &"eu".parse().unwrap()).unwrap()
+    }
+}
+
+/// `n` subject ids that share `subject`'s shred bucket.
+fn bucket_mates(names: &StorageNames, subject: &str, n: usize) -> Vec<String> {
+    let bucket = names.bucket(&names.subject(subject));
+    (0..)
+        .map(|i| format!("m{i}"))
+        .filter(|s| names.bucket(&names.subject(s)) == bucket)
+        .take(n)
+        .collect()
+}
+
+/// The audit events of `operation`.
+fn events_of(e: &Engine, operation: &str) -> Vec<crate::audit::Event> {
+    e.audit()
+        .events(0, 10_000)
+        .unwrap()
+        .iter()
+        .map(|raw| serde_json::from_slice::<crate::audit::Event>(raw).unwrap())
+        .filter(|ev| ev.operation == operation)
+        .collect()
+}
+
 fn copy_folder(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
@@ -872,35 +897,20 @@ fn copy_folder(from: &std::path::Path, to: &std::path::Path) {
 /// with the same keys as before; subjects of other buckets are untouched.
 #[test]
 fn a_copy_from_before_an_erasure_cannot_unwrap_the_erased_key() {
-    let eu: Region = "eu".parse().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let backup = tempfile::tempdir().unwrap();
-    let unseal_key = Key256::random();
-    let file = || KeyringFile {
-        path: dir.path().join("keyring"),
-        unseal_key: Key256::from_slice(unseal_key.expose_secret()).unwrap(),
-    };
+    let (keys, kr) = KeyringApart::new(dir.path().join("keys"));
     let open_store = |folder: &std::path::Path| -> Arc<dyn Store> {
         Arc::new(RocksStore::open(&folder.join("db"), &StoreOptions::default()).unwrap())
     };
-    let current_keyring = || {
-        let bytes = std::fs::read(dir.path().join("keyring")).unwrap();
-        Keyring::unseal(&bytes, &unseal_key, &eu).unwrap()
-    };
     let c = Caller::internal("t");
     let (names, bucket, mates, outsider) = {
-        let kr = Keyring::generate(eu.clone(), custody());
-        std::fs::write(dir.path().join("keyring"), kr.seal(&unseal_key)).unwrap();
-        let e = Engine::new(open_store(dir.path()), kr, file(), options()).unwrap();
+        let e = Engine::new(open_store(dir.path()), kr, keys.file(), options()).unwrap();
         crate::dev::seed(&e).unwrap();
         let names = e.names.clone();
         let bucket = names.bucket(&names.subject("alice"));
         // Three subjects that share alice's bucket, one that does not.
-        let mates: Vec<String> = (0..)
-            .map(|i| format!("m{i}"))
-            .filter(|s| names.bucket(&names.subject(s)) == bucket)
-            .take(3)
-            .collect();
+        let mates = bucket_mates(&names, "alice", 3);
         let outsider = (0..)
             .map(|i| format!("o{i}"))
             .find(|s| names.bucket(&names.subject(s)) != bucket)
@@ -916,9 +926,15 @@ fn a_copy_from_before_an_erasure_cannot_unwrap_the_erased_key() {
     // The engine and its store are dropped: the folder is closed. Copy it,
     // and the keyring that goes with it (to check the copy is sound).
     copy_folder(&dir.path().join("db"), &backup.path().join("db"));
-    let keyring_before = current_keyring();
+    let keyring_before = keys.on_disk();
 
-    let e = Engine::new(open_store(dir.path()), current_keyring(), file(), options()).unwrap();
+    let e = Engine::new(
+        open_store(dir.path()),
+        keys.on_disk(),
+        keys.file(),
+        options(),
+    )
+    .unwrap();
     let receipt = e.erase_subject(&c, "alice").unwrap();
     assert_eq!(receipt.shredded.bucket, bucket);
     assert_eq!(receipt.shredded.epoch, 1);
@@ -929,7 +945,7 @@ fn a_copy_from_before_an_erasure_cannot_unwrap_the_erased_key() {
     e.close();
     drop(e);
 
-    let now = current_keyring();
+    let now = keys.on_disk();
     let bare = now.without_erasures_for_test();
     let old_rows = open_store(backup.path())
         .scan_prefix(Table::SubjectKeys, b"")
