@@ -389,6 +389,39 @@ impl Summary {
     }
 }
 
+/// One repeat of a run against a target.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct Repeat {
+    /// Operations per second.
+    pub ops_per_sec: f64,
+    /// Operations that failed.
+    pub errors: u64,
+}
+
+/// The median of repeated runs against one target: the figures of the
+/// repeat with the median throughput (the lower middle one of an even
+/// count), every repeat's throughput beside them, and the failures of all.
+///
+/// # Panics
+/// If `runs` is empty.
+pub fn median_of(runs: Vec<RunResult>) -> RunResult {
+    assert!(!runs.is_empty(), "no run to take the median of");
+    let repeats: Vec<Repeat> = runs.iter().flat_map(|r| r.repeats.clone()).collect();
+    let errors = runs.iter().map(|r| r.errors).sum();
+    let mut order: Vec<usize> = (0..runs.len()).collect();
+    order.sort_by(|&a, &b| {
+        runs[a]
+            .total
+            .ops_per_sec
+            .total_cmp(&runs[b].total.ops_per_sec)
+    });
+    let middle = order[(runs.len() - 1) / 2];
+    let mut chosen = runs.into_iter().nth(middle).expect("an index of runs");
+    chosen.repeats = repeats;
+    chosen.errors = errors;
+    chosen
+}
+
 /// The result of one run against one target.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct RunResult {
@@ -398,8 +431,12 @@ pub struct RunResult {
     pub clients: usize,
     /// Seconds measured.
     pub seconds: f64,
-    /// Operations that failed (not in the figures).
+    /// Operations that failed (not in the figures), in every repeat.
     pub errors: u64,
+    /// With `--repeat N`, every repeat's throughput and failures, in run
+    /// order; the figures are those of the median repeat. One entry for a
+    /// single run.
+    pub repeats: Vec<Repeat>,
     /// All operations.
     pub total: Summary,
     /// Per kind of operation.
@@ -427,12 +464,17 @@ impl RunResult {
                 *t += 1;
             }
         }
+        let total = Summary::of(&mut all, seconds);
         RunResult {
             target: target.to_owned(),
             clients,
             seconds,
             errors,
-            total: Summary::of(&mut all, seconds),
+            repeats: vec![Repeat {
+                ops_per_sec: total.ops_per_sec,
+                errors,
+            }],
+            total,
             ops: by_kind
                 .into_iter()
                 .map(|(k, mut v)| (k.name().to_owned(), Summary::of(&mut v, seconds)))
@@ -479,6 +521,32 @@ mod tests {
         };
         let v = shape.values(&mut rng);
         assert_eq!(Shape::plaintext(&v).len(), shape.record_bytes());
+    }
+
+    #[test]
+    fn the_median_repeat_gives_the_figures_and_every_failure_counts() {
+        let run = |n: u64, failing: bool| {
+            drive_threads("t", 1, Stop::Count(n), false, |_, i, _| {
+                (OpKind::Get, !(failing && i == 0))
+            })
+        };
+        // Three repeats: the figures are those of one of them, all three
+        // throughputs are kept, and the one failure of the first counts.
+        let runs = vec![run(50, true), run(60, false), run(70, false)];
+        let rates: Vec<f64> = runs.iter().map(|r| r.total.ops_per_sec).collect();
+        let mut sorted = rates.clone();
+        sorted.sort_by(f64::total_cmp);
+        let m = median_of(runs);
+        assert_eq!(m.total.ops_per_sec, sorted[1]);
+        assert_eq!(
+            m.repeats.iter().map(|r| r.ops_per_sec).collect::<Vec<_>>(),
+            rates
+        );
+        assert_eq!(m.errors, 1);
+        assert_eq!(m.repeats[0].errors, 1);
+        // One run is its own median.
+        let one = median_of(vec![run(10, false)]);
+        assert_eq!((one.repeats.len(), one.errors), (1, 0));
     }
 
     #[test]

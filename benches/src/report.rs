@@ -64,6 +64,22 @@ impl Report {
         out
     }
 
+    /// One line per target whose operations failed (in any repeat): such
+    /// a run is no measurement, whatever its figures say.
+    pub fn failures(&self) -> Vec<String> {
+        self.runs
+            .iter()
+            .filter(|r| r.errors > 0)
+            .map(|r| {
+                let done: u64 = r.total.count;
+                format!(
+                    "{}: {} operations failed (the figures leave them out; {} succeeded in the median repeat)",
+                    r.target, r.errors, done
+                )
+            })
+            .collect()
+    }
+
     /// The text summary printed at the end of a run.
     pub fn text(&self) -> String {
         let mut t = String::new();
@@ -74,6 +90,19 @@ impl Report {
                 r.target, r.clients, r.total.ops_per_sec, r.total.p50_us, r.total.p95_us,
                 r.total.p99_us, r.total.max_us, r.errors
             );
+            if r.repeats.len() > 1 {
+                let rates: Vec<String> = r
+                    .repeats
+                    .iter()
+                    .map(|x| format!("{:.0}", x.ops_per_sec))
+                    .collect();
+                let _ = writeln!(
+                    t,
+                    "  median of {} repeats (ops/s: {})",
+                    r.repeats.len(),
+                    rates.join(", ")
+                );
+            }
             for (kind, s) in &r.ops {
                 let _ = writeln!(
                     t,
@@ -105,6 +134,20 @@ impl Report {
             escape(&self.command),
             self.cpus
         );
+        for failure in self.failures() {
+            let _ = writeln!(
+                h,
+                "<p style=\"color:#b00;font-weight:bold\">FAILED: {}</p>",
+                escape(&failure)
+            );
+        }
+        if let Some(r) = self.runs.iter().find(|r| r.repeats.len() > 1) {
+            let _ = writeln!(
+                h,
+                "<p>Each target ran {} times; the figures are its median repeat's.</p>",
+                r.repeats.len()
+            );
+        }
         h.push_str("<h2>Figures</h2>\n<table><tr><th>target / operation</th><th>clients</th><th>ops/s</th><th>p50 µs</th><th>p95 µs</th><th>p99 µs</th><th>max µs</th><th>errors</th></tr>\n");
         for r in &self.runs {
             let s = &r.total;
@@ -140,6 +183,8 @@ impl Report {
         h
     }
 
+    /// One panel per target, each on its own scale: a baseline a hundred
+    /// times faster than the vault would flatten the vault's line to zero.
     fn throughput_svg(&self) -> String {
         let series: Vec<(String, Vec<(f64, f64)>)> = self
             .runs
@@ -161,7 +206,11 @@ impl Report {
                 (r.target.clone(), pts)
             })
             .collect();
-        plot(&series, "seconds", "ops/s", false)
+        series
+            .iter()
+            .enumerate()
+            .map(|(i, one)| plot(std::slice::from_ref(one), i, "seconds", "ops/s", false))
+            .collect()
     }
 
     fn latency_svg(&self) -> String {
@@ -183,7 +232,7 @@ impl Report {
                 (r.target.clone(), pts)
             })
             .collect();
-        plot(&series, "latency, µs (log10)", "share", true)
+        plot(&series, 0, "latency, µs (log10)", "share", true)
     }
 }
 
@@ -191,10 +240,20 @@ const COLORS: [&str; 6] = [
     "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b",
 ];
 
-/// A line chart of `series` in SVG; `log_x` labels x ticks as powers of 10.
-fn plot(series: &[(String, Vec<(f64, f64)>)], x_label: &str, y_label: &str, log_x: bool) -> String {
+/// A line chart of `series` in SVG, coloured from the `first_color`-th
+/// colour on, its legend beside the plot (never over a line); `log_x`
+/// labels x ticks as powers of 10.
+fn plot(
+    series: &[(String, Vec<(f64, f64)>)],
+    first_color: usize,
+    x_label: &str,
+    y_label: &str,
+    log_x: bool,
+) -> String {
     const W: f64 = 800.0;
     const H: f64 = 320.0;
+    /// Room for the legend, right of the plot.
+    const LEGEND: f64 = 150.0;
     const L: f64 = 70.0;
     const B: f64 = 40.0;
     let pts = series.iter().flat_map(|(_, p)| p.iter());
@@ -214,7 +273,9 @@ fn plot(series: &[(String, Vec<(f64, f64)>)], x_label: &str, y_label: &str, log_
     let sx = |x: f64| L + (x - x0) / (x1 - x0) * (W - L - 20.0);
     let sy = |y: f64| H - B - y / y1 * (H - B - 20.0);
     let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" viewBox=\"0 0 {W} {H}\" font-size=\"12\">\n"
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{H}\" viewBox=\"0 0 {} {H}\" font-size=\"12\">\n",
+        W + LEGEND,
+        W + LEGEND
     );
     let _ = writeln!(
         s,
@@ -249,7 +310,7 @@ fn plot(series: &[(String, Vec<(f64, f64)>)], x_label: &str, y_label: &str, log_
         (W + L) / 2.0, H - 5.0, escape(x_label), H / 2.0, H / 2.0, escape(y_label)
     );
     for (i, (name, p)) in series.iter().enumerate() {
-        let color = COLORS[i % COLORS.len()];
+        let color = COLORS[(first_color + i) % COLORS.len()];
         let line: Vec<String> = p
             .iter()
             .map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y)))
@@ -259,11 +320,16 @@ fn plot(series: &[(String, Vec<(f64, f64)>)], x_label: &str, y_label: &str, log_
             "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>",
             line.join(" ")
         );
+        let y = 30.0 + 16.0 * i as f64;
         let _ = writeln!(
             s,
-            "<text x=\"{}\" y=\"{}\" fill=\"{color}\">{}</text>",
-            L + 10.0,
-            30.0 + 15.0 * i as f64,
+            "<line x1=\"{}\" y1=\"{:.1}\" x2=\"{}\" y2=\"{:.1}\" stroke=\"{color}\" stroke-width=\"3\"/><text x=\"{}\" y=\"{:.1}\" fill=\"{color}\">{}</text>",
+            W + 5.0,
+            y - 4.0,
+            W + 25.0,
+            y - 4.0,
+            W + 30.0,
+            y,
             escape(name)
         );
     }
@@ -293,6 +359,33 @@ fn escape(text: &str) -> String {
 mod tests {
     use super::*;
     use crate::load::{drive_threads, OpKind, Stop};
+
+    #[test]
+    fn failed_operations_are_reported_loudly() {
+        let mut failing = drive_threads("vault", 1, Stop::Count(20), false, |_, i, _| {
+            (OpKind::Get, i % 4 != 0)
+        });
+        failing.target = "vault".into();
+        let fine = drive_threads("echo", 1, Stop::Count(20), false, |_, _, _| {
+            (OpKind::Get, true)
+        });
+        let report = Report {
+            version: 1,
+            command: "vault-bench".into(),
+            cpus: 2,
+            config: serde_json::json!({}),
+            ratios: Vec::new(),
+            runs: vec![failing.clone(), fine],
+        };
+        let failures = report.failures();
+        assert_eq!(failures.len(), 1, "{failures:?}");
+        assert!(
+            failures[0].starts_with(&format!("vault: {} operations failed", failing.errors)),
+            "{failures:?}"
+        );
+        assert!(failing.errors > 0);
+        assert!(report.html().contains("FAILED: vault:"));
+    }
 
     #[test]
     fn reports_hold_every_run_and_ratio() {
@@ -325,8 +418,11 @@ mod tests {
             .starts_with("vault get / <rocksdb> get"));
         let html = report.html();
         assert!(html.starts_with("<!DOCTYPE html>") && html.ends_with("</html>\n"));
-        assert_eq!(html.matches("<svg").count(), 2);
+        // A throughput panel per run, each on its own scale, and the
+        // latency plot; legends sit right of the plot area (x ≥ 800).
+        assert_eq!(html.matches("<svg").count(), 3);
         assert!(html.contains("&lt;rocksdb&gt;") && !html.contains("<rocksdb>"));
+        assert!(html.contains("<text x=\"830\" y=\"30.0\" fill=\"#d62728\">&lt;rocksdb&gt;</text>"));
         let json = serde_json::to_value(&report).unwrap();
         assert_eq!(json["runs"][1]["total"]["count"], 50);
         assert!(report.text().contains("ratio vault all / <rocksdb> all"));

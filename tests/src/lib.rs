@@ -102,6 +102,17 @@ impl TestVault {
         Self::serve(Arc::new(vault), auth, &data_dir).await
     }
 
+    /// Starts a dev-mode vault of `region` over `data_dir` that knows only
+    /// the tokens of `auth`.
+    pub async fn start_dev_with_tokens(
+        data_dir: &Path,
+        region: &str,
+        auth: Authenticator,
+    ) -> vault_server::Result<TestVault> {
+        let vault = open_seeded(OpenOptions::dev(data_dir, region.parse().unwrap())).await?;
+        Self::serve(Arc::new(vault), auth, data_dir).await
+    }
+
     /// Starts a vault as `vault-server --config` would: sealed (or not yet
     /// initialised), with the given options and tokens.
     pub async fn start_sealed(

@@ -23,7 +23,9 @@ use tokio::net::TcpListener;
 use vault_benches::echo::echo_client::EchoClient;
 use vault_benches::echo::echo_server::EchoServer;
 use vault_benches::echo::EchoMessage;
-use vault_benches::load::{drive_async, drive_threads, OpKind, RunResult, Shape, Stop, Workload};
+use vault_benches::load::{
+    drive_async, drive_threads, median_of, OpKind, RunResult, Shape, Stop, Workload,
+};
 use vault_benches::report::Report;
 use vault_benches::EchoService;
 use vault_client::{Collection, DataCategory, FieldSchema, FieldType, Record, VaultClient};
@@ -110,6 +112,11 @@ struct Args {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+
+    /// Run each target this many times (1 to 20) and report its median
+    /// repeat, with every repeat's throughput beside it.
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
 }
 
 fn main() {
@@ -133,6 +140,14 @@ fn main() {
                 args.out.join("result.json").display(),
                 args.out.join("report.html").display()
             );
+            let failures = report.failures();
+            if !failures.is_empty() {
+                for f in &failures {
+                    eprintln!("FAILED: {f}");
+                }
+                eprintln!("error: operations failed: this run is not a valid measurement");
+                std::process::exit(3);
+            }
         }
         Err(e) => {
             eprintln!("error: {e}");
@@ -145,6 +160,9 @@ fn main() {
 fn check(args: &Args) -> Result<(), String> {
     if args.clients == 0 {
         return Err("--clients must be at least 1".into());
+    }
+    if !(1..=20).contains(&args.repeat) {
+        return Err("--repeat must be 1 to 20".into());
     }
     // A day at most: Duration::from_secs_f64 takes no more than it holds.
     let duration_ok = args.duration.is_finite() && args.duration > 0.0 && args.duration <= 86_400.0;
@@ -311,35 +329,41 @@ async fn run(args: &Args) -> Result<Report, String> {
     }
     let clients = Arc::new(clients);
     let workload = args.workload;
-    let vault_run = drive_async("vault", args.clients, stop(args), !args.quiet, {
-        let clients = Arc::clone(&clients);
-        move |c, i, mut rng| {
-            let client = clients[c].clone();
-            async move {
-                let kind = workload.pick(i, &mut rng);
-                let n = rng.gen_range(0..shape.records);
-                let ok = match kind {
-                    OpKind::Get => client.get(COLLECTION, &Shape::id(n)).await.is_ok(),
-                    OpKind::Put => client.put(&record(&shape, n, &mut rng)).await.is_ok(),
-                    OpKind::BatchPut => {
-                        let batch: Vec<Record> = (0..shape.batch_size)
-                            .map(|k| record(&shape, (n + k) % shape.records, &mut rng))
-                            .collect();
-                        client.put_many(&batch).await.is_ok()
+    let mut vault_runs = Vec::with_capacity(args.repeat);
+    for _ in 0..args.repeat {
+        vault_runs.push(
+            drive_async("vault", args.clients, stop(args), !args.quiet, {
+                let clients = Arc::clone(&clients);
+                move |c, i, mut rng| {
+                    let client = clients[c].clone();
+                    async move {
+                        let kind = workload.pick(i, &mut rng);
+                        let n = rng.gen_range(0..shape.records);
+                        let ok = match kind {
+                            OpKind::Get => client.get(COLLECTION, &Shape::id(n)).await.is_ok(),
+                            OpKind::Put => client.put(&record(&shape, n, &mut rng)).await.is_ok(),
+                            OpKind::BatchPut => {
+                                let batch: Vec<Record> = (0..shape.batch_size)
+                                    .map(|k| record(&shape, (n + k) % shape.records, &mut rng))
+                                    .collect();
+                                client.put_many(&batch).await.is_ok()
+                            }
+                            OpKind::BatchGet => {
+                                let ids: Vec<String> = (0..shape.batch_size)
+                                    .map(|k| Shape::id((n + k) % shape.records))
+                                    .collect();
+                                let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+                                client.get_many(COLLECTION, &ids, &[]).await.is_ok()
+                            }
+                        };
+                        (kind, ok, rng)
                     }
-                    OpKind::BatchGet => {
-                        let ids: Vec<String> = (0..shape.batch_size)
-                            .map(|k| Shape::id((n + k) % shape.records))
-                            .collect();
-                        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-                        client.get_many(COLLECTION, &ids, &[]).await.is_ok()
-                    }
-                };
-                (kind, ok, rng)
-            }
-        }
-    })
-    .await;
+                }
+            })
+            .await,
+        );
+    }
+    let vault_run = median_of(vault_runs);
     // Memory now (clients and the started vault, before any baseline),
     // then the vault stops: what its data folder holds (records, keys,
     // audit events, RocksDB's own files), for sizing.
@@ -416,48 +440,46 @@ fn rocksdb_baseline(args: &Args, shape: Shape) -> Result<RunResult, String> {
     }
     store.write(ws).map_err(|e| e.to_string())?;
     let workload = args.workload;
-    Ok(drive_threads(
-        "rocksdb",
-        args.clients,
-        stop(args),
-        !args.quiet,
-        |_, i, rng| {
-            let kind = workload.pick(i, rng);
-            let n = rng.gen_range(0..shape.records);
-            let ok = match kind {
-                OpKind::Get => store
-                    .get(Table::Records, Shape::id(n).as_bytes())
-                    .is_ok_and(|v| v.is_some()),
-                OpKind::Put => {
-                    let mut ws = WriteSet::new();
+    let op = |_, i, rng: &mut rand::rngs::StdRng| {
+        let kind = workload.pick(i, rng);
+        let n = rng.gen_range(0..shape.records);
+        let ok = match kind {
+            OpKind::Get => store
+                .get(Table::Records, Shape::id(n).as_bytes())
+                .is_ok_and(|v| v.is_some()),
+            OpKind::Put => {
+                let mut ws = WriteSet::new();
+                ws.put(
+                    Table::Records,
+                    Shape::id(n).into_bytes(),
+                    Shape::plaintext(&shape.values(rng)),
+                );
+                store.write(ws).is_ok()
+            }
+            OpKind::BatchPut => {
+                let mut ws = WriteSet::new();
+                for k in 0..shape.batch_size {
                     ws.put(
                         Table::Records,
-                        Shape::id(n).into_bytes(),
+                        Shape::id((n + k) % shape.records).into_bytes(),
                         Shape::plaintext(&shape.values(rng)),
                     );
-                    store.write(ws).is_ok()
                 }
-                OpKind::BatchPut => {
-                    let mut ws = WriteSet::new();
-                    for k in 0..shape.batch_size {
-                        ws.put(
-                            Table::Records,
-                            Shape::id((n + k) % shape.records).into_bytes(),
-                            Shape::plaintext(&shape.values(rng)),
-                        );
-                    }
-                    store.write(ws).is_ok()
-                }
-                OpKind::BatchGet => {
-                    let keys: Vec<Vec<u8>> = (0..shape.batch_size)
-                        .map(|k| Shape::id((n + k) % shape.records).into_bytes())
-                        .collect();
-                    store.multi_get(Table::Records, &keys).is_ok()
-                }
-            };
-            (kind, ok)
-        },
-    ))
+                store.write(ws).is_ok()
+            }
+            OpKind::BatchGet => {
+                let keys: Vec<Vec<u8>> = (0..shape.batch_size)
+                    .map(|k| Shape::id((n + k) % shape.records).into_bytes())
+                    .collect();
+                store.multi_get(Table::Records, &keys).is_ok()
+            }
+        };
+        (kind, ok)
+    };
+    let runs = (0..args.repeat)
+        .map(|_| drive_threads("rocksdb", args.clients, stop(args), !args.quiet, op))
+        .collect();
+    Ok(median_of(runs))
 }
 
 /// A bare tonic echo of the same payloads (a record's plaintext, or a
@@ -488,26 +510,32 @@ async fn echo_baseline(args: &Args, shape: Shape) -> Result<RunResult, String> {
     let clients = Arc::new(clients);
     let workload = args.workload;
     let one = shape.record_bytes();
-    let result = drive_async("echo", args.clients, stop(args), !args.quiet, {
-        let clients = Arc::clone(&clients);
-        move |c, i, mut rng| {
-            let mut client = clients[c].clone();
-            async move {
-                let kind = workload.pick(i, &mut rng);
-                let size = match kind {
-                    OpKind::Get | OpKind::Put => one,
-                    OpKind::BatchPut | OpKind::BatchGet => one * shape.batch_size,
-                };
-                let payload = vec![b'x'; size];
-                let ok = client
-                    .echo(EchoMessage { payload })
-                    .await
-                    .is_ok_and(|r| r.into_inner().payload.len() == size);
-                (kind, ok, rng)
-            }
-        }
-    })
-    .await;
+    let mut runs = Vec::with_capacity(args.repeat);
+    for _ in 0..args.repeat {
+        runs.push(
+            drive_async("echo", args.clients, stop(args), !args.quiet, {
+                let clients = Arc::clone(&clients);
+                move |c, i, mut rng| {
+                    let mut client = clients[c].clone();
+                    async move {
+                        let kind = workload.pick(i, &mut rng);
+                        let size = match kind {
+                            OpKind::Get | OpKind::Put => one,
+                            OpKind::BatchPut | OpKind::BatchGet => one * shape.batch_size,
+                        };
+                        let payload = vec![b'x'; size];
+                        let ok = client
+                            .echo(EchoMessage { payload })
+                            .await
+                            .is_ok_and(|r| r.into_inner().payload.len() == size);
+                        (kind, ok, rng)
+                    }
+                }
+            })
+            .await,
+        );
+    }
+    let result = median_of(runs);
     let _ = tx.send(());
     let _ = server.await;
     Ok(result)
@@ -539,40 +567,51 @@ async fn postgres_baseline(args: &Args, shape: Shape) -> Result<RunResult, Strin
     }
     let clients = Arc::new(clients);
     let workload = args.workload;
-    let result = drive_async("postgres", args.clients, stop(args), !args.quiet, {
-        let clients = Arc::clone(&clients);
-        move |c, i, mut rng| {
-            let (conn, key) = (Arc::clone(&clients[c]), Arc::clone(&key));
-            async move {
-                let (client, statements) = (&conn.0, &conn.1);
-                let kind = workload.pick(i, &mut rng);
-                let n = rng.gen_range(0..shape.records);
-                // Sorted: two batches that overlap lock rows in one order.
-                let mut batch: Vec<usize> = (0..shape.batch_size)
-                    .map(|k| (n + k) % shape.records)
-                    .collect();
-                batch.sort_unstable();
-                let ok = match kind {
-                    OpKind::Get => postgres::get(client, statements, &key, n)
-                        .await
-                        .is_ok_and(|v| v.len() == shape.fields),
-                    OpKind::Put => postgres::put(client, statements, &shape, &key, n, &mut rng)
-                        .await
-                        .is_ok(),
-                    OpKind::BatchPut => {
-                        postgres::batch_put(client, statements, &shape, &key, &batch, &mut rng)
+    let mut runs = Vec::with_capacity(args.repeat);
+    for _ in 0..args.repeat {
+        runs.push(
+            drive_async("postgres", args.clients, stop(args), !args.quiet, {
+                let clients = Arc::clone(&clients);
+                let key = Arc::clone(&key);
+                move |c, i, mut rng| {
+                    let (conn, key) = (Arc::clone(&clients[c]), Arc::clone(&key));
+                    async move {
+                        let (client, statements) = (&conn.0, &conn.1);
+                        let kind = workload.pick(i, &mut rng);
+                        let n = rng.gen_range(0..shape.records);
+                        // Sorted: two batches that overlap lock rows in one order.
+                        let mut batch: Vec<usize> = (0..shape.batch_size)
+                            .map(|k| (n + k) % shape.records)
+                            .collect();
+                        batch.sort_unstable();
+                        let ok = match kind {
+                            OpKind::Get => postgres::get(client, statements, &key, n)
+                                .await
+                                .is_ok_and(|v| v.len() == shape.fields),
+                            OpKind::Put => {
+                                postgres::put(client, statements, &shape, &key, n, &mut rng)
+                                    .await
+                                    .is_ok()
+                            }
+                            OpKind::BatchPut => postgres::batch_put(
+                                client, statements, &shape, &key, &batch, &mut rng,
+                            )
                             .await
-                            .is_ok()
+                            .is_ok(),
+                            OpKind::BatchGet => {
+                                postgres::batch_get(client, statements, &key, &batch)
+                                    .await
+                                    .is_ok()
+                            }
+                        };
+                        (kind, ok, rng)
                     }
-                    OpKind::BatchGet => postgres::batch_get(client, statements, &key, &batch)
-                        .await
-                        .is_ok(),
-                };
-                (kind, ok, rng)
-            }
-        }
-    })
-    .await;
+                }
+            })
+            .await,
+        );
+    }
+    let result = median_of(runs);
     drop(clients);
     drop(setup);
     tokio::task::spawn_blocking(move || drop(server))
