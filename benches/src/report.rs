@@ -144,8 +144,21 @@ impl Report {
         if let Some(r) = self.runs.iter().find(|r| r.repeats.len() > 1) {
             let _ = writeln!(
                 h,
-                "<p>Each target ran {} times; the figures are its median repeat's.</p>",
-                r.repeats.len()
+                "<p>Each target ran {} times; the figures are its median repeat's. \
+                 Every repeat, ops/s: {}.</p>",
+                r.repeats.len(),
+                self.runs
+                    .iter()
+                    .map(|r| {
+                        let rates: Vec<String> = r
+                            .repeats
+                            .iter()
+                            .map(|x| format!("{:.0}", x.ops_per_sec))
+                            .collect();
+                        format!("{} {}", escape(&r.target), rates.join(" / "))
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ")
             );
         }
         h.push_str("<h2>Figures</h2>\n<table><tr><th>target / operation</th><th>clients</th><th>ops/s</th><th>p50 µs</th><th>p95 µs</th><th>p99 µs</th><th>max µs</th><th>errors</th></tr>\n");

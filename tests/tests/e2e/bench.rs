@@ -83,6 +83,7 @@ async fn a_short_run_writes_a_json_result_and_an_html_report() {
     assert_eq!(html.matches("<svg").count(), 5);
     assert_eq!(html.matches("</svg>").count(), 5);
     assert!(html.contains("<polyline"));
+    assert!(html.contains("Every repeat, ops/s: vault "), "{html}");
 }
 
 /// A run whose operations fail says so and exits non-zero: here a token
