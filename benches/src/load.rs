@@ -422,6 +422,20 @@ pub fn median_of(runs: Vec<RunResult>) -> RunResult {
     chosen
 }
 
+/// Runs `run` `n` times, one after the other, and returns the median
+/// ([`median_of`]).
+pub async fn repeated<F, Fut>(n: usize, mut run: F) -> RunResult
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = RunResult>,
+{
+    let mut runs = Vec::with_capacity(n);
+    for _ in 0..n.max(1) {
+        runs.push(run().await);
+    }
+    median_of(runs)
+}
+
 /// The result of one run against one target.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct RunResult {

@@ -24,7 +24,7 @@ use vault_benches::echo::echo_client::EchoClient;
 use vault_benches::echo::echo_server::EchoServer;
 use vault_benches::echo::EchoMessage;
 use vault_benches::load::{
-    drive_async, drive_threads, median_of, OpKind, RunResult, Shape, Stop, Workload,
+    drive_async, drive_threads, median_of, repeated, OpKind, RunResult, Shape, Stop, Workload,
 };
 use vault_benches::report::Report;
 use vault_benches::EchoService;
@@ -329,41 +329,37 @@ async fn run(args: &Args) -> Result<Report, String> {
     }
     let clients = Arc::new(clients);
     let workload = args.workload;
-    let mut vault_runs = Vec::with_capacity(args.repeat);
-    for _ in 0..args.repeat {
-        vault_runs.push(
-            drive_async("vault", args.clients, stop(args), !args.quiet, {
-                let clients = Arc::clone(&clients);
-                move |c, i, mut rng| {
-                    let client = clients[c].clone();
-                    async move {
-                        let kind = workload.pick(i, &mut rng);
-                        let n = rng.gen_range(0..shape.records);
-                        let ok = match kind {
-                            OpKind::Get => client.get(COLLECTION, &Shape::id(n)).await.is_ok(),
-                            OpKind::Put => client.put(&record(&shape, n, &mut rng)).await.is_ok(),
-                            OpKind::BatchPut => {
-                                let batch: Vec<Record> = (0..shape.batch_size)
-                                    .map(|k| record(&shape, (n + k) % shape.records, &mut rng))
-                                    .collect();
-                                client.put_many(&batch).await.is_ok()
-                            }
-                            OpKind::BatchGet => {
-                                let ids: Vec<String> = (0..shape.batch_size)
-                                    .map(|k| Shape::id((n + k) % shape.records))
-                                    .collect();
-                                let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-                                client.get_many(COLLECTION, &ids, &[]).await.is_ok()
-                            }
-                        };
-                        (kind, ok, rng)
-                    }
+    let vault_run = repeated(args.repeat, || {
+        drive_async("vault", args.clients, stop(args), !args.quiet, {
+            let clients = Arc::clone(&clients);
+            move |c, i, mut rng| {
+                let client = clients[c].clone();
+                async move {
+                    let kind = workload.pick(i, &mut rng);
+                    let n = rng.gen_range(0..shape.records);
+                    let ok = match kind {
+                        OpKind::Get => client.get(COLLECTION, &Shape::id(n)).await.is_ok(),
+                        OpKind::Put => client.put(&record(&shape, n, &mut rng)).await.is_ok(),
+                        OpKind::BatchPut => {
+                            let batch: Vec<Record> = (0..shape.batch_size)
+                                .map(|k| record(&shape, (n + k) % shape.records, &mut rng))
+                                .collect();
+                            client.put_many(&batch).await.is_ok()
+                        }
+                        OpKind::BatchGet => {
+                            let ids: Vec<String> = (0..shape.batch_size)
+                                .map(|k| Shape::id((n + k) % shape.records))
+                                .collect();
+                            let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+                            client.get_many(COLLECTION, &ids, &[]).await.is_ok()
+                        }
+                    };
+                    (kind, ok, rng)
                 }
-            })
-            .await,
-        );
-    }
-    let vault_run = median_of(vault_runs);
+            }
+        })
+    })
+    .await;
     // Memory now (clients and the started vault, before any baseline),
     // then the vault stops: what its data folder holds (records, keys,
     // audit events, RocksDB's own files), for sizing.
@@ -510,32 +506,28 @@ async fn echo_baseline(args: &Args, shape: Shape) -> Result<RunResult, String> {
     let clients = Arc::new(clients);
     let workload = args.workload;
     let one = shape.record_bytes();
-    let mut runs = Vec::with_capacity(args.repeat);
-    for _ in 0..args.repeat {
-        runs.push(
-            drive_async("echo", args.clients, stop(args), !args.quiet, {
-                let clients = Arc::clone(&clients);
-                move |c, i, mut rng| {
-                    let mut client = clients[c].clone();
-                    async move {
-                        let kind = workload.pick(i, &mut rng);
-                        let size = match kind {
-                            OpKind::Get | OpKind::Put => one,
-                            OpKind::BatchPut | OpKind::BatchGet => one * shape.batch_size,
-                        };
-                        let payload = vec![b'x'; size];
-                        let ok = client
-                            .echo(EchoMessage { payload })
-                            .await
-                            .is_ok_and(|r| r.into_inner().payload.len() == size);
-                        (kind, ok, rng)
-                    }
+    let result = repeated(args.repeat, || {
+        drive_async("echo", args.clients, stop(args), !args.quiet, {
+            let clients = Arc::clone(&clients);
+            move |c, i, mut rng| {
+                let mut client = clients[c].clone();
+                async move {
+                    let kind = workload.pick(i, &mut rng);
+                    let size = match kind {
+                        OpKind::Get | OpKind::Put => one,
+                        OpKind::BatchPut | OpKind::BatchGet => one * shape.batch_size,
+                    };
+                    let payload = vec![b'x'; size];
+                    let ok = client
+                        .echo(EchoMessage { payload })
+                        .await
+                        .is_ok_and(|r| r.into_inner().payload.len() == size);
+                    (kind, ok, rng)
                 }
-            })
-            .await,
-        );
-    }
-    let result = median_of(runs);
+            }
+        })
+    })
+    .await;
     let _ = tx.send(());
     let _ = server.await;
     Ok(result)
@@ -567,51 +559,43 @@ async fn postgres_baseline(args: &Args, shape: Shape) -> Result<RunResult, Strin
     }
     let clients = Arc::new(clients);
     let workload = args.workload;
-    let mut runs = Vec::with_capacity(args.repeat);
-    for _ in 0..args.repeat {
-        runs.push(
-            drive_async("postgres", args.clients, stop(args), !args.quiet, {
-                let clients = Arc::clone(&clients);
-                let key = Arc::clone(&key);
-                move |c, i, mut rng| {
-                    let (conn, key) = (Arc::clone(&clients[c]), Arc::clone(&key));
-                    async move {
-                        let (client, statements) = (&conn.0, &conn.1);
-                        let kind = workload.pick(i, &mut rng);
-                        let n = rng.gen_range(0..shape.records);
-                        // Sorted: two batches that overlap lock rows in one order.
-                        let mut batch: Vec<usize> = (0..shape.batch_size)
-                            .map(|k| (n + k) % shape.records)
-                            .collect();
-                        batch.sort_unstable();
-                        let ok = match kind {
-                            OpKind::Get => postgres::get(client, statements, &key, n)
-                                .await
-                                .is_ok_and(|v| v.len() == shape.fields),
-                            OpKind::Put => {
-                                postgres::put(client, statements, &shape, &key, n, &mut rng)
-                                    .await
-                                    .is_ok()
-                            }
-                            OpKind::BatchPut => postgres::batch_put(
-                                client, statements, &shape, &key, &batch, &mut rng,
-                            )
+    let result = repeated(args.repeat, || {
+        drive_async("postgres", args.clients, stop(args), !args.quiet, {
+            let clients = Arc::clone(&clients);
+            let key = Arc::clone(&key);
+            move |c, i, mut rng| {
+                let (conn, key) = (Arc::clone(&clients[c]), Arc::clone(&key));
+                async move {
+                    let (client, statements) = (&conn.0, &conn.1);
+                    let kind = workload.pick(i, &mut rng);
+                    let n = rng.gen_range(0..shape.records);
+                    // Sorted: two batches that overlap lock rows in one order.
+                    let mut batch: Vec<usize> = (0..shape.batch_size)
+                        .map(|k| (n + k) % shape.records)
+                        .collect();
+                    batch.sort_unstable();
+                    let ok = match kind {
+                        OpKind::Get => postgres::get(client, statements, &key, n)
+                            .await
+                            .is_ok_and(|v| v.len() == shape.fields),
+                        OpKind::Put => postgres::put(client, statements, &shape, &key, n, &mut rng)
                             .await
                             .is_ok(),
-                            OpKind::BatchGet => {
-                                postgres::batch_get(client, statements, &key, &batch)
-                                    .await
-                                    .is_ok()
-                            }
-                        };
-                        (kind, ok, rng)
-                    }
+                        OpKind::BatchPut => {
+                            postgres::batch_put(client, statements, &shape, &key, &batch, &mut rng)
+                                .await
+                                .is_ok()
+                        }
+                        OpKind::BatchGet => postgres::batch_get(client, statements, &key, &batch)
+                            .await
+                            .is_ok(),
+                    };
+                    (kind, ok, rng)
                 }
-            })
-            .await,
-        );
-    }
-    let result = median_of(runs);
+            }
+        })
+    })
+    .await;
     drop(clients);
     drop(setup);
     tokio::task::spawn_blocking(move || drop(server))
