@@ -226,12 +226,17 @@ struct Hosted {
 
 impl Hosted {
     /// Stops the vault and waits for it; returns the size of its data
-    /// folder, which is then removed. The baselines run after this, on
-    /// cores the vault no longer uses.
-    async fn shutdown(self) -> u64 {
+    /// folder, and where those bytes go, before it is removed. The
+    /// baselines run after this, on cores the vault no longer uses.
+    async fn shutdown(self) -> (u64, serde_json::Value) {
         let _ = self.stop.send(());
         let _ = self.task.await;
-        folder_bytes(self.dir.path())
+        let total = folder_bytes(self.dir.path());
+        let db = self.dir.path().join("db");
+        let by_table = tokio::task::spawn_blocking(move || bytes_by_table(&db))
+            .await
+            .unwrap_or(serde_json::Value::Null);
+        (total, by_table)
     }
 }
 
@@ -366,9 +371,12 @@ async fn run(args: &Args) -> Result<Report, String> {
     let peak_rss = peak_rss_bytes();
     drop(clients);
     drop(admin);
-    let disk_bytes = match hosted {
-        Some(h) => Some(h.shutdown().await),
-        None => None,
+    let (disk_bytes, disk_by_table) = match hosted {
+        Some(h) => {
+            let (total, by_table) = h.shutdown().await;
+            (Some(total), by_table)
+        }
+        None => (None, serde_json::Value::Null),
     };
     let mut runs = vec![vault_run];
     if args.baselines {
@@ -395,6 +403,9 @@ async fn run(args: &Args) -> Result<Report, String> {
             // Unknown for a vault at --addr: its own configuration says.
             "synced_writes": args.addr.is_none().then_some(!args.unsynced),
             "self_hosted_data_folder_bytes": disk_bytes,
+            // The WAL's files, then each table's SST files and memtables
+            // after reopening (the log replayed): overlapping views.
+            "self_hosted_data_folder_bytes_by_table": disk_by_table,
             "peak_rss_bytes_after_vault_run": peak_rss,
         }),
         ratios: Report::ratios_of(&runs),
@@ -602,6 +613,32 @@ async fn postgres_baseline(args: &Args, shape: Shape) -> Result<RunResult, Strin
         .await
         .map_err(|e| e.to_string())?;
     Ok(result)
+}
+
+/// Where a closed data folder's bytes go: its write-ahead log files, and
+/// each table's SST files and memtables once reopened (the reopening
+/// replays the log into memtables). Null if it cannot be read.
+fn bytes_by_table(db: &std::path::Path) -> serde_json::Value {
+    let wal: u64 = std::fs::read_dir(db)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+                .filter_map(|e| e.metadata().ok().map(|m| m.len()))
+                .sum()
+        })
+        .unwrap_or(0);
+    let Ok(store) = RocksStore::open(db, &StoreOptions::default()) else {
+        return serde_json::Value::Null;
+    };
+    let mut out = serde_json::Map::new();
+    out.insert("wal_files".into(), wal.into());
+    for table in Table::ALL {
+        if let Ok(n) = store.table_bytes(table) {
+            out.insert(table.name().into(), n.into());
+        }
+    }
+    out.into()
 }
 
 /// Bytes of every file under `dir`.
