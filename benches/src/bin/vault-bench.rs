@@ -316,16 +316,19 @@ async fn run(args: &Args) -> Result<Report, String> {
         Err(e) => return Err(format!("creating collection {COLLECTION}: {e}")),
     }
     let mut rng = rand::thread_rng();
-    let preload: Vec<Record> = (0..shape.records)
-        .map(|n| record(&shape, n, &mut rng))
-        .collect();
-    // Chunks under the vault's batch limits (500 records, 4 MiB).
+    // Chunks under the vault's batch limits (500 records, 4 MiB), made one
+    // at a time: the load generator holds no copy of the data set, so the
+    // process's memory is the vault's and the clients' working set.
     let per_chunk = (2 * 1024 * 1024 / shape.record_bytes().max(1)).clamp(1, 100);
-    for chunk in preload.chunks(per_chunk) {
+    let mut next = 0;
+    while next < shape.records {
+        let end = (next + per_chunk).min(shape.records);
+        let chunk: Vec<Record> = (next..end).map(|n| record(&shape, n, &mut rng)).collect();
         admin
-            .put_many(chunk)
+            .put_many(&chunk)
             .await
             .map_err(|e| format!("writing the records: {e}"))?;
+        next = end;
     }
 
     let mut clients = Vec::with_capacity(args.clients);

@@ -75,7 +75,13 @@ async fn a_short_run_writes_a_json_result_and_an_html_report() {
             > 0
     );
     let by_table = &json["config"]["self_hosted_data_folder_bytes_by_table"];
-    for table in ["wal_files", "records", "subject_keys", "subject_records", "audit"] {
+    for table in [
+        "wal_files",
+        "records",
+        "subject_keys",
+        "subject_records",
+        "audit",
+    ] {
         assert!(by_table[table].is_u64(), "{table}: {by_table}");
     }
     assert!(by_table["records"].as_u64().unwrap() > 0, "{by_table}");

@@ -60,6 +60,11 @@ fn classify(message: String) -> Error {
 
 /// Target size of an SST file.
 const SST_FILE_BYTES: u64 = 8 << 20;
+/// Memtables of every table together.
+const MEMTABLE_BYTES: usize = 128 << 20;
+/// Write-ahead log files, together: past this the tables holding the
+/// oldest log are flushed.
+const WAL_BYTES: u64 = 256 << 20;
 
 impl RocksStore {
     /// Opens (creating if missing) the store in `path`.
@@ -69,6 +74,12 @@ impl RocksStore {
         db_opts.create_missing_column_families(true);
         // Values are ciphertext: compression would only cost CPU.
         db_opts.set_compression_type(rocksdb::DBCompressionType::None);
+        // Bounds for a process that runs for months: the memtables of all
+        // tables together, and the log files (a table written rarely, such
+        // as the metadata, would otherwise keep every log file alive until
+        // it is flushed: 750 MB of logs at 10^6 records).
+        db_opts.set_db_write_buffer_size(MEMTABLE_BYTES);
+        db_opts.set_max_total_wal_size(WAL_BYTES);
         let cfs = Table::ALL.iter().map(|t| {
             let mut o = Options::default();
             o.set_compression_type(rocksdb::DBCompressionType::None);
