@@ -468,10 +468,7 @@ impl Vault {
                     .into(),
             ));
         }
-        if share.set_id() != custody.set_id
-            || share.threshold() != custody.threshold
-            || share.total() != custody.shares
-        {
+        if !share.is_of(&custody) {
             return Err(refused(caller, ShareError::Foreign));
         }
         let progress = collector.add(share).map_err(|e| refused(caller, e))?;
@@ -826,10 +823,7 @@ impl Vault {
             }
         };
         let custody = engine.keyring().custody();
-        if share.set_id() != custody.set_id
-            || share.threshold() != custody.threshold
-            || share.total() != custody.shares
-        {
+        if !share.is_of(&custody) {
             return Err(refused(caller, ShareError::Foreign));
         }
         if slot.as_ref().is_some_and(|p| p.set_id != custody.set_id) {

@@ -28,6 +28,22 @@ async fn op(vault: &TestVault, args: &[&str]) -> crate::vaultctl::Run {
     vaultctl_at(&vault.url(), Some(CUSTODIAN), args, None).await
 }
 
+/// `vaultctl operator unseal --share-file FILE --identity IDENTITY`.
+async fn unseal_with(vault: &TestVault, file: &str, identity: &str) -> crate::vaultctl::Run {
+    op(
+        vault,
+        &[
+            "operator",
+            "unseal",
+            "--share-file",
+            file,
+            "--identity",
+            identity,
+        ],
+    )
+    .await
+}
+
 fn files_of(json: &Json) -> Vec<String> {
     json["share_files"]
         .as_array()
@@ -498,31 +514,9 @@ async fn vaultctl_shares_sealed_to_custodians_open_only_with_their_identity() {
     let f0 = share_files[0].to_str().unwrap();
     let run = op(&vault, &["operator", "unseal", "--share-file", f0]).await;
     assert!(run.error(1).contains("--identity"), "{run:?}");
-    let run = op(
-        &vault,
-        &[
-            "operator",
-            "unseal",
-            "--share-file",
-            f0,
-            "--identity",
-            ids[1].to_str().unwrap(),
-        ],
-    )
-    .await;
+    let run = unseal_with(&vault, f0, ids[1].to_str().unwrap()).await;
     assert!(run.error(1).contains("another custodian"), "{run:?}");
-    let run = op(
-        &vault,
-        &[
-            "operator",
-            "unseal",
-            "--share-file",
-            f0,
-            "--identity",
-            ids[0].to_str().unwrap(),
-        ],
-    )
-    .await;
+    let run = unseal_with(&vault, f0, ids[0].to_str().unwrap()).await;
     assert!(run.ok().contains("1 of 2"), "{run:?}");
     // From stdin too (the whole armored file).
     let run = vaultctl_at(
@@ -594,31 +588,9 @@ async fn vaultctl_shares_sealed_to_custodians_open_only_with_their_identity() {
     // Sealed again, the old encrypted shares open nothing; the new ones,
     // each opened by its custodian, unseal.
     custodian.seal().await.unwrap();
-    let run = op(
-        &vault,
-        &[
-            "operator",
-            "unseal",
-            "--share-file",
-            f0,
-            "--identity",
-            ids[0].to_str().unwrap(),
-        ],
-    )
-    .await;
+    let run = unseal_with(&vault, f0, ids[0].to_str().unwrap()).await;
     assert!(run.error(1).contains("another set of shares"), "{run:?}");
-    let run = op(
-        &vault,
-        &[
-            "operator",
-            "unseal",
-            "--share-file",
-            &files[0],
-            "--identity",
-            new_ids[0].to_str().unwrap(),
-        ],
-    )
-    .await;
+    let run = unseal_with(&vault, &files[0], new_ids[0].to_str().unwrap()).await;
     assert!(run.ok().contains("1 of 2"), "{run:?}");
     let run = op(
         &vault,

@@ -557,7 +557,7 @@ impl Engine {
 
     /// Drops every epoch of `bucket` but the newest and saves the keyring.
     /// The caller holds `create_lock`.
-    fn finish_bucket(&self, bucket: u16) -> Result<Vec<u32>> {
+    pub(super) fn finish_bucket(&self, bucket: u16) -> Result<Vec<u32>> {
         let mut kr = Keyring::clone(&self.keyring());
         let destroyed = kr.finish_shred(bucket);
         let (kr, saved) = self.save_keyring_even_if_closed(kr)?;

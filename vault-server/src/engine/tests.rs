@@ -656,17 +656,8 @@ fn erasure_shreds_and_survives_a_restored_backup() {
 #[test]
 fn an_erasure_stopped_at_its_commit_point_is_finished_at_start() {
     let dir = tempfile::tempdir().unwrap();
-    let (keys, kr) = KeyringApart::new(dir.path().join("keys"));
+    let (keys, store, e) = faulty_engine_with_keyring_apart(dir.path());
     let folder = keys.folder.clone();
-    let store = Arc::new(FaultyAudit::over(dir.path()));
-    let e = Engine::new(
-        Arc::clone(&store) as Arc<dyn Store>,
-        kr,
-        keys.file(),
-        options(),
-    )
-    .unwrap();
-    crate::dev::seed(&e).unwrap();
     let c = Caller::internal("t");
     let names = e.names.clone();
     let bucket = names.bucket(&names.subject("alice"));
@@ -723,23 +714,41 @@ fn an_erasure_stopped_at_its_commit_point_is_finished_at_start() {
     );
 }
 
+/// The commit point of an erasure is saved even by an engine sealed
+/// meanwhile (a request past its batch finishes); a closed engine refuses
+/// every new request all the same.
+#[test]
+fn a_sealed_engine_still_saves_an_erasure_commit_point() {
+    let dir = tempfile::tempdir().unwrap();
+    let (keys, store, e) = faulty_engine_with_keyring_apart(dir.path());
+    let folder = keys.folder.clone();
+    let c = Caller::internal("t");
+    let bucket = e.names.bucket(&e.names.subject("alice"));
+    e.put_record(&c, user("a1", "alice")).unwrap();
+    // A bucket-mate, so the erasure's batch re-wraps a key (the fault
+    // fires after a batch that writes one).
+    let mate = bucket_mates(&e.names, "alice", 1).remove(0);
+    e.put_record(&c, user("m1", &mate)).unwrap();
+    *lock(&store.block_folder_after_key_write) = Some(folder.clone());
+    assert!(e.erase_subject(&c, "alice").is_err());
+    std::fs::remove_file(&folder).unwrap();
+    std::fs::rename(folder.with_extension("moved"), &folder).unwrap();
+    assert_eq!(keys.on_disk().unfinished_shreds(), vec![bucket]);
+    e.close();
+    assert!(matches!(e.erase_subject(&c, "bob"), Err(Error::Sealed)));
+    assert_eq!(e.finish_bucket(bucket).unwrap(), vec![1]);
+    assert!(keys.on_disk().unfinished_shreds().is_empty());
+    assert!(keys.on_disk().shred_key(bucket, 1).is_err());
+}
+
 /// A later erasure in a bucket whose last erasure did not reach its commit
 /// point finishes that one first, then destroys its own epoch: a key made
 /// in between (under the newer epoch) is not left openable in a copy.
 #[test]
 fn a_later_erasure_finishes_an_unfinished_one_and_destroys_its_own_epoch() {
     let dir = tempfile::tempdir().unwrap();
-    let (keys, kr) = KeyringApart::new(dir.path().join("keys"));
+    let (keys, store, e) = faulty_engine_with_keyring_apart(dir.path());
     let folder = keys.folder.clone();
-    let store = Arc::new(FaultyAudit::over(dir.path()));
-    let e = Engine::new(
-        Arc::clone(&store) as Arc<dyn Store>,
-        kr,
-        keys.file(),
-        options(),
-    )
-    .unwrap();
-    crate::dev::seed(&e).unwrap();
     let c = Caller::internal("t");
     let names = e.names.clone();
     let bucket = names.bucket(&names.subject("alice"));
@@ -852,6 +861,24 @@ impl KeyringApart {
         let bytes = std::fs::read(self.folder.join("keyring")).unwrap();
         Keyring::unseal(&bytes, &self.unseal_key, &"eu".parse().unwrap()).unwrap()
     }
+}
+
+/// A seeded engine over a fault-injecting store in `dir`, its keyring
+/// file in `dir/keys`.
+fn faulty_engine_with_keyring_apart(
+    dir: &std::path::Path,
+) -> (KeyringApart, Arc<FaultyAudit>, Engine) {
+    let (keys, kr) = KeyringApart::new(dir.join("keys"));
+    let store = Arc::new(FaultyAudit::over(dir));
+    let e = Engine::new(
+        Arc::clone(&store) as Arc<dyn Store>,
+        kr,
+        keys.file(),
+        options(),
+    )
+    .unwrap();
+    crate::dev::seed(&e).unwrap();
+    (keys, store, e)
 }
 
 /// `n` subject ids that share `subject`'s shred bucket.

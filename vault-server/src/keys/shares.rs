@@ -110,6 +110,14 @@ impl UnsealShare {
         self.total
     }
 
+    /// Whether this share belongs to the share set `custody` names (its
+    /// id, M and N), as a keyring's clear header gives it.
+    pub fn is_of(&self, custody: &super::Custody) -> bool {
+        self.set_id == custody.set_id
+            && self.threshold == custody.threshold
+            && self.total == custody.shares
+    }
+
     /// This share's index, 1 to total.
     pub fn index(&self) -> u8 {
         self.x
