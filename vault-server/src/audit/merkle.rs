@@ -56,7 +56,7 @@ pub fn root(leaves: &[Hash]) -> Hash {
 
 /// The inclusion proof of leaf `index` in the tree of `leaves` (RFC 6962
 /// §2.1.1), computed the plain recursive way: the reference that the
-/// vectors and [`inclusion_proofs`] are checked against. `None` when the
+/// vectors and [`inclusion_path`] are checked against. `None` when the
 /// index is out of range.
 #[cfg(test)]
 pub fn inclusion_proof(leaves: &[Hash], index: usize) -> Option<Vec<Hash>> {
@@ -81,63 +81,76 @@ pub fn inclusion_proof(leaves: &[Hash], index: usize) -> Option<Vec<Hash>> {
     Some(out)
 }
 
-/// Inclusion proofs of several leaves in one tree, sharing the work: every
-/// subtree root of 64 leaves or more is computed once, so a page of proofs
-/// costs about one pass over the leaves rather than one per proof. `None`
-/// if an index is out of range.
-pub fn inclusion_proofs(leaves: &[Hash], indices: &[usize]) -> Option<Vec<Vec<Hash>>> {
-    const MEMO_FROM: usize = 64;
-    type Memo = std::collections::HashMap<(usize, usize), Hash>;
-    fn sub_root(leaves: &[Hash], start: usize, len: usize, memo: &mut Memo) -> Hash {
-        if len < MEMO_FROM {
-            return root(&leaves[start..start + len]);
-        }
-        if let Some(h) = memo.get(&(start, len)) {
-            return *h;
-        }
-        let k = split(len);
-        let h = node_hash(
-            &sub_root(leaves, start, k, memo),
-            &sub_root(leaves, start + k, len - k, memo),
-        );
-        memo.insert((start, len), h);
-        h
+/// The inclusion proof of leaf `index` in the tree of `size` leaves (RFC
+/// 6962 §2.1.1 PATH), from `sub_root(start, len)`, the tree head of the
+/// leaves `start..start + len`. Every range it asks for is aligned: either
+/// a perfect subtree (`len` a power of two, `start` a multiple of it) or the
+/// right part of a tree, which splits into perfect subtrees the same way.
+/// `None` when the index is out of range.
+pub fn inclusion_path<E>(
+    index: u64,
+    size: u64,
+    sub_root: &mut dyn FnMut(u64, u64) -> Result<Hash, E>,
+) -> Result<Option<Vec<Hash>>, E> {
+    if index >= size {
+        return Ok(None);
     }
-    fn path(
-        m: usize,
-        start: usize,
-        len: usize,
-        leaves: &[Hash],
-        memo: &mut Memo,
-        out: &mut Vec<Hash>,
-    ) {
-        if len <= 1 {
-            return;
-        }
-        let k = split(len);
+    let mut out = Vec::new();
+    let (mut m, mut start, mut len) = (index, 0u64, size);
+    // The path from the leaf up: collected top-down, then reversed.
+    while len > 1 {
+        let k = split_u64(len);
         if m < k {
-            path(m, start, k, leaves, memo, out);
-            out.push(sub_root(leaves, start + k, len - k, memo));
+            out.push(sub_root(start + k, len - k)?);
+            len = k;
         } else {
-            path(m - k, start + k, len - k, leaves, memo, out);
-            out.push(sub_root(leaves, start, k, memo));
+            out.push(sub_root(start, k)?);
+            m -= k;
+            start += k;
+            len -= k;
         }
     }
-    let mut memo = Memo::new();
-    indices
-        .iter()
-        .map(|&index| {
-            (index < leaves.len()).then(|| {
-                let mut out = Vec::new();
-                path(index, 0, leaves.len(), leaves, &mut memo, &mut out);
-                out
-            })
-        })
-        .collect()
+    out.reverse();
+    Ok(Some(out))
+}
+
+/// The consistency proof between the trees of the first `old` and the
+/// first `new` leaves (RFC 6962 §2.1.2 PROOF), from `sub_root` as in
+/// [`inclusion_path`]. `None` unless 1 ≤ old ≤ new.
+pub fn consistency_path<E>(
+    old: u64,
+    new: u64,
+    sub_root: &mut dyn FnMut(u64, u64) -> Result<Hash, E>,
+) -> Result<Option<Vec<Hash>>, E> {
+    if old == 0 || old > new {
+        return Ok(None);
+    }
+    let mut out = Vec::new();
+    let (mut m, mut start, mut n, mut whole) = (old, 0u64, new, true);
+    while m != n {
+        let k = split_u64(n);
+        if m <= k {
+            out.push(sub_root(start + k, n - k)?);
+            n = k;
+        } else {
+            out.push(sub_root(start, k)?);
+            m -= k;
+            start += k;
+            n -= k;
+            whole = false;
+        }
+    }
+    if !whole {
+        out.push(sub_root(start, n)?);
+    }
+    out.reverse();
+    Ok(Some(out))
 }
 
 /// The consistency proof between the tree of the first `old` leaves and the
-/// tree of all `leaves` (RFC 6962 §2.1.2). `None` unless 1 ≤ old ≤ len.
+/// tree of all `leaves` (RFC 6962 §2.1.2), the plain recursive way: the
+/// reference for [`consistency_path`]. `None` unless 1 ≤ old ≤ len.
+#[cfg(test)]
 pub fn consistency_proof(leaves: &[Hash], old: usize) -> Option<Vec<Hash>> {
     fn subproof(m: usize, d: &[Hash], whole: bool, out: &mut Vec<Hash>) {
         let n = d.len();
@@ -162,6 +175,11 @@ pub fn consistency_proof(leaves: &[Hash], old: usize) -> Option<Vec<Hash>> {
     let mut out = Vec::new();
     subproof(old, leaves, true, &mut out);
     Some(out)
+}
+
+/// The largest power of two strictly less than `n` (n ≥ 2).
+pub fn split_u64(n: u64) -> u64 {
+    1 << (63 - (n - 1).leading_zeros())
 }
 
 /// The roots of the perfect subtrees that make up a log, largest first:
@@ -307,16 +325,57 @@ mod tests {
         assert_eq!(f.size(), 300);
     }
 
+    /// The paths from a range-root oracle equal the recursive references,
+    /// for every index and old size of many trees.
     #[test]
-    fn batched_proofs_equal_single_ones() {
-        for n in [1usize, 2, 63, 64, 65, 200, 1000] {
+    fn paths_from_range_roots_equal_the_reference_proofs() {
+        for n in [1usize, 2, 3, 4, 5, 7, 8, 9, 31, 64, 65, 100, 257] {
             let leaves: Vec<Hash> = (0..n).map(|i| leaf_hash(&i.to_be_bytes())).collect();
-            let indices: Vec<usize> = (0..n).step_by(7).chain([n - 1]).collect();
-            let batched = inclusion_proofs(&leaves, &indices).unwrap();
-            for (i, proof) in indices.iter().zip(batched) {
-                assert_eq!(Some(proof), inclusion_proof(&leaves, *i), "n {n} index {i}");
+            let mut asked = Vec::new();
+            let mut oracle = |start: u64, len: u64| -> Result<Hash, ()> {
+                asked.push((start, len));
+                Ok(root(&leaves[start as usize..(start + len) as usize]))
+            };
+            for i in 0..n {
+                assert_eq!(
+                    inclusion_path(i as u64, n as u64, &mut oracle).unwrap(),
+                    inclusion_proof(&leaves, i),
+                    "inclusion {i} in {n}"
+                );
             }
-            assert!(inclusion_proofs(&leaves, &[0, n]).is_none());
+            for m in 1..=n {
+                assert_eq!(
+                    consistency_path(m as u64, n as u64, &mut oracle).unwrap(),
+                    consistency_proof(&leaves, m),
+                    "consistency {m} to {n}"
+                );
+            }
+            assert_eq!(inclusion_path(n as u64, n as u64, &mut oracle), Ok(None));
+            assert_eq!(consistency_path(0, n as u64, &mut oracle), Ok(None));
+            assert_eq!(
+                consistency_path(n as u64 + 1, n as u64, &mut oracle),
+                Ok(None)
+            );
+            // Every range asked for splits into aligned perfect subtrees
+            // (what the tiles serve).
+            for (start, len) in asked {
+                let top = split_u64(len + 1);
+                assert_eq!(start % top, 0, "range {start}+{len} in {n}");
+            }
         }
+        for n in 2..5000u64 {
+            let k = split_u64(n);
+            assert!(k.is_power_of_two() && k < n && 2 * k >= n, "{n}");
+        }
+    }
+
+    #[test]
+    fn an_oracle_error_is_returned() {
+        let mut failing = |_: u64, _: u64| -> Result<Hash, &str> { Err("tile missing") };
+        assert_eq!(inclusion_path(3, 8, &mut failing), Err("tile missing"));
+        assert_eq!(consistency_path(3, 8, &mut failing), Err("tile missing"));
+        // A one-leaf tree and equal sizes need no range at all.
+        assert_eq!(inclusion_path(0, 1, &mut failing), Ok(Some(vec![])));
+        assert_eq!(consistency_path(8, 8, &mut failing), Ok(Some(vec![])));
     }
 }

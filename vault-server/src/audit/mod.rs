@@ -19,10 +19,15 @@
 //!   event it lists is in the log, not that none is missing (a full export
 //!   shows that).
 //!
-//! The leaf hashes are kept in memory (32 bytes per event) for proofs.
+//! - **The Merkle tree** is stored too, as tiles ([`tiles`], the C2SP
+//!   tlog-tiles layout): `t ‖ u8 level ‖ u64 tile` → 256 hashes, each full
+//!   tile in the batch of the event that completes it. Only the tree's
+//!   right edge (the partial tiles, under 8 KiB a level) is in memory;
+//!   proofs read the tiles. A log from before the tiles gets them at open.
 
 pub mod checkpoint;
 pub mod merkle;
+pub mod tiles;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,6 +49,8 @@ const CHECKPOINT_PREFIX: u8 = b'c';
 const SUBJECT_PREFIX: u8 = b's';
 /// `i` → u64: the subject index covers the events below this.
 const INDEXED_KEY: &[u8] = b"i";
+/// `t ‖ u8 level ‖ u64 tile` → a full Merkle tile.
+const TILE_PREFIX: u8 = b't';
 
 /// Most bytes of events in one page the vault sends: a page of
 /// `AuditService.Events`, one message of `AuditService.Follow`, a page of
@@ -206,6 +213,14 @@ fn index_subjects(ws: &mut WriteSet, index: u64, subjects: &[String]) {
     }
 }
 
+fn tile_key(level: u8, index: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(10);
+    k.push(TILE_PREFIX);
+    k.push(level);
+    k.extend_from_slice(&index.to_be_bytes());
+    k
+}
+
 fn checkpoint_key(size: u64) -> Vec<u8> {
     let mut k = vec![CHECKPOINT_PREFIX];
     k.extend_from_slice(&size.to_be_bytes());
@@ -215,11 +230,62 @@ fn checkpoint_key(size: u64) -> Vec<u8> {
 #[derive(Debug, Default)]
 struct State {
     frontier: Frontier,
-    leaves: Vec<Hash>,
+    /// The Merkle tree's right edge (the rest is in stored tiles).
+    edge: tiles::Edge,
+    /// The leaf hash of the newest event (zeros before the first).
+    last: Hash,
     /// A write failed: no more appends until the vault reopens the log.
     failed: bool,
     /// The storage was full when it failed: later refusals say so too.
     full: bool,
+}
+
+/// Tiles recomputed at open that the store lacks, written in batches.
+#[derive(Default)]
+struct MissingTiles {
+    ws: WriteSet,
+    count: usize,
+    /// A store error on the way (it ends the open as it is).
+    error: Option<Error>,
+}
+
+impl MissingTiles {
+    /// Checks the `completed` tiles against the store (a stored tile that
+    /// differs from the events is damage) and queues the missing ones.
+    fn check(
+        &mut self,
+        store: &Arc<dyn Store>,
+        completed: &mut Vec<tiles::FullTile>,
+    ) -> std::result::Result<(), &'static str> {
+        for tile in completed.drain(..) {
+            let key = tile_key(tile.level, tile.index);
+            match store.get(Table::Audit, &key) {
+                Ok(Some(stored)) if stored == tile.encode() => {}
+                Ok(Some(_)) => return Err("a stored Merkle tile does not match the events"),
+                Ok(None) => {
+                    self.ws.put(Table::Audit, key, tile.encode());
+                    self.count += 1;
+                    if self.count.is_multiple_of(1024) {
+                        self.flush(store);
+                    }
+                }
+                Err(e) => {
+                    self.error.get_or_insert(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the queued tiles.
+    fn flush(&mut self, store: &Arc<dyn Store>) {
+        let ws = std::mem::take(&mut self.ws);
+        if !ws.is_empty() && self.error.is_none() {
+            if let Err(e) = store.write(ws) {
+                self.error = Some(e);
+            }
+        }
+    }
 }
 
 /// Why the log refuses a write after a failed one (`UNAVAILABLE`).
@@ -243,35 +309,180 @@ enum Answer {
     Lead,
 }
 
-/// Where a queued request waits.
+/// Who waits for a queued request's answer: a thread (a blocking
+/// [`AuditLog::commit`], parked) or a task ([`AuditLog::commit_async`]).
+#[derive(Debug)]
+enum Waiter {
+    Thread(std::thread::Thread),
+    Task(std::task::Waker),
+}
+
+#[derive(Debug, Default)]
+struct SlotState {
+    answer: Option<Answer>,
+    /// The answer was handed over: the waiter may take it.
+    woken: bool,
+    waiter: Option<Waiter>,
+}
+
+/// Where a queued request waits. Answering takes two steps: the writer
+/// sets each answer of its group ([`Slot::set`]), then wakes each waiter
+/// ([`Slot::wake`]): the writer thread wakes its last group only once it
+/// has let go of the log, since a caller that hears back may drop it (and
+/// with it the store, which a test may then reopen).
 #[derive(Debug, Default)]
 struct Slot {
-    answer: Mutex<Option<Answer>>,
-    ready: std::sync::Condvar,
+    state: Mutex<SlotState>,
 }
 
 impl Slot {
-    fn set(&self, a: Answer) {
-        *self.answer.lock().unwrap_or_else(|p| p.into_inner()) = Some(a);
-        self.ready.notify_all();
+    fn lock(&self) -> MutexGuard<'_, SlotState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn wait(&self) -> Answer {
-        let mut a = self.answer.lock().unwrap_or_else(|p| p.into_inner());
-        loop {
-            if let Some(done) = a.take() {
-                return done;
+    /// Sets the answer; the waiter takes it once woken.
+    fn set(&self, a: Answer) {
+        self.lock().answer = Some(a);
+    }
+
+    /// Wakes the waiter (if it waits yet: else it finds the answer).
+    fn wake(&self) {
+        let waiter = {
+            let mut s = self.lock();
+            s.woken = true;
+            s.waiter.take()
+        };
+        match waiter {
+            Some(Waiter::Thread(t)) => t.unpark(),
+            Some(Waiter::Task(w)) => w.wake(),
+            None => {}
+        }
+    }
+
+    /// Sets the answer and wakes the waiter.
+    fn answer(&self, a: Answer) {
+        self.set(a);
+        self.wake();
+    }
+
+    /// The answer, if one was handed over; else registers `waiter`.
+    fn take(&self, waiter: impl FnOnce() -> Waiter) -> Option<Answer> {
+        let mut s = self.lock();
+        if s.woken {
+            if let Some(a) = s.answer.take() {
+                s.woken = false;
+                return Some(a);
             }
-            a = self.ready.wait(a).unwrap_or_else(|p| p.into_inner());
+        }
+        s.waiter = Some(waiter());
+        None
+    }
+
+    /// Blocks the thread until an answer is handed over.
+    fn wait(&self) -> Answer {
+        loop {
+            if let Some(a) = self.take(|| Waiter::Thread(std::thread::current())) {
+                return a;
+            }
+            std::thread::park();
         }
     }
 }
 
-/// Requests waiting to be written, and whether a leader is writing.
+/// Requests waiting to be written, and who writes them.
+///
+/// Until the first [`AuditLog::commit_async`], blocking callers lead in
+/// turn (leader/follower: the first to find no leader writes a group and
+/// hands the lead to the next queued request). From then on one writer
+/// thread of the log's own writes every group, and every caller, blocking
+/// or not, only queues and waits.
 #[derive(Debug, Default)]
 struct Queue {
     pending: Vec<(WriteSet, Event, Arc<Slot>)>,
+    /// A group is being written (by a leading caller or the writer).
     leader: bool,
+    /// The writer thread, once started.
+    writer: Option<Arc<WriterSignal>>,
+    /// The writer waits for work (so whoever queues must wake it).
+    writer_idle: bool,
+}
+
+/// How the writer thread is woken: work was queued, or the log is gone.
+/// The thread holds this and a weak reference to the log, never a strong
+/// one while idle, so it keeps neither the log nor its store alive.
+#[derive(Debug, Default)]
+struct WriterSignal {
+    state: Mutex<WriterWake>,
+    ready: std::sync::Condvar,
+}
+
+#[derive(Debug, Default)]
+struct WriterWake {
+    work: bool,
+    closed: bool,
+}
+
+impl WriterSignal {
+    fn lock(&self) -> MutexGuard<'_, WriterWake> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn notify(&self, f: impl FnOnce(&mut WriterWake)) {
+        f(&mut self.lock());
+        self.ready.notify_one();
+    }
+
+    /// Waits for work; false once the log is gone.
+    fn wait(&self) -> bool {
+        let mut s = self.lock();
+        while !s.work && !s.closed {
+            s = self.ready.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+        s.work = false;
+        !s.closed
+    }
+}
+
+/// The body of the writer thread: writes queued groups until the log is
+/// dropped. Holds the log (strongly) only while it writes.
+fn writer_thread(log: std::sync::Weak<AuditLog>, signal: Arc<WriterSignal>) {
+    while signal.wait() {
+        let Some(log) = log.upgrade() else {
+            return;
+        };
+        let last = log.write_queued();
+        drop(log);
+        for slot in last {
+            slot.wake();
+        }
+    }
+}
+
+/// A commit queued by [`AuditLog::commit_async`]: resolves to its answer.
+/// Its request runs to its end in a task of its own (see
+/// `service::requests`), so it is polled to completion; were it dropped,
+/// its queued write would still be made.
+struct Queued {
+    slot: Arc<Slot>,
+}
+
+impl std::future::Future for Queued {
+    type Output = Result<u64>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<u64>> {
+        match self.slot.take(|| Waiter::Task(cx.waker().clone())) {
+            Some(Answer::Done(r)) => std::task::Poll::Ready(r),
+            // Only blocking callers are handed the lead, and only before
+            // the writer started; this one was queued after.
+            Some(Answer::Lead) => std::task::Poll::Ready(Err(Error::Storage(
+                "the audit log handed the lead to a queued task".into(),
+            ))),
+            None => std::task::Poll::Pending,
+        }
+    }
 }
 
 /// The audit log of one data folder. Its `Debug` shows the size only:
@@ -332,10 +543,20 @@ impl Drop for LeaderGuard<'_> {
             )))
         };
         for slot in self.slots.drain(..) {
-            slot.set(failed());
+            slot.answer(failed());
         }
         for (_, _, slot) in queued {
-            slot.set(failed());
+            slot.answer(failed());
+        }
+    }
+}
+
+impl Drop for AuditLog {
+    /// Stops the writer thread (if one started).
+    fn drop(&mut self) {
+        let q = self.queue.get_mut().unwrap_or_else(|p| p.into_inner());
+        if let Some(signal) = q.writer.take() {
+            signal.notify(|w| w.closed = true);
         }
     }
 }
@@ -387,6 +608,10 @@ impl AuditLog {
         let mut state = State::default();
         let mut signed = std::collections::VecDeque::new();
         let mut failure = None;
+        // The tiles the events complete: each checked against the stored
+        // one, or stored if missing (a log from before the tiles).
+        let mut completed = Vec::new();
+        let mut tiles_to_store = MissingTiles::default();
         let check = |state: &State, signed: &mut std::collections::VecDeque<_>| {
             while let Some(&Some((size, root))) = signed.front() {
                 if size != state.frontier.size() {
@@ -414,9 +639,7 @@ impl AuditLog {
                     let ok = k.len() == 9
                         && k[1..] == expected.to_be_bytes()
                         && serde_json::from_slice::<Event>(v).is_ok_and(|e| {
-                            e.index == expected
-                                && e.prev
-                                    == hex::encode(state.leaves.last().copied().unwrap_or([0; 32]))
+                            e.index == expected && e.prev == hex::encode(state.last)
                         });
                     if !ok {
                         failure = Some("an event does not follow the one before");
@@ -424,7 +647,11 @@ impl AuditLog {
                     }
                     let h = merkle::leaf_hash(v);
                     state.frontier.push(h);
-                    state.leaves.push(h);
+                    state.last = h;
+                    state.edge.push(h, &mut completed);
+                    if let Err(why) = tiles_to_store.check(&store, &mut completed) {
+                        failure = Some(why);
+                    }
                 }
                 _ => {}
             }
@@ -441,7 +668,14 @@ impl AuditLog {
             );
             return Err(Error::Integrity);
         }
+        // (Tiles are derived from the events just checked: storing the
+        // missing ones is safe before the log is known whole.)
+        tiles_to_store.flush(&store);
+        if let Some(e) = tiles_to_store.error {
+            return Err(e);
+        }
         let size = state.frontier.size();
+        Self::drop_tiles_past(&store, &state.edge)?;
         Self::reindex(&store, size)?;
         Ok(AuditLog {
             store,
@@ -453,6 +687,31 @@ impl AuditLog {
             refusing: tokio::sync::watch::Sender::new(false),
             checkpointing: Mutex::new(()),
         })
+    }
+
+    /// Deletes stored tiles past the end of the log (a log whose tail was
+    /// cut): an append must never find a stale tile in its place.
+    fn drop_tiles_past(store: &Arc<dyn Store>, edge: &tiles::Edge) -> Result<()> {
+        for level in 0..8u8 {
+            let full = edge
+                .size()
+                .checked_shr(tiles::HEIGHT * (u32::from(level) + 1))
+                .unwrap_or_default();
+            loop {
+                let rows = store.scan_from(Table::Audit, &tile_key(level, full), 1024)?;
+                let mut ws = WriteSet::new();
+                let of_level = |k: &Vec<u8>| k.get(..2) == Some(&[TILE_PREFIX, level][..]);
+                for (k, _) in rows.into_iter().take_while(|(k, _)| of_level(k)) {
+                    ws.delete(Table::Audit, k);
+                }
+                if ws.is_empty() {
+                    break;
+                }
+                tracing::warn!(level, "dropped Merkle tiles past the end of the audit log");
+                store.write(ws)?;
+            }
+        }
+        Ok(())
     }
 
     /// Brings the subject index to the log's `size` events: indexes the
@@ -569,9 +828,34 @@ impl AuditLog {
     /// queued; the next leader takes them all, numbers their events in
     /// order, and writes them (each with its own changes) in one synced
     /// batch. One fsync serves many requests; if it fails, all of them fail.
+    ///
+    /// This blocks the calling thread: call it off the async runtime (the
+    /// request path uses [`AuditLog::commit_async`]). Both share one queue,
+    /// so indices stay dense and in commit order whoever commits.
     pub fn commit(&self, ws: WriteSet, event: Event) -> Result<u64> {
         let request = (!event.request_id.is_empty()).then(|| event.request_id.clone());
         let result = self.commit_unfollowed(ws, event);
+        self.count(request, &result);
+        result
+    }
+
+    /// [`AuditLog::commit`] without holding a thread while the batch is
+    /// written: queues the write for the log's writer thread (started on
+    /// first use, stopped when the log is dropped) and awaits its answer,
+    /// which arrives once the batch is synced (or failed). The writer takes
+    /// everything queued as one group: it never waits for a group to fill.
+    pub async fn commit_async(self: &Arc<Self>, ws: WriteSet, event: Event) -> Result<u64> {
+        let request = (!event.request_id.is_empty()).then(|| event.request_id.clone());
+        let result = match self.queue_for_writer(ws, event) {
+            Ok(queued) => queued.await,
+            Err(e) => Err(e),
+        };
+        self.count(request, &result);
+        result
+    }
+
+    /// Counts a commit towards the events of the gRPC request it records.
+    fn count(&self, request: Option<String>, result: &Result<u64>) {
         if let Some(id) = request {
             if let Some(n) = self
                 .requests
@@ -583,43 +867,147 @@ impl AuditLog {
                 n.written += u32::from(result.is_ok());
             }
         }
-        result
+    }
+
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a write for the writer thread, starting it if need be.
+    fn queue_for_writer(self: &Arc<Self>, ws: WriteSet, event: Event) -> Result<Queued> {
+        let slot = Arc::new(Slot::default());
+        let wake = {
+            let mut q = self.queue();
+            if q.writer.is_none() {
+                let signal = Arc::new(WriterSignal::default());
+                let (log, theirs) = (Arc::downgrade(self), Arc::clone(&signal));
+                std::thread::Builder::new()
+                    .name("audit-writer".into())
+                    .spawn(move || writer_thread(log, theirs))
+                    .map_err(|e| Error::io("starting the audit writer thread", e))?;
+                q.writer = Some(signal);
+                q.writer_idle = true;
+            }
+            q.pending.push((ws, event, Arc::clone(&slot)));
+            Self::writer_to_wake(&mut q)
+        };
+        if let Some(signal) = wake {
+            signal.notify(|w| w.work = true);
+        }
+        Ok(Queued { slot })
+    }
+
+    /// The writer thread, if it waits for work and may write now (no
+    /// leading caller is writing): marked busy, for the caller to wake
+    /// once it let go of the queue.
+    fn writer_to_wake(q: &mut Queue) -> Option<Arc<WriterSignal>> {
+        if q.writer_idle && !q.leader && !q.pending.is_empty() {
+            q.writer_idle = false;
+            q.writer.clone()
+        } else {
+            None
+        }
     }
 
     fn commit_unfollowed(&self, ws: WriteSet, event: Event) -> Result<u64> {
         let slot = Arc::new(Slot::default());
-        let mut lead = {
-            let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let (mut lead, wake) = {
+            let mut q = self.queue();
             q.pending.push((ws, event, Arc::clone(&slot)));
-            !std::mem::replace(&mut q.leader, true)
+            if q.writer.is_some() {
+                (false, Self::writer_to_wake(&mut q))
+            } else {
+                (!std::mem::replace(&mut q.leader, true), None)
+            }
         };
+        if let Some(signal) = wake {
+            signal.notify(|w| w.work = true);
+        }
         loop {
             if lead {
                 // One group per turn, then hand the lead on: no request
                 // waits behind an endless stream of others.
-                let group = {
-                    let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-                    std::mem::take(&mut q.pending)
+                let group = std::mem::take(&mut self.queue().pending);
+                for written in self.write_guarded(group) {
+                    written.wake();
+                }
+                let wake = {
+                    let mut q = self.queue();
+                    match q.pending.first() {
+                        // The writer thread started meanwhile: it takes
+                        // over from here.
+                        _ if q.writer.is_some() => {
+                            q.leader = false;
+                            Self::writer_to_wake(&mut q)
+                        }
+                        Some((_, _, next)) => {
+                            next.answer(Answer::Lead);
+                            None
+                        }
+                        None => {
+                            q.leader = false;
+                            None
+                        }
+                    }
                 };
-                // Should the write panic, nobody may be left waiting.
-                let mut guard = LeaderGuard {
-                    log: self,
-                    slots: group.iter().map(|(_, _, s)| Arc::clone(s)).collect(),
-                    done: false,
-                };
-                self.write_group(group);
-                guard.done = true;
-                drop(guard);
-                let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-                match q.pending.first() {
-                    Some((_, _, next)) => next.set(Answer::Lead),
-                    None => q.leader = false,
+                if let Some(signal) = wake {
+                    signal.notify(|w| w.work = true);
                 }
             }
             match slot.wait() {
                 Answer::Done(r) => return r,
                 Answer::Lead => lead = true,
             }
+        }
+    }
+
+    /// Writes one group (see [`AuditLog::write_group`]); should the write
+    /// panic, nobody is left waiting ([`LeaderGuard`]). Returns the group's
+    /// slots, answered, for the writer to wake.
+    fn write_guarded(&self, group: Vec<(WriteSet, Event, Arc<Slot>)>) -> Vec<Arc<Slot>> {
+        let mut guard = LeaderGuard {
+            log: self,
+            slots: group.iter().map(|(_, _, s)| Arc::clone(s)).collect(),
+            done: false,
+        };
+        self.write_group(group);
+        guard.done = true;
+        std::mem::take(&mut guard.slots)
+    }
+
+    /// The writer thread's turn: writes one group after another while
+    /// requests are queued (each group is everything queued when it is
+    /// taken), waking each group's waiters as soon as the next group is
+    /// taken. Returns the last group's slots, answered, for the thread to
+    /// wake once it let go of the log. A write that panics fails its group
+    /// and everyone queued and stops the log ([`LeaderGuard`]); the writer
+    /// lives on, so what comes later is refused rather than left waiting.
+    fn write_queued(&self) -> Vec<Arc<Slot>> {
+        let mut written: Vec<Arc<Slot>> = Vec::new();
+        let mut leading = false;
+        loop {
+            let group = {
+                let mut q = self.queue();
+                if leading {
+                    q.leader = false;
+                }
+                // A leading caller (queued before the writer started) is
+                // writing: it wakes the writer when it is done.
+                if q.leader || q.pending.is_empty() {
+                    q.writer_idle = true;
+                    return written;
+                }
+                q.leader = true;
+                leading = true;
+                std::mem::take(&mut q.pending)
+            };
+            for slot in written.drain(..) {
+                slot.wake();
+            }
+            written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.write_guarded(group)
+            }))
+            .unwrap_or_default();
         }
     }
 
@@ -638,7 +1026,7 @@ impl AuditLog {
         let mut merged = WriteSet::new();
         let mut hashes = Vec::with_capacity(group.len());
         let mut slots = Vec::with_capacity(group.len());
-        let mut prev = state.leaves.last().copied().unwrap_or([0; 32]);
+        let mut prev = state.last;
         let first = state.frontier.size();
         for (k, (ws, mut event, slot)) in group.into_iter().enumerate() {
             let index = first + k as u64;
@@ -659,12 +1047,41 @@ impl AuditLog {
             INDEXED_KEY.to_vec(),
             (first + slots.len() as u64).to_be_bytes().to_vec(),
         );
+        // The tiles this group completes go in its batch; the edge they
+        // leave replaces the log's once the batch is written.
+        let mut edge = None;
+        if state.edge.completes_a_tile(hashes.len() as u64) {
+            let mut grown = state.edge.clone();
+            let mut full = Vec::new();
+            for h in &hashes {
+                grown.push(*h, &mut full);
+            }
+            for tile in full {
+                merged.put(
+                    Table::Audit,
+                    tile_key(tile.level, tile.index),
+                    tile.encode(),
+                );
+            }
+            edge = Some(grown);
+        }
         match self.store.write(merged) {
             Ok(()) => {
-                for h in hashes {
-                    state.frontier.push(h);
-                    state.leaves.push(h);
+                for h in &hashes {
+                    state.frontier.push(*h);
                 }
+                match edge {
+                    Some(grown) => state.edge = grown,
+                    None => {
+                        // No tile completes: nothing to store.
+                        let mut none = Vec::new();
+                        for h in &hashes {
+                            state.edge.push(*h, &mut none);
+                        }
+                        debug_assert!(none.is_empty());
+                    }
+                }
+                state.last = prev;
                 self.grown.send_replace(state.frontier.size());
                 drop(state);
                 for (index, slot) in slots {
@@ -759,14 +1176,25 @@ impl AuditLog {
         Ok(page)
     }
 
-    /// A copy of the first `size` leaf hashes: proofs are computed outside
-    /// the log's lock, so they never hold up commits.
-    fn leaves_up_to(&self, size: u64) -> Result<Vec<Hash>> {
-        let s = self.lock();
-        let n = usize::try_from(size).unwrap_or(usize::MAX);
-        s.leaves.get(..n).map(<[Hash]>::to_vec).ok_or_else(|| {
-            Error::InvalidArgument(format!("the log has only {} events", s.leaves.len()))
-        })
+    /// A reader of the tree's stored tiles and a copy of its right edge,
+    /// for proofs in trees of up to `size` events: proofs are computed
+    /// outside the log's lock, so they never hold up commits (full tiles
+    /// never change once stored).
+    fn tree_reader(&self, size: u64) -> Result<tiles::Reader<impl tiles::Fetch + '_>> {
+        let edge = {
+            let s = self.lock();
+            if size > s.edge.size() {
+                return Err(Error::InvalidArgument(format!(
+                    "the log has only {} events",
+                    s.edge.size()
+                )));
+            }
+            s.edge.clone()
+        };
+        let store = &self.store;
+        Ok(tiles::Reader::new(edge, move |level, index| {
+            store.get(Table::Audit, &tile_key(level, index))
+        }))
     }
 
     /// The inclusion proof of event `index` in the tree of `size` events.
@@ -812,21 +1240,24 @@ impl AuditLog {
     }
 
     /// Inclusion proofs of several events in the tree of `size` events
-    /// (one copy of the leaves for all).
+    /// (one tile reader for all, so a page reads each tile about once).
     pub fn inclusion_proofs(&self, indices: &[u64], size: u64) -> Result<Vec<Vec<Hash>>> {
-        let leaves = self.leaves_up_to(size)?;
-        let indices: Vec<usize> = indices
+        let mut tree = self.tree_reader(size)?;
+        let mut sub_root = |start, len| tree.range_root(start, len);
+        indices
             .iter()
-            .map(|&i| usize::try_from(i).unwrap_or(usize::MAX))
-            .collect();
-        merkle::inclusion_proofs(&leaves, &indices)
-            .ok_or_else(|| Error::InvalidArgument("index is not below the tree size".into()))
+            .map(|&index| {
+                merkle::inclusion_path(index, size, &mut sub_root)?.ok_or_else(|| {
+                    Error::InvalidArgument("index is not below the tree size".into())
+                })
+            })
+            .collect()
     }
 
     /// The consistency proof between trees of `old` and `new` events.
     pub fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>> {
-        let leaves = self.leaves_up_to(new)?;
-        merkle::consistency_proof(&leaves, usize::try_from(old).unwrap_or(usize::MAX))
+        let mut tree = self.tree_reader(new)?;
+        merkle::consistency_path(old, new, &mut |start, len| tree.range_root(start, len))?
             .ok_or_else(|| Error::InvalidArgument("need 1 <= old size <= new size".into()))
     }
 
@@ -976,6 +1407,111 @@ mod tests {
         s.write(ws).unwrap();
         drop(log);
         assert!(matches!(AuditLog::open(s), Err(Error::Integrity)));
+    }
+
+    #[test]
+    fn the_tree_is_stored_as_tiles_rebuilt_checked_and_trimmed_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let log = AuditLog::open(Arc::clone(&s)).unwrap();
+        for _ in 0..600 {
+            log.commit(WriteSet::new(), event("read")).unwrap();
+        }
+        let tile_rows = || s.scan_prefix(Table::Audit, &[TILE_PREFIX]).unwrap();
+        let check = |log: &AuditLog, n: usize| {
+            let leaves: Vec<Hash> = log
+                .events(0, 1000)
+                .unwrap()
+                .iter()
+                .map(|e| merkle::leaf_hash(e))
+                .collect();
+            assert_eq!(leaves.len(), n);
+            assert_eq!(log.root(), (n as u64, merkle::root(&leaves)));
+            for (i, size) in [(0, n), (255, 256), (256, n), (n - 1, n), (100, 513), (7, 9)] {
+                assert_eq!(
+                    log.inclusion_proof(i as u64, size as u64).unwrap(),
+                    merkle::inclusion_proof(&leaves[..size], i).unwrap(),
+                    "inclusion {i} in {size}"
+                );
+            }
+            for (old, new) in [(1, n), (256, 512), (300, n), (n, n), (3, 7)] {
+                assert_eq!(
+                    log.consistency_proof(old as u64, new as u64).unwrap(),
+                    merkle::consistency_proof(&leaves[..new], old).unwrap(),
+                    "consistency {old} to {new}"
+                );
+            }
+            assert!(log.inclusion_proof(0, n as u64 + 1).is_err());
+            assert!(log.consistency_proof(0, 5).is_err());
+        };
+        // Two full tiles of leaf hashes are stored; the rest is the edge.
+        let first = tile_rows();
+        assert_eq!(first.len(), 2);
+        assert_eq!(first[1].0, tile_key(0, 1));
+        assert_eq!(first[1].1.len(), tiles::TILE_BYTES);
+        check(&log, 600);
+        // Proofs come from the stored tiles: one edited under a running
+        // vault changes them, so they fail against the signed root.
+        let mut ws = WriteSet::new();
+        let mut edited = first[0].1.clone();
+        edited[40] ^= 1;
+        ws.put(Table::Audit, tile_key(0, 0), edited);
+        s.write(ws).unwrap();
+        let events = log.events(0, 600).unwrap();
+        let leaves: Vec<Hash> = events.iter().map(|e| merkle::leaf_hash(e)).collect();
+        assert_ne!(
+            log.inclusion_proof(0, 600).unwrap(),
+            merkle::inclusion_proof(&leaves, 0).unwrap()
+        );
+        let mut ws = WriteSet::new();
+        ws.put(Table::Audit, tile_key(0, 0), first[0].1.clone());
+        s.write(ws).unwrap();
+        drop(log);
+        // A log from before the tiles gets them at open.
+        let mut ws = WriteSet::new();
+        for (k, _) in tile_rows() {
+            ws.delete(Table::Audit, k);
+        }
+        s.write(ws).unwrap();
+        let log = AuditLog::open(Arc::clone(&s)).unwrap();
+        assert_eq!(tile_rows(), first);
+        check(&log, 600);
+        drop(log);
+        // A stored tile that does not fit the events: refused at open.
+        let mut ws = WriteSet::new();
+        let mut edited = first[0].1.clone();
+        edited[40] ^= 1;
+        ws.put(Table::Audit, tile_key(0, 0), edited);
+        s.write(ws).unwrap();
+        assert!(matches!(
+            AuditLog::open(Arc::clone(&s)),
+            Err(Error::Integrity)
+        ));
+        let mut ws = WriteSet::new();
+        ws.put(Table::Audit, tile_key(0, 0), first[0].1.clone());
+        s.write(ws).unwrap();
+        // The tail cut below the second tile (no checkpoint covered it):
+        // the tile goes too, and new events make a new one.
+        let mut ws = WriteSet::new();
+        for i in 300..600 {
+            ws.delete(Table::Audit, event_key(i));
+        }
+        s.write(ws).unwrap();
+        let log = AuditLog::open(Arc::clone(&s)).unwrap();
+        assert_eq!(log.size(), 300);
+        assert_eq!(tile_rows(), first[..1]);
+        for _ in 0..300 {
+            let mut ev = event("write");
+            ev.principal = "another".into();
+            log.commit(WriteSet::new(), ev).unwrap();
+        }
+        check(&log, 600);
+        let second = tile_rows();
+        assert_eq!(second.len(), 2);
+        assert_ne!(second[1], first[1]);
+        drop(log);
+        let log = AuditLog::open(s).unwrap();
+        check(&log, 600);
     }
 
     #[test]

@@ -65,6 +65,10 @@ const MEMTABLE_BYTES: usize = 128 << 20;
 /// Write-ahead log files, together: past this the tables holding the
 /// oldest log are flushed.
 const WAL_BYTES: u64 = 256 << 20;
+/// The block cache all tables share. It holds data blocks and also every
+/// SST file's index and filter blocks, which RocksDB otherwise keeps
+/// outside any bound, growing with the data.
+const BLOCK_CACHE_BYTES: usize = 64 << 20;
 
 impl RocksStore {
     /// Opens (creating if missing) the store in `path`.
@@ -80,8 +84,18 @@ impl RocksStore {
         // it is flushed: 750 MB of logs at 10^6 records).
         db_opts.set_db_write_buffer_size(MEMTABLE_BYTES);
         db_opts.set_max_total_wal_size(WAL_BYTES);
+        let cache = rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES);
+        let mut tables = rocksdb::BlockBasedOptions::default();
+        tables.set_block_cache(&cache);
+        tables.set_cache_index_and_filter_blocks(true);
+        // The newest files' index and filters stay (every read needs them).
+        tables.set_pin_l0_filter_and_index_blocks_in_cache(true);
+        // Point reads of absent keys (a new record's previous version, an
+        // unknown id) mostly skip the files that cannot hold them.
+        tables.set_bloom_filter(10.0, false);
         let cfs = Table::ALL.iter().map(|t| {
             let mut o = Options::default();
+            o.set_block_based_table_factory(&tables);
             o.set_compression_type(rocksdb::DBCompressionType::None);
             // Smaller files than RocksDB's 64 MiB: compacting one key range
             // after an erasure rewrites the files that overlap it, whole.
