@@ -309,6 +309,15 @@ impl Vault {
         }
     }
 
+    /// [`Vault::append_event`] awaiting the commit without holding a
+    /// thread (for the async request path).
+    pub async fn append_event_async(&self, ev: Event) -> Result<u64> {
+        match self.engine() {
+            Ok(engine) => engine.append_event_async(ev).await,
+            Err(_) => self.audit.commit_async(WriteSet::new(), ev).await,
+        }
+    }
+
     /// Follows sealed (true) / unsealed (false).
     pub fn watch_sealed(&self) -> watch::Receiver<bool> {
         self.sealed.subscribe()

@@ -262,14 +262,12 @@ impl Engine {
         subject: &str,
     ) -> Result<(
         SubjectName,
-        std::sync::RwLockWriteGuard<'_, ()>,
+        super::stripes::ExclusiveGuard<'_>,
         std::sync::MutexGuard<'_, ()>,
     )> {
         validate_id("subject id", subject)?;
         let name = self.names.subject(subject);
-        let stripe = self.subject_locks[stripe(&name)]
-            .write()
-            .unwrap_or_else(|p| p.into_inner());
+        let stripe = self.subject_locks[stripe(&name)].exclusive();
         let custody = lock(&self.custody_lock);
         self.check_open()?;
         Ok((name, stripe, custody))

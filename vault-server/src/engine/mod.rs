@@ -1,18 +1,25 @@
 //! The engine: records in, ciphertext to storage; ciphertext out, plaintext
 //! to the caller. It ties the keyring, the key cache, field crypto and the
 //! store together. Every method blocks (storage I/O): call it off the async
-//! reactor.
+//! reactor. The exceptions are the `*_async` twins of the record calls
+//! (get, put, delete), for the request path: they run their short engine
+//! work inline, await the audit commit without holding a thread
+//! ([`AuditLog::commit_async`]), and move work that would wait for long to
+//! the blocking pool themselves. Each twin shares its sync call's code: a
+//! `stage_*` step prepares the batch and event (a `Staged`), then the
+//! commit settles it.
 
 mod custody;
 mod rewrap;
 mod schema;
+mod stripes;
 mod value;
 mod wraps;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 pub use custody::{Ledger, LedgerEntry, RootKeyInfo, SubjectRotation, MAX_LEDGER_PAGE};
@@ -30,6 +37,7 @@ pub use wraps::{DEFAULT_ROTATE_AFTER_WRAPS, NIST_RANDOM_NONCE_LIMIT};
 
 use zeroize::Zeroizing;
 
+use self::stripes::{SharedGuard, Stripe};
 use crate::audit::{AuditLog, Event};
 use crate::crypto::{
     labels, open_field, record_tag, seal_field, verify_record_tag, EnvelopeHeader, FieldAad,
@@ -220,7 +228,7 @@ pub struct Engine {
     custody_lock: Mutex<()>,
     /// Per-subject locks (striped by storage name): writers of a subject
     /// share one; rotating or erasing the subject takes it exclusively.
-    subject_locks: Vec<RwLock<()>>,
+    subject_locks: Vec<Arc<Stripe>>,
     /// The names rows are stored under.
     names: StorageNames,
     rewrap_options: RewrapOptions,
@@ -318,7 +326,7 @@ impl Engine {
         let rewrap = rewrap::JobState::load(store.as_ref())?;
         let wraps = wraps::WrapCounts::load(store.as_ref(), rotate_root_after_wraps)?;
         let audit_signer = crate::keys::signing_key(&keyring);
-        let audit_origin = format!("vault/{region}/{}", hex::encode(keyring.id()));
+        let audit_origin = format!("vault/{region}/{}", to_hex(keyring.id()));
         let names = StorageNames::of(&keyring);
         let engine = Engine {
             store,
@@ -330,7 +338,7 @@ impl Engine {
             collections: RwLock::new(collections),
             create_lock: Mutex::new(()),
             custody_lock: Mutex::new(()),
-            subject_locks: (0..SUBJECT_STRIPES).map(|_| RwLock::new(())).collect(),
+            subject_locks: (0..SUBJECT_STRIPES).map(|_| Arc::default()).collect(),
             names,
             rewrap_options,
             checkpoints,
@@ -595,6 +603,34 @@ impl Engine {
     /// Creates or replaces records atomically: one durable write for all,
     /// with its audit event in the same batch.
     pub fn put_records(&self, caller: &Caller, records: Vec<Record>) -> Result<usize> {
+        self.settle(
+            self.stage_put(caller, &records, Wait::Block)
+                .ok_or_else(gave_up)?,
+        )
+    }
+
+    /// [`Engine::put_records`] for the async request path: validation,
+    /// policy, reads and encryption run inline, then the batch's commit is
+    /// awaited without holding a thread, the subjects' locks held until it
+    /// is durable. A put that would wait for long (a subject's lock held
+    /// by a rotation or erasure, a new subject key to store) runs on the
+    /// blocking pool instead.
+    pub async fn put_records_async(
+        self: &Arc<Self>,
+        caller: &Caller,
+        records: Vec<Record>,
+    ) -> Result<usize> {
+        match self.stage_put(caller, &records, Wait::Never) {
+            Some(staged) => self.settle_async(staged).await,
+            None => {
+                let (engine, caller) = (Arc::clone(self), caller.clone());
+                on_blocking_pool(move || engine.put_records(&caller, records)).await
+            }
+        }
+    }
+
+    /// A put up to its commit; `None` if it would have to wait ([`Wait`]).
+    fn stage_put(&self, caller: &Caller, records: &[Record], wait: Wait) -> Option<Staged<usize>> {
         let mut ev = self.event(caller, Operation::Write, None);
         // Every record asked for, allowed or not (the first batch's limit
         // of them): attempts show in the log too. Subjects are named once
@@ -605,19 +641,20 @@ impl Engine {
         let kr = self.keyring();
         ev.records = asked
             .iter()
-            .map(|r| hex::encode(kr.record_pseudonym(&r.collection, &r.id)))
+            .map(|r| to_hex(kr.record_pseudonym(&r.collection, &r.id)))
             .collect();
         drop(kr);
-        let result = self.put_records_audited(caller, records, &mut ev);
-        self.audit_failure(ev, result)
+        let result = self.put_records_audited(caller, records, &mut ev, wait);
+        Staged::of(ev, result)
     }
 
     fn put_records_audited(
         &self,
         caller: &Caller,
-        records: Vec<Record>,
+        records: &[Record],
         ev: &mut Event,
-    ) -> Result<usize> {
+        wait: Wait,
+    ) -> Result<Option<Prepared<usize>>> {
         self.check_open()?;
         let policy = self.policy();
         if records.is_empty() {
@@ -634,7 +671,7 @@ impl Engine {
         let mut seen = HashSet::new();
         let mut batch_bytes = 0usize;
         let mut schemas = Vec::with_capacity(records.len());
-        for r in &records {
+        for r in records {
             policy.authorize(caller, Operation::Write, Some(&r.collection))?;
             let c = self.data_collection(&r.collection)?;
             policy.authorize_write(caller, &c, r.fields.keys().map(String::as_str))?;
@@ -695,7 +732,9 @@ impl Engine {
             .iter()
             .map(|r| self.names.subject(&r.subject_id))
             .collect();
-        let (_subjects, previous) = self.lock_writers(&subjects, &keys)?;
+        let Some((locks, previous)) = self.lock_writers(&subjects, &keys, wait)? else {
+            return Ok(None);
+        };
         let mut ws = WriteSet::new();
         let mut encrypted = 0u64;
         // Replacing a record drops its old fields: the caller's write rules
@@ -719,7 +758,9 @@ impl Engine {
             .zip(old_owners)
             .zip(names.iter().zip(&subjects))
         {
-            let sk = self.current_subject_key(subject)?;
+            let Some(sk) = self.current_subject_key(subject, wait)? else {
+                return Ok(None);
+            };
             let fields = r
                 .fields
                 .iter()
@@ -747,19 +788,19 @@ impl Engine {
         }
         let kr = self.keyring();
         let mut fields = BTreeSet::new();
-        for r in &records {
+        for r in records {
             ev.subjects
-                .push(hex::encode(kr.subject_pseudonym(&r.subject_id)));
+                .push(to_hex(kr.subject_pseudonym(&r.subject_id)));
             fields.extend(r.fields.keys().cloned());
         }
         ev.subjects.sort();
         ev.subjects.dedup();
         ev.fields = fields.into_iter().collect();
-        self.commit(ws, ev.clone())?;
+        // Counted as encrypted, whether or not the batch then commits.
         self.counters
             .fields_encrypted
             .fetch_add(encrypted, Ordering::Relaxed);
-        Ok(records.len())
+        Ok(Some((ws, locks, records.len())))
     }
 
     /// Encrypts one record's ids and fields under `sk` and returns the
@@ -793,7 +834,7 @@ impl Engine {
             key_version: sk.version(),
             ids: seal(
                 labels::IDS_FIELD,
-                &hex::encode(ids.name),
+                &to_hex(ids.name),
                 &encode_ids(ids.subject_id, ids.id),
             ),
             fields,
@@ -830,7 +871,7 @@ impl Engine {
         let aad = FieldAad {
             region,
             collection,
-            record_id: &hex::encode(name),
+            record_id: &to_hex(name),
             field: labels::IDS_FIELD,
         };
         let cipher = sk.field_cipher(region, collection, labels::IDS_FIELD);
@@ -892,10 +933,24 @@ impl Engine {
         id: &str,
         fields: &[String],
     ) -> Result<Record> {
-        let (mut found, _) = self.get_records(caller, collection, &[id.to_owned()], fields)?;
-        found
-            .pop()
-            .ok_or_else(|| Error::NotFound(format!("record in collection {collection}")))
+        let found = self.get_records(caller, collection, &[id.to_owned()], fields);
+        the_one(found, collection)
+    }
+
+    /// [`Engine::get_record`] for the async request path (see
+    /// [`Engine::get_records_async`]).
+    pub async fn get_record_async(
+        &self,
+        caller: &Caller,
+        collection: &str,
+        id: &str,
+        fields: &[String],
+    ) -> Result<Record> {
+        let ids = [id.to_owned()];
+        let found = self
+            .get_records_async(caller, collection, &ids, fields)
+            .await;
+        the_one(found, collection)
     }
 
     /// Reads records of one collection; returns those found (in request
@@ -910,22 +965,47 @@ impl Engine {
         ids: &[String],
         fields: &[String],
     ) -> Result<(Vec<Record>, Vec<String>)> {
+        self.settle(self.stage_get(caller, collection, ids, fields))
+    }
+
+    /// [`Engine::get_records`] for the async request path: the reads,
+    /// checks and decryption run inline (they take no lock for long), then
+    /// the read event's commit is awaited without holding a thread. The
+    /// plaintext is returned only once the event is durable.
+    pub async fn get_records_async(
+        &self,
+        caller: &Caller,
+        collection: &str,
+        ids: &[String],
+        fields: &[String],
+    ) -> Result<(Vec<Record>, Vec<String>)> {
+        self.settle_async(self.stage_get(caller, collection, ids, fields))
+            .await
+    }
+
+    /// A read up to its commit (reads never wait for long).
+    fn stage_get(
+        &self,
+        caller: &Caller,
+        collection: &str,
+        ids: &[String],
+        fields: &[String],
+    ) -> Staged<(Vec<Record>, Vec<String>)> {
         let mut ev = self.event(caller, Operation::Read, Some(collection));
         // Every id asked for, found or not, allowed or not: probing for
         // ids shows in the log.
         let kr = self.keyring();
         for id in ids.iter().take(self.limits.max_batch_records) {
-            ev.records
-                .push(hex::encode(kr.record_pseudonym(collection, id)));
+            ev.records.push(to_hex(kr.record_pseudonym(collection, id)));
         }
         let (found, missing) = match self.get_records_unaudited(caller, collection, ids, fields) {
             Ok(r) => r,
-            Err(e) => return self.audit_failure(ev, Err(e)),
+            Err(e) => return Staged::failed(ev, e),
         };
         let mut returned = BTreeSet::new();
         for r in &found {
             ev.subjects
-                .push(hex::encode(kr.subject_pseudonym(&r.subject_id)));
+                .push(to_hex(kr.subject_pseudonym(&r.subject_id)));
             for (name, value) in &r.fields {
                 returned.insert(name.clone());
                 ev.bytes += value.size() as u64;
@@ -934,8 +1014,12 @@ impl Engine {
         ev.subjects.sort();
         ev.subjects.dedup();
         ev.fields = returned.into_iter().collect();
-        self.commit(WriteSet::new(), ev)?;
-        Ok((found, missing))
+        Staged {
+            ws: WriteSet::new(),
+            ev,
+            outcome: Ok((found, missing)),
+            locks: Vec::new(),
+        }
     }
 
     fn get_records_unaudited(
@@ -979,7 +1063,7 @@ impl Engine {
             .map(|id| self.names.record(collection, id))
             .collect();
         let keys: Vec<_> = names.iter().map(|n| record_key(collection, n)).collect();
-        let values = self.store.multi_get(Table::Records, &keys)?;
+        let values = self.read_rows(Table::Records, &keys)?;
         let mut found = Vec::new();
         let mut missing = Vec::new();
         for (((id, key), name), value) in ids.iter().zip(&keys).zip(&names).zip(values) {
@@ -1063,12 +1147,45 @@ impl Engine {
 
     /// Deletes one record; returns whether it existed.
     pub fn delete_record(&self, caller: &Caller, collection: &str, id: &str) -> Result<bool> {
+        self.settle(
+            self.stage_delete(caller, collection, id, Wait::Block)
+                .ok_or_else(gave_up)?,
+        )
+    }
+
+    /// [`Engine::delete_record`] for the async request path (see
+    /// [`Engine::put_records_async`]).
+    pub async fn delete_record_async(
+        self: &Arc<Self>,
+        caller: &Caller,
+        collection: &str,
+        id: &str,
+    ) -> Result<bool> {
+        match self.stage_delete(caller, collection, id, Wait::Never) {
+            Some(staged) => self.settle_async(staged).await,
+            None => {
+                let engine = Arc::clone(self);
+                let (caller, collection, id) =
+                    (caller.clone(), collection.to_owned(), id.to_owned());
+                on_blocking_pool(move || engine.delete_record(&caller, &collection, &id)).await
+            }
+        }
+    }
+
+    /// A delete up to its commit; `None` if it would have to wait.
+    fn stage_delete(
+        &self,
+        caller: &Caller,
+        collection: &str,
+        id: &str,
+        wait: Wait,
+    ) -> Option<Staged<bool>> {
         let mut ev = self.event(caller, Operation::Delete, Some(collection));
         // The id asked for, allowed or not.
         ev.records
-            .push(hex::encode(self.keyring().record_pseudonym(collection, id)));
-        let result = self.delete_record_audited(caller, collection, id, &mut ev);
-        self.audit_failure(ev, result)
+            .push(to_hex(self.keyring().record_pseudonym(collection, id)));
+        let result = self.delete_record_audited(caller, collection, id, &mut ev, wait);
+        Staged::of(ev, result)
     }
 
     fn delete_record_audited(
@@ -1077,7 +1194,8 @@ impl Engine {
         collection: &str,
         id: &str,
         ev: &mut Event,
-    ) -> Result<bool> {
+        wait: Wait,
+    ) -> Result<Option<Prepared<bool>>> {
         self.policy()
             .authorize(caller, Operation::Delete, Some(collection))?;
         self.check_open()?;
@@ -1085,19 +1203,20 @@ impl Engine {
         validate_id("record id", id)?;
         let name = self.names.record(collection, id);
         let key = record_key(collection, &name);
-        let (_owner, previous) = self.lock_writers(&[], std::slice::from_ref(&key))?;
+        let Some((locks, previous)) = self.lock_writers(&[], std::slice::from_ref(&key), wait)?
+        else {
+            return Ok(None);
+        };
         let Some(Some(old)) = previous.into_iter().next() else {
-            self.commit(WriteSet::new(), ev.clone())?;
-            return Ok(false);
+            return Ok(Some((WriteSet::new(), locks, false)));
         };
         let mut ws = WriteSet::new();
         if let Ok((stored, _)) = StoredRecord::decode(&old) {
             // The event names the subject when its key still opens the
             // record's ids (not after an erasure).
             if let Ok(opened) = self.open_record(collection, &name, Some(id), &old) {
-                ev.subjects.push(hex::encode(
-                    self.keyring().subject_pseudonym(&opened.subject_id),
-                ));
+                ev.subjects
+                    .push(to_hex(self.keyring().subject_pseudonym(&opened.subject_id)));
             }
             ws.delete(
                 Table::SubjectRecords,
@@ -1105,8 +1224,7 @@ impl Engine {
             );
         }
         ws.delete(Table::Records, key);
-        self.commit(ws, ev.clone())?;
-        Ok(true)
+        Ok(Some((ws, locks, true)))
     }
 
     // ---- audit ----
@@ -1124,7 +1242,8 @@ impl Engine {
     /// sent may be anything (an e-mail address), and the log is forever.
     fn shown_collections<'a>(&self, names: impl Iterator<Item = &'a str>) -> Option<String> {
         let known = self.read_collections();
-        let mut seen = HashSet::new();
+        // Few distinct names (each known collection, and one for all
+        // unknown ones): a scan finds the repeats.
         let mut shown: Vec<&str> = Vec::new();
         for c in names {
             let c = if known.contains_key(c) {
@@ -1132,7 +1251,7 @@ impl Engine {
             } else {
                 "<unknown collection>"
             };
-            if seen.insert(c) {
+            if !shown.contains(&c) {
                 shown.push(c);
             }
         }
@@ -1161,12 +1280,37 @@ impl Engine {
     /// If even that event cannot be written, the error stands: the request
     /// fails either way, and no data left.
     fn audit_failure<T>(&self, ev: Event, result: Result<T>) -> Result<T> {
-        if let Err(e) = &result {
-            if let Err(w) = self.commit(WriteSet::new(), ev.refused(e)) {
-                tracing::error!(error = %w, "audit event of a failed request could not be written");
-            }
+        match result {
+            Ok(v) => Ok(v),
+            Err(e) => self.settle(Staged::failed(ev, e)),
         }
-        result
+    }
+
+    /// Commits a staged request's batch and event (blocking the thread),
+    /// then releases its locks: its outcome, or the commit's error.
+    fn settle<T>(&self, staged: Staged<T>) -> Result<T> {
+        let Staged {
+            ws,
+            ev,
+            outcome,
+            locks,
+        } = staged;
+        let written = self.commit(ws, ev);
+        drop(locks);
+        settled(outcome, written)
+    }
+
+    /// [`Engine::settle`] awaiting the commit without holding a thread.
+    async fn settle_async<T>(&self, staged: Staged<T>) -> Result<T> {
+        let Staged {
+            ws,
+            ev,
+            outcome,
+            locks,
+        } = staged;
+        let written = self.commit_async(ws, ev).await;
+        drop(locks);
+        settled(outcome, written)
     }
 
     /// The audit log.
@@ -1178,19 +1322,42 @@ impl Engine {
     /// [`CheckpointOptions::every_events`] events.
     fn commit(&self, ws: WriteSet, ev: Event) -> Result<u64> {
         let index = self.audit.commit(ws, ev)?;
-        let every = self.checkpoints.every_events;
-        if every > 0 && (index + 1) % every == 0 {
-            if let Err(e) = self.checkpoint() {
-                tracing::error!(error = %e, "could not sign an audit checkpoint");
-            }
+        if self.checkpoint_due(index) {
+            checkpoint_signed(self.checkpoint());
         }
         Ok(index)
+    }
+
+    /// [`Engine::commit`] for the async request path: awaits the group
+    /// commit without holding a thread; a checkpoint due is signed and
+    /// stored on the blocking pool (its write is synced), awaited.
+    async fn commit_async(&self, ws: WriteSet, ev: Event) -> Result<u64> {
+        let index = self.audit.commit_async(ws, ev).await?;
+        if self.checkpoint_due(index) {
+            let audit = Arc::clone(&self.audit);
+            let (origin, key) = (self.audit_origin.clone(), self.audit_signer.clone());
+            let signed = on_blocking_pool(move || audit.checkpoint(&origin, &key)).await;
+            checkpoint_signed(signed);
+        }
+        Ok(index)
+    }
+
+    /// Whether a checkpoint is due after event `index`.
+    fn checkpoint_due(&self, index: u64) -> bool {
+        let every = self.checkpoints.every_events;
+        every > 0 && (index + 1).is_multiple_of(every)
     }
 
     /// Appends an event with no changes (a request the service layer
     /// records itself); counts towards checkpoints like any other.
     pub fn append_event(&self, ev: Event) -> Result<u64> {
         self.commit(WriteSet::new(), ev)
+    }
+
+    /// [`Engine::append_event`] awaiting the commit without holding a
+    /// thread.
+    pub async fn append_event_async(&self, ev: Event) -> Result<u64> {
+        self.commit_async(WriteSet::new(), ev).await
     }
 
     /// Records a custody or admin request whose outcome is known: done
@@ -1248,12 +1415,15 @@ impl Engine {
     /// `subjects`: the stripes of the new subjects and of the records'
     /// current owners, so neither subject's rotation or erasure runs
     /// meanwhile. Returns the guards and the records as they are under them.
+    /// With [`Wait::Never`], `None` if a stripe is held or wanted
+    /// exclusively (nothing is held then).
     #[allow(clippy::type_complexity)]
     fn lock_writers(
         &self,
         subjects: &[SubjectName],
         keys: &[Vec<u8>],
-    ) -> Result<(Vec<RwLockReadGuard<'_, ()>>, Vec<Option<Vec<u8>>>)> {
+        wait: Wait,
+    ) -> Result<Option<(Vec<SharedGuard>, Vec<Option<Vec<u8>>>)>> {
         let owner = |b: &Option<Vec<u8>>| {
             b.as_deref()
                 .and_then(|b| StoredRecord::decode(b).ok())
@@ -1264,14 +1434,16 @@ impl Engine {
             let mut stripes: Vec<usize> = subjects.iter().chain(also.iter()).map(stripe).collect();
             stripes.sort_unstable();
             stripes.dedup();
-            let guards = self.lock_stripes(&stripes);
-            let current = self.store.multi_get(Table::Records, keys)?;
+            let Some(guards) = self.lock_stripes(&stripes, wait) else {
+                return Ok(None);
+            };
+            let current = self.read_rows(Table::Records, keys)?;
             let owners: Vec<SubjectName> = current.iter().filter_map(owner).collect();
             if owners
                 .iter()
                 .all(|o| stripes.binary_search(&stripe(o)).is_ok())
             {
-                return Ok((guards, current));
+                return Ok(Some((guards, current)));
             }
             // A record belongs to a subject whose lock we do not hold:
             // take it too, and look again (the owner may change meanwhile).
@@ -1280,14 +1452,23 @@ impl Engine {
         }
     }
 
-    /// Shared locks on sorted, distinct stripes.
-    fn lock_stripes(&self, stripes: &[usize]) -> Vec<RwLockReadGuard<'_, ()>> {
+    /// The rows of `keys` in `table` (as [`Store::multi_get`]); a single
+    /// key is a point read, which costs RocksDB less than a multi-get.
+    fn read_rows(&self, table: Table, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
+        match keys {
+            [key] => Ok(vec![self.store.get(table, key)?]),
+            _ => self.store.multi_get(table, keys),
+        }
+    }
+
+    /// Shared locks on sorted, distinct stripes (taken in that order); with
+    /// [`Wait::Never`], `None` unless each is free now.
+    fn lock_stripes(&self, stripes: &[usize], wait: Wait) -> Option<Vec<SharedGuard>> {
         stripes
             .iter()
-            .map(|&i| {
-                self.subject_locks[i]
-                    .read()
-                    .unwrap_or_else(|p| p.into_inner())
+            .map(|&i| match wait {
+                Wait::Block => Some(self.subject_locks[i].shared()),
+                Wait::Never => self.subject_locks[i].try_shared(),
             })
             .collect()
     }
@@ -1295,16 +1476,25 @@ impl Engine {
     // ---- subject keys ----
 
     /// The subject's current key, made (and durably stored) on first use.
-    /// The caller holds the subject's lock.
-    fn current_subject_key(&self, subject: &SubjectName) -> Result<Arc<SubjectKeys>> {
+    /// The caller holds the subject's lock. With [`Wait::Never`], `None`
+    /// if the key has to be made (or looked for again under
+    /// `create_lock`).
+    fn current_subject_key(
+        &self,
+        subject: &SubjectName,
+        wait: Wait,
+    ) -> Result<Option<Arc<SubjectKeys>>> {
         if let Some(found) = self.latest_stored_subject_key(subject)? {
             match self.cached_or_unwrap(subject, found) {
                 // Erased, or read just before an erasure in its bucket
                 // re-wrapped it and dropped the epoch: read again under
                 // the lock erasures hold.
                 Err(Error::SubjectErased | Error::Integrity) => {}
-                other => return other,
+                other => return other.map(Some),
             }
+        }
+        if wait == Wait::Never {
+            return Ok(None);
         }
         let _guard = lock(&self.create_lock);
         let keyring = self.keyring();
@@ -1312,7 +1502,7 @@ impl Engine {
         let erased = keyring.erased_through(subject);
         if let Some(found) = latest.clone() {
             if erased.is_none_or(|e| found.0 > e) {
-                return self.cached_or_unwrap(subject, found);
+                return self.cached_or_unwrap(subject, found).map(Some);
             }
         }
         // A new subject, or one whose keys were erased (and perhaps brought
@@ -1336,7 +1526,7 @@ impl Engine {
             .commit(root_version, 1, ws, |ws| self.store.write(ws))?;
         let keys = Arc::new(SubjectKeys::new(version, key));
         self.cache.insert(subject, Arc::clone(&keys));
-        Ok(keys)
+        Ok(Some(keys))
     }
 
     fn latest_stored_subject_key(&self, subject: &SubjectName) -> Result<Option<(u32, Vec<u8>)>> {
@@ -1405,6 +1595,118 @@ struct Ids<'a> {
     name: &'a RecordName,
     subject_id: &'a str,
     subject: &'a SubjectName,
+}
+
+/// Whether engine work may block its thread for long: wait for a subject
+/// lock that a rotation or erasure holds, or store a new subject key (a
+/// synced write under `create_lock`). Not on the async runtime: there such
+/// work gives up, and the request moves to the blocking pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    Block,
+    Never,
+}
+
+/// What a request prepared for its commit: its batch, the subjects' locks
+/// (held until the batch is durable) and what it returns then.
+type Prepared<T> = (WriteSet, Vec<SharedGuard>, T);
+
+/// A request's work up to its audit commit: the batch and event to commit
+/// in one synced write, what the request returns once they are durable
+/// (or the error it failed with, its event then recording the refusal and
+/// the batch empty), and the locks held until then. Prepared by sync code
+/// (`stage_*`), committed by [`Engine::settle`] or [`Engine::settle_async`].
+struct Staged<T> {
+    ws: WriteSet,
+    ev: Event,
+    outcome: Result<T>,
+    locks: Vec<SharedGuard>,
+}
+
+impl<T> Staged<T> {
+    /// A request refused or failed before its commit: its event records
+    /// the refusal, and nothing else is written.
+    fn failed(ev: Event, e: Error) -> Staged<T> {
+        Staged {
+            ws: WriteSet::new(),
+            ev: ev.refused(&e),
+            outcome: Err(e),
+            locks: Vec::new(),
+        }
+    }
+
+    /// A request as its `*_audited` step prepared it (`Ok(None)`: it would
+    /// have to wait, and nothing was done).
+    fn of(ev: Event, prepared: Result<Option<Prepared<T>>>) -> Option<Staged<T>> {
+        match prepared {
+            Ok(Some((ws, locks, value))) => Some(Staged {
+                ws,
+                ev,
+                outcome: Ok(value),
+                locks,
+            }),
+            Ok(None) => None,
+            Err(e) => Some(Staged::failed(ev, e)),
+        }
+    }
+}
+
+/// A staged request's result once its commit returned: its outcome if the
+/// event was written; else the commit's error (for a request that was
+/// going to succeed: it fails closed) or its own (for a refused request,
+/// whose unwritten event is logged).
+fn settled<T>(outcome: Result<T>, written: Result<u64>) -> Result<T> {
+    match (outcome, written) {
+        (Ok(v), Ok(_)) => Ok(v),
+        (Ok(_), Err(w)) => Err(w),
+        (Err(e), Ok(_)) => Err(e),
+        (Err(e), Err(w)) => {
+            tracing::error!(error = %w, "audit event of a failed request could not be written");
+            Err(e)
+        }
+    }
+}
+
+/// Blocking work ([`Wait::Block`]) never gives up; should it, the request
+/// fails (and records its failure).
+fn gave_up() -> Error {
+    Error::Storage("blocking engine work gave up waiting".into())
+}
+
+/// Logs a checkpoint that could not be signed (or stored).
+fn checkpoint_signed(signed: Result<String>) {
+    if let Err(e) = signed {
+        tracing::error!(error = %e, "could not sign an audit checkpoint");
+    }
+}
+
+/// Runs blocking engine work on the blocking pool, from the async path.
+async fn on_blocking_pool<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work).await.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "engine task failed");
+        Err(Error::Storage("an engine task failed".into()))
+    })
+}
+
+/// Lower-case hex of `bytes`, as `hex::encode` gives it, without its
+/// char-at-a-time iterator (pseudonyms in every event, ids in AADs).
+fn to_hex(bytes: impl AsRef<[u8]>) -> String {
+    let bytes = bytes.as_ref();
+    let mut out = vec![0u8; bytes.len() * 2];
+    // The buffer is twice the input's length: encoding cannot fail, and
+    // hex digits are UTF-8.
+    let _ = hex::encode_to_slice(bytes, &mut out);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// The one record of a single-record read (not found if missing).
+fn the_one(found: Result<(Vec<Record>, Vec<String>)>, collection: &str) -> Result<Record> {
+    found?
+        .0
+        .pop()
+        .ok_or_else(|| Error::NotFound(format!("record in collection {collection}")))
 }
 
 /// A stored record whose ids and tag checked out, with its subject key.

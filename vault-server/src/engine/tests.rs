@@ -1802,3 +1802,165 @@ fn an_older_keyring_is_refused_unless_the_rollback_is_accepted() {
         "a newer keyring moves the mark up"
     );
 }
+
+/// An engine (shared, for tasks) over a store whose audit writes fail or
+/// panic on demand, and an internal caller.
+fn faulty_engine(dir: &std::path::Path) -> (Arc<FaultyAudit>, Arc<Engine>, Caller) {
+    let store = Arc::new(FaultyAudit::over(dir));
+    let e = engine_over(Arc::clone(&store) as Arc<dyn Store>, dir);
+    (store, Arc::new(e), Caller::internal("t"))
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// The async request path keeps the blocking path's guarantees: one event
+/// per request, in one queue with blocking commits (dense indices); no
+/// data when the read event cannot be written; no write without its
+/// event. A put that would wait (a new subject's key to store) moves to
+/// the blocking pool and still leaves one event.
+#[test]
+fn the_async_path_is_fail_closed_and_shares_the_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, e, c) = faulty_engine(dir.path());
+    let rt = runtime();
+    let size = rt.block_on(async {
+        let base = e.audit().size();
+        // s1 is new: its key is made on the blocking pool.
+        e.put_records_async(&c, vec![user("r1", "s1")])
+            .await
+            .unwrap();
+        let r = e.get_record_async(&c, "users", "r1", &[]).await.unwrap();
+        assert_eq!(r.subject_id, "s1");
+        let (found, missing) = e
+            .get_records_async(&c, "users", &["r1".into(), "zz".into()], &[])
+            .await
+            .unwrap();
+        assert_eq!((found.len(), missing), (1, vec!["zz".to_string()]));
+        assert!(matches!(
+            e.get_record_async(&c, "users", "nope", &[]).await,
+            Err(Error::NotFound(_))
+        ));
+        assert!(!e.delete_record_async(&c, "users", "zz").await.unwrap());
+        let tasks: Vec<_> = (0..32)
+            .map(|i| {
+                let (e, c) = (Arc::clone(&e), c.clone());
+                tokio::spawn(async move {
+                    let r = user(&format!("a{i}"), "s1");
+                    e.put_records_async(&c, vec![r]).await.map(|_| ())
+                })
+            })
+            .collect();
+        let blocking: Vec<_> = (0..8)
+            .map(|i| {
+                let (e, c) = (Arc::clone(&e), c.clone());
+                tokio::task::spawn_blocking(move || e.put_record(&c, user(&format!("b{i}"), "s2")))
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        for t in blocking {
+            t.await.unwrap().unwrap();
+        }
+        assert_eq!(e.audit().size() - base, 5 + 40, "one event per request");
+
+        store.fail.store(true, Ordering::SeqCst);
+        let size = e.audit().size();
+        assert!(matches!(
+            e.get_record_async(&c, "users", "r1", &[]).await,
+            Err(Error::Storage(_))
+        ));
+        assert!(e
+            .put_records_async(&c, vec![user("r2", "s1")])
+            .await
+            .is_err());
+        assert!(e.delete_record_async(&c, "users", "r1").await.is_err());
+        assert_eq!(e.audit().size(), size, "nothing appended");
+        store.fail.store(false, Ordering::SeqCst);
+        let err = e
+            .get_record_async(&c, "users", "r1", &[])
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("restart"), "{err}");
+        size
+    });
+    drop(rt);
+    drop(e);
+    // Reopened, the log is whole: every index once, every link right.
+    let log = crate::audit::AuditLog::open(Arc::clone(&store) as Arc<dyn Store>).unwrap();
+    assert_eq!(log.size(), size);
+}
+
+/// A write that panics in the audit writer thread fails everyone queued
+/// (no task waits forever) and stops the log, as on the blocking path.
+#[test]
+fn a_panicking_audit_write_leaves_no_task_waiting() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, e, c) = faulty_engine(dir.path());
+    e.put_record(&c, user("r1", "s1")).unwrap();
+    runtime().block_on(async {
+        e.get_record_async(&c, "users", "r1", &[]).await.unwrap();
+        store.panic.store(true, Ordering::SeqCst);
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let (e, c) = (Arc::clone(&e), c.clone());
+                tokio::spawn(async move { e.get_record_async(&c, "users", "r1", &[]).await })
+            })
+            .collect();
+        for t in tasks {
+            assert!(t.await.unwrap().is_err(), "no data");
+        }
+        store.panic.store(false, Ordering::SeqCst);
+        assert!(matches!(
+            e.get_record_async(&c, "users", "r1", &[]).await,
+            Err(Error::Unavailable(_))
+        ));
+    });
+    // The blocking path hears the same.
+    assert!(matches!(
+        e.get_record(&c, "users", "r1", &[]),
+        Err(Error::Unavailable(_))
+    ));
+}
+
+/// The writer thread holds the log only while it writes: once the last
+/// user drops the log, its store is closed, and the folder opens again.
+#[test]
+fn the_audit_writer_lets_go_of_the_log_and_its_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let event = || crate::audit::Event::new("p", None, "read", None);
+    for round in 1..=3u64 {
+        let store: Arc<dyn Store> =
+            Arc::new(RocksStore::open(&dir.path().join("db"), &StoreOptions::default()).unwrap());
+        let log = Arc::new(crate::audit::AuditLog::open(store).unwrap());
+        rt.block_on(async {
+            let tasks: Vec<_> = (0..20)
+                .map(|_| {
+                    let log = Arc::clone(&log);
+                    tokio::spawn(async move { log.commit_async(WriteSet::new(), event()).await })
+                })
+                .collect();
+            for t in tasks {
+                t.await.unwrap().unwrap();
+            }
+        });
+        // A blocking commit once the writer runs: queued for it.
+        log.commit(WriteSet::new(), event()).unwrap();
+        assert_eq!(log.size(), 21 * round);
+        drop(log);
+    }
+}
+
+#[test]
+fn hex_is_hex_encode() {
+    for bytes in [&[][..], &[0x00, 0x0f, 0xa5, 0xff][..], &[7; 32][..]] {
+        assert_eq!(to_hex(bytes), hex::encode(bytes));
+    }
+}

@@ -165,9 +165,7 @@ where
             let events = guard.finish();
             if events.attempted == 0 {
                 let ev = fallback_event(&mark, &operation, &response);
-                let vault = Arc::clone(&audit.vault);
-                let written = tokio::task::spawn_blocking(move || vault.append_event(ev)).await;
-                if !matches!(written, Ok(Ok(_))) {
+                if audit.vault.append_event_async(ev).await.is_err() {
                     tracing::error!(
                         operation,
                         "the audit event of a request could not be written; refusing it"
