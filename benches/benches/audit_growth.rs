@@ -19,7 +19,8 @@
 //! with a signed checkpoint every 100 000 events.
 //!
 //! Run: `cargo bench --locked -p vault-benches --bench audit_growth`
-//! (`AUDIT_GROWTH_SIZES=100000,1000000` for a quicker run; the default
+//! (`AUDIT_GROWTH_SIZES=100000,1000000` for a quicker run,
+//! `AUDIT_GROWTH_FOLDER=DIR` to keep the log; the default
 //! `1000000,10000000` writes about 6 GB and takes some minutes).
 
 #![allow(clippy::unwrap_used, missing_docs)]
@@ -199,7 +200,10 @@ fn main() {
         "AUDIT_GROWTH_SIZES: growing sizes of at least {CHECKPOINT_EVERY}"
     );
     let dir = tempfile::tempdir().unwrap();
-    let folder = dir.path().to_str().unwrap().to_owned();
+    // AUDIT_GROWTH_FOLDER keeps the log (to measure it again:
+    // AUDIT_GROWTH_MEASURE=<folder>).
+    let folder = std::env::var("AUDIT_GROWTH_FOLDER")
+        .unwrap_or_else(|_| dir.path().to_str().unwrap().to_owned());
     let mut rows = Vec::new();
     for &size in &sizes {
         {
