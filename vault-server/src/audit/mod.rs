@@ -300,6 +300,9 @@ fn refusal(state: &State) -> String {
     }
 }
 
+/// What a request holds while its batch waits to be written.
+pub type Hold = Box<dyn std::any::Any + Send>;
+
 /// What a queued request hears back.
 #[derive(Debug)]
 enum Answer {
@@ -320,6 +323,10 @@ enum Waiter {
 #[derive(Debug, Default)]
 struct SlotState {
     answer: Option<Answer>,
+    /// What the request holds until its batch is written (its subjects'
+    /// locks): dropped with the final answer, by whoever writes the group,
+    /// so even a request whose future was dropped holds them till then.
+    hold: Option<Hold>,
     /// The answer was handed over: the waiter may take it.
     woken: bool,
     waiter: Option<Waiter>,
@@ -340,9 +347,16 @@ impl Slot {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Sets the answer; the waiter takes it once woken.
+    /// Sets the answer; the waiter takes it once woken. A final answer
+    /// lets go of what the request held.
     fn set(&self, a: Answer) {
-        self.lock().answer = Some(a);
+        let held = {
+            let mut s = self.lock();
+            let held = matches!(a, Answer::Done(_)).then(|| s.hold.take());
+            s.answer = Some(a);
+            held
+        };
+        drop(held);
     }
 
     /// Wakes the waiter (if it waits yet: else it finds the answer).
@@ -845,8 +859,21 @@ impl AuditLog {
     /// which arrives once the batch is synced (or failed). The writer takes
     /// everything queued as one group: it never waits for a group to fill.
     pub async fn commit_async(self: &Arc<Self>, ws: WriteSet, event: Event) -> Result<u64> {
+        self.commit_async_holding(ws, event, None).await
+    }
+
+    /// [`AuditLog::commit_async`] for a request that holds locks until its
+    /// batch is written: `hold` is dropped right after the write (or its
+    /// failure), by the writer, even if this future is dropped first (its
+    /// write is made all the same).
+    pub async fn commit_async_holding(
+        self: &Arc<Self>,
+        ws: WriteSet,
+        event: Event,
+        hold: Option<Hold>,
+    ) -> Result<u64> {
         let request = (!event.request_id.is_empty()).then(|| event.request_id.clone());
-        let result = match self.queue_for_writer(ws, event) {
+        let result = match self.queue_for_writer(ws, event, hold) {
             Ok(queued) => queued.await,
             Err(e) => Err(e),
         };
@@ -874,8 +901,14 @@ impl AuditLog {
     }
 
     /// Queues a write for the writer thread, starting it if need be.
-    fn queue_for_writer(self: &Arc<Self>, ws: WriteSet, event: Event) -> Result<Queued> {
+    fn queue_for_writer(
+        self: &Arc<Self>,
+        ws: WriteSet,
+        event: Event,
+        hold: Option<Hold>,
+    ) -> Result<Queued> {
         let slot = Arc::new(Slot::default());
+        slot.lock().hold = hold;
         let wake = {
             let mut q = self.queue();
             if q.writer.is_none() {

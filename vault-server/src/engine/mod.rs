@@ -1308,8 +1308,11 @@ impl Engine {
             outcome,
             locks,
         } = staged;
-        let written = self.commit_async(ws, ev).await;
-        drop(locks);
+        // The locks go with the batch: the audit writer drops them once it
+        // is written, so they cover the write even if this future is
+        // dropped, and they are not held while a checkpoint is signed.
+        let hold = (!locks.is_empty()).then(|| Box::new(locks) as crate::audit::Hold);
+        let written = self.commit_async(ws, ev, hold).await;
         settled(outcome, written)
     }
 
@@ -1331,8 +1334,13 @@ impl Engine {
     /// [`Engine::commit`] for the async request path: awaits the group
     /// commit without holding a thread; a checkpoint due is signed and
     /// stored on the blocking pool (its write is synced), awaited.
-    async fn commit_async(&self, ws: WriteSet, ev: Event) -> Result<u64> {
-        let index = self.audit.commit_async(ws, ev).await?;
+    async fn commit_async(
+        &self,
+        ws: WriteSet,
+        ev: Event,
+        hold: Option<crate::audit::Hold>,
+    ) -> Result<u64> {
+        let index = self.audit.commit_async_holding(ws, ev, hold).await?;
         if self.checkpoint_due(index) {
             let audit = Arc::clone(&self.audit);
             let (origin, key) = (self.audit_origin.clone(), self.audit_signer.clone());
@@ -1357,7 +1365,7 @@ impl Engine {
     /// [`Engine::append_event`] awaiting the commit without holding a
     /// thread.
     pub async fn append_event_async(&self, ev: Event) -> Result<u64> {
-        self.commit_async(WriteSet::new(), ev).await
+        self.commit_async(WriteSet::new(), ev, None).await
     }
 
     /// Records a custody or admin request whose outcome is known: done

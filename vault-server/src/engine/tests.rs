@@ -1282,6 +1282,8 @@ struct FaultyAudit {
     block_folder_after_key_write: Mutex<Option<std::path::PathBuf>>,
     /// Whether each write that stored an erasure receipt asked to be synced.
     receipt_writes_synced: Mutex<Vec<bool>>,
+    /// Milliseconds every write takes first (a slow disk).
+    delay_ms: AtomicU64,
 }
 
 impl FaultyAudit {
@@ -1293,6 +1295,7 @@ impl FaultyAudit {
             full: std::sync::atomic::AtomicBool::new(false),
             block_folder_after_key_write: Mutex::new(None),
             receipt_writes_synced: Mutex::new(Vec::new()),
+            delay_ms: AtomicU64::new(0),
         }
     }
 }
@@ -1325,6 +1328,10 @@ impl Store for FaultyAudit {
         self.inner.compact_range(table, start, end)
     }
     fn write(&self, set: WriteSet) -> Result<()> {
+        let delay = self.delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            std::thread::sleep(Duration::from_millis(delay));
+        }
         if self.full.load(Ordering::SeqCst) {
             return Err(Error::Unavailable(crate::storage::STORAGE_FULL.into()));
         }
@@ -1955,6 +1962,114 @@ fn the_audit_writer_lets_go_of_the_log_and_its_store() {
         log.commit(WriteSet::new(), event()).unwrap();
         assert_eq!(log.size(), 21 * round);
         drop(log);
+    }
+}
+
+/// A slow store under an engine that signs a checkpoint after every event,
+/// and a runtime with `blocking` threads in its blocking pool.
+fn slow_engine(
+    dir: &std::path::Path,
+    blocking: usize,
+) -> (Arc<FaultyAudit>, Arc<Engine>, tokio::runtime::Runtime) {
+    let store = Arc::new(FaultyAudit::over(dir));
+    let kr = Keyring::generate("eu".parse().unwrap(), custody());
+    let every = EngineOptions {
+        checkpoints: CheckpointOptions {
+            every_events: 1,
+            interval: Duration::ZERO,
+        },
+        ..options()
+    };
+    let e = Engine::new(
+        Arc::clone(&store) as Arc<dyn Store>,
+        kr,
+        keyring_file(dir),
+        every,
+    )
+    .unwrap();
+    crate::dev::seed(&e).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(blocking)
+        .enable_all()
+        .build()
+        .unwrap();
+    (store, Arc::new(e), rt)
+}
+
+/// An async put lets go of its subject's lock once its batch is written,
+/// before it waits for a checkpoint on the blocking pool: a rotation of
+/// that subject waiting for the lock on the pool's only thread cannot
+/// starve the checkpoint (a deadlock a review found).
+#[test]
+fn an_async_put_holds_no_lock_while_its_checkpoint_waits_for_the_pool() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, e, rt) = slow_engine(dir.path(), 1);
+    let c = Caller::internal("t");
+    e.put_record(&c, user("r1", "s1")).unwrap();
+    let (done, finished) = std::sync::mpsc::channel();
+    rt.spawn(async move {
+        store.delay_ms.store(300, Ordering::SeqCst);
+        let put = {
+            let (e, c) = (Arc::clone(&e), c.clone());
+            tokio::spawn(async move { e.put_records_async(&c, vec![user("r2", "s1")]).await })
+        };
+        // The put is in its write; the rotation takes the pool's thread
+        // and waits for the subject's lock.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let rotation = {
+            let (e, c) = (Arc::clone(&e), c.clone());
+            tokio::task::spawn_blocking(move || e.rotate_subject(&c, "s1"))
+        };
+        let put = put.await.unwrap();
+        store.delay_ms.store(0, Ordering::SeqCst);
+        let rotation = rotation.await.unwrap();
+        done.send((put.is_ok(), rotation.is_ok())).unwrap();
+    });
+    let outcome = finished.recv_timeout(Duration::from_secs(30));
+    assert_eq!(outcome, Ok((true, true)), "the put and the rotation finish");
+    rt.shutdown_background();
+}
+
+/// A put whose future is dropped while its batch waits for the audit
+/// writer keeps its subject's lock until the batch is written: a rotation
+/// of the subject then sees the record and re-encrypts it (a review found
+/// the record left under the destroyed key).
+#[test]
+fn a_dropped_async_put_holds_its_lock_until_its_batch_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, e, rt) = slow_engine(dir.path(), 8);
+    let c = Caller::internal("t");
+    e.put_record(&c, user("r1", "s1")).unwrap();
+    rt.block_on(async {
+        // The writer thread runs; then keep it busy with one read event.
+        e.get_record_async(&c, "users", "r1", &[]).await.unwrap();
+        store.delay_ms.store(400, Ordering::SeqCst);
+        let busy = {
+            let (e, c) = (Arc::clone(&e), c.clone());
+            tokio::spawn(async move { e.get_record_async(&c, "users", "r1", &[]).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let put = {
+            let (e, c) = (Arc::clone(&e), c.clone());
+            tokio::spawn(async move { e.put_records_async(&c, vec![user("r3", "s1")]).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        put.abort();
+        assert!(put.await.unwrap_err().is_cancelled());
+        let rotation = {
+            let (e, c) = (Arc::clone(&e), c.clone());
+            tokio::task::spawn_blocking(move || e.rotate_subject(&c, "s1"))
+        };
+        busy.await.unwrap().unwrap();
+        rotation.await.unwrap().unwrap();
+        store.delay_ms.store(0, Ordering::SeqCst);
+    });
+    // The dropped put's write was made; its record is readable after the
+    // rotation (re-encrypted under the new key), as is the other one.
+    for id in ["r1", "r3"] {
+        let r = e.get_record(&c, "users", id, &[]).unwrap();
+        assert_eq!(r.subject_id, "s1");
     }
 }
 

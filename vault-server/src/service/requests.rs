@@ -160,7 +160,15 @@ where
         // which tonic enforces outside this layer), the request still
         // finishes and leaves its event.
         let task = tokio::spawn(async move {
-            let mut response = inner.call(req).await?;
+            // A handler that panics (engine work runs inline in this task)
+            // answers INTERNAL and still leaves the request's one event.
+            let mut response = match CatchPanic(Box::pin(inner.call(req))).await {
+                Ok(response) => response?,
+                Err(()) => {
+                    tracing::error!(operation, "a request handler panicked");
+                    Status::internal("internal error").into_http()
+                }
+            };
             client_faults_are_invalid_arguments(&mut response);
             let events = guard.finish();
             if events.attempted == 0 {
@@ -198,6 +206,23 @@ where
                 Err(_) => Ok(Status::internal("internal error").into_http()),
             }
         })
+    }
+}
+
+/// A future whose panic comes back as `Err(())` instead of unwinding
+/// through the task that polls it.
+struct CatchPanic<F>(Pin<Box<F>>);
+
+impl<F: Future> Future for CatchPanic<F> {
+    type Output = Result<F::Output, ()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = self.get_mut().0.as_mut();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(_) => Poll::Ready(Err(())),
+        }
     }
 }
 
@@ -294,6 +319,20 @@ mod tests {
             r.headers_mut().insert("grpc-status", s.parse().unwrap());
         }
         r
+    }
+
+    #[test]
+    fn a_panicking_handler_future_becomes_an_error_not_an_unwind() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let ok = rt.block_on(CatchPanic(Box::pin(async { 7 })));
+        assert_eq!(ok, Ok(7));
+        let panicked = rt.block_on(CatchPanic(Box::pin(async {
+            tokio::task::yield_now().await;
+            panic!("a handler bug");
+        })));
+        assert_eq!(panicked, Err::<(), ()>(()));
     }
 
     #[test]
