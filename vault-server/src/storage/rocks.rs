@@ -148,6 +148,27 @@ impl RocksStore {
         Ok(total)
     }
 
+    /// Bytes the caches hold now: the block cache (shared by all tables,
+    /// at most its configured size) and the memtables of all tables (for
+    /// sizing: what of a process's memory is the store's bounded caches).
+    pub fn cache_bytes(&self) -> Result<(u64, u64)> {
+        // Any table's figure is the shared cache's.
+        let block_cache = self
+            .db
+            .property_int_value_cf(self.cf(Table::Records)?, "rocksdb.block-cache-usage")
+            .map_err(storage_err)?
+            .unwrap_or(0);
+        let mut memtables = 0;
+        for t in Table::ALL {
+            memtables += self
+                .db
+                .property_int_value_cf(self.cf(t)?, "rocksdb.cur-size-all-mem-tables")
+                .map_err(storage_err)?
+                .unwrap_or(0);
+        }
+        Ok((block_cache, memtables))
+    }
+
     fn cf(&self, table: Table) -> Result<&rocksdb::ColumnFamily> {
         self.db
             .cf_handle(table.name())
@@ -362,6 +383,37 @@ mod tests {
                 entry.display()
             );
         }
+    }
+
+    #[test]
+    fn the_block_cache_stays_within_its_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RocksStore::open(dir.path(), &StoreOptions { sync_writes: false }).unwrap();
+        // 96 MiB of values, flushed to files, then read back: the cache
+        // fills up to its bound and no further.
+        for chunk in 0..96u32 {
+            let mut ws = WriteSet::new();
+            for i in 0..256u32 {
+                let key = (chunk * 256 + i).to_be_bytes().to_vec();
+                ws.put(Table::Records, key, vec![chunk as u8; 4096]);
+            }
+            store.write(ws).unwrap();
+        }
+        store
+            .compact_range(Table::Records, &[], &[0xff; 8])
+            .unwrap();
+        for k in 0..96 * 256u32 {
+            assert!(store
+                .get(Table::Records, &k.to_be_bytes())
+                .unwrap()
+                .is_some());
+        }
+        let (block_cache, _) = store.cache_bytes().unwrap();
+        assert!(block_cache > 32 << 20, "{block_cache}");
+        assert!(
+            block_cache <= BLOCK_CACHE_BYTES as u64 + (1 << 20),
+            "{block_cache}"
+        );
     }
 
     #[test]
