@@ -60,8 +60,6 @@ fn classify(message: String) -> Error {
 
 /// Target size of an SST file.
 const SST_FILE_BYTES: u64 = 8 << 20;
-/// Target size of an SST file of the audit log.
-const AUDIT_SST_FILE_BYTES: u64 = 64 << 20;
 /// Memtables of every table together.
 const MEMTABLE_BYTES: usize = 128 << 20;
 /// Write-ahead log files, together: past this the tables holding the
@@ -101,14 +99,7 @@ impl RocksStore {
             o.set_compression_type(rocksdb::DBCompressionType::None);
             // Smaller files than RocksDB's 64 MiB: compacting one key range
             // after an erasure rewrites the files that overlap it, whole.
-            // The audit log is never compacted by range, and is the table
-            // that grows most: RocksDB's size there, so that the number
-            // of open files (each with its reader in memory) grows slowly.
-            o.set_target_file_size_base(if *t == Table::Audit {
-                AUDIT_SST_FILE_BYTES
-            } else {
-                SST_FILE_BYTES
-            });
+            o.set_target_file_size_base(SST_FILE_BYTES);
             ColumnFamilyDescriptor::new(t.name(), o)
         });
         let db = DB::open_cf_descriptors(&db_opts, path, cfs).map_err(|e| {
