@@ -65,7 +65,10 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 fn open(folder: &str) -> Arc<RocksStore> {
-    let options = StoreOptions { sync_writes: false };
+    let options = StoreOptions {
+        sync_writes: false,
+        ..StoreOptions::default()
+    };
     Arc::new(RocksStore::open(std::path::Path::new(folder), &options).unwrap())
 }
 

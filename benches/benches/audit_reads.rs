@@ -125,7 +125,7 @@ fn main() {
     // (the vault's own `RocksStore` and options, sync on) at the same
     // thread counts: the storage path in process, without gRPC.
     let raw_dir = dir.with_extension("raw");
-    let raw = RocksStore::open(&raw_dir, &StoreOptions { sync_writes: true }).unwrap();
+    let raw = RocksStore::open(&raw_dir, &StoreOptions::default()).unwrap();
     for threads in [1, 4, 16] {
         run("put_record (replace)", threads, |i| {
             engine.put_record(&c, record(i)).unwrap();

@@ -9,6 +9,7 @@
 //! danger_unsynced_writes = false            # default false: every write is WAL-synced
 //! danger_allow_plaintext = false            # default false: without [tls], loopback only
 //! key_cache_capacity = 10000                 # subject key versions kept unwrapped
+//! block_cache_mib = 256                      # RocksDB's block cache, shared by all tables
 //!
 //! [limits]                                   # all optional
 //! max_record_bytes = 65536
@@ -110,6 +111,8 @@ pub struct Config {
     /// Subject key versions kept unwrapped in memory.
     #[serde(default = "default_cache")]
     pub key_cache_capacity: usize,
+    /// MiB of RocksDB's block cache (shared by all tables; default 256).
+    pub block_cache_mib: Option<usize>,
     /// Request limits.
     #[serde(default)]
     pub limits: LimitsConfig,
@@ -163,6 +166,9 @@ const MAX_BATCH_RECORDS: usize = 10_000;
 
 /// The longest `audit.checkpoint_interval_ms`: one day.
 const MAX_CHECKPOINT_INTERVAL_MS: u64 = 86_400_000;
+
+/// Most MiB of block cache a configuration may ask for (1 TiB).
+const MAX_BLOCK_CACHE_MIB: usize = 1 << 20;
 
 /// `[audit]`.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -335,6 +341,14 @@ impl Config {
             return Err("rewrap.batch_size must be at least 1".into());
         }
         if self
+            .block_cache_mib
+            .is_some_and(|mib| !(8..=MAX_BLOCK_CACHE_MIB).contains(&mib))
+        {
+            return Err(format!(
+                "block_cache_mib must be 8 to {MAX_BLOCK_CACHE_MIB}"
+            ));
+        }
+        if self
             .audit
             .checkpoint_interval_ms
             .is_some_and(|ms| ms > MAX_CHECKPOINT_INTERVAL_MS)
@@ -352,6 +366,9 @@ impl Config {
                 .unwrap_or_else(|| self.data_dir.join("keyring")),
             store: StoreOptions {
                 sync_writes: !self.danger_unsynced_writes,
+                block_cache_bytes: self
+                    .block_cache_mib
+                    .map_or(crate::storage::DEFAULT_BLOCK_CACHE_BYTES, |mib| mib << 20),
             },
             engine: EngineOptions {
                 limits: Limits {
@@ -653,6 +670,22 @@ roles = ["reader"]
         assert!(
             e.contains("principal svc (all its credentials)") && e.contains("separate duties"),
             "{e}"
+        );
+        for bad in ["0", "7", "1048577"] {
+            let e = Config::parse(&format!("block_cache_mib = {bad}\n{GOOD}"))
+                .and_then(|c| c.open_options().map(|_| ()))
+                .unwrap_err();
+            assert!(e.contains("block_cache_mib must be 8 to 1048576"), "{e}");
+        }
+        let small = Config::parse(&format!("block_cache_mib = 64\n{GOOD}")).unwrap();
+        assert_eq!(
+            small.open_options().unwrap().store.block_cache_bytes,
+            64 << 20
+        );
+        let default = Config::parse(GOOD).unwrap().open_options().unwrap();
+        assert_eq!(
+            default.store.block_cache_bytes,
+            crate::storage::DEFAULT_BLOCK_CACHE_BYTES
         );
         for bad in ["0", "10001"] {
             let e = Config::parse(&format!("{GOOD}\n[limits]\nmax_batch_records = {bad}\n"))

@@ -436,6 +436,7 @@ fn rocksdb_baseline(args: &Args, shape: Shape) -> Result<RunResult, String> {
         &dir.path().join("db"),
         &StoreOptions {
             sync_writes: !args.unsynced,
+            ..StoreOptions::default()
         },
     )
     .map_err(|e| format!("opening RocksDB: {e}"))?;

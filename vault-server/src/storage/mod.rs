@@ -12,7 +12,7 @@ pub use codec::{
     RECORD_TAG_LEN, STORED_RECORD_V2,
 };
 #[cfg(feature = "rocksdb")]
-pub use rocks::{RocksStore, StoreOptions};
+pub use rocks::{RocksStore, StoreOptions, DEFAULT_BLOCK_CACHE_BYTES};
 
 /// What a write on a full disk answers (`UNAVAILABLE`). RocksDB may fail
 /// the sync after the append, so the write may yet appear at restart.
