@@ -39,7 +39,8 @@
 //!    second one after the job cross-checks the first.
 //!
 //! Run: `cargo bench --locked --workspace --bench rewrap`
-//! (`REWRAP_KEYS=20000` for a quick run).
+//! (`REWRAP_KEYS=20000` for a quick run; `REWRAP_BATCH` and `REWRAP_PACE`,
+//! keys per second, run part 2 at another pace than the default).
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -312,6 +313,18 @@ fn breakdown(store: &dyn Store, keyring: &Keyring, sample: usize) -> Breakdown {
     }
 }
 
+/// The job's pace in part 2: `RewrapOptions::default()`, unless
+/// `REWRAP_BATCH` or `REWRAP_PACE` (keys per second) say otherwise, to
+/// compare other paces with the default.
+fn pace_from_env() -> RewrapOptions {
+    let d = RewrapOptions::default();
+    let var = |name: &str| std::env::var(name).ok().map(|v| v.parse::<u64>().unwrap());
+    RewrapOptions {
+        batch_size: var("REWRAP_BATCH").map_or(d.batch_size, |b| b as usize),
+        keys_per_second: var("REWRAP_PACE").unwrap_or(d.keys_per_second),
+    }
+}
+
 /// Latencies of `get_record` on random ids from [`READERS`] threads, until
 /// `stop` is set. Sorted.
 fn read_latencies(
@@ -552,7 +565,10 @@ fn main() {
             Arc::clone(&store),
             keyring,
             keyring_file(),
-            EngineOptions::default(),
+            EngineOptions {
+                rewrap: pace_from_env(),
+                ..EngineOptions::default()
+            },
         )
         .unwrap(),
     );
@@ -598,7 +614,7 @@ fn main() {
     println!("{}", idle.line("reads, idle"));
 
     // A second rotation; the job runs in the background at its default pace.
-    let pace = RewrapOptions::default();
+    let pace = pace_from_env();
     let old_root = engine.keyring().current_root().unwrap().0;
     let t = Instant::now();
     let new_root = engine.rotate_root(&caller).unwrap();

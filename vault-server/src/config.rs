@@ -17,8 +17,8 @@
 //! max_batch_bytes = 4194304
 //!
 //! [rewrap]                                   # pace of the root-key re-wrap job; optional
-//! batch_size = 1000
-//! keys_per_second = 100000                   # 0: no limit
+//! batch_size = 50
+//! keys_per_second = 10000                    # 0: no limit
 //!
 //! [audit]                                    # when audit checkpoints are signed; optional
 //! checkpoint_every_events = 1000             # 0: not by count

@@ -51,8 +51,8 @@ pub struct RewrapOptions {
 impl Default for RewrapOptions {
     fn default() -> Self {
         RewrapOptions {
-            batch_size: 1000,
-            keys_per_second: 100_000,
+            batch_size: 50,
+            keys_per_second: 10_000,
         }
     }
 }
