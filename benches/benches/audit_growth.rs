@@ -165,7 +165,8 @@ fn measure(folder: &str) {
         verify_inclusion(&leaf(*index), *index, size, proof, &root).unwrap();
     }
     let (rss_end, peak_end) = memory();
-    let (block_cache, memtables) = rocks.cache_bytes().unwrap();
+    let store_memory = rocks.memory().unwrap();
+    let (block_cache, memtables) = (store_memory.block_cache, store_memory.memtables);
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     println!(
         "{}",
@@ -179,6 +180,7 @@ fn measure(folder: &str) {
             "peak_end_bytes": peak_end,
             "block_cache_bytes": block_cache,
             "memtable_bytes": memtables,
+            "table_readers_bytes": store_memory.table_readers,
             "inclusion_p50_us": us(percentile(&inclusion, 0.5)),
             "inclusion_p99_us": us(percentile(&inclusion, 0.99)),
             "consistency_p50_us": us(percentile(&consistency, 0.5)),

@@ -256,6 +256,11 @@ impl Vault {
         &self.opts.region
     }
 
+    /// What the store holds in memory now (for sizing).
+    pub fn storage_memory(&self) -> Result<crate::storage::StoreMemory> {
+        self.store.memory()
+    }
+
     /// The engine, while unsealed.
     pub fn engine(&self) -> Result<Arc<Engine>> {
         match &*self.state() {

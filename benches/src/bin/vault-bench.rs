@@ -31,6 +31,11 @@ use vault_benches::EchoService;
 use vault_client::{Collection, DataCategory, FieldSchema, FieldType, Record, VaultClient};
 use vault_server::storage::{RocksStore, Store, StoreOptions, Table, WriteSet};
 
+/// The allocator of `vault-server` (jemalloc), so that a vault started here
+/// uses memory as the server binary does.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// The collection the bench writes.
 const COLLECTION: &str = "bench";
 
@@ -217,6 +222,7 @@ fn shape(args: &Args) -> Shape {
 
 /// A vault started by the bench: its address, token, and what keeps it up.
 struct Hosted {
+    vault: Arc<vault_server::vault::Vault>,
     url: String,
     token: String,
     dir: tempfile::TempDir,
@@ -225,6 +231,21 @@ struct Hosted {
 }
 
 impl Hosted {
+    /// Where the started vault's memory goes now: its store's caches and
+    /// buffers, and its key cache (an estimate).
+    fn memory(&self) -> serde_json::Value {
+        let store = self.vault.storage_memory().ok();
+        let key_cache = self.vault.engine().ok().map(|e| e.stats().key_cache_bytes);
+        serde_json::json!({
+            "block_cache_bound_bytes": store.map(|m| m.block_cache_bound),
+            "block_cache_bytes": store.map(|m| m.block_cache),
+            "block_cache_pinned_bytes": store.map(|m| m.block_cache_pinned),
+            "memtable_bytes": store.map(|m| m.memtables),
+            "table_reader_bytes": store.map(|m| m.table_readers),
+            "key_cache_bytes_estimate": key_cache,
+        })
+    }
+
     /// Stops the vault and waits for it; returns the size of its data
     /// folder, and where those bytes go, before it is removed. The
     /// baselines run after this, on cores the vault no longer uses.
@@ -258,15 +279,17 @@ async fn host_vault(unsynced: bool) -> Result<Hosted, String> {
         .map_err(|e| format!("binding a port: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let (tx, rx) = tokio::sync::oneshot::channel();
+    let vault = Arc::new(vault);
     let task = tokio::spawn(service::serve(
         listener,
-        Arc::new(vault),
+        Arc::clone(&vault),
         Arc::new(auth),
         async {
             let _ = rx.await;
         },
     ));
     Ok(Hosted {
+        vault,
         url: format!("http://{addr}"),
         token,
         dir,
@@ -372,6 +395,25 @@ async fn run(args: &Args) -> Result<Report, String> {
     // then the vault stops: what its data folder holds (records, keys,
     // audit events, RocksDB's own files), for sizing.
     let peak_rss = peak_rss_bytes();
+    let rss = rss_bytes();
+    let vault_memory = hosted.as_ref().map(Hosted::memory);
+    if let Some(m) = &vault_memory {
+        let mib = |k: &str| {
+            m[k].as_u64()
+                .map_or("?".into(), |b| format!("{:.1}", b as f64 / 1048576.0))
+        };
+        eprintln!(
+            "memory now, MiB: process {} (peak {}); the vault's block cache {} of {} (pinned {}), memtables {}, table readers {}, key cache about {}",
+            rss.map_or("?".into(), |b| format!("{:.1}", b as f64 / 1048576.0)),
+            peak_rss.map_or("?".into(), |b| format!("{:.1}", b as f64 / 1048576.0)),
+            mib("block_cache_bytes"),
+            mib("block_cache_bound_bytes"),
+            mib("block_cache_pinned_bytes"),
+            mib("memtable_bytes"),
+            mib("table_reader_bytes"),
+            mib("key_cache_bytes_estimate"),
+        );
+    }
     drop(clients);
     drop(admin);
     let (disk_bytes, disk_by_table) = match hosted {
@@ -410,6 +452,9 @@ async fn run(args: &Args) -> Result<Report, String> {
             // after reopening (the log replayed): overlapping views.
             "self_hosted_data_folder_bytes_by_table": disk_by_table,
             "peak_rss_bytes_after_vault_run": peak_rss,
+            "rss_bytes_after_vault_run": rss,
+            // The started vault's caches and buffers at that moment.
+            "self_hosted_memory": vault_memory,
         }),
         ratios: Report::ratios_of(&runs),
         runs,
@@ -662,8 +707,17 @@ fn folder_bytes(dir: &std::path::Path) -> u64 {
 
 /// The peak resident memory of this process so far, from /proc on Linux.
 fn peak_rss_bytes() -> Option<u64> {
+    proc_status_bytes("VmHWM:")
+}
+
+/// The resident memory of this process now, from /proc on Linux.
+fn rss_bytes() -> Option<u64> {
+    proc_status_bytes("VmRSS:")
+}
+
+fn proc_status_bytes(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }

@@ -127,6 +127,8 @@ pub struct Stats {
     pub fields_decrypted: u64,
     /// Subject key versions in the cache.
     pub cached_subject_keys: usize,
+    /// An estimate of the bytes they and their field ciphers hold.
+    pub key_cache_bytes: usize,
     /// Subjects erased since start.
     pub erasures: u64,
     /// Time those erasures spent up to their commit point (the keyring
@@ -464,6 +466,7 @@ impl Engine {
             fields_encrypted: self.counters.fields_encrypted.load(Ordering::Relaxed),
             fields_decrypted: self.counters.fields_decrypted.load(Ordering::Relaxed),
             cached_subject_keys: self.cache.len(),
+            key_cache_bytes: self.cache.approx_bytes(),
             erasures: self.counters.erasures.load(Ordering::Relaxed),
             erasure_shred_micros: self.counters.erasure_shred_micros.load(Ordering::Relaxed),
             erasure_compaction_micros: self

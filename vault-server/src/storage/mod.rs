@@ -163,4 +163,26 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// `table` (memory first), so that deleted and overwritten entries of
     /// that range leave the files.
     fn compact_range(&self, table: Table, start: &[u8], end: &[u8]) -> Result<()>;
+    /// What the store holds in memory now (for sizing); zeros for a store
+    /// that does not say.
+    fn memory(&self) -> Result<StoreMemory> {
+        Ok(StoreMemory::default())
+    }
+}
+
+/// Memory a store holds in its caches and buffers, in bytes: the figures
+/// an operator sizes the process with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreMemory {
+    /// The block cache's configured bound.
+    pub block_cache_bound: u64,
+    /// What the block cache holds: data blocks, and the index and filter
+    /// blocks of every stored file.
+    pub block_cache: u64,
+    /// Of that, blocks pinned by reads in progress or by the newest files.
+    pub block_cache_pinned: u64,
+    /// The memtables of every table (bounded together).
+    pub memtables: u64,
+    /// Readers of the stored files, outside the block cache.
+    pub table_readers: u64,
 }

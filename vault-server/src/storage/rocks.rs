@@ -7,7 +7,7 @@ use rocksdb::{
     Options, WriteBatch, WriteOptions, DB,
 };
 
-use super::{Op, Store, Table, WriteSet};
+use super::{Op, Store, StoreMemory, Table, WriteSet};
 use crate::{Error, Result};
 
 /// How to open the store.
@@ -146,27 +146,6 @@ impl RocksStore {
         Ok(total)
     }
 
-    /// Bytes the caches hold now: the block cache (shared by all tables,
-    /// at most its configured size) and the memtables of all tables (for
-    /// sizing: what of a process's memory is the store's bounded caches).
-    pub fn cache_bytes(&self) -> Result<(u64, u64)> {
-        // Any table's figure is the shared cache's.
-        let block_cache = self
-            .db
-            .property_int_value_cf(self.cf(Table::Records)?, "rocksdb.block-cache-usage")
-            .map_err(storage_err)?
-            .unwrap_or(0);
-        let mut memtables = 0;
-        for t in Table::ALL {
-            memtables += self
-                .db
-                .property_int_value_cf(self.cf(t)?, "rocksdb.cur-size-all-mem-tables")
-                .map_err(storage_err)?
-                .unwrap_or(0);
-        }
-        Ok((block_cache, memtables))
-    }
-
     fn cf(&self, table: Table) -> Result<&rocksdb::ColumnFamily> {
         self.db
             .cf_handle(table.name())
@@ -266,6 +245,28 @@ impl Store for RocksStore {
         let mut wo = WriteOptions::default();
         wo.set_sync(self.sync_writes || set.needs_sync());
         self.db.write_opt(batch, &wo).map_err(storage_err)
+    }
+
+    fn memory(&self) -> Result<StoreMemory> {
+        let int = |table: Table, property: &str| -> Result<u64> {
+            Ok(self
+                .db
+                .property_int_value_cf(self.cf(table)?, property)
+                .map_err(storage_err)?
+                .unwrap_or(0))
+        };
+        // The block cache is shared: any table's figure is the cache's.
+        let mut memory = StoreMemory {
+            block_cache_bound: int(Table::Records, "rocksdb.block-cache-capacity")?,
+            block_cache: int(Table::Records, "rocksdb.block-cache-usage")?,
+            block_cache_pinned: int(Table::Records, "rocksdb.block-cache-pinned-usage")?,
+            ..StoreMemory::default()
+        };
+        for t in Table::ALL {
+            memory.memtables += int(t, "rocksdb.cur-size-all-mem-tables")?;
+            memory.table_readers += int(t, "rocksdb.estimate-table-readers-mem")?;
+        }
+        Ok(memory)
     }
 
     fn compact_range(&self, table: Table, start: &[u8], end: &[u8]) -> Result<()> {
@@ -411,9 +412,15 @@ mod tests {
                 .unwrap()
                 .is_some());
         }
-        let (block_cache, _) = store.cache_bytes().unwrap();
+        let memory = store.memory().unwrap();
+        assert_eq!(memory.block_cache_bound, bound as u64);
+        let block_cache = memory.block_cache;
         assert!(block_cache > bound as u64 / 2, "{block_cache}");
         assert!(block_cache <= bound as u64 + (1 << 20), "{block_cache}");
+        assert!(memory.block_cache_pinned <= block_cache, "{memory:?}");
+        // The stored files have readers; the memtables were flushed.
+        assert!(memory.table_readers > 0, "{memory:?}");
+        assert!(memory.memtables < 8 << 20, "{memory:?}");
     }
 
     #[test]
