@@ -20,7 +20,8 @@
 //!
 //! Run: `cargo bench --locked -p vault-benches --bench audit_growth`
 //! (`AUDIT_GROWTH_SIZES=100000,1000000` for a quicker run,
-//! `AUDIT_GROWTH_FOLDER=DIR` to keep the log; the default
+//! `AUDIT_GROWTH_FOLDER=DIR` to keep the log, `AUDIT_GROWTH_CACHE_MIB=N`
+//! for another block cache than the default 256 MiB; the default
 //! `1000000,10000000` writes about 6 GB and takes some minutes).
 
 #![allow(clippy::unwrap_used, missing_docs)]
@@ -35,6 +36,11 @@ use vault_client::audit::{leaf_hash, verify_consistency, verify_inclusion};
 use vault_server::audit::checkpoint::parse;
 use vault_server::audit::{AuditLog, Event};
 use vault_server::storage::{RocksStore, Store, StoreOptions, WriteSet};
+
+/// The allocator of `vault-server` (jemalloc): resident memory as the
+/// server would hold it.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 const THREADS: usize = 32;
 const CHECKPOINT_EVERY: u64 = 100_000;
@@ -65,9 +71,15 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 fn open(folder: &str) -> Arc<RocksStore> {
+    // AUDIT_GROWTH_CACHE_MIB: another block cache than the default, e.g.
+    // one small enough to be full at every size.
+    let block_cache_bytes = std::env::var("AUDIT_GROWTH_CACHE_MIB")
+        .map_or(vault_server::storage::DEFAULT_BLOCK_CACHE_BYTES, |mib| {
+            mib.parse::<usize>().expect("AUDIT_GROWTH_CACHE_MIB: MiB") << 20
+        });
     let options = StoreOptions {
         sync_writes: false,
-        ..StoreOptions::default()
+        block_cache_bytes,
     };
     Arc::new(RocksStore::open(std::path::Path::new(folder), &options).unwrap())
 }
@@ -128,6 +140,7 @@ fn measure(folder: &str) {
     let log = AuditLog::open(Arc::clone(&store)).unwrap();
     let open_secs = started.elapsed().as_secs_f64();
     let (rss_open, peak_open) = memory();
+    let cache_open = rocks.memory().unwrap().block_cache;
     let (size, root) = log.root();
     let mut rng = rand::thread_rng();
     // Every proof is checked with vault-client's independent verifier
@@ -179,6 +192,7 @@ fn measure(folder: &str) {
             "rss_end_bytes": rss_end,
             "peak_end_bytes": peak_end,
             "block_cache_bytes": block_cache,
+            "block_cache_open_bytes": cache_open,
             "memtable_bytes": memtables,
             "table_readers_bytes": store_memory.table_readers,
             "inclusion_p50_us": us(percentile(&inclusion, 0.5)),
@@ -236,14 +250,14 @@ fn main() {
         rows.push(row);
     }
     println!(
-        "| events | open | RSS after open | peak RSS | RSS after proofs | of which RocksDB block cache (bound 64 MiB) | RSS without it | inclusion p50 / p99 | consistency p50 / p99 | page of 1 000 proofs |"
+        "| events | open | RSS after open | peak RSS | RSS after proofs | of which RocksDB block cache | RSS without it | RocksDB table readers | inclusion p50 / p99 | consistency p50 / p99 | page of 1 000 proofs |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &rows {
         let b = |k: &str| r[k].as_u64().unwrap();
         let f = |k: &str| r[k].as_f64().unwrap();
         println!(
-            "| {} | {:.1} s | {} | {} | {} | {} | {} | {:.0} / {:.0} µs | {:.0} / {:.0} µs | {:.1} ms |",
+            "| {} | {:.1} s | {} | {} | {} | {} | {} | {} | {:.0} / {:.0} µs | {:.0} / {:.0} µs | {:.1} ms |",
             b("events"),
             f("open_s"),
             mib(b("rss_open_bytes")),
@@ -251,6 +265,7 @@ fn main() {
             mib(b("rss_end_bytes")),
             mib(b("block_cache_bytes")),
             mib(b("rss_end_bytes").saturating_sub(b("block_cache_bytes"))),
+            mib(b("table_readers_bytes")),
             f("inclusion_p50_us"),
             f("inclusion_p99_us"),
             f("consistency_p50_us"),

@@ -252,6 +252,11 @@ impl Hosted {
     async fn shutdown(self) -> (u64, serde_json::Value) {
         let _ = self.stop.send(());
         let _ = self.task.await;
+        // The last handle on the vault: dropping it closes the store (and
+        // joins the engine's thread), so the folder can be measured and
+        // opened again below.
+        let vault = self.vault;
+        let _ = tokio::task::spawn_blocking(move || drop(vault)).await;
         let total = folder_bytes(self.dir.path());
         let db = self.dir.path().join("db");
         let by_table = tokio::task::spawn_blocking(move || bytes_by_table(&db))
@@ -677,8 +682,12 @@ fn bytes_by_table(db: &std::path::Path) -> serde_json::Value {
                 .sum()
         })
         .unwrap_or(0);
-    let Ok(store) = RocksStore::open(db, &StoreOptions::default()) else {
-        return serde_json::Value::Null;
+    let store = match RocksStore::open(db, &StoreOptions::default()) {
+        Ok(store) => store,
+        Err(e) => {
+            eprintln!("warning: the data folder's tables cannot be sized: {e}");
+            return serde_json::Value::Null;
+        }
     };
     let mut out = serde_json::Map::new();
     out.insert("wal_files".into(), wal.into());

@@ -127,7 +127,7 @@ pub struct Stats {
     pub fields_decrypted: u64,
     /// Subject key versions in the cache.
     pub cached_subject_keys: usize,
-    /// An estimate of the bytes they and their field ciphers hold.
+    /// An estimate of the bytes they and their derived field keys hold.
     pub key_cache_bytes: usize,
     /// Subjects erased since start.
     pub erasures: u64,

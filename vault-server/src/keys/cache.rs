@@ -158,17 +158,24 @@ impl KeyCache {
         let node = size_of::<(SubjectName, u32)>() + 3 * size_of::<usize>();
         // An `Arc`'s two counts.
         let arc = 2 * size_of::<usize>();
-        let entries = lock(&self.entries);
+        // The entries copied out first: the walk below does not hold the
+        // lock every read needs.
+        let entries: Vec<Arc<SubjectKeys>> = lock(&self.entries)
+            .iter()
+            .map(|(_, k)| Arc::clone(k))
+            .collect();
         entries
             .iter()
-            .map(|(_, keys)| {
+            .map(|keys| {
                 let field_keys = lock(&keys.field_keys);
                 let names: usize = field_keys
                     .iter()
                     .map(|k| k.collection.capacity() + k.field.capacity())
                     .sum();
-                // A `Key256` boxes its bytes.
-                let key_bytes = (1 + field_keys.len()) * 32;
+                // A `Key256` boxes its bytes: the subject key, its field
+                // keys and the record key once derived.
+                let key_bytes =
+                    (1 + field_keys.len() + usize::from(keys.record_key.get().is_some())) * 32;
                 node + arc
                     + size_of::<SubjectKeys>()
                     + field_keys.capacity() * size_of::<CachedFieldKey>()
@@ -217,7 +224,7 @@ mod tests {
     }
 
     #[test]
-    fn the_size_estimate_counts_entries_and_ciphers() {
+    fn the_size_estimate_counts_entries_and_field_keys() {
         let cache = KeyCache::new(8);
         assert_eq!(cache.approx_bytes(), 0);
         let keys = Arc::new(SubjectKeys::new(1, Key256::random()));

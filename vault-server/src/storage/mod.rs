@@ -140,6 +140,11 @@ impl WriteSet {
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// One value.
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>>;
+    /// One value read once, by a scan over the whole store (the audit
+    /// log's open): kept out of the cache that serves requests.
+    fn get_uncached(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.get(table, key)
+    }
     /// Several values of one table, in the order of `keys`.
     fn multi_get(&self, table: Table, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>>;
     /// Every entry whose key starts with `prefix`, in key order.

@@ -158,6 +158,14 @@ impl Store for RocksStore {
         self.db.get_cf(self.cf(table)?, key).map_err(storage_err)
     }
 
+    fn get_uncached(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let mut opts = rocksdb::ReadOptions::default();
+        opts.fill_cache(false);
+        self.db
+            .get_cf_opt(self.cf(table)?, key, &opts)
+            .map_err(storage_err)
+    }
+
     fn multi_get(&self, table: Table, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
         let cf = self.cf(table)?;
         self.db
@@ -382,6 +390,36 @@ mod tests {
                 entry.display()
             );
         }
+    }
+
+    #[test]
+    fn uncached_reads_leave_the_block_cache_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RocksStore::open(dir.path(), &StoreOptions::default()).unwrap();
+        // 8 MiB of values, flushed to files.
+        for chunk in 0..8u32 {
+            let mut ws = WriteSet::new();
+            for i in 0..256u32 {
+                let key = (chunk * 256 + i).to_be_bytes().to_vec();
+                ws.put(Table::Audit, key, vec![chunk as u8; 4096]);
+            }
+            store.write(ws).unwrap();
+        }
+        store.compact_range(Table::Audit, &[], &[0xff; 8]).unwrap();
+        let cached = || store.memory().unwrap().block_cache;
+        let before = cached();
+        for k in 0..8 * 256u32 {
+            let v = store.get_uncached(Table::Audit, &k.to_be_bytes()).unwrap();
+            assert_eq!(v.unwrap()[0], (k / 256) as u8);
+        }
+        assert_eq!(store.get_uncached(Table::Audit, b"none").unwrap(), None);
+        let after = cached();
+        assert!(after < before + (1 << 20), "{before} -> {after}");
+        // The same reads through `get` fill it.
+        for k in 0..8 * 256u32 {
+            assert!(store.get(Table::Audit, &k.to_be_bytes()).unwrap().is_some());
+        }
+        assert!(cached() > after + (4 << 20), "{after} -> {}", cached());
     }
 
     #[test]
