@@ -403,14 +403,12 @@ async fn run(args: &Args) -> Result<Report, String> {
     let rss = rss_bytes();
     let vault_memory = hosted.as_ref().map(Hosted::memory);
     if let Some(m) = &vault_memory {
-        let mib = |k: &str| {
-            m[k].as_u64()
-                .map_or("?".into(), |b| format!("{:.1}", b as f64 / 1048576.0))
-        };
+        let fmt = |b: Option<u64>| b.map_or("?".into(), |b| format!("{:.1}", b as f64 / 1048576.0));
+        let mib = |k: &str| fmt(m[k].as_u64());
         eprintln!(
             "memory now, MiB: process {} (peak {}); the vault's block cache {} of {} (pinned {}), memtables {}, table readers {}, key cache about {}",
-            rss.map_or("?".into(), |b| format!("{:.1}", b as f64 / 1048576.0)),
-            peak_rss.map_or("?".into(), |b| format!("{:.1}", b as f64 / 1048576.0)),
+            fmt(rss),
+            fmt(peak_rss),
             mib("block_cache_bytes"),
             mib("block_cache_bound_bytes"),
             mib("block_cache_pinned_bytes"),

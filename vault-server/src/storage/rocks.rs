@@ -392,20 +392,26 @@ mod tests {
         }
     }
 
+    /// Writes `mib` MiB of 4 KiB values under keys 0, 1, … (big-endian
+    /// u32; the value's bytes are its MiB's number) and flushes them to
+    /// files.
+    fn fill_mib(store: &RocksStore, table: Table, mib: u32) {
+        for chunk in 0..mib {
+            let mut ws = WriteSet::new();
+            for i in 0..256u32 {
+                let key = (chunk * 256 + i).to_be_bytes().to_vec();
+                ws.put(table, key, vec![chunk as u8; 4096]);
+            }
+            store.write(ws).unwrap();
+        }
+        store.compact_range(table, &[], &[0xff; 8]).unwrap();
+    }
+
     #[test]
     fn uncached_reads_leave_the_block_cache_alone() {
         let dir = tempfile::tempdir().unwrap();
         let store = RocksStore::open(dir.path(), &StoreOptions::default()).unwrap();
-        // 8 MiB of values, flushed to files.
-        for chunk in 0..8u32 {
-            let mut ws = WriteSet::new();
-            for i in 0..256u32 {
-                let key = (chunk * 256 + i).to_be_bytes().to_vec();
-                ws.put(Table::Audit, key, vec![chunk as u8; 4096]);
-            }
-            store.write(ws).unwrap();
-        }
-        store.compact_range(Table::Audit, &[], &[0xff; 8]).unwrap();
+        fill_mib(&store, Table::Audit, 8);
         let cached = || store.memory().unwrap().block_cache;
         let before = cached();
         for k in 0..8 * 256u32 {
@@ -431,19 +437,9 @@ mod tests {
             block_cache_bytes: bound,
         };
         let store = RocksStore::open(dir.path(), &options).unwrap();
-        // 32 MiB of values, flushed to files, then read back: the cache
-        // fills up to its bound and no further.
-        for chunk in 0..32u32 {
-            let mut ws = WriteSet::new();
-            for i in 0..256u32 {
-                let key = (chunk * 256 + i).to_be_bytes().to_vec();
-                ws.put(Table::Records, key, vec![chunk as u8; 4096]);
-            }
-            store.write(ws).unwrap();
-        }
-        store
-            .compact_range(Table::Records, &[], &[0xff; 8])
-            .unwrap();
+        // 32 MiB of values, then read back: the cache fills up to its
+        // bound and no further.
+        fill_mib(&store, Table::Records, 32);
         for k in 0..32 * 256u32 {
             assert!(store
                 .get(Table::Records, &k.to_be_bytes())
