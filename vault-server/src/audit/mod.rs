@@ -240,53 +240,37 @@ struct State {
     full: bool,
 }
 
-/// Tiles recomputed at open that the store lacks, written in batches.
+/// Tiles recomputed at open, checked against the stored ones.
 #[derive(Default)]
-struct MissingTiles {
-    ws: WriteSet,
-    count: usize,
+struct TileCheck {
+    /// Tiles the store lacks (a log from before the tiles): stored only
+    /// once the whole log has passed its checks.
+    missing: u64,
     /// A store error on the way (it ends the open as it is).
     error: Option<Error>,
 }
 
-impl MissingTiles {
-    /// Checks the `completed` tiles against the store (a stored tile that
-    /// differs from the events is damage) and queues the missing ones.
+impl TileCheck {
+    /// Checks the `completed` tiles against the store: a stored tile that
+    /// differs from the events is damage; a missing one is counted.
     fn check(
         &mut self,
         store: &Arc<dyn Store>,
         completed: &mut Vec<tiles::FullTile>,
     ) -> std::result::Result<(), &'static str> {
         for tile in completed.drain(..) {
-            let key = tile_key(tile.level, tile.index);
             // Read once: 8 KiB a tile, 39 000 tiles at 10^7 events, which
             // would fill the block cache that serves requests.
-            match store.get_uncached(Table::Audit, &key) {
+            match store.get_uncached(Table::Audit, &tile_key(tile.level, tile.index)) {
                 Ok(Some(stored)) if stored == tile.encode() => {}
                 Ok(Some(_)) => return Err("a stored Merkle tile does not match the events"),
-                Ok(None) => {
-                    self.ws.put(Table::Audit, key, tile.encode());
-                    self.count += 1;
-                    if self.count.is_multiple_of(1024) {
-                        self.flush(store);
-                    }
-                }
+                Ok(None) => self.missing += 1,
                 Err(e) => {
                     self.error.get_or_insert(e);
                 }
             }
         }
         Ok(())
-    }
-
-    /// Writes the queued tiles.
-    fn flush(&mut self, store: &Arc<dyn Store>) {
-        let ws = std::mem::take(&mut self.ws);
-        if !ws.is_empty() && self.error.is_none() {
-            if let Err(e) = store.write(ws) {
-                self.error = Some(e);
-            }
-        }
     }
 }
 
@@ -627,7 +611,7 @@ impl AuditLog {
         // The tiles the events complete: each checked against the stored
         // one, or stored if missing (a log from before the tiles).
         let mut completed = Vec::new();
-        let mut tiles_to_store = MissingTiles::default();
+        let mut tile_check = TileCheck::default();
         let check = |state: &State, signed: &mut std::collections::VecDeque<_>| {
             while let Some(&Some((size, root))) = signed.front() {
                 if size != state.frontier.size() {
@@ -665,7 +649,7 @@ impl AuditLog {
                     state.frontier.push(h);
                     state.last = h;
                     state.edge.push(h, &mut completed);
-                    if let Err(why) = tiles_to_store.check(&store, &mut completed) {
+                    if let Err(why) = tile_check.check(&store, &mut completed) {
                         failure = Some(why);
                     }
                 }
@@ -684,11 +668,17 @@ impl AuditLog {
             );
             return Err(Error::Integrity);
         }
-        // (Tiles are derived from the events just checked: storing the
-        // missing ones is safe before the log is known whole.)
-        tiles_to_store.flush(&store);
-        if let Some(e) = tiles_to_store.error {
+        if let Some(e) = tile_check.error {
             return Err(e);
+        }
+        // Only now, the log known whole: a log that fails its checks
+        // leaves no tile derived from it behind.
+        if tile_check.missing > 0 {
+            Self::store_missing_tiles(&store)?;
+            tracing::warn!(
+                tiles = tile_check.missing,
+                "stored the Merkle tiles the audit log lacked"
+            );
         }
         let size = state.frontier.size();
         Self::drop_tiles_past(&store, &state.edge)?;
@@ -703,6 +693,45 @@ impl AuditLog {
             refusing: tokio::sync::watch::Sender::new(false),
             checkpointing: Mutex::new(()),
         })
+    }
+
+    /// Recomputes the tree from the events, already checked, and stores
+    /// the full tiles the store lacks, in batches.
+    fn store_missing_tiles(store: &Arc<dyn Store>) -> Result<()> {
+        let mut edge = tiles::Edge::default();
+        let mut completed = Vec::new();
+        let mut ws = WriteSet::new();
+        let mut queued = 0;
+        let mut error = None;
+        store.visit(Table::Audit, &mut |k, v| {
+            if error.is_some() || k.first() != Some(&EVENT_PREFIX) {
+                return;
+            }
+            edge.push(merkle::leaf_hash(v), &mut completed);
+            for tile in completed.drain(..) {
+                let key = tile_key(tile.level, tile.index);
+                match store.get_uncached(Table::Audit, &key) {
+                    Ok(Some(_)) => {}
+                    Ok(None) => {
+                        ws.put(Table::Audit, key, tile.encode());
+                        queued += 1;
+                        if queued % 1024 == 0 {
+                            if let Err(e) = store.write(std::mem::take(&mut ws)) {
+                                error = Some(e);
+                            }
+                        }
+                    }
+                    Err(e) => error = Some(e),
+                }
+            }
+        })?;
+        if let Some(e) = error {
+            return Err(e);
+        }
+        if !ws.is_empty() {
+            store.write(ws)?;
+        }
+        Ok(())
     }
 
     /// Deletes stored tiles past the end of the log (a log whose tail was
@@ -1507,6 +1536,24 @@ mod tests {
         for (k, _) in tile_rows() {
             ws.delete(Table::Audit, k);
         }
+        s.write(ws).unwrap();
+        // But not from a log that fails its checks: an event edited past
+        // both full tiles is refused, and no tile derived from the edited
+        // log is left behind (a restore of the true events would find it).
+        let original = s.get(Table::Audit, &event_key(550)).unwrap().unwrap();
+        let mut ws = WriteSet::new();
+        let mut edited = original.clone();
+        let at = edited.len() / 2;
+        edited[at] ^= 1;
+        ws.put(Table::Audit, event_key(550), edited);
+        s.write(ws).unwrap();
+        assert!(matches!(
+            AuditLog::open(Arc::clone(&s)),
+            Err(Error::Integrity)
+        ));
+        assert!(tile_rows().is_empty());
+        let mut ws = WriteSet::new();
+        ws.put(Table::Audit, event_key(550), original);
         s.write(ws).unwrap();
         let log = AuditLog::open(Arc::clone(&s)).unwrap();
         assert_eq!(tile_rows(), first);
