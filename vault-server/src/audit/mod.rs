@@ -240,19 +240,24 @@ struct State {
     full: bool,
 }
 
+/// Tiles written per batch when the open stores missing ones (one under
+/// test, so that a test sees any write made before the checks end).
+const TILE_BATCH: usize = if cfg!(test) { 1 } else { 1024 };
+
 /// Tiles recomputed at open, checked against the stored ones.
 #[derive(Default)]
 struct TileCheck {
-    /// Tiles the store lacks (a log from before the tiles): stored only
-    /// once the whole log has passed its checks.
-    missing: u64,
+    /// Tiles the store lacks (a log from before the tiles), in the order
+    /// the events complete them: stored only once the whole log has passed
+    /// its checks.
+    missing: Vec<(u8, u64)>,
     /// A store error on the way (it ends the open as it is).
     error: Option<Error>,
 }
 
 impl TileCheck {
     /// Checks the `completed` tiles against the store: a stored tile that
-    /// differs from the events is damage; a missing one is counted.
+    /// differs from the events is damage; a missing one is noted.
     fn check(
         &mut self,
         store: &Arc<dyn Store>,
@@ -264,7 +269,7 @@ impl TileCheck {
             match store.get_uncached(Table::Audit, &tile_key(tile.level, tile.index)) {
                 Ok(Some(stored)) if stored == tile.encode() => {}
                 Ok(Some(_)) => return Err("a stored Merkle tile does not match the events"),
-                Ok(None) => self.missing += 1,
+                Ok(None) => self.missing.push((tile.level, tile.index)),
                 Err(e) => {
                     self.error.get_or_insert(e);
                 }
@@ -601,15 +606,16 @@ impl AuditLog {
     /// the indices, or an event whose `index` or `prev` does not fit, is an
     /// integrity failure: the vault does not append to a broken log.
     pub fn open(store: Arc<dyn Store>) -> Result<Self> {
-        // One pass: checkpoint rows (`c…`) sort before event rows (`e…`), so
-        // every checkpoint is known before the events it covers are hashed.
-        // Each must still match the log: an edited or truncated history is
-        // refused, not signed over.
+        // One pass checks the log: checkpoint rows (`c…`) sort before event
+        // rows (`e…`), so every checkpoint is known before the events it
+        // covers are hashed. Each must still match the log: an edited or
+        // truncated history is refused, not signed over. (A second pass
+        // stores the tiles a log from before the tiles lacks.)
         let mut state = State::default();
         let mut signed = std::collections::VecDeque::new();
         let mut failure = None;
         // The tiles the events complete: each checked against the stored
-        // one, or stored if missing (a log from before the tiles).
+        // one, or noted if missing.
         let mut completed = Vec::new();
         let mut tile_check = TileCheck::default();
         let check = |state: &State, signed: &mut std::collections::VecDeque<_>| {
@@ -673,10 +679,10 @@ impl AuditLog {
         }
         // Only now, the log known whole: a log that fails its checks
         // leaves no tile derived from it behind.
-        if tile_check.missing > 0 {
-            Self::store_missing_tiles(&store)?;
+        if !tile_check.missing.is_empty() {
+            Self::store_missing_tiles(&store, &tile_check.missing)?;
             tracing::warn!(
-                tiles = tile_check.missing,
+                tiles = tile_check.missing.len(),
                 "stored the Merkle tiles the audit log lacked"
             );
         }
@@ -696,37 +702,43 @@ impl AuditLog {
     }
 
     /// Recomputes the tree from the events, already checked, and stores
-    /// the full tiles the store lacks, in batches.
-    fn store_missing_tiles(store: &Arc<dyn Store>) -> Result<()> {
+    /// the `missing` tiles (in the order the events complete them), in
+    /// batches.
+    fn store_missing_tiles(store: &Arc<dyn Store>, missing: &[(u8, u64)]) -> Result<()> {
         let mut edge = tiles::Edge::default();
         let mut completed = Vec::new();
+        let mut next = missing.iter().peekable();
         let mut ws = WriteSet::new();
-        let mut queued = 0;
         let mut error = None;
         store.visit(Table::Audit, &mut |k, v| {
-            if error.is_some() || k.first() != Some(&EVENT_PREFIX) {
+            if error.is_some() || next.peek().is_none() || k.first() != Some(&EVENT_PREFIX) {
                 return;
             }
             edge.push(merkle::leaf_hash(v), &mut completed);
             for tile in completed.drain(..) {
-                let key = tile_key(tile.level, tile.index);
-                match store.get_uncached(Table::Audit, &key) {
-                    Ok(Some(_)) => {}
-                    Ok(None) => {
-                        ws.put(Table::Audit, key, tile.encode());
-                        queued += 1;
-                        if queued % 1024 == 0 {
-                            if let Err(e) = store.write(std::mem::take(&mut ws)) {
-                                error = Some(e);
-                            }
-                        }
-                    }
-                    Err(e) => error = Some(e),
+                if next.peek() == Some(&&(tile.level, tile.index)) {
+                    next.next();
+                    ws.put(
+                        Table::Audit,
+                        tile_key(tile.level, tile.index),
+                        tile.encode(),
+                    );
+                }
+            }
+            if ws.ops().len() >= TILE_BATCH {
+                if let Err(e) = store.write(std::mem::take(&mut ws)) {
+                    error = Some(e);
                 }
             }
         })?;
         if let Some(e) = error {
             return Err(e);
+        }
+        if next.peek().is_some() {
+            // The events were checked a moment ago: they cannot have changed.
+            return Err(Error::Storage(
+                "the audit log changed while its missing tiles were stored".into(),
+            ));
         }
         if !ws.is_empty() {
             store.write(ws)?;
@@ -1474,6 +1486,55 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_log_leaves_no_tiles_behind() {
+        // A log of 600 events from before the tiles, signed at 600, whose
+        // events someone replaced with another consistent history: every
+        // event follows the one before, only the checkpoint refuses it.
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let log = AuditLog::open(Arc::clone(&s)).unwrap();
+        for _ in 0..600 {
+            log.commit(WriteSet::new(), event("read")).unwrap();
+        }
+        log.checkpoint("o", &SigningKey::from_bytes(&[3; 32]))
+            .unwrap();
+        drop(log);
+        let rows = |s: &Arc<dyn Store>, prefix: u8| s.scan_prefix(Table::Audit, &[prefix]).unwrap();
+        let true_tiles = rows(&s, TILE_PREFIX);
+        let true_events = rows(&s, EVENT_PREFIX);
+        assert_eq!(true_tiles.len(), 2);
+        let other_dir = tempfile::tempdir().unwrap();
+        let other = store(other_dir.path());
+        let forged = AuditLog::open(Arc::clone(&other)).unwrap();
+        for _ in 0..600 {
+            forged.commit(WriteSet::new(), event("export")).unwrap();
+        }
+        let mut ws = WriteSet::new();
+        for (k, _) in &true_tiles {
+            ws.delete(Table::Audit, k.clone());
+        }
+        for (k, v) in rows(&other, EVENT_PREFIX) {
+            ws.put(Table::Audit, k, v);
+        }
+        s.write(ws).unwrap();
+        assert!(matches!(
+            AuditLog::open(Arc::clone(&s)),
+            Err(Error::Integrity)
+        ));
+        // The forged history's tiles were computed, but not stored: the
+        // true events, put back, open and get their own.
+        assert!(rows(&s, TILE_PREFIX).is_empty());
+        let mut ws = WriteSet::new();
+        for (k, v) in true_events {
+            ws.put(Table::Audit, k, v);
+        }
+        s.write(ws).unwrap();
+        let log = AuditLog::open(Arc::clone(&s)).unwrap();
+        assert_eq!(log.size(), 600);
+        assert_eq!(rows(&s, TILE_PREFIX), true_tiles);
+    }
+
+    #[test]
     fn the_tree_is_stored_as_tiles_rebuilt_checked_and_trimmed_at_open() {
         let dir = tempfile::tempdir().unwrap();
         let s = store(dir.path());
@@ -1536,24 +1597,6 @@ mod tests {
         for (k, _) in tile_rows() {
             ws.delete(Table::Audit, k);
         }
-        s.write(ws).unwrap();
-        // But not from a log that fails its checks: an event edited past
-        // both full tiles is refused, and no tile derived from the edited
-        // log is left behind (a restore of the true events would find it).
-        let original = s.get(Table::Audit, &event_key(550)).unwrap().unwrap();
-        let mut ws = WriteSet::new();
-        let mut edited = original.clone();
-        let at = edited.len() / 2;
-        edited[at] ^= 1;
-        ws.put(Table::Audit, event_key(550), edited);
-        s.write(ws).unwrap();
-        assert!(matches!(
-            AuditLog::open(Arc::clone(&s)),
-            Err(Error::Integrity)
-        ));
-        assert!(tile_rows().is_empty());
-        let mut ws = WriteSet::new();
-        ws.put(Table::Audit, event_key(550), original);
         s.write(ws).unwrap();
         let log = AuditLog::open(Arc::clone(&s)).unwrap();
         assert_eq!(tile_rows(), first);
