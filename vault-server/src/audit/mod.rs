@@ -1415,6 +1415,15 @@ mod tests {
         Arc::new(RocksStore::open(dir, &StoreOptions::default()).unwrap())
     }
 
+    /// The log in `s`, opened, with `n` more events of `op` appended.
+    fn log_with(s: &Arc<dyn Store>, n: usize, op: &str) -> AuditLog {
+        let log = AuditLog::open(Arc::clone(s)).unwrap();
+        for _ in 0..n {
+            log.commit(WriteSet::new(), event(op)).unwrap();
+        }
+        log
+    }
+
     fn event(op: &str) -> Event {
         Event {
             principal: "p".into(),
@@ -1492,10 +1501,7 @@ mod tests {
         // event follows the one before, only the checkpoint refuses it.
         let dir = tempfile::tempdir().unwrap();
         let s = store(dir.path());
-        let log = AuditLog::open(Arc::clone(&s)).unwrap();
-        for _ in 0..600 {
-            log.commit(WriteSet::new(), event("read")).unwrap();
-        }
+        let log = log_with(&s, 600, "read");
         log.checkpoint("o", &SigningKey::from_bytes(&[3; 32]))
             .unwrap();
         drop(log);
@@ -1505,10 +1511,7 @@ mod tests {
         assert_eq!(true_tiles.len(), 2);
         let other_dir = tempfile::tempdir().unwrap();
         let other = store(other_dir.path());
-        let forged = AuditLog::open(Arc::clone(&other)).unwrap();
-        for _ in 0..600 {
-            forged.commit(WriteSet::new(), event("export")).unwrap();
-        }
+        drop(log_with(&other, 600, "export"));
         let mut ws = WriteSet::new();
         for (k, _) in &true_tiles {
             ws.delete(Table::Audit, k.clone());
@@ -1538,10 +1541,7 @@ mod tests {
     fn the_tree_is_stored_as_tiles_rebuilt_checked_and_trimmed_at_open() {
         let dir = tempfile::tempdir().unwrap();
         let s = store(dir.path());
-        let log = AuditLog::open(Arc::clone(&s)).unwrap();
-        for _ in 0..600 {
-            log.commit(WriteSet::new(), event("read")).unwrap();
-        }
+        let log = log_with(&s, 600, "read");
         let tile_rows = || s.scan_prefix(Table::Audit, &[TILE_PREFIX]).unwrap();
         let check = |log: &AuditLog, n: usize| {
             let leaves: Vec<Hash> = log
