@@ -102,6 +102,17 @@ impl TestVault {
         Self::serve(Arc::new(vault), auth, &data_dir).await
     }
 
+    /// Starts a dev-mode vault with the given options that knows only the
+    /// tokens of `auth`.
+    pub async fn start_dev_with_auth(
+        opts: OpenOptions,
+        auth: Authenticator,
+    ) -> vault_server::Result<TestVault> {
+        let data_dir = opts.data_dir.clone();
+        let vault = open_seeded(opts).await?;
+        Self::serve(Arc::new(vault), auth, &data_dir).await
+    }
+
     /// Starts a dev-mode vault of `region` over `data_dir` that knows only
     /// the tokens of `auth`.
     pub async fn start_dev_with_tokens(

@@ -746,6 +746,20 @@ impl VaultClient {
         Ok(())
     }
 
+    /// Lifts `principal`'s lockout (custody role); false if it was not
+    /// locked out.
+    pub async fn unlock(&self, principal: &str) -> Result<bool> {
+        let response = self
+            .operator_call(
+                pb::UnlockRequest {
+                    principal: principal.to_owned(),
+                },
+                |mut c, r| async move { c.unlock(r).await },
+            )
+            .await?;
+        Ok(response.was_locked)
+    }
+
     /// The vault's custody state: initialised, sealed, region, threshold,
     /// unseal progress and, when unsealed, its root key versions and the
     /// public key that verifies erasure receipts.
@@ -1034,6 +1048,20 @@ impl VaultClient {
         })
     }
 
+    /// Watches the monitor's alerts (auditor role): each alert raised from
+    /// now on, until the vault seals or shuts down. The client's timeout
+    /// applies to opening the stream only.
+    pub async fn watch_alerts(&self) -> Result<AlertStream> {
+        let mut stub = self.stubs.audit.clone();
+        let request = Request::new(pb::WatchAlertsRequest {});
+        let response = tokio::time::timeout(self.timeout, stub.watch(request))
+            .await
+            .map_err(|_| Error::Timeout)??;
+        Ok(AlertStream {
+            stream: response.into_inner(),
+        })
+    }
+
     /// The vault's signed checkpoints (C2SP signed notes) of tree size
     /// `from_size` or more, oldest first. The vault signs one of the log as
     /// it is now if the log grew since its last: unless `from_size` is
@@ -1154,6 +1182,51 @@ impl AuditFollow {
                 tree_size: page.tree_size,
             })),
         }
+    }
+}
+
+/// One alert of the vault's monitor ([`VaultClient::watch_alerts`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Alert {
+    /// Its number since the vault started (1, 2, …).
+    pub seq: u64,
+    /// When it was raised (milliseconds since the Unix epoch).
+    pub time_ms: u64,
+    /// `warning` or `critical`.
+    pub severity: String,
+    /// `budget_exceeded`, `lockout`, …
+    pub kind: String,
+    /// The principal it concerns.
+    pub principal: String,
+    /// The purpose stated, if one.
+    pub purpose: Option<String>,
+    /// What happened (counts and limits).
+    pub message: String,
+    /// Alerts this stream skipped just before this one (it read too
+    /// slowly); they are in the audit log.
+    pub missed: u64,
+}
+
+/// A stream of alerts ([`VaultClient::watch_alerts`]).
+#[derive(Debug)]
+pub struct AlertStream {
+    stream: tonic::Streaming<pb::Alert>,
+}
+
+impl AlertStream {
+    /// The next alert; `None` when the vault ended the stream (it shut
+    /// down). A seal ends it with [`Error::Unavailable`].
+    pub async fn next(&mut self) -> Result<Option<Alert>> {
+        Ok(self.stream.message().await?.map(|a| Alert {
+            seq: a.seq,
+            time_ms: a.time_ms,
+            severity: a.severity,
+            kind: a.kind,
+            principal: a.principal,
+            purpose: a.purpose,
+            message: a.message,
+            missed: a.missed,
+        }))
     }
 }
 

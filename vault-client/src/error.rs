@@ -9,6 +9,9 @@ use crate::receipt::ReceiptError;
 /// The result of a vault call.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// How the vault's refusal of a read over a budget begins.
+const BUDGET_MESSAGE: &str = "over the read budget";
+
 /// Why a vault call failed.
 ///
 /// Server statuses are classified by their gRPC code (see
@@ -36,6 +39,10 @@ pub enum Error {
     /// RESOURCE_EXHAUSTED: a record or batch over the server's size limits.
     #[error("{}", detail("too large", .0))]
     TooLarge(String),
+    /// RESOURCE_EXHAUSTED for a read over a budget of the vault's policy
+    /// (records or bytes per window): nothing was returned; try later.
+    #[error("{}", detail("over budget", .0))]
+    OverBudget(String),
     /// ALREADY_EXISTS: a collection name that is taken.
     #[error("{}", detail("already exists", .0))]
     AlreadyExists(String),
@@ -88,7 +95,7 @@ fn detail(what: &str, message: &str) -> String {
 impl Error {
     /// A stable snake_case name of the variant, for machine-readable output:
     /// `not_found`, `permission_denied`, `unauthenticated`, `invalid_input`,
-    /// `too_large`, `already_exists`, `failed_precondition`, `unavailable`,
+    /// `too_large`, `over_budget`, `already_exists`, `failed_precondition`, `unavailable`,
     /// `integrity`, `timeout`, `connect`, `protocol`, `invalid_receipt` or
     /// `other`.
     pub fn kind(&self) -> &'static str {
@@ -98,6 +105,7 @@ impl Error {
             Error::Unauthenticated(_) => "unauthenticated",
             Error::InvalidInput(_) => "invalid_input",
             Error::TooLarge(_) => "too_large",
+            Error::OverBudget(_) => "over_budget",
             Error::AlreadyExists(_) => "already_exists",
             Error::FailedPrecondition(_) => "failed_precondition",
             Error::Unavailable(_) => "unavailable",
@@ -205,6 +213,10 @@ impl From<tonic::Status> for Error {
             Code::PermissionDenied => Error::PermissionDenied(message),
             Code::Unauthenticated => Error::Unauthenticated(message),
             Code::InvalidArgument => Error::InvalidInput(message),
+            // The vault words a budget's refusal so (see its monitor).
+            Code::ResourceExhausted if message.starts_with(BUDGET_MESSAGE) => {
+                Error::OverBudget(message)
+            }
             Code::ResourceExhausted => Error::TooLarge(message),
             Code::AlreadyExists => Error::AlreadyExists(message),
             Code::FailedPrecondition => Error::FailedPrecondition(message),
@@ -267,6 +279,14 @@ mod tests {
         );
         assert!(matches!(classify(Code::InvalidArgument), Error::InvalidInput(m) if m == "detail"));
         assert!(matches!(classify(Code::ResourceExhausted), Error::TooLarge(m) if m == "detail"));
+        let budget = Error::from(tonic::Status::resource_exhausted(
+            "over the read budget of principal svc for purpose support (…); try again later",
+        ));
+        assert!(
+            matches!(&budget, Error::OverBudget(m) if m.starts_with("over the read budget")),
+            "{budget}"
+        );
+        assert_eq!(budget.kind(), "over_budget");
         assert!(matches!(classify(Code::AlreadyExists), Error::AlreadyExists(m) if m == "detail"));
         assert!(
             matches!(classify(Code::FailedPrecondition), Error::FailedPrecondition(m) if m == "detail")

@@ -66,7 +66,8 @@ mod tls;
 mod types;
 
 pub use crate::client::{
-    AuditFollow, AuditPage, ClientBuilder, VaultClient, DEFAULT_TIMEOUT, PURPOSE_METADATA_KEY,
+    Alert, AlertStream, AuditFollow, AuditPage, ClientBuilder, VaultClient, DEFAULT_TIMEOUT,
+    PURPOSE_METADATA_KEY,
 };
 pub use crate::custody::{
     Initialized, KeyState, RekeyProgress, RewrapProgress, RootKeyInfo, RootKeys, SealStatus,

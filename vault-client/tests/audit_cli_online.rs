@@ -140,6 +140,18 @@ impl AuditService for Fake {
         >,
     >;
 
+    type WatchStream = std::pin::Pin<
+        Box<dyn tonic::codegen::tokio_stream::Stream<Item = Result<pb::Alert, Status>> + Send>,
+    >;
+
+    /// Not used by these tests.
+    async fn watch(
+        &self,
+        _: Request<pb::WatchAlertsRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        Err(Status::unimplemented("no alerts here"))
+    }
+
     /// The events from `from` in pages of 7, then the stream ends (as when
     /// the vault shuts down).
     async fn follow(

@@ -28,6 +28,12 @@
 //! rotate_root_after_wraps = 2147483648       # ask for a root rotation after this many
 //!                                            # wraps under one version (at most 2^32)
 //!
+//! [monitor]                                  # optional
+//! lockout_after_denials = 20                 # PERMISSION_DENIED answers that lock a
+//!                                            # principal out; 0: never
+//! lockout_window_seconds = 60                # counted within this window
+//! lockout_seconds = 900                      # for this long (a custodian can lift it)
+//!
 //! [tls]                                      # optional; without it the port is plaintext
 //! cert_file = "/etc/vault/server.pem"        # PEM chain, the server's certificate first
 //! key_file = "/etc/vault/server.key"         # PEM private key (PKCS#8, PKCS#1 or SEC1)
@@ -76,6 +82,9 @@ use crate::engine::{
     NIST_RANDOM_NONCE_LIMIT,
 };
 use crate::keys::Region;
+use crate::monitor::{
+    LockoutOptions, Monitor, MonitorOptions, SystemClock, DEFAULT_LOCKOUT_AFTER_DENIALS,
+};
 use crate::policy::{Policy, PolicyHandle, Principal, Role};
 use crate::service::{Authenticator, TlsFiles, TokenGrant};
 use crate::storage::StoreOptions;
@@ -125,6 +134,9 @@ pub struct Config {
     /// Root key use.
     #[serde(default)]
     pub keys: KeysConfig,
+    /// Detectors: lockout.
+    #[serde(default)]
+    pub monitor: MonitorConfig,
     /// TLS on the gRPC port; plaintext without it.
     pub tls: Option<TlsConfig>,
     /// Principals that authenticate by client certificate, with their roles.
@@ -190,6 +202,21 @@ pub struct KeysConfig {
     /// default 2^31.
     pub rotate_root_after_wraps: Option<u64>,
 }
+
+/// `[monitor]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MonitorConfig {
+    /// Denials within the window that lock a principal out; 0: never.
+    pub lockout_after_denials: Option<u32>,
+    /// The window denials are counted in, in seconds.
+    pub lockout_window_seconds: Option<u64>,
+    /// How long a lockout lasts, in seconds.
+    pub lockout_seconds: Option<u64>,
+}
+
+/// The longest lockout window and lockout (one week).
+const MAX_LOCKOUT_SECONDS: u64 = 7 * 24 * 3600;
 
 /// `[tls]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -357,6 +384,31 @@ impl Config {
                 "audit.checkpoint_interval_ms must be at most {MAX_CHECKPOINT_INTERVAL_MS} (one day)"
             ));
         }
+        let l = LockoutOptions::default();
+        let lockout = LockoutOptions {
+            after_denials: self
+                .monitor
+                .lockout_after_denials
+                .unwrap_or(DEFAULT_LOCKOUT_AFTER_DENIALS),
+            window: self
+                .monitor
+                .lockout_window_seconds
+                .map_or(l.window, std::time::Duration::from_secs),
+            duration: self
+                .monitor
+                .lockout_seconds
+                .map_or(l.duration, std::time::Duration::from_secs),
+        };
+        for (name, value) in [
+            ("lockout_window_seconds", lockout.window),
+            ("lockout_seconds", lockout.duration),
+        ] {
+            if value.is_zero() || value.as_secs() > MAX_LOCKOUT_SECONDS {
+                return Err(format!(
+                    "monitor.{name} must be 1 to {MAX_LOCKOUT_SECONDS} (one week)"
+                ));
+            }
+        }
         Ok(OpenOptions {
             data_dir: self.data_dir.clone(),
             region: self.region()?,
@@ -391,6 +443,10 @@ impl Config {
                 },
                 accept_keyring_rollback: false,
                 rotate_root_after_wraps,
+                monitor: std::sync::Arc::new(Monitor::new(
+                    MonitorOptions { lockout },
+                    std::sync::Arc::new(SystemClock),
+                )),
             },
         })
     }
@@ -638,6 +694,33 @@ roles = ["reader"]
         )
         .unwrap();
         assert!(Config::parse(&text).is_ok());
+    }
+
+    #[test]
+    fn lockout_is_on_by_default_and_configurable() {
+        let monitor = |text: &str| {
+            let c = Config::parse(text).unwrap();
+            c.open_options().unwrap().engine.monitor.options().clone()
+        };
+        let d = monitor(GOOD).lockout;
+        assert_eq!(
+            (d.after_denials, d.window.as_secs(), d.duration.as_secs()),
+            (20, 60, 900)
+        );
+        let set = format!(
+            "{GOOD}\n[monitor]\nlockout_after_denials = 0\nlockout_window_seconds = 10\nlockout_seconds = 30\n"
+        );
+        let l = monitor(&set).lockout;
+        assert_eq!(
+            (l.after_denials, l.window.as_secs(), l.duration.as_secs()),
+            (0, 10, 30)
+        );
+        for bad in ["lockout_window_seconds = 0", "lockout_seconds = 604801"] {
+            let e = Config::parse(&format!("{GOOD}\n[monitor]\n{bad}\n")).unwrap_err();
+            assert!(e.contains("monitor.lockout"), "{bad}: {e}");
+        }
+        let e = Config::parse(&format!("{GOOD}\n[monitor]\nlockout_after = 3\n")).unwrap_err();
+        assert!(e.contains("lockout_after"), "{e}");
     }
 
     #[test]

@@ -16,6 +16,10 @@ pub enum Error {
     /// A record or batch over a configured limit.
     #[error("limit exceeded: {0}")]
     LimitExceeded(String),
+    /// A read that would take its caller over a read budget of the
+    /// policy (see `crate::monitor`); refused, not served.
+    #[error("budget exceeded: {0}")]
+    BudgetExceeded(String),
     /// An unknown collection or record.
     #[error("not found: {0}")]
     NotFound(String),
@@ -98,6 +102,7 @@ impl From<Error> for tonic::Status {
         match err {
             Error::InvalidArgument(m) => Status::invalid_argument(m),
             Error::LimitExceeded(m) => Status::resource_exhausted(m),
+            Error::BudgetExceeded(m) => Status::resource_exhausted(m),
             Error::NotFound(m) => Status::not_found(m),
             Error::AlreadyExists(m) => Status::already_exists(m),
             e @ Error::WrongRegion { .. } => Status::failed_precondition(e.to_string()),

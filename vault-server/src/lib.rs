@@ -19,6 +19,7 @@ pub mod error;
 #[cfg(any(test, fuzzing, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod keys;
+pub mod monitor;
 pub mod policy;
 #[cfg(feature = "rocksdb")]
 pub mod service;

@@ -211,6 +211,7 @@ impl Vault {
         };
         let store: Arc<dyn Store> = Arc::new(store);
         let audit = Arc::new(AuditLog::open(Arc::clone(&store))?);
+        opts.engine.monitor.attach(&audit)?;
         Ok(Vault {
             opts,
             store,
@@ -298,6 +299,11 @@ impl Vault {
             let detail = format!("{refused}in force: {}", in_force.identity());
             self.record(caller, "reload_policy", Some(detail), result);
         })
+    }
+
+    /// Budgets, lockouts and alerts (kept across seal and unseal).
+    pub fn monitor(&self) -> &Arc<crate::monitor::Monitor> {
+        &self.opts.engine.monitor
     }
 
     /// The audit log (open whether sealed or not).
@@ -591,6 +597,31 @@ impl Vault {
         }
         tracing::info!(principal = %caller.principal.name, "vault sealed");
         Ok(())
+    }
+
+    /// Lifts `principal`'s lockout (custody role; sealed or not), and
+    /// records it. False if it was not locked out.
+    pub fn unlock(&self, caller: &Caller, principal: &str) -> Result<bool> {
+        let result = self
+            .opts
+            .engine
+            .policy
+            .current()
+            .authorize(caller, Operation::Custody, None)
+            .and_then(|()| {
+                if principal.is_empty() || principal.len() > 1024 {
+                    return Err(Error::InvalidArgument(
+                        "principal must be 1 to 1024 bytes".into(),
+                    ));
+                }
+                Ok(self.monitor().lift(principal))
+            });
+        let detail = result
+            .as_ref()
+            .ok()
+            .map(|lifted| format!("principal {principal}; was locked out: {lifted}"));
+        self.record(caller, "unlock", detail, &result);
+        result
     }
 
     /// Custody status.

@@ -12,6 +12,7 @@ mod custody;
 mod hostile;
 mod ids_at_rest;
 mod malformed;
+mod monitor;
 mod policy;
 mod prereqs;
 mod records;

@@ -209,6 +209,18 @@ enum Command {
     /// events; verify an export offline.
     #[command(subcommand)]
     Audit(AuditCommand),
+
+    /// The monitor's alerts (auditor role).
+    #[command(subcommand)]
+    Alerts(AlertsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AlertsCommand {
+    /// Print each alert as the vault raises it (budgets, lockouts, …), one
+    /// line each (one JSON object with --json), until the vault seals or
+    /// shuts down, or Ctrl-C.
+    Watch,
 }
 
 #[derive(Debug, Subcommand)]
@@ -600,8 +612,48 @@ async fn run(cli: &Cli) -> Result<Outcome, CliError> {
                 return Ok(Outcome::Failed);
             }
         }
+        Command::Alerts(AlertsCommand::Watch) => {
+            let mut alerts = connect(cli).await?.watch_alerts().await?;
+            // On stderr, so stdout holds alerts only: from here on, every
+            // alert the vault raises is printed.
+            eprintln!("watching alerts; Ctrl-C to stop");
+            while let Some(alert) = alerts.next().await? {
+                emit(&alert_line(&alert, cli.json));
+            }
+        }
     }
     Ok(Outcome::Done)
+}
+
+/// One alert as `alerts watch` prints it: a line of text, or a JSON object.
+fn alert_line(alert: &vault_client::Alert, json_output: bool) -> String {
+    if json_output {
+        return serde_json::to_string(alert).unwrap_or_default();
+    }
+    let time = vault_client::Timestamp {
+        seconds: i64::try_from(alert.time_ms / 1000).unwrap_or(i64::MAX),
+        nanos: i32::try_from((alert.time_ms % 1000) * 1_000_000).unwrap_or(0),
+    }
+    .to_rfc3339();
+    let mut line = format!(
+        "{time} {} {} principal={}",
+        alert.severity.to_uppercase(),
+        alert.kind,
+        alert.principal
+    );
+    if let Some(p) = &alert.purpose {
+        line.push_str(&format!(" purpose={p}"));
+    }
+    line.push_str(&format!(": {}", alert.message));
+    if alert.missed > 0 {
+        line.push_str(&format!(
+            " ({} alerts missed before this one)",
+            alert.missed
+        ));
+    }
+    // Everything here came from the vault: no control character reaches
+    // the terminal.
+    printable(&line)
 }
 
 /// The collection that `collection create` asks for.

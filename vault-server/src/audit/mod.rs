@@ -155,7 +155,9 @@ impl Event {
     /// records and subjects asked for, and drops the fields and bytes.
     pub fn refused(mut self, e: &Error) -> Event {
         self.decision = match e {
-            Error::PermissionDenied(_) | Error::Unauthenticated(_) => "denied",
+            Error::PermissionDenied(_) | Error::Unauthenticated(_) | Error::BudgetExceeded(_) => {
+                "denied"
+            }
             _ => "failed",
         }
         .into();
@@ -175,6 +177,7 @@ fn kind_of(e: &Error) -> &'static str {
     match e {
         Error::InvalidArgument(_) => "invalid argument",
         Error::LimitExceeded(_) => "limit exceeded",
+        Error::BudgetExceeded(_) => "budget exceeded",
         Error::NotFound(_) => "not found",
         Error::AlreadyExists(_) => "already exists",
         Error::WrongRegion { .. } => "wrong region",

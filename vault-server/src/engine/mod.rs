@@ -192,6 +192,9 @@ pub struct EngineOptions {
     /// Keys a root key version may wrap before the vault asks for a root
     /// rotation (at most 2^32, NIST SP 800-38D's bound for random nonces).
     pub rotate_root_after_wraps: u64,
+    /// Budgets, lockouts and alerts (shared with the server and every
+    /// engine of the vault).
+    pub monitor: Arc<crate::monitor::Monitor>,
 }
 
 impl Default for EngineOptions {
@@ -204,6 +207,7 @@ impl Default for EngineOptions {
             checkpoints: CheckpointOptions::default(),
             accept_keyring_rollback: false,
             rotate_root_after_wraps: DEFAULT_ROTATE_AFTER_WRAPS,
+            monitor: Arc::new(crate::monitor::Monitor::default()),
         }
     }
 }
@@ -243,6 +247,7 @@ pub struct Engine {
     /// Keys wrapped per root key version (NIST's bound on random nonces).
     wraps: wraps::WrapCounts,
     policy: Arc<PolicyHandle>,
+    monitor: Arc<crate::monitor::Monitor>,
     audit: Arc<AuditLog>,
     closed: AtomicBool,
     counters: Counters,
@@ -261,6 +266,7 @@ impl Engine {
         options: EngineOptions,
     ) -> Result<Self> {
         let audit = Arc::new(AuditLog::open(Arc::clone(&store))?);
+        options.monitor.attach(&audit)?;
         Self::with_audit(store, keyring, keyring_file, options, audit)
     }
 
@@ -282,6 +288,7 @@ impl Engine {
             checkpoints,
             accept_keyring_rollback,
             rotate_root_after_wraps,
+            monitor,
         } = options;
         let region = keyring.region().clone();
         match (
@@ -349,6 +356,7 @@ impl Engine {
             rewrap,
             wraps,
             policy,
+            monitor,
             audit,
             closed: AtomicBool::new(false),
             counters: Counters::default(),
@@ -362,6 +370,11 @@ impl Engine {
     /// accepted one: (the keyring's generation, the folder's).
     pub fn accepted_keyring_rollback(&self) -> Option<(u64, u64)> {
         self.accepted_rollback
+    }
+
+    /// Budgets, lockouts and alerts.
+    pub fn monitor(&self) -> &Arc<crate::monitor::Monitor> {
+        &self.monitor
     }
 
     /// The policy in force (a snapshot: a reload does not change it).
@@ -1017,6 +1030,16 @@ impl Engine {
         ev.subjects.sort();
         ev.subjects.dedup();
         ev.fields = returned.into_iter().collect();
+        // Over a read budget: refused, and nothing of it returned.
+        if !caller.internal {
+            let budgets = self.policy();
+            if let Err(e) =
+                self.monitor()
+                    .charge(budgets.budgets(), caller, found.len() as u64, ev.bytes)
+            {
+                return Staged::failed(ev, e);
+            }
+        }
         Staged {
             ws: WriteSet::new(),
             ev,

@@ -10,7 +10,9 @@ use std::str::FromStr;
 
 #[cfg(test)]
 pub(crate) use rules::tests::POLICY as TEST_POLICY;
-pub use rules::{Explanation, FieldAccess, FieldView, Operation, Policy, PolicyHandle, Redaction};
+pub use rules::{
+    Budget, Explanation, FieldAccess, FieldView, Operation, Policy, PolicyHandle, Redaction,
+};
 
 /// A coarse permission held by a principal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -26,6 +26,13 @@
 //! operations = ["read"]
 //! purposes = ["support-ticket"]
 //! redaction = "masked"
+//!
+//! # Read budgets: records (and/or bytes of plaintext) returned per window.
+//! [[budgets]]
+//! principal = "billing-service"       # "*": each principal on its own
+//! purpose = "billing"                 # default "*": every purpose together
+//! window_seconds = 3600               # 1 to 2 592 000 (30 days)
+//! records = 5000                      # and/or bytes = 10485760
 //! ```
 //!
 //! Decisions:
@@ -40,6 +47,9 @@
 //! - **Writes** need a write rule covering every field written.
 //! - **Custody, audit and admin** need a rule naming the operation; they
 //!   take no purpose.
+//! - **Budgets** refuse a read (`RESOURCE_EXHAUSTED`, with an alert) that
+//!   would take the records or bytes returned to the caller over a budget
+//!   that applies to it within the window (see `crate::monitor`).
 //!
 //! Anything not granted is denied.
 
@@ -264,6 +274,7 @@ impl Rule {
 pub struct Policy {
     principals: HashMap<String, Vec<String>>,
     roles: BTreeMap<String, Vec<Rule>>,
+    budgets: Vec<Budget>,
     /// Where it came from: a file, or the built-in role policy.
     source: String,
     /// SHA-256 of the file's text; none for the built-in policy.
@@ -284,6 +295,35 @@ static INTERNAL_RULE: std::sync::LazyLock<Rule> = std::sync::LazyLock::new(|| Ru
     line: 0,
 });
 
+/// A read budget: the records and bytes of plaintext a principal may be
+/// returned for a purpose within a sliding window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Budget {
+    /// The principal, or `*` (each principal counted on its own).
+    pub principal: String,
+    /// The purpose, or `*` (every purpose of the principal together).
+    pub purpose: String,
+    /// The window, in seconds.
+    pub window_secs: u64,
+    /// Most records returned within the window.
+    pub records: Option<u64>,
+    /// Most bytes of plaintext returned within the window.
+    pub bytes: Option<u64>,
+    /// Where it is in the policy file.
+    pub line: usize,
+}
+
+impl Budget {
+    /// Whether it counts the reads of `principal` for `purpose`.
+    pub fn applies(&self, principal: &str, purpose: Option<&str>) -> bool {
+        (self.principal == "*" || self.principal == principal)
+            && (self.purpose == "*" || purpose == Some(self.purpose.as_str()))
+    }
+}
+
+/// The longest budget window (30 days).
+const MAX_BUDGET_WINDOW_SECS: u64 = 30 * 24 * 3600;
+
 // ---- the file format ----
 
 #[derive(Deserialize)]
@@ -293,6 +333,18 @@ struct FileDoc {
     principals: BTreeMap<String, Vec<String>>,
     #[serde(default)]
     roles: BTreeMap<String, FileRole>,
+    #[serde(default)]
+    budgets: Vec<toml::Spanned<FileBudget>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileBudget {
+    principal: String,
+    purpose: Option<String>,
+    window_seconds: u64,
+    records: Option<u64>,
+    bytes: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -358,6 +410,7 @@ impl Policy {
         Policy {
             principals: HashMap::new(),
             roles,
+            budgets: Vec::new(),
             source: "built-in role policy".into(),
             sha256: None,
         }
@@ -454,9 +507,18 @@ impl Policy {
             }
             check_duties(&roles, principal, held)?;
         }
+        let budgets = doc
+            .budgets
+            .into_iter()
+            .map(|spanned| {
+                let line = line_of(text, spanned.span().start);
+                parse_budget(spanned.into_inner(), line)
+            })
+            .collect::<std::result::Result<Vec<_>, String>>()?;
         Ok(Policy {
             principals: doc.principals.into_iter().collect(),
             roles,
+            budgets,
             source: source.to_owned(),
             sha256: Some(sha2::Sha256::digest(text.as_bytes()).into()),
         })
@@ -468,6 +530,11 @@ impl Policy {
             .map_err(|e| Error::io(format!("reading policy {}", path.display()), e))?;
         Policy::parse(&text, &path.display().to_string())
             .map_err(|e| Error::InvalidArgument(format!("policy {}: {e}", path.display())))
+    }
+
+    /// The read budgets, in file order.
+    pub fn budgets(&self) -> &[Budget] {
+        &self.budgets
     }
 
     /// Where the policy came from.
@@ -803,6 +870,45 @@ fn check_duties(
 
 /// Whether a purpose in a policy file could ever be stated by a caller
 /// (the `x-vault-purpose` rules), or is `"*"`.
+fn parse_budget(b: FileBudget, line: usize) -> std::result::Result<Budget, String> {
+    let err = |m: String| format!("line {line}: budget: {m}");
+    if b.principal.trim().is_empty() || b.principal.trim() != b.principal {
+        return Err(err(format!(
+            "principal {:?} must be a principal's name or \"*\"",
+            b.principal
+        )));
+    }
+    let purpose = b.purpose.unwrap_or_else(|| "*".into());
+    if !valid_purpose(&purpose) {
+        return Err(err(format!(
+            "purpose {purpose:?} can never be stated: purposes are 1 to 128 printable \
+             ASCII characters without surrounding spaces"
+        )));
+    }
+    if b.window_seconds == 0 || b.window_seconds > MAX_BUDGET_WINDOW_SECS {
+        return Err(err(format!(
+            "window_seconds must be 1 to {MAX_BUDGET_WINDOW_SECS} (30 days), not {}",
+            b.window_seconds
+        )));
+    }
+    if b.records.is_none() && b.bytes.is_none() {
+        return Err(err("a budget needs records, bytes or both".into()));
+    }
+    if b.records == Some(0) || b.bytes == Some(0) {
+        return Err(err(
+            "a budget of 0 refuses every read; deny the read in a rule instead".into(),
+        ));
+    }
+    Ok(Budget {
+        principal: b.principal,
+        purpose,
+        window_secs: b.window_seconds,
+        records: b.records,
+        bytes: b.bytes,
+        line,
+    })
+}
+
 fn valid_purpose(p: &str) -> bool {
     p == "*"
         || (!p.is_empty()

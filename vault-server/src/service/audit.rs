@@ -137,6 +137,57 @@ impl AuditService for AuditApi {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
+    type WatchStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::Alert, Status>> + Send>>;
+
+    async fn watch(
+        &self,
+        req: Request<pb::WatchAlertsRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let engine = self.authorized(&caller(&req)?)?;
+        drop(engine);
+        // Subscribed before answering: every alert raised after the call
+        // was accepted reaches the stream.
+        let mut alerts = self.vault.monitor().subscribe();
+        let mut stopping = self.stopping.clone();
+        let mut sealed = self.vault.watch_sealed();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            let mut missed = 0u64;
+            loop {
+                // Alerts first: the one that made the vault seal is sent
+                // before the stream ends. The guards `wait_for` returns are
+                // dropped inside the select.
+                let next = tokio::select! {
+                    biased;
+                    r = alerts.recv() => match r {
+                        Ok(alert) => Some(alert),
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                            missed += n;
+                            None
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    },
+                    _ = stopping.wait_for(|s| *s) => return,
+                    r = sealed.wait_for(|s| *s) => {
+                        if r.is_err() {
+                            return;
+                        }
+                        let _ = tx.try_send(Err(Status::unavailable("vault is sealed")));
+                        return;
+                    }
+                    () = tx.closed() => return,
+                };
+                if let Some(alert) = next {
+                    let msg = alert_to(alert, std::mem::take(&mut missed));
+                    if tx.send(Ok(msg)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
     async fn checkpoints(
         &self,
         req: Request<pb::CheckpointsRequest>,
@@ -188,5 +239,19 @@ impl AuditService for AuditApi {
             verifier_key: engine.audit_verifier_key(),
             origin: engine.audit_origin(),
         }))
+    }
+}
+
+/// An alert as `AuditService.Watch` sends it.
+fn alert_to(a: crate::monitor::Alert, missed: u64) -> pb::Alert {
+    pb::Alert {
+        seq: a.seq,
+        time_ms: a.time_ms,
+        severity: a.severity.name().to_owned(),
+        kind: a.kind.name().to_owned(),
+        principal: a.principal,
+        purpose: a.purpose,
+        message: a.message,
+        missed,
     }
 }

@@ -28,6 +28,7 @@ use tonic::{Request, Status};
 
 use super::requests::RequestMark;
 use super::tls::certificate_principal;
+use crate::monitor::Monitor;
 use crate::policy::{Caller, Principal, Role};
 
 /// Metadata key of the stated purpose.
@@ -253,10 +254,12 @@ fn purpose(metadata: &MetadataMap) -> Result<Option<String>, Status> {
 }
 
 /// The interceptor: authenticates (by the connection's client certificate
-/// and the bearer token) and puts the [`Caller`] in the request's
-/// extensions, with the request's id from the audit layer.
+/// and the bearer token), refuses a principal the monitor locked out, and
+/// puts the [`Caller`] in the request's extensions, with the request's id
+/// from the audit layer.
 pub fn interceptor(
     auth: Arc<Authenticator>,
+    monitor: Arc<Monitor>,
 ) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
     move |mut req: Request<()>| {
         let certs = req.peer_certs();
@@ -266,6 +269,7 @@ pub fn interceptor(
             mark.authenticated(&caller.principal.name, caller.purpose.as_deref());
             caller.request_id = Some(mark.id.clone());
         }
+        monitor.check_locked(&caller.principal.name)?;
         req.extensions_mut().insert(caller);
         Ok(req)
     }

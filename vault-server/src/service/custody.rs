@@ -201,6 +201,17 @@ impl OperatorService for OperatorApi {
         Ok(Response::new(pb::SealResponse {}))
     }
 
+    async fn unlock(
+        &self,
+        req: Request<pb::UnlockRequest>,
+    ) -> Result<Response<pb::UnlockResponse>, Status> {
+        let caller = caller(&req)?;
+        let principal = req.into_inner().principal;
+        let vault = Arc::clone(&self.vault);
+        let was_locked = run_blocking(move || vault.unlock(&caller, &principal)).await?;
+        Ok(Response::new(pb::UnlockResponse { was_locked }))
+    }
+
     async fn status(
         &self,
         req: Request<pb::StatusRequest>,

@@ -174,15 +174,18 @@ pub async fn serve_with(
     let api = VaultServiceServer::new(VaultApi::new(Arc::clone(&vault)))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let api = InterceptedService::new(api, auth::interceptor(Arc::clone(&auth)));
+    let api = InterceptedService::new(
+        api,
+        auth::interceptor(Arc::clone(&auth), Arc::clone(vault.monitor())),
+    );
     let operator = InterceptedService::new(
         OperatorServiceServer::new(OperatorApi::new(Arc::clone(&vault), transport)),
-        auth::interceptor(Arc::clone(&auth)),
+        auth::interceptor(Arc::clone(&auth), Arc::clone(vault.monitor())),
     );
     let subjects = InterceptedService::new(
         SubjectServiceServer::new(SubjectApi::new(Arc::clone(&vault)))
             .max_encoding_message_size(MAX_MESSAGE_BYTES),
-        auth::interceptor(Arc::clone(&auth)),
+        auth::interceptor(Arc::clone(&auth), Arc::clone(vault.monitor())),
     );
     let lookup = {
         let auth = Arc::clone(&auth);
@@ -190,13 +193,13 @@ pub async fn serve_with(
     };
     let admin = InterceptedService::new(
         AdminServiceServer::new(AdminApi::new(Arc::clone(&vault), vault.policy(), lookup)),
-        auth::interceptor(Arc::clone(&auth)),
+        auth::interceptor(Arc::clone(&auth), Arc::clone(vault.monitor())),
     );
     let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
     let audit = InterceptedService::new(
         AuditServiceServer::new(AuditApi::new(Arc::clone(&vault), stopping_rx))
             .max_encoding_message_size(MAX_MESSAGE_BYTES),
-        auth::interceptor(auth),
+        auth::interceptor(auth, Arc::clone(vault.monitor())),
     );
 
     let incoming = TcpListenerStream::new(listener).map(|conn| {

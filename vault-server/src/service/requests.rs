@@ -170,6 +170,17 @@ where
                 }
             };
             client_faults_are_invalid_arguments(&mut response);
+            // A refusal counts towards the caller's lockout.
+            if response
+                .headers()
+                .get("grpc-status")
+                .map(http::HeaderValue::as_bytes)
+                == Some(b"7")
+            {
+                if let Some((principal, purpose)) = mark.who.get() {
+                    audit.vault.monitor().denied(principal, purpose.as_deref());
+                }
+            }
             let events = guard.finish();
             if events.attempted == 0 {
                 let ev = fallback_event(&mark, &operation, &response);

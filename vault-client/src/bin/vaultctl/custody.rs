@@ -90,6 +90,13 @@ pub(crate) enum OperatorCommand {
         /// The root key version.
         version: u32,
     },
+
+    /// Lift a principal's lockout (set by the monitor after repeated denied
+    /// requests).
+    Unlock {
+        /// The principal.
+        principal: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -219,6 +226,17 @@ pub(crate) async fn run_operator(cli: &Cli, command: &OperatorCommand) -> Result
                 emit(&json!({"sealed": true}).to_string());
             } else {
                 emit("sealed");
+            }
+            Ok(())
+        }
+        OperatorCommand::Unlock { principal } => {
+            let was_locked = connect(cli).await?.unlock(principal).await?;
+            if cli.json {
+                emit(&json!({"principal": principal, "was_locked": was_locked}).to_string());
+            } else if was_locked {
+                emit(&format!("lockout of {} lifted", printable(principal)));
+            } else {
+                emit(&format!("{} was not locked out", printable(principal)));
             }
             Ok(())
         }

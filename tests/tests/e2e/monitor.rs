@@ -1,0 +1,300 @@
+//! The monitor through real sockets: a read budget, a lockout and its
+//! expiry (on a clock the test moves), a custodian lifting a lockout, and
+//! alerts reaching a `Watch` subscriber within a second and the audit log.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use vault_client::{Error, VaultClient};
+use vault_server::monitor::{Clock, LockoutOptions, ManualClock, Monitor, MonitorOptions};
+use vault_server::policy::{Policy, PolicyHandle, Principal};
+use vault_server::service::Authenticator;
+use vault_server::vault::OpenOptions;
+use vault_tests::TestVault;
+
+use crate::user;
+
+const POLICY: &str = r#"
+[principals]
+"loader" = ["loader"]
+"svc" = ["support"]
+"watcher" = ["watcher"]
+"keeper" = ["keeper"]
+
+[[roles.loader.rules]]
+operations = ["write", "read"]
+purposes = ["*"]
+
+[[roles.support.rules]]
+collections = ["users"]
+operations = ["read"]
+purposes = ["support"]
+
+[[roles.watcher.rules]]
+operations = ["audit"]
+
+[[roles.keeper.rules]]
+operations = ["custody"]
+
+[[budgets]]
+principal = "svc"
+purpose = "support"
+window_seconds = 60
+records = 3
+"#;
+
+struct Setup {
+    vault: TestVault,
+    clock: Arc<ManualClock>,
+    _dir: tempfile::TempDir,
+}
+
+async fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = OpenOptions::dev(&dir.path().join("data"), "eu".parse().unwrap());
+    opts.engine.policy = Arc::new(PolicyHandle::new(
+        Policy::parse(POLICY, "monitor test").unwrap(),
+        None,
+    ));
+    let clock = Arc::new(ManualClock::new(1_800_000_000_000));
+    opts.engine.monitor = Arc::new(Monitor::new(
+        MonitorOptions {
+            lockout: LockoutOptions {
+                after_denials: 3,
+                window: Duration::from_secs(60),
+                duration: Duration::from_secs(300),
+            },
+        },
+        Arc::clone(&clock) as Arc<dyn Clock>,
+    ));
+    let mut auth = Authenticator::new();
+    for name in ["loader", "svc", "watcher", "keeper"] {
+        auth.add_token(
+            &format!("t-{name}"),
+            Principal {
+                name: name.into(),
+                roles: Vec::new(),
+            },
+        );
+    }
+    let vault = TestVault::start_dev_with_auth(opts, auth).await.unwrap();
+    Setup {
+        vault,
+        clock,
+        _dir: dir,
+    }
+}
+
+async fn client(s: &Setup, name: &str, purpose: Option<&str>) -> VaultClient {
+    let mut b = s.vault.client_builder().token(format!("t-{name}"));
+    if let Some(p) = purpose {
+        b = b.purpose(p);
+    }
+    b.connect().await.unwrap()
+}
+
+/// The next alert, which must come within a second of `since`.
+async fn alert_within_a_second(
+    alerts: &mut vault_client::AlertStream,
+    since: Instant,
+) -> vault_client::Alert {
+    let left = Duration::from_secs(1).saturating_sub(since.elapsed());
+    tokio::time::timeout(left, alerts.next())
+        .await
+        .expect("no alert within a second of its cause")
+        .unwrap()
+        .expect("the alert stream ended")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budgets_and_lockouts_act_at_once_and_alert_watchers_and_the_log() {
+    let s = setup().await;
+    let loader = client(&s, "loader", Some("import")).await;
+    for i in 1..=5 {
+        loader
+            .put(&user(&format!("u{i}"), &format!("s{i}")))
+            .await
+            .unwrap();
+    }
+    let watcher = client(&s, "watcher", None).await;
+    let mut alerts = watcher.watch_alerts().await.unwrap();
+    let svc = client(&s, "svc", Some("support")).await;
+
+    // Three records a minute: the fourth read is refused, nothing of it
+    // returned, and the watcher hears of it within a second.
+    for id in ["u1", "u2", "u3"] {
+        assert_eq!(svc.get("users", id).await.unwrap().id, id);
+    }
+    let refused_at = Instant::now();
+    let e = svc.get("users", "u4").await.unwrap_err();
+    assert!(
+        matches!(&e, Error::OverBudget(m) if m.contains("4 of 3")),
+        "{e}"
+    );
+    let alert = alert_within_a_second(&mut alerts, refused_at).await;
+    assert_eq!(
+        (
+            alert.kind.as_str(),
+            alert.severity.as_str(),
+            alert.principal.as_str()
+        ),
+        ("budget_exceeded", "warning", "svc")
+    );
+    assert_eq!(alert.purpose.as_deref(), Some("support"));
+    // A batch counts every record found against the same budget.
+    let e = svc.get_many("users", &["u4", "u5"], &[]).await.unwrap_err();
+    assert!(matches!(e, Error::OverBudget(_)), "{e}");
+    alert_within_a_second(&mut alerts, Instant::now()).await;
+    // Once the minute has passed, reads are served again.
+    s.clock.advance(Duration::from_secs(61));
+    let batch = svc.get_many("users", &["u4", "u5"], &[]).await.unwrap();
+    assert_eq!(batch.records.len(), 2);
+
+    // Three denials within a minute lock the principal out, for every
+    // request, until the lockout ends.
+    let nosy = client(&s, "svc", Some("marketing")).await;
+    for _ in 0..3 {
+        let e = nosy.get("users", "u1").await.unwrap_err();
+        assert!(matches!(e, Error::PermissionDenied(_)), "{e}");
+    }
+    let locked_at = Instant::now();
+    let alert = alert_within_a_second(&mut alerts, locked_at).await;
+    assert_eq!(
+        (alert.kind.as_str(), alert.principal.as_str()),
+        ("lockout", "svc")
+    );
+    let e = svc.get("users", "u1").await.unwrap_err();
+    assert!(
+        matches!(&e, Error::PermissionDenied(m) if m.contains("locked out")),
+        "{e}"
+    );
+    s.clock.advance(Duration::from_secs(301));
+    svc.get("users", "u1").await.unwrap();
+
+    // Locked out again; a custodian lifts it.
+    for _ in 0..3 {
+        nosy.get("users", "u1").await.unwrap_err();
+    }
+    assert_eq!(
+        alert_within_a_second(&mut alerts, Instant::now())
+            .await
+            .kind,
+        "lockout"
+    );
+    assert!(svc.get("users", "u2").await.is_err());
+    let keeper = client(&s, "keeper", None).await;
+    assert!(keeper.unlock("svc").await.unwrap());
+    assert!(!keeper.unlock("svc").await.unwrap());
+    svc.get("users", "u2").await.unwrap();
+    // Lifting is custody: a reader may not.
+    let e = loader.unlock("svc").await.unwrap_err();
+    assert!(matches!(e, Error::PermissionDenied(_)), "{e}");
+
+    // Every alert is an event of the signed log, and so are the refusals.
+    let mut follow = watcher.audit_follow(0).await.unwrap();
+    let mut alert_kinds = Vec::new();
+    let mut refused = 0;
+    let mut unlocks = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alert_kinds.len() < 4 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let page = tokio::time::timeout(left, follow.next())
+            .await
+            .expect("the alert events did not reach the log")
+            .unwrap()
+            .unwrap();
+        for raw in page.events {
+            let ev: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+            match ev["operation"].as_str().unwrap() {
+                "alert" => {
+                    let detail: serde_json::Value =
+                        serde_json::from_str(ev["detail"].as_str().unwrap()).unwrap();
+                    assert_eq!(ev["principal"], "svc");
+                    alert_kinds.push(detail["kind"].as_str().unwrap().to_owned());
+                }
+                "read" if ev["reason"] == "budget exceeded" => {
+                    assert_eq!(ev["decision"], "denied");
+                    assert_eq!(ev["bytes"], 0);
+                    refused += 1;
+                }
+                "unlock" => unlocks += 1,
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(
+        alert_kinds,
+        ["budget_exceeded", "budget_exceeded", "lockout", "lockout"]
+    );
+    assert_eq!(refused, 2);
+    assert!(unlocks >= 1);
+    s.vault.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vaultctl_watches_alerts_and_lifts_a_lockout() {
+    use tokio::io::{AsyncBufReadExt as _, BufReader};
+
+    let s = setup().await;
+    let mut watch = tokio::process::Command::new(vault_tests::vaultctl_binary())
+        .args(["--json", "alerts", "watch"])
+        .env("VAULT_ADDR", s.vault.url())
+        .env("VAULT_TOKEN", "t-watcher")
+        .env_remove("VAULT_PURPOSE")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(watch.stdout.take().unwrap()).lines();
+    let mut stderr = BufReader::new(watch.stderr.take().unwrap()).lines();
+    // Once it says so, it is subscribed.
+    let ready = tokio::time::timeout(Duration::from_secs(30), stderr.next_line())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ready.as_deref(), Some("watching alerts; Ctrl-C to stop"));
+
+    let nosy = client(&s, "svc", Some("marketing")).await;
+    for _ in 0..3 {
+        nosy.get("users", "nobody").await.unwrap_err();
+    }
+    let line = tokio::time::timeout(Duration::from_secs(5), stdout.next_line())
+        .await
+        .expect("vaultctl printed no alert")
+        .unwrap()
+        .unwrap();
+    let alert: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(alert["kind"], "lockout");
+    assert_eq!(alert["principal"], "svc");
+    assert_eq!(alert["severity"], "warning");
+    assert_eq!(alert["missed"], 0);
+    watch.kill().await.unwrap();
+
+    let url = s.vault.url();
+    let run =
+        crate::vaultctl::vaultctl_at(&url, Some("t-keeper"), &["operator", "unlock", "svc"], None)
+            .await;
+    assert_eq!(run.ok(), "lockout of svc lifted\n");
+    let run = crate::vaultctl::vaultctl_at(
+        &url,
+        Some("t-keeper"),
+        &["--json", "operator", "unlock", "svc"],
+        None,
+    )
+    .await;
+    assert_eq!(
+        run.json(),
+        serde_json::json!({"principal": "svc", "was_locked": false})
+    );
+    // Only custodians lift lockouts; the watcher is refused (exit 1).
+    let run = crate::vaultctl::vaultctl_at(
+        &url,
+        Some("t-watcher"),
+        &["operator", "unlock", "svc"],
+        None,
+    )
+    .await;
+    assert!(run.error(1).contains("permission denied"), "{run:?}");
+    s.vault.stop().await;
+}

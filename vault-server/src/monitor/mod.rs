@@ -1,0 +1,560 @@
+//! The monitor: detectors that act while a request is served, and the
+//! alerts they raise.
+//!
+//! - **Budgets** (in the policy file): records and bytes returned per
+//!   principal and purpose over a sliding window. A read that would go over
+//!   is not served (`RESOURCE_EXHAUSTED`) and raises an alert.
+//! - **Lockout** (in the server configuration; off in development mode): a principal refused
+//!   (`PERMISSION_DENIED`) `after_denials` times within `window` is refused
+//!   everything for `duration`, and an alert is raised; a custodian can
+//!   lift it.
+//!
+//! Every alert goes to the live subscribers ([`Monitor::subscribe`], the
+//! auditors' `Watch` stream) at once, and into the audit log as an event of
+//! operation `alert` (its principal is the one the alert is about, its
+//! detail the alert as JSON), written by a thread of the monitor's own so
+//! that no request waits for it.
+//!
+//! The monitor's counts live in memory: a restart starts them afresh (a
+//! lockout and the budgets' windows too).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::audit::{AuditLog, Event};
+use crate::policy::{Budget, Caller};
+use crate::storage::WriteSet;
+use crate::{Error, Result};
+
+/// The principal of requests that presented no valid credential: never
+/// locked out (it is everyone).
+const UNAUTHENTICATED: &str = "unauthenticated";
+/// Alerts kept for a subscriber that reads slowly; one that falls further
+/// behind is told how many it missed.
+const ALERT_BACKLOG: usize = 1024;
+/// Each budget window is counted in this many slots (its precision).
+const WINDOW_SLOTS: u64 = 60;
+/// Past this many counters, expired ones are swept.
+const SWEEP_ABOVE: usize = 10_000;
+
+/// Where the monitor reads the time (milliseconds since the Unix epoch).
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    /// Now.
+    fn now_ms(&self) -> u64;
+}
+
+/// The system clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+}
+
+/// A clock that moves only when told (for tests of windows and expiry).
+#[derive(Debug)]
+pub struct ManualClock(AtomicU64);
+
+impl ManualClock {
+    /// A clock standing at `now_ms`.
+    pub fn new(now_ms: u64) -> Self {
+        ManualClock(AtomicU64::new(now_ms))
+    }
+
+    /// Moves the clock forward.
+    pub fn advance(&self, by: Duration) {
+        let ms = u64::try_from(by.as_millis()).unwrap_or(u64::MAX);
+        self.0.fetch_add(ms, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// How serious an alert is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// Someone should look.
+    Warning,
+    /// Act now.
+    Critical,
+}
+
+impl Severity {
+    /// Its name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Severity::Warning => "warning",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+/// What an alert is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertKind {
+    /// A read was refused: it would have gone over a budget.
+    BudgetExceeded,
+    /// A principal was locked out after repeated denials.
+    Lockout,
+}
+
+impl AlertKind {
+    /// Its name (as in the JSON).
+    pub fn name(self) -> &'static str {
+        match self {
+            AlertKind::BudgetExceeded => "budget_exceeded",
+            AlertKind::Lockout => "lockout",
+        }
+    }
+}
+
+/// One alert. Never holds personal data: principals, purposes (policy
+/// names), counts and limits only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Alert {
+    /// Its number since the monitor started (1, 2, …).
+    pub seq: u64,
+    /// When it was raised (milliseconds since the Unix epoch).
+    pub time_ms: u64,
+    /// How serious.
+    pub severity: Severity,
+    /// What about.
+    pub kind: AlertKind,
+    /// The principal it concerns.
+    pub principal: String,
+    /// The purpose stated, if one.
+    pub purpose: Option<String>,
+    /// What happened, in words (counts and limits).
+    pub message: String,
+}
+
+impl Alert {
+    /// An alert, numbered when raised.
+    fn new(
+        time_ms: u64,
+        severity: Severity,
+        kind: AlertKind,
+        principal: &str,
+        purpose: Option<&str>,
+        message: String,
+    ) -> Alert {
+        Alert {
+            seq: 0,
+            time_ms,
+            severity,
+            kind,
+            principal: principal.to_owned(),
+            purpose: purpose.map(str::to_owned),
+            message,
+        }
+    }
+}
+
+/// Lockout settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockoutOptions {
+    /// Denials within `window` that lock a principal out; 0: never.
+    pub after_denials: u32,
+    /// The window denials are counted in.
+    pub window: Duration,
+    /// How long a lockout lasts.
+    pub duration: Duration,
+}
+
+/// Denials that lock a principal out when a configuration file does not
+/// say (`[monitor] lockout_after_denials`).
+pub const DEFAULT_LOCKOUT_AFTER_DENIALS: u32 = 20;
+
+/// Lockout off (a development vault, and the vault in process, where a
+/// developer's or a test's mistakes should not lock anyone out), with the
+/// configuration's default window and duration. A configured server
+/// locks out after [`DEFAULT_LOCKOUT_AFTER_DENIALS`] unless told otherwise.
+impl Default for LockoutOptions {
+    fn default() -> Self {
+        LockoutOptions {
+            after_denials: 0,
+            window: Duration::from_secs(60),
+            duration: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+/// Monitor settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MonitorOptions {
+    /// Lockout after repeated denials.
+    pub lockout: LockoutOptions,
+}
+
+/// Records and bytes returned in one slot of a budget's window.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    index: u64,
+    records: u64,
+    bytes: u64,
+}
+
+/// The reads counted against budgets of one window length, for one
+/// principal and one purpose (or every purpose, for a budget over `*`).
+#[derive(Debug, Default)]
+struct Usage {
+    slots: VecDeque<Slot>,
+}
+
+impl Usage {
+    /// Drops the slots that left the window; returns what remains.
+    fn current(&mut self, slot_now: u64) -> (u64, u64) {
+        while self
+            .slots
+            .front()
+            .is_some_and(|s| s.index + WINDOW_SLOTS <= slot_now)
+        {
+            self.slots.pop_front();
+        }
+        self.slots
+            .iter()
+            .fold((0, 0), |(r, b), s| (r + s.records, b + s.bytes))
+    }
+
+    fn add(&mut self, slot_now: u64, records: u64, bytes: u64) {
+        match self.slots.back_mut() {
+            Some(s) if s.index == slot_now => {
+                s.records += records;
+                s.bytes += bytes;
+            }
+            _ => self.slots.push_back(Slot {
+                index: slot_now,
+                records,
+                bytes,
+            }),
+        }
+    }
+}
+
+/// Who counts against a budget: the principal, and the budget's purpose
+/// (`*`: every purpose together, so varying the purpose does not escape
+/// it), over windows of one length.
+type UsageKey = (String, String, u64);
+
+#[derive(Debug, Default)]
+struct State {
+    seq: u64,
+    /// Recent denials (times) of principals not locked out.
+    denials: HashMap<String, VecDeque<u64>>,
+    /// Locked-out principals: until when.
+    locked: HashMap<String, u64>,
+    usage: HashMap<UsageKey, Usage>,
+}
+
+/// The monitor of one vault (shared by its engines, so a seal and unseal
+/// keep its counts).
+pub struct Monitor {
+    opts: MonitorOptions,
+    clock: Arc<dyn Clock>,
+    state: Mutex<State>,
+    alerts: tokio::sync::broadcast::Sender<Alert>,
+    /// Alert events on their way to the audit log's writer thread.
+    sink: Mutex<Option<std::sync::mpsc::Sender<Event>>>,
+}
+
+impl std::fmt::Debug for Monitor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Monitor")
+            .field("opts", &self.opts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Monitor {
+    fn default() -> Self {
+        Monitor::new(MonitorOptions::default(), Arc::new(SystemClock))
+    }
+}
+
+impl Monitor {
+    /// A monitor with these settings, reading `clock`.
+    pub fn new(opts: MonitorOptions, clock: Arc<dyn Clock>) -> Self {
+        Monitor {
+            opts,
+            clock,
+            state: Mutex::new(State::default()),
+            alerts: tokio::sync::broadcast::Sender::new(ALERT_BACKLOG),
+            sink: Mutex::new(None),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Its settings.
+    pub fn options(&self) -> &MonitorOptions {
+        &self.opts
+    }
+
+    /// Writes alert events to `log` from now on (from a thread of the
+    /// monitor's own, which holds the log weakly and ends with it or when
+    /// another log is attached).
+    pub fn attach(&self, log: &Arc<AuditLog>) -> Result<()> {
+        let (tx, rx) = std::sync::mpsc::channel::<Event>();
+        let log: Weak<AuditLog> = Arc::downgrade(log);
+        std::thread::Builder::new()
+            .name("alert-writer".into())
+            .spawn(move || {
+                while let Ok(ev) = rx.recv() {
+                    let Some(log) = log.upgrade() else {
+                        return;
+                    };
+                    if let Err(e) = log.commit(WriteSet::new(), ev) {
+                        tracing::error!(error = %e, "an alert could not be written to the audit log");
+                    }
+                }
+            })
+            .map_err(|e| Error::io("starting the alert writer thread", e))?;
+        *self.sink.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+        Ok(())
+    }
+
+    /// Live alerts from now on.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Alert> {
+        self.alerts.subscribe()
+    }
+
+    /// Raises an alert (numbered here): to subscribers at once, and to
+    /// the audit log.
+    fn raise(&self, state: &mut State, mut alert: Alert) -> Alert {
+        state.seq += 1;
+        alert.seq = state.seq;
+        tracing::warn!(
+            severity = alert.severity.name(),
+            kind = alert.kind.name(),
+            principal = alert.principal,
+            "{}",
+            alert.message
+        );
+        // No subscriber is not an error.
+        let _ = self.alerts.send(alert.clone());
+        let mut ev = Event::new(&alert.principal, alert.purpose.as_deref(), "alert", None);
+        ev.time_ms = alert.time_ms;
+        // A struct of strings and numbers always encodes.
+        ev.detail = serde_json::to_string(&alert).ok();
+        let sent = self
+            .sink
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|tx| tx.send(ev).is_ok());
+        if !sent {
+            tracing::error!("an alert could not be queued for the audit log");
+        }
+        alert
+    }
+
+    /// Refuses a locked-out principal (`PERMISSION_DENIED`, saying until
+    /// when and how to lift it). An expired lockout ends here.
+    pub fn check_locked(&self, principal: &str) -> Result<()> {
+        let now = self.clock.now_ms();
+        let mut state = self.lock();
+        match state.locked.get(principal) {
+            Some(&until) if until > now => Err(Error::PermissionDenied(format!(
+                "principal {principal} is locked out for {} more seconds after repeated \
+                 denied requests; a custodian can lift it (vaultctl operator unlock)",
+                (until - now).div_ceil(1000)
+            ))),
+            Some(_) => {
+                state.locked.remove(principal);
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Counts a request of `principal` refused with `PERMISSION_DENIED`;
+    /// the `after_denials`-th within the window locks it out.
+    pub fn denied(&self, principal: &str, purpose: Option<&str>) {
+        let lockout = &self.opts.lockout;
+        if lockout.after_denials == 0 || principal == UNAUTHENTICATED {
+            return;
+        }
+        let now = self.clock.now_ms();
+        let window = u64::try_from(lockout.window.as_millis()).unwrap_or(u64::MAX);
+        let mut state = self.lock();
+        if state
+            .locked
+            .get(principal)
+            .is_some_and(|&until| until > now)
+        {
+            // Refusals while locked out do not lengthen it.
+            return;
+        }
+        let times = state.denials.entry(principal.to_owned()).or_default();
+        times.push_back(now);
+        while times
+            .front()
+            .is_some_and(|&t| t.saturating_add(window) <= now)
+        {
+            times.pop_front();
+        }
+        let count = times.len();
+        if count < lockout.after_denials as usize {
+            return;
+        }
+        state.denials.remove(principal);
+        let duration = u64::try_from(lockout.duration.as_millis()).unwrap_or(u64::MAX);
+        state
+            .locked
+            .insert(principal.to_owned(), now.saturating_add(duration));
+        let message = format!(
+            "principal {principal} locked out for {} s after {count} denied requests within {} s",
+            lockout.duration.as_secs(),
+            lockout.window.as_secs()
+        );
+        self.raise(
+            &mut state,
+            Alert::new(
+                now,
+                Severity::Warning,
+                AlertKind::Lockout,
+                principal,
+                purpose,
+                message,
+            ),
+        );
+    }
+
+    /// Lifts `principal`'s lockout; false if it was not locked out.
+    pub fn lift(&self, principal: &str) -> bool {
+        let now = self.clock.now_ms();
+        let mut state = self.lock();
+        state.denials.remove(principal);
+        state
+            .locked
+            .remove(principal)
+            .is_some_and(|until| until > now)
+    }
+
+    /// The principals locked out now, with the milliseconds left.
+    pub fn lockouts(&self) -> Vec<(String, u64)> {
+        let now = self.clock.now_ms();
+        let state = self.lock();
+        let mut out: Vec<_> = state
+            .locked
+            .iter()
+            .filter(|(_, &until)| until > now)
+            .map(|(p, &until)| (p.clone(), until - now))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Counts a read of `records` records and `bytes` bytes by `caller`
+    /// against every budget that applies, or refuses it (nothing counted,
+    /// an alert raised) if it would take one over.
+    pub fn charge(
+        &self,
+        budgets: &[Budget],
+        caller: &Caller,
+        records: u64,
+        bytes: u64,
+    ) -> Result<()> {
+        let principal = caller.principal.name.as_str();
+        let purpose = caller.purpose.as_deref();
+        let applying: Vec<&Budget> = budgets
+            .iter()
+            .filter(|b| b.applies(principal, purpose))
+            .collect();
+        if applying.is_empty() {
+            return Ok(());
+        }
+        let now = self.clock.now_ms();
+        let mut state = self.lock();
+        if state.usage.len() > SWEEP_ABOVE {
+            state.usage.retain(|(_, _, window), u| {
+                let slot = slot_of(now, *window);
+                u.current(slot) != (0, 0)
+            });
+        }
+        for b in &applying {
+            let window = b.window_secs.saturating_mul(1000);
+            let slot = slot_of(now, window);
+            let usage = state.usage.entry(usage_key(b, principal)).or_default();
+            let (used_records, used_bytes) = usage.current(slot);
+            let over = |limit: Option<u64>, used: u64, more: u64| {
+                limit.filter(|&l| used.saturating_add(more) > l)
+            };
+            let what = if let Some(l) = over(b.records, used_records, records) {
+                Some(format!(
+                    "{records} more records would make {} of {l} within {} s",
+                    used_records + records,
+                    b.window_secs
+                ))
+            } else {
+                over(b.bytes, used_bytes, bytes).map(|l| {
+                    format!(
+                        "{bytes} more bytes would make {} of {l} within {} s",
+                        used_bytes + bytes,
+                        b.window_secs
+                    )
+                })
+            };
+            if let Some(what) = what {
+                let message = format!(
+                    "read refused: budget of principal {principal} for purpose {} (policy line {}): {what}",
+                    b.purpose, b.line
+                );
+                self.raise(
+                    &mut state,
+                    Alert::new(
+                        now,
+                        Severity::Warning,
+                        AlertKind::BudgetExceeded,
+                        principal,
+                        purpose,
+                        message,
+                    ),
+                );
+                return Err(Error::BudgetExceeded(format!(
+                    "over the read budget of principal {principal} for purpose {} \
+                     ({what}); try again later",
+                    b.purpose
+                )));
+            }
+        }
+        for b in applying {
+            let window = b.window_secs.saturating_mul(1000);
+            let slot = slot_of(now, window);
+            state
+                .usage
+                .entry(usage_key(b, principal))
+                .or_default()
+                .add(slot, records, bytes);
+        }
+        Ok(())
+    }
+}
+
+fn usage_key(b: &Budget, principal: &str) -> UsageKey {
+    (principal.to_owned(), b.purpose.clone(), b.window_secs)
+}
+
+/// The slot of `now` in windows of `window_ms`.
+fn slot_of(now: u64, window_ms: u64) -> u64 {
+    now / (window_ms / WINDOW_SLOTS).max(1)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,265 @@
+#![allow(clippy::unwrap_used)]
+
+use super::*;
+use crate::policy::{Policy, Principal};
+
+const T0: u64 = 1_800_000_000_000;
+
+fn caller(principal: &str, purpose: &str) -> Caller {
+    Caller {
+        principal: Principal {
+            name: principal.into(),
+            roles: Vec::new(),
+        },
+        purpose: Some(purpose.into()),
+        internal: false,
+        request_id: None,
+    }
+}
+
+fn monitor(after_denials: u32) -> (Monitor, Arc<ManualClock>) {
+    let clock = Arc::new(ManualClock::new(T0));
+    let opts = MonitorOptions {
+        lockout: LockoutOptions {
+            after_denials,
+            window: Duration::from_secs(60),
+            duration: Duration::from_secs(300),
+        },
+    };
+    (
+        Monitor::new(opts, Arc::clone(&clock) as Arc<dyn Clock>),
+        clock,
+    )
+}
+
+fn budgets(text: &str) -> Vec<Budget> {
+    let policy = Policy::parse(text, "test").unwrap();
+    policy.budgets().to_vec()
+}
+
+const BUDGETS: &str = r#"
+[[budgets]]
+principal = "svc"
+purpose = "support"
+window_seconds = 60
+records = 3
+
+[[budgets]]
+principal = "*"
+window_seconds = 3600
+bytes = 1000
+"#;
+
+#[test]
+fn a_read_over_a_record_budget_is_refused_counts_nothing_and_alerts() {
+    let (m, clock) = monitor(0);
+    let mut alerts = m.subscribe();
+    let b = budgets(BUDGETS);
+    let svc = caller("svc", "support");
+    m.charge(&b, &svc, 2, 10).unwrap();
+    m.charge(&b, &svc, 1, 10).unwrap();
+    let e = m.charge(&b, &svc, 1, 10).unwrap_err();
+    assert!(
+        matches!(&e, Error::BudgetExceeded(msg) if msg.starts_with("over the read budget") && msg.contains("4 of 3")),
+        "{e}"
+    );
+    let alert = alerts.try_recv().unwrap();
+    assert_eq!(
+        (
+            alert.kind,
+            alert.severity,
+            alert.principal.as_str(),
+            alert.seq
+        ),
+        (AlertKind::BudgetExceeded, Severity::Warning, "svc", 1)
+    );
+    assert_eq!(alert.purpose.as_deref(), Some("support"));
+    assert_eq!(alert.time_ms, T0);
+    // The refused read was not counted: the window holds 3, still full.
+    assert!(m.charge(&b, &svc, 1, 0).is_err());
+    // Another purpose is not under the per-purpose budget.
+    m.charge(&b, &caller("svc", "billing"), 5, 10).unwrap();
+    // The window slides: after it, reads are served again.
+    clock.advance(Duration::from_secs(61));
+    m.charge(&b, &svc, 3, 10).unwrap();
+}
+
+#[test]
+fn budgets_over_every_purpose_add_purposes_up_and_count_each_principal_apart() {
+    let (m, _) = monitor(0);
+    let b = budgets(BUDGETS);
+    // 1000 bytes per hour for each principal, whatever the purpose.
+    m.charge(&b, &caller("a", "p1"), 1, 600).unwrap();
+    let e = m.charge(&b, &caller("a", "p2"), 1, 500).unwrap_err();
+    assert!(e.to_string().contains("1100 of 1000"), "{e}");
+    m.charge(&b, &caller("b", "p1"), 1, 900).unwrap();
+    // Internal callers are exempt in the engine, not here; callers no
+    // budget applies to pass.
+    let none = budgets("");
+    m.charge(&none, &caller("a", "p1"), 1_000_000, u64::MAX)
+        .unwrap();
+}
+
+#[test]
+fn budget_windows_slide_slot_by_slot() {
+    let (m, clock) = monitor(0);
+    let b = budgets(BUDGETS);
+    let svc = caller("svc", "support");
+    m.charge(&b, &svc, 2, 0).unwrap();
+    clock.advance(Duration::from_secs(30));
+    m.charge(&b, &svc, 1, 0).unwrap();
+    assert!(m.charge(&b, &svc, 1, 0).is_err());
+    // The first two leave the 60 s window; the third is still in it.
+    clock.advance(Duration::from_secs(31));
+    m.charge(&b, &svc, 2, 0).unwrap();
+    assert!(m.charge(&b, &svc, 1, 0).is_err());
+}
+
+#[test]
+fn repeated_denials_lock_a_principal_out_until_it_expires_or_is_lifted() {
+    let (m, clock) = monitor(3);
+    let mut alerts = m.subscribe();
+    m.denied("svc", Some("x"));
+    m.denied("svc", Some("x"));
+    m.check_locked("svc").unwrap();
+    // Denials older than the window do not count.
+    clock.advance(Duration::from_secs(61));
+    m.denied("svc", None);
+    m.denied("svc", None);
+    m.check_locked("svc").unwrap();
+    assert!(alerts.try_recv().is_err());
+    m.denied("svc", None);
+    let e = m.check_locked("svc").unwrap_err();
+    assert!(
+        matches!(&e, Error::PermissionDenied(msg) if msg.contains("locked out for 300 more seconds")),
+        "{e}"
+    );
+    let alert = alerts.try_recv().unwrap();
+    assert_eq!(
+        (alert.kind, alert.principal.as_str()),
+        (AlertKind::Lockout, "svc")
+    );
+    assert_eq!(m.lockouts(), vec![("svc".to_owned(), 300_000)]);
+    // Refusals while locked out do not lengthen it, nor alert again.
+    for _ in 0..10 {
+        m.denied("svc", None);
+    }
+    assert!(alerts.try_recv().is_err());
+    // Others are not affected.
+    m.check_locked("other").unwrap();
+    clock.advance(Duration::from_secs(299));
+    assert!(m.check_locked("svc").is_err());
+    clock.advance(Duration::from_secs(1));
+    m.check_locked("svc").unwrap();
+    assert!(m.lockouts().is_empty());
+    // Locked again, then lifted by a custodian.
+    for _ in 0..3 {
+        m.denied("svc", None);
+    }
+    assert!(m.check_locked("svc").is_err());
+    assert!(m.lift("svc"));
+    m.check_locked("svc").unwrap();
+    assert!(!m.lift("svc"));
+}
+
+#[test]
+fn the_unauthenticated_are_never_locked_out_and_zero_turns_lockout_off() {
+    let (m, _) = monitor(2);
+    for _ in 0..10 {
+        m.denied(UNAUTHENTICATED, None);
+    }
+    m.check_locked(UNAUTHENTICATED).unwrap();
+    let (off, _) = monitor(0);
+    for _ in 0..100 {
+        off.denied("svc", None);
+    }
+    off.check_locked("svc").unwrap();
+}
+
+#[test]
+fn alerts_reach_the_audit_log_as_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn crate::storage::Store> = Arc::new(
+        crate::storage::RocksStore::open(dir.path(), &crate::storage::StoreOptions::default())
+            .unwrap(),
+    );
+    let log = Arc::new(AuditLog::open(store).unwrap());
+    let (m, _) = monitor(1);
+    m.attach(&log).unwrap();
+    let mut grown = log.watch_size();
+    m.denied("svc", Some("support"));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(10), grown.wait_for(|&n| n >= 1))
+            .await
+            .unwrap()
+            .unwrap();
+    });
+    let events = log.events(0, 10).unwrap();
+    assert_eq!(events.len(), 1);
+    let ev: Event = serde_json::from_slice(&events[0]).unwrap();
+    assert_eq!(
+        (
+            ev.operation.as_str(),
+            ev.principal.as_str(),
+            ev.purpose.as_deref()
+        ),
+        ("alert", "svc", Some("support"))
+    );
+    let detail: serde_json::Value = serde_json::from_str(ev.detail.as_deref().unwrap()).unwrap();
+    assert_eq!(detail["kind"], "lockout");
+    assert_eq!(detail["severity"], "warning");
+    assert_eq!(detail["seq"], 1);
+}
+
+#[test]
+fn budgets_in_policy_files_are_checked() {
+    let parsed = budgets(BUDGETS);
+    assert_eq!(parsed.len(), 2);
+    assert_eq!(parsed[1].purpose, "*");
+    assert_eq!(parsed[0].line, 2);
+    for (text, expected) in [
+        (
+            "[[budgets]]\nprincipal = \"a\"\nwindow_seconds = 60\n",
+            "needs records, bytes or both",
+        ),
+        (
+            "[[budgets]]\nprincipal = \"a\"\nwindow_seconds = 0\nrecords = 1\n",
+            "window_seconds must be",
+        ),
+        (
+            "[[budgets]]\nprincipal = \"a\"\nwindow_seconds = 2592001\nrecords = 1\n",
+            "window_seconds must be",
+        ),
+        (
+            "[[budgets]]\nprincipal = \"a\"\nwindow_seconds = 60\nrecords = 0\n",
+            "a budget of 0",
+        ),
+        (
+            "[[budgets]]\nprincipal = \" \"\nwindow_seconds = 60\nrecords = 1\n",
+            "principal",
+        ),
+        (
+            "[[budgets]]\nprincipal = \"a\"\npurpose = \" x\"\nwindow_seconds = 60\nrecords = 1\n",
+            "can never be stated",
+        ),
+        (
+            "[[budgets]]\nprincipal = \"a\"\nwindow_seconds = 60\nrecords = 1\nrows = 2\n",
+            "unknown field",
+        ),
+        (
+            "[[budgets]]\nwindow_seconds = 60\nrecords = 1\n",
+            "missing field",
+        ),
+        (
+            "[[budgets]]\nprincipal = \"a\"\nwindow_seconds = -1\nrecords = 1\n",
+            "line 3",
+        ),
+    ] {
+        let e = Policy::parse(text, "test").unwrap_err();
+        assert!(e.contains(expected), "{text:?}: {e}");
+    }
+}
