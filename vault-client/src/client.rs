@@ -971,6 +971,23 @@ impl VaultClient {
         Ok(response.source)
     }
 
+    /// Plants `count` (1 to 100) decoy records in `collection` (the
+    /// `admin` operation) and returns their ids: a read of one raises a
+    /// critical alert.
+    pub async fn create_honey(&self, collection: &str, count: u32) -> Result<Vec<String>> {
+        let response = self
+            .run(
+                self.stubs.admin.clone(),
+                pb::CreateHoneyRequest {
+                    collection: collection.to_owned(),
+                    count,
+                },
+                |mut c, r| async move { c.create_honey(r).await },
+            )
+            .await?;
+        Ok(response.record_ids)
+    }
+
     /// What the policy in force grants `principal` (a token's principal
     /// name, or a certificate's) when it states `purpose` (`None`: no
     /// purpose). With a `collection`, each operation granted on it and how

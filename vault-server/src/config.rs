@@ -33,6 +33,8 @@
 //!                                            # principal out; 0: never
 //! lockout_window_seconds = 60                # counted within this window
 //! lockout_seconds = 900                      # for this long (a custodian can lift it)
+//! on_critical = "alert"                      # or "seal": seal the vault on a critical
+//!                                            # alert (a honey record read)
 //!
 //! [tls]                                      # optional; without it the port is plaintext
 //! cert_file = "/etc/vault/server.pem"        # PEM chain, the server's certificate first
@@ -83,7 +85,7 @@ use crate::engine::{
 };
 use crate::keys::Region;
 use crate::monitor::{
-    LockoutOptions, Monitor, MonitorOptions, SystemClock, DEFAULT_LOCKOUT_AFTER_DENIALS,
+    LockoutOptions, Monitor, MonitorOptions, OnCritical, SystemClock, DEFAULT_LOCKOUT_AFTER_DENIALS,
 };
 use crate::policy::{Policy, PolicyHandle, Principal, Role};
 use crate::service::{Authenticator, TlsFiles, TokenGrant};
@@ -213,7 +215,23 @@ pub struct MonitorConfig {
     pub lockout_window_seconds: Option<u64>,
     /// How long a lockout lasts, in seconds.
     pub lockout_seconds: Option<u64>,
+    /// `alert` (the default) or `seal`: seal the vault on a critical alert.
+    pub on_critical: Option<OnCriticalConfig>,
 }
+
+/// `[monitor] on_critical`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnCriticalConfig {
+    /// Alert only.
+    Alert,
+    /// Alert, and seal the vault.
+    Seal,
+}
+
+/// The most denials a lockout may wait for (each is remembered until the
+/// window passes).
+const MAX_LOCKOUT_DENIALS: u32 = 10_000;
 
 /// The longest lockout window and lockout (one week).
 const MAX_LOCKOUT_SECONDS: u64 = 7 * 24 * 3600;
@@ -399,6 +417,11 @@ impl Config {
                 .lockout_seconds
                 .map_or(l.duration, std::time::Duration::from_secs),
         };
+        if lockout.after_denials > MAX_LOCKOUT_DENIALS {
+            return Err(format!(
+                "monitor.lockout_after_denials must be at most {MAX_LOCKOUT_DENIALS} (0: never)"
+            ));
+        }
         for (name, value) in [
             ("lockout_window_seconds", lockout.window),
             ("lockout_seconds", lockout.duration),
@@ -444,7 +467,13 @@ impl Config {
                 accept_keyring_rollback: false,
                 rotate_root_after_wraps,
                 monitor: std::sync::Arc::new(Monitor::new(
-                    MonitorOptions { lockout },
+                    MonitorOptions {
+                        lockout,
+                        on_critical: match self.monitor.on_critical {
+                            Some(OnCriticalConfig::Seal) => OnCritical::Seal,
+                            Some(OnCriticalConfig::Alert) | None => OnCritical::Alert,
+                        },
+                    },
                     std::sync::Arc::new(SystemClock),
                 )),
             },
@@ -715,12 +744,22 @@ roles = ["reader"]
             (l.after_denials, l.window.as_secs(), l.duration.as_secs()),
             (0, 10, 30)
         );
-        for bad in ["lockout_window_seconds = 0", "lockout_seconds = 604801"] {
+        for bad in [
+            "lockout_window_seconds = 0",
+            "lockout_seconds = 604801",
+            "lockout_after_denials = 10001",
+        ] {
             let e = Config::parse(&format!("{GOOD}\n[monitor]\n{bad}\n")).unwrap_err();
             assert!(e.contains("monitor.lockout"), "{bad}: {e}");
         }
         let e = Config::parse(&format!("{GOOD}\n[monitor]\nlockout_after = 3\n")).unwrap_err();
         assert!(e.contains("lockout_after"), "{e}");
+        assert_eq!(monitor(GOOD).on_critical, OnCritical::Alert);
+        let seal = format!("{GOOD}\n[monitor]\non_critical = \"seal\"\n");
+        assert_eq!(monitor(&seal).on_critical, OnCritical::Seal);
+        let e =
+            Config::parse(&format!("{GOOD}\n[monitor]\non_critical = \"panic\"\n")).unwrap_err();
+        assert!(e.contains("unknown variant"), "{e}");
     }
 
     #[test]

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vault_client::{Error, VaultClient};
-use vault_server::monitor::{Clock, LockoutOptions, ManualClock, Monitor, MonitorOptions};
+use vault_server::monitor::{
+    Clock, LockoutOptions, ManualClock, Monitor, MonitorOptions, OnCritical,
+};
 use vault_server::policy::{Policy, PolicyHandle, Principal};
 use vault_server::service::Authenticator;
 use vault_server::vault::OpenOptions;
@@ -16,6 +18,7 @@ use crate::user;
 
 const POLICY: &str = r#"
 [principals]
+"owner" = ["owner"]
 "loader" = ["loader"]
 "svc" = ["support"]
 "watcher" = ["watcher"]
@@ -36,6 +39,9 @@ operations = ["audit"]
 [[roles.keeper.rules]]
 operations = ["custody"]
 
+[[roles.owner.rules]]
+operations = ["admin"]
+
 [[budgets]]
 principal = "svc"
 purpose = "support"
@@ -50,8 +56,38 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
+    setup_with(OnCritical::Alert).await
+}
+
+async fn setup_with(on_critical: OnCritical) -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    let mut opts = OpenOptions::dev(&dir.path().join("data"), "eu".parse().unwrap());
+    let opts = options(dir.path(), on_critical);
+    let vault = TestVault::start_dev_with_auth(opts.0, auth())
+        .await
+        .unwrap();
+    Setup {
+        vault,
+        clock: opts.1,
+        _dir: dir,
+    }
+}
+
+fn auth() -> Authenticator {
+    let mut auth = Authenticator::new();
+    for name in ["loader", "svc", "watcher", "keeper", "owner"] {
+        auth.add_token(
+            &format!("t-{name}"),
+            Principal {
+                name: name.into(),
+                roles: Vec::new(),
+            },
+        );
+    }
+    auth
+}
+
+fn options(dir: &std::path::Path, on_critical: OnCritical) -> (OpenOptions, Arc<ManualClock>) {
+    let mut opts = OpenOptions::dev(&dir.join("data"), "eu".parse().unwrap());
     opts.engine.policy = Arc::new(PolicyHandle::new(
         Policy::parse(POLICY, "monitor test").unwrap(),
         None,
@@ -64,25 +100,11 @@ async fn setup() -> Setup {
                 window: Duration::from_secs(60),
                 duration: Duration::from_secs(300),
             },
+            on_critical,
         },
         Arc::clone(&clock) as Arc<dyn Clock>,
     ));
-    let mut auth = Authenticator::new();
-    for name in ["loader", "svc", "watcher", "keeper"] {
-        auth.add_token(
-            &format!("t-{name}"),
-            Principal {
-                name: name.into(),
-                roles: Vec::new(),
-            },
-        );
-    }
-    let vault = TestVault::start_dev_with_auth(opts, auth).await.unwrap();
-    Setup {
-        vault,
-        clock,
-        _dir: dir,
-    }
+    (opts, clock)
 }
 
 async fn client(s: &Setup, name: &str, purpose: Option<&str>) -> VaultClient {
@@ -128,24 +150,30 @@ async fn budgets_and_lockouts_act_at_once_and_alert_watchers_and_the_log() {
     let refused_at = Instant::now();
     let e = svc.get("users", "u4").await.unwrap_err();
     assert!(
-        matches!(&e, Error::OverBudget(m) if m.contains("4 of 3")),
+        matches!(&e, Error::OverBudget(m) if m.contains("3 records per 60 s") && !m.contains("4")),
         "{e}"
     );
     let alert = alert_within_a_second(&mut alerts, refused_at).await;
-    assert_eq!(
-        (
-            alert.kind.as_str(),
-            alert.severity.as_str(),
-            alert.principal.as_str()
-        ),
-        ("budget_exceeded", "warning", "svc")
-    );
+    assert_eq!(alert.kind, "budget_exceeded");
+    assert_eq!(alert.severity, "warning");
+    assert_eq!(alert.principal, "svc");
     assert_eq!(alert.purpose.as_deref(), Some("support"));
-    // A batch counts every record found against the same budget.
+    // A used-up budget refuses every read, even of an id that does not
+    // exist (no existence oracle).
+    let e = svc.get("users", "nobody").await.unwrap_err();
+    assert!(matches!(e, Error::OverBudget(_)), "{e}");
+    // Once the minute has passed, reads are served again; a batch counts
+    // every record it returns: two singles and a batch of two make four.
+    s.clock.advance(Duration::from_secs(61));
+    svc.get("users", "u1").await.unwrap();
+    svc.get("users", "u2").await.unwrap();
+    let refused_at = Instant::now();
     let e = svc.get_many("users", &["u4", "u5"], &[]).await.unwrap_err();
     assert!(matches!(e, Error::OverBudget(_)), "{e}");
-    alert_within_a_second(&mut alerts, Instant::now()).await;
-    // Once the minute has passed, reads are served again.
+    assert_eq!(
+        alert_within_a_second(&mut alerts, refused_at).await.kind,
+        "budget_exceeded"
+    );
     s.clock.advance(Duration::from_secs(61));
     let batch = svc.get_many("users", &["u4", "u5"], &[]).await.unwrap();
     assert_eq!(batch.records.len(), 2);
@@ -195,8 +223,9 @@ async fn budgets_and_lockouts_act_at_once_and_alert_watchers_and_the_log() {
     let mut alert_kinds = Vec::new();
     let mut refused = 0;
     let mut unlocks = 0;
+    let mut locked_out = 0;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while alert_kinds.len() < 4 {
+    while alert_kinds.len() < 4 || refused < 3 || locked_out < 2 || unlocks < 3 {
         let left = deadline.saturating_duration_since(Instant::now());
         let page = tokio::time::timeout(left, follow.next())
             .await
@@ -218,6 +247,10 @@ async fn budgets_and_lockouts_act_at_once_and_alert_watchers_and_the_log() {
                     refused += 1;
                 }
                 "unlock" => unlocks += 1,
+                _ if ev["reason"] == "locked out" => {
+                    assert_eq!(ev["decision"], "denied");
+                    locked_out += 1;
+                }
                 _ => {}
             }
         }
@@ -226,8 +259,10 @@ async fn budgets_and_lockouts_act_at_once_and_alert_watchers_and_the_log() {
         alert_kinds,
         ["budget_exceeded", "budget_exceeded", "lockout", "lockout"]
     );
-    assert_eq!(refused, 2);
-    assert!(unlocks >= 1);
+    assert_eq!(refused, 3);
+    assert_eq!(unlocks, 3);
+    // The refusals of a locked-out principal say so in the log.
+    assert_eq!(locked_out, 2);
     s.vault.stop().await;
 }
 
@@ -296,5 +331,122 @@ async fn vaultctl_watches_alerts_and_lifts_a_lockout() {
     )
     .await;
     assert!(run.error(1).contains("permission denied"), "{run:?}");
+    s.vault.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reading_a_honey_record_is_a_critical_alert_even_after_a_restart() {
+    let s = setup().await;
+    let owner = client(&s, "owner", None).await;
+    let honey = owner.create_honey("users", 3).await.unwrap();
+    assert_eq!(honey.len(), 3);
+    // Planting is admin work: a reader may not, and counts are bounded.
+    let loader = client(&s, "loader", Some("import")).await;
+    let e = loader.create_honey("users", 1).await.unwrap_err();
+    assert!(matches!(e, Error::PermissionDenied(_)), "{e}");
+    for bad in [0, 101] {
+        let e = owner.create_honey("users", bad).await.unwrap_err();
+        assert!(matches!(e, Error::InvalidInput(_)), "{bad}: {e}");
+    }
+    let e = owner.create_honey("nope", 1).await.unwrap_err();
+    assert!(matches!(e, Error::NotFound(_)), "{e}");
+    loader.put(&user("real", "s-real")).await.unwrap();
+
+    let watcher = client(&s, "watcher", None).await;
+    let mut alerts = watcher.watch_alerts().await.unwrap();
+    let svc = client(&s, "svc", Some("support")).await;
+    // A real record raises nothing; a decoy is served (it is worthless)
+    // and raises a critical alert within a second.
+    svc.get("users", "real").await.unwrap();
+    let read_at = Instant::now();
+    let decoy = svc.get("users", &honey[0]).await.unwrap();
+    assert_eq!(
+        decoy.fields.len(),
+        5,
+        "every field of the schema has a value"
+    );
+    let alert = alert_within_a_second(&mut alerts, read_at).await;
+    assert_eq!(
+        (
+            alert.kind.as_str(),
+            alert.severity.as_str(),
+            alert.principal.as_str()
+        ),
+        ("honey_read", "critical", "svc")
+    );
+    assert!(
+        alert.message.contains("1 honey record"),
+        "{}",
+        alert.message
+    );
+    // A batch that hits one counts it.
+    s.clock.advance(Duration::from_secs(61));
+    let read_at = Instant::now();
+    svc.get_many("users", &["real", &honey[1]], &[])
+        .await
+        .unwrap();
+    let alert = alert_within_a_second(&mut alerts, read_at).await;
+    assert_eq!(alert.kind, "honey_read");
+    drop(alerts);
+
+    // The vault remembers its honey across a restart.
+    let data_dir = s.vault.data_dir.clone();
+    drop(s.vault.stop_serving().await);
+    let (opts, _) = options(data_dir.parent().unwrap(), OnCritical::Alert);
+    let again = TestVault::start_dev_with_auth(opts, auth()).await.unwrap();
+    let watcher = again
+        .client_builder()
+        .token("t-watcher")
+        .connect()
+        .await
+        .unwrap();
+    let mut alerts = watcher.watch_alerts().await.unwrap();
+    let svc = again
+        .client_builder()
+        .token("t-svc")
+        .purpose("support")
+        .connect()
+        .await
+        .unwrap();
+    let read_at = Instant::now();
+    svc.get("users", &honey[2]).await.unwrap();
+    assert_eq!(
+        alert_within_a_second(&mut alerts, read_at).await.kind,
+        "honey_read"
+    );
+    again.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_critical_alert_seals_the_vault_when_configured_to() {
+    let s = setup_with(OnCritical::Seal).await;
+    let owner = client(&s, "owner", None).await;
+    let honey = owner.create_honey("users", 1).await.unwrap();
+    let mut sealed = s.vault.vault.watch_sealed();
+    assert!(!*sealed.borrow_and_update());
+    // A budget or lockout alert is a warning: no seal.
+    let nosy = client(&s, "svc", Some("marketing")).await;
+    for _ in 0..3 {
+        nosy.get("users", "x").await.unwrap_err();
+    }
+    let svc = client(&s, "svc", Some("support")).await;
+    let keeper = client(&s, "keeper", None).await;
+    assert!(keeper.unlock("svc").await.unwrap());
+    assert!(!*s.vault.vault.watch_sealed().borrow());
+    // The decoy read seals the vault at once: the next data call is refused.
+    svc.get("users", &honey[0]).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), sealed.wait_for(|s| *s))
+        .await
+        .expect("the vault did not seal on a critical alert")
+        .unwrap();
+    let e = svc.get("users", &honey[0]).await.unwrap_err();
+    assert!(e.is_sealed(), "{e}");
+    // The seal is in the log, by the monitor.
+    let log = s.vault.vault.audit_log();
+    let events = log.events(0, 10_000).unwrap();
+    assert!(events.iter().any(|raw| {
+        let ev: serde_json::Value = serde_json::from_slice(raw).unwrap();
+        ev["operation"] == "seal" && ev["principal"] == "monitor" && ev["decision"] == "allowed"
+    }));
     s.vault.stop().await;
 }

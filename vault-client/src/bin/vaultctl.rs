@@ -213,6 +213,22 @@ enum Command {
     /// The monitor's alerts (auditor role).
     #[command(subcommand)]
     Alerts(AlertsCommand),
+
+    /// Honey records: decoys whose reading raises a critical alert.
+    #[command(subcommand)]
+    Honey(HoneyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum HoneyCommand {
+    /// Plant decoy records in a collection (admin role); prints their ids.
+    Create {
+        /// The collection.
+        collection: String,
+        /// How many (1 to 100).
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+        count: u32,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -610,6 +626,15 @@ async fn run(cli: &Cli) -> Result<Outcome, CliError> {
         Command::Audit(command) => {
             if !audit::run_audit(cli, command).await? {
                 return Ok(Outcome::Failed);
+            }
+        }
+        Command::Honey(HoneyCommand::Create { collection, count }) => {
+            let ids = connect(cli).await?.create_honey(collection, *count).await?;
+            if cli.json {
+                emit(&json!({"collection": collection, "record_ids": ids}).to_string());
+            } else {
+                let ids: Vec<String> = ids.iter().map(|i| printable(i)).collect();
+                emit(&ids.join("\n"));
             }
         }
         Command::Alerts(AlertsCommand::Watch) => {

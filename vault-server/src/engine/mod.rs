@@ -10,6 +10,7 @@
 //! commit settles it.
 
 mod custody;
+mod honey;
 mod rewrap;
 mod schema;
 mod stripes;
@@ -23,6 +24,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 pub use custody::{Ledger, LedgerEntry, RootKeyInfo, SubjectRotation, MAX_LEDGER_PAGE};
+pub use honey::MAX_HONEY_RECORDS;
 #[cfg(test)]
 pub(crate) use rewrap::job_record_seed;
 #[cfg(any(test, fuzzing, feature = "fuzzing"))]
@@ -248,6 +250,8 @@ pub struct Engine {
     wraps: wraps::WrapCounts,
     policy: Arc<PolicyHandle>,
     monitor: Arc<crate::monitor::Monitor>,
+    /// Pseudonyms of the honey subjects (decoys: see `honey.rs`).
+    honey: RwLock<std::collections::HashSet<[u8; 32]>>,
     audit: Arc<AuditLog>,
     closed: AtomicBool,
     counters: Counters,
@@ -333,6 +337,7 @@ impl Engine {
             collections.insert(c.name.clone(), Arc::new(c));
         }
         let rewrap = rewrap::JobState::load(store.as_ref())?;
+        let honey = RwLock::new(honey::load(store.as_ref())?);
         let wraps = wraps::WrapCounts::load(store.as_ref(), rotate_root_after_wraps)?;
         let audit_signer = crate::keys::signing_key(&keyring);
         let audit_origin = format!("vault/{region}/{}", to_hex(keyring.id()));
@@ -357,6 +362,7 @@ impl Engine {
             wraps,
             policy,
             monitor,
+            honey,
             audit,
             closed: AtomicBool::new(false),
             counters: Counters::default(),
@@ -1014,14 +1020,24 @@ impl Engine {
         for id in ids.iter().take(self.limits.max_batch_records) {
             ev.records.push(to_hex(kr.record_pseudonym(collection, id)));
         }
+        // A caller whose budget is used up is refused before anything is
+        // read: it learns nothing, not even which ids exist.
+        if !caller.internal {
+            let policy = self.policy();
+            if let Err(e) = self.monitor().check_budgets(policy.budgets(), caller) {
+                return Staged::failed(ev, e);
+            }
+        }
         let (found, missing) = match self.get_records_unaudited(caller, collection, ids, fields) {
             Ok(r) => r,
             Err(e) => return Staged::failed(ev, e),
         };
         let mut returned = BTreeSet::new();
+        let mut honey = 0usize;
         for r in &found {
-            ev.subjects
-                .push(to_hex(kr.subject_pseudonym(&r.subject_id)));
+            let pseudonym = kr.subject_pseudonym(&r.subject_id);
+            honey += usize::from(self.is_honey(&pseudonym));
+            ev.subjects.push(to_hex(pseudonym));
             for (name, value) in &r.fields {
                 returned.insert(name.clone());
                 ev.bytes += value.size() as u64;
@@ -1030,13 +1046,21 @@ impl Engine {
         ev.subjects.sort();
         ev.subjects.dedup();
         ev.fields = returned.into_iter().collect();
-        // Over a read budget: refused, and nothing of it returned.
+        if honey > 0 && !caller.internal {
+            self.monitor().honey_read(caller, collection, honey);
+        }
+        // Over a read budget: refused, and nothing of it returned. The ids
+        // returned count as bytes too (a read of redacted fields only still
+        // maps record ids to subject ids).
         if !caller.internal {
-            let budgets = self.policy();
-            if let Err(e) =
-                self.monitor()
-                    .charge(budgets.budgets(), caller, found.len() as u64, ev.bytes)
-            {
+            let policy = self.policy();
+            let id_bytes: usize = found.iter().map(|r| r.id.len() + r.subject_id.len()).sum();
+            if let Err(e) = self.monitor().charge(
+                policy.budgets(),
+                caller,
+                found.len() as u64,
+                ev.bytes + id_bytes as u64,
+            ) {
                 return Staged::failed(ev, e);
             }
         }

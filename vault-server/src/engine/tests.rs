@@ -2079,3 +2079,49 @@ fn hex_is_hex_encode() {
         assert_eq!(to_hex(bytes), hex::encode(bytes));
     }
 }
+
+#[test]
+fn budgets_charge_outside_callers_and_count_ids_as_bytes_but_not_the_vault_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        Arc::new(RocksStore::open(&dir.path().join("db"), &StoreOptions::default()).unwrap());
+    let mut opts = options();
+    let policy = crate::policy::Policy::parse(
+        "[principals]\nsvc = [\"r\"]\n\n[[roles.r.rules]]\noperations = [\"read\"]\n\
+         purposes = [\"*\"]\n\n[[budgets]]\nprincipal = \"*\"\nwindow_seconds = 3600\nbytes = 30\n",
+        "test",
+    )
+    .unwrap();
+    opts.policy = Arc::new(crate::policy::PolicyHandle::new(policy, None));
+    let kr = Keyring::generate("eu".parse().unwrap(), custody());
+    let e = Engine::new(store, kr, keyring_file(dir.path()), opts).unwrap();
+    crate::dev::seed(&e).unwrap();
+    let internal = Caller::internal("t");
+    e.put_records(&internal, vec![user("u1", "s1"), user("u2", "s2")])
+        .unwrap();
+    // The vault itself (dev seeding, benches) is never charged: these are
+    // far more than 30 bytes.
+    for _ in 0..5 {
+        e.get_records(&internal, "users", &["u1".into(), "u2".into()], &[])
+            .unwrap();
+    }
+    let outside = Caller {
+        principal: crate::policy::Principal {
+            name: "svc".into(),
+            roles: Vec::new(),
+        },
+        purpose: Some("p".into()),
+        internal: false,
+        request_id: None,
+    };
+    // One field: "u1@example.eu" (13 bytes) plus the ids "u1" and "s1"
+    // (4 bytes): 17, within 30.
+    e.get_records(&outside, "users", &["u1".into()], &["email".into()])
+        .unwrap();
+    // The same again makes 34: refused, though the plaintext alone (26)
+    // would fit.
+    let err = e
+        .get_records(&outside, "users", &["u2".into()], &["email".into()])
+        .unwrap_err();
+    assert!(matches!(err, Error::BudgetExceeded(_)), "{err}");
+}

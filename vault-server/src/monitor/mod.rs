@@ -30,9 +30,6 @@ use crate::policy::{Budget, Caller};
 use crate::storage::WriteSet;
 use crate::{Error, Result};
 
-/// The principal of requests that presented no valid credential: never
-/// locked out (it is everyone).
-const UNAUTHENTICATED: &str = "unauthenticated";
 /// Alerts kept for a subscriber that reads slowly; one that falls further
 /// behind is told how many it missed.
 const ALERT_BACKLOG: usize = 1024;
@@ -103,13 +100,16 @@ impl Severity {
 }
 
 /// What an alert is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AlertKind {
     /// A read was refused: it would have gone over a budget.
     BudgetExceeded,
     /// A principal was locked out after repeated denials.
     Lockout,
+    /// A record of a honey subject (a decoy no real workflow reads) was
+    /// read.
+    HoneyRead,
 }
 
 impl AlertKind {
@@ -118,6 +118,7 @@ impl AlertKind {
         match self {
             AlertKind::BudgetExceeded => "budget_exceeded",
             AlertKind::Lockout => "lockout",
+            AlertKind::HoneyRead => "honey_read",
         }
     }
 }
@@ -193,11 +194,23 @@ impl Default for LockoutOptions {
     }
 }
 
+/// What the server does on a critical alert, besides alerting.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OnCritical {
+    /// Nothing more.
+    #[default]
+    Alert,
+    /// Seal the vault at once (custodians unseal it again).
+    Seal,
+}
+
 /// Monitor settings.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MonitorOptions {
     /// Lockout after repeated denials.
     pub lockout: LockoutOptions,
+    /// The response to a critical alert.
+    pub on_critical: OnCritical,
 }
 
 /// Records and bytes returned in one slot of a budget's window.
@@ -216,12 +229,14 @@ struct Usage {
 }
 
 impl Usage {
-    /// Drops the slots that left the window; returns what remains.
+    /// Drops the slots that left the window; returns what remains. A slot
+    /// goes only once all of it is older than the window (61 slots), so a
+    /// read is never counted for less than the whole window.
     fn current(&mut self, slot_now: u64) -> (u64, u64) {
         while self
             .slots
             .front()
-            .is_some_and(|s| s.index + WINDOW_SLOTS <= slot_now)
+            .is_some_and(|s| s.index + WINDOW_SLOTS < slot_now)
         {
             self.slots.pop_front();
         }
@@ -245,10 +260,16 @@ impl Usage {
     }
 }
 
-/// Who counts against a budget: the principal, and the budget's purpose
-/// (`*`: every purpose together, so varying the purpose does not escape
-/// it), over windows of one length.
-type UsageKey = (String, String, u64);
+/// Who counts against which budget: the caller's principal, and the
+/// budget's principal, purpose (`*`: every purpose together, so varying
+/// the purpose does not escape it) and window. Budgets alike in all of
+/// these share one count (one for records, one for bytes).
+type UsageKey = (String, String, String, u64);
+
+/// Warnings of one kind about one principal within this many
+/// milliseconds of the last one sent are counted, not sent (critical
+/// alerts always are).
+const QUIET_MS: u64 = 10_000;
 
 #[derive(Debug, Default)]
 struct State {
@@ -258,6 +279,9 @@ struct State {
     /// Locked-out principals: until when.
     locked: HashMap<String, u64>,
     usage: HashMap<UsageKey, Usage>,
+    /// The last warning sent per kind and principal, and how many like it
+    /// were held back since.
+    quiet: HashMap<(AlertKind, String), (u64, u64)>,
 }
 
 /// The monitor of one vault (shared by its engines, so a seal and unseal
@@ -267,8 +291,9 @@ pub struct Monitor {
     clock: Arc<dyn Clock>,
     state: Mutex<State>,
     alerts: tokio::sync::broadcast::Sender<Alert>,
-    /// Alert events on their way to the audit log's writer thread.
-    sink: Mutex<Option<std::sync::mpsc::Sender<Event>>>,
+    /// Alert events on their way to the alert writer thread, and the log
+    /// it writes to.
+    sink: Mutex<Option<(std::sync::mpsc::Sender<Event>, Weak<AuditLog>)>>,
 }
 
 impl std::fmt::Debug for Monitor {
@@ -306,17 +331,32 @@ impl Monitor {
         &self.opts
     }
 
-    /// Writes alert events to `log` from now on (from a thread of the
-    /// monitor's own, which holds the log weakly and ends with it or when
-    /// another log is attached).
+    /// Writes alert events to `log` from now on, from a thread of the
+    /// monitor's own, which holds the log weakly and ends with it. A
+    /// monitor serves one vault at a time: attaching it to a second log
+    /// while the first is open is refused (attaching to the same log again
+    /// changes nothing).
     pub fn attach(&self, log: &Arc<AuditLog>) -> Result<()> {
+        let mut sink = self.sink.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(current) = sink.as_ref().and_then(|(_, l)| l.upgrade()) {
+            if Arc::ptr_eq(&current, log) {
+                return Ok(());
+            }
+            return Err(Error::Config(
+                "this monitor already serves another open vault; give each vault its own".into(),
+            ));
+        }
         let (tx, rx) = std::sync::mpsc::channel::<Event>();
-        let log: Weak<AuditLog> = Arc::downgrade(log);
+        let weak: Weak<AuditLog> = Arc::downgrade(log);
+        let theirs = weak.clone();
         std::thread::Builder::new()
             .name("alert-writer".into())
             .spawn(move || {
                 while let Ok(ev) = rx.recv() {
-                    let Some(log) = log.upgrade() else {
+                    let Some(log) = theirs.upgrade() else {
+                        tracing::error!(
+                            "an alert was raised as its vault closed: it is not in the audit log"
+                        );
                         return;
                     };
                     if let Err(e) = log.commit(WriteSet::new(), ev) {
@@ -325,7 +365,7 @@ impl Monitor {
                 }
             })
             .map_err(|e| Error::io("starting the alert writer thread", e))?;
-        *self.sink.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+        *sink = Some((tx, weak));
         Ok(())
     }
 
@@ -335,8 +375,37 @@ impl Monitor {
     }
 
     /// Raises an alert (numbered here): to subscribers at once, and to
-    /// the audit log.
-    fn raise(&self, state: &mut State, mut alert: Alert) -> Alert {
+    /// the audit log. A warning like one sent less than 10 s before (same
+    /// kind, same principal) is held back and counted; the next one sent
+    /// says how many were.
+    fn raise(&self, state: &mut State, mut alert: Alert) {
+        if alert.severity == Severity::Warning {
+            if state.quiet.len() > SWEEP_ABOVE {
+                let now = alert.time_ms;
+                state
+                    .quiet
+                    .retain(|_, (last, _)| last.saturating_add(QUIET_MS) > now);
+            }
+            let key = (alert.kind, alert.principal.clone());
+            match state.quiet.get_mut(&key) {
+                Some((last, held)) if last.saturating_add(QUIET_MS) > alert.time_ms => {
+                    *held += 1;
+                    return;
+                }
+                Some((last, held)) => {
+                    if *held > 0 {
+                        alert.message.push_str(&format!(
+                            " ({held} more like it held back since the last one sent)"
+                        ));
+                    }
+                    *last = alert.time_ms;
+                    *held = 0;
+                }
+                None => {
+                    state.quiet.insert(key, (alert.time_ms, 0));
+                }
+            }
+        }
         state.seq += 1;
         alert.seq = state.seq;
         tracing::warn!(
@@ -357,11 +426,10 @@ impl Monitor {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
-            .is_some_and(|tx| tx.send(ev).is_ok());
+            .is_some_and(|(tx, _)| tx.send(ev).is_ok());
         if !sent {
             tracing::error!("an alert could not be queued for the audit log");
         }
-        alert
     }
 
     /// Refuses a locked-out principal (`PERMISSION_DENIED`, saying until
@@ -387,7 +455,7 @@ impl Monitor {
     /// the `after_denials`-th within the window locks it out.
     pub fn denied(&self, principal: &str, purpose: Option<&str>) {
         let lockout = &self.opts.lockout;
-        if lockout.after_denials == 0 || principal == UNAUTHENTICATED {
+        if lockout.after_denials == 0 {
             return;
         }
         let now = self.clock.now_ms();
@@ -436,6 +504,29 @@ impl Monitor {
         );
     }
 
+    /// Raises the critical alert of a read that returned `records` records
+    /// of honey subjects in `collection`.
+    pub fn honey_read(&self, caller: &Caller, collection: &str, records: usize) {
+        let now = self.clock.now_ms();
+        let principal = caller.principal.name.as_str();
+        let message = format!(
+            "{records} honey record(s) of collection {collection} read by principal {principal}: \
+             no real workflow reads them"
+        );
+        let mut state = self.lock();
+        self.raise(
+            &mut state,
+            Alert::new(
+                now,
+                Severity::Critical,
+                AlertKind::HoneyRead,
+                principal,
+                caller.purpose.as_deref(),
+                message,
+            ),
+        );
+    }
+
     /// Lifts `principal`'s lockout; false if it was not locked out.
     pub fn lift(&self, principal: &str) -> bool {
         let now = self.clock.now_ms();
@@ -461,9 +552,16 @@ impl Monitor {
         out
     }
 
+    /// Refuses a read by `caller` before anything is read if a budget that
+    /// applies to it is used up: a caller over budget learns nothing, not
+    /// even which ids exist.
+    pub fn check_budgets(&self, budgets: &[Budget], caller: &Caller) -> Result<()> {
+        self.charge(budgets, caller, 0, 0)
+    }
+
     /// Counts a read of `records` records and `bytes` bytes by `caller`
     /// against every budget that applies, or refuses it (nothing counted,
-    /// an alert raised) if it would take one over.
+    /// an alert raised) if it would take one over, or if one is used up.
     pub fn charge(
         &self,
         budgets: &[Budget],
@@ -483,38 +581,39 @@ impl Monitor {
         let now = self.clock.now_ms();
         let mut state = self.lock();
         if state.usage.len() > SWEEP_ABOVE {
-            state.usage.retain(|(_, _, window), u| {
-                let slot = slot_of(now, *window);
+            state.usage.retain(|(_, _, _, window), u| {
+                let slot = slot_of(now, window.saturating_mul(1000));
                 u.current(slot) != (0, 0)
             });
         }
         for b in &applying {
-            let window = b.window_secs.saturating_mul(1000);
-            let slot = slot_of(now, window);
+            let slot = slot_of(now, b.window_secs.saturating_mul(1000));
             let usage = state.usage.entry(usage_key(b, principal)).or_default();
             let (used_records, used_bytes) = usage.current(slot);
+            // Over when this read takes it past the limit, or when it is
+            // used up already (a read of nothing then is refused too).
             let over = |limit: Option<u64>, used: u64, more: u64| {
-                limit.filter(|&l| used.saturating_add(more) > l)
+                limit.filter(|&l| used.saturating_add(more) > l || (more == 0 && used >= l))
             };
             let what = if let Some(l) = over(b.records, used_records, records) {
                 Some(format!(
-                    "{records} more records would make {} of {l} within {} s",
-                    used_records + records,
+                    "{} records of {l} within {} s",
+                    used_records.saturating_add(records),
                     b.window_secs
                 ))
             } else {
                 over(b.bytes, used_bytes, bytes).map(|l| {
                     format!(
-                        "{bytes} more bytes would make {} of {l} within {} s",
-                        used_bytes + bytes,
+                        "{} bytes of {l} within {} s",
+                        used_bytes.saturating_add(bytes),
                         b.window_secs
                     )
                 })
             };
             if let Some(what) = what {
                 let message = format!(
-                    "read refused: budget of principal {principal} for purpose {} (policy line {}): {what}",
-                    b.purpose, b.line
+                    "read refused: budget of principal {} for purpose {} (policy line {}): {what}",
+                    b.principal, b.purpose, b.line
                 );
                 self.raise(
                     &mut state,
@@ -527,19 +626,30 @@ impl Monitor {
                         message,
                     ),
                 );
+                // No counts for the caller: they would say how many of the
+                // ids asked for exist.
+                let limits = [
+                    b.records.map(|r| format!("{r} records")),
+                    b.bytes.map(|n| format!("{n} bytes")),
+                ]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join(" and ");
                 return Err(Error::BudgetExceeded(format!(
                     "over the read budget of principal {principal} for purpose {} \
-                     ({what}); try again later",
-                    b.purpose
+                     ({limits} per {} s); try again later",
+                    b.purpose, b.window_secs
                 )));
             }
         }
-        for b in applying {
-            let window = b.window_secs.saturating_mul(1000);
-            let slot = slot_of(now, window);
+        let keys: std::collections::HashSet<UsageKey> =
+            applying.iter().map(|b| usage_key(b, principal)).collect();
+        for key in keys {
+            let slot = slot_of(now, key.3.saturating_mul(1000));
             state
                 .usage
-                .entry(usage_key(b, principal))
+                .entry(key)
                 .or_default()
                 .add(slot, records, bytes);
         }
@@ -548,7 +658,12 @@ impl Monitor {
 }
 
 fn usage_key(b: &Budget, principal: &str) -> UsageKey {
-    (principal.to_owned(), b.purpose.clone(), b.window_secs)
+    (
+        principal.to_owned(),
+        b.principal.clone(),
+        b.purpose.clone(),
+        b.window_secs,
+    )
 }
 
 /// The slot of `now` in windows of `window_ms`.

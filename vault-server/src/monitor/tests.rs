@@ -25,6 +25,7 @@ fn monitor(after_denials: u32) -> (Monitor, Arc<ManualClock>) {
             window: Duration::from_secs(60),
             duration: Duration::from_secs(300),
         },
+        on_critical: OnCritical::Alert,
     };
     (
         Monitor::new(opts, Arc::clone(&clock) as Arc<dyn Clock>),
@@ -59,29 +60,89 @@ fn a_read_over_a_record_budget_is_refused_counts_nothing_and_alerts() {
     m.charge(&b, &svc, 2, 10).unwrap();
     m.charge(&b, &svc, 1, 10).unwrap();
     let e = m.charge(&b, &svc, 1, 10).unwrap_err();
+    // The caller is told the budget, not how many of its ids were found.
     assert!(
-        matches!(&e, Error::BudgetExceeded(msg) if msg.starts_with("over the read budget") && msg.contains("4 of 3")),
+        matches!(&e, Error::BudgetExceeded(msg)
+            if msg.starts_with("over the read budget")
+                && msg.contains("(3 records per 60 s)")
+                && !msg.contains("4 of")),
         "{e}"
     );
     let alert = alerts.try_recv().unwrap();
-    assert_eq!(
-        (
-            alert.kind,
-            alert.severity,
-            alert.principal.as_str(),
-            alert.seq
-        ),
-        (AlertKind::BudgetExceeded, Severity::Warning, "svc", 1)
+    assert_eq!(alert.kind, AlertKind::BudgetExceeded);
+    assert_eq!(alert.severity, Severity::Warning);
+    assert_eq!((alert.principal.as_str(), alert.seq), ("svc", 1));
+    assert!(
+        alert.message.contains("4 records of 3"),
+        "{}",
+        alert.message
     );
     assert_eq!(alert.purpose.as_deref(), Some("support"));
     assert_eq!(alert.time_ms, T0);
-    // The refused read was not counted: the window holds 3, still full.
+    // The refused read was not counted: the window holds 3, still full, and
+    // a used-up budget refuses even a read that finds nothing. Warnings
+    // like the last one within 10 s are held back and counted.
     assert!(m.charge(&b, &svc, 1, 0).is_err());
+    assert!(m.check_budgets(&b, &svc).is_err());
+    assert!(alerts.try_recv().is_err());
+    clock.advance(Duration::from_secs(10));
+    assert!(m.check_budgets(&b, &svc).is_err());
+    let alert = alerts.try_recv().unwrap();
+    assert!(
+        alert.message.contains("(2 more like it held back"),
+        "{}",
+        alert.message
+    );
     // Another purpose is not under the per-purpose budget.
     m.charge(&b, &caller("svc", "billing"), 5, 10).unwrap();
     // The window slides: after it, reads are served again.
-    clock.advance(Duration::from_secs(61));
+    clock.advance(Duration::from_secs(51));
+    m.check_budgets(&b, &svc).unwrap();
     m.charge(&b, &svc, 3, 10).unwrap();
+}
+
+#[test]
+fn budgets_alike_share_one_count_and_others_count_apart() {
+    let (m, _) = monitor(0);
+    let b = budgets(
+        r#"
+[[budgets]]
+principal = "svc"
+window_seconds = 60
+records = 4
+
+[[budgets]]
+principal = "svc"
+window_seconds = 60
+bytes = 1000
+
+[[budgets]]
+principal = "*"
+window_seconds = 60
+records = 10
+"#,
+    );
+    let svc = caller("svc", "p");
+    // Counted once for the two budgets alike, once for the `*` one.
+    m.charge(&b, &svc, 2, 10).unwrap();
+    m.charge(&b, &svc, 2, 10).unwrap();
+    assert!(m.charge(&b, &svc, 1, 10).is_err());
+    // Another principal has its own count under `*`.
+    m.charge(&b, &caller("other", "p"), 10, 0).unwrap();
+}
+
+#[test]
+fn a_read_is_counted_for_the_whole_window_however_its_slot_falls() {
+    let (m, clock) = monitor(0);
+    let b = budgets(BUDGETS);
+    let svc = caller("svc", "support");
+    // At the end of a one-second slot, then just under 60 s later.
+    clock.advance(Duration::from_millis(999));
+    m.charge(&b, &svc, 3, 0).unwrap();
+    clock.advance(Duration::from_millis(59_001));
+    assert!(m.charge(&b, &svc, 1, 0).is_err());
+    clock.advance(Duration::from_secs(1));
+    m.charge(&b, &svc, 1, 0).unwrap();
 }
 
 #[test]
@@ -91,7 +152,7 @@ fn budgets_over_every_purpose_add_purposes_up_and_count_each_principal_apart() {
     // 1000 bytes per hour for each principal, whatever the purpose.
     m.charge(&b, &caller("a", "p1"), 1, 600).unwrap();
     let e = m.charge(&b, &caller("a", "p2"), 1, 500).unwrap_err();
-    assert!(e.to_string().contains("1100 of 1000"), "{e}");
+    assert!(e.to_string().contains("(1000 bytes per 3600 s)"), "{e}");
     m.charge(&b, &caller("b", "p1"), 1, 900).unwrap();
     // Internal callers are exempt in the engine, not here; callers no
     // budget applies to pass.
@@ -141,13 +202,14 @@ fn repeated_denials_lock_a_principal_out_until_it_expires_or_is_lifted() {
     );
     assert_eq!(m.lockouts(), vec![("svc".to_owned(), 300_000)]);
     // Refusals while locked out do not lengthen it, nor alert again.
+    clock.advance(Duration::from_secs(200));
     for _ in 0..10 {
         m.denied("svc", None);
     }
     assert!(alerts.try_recv().is_err());
     // Others are not affected.
     m.check_locked("other").unwrap();
-    clock.advance(Duration::from_secs(299));
+    clock.advance(Duration::from_secs(99));
     assert!(m.check_locked("svc").is_err());
     clock.advance(Duration::from_secs(1));
     m.check_locked("svc").unwrap();
@@ -163,17 +225,34 @@ fn repeated_denials_lock_a_principal_out_until_it_expires_or_is_lifted() {
 }
 
 #[test]
-fn the_unauthenticated_are_never_locked_out_and_zero_turns_lockout_off() {
-    let (m, _) = monitor(2);
-    for _ in 0..10 {
-        m.denied(UNAUTHENTICATED, None);
-    }
-    m.check_locked(UNAUTHENTICATED).unwrap();
+fn zero_turns_lockout_off() {
     let (off, _) = monitor(0);
     for _ in 0..100 {
         off.denied("svc", None);
     }
     off.check_locked("svc").unwrap();
+}
+
+#[test]
+fn a_monitor_serves_one_open_vault_at_a_time() {
+    let open = |dir: &std::path::Path| {
+        let store: Arc<dyn crate::storage::Store> = Arc::new(
+            crate::storage::RocksStore::open(dir, &crate::storage::StoreOptions::default())
+                .unwrap(),
+        );
+        Arc::new(AuditLog::open(store).unwrap())
+    };
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (m, _) = monitor(1);
+    let first = open(a.path());
+    m.attach(&first).unwrap();
+    m.attach(&first).unwrap();
+    let second = open(b.path());
+    let e = m.attach(&second).unwrap_err();
+    assert!(e.to_string().contains("another open vault"), "{e}");
+    // Once the first is closed, the monitor may serve another.
+    drop(first);
+    m.attach(&second).unwrap();
 }
 
 #[test]

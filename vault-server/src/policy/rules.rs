@@ -868,8 +868,7 @@ fn check_duties(
     Ok(())
 }
 
-/// Whether a purpose in a policy file could ever be stated by a caller
-/// (the `x-vault-purpose` rules), or is `"*"`.
+/// A budget of the policy file, checked.
 fn parse_budget(b: FileBudget, line: usize) -> std::result::Result<Budget, String> {
     let err = |m: String| format!("line {line}: budget: {m}");
     if b.principal.trim().is_empty() || b.principal.trim() != b.principal {
@@ -909,6 +908,8 @@ fn parse_budget(b: FileBudget, line: usize) -> std::result::Result<Budget, Strin
     })
 }
 
+/// Whether a purpose in a policy file could ever be stated by a caller
+/// (the `x-vault-purpose` rules), or is `"*"`.
 fn valid_purpose(p: &str) -> bool {
     p == "*"
         || (!p.is_empty()

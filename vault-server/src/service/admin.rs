@@ -43,6 +43,19 @@ impl AdminApi {
 
 #[tonic::async_trait]
 impl AdminService for AdminApi {
+    async fn create_honey(
+        &self,
+        req: Request<pb::CreateHoneyRequest>,
+    ) -> Result<Response<pb::CreateHoneyResponse>, Status> {
+        let caller = caller(&req)?;
+        let r = req.into_inner();
+        let engine = self.vault.engine()?;
+        let record_ids =
+            run_blocking(move || engine.create_honey(&caller, &r.collection, r.count as usize))
+                .await?;
+        Ok(Response::new(pb::CreateHoneyResponse { record_ids }))
+    }
+
     async fn reload_policy(
         &self,
         req: Request<pb::ReloadPolicyRequest>,

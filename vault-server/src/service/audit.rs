@@ -179,7 +179,12 @@ impl AuditService for AuditApi {
                 };
                 if let Some(alert) = next {
                     let msg = alert_to(alert, std::mem::take(&mut missed));
-                    if tx.send(Ok(msg)).await.is_err() {
+                    // A client that stops reading does not hold up shutdown.
+                    let sent = tokio::select! {
+                        r = tx.send(Ok(msg)) => r.is_ok(),
+                        _ = stopping.wait_for(|s| *s) => false,
+                    };
+                    if !sent {
                         return;
                     }
                 }

@@ -165,6 +165,8 @@ pub async fn serve_with(
         })
     };
 
+    let sealer = seal_on_critical(&vault);
+
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(vault_proto::v1::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -176,16 +178,18 @@ pub async fn serve_with(
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let api = InterceptedService::new(
         api,
-        auth::interceptor(Arc::clone(&auth), Arc::clone(vault.monitor())),
+        auth::interceptor(Arc::clone(&auth), Some(Arc::clone(vault.monitor()))),
     );
     let operator = InterceptedService::new(
         OperatorServiceServer::new(OperatorApi::new(Arc::clone(&vault), transport)),
-        auth::interceptor(Arc::clone(&auth), Arc::clone(vault.monitor())),
+        // Custody stays open to a locked-out principal: shares guard it, and
+        // a custodian must be able to seal and to lift lockouts.
+        auth::interceptor(Arc::clone(&auth), None),
     );
     let subjects = InterceptedService::new(
         SubjectServiceServer::new(SubjectApi::new(Arc::clone(&vault)))
             .max_encoding_message_size(MAX_MESSAGE_BYTES),
-        auth::interceptor(Arc::clone(&auth), Arc::clone(vault.monitor())),
+        auth::interceptor(Arc::clone(&auth), Some(Arc::clone(vault.monitor()))),
     );
     let lookup = {
         let auth = Arc::clone(&auth);
@@ -193,13 +197,13 @@ pub async fn serve_with(
     };
     let admin = InterceptedService::new(
         AdminServiceServer::new(AdminApi::new(Arc::clone(&vault), vault.policy(), lookup)),
-        auth::interceptor(Arc::clone(&auth), Arc::clone(vault.monitor())),
+        auth::interceptor(Arc::clone(&auth), Some(Arc::clone(vault.monitor()))),
     );
     let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
     let audit = InterceptedService::new(
         AuditServiceServer::new(AuditApi::new(Arc::clone(&vault), stopping_rx))
             .max_encoding_message_size(MAX_MESSAGE_BYTES),
-        auth::interceptor(auth, Arc::clone(vault.monitor())),
+        auth::interceptor(auth, Some(Arc::clone(vault.monitor()))),
     );
 
     let incoming = TcpListenerStream::new(listener).map(|conn| {
@@ -223,10 +227,46 @@ pub async fn serve_with(
             // Long-lived streams end, so the drain below can finish.
             stopping.send_replace(true);
             follower.abort();
+            if let Some(sealer) = sealer {
+                sealer.abort();
+            }
             set_data_health(&health, true).await;
             tracing::info!("shutting down: draining in-flight requests");
         })
         .await
         .map_err(|e| Error::Serve(e.to_string()));
     served
+}
+
+/// With `[monitor] on_critical = "seal"`: a task that seals the vault on
+/// every critical alert (a sealed vault stays sealed; custodians unseal it).
+fn seal_on_critical(vault: &Arc<Vault>) -> Option<tokio::task::JoinHandle<()>> {
+    let monitor = vault.monitor();
+    if monitor.options().on_critical != crate::monitor::OnCritical::Seal {
+        return None;
+    }
+    let mut alerts = monitor.subscribe();
+    let vault = Arc::clone(vault);
+    Some(tokio::spawn(async move {
+        loop {
+            let critical = match alerts.recv().await {
+                Ok(alert) => alert.severity == crate::monitor::Severity::Critical,
+                // Missed alerts may have been critical: seal to be safe.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => true,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            };
+            if !critical || *vault.watch_sealed().borrow() {
+                continue;
+            }
+            tracing::error!("a critical alert: sealing the vault (on_critical = \"seal\")");
+            let v = Arc::clone(&vault);
+            let sealed = tokio::task::spawn_blocking(move || {
+                v.seal(&crate::policy::Caller::internal("monitor"))
+            })
+            .await;
+            if !matches!(sealed, Ok(Ok(()))) {
+                tracing::error!("sealing on a critical alert failed");
+            }
+        }
+    }))
 }

@@ -34,6 +34,10 @@ use tonic::{Code, Status};
 use crate::audit::Event;
 use crate::Vault;
 
+/// What the interceptor's refusal of a locked-out principal says (see
+/// `Monitor::check_locked`).
+const LOCKED_OUT: &str = "is locked out for";
+
 /// The response header naming a request's id (its audit event's
 /// `request_id`).
 pub const REQUEST_ID_HEADER: &str = "x-vault-request-id";
@@ -293,7 +297,22 @@ fn fallback_event(
                 _ => "failed",
             }
             .into();
-            ev.reason = Some(code_kind(code).to_owned());
+            // A lockout is named as such (the interceptor's own message:
+            // it holds no value); other messages stay out of the log.
+            let locked_out = code == Code::PermissionDenied
+                && response.headers().get("grpc-message").is_some_and(|m| {
+                    percent_encoding::percent_decode(m.as_bytes())
+                        .decode_utf8_lossy()
+                        .contains(LOCKED_OUT)
+                });
+            ev.reason = Some(
+                if locked_out {
+                    "locked out"
+                } else {
+                    code_kind(code)
+                }
+                .to_owned(),
+            );
         }
     }
     ev
@@ -407,6 +426,18 @@ mod tests {
             ),
             ("svc", Some("billing"), "failed", Some("unavailable"))
         );
+        let mut locked = Status::permission_denied(
+            "principal svc is locked out for 12 more seconds after repeated denied requests",
+        )
+        .into_http::<tonic::body::Body>();
+        let ev = fallback_event(&mark, "x", &locked);
+        assert_eq!(
+            (ev.decision.as_str(), ev.reason.as_deref()),
+            ("denied", Some("locked out"))
+        );
+        locked.headers_mut().remove("grpc-message");
+        let ev = fallback_event(&mark, "x", &locked);
+        assert_eq!(ev.reason.as_deref(), Some("permission denied"));
         for garbage in ["abc", "", "99999999999"] {
             let ev = fallback_event(&mark, "x", &response_with(Some(garbage)));
             assert_eq!(ev.decision, "failed", "{garbage:?}");
