@@ -10,6 +10,7 @@
 //! danger_allow_plaintext = false            # default false: without [tls], loopback only
 //! key_cache_capacity = 10000                 # subject key versions kept unwrapped
 //! block_cache_mib = 256                      # RocksDB's block cache, shared by all tables
+//! metrics_listen = "127.0.0.1:9464"          # optional: GET /metrics (Prometheus text, plain HTTP)
 //!
 //! [limits]                                   # all optional
 //! max_record_bytes = 65536
@@ -139,6 +140,8 @@ pub struct Config {
     /// Detectors: lockout.
     #[serde(default)]
     pub monitor: MonitorConfig,
+    /// Where to serve metrics (`GET /metrics`), if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
     /// TLS on the gRPC port; plaintext without it.
     pub tls: Option<TlsConfig>,
     /// Principals that authenticate by client certificate, with their roles.

@@ -78,6 +78,10 @@ struct Cli {
     /// port can use them.
     #[arg(long, requires = "dev")]
     dev_listen_anywhere: bool,
+    /// Serve metrics (Prometheus text format, `GET /metrics`, plain HTTP)
+    /// on this address (overrides the configuration's `metrics_listen`).
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
 }
 
 const DEV_LISTEN: &str = "127.0.0.1:8200";
@@ -101,6 +105,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), Error> {
+    let mut metrics_listen = cli.metrics_listen;
     let (opts, listen, auth, tls, dev_tokens, allow_plaintext) = if let Some(path) = &cli.config {
         let config = Config::load(path)?;
         let opts = config.open_options().map_err(Error::Config)?;
@@ -112,6 +117,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
             .map(|files| ServerTls::load(&files))
             .transpose()?;
         let listen = cli.listen.unwrap_or(config.listen);
+        metrics_listen = metrics_listen.or(config.metrics_listen);
         vault_server::config::check_listener(listen, tls.is_some(), config.danger_allow_plaintext)
             .map_err(Error::Config)?;
         if config.danger_allow_plaintext {
@@ -264,6 +270,31 @@ async fn run(cli: Cli) -> Result<(), Error> {
         let _ = out.flush();
     }
 
+    let metrics = match metrics_listen {
+        Some(at) => {
+            let listener = TcpListener::bind(at)
+                .await
+                .map_err(|e| Error::io(format!("binding the metrics address {at}"), e))?;
+            let bound = listener
+                .local_addr()
+                .map_err(|e| Error::io("reading the metrics address", e))?;
+            if !bound.ip().is_loopback() {
+                tracing::warn!(%bound, "metrics served in plaintext beyond loopback: they name principals, purposes and collections");
+            }
+            tracing::info!(%bound, "metrics listening");
+            let _ = writeln!(
+                std::io::stdout().lock(),
+                "metrics on http://{bound}/metrics"
+            );
+            Some(tokio::spawn(service::serve_metrics(
+                listener,
+                Arc::clone(&vault),
+                std::future::pending(),
+            )))
+        }
+        None => None,
+    };
+
     service::serve_with(
         listener,
         Arc::clone(&vault),
@@ -275,6 +306,9 @@ async fn run(cli: Cli) -> Result<(), Error> {
         shutdown,
     )
     .await?;
+    if let Some(metrics) = metrics {
+        metrics.abort();
+    }
     // Stop background work and close the store off the reactor.
     let _ = tokio::task::spawn_blocking(move || drop(vault)).await;
     tracing::info!("stopped");

@@ -441,12 +441,182 @@ async fn a_critical_alert_seals_the_vault_when_configured_to() {
         .unwrap();
     let e = svc.get("users", &honey[0]).await.unwrap_err();
     assert!(e.is_sealed(), "{e}");
-    // The seal is in the log, by the monitor.
+    // The seal is in the log, by the monitor (written just after the
+    // vault turned sealed: waited for as the log grows).
     let log = s.vault.vault.audit_log();
-    let events = log.events(0, 10_000).unwrap();
-    assert!(events.iter().any(|raw| {
+    let mut grown = log.watch_size();
+    let sealed_by_monitor = |raw: &Vec<u8>| {
         let ev: serde_json::Value = serde_json::from_slice(raw).unwrap();
         ev["operation"] == "seal" && ev["principal"] == "monitor" && ev["decision"] == "allowed"
-    }));
+    };
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            grown.borrow_and_update();
+            if log.events(0, 10_000).unwrap().iter().any(sealed_by_monitor) {
+                return;
+            }
+            grown.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("no seal event by the monitor");
+    s.vault.stop().await;
+}
+
+/// `GET /metrics` over a plain socket: (status line, body).
+async fn scrape(addr: std::net::SocketAddr, path: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: vault\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut raw = Vec::new();
+    conn.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8(raw).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_owned(), body.to_owned())
+}
+
+/// The value of the sample `name` with exactly these labels (0 if absent).
+fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .filter(|s| {
+            labels.len() == s.labels.len()
+                && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))
+        })
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => f64::NAN,
+        })
+        .next()
+        .unwrap_or(0.0)
+}
+
+fn parse(body: &str) -> prometheus_parse::Scrape {
+    let lines = body.lines().map(|l| Ok(l.to_owned()));
+    prometheus_parse::Scrape::parse(lines).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_exactly_the_requests_made() {
+    let s = setup().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics_at = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(vault_server::service::serve_metrics(
+        listener,
+        Arc::clone(&s.vault.vault),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let (status, before) = scrape(metrics_at, "/metrics").await;
+    assert!(status.contains("200"), "{status}");
+    let before = parse(&before);
+
+    let loader = client(&s, "loader", Some("import")).await;
+    for i in 1..=3 {
+        loader
+            .put(&user(&format!("m{i}"), &format!("ms{i}")))
+            .await
+            .unwrap();
+    }
+    let svc = client(&s, "svc", Some("support")).await;
+    svc.get("users", "m1").await.unwrap();
+    svc.get_many("users", &["m2", "m3"], &[]).await.unwrap();
+    let nosy = client(&s, "svc", Some("marketing")).await;
+    nosy.get("users", "m1").await.unwrap_err();
+    let e = svc.get("users", "m1").await.unwrap_err();
+    assert!(matches!(e, Error::OverBudget(_)), "{e}");
+
+    let log = s.vault.vault.audit_log();
+    let size_before = log.size() as f64;
+    let (_, body) = scrape(metrics_at, "/metrics").await;
+    let size_after = log.size() as f64;
+    let after = parse(&body);
+    let delta = |name: &str, labels: &[(&str, &str)]| {
+        sample(&after, name, labels) - sample(&before, name, labels)
+    };
+    let get = "vault.v1.VaultService/GetRecord";
+    assert_eq!(
+        delta("vault_requests_total", &[("method", get), ("code", "0")]),
+        1.0,
+        "{body}"
+    );
+    assert_eq!(
+        delta("vault_requests_total", &[("method", get), ("code", "7")]),
+        1.0,
+        "{body}"
+    );
+    assert_eq!(
+        delta("vault_requests_total", &[("method", get), ("code", "8")]),
+        1.0,
+        "{body}"
+    );
+    assert_eq!(
+        delta(
+            "vault_requests_total",
+            &[("method", "vault.v1.VaultService/PutRecord"), ("code", "0")]
+        ),
+        3.0,
+        "{body}"
+    );
+    let flow = [
+        ("principal", "svc"),
+        ("purpose", "support"),
+        ("collection", "users"),
+    ];
+    assert_eq!(delta("vault_records_returned_total", &flow), 3.0, "{body}");
+    assert!(delta("vault_bytes_returned_total", &flow) > 0.0, "{body}");
+    let contact = [
+        ("principal", "svc"),
+        ("purpose", "support"),
+        ("collection", "users"),
+        ("category", "contact"),
+    ];
+    // email and phone of each of the three records.
+    assert_eq!(
+        delta("vault_fields_returned_total", &contact),
+        6.0,
+        "{body}"
+    );
+    assert_eq!(
+        delta("vault_denials_total", &[("reason", "permission denied")]),
+        1.0,
+        "{body}"
+    );
+    assert_eq!(
+        delta("vault_denials_total", &[("reason", "budget exceeded")]),
+        1.0,
+        "{body}"
+    );
+    assert_eq!(
+        delta(
+            "vault_alerts_total",
+            &[("kind", "budget_exceeded"), ("severity", "warning")]
+        ),
+        1.0,
+        "{body}"
+    );
+    assert_eq!(sample(&after, "vault_sealed", &[]), 0.0, "{body}");
+    assert_eq!(sample(&after, "vault_root_key_version", &[]), 1.0, "{body}");
+    // The log's size when scraped (the alert's event may land meanwhile).
+    let size = sample(&after, "vault_audit_tree_size", &[]);
+    assert!(size_before <= size && size <= size_after, "{size}\n{body}");
+    // No personal data: no record id, subject id or value is in the text.
+    for secret in ["m1", "ms1", "@example.eu", "Ada"] {
+        assert!(!body.contains(secret), "{secret} in the metrics");
+    }
+    // Only GET /metrics.
+    assert!(scrape(metrics_at, "/other").await.0.contains("404"));
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
     s.vault.stop().await;
 }

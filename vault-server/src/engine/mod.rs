@@ -1063,6 +1063,21 @@ impl Engine {
             ) {
                 return Staged::failed(ev, e);
             }
+            if let Ok(c) = self.data_collection(collection) {
+                let categories: Vec<&'static str> = found
+                    .iter()
+                    .flat_map(|r| r.fields.keys())
+                    .filter_map(|name| c.field(name).map(|f| f.category.name()))
+                    .collect();
+                self.monitor().metrics().read(
+                    &caller.principal.name,
+                    caller.purpose.as_deref(),
+                    collection,
+                    found.len() as u64,
+                    ev.bytes,
+                    &categories,
+                );
+            }
         }
         Staged {
             ws: WriteSet::new(),
@@ -1395,6 +1410,9 @@ impl Engine {
             let audit = Arc::clone(&self.audit);
             let (origin, key) = (self.audit_origin.clone(), self.audit_signer.clone());
             let signed = on_blocking_pool(move || audit.checkpoint(&origin, &key)).await;
+            if signed.is_ok() {
+                self.monitor.checkpointed(self.audit.size());
+            }
             checkpoint_signed(signed);
         }
         Ok(index)
@@ -1465,8 +1483,11 @@ impl Engine {
 
     /// A signed checkpoint of the audit log now.
     pub fn checkpoint(&self) -> Result<String> {
-        self.audit
-            .checkpoint(&self.audit_origin, &self.audit_signer)
+        let note = self
+            .audit
+            .checkpoint(&self.audit_origin, &self.audit_signer)?;
+        self.monitor.checkpointed(self.audit.size());
+        Ok(note)
     }
 
     /// Takes the writers' (shared) locks for a write of `keys` by

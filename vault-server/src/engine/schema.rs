@@ -64,6 +64,21 @@ pub enum DataCategory {
     Other,
 }
 
+impl DataCategory {
+    /// Its name (as in schemas).
+    pub fn name(self) -> &'static str {
+        match self {
+            DataCategory::Identity => "identity",
+            DataCategory::Contact => "contact",
+            DataCategory::Financial => "financial",
+            DataCategory::Location => "location",
+            DataCategory::Special => "special",
+            DataCategory::Behavioural => "behavioural",
+            DataCategory::Other => "other",
+        }
+    }
+}
+
 /// How a masked read shows a string: the first and last characters stay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Mask {

@@ -25,6 +25,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub mod metrics;
+
 use crate::audit::{AuditLog, Event};
 use crate::policy::{Budget, Caller};
 use crate::storage::WriteSet;
@@ -291,6 +293,9 @@ pub struct Monitor {
     clock: Arc<dyn Clock>,
     state: Mutex<State>,
     alerts: tokio::sync::broadcast::Sender<Alert>,
+    metrics: metrics::Metrics,
+    /// When the last checkpoint of a new tree size was signed: (size, ms).
+    checkpointed: Mutex<Option<(u64, u64)>>,
     /// Alert events on their way to the alert writer thread, and the log
     /// it writes to.
     sink: Mutex<Option<(std::sync::mpsc::Sender<Event>, Weak<AuditLog>)>>,
@@ -318,6 +323,8 @@ impl Monitor {
             clock,
             state: Mutex::new(State::default()),
             alerts: tokio::sync::broadcast::Sender::new(ALERT_BACKLOG),
+            metrics: metrics::Metrics::new(),
+            checkpointed: Mutex::new(None),
             sink: Mutex::new(None),
         }
     }
@@ -329,6 +336,31 @@ impl Monitor {
     /// Its settings.
     pub fn options(&self) -> &MonitorOptions {
         &self.opts
+    }
+
+    /// The counters exported as metrics.
+    pub fn metrics(&self) -> &metrics::Metrics {
+        &self.metrics
+    }
+
+    /// Notes a checkpoint signed over `size` events (its time is kept when
+    /// the size is new).
+    pub fn checkpointed(&self, size: u64) {
+        let now = self.clock.now_ms();
+        let mut last = self.checkpointed.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_none_or(|(s, _)| s != size) {
+            *last = Some((size, now));
+        }
+    }
+
+    /// Seconds since the last checkpoint of a new size was signed by this
+    /// server (none since it started: `None`).
+    pub fn checkpoint_age_secs(&self) -> Option<u64> {
+        let now = self.clock.now_ms();
+        self.checkpointed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map(|(_, at)| now.saturating_sub(at) / 1000)
     }
 
     /// Writes alert events to `log` from now on, from a thread of the
@@ -379,6 +411,7 @@ impl Monitor {
     /// kind, same principal) is held back and counted; the next one sent
     /// says how many were.
     fn raise(&self, state: &mut State, mut alert: Alert) {
+        self.metrics.alert(alert.kind.name(), alert.severity.name());
         if alert.severity == Severity::Warning {
             if state.quiet.len() > SWEEP_ABOVE {
                 let now = alert.time_ms;

@@ -158,6 +158,7 @@ where
             who: OnceLock::new(),
         });
         let operation = audit.operation(req.uri().path());
+        let started = std::time::Instant::now();
         req.extensions_mut().insert(Arc::clone(&mark));
         // The request runs in a task of its own: if its caller's future is
         // dropped (the client went away, or its `grpc-timeout` ran out,
@@ -174,15 +175,23 @@ where
                 }
             };
             client_faults_are_invalid_arguments(&mut response);
-            // A refusal counts towards the caller's lockout.
-            if response
+            let monitor = audit.vault.monitor();
+            let code = response
                 .headers()
                 .get("grpc-status")
-                .map(http::HeaderValue::as_bytes)
-                == Some(b"7")
-            {
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("0")
+                .to_owned();
+            monitor
+                .metrics()
+                .request(&operation, &code, started.elapsed().as_secs_f64());
+            if let Some(reason) = refusal(&code, &response) {
+                monitor.metrics().denied(reason);
+            }
+            // A refusal counts towards the caller's lockout.
+            if code == "7" {
                 if let Some((principal, purpose)) = mark.who.get() {
-                    audit.vault.monitor().denied(principal, purpose.as_deref());
+                    monitor.denied(principal, purpose.as_deref());
                 }
             }
             let events = guard.finish();
@@ -270,6 +279,31 @@ fn client_faults_are_invalid_arguments(response: &mut http::Response<tonic::body
     }
 }
 
+/// The gRPC message of a response, decoded.
+fn message(response: &http::Response<tonic::body::Body>) -> String {
+    response
+        .headers()
+        .get("grpc-message")
+        .map(|m| {
+            percent_encoding::percent_decode(m.as_bytes())
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+        .unwrap_or_default()
+}
+
+/// Why a request was refused, for the metrics: `None` unless it was
+/// (`PERMISSION_DENIED`, `UNAUTHENTICATED`, or a read over budget).
+fn refusal(code: &str, response: &http::Response<tonic::body::Body>) -> Option<&'static str> {
+    match code {
+        "7" if message(response).contains(LOCKED_OUT) => Some("locked out"),
+        "7" => Some("permission denied"),
+        "16" => Some("unauthenticated"),
+        "8" if message(response).starts_with("over the read budget") => Some("budget exceeded"),
+        _ => None,
+    }
+}
+
 /// The event of a request no handler recorded: who (if authenticated),
 /// the method, and the outcome its response's gRPC status gives.
 fn fallback_event(
@@ -299,12 +333,8 @@ fn fallback_event(
             .into();
             // A lockout is named as such (the interceptor's own message:
             // it holds no value); other messages stay out of the log.
-            let locked_out = code == Code::PermissionDenied
-                && response.headers().get("grpc-message").is_some_and(|m| {
-                    percent_encoding::percent_decode(m.as_bytes())
-                        .decode_utf8_lossy()
-                        .contains(LOCKED_OUT)
-                });
+            let locked_out =
+                code == Code::PermissionDenied && message(response).contains(LOCKED_OUT);
             ev.reason = Some(
                 if locked_out {
                     "locked out"

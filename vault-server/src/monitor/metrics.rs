@@ -1,0 +1,352 @@
+//! The vault's metrics, in the Prometheus (OpenMetrics) text format, for a
+//! listener of their own (`[metrics] listen`).
+//!
+//! Labels never hold personal data: methods, gRPC codes, principals (the
+//! names of services and people's roles, from the configuration),
+//! purposes, collections, data categories, alert kinds. Purposes are the
+//! one label a caller chooses (any printable text a rule with `*` lets
+//! through): past [`MAX_FLOWS`] distinct principal × purpose × collection
+//! flows, new ones are counted under the purpose `(other)`, so a caller
+//! cannot grow the metrics without bound.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Distinct principal × purpose × collection flows kept apart.
+pub const MAX_FLOWS: usize = 1000;
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Latency buckets: 0.25 ms to about 4 s.
+fn latency() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 15))
+}
+
+/// What the vault counts, and the registry that encodes it.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<Labels, Counter>,
+    latency: Family<Labels, Histogram, fn() -> Histogram>,
+    records: Family<Labels, Counter>,
+    bytes: Family<Labels, Counter>,
+    fields: Family<Labels, Counter>,
+    denials: Family<Labels, Counter>,
+    alerts: Family<Labels, Counter>,
+    /// Gauges set when the metrics are read.
+    sealed: Gauge,
+    audit_size: Gauge,
+    checkpoint_age: Gauge,
+    lockouts: Gauge,
+    root_version: Gauge,
+    root_wraps: Family<Labels, Gauge>,
+    rewrap_left: Gauge,
+    flows: Mutex<HashSet<(String, String, String)>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// The vault's state when metrics are read.
+#[derive(Debug, Default, Clone)]
+pub struct Snapshot {
+    /// Sealed (or not initialised).
+    pub sealed: bool,
+    /// Events in the audit log.
+    pub audit_size: u64,
+    /// Seconds since the last stored checkpoint, if any.
+    pub checkpoint_age_secs: Option<u64>,
+    /// Principals locked out now.
+    pub lockouts: u64,
+    /// The current root key version (unsealed).
+    pub root_version: Option<u32>,
+    /// Keys wrapped per root key version (unsealed).
+    pub root_wraps: Vec<(u32, u64)>,
+    /// Subject keys the re-wrap job has still to do.
+    pub rewrap_left: u64,
+}
+
+fn gauge(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl Metrics {
+    /// Empty metrics, registered.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("vault");
+        let m = Metrics {
+            requests: Family::default(),
+            latency: Family::new_with_constructor(latency),
+            records: Family::default(),
+            bytes: Family::default(),
+            fields: Family::default(),
+            denials: Family::default(),
+            alerts: Family::default(),
+            sealed: Gauge::default(),
+            audit_size: Gauge::default(),
+            checkpoint_age: Gauge::default(),
+            lockouts: Gauge::default(),
+            root_version: Gauge::default(),
+            root_wraps: Family::default(),
+            rewrap_left: Gauge::default(),
+            flows: Mutex::new(HashSet::new()),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "requests",
+            "gRPC requests answered, by method and gRPC status code",
+            m.requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time to answer a gRPC request (to its response headers), by method",
+            m.latency.clone(),
+        );
+        registry.register(
+            "records_returned",
+            "Records returned by reads, by principal, purpose and collection",
+            m.records.clone(),
+        );
+        registry.register(
+            "bytes_returned",
+            "Plaintext bytes returned by reads, by principal, purpose and collection",
+            m.bytes.clone(),
+        );
+        registry.register(
+            "fields_returned",
+            "Field values returned by reads, by principal, purpose, collection and data category",
+            m.fields.clone(),
+        );
+        registry.register(
+            "denials",
+            "Requests refused, by reason (permission denied, locked out, budget exceeded, unauthenticated)",
+            m.denials.clone(),
+        );
+        registry.register(
+            "alerts",
+            "Alerts raised by the monitor, by kind and severity (held-back warnings included)",
+            m.alerts.clone(),
+        );
+        registry.register("sealed", "1 while the vault is sealed", m.sealed.clone());
+        registry.register(
+            "audit_tree_size",
+            "Events in the audit log",
+            m.audit_size.clone(),
+        );
+        registry.register(
+            "audit_checkpoint_age_seconds",
+            "Seconds since this server last signed a checkpoint of a new tree size (-1: none since it started)",
+            m.checkpoint_age.clone(),
+        );
+        registry.register("lockouts", "Principals locked out now", m.lockouts.clone());
+        registry.register(
+            "root_key_version",
+            "The current root key version (0 while sealed)",
+            m.root_version.clone(),
+        );
+        registry.register(
+            "root_key_wraps",
+            "Subject keys wrapped under each root key version",
+            m.root_wraps.clone(),
+        );
+        registry.register(
+            "rewrap_remaining_keys",
+            "Subject keys the root-key re-wrap job has still to re-wrap",
+            m.rewrap_left.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// A request answered with gRPC `code` after `seconds`.
+    pub fn request(&self, method: &str, code: &str, seconds: f64) {
+        self.requests
+            .get_or_create(&vec![
+                ("method", method.to_owned()),
+                ("code", code.to_owned()),
+            ])
+            .inc();
+        self.latency
+            .get_or_create(&vec![("method", method.to_owned())])
+            .observe(seconds);
+    }
+
+    /// A request refused for `reason`.
+    pub fn denied(&self, reason: &str) {
+        self.denials
+            .get_or_create(&vec![("reason", reason.to_owned())])
+            .inc();
+    }
+
+    /// An alert raised.
+    pub fn alert(&self, kind: &str, severity: &str) {
+        self.alerts
+            .get_or_create(&vec![
+                ("kind", kind.to_owned()),
+                ("severity", severity.to_owned()),
+            ])
+            .inc();
+    }
+
+    /// A read served: `records` records, `bytes` bytes of plaintext and
+    /// the data category of each field value returned.
+    pub fn read(
+        &self,
+        principal: &str,
+        purpose: Option<&str>,
+        collection: &str,
+        records: u64,
+        bytes: u64,
+        categories: &[&'static str],
+    ) {
+        let purpose = self.flow(principal, purpose.unwrap_or(""), collection);
+        let labels = vec![
+            ("principal", principal.to_owned()),
+            ("purpose", purpose),
+            ("collection", collection.to_owned()),
+        ];
+        self.records.get_or_create(&labels).inc_by(records);
+        self.bytes.get_or_create(&labels).inc_by(bytes);
+        for category in categories {
+            let mut l = labels.clone();
+            l.push(("category", (*category).to_owned()));
+            self.fields.get_or_create(&l).inc();
+        }
+    }
+
+    /// The purpose label of a flow: itself, or `(other)` past the bound.
+    fn flow(&self, principal: &str, purpose: &str, collection: &str) -> String {
+        let mut flows = self.flows.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (
+            principal.to_owned(),
+            purpose.to_owned(),
+            collection.to_owned(),
+        );
+        if flows.contains(&key) || flows.len() < MAX_FLOWS {
+            flows.insert(key);
+            purpose.to_owned()
+        } else {
+            "(other)".to_owned()
+        }
+    }
+
+    /// The text of every metric, with the vault's state as of `now`.
+    pub fn encode(&self, now: &Snapshot) -> String {
+        self.sealed.set(i64::from(now.sealed));
+        self.audit_size.set(gauge(now.audit_size));
+        self.checkpoint_age
+            .set(now.checkpoint_age_secs.map_or(-1, gauge));
+        self.lockouts.set(gauge(now.lockouts));
+        self.root_version.set(now.root_version.map_or(0, i64::from));
+        for (version, wraps) in &now.root_wraps {
+            self.root_wraps
+                .get_or_create(&vec![("version", version.to_string())])
+                .set(gauge(*wraps));
+        }
+        self.rewrap_left.set(gauge(now.rewrap_left));
+        let mut out = String::new();
+        // Writing to a String does not fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn counts_are_encoded_and_purposes_are_bounded() {
+        let m = Metrics::new();
+        m.request("vault.v1.VaultService/GetRecord", "0", 0.001);
+        m.read(
+            "svc",
+            Some("support"),
+            "users",
+            2,
+            40,
+            &["contact", "identity"],
+        );
+        for i in 0..MAX_FLOWS + 5 {
+            m.read("svc", Some(&format!("p{i}")), "users", 1, 1, &[]);
+        }
+        let text = m.encode(&Snapshot::default());
+        assert!(
+            text.contains(
+                "vault_requests_total{method=\"vault.v1.VaultService/GetRecord\",code=\"0\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(text.contains(
+            "vault_records_returned_total{principal=\"svc\",purpose=\"support\",collection=\"users\"} 2"
+        ), "{text}");
+        assert!(text.contains("category=\"contact\"} 1"), "{text}");
+        // One flow was there first: 999 more fit, the last six are "(other)".
+        assert!(text.contains(
+            "vault_records_returned_total{principal=\"svc\",purpose=\"(other)\",collection=\"users\"} 6"
+        ), "{text}");
+        assert!(
+            text.contains("vault_audit_checkpoint_age_seconds -1"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_dashboard_and_the_docs_name_only_metrics_that_exist() {
+        let m = Metrics::new();
+        m.request("m", "0", 0.001);
+        m.read("p", Some("q"), "c", 1, 1, &["contact"]);
+        m.denied("permission denied");
+        m.alert("lockout", "warning");
+        let text = m.encode(&Snapshot {
+            root_wraps: vec![(1, 1)],
+            ..Snapshot::default()
+        });
+        let exists = |name: &str| {
+            text.lines()
+                .any(|l| !l.starts_with('#') && l.starts_with(name))
+        };
+        for (doc, source) in [
+            (
+                "docs/grafana-dashboard.json",
+                include_str!("../../../docs/grafana-dashboard.json"),
+            ),
+            (
+                "docs/monitoring.md",
+                include_str!("../../../docs/monitoring.md"),
+            ),
+        ] {
+            let mut seen = 0;
+            for (i, _) in source.match_indices("vault_") {
+                let name: String = source[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                // Prometheus adds these to a histogram's name.
+                let base = name.trim_end_matches("_bucket");
+                assert!(
+                    exists(base),
+                    "{doc} names {name}, which the vault does not export"
+                );
+                seen += 1;
+            }
+            assert!(seen >= 10, "{doc}: {seen}");
+        }
+    }
+}
