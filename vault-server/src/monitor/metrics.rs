@@ -221,10 +221,18 @@ impl Metrics {
         ];
         self.records.get_or_create(&labels).inc_by(records);
         self.bytes.get_or_create(&labels).inc_by(bytes);
+        // One count per category, not per field.
+        let mut counted: Vec<(&str, u64)> = Vec::new();
         for category in categories {
+            match counted.iter_mut().find(|(c, _)| c == category) {
+                Some((_, n)) => *n += 1,
+                None => counted.push((category, 1)),
+            }
+        }
+        for (category, n) in counted {
             let mut l = labels.clone();
-            l.push(("category", (*category).to_owned()));
-            self.fields.get_or_create(&l).inc();
+            l.push(("category", category.to_owned()));
+            self.fields.get_or_create(&l).inc_by(n);
         }
     }
 

@@ -296,6 +296,9 @@ pub struct Monitor {
     metrics: metrics::Metrics,
     /// When the last checkpoint of a new tree size was signed: (size, ms).
     checkpointed: Mutex<Option<(u64, u64)>>,
+    /// Whether any principal may be locked out (false: the request path
+    /// skips the lock).
+    any_locked: std::sync::atomic::AtomicBool,
     /// Alert events on their way to the alert writer thread, and the log
     /// it writes to.
     sink: Mutex<Option<(std::sync::mpsc::Sender<Event>, Weak<AuditLog>)>>,
@@ -325,6 +328,7 @@ impl Monitor {
             alerts: tokio::sync::broadcast::Sender::new(ALERT_BACKLOG),
             metrics: metrics::Metrics::new(),
             checkpointed: Mutex::new(None),
+            any_locked: std::sync::atomic::AtomicBool::new(false),
             sink: Mutex::new(None),
         }
     }
@@ -468,6 +472,9 @@ impl Monitor {
     /// Refuses a locked-out principal (`PERMISSION_DENIED`, saying until
     /// when and how to lift it). An expired lockout ends here.
     pub fn check_locked(&self, principal: &str) -> Result<()> {
+        if !self.any_locked.load(Ordering::Acquire) {
+            return Ok(());
+        }
         let now = self.clock.now_ms();
         let mut state = self.lock();
         match state.locked.get(principal) {
@@ -478,6 +485,8 @@ impl Monitor {
             ))),
             Some(_) => {
                 state.locked.remove(principal);
+                self.any_locked
+                    .store(!state.locked.is_empty(), Ordering::Release);
                 Ok(())
             }
             None => Ok(()),
@@ -519,6 +528,7 @@ impl Monitor {
         state
             .locked
             .insert(principal.to_owned(), now.saturating_add(duration));
+        self.any_locked.store(true, Ordering::Release);
         let message = format!(
             "principal {principal} locked out for {} s after {count} denied requests within {} s",
             lockout.duration.as_secs(),
@@ -565,10 +575,13 @@ impl Monitor {
         let now = self.clock.now_ms();
         let mut state = self.lock();
         state.denials.remove(principal);
-        state
+        let lifted = state
             .locked
             .remove(principal)
-            .is_some_and(|until| until > now)
+            .is_some_and(|until| until > now);
+        self.any_locked
+            .store(!state.locked.is_empty(), Ordering::Release);
+        lifted
     }
 
     /// The principals locked out now, with the milliseconds left.
