@@ -1,7 +1,9 @@
 //! Honey records: decoys planted in a collection that no real workflow
-//! reads. Their subjects' pseudonyms are kept in the `Meta` table (`honey/`
-//! ‖ pseudonym); a read or batch get that returns one of their records
-//! raises a critical alert (the decoy data is served: it is worthless).
+//! reads. Their subjects are kept in the `Meta` table by storage name
+//! (`honey/` ‖ subject name, like every other key: no id, and nothing that
+//! joins the audit log's pseudonyms); a read or batch get that returns one
+//! of their records raises a critical alert (the decoy data is served: it
+//! is worthless).
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -18,15 +20,15 @@ const HONEY_PREFIX: &[u8] = b"honey/";
 /// Most decoys planted by one call.
 pub const MAX_HONEY_RECORDS: usize = 100;
 
-/// The honey subjects' pseudonyms stored in `store`.
+/// The honey subjects' storage names stored in `store`.
 pub(super) fn load(store: &dyn Store) -> Result<HashSet<[u8; 32]>> {
     let mut set = HashSet::new();
     for (key, _) in store.scan_prefix(Table::Meta, HONEY_PREFIX)? {
-        let pseudonym: [u8; 32] = key
+        let name: [u8; 32] = key
             .get(HONEY_PREFIX.len()..)
             .and_then(|p| p.try_into().ok())
             .ok_or(Error::Integrity)?;
-        set.insert(pseudonym);
+        set.insert(name);
     }
     Ok(set)
 }
@@ -114,7 +116,6 @@ impl Engine {
         let mut rng = rand::thread_rng();
         let mut records = Vec::with_capacity(count);
         let mut ws = WriteSet::new();
-        let kr = self.keyring();
         let mut planted = Vec::with_capacity(count);
         for _ in 0..count {
             let id = hex::encode(rng.gen::<[u8; 8]>());
@@ -130,11 +131,11 @@ impl Engine {
                 subject.as_str(),
                 fields,
             ));
-            let pseudonym = kr.subject_pseudonym(&subject);
+            let name = self.names.subject(&subject);
             let mut key = HONEY_PREFIX.to_vec();
-            key.extend_from_slice(&pseudonym);
+            key.extend_from_slice(&name);
             ws.put(Table::Meta, key, Vec::new());
-            planted.push((id, pseudonym));
+            planted.push((id, name));
         }
         // Remembered as honey before the decoys exist: no window in which
         // one can be read unnoticed.
@@ -147,11 +148,14 @@ impl Engine {
         Ok(planted.into_iter().map(|(id, _)| id).collect())
     }
 
-    /// Whether `pseudonym` is a honey subject's.
-    pub(super) fn is_honey(&self, pseudonym: &[u8; 32]) -> bool {
-        self.honey
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(pseudonym)
+    /// How many of `subjects` are honey (no work while there is none).
+    pub(super) fn honey_among<'a>(&self, subjects: impl Iterator<Item = &'a str>) -> usize {
+        let honey = self.honey.read().unwrap_or_else(|p| p.into_inner());
+        if honey.is_empty() {
+            return 0;
+        }
+        subjects
+            .filter(|s| honey.contains(&self.names.subject(s)))
+            .count()
     }
 }

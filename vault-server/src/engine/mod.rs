@@ -250,7 +250,7 @@ pub struct Engine {
     wraps: wraps::WrapCounts,
     policy: Arc<PolicyHandle>,
     monitor: Arc<crate::monitor::Monitor>,
-    /// Pseudonyms of the honey subjects (decoys: see `honey.rs`).
+    /// Storage names of the honey subjects (decoys: see `honey.rs`).
     honey: RwLock<std::collections::HashSet<[u8; 32]>>,
     audit: Arc<AuditLog>,
     closed: AtomicBool,
@@ -1033,11 +1033,9 @@ impl Engine {
             Err(e) => return Staged::failed(ev, e),
         };
         let mut returned = BTreeSet::new();
-        let mut honey = 0usize;
         for r in &found {
-            let pseudonym = kr.subject_pseudonym(&r.subject_id);
-            honey += usize::from(self.is_honey(&pseudonym));
-            ev.subjects.push(to_hex(pseudonym));
+            ev.subjects
+                .push(to_hex(kr.subject_pseudonym(&r.subject_id)));
             for (name, value) in &r.fields {
                 returned.insert(name.clone());
                 ev.bytes += value.size() as u64;
@@ -1046,6 +1044,7 @@ impl Engine {
         ev.subjects.sort();
         ev.subjects.dedup();
         ev.fields = returned.into_iter().collect();
+        let honey = self.honey_among(found.iter().map(|r| r.subject_id.as_str()));
         if honey > 0 && !caller.internal {
             self.monitor().honey_read(caller, collection, honey);
         }
