@@ -199,3 +199,128 @@ fn unreadable_input_is_an_error() {
     assert_eq!(body["error"]["kind"], json!("io"));
     assert!(err.contains("events.jsonl"), "{err}");
 }
+
+/// (exit code, stdout) of `audit verify DIR` with more arguments.
+fn vaultctl_with(dir: &Path, key_dir: &Path, more: &[&std::ffi::OsStr]) -> (i32, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_vaultctl"))
+        .args(["audit", "verify"])
+        .arg(dir)
+        .arg("--public-key")
+        .arg(key_dir.join("vault-eu.pub"))
+        .args(more)
+        .env_remove("VAULT_TOKEN")
+        .env_remove("VAULT_ADDR")
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap(),
+        String::from_utf8(output.stdout).unwrap() + &String::from_utf8(output.stderr).unwrap(),
+    )
+}
+
+#[test]
+fn a_history_that_forks_from_or_rolls_back_what_the_auditor_saw_fails() {
+    let key = SigningKey::from_bytes(&[7; 32]);
+    let root = tempfile::tempdir().unwrap();
+    let export = |name: &str, events: usize, sizes: &[usize]| {
+        let dir = root.path().join(name);
+        let lines = write_export(&dir, &key, events, sizes);
+        (dir, lines)
+    };
+    let state = root.path().join("auditor.state");
+    let state_arg = |p: &Path| {
+        vec![
+            std::ffi::OsStr::new("--state").to_owned(),
+            p.as_os_str().to_owned(),
+        ]
+    };
+    let run = |dir: &Path, more: Vec<std::ffi::OsString>| {
+        let more: Vec<&std::ffi::OsStr> = more.iter().map(|s| s.as_os_str()).collect();
+        vaultctl_with(dir, dir, &more)
+    };
+
+    // The first verification keeps its latest checkpoint (size 12).
+    let (seen, _) = export("seen", 12, &[4, 8, 12]);
+    let (code, out) = run(&seen, state_arg(&state));
+    assert_eq!(code, 0, "{out}");
+    let kept = std::fs::read_to_string(&state).unwrap();
+    assert!(kept.starts_with("vault.example/eu/audit\n12\n"), "{kept}");
+
+    // The log grew, consistently: valid, and the state moves on to 16.
+    let (grown, _) = export("grown", 16, &[4, 16]);
+    let (code, out) = run(&grown, state_arg(&state));
+    assert_eq!(code, 0, "{out}");
+    assert!(std::fs::read_to_string(&state).unwrap().contains("\n16\n"));
+
+    // A history rewritten and signed anew by the vault's key: on its own
+    // it verifies, but not against what the auditor saw.
+    let (forked, mut lines) = export("forked", 16, &[]);
+    lines[10] = lines[10].replace("ticket", "marketing");
+    write_events(&forked, &lines);
+    let forked_again = root.path().join("forked-signed");
+    let mut rewritten = lines.clone();
+    // Re-chain and re-sign over the edited events.
+    let mut prev = [0u8; 32];
+    for line in &mut rewritten {
+        let mut v: Json = serde_json::from_str(line).unwrap();
+        v["prev"] = json!(hex::encode(prev));
+        *line = v.to_string();
+        prev = leaf_hash(line.as_bytes());
+    }
+    write_export(&forked_again, &key, 0, &[]);
+    write_events(&forked_again, &rewritten);
+    sign_over(&forked_again, &key, &rewritten, &[16]);
+    let (code, out) = run(&forked_again, Vec::new());
+    assert_eq!(code, 0, "the forged history alone verifies: {out}");
+    let before = std::fs::read(&state).unwrap();
+    let (code, out) = run(&forked_again, state_arg(&state));
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("trusted state"), "{out}");
+    // A failed verification leaves the state as it was.
+    assert_eq!(std::fs::read(&state).unwrap(), before);
+
+    // A rollback: a shorter, valid export.
+    let (short, _) = export("short", 8, &[4, 8]);
+    let (code, out) = run(&short, state_arg(&state));
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("truncated"), "{out}");
+
+    // The same with --trusted-checkpoint.
+    let trusted = vec![
+        std::ffi::OsStr::new("--trusted-checkpoint").to_owned(),
+        state.as_os_str().to_owned(),
+    ];
+    let (code, out) = run(&short, trusted.clone());
+    assert_eq!(code, 1, "{out}");
+    let (code, out) = run(&grown, trusted);
+    assert_eq!(code, 0, "{out}");
+
+    // A trusted file that is not a checkpoint is a fault, not a pass.
+    let junk = root.path().join("junk");
+    std::fs::write(&junk, "not a checkpoint").unwrap();
+    let (code, out) = run(
+        &grown,
+        vec![
+            std::ffi::OsStr::new("--trusted-checkpoint").to_owned(),
+            junk.into_os_string(),
+        ],
+    );
+    assert_eq!(code, 1, "{out}");
+}
+
+/// Writes checkpoints of `sizes` over `lines` into `dir/checkpoints`.
+fn sign_over(dir: &Path, key: &SigningKey, lines: &[String], sizes: &[usize]) {
+    let leaves: Vec<[u8; 32]> = lines.iter().map(|l| leaf_hash(l.as_bytes())).collect();
+    let public = key.verifying_key().to_bytes();
+    std::fs::create_dir_all(dir.join("checkpoints")).unwrap();
+    for &size in sizes {
+        let body = format!(
+            "vault.example/eu/audit\n{size}\n{}\n",
+            BASE64.encode(root(&leaves[..size]))
+        );
+        let mut signature = key_id(&public).to_vec();
+        signature.extend_from_slice(&key.sign(body.as_bytes()).to_bytes());
+        let note = format!("{body}\n\u{2014} {NAME} {}\n", BASE64.encode(signature));
+        std::fs::write(dir.join("checkpoints").join(format!("{size}.cp")), note).unwrap();
+    }
+}

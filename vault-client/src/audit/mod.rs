@@ -62,6 +62,7 @@ pub use self::merkle::{
 };
 pub use self::note::{key_id, Checkpoint, KeyError, NoteError, VerifierKey};
 pub use self::verify::{
-    read_checkpoints, verify_export, verify_export_with_progress, verify_log, CheckpointFile,
-    Fault, FaultKind, Progress, ReadError, Report, CHECKPOINTS_DIR, EVENTS_FILE,
+    latest_note, read_checkpoints, verify_export, verify_export_trusting,
+    verify_export_with_progress, verify_log, CheckpointFile, Fault, FaultKind, Progress, ReadError,
+    Report, CHECKPOINTS_DIR, EVENTS_FILE,
 };

@@ -231,6 +231,44 @@ pub fn verify_export_with_progress(
         .map_err(|source| ReadError { path, source })
 }
 
+/// [`verify_export_with_progress`], checking the export against
+/// `trusted` checkpoints too: ones the auditor saved from an earlier
+/// verification (or got from a witness). They are checked like the
+/// export's own, so an export that forks from one (another root at its
+/// size) fails as `root_mismatch` or `inconsistent`, and one that rolls it
+/// back (fewer events than it names) as `truncated`. Name them so that
+/// faults say which they are (`trusted …`).
+pub fn verify_export_trusting(
+    dir: &Path,
+    key: &VerifierKey,
+    trusted: &[CheckpointFile],
+    progress: impl FnMut(Progress),
+) -> Result<Report, ReadError> {
+    let mut checkpoints = read_checkpoints(dir)?;
+    checkpoints.extend(trusted.iter().cloned());
+    let path = dir.join(EVENTS_FILE);
+    let file = File::open(&path).map_err(|source| ReadError {
+        path: path.clone(),
+        source,
+    })?;
+    verify_log(BufReader::new(file), &checkpoints, key, progress)
+        .map_err(|source| ReadError { path, source })
+}
+
+/// The signed note of `report`'s latest good checkpoint among `files` (the
+/// export's and the trusted ones), to keep as the next run's trusted one.
+pub fn latest_note<'a>(
+    report: &Report,
+    files: impl IntoIterator<Item = &'a CheckpointFile>,
+    key: &VerifierKey,
+) -> Option<&'a [u8]> {
+    let latest = report.latest.as_ref()?;
+    files
+        .into_iter()
+        .find(|f| Checkpoint::open(&f.bytes, key).as_ref() == Ok(latest))
+        .map(|f| f.bytes.as_slice())
+}
+
 /// A checkpoint file, opened as far as it goes, in the order it is checked.
 #[derive(Debug, Clone)]
 struct Pending<'a> {

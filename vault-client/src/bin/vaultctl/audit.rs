@@ -20,8 +20,9 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Subcommand};
 use serde_json::json;
 use vault_client::audit::{
-    leaf_hash, verify_consistency, verify_export_with_progress, verify_inclusion, Checkpoint,
-    Progress, Report, VerifierKey, CHECKPOINTS_DIR, EVENTS_FILE,
+    latest_note, leaf_hash, read_checkpoints, verify_consistency, verify_export_trusting,
+    verify_inclusion, Checkpoint, CheckpointFile, Progress, Report, VerifierKey, CHECKPOINTS_DIR,
+    EVENTS_FILE,
 };
 use vault_client::{Error, VaultClient};
 
@@ -135,6 +136,17 @@ pub(crate) struct VerifyArgs {
     /// `<name>+<key id hex>+<base64 key>` (C2SP signed-note key).
     #[arg(long, value_name = "FILE")]
     public_key: PathBuf,
+
+    /// A signed checkpoint seen before (repeatable): the export must
+    /// extend it. A history that forks from it or rolls it back fails.
+    #[arg(long, value_name = "FILE")]
+    trusted_checkpoint: Vec<PathBuf>,
+
+    /// The auditor's state: the latest checkpoint verified so far, trusted
+    /// like --trusted-checkpoint if the file exists, and replaced by the
+    /// export's latest once it verifies.
+    #[arg(long, value_name = "FILE")]
+    state: Option<PathBuf>,
 }
 
 /// Runs one `audit` command; `Ok(false)`: it printed a negative verdict.
@@ -143,7 +155,17 @@ pub(crate) async fn run_audit(cli: &Cli, command: &AuditCommand) -> Result<bool,
         AuditCommand::Verify(args) => {
             // Offline: no connection, no token.
             let key = read_key(&args.public_key)?;
-            let report = verify(&args.dir, &key)?;
+            let mut trusted = Vec::new();
+            for path in &args.trusted_checkpoint {
+                trusted.push(trusted_file(path, "trusted checkpoint")?);
+            }
+            if let Some(state) = args.state.as_ref().filter(|p| p.exists()) {
+                trusted.push(trusted_file(state, "trusted state")?);
+            }
+            let report = verify(&args.dir, &key, &trusted)?;
+            if let (Some(state), true) = (&args.state, report.is_valid()) {
+                save_state(state, &args.dir, &trusted, &report, &key)?;
+            }
             if cli.json {
                 emit(&report.to_json().to_string());
             } else {
@@ -767,13 +789,59 @@ fn read_key(path: &Path) -> Result<VerifierKey, CliError> {
 
 /// Verifies, with a progress bar on stderr when it is a terminal and the
 /// log is large.
-fn verify(dir: &Path, key: &VerifierKey) -> Result<Report, CliError> {
+/// The most a checkpoint file may hold (a note is a few hundred bytes).
+const MAX_CHECKPOINT_FILE: u64 = 64 * 1024;
+
+/// A checkpoint the auditor trusts, read from `path`.
+fn trusted_file(path: &Path, what: &str) -> Result<CheckpointFile, CliError> {
+    let read = || -> std::io::Result<Vec<u8>> {
+        let mut bytes = Vec::new();
+        std::fs::File::open(path)?
+            .take(MAX_CHECKPOINT_FILE + 1)
+            .read_to_end(&mut bytes)?;
+        Ok(bytes)
+    };
+    let bytes = read().map_err(|e| CliError::Io(format!("{what} {}: {e}", path.display())))?;
+    if bytes.len() as u64 > MAX_CHECKPOINT_FILE {
+        return Err(CliError::Input(format!(
+            "{what} {}: larger than {MAX_CHECKPOINT_FILE} bytes; not a checkpoint",
+            path.display()
+        )));
+    }
+    Ok(CheckpointFile {
+        name: format!("{what} {}", path.display()),
+        bytes,
+    })
+}
+
+/// Replaces the state file with the latest checkpoint verified (written
+/// beside it, then renamed over it).
+fn save_state(
+    state: &Path,
+    dir: &Path,
+    trusted: &[CheckpointFile],
+    report: &Report,
+    key: &VerifierKey,
+) -> Result<(), CliError> {
+    let exported = read_checkpoints(dir).map_err(|e| CliError::Io(e.to_string()))?;
+    let Some(note) = latest_note(report, exported.iter().chain(trusted), key) else {
+        return Ok(());
+    };
+    let mut tmp = state.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, note)
+        .and_then(|()| std::fs::rename(&tmp, state))
+        .map_err(|e| CliError::Io(format!("writing the state {}: {e}", state.display())))
+}
+
+fn verify(dir: &Path, key: &VerifierKey, trusted: &[CheckpointFile]) -> Result<Report, CliError> {
     let total = std::fs::metadata(dir.join(EVENTS_FILE))
         .map(|m| m.len())
         .unwrap_or(0);
     let draw = total >= LARGE_LOG_BYTES && std::io::stderr().is_terminal();
     let mut shown: Option<u64> = None;
-    let result = verify_export_with_progress(dir, key, |progress| {
+    let result = verify_export_trusting(dir, key, trusted, |progress| {
         if !draw {
             return;
         }
