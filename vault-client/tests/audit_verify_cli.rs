@@ -58,19 +58,8 @@ fn write_export(dir: &Path, key: &SigningKey, events: usize, checkpoints: &[usiz
         prev = leaf_hash(line.as_bytes());
         lines.push(line);
     }
-    let leaves: Vec<[u8; 32]> = lines.iter().map(|l| leaf_hash(l.as_bytes())).collect();
-    std::fs::create_dir_all(dir.join("checkpoints")).unwrap();
+    sign_over(dir, key, &lines, checkpoints);
     let public = key.verifying_key().to_bytes();
-    for &size in checkpoints {
-        let body = format!(
-            "vault.example/eu/audit\n{size}\n{}\n",
-            BASE64.encode(root(&leaves[..size]))
-        );
-        let mut signature = key_id(&public).to_vec();
-        signature.extend_from_slice(&key.sign(body.as_bytes()).to_bytes());
-        let note = format!("{body}\n\u{2014} {NAME} {}\n", BASE64.encode(signature));
-        std::fs::write(dir.join("checkpoints").join(format!("{size}.cp")), note).unwrap();
-    }
     write_events(dir, &lines);
     let mut encoded = vec![1u8];
     encoded.extend_from_slice(&public);
