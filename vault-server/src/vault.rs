@@ -370,11 +370,7 @@ impl Vault {
         threshold: u8,
         recipients: Option<&ShareRecipients>,
     ) -> Result<IssuedShares> {
-        self.opts
-            .engine
-            .policy
-            .current()
-            .authorize(caller, Operation::Custody, None)?;
+        self.authorize_custody(caller)?;
         check_split(threshold, shares).map_err(share_error)?;
         check_recipients(recipients, shares)?;
         let mut state = self.state();
@@ -455,11 +451,7 @@ impl Vault {
         share: &str,
         allow_keyring_rollback: bool,
     ) -> Result<UnsealProgress> {
-        self.opts
-            .engine
-            .policy
-            .current()
-            .authorize(caller, Operation::Custody, None)?;
+        self.authorize_custody(caller)?;
         let share = UnsealShare::parse(share).map_err(|e| refused(caller, e))?;
         let mut state = self.state();
         let (custody, collector) = match &mut *state {
@@ -558,11 +550,7 @@ impl Vault {
     }
 
     fn seal_unaudited(&self, caller: &Caller) -> Result<()> {
-        self.opts
-            .engine
-            .policy
-            .current()
-            .authorize(caller, Operation::Custody, None)?;
+        self.authorize_custody(caller)?;
         // A rekey in progress ends with the session (its shares are
         // dropped); one swapping the unseal key now is waited for. (Lock
         // order: the rekey slot, then the state.)
@@ -602,20 +590,14 @@ impl Vault {
     /// Lifts `principal`'s lockout (custody role; sealed or not), and
     /// records it. False if it was not locked out.
     pub fn unlock(&self, caller: &Caller, principal: &str) -> Result<bool> {
-        let result = self
-            .opts
-            .engine
-            .policy
-            .current()
-            .authorize(caller, Operation::Custody, None)
-            .and_then(|()| {
-                if principal.is_empty() || principal.len() > 1024 {
-                    return Err(Error::InvalidArgument(
-                        "principal must be 1 to 1024 bytes".into(),
-                    ));
-                }
-                Ok(self.monitor().lift(principal))
-            });
+        let result = self.authorize_custody(caller).and_then(|()| {
+            if principal.is_empty() || principal.len() > 1024 {
+                return Err(Error::InvalidArgument(
+                    "principal must be 1 to 1024 bytes".into(),
+                ));
+            }
+            Ok(self.monitor().lift(principal))
+        });
         let detail = result
             .as_ref()
             .ok()
@@ -624,15 +606,18 @@ impl Vault {
         result
     }
 
-    /// Custody status.
-    pub fn status(&self, caller: &Caller) -> Result<SealStatus> {
-        let result = self
-            .opts
+    /// Fails unless the policy in force lets `caller` perform key custody.
+    fn authorize_custody(&self, caller: &Caller) -> Result<()> {
+        self.opts
             .engine
             .policy
             .current()
             .authorize(caller, Operation::Custody, None)
-            .map(|()| self.seal_status());
+    }
+
+    /// Custody status.
+    pub fn status(&self, caller: &Caller) -> Result<SealStatus> {
+        let result = self.authorize_custody(caller).map(|()| self.seal_status());
         self.record(caller, "status", None, &result);
         result
     }
@@ -816,11 +801,7 @@ impl Vault {
     /// whether there was one.
     pub fn cancel_rekey(&self, caller: &Caller) -> Result<bool> {
         let result = self
-            .opts
-            .engine
-            .policy
-            .current()
-            .authorize(caller, Operation::Custody, None)
+            .authorize_custody(caller)
             .map(|()| self.rekey_slot().take().is_some());
         let detail = match result {
             Ok(true) => "cancelled",
@@ -840,11 +821,7 @@ impl Vault {
         share: &str,
         params: &RekeyParams,
     ) -> Result<RekeyProgress> {
-        self.opts
-            .engine
-            .policy
-            .current()
-            .authorize(caller, Operation::Custody, None)?;
+        self.authorize_custody(caller)?;
         check_split(params.threshold, params.shares).map_err(share_error)?;
         check_recipients(params.recipients.as_ref(), params.shares)?;
         let share = UnsealShare::parse(share).map_err(|e| refused(caller, e))?;

@@ -432,6 +432,19 @@ async fn a_critical_alert_seals_the_vault_when_configured_to() {
     let svc = client(&s, "svc", Some("support")).await;
     let keeper = client(&s, "keeper", None).await;
     assert!(keeper.unlock("svc").await.unwrap());
+    // Custody stays open to a locked-out principal: a custodian locked out
+    // by its own denied data calls still reaches custody, and can lift it.
+    let keeper_reading = client(&s, "keeper", Some("curious")).await;
+    for _ in 0..3 {
+        keeper_reading.get("users", "x").await.unwrap_err();
+    }
+    let e = keeper_reading.get("users", "x").await.unwrap_err();
+    assert!(
+        matches!(&e, Error::PermissionDenied(m) if m.contains("locked out")),
+        "{e}"
+    );
+    assert!(!keeper.status().await.unwrap().sealed);
+    assert!(keeper.unlock("keeper").await.unwrap());
     assert!(!*s.vault.vault.watch_sealed().borrow());
     // The decoy read seals the vault at once: the next data call is refused.
     svc.get("users", &honey[0]).await.unwrap();

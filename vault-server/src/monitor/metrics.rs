@@ -88,8 +88,7 @@ fn gauge(v: u64) -> i64 {
 impl Metrics {
     /// Empty metrics, registered.
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("vault");
-        let m = Metrics {
+        let mut m = Metrics {
             requests: Family::default(),
             latency: Family::new_with_constructor(latency),
             records: Family::default(),
@@ -105,8 +104,9 @@ impl Metrics {
             root_wraps: Family::default(),
             rewrap_left: Gauge::default(),
             flows: Mutex::new(HashSet::new()),
-            registry: Registry::default(),
+            registry: Registry::with_prefix("vault"),
         };
+        let registry = &mut m.registry;
         registry.register(
             "requests",
             "gRPC requests answered, by method and gRPC status code",
@@ -169,7 +169,7 @@ impl Metrics {
             "Subject keys the root-key re-wrap job has still to re-wrap",
             m.rewrap_left.clone(),
         );
-        Metrics { registry, ..m }
+        m
     }
 
     /// A request answered with gRPC `code` after `seconds`.
