@@ -669,6 +669,8 @@ impl Vault {
             }
         }
         self.sealed.send_replace(true);
+        // Alerts queued are written, and nothing holds the log after this.
+        self.opts.engine.monitor.detach(&self.audit);
     }
 }
 

@@ -340,6 +340,17 @@ async fn reading_a_honey_record_is_a_critical_alert_even_after_a_restart() {
     let owner = client(&s, "owner", None).await;
     let honey = owner.create_honey("users", 3).await.unwrap();
     assert_eq!(honey.len(), 3);
+    // The decoys are written as the internal principal `honey`: an auditor
+    // reading the log can tell them apart (and the planting is recorded).
+    let events = s.vault.vault.audit_log().events(0, 10_000).unwrap();
+    let by = |principal: &str, operation: &str| {
+        events.iter().any(|raw| {
+            let ev: serde_json::Value = serde_json::from_slice(raw).unwrap();
+            ev["principal"] == principal && ev["operation"] == operation
+        })
+    };
+    assert!(by("honey", "write"));
+    assert!(by("owner", "honey_create"));
     // Planting is admin work: a reader may not, and counts are bounded.
     let loader = client(&s, "loader", Some("import")).await;
     let e = loader.create_honey("users", 1).await.unwrap_err();
@@ -391,7 +402,7 @@ async fn reading_a_honey_record_is_a_critical_alert_even_after_a_restart() {
 
     // The vault remembers its honey across a restart.
     let data_dir = s.vault.data_dir.clone();
-    drop(s.vault.stop_serving().await);
+    s.vault.stop().await;
     let (opts, _) = options(data_dir.parent().unwrap(), OnCritical::Alert);
     let again = TestVault::start_dev_with_auth(opts, auth()).await.unwrap();
     let watcher = again

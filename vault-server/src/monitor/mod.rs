@@ -299,9 +299,16 @@ pub struct Monitor {
     /// Whether any principal may be locked out (false: the request path
     /// skips the lock).
     any_locked: std::sync::atomic::AtomicBool,
-    /// Alert events on their way to the alert writer thread, and the log
-    /// it writes to.
-    sink: Mutex<Option<(std::sync::mpsc::Sender<Event>, Weak<AuditLog>)>>,
+    /// Where alert events go, once attached to a log.
+    sink: Mutex<Option<Sink>>,
+}
+
+/// Alert events on their way to the alert writer thread, the log it
+/// writes to, and the thread (joined when the vault closes).
+struct Sink {
+    tx: std::sync::mpsc::Sender<Event>,
+    log: Weak<AuditLog>,
+    thread: std::thread::JoinHandle<()>,
 }
 
 impl std::fmt::Debug for Monitor {
@@ -374,7 +381,7 @@ impl Monitor {
     /// changes nothing).
     pub fn attach(&self, log: &Arc<AuditLog>) -> Result<()> {
         let mut sink = self.sink.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(current) = sink.as_ref().and_then(|(_, l)| l.upgrade()) {
+        if let Some(current) = sink.as_ref().and_then(|s| s.log.upgrade()) {
             if Arc::ptr_eq(&current, log) {
                 return Ok(());
             }
@@ -385,7 +392,7 @@ impl Monitor {
         let (tx, rx) = std::sync::mpsc::channel::<Event>();
         let weak: Weak<AuditLog> = Arc::downgrade(log);
         let theirs = weak.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("alert-writer".into())
             .spawn(move || {
                 while let Ok(ev) = rx.recv() {
@@ -401,8 +408,31 @@ impl Monitor {
                 }
             })
             .map_err(|e| Error::io("starting the alert writer thread", e))?;
-        *sink = Some((tx, weak));
+        *sink = Some(Sink {
+            tx,
+            log: weak,
+            thread,
+        });
         Ok(())
+    }
+
+    /// Stops writing alerts to `log` (its vault closes): the alerts queued
+    /// are written first, and the writer thread is gone when this returns,
+    /// so it holds the log no longer.
+    pub fn detach(&self, log: &Arc<AuditLog>) {
+        let sink = {
+            let mut sink = self.sink.lock().unwrap_or_else(|p| p.into_inner());
+            match sink.as_ref() {
+                Some(s) if Weak::ptr_eq(&s.log, &Arc::downgrade(log)) => sink.take(),
+                _ => None,
+            }
+        };
+        if let Some(Sink { tx, thread, .. }) = sink {
+            drop(tx);
+            if thread.join().is_err() {
+                tracing::error!("the alert writer thread panicked");
+            }
+        }
     }
 
     /// Live alerts from now on.
@@ -463,7 +493,7 @@ impl Monitor {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
-            .is_some_and(|(tx, _)| tx.send(ev).is_ok());
+            .is_some_and(|s| s.tx.send(ev).is_ok());
         if !sent {
             tracing::error!("an alert could not be queued for the audit log");
         }

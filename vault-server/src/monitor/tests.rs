@@ -253,6 +253,15 @@ fn a_monitor_serves_one_open_vault_at_a_time() {
     // Once the first is closed, the monitor may serve another.
     drop(first);
     m.attach(&second).unwrap();
+    // Detaching writes what is queued and lets go of the log: its store
+    // can be opened again at once.
+    m.denied("svc", None);
+    m.detach(&second);
+    assert_eq!(second.size(), 1);
+    let store = Arc::downgrade(&second);
+    drop(second);
+    assert!(store.upgrade().is_none());
+    drop(open(b.path()));
 }
 
 #[test]
