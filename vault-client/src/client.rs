@@ -1150,6 +1150,45 @@ impl VaultClient {
         proof_hashes(response.hashes, "consistency")
     }
 
+    /// Hands the vault a witness's cosignature of one of its checkpoints
+    /// (the checkpoint note with the witness's cosignature line; auditor
+    /// role). The vault verifies it against the witnesses it is configured
+    /// with and serves it with the checkpoint from then on. Returns the
+    /// tree size and the witnesses whose cosignatures it took.
+    pub async fn add_cosignature(&self, cosigned: &str) -> Result<(u64, Vec<String>)> {
+        let request = pb::AddCosignatureRequest {
+            checkpoint: cosigned.to_owned(),
+        };
+        let response = self
+            .audit_call(
+                request,
+                |mut c, r| async move { c.add_cosignature(r).await },
+            )
+            .await?;
+        Ok((response.tree_size, response.witnesses))
+    }
+
+    /// Tells the vault that witness `witness` refused a checkpoint
+    /// (`refusal`, signed by it: `signature`); the vault raises a critical
+    /// alert (auditor role).
+    pub async fn report_refusal(
+        &self,
+        witness: &str,
+        refusal: &crate::audit::Refusal,
+        signature: &[u8],
+    ) -> Result<()> {
+        let request = pb::ReportRefusalRequest {
+            witness: witness.to_owned(),
+            time: refusal.timestamp,
+            reason: refusal.reason.clone(),
+            checkpoint: refusal.checkpoint.clone(),
+            signature: signature.to_vec(),
+        };
+        self.audit_call(request, |mut c, r| async move { c.report_refusal(r).await })
+            .await?;
+        Ok(())
+    }
+
     /// The C2SP verifier key of the vault's checkpoint signing key
     /// (`<origin>+<hex key id>+<base64 key>`, parsed by
     /// [`crate::audit::VerifierKey`]) and the log's origin, as

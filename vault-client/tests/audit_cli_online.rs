@@ -152,6 +152,22 @@ impl AuditService for Fake {
         Err(Status::unimplemented("no alerts here"))
     }
 
+    /// Not used by these tests.
+    async fn add_cosignature(
+        &self,
+        _: Request<pb::AddCosignatureRequest>,
+    ) -> Result<Response<pb::AddCosignatureResponse>, Status> {
+        Err(Status::unimplemented("no witnesses here"))
+    }
+
+    /// Not used by these tests.
+    async fn report_refusal(
+        &self,
+        _: Request<pb::ReportRefusalRequest>,
+    ) -> Result<Response<pb::ReportRefusalResponse>, Status> {
+        Err(Status::unimplemented("no witnesses here"))
+    }
+
     /// The events from `from` in pages of 7, then the stream ends (as when
     /// the vault shuts down).
     async fn follow(

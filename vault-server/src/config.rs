@@ -24,6 +24,7 @@
 //! [audit]                                    # when audit checkpoints are signed; optional
 //! checkpoint_every_events = 1000             # 0: not by count
 //! checkpoint_interval_ms = 60000             # if the log grew; 0: not by time
+//! witnesses = ["witness.auditor.example/eu+1a2b3c4d+BH…"]  # whose cosignatures it takes
 //!
 //! [keys]                                     # optional
 //! rotate_root_after_wraps = 2147483648       # ask for a root rotation after this many
@@ -80,6 +81,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Deserializer};
 
+use crate::audit::checkpoint::WitnessKey;
 use crate::engine::{
     CheckpointOptions, EngineOptions, Limits, RewrapOptions, DEFAULT_ROTATE_AFTER_WRAPS,
     NIST_RANDOM_NONCE_LIMIT,
@@ -181,6 +183,9 @@ pub struct RewrapConfig {
 /// The most `limits.max_batch_records`.
 const MAX_BATCH_RECORDS: usize = 10_000;
 
+/// The most witness keys `audit.witnesses` lists.
+const MAX_WITNESSES: usize = 16;
+
 /// The longest `audit.checkpoint_interval_ms`: one day.
 const MAX_CHECKPOINT_INTERVAL_MS: u64 = 86_400_000;
 
@@ -196,6 +201,11 @@ pub struct AuditConfig {
     /// A checkpoint every this many milliseconds if the log grew; 0: not
     /// by time.
     pub checkpoint_interval_ms: Option<u64>,
+    /// The witnesses whose cosignatures of checkpoints the vault takes:
+    /// C2SP verifier keys `<name>+<hex key id>+<base64(0x04 ‖ key)>`, as
+    /// `vaultctl audit witness-key` prints them (at most 16).
+    #[serde(default)]
+    pub witnesses: Vec<String>,
 }
 
 /// `[keys]`.
@@ -405,6 +415,21 @@ impl Config {
                 "audit.checkpoint_interval_ms must be at most {MAX_CHECKPOINT_INTERVAL_MS} (one day)"
             ));
         }
+        if self.audit.witnesses.len() > MAX_WITNESSES {
+            return Err(format!(
+                "audit.witnesses lists at most {MAX_WITNESSES} witness keys"
+            ));
+        }
+        let mut witnesses = Vec::new();
+        for (i, text) in self.audit.witnesses.iter().enumerate() {
+            let key: WitnessKey = text
+                .parse()
+                .map_err(|e| format!("audit.witnesses[{i}]: {e}"))?;
+            if witnesses.contains(&key) {
+                return Err(format!("audit.witnesses[{i}] is listed twice"));
+            }
+            witnesses.push(key);
+        }
         let l = LockoutOptions::default();
         let lockout = LockoutOptions {
             after_denials: self
@@ -479,6 +504,7 @@ impl Config {
                     },
                     std::sync::Arc::new(SystemClock),
                 )),
+                witnesses,
             },
         })
     }
@@ -651,6 +677,44 @@ roles = ["reader"]
         assert!(e.contains("one day"), "{e}");
         let e = Config::parse(&format!("{GOOD}\n[audit]\ncheckpoint_every = 5\n")).unwrap_err();
         assert!(e.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn witness_keys_are_checked_when_loaded() {
+        use base64::Engine as _;
+        use sha2::Digest as _;
+        let public = ed25519_dalek::SigningKey::from_bytes(&[5; 32])
+            .verifying_key()
+            .to_bytes();
+        let mut h = sha2::Sha256::new();
+        h.update(b"w.example/eu\n\x04");
+        h.update(public);
+        let mut blob = vec![4u8];
+        blob.extend_from_slice(&public);
+        let key = format!(
+            "w.example/eu+{}+{}",
+            hex::encode(&h.finalize()[..4]),
+            base64::engine::general_purpose::STANDARD.encode(blob)
+        );
+        let with = |list: &str| Config::parse(&format!("{GOOD}\n[audit]\nwitnesses = [{list}]\n"));
+        let c = with(&format!("\"{key}\"")).unwrap();
+        let witnesses = c.open_options().unwrap().engine.witnesses;
+        assert_eq!(witnesses.len(), 1);
+        assert_eq!(witnesses[0].name(), "w.example/eu");
+        let e = with(&format!("\"{key}\", \"{key}\"")).unwrap_err();
+        assert!(e.contains("listed twice"), "{e}");
+        let e = with("\"w+00000000+AAAA\"").unwrap_err();
+        assert!(e.contains("audit.witnesses[0]"), "{e}");
+        // Another name: the key id is no longer the key's.
+        let e = with(&format!(
+            "\"{}\"",
+            key.replacen("w.example/eu", "w.example/fr", 1)
+        ))
+        .unwrap_err();
+        assert!(e.contains("key id"), "{e}");
+        let many = vec![format!("\"{key}\""); 17].join(", ");
+        let e = with(&many).unwrap_err();
+        assert!(e.contains("at most 16"), "{e}");
     }
 
     #[test]

@@ -22,6 +22,7 @@ mod tls;
 mod vaultctl;
 mod vaultctl_custody;
 mod vaultctl_rekey;
+mod witness;
 
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;

@@ -50,11 +50,16 @@
 //! # Ok(()) }
 //! ```
 
+mod cosign;
 mod ledger;
 mod merkle;
 mod note;
 mod verify;
 
+pub use self::cosign::{
+    cosigned_message, cosigner_key_id, note_text, Refusal, WitnessKey, WitnessSigner,
+    ALG_COSIGNATURE_V1, MAX_REFUSAL_REASON,
+};
 pub use self::ledger::{LedgerEntry, LedgerFault, LedgerPage};
 pub use self::merkle::{
     empty_root, leaf_hash, node_hash, root_from_leaf_hashes, verify_consistency, verify_inclusion,
@@ -62,7 +67,7 @@ pub use self::merkle::{
 };
 pub use self::note::{key_id, Checkpoint, KeyError, NoteError, VerifierKey};
 pub use self::verify::{
-    latest_note, read_checkpoints, verify_export, verify_export_trusting,
+    check_witnesses, latest_note, read_checkpoints, verify_export, verify_export_trusting,
     verify_export_with_progress, verify_log, CheckpointFile, Fault, FaultKind, Progress, ReadError,
-    Report, CHECKPOINTS_DIR, EVENTS_FILE,
+    Report, Witnessed, CHECKPOINTS_DIR, EVENTS_FILE,
 };

@@ -51,7 +51,7 @@ pub fn key_id(name: &str, public_key: &[u8; 32]) -> [u8; 4] {
 
 /// Whether `name` can name a signed-note key: not empty, and no Unicode
 /// space, `+` or control character.
-fn is_valid_key_name(name: &str) -> bool {
+pub(super) fn is_valid_key_name(name: &str) -> bool {
     !name.is_empty()
         && !name
             .chars()
@@ -78,8 +78,8 @@ impl fmt::Debug for VerifierKey {
 
 /// Why a verifier key does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("not a signed-note Ed25519 verifier key (name+hex id+base64 key): {0}")]
-pub struct KeyError(String);
+#[error("not a signed-note verifier key (name+hex id+base64 key): {0}")]
+pub struct KeyError(pub(super) String);
 
 impl VerifierKey {
     /// The verifier key of an Ed25519 public key under `name`.
@@ -139,6 +139,40 @@ impl fmt::Display for VerifierKey {
     }
 }
 
+/// Splits `<name>+<8 hex digits>+<base64(alg ‖ 32-byte key)>` (surrounding
+/// whitespace ignored) into name, key id and public key, checking the
+/// algorithm byte is `alg` (`what` names it in errors).
+pub(super) fn split_vkey(
+    text: &str,
+    alg: u8,
+    what: &str,
+) -> Result<(String, [u8; 4], [u8; 32]), KeyError> {
+    let text = text.trim();
+    let mut parts = text.splitn(3, '+');
+    let (Some(name), Some(id), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(KeyError("expected three parts separated by `+`".into()));
+    };
+    if id.len() != 8 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(KeyError("the key id is not 8 hex digits".into()));
+    }
+    let id: [u8; 4] = hex::decode(id)
+        .ok()
+        .and_then(|id| id.try_into().ok())
+        .ok_or_else(|| KeyError("the key id is not 8 hex digits".into()))?;
+    let key = BASE64
+        .decode(key)
+        .map_err(|_| KeyError("the key is not standard base64".into()))?;
+    match key.split_first() {
+        Some((&first, public_key)) if first == alg => {
+            let public_key: [u8; 32] = public_key
+                .try_into()
+                .map_err(|_| KeyError("the Ed25519 key is not 32 bytes".into()))?;
+            Ok((name.to_owned(), id, public_key))
+        }
+        _ => Err(KeyError(format!("not {what} (algorithm byte 0x{alg:02x})"))),
+    }
+}
+
 /// Parses `<name>+<8 hex digits>+<base64(0x01 ‖ 32-byte key)>`
 /// (surrounding whitespace ignored), and checks that the key id is the
 /// key's.
@@ -146,28 +180,8 @@ impl FromStr for VerifierKey {
     type Err = KeyError;
 
     fn from_str(text: &str) -> Result<Self, KeyError> {
-        let text = text.trim();
-        let mut parts = text.splitn(3, '+');
-        let (Some(name), Some(id), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
-            return Err(KeyError("expected three parts separated by `+`".into()));
-        };
-        if id.len() != 8 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(KeyError("the key id is not 8 hex digits".into()));
-        }
-        let id: [u8; 4] = hex::decode(id)
-            .ok()
-            .and_then(|id| id.try_into().ok())
-            .ok_or_else(|| KeyError("the key id is not 8 hex digits".into()))?;
-        let key = BASE64
-            .decode(key)
-            .map_err(|_| KeyError("the key is not standard base64".into()))?;
-        let Some((&ALG_ED25519, public_key)) = key.split_first() else {
-            return Err(KeyError("not an Ed25519 key (algorithm byte 0x01)".into()));
-        };
-        let public_key: [u8; 32] = public_key
-            .try_into()
-            .map_err(|_| KeyError("the Ed25519 key is not 32 bytes".into()))?;
-        let verifier = Self::new(name, &public_key)?;
+        let (name, id, public_key) = split_vkey(text, ALG_ED25519, "an Ed25519 key")?;
+        let verifier = Self::new(&name, &public_key)?;
         if verifier.id != id {
             return Err(KeyError(format!(
                 "the key id {} is not that of the key (it is {})",
@@ -211,15 +225,15 @@ pub enum NoteError {
 
 /// A signed note split into its text and signatures, not yet verified.
 #[derive(Debug)]
-struct Note<'a> {
+pub(super) struct Note<'a> {
     /// The signed text, with its final newline.
-    text: &'a str,
+    pub(super) text: &'a str,
     /// (key name, key id ‖ signature bytes) of each signature line.
-    signatures: Vec<(&'a str, Vec<u8>)>,
+    pub(super) signatures: Vec<(&'a str, Vec<u8>)>,
 }
 
 impl<'a> Note<'a> {
-    fn parse(note: &'a [u8]) -> Result<Self, NoteError> {
+    pub(super) fn parse(note: &'a [u8]) -> Result<Self, NoteError> {
         let note = std::str::from_utf8(note).map_err(|_| NoteError::Malformed("not UTF-8"))?;
         if note.chars().any(|c| c.is_ascii_control() && c != '\n') {
             return Err(NoteError::Malformed("a control character"));

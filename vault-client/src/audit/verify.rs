@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use serde_json::{Map, Value as Json};
 
+use super::cosign::WitnessKey;
 use super::merkle::{leaf_hash, Hash, RootBuilder};
 use super::note::{Checkpoint, NoteError, VerifierKey};
 
@@ -54,12 +55,16 @@ pub enum FaultKind {
     Inconsistent,
     /// No checkpoint: nothing anchors the log.
     NoCheckpoint,
+    /// No checkpoint is cosigned by as many of the witness keys as
+    /// required (`index` 0).
+    NotWitnessed,
 }
 
 impl FaultKind {
     /// The snake_case name: `malformed`, `reordered_or_missing`,
     /// `modified`, `bad_signature`, `malformed_checkpoint`, `truncated`,
-    /// `root_mismatch`, `inconsistent` or `no_checkpoint`.
+    /// `root_mismatch`, `inconsistent`, `no_checkpoint` or
+    /// `not_witnessed`.
     pub fn as_str(self) -> &'static str {
         match self {
             FaultKind::Malformed => "malformed",
@@ -71,6 +76,7 @@ impl FaultKind {
             FaultKind::RootMismatch => "root_mismatch",
             FaultKind::Inconsistent => "inconsistent",
             FaultKind::NoCheckpoint => "no_checkpoint",
+            FaultKind::NotWitnessed => "not_witnessed",
         }
     }
 }
@@ -121,6 +127,80 @@ pub struct Report {
     /// The largest good checkpoint, when the log is valid.
     #[serde(skip)]
     pub latest: Option<Checkpoint>,
+    /// The largest checkpoint the witnesses cosigned, when they were
+    /// checked ([`check_witnesses`]).
+    pub witnessed: Option<Witnessed>,
+}
+
+/// The largest checkpoint enough witnesses cosigned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Witnessed {
+    /// Its tree size: the events it covers are witnessed.
+    pub tree_size: u64,
+    /// The names of the witnesses whose cosignatures verify on it.
+    pub witnesses: Vec<String>,
+}
+
+/// How far in the future a cosignature's time may be (clocks differ).
+const FUTURE_SLACK_SECS: u64 = 600;
+
+/// Checks, on a valid `report`, that a checkpoint among `files` (the ones
+/// it was verified with) is cosigned by at least `needed` of `witnesses`
+/// (distinct keys; a cosignature whose time is more than ten minutes
+/// after `now`, in seconds since the Unix epoch, does not count). Sets
+/// `report.witnessed` to the largest such checkpoint, or the fault
+/// `not_witnessed`. A report that is already invalid is left as it is.
+pub fn check_witnesses(
+    report: &mut Report,
+    files: &[CheckpointFile],
+    key: &VerifierKey,
+    witnesses: &[WitnessKey],
+    needed: usize,
+    now: u64,
+) {
+    if !report.is_valid() {
+        return;
+    }
+    let mut distinct: Vec<&WitnessKey> = Vec::new();
+    for witness in witnesses {
+        if !distinct.contains(&witness) {
+            distinct.push(witness);
+        }
+    }
+    let mut best: Option<Witnessed> = None;
+    let mut most = 0;
+    for file in files {
+        let Ok(checkpoint) = Checkpoint::open(&file.bytes, key) else {
+            continue;
+        };
+        let names: Vec<String> = distinct
+            .iter()
+            .filter(|w| {
+                w.cosignature_time(&file.bytes)
+                    .is_ok_and(|t| t <= now.saturating_add(FUTURE_SLACK_SECS))
+            })
+            .map(|w| w.name().to_owned())
+            .collect();
+        most = most.max(names.len());
+        if names.len() >= needed && best.as_ref().is_none_or(|b| b.tree_size < checkpoint.size) {
+            best = Some(Witnessed {
+                tree_size: checkpoint.size,
+                witnesses: names,
+            });
+        }
+    }
+    if best.is_none() {
+        report.fault = Some(Fault::new(
+            0,
+            FaultKind::NotWitnessed,
+            format!(
+                "no checkpoint is cosigned by {needed} of the {} witness key(s) (at most {most} \
+                 on one)",
+                distinct.len()
+            ),
+        ));
+    }
+    report.witnessed = best;
 }
 
 impl Report {
@@ -130,14 +210,19 @@ impl Report {
     }
 
     /// `{"valid": bool, "events": n, "checkpoints": k, "fault": {"index",
-    /// "kind", "detail"} | null}`.
+    /// "kind", "detail"} | null}`, and `"witnessed": {"tree_size",
+    /// "witnesses"}` when witnesses were checked and enough cosigned.
     pub fn to_json(&self) -> Json {
-        serde_json::json!({
+        let mut json = serde_json::json!({
             "valid": self.is_valid(),
             "events": self.events,
             "checkpoints": self.checkpoints,
             "fault": self.fault,
-        })
+        });
+        if let Some(witnessed) = &self.witnessed {
+            json["witnessed"] = serde_json::json!(witnessed);
+        }
+        json
     }
 }
 
@@ -569,6 +654,7 @@ fn verify_opened<R: BufRead>(
         checkpoints: files,
         fault,
         latest,
+        witnessed: None,
     })
 }
 
@@ -1082,5 +1168,64 @@ mod tests {
         assert!(report.is_valid(), "{report:?}");
         assert_eq!(report.checkpoints, 2);
         assert_eq!(report.events, 12);
+    }
+
+    #[test]
+    fn witnesses_must_cosign_a_checkpoint_k_of_n() {
+        use super::super::cosign::{note_text, WitnessSigner};
+        let mut log = Log::new(12, &[5, 12]);
+        let w1 = WitnessSigner::generate("witness.example/w1").unwrap();
+        let w2 = WitnessSigner::generate("witness.example/w2").unwrap();
+        let keys = [w1.verifier(), w2.verifier()];
+        let vault = verifier(KEY_NAME, &log.key);
+        let check = |log: &Log, needed: usize| {
+            let mut report = log.verify();
+            assert!(report.is_valid(), "{report:?}");
+            check_witnesses(&mut report, &log.checkpoints, &vault, &keys, needed, 2_000);
+            report
+        };
+
+        // No cosignature: not witnessed.
+        let report = check(&log, 1);
+        assert_eq!(report.fault.unwrap().kind, FaultKind::NotWitnessed);
+
+        // w1 cosigns size 5, both cosign size 12.
+        let cosign = |log: &mut Log, size: u64, signers: &[&WitnessSigner], time: u64| {
+            let name = format!("checkpoint-{size:08}");
+            let file = log.checkpoints.iter().find(|c| c.name == name).unwrap();
+            let mut note = String::from_utf8(file.bytes.clone()).unwrap();
+            let text = note_text(note.as_bytes()).unwrap().to_owned();
+            for signer in signers {
+                note.push_str(&signer.cosign(&text, time));
+            }
+            log.add(&name, note.into_bytes());
+        };
+        cosign(&mut log, 5, &[&w1], 1_000);
+        let report = check(&log, 1);
+        assert_eq!(
+            report.witnessed,
+            Some(Witnessed {
+                tree_size: 5,
+                witnesses: vec!["witness.example/w1".into()]
+            })
+        );
+        assert_eq!(check(&log, 2).fault.unwrap().kind, FaultKind::NotWitnessed);
+        cosign(&mut log, 12, &[&w1, &w2], 1_500);
+        let report = check(&log, 2);
+        assert_eq!(report.witnessed.as_ref().unwrap().tree_size, 12);
+        assert_eq!(report.to_json()["witnessed"]["tree_size"], 12);
+
+        // A witness listed twice counts once; a cosignature dated far in the
+        // future does not count.
+        let mut report = log.verify();
+        let twice = [w1.verifier(), w1.verifier()];
+        check_witnesses(&mut report, &log.checkpoints, &vault, &twice, 2, 2_000);
+        assert_eq!(report.fault.unwrap().kind, FaultKind::NotWitnessed);
+        let mut future = Log::new(5, &[5]);
+        cosign(&mut future, 5, &[&w1], 10_000);
+        let mut report = future.verify();
+        let vault = verifier(KEY_NAME, &future.key);
+        check_witnesses(&mut report, &future.checkpoints, &vault, &keys, 1, 2_000);
+        assert_eq!(report.fault.unwrap().kind, FaultKind::NotWitnessed);
     }
 }

@@ -36,7 +36,10 @@
 //!   audit export DIR
 //!   audit proof INDEX [--size N] [--public-key FILE]
 //!   audit tail [--from N] [--follow]
-//!   audit verify DIR --public-key FILE        (offline: no vault, no token)
+//!   audit verify DIR --public-key FILE [--witness-key FILE …] [--witnesses-needed K]
+//!                                             (offline: no vault, no token)
+//!   audit witness-key NAME --out FILE          (offline: a witness's key)
+//!   audit witness --signing-key FILE --state FILE --public-key FILE [--once] [--interval S]
 //! ```
 //!
 //! A field SPEC is `name:type:category[:indexed][:mask=F,L]`. The global
@@ -70,6 +73,8 @@ mod audit;
 mod custody;
 #[path = "vaultctl/policy.rs"]
 mod policy;
+#[path = "vaultctl/witness.rs"]
+mod witness;
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;

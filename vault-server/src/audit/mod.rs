@@ -1365,6 +1365,31 @@ impl AuditLog {
         Ok(note)
     }
 
+    /// Adds the witnesses' cosignatures in `submitted` (a checkpoint this
+    /// log stored, with cosignature lines) to the stored checkpoint of its
+    /// size, so that it is served with them from now on. Returns the
+    /// tree size and each cosignature taken (witness name, time).
+    pub fn add_cosignatures(
+        &self,
+        submitted: &str,
+        witnesses: &[checkpoint::WitnessKey],
+        now_secs: u64,
+    ) -> Result<(u64, Vec<(String, u64)>)> {
+        let size = checkpoint::parse(submitted.as_bytes())
+            .map(|(size, _)| size)
+            .ok_or_else(|| Error::InvalidArgument("not a checkpoint".into()))?;
+        let _one_at_a_time = self.checkpointing.lock().unwrap_or_else(|p| p.into_inner());
+        let stored = self
+            .stored_checkpoint(size)?
+            .ok_or_else(|| Error::NotFound(format!("no checkpoint of size {size}")))?;
+        let (note, taken) =
+            checkpoint::merge_cosignatures(&stored, submitted, witnesses, now_secs)?;
+        let mut ws = WriteSet::new();
+        ws.put(Table::Audit, checkpoint_key(size), note.into_bytes());
+        self.store.write(ws)?;
+        Ok((size, taken))
+    }
+
     /// The stored checkpoint of tree size `size`, if there is one.
     pub fn stored_checkpoint(&self, size: u64) -> Result<Option<String>> {
         self.store
@@ -1385,7 +1410,13 @@ impl AuditLog {
         // Only those below the current one: a checkpoint stored since it
         // was signed would otherwise come after it.
         let current_size = checkpoint::parse(current.as_bytes()).map_or(0, |(size, _)| size);
-        let mut page = self.checkpoints(from_size, limit + 1)?;
+        // None can lie between `from_size` and the current one if it is not
+        // below it (a witness asks for the current one alone): no scan.
+        let mut page = if from_size < current_size {
+            self.checkpoints(from_size, limit + 1)?
+        } else {
+            Vec::new()
+        };
         page.retain(|note| {
             checkpoint::parse(note.as_bytes()).is_some_and(|(s, _)| s < current_size)
         });
@@ -1779,6 +1810,7 @@ mod tests {
             )
         );
         assert_eq!(page(9, 2), (vec![current.clone()], false));
+        assert_eq!(page(u64::MAX, 1000), (vec![current.clone()], false));
     }
 
     #[test]

@@ -63,6 +63,26 @@ pub const META_FORMAT: &[u8] = b"format";
 /// shred buckets, stored record and wrapped subject key format 2). Format
 /// 1 folders (clear ids in keys) have no format row and are refused.
 pub const DATA_FOLDER_FORMAT: u32 = 2;
+/// A witness's refusal of a checkpoint, as it signed it.
+#[derive(Debug, Clone)]
+pub struct WitnessRefusal {
+    /// When (seconds since the Unix epoch).
+    pub time: u64,
+    /// Why, one line.
+    pub reason: String,
+    /// The refused checkpoint's note text.
+    pub checkpoint: String,
+    /// The witness's Ed25519 signature.
+    pub signature: Vec<u8>,
+}
+
+/// Seconds since the Unix epoch, by the system clock.
+fn unix_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// When the vault signs audit checkpoints (besides whenever an auditor
 /// asks for one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,6 +217,9 @@ pub struct EngineOptions {
     /// Budgets, lockouts and alerts (shared with the server and every
     /// engine of the vault).
     pub monitor: Arc<crate::monitor::Monitor>,
+    /// The witnesses whose cosignatures of checkpoints the vault takes
+    /// (`[audit] witnesses`).
+    pub witnesses: Vec<crate::audit::checkpoint::WitnessKey>,
 }
 
 impl Default for EngineOptions {
@@ -210,6 +233,7 @@ impl Default for EngineOptions {
             accept_keyring_rollback: false,
             rotate_root_after_wraps: DEFAULT_ROTATE_AFTER_WRAPS,
             monitor: Arc::new(crate::monitor::Monitor::default()),
+            witnesses: Vec::new(),
         }
     }
 }
@@ -253,6 +277,7 @@ pub struct Engine {
     /// Storage names of the honey subjects (decoys: see `honey.rs`).
     honey: RwLock<std::collections::HashSet<[u8; 32]>>,
     audit: Arc<AuditLog>,
+    witnesses: Vec<crate::audit::checkpoint::WitnessKey>,
     closed: AtomicBool,
     counters: Counters,
     /// (keyring generation, folder generation) when opened with an older
@@ -293,6 +318,7 @@ impl Engine {
             accept_keyring_rollback,
             rotate_root_after_wraps,
             monitor,
+            witnesses,
         } = options;
         let region = keyring.region().clone();
         match (
@@ -364,6 +390,7 @@ impl Engine {
             monitor,
             honey,
             audit,
+            witnesses,
             closed: AtomicBool::new(false),
             counters: Counters::default(),
             accepted_rollback,
@@ -1478,6 +1505,85 @@ impl Engine {
     /// The C2SP verifier key of the audit signing key.
     pub fn audit_verifier_key(&self) -> String {
         crate::audit::checkpoint::verifier_key(&self.audit_origin, &self.audit_signer)
+    }
+
+    /// The names of the witnesses whose cosignatures the vault takes.
+    pub fn witness_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.witnesses.iter().map(|w| w.name().to_owned()).collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// Takes the cosignatures of configured witnesses in `note` (a
+    /// checkpoint this vault stored, with their signature lines), to serve
+    /// with the checkpoint from now on. Returns its tree size and each
+    /// cosignature taken (witness name, time).
+    pub fn add_cosignatures(&self, note: &str) -> Result<(u64, Vec<(String, u64)>)> {
+        if self.witnesses.is_empty() {
+            return Err(Error::FailedPrecondition(
+                "this vault takes no witness cosignatures: list the witnesses' keys in \
+                 [audit] witnesses"
+                    .into(),
+            ));
+        }
+        let (size, taken) = self
+            .audit
+            .add_cosignatures(note, &self.witnesses, unix_secs())?;
+        for (name, _) in &taken {
+            self.monitor.cosigned(name);
+        }
+        Ok((size, taken))
+    }
+
+    /// A witness's signed refusal of a checkpoint: checked against the
+    /// configured witnesses' keys and the clock (within ten minutes), then
+    /// raised as a critical alert on behalf of `caller`.
+    pub fn witness_refused(
+        &self,
+        caller: &Caller,
+        witness: &str,
+        refusal: &WitnessRefusal,
+    ) -> Result<()> {
+        const SLACK_SECS: u64 = 600;
+        let WitnessRefusal {
+            time,
+            reason,
+            checkpoint,
+            signature,
+        } = refusal;
+        if reason.len() > 512 || reason.chars().any(char::is_control) {
+            return Err(Error::InvalidArgument(
+                "a refusal's reason is one line of at most 512 bytes".into(),
+            ));
+        }
+        let Some((size, _)) = crate::audit::checkpoint::parse(checkpoint.as_bytes()) else {
+            return Err(Error::InvalidArgument(
+                "the refused checkpoint is not a checkpoint".into(),
+            ));
+        };
+        let message =
+            format!("vault-witness-refusal/v1\ntime {time}\nreason {reason}\n{checkpoint}");
+        if !self
+            .witnesses
+            .iter()
+            .any(|w| w.name() == witness && w.verifies(message.as_bytes(), signature))
+        {
+            return Err(Error::PermissionDenied(
+                "the refusal is not signed by a witness this vault takes ([audit] witnesses)"
+                    .into(),
+            ));
+        }
+        if unix_secs().abs_diff(*time) > SLACK_SECS {
+            return Err(Error::InvalidArgument(
+                "the refusal is dated more than ten minutes from this server's clock".into(),
+            ));
+        }
+        self.monitor.witness_refused(
+            caller,
+            format!("witness {witness} refused checkpoint of size {size}: {reason}"),
+        );
+        Ok(())
     }
 
     /// A signed checkpoint of the audit log now.

@@ -43,6 +43,7 @@ pub struct Metrics {
     sealed: Gauge,
     audit_size: Gauge,
     checkpoint_age: Gauge,
+    cosignature_age: Family<Labels, Gauge>,
     lockouts: Gauge,
     root_version: Gauge,
     root_wraps: Family<Labels, Gauge>,
@@ -71,6 +72,9 @@ pub struct Snapshot {
     pub audit_size: u64,
     /// Seconds since the last stored checkpoint, if any.
     pub checkpoint_age_secs: Option<u64>,
+    /// Each configured witness, and seconds since its last cosignature
+    /// was taken, if one was since the server started.
+    pub cosignature_age_secs: Vec<(String, Option<u64>)>,
     /// Principals locked out now.
     pub lockouts: u64,
     /// The current root key version (unsealed).
@@ -99,6 +103,7 @@ impl Metrics {
             sealed: Gauge::default(),
             audit_size: Gauge::default(),
             checkpoint_age: Gauge::default(),
+            cosignature_age: Family::default(),
             lockouts: Gauge::default(),
             root_version: Gauge::default(),
             root_wraps: Family::default(),
@@ -152,6 +157,11 @@ impl Metrics {
             "audit_checkpoint_age_seconds",
             "Seconds since this server last signed a checkpoint of a new tree size (-1: none since it started)",
             m.checkpoint_age.clone(),
+        );
+        registry.register(
+            "audit_witness_cosignature_age_seconds",
+            "Seconds since this server last took a cosignature from each configured witness (-1: none since it started)",
+            m.cosignature_age.clone(),
         );
         registry.register("lockouts", "Principals locked out now", m.lockouts.clone());
         registry.register(
@@ -258,6 +268,11 @@ impl Metrics {
         self.audit_size.set(gauge(now.audit_size));
         self.checkpoint_age
             .set(now.checkpoint_age_secs.map_or(-1, gauge));
+        for (witness, age) in &now.cosignature_age_secs {
+            self.cosignature_age
+                .get_or_create(&vec![("witness", witness.clone())])
+                .set(age.map_or(-1, gauge));
+        }
         self.lockouts.set(gauge(now.lockouts));
         self.root_version.set(now.root_version.map_or(0, i64::from));
         for (version, wraps) in &now.root_wraps {
@@ -313,6 +328,19 @@ mod tests {
             text.contains("vault_audit_checkpoint_age_seconds -1"),
             "{text}"
         );
+        let text = m.encode(&Snapshot {
+            cosignature_age_secs: vec![
+                ("w.example/1".into(), Some(7)),
+                ("w.example/2".into(), None),
+            ],
+            ..Snapshot::default()
+        });
+        for line in [
+            "vault_audit_witness_cosignature_age_seconds{witness=\"w.example/1\"} 7",
+            "vault_audit_witness_cosignature_age_seconds{witness=\"w.example/2\"} -1",
+        ] {
+            assert!(text.contains(line), "{text}");
+        }
     }
 
     #[test]

@@ -112,6 +112,9 @@ pub enum AlertKind {
     /// A record of a honey subject (a decoy no real workflow reads) was
     /// read.
     HoneyRead,
+    /// A witness refused a checkpoint of this vault's log: a fork, a
+    /// rollback or a rewritten history.
+    WitnessRefused,
 }
 
 impl AlertKind {
@@ -121,6 +124,7 @@ impl AlertKind {
             AlertKind::BudgetExceeded => "budget_exceeded",
             AlertKind::Lockout => "lockout",
             AlertKind::HoneyRead => "honey_read",
+            AlertKind::WitnessRefused => "witness_refused",
         }
     }
 }
@@ -296,6 +300,8 @@ pub struct Monitor {
     metrics: metrics::Metrics,
     /// When the last checkpoint of a new tree size was signed: (size, ms).
     checkpointed: Mutex<Option<(u64, u64)>>,
+    /// When each witness's last cosignature was taken (ms), by name.
+    cosigned: Mutex<HashMap<String, u64>>,
     /// Whether any principal may be locked out (false: the request path
     /// skips the lock).
     any_locked: std::sync::atomic::AtomicBool,
@@ -335,6 +341,7 @@ impl Monitor {
             alerts: tokio::sync::broadcast::Sender::new(ALERT_BACKLOG),
             metrics: metrics::Metrics::new(),
             checkpointed: Mutex::new(None),
+            cosigned: Mutex::new(HashMap::new()),
             any_locked: std::sync::atomic::AtomicBool::new(false),
             sink: Mutex::new(None),
         }
@@ -372,6 +379,44 @@ impl Monitor {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .map(|(_, at)| now.saturating_sub(at) / 1000)
+    }
+
+    /// Notes a cosignature taken from witness `name` now.
+    pub fn cosigned(&self, name: &str) {
+        let now = self.clock.now_ms();
+        self.cosigned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_owned(), now);
+    }
+
+    /// Seconds since a cosignature was last taken from witness `name`
+    /// (none since this server started: `None`).
+    pub fn cosignature_age_secs(&self, name: &str) -> Option<u64> {
+        let now = self.clock.now_ms();
+        self.cosigned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .map(|at| now.saturating_sub(*at) / 1000)
+    }
+
+    /// Raises the critical alert of a witness that refused a checkpoint
+    /// (`message` says which and why); `caller` sent the refusal.
+    pub fn witness_refused(&self, caller: &Caller, message: String) {
+        let now = self.clock.now_ms();
+        let mut state = self.lock();
+        self.raise(
+            &mut state,
+            Alert::new(
+                now,
+                Severity::Critical,
+                AlertKind::WitnessRefused,
+                caller.principal.name.as_str(),
+                caller.purpose.as_deref(),
+                message,
+            ),
+        );
     }
 
     /// Writes alert events to `log` from now on, from a thread of the

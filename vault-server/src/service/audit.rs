@@ -13,6 +13,7 @@ use vault_proto::v1::audit_service_server::AuditService;
 use super::auth::caller;
 use super::vault::run_blocking;
 use crate::audit::{AuditLog, MAX_PAGE_BYTES};
+use crate::engine::WitnessRefusal;
 use crate::policy::{Caller, Operation};
 use crate::{Engine, Vault};
 
@@ -20,6 +21,9 @@ use crate::{Engine, Vault};
 const MAX_EVENTS: u32 = 1000;
 /// Most stored checkpoints in one response (besides the current one).
 const MAX_CHECKPOINTS: usize = 1000;
+/// The most bytes of a checkpoint a witness sends (a checkpoint with a
+/// cosignature line a witness is a few hundred bytes).
+const MAX_NOTE_BYTES: usize = 16 * 1024;
 /// The most `tree_size` takes in an encoded response: a tag and a 10-byte
 /// varint.
 const TREE_SIZE_BYTES: usize = 11;
@@ -233,6 +237,46 @@ impl AuditService for AuditApi {
         Ok(Response::new(pb::ProofResponse {
             hashes: hashes.iter().map(|h| h.to_vec()).collect(),
         }))
+    }
+
+    async fn add_cosignature(
+        &self,
+        req: Request<pb::AddCosignatureRequest>,
+    ) -> Result<Response<pb::AddCosignatureResponse>, Status> {
+        let engine = self.authorized(&caller(&req)?)?;
+        let note = req.into_inner().checkpoint;
+        if note.len() > MAX_NOTE_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "a cosigned checkpoint is at most {MAX_NOTE_BYTES} bytes"
+            )));
+        }
+        let (tree_size, taken) = run_blocking(move || engine.add_cosignatures(&note)).await?;
+        Ok(Response::new(pb::AddCosignatureResponse {
+            tree_size,
+            witnesses: taken.into_iter().map(|(name, _)| name).collect(),
+        }))
+    }
+
+    async fn report_refusal(
+        &self,
+        req: Request<pb::ReportRefusalRequest>,
+    ) -> Result<Response<pb::ReportRefusalResponse>, Status> {
+        let caller = caller(&req)?;
+        let engine = self.authorized(&caller)?;
+        let r = req.into_inner();
+        if r.checkpoint.len() > MAX_NOTE_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "a refused checkpoint is at most {MAX_NOTE_BYTES} bytes"
+            )));
+        }
+        let refusal = WitnessRefusal {
+            time: r.time,
+            reason: r.reason,
+            checkpoint: r.checkpoint,
+            signature: r.signature,
+        };
+        engine.witness_refused(&caller, &r.witness, &refusal)?;
+        Ok(Response::new(pb::ReportRefusalResponse {}))
     }
 
     async fn public_key(

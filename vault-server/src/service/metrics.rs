@@ -36,6 +36,14 @@ fn snapshot(vault: &Vault) -> Snapshot {
         let versions = engine.root_versions();
         now.root_version = versions.iter().find(|k| k.current).map(|k| k.version);
         now.root_wraps = versions.iter().map(|k| (k.version, k.wraps)).collect();
+        now.cosignature_age_secs = engine
+            .witness_names()
+            .into_iter()
+            .map(|name| {
+                let age = monitor.cosignature_age_secs(&name);
+                (name, age)
+            })
+            .collect();
         let job = engine.rewrap_progress();
         if !job.finished {
             now.rewrap_left = job.pending_at_start.saturating_sub(job.rewrapped);

@@ -20,9 +20,9 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Subcommand};
 use serde_json::json;
 use vault_client::audit::{
-    latest_note, leaf_hash, read_checkpoints, verify_consistency, verify_export_trusting,
-    verify_inclusion, Checkpoint, CheckpointFile, Progress, Report, VerifierKey, CHECKPOINTS_DIR,
-    EVENTS_FILE,
+    check_witnesses, latest_note, leaf_hash, read_checkpoints, verify_consistency,
+    verify_export_trusting, verify_inclusion, Checkpoint, CheckpointFile, Progress, Report,
+    VerifierKey, WitnessKey, CHECKPOINTS_DIR, EVENTS_FILE,
 };
 use vault_client::{Error, VaultClient};
 
@@ -73,6 +73,19 @@ pub(crate) enum AuditCommand {
 
     /// Print audit events as JSON lines, from --from (default: the last 20).
     Tail(TailArgs),
+
+    /// Make a witness's key: writes the private key file (--out, owner
+    /// only) and prints the verifier key, for the vault's `[audit]
+    /// witnesses` and for `audit verify --witness-key`.
+    WitnessKey(super::witness::WitnessKeyArgs),
+
+    /// Witness the audit log (run by the auditor): each round, check the
+    /// vault's current checkpoint against the last one verified (state
+    /// file; an RFC 6962 consistency proof), then cosign it and hand the
+    /// vault the cosignature. A fork or rollback is refused, printed, and
+    /// reported to the vault as a critical alert. Runs until interrupted,
+    /// or one round with --once (exit 1 if refused).
+    Witness(super::witness::WitnessArgs),
 
     /// A data subject's access ledger: who read, wrote or erased their
     /// data, when, for which purpose. Every event is checked locally: its
@@ -147,6 +160,17 @@ pub(crate) struct VerifyArgs {
     /// export's latest once it verifies.
     #[arg(long, value_name = "FILE")]
     state: Option<PathBuf>,
+
+    /// A witness's verifier key (a file of one line, as `audit
+    /// witness-key` prints it; repeatable): a checkpoint must be cosigned
+    /// by --witnesses-needed of them.
+    #[arg(long, value_name = "FILE")]
+    witness_key: Vec<PathBuf>,
+
+    /// How many of the --witness-key witnesses must cosign one checkpoint
+    /// (default: all of them).
+    #[arg(long, value_name = "K", requires = "witness_key")]
+    witnesses_needed: Option<usize>,
 }
 
 /// Runs one `audit` command; `Ok(false)`: it printed a negative verdict.
@@ -162,7 +186,27 @@ pub(crate) async fn run_audit(cli: &Cli, command: &AuditCommand) -> Result<bool,
             if let Some(state) = args.state.as_ref().filter(|p| p.exists()) {
                 trusted.push(trusted_file(state, "trusted state")?);
             }
-            let report = verify(&args.dir, &key, &trusted)?;
+            let mut witnesses = Vec::new();
+            for path in &args.witness_key {
+                witnesses.push(read_witness_key(path)?);
+            }
+            let needed = args.witnesses_needed.unwrap_or(witnesses.len());
+            if !witnesses.is_empty() && !(1..=witnesses.len()).contains(&needed) {
+                return Err(CliError::Usage(format!(
+                    "--witnesses-needed is 1 to the number of --witness-key ({})",
+                    witnesses.len()
+                )));
+            }
+            let mut report = verify(&args.dir, &key, &trusted)?;
+            if !witnesses.is_empty() {
+                let mut files =
+                    read_checkpoints(&args.dir).map_err(|e| CliError::Io(e.to_string()))?;
+                files.extend(trusted.iter().cloned());
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                check_witnesses(&mut report, &files, &key, &witnesses, needed, now);
+            }
             if let (Some(state), true) = (&args.state, report.is_valid()) {
                 save_state(state, &args.dir, &trusted, &report, &key)?;
             }
@@ -173,6 +217,11 @@ pub(crate) async fn run_audit(cli: &Cli, command: &AuditCommand) -> Result<bool,
             }
             Ok(report.is_valid())
         }
+        AuditCommand::WitnessKey(args) => {
+            super::witness::witness_key(cli, args)?;
+            Ok(true)
+        }
+        AuditCommand::Witness(args) => super::witness::witness(cli, args).await,
         AuditCommand::PublicKey => {
             let vault = connect(cli).await?;
             let (verifier_key, origin) = vault.audit_public_key().await?;
@@ -665,7 +714,6 @@ async fn ledger(cli: &Cli, args: &LedgerArgs) -> Result<LedgerReport, CliError> 
         }
     };
     report.checkpoint_sizes.push(checkpoint.size);
-    let first_note = page.checkpoint.clone();
     loop {
         let next = page.next_index;
         report
@@ -677,14 +725,20 @@ async fn ledger(cli: &Cli, args: &LedgerArgs) -> Result<LedgerReport, CliError> 
         page = vault
             .access_ledger(&args.subject, next, 0, checkpoint.size)
             .await?;
-        if page.subject_pseudonym != report.pseudonym || page.checkpoint != first_note {
-            report.failure =
-                Some("the vault changed the subject's pseudonym or the tree between pages".into());
-            return Ok(report);
-        }
-        if let Err(fault) = page.verify(&key) {
-            report.failure = Some(fault.to_string());
-            return Ok(report);
+        // The same tree (its note may have gained a witness's cosignature
+        // between pages).
+        match page.verify(&key) {
+            Err(fault) => {
+                report.failure = Some(fault.to_string());
+                return Ok(report);
+            }
+            Ok(tree) if tree != checkpoint || page.subject_pseudonym != report.pseudonym => {
+                report.failure = Some(
+                    "the vault changed the subject's pseudonym or the tree between pages".into(),
+                );
+                return Ok(report);
+            }
+            Ok(_) => {}
         }
     }
 }
@@ -762,6 +816,20 @@ fn print_events(events: &[Vec<u8>]) -> bool {
             .and_then(|()| out.flush())
             .is_ok()
     })
+}
+
+fn read_witness_key(path: &Path) -> Result<WitnessKey, CliError> {
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_KEY_FILE + 1).read_to_string(&mut text))
+        .map_err(|e| {
+            CliError::Io(format!(
+                "cannot read the witness key file {}: {e}",
+                path.display()
+            ))
+        })?;
+    text.parse()
+        .map_err(|e| CliError::Input(format!("witness key file {}: {e}", path.display())))
 }
 
 fn read_key(path: &Path) -> Result<VerifierKey, CliError> {
@@ -914,6 +982,13 @@ fn report_text(report: &Report) -> String {
                     ));
                 }
             }
+            if let Some(witnessed) = &report.witnessed {
+                text.push_str(&format!(
+                    "; witnessed up to size {} by {}",
+                    witnessed.tree_size,
+                    witnessed.witnesses.join(", ")
+                ));
+            }
             one_line(&text)
         }
     }
@@ -931,6 +1006,7 @@ mod tests {
             checkpoints: 4,
             fault,
             latest,
+            witnessed: None,
         }
     }
 
@@ -954,6 +1030,15 @@ mod tests {
             ..report(None, Some(latest))
         };
         assert!(report_text(&all).ends_with("origin vault.example/eu/audit"));
+        let witnessed = Report {
+            witnessed: Some(vault_client::audit::Witnessed {
+                tree_size: 20,
+                witnesses: vec!["w.example/1".into(), "w.example/2".into()],
+            }),
+            ..all
+        };
+        assert!(report_text(&witnessed)
+            .ends_with("; witnessed up to size 20 by w.example/1, w.example/2"));
         let fault = Fault {
             index: 7,
             kind: FaultKind::Modified,
