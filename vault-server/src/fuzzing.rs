@@ -43,6 +43,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("rewrap_job", rewrap_job),
     ("value", value),
     ("share_recipients", share_recipients),
+    ("cosignature", cosignature),
 ];
 
 /// The envelope target's field key and AAD (its seeds are sealed with them).
@@ -238,6 +239,65 @@ pub fn rewrap_job(data: &[u8]) {
     }
 }
 
+/// The checkpoint the `cosignature` target's inputs cosign (signed by a
+/// fixed key), the fixed witness's key seed, and the time it checks at.
+const COSIGNED_SIZE: u64 = 5;
+const WITNESS_SEED: [u8; 32] = [4; 32];
+const COSIGN_NOW: u64 = 1_800_000_000;
+
+fn cosigned_checkpoint() -> String {
+    checkpoint::sign(
+        "vault/eu/fuzz",
+        COSIGNED_SIZE,
+        &[9; 32],
+        &ed25519_dalek::SigningKey::from_bytes(&[3; 32]),
+    )
+}
+
+/// The fixed witness's verifier key (name `w.example/fuzz`).
+fn fuzz_witness() -> Option<checkpoint::WitnessKey> {
+    use base64::Engine as _;
+    let public = ed25519_dalek::SigningKey::from_bytes(&WITNESS_SEED)
+        .verifying_key()
+        .to_bytes();
+    let mut blob = vec![4u8];
+    blob.extend_from_slice(&public);
+    format!(
+        "w.example/fuzz+{}+{}",
+        hex::encode(checkpoint::cosigner_key_id("w.example/fuzz", &public)),
+        base64::engine::general_purpose::STANDARD.encode(blob)
+    )
+    .parse()
+    .ok()
+}
+
+/// A checkpoint a witness sends with its cosignature
+/// (`AuditService.AddCosignature`), merged into the stored one: what is
+/// taken keeps the stored checkpoint's text and still parses.
+pub fn cosignature(data: &[u8]) {
+    let Ok(submitted) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Some(witness) = fuzz_witness() else {
+        return;
+    };
+    let stored = cosigned_checkpoint();
+    if let Ok((note, taken)) =
+        checkpoint::merge_cosignatures(&stored, submitted, &[witness], COSIGN_NOW)
+    {
+        assert!(!taken.is_empty(), "a merge that took no cosignature");
+        assert_eq!(
+            checkpoint::parse(note.as_bytes()),
+            checkpoint::parse(stored.as_bytes()),
+            "a merge changed the checkpoint"
+        );
+        assert!(
+            note.starts_with(&stored),
+            "a merge dropped the vault's line"
+        );
+    }
+}
+
 /// A field value's plaintext encoding, as decrypted: what decodes must
 /// encode back to the same bytes.
 pub fn value(data: &[u8]) {
@@ -320,6 +380,15 @@ mod tests {
             .verify(&signing_key(fixed).verifying_key())
             .expect("the receipt seed verifies");
         assert!(crate::engine::reencode_job_record(&seed("rewrap_job", "part-way")).is_some());
+        let cosigned = String::from_utf8(seed("cosignature", "cosigned")).unwrap();
+        let (_, taken) = checkpoint::merge_cosignatures(
+            &cosigned_checkpoint(),
+            &cosigned,
+            &[fuzz_witness().unwrap()],
+            COSIGN_NOW,
+        )
+        .expect("the cosignature seed is taken");
+        assert_eq!(taken.len(), 1);
         let shares = String::from_utf8(seed("unseal_share", "two-of-three")).unwrap();
         assert!(shares.lines().all(|l| UnsealShare::parse(l).is_ok()));
         let recipients = String::from_utf8(seed("share_recipients", "two")).unwrap();
@@ -436,6 +505,25 @@ mod tests {
             "mutated seeds: {per_target} inputs over each of {} targets (VAULT_MUTATION_SEED={seed}), 0 panics",
             TARGETS.len()
         );
+    }
+
+    /// The fixed checkpoint with the fixed witness's cosignature line.
+    fn cosigned_seed() -> String {
+        use base64::Engine as _;
+        use ed25519_dalek::Signer as _;
+        let stored = cosigned_checkpoint();
+        let text = &stored[..=stored.find("\n\n").unwrap()];
+        let key = ed25519_dalek::SigningKey::from_bytes(&WITNESS_SEED);
+        let time = COSIGN_NOW - 60;
+        let signature = key.sign(format!("cosignature/v1\ntime {time}\n{text}").as_bytes());
+        let public = key.verifying_key().to_bytes();
+        let mut blob = checkpoint::cosigner_key_id("w.example/fuzz", &public).to_vec();
+        blob.extend_from_slice(&time.to_be_bytes());
+        blob.extend_from_slice(&signature.to_bytes());
+        format!(
+            "{stored}\u{2014} w.example/fuzz {}\n",
+            base64::engine::general_purpose::STANDARD.encode(blob)
+        )
     }
 
     /// Writes the seed corpus: one well-formed input per decoder, made by
@@ -555,6 +643,7 @@ mod tests {
             .expect("the receipt seed verifies");
         write("erasure_receipt", "signed", &receipt.encode());
         write("rewrap_job", "part-way", &crate::engine::job_record_seed());
+        write("cosignature", "cosigned", cosigned_seed().as_bytes());
         for (name, v) in [
             (
                 "string",

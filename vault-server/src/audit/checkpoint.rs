@@ -144,7 +144,8 @@ impl std::str::FromStr for WitnessKey {
     }
 }
 
-fn cosigner_key_id(name: &str, public: &[u8; 32]) -> [u8; 4] {
+/// The key id of a cosigner key: SHA-256(name ‖ "\n" ‖ 0x04 ‖ key)[..4].
+pub fn cosigner_key_id(name: &str, public: &[u8; 32]) -> [u8; 4] {
     let mut h = Sha256::new();
     h.update(name.as_bytes());
     h.update(b"\n");
