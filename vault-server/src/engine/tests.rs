@@ -2125,3 +2125,94 @@ fn budgets_charge_outside_callers_and_count_ids_as_bytes_but_not_the_vault_itsel
         .unwrap_err();
     assert!(matches!(err, Error::BudgetExceeded(_)), "{err}");
 }
+
+#[test]
+fn cosignatures_and_refusals_are_taken_from_configured_witnesses_only() {
+    use base64::Engine as _;
+    use ed25519_dalek::Signer as _;
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        Arc::new(RocksStore::open(&dir.path().join("db"), &StoreOptions::default()).unwrap());
+    let witness = ed25519_dalek::SigningKey::from_bytes(&[8; 32]);
+    let stranger = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+    let public = witness.verifying_key().to_bytes();
+    let mut blob = vec![4u8];
+    blob.extend_from_slice(&public);
+    let vkey = format!(
+        "w.example/eu+{}+{}",
+        hex::encode(crate::audit::checkpoint::cosigner_key_id(
+            "w.example/eu",
+            &public
+        )),
+        base64::engine::general_purpose::STANDARD.encode(blob)
+    );
+    let mut opts = options();
+    opts.witnesses = vec![vkey.parse().unwrap()];
+    let kr = Keyring::generate("eu".parse().unwrap(), custody());
+    let e = Engine::new(store, kr, keyring_file(dir.path()), opts).unwrap();
+    assert_eq!(e.witness_names(), vec!["w.example/eu".to_owned()]);
+    let mut alerts = e.monitor().subscribe();
+    let note = e.checkpoint().unwrap();
+    let text = &note[..=note.find("\n\n").unwrap()];
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+
+    // A cosignature: taken, served with the checkpoint, its time noted.
+    let mut line = crate::audit::checkpoint::cosigner_key_id("w.example/eu", &public).to_vec();
+    line.extend_from_slice(&now.to_be_bytes());
+    line.extend_from_slice(
+        &witness
+            .sign(format!("cosignature/v1\ntime {now}\n{text}").as_bytes())
+            .to_bytes(),
+    );
+    let cosigned = format!(
+        "{note}\u{2014} w.example/eu {}\n",
+        base64::engine::general_purpose::STANDARD.encode(line)
+    );
+    let (size, taken) = e.add_cosignatures(&cosigned).unwrap();
+    assert_eq!(taken, vec![("w.example/eu".to_owned(), now)]);
+    assert_eq!(e.audit().stored_checkpoint(size).unwrap(), Some(cosigned));
+    assert!(e.monitor().cosignature_age_secs("w.example/eu").is_some());
+
+    // A refusal: from the configured witness, recent, one line.
+    let caller = Caller::internal("auditor");
+    let refusal = |key: &ed25519_dalek::SigningKey, time: u64, reason: &str| {
+        let message = format!("vault-witness-refusal/v1\ntime {time}\nreason {reason}\n{text}");
+        crate::engine::WitnessRefusal {
+            time,
+            reason: reason.into(),
+            checkpoint: text.into(),
+            signature: key.sign(message.as_bytes()).to_bytes().to_vec(),
+        }
+    };
+    e.witness_refused(&caller, "w.example/eu", &refusal(&witness, now, "rollback"))
+        .unwrap();
+    let alert = alerts.try_recv().unwrap();
+    assert_eq!(alert.kind, crate::monitor::AlertKind::WitnessRefused);
+    assert_eq!(alert.severity, crate::monitor::Severity::Critical);
+    assert!(alert.message.contains("rollback"), "{alert:?}");
+    for (name, bad, why) in [
+        ("w.example/eu", refusal(&stranger, now, "x"), "not signed"),
+        ("w.example/other", refusal(&witness, now, "x"), "not signed"),
+        (
+            "w.example/eu",
+            refusal(&witness, now - 3600, "x"),
+            "ten minutes",
+        ),
+        ("w.example/eu", refusal(&witness, now, "a\nb"), "one line"),
+    ] {
+        let err = e.witness_refused(&caller, name, &bad).unwrap_err();
+        assert!(err.to_string().contains(why), "{err}");
+    }
+    let mut tampered = refusal(&witness, now, "fork");
+    tampered.reason = "nothing".into();
+    assert!(e
+        .witness_refused(&caller, "w.example/eu", &tampered)
+        .is_err());
+    assert!(
+        alerts.try_recv().is_err(),
+        "a refused refusal raised an alert"
+    );
+}

@@ -352,6 +352,7 @@ mod tests {
         m.alert("lockout", "warning");
         let text = m.encode(&Snapshot {
             root_wraps: vec![(1, 1)],
+            cosignature_age_secs: vec![("w".into(), Some(1))],
             ..Snapshot::default()
         });
         let exists = |name: &str| {
