@@ -64,21 +64,30 @@ fn options(data: &Path, witnesses: &[&str], on_critical: OnCritical) -> OpenOpti
 }
 
 async fn witness_round(vault: &TestVault, w: &Witness) -> Run {
-    run(
-        vault,
-        &[
-            "audit",
-            "witness",
-            "--once",
-            "--signing-key",
-            w.key.to_str().unwrap(),
-            "--state",
-            w.state.to_str().unwrap(),
-            "--public-key",
-            w.vault_key.to_str().unwrap(),
-        ],
-    )
-    .await
+    witness_run(vault, w, false).await
+}
+
+/// The first round: `--init` creates the state.
+async fn witness_init(vault: &TestVault, w: &Witness) -> Run {
+    witness_run(vault, w, true).await
+}
+
+async fn witness_run(vault: &TestVault, w: &Witness, init: bool) -> Run {
+    let mut args = vec![
+        "audit",
+        "witness",
+        "--once",
+        "--signing-key",
+        w.key.to_str().unwrap(),
+        "--state",
+        w.state.to_str().unwrap(),
+        "--public-key",
+        w.vault_key.to_str().unwrap(),
+    ];
+    if init {
+        args.push("--init");
+    }
+    run(vault, &args).await
 }
 
 async fn put_users(vault: &TestVault, prefix: &str, n: usize) {
@@ -139,9 +148,13 @@ async fn a_witness_cosigns_a_growing_log_across_restarts_and_verify_needs_it() {
     };
     put_users(&vault, "a", 5).await;
 
+    // Without a state file, only --init starts (a lost state must not
+    // silently start trusting anew).
+    let missing = witness_round(&vault, &w).await;
+    assert!(missing.error(1).contains("--init"), "{missing:?}");
     // First round: nothing seen before, so the current checkpoint is
     // trusted on first use and cosigned.
-    let first = witness_round(&vault, &w).await;
+    let first = witness_init(&vault, &w).await;
     assert!(first.ok().contains("trusted on first use"), "{first:?}");
     let witness: WitnessKey = w.verifier.parse().unwrap();
     let state = std::fs::read(&w.state).unwrap();
@@ -233,6 +246,26 @@ async fn a_witness_cosigns_a_growing_log_across_restarts_and_verify_needs_it() {
         )),
         "{ok:?}"
     );
+    // The export's latest checkpoint came after the cosigned one: the
+    // events after it are counted, and --max-unwitnessed bounds them.
+    assert!(ok.stdout.contains("not witnessed)"), "{ok:?}");
+    let tail = verify(vec![
+        "--witness-key".into(),
+        witness_file.display().to_string(),
+        "--max-unwitnessed".into(),
+        "0".into(),
+    ])
+    .await;
+    assert_eq!(tail.code, Some(1), "{tail:?}");
+    assert!(tail.stdout.contains("not_witnessed"), "{tail:?}");
+    verify(vec![
+        "--witness-key".into(),
+        witness_file.display().to_string(),
+        "--max-unwitnessed".into(),
+        "1000".into(),
+    ])
+    .await
+    .ok();
     // A witness that never cosigned: not witnessed (exit 1).
     let none = verify(vec![
         "--witness-key".into(),
@@ -272,6 +305,20 @@ async fn a_witness_cosigns_a_growing_log_across_restarts_and_verify_needs_it() {
     .await;
     assert_eq!(stripped.code, Some(1), "{stripped:?}");
     assert!(stripped.stdout.contains("not_witnessed"), "{stripped:?}");
+    // A cosigned checkpoint the auditor kept (the witness's state) does not
+    // stand in for the export's own cosignatures.
+    let with_state = verify(vec![
+        "--witness-key".into(),
+        witness_file.display().to_string(),
+        "--trusted-checkpoint".into(),
+        w.state.display().to_string(),
+    ])
+    .await;
+    assert_eq!(with_state.code, Some(1), "{with_state:?}");
+    assert!(
+        with_state.stdout.contains("not_witnessed"),
+        "{with_state:?}"
+    );
     // …and verifies without it (the vault's signatures are intact).
     verify(Vec::new()).await.ok();
 
@@ -281,7 +328,7 @@ async fn a_witness_cosigns_a_growing_log_across_restarts_and_verify_needs_it() {
         .unwrap();
     std::fs::create_dir_all(dir.path().join("lone-witness")).unwrap();
     let lone_witness = setup_witness(&dir.path().join("lone-witness"), &lone).await;
-    let refused = witness_round(&lone, &lone_witness).await;
+    let refused = witness_init(&lone, &lone_witness).await;
     assert_eq!(refused.code, Some(1), "{refused:?}");
     assert!(refused.stderr.contains("[audit] witnesses"), "{refused:?}");
     lone.stop().await;
@@ -320,7 +367,7 @@ async fn a_witness_refuses_a_fork_and_a_rollback_and_the_vault_raises_a_critical
         vault_key,
         verifier: verifier.clone(),
     };
-    witness_round(&vault, &w).await.ok();
+    witness_init(&vault, &w).await.ok();
     let seen = std::fs::read(&w.state).unwrap();
     vault.stop().await;
 
@@ -424,6 +471,7 @@ async fn a_long_running_witness_follows_the_log_as_it_grows() {
             "--json",
             "audit",
             "witness",
+            "--init",
             "--interval",
             "0.1",
             "--signing-key",

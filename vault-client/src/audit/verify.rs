@@ -139,16 +139,20 @@ pub struct Witnessed {
     pub tree_size: u64,
     /// The names of the witnesses whose cosignatures verify on it.
     pub witnesses: Vec<String>,
+    /// The events after it (signed by the vault alone, if at all).
+    pub unwitnessed_events: u64,
 }
 
 /// How far in the future a cosignature's time may be (clocks differ).
 const FUTURE_SLACK_SECS: u64 = 600;
 
-/// Checks, on a valid `report`, that a checkpoint among `files` (the ones
-/// it was verified with) is cosigned by at least `needed` of `witnesses`
-/// (distinct keys; a cosignature whose time is more than ten minutes
-/// after `now`, in seconds since the Unix epoch, does not count). Sets
-/// `report.witnessed` to the largest such checkpoint, or the fault
+/// Checks, on a valid `report`, that a checkpoint among `files` (the
+/// export's own, which the report verified: not checkpoints the auditor
+/// trusted from elsewhere) is cosigned by at least `needed` of `witnesses`
+/// (distinct public keys; a cosignature whose time is more than ten
+/// minutes after `now`, in seconds since the Unix epoch, does not count),
+/// and, with `max_unwitnessed`, that at most that many events follow it.
+/// Sets `report.witnessed` to the largest such checkpoint, or the fault
 /// `not_witnessed`. A report that is already invalid is left as it is.
 pub fn check_witnesses(
     report: &mut Report,
@@ -156,14 +160,19 @@ pub fn check_witnesses(
     key: &VerifierKey,
     witnesses: &[WitnessKey],
     needed: usize,
+    max_unwitnessed: Option<u64>,
     now: u64,
 ) {
     if !report.is_valid() {
         return;
     }
+    // One key under two names is one witness.
     let mut distinct: Vec<&WitnessKey> = Vec::new();
     for witness in witnesses {
-        if !distinct.contains(&witness) {
+        if !distinct
+            .iter()
+            .any(|w| w.public_key() == witness.public_key())
+        {
             distinct.push(witness);
         }
     }
@@ -186,7 +195,21 @@ pub fn check_witnesses(
             best = Some(Witnessed {
                 tree_size: checkpoint.size,
                 witnesses: names,
+                unwitnessed_events: report.events.saturating_sub(checkpoint.size),
             });
+        }
+    }
+    if let (Some(best), Some(most)) = (&best, max_unwitnessed) {
+        if best.unwitnessed_events > most {
+            report.fault = Some(Fault::new(
+                best.tree_size,
+                FaultKind::NotWitnessed,
+                format!(
+                    "the last {} events (from {}) are after the largest witnessed checkpoint; \
+                     at most {most} may be",
+                    best.unwitnessed_events, best.tree_size
+                ),
+            ));
         }
     }
     if best.is_none() {
@@ -1181,7 +1204,15 @@ mod tests {
         let check = |log: &Log, needed: usize| {
             let mut report = log.verify();
             assert!(report.is_valid(), "{report:?}");
-            check_witnesses(&mut report, &log.checkpoints, &vault, &keys, needed, 2_000);
+            check_witnesses(
+                &mut report,
+                &log.checkpoints,
+                &vault,
+                &keys,
+                needed,
+                None,
+                2_000,
+            );
             report
         };
 
@@ -1206,9 +1237,24 @@ mod tests {
             report.witnessed,
             Some(Witnessed {
                 tree_size: 5,
-                witnesses: vec!["witness.example/w1".into()]
+                witnesses: vec!["witness.example/w1".into()],
+                unwitnessed_events: 7,
             })
         );
+        // At most 7 events after the witnessed checkpoint: met; 6: not.
+        for (most, valid) in [(7, true), (6, false)] {
+            let mut report = log.verify();
+            check_witnesses(
+                &mut report,
+                &log.checkpoints,
+                &vault,
+                &keys,
+                1,
+                Some(most),
+                2_000,
+            );
+            assert_eq!(report.is_valid(), valid, "{report:?}");
+        }
         assert_eq!(check(&log, 2).fault.unwrap().kind, FaultKind::NotWitnessed);
         cosign(&mut log, 12, &[&w1, &w2], 1_500);
         let report = check(&log, 2);
@@ -1218,14 +1264,33 @@ mod tests {
         // A witness listed twice counts once; a cosignature dated far in the
         // future does not count.
         let mut report = log.verify();
-        let twice = [w1.verifier(), w1.verifier()];
-        check_witnesses(&mut report, &log.checkpoints, &vault, &twice, 2, 2_000);
+        let twice = [
+            w1.verifier(),
+            WitnessKey::new("witness.example/w1-again", &w1.verifier().public_key()).unwrap(),
+        ];
+        check_witnesses(
+            &mut report,
+            &log.checkpoints,
+            &vault,
+            &twice,
+            2,
+            None,
+            2_000,
+        );
         assert_eq!(report.fault.unwrap().kind, FaultKind::NotWitnessed);
         let mut future = Log::new(5, &[5]);
         cosign(&mut future, 5, &[&w1], 10_000);
         let mut report = future.verify();
         let vault = verifier(KEY_NAME, &future.key);
-        check_witnesses(&mut report, &future.checkpoints, &vault, &keys, 1, 2_000);
+        check_witnesses(
+            &mut report,
+            &future.checkpoints,
+            &vault,
+            &keys,
+            1,
+            None,
+            2_000,
+        );
         assert_eq!(report.fault.unwrap().kind, FaultKind::NotWitnessed);
     }
 }

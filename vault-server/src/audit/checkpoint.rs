@@ -197,9 +197,10 @@ fn witness_of<'a>(line: &str, witnesses: &'a [WitnessKey]) -> Option<(&'a Witnes
 
 /// The stored note `stored` with the cosignatures of `submitted` (the same
 /// checkpoint, with the cosignature lines of one or more of `witnesses`)
-/// added: each replaces an older one by the same witness. Returns the new
-/// note and the (witness name, time) of each cosignature taken. `now` is
-/// seconds since the Unix epoch.
+/// added: each replaces an older one by the same witness (one no newer
+/// than the stored one changes nothing). Returns the new note and the
+/// (witness name, time) of each cosignature taken (none: the note is as
+/// stored). `now` is seconds since the Unix epoch.
 pub fn merge_cosignatures(
     stored: &str,
     submitted: &str,
@@ -214,11 +215,19 @@ pub fn merge_cosignatures(
     if submitted_text != text {
         return Err(bad("is not the checkpoint this vault signed at that size"));
     }
+    // A witness named like the log could make a line that clients take for
+    // the vault's own (same name, a key id ground to match).
+    let origin = text.split('\n').next().unwrap_or_default();
     let mut taken: Vec<(&WitnessKey, u64, &str)> = Vec::new();
     for line in lines {
         let Some((witness, blob)) = witness_of(line, witnesses) else {
             continue;
         };
+        if witness.name == origin {
+            return Err(bad(&format!(
+                "has a cosignature of witness {origin}, the log's own name"
+            )));
+        }
         if blob.len() != 4 + 8 + 64 {
             return Err(bad(&format!(
                 "has a cosignature line of witness {} that is not 76 bytes",
@@ -254,8 +263,19 @@ pub fn merge_cosignatures(
             "no cosignature by a witness this vault takes ([audit] witnesses)".into(),
         ));
     }
+    // A stored line gives way only to a newer one by the same witness: a
+    // cosignature replayed from an older note changes nothing.
+    let stored_time = |w: &WitnessKey| {
+        kept.iter()
+            .filter_map(|line| witness_of(line, witnesses))
+            .filter(|(k, _)| *k == w)
+            .filter_map(|(_, blob)| blob.get(4..12).and_then(|t| t.try_into().ok()))
+            .map(u64::from_be_bytes)
+            .max()
+    };
+    taken.retain(|(w, time, _)| stored_time(w).is_none_or(|t| t < *time));
     let mut out: Vec<&str> = Vec::new();
-    for line in kept {
+    for line in &kept {
         match witness_of(line, witnesses) {
             // An older cosignature by a witness that cosigned again goes.
             Some((w, _)) if taken.iter().any(|(t, _, _)| *t == w) => {}
@@ -382,6 +402,12 @@ mod tests {
         let newer = format!("{stored}{}", cosign("w.example/1", &k1, &text, now + 60));
         let (note, taken) = merge_cosignatures(&note, &newer, &witnesses, now + 60).unwrap();
         assert_eq!(taken, vec![("w.example/1".to_owned(), now + 60)]);
+        // The older one again (replayed from an earlier note): nothing
+        // taken, nothing changed.
+        assert_eq!(
+            merge_cosignatures(&note, &submitted, &witnesses, now + 60).unwrap(),
+            (note.clone(), Vec::new())
+        );
         assert_eq!(note.matches("\u{2014} w.example/1 ").count(), 1);
         assert_eq!(note.matches("\u{2014} w.example/2 ").count(), 1);
         assert!(note.starts_with(&stored));
@@ -411,5 +437,12 @@ mod tests {
             Err(crate::Error::InvalidArgument(m)) if m.contains("ahead")
         ));
         assert!(merge_cosignatures(&stored, "junk", &witnesses, now).is_err());
+        // A witness named like the log is refused.
+        let (k0, w0) = witness("o", 7);
+        let named_like_log = format!("{stored}{}", cosign("o", &k0, &text, now));
+        assert!(matches!(
+            merge_cosignatures(&stored, &named_like_log, &[w0], now),
+            Err(crate::Error::InvalidArgument(m)) if m.contains("the log's own name")
+        ));
     }
 }

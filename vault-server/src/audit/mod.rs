@@ -1384,9 +1384,11 @@ impl AuditLog {
             .ok_or_else(|| Error::NotFound(format!("no checkpoint of size {size}")))?;
         let (note, taken) =
             checkpoint::merge_cosignatures(&stored, submitted, witnesses, now_secs)?;
-        let mut ws = WriteSet::new();
-        ws.put(Table::Audit, checkpoint_key(size), note.into_bytes());
-        self.store.write(ws)?;
+        if !taken.is_empty() {
+            let mut ws = WriteSet::new();
+            ws.put(Table::Audit, checkpoint_key(size), note.into_bytes());
+            self.store.write(ws)?;
+        }
         Ok((size, taken))
     }
 

@@ -1530,15 +1530,16 @@ impl Engine {
         let (size, taken) = self
             .audit
             .add_cosignatures(note, &self.witnesses, unix_secs())?;
-        for (name, _) in &taken {
-            self.monitor.cosigned(name);
+        for (name, time) in &taken {
+            self.monitor.cosigned(name, *time);
         }
         Ok((size, taken))
     }
 
     /// A witness's signed refusal of a checkpoint: checked against the
-    /// configured witnesses' keys and the clock (within ten minutes), then
-    /// raised as a critical alert on behalf of `caller`.
+    /// configured witnesses' keys, the clock (within ten minutes) and this
+    /// vault's origin, and taken once, then raised as a critical alert on
+    /// behalf of `caller`.
     pub fn witness_refused(
         &self,
         caller: &Caller,
@@ -1577,6 +1578,16 @@ impl Engine {
         if unix_secs().abs_diff(*time) > SLACK_SECS {
             return Err(Error::InvalidArgument(
                 "the refusal is dated more than ten minutes from this server's clock".into(),
+            ));
+        }
+        if checkpoint.split('\n').next() != Some(self.audit_origin.as_str()) {
+            return Err(Error::InvalidArgument(
+                "the refused checkpoint is not of this vault's log (another origin)".into(),
+            ));
+        }
+        if !self.monitor.first_refusal(signature) {
+            return Err(Error::AlreadyExists(
+                "this refusal was reported already".into(),
             ));
         }
         self.monitor.witness_refused(

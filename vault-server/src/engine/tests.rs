@@ -2189,6 +2189,11 @@ fn cosignatures_and_refusals_are_taken_from_configured_witnesses_only() {
     };
     e.witness_refused(&caller, "w.example/eu", &refusal(&witness, now, "rollback"))
         .unwrap();
+    // Taken once: the same refusal again is refused.
+    let again = e
+        .witness_refused(&caller, "w.example/eu", &refusal(&witness, now, "rollback"))
+        .unwrap_err();
+    assert!(again.to_string().contains("already"), "{again}");
     let alert = alerts.try_recv().unwrap();
     assert_eq!(alert.kind, crate::monitor::AlertKind::WitnessRefused);
     assert_eq!(alert.severity, crate::monitor::Severity::Critical);
@@ -2206,6 +2211,20 @@ fn cosignatures_and_refusals_are_taken_from_configured_witnesses_only() {
         let err = e.witness_refused(&caller, name, &bad).unwrap_err();
         assert!(err.to_string().contains(why), "{err}");
     }
+    // Another log's checkpoint (a witness that also follows another
+    // vault): refused.
+    let other_log = text.replacen("vault/eu/", "vault/fr/", 1);
+    let message = format!("vault-witness-refusal/v1\ntime {now}\nreason fork\n{other_log}");
+    let foreign = crate::engine::WitnessRefusal {
+        time: now,
+        reason: "fork".into(),
+        checkpoint: other_log,
+        signature: witness.sign(message.as_bytes()).to_bytes().to_vec(),
+    };
+    let err = e
+        .witness_refused(&caller, "w.example/eu", &foreign)
+        .unwrap_err();
+    assert!(err.to_string().contains("another origin"), "{err}");
     let mut tampered = refusal(&witness, now, "fork");
     tampered.reason = "nothing".into();
     assert!(e

@@ -39,6 +39,8 @@ const ALERT_BACKLOG: usize = 1024;
 const WINDOW_SLOTS: u64 = 60;
 /// Past this many counters, expired ones are swept.
 const SWEEP_ABOVE: usize = 10_000;
+/// Witness refusals remembered, so that each is taken once.
+pub const REFUSALS_KEPT: usize = 1024;
 
 /// Where the monitor reads the time (milliseconds since the Unix epoch).
 pub trait Clock: Send + Sync + std::fmt::Debug {
@@ -300,8 +302,12 @@ pub struct Monitor {
     metrics: metrics::Metrics,
     /// When the last checkpoint of a new tree size was signed: (size, ms).
     checkpointed: Mutex<Option<(u64, u64)>>,
-    /// When each witness's last cosignature was taken (ms), by name.
+    /// The time of each witness's newest cosignature taken (seconds since
+    /// the Unix epoch), by name.
     cosigned: Mutex<HashMap<String, u64>>,
+    /// The signatures of the latest witness refusals taken (a refusal is
+    /// taken once).
+    refusals: Mutex<VecDeque<Vec<u8>>>,
     /// Whether any principal may be locked out (false: the request path
     /// skips the lock).
     any_locked: std::sync::atomic::AtomicBool,
@@ -342,6 +348,7 @@ impl Monitor {
             metrics: metrics::Metrics::new(),
             checkpointed: Mutex::new(None),
             cosigned: Mutex::new(HashMap::new()),
+            refusals: Mutex::new(VecDeque::new()),
             any_locked: std::sync::atomic::AtomicBool::new(false),
             sink: Mutex::new(None),
         }
@@ -381,24 +388,38 @@ impl Monitor {
             .map(|(_, at)| now.saturating_sub(at) / 1000)
     }
 
-    /// Notes a cosignature taken from witness `name` now.
-    pub fn cosigned(&self, name: &str) {
-        let now = self.clock.now_ms();
-        self.cosigned
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(name.to_owned(), now);
+    /// Notes a cosignature taken from witness `name`, made at `time`
+    /// (seconds since the Unix epoch, as the witness signed it).
+    pub fn cosigned(&self, name: &str, time: u64) {
+        let mut cosigned = self.cosigned.lock().unwrap_or_else(|p| p.into_inner());
+        let newest = cosigned.entry(name.to_owned()).or_default();
+        *newest = (*newest).max(time);
     }
 
-    /// Seconds since a cosignature was last taken from witness `name`
-    /// (none since this server started: `None`).
+    /// The age of the newest cosignature taken from witness `name`, in
+    /// seconds (none taken since this server started: `None`).
     pub fn cosignature_age_secs(&self, name: &str) -> Option<u64> {
-        let now = self.clock.now_ms();
+        let now = self.clock.now_ms() / 1000;
         self.cosigned
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(name)
-            .map(|at| now.saturating_sub(*at) / 1000)
+            .map(|at| now.saturating_sub(*at))
+    }
+
+    /// Whether the refusal signed `signature` is new (then it is
+    /// remembered, with the latest [`REFUSALS_KEPT`] others: a refusal is
+    /// valid for ten minutes, so a replay within them is caught).
+    pub fn first_refusal(&self, signature: &[u8]) -> bool {
+        let mut seen = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.iter().any(|s| s == signature) {
+            return false;
+        }
+        if seen.len() == REFUSALS_KEPT {
+            seen.pop_front();
+        }
+        seen.push_back(signature.to_vec());
+        true
     }
 
     /// Raises the critical alert of a witness that refused a checkpoint

@@ -14,15 +14,15 @@
 //! one data subject, each proved to be in a signed checkpoint.
 
 use std::fs::File;
-use std::io::{BufWriter, IsTerminal as _, Read as _, Write as _};
+use std::io::{BufReader, BufWriter, IsTerminal as _, Read as _, Write as _};
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
 use serde_json::json;
 use vault_client::audit::{
     check_witnesses, latest_note, leaf_hash, read_checkpoints, verify_consistency,
-    verify_export_trusting, verify_inclusion, Checkpoint, CheckpointFile, Progress, Report,
-    VerifierKey, WitnessKey, CHECKPOINTS_DIR, EVENTS_FILE,
+    verify_inclusion, verify_log, Checkpoint, CheckpointFile, Progress, Report, VerifierKey,
+    WitnessKey, CHECKPOINTS_DIR, EVENTS_FILE,
 };
 use vault_client::{Error, VaultClient};
 
@@ -171,6 +171,12 @@ pub(crate) struct VerifyArgs {
     /// (default: all of them).
     #[arg(long, value_name = "K", requires = "witness_key")]
     witnesses_needed: Option<usize>,
+
+    /// With --witness-key: fail if more than N events follow the largest
+    /// checkpoint the witnesses cosigned (default: any number; the verdict
+    /// says how many).
+    #[arg(long, value_name = "N", requires = "witness_key")]
+    max_unwitnessed: Option<u64>,
 }
 
 /// Runs one `audit` command; `Ok(false)`: it printed a negative verdict.
@@ -197,18 +203,26 @@ pub(crate) async fn run_audit(cli: &Cli, command: &AuditCommand) -> Result<bool,
                     witnesses.len()
                 )));
             }
-            let mut report = verify(&args.dir, &key, &trusted)?;
+            let (mut report, exported) = verify(&args.dir, &key, &trusted)?;
             if !witnesses.is_empty() {
-                let mut files =
-                    read_checkpoints(&args.dir).map_err(|e| CliError::Io(e.to_string()))?;
-                files.extend(trusted.iter().cloned());
+                // The export's own checkpoints only (those just verified):
+                // a cosignature the auditor kept from before witnesses
+                // nothing of this export's newer events.
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs());
-                check_witnesses(&mut report, &files, &key, &witnesses, needed, now);
+                check_witnesses(
+                    &mut report,
+                    &exported,
+                    &key,
+                    &witnesses,
+                    needed,
+                    args.max_unwitnessed,
+                    now,
+                );
             }
             if let (Some(state), true) = (&args.state, report.is_valid()) {
-                save_state(state, &args.dir, &trusted, &report, &key)?;
+                save_state(state, &exported, &trusted, &report, &key)?;
             }
             if cli.json {
                 emit(&report.to_json().to_string());
@@ -886,12 +900,11 @@ fn trusted_file(path: &Path, what: &str) -> Result<CheckpointFile, CliError> {
 /// beside it, then renamed over it).
 fn save_state(
     state: &Path,
-    dir: &Path,
+    exported: &[CheckpointFile],
     trusted: &[CheckpointFile],
     report: &Report,
     key: &VerifierKey,
 ) -> Result<(), CliError> {
-    let exported = read_checkpoints(dir).map_err(|e| CliError::Io(e.to_string()))?;
     let Some(note) = latest_note(report, exported.iter().chain(trusted), key) else {
         return Ok(());
     };
@@ -903,13 +916,23 @@ fn save_state(
         .map_err(|e| CliError::Io(format!("writing the state {}: {e}", state.display())))
 }
 
-fn verify(dir: &Path, key: &VerifierKey, trusted: &[CheckpointFile]) -> Result<Report, CliError> {
-    let total = std::fs::metadata(dir.join(EVENTS_FILE))
-        .map(|m| m.len())
-        .unwrap_or(0);
+/// Verifies the export in `dir` (with `trusted` checkpoints too); returns
+/// the report and the export's checkpoint files, read once, as verified.
+fn verify(
+    dir: &Path,
+    key: &VerifierKey,
+    trusted: &[CheckpointFile],
+) -> Result<(Report, Vec<CheckpointFile>), CliError> {
+    let exported = read_checkpoints(dir).map_err(|e| CliError::Io(e.to_string()))?;
+    let mut all = exported.clone();
+    all.extend(trusted.iter().cloned());
+    let path = dir.join(EVENTS_FILE);
+    let events = File::open(&path)
+        .map_err(|e| CliError::Io(format!("cannot read {}: {e}", path.display())))?;
+    let total = events.metadata().map(|m| m.len()).unwrap_or(0);
     let draw = total >= LARGE_LOG_BYTES && std::io::stderr().is_terminal();
     let mut shown: Option<u64> = None;
-    let result = verify_export_trusting(dir, key, trusted, |progress| {
+    let result = verify_log(BufReader::new(events), &all, key, |progress| {
         if !draw {
             return;
         }
@@ -925,7 +948,9 @@ fn verify(dir: &Path, key: &VerifierKey, trusted: &[CheckpointFile]) -> Result<R
         eprint!("\r\x1b[K");
         let _ = std::io::stderr().flush();
     }
-    result.map_err(|e| CliError::Io(e.to_string()))
+    let report =
+        result.map_err(|e| CliError::Io(format!("cannot read {}: {e}", path.display())))?;
+    Ok((report, exported))
 }
 
 fn percent(done: u64, total: u64) -> u64 {
@@ -988,6 +1013,12 @@ fn report_text(report: &Report) -> String {
                     witnessed.tree_size,
                     witnessed.witnesses.join(", ")
                 ));
+                if witnessed.unwitnessed_events > 0 {
+                    text.push_str(&format!(
+                        " (the last {} not witnessed)",
+                        plural(witnessed.unwitnessed_events, "event")
+                    ));
+                }
             }
             one_line(&text)
         }
@@ -1034,6 +1065,7 @@ mod tests {
             witnessed: Some(vault_client::audit::Witnessed {
                 tree_size: 20,
                 witnesses: vec!["w.example/1".into(), "w.example/2".into()],
+                unwitnessed_events: 0,
             }),
             ..all
         };

@@ -49,10 +49,17 @@ pub(crate) struct WitnessArgs {
     #[arg(long, value_name = "FILE")]
     signing_key: PathBuf,
 
-    /// The witness's state: the latest checkpoint it verified. Created on
-    /// the first run, which trusts the vault's checkpoint of that moment.
+    /// The witness's state: the latest checkpoint it verified. It must
+    /// exist, unless --init.
     #[arg(long, value_name = "FILE")]
     state: PathBuf,
+
+    /// The first run: with no state file yet, trust the vault's current
+    /// checkpoint (check its tree size against one obtained out of band)
+    /// and create the state. Without it, a missing state file is an error,
+    /// so a lost or unmounted state never silently starts trusting anew.
+    #[arg(long)]
+    init: bool,
 
     /// The vault's checkpoint verifier key (a file of one line, as `audit
     /// public-key` prints it), obtained out of band.
@@ -145,14 +152,18 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
         .map_err(|e| CliError::Io(format!("cannot write {}: {e}", path.display())))
 }
 
-/// Replaces `path` with `bytes`: written beside it, synced, renamed over.
+/// Replaces `path` with `bytes`: written to a new file of a random name
+/// beside it (never one that exists, nor a link), synced, renamed over.
 fn replace_file(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
     use std::io::Write as _;
     let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
+    tmp.push(format!(".{:016x}.tmp", rand::random::<u64>()));
     let tmp = PathBuf::from(tmp);
     let write = || -> std::io::Result<()> {
-        let mut file = std::fs::File::create(&tmp)?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
         std::fs::rename(&tmp, path)?;
@@ -161,7 +172,10 @@ fn replace_file(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
         }
         Ok(())
     };
-    write().map_err(|e| CliError::Io(format!("cannot write the state {}: {e}", path.display())))
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        CliError::Io(format!("cannot write the state {}: {e}", path.display()))
+    })
 }
 
 /// What the witness knows: the latest checkpoint it verified.
@@ -272,7 +286,14 @@ impl Witness {
                 ))
             })?;
         let seen = match std::fs::metadata(&args.state) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && args.init => None,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(CliError::Input(format!(
+                    "the witness state {} does not exist: pass --init on the first run only \
+                     (it trusts the vault's checkpoint of that moment)",
+                    args.state.display()
+                )))
+            }
             _ => {
                 let note = read_small(&args.state, "the witness state")?;
                 let checkpoint = Checkpoint::open(note.as_bytes(), &vault_key).map_err(|e| {
