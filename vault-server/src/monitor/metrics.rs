@@ -9,8 +9,8 @@
 //! flows, new ones are counted under the purpose `(other)`, so a caller
 //! cannot grow the metrics without bound.
 
-use std::collections::HashSet;
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -48,7 +48,35 @@ pub struct Metrics {
     root_version: Gauge,
     root_wraps: Family<Labels, Gauge>,
     rewrap_left: Gauge,
-    flows: Mutex<HashSet<(String, String, String)>>,
+    flows: RwLock<Flows>,
+    /// The request counters of each method, once looked up.
+    methods: RwLock<HashMap<String, Arc<MethodHandles>>>,
+}
+
+/// The purpose a flow past [`MAX_FLOWS`] is counted under.
+const OTHER_PURPOSE: &str = "(other)";
+
+/// The flows seen: principal → purpose → collection → counters, and how
+/// many there are (besides those counted as `(other)`).
+#[derive(Default)]
+struct Flows {
+    map: HashMap<String, HashMap<String, HashMap<String, Arc<FlowHandles>>>>,
+    count: usize,
+}
+
+/// One flow's counters (handles into the families), and its labels.
+struct FlowHandles {
+    labels: Labels,
+    records: Counter,
+    bytes: Counter,
+    /// By data category.
+    fields: RwLock<Vec<(&'static str, Counter)>>,
+}
+
+/// One method's latency histogram and its counters by gRPC code.
+struct MethodHandles {
+    latency: Histogram,
+    codes: RwLock<Vec<(String, Counter)>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -108,7 +136,8 @@ impl Metrics {
             root_version: Gauge::default(),
             root_wraps: Family::default(),
             rewrap_left: Gauge::default(),
-            flows: Mutex::new(HashSet::new()),
+            flows: RwLock::new(Flows::default()),
+            methods: RwLock::new(HashMap::new()),
             registry: Registry::with_prefix("vault"),
         };
         let registry = &mut m.registry;
@@ -182,17 +211,50 @@ impl Metrics {
         m
     }
 
-    /// A request answered with gRPC `code` after `seconds`.
+    /// A request answered with gRPC `code` after `seconds`. The counters
+    /// of a method are looked up once, then found by name without
+    /// allocating.
     pub fn request(&self, method: &str, code: &str, seconds: f64) {
-        self.requests
-            .get_or_create(&vec![
-                ("method", method.to_owned()),
-                ("code", code.to_owned()),
-            ])
-            .inc();
-        self.latency
-            .get_or_create(&vec![("method", method.to_owned())])
-            .observe(seconds);
+        let handles = {
+            let methods = self.methods.read().unwrap_or_else(|p| p.into_inner());
+            methods.get(method).cloned()
+        };
+        let handles = handles.unwrap_or_else(|| {
+            let mut methods = self.methods.write().unwrap_or_else(|p| p.into_inner());
+            let latency = self
+                .latency
+                .get_or_create(&vec![("method", method.to_owned())])
+                .clone();
+            Arc::clone(methods.entry(method.to_owned()).or_insert_with(|| {
+                Arc::new(MethodHandles {
+                    latency,
+                    codes: RwLock::new(Vec::new()),
+                })
+            }))
+        });
+        handles.latency.observe(seconds);
+        let counter = {
+            let codes = handles.codes.read().unwrap_or_else(|p| p.into_inner());
+            codes
+                .iter()
+                .find(|(c, _)| c == code)
+                .map(|(_, n)| n.clone())
+        };
+        let counter = counter.unwrap_or_else(|| {
+            let counter = self
+                .requests
+                .get_or_create(&vec![
+                    ("method", method.to_owned()),
+                    ("code", code.to_owned()),
+                ])
+                .clone();
+            let mut codes = handles.codes.write().unwrap_or_else(|p| p.into_inner());
+            if !codes.iter().any(|(c, _)| c == code) {
+                codes.push((code.to_owned(), counter.clone()));
+            }
+            counter
+        });
+        counter.inc();
     }
 
     /// A request refused for `reason`.
@@ -223,16 +285,11 @@ impl Metrics {
         bytes: u64,
         categories: &[&'static str],
     ) {
-        let purpose = self.flow(principal, purpose.unwrap_or(""), collection);
-        let labels = vec![
-            ("principal", principal.to_owned()),
-            ("purpose", purpose),
-            ("collection", collection.to_owned()),
-        ];
-        self.records.get_or_create(&labels).inc_by(records);
-        self.bytes.get_or_create(&labels).inc_by(bytes);
+        let flow = self.flow(principal, purpose.unwrap_or(""), collection);
+        flow.records.inc_by(records);
+        flow.bytes.inc_by(bytes);
         // One count per category, not per field.
-        let mut counted: Vec<(&str, u64)> = Vec::new();
+        let mut counted: Vec<(&'static str, u64)> = Vec::new();
         for category in categories {
             match counted.iter_mut().find(|(c, _)| c == category) {
                 Some((_, n)) => *n += 1,
@@ -240,26 +297,77 @@ impl Metrics {
             }
         }
         for (category, n) in counted {
-            let mut l = labels.clone();
-            l.push(("category", category.to_owned()));
-            self.fields.get_or_create(&l).inc_by(n);
+            let counter = {
+                let fields = flow.fields.read().unwrap_or_else(|p| p.into_inner());
+                fields
+                    .iter()
+                    .find(|(c, _)| *c == category)
+                    .map(|(_, f)| f.clone())
+            };
+            let counter = counter.unwrap_or_else(|| {
+                let mut labels = flow.labels.clone();
+                labels.push(("category", category.to_owned()));
+                let counter = self.fields.get_or_create(&labels).clone();
+                let mut fields = flow.fields.write().unwrap_or_else(|p| p.into_inner());
+                if !fields.iter().any(|(c, _)| *c == category) {
+                    fields.push((category, counter.clone()));
+                }
+                counter
+            });
+            counter.inc_by(n);
         }
     }
 
-    /// The purpose label of a flow: itself, or `(other)` past the bound.
-    fn flow(&self, principal: &str, purpose: &str, collection: &str) -> String {
-        let mut flows = self.flows.lock().unwrap_or_else(|p| p.into_inner());
-        let key = (
-            principal.to_owned(),
-            purpose.to_owned(),
-            collection.to_owned(),
-        );
-        if flows.contains(&key) || flows.len() < MAX_FLOWS {
-            flows.insert(key);
-            purpose.to_owned()
-        } else {
-            "(other)".to_owned()
+    /// The counters of a flow, looked up by name without allocating once
+    /// it exists. Past [`MAX_FLOWS`] flows, a new one is counted as the
+    /// flow of its principal and collection with the purpose `(other)`.
+    fn flow(&self, principal: &str, purpose: &str, collection: &str) -> Arc<FlowHandles> {
+        let find = |flows: &Flows, purpose: &str| {
+            flows
+                .map
+                .get(principal)
+                .and_then(|p| p.get(purpose))
+                .and_then(|c| c.get(collection))
+                .cloned()
+        };
+        {
+            let flows = self.flows.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(flow) = find(&flows, purpose) {
+                return flow;
+            }
         }
+        let mut flows = self.flows.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(flow) = find(&flows, purpose) {
+            return flow;
+        }
+        let purpose = if flows.count < MAX_FLOWS {
+            flows.count += 1;
+            purpose
+        } else {
+            OTHER_PURPOSE
+        };
+        if let Some(flow) = find(&flows, purpose) {
+            return flow;
+        }
+        let labels = vec![
+            ("principal", principal.to_owned()),
+            ("purpose", purpose.to_owned()),
+            ("collection", collection.to_owned()),
+        ];
+        let flow = Arc::new(FlowHandles {
+            records: self.records.get_or_create(&labels).clone(),
+            bytes: self.bytes.get_or_create(&labels).clone(),
+            fields: RwLock::new(Vec::new()),
+            labels,
+        });
+        flows
+            .map
+            .entry(principal.to_owned())
+            .or_default()
+            .entry(purpose.to_owned())
+            .or_default()
+            .insert(collection.to_owned(), Arc::clone(&flow));
+        flow
     }
 
     /// The text of every metric, with the vault's state as of `now`.
