@@ -629,6 +629,20 @@ async fn metrics_count_exactly_the_requests_made() {
         1.0,
         "{body}"
     );
+    // svc used its budget of 3 records for support within 60 s.
+    let budget = [
+        ("principal", "svc"),
+        ("purpose", "support"),
+        ("window_seconds", "60"),
+        ("unit", "records"),
+    ];
+    assert_eq!(sample(&after, "vault_budget_used", &budget), 3.0, "{body}");
+    assert_eq!(sample(&after, "vault_budget_limit", &budget), 3.0, "{body}");
+    assert_eq!(sample(&before, "vault_budget_used", &budget), 0.0);
+    // The window passes: the series goes (nothing is in use).
+    s.clock.advance(Duration::from_secs(62));
+    let (_, later) = scrape(metrics_at, "/metrics").await;
+    assert!(!later.contains("vault_budget_used{"), "{later}");
     assert_eq!(sample(&after, "vault_sealed", &[]), 0.0, "{body}");
     assert_eq!(sample(&after, "vault_root_key_version", &[]), 1.0, "{body}");
     // The log's size when scraped (the alert's event may land meanwhile).

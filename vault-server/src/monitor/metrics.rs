@@ -44,6 +44,8 @@ pub struct Metrics {
     audit_size: Gauge,
     checkpoint_age: Gauge,
     cosignature_age: Family<Labels, Gauge>,
+    budget_used: Family<Labels, Gauge>,
+    budget_limit: Family<Labels, Gauge>,
     lockouts: Gauge,
     root_version: Gauge,
     root_wraps: Family<Labels, Gauge>,
@@ -103,6 +105,8 @@ pub struct Snapshot {
     /// Each configured witness, and seconds since its last cosignature
     /// was taken, if one was since the server started.
     pub cosignature_age_secs: Vec<(String, Option<u64>)>,
+    /// Each principal's use of each budget of the policy in force.
+    pub budget_use: Vec<super::BudgetUse>,
     /// Principals locked out now.
     pub lockouts: u64,
     /// The current root key version (unsealed).
@@ -132,6 +136,8 @@ impl Metrics {
             audit_size: Gauge::default(),
             checkpoint_age: Gauge::default(),
             cosignature_age: Family::default(),
+            budget_used: Family::default(),
+            budget_limit: Family::default(),
             lockouts: Gauge::default(),
             root_version: Gauge::default(),
             root_wraps: Family::default(),
@@ -191,6 +197,16 @@ impl Metrics {
             "audit_witness_cosignature_age_seconds",
             "Seconds since this server last took a cosignature from each configured witness (-1: none since it started)",
             m.cosignature_age.clone(),
+        );
+        registry.register(
+            "budget_used",
+            "What a principal read within a budget's window now, by principal, the budget's purpose and window, and unit (records, bytes)",
+            m.budget_used.clone(),
+        );
+        registry.register(
+            "budget_limit",
+            "The limit of that budget, with the same labels",
+            m.budget_limit.clone(),
         );
         registry.register("lockouts", "Principals locked out now", m.lockouts.clone());
         registry.register(
@@ -381,6 +397,26 @@ impl Metrics {
                 .get_or_create(&vec![("witness", witness.clone())])
                 .set(age.map_or(-1, gauge));
         }
+        // Only the budgets in use now: a window that emptied, or a budget
+        // gone from the policy, leaves no stale series.
+        self.budget_used.clear();
+        self.budget_limit.clear();
+        for u in &now.budget_use {
+            for (unit, used, limit) in [
+                ("records", u.records, u.records_limit),
+                ("bytes", u.bytes, u.bytes_limit),
+            ] {
+                let Some(limit) = limit else { continue };
+                let labels = vec![
+                    ("principal", u.principal.clone()),
+                    ("purpose", u.purpose.clone()),
+                    ("window_seconds", u.window_secs.to_string()),
+                    ("unit", unit.to_owned()),
+                ];
+                self.budget_used.get_or_create(&labels).set(gauge(used));
+                self.budget_limit.get_or_create(&labels).set(gauge(limit));
+            }
+        }
         self.lockouts.set(gauge(now.lockouts));
         self.root_version.set(now.root_version.map_or(0, i64::from));
         for (version, wraps) in &now.root_wraps {
@@ -461,6 +497,15 @@ mod tests {
         let text = m.encode(&Snapshot {
             root_wraps: vec![(1, 1)],
             cosignature_age_secs: vec![("w".into(), Some(1))],
+            budget_use: vec![crate::monitor::BudgetUse {
+                principal: "p".into(),
+                purpose: "*".into(),
+                window_secs: 60,
+                records: 1,
+                bytes: 2,
+                records_limit: Some(3),
+                bytes_limit: None,
+            }],
             ..Snapshot::default()
         });
         let exists = |name: &str| {

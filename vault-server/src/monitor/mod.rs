@@ -173,6 +173,25 @@ impl Alert {
     }
 }
 
+/// One principal's use of one budget now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BudgetUse {
+    /// The principal whose reads it counts.
+    pub principal: String,
+    /// The budget's purpose (`*`: every purpose together).
+    pub purpose: String,
+    /// The budget's window.
+    pub window_secs: u64,
+    /// Records and bytes returned within the window.
+    pub records: u64,
+    /// Bytes.
+    pub bytes: u64,
+    /// The budget's limits.
+    pub records_limit: Option<u64>,
+    /// Bytes limit.
+    pub bytes_limit: Option<u64>,
+}
+
 /// Lockout settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LockoutOptions {
@@ -664,6 +683,45 @@ impl Monitor {
                 message,
             ),
         );
+    }
+
+    /// How much of each budget of `budgets` every principal that read
+    /// under it has used in its window now (those with nothing in the
+    /// window are left out).
+    pub fn budget_use(&self, budgets: &[Budget]) -> Vec<BudgetUse> {
+        let now = self.clock.now_ms();
+        let mut state = self.lock();
+        let mut out = Vec::new();
+        for ((principal, budget_principal, purpose, window), usage) in &mut state.usage {
+            let Some(b) = budgets.iter().find(|b| {
+                b.principal == *budget_principal
+                    && b.purpose == *purpose
+                    && b.window_secs == *window
+            }) else {
+                continue;
+            };
+            let (records, bytes) = usage.current(slot_of(now, window.saturating_mul(1000)));
+            if (records, bytes) == (0, 0) {
+                continue;
+            }
+            out.push(BudgetUse {
+                principal: principal.clone(),
+                purpose: purpose.clone(),
+                window_secs: *window,
+                records,
+                bytes,
+                records_limit: b.records,
+                bytes_limit: b.bytes,
+            });
+        }
+        out.sort_by(|a, b| {
+            (&a.principal, &a.purpose, a.window_secs).cmp(&(
+                &b.principal,
+                &b.purpose,
+                b.window_secs,
+            ))
+        });
+        out
     }
 
     /// Lifts `principal`'s lockout; false if it was not locked out.

@@ -36,6 +36,7 @@ fn snapshot(vault: &Vault) -> Snapshot {
         let versions = engine.root_versions();
         now.root_version = versions.iter().find(|k| k.current).map(|k| k.version);
         now.root_wraps = versions.iter().map(|k| (k.version, k.wraps)).collect();
+        now.budget_use = monitor.budget_use(engine.policy().budgets());
         now.cosignature_age_secs = engine
             .witness_names()
             .into_iter()
