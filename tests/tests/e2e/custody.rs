@@ -765,7 +765,8 @@ async fn subject_key_rotation_reencrypts_the_subjects_records() {
     assert_eq!(rows, vec![crate::tamper::key_row(&names, "alice", 2)]);
 }
 
-fn copy_dir(from: &Path, to: &Path) {
+/// Copies a folder (a stopped vault's data folder) with all it holds.
+pub(crate) fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();

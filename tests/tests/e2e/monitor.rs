@@ -632,6 +632,7 @@ async fn metrics_count_exactly_the_requests_made() {
     // svc used its budget of 3 records for support within 60 s.
     let budget = [
         ("principal", "svc"),
+        ("budget", "svc"),
         ("purpose", "support"),
         ("window_seconds", "60"),
         ("unit", "records"),

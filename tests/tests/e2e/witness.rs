@@ -13,6 +13,7 @@ use vault_server::monitor::{Monitor, MonitorOptions, OnCritical, SystemClock};
 use vault_server::vault::OpenOptions;
 use vault_tests::{TestVault, TOKEN};
 
+use crate::custody::copy_dir;
 use crate::user;
 use crate::vaultctl::{vaultctl_at, Run};
 
@@ -64,15 +65,16 @@ fn options(data: &Path, witnesses: &[&str], on_critical: OnCritical) -> OpenOpti
 }
 
 async fn witness_round(vault: &TestVault, w: &Witness) -> Run {
-    witness_run(vault, w, false).await
+    witness_run(vault, w, &[]).await
 }
 
 /// The first round: `--init` creates the state.
 async fn witness_init(vault: &TestVault, w: &Witness) -> Run {
-    witness_run(vault, w, true).await
+    witness_run(vault, w, &["--init"]).await
 }
 
-async fn witness_run(vault: &TestVault, w: &Witness, init: bool) -> Run {
+/// One `audit witness --once` round, with `extra` arguments.
+async fn witness_run(vault: &TestVault, w: &Witness, extra: &[&str]) -> Run {
     let mut args = vec![
         "audit",
         "witness",
@@ -84,9 +86,7 @@ async fn witness_run(vault: &TestVault, w: &Witness, init: bool) -> Run {
         "--public-key",
         w.vault_key.to_str().unwrap(),
     ];
-    if init {
-        args.push("--init");
-    }
+    args.extend_from_slice(extra);
     run(vault, &args).await
 }
 
@@ -97,20 +97,6 @@ async fn put_users(vault: &TestVault, prefix: &str, n: usize) {
             .put(&user(&format!("{prefix}-{i}"), &format!("s-{prefix}-{i}")))
             .await
             .unwrap();
-    }
-}
-
-/// Copies a (stopped) vault's data folder.
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
     }
 }
 
@@ -179,6 +165,13 @@ async fn a_witness_cosigns_a_growing_log_across_restarts_and_verify_needs_it() {
     // witness's own requests, so it cosigns the larger one.
     let again = witness_round(&vault, &w).await;
     assert!(again.ok().contains("consistent with size"), "{again:?}");
+    // --init again, with a state: refused (a service that always passes it
+    // would otherwise trust anew whenever its state went missing).
+    let again_init = witness_init(&vault, &w).await;
+    assert!(
+        again_init.error(1).contains("first run only"),
+        "{again_init:?}"
+    );
     vault.stop().await;
 
     // Both sides restart: a new vault process over the same folder, a new
@@ -187,25 +180,7 @@ async fn a_witness_cosigns_a_growing_log_across_restarts_and_verify_needs_it() {
         .await
         .unwrap();
     put_users(&vault, "b", 5).await;
-    let json = vaultctl_at(
-        &vault.url(),
-        Some(TOKEN),
-        &[
-            "--json",
-            "audit",
-            "witness",
-            "--once",
-            "--signing-key",
-            w.key.to_str().unwrap(),
-            "--state",
-            w.state.to_str().unwrap(),
-            "--public-key",
-            w.vault_key.to_str().unwrap(),
-        ],
-        None,
-    )
-    .await
-    .json();
+    let json = witness_run(&vault, &w, &["--json"]).await.json();
     assert_eq!(json["event"], "cosigned", "{json}");
     let size = json["tree_size"].as_u64().unwrap();
     assert!(json["previous_size"].as_u64().unwrap() < size, "{json}");

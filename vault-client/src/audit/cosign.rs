@@ -37,7 +37,7 @@ use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
 use sha2::{Digest as _, Sha256};
 use zeroize::Zeroizing;
 
-use super::note::{is_valid_key_name, split_vkey, KeyError, Note, NoteError};
+use super::note::{checked_key, split_vkey, KeyError, Note, NoteError};
 
 /// The algorithm byte of an Ed25519 cosignature v1 key.
 pub const ALG_COSIGNATURE_V1: u8 = 0x04;
@@ -90,16 +90,7 @@ impl fmt::Debug for WitnessKey {
 impl WitnessKey {
     /// The witness key of an Ed25519 public key under `name`.
     pub fn new(name: &str, public_key: &[u8; 32]) -> Result<Self, KeyError> {
-        if !is_valid_key_name(name) {
-            return Err(KeyError(
-                "the key name must be non-empty, without spaces or `+`".into(),
-            ));
-        }
-        let key = VerifyingKey::from_bytes(public_key)
-            .map_err(|_| KeyError("the public key is not a valid Ed25519 key".into()))?;
-        if key.is_weak() {
-            return Err(KeyError("the public key is a weak Ed25519 key".into()));
-        }
+        let key = checked_key(name, public_key)?;
         Ok(Self {
             name: name.to_owned(),
             id: cosigner_key_id(name, public_key),

@@ -81,19 +81,25 @@ impl fmt::Debug for VerifierKey {
 #[error("not a signed-note verifier key (name+hex id+base64 key): {0}")]
 pub struct KeyError(pub(super) String);
 
+/// Checks a key's name and its Ed25519 public key (valid, not weak).
+pub(super) fn checked_key(name: &str, public_key: &[u8; 32]) -> Result<VerifyingKey, KeyError> {
+    if !is_valid_key_name(name) {
+        return Err(KeyError(
+            "the key name must be non-empty, without spaces or `+`".into(),
+        ));
+    }
+    let key = VerifyingKey::from_bytes(public_key)
+        .map_err(|_| KeyError("the public key is not a valid Ed25519 key".into()))?;
+    if key.is_weak() {
+        return Err(KeyError("the public key is a weak Ed25519 key".into()));
+    }
+    Ok(key)
+}
+
 impl VerifierKey {
     /// The verifier key of an Ed25519 public key under `name`.
     pub fn new(name: &str, public_key: &[u8; 32]) -> Result<Self, KeyError> {
-        if !is_valid_key_name(name) {
-            return Err(KeyError(
-                "the key name must be non-empty, without spaces or `+`".into(),
-            ));
-        }
-        let key = VerifyingKey::from_bytes(public_key)
-            .map_err(|_| KeyError("the public key is not a valid Ed25519 key".into()))?;
-        if key.is_weak() {
-            return Err(KeyError("the public key is a weak Ed25519 key".into()));
-        }
+        let key = checked_key(name, public_key)?;
         Ok(Self {
             name: name.to_owned(),
             id: key_id(name, public_key),

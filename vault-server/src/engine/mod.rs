@@ -1530,8 +1530,8 @@ impl Engine {
         let (size, taken) = self
             .audit
             .add_cosignatures(note, &self.witnesses, unix_secs())?;
-        for (name, time) in &taken {
-            self.monitor.cosigned(name, *time);
+        for (name, _) in &taken {
+            self.monitor.cosigned(name);
         }
         Ok((size, taken))
     }

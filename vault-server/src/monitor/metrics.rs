@@ -53,6 +53,8 @@ pub struct Metrics {
     flows: RwLock<Flows>,
     /// The request counters of each method, once looked up.
     methods: RwLock<HashMap<String, Arc<MethodHandles>>>,
+    /// Held while the gauges are set and the text encoded.
+    encoding: std::sync::Mutex<()>,
 }
 
 /// The purpose a flow past [`MAX_FLOWS`] is counted under.
@@ -64,7 +66,24 @@ const OTHER_PURPOSE: &str = "(other)";
 struct Flows {
     map: HashMap<String, HashMap<String, HashMap<String, Arc<FlowHandles>>>>,
     count: usize,
+    /// Flows past the bound kept under their own name (each the handles
+    /// of its `(other)` flow).
+    aliases: usize,
 }
+
+impl Flows {
+    fn insert(&mut self, principal: &str, purpose: &str, collection: &str, f: Arc<FlowHandles>) {
+        self.map
+            .entry(principal.to_owned())
+            .or_default()
+            .entry(purpose.to_owned())
+            .or_default()
+            .insert(collection.to_owned(), f);
+    }
+}
+
+/// Flows past [`MAX_FLOWS`] remembered as aliases of their `(other)` flow.
+const MAX_ALIASES: usize = 10_000;
 
 /// One flow's counters (handles into the families), and its labels.
 struct FlowHandles {
@@ -144,6 +163,7 @@ impl Metrics {
             rewrap_left: Gauge::default(),
             flows: RwLock::new(Flows::default()),
             methods: RwLock::new(HashMap::new()),
+            encoding: std::sync::Mutex::new(()),
             registry: Registry::with_prefix("vault"),
         };
         let registry = &mut m.registry;
@@ -200,7 +220,7 @@ impl Metrics {
         );
         registry.register(
             "budget_used",
-            "What a principal read within a budget's window now, by principal, the budget's purpose and window, and unit (records, bytes)",
+            "What a principal read within a budget's window now, by principal, the budget's principal (itself or *), purpose and window, and unit (records, bytes)",
             m.budget_used.clone(),
         );
         registry.register(
@@ -356,15 +376,32 @@ impl Metrics {
         if let Some(flow) = find(&flows, purpose) {
             return flow;
         }
-        let purpose = if flows.count < MAX_FLOWS {
-            flows.count += 1;
-            purpose
-        } else {
-            OTHER_PURPOSE
-        };
-        if let Some(flow) = find(&flows, purpose) {
-            return flow;
+        if flows.count >= MAX_FLOWS {
+            // Counted as `(other)`; remembered under its own name too (up
+            // to a bound of its own) so that its next reads find it with
+            // the read lock.
+            let other = match find(&flows, OTHER_PURPOSE) {
+                Some(other) => other,
+                None => self.new_flow(&mut flows, principal, OTHER_PURPOSE, collection),
+            };
+            if flows.aliases < MAX_ALIASES {
+                flows.aliases += 1;
+                flows.insert(principal, purpose, collection, Arc::clone(&other));
+            }
+            return other;
         }
+        flows.count += 1;
+        self.new_flow(&mut flows, principal, purpose, collection)
+    }
+
+    /// A flow's counters, made and kept.
+    fn new_flow(
+        &self,
+        flows: &mut Flows,
+        principal: &str,
+        purpose: &str,
+        collection: &str,
+    ) -> Arc<FlowHandles> {
         let labels = vec![
             ("principal", principal.to_owned()),
             ("purpose", purpose.to_owned()),
@@ -376,18 +413,14 @@ impl Metrics {
             fields: RwLock::new(Vec::new()),
             labels,
         });
-        flows
-            .map
-            .entry(principal.to_owned())
-            .or_default()
-            .entry(purpose.to_owned())
-            .or_default()
-            .insert(collection.to_owned(), Arc::clone(&flow));
+        flows.insert(principal, purpose, collection, Arc::clone(&flow));
         flow
     }
 
     /// The text of every metric, with the vault's state as of `now`.
     pub fn encode(&self, now: &Snapshot) -> String {
+        // One scrape at a time: the gauges are set, then encoded.
+        let _one_at_a_time = self.encoding.lock().unwrap_or_else(|p| p.into_inner());
         self.sealed.set(i64::from(now.sealed));
         self.audit_size.set(gauge(now.audit_size));
         self.checkpoint_age
@@ -409,6 +442,7 @@ impl Metrics {
                 let Some(limit) = limit else { continue };
                 let labels = vec![
                     ("principal", u.principal.clone()),
+                    ("budget", u.budget_principal.clone()),
                     ("purpose", u.purpose.clone()),
                     ("window_seconds", u.window_secs.to_string()),
                     ("unit", unit.to_owned()),
@@ -488,6 +522,63 @@ mod tests {
     }
 
     #[test]
+    fn counts_from_many_threads_add_up_exactly() {
+        let m = Metrics::new();
+        // Fill the flows, so that the threads also take the `(other)` path
+        // and its aliases.
+        for i in 0..MAX_FLOWS {
+            m.read("filler", Some(&format!("p{i}")), "c", 0, 0, &[]);
+        }
+        std::thread::scope(|scope| {
+            for t in 0..4 {
+                let m = &m;
+                scope.spawn(move || {
+                    for i in 0..500 {
+                        let purpose = if i % 2 == 0 { "support" } else { "late" };
+                        m.read(
+                            &format!("svc{}", t % 2),
+                            Some(purpose),
+                            "users",
+                            1,
+                            10,
+                            &["contact"],
+                        );
+                        m.request(
+                            "vault.v1.VaultService/GetRecord",
+                            if i % 5 == 0 { "7" } else { "0" },
+                            0.001,
+                        );
+                    }
+                });
+            }
+        });
+        let text = m.encode(&Snapshot::default());
+        for (principal, purpose, records) in
+            [("svc0", "(other)", "1000"), ("svc1", "(other)", "1000")]
+        {
+            let line = format!(
+                "vault_records_returned_total{{principal=\"{principal}\",purpose=\"{purpose}\",collection=\"users\"}} {records}"
+            );
+            assert!(text.contains(&line), "{line}\n{text}");
+        }
+        assert!(
+            text.contains(
+                "vault_requests_total{method=\"vault.v1.VaultService/GetRecord\",code=\"0\"} 1600"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "vault_requests_total{method=\"vault.v1.VaultService/GetRecord\",code=\"7\"} 400"
+            ),
+            "{text}"
+        );
+        assert!(text.contains(
+            "vault_fields_returned_total{principal=\"svc0\",purpose=\"(other)\",collection=\"users\",category=\"contact\"} 1000"
+        ), "{text}");
+    }
+
+    #[test]
     fn the_dashboard_and_the_docs_name_only_metrics_that_exist() {
         let m = Metrics::new();
         m.request("m", "0", 0.001);
@@ -499,6 +590,7 @@ mod tests {
             cosignature_age_secs: vec![("w".into(), Some(1))],
             budget_use: vec![crate::monitor::BudgetUse {
                 principal: "p".into(),
+                budget_principal: "*".into(),
                 purpose: "*".into(),
                 window_secs: 60,
                 records: 1,

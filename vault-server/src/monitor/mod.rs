@@ -178,6 +178,9 @@ impl Alert {
 pub struct BudgetUse {
     /// The principal whose reads it counts.
     pub principal: String,
+    /// The budget's principal: the same, or `*` (each principal counted
+    /// on its own).
+    pub budget_principal: String,
     /// The budget's purpose (`*`: every purpose together).
     pub purpose: String,
     /// The budget's window.
@@ -321,8 +324,8 @@ pub struct Monitor {
     metrics: metrics::Metrics,
     /// When the last checkpoint of a new tree size was signed: (size, ms).
     checkpointed: Mutex<Option<(u64, u64)>>,
-    /// The time of each witness's newest cosignature taken (seconds since
-    /// the Unix epoch), by name.
+    /// When a new cosignature was last taken from each witness
+    /// (milliseconds, by this server's clock), by name.
     cosigned: Mutex<HashMap<String, u64>>,
     /// The signatures of the latest witness refusals taken (a refusal is
     /// taken once).
@@ -407,23 +410,25 @@ impl Monitor {
             .map(|(_, at)| now.saturating_sub(at) / 1000)
     }
 
-    /// Notes a cosignature taken from witness `name`, made at `time`
-    /// (seconds since the Unix epoch, as the witness signed it).
-    pub fn cosigned(&self, name: &str, time: u64) {
-        let mut cosigned = self.cosigned.lock().unwrap_or_else(|p| p.into_inner());
-        let newest = cosigned.entry(name.to_owned()).or_default();
-        *newest = (*newest).max(time);
+    /// Notes a new cosignature taken from witness `name` now (only one
+    /// newer than the one stored is taken, so a replayed one is not).
+    pub fn cosigned(&self, name: &str) {
+        let now = self.clock.now_ms();
+        self.cosigned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_owned(), now);
     }
 
-    /// The age of the newest cosignature taken from witness `name`, in
-    /// seconds (none taken since this server started: `None`).
+    /// Seconds since a new cosignature was last taken from witness `name`
+    /// (none since this server started: `None`).
     pub fn cosignature_age_secs(&self, name: &str) -> Option<u64> {
-        let now = self.clock.now_ms() / 1000;
+        let now = self.clock.now_ms();
         self.cosigned
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(name)
-            .map(|at| now.saturating_sub(*at))
+            .map(|at| now.saturating_sub(*at) / 1000)
     }
 
     /// Whether the refusal signed `signature` is new (then it is
@@ -445,18 +450,7 @@ impl Monitor {
     /// (`message` says which and why); `caller` sent the refusal.
     pub fn witness_refused(&self, caller: &Caller, message: String) {
         let now = self.clock.now_ms();
-        let mut state = self.lock();
-        self.raise(
-            &mut state,
-            Alert::new(
-                now,
-                Severity::Critical,
-                AlertKind::WitnessRefused,
-                caller.principal.name.as_str(),
-                caller.purpose.as_deref(),
-                message,
-            ),
-        );
+        self.critical(now, AlertKind::WitnessRefused, caller, message);
     }
 
     /// Writes alert events to `log` from now on, from a thread of the
@@ -671,14 +665,19 @@ impl Monitor {
             "{records} honey record(s) of collection {collection} read by principal {principal}: \
              no real workflow reads them"
         );
+        self.critical(now, AlertKind::HoneyRead, caller, message);
+    }
+
+    /// Raises a critical alert about `caller`.
+    fn critical(&self, now: u64, kind: AlertKind, caller: &Caller, message: String) {
         let mut state = self.lock();
         self.raise(
             &mut state,
             Alert::new(
                 now,
                 Severity::Critical,
-                AlertKind::HoneyRead,
-                principal,
+                kind,
+                caller.principal.name.as_str(),
                 caller.purpose.as_deref(),
                 message,
             ),
@@ -687,17 +686,29 @@ impl Monitor {
 
     /// How much of each budget of `budgets` every principal that read
     /// under it has used in its window now (those with nothing in the
-    /// window are left out).
+    /// window are left out). Budgets alike (principal, purpose, window)
+    /// share one count: their row has the tightest limit of each kind.
     pub fn budget_use(&self, budgets: &[Budget]) -> Vec<BudgetUse> {
+        // (principal, purpose, window) → (records, bytes) limits.
+        type Limits = (Option<u64>, Option<u64>);
+        let mut limits: HashMap<(&str, &str, u64), Limits> = HashMap::new();
+        for b in budgets {
+            let tightest = |a: Option<u64>, b: Option<u64>| match (a, b) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let entry = limits
+                .entry((b.principal.as_str(), b.purpose.as_str(), b.window_secs))
+                .or_default();
+            *entry = (tightest(entry.0, b.records), tightest(entry.1, b.bytes));
+        }
         let now = self.clock.now_ms();
-        let mut state = self.lock();
         let mut out = Vec::new();
+        let mut state = self.lock();
         for ((principal, budget_principal, purpose, window), usage) in &mut state.usage {
-            let Some(b) = budgets.iter().find(|b| {
-                b.principal == *budget_principal
-                    && b.purpose == *purpose
-                    && b.window_secs == *window
-            }) else {
+            let Some(&(records_limit, bytes_limit)) =
+                limits.get(&(budget_principal.as_str(), purpose.as_str(), *window))
+            else {
                 continue;
             };
             let (records, bytes) = usage.current(slot_of(now, window.saturating_mul(1000)));
@@ -706,17 +717,20 @@ impl Monitor {
             }
             out.push(BudgetUse {
                 principal: principal.clone(),
+                budget_principal: budget_principal.clone(),
                 purpose: purpose.clone(),
                 window_secs: *window,
                 records,
                 bytes,
-                records_limit: b.records,
-                bytes_limit: b.bytes,
+                records_limit,
+                bytes_limit,
             });
         }
+        drop(state);
         out.sort_by(|a, b| {
-            (&a.principal, &a.purpose, a.window_secs).cmp(&(
+            (&a.principal, &a.budget_principal, &a.purpose, a.window_secs).cmp(&(
                 &b.principal,
+                &b.budget_principal,
                 &b.purpose,
                 b.window_secs,
             ))

@@ -129,6 +129,27 @@ records = 10
     assert!(m.charge(&b, &svc, 1, 10).is_err());
     // Another principal has its own count under `*`.
     m.charge(&b, &caller("other", "p"), 10, 0).unwrap();
+    // What the metrics show: one row per principal and budget count, the
+    // two budgets alike with both limits, the `*` one apart.
+    let row =
+        |principal: &str, budget: &str, records, bytes, records_limit, bytes_limit| BudgetUse {
+            principal: principal.into(),
+            budget_principal: budget.into(),
+            purpose: "*".into(),
+            window_secs: 60,
+            records,
+            bytes,
+            records_limit,
+            bytes_limit,
+        };
+    assert_eq!(
+        m.budget_use(&b),
+        vec![
+            row("other", "*", 10, 0, Some(10), None),
+            row("svc", "*", 4, 20, Some(10), None),
+            row("svc", "svc", 4, 20, Some(4), Some(1000)),
+        ]
+    );
 }
 
 #[test]

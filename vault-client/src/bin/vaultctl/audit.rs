@@ -194,12 +194,19 @@ pub(crate) async fn run_audit(cli: &Cli, command: &AuditCommand) -> Result<bool,
             }
             let mut witnesses = Vec::new();
             for path in &args.witness_key {
-                witnesses.push(read_witness_key(path)?);
+                let key = read_witness_key(path)?;
+                // One key given twice (or under two names) is one witness.
+                if !witnesses
+                    .iter()
+                    .any(|w: &WitnessKey| w.public_key() == key.public_key())
+                {
+                    witnesses.push(key);
+                }
             }
             let needed = args.witnesses_needed.unwrap_or(witnesses.len());
             if !witnesses.is_empty() && !(1..=witnesses.len()).contains(&needed) {
                 return Err(CliError::Usage(format!(
-                    "--witnesses-needed is 1 to the number of --witness-key ({})",
+                    "--witnesses-needed is 1 to the number of distinct --witness-key ({})",
                     witnesses.len()
                 )));
             }

@@ -57,7 +57,8 @@ pub(crate) struct WitnessArgs {
     /// The first run: with no state file yet, trust the vault's current
     /// checkpoint (check its tree size against one obtained out of band)
     /// and create the state. Without it, a missing state file is an error,
-    /// so a lost or unmounted state never silently starts trusting anew.
+    /// so a lost or unmounted state never silently starts trusting anew;
+    /// with it, an existing one is (keep --init out of service files).
     #[arg(long)]
     init: bool,
 
@@ -294,6 +295,12 @@ impl Witness {
                     args.state.display()
                 )))
             }
+            Ok(_) if args.init => {
+                return Err(CliError::Input(format!(
+                    "the witness state {} exists: --init is for the first run only",
+                    args.state.display()
+                )))
+            }
             _ => {
                 let note = read_small(&args.state, "the witness state")?;
                 let checkpoint = Checkpoint::open(note.as_bytes(), &vault_key).map_err(|e| {
@@ -429,7 +436,16 @@ impl Witness {
         self.seen = Some(Seen {
             checkpoint: checkpoint.clone(),
         });
-        vault.add_cosignature(&cosigned).await?;
+        let (_, taken) = vault.add_cosignature(&cosigned).await?;
+        if !taken.iter().any(|name| name == self.signer.name()) {
+            // It holds a newer cosignature of this witness (a clock that
+            // stepped back?): nothing was stored.
+            return Err(CliError::Vault(Error::Protocol(format!(
+                "the vault did not take the cosignature of checkpoint {}: it holds a newer one \
+                 of this witness (is this machine's clock behind?)",
+                checkpoint.size
+            ))));
+        }
         Ok(Outcome::Cosigned { checkpoint, from })
     }
 
