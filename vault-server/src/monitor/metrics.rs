@@ -82,6 +82,29 @@ impl Flows {
     }
 }
 
+/// The counter kept under `key` in `list`, found with the read lock; the
+/// first time, made by `make` (a handle into its family) and kept.
+fn cached<K: std::borrow::Borrow<str>>(
+    list: &RwLock<Vec<(K, Counter)>>,
+    key: &str,
+    make: impl FnOnce() -> (K, Counter),
+) -> Counter {
+    let found = {
+        let list = list.read().unwrap_or_else(|p| p.into_inner());
+        list.iter()
+            .find(|(k, _)| k.borrow() == key)
+            .map(|(_, c)| c.clone())
+    };
+    found.unwrap_or_else(|| {
+        let (k, counter) = make();
+        let mut list = list.write().unwrap_or_else(|p| p.into_inner());
+        if !list.iter().any(|(k, _)| k.borrow() == key) {
+            list.push((k, counter.clone()));
+        }
+        counter
+    })
+}
+
 /// Flows past [`MAX_FLOWS`] remembered as aliases of their `(other)` flow.
 const MAX_ALIASES: usize = 10_000;
 
@@ -269,28 +292,14 @@ impl Metrics {
             }))
         });
         handles.latency.observe(seconds);
-        let counter = {
-            let codes = handles.codes.read().unwrap_or_else(|p| p.into_inner());
-            codes
-                .iter()
-                .find(|(c, _)| c == code)
-                .map(|(_, n)| n.clone())
-        };
-        let counter = counter.unwrap_or_else(|| {
-            let counter = self
-                .requests
-                .get_or_create(&vec![
-                    ("method", method.to_owned()),
-                    ("code", code.to_owned()),
-                ])
-                .clone();
-            let mut codes = handles.codes.write().unwrap_or_else(|p| p.into_inner());
-            if !codes.iter().any(|(c, _)| c == code) {
-                codes.push((code.to_owned(), counter.clone()));
-            }
-            counter
-        });
-        counter.inc();
+        cached(&handles.codes, code, || {
+            let counter = self.requests.get_or_create(&vec![
+                ("method", method.to_owned()),
+                ("code", code.to_owned()),
+            ]);
+            (code.to_owned(), counter.clone())
+        })
+        .inc();
     }
 
     /// A request refused for `reason`.
@@ -333,24 +342,12 @@ impl Metrics {
             }
         }
         for (category, n) in counted {
-            let counter = {
-                let fields = flow.fields.read().unwrap_or_else(|p| p.into_inner());
-                fields
-                    .iter()
-                    .find(|(c, _)| *c == category)
-                    .map(|(_, f)| f.clone())
-            };
-            let counter = counter.unwrap_or_else(|| {
+            cached(&flow.fields, category, || {
                 let mut labels = flow.labels.clone();
                 labels.push(("category", category.to_owned()));
-                let counter = self.fields.get_or_create(&labels).clone();
-                let mut fields = flow.fields.write().unwrap_or_else(|p| p.into_inner());
-                if !fields.iter().any(|(c, _)| *c == category) {
-                    fields.push((category, counter.clone()));
-                }
-                counter
-            });
-            counter.inc_by(n);
+                (category, self.fields.get_or_create(&labels).clone())
+            })
+            .inc_by(n);
         }
     }
 
