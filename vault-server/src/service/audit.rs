@@ -21,8 +21,8 @@ use crate::{Engine, Vault};
 const MAX_EVENTS: u32 = 1000;
 /// Most stored checkpoints in one response (besides the current one).
 const MAX_CHECKPOINTS: usize = 1000;
-/// The most bytes of a checkpoint a witness sends (a checkpoint with a
-/// cosignature line a witness is a few hundred bytes).
+/// The most bytes of a checkpoint a witness sends (a checkpoint with the
+/// lines of its 16 witnesses at most is about 2 KiB).
 const MAX_NOTE_BYTES: usize = 16 * 1024;
 /// The most `tree_size` takes in an encoded response: a tag and a 10-byte
 /// varint.
