@@ -56,6 +56,8 @@ pub mod labels {
     pub const SUBJECT_NAME: &[u8] = b"vault/v2/subject-name";
     /// Prefix of a record's storage name.
     pub const RECORD_NAME: &[u8] = b"vault/v2/record-name";
+    /// Salt label of the blind-index keys (one per collection and field).
+    pub const BLIND_INDEX: &[u8] = b"vault/v1/blind-index";
     /// The reserved field under which a stored record keeps its record and
     /// subject ids, encrypted (schema field names never start with `$`).
     pub const IDS_FIELD: &str = "$ids";
@@ -145,6 +147,25 @@ pub fn derive_storage_names_key(pseudonym_key: &Key256, region: &str) -> Key256 
     salt.extend_from_slice(labels::STORAGE_NAMES);
     put_lp(&mut salt, region.as_bytes());
     expand(&salt, pseudonym_key.expose_secret(), &[])
+}
+
+/// Derives the HMAC key of the blind index of one field of one
+/// collection, from index key version `version`.
+pub fn derive_blind_index_key(
+    index_key: &Key256,
+    region: &str,
+    collection: &str,
+    field: &str,
+    version: u32,
+) -> Key256 {
+    let mut salt = Vec::with_capacity(labels::BLIND_INDEX.len() + 4 + region.len());
+    salt.extend_from_slice(labels::BLIND_INDEX);
+    put_lp(&mut salt, region.as_bytes());
+    let mut info = Vec::with_capacity(12 + collection.len() + field.len());
+    put_lp(&mut info, collection.as_bytes());
+    put_lp(&mut info, field.as_bytes());
+    info.extend_from_slice(&version.to_be_bytes());
+    expand(&salt, index_key.expose_secret(), &info)
 }
 
 fn expand(salt: &[u8], ikm: &[u8], info: &[u8]) -> Key256 {

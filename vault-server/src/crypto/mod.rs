@@ -13,8 +13,8 @@ mod wrap;
 
 pub use envelope::{open_field, seal_field, EnvelopeHeader, FieldAad, ENVELOPE_V1};
 pub use kdf::{
-    derive_field_key, derive_keyring_key, derive_record_key, derive_storage_names_key,
-    derive_wrap_key, labels, FieldKeyContext, WrapKeyContext,
+    derive_blind_index_key, derive_field_key, derive_keyring_key, derive_record_key,
+    derive_storage_names_key, derive_wrap_key, labels, FieldKeyContext, WrapKeyContext,
 };
 pub use record::{record_tag, verify_record_tag, RecordContext};
 pub use secret::Key256;

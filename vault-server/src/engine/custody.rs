@@ -420,6 +420,7 @@ impl Engine {
         let mut deleted_keys = Vec::new();
         for (index_key, record_key, bytes) in records {
             if bytes.is_some() {
+                self.unindex_record(&mut ws, &record_key)?;
                 ws.delete(Table::Records, record_key.clone());
                 deleted_keys.push(record_key);
                 deleted += 1;

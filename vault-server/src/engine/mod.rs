@@ -11,6 +11,7 @@
 
 mod custody;
 mod honey;
+mod index;
 mod rewrap;
 mod schema;
 mod stripes;
@@ -801,8 +802,9 @@ impl Engine {
             }
             old_owners.push(old.map(|o| o.subject));
         }
-        for (((r, key), old_owner), (name, subject)) in records
+        for ((((r, c), key), old_owner), (name, subject)) in records
             .iter()
+            .zip(&schemas)
             .zip(keys)
             .zip(old_owners)
             .zip(names.iter().zip(&subjects))
@@ -833,6 +835,12 @@ impl Engine {
                 subject_record_key(subject, &key),
                 Vec::new(),
             );
+            self.index_record(
+                &mut ws,
+                c,
+                &key,
+                r.fields.iter().map(|(n, v)| (n.as_str(), v)),
+            )?;
             ws.put(Table::Records, key, value);
         }
         let kr = self.keyring();
@@ -1290,7 +1298,7 @@ impl Engine {
         self.policy()
             .authorize(caller, Operation::Delete, Some(collection))?;
         self.check_open()?;
-        self.data_collection(collection)?;
+        let c = self.data_collection(collection)?;
         validate_id("record id", id)?;
         let name = self.names.record(collection, id);
         let key = record_key(collection, &name);
@@ -1314,8 +1322,49 @@ impl Engine {
                 subject_record_key(&stored.subject, &key),
             );
         }
+        if c.fields.iter().any(|f| f.indexed) {
+            self.unindex_record(&mut ws, &key)?;
+        }
         ws.delete(Table::Records, key);
         Ok(Some((ws, locks, true)))
+    }
+
+    // ---- blind indexes ----
+
+    /// Into `ws`: the blind-index rows of the record at `record_key` of
+    /// collection `c` become those of `fields` (see `index.rs`). Nothing
+    /// for a collection without indexed fields.
+    fn index_record<'a>(
+        &self,
+        ws: &mut WriteSet,
+        c: &Collection,
+        record_key: &[u8],
+        fields: impl IntoIterator<Item = (&'a str, &'a Value)>,
+    ) -> Result<()> {
+        if !c.fields.iter().any(|f| f.indexed) {
+            return Ok(());
+        }
+        let kr = self.keyring();
+        let (version, key) = kr.current_index_key().ok_or(Error::Integrity)?;
+        let new = index::tokens(key, version, self.region.as_str(), c, fields);
+        let old = self.indexed_tokens(record_key)?;
+        index::replace(ws, record_key, &old, version, &new);
+        Ok(())
+    }
+
+    /// The blind-index tokens the record at `record_key` is listed under.
+    fn indexed_tokens(&self, record_key: &[u8]) -> Result<Vec<index::Token>> {
+        let prefix = index::reverse_prefix(record_key);
+        let rows = self.store.scan_prefix(Table::Index, &prefix)?;
+        index::listed_tokens(&rows, &prefix)
+    }
+
+    /// Into `ws`: the removal of every blind-index row of the record at
+    /// `record_key` (deleted or erased).
+    fn unindex_record(&self, ws: &mut WriteSet, record_key: &[u8]) -> Result<()> {
+        let old = self.indexed_tokens(record_key)?;
+        index::replace(ws, record_key, &old, 0, &[]);
+        Ok(())
     }
 
     // ---- audit ----

@@ -182,6 +182,15 @@ impl Collection {
                     f.name
                 )));
             }
+            // A blind index of a boolean is the value itself (two entries);
+            // floating-point equality is not what a search means.
+            if f.indexed && matches!(f.field_type, FieldType::Bool | FieldType::Double) {
+                return Err(Error::InvalidArgument(format!(
+                    "field {} is {} and cannot be indexed: an index of it would give the \
+                     values away (bool) or not find equal numbers (double)",
+                    f.name, f.field_type
+                )));
+            }
         }
         Ok(())
     }
@@ -282,6 +291,22 @@ mod tests {
         assert!(coll(vec![field("a-b", FieldType::String)])
             .validate()
             .is_err());
+        for t in [FieldType::Bool, FieldType::Double] {
+            let mut indexed = field("flag", t);
+            indexed.indexed = true;
+            let e = coll(vec![indexed]).validate().unwrap_err();
+            assert!(e.to_string().contains("cannot be indexed"), "{e}");
+        }
+        for t in [
+            FieldType::String,
+            FieldType::Int64,
+            FieldType::Bytes,
+            FieldType::Timestamp,
+        ] {
+            let mut indexed = field("key", t);
+            indexed.indexed = true;
+            coll(vec![indexed]).validate().unwrap();
+        }
         let mut masked = field("n", FieldType::Int64);
         masked.mask = Some(Mask {
             keep_first: 0,

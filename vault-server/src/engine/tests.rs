@@ -2235,3 +2235,82 @@ fn cosignatures_and_refusals_are_taken_from_configured_witnesses_only() {
         "a refused refusal raised an alert"
     );
 }
+
+#[test]
+fn blind_index_rows_follow_puts_replaces_deletes_and_erasures() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> =
+        Arc::new(RocksStore::open(&dir.path().join("db"), &StoreOptions::default()).unwrap());
+    let kr = Keyring::generate("eu".parse().unwrap(), custody());
+    let e = Engine::new(Arc::clone(&store), kr, keyring_file(dir.path()), options()).unwrap();
+    crate::dev::seed(&e).unwrap();
+    let c = Caller::internal("t");
+    let mut people = crate::dev::users_collection("eu");
+    people.name = "people".into();
+    for f in &mut people.fields {
+        f.indexed = f.name == "email";
+    }
+    e.create_collection(&c, people).unwrap();
+    let person = |id: &str, subject: &str, email: &str| {
+        let mut r = user(id, subject);
+        r.collection = "people".into();
+        r.fields
+            .insert("email".into(), Value::String(email.to_owned()));
+        r
+    };
+    let rows = || store.scan_prefix(Table::Index, b"").unwrap();
+    // The token the engine should have written for `email`.
+    let token_of = |email: &str| {
+        let kr = e.keyring();
+        let (version, key) = kr.current_index_key().unwrap();
+        index::token(
+            key,
+            version,
+            "eu",
+            "people",
+            "email",
+            &Value::String(email.into()),
+        )
+        .unwrap()
+    };
+    let forward = |email: &str| {
+        rows()
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(&index::forward_prefix(&token_of(email))))
+            .count()
+    };
+
+    e.put_record(&c, person("p1", "s1", " Ada@Example.EU"))
+        .unwrap();
+    e.put_record(&c, person("p2", "s2", "ada@example.eu"))
+        .unwrap();
+    e.put_record(&c, person("p3", "s3", "bob@example.eu"))
+        .unwrap();
+    // Normalised: both of Ada's records under one token; a forward row per
+    // record, a reverse row per record.
+    assert_eq!(forward("ada@example.eu"), 2);
+    assert_eq!(forward("bob@example.eu"), 1);
+    assert_eq!(rows().len(), 6);
+    // No value in clear in the index.
+    for (k, v) in rows() {
+        for canary in [&b"ada"[..], b"Ada", b"bob", b"example"] {
+            assert!(!k.windows(canary.len()).any(|w| w == canary));
+            assert!(!v.windows(canary.len()).any(|w| w == canary));
+        }
+    }
+    // A replace moves the record's entry; a delete removes it.
+    e.put_record(&c, person("p2", "s2", "carol@example.eu"))
+        .unwrap();
+    assert_eq!(forward("ada@example.eu"), 1);
+    assert_eq!(forward("carol@example.eu"), 1);
+    assert!(e.delete_record(&c, "people", "p3").unwrap());
+    assert_eq!(forward("bob@example.eu"), 0);
+    assert_eq!(rows().len(), 4);
+    // An erasure removes the subject's entries with its records.
+    e.erase_subject(&c, "s1").unwrap();
+    assert_eq!(forward("ada@example.eu"), 0);
+    assert_eq!(rows().len(), 2);
+    // A collection without indexed fields keeps no rows.
+    e.put_record(&c, user("u9", "s9")).unwrap();
+    assert_eq!(rows().len(), 2);
+}
