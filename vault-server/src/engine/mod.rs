@@ -14,6 +14,7 @@ mod honey;
 mod index;
 mod rewrap;
 mod schema;
+mod search;
 mod stripes;
 mod value;
 mod wraps;
@@ -50,7 +51,7 @@ use crate::keys::{
     unwrap_subject_key, wrap_subject_key, wrapping_version, write_secret_file, KeyCache, Keyring,
     RecordName, Region, StorageNames, SubjectKeys, SubjectName,
 };
-use crate::policy::{Caller, Operation, Policy, PolicyHandle, Redaction};
+use crate::policy::{Caller, FieldView, Operation, Policy, PolicyHandle, Redaction};
 use crate::storage::{
     decode_ids, encode_ids, record_key, subject_key_id, subject_key_prefix, subject_record_key,
     Store, StoredField, StoredRecord, Table, WriteSet, RECORD_TAG_LEN,
@@ -1067,6 +1068,22 @@ impl Engine {
             Ok(r) => r,
             Err(e) => return Staged::failed(ev, e),
         };
+        self.finish_read(caller, collection, ev, found, missing)
+    }
+
+    /// The end of a read (or search) that found `found`: its event names
+    /// the subjects, fields and bytes returned; a honey record raises its
+    /// alert; the read budget is charged (over it, nothing is returned);
+    /// the metrics count it.
+    fn finish_read<T>(
+        &self,
+        caller: &Caller,
+        collection: &str,
+        mut ev: Event,
+        found: Vec<Record>,
+        rest: T,
+    ) -> Staged<(Vec<Record>, T)> {
+        let kr = self.keyring();
         let mut returned = BTreeSet::new();
         for r in &found {
             ev.subjects
@@ -1116,7 +1133,7 @@ impl Engine {
         Staged {
             ws: WriteSet::new(),
             ev,
-            outcome: Ok((found, missing)),
+            outcome: Ok((found, rest)),
             locks: Vec::new(),
         }
     }
@@ -1193,55 +1210,71 @@ impl Engine {
                 }
                 Err(e) => return Err(e),
             };
-            let mut record = Record::new(
+            found.push(self.visible_record(
                 collection,
+                &c,
+                &view,
+                &projected,
                 id.clone(),
-                opened.subject_id.clone(),
-                BTreeMap::new(),
-            );
-            for sf in &opened.stored.fields {
-                // A stored field the schema does not know was not written by us.
-                let schema = c.field(&sf.name).ok_or(Error::Integrity)?;
-                if !projected(&sf.name) {
-                    continue;
-                }
-                // Only strings can be masked; a masked field of another type
-                // is redacted. A redacted field is never decrypted.
-                let level = match view.level(&sf.name) {
-                    Redaction::Masked if schema.field_type != FieldType::String => {
-                        Redaction::Redacted
-                    }
-                    l => l,
-                };
-                if level == Redaction::Redacted {
-                    record.redacted.insert(sf.name.clone());
-                    continue;
-                }
-                // The value takes over the wiped plaintext buffer (no copy)
-                // and wipes it in turn when dropped.
-                let plaintext = self.open_stored_field(&opened, collection, sf)?;
-                let value = Value::from_plaintext(plaintext)?;
-                if value.field_type() != schema.field_type {
-                    return Err(Error::Integrity);
-                }
-                // The unmasked value is wiped as it drops, at the end of
-                // this iteration.
-                let value = match (level, &value) {
-                    (Redaction::Masked, Value::String(s)) => {
-                        record.masked.insert(sf.name.clone());
-                        let mask = schema.mask.unwrap_or(Mask {
-                            keep_first: 0,
-                            keep_last: 0,
-                        });
-                        Value::String(mask.apply(s))
-                    }
-                    _ => value,
-                };
-                record.fields.insert(sf.name.clone(), value);
-            }
-            found.push(record);
+                &opened,
+            )?);
         }
         Ok((found, missing))
+    }
+
+    /// The record a caller sees of `opened` (record `id`): its projected
+    /// fields at the levels of `view`. A redacted field is never
+    /// decrypted; only strings can be masked (a masked field of another
+    /// type is redacted).
+    fn visible_record(
+        &self,
+        collection: &str,
+        c: &Collection,
+        view: &FieldView,
+        projected: &dyn Fn(&str) -> bool,
+        id: String,
+        opened: &OpenedRecord,
+    ) -> Result<Record> {
+        let mut record = Record::new(collection, id, opened.subject_id.clone(), BTreeMap::new());
+        for sf in &opened.stored.fields {
+            // A stored field the schema does not know was not written by us.
+            let schema = c.field(&sf.name).ok_or(Error::Integrity)?;
+            if !projected(&sf.name) {
+                continue;
+            }
+            // Only strings can be masked; a masked field of another type
+            // is redacted. A redacted field is never decrypted.
+            let level = match view.level(&sf.name) {
+                Redaction::Masked if schema.field_type != FieldType::String => Redaction::Redacted,
+                l => l,
+            };
+            if level == Redaction::Redacted {
+                record.redacted.insert(sf.name.clone());
+                continue;
+            }
+            // The value takes over the wiped plaintext buffer (no copy)
+            // and wipes it in turn when dropped.
+            let plaintext = self.open_stored_field(opened, collection, sf)?;
+            let value = Value::from_plaintext(plaintext)?;
+            if value.field_type() != schema.field_type {
+                return Err(Error::Integrity);
+            }
+            // The unmasked value is wiped as it drops, at the end of
+            // this iteration.
+            let value = match (level, &value) {
+                (Redaction::Masked, Value::String(s)) => {
+                    record.masked.insert(sf.name.clone());
+                    let mask = schema.mask.unwrap_or(Mask {
+                        keep_first: 0,
+                        keep_last: 0,
+                    });
+                    Value::String(mask.apply(s))
+                }
+                _ => value,
+            };
+            record.fields.insert(sf.name.clone(), value);
+        }
+        Ok(record)
     }
 
     /// Deletes one record; returns whether it existed.

@@ -2314,3 +2314,150 @@ fn blind_index_rows_follow_puts_replaces_deletes_and_erasures() {
     e.put_record(&c, user("u9", "s9")).unwrap();
     assert_eq!(rows().len(), 2);
 }
+
+#[test]
+fn find_returns_the_records_whose_indexed_field_matches_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        Arc::new(RocksStore::open(&dir.path().join("db"), &StoreOptions::default()).unwrap());
+    let mut opts = options();
+    let policy = crate::policy::Policy::parse(
+        "[principals]\nsvc = [\"finder\"]\nnosy = [\"blind\"]\n\n\
+         [[roles.finder.rules]]\noperations = [\"search\"]\ncollections = [\"people\"]\n\
+         purposes = [\"support\"]\nfields = [\"email\", \"name\"]\n\n\
+         [[roles.blind.rules]]\noperations = [\"search\"]\ncollections = [\"people\"]\n\
+         purposes = [\"support\"]\nfields = [\"name\"]\n",
+        "test",
+    )
+    .unwrap();
+    opts.policy = Arc::new(crate::policy::PolicyHandle::new(policy, None));
+    let kr = Keyring::generate("eu".parse().unwrap(), custody());
+    let e = Engine::new(store, kr, keyring_file(dir.path()), opts).unwrap();
+    crate::dev::seed(&e).unwrap();
+    let c = Caller::internal("t");
+    let mut people = crate::dev::users_collection("eu");
+    people.name = "people".into();
+    for f in &mut people.fields {
+        f.indexed = f.name == "email";
+    }
+    e.create_collection(&c, people).unwrap();
+    let person = |id: &str, subject: &str, email: &str| {
+        let mut r = user(id, subject);
+        r.collection = "people".into();
+        r.fields
+            .insert("email".into(), Value::String(email.to_owned()));
+        r
+    };
+    e.put_records(
+        &c,
+        vec![
+            person("p1", "s1", "Ada@Example.eu"),
+            person("p2", "s2", " ada@example.EU "),
+            person("p3", "s3", "bob@example.eu"),
+        ],
+    )
+    .unwrap();
+    let svc = |name: &str| Caller {
+        principal: Principal {
+            name: name.into(),
+            roles: Vec::new(),
+        },
+        purpose: Some("support".into()),
+        internal: false,
+        request_id: None,
+    };
+    let email = |s: &str| Value::String(s.into());
+    let ids = |found: Vec<Record>| {
+        let mut ids: Vec<String> = found.iter().map(|r| r.id.clone()).collect();
+        ids.sort();
+        ids
+    };
+    // Hits after normalisation, no false hits; the fields the search rules
+    // show, the others redacted (never decrypted).
+    let found = e
+        .find_records(
+            &svc("svc"),
+            "people",
+            "email",
+            &email("ADA@example.eu"),
+            &[],
+            10,
+        )
+        .unwrap();
+    assert!(found.iter().all(|r| r.fields.contains_key("name")
+        && r.redacted.contains("birth_date")
+        && !r.fields.contains_key("birth_date")));
+    assert_eq!(ids(found), vec!["p1", "p2"]);
+    assert!(e
+        .find_records(
+            &svc("svc"),
+            "people",
+            "email",
+            &email("ada@example.e"),
+            &[],
+            10
+        )
+        .unwrap()
+        .is_empty());
+    // A limit, and the paging behind it.
+    assert_eq!(
+        e.find_records(&c, "people", "email", &email("ada@example.eu"), &[], 1)
+            .unwrap()
+            .len(),
+        1
+    );
+    // The index follows a replace, a delete and an erasure.
+    e.put_record(&c, person("p2", "s2", "carol@example.eu"))
+        .unwrap();
+    assert!(e.delete_record(&c, "people", "p3").unwrap());
+    e.erase_subject(&c, "s1").unwrap();
+    for (value, expected) in [
+        ("ada@example.eu", Vec::<&str>::new()),
+        ("bob@example.eu", vec![]),
+        ("carol@example.eu", vec!["p2"]),
+    ] {
+        let found = e
+            .find_records(&c, "people", "email", &email(value), &[], 10)
+            .unwrap();
+        assert_eq!(ids(found), expected, "{value}");
+    }
+    // Refused: a field the caller may not see, a field not indexed, a
+    // value of another type, no search rule, a limit out of range.
+    let err = e
+        .find_records(&svc("nosy"), "people", "email", &email("x"), &[], 10)
+        .unwrap_err();
+    assert!(matches!(err, Error::PermissionDenied(_)), "{err}");
+    let err = e
+        .find_records(&c, "people", "name", &email("x"), &[], 10)
+        .unwrap_err();
+    assert!(err.to_string().contains("not indexed"), "{err}");
+    let err = e
+        .find_records(&c, "people", "email", &Value::Int64(1), &[], 10)
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+    let err = e
+        .find_records(&svc("svc"), "users", "email", &email("x"), &[], 10)
+        .unwrap_err();
+    assert!(matches!(err, Error::PermissionDenied(_)), "{err}");
+    for limit in [0, 501] {
+        assert!(e
+            .find_records(&c, "people", "email", &email("x"), &[], limit)
+            .is_err());
+    }
+    // Audited like a read: operation search, the field in the detail.
+    let events = e.audit().events(0, 100_000).unwrap();
+    let search: Vec<serde_json::Value> = events
+        .iter()
+        .map(|raw| serde_json::from_slice(raw).unwrap())
+        .filter(|ev: &serde_json::Value| ev["operation"] == "search")
+        .collect();
+    assert!(search
+        .iter()
+        .any(|ev| ev["decision"] == "allowed" && ev["subjects"].as_array().unwrap().len() == 2));
+    assert!(search
+        .iter()
+        .all(|ev| ev["detail"].as_str().unwrap().starts_with("{\"field\":")));
+    assert!(search
+        .iter()
+        .any(|ev| ev["detail"] == "{\"field\":\"email\"}" && ev["decision"] == "denied"));
+}

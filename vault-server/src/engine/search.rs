@@ -1,0 +1,196 @@
+//! `find`: the records of a collection whose indexed field equals a value
+//! (after normalisation, see `index.rs`), through the blind index.
+//!
+//! The caller needs the `search` operation on the collection for its
+//! purpose, and the searched field must be one it may see under its
+//! search rules (else equality answers would reveal what it may not
+//! read). The records come back as a read returns them: the fields its
+//! search rules show, at their redaction level. Every hit is checked
+//! against the record's value (an index entry left by two writes of one
+//! record at once finds nothing), an erased subject's records are not
+//! found, and the search is audited like a read (operation `search`, the
+//! searched field named in the event's detail), counted by read budgets
+//! and the metrics.
+
+use super::index;
+use super::{Engine, Event, Record, Staged, Value};
+use crate::policy::{Caller, Operation, Redaction};
+use crate::storage::{split_record_key, Table};
+use crate::{Error, Result};
+
+/// The most records one search returns.
+pub const MAX_FIND_RESULTS: usize = 500;
+
+impl Engine {
+    /// The records of `collection` whose `field` equals `value` (at most
+    /// `limit`, 1 to [`MAX_FIND_RESULTS`]), with the `fields` asked for
+    /// (all if empty) as the caller's search rules show them.
+    pub fn find_records(
+        &self,
+        caller: &Caller,
+        collection: &str,
+        field: &str,
+        value: &Value,
+        fields: &[String],
+        limit: usize,
+    ) -> Result<Vec<Record>> {
+        self.settle(self.stage_find(caller, collection, field, value, fields, limit))
+            .map(|(found, ())| found)
+    }
+
+    /// [`Engine::find_records`] for the async request path.
+    pub async fn find_records_async(
+        &self,
+        caller: &Caller,
+        collection: &str,
+        field: &str,
+        value: &Value,
+        fields: &[String],
+        limit: usize,
+    ) -> Result<Vec<Record>> {
+        self.settle_async(self.stage_find(caller, collection, field, value, fields, limit))
+            .await
+            .map(|(found, ())| found)
+    }
+
+    fn stage_find(
+        &self,
+        caller: &Caller,
+        collection: &str,
+        field: &str,
+        value: &Value,
+        fields: &[String],
+        limit: usize,
+    ) -> Staged<(Vec<Record>, ())> {
+        let mut ev: Event = self.event(caller, Operation::Search, Some(collection));
+        ev.detail = Some(serde_json::json!({ "field": super::shown(field) }).to_string());
+        if !caller.internal {
+            let policy = self.policy();
+            if let Err(e) = self.monitor().check_budgets(policy.budgets(), caller) {
+                return Staged::failed(ev, e);
+            }
+        }
+        match self.find_unaudited(caller, collection, field, value, fields, limit) {
+            Ok(found) => self.finish_read(caller, collection, ev, found, ()),
+            Err(e) => Staged::failed(ev, e),
+        }
+    }
+
+    fn find_unaudited(
+        &self,
+        caller: &Caller,
+        collection: &str,
+        field: &str,
+        value: &Value,
+        fields: &[String],
+        limit: usize,
+    ) -> Result<Vec<Record>> {
+        self.check_open()?;
+        let policy = self.policy();
+        policy.authorize(caller, Operation::Search, Some(collection))?;
+        let c = self.data_collection(collection)?;
+        let view = policy.field_view(caller, Operation::Search, &c)?;
+        let schema = c.field(field).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "unknown field {} in collection {}",
+                super::shown(field),
+                c.name
+            ))
+        })?;
+        if !schema.indexed {
+            return Err(Error::InvalidArgument(format!(
+                "field {field} of collection {collection} is not indexed: only indexed fields \
+                 can be searched"
+            )));
+        }
+        if view.level(field) == Redaction::Redacted {
+            return Err(Error::PermissionDenied(format!(
+                "principal {} may not search by field {field} of collection {collection}",
+                caller.principal.name
+            )));
+        }
+        if value.field_type() != schema.field_type {
+            return Err(Error::InvalidArgument(format!(
+                "field {field} of collection {collection} is {}, the value is {}",
+                schema.field_type,
+                value.field_type()
+            )));
+        }
+        value.validate(field)?;
+        if !(1..=MAX_FIND_RESULTS).contains(&limit) {
+            return Err(Error::InvalidArgument(format!(
+                "a search returns 1 to {MAX_FIND_RESULTS} records"
+            )));
+        }
+        for f in fields {
+            if c.field(f).is_none() {
+                return Err(Error::InvalidArgument(format!(
+                    "unknown field {} in collection {}",
+                    super::shown(f),
+                    c.name
+                )));
+            }
+        }
+        let projected = |name: &str| fields.is_empty() || fields.iter().any(|f| f == name);
+        let kr = self.keyring();
+        let (version, key) = kr.current_index_key().ok_or(Error::Integrity)?;
+        let token = index::token(key, version, self.region.as_str(), collection, field, value)
+            .ok_or(Error::Integrity)?;
+        let prefix = index::forward_prefix(&token);
+
+        let mut found = Vec::new();
+        let mut from = prefix.clone();
+        // Pages of hits until `limit` records are found; a stale entry
+        // (checked below) costs a look and nothing more.
+        'pages: loop {
+            let page = self.store.scan_from(Table::Index, &from, limit + 1)?;
+            let keys: Vec<Vec<u8>> = page
+                .iter()
+                .map_while(|(k, _)| k.strip_prefix(prefix.as_slice()).map(<[u8]>::to_vec))
+                .collect();
+            let done = keys.len() < page.len() || page.len() <= limit;
+            let values = self.read_rows(Table::Records, &keys)?;
+            for (record_key, bytes) in keys.iter().zip(values) {
+                let Some(bytes) = bytes else { continue };
+                let (in_collection, name) = split_record_key(record_key)?;
+                if in_collection != collection {
+                    return Err(Error::Integrity);
+                }
+                let opened = match self.open_record(collection, &name, None, &bytes) {
+                    Ok(o) => o,
+                    Err(Error::SubjectErased) | Err(Error::NotFound(_)) => continue,
+                    Err(e) => return Err(e),
+                };
+                // The record's own value must still have the token.
+                let Some(sf) = opened.stored.fields.iter().find(|f| f.name == field) else {
+                    continue;
+                };
+                let current =
+                    Value::from_plaintext(self.open_stored_field(&opened, collection, sf)?)?;
+                if index::token(
+                    key,
+                    version,
+                    self.region.as_str(),
+                    collection,
+                    field,
+                    &current,
+                ) != Some(token)
+                {
+                    continue;
+                }
+                let id = opened.id.clone();
+                found.push(self.visible_record(collection, &c, &view, &projected, id, &opened)?);
+                if found.len() == limit {
+                    break 'pages;
+                }
+            }
+            match keys.last() {
+                Some(last) if !done => {
+                    from = [prefix.as_slice(), last.as_slice(), &[0]].concat();
+                }
+                _ => break,
+            }
+        }
+        Ok(found)
+    }
+}
