@@ -26,7 +26,7 @@ use crate::error::{Error, Result};
 use crate::policy::PolicyCheck;
 use crate::receipt::ErasureReceipt;
 use crate::tls::{Pem, TlsOptions};
-use crate::types::{BatchGet, Collection, Record};
+use crate::types::{BatchGet, Collection, Record, Value};
 
 /// The deadline of every call unless [`ClientBuilder::timeout`] says otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -566,6 +566,32 @@ impl VaultClient {
             .record
             .ok_or_else(|| missing("GetRecordResponse.record"))?
             .try_into()
+    }
+
+    /// Finds the records of `collection` whose indexed `field` equals
+    /// `value` (a string is compared trimmed and lower-cased), at most
+    /// `limit` (1 to 500), with the named `fields` (all if empty) as the
+    /// caller's search rules show them. Needs the `search` operation.
+    pub async fn find(
+        &self,
+        collection: &str,
+        field: &str,
+        value: impl Into<Value>,
+        fields: &[&str],
+        limit: u32,
+    ) -> Result<Vec<Record>> {
+        let value: Value = value.into();
+        let request = pb::FindRecordsRequest {
+            collection: collection.to_owned(),
+            field: field.to_owned(),
+            value: Some(pb::Value::from(&value)),
+            fields: to_strings(fields),
+            limit,
+        };
+        let response = self
+            .call(request, |mut c, r| async move { c.find_records(r).await })
+            .await?;
+        response.records.into_iter().map(Record::try_from).collect()
     }
 
     /// Deletes a record; returns whether there was one.

@@ -113,7 +113,8 @@ pub fn collection_to(c: &Collection) -> pb::Collection {
     }
 }
 
-fn value_from(v: pb::Value, field: &str) -> Result<Value, Status> {
+/// A value from the wire (`field` names it in errors).
+pub fn value_from(v: pb::Value, field: &str) -> Result<Value, Status> {
     use pb::value::Kind;
     Ok(match v.kind {
         Some(Kind::StringValue(s)) => Value::String(s),

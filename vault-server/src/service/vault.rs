@@ -15,7 +15,7 @@ use vault_proto::v1 as pb;
 use vault_proto::v1::vault_service_server::VaultService;
 
 use super::auth::caller;
-use super::convert::{collection_from, collection_to, record_from, record_to};
+use super::convert::{collection_from, collection_to, record_from, record_to, value_from};
 use crate::{Engine, Vault};
 
 /// The data-plane API over one vault. Every call needs it unsealed.
@@ -132,6 +132,29 @@ impl VaultService for VaultApi {
             .await?;
         Ok(Response::new(pb::GetRecordResponse {
             record: Some(record_to(record)),
+        }))
+    }
+
+    async fn find_records(
+        &self,
+        req: Request<pb::FindRecordsRequest>,
+    ) -> Result<Response<pb::FindRecordsResponse>, Status> {
+        let caller = caller(&req)?;
+        let r = req.into_inner();
+        let value = r
+            .value
+            .ok_or_else(|| Status::invalid_argument("no value to find"))
+            .and_then(|v| value_from(v, &r.field))?;
+        let limit = match r.limit {
+            0 => 100,
+            n => usize::try_from(n).unwrap_or(usize::MAX),
+        };
+        let engine = self.vault.engine()?;
+        let found = engine
+            .find_records_async(&caller, &r.collection, &r.field, &value, &r.fields, limit)
+            .await?;
+        Ok(Response::new(pb::FindRecordsResponse {
+            records: found.into_iter().map(record_to).collect(),
         }))
     }
 
