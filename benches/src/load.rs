@@ -26,6 +26,9 @@ pub enum Workload {
     GetOnly,
     /// Only single-record puts.
     PutOnly,
+    /// Half gets by id, half finds by an indexed field (`FindRecords`, one
+    /// record per value), side by side. Baselines do a get for each find.
+    FindGet,
 }
 
 impl Workload {
@@ -40,6 +43,8 @@ impl Workload {
             Workload::Batch => OpKind::BatchGet,
             Workload::GetOnly => OpKind::Get,
             Workload::PutOnly => OpKind::Put,
+            Workload::FindGet if i.is_multiple_of(2) => OpKind::Find,
+            Workload::FindGet => OpKind::Get,
         }
     }
 }
@@ -55,6 +60,8 @@ pub enum OpKind {
     BatchPut,
     /// Read a batch.
     BatchGet,
+    /// Find one record by its indexed key.
+    Find,
 }
 
 impl OpKind {
@@ -65,6 +72,7 @@ impl OpKind {
             OpKind::Put => "put",
             OpKind::BatchPut => "batch_put",
             OpKind::BatchGet => "batch_get",
+            OpKind::Find => "find",
         }
     }
 }
@@ -86,6 +94,11 @@ impl Shape {
     /// The id of record `n`.
     pub fn id(n: usize) -> String {
         format!("r{n:08}")
+    }
+
+    /// The value of record `n`'s indexed field `key` (unique).
+    pub fn key(n: usize) -> String {
+        format!("k{n:08}")
     }
 
     /// The subject of record `n` (ten records per subject).

@@ -304,7 +304,7 @@ async fn host_vault(unsynced: bool) -> Result<Hosted, String> {
 }
 
 fn record(shape: &Shape, n: usize, rng: &mut impl Rng) -> Record {
-    let mut r = Record::new(COLLECTION, Shape::id(n), Shape::subject(n));
+    let mut r = Record::new(COLLECTION, Shape::id(n), Shape::subject(n)).with("key", Shape::key(n));
     for (name, value) in shape.values(rng) {
         r = r.with(name, value);
     }
@@ -331,7 +331,10 @@ async fn run(args: &Args) -> Result<Report, String> {
     let admin = connect()
         .await
         .map_err(|e| format!("connecting to {url}: {e}"))?;
-    let mut collection = Collection::new(COLLECTION).description("vault-bench records");
+    // `key`: one indexed value per record, for finds.
+    let mut collection = Collection::new(COLLECTION)
+        .description("vault-bench records")
+        .field(FieldSchema::new("key", FieldType::String, DataCategory::Other).indexed());
     for f in 0..shape.fields {
         collection = collection.field(FieldSchema::new(
             format!("f{f}"),
@@ -375,6 +378,10 @@ async fn run(args: &Args) -> Result<Report, String> {
                     let n = rng.gen_range(0..shape.records);
                     let ok = match kind {
                         OpKind::Get => client.get(COLLECTION, &Shape::id(n)).await.is_ok(),
+                        OpKind::Find => client
+                            .find(COLLECTION, "key", Shape::key(n), &[], 1)
+                            .await
+                            .is_ok_and(|found| found.len() == 1),
                         OpKind::Put => client.put(&record(&shape, n, &mut rng)).await.is_ok(),
                         OpKind::BatchPut => {
                             let batch: Vec<Record> = (0..shape.batch_size)
@@ -503,7 +510,7 @@ fn rocksdb_baseline(args: &Args, shape: Shape) -> Result<RunResult, String> {
         let kind = workload.pick(i, rng);
         let n = rng.gen_range(0..shape.records);
         let ok = match kind {
-            OpKind::Get => store
+            OpKind::Get | OpKind::Find => store
                 .get(Table::Records, Shape::id(n).as_bytes())
                 .is_ok_and(|v| v.is_some()),
             OpKind::Put => {
@@ -577,7 +584,7 @@ async fn echo_baseline(args: &Args, shape: Shape) -> Result<RunResult, String> {
                 async move {
                     let kind = workload.pick(i, &mut rng);
                     let size = match kind {
-                        OpKind::Get | OpKind::Put => one,
+                        OpKind::Get | OpKind::Put | OpKind::Find => one,
                         OpKind::BatchPut | OpKind::BatchGet => one * shape.batch_size,
                     };
                     let payload = vec![b'x'; size];
@@ -638,7 +645,7 @@ async fn postgres_baseline(args: &Args, shape: Shape) -> Result<RunResult, Strin
                         .collect();
                     batch.sort_unstable();
                     let ok = match kind {
-                        OpKind::Get => postgres::get(client, statements, &key, n)
+                        OpKind::Get | OpKind::Find => postgres::get(client, statements, &key, n)
                             .await
                             .is_ok_and(|v| v.len() == shape.fields),
                         OpKind::Put => postgres::put(client, statements, &shape, &key, n, &mut rng)

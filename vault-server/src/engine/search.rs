@@ -9,8 +9,8 @@
 //! against the record's value (an index entry left by two writes of one
 //! record at once finds nothing), an erased subject's records are not
 //! found, and the search is audited like a read (operation `search`, the
-//! searched field named in the event's detail), counted by read budgets
-//! and the metrics.
+//! searched field named in the event's detail, the pseudonyms of the
+//! records and subjects found), counted by read budgets and the metrics.
 
 use super::index;
 use super::{Engine, Event, Record, Staged, Value};
@@ -71,7 +71,15 @@ impl Engine {
             }
         }
         match self.find_unaudited(caller, collection, field, value, fields, limit) {
-            Ok(found) => self.finish_read(caller, collection, ev, found, ()),
+            Ok(found) => {
+                // The records found, as a read names the ids it was asked.
+                let kr = self.keyring();
+                for r in &found {
+                    ev.records
+                        .push(super::to_hex(kr.record_pseudonym(collection, &r.id)));
+                }
+                self.finish_read(caller, collection, ev, found, ())
+            }
             Err(e) => Staged::failed(ev, e),
         }
     }

@@ -2451,9 +2451,9 @@ fn find_returns_the_records_whose_indexed_field_matches_and_nothing_else() {
         .map(|raw| serde_json::from_slice(raw).unwrap())
         .filter(|ev: &serde_json::Value| ev["operation"] == "search")
         .collect();
-    assert!(search
-        .iter()
-        .any(|ev| ev["decision"] == "allowed" && ev["subjects"].as_array().unwrap().len() == 2));
+    assert!(search.iter().any(|ev| ev["decision"] == "allowed"
+        && ev["subjects"].as_array().unwrap().len() == 2
+        && ev["records"].as_array().unwrap().len() == 2));
     assert!(search
         .iter()
         .all(|ev| ev["detail"].as_str().unwrap().starts_with("{\"field\":")));
