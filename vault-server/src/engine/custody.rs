@@ -419,8 +419,9 @@ impl Engine {
         let mut deleted = 0u64;
         let mut deleted_keys = Vec::new();
         for (index_key, record_key, bytes) in records {
+            // Index rows go whether or not the record could be read.
+            self.unindex_record(&mut ws, &record_key)?;
             if bytes.is_some() {
-                self.unindex_record(&mut ws, &record_key)?;
                 ws.delete(Table::Records, record_key.clone());
                 deleted_keys.push(record_key);
                 deleted += 1;

@@ -1339,8 +1339,15 @@ impl Engine {
         else {
             return Ok(None);
         };
+        let indexed = c.fields.iter().any(|f| f.indexed);
         let Some(Some(old)) = previous.into_iter().next() else {
-            return Ok(Some((WriteSet::new(), locks, false)));
+            // Index rows a put left while a delete of the record ran go
+            // with the next delete of it.
+            let mut ws = WriteSet::new();
+            if indexed {
+                self.unindex_record(&mut ws, &key)?;
+            }
+            return Ok(Some((ws, locks, false)));
         };
         let mut ws = WriteSet::new();
         if let Ok((stored, _)) = StoredRecord::decode(&old) {
@@ -1355,7 +1362,7 @@ impl Engine {
                 subject_record_key(&stored.subject, &key),
             );
         }
-        if c.fields.iter().any(|f| f.indexed) {
+        if indexed {
             self.unindex_record(&mut ws, &key)?;
         }
         ws.delete(Table::Records, key);

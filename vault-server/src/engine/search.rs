@@ -2,9 +2,9 @@
 //! (after normalisation, see `index.rs`), through the blind index.
 //!
 //! The caller needs the `search` operation on the collection for its
-//! purpose, and the searched field must be one it may see under its
-//! search rules (else equality answers would reveal what it may not
-//! read). The records come back as a read returns them: the fields its
+//! purpose, and the searched field must be one its search rules show in
+//! full (plain): equality answers about a masked or redacted field would
+//! give away what it may not read. The records come back as a read returns them: the fields its
 //! search rules show, at their redaction level. Every hit is checked
 //! against the record's value (an index entry left by two writes of one
 //! record at once finds nothing), an erased subject's records are not
@@ -111,9 +111,13 @@ impl Engine {
                  can be searched"
             )));
         }
-        if view.level(field) == Redaction::Redacted {
+        // Only a field the search rules show in full: an equality answer
+        // about a masked or redacted field would give away what the mask
+        // hides.
+        if view.level(field) != Redaction::Plain {
             return Err(Error::PermissionDenied(format!(
-                "principal {} may not search by field {field} of collection {collection}",
+                "principal {} may not search by field {field} of collection {collection}: its \
+                 search rules do not show it in full",
                 caller.principal.name
             )));
         }
@@ -165,6 +169,20 @@ impl Engine {
                     return Err(Error::Integrity);
                 }
                 let opened = match self.open_record(collection, &name, None, &bytes) {
+                    // A subject-key rotation may have replaced the record
+                    // and destroyed the key it named meanwhile: read it once
+                    // more (as a get does). A real integrity failure fails
+                    // twice.
+                    Err(Error::Integrity) => match self.store.get(Table::Records, record_key)? {
+                        Some(again) if again != bytes => {
+                            self.open_record(collection, &name, None, &again)
+                        }
+                        Some(_) => Err(Error::Integrity),
+                        None => Err(Error::NotFound(String::new())),
+                    },
+                    other => other,
+                };
+                let opened = match opened {
                     Ok(o) => o,
                     Err(Error::SubjectErased) | Err(Error::NotFound(_)) => continue,
                     Err(e) => return Err(e),
