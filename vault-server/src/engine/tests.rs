@@ -2236,6 +2236,25 @@ fn cosignatures_and_refusals_are_taken_from_configured_witnesses_only() {
     );
 }
 
+/// The dev `users` schema as collection `people`, its `email` indexed.
+fn create_people(e: &Engine) {
+    let mut people = crate::dev::users_collection("eu");
+    people.name = "people".into();
+    for f in &mut people.fields {
+        f.indexed = f.name == "email";
+    }
+    e.create_collection(&Caller::internal("t"), people).unwrap();
+}
+
+/// A `people` record with this e-mail.
+fn person(id: &str, subject: &str, email: &str) -> Record {
+    let mut r = user(id, subject);
+    r.collection = "people".into();
+    r.fields
+        .insert("email".into(), Value::String(email.to_owned()));
+    r
+}
+
 #[test]
 fn blind_index_rows_follow_puts_replaces_deletes_and_erasures() {
     let dir = tempfile::tempdir().unwrap();
@@ -2245,19 +2264,7 @@ fn blind_index_rows_follow_puts_replaces_deletes_and_erasures() {
     let e = Engine::new(Arc::clone(&store), kr, keyring_file(dir.path()), options()).unwrap();
     crate::dev::seed(&e).unwrap();
     let c = Caller::internal("t");
-    let mut people = crate::dev::users_collection("eu");
-    people.name = "people".into();
-    for f in &mut people.fields {
-        f.indexed = f.name == "email";
-    }
-    e.create_collection(&c, people).unwrap();
-    let person = |id: &str, subject: &str, email: &str| {
-        let mut r = user(id, subject);
-        r.collection = "people".into();
-        r.fields
-            .insert("email".into(), Value::String(email.to_owned()));
-        r
-    };
+    create_people(&e);
     let rows = || store.scan_prefix(Table::Index, b"").unwrap();
     // The token the engine should have written for `email`.
     let token_of = |email: &str| {
@@ -2346,19 +2353,7 @@ fn find_returns_the_records_whose_indexed_field_matches_and_nothing_else() {
     let e = Engine::new(store, kr, keyring_file(dir.path()), opts).unwrap();
     crate::dev::seed(&e).unwrap();
     let c = Caller::internal("t");
-    let mut people = crate::dev::users_collection("eu");
-    people.name = "people".into();
-    for f in &mut people.fields {
-        f.indexed = f.name == "email";
-    }
-    e.create_collection(&c, people).unwrap();
-    let person = |id: &str, subject: &str, email: &str| {
-        let mut r = user(id, subject);
-        r.collection = "people".into();
-        r.fields
-            .insert("email".into(), Value::String(email.to_owned()));
-        r
-    };
+    create_people(&e);
     e.put_records(
         &c,
         vec![
