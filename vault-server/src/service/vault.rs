@@ -149,10 +149,19 @@ impl VaultService for VaultApi {
             0 => 100,
             n => usize::try_from(n).unwrap_or(usize::MAX),
         };
-        let engine = self.vault.engine()?;
-        let found = engine
-            .find_records_async(&caller, &r.collection, &r.field, &value, &r.fields, limit)
-            .await?;
+        // Like batches: up to INLINE_BATCH records on the runtime, more on
+        // the blocking pool (each hit is a read and a decryption).
+        let found = if limit <= INLINE_BATCH {
+            let engine = self.vault.engine()?;
+            engine
+                .find_records_async(&caller, &r.collection, &r.field, &value, &r.fields, limit)
+                .await?
+        } else {
+            self.blocking(move |e| {
+                e.find_records(&caller, &r.collection, &r.field, &value, &r.fields, limit)
+            })
+            .await?
+        };
         Ok(Response::new(pb::FindRecordsResponse {
             records: found.into_iter().map(record_to).collect(),
         }))
