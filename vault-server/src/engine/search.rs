@@ -63,7 +63,14 @@ impl Engine {
         limit: usize,
     ) -> Staged<(Vec<Record>, ())> {
         let mut ev: Event = self.event(caller, Operation::Search, Some(collection));
-        ev.detail = Some(serde_json::json!({ "field": super::shown(field) }).to_string());
+        // The field searched, if the collection has it: like collections,
+        // a name the caller mistyped is not kept.
+        let known = self
+            .data_collection(collection)
+            .is_ok_and(|c| c.field(field).is_some());
+        if known {
+            ev.detail = Some(serde_json::json!({ "field": field }).to_string());
+        }
         if !caller.internal {
             let policy = self.policy();
             if let Err(e) = self.monitor().check_budgets(policy.budgets(), caller) {

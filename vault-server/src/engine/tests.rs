@@ -2475,7 +2475,18 @@ fn find_returns_the_records_whose_indexed_field_matches_and_nothing_else() {
         && ev["records"].as_array().unwrap().len() == 2));
     assert!(search
         .iter()
-        .all(|ev| ev["detail"].as_str().unwrap().starts_with("{\"field\":")));
+        .all(|ev| ev["detail"].is_null()
+            || ev["detail"].as_str().unwrap().starts_with("{\"field\":")));
+    // A field the collection does not have is not kept in the log.
+    e.find_records(&c, "people", "e-mail-typo", &email("x"), &[], 10)
+        .unwrap_err();
+    let last: serde_json::Value =
+        serde_json::from_slice(e.audit().events(0, 100_000).unwrap().last().unwrap()).unwrap();
+    assert_eq!(last["operation"], "search");
+    assert!(
+        last["detail"].is_null() && !last.to_string().contains("typo"),
+        "{last}"
+    );
     assert!(search
         .iter()
         .any(|ev| ev["detail"] == "{\"field\":\"email\"}" && ev["decision"] == "denied"));
