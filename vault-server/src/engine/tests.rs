@@ -2083,19 +2083,11 @@ fn hex_is_hex_encode() {
 #[test]
 fn budgets_charge_outside_callers_and_count_ids_as_bytes_but_not_the_vault_itself() {
     let dir = tempfile::tempdir().unwrap();
-    let store =
-        Arc::new(RocksStore::open(&dir.path().join("db"), &StoreOptions::default()).unwrap());
-    let mut opts = options();
-    let policy = crate::policy::Policy::parse(
+    let e = engine_with_policy(
+        dir.path(),
         "[principals]\nsvc = [\"r\"]\n\n[[roles.r.rules]]\noperations = [\"read\"]\n\
          purposes = [\"*\"]\n\n[[budgets]]\nprincipal = \"*\"\nwindow_seconds = 3600\nbytes = 30\n",
-        "test",
-    )
-    .unwrap();
-    opts.policy = Arc::new(crate::policy::PolicyHandle::new(policy, None));
-    let kr = Keyring::generate("eu".parse().unwrap(), custody());
-    let e = Engine::new(store, kr, keyring_file(dir.path()), opts).unwrap();
-    crate::dev::seed(&e).unwrap();
+    );
     let internal = Caller::internal("t");
     e.put_records(&internal, vec![user("u1", "s1"), user("u2", "s2")])
         .unwrap();
@@ -2236,6 +2228,19 @@ fn cosignatures_and_refusals_are_taken_from_configured_witnesses_only() {
     );
 }
 
+/// A seeded engine over `dir` whose access policy is `policy` (a policy
+/// file's text).
+fn engine_with_policy(dir: &std::path::Path, policy: &str) -> Engine {
+    let store = Arc::new(RocksStore::open(&dir.join("db"), &StoreOptions::default()).unwrap());
+    let mut opts = options();
+    let policy = crate::policy::Policy::parse(policy, "test").unwrap();
+    opts.policy = Arc::new(crate::policy::PolicyHandle::new(policy, None));
+    let kr = Keyring::generate("eu".parse().unwrap(), custody());
+    let e = Engine::new(store, kr, keyring_file(dir), opts).unwrap();
+    crate::dev::seed(&e).unwrap();
+    e
+}
+
 /// The dev `users` schema as collection `people`, its `email` indexed.
 fn create_people(e: &Engine) {
     let mut people = crate::dev::users_collection("eu");
@@ -2334,10 +2339,8 @@ fn blind_index_rows_follow_puts_replaces_deletes_and_erasures() {
 #[test]
 fn find_returns_the_records_whose_indexed_field_matches_and_nothing_else() {
     let dir = tempfile::tempdir().unwrap();
-    let store =
-        Arc::new(RocksStore::open(&dir.path().join("db"), &StoreOptions::default()).unwrap());
-    let mut opts = options();
-    let policy = crate::policy::Policy::parse(
+    let e = engine_with_policy(
+        dir.path(),
         "[principals]\nsvc = [\"finder\"]\nnosy = [\"blind\"]\npeek = [\"masked\"]\n\n\
          [[roles.masked.rules]]\noperations = [\"search\"]\ncollections = [\"people\"]\n\
          purposes = [\"support\"]\nfields = [\"*\"]\nredaction = \"masked\"\n\n\
@@ -2345,13 +2348,7 @@ fn find_returns_the_records_whose_indexed_field_matches_and_nothing_else() {
          purposes = [\"support\"]\nfields = [\"email\", \"name\"]\n\n\
          [[roles.blind.rules]]\noperations = [\"search\"]\ncollections = [\"people\"]\n\
          purposes = [\"support\"]\nfields = [\"name\"]\n",
-        "test",
-    )
-    .unwrap();
-    opts.policy = Arc::new(crate::policy::PolicyHandle::new(policy, None));
-    let kr = Keyring::generate("eu".parse().unwrap(), custody());
-    let e = Engine::new(store, kr, keyring_file(dir.path()), opts).unwrap();
-    crate::dev::seed(&e).unwrap();
+    );
     let c = Caller::internal("t");
     create_people(&e);
     e.put_records(
