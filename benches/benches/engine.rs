@@ -57,6 +57,7 @@ fn codec(c: &mut Criterion) {
     let stored = StoredRecord {
         subject: [0x33; 32],
         key_version: 1,
+        written_ms: Some(1_800_000_000_000),
         // The ids envelope: "s00001" and "u0000001" with their lengths.
         ids: vec![0x5a; 1 + 12 + 18 + 16],
         fields: ["country", "email", "name", "phone"]

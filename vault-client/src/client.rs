@@ -1091,6 +1091,31 @@ impl VaultClient {
         })
     }
 
+    /// Exports everything the vault holds of a data subject, for an access
+    /// or portability request (the `export` operation, the `dpo` role, and
+    /// an export rule on every collection holding a record of the
+    /// subject): a JSON bundle (layout in `docs/subject-export.md`) of
+    /// every record of the subject in every collection of the region and
+    /// the subject's access ledger, streamed in chunks, then its detached
+    /// signature by the vault's audit key. A refusal is this call's error.
+    /// The client's timeout applies to opening the stream and to each
+    /// message.
+    pub async fn export_subject(&self, subject_id: &str) -> Result<SubjectExportStream> {
+        let mut stub = self.stubs.subject.clone();
+        // No gRPC deadline: a large export takes longer than one message.
+        let request = Request::new(pb::ExportSubjectRequest {
+            subject_id: subject_id.to_owned(),
+        });
+        let response = tokio::time::timeout(self.timeout, stub.export_subject(request))
+            .await
+            .map_err(|_| Error::Timeout)??;
+        Ok(SubjectExportStream {
+            stream: response.into_inner(),
+            timeout: self.timeout,
+            signed: false,
+        })
+    }
+
     /// Watches the monitor's alerts (auditor role): each alert raised from
     /// now on, until the vault seals or shuts down. The client's timeout
     /// applies to opening the stream only.
@@ -1309,6 +1334,98 @@ impl AlertStream {
             message: a.message,
             missed: a.missed,
         }))
+    }
+}
+
+/// One piece of a subject export ([`SubjectExportStream::next`]).
+#[derive(Debug)]
+pub enum ExportPart {
+    /// The next bytes of the bundle, in order (wiped when dropped).
+    Chunk {
+        /// The bytes.
+        bytes: zeroize::Zeroizing<Vec<u8>>,
+        /// Records written so far.
+        records_done: u64,
+        /// Records listed when the export began (an upper bound).
+        records_total: u64,
+    },
+    /// The bundle's detached signature (a signed note; check it with
+    /// [`crate::export::verify_export`]). Always the last part.
+    Signature(String),
+}
+
+/// A subject export as the vault streams it
+/// ([`VaultClient::export_subject`]).
+#[derive(Debug)]
+pub struct SubjectExportStream {
+    stream: tonic::Streaming<pb::ExportSubjectResponse>,
+    timeout: Duration,
+    signed: bool,
+}
+
+impl SubjectExportStream {
+    /// The next part: chunks of the bundle in order, then its signature,
+    /// then `None`. A stream that ends without a signature is an error
+    /// (the export did not finish). The client's timeout applies to each
+    /// message.
+    pub async fn next(&mut self) -> Result<Option<ExportPart>> {
+        let message = tokio::time::timeout(self.timeout, self.stream.message())
+            .await
+            .map_err(|_| Error::Timeout)??;
+        let Some(m) = message else {
+            return if self.signed {
+                Ok(None)
+            } else {
+                Err(Error::Protocol(
+                    "the export ended without its signature: it did not finish".into(),
+                ))
+            };
+        };
+        if self.signed {
+            return Err(Error::Protocol(
+                "the vault sent more after the export's signature".into(),
+            ));
+        }
+        if m.signature.is_empty() {
+            return Ok(Some(ExportPart::Chunk {
+                bytes: zeroize::Zeroizing::new(m.chunk),
+                records_done: m.records_done,
+                records_total: m.records_total,
+            }));
+        }
+        if !m.chunk.is_empty() {
+            return Err(Error::Protocol(
+                "the vault sent bundle bytes with the export's signature".into(),
+            ));
+        }
+        self.signed = true;
+        Ok(Some(ExportPart::Signature(m.signature)))
+    }
+
+    /// Reads the whole export into memory: the bundle and its signature.
+    pub async fn read_all(mut self) -> Result<(zeroize::Zeroizing<Vec<u8>>, String)> {
+        let mut bundle = zeroize::Zeroizing::new(Vec::new());
+        let mut signature = None;
+        while let Some(part) = self.next().await? {
+            match part {
+                ExportPart::Chunk { bytes, .. } => {
+                    // Reserved ahead so that growing leaves no copy behind.
+                    if bundle.capacity() - bundle.len() < bytes.len() {
+                        let mut bigger = zeroize::Zeroizing::new(Vec::with_capacity(
+                            (bundle.len() + bytes.len()).max(2 * bundle.capacity()),
+                        ));
+                        bigger.extend_from_slice(&bundle);
+                        bundle = bigger;
+                    }
+                    bundle.extend_from_slice(&bytes);
+                }
+                ExportPart::Signature(s) => signature = Some(s),
+            }
+        }
+        let signature = signature.ok_or_else(|| {
+            Error::Protocol("the export ended without its signature: it did not finish".into())
+        })?;
+        Ok((bundle, signature))
     }
 }
 

@@ -224,6 +224,10 @@ impl From<Collection> for pb::Collection {
             region: collection.region,
             fields: collection.fields.into_iter().map(Into::into).collect(),
             description: collection.description,
+            retention: collection.retention.map(|r| pb::Retention {
+                ttl_seconds: r.ttl_seconds,
+                grace_seconds: r.grace_seconds,
+            }),
         }
     }
 }
@@ -256,6 +260,10 @@ impl TryFrom<pb::Collection> for Collection {
             region: collection.region,
             description: collection.description,
             fields,
+            retention: collection.retention.map(|r| crate::types::Retention {
+                ttl_seconds: r.ttl_seconds,
+                grace_seconds: r.grace_seconds,
+            }),
         })
     }
 }

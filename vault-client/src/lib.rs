@@ -58,6 +58,7 @@ mod client;
 mod convert;
 mod custody;
 mod error;
+pub mod export;
 pub mod json;
 mod policy;
 mod receipt;
@@ -66,8 +67,8 @@ mod tls;
 mod types;
 
 pub use crate::client::{
-    Alert, AlertStream, AuditFollow, AuditPage, ClientBuilder, VaultClient, DEFAULT_TIMEOUT,
-    PURPOSE_METADATA_KEY,
+    Alert, AlertStream, AuditFollow, AuditPage, ClientBuilder, ExportPart, SubjectExportStream,
+    VaultClient, DEFAULT_TIMEOUT, PURPOSE_METADATA_KEY,
 };
 pub use crate::custody::{
     Initialized, KeyState, RekeyProgress, RewrapProgress, RootKeyInfo, RootKeys, SealStatus,
@@ -78,5 +79,5 @@ pub use crate::policy::{FieldAccess, OperationAccess, PolicyCheck};
 pub use crate::receipt::{ErasureReceipt, ReceiptBody, ReceiptError, RECEIPT_SIGNATURE_LABEL};
 pub use crate::types::{
     is_valid_field_name, BatchGet, Collection, DataCategory, FieldSchema, FieldType, Mask,
-    ParseError, Record, Timestamp, Value,
+    ParseError, Record, Retention, Timestamp, Value,
 };

@@ -904,8 +904,9 @@ impl fmt::Display for FieldSchema {
 /// A collection: a named set of records sharing a schema, resident in one
 /// region.
 ///
-/// Serde uses `{"name", "region", "description", "fields": [...]}` with every
-/// key but `fields` optional (the form of `vaultctl collection create --schema`).
+/// Serde uses `{"name", "region", "description", "fields": [...],
+/// "retention": {"ttl_seconds", "grace_seconds"}}` with every key but
+/// `fields` optional (the form of `vaultctl collection create --schema`).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Collection {
@@ -922,6 +923,23 @@ pub struct Collection {
     pub description: String,
     /// The fields, names unique.
     pub fields: Vec<FieldSchema>,
+    /// How long records are kept (`None`: until deleted or erased).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<Retention>,
+}
+
+/// A collection's retention: a record expires `ttl_seconds` after its last
+/// write (by the vault's clock); gets and searches pass an expired record
+/// by at once, and the vault purges it once it has been expired for
+/// `grace_seconds` more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retention {
+    /// Seconds from a record's last write to its expiry (1 to 100 years).
+    pub ttl_seconds: u64,
+    /// Seconds an expired record waits, unreadable, before it is purged.
+    #[serde(default)]
+    pub grace_seconds: u64,
 }
 
 impl Collection {
@@ -944,6 +962,17 @@ impl Collection {
     #[must_use]
     pub fn description(mut self, description: impl Into<String>) -> Self {
         self.description = description.into();
+        self
+    }
+
+    /// The collection with a retention: records expire `ttl` after their
+    /// last write and are purged `grace` later (whole seconds).
+    #[must_use]
+    pub fn retention(mut self, ttl: std::time::Duration, grace: std::time::Duration) -> Self {
+        self.retention = Some(Retention {
+            ttl_seconds: ttl.as_secs(),
+            grace_seconds: grace.as_secs(),
+        });
         self
     }
 

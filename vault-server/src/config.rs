@@ -505,6 +505,7 @@ impl Config {
                     std::sync::Arc::new(SystemClock),
                 )),
                 witnesses,
+                retention_sweep_interval: crate::engine::DEFAULT_SWEEP_INTERVAL,
             },
         })
     }

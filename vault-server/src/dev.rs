@@ -20,6 +20,7 @@ pub fn users_collection(region: &str) -> Collection {
         name: "users".into(),
         region: region.to_owned(),
         description: "Example collection seeded by vault-server --dev".into(),
+        retention: None,
         fields: vec![
             f(
                 "email",

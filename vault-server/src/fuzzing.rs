@@ -552,6 +552,7 @@ mod tests {
         let record = StoredRecord {
             subject: [1; 32],
             key_version: 3,
+            written_ms: Some(1_700_000_000_000),
             ids: seal_field(&cipher, 3, &aad, b"ids"),
             fields: ["country", "email"]
                 .iter()
@@ -562,7 +563,7 @@ mod tests {
                 .collect(),
             tag: [5; 32],
         };
-        write("stored_record", "two-fields", &record.encode());
+        write("stored_record", "v3-two-fields", &record.encode());
         let keyring = Keyring::generate(
             "eu".parse().unwrap(),
             Custody {

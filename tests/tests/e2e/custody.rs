@@ -387,6 +387,7 @@ pub(crate) fn users_schema() -> vault_client::Collection {
         name: c.name,
         region: c.region,
         description: c.description,
+        retention: None,
         fields: c
             .fields
             .iter()

@@ -9,6 +9,7 @@ mod bench;
 mod binary;
 mod client;
 mod custody;
+mod export;
 mod hostile;
 mod ids_at_rest;
 mod malformed;
@@ -17,6 +18,7 @@ mod policy;
 mod prereqs;
 mod records;
 mod region;
+mod retention;
 mod search;
 mod tamper;
 mod tls;
@@ -57,6 +59,7 @@ pub fn all_types(name: &str) -> Collection {
         name: name.into(),
         region: String::new(),
         description: "every value type".into(),
+        retention: None,
         fields: vec![
             f("s", FieldType::String),
             f("i", FieldType::Int64),

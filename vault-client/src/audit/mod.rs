@@ -53,7 +53,7 @@
 mod cosign;
 mod ledger;
 mod merkle;
-mod note;
+pub(crate) mod note;
 mod verify;
 
 pub use self::cosign::{
@@ -65,7 +65,7 @@ pub use self::merkle::{
     empty_root, leaf_hash, node_hash, root_from_leaf_hashes, verify_consistency, verify_inclusion,
     Hash, ProofError, RootBuilder, LEAF_PREFIX, NODE_PREFIX,
 };
-pub use self::note::{key_id, Checkpoint, KeyError, NoteError, VerifierKey};
+pub use self::note::{key_id, open_note, Checkpoint, KeyError, NoteError, VerifierKey};
 pub use self::verify::{
     check_witnesses, latest_note, read_checkpoints, verify_export, verify_export_trusting,
     verify_export_with_progress, verify_log, CheckpointFile, Fault, FaultKind, Progress, ReadError,

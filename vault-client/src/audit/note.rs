@@ -342,6 +342,13 @@ fn parse_body(text: &str) -> Result<Checkpoint, NoteError> {
     })
 }
 
+/// The text of a signed note that carries a valid signature by `key`
+/// (lines of other keys are ignored; a line of `key` that does not verify
+/// refuses the note), with its final newline.
+pub fn open_note<'a>(note: &'a [u8], key: &VerifierKey) -> Result<&'a str, NoteError> {
+    Note::parse(note)?.verify(key)
+}
+
 impl Checkpoint {
     /// Opens a signed checkpoint: the note must carry a valid signature by
     /// `key` (lines of other keys are ignored; a line of `key` that does

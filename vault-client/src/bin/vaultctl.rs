@@ -5,7 +5,9 @@
 //!          [--ca FILE] [--cert FILE --key FILE] COMMAND
 //!
 //!   collection create NAME --field SPEC... [--region R] [--description D]
+//!                     [--ttl SECONDS [--grace SECONDS]]
 //!   collection create NAME --schema FILE.json [--region R] [--description D]
+//!                     [--ttl SECONDS [--grace SECONDS]]
 //!   collection list
 //!   collection show NAME
 //!   put COLLECTION ID --subject S --data JSON|-|@FILE
@@ -29,6 +31,9 @@
 //!   operator retire VERSION
 //!   operator destroy VERSION
 //!   subject erase SUBJECT
+//!   subject export SUBJECT --out FILE [--signature SIG]
+//!   subject verify-export FILE --public-key FILE [--signature SIG]
+//!                                             (offline: no vault, no token)
 //!
 //!   policy check --principal P [--purpose X] [--collection C]
 //!   policy reload
@@ -72,6 +77,8 @@
 mod audit;
 #[path = "vaultctl/custody.rs"]
 mod custody;
+#[path = "vaultctl/export.rs"]
+mod export;
 #[path = "vaultctl/policy.rs"]
 mod policy;
 #[path = "vaultctl/witness.rs"]
@@ -310,6 +317,16 @@ struct CreateArgs {
     /// A description for people.
     #[arg(long)]
     description: Option<String>,
+
+    /// Records expire this many seconds after their last write: unreadable
+    /// from then on, purged after the grace period.
+    #[arg(long, value_name = "SECONDS")]
+    ttl: Option<u64>,
+
+    /// Seconds an expired record waits, unreadable, before it is purged
+    /// (needs --ttl; default 0).
+    #[arg(long, value_name = "SECONDS", requires = "ttl")]
+    grace: Option<u64>,
 }
 
 impl Cli {
@@ -789,6 +806,12 @@ fn collection_to_create(args: &CreateArgs) -> Result<Collection, CliError> {
     if let Some(description) = &args.description {
         collection.description = description.clone();
     }
+    if let Some(ttl) = args.ttl {
+        collection.retention = Some(vault_client::Retention {
+            ttl_seconds: ttl,
+            grace_seconds: args.grace.unwrap_or(0),
+        });
+    }
     let mut seen = BTreeSet::new();
     for field in &collection.fields {
         if !seen.insert(field.name.as_str()) {
@@ -846,6 +869,12 @@ fn collection_text(collection: &Collection) -> String {
         lines.push(format!(
             "description: {}",
             one_line(&collection.description)
+        ));
+    }
+    if let Some(r) = &collection.retention {
+        lines.push(format!(
+            "retention: records expire {} s after their last write, purged {} s later",
+            r.ttl_seconds, r.grace_seconds
         ));
     }
     lines.push(format!("fields ({}):", collection.fields.len()));

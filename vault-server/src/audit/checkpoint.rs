@@ -40,7 +40,14 @@ pub fn body(origin: &str, size: u64, root: &Hash) -> String {
 
 /// A signed checkpoint of a tree of `size` leaves with head `root`.
 pub fn sign(origin: &str, size: u64, root: &Hash, key: &SigningKey) -> String {
-    let body = body(origin, size, root);
+    sign_note(origin, &body(origin, size, root), key)
+}
+
+/// `body` (lines, each ending in a newline) as a C2SP signed note with one
+/// signature by `key` under the name `origin`: checkpoints, and the
+/// statements of subject exports (whose first line is never a log origin
+/// followed by a tree size, so neither passes for the other).
+pub fn sign_note(origin: &str, body: &str, key: &SigningKey) -> String {
     let public = key.verifying_key().to_bytes();
     let sig = key.sign(body.as_bytes()).to_bytes();
     let mut blob = Vec::with_capacity(68);

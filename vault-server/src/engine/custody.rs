@@ -322,7 +322,10 @@ impl Engine {
                 subject_id: &opened.subject_id,
                 subject: &name,
             };
-            let value = self.seal_record(&new_key, &ids, plain.into_iter());
+            // The record keeps its write time: a key rotation does not
+            // extend its retention.
+            let value =
+                self.seal_record(&new_key, &ids, opened.stored.written_ms, plain.into_iter());
             ws.put(Table::Records, record_key.clone(), value);
         }
         {

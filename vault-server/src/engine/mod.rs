@@ -10,8 +10,10 @@
 //! commit settles it.
 
 mod custody;
+mod export;
 mod honey;
 mod index;
+mod retention;
 mod rewrap;
 mod schema;
 mod search;
@@ -26,7 +28,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 pub use custody::{Ledger, LedgerEntry, RootKeyInfo, SubjectRotation, MAX_LEDGER_PAGE};
+pub use export::{export_statement, ExportChunk, ExportSummary, EXPORT_FORMAT};
 pub use honey::MAX_HONEY_RECORDS;
+pub use retention::DEFAULT_SWEEP_INTERVAL;
 #[cfg(test)]
 pub(crate) use rewrap::job_record_seed;
 #[cfg(any(test, fuzzing, feature = "fuzzing"))]
@@ -34,7 +38,7 @@ pub(crate) use rewrap::reencode_job_record;
 pub use rewrap::{RewrapOptions, RewrapProgress};
 pub use schema::{
     shown, validate_id, validate_name, Collection, DataCategory, FieldSchema, FieldType, Mask,
-    MAX_FIELDS, MAX_ID_BYTES,
+    Retention, MAX_FIELDS, MAX_ID_BYTES, MAX_RETENTION_SECONDS,
 };
 pub use value::{Record, Value};
 pub use wraps::{DEFAULT_ROTATE_AFTER_WRAPS, NIST_RANDOM_NONCE_LIMIT};
@@ -222,6 +226,9 @@ pub struct EngineOptions {
     /// The witnesses whose cosignatures of checkpoints the vault takes
     /// (`[audit] witnesses`).
     pub witnesses: Vec<crate::audit::checkpoint::WitnessKey>,
+    /// How often the background thread sweeps collections with a
+    /// retention for records to purge (`Duration::ZERO`: never).
+    pub retention_sweep_interval: Duration,
 }
 
 impl Default for EngineOptions {
@@ -236,6 +243,7 @@ impl Default for EngineOptions {
             rotate_root_after_wraps: DEFAULT_ROTATE_AFTER_WRAPS,
             monitor: Arc::new(crate::monitor::Monitor::default()),
             witnesses: Vec::new(),
+            retention_sweep_interval: retention::DEFAULT_SWEEP_INTERVAL,
         }
     }
 }
@@ -267,6 +275,8 @@ pub struct Engine {
     names: StorageNames,
     rewrap_options: RewrapOptions,
     checkpoints: CheckpointOptions,
+    /// How often the background thread sweeps expired records.
+    retention_sweep_interval: Duration,
     /// The audit (and receipt) signing key and the checkpoints' origin:
     /// fixed for the keyring's life, derived once.
     audit_signer: ed25519_dalek::SigningKey,
@@ -321,6 +331,7 @@ impl Engine {
             rotate_root_after_wraps,
             monitor,
             witnesses,
+            retention_sweep_interval,
         } = options;
         let region = keyring.region().clone();
         match (
@@ -384,6 +395,7 @@ impl Engine {
             names,
             rewrap_options,
             checkpoints,
+            retention_sweep_interval,
             audit_signer,
             audit_origin,
             rewrap,
@@ -788,6 +800,7 @@ impl Engine {
         };
         let mut ws = WriteSet::new();
         let mut encrypted = 0u64;
+        let now_ms = self.monitor.now_ms();
         // Replacing a record drops its old fields: the caller's write rules
         // must cover those too, or a writer of one field could erase the
         // others. (An undecodable old record leaves at most a stale index
@@ -824,7 +837,7 @@ impl Engine {
                 subject_id: &r.subject_id,
                 subject,
             };
-            let value = self.seal_record(&sk, &ids, fields);
+            let value = self.seal_record(&sk, &ids, Some(now_ms), fields);
             encrypted += r.fields.len() as u64;
             // Keep the subject → records index true: a replaced record may
             // have belonged to another subject.
@@ -867,6 +880,7 @@ impl Engine {
         &self,
         sk: &SubjectKeys,
         ids: &Ids<'_>,
+        written_ms: Option<u64>,
         fields: impl Iterator<Item = (&'a str, Zeroizing<Vec<u8>>)>,
     ) -> Vec<u8> {
         let region = self.region.as_str();
@@ -890,6 +904,7 @@ impl Engine {
         let stored = StoredRecord {
             subject: *ids.subject,
             key_version: sk.version(),
+            written_ms,
             ids: seal(
                 labels::IDS_FIELD,
                 &to_hex(ids.name),
@@ -955,6 +970,48 @@ impl Engine {
             subject_id,
             id,
         })
+    }
+
+    /// Opens the record `bytes` read at `key` (see [`Engine::open_record`])
+    /// as every read does: `None` when it is not there for the caller (an
+    /// erased subject's record, say from a restored backup: its key is
+    /// refused and nothing is decrypted; or gone since it was read).
+    fn open_readable(
+        &self,
+        collection: &str,
+        name: &RecordName,
+        expected: Option<&str>,
+        key: &[u8],
+        bytes: &[u8],
+    ) -> Result<Option<OpenedRecord>> {
+        let opened = match self.open_record(collection, name, expected, bytes) {
+            // A subject-key rotation may have replaced the record and
+            // destroyed the key it named between the read and now: read it
+            // once more. A real integrity failure fails twice.
+            Err(Error::Integrity) => match self.store.get(Table::Records, key)? {
+                Some(again) if again != bytes => {
+                    self.open_record(collection, name, expected, &again)
+                }
+                Some(_) => Err(Error::Integrity),
+                None => return Ok(None),
+            },
+            other => other,
+        };
+        match opened {
+            Ok(o) => Ok(Some(o)),
+            Err(Error::SubjectErased) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether `stored`, a record of `c`, is past its collection's time to
+    /// live by the vault's clock (and so unreadable). A record of format 2
+    /// (no write time) never expires.
+    fn expired(&self, c: &Collection, stored: &StoredRecord) -> bool {
+        match (c.retention, stored.written_ms) {
+            (Some(r), Some(written)) => self.monitor.now_ms() >= r.expires_at_ms(written),
+            _ => false,
+        }
     }
 
     /// Decrypts one field of an opened record.
@@ -1187,29 +1244,14 @@ impl Engine {
                 missing.push(id.clone());
                 continue;
             };
-            let opened = match self.open_record(collection, name, Some(id), &bytes) {
-                // A subject-key rotation may have replaced the record and
-                // destroyed the key it named between our read and now: read
-                // it once more. A real integrity failure fails twice.
-                Err(Error::Integrity) => match self.store.get(Table::Records, key)? {
-                    Some(again) if again != bytes => {
-                        self.open_record(collection, name, Some(id), &again)
-                    }
-                    Some(_) => Err(Error::Integrity),
-                    None => Err(Error::NotFound(String::new())),
-                },
-                other => other,
+            let Some(opened) = self.open_readable(collection, name, Some(id), key, &bytes)? else {
+                missing.push(id.clone());
+                continue;
             };
-            let opened = match opened {
-                Ok(o) => o,
-                // An erased subject's record (say, from a restored backup)
-                // is absent: its key is refused, nothing is decrypted.
-                Err(Error::SubjectErased) | Err(Error::NotFound(_)) => {
-                    missing.push(id.clone());
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
+            if self.expired(&c, &opened.stored) {
+                missing.push(id.clone());
+                continue;
+            }
             found.push(self.visible_record(
                 collection,
                 &c,

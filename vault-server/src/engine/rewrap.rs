@@ -385,6 +385,10 @@ impl Engine {
         // `checked_add`: an interval too long to add means "never".
         let after = |t: Instant| t.checked_add(interval);
         let mut next_checkpoint = after(Instant::now());
+        let sweep_every = self.retention_sweep_interval();
+        // The first sweep soon after the vault opens (records may have
+        // become due while it was down), then every interval.
+        let mut next_sweep = Instant::now().checked_add(sweep_every.min(Duration::from_secs(1)));
         loop {
             // The generation first, then the flag: a close after this read
             // bumps the generation, so the wait below cannot miss it.
@@ -399,9 +403,22 @@ impl Engine {
                 }
                 next_checkpoint = after(Instant::now());
             }
+            if !sweep_every.is_zero() && next_sweep.is_some_and(|at| started >= at) {
+                if let Err(e) = self.sweep_expired() {
+                    tracing::error!(error = %e, "retention sweep failed; retrying at the next");
+                }
+                next_sweep = Instant::now().checked_add(sweep_every);
+            }
             let until_checkpoint = next_checkpoint
                 .filter(|_| !interval.is_zero())
                 .map(|at| at.saturating_duration_since(started));
+            let until_sweep = next_sweep
+                .filter(|_| !sweep_every.is_zero())
+                .map(|at| at.saturating_duration_since(started));
+            let until_checkpoint = match (until_checkpoint, until_sweep) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             let wait = match self.rewrap_step() {
                 Ok(true) => {
                     let budget = per_key * batch;

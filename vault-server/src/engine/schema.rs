@@ -137,6 +137,38 @@ pub struct Collection {
     pub description: String,
     /// The fields.
     pub fields: Vec<FieldSchema>,
+    /// How long its records are kept, if the collection says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<Retention>,
+}
+
+/// Most seconds a time to live or a grace period may be: 100 years.
+pub const MAX_RETENTION_SECONDS: u64 = 100 * 366 * 24 * 3600;
+
+/// A collection's retention: a record expires `ttl_seconds` after it was
+/// last written. An expired record is unreadable at once (gets and
+/// searches pass it by; a subject export lists it, marked expired, while
+/// it is held) and purged by the sweeper once it has been expired for
+/// `grace_seconds` more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retention {
+    /// Seconds from a record's last write to its expiry (at least 1).
+    pub ttl_seconds: u64,
+    /// Seconds an expired record waits, unreadable, before it is purged.
+    pub grace_seconds: u64,
+}
+
+impl Retention {
+    /// When a record written at `written_ms` expires (ms since the epoch).
+    pub fn expires_at_ms(&self, written_ms: u64) -> u64 {
+        written_ms.saturating_add(self.ttl_seconds.saturating_mul(1000))
+    }
+
+    /// When a record written at `written_ms` may be purged.
+    pub fn purge_at_ms(&self, written_ms: u64) -> u64 {
+        self.expires_at_ms(written_ms)
+            .saturating_add(self.grace_seconds.saturating_mul(1000))
+    }
 }
 
 impl Collection {
@@ -166,6 +198,18 @@ impl Collection {
                 "{} fields; a collection has at most {MAX_FIELDS}",
                 self.fields.len()
             )));
+        }
+        if let Some(r) = &self.retention {
+            if r.ttl_seconds == 0 || r.ttl_seconds > MAX_RETENTION_SECONDS {
+                return Err(Error::InvalidArgument(format!(
+                    "a time to live is 1 to {MAX_RETENTION_SECONDS} seconds (100 years)"
+                )));
+            }
+            if r.grace_seconds > MAX_RETENTION_SECONDS {
+                return Err(Error::InvalidArgument(format!(
+                    "a grace period is at most {MAX_RETENTION_SECONDS} seconds (100 years)"
+                )));
+            }
         }
         let mut seen = std::collections::HashSet::new();
         for f in &self.fields {
@@ -270,6 +314,7 @@ mod tests {
             region: "eu".into(),
             description: String::new(),
             fields,
+            retention: None,
         }
     }
 

@@ -175,25 +175,14 @@ impl Engine {
                 if in_collection != collection {
                     return Err(Error::Integrity);
                 }
-                let opened = match self.open_record(collection, &name, None, &bytes) {
-                    // A subject-key rotation may have replaced the record
-                    // and destroyed the key it named meanwhile: read it once
-                    // more (as a get does). A real integrity failure fails
-                    // twice.
-                    Err(Error::Integrity) => match self.store.get(Table::Records, record_key)? {
-                        Some(again) if again != bytes => {
-                            self.open_record(collection, &name, None, &again)
-                        }
-                        Some(_) => Err(Error::Integrity),
-                        None => Err(Error::NotFound(String::new())),
-                    },
-                    other => other,
+                let Some(opened) =
+                    self.open_readable(collection, &name, None, record_key, &bytes)?
+                else {
+                    continue;
                 };
-                let opened = match opened {
-                    Ok(o) => o,
-                    Err(Error::SubjectErased) | Err(Error::NotFound(_)) => continue,
-                    Err(e) => return Err(e),
-                };
+                if self.expired(&c, &opened.stored) {
+                    continue;
+                }
                 // The record's own value must still have the token.
                 let Some(sf) = opened.stored.fields.iter().find(|f| f.name == field) else {
                     continue;

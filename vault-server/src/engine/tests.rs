@@ -1485,6 +1485,35 @@ fn checkpoints_are_signed_by_count_and_by_time() {
     );
 }
 
+/// The root an inclusion proof of `event` at `index` in a tree of `size`
+/// leads to (RFC 6962 §2.1.1, as a verifier would check it).
+fn root_of_inclusion(
+    event: &[u8],
+    index: u64,
+    size: u64,
+    proof: &[crate::audit::merkle::Hash],
+) -> crate::audit::merkle::Hash {
+    let mut h = crate::audit::merkle::leaf_hash(event);
+    let mut fi = index;
+    let mut sn = size - 1;
+    for p in proof {
+        assert!(sn != 0, "proof too long");
+        if fi & 1 == 1 || fi == sn {
+            h = crate::audit::merkle::node_hash(p, &h);
+            while fi & 1 == 0 && fi != 0 {
+                fi >>= 1;
+                sn >>= 1;
+            }
+        } else {
+            h = crate::audit::merkle::node_hash(&h, p);
+        }
+        fi >>= 1;
+        sn >>= 1;
+    }
+    assert_eq!(sn, 0, "proof too short");
+    h
+}
+
 #[test]
 fn access_ledgers_page_prove_and_need_the_export_operation() {
     let dir = tempfile::tempdir().unwrap();
@@ -1504,25 +1533,12 @@ fn access_ledgers_page_prove_and_need_the_export_operation() {
             (ev.index, ev.subjects.clone()),
             (entry.index, vec![pseudonym.clone()])
         );
-        let mut h = crate::audit::merkle::leaf_hash(&entry.event);
-        // RFC 6962 §2.1.1 inclusion check, as a verifier would do it.
-        let mut fi = entry.index;
-        let mut sn = size - 1;
-        for p in &entry.proof {
-            assert!(sn != 0, "proof too long");
-            if fi & 1 == 1 || fi == sn {
-                h = crate::audit::merkle::node_hash(p, &h);
-                while fi & 1 == 0 && fi != 0 {
-                    fi >>= 1;
-                    sn >>= 1;
-                }
-            } else {
-                h = crate::audit::merkle::node_hash(&h, p);
-            }
-            fi >>= 1;
-            sn >>= 1;
-        }
-        assert_eq!((h, sn), (root, 0), "entry {}", entry.index);
+        assert_eq!(
+            root_of_inclusion(&entry.event, entry.index, size, &entry.proof),
+            root,
+            "entry {}",
+            entry.index
+        );
     }
     // The next page, proved in the same tree: the two other puts, not the
     // first page's own event (it came after that checkpoint).
@@ -2487,4 +2503,377 @@ fn find_returns_the_records_whose_indexed_field_matches_and_nothing_else() {
     assert!(search
         .iter()
         .any(|ev| ev["detail"] == "{\"field\":\"email\"}" && ev["decision"] == "denied"));
+}
+
+/// A copy of the dev `users` schema under another name.
+fn create_users_named(e: &Engine, name: &str) {
+    let mut c = crate::dev::users_collection("eu");
+    c.name = name.into();
+    e.create_collection(&Caller::internal("t"), c).unwrap();
+}
+
+/// Runs an export to the end: the bundle and its summary.
+fn export_of(
+    e: &Engine,
+    caller: &Caller,
+    subject: &str,
+) -> Result<(Vec<u8>, super::ExportSummary)> {
+    let mut bundle = Vec::new();
+    let mut last_done = 0;
+    let summary = e.export_subject(caller, subject, &mut |chunk| {
+        assert!(chunk.records_done >= last_done && chunk.records_done <= chunk.records_total);
+        last_done = chunk.records_done;
+        bundle.extend_from_slice(&chunk.bytes);
+        Ok(())
+    })?;
+    Ok((bundle, summary))
+}
+
+#[test]
+fn a_subject_export_holds_every_record_of_the_subject_and_nothing_of_anyone_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine_with_policy(
+        dir.path(),
+        "[principals]\ndpo = [\"exporter\"]\nnarrow = [\"email_only\"]\nsvc = [\"lookup\"]\n\n\
+         [[roles.lookup.rules]]\noperations = [\"read\"]\ncollections = [\"*\"]\n\
+         purposes = [\"data-subject-request\"]\nfields = [\"*\"]\n\n\
+         [[roles.exporter.rules]]\noperations = [\"export\"]\ncollections = [\"*\"]\n\
+         purposes = [\"data-subject-request\"]\nfields = [\"*\"]\n\n\
+         [[roles.email_only.rules]]\noperations = [\"export\"]\ncollections = [\"*\"]\n\
+         purposes = [\"data-subject-request\"]\nfields = [\"email\"]\n",
+    );
+    let c = Caller::internal("t");
+    create_people(&e);
+    create_users_named(&e, "accounts");
+    let mut records = vec![
+        user("u1", "alice"),
+        user("u2", "alice"),
+        person("p1", "alice", "alice@example.eu"),
+        user("u3", "bob"),
+        person("p2", "bob", "bob-secret@example.eu"),
+    ];
+    let mut account = user("a1", "alice");
+    account.collection = "accounts".into();
+    account
+        .fields
+        .insert("name".into(), Value::String("Alice Account".into()));
+    records.push(account);
+    let mut bobs = user("a2", "bob");
+    bobs.collection = "accounts".into();
+    bobs.fields
+        .insert("name".into(), Value::String("Bob Hidden".into()));
+    records.push(bobs);
+    e.put_records(&c, records).unwrap();
+    // A record that moved from alice to bob is bob's now.
+    e.put_record(&c, user("u4", "alice")).unwrap();
+    e.put_record(&c, user("u4", "bob")).unwrap();
+    let as_ = |name: &str| Caller {
+        principal: Principal {
+            name: name.into(),
+            roles: Vec::new(),
+        },
+        purpose: Some("data-subject-request".into()),
+        internal: false,
+        request_id: None,
+    };
+
+    let (bundle, summary) = export_of(&e, &as_("dpo"), "alice").unwrap();
+    let text = String::from_utf8(bundle.clone()).unwrap();
+    for other in ["bob-secret", "Bob Hidden", "u3@", "u4@", "\"bob\""] {
+        assert!(!text.contains(other), "{other} is in alice's export");
+    }
+    let doc: serde_json::Value = serde_json::from_slice(&bundle).unwrap();
+    assert_eq!(doc["format"], "vault-subject-export/v1");
+    assert_eq!(doc["subject_id"], "alice");
+    let mut ids: Vec<(String, String)> = doc["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["collection"].as_str().unwrap().to_owned(),
+                r["id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    ids.sort();
+    let expected: Vec<(String, String)> = [
+        ("accounts", "a1"),
+        ("people", "p1"),
+        ("users", "u1"),
+        ("users", "u2"),
+    ]
+    .iter()
+    .map(|(c, i)| (c.to_string(), i.to_string()))
+    .collect();
+    assert_eq!(ids, expected);
+    let a1 = doc["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == "a1")
+        .unwrap();
+    assert_eq!(
+        a1["fields"]["name"],
+        serde_json::json!({"string": "Alice Account"})
+    );
+    assert_eq!(
+        a1["fields"]["birth_date"],
+        serde_json::json!({"timestamp": {"seconds": 1, "nanos": 2}})
+    );
+    let names: Vec<&str> = doc["collections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["accounts", "people", "users"]);
+    assert_eq!(summary.records, 4);
+    assert_eq!(doc["counts"]["records"], 4);
+
+    // The ledger: every event naming alice, her export last (on record
+    // before anything was read), each proved in the checkpoint.
+    let ledger = &doc["access_ledger"];
+    let events = ledger["events"].as_array().unwrap();
+    assert_eq!(events.len() as u64, summary.ledger_events);
+    let last: crate::audit::Event =
+        serde_json::from_str(events.last().unwrap()["event"].as_str().unwrap()).unwrap();
+    assert_eq!(last.operation, "export_subject");
+    assert_eq!(last.principal, "dpo");
+    assert_eq!(last.collection.as_deref(), Some("accounts,people,users"));
+    // The batch (u1, u2, p1, a1), u4's first put (alice's; its move to
+    // bob names bob), and the export.
+    let ops: Vec<String> = events
+        .iter()
+        .map(|ev| {
+            serde_json::from_str::<crate::audit::Event>(ev["event"].as_str().unwrap())
+                .unwrap()
+                .operation
+        })
+        .collect();
+    assert_eq!(ops, ["write", "write", "export_subject"]);
+    let (size, root) =
+        crate::audit::checkpoint::parse(ledger["checkpoint"].as_str().unwrap().as_bytes()).unwrap();
+    for ev in events {
+        let index = ev["index"].as_u64().unwrap();
+        let proof: Vec<crate::audit::merkle::Hash> = ev["proof"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| {
+                hex::decode(h.as_str().unwrap())
+                    .unwrap()
+                    .try_into()
+                    .unwrap()
+            })
+            .collect();
+        let event = ev["event"].as_str().unwrap().as_bytes();
+        assert_eq!(
+            root_of_inclusion(event, index, size, &proof),
+            root,
+            "event {index}"
+        );
+    }
+
+    // The signature: the audit key over the statement naming this bundle.
+    let statement = super::export_statement(
+        &e.audit_origin(),
+        &e.keyring().subject_pseudonym("alice"),
+        4,
+        summary.ledger_events,
+        bundle.len() as u64,
+        &<sha2::Sha256 as sha2::Digest>::digest(&bundle).into(),
+    );
+    assert_eq!(
+        summary.sha256,
+        <[u8; 32]>::from(<sha2::Sha256 as sha2::Digest>::digest(&bundle))
+    );
+    assert!(summary
+        .signature
+        .starts_with(&format!("{statement}\n\u{2014} ")));
+
+    // Export rules that show only `email`: the rest is listed as redacted.
+    let (bundle, _) = export_of(&e, &as_("narrow"), "alice").unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&bundle).unwrap();
+    let a1 = doc["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == "a1")
+        .unwrap();
+    assert_eq!(a1["fields"].as_object().unwrap().len(), 1);
+    assert_eq!(a1["redacted"], serde_json::json!(["birth_date", "name"]));
+    assert!(!String::from_utf8(bundle).unwrap().contains("Alice Account"));
+
+    // A reader may not export; the refusal is on record.
+    let before = e.audit().size();
+    assert!(matches!(
+        export_of(&e, &as_("svc"), "alice"),
+        Err(Error::PermissionDenied(_))
+    ));
+    assert_eq!(e.audit().size(), before + 1);
+
+    // A receiver that goes away stops the export, and that is on record
+    // too (after the export's own event).
+    let before = e.audit().size();
+    let stopped = e.export_subject(&as_("dpo"), "alice", &mut |_| {
+        Err(Error::Unavailable("gone".into()))
+    });
+    assert!(matches!(stopped, Err(Error::Unavailable(_))));
+    let events = e.audit().events(before, 10).unwrap();
+    let ops: Vec<(String, String)> = events
+        .iter()
+        .map(|b| {
+            let ev: crate::audit::Event = serde_json::from_slice(b).unwrap();
+            (ev.operation, ev.decision)
+        })
+        .collect();
+    assert_eq!(
+        ops,
+        [
+            ("export_subject".to_owned(), "allowed".to_owned()),
+            ("export_subject".to_owned(), "failed".to_owned())
+        ]
+    );
+
+    // A subject the vault does not know: an empty export, signed.
+    let (bundle, summary) = export_of(&e, &as_("dpo"), "nobody").unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&bundle).unwrap();
+    assert_eq!(doc["records"], serde_json::json!([]));
+    assert_eq!(summary.records, 0);
+    assert_eq!(summary.ledger_events, 1, "its own export event");
+}
+
+#[test]
+fn expired_records_are_unreadable_at_once_and_purged_after_the_grace_period() {
+    use crate::monitor::{Clock, ManualClock, Monitor, MonitorOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> =
+        Arc::new(RocksStore::open(&dir.path().join("db"), &StoreOptions::default()).unwrap());
+    let clock = Arc::new(ManualClock::new(1_800_000_000_000));
+    let mut opts = options();
+    opts.monitor = Arc::new(Monitor::new(
+        MonitorOptions::default(),
+        Arc::clone(&clock) as Arc<dyn Clock>,
+    ));
+    let kr = Keyring::generate("eu".parse().unwrap(), custody());
+    let e = Engine::new(Arc::clone(&store), kr, keyring_file(dir.path()), opts).unwrap();
+    crate::dev::seed(&e).unwrap();
+    let c = Caller::internal("t");
+    let mut people = crate::dev::users_collection("eu");
+    people.name = "people".into();
+    for f in &mut people.fields {
+        f.indexed = f.name == "email";
+    }
+    people.retention = Some(super::Retention {
+        ttl_seconds: 3600,
+        grace_seconds: 600,
+    });
+    e.create_collection(&c, people.clone()).unwrap();
+    // Refused: a time to live of zero.
+    let mut bad = people.clone();
+    bad.name = "bad".into();
+    bad.retention = Some(super::Retention {
+        ttl_seconds: 0,
+        grace_seconds: 0,
+    });
+    assert!(matches!(
+        e.create_collection(&c, bad),
+        Err(Error::InvalidArgument(_))
+    ));
+    e.put_records(
+        &c,
+        vec![
+            person("p1", "alice", "ada@example.eu"),
+            person("p2", "bob", "bob@example.eu"),
+        ],
+    )
+    .unwrap();
+    e.put_record(&c, user("u1", "alice")).unwrap();
+    let email = Value::String("ada@example.eu".into());
+    let find = |e: &Engine| {
+        e.find_records(&c, "people", "email", &email, &[], 10)
+            .unwrap()
+    };
+    assert_eq!(find(&e).len(), 1);
+
+    // A second before expiry: readable. At expiry: unreadable at once.
+    clock.advance(Duration::from_secs(3599));
+    assert!(e.get_record(&c, "people", "p1", &[]).is_ok());
+    clock.advance(Duration::from_secs(1));
+    assert!(matches!(
+        e.get_record(&c, "people", "p1", &[]),
+        Err(Error::NotFound(_))
+    ));
+    assert!(find(&e).is_empty());
+    // A collection without a retention keeps its records.
+    assert!(e.get_record(&c, "users", "u1", &[]).is_ok());
+    // A rewrite starts the time to live again; a subject-key rotation does
+    // not.
+    e.put_record(&c, person("p2", "bob", "bob@example.eu"))
+        .unwrap();
+    e.rotate_subject(&c, "alice").unwrap();
+    assert!(matches!(
+        e.get_record(&c, "people", "p1", &[]),
+        Err(Error::NotFound(_))
+    ));
+    // The subject's export lists the expired record, marked, while held.
+    let (bundle, _) = export_of(&e, &c, "alice").unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&bundle).unwrap();
+    let p1 = doc["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == "p1")
+        .unwrap();
+    assert_eq!(p1["expired"], true);
+    assert_eq!(p1["written_at_ms"], 1_800_000_000_000_u64);
+
+    // Within the grace period nothing is purged; after it, p1 is.
+    assert_eq!(e.sweep_expired().unwrap(), 0);
+    clock.advance(Duration::from_secs(600));
+    let before = e.audit().size();
+    assert_eq!(e.sweep_expired().unwrap(), 1);
+    assert_eq!(e.sweep_expired().unwrap(), 0);
+    let events = e.audit().events(before, 10).unwrap();
+    assert_eq!(events.len(), 1);
+    let ev: crate::audit::Event = serde_json::from_slice(&events[0]).unwrap();
+    assert_eq!(
+        (ev.operation.as_str(), ev.principal.as_str()),
+        ("retention_purge", "vault")
+    );
+    assert_eq!(ev.collection.as_deref(), Some("people"));
+    assert!(ev.records.is_empty() && ev.subjects.is_empty());
+    assert!(ev.detail.unwrap().starts_with("1 records purged"));
+    // Gone with its index rows and its subject-index row; p2 stays.
+    let p1 = record_key("people", &e.names.record("people", "p1"));
+    assert!(store.get(Table::Records, &p1).unwrap().is_none());
+    assert!(e.indexed_tokens(&p1).unwrap().is_empty());
+    assert!(!store
+        .scan_prefix(Table::SubjectRecords, &index_prefix(&e, "alice"))
+        .unwrap()
+        .iter()
+        .any(|(k, _)| k.ends_with(&p1)));
+    assert!(e.get_record(&c, "people", "p2", &[]).is_ok());
+    assert!(e.get_record(&c, "users", "u1", &[]).is_ok());
+    // The write time is under the record tag: moved on disk (to keep a
+    // record longer), the record does not open.
+    let p2 = record_key("people", &e.names.record("people", "p2"));
+    let mut bytes = store.get(Table::Records, &p2).unwrap().unwrap();
+    assert_eq!(bytes[0], crate::storage::STORED_RECORD_V3);
+    bytes[40] ^= 0x01; // inside the u64 after version, subject and key version
+    let mut ws = WriteSet::new();
+    ws.put(Table::Records, p2.clone(), bytes.clone());
+    store.write(ws).unwrap();
+    assert!(matches!(
+        e.get_record(&c, "people", "p2", &[]),
+        Err(Error::Integrity)
+    ));
+    bytes[40] ^= 0x01;
+    let mut ws = WriteSet::new();
+    ws.put(Table::Records, p2, bytes);
+    store.write(ws).unwrap();
+    // p2 goes in its turn.
+    clock.advance(Duration::from_secs(3600));
+    assert_eq!(e.sweep_expired().unwrap(), 1);
 }

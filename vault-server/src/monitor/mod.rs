@@ -360,6 +360,12 @@ impl Default for Monitor {
 }
 
 impl Monitor {
+    /// The time by the monitor's clock (ms since the Unix epoch): the
+    /// vault's clock, which tests move.
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
     /// A monitor with these settings, reading `clock`.
     pub fn new(opts: MonitorOptions, clock: Arc<dyn Clock>) -> Self {
         Monitor {

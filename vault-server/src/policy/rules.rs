@@ -1135,6 +1135,7 @@ redaction = "redacted"
             name: "users".into(),
             region: "eu".into(),
             description: String::new(),
+            retention: None,
             fields: vec![
                 f("email", DataCategory::Contact),
                 f("phone", DataCategory::Contact),

@@ -88,6 +88,10 @@ pub fn collection_from(c: pb::Collection) -> Result<Collection, Status> {
         region: c.region,
         description: c.description,
         fields,
+        retention: c.retention.map(|r| crate::engine::Retention {
+            ttl_seconds: r.ttl_seconds,
+            grace_seconds: r.grace_seconds,
+        }),
     })
 }
 
@@ -96,6 +100,10 @@ pub fn collection_to(c: &Collection) -> pb::Collection {
         name: c.name.clone(),
         region: c.region.clone(),
         description: c.description.clone(),
+        retention: c.retention.map(|r| pb::Retention {
+            ttl_seconds: r.ttl_seconds,
+            grace_seconds: r.grace_seconds,
+        }),
         fields: c
             .fields
             .iter()
@@ -230,6 +238,10 @@ mod tests {
                     keep_last: 4,
                 }),
             }],
+            retention: Some(crate::engine::Retention {
+                ttl_seconds: 86_400,
+                grace_seconds: 3_600,
+            }),
         };
         assert_eq!(collection_from(collection_to(&c)).unwrap(), c);
     }

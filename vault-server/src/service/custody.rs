@@ -320,6 +320,51 @@ impl OperatorService for OperatorApi {
 
 #[tonic::async_trait]
 impl SubjectService for SubjectApi {
+    type ExportSubjectStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<pb::ExportSubjectResponse, Status>> + Send>,
+    >;
+
+    async fn export_subject(
+        &self,
+        req: Request<pb::ExportSubjectRequest>,
+    ) -> Result<Response<Self::ExportSubjectStream>, Status> {
+        let caller = caller(&req)?;
+        let subject = req.into_inner().subject_id;
+        let engine = self.vault.engine()?;
+        // Authorised and on record before the response starts: a refusal
+        // is the call's status, and the request's event is the export's.
+        let plan = {
+            let engine = Arc::clone(&engine);
+            run_blocking(move || engine.begin_export(&caller, &subject)).await?
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::task::spawn_blocking(move || {
+            let total = plan.records_total();
+            let mut sink = |mut chunk: crate::engine::ExportChunk| {
+                tx.blocking_send(Ok(pb::ExportSubjectResponse {
+                    chunk: std::mem::take(&mut *chunk.bytes),
+                    records_done: chunk.records_done,
+                    records_total: chunk.records_total,
+                    signature: String::new(),
+                }))
+                .map_err(|_| crate::Error::Unavailable("the client went away".into()))
+            };
+            let last = match engine.write_export(plan, &mut sink) {
+                Ok(summary) => Ok(pb::ExportSubjectResponse {
+                    chunk: Vec::new(),
+                    records_done: summary.records,
+                    records_total: total,
+                    signature: summary.signature,
+                }),
+                Err(e) => Err(Status::from(e)),
+            };
+            let _ = tx.blocking_send(last);
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
     async fn erase_subject(
         &self,
         req: Request<pb::EraseSubjectRequest>,

@@ -8,13 +8,14 @@
 //! so one shred bucket's rows are one range.
 //! Subject → records index entry: `subject name (32) ‖ record key`.
 //!
-//! Stored record, version 2 (integers big-endian):
+//! Stored record, version 3 (integers big-endian):
 //!
 //! ```text
 //!  ┌ body ───────────────────────────────────────────────────────────────┐
-//!  │ u8  version = 2                                                     │
+//!  │ u8  version = 3                                                     │
 //!  │ 32  subject storage name                                            │
 //!  │ u32 subject key version (of every envelope and of the record tag)   │
+//!  │ u64 written at, ms since the Unix epoch (the vault's clock)         │
 //!  │ u32 ids envelope length ‖ ids envelope                              │
 //!  │ u16 field count                                                     │
 //!  │ per field, in name order:                                           │
@@ -30,14 +31,19 @@
 //! The envelopes authenticate each value; the record tag authenticates the
 //! record as a whole (its subject, its ids, its set of fields), so a dropped
 //! field or a swapped subject is caught too. Anything that does not parse
-//! exactly, with no trailing bytes, is an integrity failure. Version 1
-//! (subject id in clear) is refused.
+//! exactly, with no trailing bytes, is an integrity failure. Version 2 is
+//! version 3 without the time it was written (records written before
+//! retention; read as written at an unknown time, which never expires).
+//! Version 1 (subject id in clear) is refused. The time is under the record
+//! tag: only a holder of the subject key can move it.
 
 use crate::keys::{RecordName, SubjectName};
 use crate::{Error, Result};
 
-/// The stored record format this build writes and reads.
+/// The stored record format of records without a write time (read only).
 pub const STORED_RECORD_V2: u8 = 2;
+/// The stored record format this build writes.
+pub const STORED_RECORD_V3: u8 = 3;
 
 /// The key of a record in [`super::Table::Records`].
 pub fn record_key(collection: &str, name: &RecordName) -> Vec<u8> {
@@ -134,6 +140,9 @@ pub struct StoredRecord {
     pub subject: SubjectName,
     /// The subject key version of every envelope and of the tag.
     pub key_version: u32,
+    /// When it was written (ms since the Unix epoch); `None` for a record
+    /// of format 2, written before retention existed.
+    pub written_ms: Option<u64>,
     /// The envelope of the subject and record ids.
     pub ids: Vec<u8>,
     /// The fields, sorted by name.
@@ -146,7 +155,7 @@ impl StoredRecord {
     /// Encodes the body: everything but the tag. Names and ids are bounded
     /// by request validation far below u16::MAX, envelopes far below u32::MAX.
     pub fn encode_body(&self) -> Vec<u8> {
-        let size: usize = 43
+        let size: usize = 51
             + RECORD_TAG_LEN
             + self.ids.len()
             + self
@@ -155,9 +164,15 @@ impl StoredRecord {
                 .map(|f| 6 + f.name.len() + f.envelope.len())
                 .sum::<usize>();
         let mut out = Vec::with_capacity(size);
-        out.push(STORED_RECORD_V2);
+        out.push(match self.written_ms {
+            Some(_) => STORED_RECORD_V3,
+            None => STORED_RECORD_V2,
+        });
         out.extend_from_slice(&self.subject);
         out.extend_from_slice(&self.key_version.to_be_bytes());
+        if let Some(ms) = self.written_ms {
+            out.extend_from_slice(&ms.to_be_bytes());
+        }
         out.extend_from_slice(&(self.ids.len() as u32).to_be_bytes());
         out.extend_from_slice(&self.ids);
         out.extend_from_slice(&(self.fields.len() as u16).to_be_bytes());
@@ -186,11 +201,18 @@ impl StoredRecord {
             .ok_or(Error::Integrity)?;
         let (body, tag) = bytes.split_at(split);
         let mut r = Reader(body);
-        if r.u8()? != STORED_RECORD_V2 {
+        let version = r.u8()?;
+        if version != STORED_RECORD_V2 && version != STORED_RECORD_V3 {
             return Err(Error::Integrity);
         }
         let subject: SubjectName = r.take(32)?.try_into().map_err(|_| Error::Integrity)?;
         let key_version = r.u32()?;
+        let written_ms = match version {
+            STORED_RECORD_V3 => Some(u64::from_be_bytes(
+                r.take(8)?.try_into().map_err(|_| Error::Integrity)?,
+            )),
+            _ => None,
+        };
         let ids_len = r.u32()? as usize;
         let ids = r.take(ids_len)?.to_vec();
         let count = r.u16()? as usize;
@@ -215,6 +237,7 @@ impl StoredRecord {
         let record = StoredRecord {
             subject,
             key_version,
+            written_ms,
             ids,
             fields,
             tag: t,
@@ -268,6 +291,7 @@ mod tests {
         StoredRecord {
             subject: [9; 32],
             key_version: 3,
+            written_ms: Some(1_700_000_000_123),
             ids: vec![4; 30],
             tag: [7; RECORD_TAG_LEN],
             fields: vec![
@@ -290,6 +314,20 @@ mod tests {
         let (back, body) = StoredRecord::decode(&bytes).unwrap();
         assert_eq!(back, r);
         assert_eq!(body, r.encode_body().as_slice());
+        assert_eq!(bytes[0], STORED_RECORD_V3);
+        // A record of format 2 (no write time) still reads, as written at
+        // an unknown time.
+        let old = StoredRecord {
+            written_ms: None,
+            ..sample()
+        };
+        let bytes = old.encode();
+        assert_eq!(bytes[0], STORED_RECORD_V2);
+        assert_eq!(StoredRecord::decode(&bytes).unwrap().0, old);
+        // Versions are not interchangeable: the time is 8 bytes more.
+        let mut v3_as_v2 = r.encode();
+        v3_as_v2[0] = STORED_RECORD_V2;
+        assert!(StoredRecord::decode(&v3_as_v2).is_err());
     }
 
     #[test]
@@ -358,6 +396,7 @@ mod tests {
         fn prop_round_trip(
             subject in any::<[u8; 32]>(),
             key_version in any::<u32>(),
+            written_ms in proptest::option::of(any::<u64>()),
             ids in proptest::collection::vec(any::<u8>(), 0..64),
             fields in proptest::collection::btree_map("[a-z_]{1,12}", proptest::collection::vec(any::<u8>(), 0..64), 0..8),
             tag in any::<[u8; RECORD_TAG_LEN]>(),
@@ -365,6 +404,7 @@ mod tests {
             let r = StoredRecord {
                 subject,
                 key_version,
+                written_ms,
                 ids,
                 fields: fields
                     .into_iter()

@@ -9,7 +9,7 @@ mod rocks;
 pub use codec::{
     bucket_prefix, decode_ids, encode_ids, parse_subject_key_id, record_key, split_record_key,
     subject_key_id, subject_key_prefix, subject_record_key, StoredField, StoredRecord,
-    RECORD_TAG_LEN, STORED_RECORD_V2,
+    RECORD_TAG_LEN, STORED_RECORD_V2, STORED_RECORD_V3,
 };
 #[cfg(feature = "rocksdb")]
 pub use rocks::{RocksStore, StoreOptions, DEFAULT_BLOCK_CACHE_BYTES};

@@ -853,7 +853,7 @@ fn read_witness_key(path: &Path) -> Result<WitnessKey, CliError> {
         .map_err(|e| CliError::Input(format!("witness key file {}: {e}", path.display())))
 }
 
-fn read_key(path: &Path) -> Result<VerifierKey, CliError> {
+pub(crate) fn read_key(path: &Path) -> Result<VerifierKey, CliError> {
     let io_error = |e: std::io::Error| {
         CliError::Io(format!(
             "cannot read the public key file {}: {e}",

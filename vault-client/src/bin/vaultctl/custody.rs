@@ -199,6 +199,33 @@ pub(crate) enum SubjectCommand {
         /// The data subject.
         subject: String,
     },
+    /// Export everything the vault holds of a data subject (an access or
+    /// portability request): one JSON bundle with every record and the
+    /// subject's access ledger, and its signature by the vault's audit key
+    /// in FILE.sig.
+    Export {
+        /// The data subject.
+        subject: String,
+        /// The bundle's file (new; readable by its owner only).
+        #[arg(long)]
+        out: PathBuf,
+        /// Where the signature goes (default: FILE.sig).
+        #[arg(long)]
+        signature: Option<PathBuf>,
+    },
+    /// Check an exported bundle offline: its signature by the vault's
+    /// audit key, its counts, and every access-ledger event's inclusion
+    /// proof.
+    VerifyExport {
+        /// The bundle.
+        file: PathBuf,
+        /// The vault's audit verifier key (`audit public-key` prints it).
+        #[arg(long)]
+        public_key: PathBuf,
+        /// The signature (default: FILE.sig).
+        #[arg(long)]
+        signature: Option<PathBuf>,
+    },
 }
 
 pub(crate) async fn run_operator(cli: &Cli, command: &OperatorCommand) -> Result<(), CliError> {
@@ -326,6 +353,16 @@ pub(crate) async fn run_subject(cli: &Cli, command: &SubjectCommand) -> Result<(
             }
             Ok(())
         }
+        SubjectCommand::Export {
+            subject,
+            out,
+            signature,
+        } => crate::export::export(cli, subject, out, signature.as_deref()).await,
+        SubjectCommand::VerifyExport {
+            file,
+            public_key,
+            signature,
+        } => crate::export::verify(cli, file, public_key, signature.as_deref()),
     }
 }
 
