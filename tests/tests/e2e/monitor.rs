@@ -23,6 +23,11 @@ const POLICY: &str = r#"
 "svc" = ["support"]
 "watcher" = ["watcher"]
 "keeper" = ["keeper"]
+"dpo" = ["dpo"]
+
+[[roles.dpo.rules]]
+operations = ["export"]
+purposes = ["*"]
 
 [[roles.loader.rules]]
 operations = ["write", "read"]
@@ -74,7 +79,7 @@ async fn setup_with(on_critical: OnCritical) -> Setup {
 
 fn auth() -> Authenticator {
     let mut auth = Authenticator::new();
-    for name in ["loader", "svc", "watcher", "keeper", "owner"] {
+    for name in ["loader", "svc", "watcher", "keeper", "owner", "dpo"] {
         auth.add_token(
             &format!("t-{name}"),
             Principal {
@@ -398,6 +403,21 @@ async fn reading_a_honey_record_is_a_critical_alert_even_after_a_restart() {
         .unwrap();
     let alert = alert_within_a_second(&mut alerts, read_at).await;
     assert_eq!(alert.kind, "honey_read");
+    // Exporting a decoy's subject raises it too.
+    s.clock.advance(Duration::from_secs(61));
+    let dpo = client(&s, "dpo", Some("data-subject-request")).await;
+    let read_at = Instant::now();
+    dpo.export_subject(&decoy.subject_id)
+        .await
+        .unwrap()
+        .read_all()
+        .await
+        .unwrap();
+    let alert = alert_within_a_second(&mut alerts, read_at).await;
+    assert_eq!(
+        (alert.kind.as_str(), alert.principal.as_str()),
+        ("honey_read", "dpo")
+    );
     drop(alerts);
 
     // The vault remembers its honey across a restart.

@@ -14,7 +14,10 @@
 //! The export's own event (the subject's pseudonym, the collections, the
 //! number of records) is committed before any record is read, so the
 //! ledger in the bundle ends with it; a bundle cut short by a closed
-//! connection is still on record.
+//! connection is still on record, and its stop is a second event. Each
+//! record is charged to the caller's read budgets before it is written (a
+//! budget used up stops the export), and exporting a honey subject raises
+//! the honey alert, as reading one does.
 //!
 //! Bundle (UTF-8 JSON, one object, the keys in this order; `docs/subject-export.md`):
 //!
@@ -154,6 +157,18 @@ impl BundleWriter<'_> {
         self.json(value)
     }
 
+    /// Makes room for `bytes` more without the buffer growing: a grown
+    /// buffer would leave its old plaintext in freed memory.
+    fn reserve(&mut self, bytes: usize) -> Result<()> {
+        if self.buf.capacity() - self.buf.len() < bytes {
+            self.flush()?;
+            if self.buf.capacity() < bytes {
+                self.buf = Zeroizing::new(Vec::with_capacity(bytes));
+            }
+        }
+        Ok(())
+    }
+
     fn flush_full(&mut self) -> Result<()> {
         if self.buf.len() >= CHUNK_BYTES {
             self.flush()?;
@@ -220,7 +235,9 @@ impl Serialize for ValueOut<'_> {
         let mut m = s.serialize_map(Some(1))?;
         match self.0 {
             Value::String(v) => m.serialize_entry("string", v)?,
-            Value::Int64(v) => m.serialize_entry("int64", &v.to_string())?,
+            Value::Int64(v) => {
+                m.serialize_entry("int64", Zeroizing::new(v.to_string()).as_str())?
+            }
             Value::Double(v) if v.is_finite() => m.serialize_entry("double", v)?,
             Value::Double(v) if v.is_nan() => m.serialize_entry("double", "NaN")?,
             Value::Double(v) if *v > 0.0 => m.serialize_entry("double", "Infinity")?,
@@ -304,6 +321,13 @@ impl Engine {
                 views.insert(collection.to_owned(), (c, view));
             }
         }
+        if !caller.internal {
+            self.monitor().check_budgets(policy.budgets(), caller)?;
+            if self.honey_among(std::iter::once(subject)) > 0 {
+                self.monitor()
+                    .honey_read(caller, "(subject export)", keys.len());
+            }
+        }
         let mut ev = Event::of(caller, "export_subject");
         ev.collection = self.shown_collections(views.keys().map(String::as_str));
         ev.subjects.push(hex::encode(pseudonym));
@@ -378,9 +402,7 @@ impl Engine {
             records_total: keys.len() as u64,
             sink,
         };
-        let exported_at_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let exported_at_ms = self.monitor.now_ms();
         w.raw(b"{")?;
         w.member(true, "format", &EXPORT_FORMAT)?;
         w.member(false, "region", &self.region.as_str())?;
@@ -412,6 +434,17 @@ impl Engine {
             }
             let record =
                 self.visible_record(collection, c, view, &|_| true, opened.id.clone(), &opened)?;
+            // Over a read budget: the export stops here (and says so in
+            // the log). The ids count as bytes, as for a read.
+            let bytes: usize = record.fields.values().map(Value::size).sum::<usize>()
+                + record.id.len()
+                + record.subject_id.len();
+            if !caller.internal {
+                self.monitor()
+                    .charge(self.policy().budgets(), caller, 1, bytes as u64)?;
+            }
+            // JSON escapes at most six bytes for one, base64 four for three.
+            w.reserve(6 * bytes + 4096)?;
             if w.records_done > 0 {
                 w.raw(b",")?;
             }

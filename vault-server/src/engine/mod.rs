@@ -1392,7 +1392,11 @@ impl Engine {
             return Ok(Some((ws, locks, false)));
         };
         let mut ws = WriteSet::new();
+        // An expired record is deleted too, but was not there for the
+        // caller (a get answered NOT_FOUND): so is the answer.
+        let mut existed = true;
         if let Ok((stored, _)) = StoredRecord::decode(&old) {
+            existed = !self.expired(&c, &stored);
             // The event names the subject when its key still opens the
             // record's ids (not after an erasure).
             if let Ok(opened) = self.open_record(collection, &name, Some(id), &old) {
@@ -1408,7 +1412,7 @@ impl Engine {
             self.unindex_record(&mut ws, &key)?;
         }
         ws.delete(Table::Records, key);
-        Ok(Some((ws, locks, true)))
+        Ok(Some((ws, locks, existed)))
     }
 
     // ---- blind indexes ----

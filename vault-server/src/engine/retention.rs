@@ -9,9 +9,10 @@
 //! keeps no state: each sweep reads every record of every collection with
 //! a retention (the write time is in the record's clear header, so no key
 //! is needed to find what is due), so a restart loses nothing; the next
-//! sweep finds what is due. Each batch takes the records' writer locks,
-//! reads them again under the locks (a record rewritten meanwhile has a new
-//! write time and stays), and deletes them with their subject-index and
+//! sweep finds what is due. Each batch takes the stripes of the records'
+//! owners exclusively, reads them again (a record rewritten meanwhile has
+//! a new write time and stays), checks each record's tag (which covers the
+//! write time), and deletes them with their subject-index and
 //! blind-index rows in one atomic write with one audit event of the vault
 //! (`retention_purge`: the collection and the number of records, never an
 //! id or a pseudonym). The purged keys' range is then compacted, so the
@@ -21,15 +22,15 @@
 
 use std::time::Duration;
 
-use super::{Collection, Engine, Event, Retention, Wait};
+use super::{Collection, Engine, Event, Retention};
 use crate::policy::Caller;
-use crate::storage::{subject_record_key, StoredRecord, Table, WriteSet};
-use crate::Result;
+use crate::storage::{split_record_key, subject_record_key, StoredRecord, Table, WriteSet};
+use crate::{Error, Result};
 
 /// How often the background thread sweeps, by default.
 pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 /// Records read, and at most purged, per batch.
-const SWEEP_BATCH: usize = 256;
+const SWEEP_BATCH: usize = 64;
 
 /// Whether `stored` is past its time to live and grace period at `now`
 /// (a record without a write time never is).
@@ -97,27 +98,64 @@ impl Engine {
         Ok(purged)
     }
 
-    /// Deletes those of `keys` (records of `c`) still due, under their
-    /// writer locks, in one write with its event; compacts their range.
+    /// Deletes those of `keys` (records of `c`) still due, in one write
+    /// with its event; compacts their range. It holds the stripes of the
+    /// records' owners exclusively (sorted, as the lock order asks), so no
+    /// write of those records runs between the check and the delete: a
+    /// record rewritten before the stripes are taken has a new write time
+    /// and stays, one rewritten after waits for the purge and then writes
+    /// it anew. Each record's tag is checked before its write time is
+    /// trusted (an edited write time is not a reason to delete).
     fn purge(&self, c: &Collection, keys: &[Vec<u8>]) -> Result<u64> {
         let Some(retention) = c.retention else {
             return Ok(0);
         };
-        let Some((locks, current)) = self.lock_writers(&[], keys, Wait::Block)? else {
-            return Ok(0);
+        let owners = |rows: &[Option<Vec<u8>>]| -> Vec<usize> {
+            let mut stripes: Vec<usize> = rows
+                .iter()
+                .filter_map(|v| StoredRecord::decode(v.as_deref()?).ok())
+                .map(|(r, _)| super::stripe(&r.subject))
+                .collect();
+            stripes.sort_unstable();
+            stripes.dedup();
+            stripes
         };
+        let first_read = self.read_rows(Table::Records, keys)?;
+        let stripes = owners(&first_read);
+        let _held: Vec<_> = stripes
+            .iter()
+            .map(|&i| self.subject_locks[i].exclusive())
+            .collect();
+        self.check_open()?;
+        let current = self.read_rows(Table::Records, keys)?;
         let now = self.monitor.now_ms();
         let indexed = c.fields.iter().any(|f| f.indexed);
         let mut ws = WriteSet::new();
         let mut purged = Vec::new();
+        let mut unverified = 0u64;
         for (key, value) in keys.iter().zip(current) {
-            let Some((stored, _)) = value.as_deref().and_then(|v| StoredRecord::decode(v).ok())
-            else {
+            let Some(bytes) = value else { continue };
+            let Ok((stored, _)) = StoredRecord::decode(&bytes) else {
                 continue;
             };
-            // Rewritten since it was read: a new write time.
-            if !purge_due(retention, &stored, now) {
+            // Rewritten since it was read (a new write time), or now owned
+            // by a subject whose stripe is not held: left to the next sweep.
+            if !purge_due(retention, &stored, now)
+                || stripes
+                    .binary_search(&super::stripe(&stored.subject))
+                    .is_err()
+            {
                 continue;
+            }
+            let (collection, name) = split_record_key(key)?;
+            match self.open_record(collection, &name, None, &bytes) {
+                // An erased subject's record (a restored backup): its key
+                // is gone, and so may the record be.
+                Ok(_) | Err(Error::SubjectErased) => {}
+                Err(_) => {
+                    unverified += 1;
+                    continue;
+                }
             }
             ws.delete(
                 Table::SubjectRecords,
@@ -128,6 +166,13 @@ impl Engine {
             }
             ws.delete(Table::Records, key.clone());
             purged.push(key);
+        }
+        if unverified > 0 {
+            tracing::warn!(
+                collection = %c.name,
+                records = unverified,
+                "retention: records due for purge fail their integrity check; left in place"
+            );
         }
         let (Some(first), Some(last)) = (purged.first(), purged.last()) else {
             return Ok(0);
@@ -141,7 +186,6 @@ impl Engine {
             retention.grace_seconds
         ));
         self.commit(ws, ev)?;
-        drop(locks);
         if let Err(e) = self.store.compact_range(Table::Records, first, last) {
             tracing::warn!(error = %e, "retention: compaction failed");
         }

@@ -2534,7 +2534,9 @@ fn a_subject_export_holds_every_record_of_the_subject_and_nothing_of_anyone_else
     let dir = tempfile::tempdir().unwrap();
     let e = engine_with_policy(
         dir.path(),
-        "[principals]\ndpo = [\"exporter\"]\nnarrow = [\"email_only\"]\nsvc = [\"lookup\"]\n\n\
+        "[principals]\ndpo = [\"exporter\"]\nnarrow = [\"email_only\"]\nsvc = [\"lookup\"]\n\
+         thrifty = [\"exporter\"]\n\n[[budgets]]\nprincipal = \"thrifty\"\nwindow_seconds = 3600\n\
+         records = 2\n\n\
          [[roles.lookup.rules]]\noperations = [\"read\"]\ncollections = [\"*\"]\n\
          purposes = [\"data-subject-request\"]\nfields = [\"*\"]\n\n\
          [[roles.exporter.rules]]\noperations = [\"export\"]\ncollections = [\"*\"]\n\
@@ -2736,6 +2738,25 @@ fn a_subject_export_holds_every_record_of_the_subject_and_nothing_of_anyone_else
         ]
     );
 
+    // Each record is charged to read budgets before it is written: over
+    // the budget, the export stops (and says so in the log).
+    let before = e.audit().size();
+    let mut got = 0;
+    let stopped = e.export_subject(&as_("thrifty"), "alice", &mut |chunk| {
+        got = chunk.records_done;
+        Ok(())
+    });
+    assert!(
+        matches!(stopped, Err(Error::BudgetExceeded(_))),
+        "{stopped:?}"
+    );
+    assert!(got <= 2, "{got} records left over a budget of 2");
+    let last: crate::audit::Event =
+        serde_json::from_slice(e.audit().events(before, 10).unwrap().last().unwrap()).unwrap();
+    assert_eq!(
+        (last.operation.as_str(), last.decision.as_str()),
+        ("export_subject", "denied")
+    );
     // A subject the vault does not know: an empty export, signed.
     let (bundle, summary) = export_of(&e, &as_("dpo"), "nobody").unwrap();
     let doc: serde_json::Value = serde_json::from_slice(&bundle).unwrap();
@@ -2786,6 +2807,7 @@ fn expired_records_are_unreadable_at_once_and_purged_after_the_grace_period() {
         vec![
             person("p1", "alice", "ada@example.eu"),
             person("p2", "bob", "bob@example.eu"),
+            person("p3", "carol", "carol@example.eu"),
         ],
     )
     .unwrap();
@@ -2806,6 +2828,10 @@ fn expired_records_are_unreadable_at_once_and_purged_after_the_grace_period() {
         Err(Error::NotFound(_))
     ));
     assert!(find(&e).is_empty());
+    // A delete removes an expired record but answers as a get does: it
+    // was not there.
+    assert!(!e.delete_record(&c, "people", "p3").unwrap());
+    assert!(!e.delete_record(&c, "people", "p3").unwrap());
     // A collection without a retention keeps its records.
     assert!(e.get_record(&c, "users", "u1", &[]).is_ok());
     // A rewrite starts the time to live again; a subject-key rotation does
@@ -2857,23 +2883,78 @@ fn expired_records_are_unreadable_at_once_and_purged_after_the_grace_period() {
     assert!(e.get_record(&c, "people", "p2", &[]).is_ok());
     assert!(e.get_record(&c, "users", "u1", &[]).is_ok());
     // The write time is under the record tag: moved on disk (to keep a
-    // record longer), the record does not open.
+    // record longer, or to have it purged), the record does not open, and
+    // the sweeper leaves it.
     let p2 = record_key("people", &e.names.record("people", "p2"));
     let mut bytes = store.get(Table::Records, &p2).unwrap().unwrap();
     assert_eq!(bytes[0], crate::storage::STORED_RECORD_V3);
-    bytes[40] ^= 0x01; // inside the u64 after version, subject and key version
+    let original = bytes.clone();
+    // The u64 after version, subject and key version: written at 0.
+    bytes[37..45].fill(0);
     let mut ws = WriteSet::new();
-    ws.put(Table::Records, p2.clone(), bytes.clone());
+    ws.put(Table::Records, p2.clone(), bytes);
     store.write(ws).unwrap();
     assert!(matches!(
         e.get_record(&c, "people", "p2", &[]),
         Err(Error::Integrity)
     ));
-    bytes[40] ^= 0x01;
+    assert_eq!(e.sweep_expired().unwrap(), 0);
+    assert!(store.get(Table::Records, &p2).unwrap().is_some());
+    let bytes = original;
     let mut ws = WriteSet::new();
     ws.put(Table::Records, p2, bytes);
     store.write(ws).unwrap();
     // p2 goes in its turn.
     clock.advance(Duration::from_secs(3600));
     assert_eq!(e.sweep_expired().unwrap(), 1);
+}
+
+#[test]
+fn a_record_rewritten_while_the_sweeper_purges_it_is_never_lost() {
+    use crate::monitor::{Clock, ManualClock, Monitor, MonitorOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> =
+        Arc::new(RocksStore::open(&dir.path().join("db"), &StoreOptions::default()).unwrap());
+    let clock = Arc::new(ManualClock::new(1_800_000_000_000));
+    let mut opts = options();
+    opts.monitor = Arc::new(Monitor::new(
+        MonitorOptions::default(),
+        Arc::clone(&clock) as Arc<dyn Clock>,
+    ));
+    let kr = Keyring::generate("eu".parse().unwrap(), custody());
+    let e = Arc::new(Engine::new(store, kr, keyring_file(dir.path()), opts).unwrap());
+    crate::dev::seed(&e).unwrap();
+    let c = Caller::internal("t");
+    let mut people = crate::dev::users_collection("eu");
+    people.name = "people".into();
+    people.retention = Some(super::Retention {
+        ttl_seconds: 10,
+        grace_seconds: 0,
+    });
+    e.create_collection(&c, people).unwrap();
+    // Each round: a record due for purge, swept while it is written
+    // again. Whatever the order, the acknowledged write must stand (it
+    // carries a new write time, so it is not due).
+    for round in 0..40 {
+        let id = format!("p{round}");
+        // Many due records in the batch, so the sweep's window is wide.
+        let filler: Vec<Record> = (0..60)
+            .map(|i| person(&format!("f{round}-{i}"), "filler", "f@example.eu"))
+            .collect();
+        e.put_records(&c, filler).unwrap();
+        e.put_record(&c, person(&id, "alice", "a@example.eu"))
+            .unwrap();
+        clock.advance(Duration::from_secs(11));
+        let sweeper = {
+            let e = Arc::clone(&e);
+            std::thread::spawn(move || e.sweep_expired().unwrap())
+        };
+        e.put_record(&c, person(&id, "alice", "a@example.eu"))
+            .unwrap();
+        sweeper.join().unwrap();
+        assert!(
+            e.get_record(&c, "people", &id, &[]).is_ok(),
+            "round {round}: an acknowledged write was purged"
+        );
+    }
 }

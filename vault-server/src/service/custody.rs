@@ -3,6 +3,7 @@
 //! zeroizing types at once; no share, key or subject id is logged.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 use vault_proto::v1 as pb;
@@ -318,6 +319,41 @@ impl OperatorService for OperatorApi {
     }
 }
 
+/// How long an export waits for a client that stopped reading before it
+/// gives up (and releases the engine).
+const EXPORT_STALL: Duration = Duration::from_secs(30);
+
+/// Sends one message of an export stream. A client that stops reading
+/// must not hold the engine (and its keys) open: the send waits at most
+/// [`EXPORT_STALL`] for room, and not at all once the vault seals.
+fn send_export(
+    runtime: &tokio::runtime::Handle,
+    tx: &tokio::sync::mpsc::Sender<Result<pb::ExportSubjectResponse, Status>>,
+    engine: &crate::engine::Engine,
+    message: Result<pb::ExportSubjectResponse, Status>,
+) -> crate::Result<()> {
+    let permit = runtime.block_on(async {
+        let deadline = tokio::time::Instant::now() + EXPORT_STALL;
+        loop {
+            match tokio::time::timeout(Duration::from_millis(250), tx.reserve()).await {
+                Ok(Ok(permit)) => return Ok(permit),
+                Ok(Err(_)) => return Err(crate::Error::Unavailable("the client went away".into())),
+                Err(_) if engine.is_closed() => {
+                    return Err(crate::Error::Unavailable("the vault sealed".into()))
+                }
+                Err(_) if tokio::time::Instant::now() >= deadline => {
+                    return Err(crate::Error::Unavailable(
+                        "the client stopped reading the export".into(),
+                    ))
+                }
+                Err(_) => {}
+            }
+        }
+    })?;
+    permit.send(message);
+    Ok(())
+}
+
 #[tonic::async_trait]
 impl SubjectService for SubjectApi {
     type ExportSubjectStream = std::pin::Pin<
@@ -338,16 +374,20 @@ impl SubjectService for SubjectApi {
             run_blocking(move || engine.begin_export(&caller, &subject)).await?
         };
         let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let runtime = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
             let total = plan.records_total();
+            // A client that stops reading must not hold the engine (and its
+            // keys) open: each chunk waits at most EXPORT_STALL for room,
+            // and not at all once the vault seals.
             let mut sink = |mut chunk: crate::engine::ExportChunk| {
-                tx.blocking_send(Ok(pb::ExportSubjectResponse {
+                let message = pb::ExportSubjectResponse {
                     chunk: std::mem::take(&mut *chunk.bytes),
                     records_done: chunk.records_done,
                     records_total: chunk.records_total,
                     signature: String::new(),
-                }))
-                .map_err(|_| crate::Error::Unavailable("the client went away".into()))
+                };
+                send_export(&runtime, &tx, &engine, Ok(message))
             };
             let last = match engine.write_export(plan, &mut sink) {
                 Ok(summary) => Ok(pb::ExportSubjectResponse {
@@ -358,7 +398,7 @@ impl SubjectService for SubjectApi {
                 }),
                 Err(e) => Err(Status::from(e)),
             };
-            let _ = tx.blocking_send(last);
+            let _ = send_export(&runtime, &tx, &engine, last);
         });
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),

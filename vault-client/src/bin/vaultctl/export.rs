@@ -39,6 +39,27 @@ fn bar(done: u64, total: u64) -> String {
     format!("[{bar}] {percent}% {done}/{total} records")
 }
 
+/// `FILE.partial`: where FILE is written until it is complete.
+fn partial(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".partial");
+    PathBuf::from(name)
+}
+
+/// Gives the complete file at `from` its name `to`, which must not exist
+/// (a link, not a rename: a rename would replace a file made meanwhile).
+fn publish(from: &Path, to: &Path) -> Result<(), CliError> {
+    std::fs::hard_link(from, to).map_err(|e| {
+        CliError::Io(if e.kind() == std::io::ErrorKind::AlreadyExists {
+            format!("{} exists; choose a new path", to.display())
+        } else {
+            format!("cannot name {} as {}: {e}", from.display(), to.display())
+        })
+    })?;
+    std::fs::remove_file(from)
+        .map_err(|e| CliError::Io(format!("cannot remove {}: {e}", from.display())))
+}
+
 /// A new file readable by its owner only (it holds personal data); an
 /// existing file is never overwritten.
 fn create_private(path: &Path) -> Result<File, CliError> {
@@ -76,25 +97,44 @@ pub(crate) async fn export(
             sig_path.display()
         )));
     }
-    let mut file = create_private(out)?;
+    if out.exists() {
+        return Err(CliError::Io(format!(
+            "{} exists; choose a new path",
+            out.display()
+        )));
+    }
+    // Both files are written under `.partial` names and take their own
+    // names only when complete: an export that fails or is cut short
+    // leaves no file that looks finished.
+    let (out_partial, sig_partial) = (partial(out), partial(&sig_path));
     let result = async {
-        let mut stream = connect(cli).await?.export_subject(subject).await?;
-        write_bundle(&mut stream, &mut file, out).await
+        let mut file = create_private(&out_partial)?;
+        let written = async {
+            let mut stream = connect(cli).await?.export_subject(subject).await?;
+            write_bundle(&mut stream, &mut file, &out_partial).await
+        }
+        .await?;
+        let mut sig_file = create_private(&sig_partial)?;
+        sig_file
+            .write_all(written.2.as_bytes())
+            .and_then(|()| sig_file.sync_all())
+            .map_err(|e| CliError::Io(format!("cannot write {}: {e}", sig_partial.display())))?;
+        publish(&sig_partial, &sig_path)?;
+        if let Err(e) = publish(&out_partial, out) {
+            let _ = std::fs::remove_file(&sig_path);
+            return Err(e);
+        }
+        Ok(written)
     }
     .await;
-    let (bytes, records, signature) = match result {
+    let (bytes, records, _signature) = match result {
         Ok(done) => done,
         Err(e) => {
-            drop(file);
-            let _ = std::fs::remove_file(out);
+            let _ = std::fs::remove_file(&out_partial);
+            let _ = std::fs::remove_file(&sig_partial);
             return Err(e);
         }
     };
-    let mut sig_file = create_private(&sig_path)?;
-    sig_file
-        .write_all(signature.as_bytes())
-        .and_then(|()| sig_file.sync_all())
-        .map_err(|e| CliError::Io(format!("cannot write {}: {e}", sig_path.display())))?;
     if cli.json {
         emit(
             &json!({
