@@ -17,6 +17,7 @@ mod policy;
 mod prereqs;
 mod records;
 mod region;
+mod reindex;
 mod search;
 mod tamper;
 mod tls;
