@@ -218,6 +218,22 @@ async fn rotating_the_index_key_rebuilds_the_index_and_every_record_is_still_fou
     assert_eq!(versions.len(), 2 * (PEOPLE + 1));
     assert!(versions.iter().all(|v| *v == 2), "{versions:?}");
     assert!(after.is_disjoint(&before));
+    // Nor are their tokens in any table file: the rebuild compacted the
+    // index when it ended.
+    let old_tokens: BTreeSet<&[u8]> = before.iter().map(|k| &k[1..33]).collect();
+    let tables: Vec<_> = walk(dir.path())
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "sst"))
+        .collect();
+    assert!(!tables.is_empty());
+    for path in &tables {
+        let data = std::fs::read(path).unwrap();
+        assert!(
+            !data.windows(32).any(|w| old_tokens.contains(w)),
+            "a token of index key version 1 in {}",
+            path.display()
+        );
+    }
 
     // No indexed value in clear anywhere in the data folder, in the WAL or
     // (after a flush) in the tables.

@@ -30,8 +30,10 @@
 //! When the walk reaches the end no row of an older version is left: the
 //! older versions are destroyed in the keyring (saved before it takes
 //! effect), then the finished job record is written with the vault's
-//! `reindex_finished` audit event (counts only) in one atomic write. A stop
-//! in between finds the cursor at the end, and the next step finishes.
+//! `reindex_finished` audit event (counts only) in one atomic write, and
+//! the index table is compacted, so the replaced rows leave its files. A
+//! stop in between finds the cursor at the end, and the next step
+//! finishes.
 //!
 //! Persisted job (Meta `reindex_job`, integers big-endian):
 //!
@@ -597,6 +599,12 @@ impl Engine {
             },
         ));
         self.commit(ws, ev)?;
+        // The rows it replaced leave the table files too (logged, not
+        // fatal: the key that made them is destroyed either way). Every
+        // index row starts with 'f' or 'r'.
+        if let Err(e) = self.store.compact_range(Table::Index, b"", b"s") {
+            tracing::warn!(error = %e, "blind-index rebuild: compaction of the index failed");
+        }
         tracing::info!(
             target_version = target,
             examined = p.examined,
