@@ -19,8 +19,8 @@ use vault_proto::v1::vault_service_client::VaultServiceClient;
 
 use crate::audit::{Hash, LedgerEntry, LedgerPage, VerifierKey};
 use crate::custody::{
-    Initialized, RekeyProgress, RewrapProgress, RootKeys, SealStatus, SubjectKeyRotation,
-    UnsealProgress, UnsealShare,
+    Initialized, ReindexProgress, RekeyProgress, RewrapProgress, RootKeys, SealStatus,
+    SubjectKeyRotation, UnsealProgress, UnsealShare,
 };
 use crate::error::{Error, Result};
 use crate::policy::PolicyCheck;
@@ -816,6 +816,30 @@ impl VaultClient {
         let response = self
             .operator_call(pb::RewrapStatusRequest {}, |mut c, r| async move {
                 c.rewrap_status(r).await
+            })
+            .await?;
+        Ok(response.into())
+    }
+
+    /// Makes a new blind-index key version current and starts the
+    /// background job that rebuilds every blind-index row under it (see
+    /// [`VaultClient::reindex_status`]); returns the new version. Refused
+    /// (`FailedPrecondition`) while an earlier rebuild still runs.
+    pub async fn rotate_index_key(&self) -> Result<u32> {
+        let response = self
+            .operator_call(pb::RotateIndexKeyRequest {}, |mut c, r| async move {
+                c.rotate_index_key(r).await
+            })
+            .await?;
+        Ok(response.version)
+    }
+
+    /// Progress of the job that rebuilds the blind index under the current
+    /// index key version.
+    pub async fn reindex_status(&self) -> Result<ReindexProgress> {
+        let response = self
+            .operator_call(pb::ReindexStatusRequest {}, |mut c, r| async move {
+                c.reindex_status(r).await
             })
             .await?;
         Ok(response.into())

@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use vault_proto::v1 as pb;
 
 use crate::custody::{
-    Initialized, KeyState, RekeyProgress, RewrapProgress, RootKeyInfo, RootKeys, SealStatus,
-    SubjectKeyRotation, UnsealProgress, UnsealShare,
+    Initialized, KeyState, ReindexProgress, RekeyProgress, RewrapProgress, RootKeyInfo, RootKeys,
+    SealStatus, SubjectKeyRotation, UnsealProgress, UnsealShare,
 };
 use crate::error::Error;
 use crate::policy::{FieldAccess, OperationAccess, PolicyCheck};
@@ -489,6 +489,20 @@ impl From<pb::RewrapStatusResponse> for RewrapProgress {
             examined: response.examined,
             unreadable: response.unreadable,
             removed_erased: response.removed_erased,
+        }
+    }
+}
+
+impl From<pb::ReindexStatusResponse> for ReindexProgress {
+    fn from(response: pb::ReindexStatusResponse) -> Self {
+        ReindexProgress {
+            target_version: response.target_version,
+            finished: response.finished,
+            examined: response.examined,
+            reindexed: response.reindexed,
+            skipped: response.skipped,
+            unreadable: response.unreadable,
+            total_at_start: response.total_at_start,
         }
     }
 }

@@ -227,6 +227,44 @@ impl RewrapProgress {
     }
 }
 
+/// Progress of the job that rebuilds the blind index under the current
+/// index key after an index-key rotation
+/// ([`VaultClient::reindex_status`](crate::VaultClient::reindex_status)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ReindexProgress {
+    /// The index key version rows are rebuilt under (the current one).
+    pub target_version: u32,
+    /// True once every index row is of the target version and the older
+    /// version is destroyed.
+    pub finished: bool,
+    /// Records examined by this job so far.
+    pub examined: u64,
+    /// Records whose rows this job made again under the target version.
+    pub reindexed: u64,
+    /// Records of erased subjects (from a restored backup) and index rows
+    /// whose record is gone: their older rows removed, none made.
+    pub skipped: u64,
+    /// Records (or index rows) that could not be read (damaged): their
+    /// older rows removed, none made.
+    pub unreadable: u64,
+    /// Records listed in the index when the job started.
+    pub total_at_start: u64,
+}
+
+impl ReindexProgress {
+    /// Whole percent done, 0 to 100: `examined` of `total_at_start` (100
+    /// when the job is finished or had nothing to do).
+    pub fn percent(&self) -> u8 {
+        if self.finished || self.total_at_start == 0 {
+            return 100;
+        }
+        let done = u128::from(self.examined.min(self.total_at_start));
+        let percent = done * 100 / u128::from(self.total_at_start);
+        // done <= total, so percent <= 100.
+        u8::try_from(percent).unwrap_or(100)
+    }
+}
+
 /// The result of rotating one subject's key
 /// ([`VaultClient::rotate_subject_key`](crate::VaultClient::rotate_subject_key)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -287,6 +325,24 @@ mod tests {
         assert_eq!(progress(0, 0, false).percent(), 100);
         assert_eq!(progress(12, 10, false).percent(), 100);
         assert_eq!(progress(u64::MAX - 1, u64::MAX, false).percent(), 99);
+    }
+
+    #[test]
+    fn reindex_percent() {
+        let progress = |examined, total_at_start, finished| ReindexProgress {
+            target_version: 2,
+            finished,
+            examined,
+            total_at_start,
+            ..ReindexProgress::default()
+        };
+        assert_eq!(progress(0, 400, false).percent(), 0);
+        assert_eq!(progress(100, 400, false).percent(), 25);
+        assert_eq!(progress(399, 400, false).percent(), 99);
+        assert_eq!(progress(400, 400, false).percent(), 100);
+        assert_eq!(progress(7, 400, true).percent(), 100);
+        assert_eq!(progress(0, 0, false).percent(), 100);
+        assert_eq!(progress(500, 400, false).percent(), 100);
     }
 
     #[test]

@@ -71,8 +71,8 @@ pub use crate::client::{
     VaultClient, DEFAULT_TIMEOUT, PURPOSE_METADATA_KEY,
 };
 pub use crate::custody::{
-    Initialized, KeyState, RekeyProgress, RewrapProgress, RootKeyInfo, RootKeys, SealStatus,
-    SubjectKeyRotation, UnsealProgress, UnsealShare,
+    Initialized, KeyState, ReindexProgress, RekeyProgress, RewrapProgress, RootKeyInfo, RootKeys,
+    SealStatus, SubjectKeyRotation, UnsealProgress, UnsealShare,
 };
 pub use crate::error::{Error, Result};
 pub use crate::policy::{FieldAccess, OperationAccess, PolicyCheck};

@@ -21,6 +21,10 @@
 //! batch_size = 50
 //! keys_per_second = 10000                    # 0: no limit
 //!
+//! [reindex]                                  # pace of the blind-index rebuild after an
+//! batch_size = 100                           # index-key rotation; optional
+//! rows_per_second = 5000                     # index rows examined; 0: no limit
+//!
 //! [audit]                                    # when audit checkpoints are signed; optional
 //! checkpoint_every_events = 1000             # 0: not by count
 //! checkpoint_interval_ms = 60000             # if the log grew; 0: not by time
@@ -83,8 +87,8 @@ use serde::{Deserialize, Deserializer};
 
 use crate::audit::checkpoint::WitnessKey;
 use crate::engine::{
-    CheckpointOptions, EngineOptions, Limits, RewrapOptions, DEFAULT_ROTATE_AFTER_WRAPS,
-    NIST_RANDOM_NONCE_LIMIT,
+    CheckpointOptions, EngineOptions, Limits, ReindexOptions, RewrapOptions,
+    DEFAULT_ROTATE_AFTER_WRAPS, NIST_RANDOM_NONCE_LIMIT,
 };
 use crate::keys::Region;
 use crate::monitor::{
@@ -133,6 +137,9 @@ pub struct Config {
     /// Pace of the re-wrap job.
     #[serde(default)]
     pub rewrap: RewrapConfig,
+    /// Pace of the blind-index rebuild.
+    #[serde(default)]
+    pub reindex: ReindexConfig,
     /// Audit checkpoints.
     #[serde(default)]
     pub audit: AuditConfig,
@@ -178,6 +185,16 @@ pub struct RewrapConfig {
     pub batch_size: Option<usize>,
     /// Most subject keys per second; 0 for no limit.
     pub keys_per_second: Option<u64>,
+}
+
+/// `[reindex]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReindexConfig {
+    /// Index rows per batch.
+    pub batch_size: Option<usize>,
+    /// Most index rows per second; 0 for no limit.
+    pub rows_per_second: Option<u64>,
 }
 
 /// The most `limits.max_batch_records`.
@@ -372,6 +389,7 @@ impl Config {
     pub fn open_options(&self) -> Result<OpenOptions, String> {
         let d = Limits::default();
         let r = RewrapOptions::default();
+        let x = ReindexOptions::default();
         let c = CheckpointOptions::default();
         let rotate_root_after_wraps = self
             .keys
@@ -397,6 +415,9 @@ impl Config {
         }
         if self.rewrap.batch_size == Some(0) {
             return Err("rewrap.batch_size must be at least 1".into());
+        }
+        if self.reindex.batch_size == Some(0) {
+            return Err("reindex.batch_size must be at least 1".into());
         }
         if self
             .block_cache_mib
@@ -483,6 +504,10 @@ impl Config {
                 rewrap: RewrapOptions {
                     batch_size: self.rewrap.batch_size.unwrap_or(r.batch_size),
                     keys_per_second: self.rewrap.keys_per_second.unwrap_or(r.keys_per_second),
+                },
+                reindex: ReindexOptions {
+                    batch_size: self.reindex.batch_size.unwrap_or(x.batch_size),
+                    rows_per_second: self.reindex.rows_per_second.unwrap_or(x.rows_per_second),
                 },
                 policy: std::sync::Arc::new(self.policy()?),
                 checkpoints: CheckpointOptions {
@@ -661,6 +686,18 @@ roles = ["reader"]
         assert_eq!(o.keyring_file, PathBuf::from("/tmp/v/keyring"));
         assert_eq!(o.engine.limits.max_batch_records, 500);
         assert_eq!(o.engine.rewrap, RewrapOptions::default());
+        assert_eq!(o.engine.reindex, ReindexOptions::default());
+        let paced = Config::parse(&format!(
+            "{GOOD}\n[reindex]\nbatch_size = 7\nrows_per_second = 0\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            paced.open_options().unwrap().engine.reindex,
+            ReindexOptions {
+                batch_size: 7,
+                rows_per_second: 0
+            }
+        );
         assert_eq!(o.engine.checkpoints, CheckpointOptions::default());
         let c = Config::parse(&format!(
             "{GOOD}\n[audit]\ncheckpoint_every_events = 0\ncheckpoint_interval_ms = 250\n"
@@ -899,6 +936,8 @@ roles = ["reader"]
         );
         let e = Config::parse(&format!("{GOOD}\n[rewrap]\nbatch_size = 0\n")).unwrap_err();
         assert!(e.contains("batch_size"), "{e}");
+        let e = Config::parse(&format!("{GOOD}\n[reindex]\nbatch_size = 0\n")).unwrap_err();
+        assert!(e.contains("reindex.batch_size"), "{e}");
         let e = Config::parse("region = \n").unwrap_err();
         assert!(e.contains("line 1"), "{e}");
     }

@@ -41,6 +41,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("wrapped_key", wrapped_key),
     ("erasure_receipt", erasure_receipt),
     ("rewrap_job", rewrap_job),
+    ("reindex_job", reindex_job),
     ("value", value),
     ("share_recipients", share_recipients),
     ("cosignature", cosignature),
@@ -239,6 +240,14 @@ pub fn rewrap_job(data: &[u8]) {
     }
 }
 
+/// The blind-index rebuild's persisted job record (v1, with its cursor):
+/// what decodes encodes back to the same bytes.
+pub fn reindex_job(data: &[u8]) {
+    if let Some(again) = crate::engine::reencode_reindex_job_record(data) {
+        assert_eq!(again, data, "a decoded job record encodes to other bytes");
+    }
+}
+
 /// The checkpoint the `cosignature` target's inputs cosign (signed by a
 /// fixed key), the fixed witness's key seed, and the time it checks at.
 const COSIGNED_SIZE: u64 = 5;
@@ -380,6 +389,12 @@ mod tests {
             .verify(&signing_key(fixed).verifying_key())
             .expect("the receipt seed verifies");
         assert!(crate::engine::reencode_job_record(&seed("rewrap_job", "part-way")).is_some());
+        let reindex = seed("reindex_job", "part-way");
+        assert_eq!(
+            crate::engine::reencode_reindex_job_record(&reindex).as_deref(),
+            Some(crate::engine::reindex_job_record_seed().as_slice()),
+            "the reindex_job seed is the record the vault writes"
+        );
         let cosigned = String::from_utf8(seed("cosignature", "cosigned")).unwrap();
         let (_, taken) = checkpoint::merge_cosignatures(
             &cosigned_checkpoint(),
@@ -644,6 +659,11 @@ mod tests {
             .expect("the receipt seed verifies");
         write("erasure_receipt", "signed", &receipt.encode());
         write("rewrap_job", "part-way", &crate::engine::job_record_seed());
+        write(
+            "reindex_job",
+            "part-way",
+            &crate::engine::reindex_job_record_seed(),
+        );
         write("cosignature", "cosigned", cosigned_seed().as_bytes());
         for (name, v) in [
             (

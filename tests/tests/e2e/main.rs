@@ -18,6 +18,7 @@ mod policy;
 mod prereqs;
 mod records;
 mod region;
+mod reindex;
 mod retention;
 mod search;
 mod tamper;

@@ -1330,6 +1330,7 @@ async fn vaultctl_output_ends_with_exactly_one_line_break() {
         &["operator", "status"][..],
         &["operator", "keys"],
         &["operator", "rewrap-status"],
+        &["operator", "reindex-status"],
     ] {
         for json in [true, false] {
             let mut args = Vec::from(command);

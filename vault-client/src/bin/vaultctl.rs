@@ -25,8 +25,10 @@
 //!   operator seal
 //!   operator status
 //!   operator rotate root
+//!   operator rotate index
 //!   operator rotate subject SUBJECT
 //!   operator rewrap-status [--wait]
+//!   operator reindex-status [--wait]
 //!   operator keys
 //!   operator retire VERSION
 //!   operator destroy VERSION
@@ -1250,6 +1252,8 @@ mod tests {
             &["operator", "rotate", "root"],
             &["operator", "rotate", "subject", "person-42"],
             &["operator", "rewrap-status", "--wait"],
+            &["operator", "rotate", "index"],
+            &["operator", "reindex-status", "--wait"],
             &["operator", "keys"],
             &["operator", "retire", "1"],
             &["operator", "destroy", "1"],

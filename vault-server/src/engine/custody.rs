@@ -5,6 +5,7 @@
 //! re-wrap batch) writes back a key that another one deleted. Operations on
 //! one subject also hold that subject's lock exclusively, so no write of the
 //! subject runs meanwhile. Lock order: subject stripe → custody → create.
+//! (Index-key rotation and the blind-index rebuild are in `reindex.rs`.)
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -757,7 +758,7 @@ pub struct LedgerEntry {
 }
 
 /// Maps a refused key-state change to the caller's error.
-fn custody_error(e: KeyringError) -> Error {
+pub(super) fn custody_error(e: KeyringError) -> Error {
     match e {
         KeyringError::RootKeyUnavailable(v) => Error::NotFound(format!("root key version {v}")),
         e => Error::FailedPrecondition(e.to_string()),

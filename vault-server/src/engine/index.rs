@@ -142,6 +142,55 @@ pub fn listed_tokens(rows: &[(Vec<u8>, Vec<u8>)], prefix: &[u8]) -> Result<Vec<T
         .collect()
 }
 
+/// The tokens a record's reverse rows (found under `prefix`) list, each
+/// with the index-key version its row was made under (`None` for a value
+/// that is not one: a row not written by us, of no live version).
+pub fn listed_versions(
+    rows: &[(Vec<u8>, Vec<u8>)],
+    prefix: &[u8],
+) -> Result<Vec<(Token, Option<u32>)>> {
+    let tokens = listed_tokens(rows, prefix)?;
+    Ok(tokens
+        .into_iter()
+        .zip(rows)
+        .map(|(t, (_, v))| {
+            let version = <[u8; 4]>::try_from(v.as_slice())
+                .ok()
+                .map(u32::from_be_bytes);
+            (t, version)
+        })
+        .collect())
+}
+
+/// Whether `key` is a reverse row's key.
+pub fn is_reverse(key: &[u8]) -> bool {
+    key.first() == Some(&REVERSE)
+}
+
+/// The first key of the reverse rows (where the rebuild starts).
+pub fn reverse_start() -> Vec<u8> {
+    vec![REVERSE]
+}
+
+/// The record key a reverse row names (`'r' ‖ record key ‖ token`), or
+/// `None` if the row is not one (too short, or no record key in it).
+pub fn reverse_record_key(row: &[u8]) -> Option<&[u8]> {
+    let rest = row.strip_prefix(&[REVERSE])?;
+    let record_key = rest.get(..rest.len().checked_sub(32)?)?;
+    crate::storage::split_record_key(record_key).ok()?;
+    Some(record_key)
+}
+
+/// The first key after every reverse row of `record_key`: its rows are
+/// `'r' ‖ record key ‖ 32 bytes`, and no record key is a prefix of another
+/// (a collection name holds no NUL, a storage name is 32 bytes).
+pub fn after_record(record_key: &[u8]) -> Vec<u8> {
+    let mut k = reverse_prefix(record_key);
+    k.extend_from_slice(&[0xFF; 32]);
+    k.push(0);
+    k
+}
+
 /// Into `ws`: the index rows of `record_key` go from the tokens `old` it
 /// is listed under to `new` (made under index-key version `version`).
 pub fn replace(ws: &mut WriteSet, record_key: &[u8], old: &[Token], version: u32, new: &[Token]) {
@@ -243,6 +292,44 @@ mod tests {
             assert!(listed_tokens(&[row], &prefix).is_err());
         }
         assert!(forward_key(&a, &rk).starts_with(&forward_prefix(&a)));
+        // Versions as the rows say them; a value that is not a u32 is none.
+        let rows = vec![
+            (reverse_key(&rk, &a), vec![0, 0, 0, 1]),
+            (reverse_key(&rk, &b), vec![0, 0, 0, 2]),
+            (reverse_key(&rk, &c), vec![2]),
+        ];
+        assert_eq!(
+            listed_versions(&rows, &prefix).unwrap(),
+            vec![(a, Some(1)), (b, Some(2)), (c, None)]
+        );
+    }
+
+    /// The rebuild's walk: a reverse row names its record; the key after a
+    /// record's rows is past every one of them and before the next
+    /// record's, whatever their tokens.
+    #[test]
+    fn reverse_rows_name_their_record_and_the_walk_passes_each_once() {
+        let rk = crate::storage::record_key("people", &[7; 32]);
+        let next = crate::storage::record_key("people", &[8; 32]);
+        let longer = crate::storage::record_key("peoplex", &[0; 32]);
+        for t in [[0u8; 32], [0xFF; 32], [0x80; 32]] {
+            let row = reverse_key(&rk, &t);
+            assert!(is_reverse(&row));
+            assert_eq!(reverse_record_key(&row), Some(rk.as_slice()));
+            assert!(row < after_record(&rk));
+            assert!(after_record(&rk) < reverse_key(&next, &[0; 32]));
+            assert!(after_record(&rk) < reverse_key(&longer, &[0; 32]));
+            assert!(!is_reverse(&forward_key(&t, &rk)));
+        }
+        assert!(reverse_start() <= reverse_key(&rk, &[0; 32]));
+        for bad in [
+            vec![REVERSE],
+            [&[REVERSE][..], &[1u8; 32][..]].concat(),
+            [&[REVERSE][..], &b"people"[..], &[1u8; 40][..]].concat(),
+            forward_key(&[1; 32], &rk),
+        ] {
+            assert_eq!(reverse_record_key(&bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -13,6 +13,7 @@ mod custody;
 mod export;
 mod honey;
 mod index;
+mod reindex;
 mod retention;
 mod rewrap;
 mod schema;
@@ -30,6 +31,11 @@ use std::time::Duration;
 pub use custody::{Ledger, LedgerEntry, RootKeyInfo, SubjectRotation, MAX_LEDGER_PAGE};
 pub use export::{export_statement, ExportChunk, ExportSummary, EXPORT_FORMAT};
 pub use honey::MAX_HONEY_RECORDS;
+#[cfg(any(test, fuzzing, feature = "fuzzing"))]
+pub(crate) use reindex::reencode_reindex_job_record;
+#[cfg(test)]
+pub(crate) use reindex::reindex_job_record_seed;
+pub use reindex::{ReindexOptions, ReindexProgress};
 pub use retention::DEFAULT_SWEEP_INTERVAL;
 #[cfg(test)]
 pub(crate) use rewrap::job_record_seed;
@@ -210,6 +216,8 @@ pub struct EngineOptions {
     pub key_cache_capacity: usize,
     /// Pace of the root-key re-wrap job.
     pub rewrap: RewrapOptions,
+    /// Pace of the blind-index rebuild after an index-key rotation.
+    pub reindex: ReindexOptions,
     /// The access policy in force (shared with the server, which reloads it).
     pub policy: Arc<PolicyHandle>,
     /// When audit checkpoints are signed.
@@ -237,6 +245,7 @@ impl Default for EngineOptions {
             limits: Limits::default(),
             key_cache_capacity: 10_000,
             rewrap: RewrapOptions::default(),
+            reindex: ReindexOptions::default(),
             policy: Arc::new(PolicyHandle::builtin()),
             checkpoints: CheckpointOptions::default(),
             accept_keyring_rollback: false,
@@ -269,11 +278,14 @@ pub struct Engine {
     /// deleted.
     custody_lock: Mutex<()>,
     /// Per-subject locks (striped by storage name): writers of a subject
-    /// share one; rotating or erasing the subject takes it exclusively.
+    /// share one; rotating or erasing the subject takes it exclusively, as
+    /// a blind-index rebuild batch takes its records' owners' stripes and
+    /// an index-key rotation every stripe (ascending, before custody).
     subject_locks: Vec<Arc<Stripe>>,
     /// The names rows are stored under.
     names: StorageNames,
     rewrap_options: RewrapOptions,
+    reindex_options: ReindexOptions,
     checkpoints: CheckpointOptions,
     /// How often the background thread sweeps expired records.
     retention_sweep_interval: Duration,
@@ -282,6 +294,8 @@ pub struct Engine {
     audit_signer: ed25519_dalek::SigningKey,
     audit_origin: String,
     rewrap: rewrap::JobState,
+    /// The blind-index rebuild after an index-key rotation.
+    reindex: reindex::JobState,
     /// Keys wrapped per root key version (NIST's bound on random nonces).
     wraps: wraps::WrapCounts,
     policy: Arc<PolicyHandle>,
@@ -325,6 +339,7 @@ impl Engine {
             limits,
             key_cache_capacity,
             rewrap: rewrap_options,
+            reindex: reindex_options,
             policy,
             checkpoints,
             accept_keyring_rollback,
@@ -376,6 +391,7 @@ impl Engine {
             collections.insert(c.name.clone(), Arc::new(c));
         }
         let rewrap = rewrap::JobState::load(store.as_ref())?;
+        let reindex = reindex::JobState::load(store.as_ref())?;
         let honey = RwLock::new(honey::load(store.as_ref())?);
         let wraps = wraps::WrapCounts::load(store.as_ref(), rotate_root_after_wraps)?;
         let audit_signer = crate::keys::signing_key(&keyring);
@@ -394,11 +410,13 @@ impl Engine {
             subject_locks: (0..SUBJECT_STRIPES).map(|_| Arc::default()).collect(),
             names,
             rewrap_options,
+            reindex_options,
             checkpoints,
             retention_sweep_interval,
             audit_signer,
             audit_origin,
             rewrap,
+            reindex,
             wraps,
             policy,
             monitor,
@@ -1418,8 +1436,11 @@ impl Engine {
     // ---- blind indexes ----
 
     /// Into `ws`: the blind-index rows of the record at `record_key` of
-    /// collection `c` become those of `fields` (see `index.rs`). Nothing
-    /// for a collection without indexed fields.
+    /// collection `c` become those of `fields` (see `index.rs`), under the
+    /// current index key version (rows of any other version the record is
+    /// listed under go). Nothing for a collection without indexed fields.
+    /// The caller holds the record's writer locks: an index-key rotation
+    /// swaps the keyring only while it holds every stripe (`reindex.rs`).
     fn index_record<'a>(
         &self,
         ws: &mut WriteSet,

@@ -372,70 +372,97 @@ impl Engine {
     }
 
     /// The engine's background thread, until the engine is closed: runs
-    /// the re-wrap job while work remains, at the configured pace, and
-    /// signs an audit checkpoint every [`interval`](super::CheckpointOptions::interval)
-    /// (if the log grew); sleeps until the next rotation otherwise.
+    /// the re-wrap job and the blind-index rebuild while work remains, each
+    /// at its configured pace, and signs an audit checkpoint every
+    /// [`interval`](super::CheckpointOptions::interval) (if the log grew);
+    /// sleeps until the next rotation otherwise.
     pub fn run_background(self: &Arc<Self>) {
-        let per_key = match self.rewrap_options.keys_per_second {
+        let pace = |per_second: u64, batch: usize| match per_second {
             0 => Duration::ZERO,
-            n => Duration::from_secs_f64(1.0 / n as f64),
+            n => Duration::from_secs_f64(batch.max(1) as f64 / n as f64),
         };
-        let batch = self.rewrap_options.batch_size.max(1) as u32;
+        let rewrap_budget = pace(
+            self.rewrap_options.keys_per_second,
+            self.rewrap_options.batch_size,
+        );
+        let reindex_budget = pace(
+            self.reindex_options.rows_per_second,
+            self.reindex_options.batch_size,
+        );
         let interval = self.checkpoints.interval;
         // `checked_add`: an interval too long to add means "never".
         let after = |t: Instant| t.checked_add(interval);
         let mut next_checkpoint = after(Instant::now());
+        // When each job runs next; `None`: idle until woken.
+        let mut next_rewrap = Some(Instant::now());
+        let mut next_reindex = Some(Instant::now());
+        // The generation first, then the flag: a close after this read
+        // bumps the generation, so the wait below cannot miss it.
+        let mut seen = self.rewrap.generation();
+        // Retention sweeps: the first soon after the vault opens (records
+        // may have become due while it was down), then every interval.
         let sweep_every = self.retention_sweep_interval();
-        // The first sweep soon after the vault opens (records may have
-        // become due while it was down), then every interval.
-        let mut next_sweep = Instant::now().checked_add(sweep_every.min(Duration::from_secs(1)));
+        let mut next_sweep = (!sweep_every.is_zero())
+            .then(|| Instant::now().checked_add(sweep_every.min(Duration::from_secs(1))))
+            .flatten();
         loop {
-            // The generation first, then the flag: a close after this read
-            // bumps the generation, so the wait below cannot miss it.
-            let seen = self.rewrap.generation();
             if self.is_closed() {
                 return;
             }
-            let started = Instant::now();
-            if !interval.is_zero() && next_checkpoint.is_some_and(|at| started >= at) {
+            let now = Instant::now();
+            if !interval.is_zero() && next_checkpoint.is_some_and(|at| now >= at) {
                 if let Err(e) = self.checkpoint() {
                     tracing::error!(error = %e, "could not sign a timed audit checkpoint");
                 }
                 next_checkpoint = after(Instant::now());
             }
-            if !sweep_every.is_zero() && next_sweep.is_some_and(|at| started >= at) {
+            if next_rewrap.is_some_and(|at| now >= at) {
+                let started = Instant::now();
+                next_rewrap = match self.rewrap_step() {
+                    Ok(true) => Some(started + rewrap_budget),
+                    Ok(false) => None,
+                    Err(e) => {
+                        tracing::error!(error = %e, "re-wrap batch failed; retrying");
+                        Some(Instant::now() + RETRY_AFTER)
+                    }
+                };
+            }
+            if next_reindex.is_some_and(|at| now >= at) {
+                let started = Instant::now();
+                next_reindex = match self.reindex_step() {
+                    Ok(true) => Some(started + reindex_budget),
+                    Ok(false) => None,
+                    Err(e) => {
+                        tracing::error!(error = %e, "blind-index rebuild batch failed; retrying");
+                        Some(Instant::now() + RETRY_AFTER)
+                    }
+                };
+            }
+            if next_sweep.is_some_and(|at| now >= at) {
                 if let Err(e) = self.sweep_expired() {
                     tracing::error!(error = %e, "retention sweep failed; retrying at the next");
                 }
                 next_sweep = Instant::now().checked_add(sweep_every);
             }
-            let until_checkpoint = next_checkpoint
-                .filter(|_| !interval.is_zero())
-                .map(|at| at.saturating_duration_since(started));
-            let until_sweep = next_sweep
-                .filter(|_| !sweep_every.is_zero())
-                .map(|at| at.saturating_duration_since(started));
-            let until_checkpoint = match (until_checkpoint, until_sweep) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            let wait = match self.rewrap_step() {
-                Ok(true) => {
-                    let budget = per_key * batch;
-                    Some(budget.saturating_sub(started.elapsed()))
-                }
-                Ok(false) => None,
-                Err(e) => {
-                    tracing::error!(error = %e, "re-wrap batch failed; retrying");
-                    Some(RETRY_AFTER)
-                }
-            };
-            let wait = match (wait, until_checkpoint) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let next = [
+                next_rewrap,
+                next_reindex,
+                next_checkpoint.filter(|_| !interval.is_zero()),
+                next_sweep,
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            let wait = next.map(|at| at.saturating_duration_since(Instant::now()));
             if wait != Some(Duration::ZERO) {
                 self.rewrap.wait(seen, wait);
+            }
+            // Woken (a rotation, or the engine closing): both jobs look.
+            let generation = self.rewrap.generation();
+            if generation != seen {
+                seen = generation;
+                next_rewrap = Some(Instant::now());
+                next_reindex = Some(Instant::now());
             }
         }
     }

@@ -7,10 +7,16 @@
 //! give away what it may not read. The records come back as a read returns them: the fields its
 //! search rules show, at their redaction level. Every hit is checked
 //! against the record's value (an index entry left by two writes of one
-//! record at once finds nothing), an erased subject's records are not
+//! record at once finds nothing), under every live index key version
+//! (while the index is rebuilt after an index-key rotation, a record's rows
+//! are of the older or the newer version: `reindex.rs`), with each hit
+//! re-checked under the version its row was made with and found once; an
+//! erased subject's records are not
 //! found, and the search is audited like a read (operation `search`, the
 //! searched field named in the event's detail, the pseudonyms of the
 //! records and subjects found), counted by read budgets and the metrics.
+
+use std::collections::HashSet;
 
 use super::index;
 use super::{Engine, Event, Record, Staged, Value};
@@ -152,65 +158,82 @@ impl Engine {
         }
         let projected = |name: &str| fields.is_empty() || fields.iter().any(|f| f == name);
         let kr = self.keyring();
-        let (version, key) = kr.current_index_key().ok_or(Error::Integrity)?;
-        let token = index::token(key, version, self.region.as_str(), collection, field, value)
-            .ok_or(Error::Integrity)?;
-        let prefix = index::forward_prefix(&token);
-
+        let live = kr.live_index_keys();
+        if live.is_empty() {
+            return Err(Error::Integrity);
+        }
         let mut found = Vec::new();
-        let mut from = prefix.clone();
-        // Pages of hits until `limit` records are found; a stale entry
-        // (checked below) costs a look and nothing more.
-        'pages: loop {
-            let page = self.store.scan_from(Table::Index, &from, limit + 1)?;
-            let keys: Vec<Vec<u8>> = page
-                .iter()
-                .map_while(|(k, _)| k.strip_prefix(prefix.as_slice()).map(<[u8]>::to_vec))
-                .collect();
-            let done = keys.len() < page.len() || page.len() <= limit;
-            let values = self.read_rows(Table::Records, &keys)?;
-            for (record_key, bytes) in keys.iter().zip(values) {
-                let Some(bytes) = bytes else { continue };
-                let (in_collection, name) = split_record_key(record_key)?;
-                if in_collection != collection {
-                    return Err(Error::Integrity);
+        let mut found_keys: HashSet<Vec<u8>> = HashSet::new();
+        // Under every live index key version (two while the index is
+        // rebuilt after a rotation), the oldest first: the rebuild moves a
+        // record's rows from an older version to the current one only, so
+        // a record it moves while this search runs is met under the version
+        // scanned later.
+        'versions: for (version, key) in live {
+            let token = index::token(key, version, self.region.as_str(), collection, field, value)
+                .ok_or(Error::Integrity)?;
+            let prefix = index::forward_prefix(&token);
+            let mut from = prefix.clone();
+            // Pages of hits until `limit` records are found; a stale entry
+            // (checked below) costs a look and nothing more.
+            loop {
+                let page = self.store.scan_from(Table::Index, &from, limit + 1)?;
+                let keys: Vec<Vec<u8>> = page
+                    .iter()
+                    .map_while(|(k, _)| k.strip_prefix(prefix.as_slice()).map(<[u8]>::to_vec))
+                    .collect();
+                let done = keys.len() < page.len() || page.len() <= limit;
+                let values = self.read_rows(Table::Records, &keys)?;
+                for (record_key, bytes) in keys.iter().zip(values) {
+                    // Found already, under the other version.
+                    if found_keys.contains(record_key) {
+                        continue;
+                    }
+                    let Some(bytes) = bytes else { continue };
+                    let (in_collection, name) = split_record_key(record_key)?;
+                    if in_collection != collection {
+                        return Err(Error::Integrity);
+                    }
+                    let Some(opened) =
+                        self.open_readable(collection, &name, None, record_key, &bytes)?
+                    else {
+                        continue;
+                    };
+                    if self.expired(&c, &opened.stored) {
+                        continue;
+                    }
+                    // The record's own value must still have the token, under
+                    // the version the row was made with.
+                    let Some(sf) = opened.stored.fields.iter().find(|f| f.name == field) else {
+                        continue;
+                    };
+                    let current =
+                        Value::from_plaintext(self.open_stored_field(&opened, collection, sf)?)?;
+                    if index::token(
+                        key,
+                        version,
+                        self.region.as_str(),
+                        collection,
+                        field,
+                        &current,
+                    ) != Some(token)
+                    {
+                        continue;
+                    }
+                    let id = opened.id.clone();
+                    found
+                        .push(self.visible_record(collection, &c, &view, &projected, id, &opened)?);
+                    found_keys.insert(record_key.clone());
+                    if found.len() == limit {
+                        break 'versions;
+                    }
                 }
-                let Some(opened) =
-                    self.open_readable(collection, &name, None, record_key, &bytes)?
-                else {
-                    continue;
-                };
-                if self.expired(&c, &opened.stored) {
-                    continue;
+                match keys.last() {
+                    Some(last) if !done => {
+                        from = [prefix.as_slice(), last.as_slice(), &[0]].concat();
+                    }
+                    _ => break,
                 }
-                // The record's own value must still have the token.
-                let Some(sf) = opened.stored.fields.iter().find(|f| f.name == field) else {
-                    continue;
-                };
-                let current =
-                    Value::from_plaintext(self.open_stored_field(&opened, collection, sf)?)?;
-                if index::token(
-                    key,
-                    version,
-                    self.region.as_str(),
-                    collection,
-                    field,
-                    &current,
-                ) != Some(token)
-                {
-                    continue;
-                }
-                let id = opened.id.clone();
-                found.push(self.visible_record(collection, &c, &view, &projected, id, &opened)?);
-                if found.len() == limit {
-                    break 'pages;
-                }
-            }
-            match keys.last() {
-                Some(last) if !done => {
-                    from = [prefix.as_slice(), last.as_slice(), &[0]].concat();
-                }
-                _ => break,
             }
         }
         Ok(found)

@@ -7,7 +7,9 @@
 //! ones queue behind a waiting exclusive one (no rotation or erasure waits
 //! behind an endless stream of writes), as `std::sync::RwLock` does.
 //! Shared holders take several stripes in ascending order; an exclusive
-//! holder takes one: no cycle of waits.
+//! holder takes one (a subject's rotation or erasure), or several in
+//! ascending order too (a batch of the blind-index rebuild takes its
+//! records' owners', an index-key rotation takes all): no cycle of waits.
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 

@@ -48,6 +48,10 @@ fn options() -> EngineOptions {
             batch_size: 7,
             keys_per_second: 0,
         },
+        reindex: ReindexOptions {
+            batch_size: 3,
+            rows_per_second: 0,
+        },
         ..EngineOptions::default()
     }
 }
@@ -2957,4 +2961,343 @@ fn a_record_rewritten_while_the_sweeper_purges_it_is_never_lost() {
             "round {round}: an acknowledged write was purged"
         );
     }
+}
+
+fn run_reindex_to_end(e: &Engine) -> usize {
+    let mut steps = 1;
+    while e.reindex_step().unwrap() {
+        steps += 1;
+    }
+    steps
+}
+
+/// The index-key versions of the reverse rows of the index, by record
+/// key (a version that is not a u32 is 0).
+fn indexed_versions(e: &Engine) -> BTreeMap<Vec<u8>, Vec<u32>> {
+    let mut by_record: BTreeMap<Vec<u8>, Vec<u32>> = BTreeMap::new();
+    for (k, v) in e.store.scan_prefix(Table::Index, b"r").unwrap() {
+        let rk = index::reverse_record_key(&k).unwrap().to_vec();
+        let version = <[u8; 4]>::try_from(v.as_slice()).map_or(0, u32::from_be_bytes);
+        by_record.entry(rk).or_default().push(version);
+    }
+    by_record
+}
+
+/// The ids of `people` whose e-mail is `email`, sorted.
+fn people_with(e: &Engine, email: &str) -> Vec<String> {
+    let found = e
+        .find_records(
+            &Caller::internal("t"),
+            "people",
+            "email",
+            &Value::String(email.into()),
+            &[],
+            50,
+        )
+        .unwrap();
+    let mut ids: Vec<String> = found.into_iter().map(|r| r.id).collect();
+    ids.sort();
+    ids
+}
+
+#[test]
+fn index_key_rotation_rebuilds_every_row_and_destroys_the_old_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path());
+    let c = Caller::internal("t");
+    create_people(&e);
+    // Ten people, two of each e-mail; users (no indexed field) beside them.
+    let email = |i: usize| format!("person{}@example.eu", i / 2);
+    e.put_records(
+        &c,
+        (0..10)
+            .map(|i| person(&format!("p{i}"), &format!("s{i}"), &email(i)))
+            .collect(),
+    )
+    .unwrap();
+    put_users(&e, 3);
+    let old_key = e
+        .keyring()
+        .current_index_key()
+        .unwrap()
+        .1
+        .expose_secret()
+        .to_vec();
+    let old_forward: Vec<Vec<u8>> = e
+        .store
+        .scan_prefix(Table::Index, b"f")
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(old_forward.len(), 10);
+    assert!(e.reindex_progress().finished);
+    assert!(
+        !e.reindex_step().unwrap(),
+        "nothing to rebuild before a rotation"
+    );
+
+    // Custody only, like every key change.
+    let writer = Caller {
+        principal: Principal {
+            name: "svc".into(),
+            roles: vec![Role::Reader, Role::Writer, Role::Admin],
+        },
+        purpose: Some("test".into()),
+        internal: false,
+        request_id: None,
+    };
+    assert!(matches!(
+        e.rotate_index_key(&writer),
+        Err(Error::PermissionDenied(_))
+    ));
+    assert!(matches!(
+        e.reindex_status(&writer),
+        Err(Error::PermissionDenied(_))
+    ));
+    assert_eq!(e.rotate_index_key(&c).unwrap(), 2);
+    let p = e.reindex_progress();
+    assert_eq!((p.target_version, p.finished), (2, false));
+    // At most two live versions: no rotation while the rebuild runs.
+    let err = e.rotate_index_key(&c).unwrap_err();
+    assert!(
+        matches!(err, Error::FailedPrecondition(_))
+            && err.to_string().contains("still being rebuilt"),
+        "{err}"
+    );
+
+    // One batch by hand (3 rows, 3 records): part of the index is under
+    // version 2, the rest still under version 1.
+    assert!(e.reindex_step().unwrap());
+    let mid = e.reindex_progress();
+    assert_eq!(
+        (mid.examined, mid.reindexed, mid.total_at_start),
+        (3, 3, 10)
+    );
+    let versions = indexed_versions(&e);
+    let under = |v: u32| {
+        versions
+            .iter()
+            .filter(|(_, vs)| vs.iter().all(|x| *x == v))
+            .map(|(k, _)| k.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!((under(1).len(), under(2).len()), (7, 3));
+    // Searches find every record, under whichever version its rows are.
+    for i in 0..5 {
+        assert_eq!(
+            people_with(&e, &format!("  PERSON{i}@example.EU")),
+            vec![format!("p{}", 2 * i), format!("p{}", 2 * i + 1)],
+            "person{i}"
+        );
+    }
+    // Writes during the rebuild: a new record, a replace and a delete of
+    // records the walk has not reached, a replace of one it has. Their
+    // rows are of version 2 only, and searches follow them.
+    let ids: Vec<String> = (0..10).map(|i| format!("p{i}")).collect();
+    let id_of = |k: &Vec<u8>| {
+        ids.iter()
+            .find(|id| rec_key(&e, "people", id) == *k)
+            .unwrap()
+            .clone()
+    };
+    let ahead: Vec<String> = under(1).iter().map(id_of).collect();
+    let passed: Vec<String> = under(2).iter().map(id_of).collect();
+    let (moved, deleted, again) = (&ahead[0], &ahead[1], &passed[0]);
+    e.put_record(&c, person("p10", "s10", "new@example.eu"))
+        .unwrap();
+    e.put_record(&c, person(moved, "s-moved", "moved@example.eu"))
+        .unwrap();
+    assert!(e.delete_record(&c, "people", deleted).unwrap());
+    e.put_record(&c, person(again, "s-again", "again@example.eu"))
+        .unwrap();
+    let versions = indexed_versions(&e);
+    for id in ["p10", moved.as_str(), again.as_str()] {
+        assert_eq!(versions[&rec_key(&e, "people", id)], vec![2], "{id}");
+    }
+    assert!(!versions.contains_key(&rec_key(&e, "people", deleted)));
+    assert_eq!(people_with(&e, "new@example.eu"), vec!["p10"]);
+    assert_eq!(people_with(&e, "moved@example.eu"), vec![moved.clone()]);
+    assert_eq!(people_with(&e, "again@example.eu"), vec![again.clone()]);
+
+    run_reindex_to_end(&e);
+    let p = e.reindex_progress();
+    // The walk meets p10 only if it lies past the first batch.
+    let last_passed = under(2).into_iter().max().unwrap();
+    let p10_ahead = u64::from(rec_key(&e, "people", "p10") > last_passed);
+    assert!(p.finished);
+    assert_eq!(
+        (p.target_version, p.total_at_start, p.skipped, p.unreadable),
+        (2, 10, 0, 0)
+    );
+    // Reindexed: the ten but the deleted one and the one replaced ahead of
+    // the walk; examined: those, the replaced one and perhaps p10.
+    assert_eq!(p.reindexed, 8);
+    assert_eq!(p.examined, 9 + p10_ahead);
+    // No row of version 1 is left: every reverse row is of version 2, and
+    // no forward row made under version 1 remains.
+    let versions = indexed_versions(&e);
+    assert_eq!(versions.len(), 10);
+    assert!(versions.values().flatten().all(|v| *v == 2), "{versions:?}");
+    let forward = e.store.scan_prefix(Table::Index, b"f").unwrap();
+    assert_eq!(forward.len(), 10);
+    for k in &old_forward {
+        assert!(
+            e.store.get(Table::Index, k).unwrap().is_none(),
+            "a forward row of version 1 is left"
+        );
+    }
+    // Every record is found by its value.
+    let mut expected: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (i, id) in ids.iter().enumerate() {
+        if id != moved && id != deleted && id != again {
+            expected.entry(email(i)).or_default().push(id.clone());
+        }
+    }
+    for (value, ids) in &expected {
+        assert_eq!(&people_with(&e, value), ids, "{value}");
+    }
+    assert_eq!(people_with(&e, "new@example.eu"), vec!["p10"]);
+    assert_eq!(people_with(&e, "moved@example.eu"), vec![moved.clone()]);
+    // The old version is destroyed, in memory and in the keyring file,
+    // and its bytes left the file.
+    let destroyed = vec![
+        (1, crate::keys::KeyState::Destroyed),
+        (2, crate::keys::KeyState::Active),
+    ];
+    assert_eq!(e.keyring().index_versions().collect::<Vec<_>>(), destroyed);
+    let file = std::fs::read(dir.path().join("keyring")).unwrap();
+    let kr = Keyring::unseal(&file, &e.keyring_file.unseal_key, &"eu".parse().unwrap()).unwrap();
+    assert_eq!(kr.index_versions().collect::<Vec<_>>(), destroyed);
+    assert_eq!(kr.live_index_keys().len(), 1);
+    assert!(!kr
+        .contents_for_seed()
+        .windows(32)
+        .any(|w| w == old_key.as_slice()));
+    // The rotation and the rebuild's end are custody events, with counts
+    // and no id.
+    let events: Vec<serde_json::Value> = e
+        .audit()
+        .events(0, 100_000)
+        .unwrap()
+        .iter()
+        .map(|raw| serde_json::from_slice(raw).unwrap())
+        .collect();
+    let rotated: Vec<_> = events
+        .iter()
+        .filter(|ev| ev["operation"] == "rotate_index_key")
+        .collect();
+    // One done; one refused by the policy, one by the running rebuild.
+    assert_eq!(
+        rotated
+            .iter()
+            .map(|ev| ev["decision"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        vec!["denied", "allowed", "failed"]
+    );
+    let finished: Vec<_> = events
+        .iter()
+        .filter(|ev| ev["operation"] == "reindex_finished")
+        .collect();
+    assert_eq!(finished.len(), 1);
+    let detail = finished[0]["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with("index key version 2: ")
+            && detail.contains("8 re-indexed")
+            && detail.contains("destroyed: 1;"),
+        "{detail}"
+    );
+    assert!(!finished[0].to_string().contains("example.eu"));
+    assert!(!finished[0].to_string().contains("\"p1"));
+    // The next rotation is allowed again, and rebuilds as well.
+    assert_eq!(e.rotate_index_key(&c).unwrap(), 3);
+    run_reindex_to_end(&e);
+    assert!(e.reindex_progress().finished);
+    assert!(indexed_versions(&e).values().flatten().all(|v| *v == 3));
+    assert_eq!(people_with(&e, "new@example.eu"), vec!["p10"]);
+    assert_eq!(e.keyring().older_index_versions(), Vec::<u32>::new());
+}
+
+#[test]
+fn index_rebuild_resumes_after_a_restart_and_skips_what_it_cannot_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = Restartable::new(dir.path());
+    let e = folder.start();
+    let c = Caller::internal("t");
+    create_people(&e);
+    let email = |i: usize| format!("person{i}@example.eu");
+    for i in 0..20 {
+        e.put_record(&c, person(&format!("p{i}"), &format!("s{i}"), &email(i)))
+            .unwrap();
+    }
+    // Rows whose record is gone (a put that raced a delete), and a record
+    // whose tag no longer verifies.
+    let ghost = rec_key(&e, "people", "ghost");
+    let kr = e.keyring();
+    let (v1, k1) = kr.current_index_key().unwrap();
+    let ghost_token = index::token(
+        k1,
+        v1,
+        "eu",
+        "people",
+        "email",
+        &Value::String("ghost@example.eu".into()),
+    )
+    .unwrap();
+    drop(kr);
+    let mut ws = WriteSet::new();
+    index::replace(&mut ws, &ghost, &[], 1, &[ghost_token]);
+    let damaged = rec_key(&e, "people", "p0");
+    let mut bytes = e.store.get(Table::Records, &damaged).unwrap().unwrap();
+    *bytes.last_mut().unwrap() ^= 1;
+    ws.put(Table::Records, damaged.clone(), bytes);
+    e.store.write(ws).unwrap();
+
+    e.rotate_index_key(&c).unwrap();
+    assert!(e.reindex_step().unwrap());
+    assert!(e.reindex_step().unwrap());
+    let mid = e.reindex_progress();
+    assert_eq!((mid.examined, mid.total_at_start), (6, 21));
+    // "Restart": a new engine over the same folder and the saved keyring.
+    drop(e);
+    let e = folder.restart();
+    assert_eq!(e.reindex_progress(), mid, "progress survives the restart");
+    assert_eq!(e.keyring().older_index_versions(), vec![1]);
+    run_reindex_to_end(&e);
+    let p = e.reindex_progress();
+    assert!(p.finished);
+    assert_eq!(
+        (
+            p.examined,
+            p.reindexed,
+            p.skipped,
+            p.unreadable,
+            p.total_at_start
+        ),
+        (21, 19, 1, 1, 21),
+        "every record once"
+    );
+    // The unreadable record and the rows without a record keep no row; the
+    // others are all under version 2 and found.
+    let versions = indexed_versions(&e);
+    assert_eq!(versions.len(), 19);
+    assert!(!versions.contains_key(&ghost) && !versions.contains_key(&damaged));
+    assert!(versions.values().flatten().all(|v| *v == 2));
+    assert_eq!(e.store.scan_prefix(Table::Index, b"f").unwrap().len(), 19);
+    for i in 1..20 {
+        assert_eq!(people_with(&e, &email(i)), vec![format!("p{i}")]);
+    }
+    assert!(people_with(&e, "ghost@example.eu").is_empty());
+    assert_eq!(
+        e.keyring().index_versions().collect::<Vec<_>>(),
+        vec![
+            (1, crate::keys::KeyState::Destroyed),
+            (2, crate::keys::KeyState::Active)
+        ]
+    );
+    // A third engine finds the job finished and nothing to do.
+    drop(e);
+    let e = folder.restart();
+    assert_eq!(e.reindex_progress(), p);
+    assert!(!e.reindex_step().unwrap());
 }

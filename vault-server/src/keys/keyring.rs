@@ -535,6 +535,89 @@ impl Keyring {
         Some((self.current_index, k))
     }
 
+    /// The version of the current blind-index key (new index rows are made
+    /// under it).
+    pub fn current_index_version(&self) -> u32 {
+        self.current_index
+    }
+
+    /// Every blind-index key still held (the current one and, while the
+    /// index is rebuilt after a rotation, the one before), oldest first.
+    pub fn live_index_keys(&self) -> Vec<(u32, &Key256)> {
+        self.index_keys
+            .iter()
+            .filter_map(|(v, k)| match k {
+                VersionedKey {
+                    state: KeyState::Active,
+                    key: Some(key),
+                } => Some((*v, key)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The live blind-index key versions other than the current one: the
+    /// versions whose rows a rebuild has still to replace.
+    pub fn older_index_versions(&self) -> Vec<u32> {
+        self.live_index_keys()
+            .into_iter()
+            .map(|(v, _)| v)
+            .filter(|v| *v != self.current_index)
+            .collect()
+    }
+
+    /// Blind-index key versions and their states.
+    pub fn index_versions(&self) -> impl Iterator<Item = (u32, KeyState)> + '_ {
+        self.index_keys.iter().map(|(v, k)| (*v, k.state))
+    }
+
+    /// Makes a new blind-index key version current and returns it. The
+    /// earlier version stays live (searches still look under it) until the
+    /// rebuild that moves every index row to the new one destroys it.
+    pub fn rotate_index(&mut self) -> Result<u32, KeyringError> {
+        let next = self
+            .index_keys
+            .keys()
+            .next_back()
+            .copied()
+            .unwrap_or(0)
+            .checked_add(1)
+            .ok_or_else(|| KeyringError::BadTransition("no index key version is left".into()))?;
+        self.index_keys.insert(
+            next,
+            VersionedKey {
+                state: KeyState::Active,
+                key: Some(Key256::random()),
+            },
+        );
+        self.current_index = next;
+        Ok(next)
+    }
+
+    /// Destroys a blind-index key version other than the current one (once
+    /// no index row is made under it): its bytes are dropped (and zeroized)
+    /// and leave the keyring file at its next write.
+    pub fn destroy_index(&mut self, version: u32) -> Result<(), KeyringError> {
+        if version == self.current_index {
+            return Err(KeyringError::BadTransition(format!(
+                "index key version {version} is current"
+            )));
+        }
+        match self.index_keys.get_mut(&version) {
+            Some(k) if k.state != KeyState::Destroyed => {
+                k.state = KeyState::Destroyed;
+                k.key = None;
+                Ok(())
+            }
+            Some(_) => Err(KeyringError::BadTransition(format!(
+                "index key version {version} is already destroyed"
+            ))),
+            None => Err(KeyringError::BadTransition(format!(
+                "there is no index key version {version}"
+            ))),
+        }
+    }
+
     /// Encrypts the keyring under `unseal_key` into the bytes of a keyring file.
     pub fn seal(&self, unseal_key: &Key256) -> Vec<u8> {
         let contents = self.encode_contents();
@@ -1278,6 +1361,55 @@ mod tests {
         let contents = back.encode_contents();
         assert!(!contents.windows(32).any(|w| w == old.as_slice()));
         assert_eq!(back.current_root().unwrap().0, 2);
+    }
+
+    /// An index-key rotation leaves two live versions (the older one for
+    /// searches during the rebuild) until the older is destroyed: its bytes
+    /// then leave the sealed file; the current version cannot be destroyed.
+    #[test]
+    fn index_key_life_cycle() {
+        let mut kr = Keyring::generate(eu(), custody());
+        let old = kr.current_index_key().unwrap().1.expose_secret().to_vec();
+        assert_eq!(kr.current_index_version(), 1);
+        assert!(kr.older_index_versions().is_empty());
+        assert_eq!(kr.rotate_index().unwrap(), 2);
+        assert_eq!(kr.current_index_key().unwrap().0, 2);
+        assert_eq!(
+            kr.live_index_keys()
+                .iter()
+                .map(|(v, _)| *v)
+                .collect::<Vec<_>>(),
+            vec![1, 2]
+        );
+        assert_eq!(kr.older_index_versions(), vec![1]);
+        assert!(matches!(
+            kr.destroy_index(2),
+            Err(KeyringError::BadTransition(_))
+        ));
+        assert!(matches!(
+            kr.destroy_index(7),
+            Err(KeyringError::BadTransition(_))
+        ));
+        kr.destroy_index(1).unwrap();
+        assert!(matches!(
+            kr.destroy_index(1),
+            Err(KeyringError::BadTransition(_))
+        ));
+        assert!(kr.older_index_versions().is_empty());
+        let uk = Key256::random();
+        let back = Keyring::unseal(&kr.seal(&uk), &uk, &eu()).unwrap();
+        assert_eq!(
+            back.index_versions().collect::<Vec<_>>(),
+            vec![(1, KeyState::Destroyed), (2, KeyState::Active)]
+        );
+        assert_eq!(back.current_index_version(), 2);
+        assert_eq!(back.live_index_keys().len(), 1);
+        assert!(!back
+            .encode_contents()
+            .windows(32)
+            .any(|w| w == old.as_slice()));
+        let mut again = back;
+        assert_eq!(again.rotate_index().unwrap(), 3);
     }
 
     /// A shred runs in two saved steps: a new epoch beside the old, then

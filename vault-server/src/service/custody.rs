@@ -268,6 +268,34 @@ impl OperatorService for OperatorApi {
         }))
     }
 
+    async fn rotate_index_key(
+        &self,
+        req: Request<pb::RotateIndexKeyRequest>,
+    ) -> Result<Response<pb::RotateIndexKeyResponse>, Status> {
+        let caller = caller(&req)?;
+        let engine = self.vault.engine()?;
+        let version = run_blocking(move || engine.rotate_index_key(&caller)).await?;
+        Ok(Response::new(pb::RotateIndexKeyResponse { version }))
+    }
+
+    async fn reindex_status(
+        &self,
+        req: Request<pb::ReindexStatusRequest>,
+    ) -> Result<Response<pb::ReindexStatusResponse>, Status> {
+        let caller = caller(&req)?;
+        let engine = self.vault.engine()?;
+        let p = run_blocking(move || engine.reindex_status(&caller)).await?;
+        Ok(Response::new(pb::ReindexStatusResponse {
+            target_version: p.target_version,
+            finished: p.finished,
+            examined: p.examined,
+            reindexed: p.reindexed,
+            skipped: p.skipped,
+            unreadable: p.unreadable,
+            total_at_start: p.total_at_start,
+        }))
+    }
+
     async fn list_root_keys(
         &self,
         req: Request<pb::ListRootKeysRequest>,

@@ -17,17 +17,18 @@ use serde::Serialize;
 use serde_json::{json, Value as Json};
 use vault_client::sealed_share::{self, Identities};
 use vault_client::{
-    ErasureReceipt, Initialized, ReceiptBody, RekeyProgress, RewrapProgress, RootKeyInfo, RootKeys,
-    SealStatus, SubjectKeyRotation, UnsealProgress, UnsealShare,
+    ErasureReceipt, Initialized, ReceiptBody, ReindexProgress, RekeyProgress, RewrapProgress,
+    RootKeyInfo, RootKeys, SealStatus, SubjectKeyRotation, UnsealProgress, UnsealShare,
 };
 use zeroize::Zeroizing;
 
 use super::{connect, emit, printable, Cli, CliError};
 
-/// How often `rewrap-status --wait` asks the vault.
+/// How often `rewrap-status --wait` and `reindex-status --wait` ask the
+/// vault.
 const REWRAP_POLL: Duration = Duration::from_millis(200);
 
-/// The width of the `rewrap-status --wait` progress bar, in characters.
+/// The width of the `--wait` progress bars, in characters.
 const BAR_WIDTH: u64 = 10;
 
 /// The most a share file or a share line may hold: a share is about 130
@@ -71,6 +72,15 @@ pub(crate) enum OperatorCommand {
     /// rotation.
     RewrapStatus {
         /// Poll until the job is finished, with a progress bar on stderr.
+        #[arg(long)]
+        wait: bool,
+    },
+
+    /// Show the progress of rebuilding the blind index after an index key
+    /// rotation.
+    ReindexStatus {
+        /// Poll until the rebuild is finished (and the old index key
+        /// destroyed), with a progress bar on stderr.
         #[arg(long)]
         wait: bool,
     },
@@ -184,6 +194,10 @@ pub(crate) enum RotateCommand {
     /// Make a new root key version current; subject keys are re-wrapped in
     /// the background (see `operator rewrap-status`).
     Root,
+    /// Make a new blind-index key version current; the index is rebuilt
+    /// under it in the background, and the old version destroyed once it
+    /// is done (see `operator reindex-status`).
+    Index,
     /// Give one subject a new key and re-encrypt the subject's records.
     Subject {
         /// The data subject.
@@ -288,6 +302,19 @@ pub(crate) async fn run_operator(cli: &Cli, command: &OperatorCommand) -> Result
             }
             Ok(())
         }
+        OperatorCommand::Rotate(RotateCommand::Index) => {
+            let version = connect(cli).await?.rotate_index_key().await?;
+            if cli.json {
+                emit(&json!({ "version": version }).to_string());
+            } else {
+                emit(&format!(
+                    "index key version {version} is now current; the blind index is rebuilt \
+                     in the background and the old version destroyed when it is done \
+                     (vaultctl operator reindex-status --wait)"
+                ));
+            }
+            Ok(())
+        }
         OperatorCommand::Rotate(RotateCommand::Subject { subject }) => {
             let rotation = connect(cli).await?.rotate_subject_key(subject).await?;
             if cli.json {
@@ -300,7 +327,7 @@ pub(crate) async fn run_operator(cli: &Cli, command: &OperatorCommand) -> Result
         OperatorCommand::RewrapStatus { wait } => {
             let vault = connect(cli).await?;
             let progress = if *wait {
-                wait_for_rewrap(|| vault.rewrap_status()).await?
+                wait_for_job(|| vault.rewrap_status()).await?
             } else {
                 vault.rewrap_status().await?
             };
@@ -308,6 +335,20 @@ pub(crate) async fn run_operator(cli: &Cli, command: &OperatorCommand) -> Result
                 emit(&rewrap_json(&progress).to_string());
             } else {
                 emit(&rewrap_text(&progress));
+            }
+            Ok(())
+        }
+        OperatorCommand::ReindexStatus { wait } => {
+            let vault = connect(cli).await?;
+            let progress = if *wait {
+                wait_for_job(|| vault.reindex_status()).await?
+            } else {
+                vault.reindex_status().await?
+            };
+            if cli.json {
+                emit(&reindex_json(&progress).to_string());
+            } else {
+                emit(&reindex_text(&progress));
             }
             Ok(())
         }
@@ -1085,12 +1126,52 @@ fn progress_bar(progress: &RewrapProgress) -> String {
     )
 }
 
-/// Polls until the re-wrap job is finished, drawing its progress on stderr
-/// when stderr is a terminal.
-async fn wait_for_rewrap<F, Fut>(mut poll: F) -> Result<RewrapProgress, CliError>
+/// `[###.......] 25% 100/400 records examined`
+fn reindex_bar(progress: &ReindexProgress) -> String {
+    let percent = progress.percent();
+    let filled = u64::from(percent) * BAR_WIDTH / 100;
+    let bar: String = (0..BAR_WIDTH)
+        .map(|i| if i < filled { '#' } else { '.' })
+        .collect();
+    format!(
+        "[{bar}] {percent}% {}/{} records examined",
+        progress.examined, progress.total_at_start
+    )
+}
+
+/// The progress of a background job, as `--wait` follows it.
+trait JobProgress {
+    /// Whether the job is done.
+    fn finished(&self) -> bool;
+    /// Its progress bar.
+    fn bar(&self) -> String;
+}
+
+impl JobProgress for RewrapProgress {
+    fn finished(&self) -> bool {
+        self.finished
+    }
+    fn bar(&self) -> String {
+        progress_bar(self)
+    }
+}
+
+impl JobProgress for ReindexProgress {
+    fn finished(&self) -> bool {
+        self.finished
+    }
+    fn bar(&self) -> String {
+        reindex_bar(self)
+    }
+}
+
+/// Polls until a background job (the re-wrap, the index rebuild) is
+/// finished, drawing its progress on stderr when stderr is a terminal.
+async fn wait_for_job<P, F, Fut>(mut poll: F) -> Result<P, CliError>
 where
+    P: JobProgress,
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = vault_client::Result<RewrapProgress>>,
+    Fut: std::future::Future<Output = vault_client::Result<P>>,
 {
     let draw = std::io::stderr().is_terminal();
     let mut drawn = false;
@@ -1106,11 +1187,11 @@ where
         };
         if draw {
             // \x1b[K clears what a longer earlier line left behind.
-            eprint!("\r{}\x1b[K", progress_bar(&progress));
+            eprint!("\r{}\x1b[K", progress.bar());
             let _ = std::io::stderr().flush();
             drawn = true;
         }
-        if progress.finished {
+        if progress.finished() {
             if drawn {
                 eprintln!();
             }
@@ -1156,6 +1237,47 @@ fn rewrap_json(progress: &RewrapProgress) -> Json {
         "examined": progress.examined,
         "unreadable": progress.unreadable,
         "removed_erased": progress.removed_erased,
+    })
+}
+
+fn reindex_text(progress: &ReindexProgress) -> String {
+    [
+        format!("target index key version: {}", progress.target_version),
+        format!("finished: {}", yes_no(progress.finished)),
+        format!(
+            "examined: {} of {} records ({}%)",
+            progress.examined,
+            progress.total_at_start,
+            progress.percent()
+        ),
+        format!("re-indexed: {}", progress.reindexed),
+    ]
+    .into_iter()
+    .chain((progress.skipped > 0).then(|| {
+        format!(
+            "skipped (erased subjects' records, rows without a record): {}",
+            progress.skipped
+        )
+    }))
+    .chain((progress.unreadable > 0).then(|| {
+        format!(
+            "unreadable (their older rows removed): {}",
+            progress.unreadable
+        )
+    }))
+    .collect::<Vec<_>>()
+    .join("\n")
+}
+
+fn reindex_json(progress: &ReindexProgress) -> Json {
+    json!({
+        "target_version": progress.target_version,
+        "finished": progress.finished,
+        "examined": progress.examined,
+        "reindexed": progress.reindexed,
+        "skipped": progress.skipped,
+        "unreadable": progress.unreadable,
+        "total_at_start": progress.total_at_start,
     })
 }
 
@@ -1726,7 +1848,7 @@ mod tests {
             Ok(rewrap(0, false)),
         ];
         let mut polls = 0;
-        let last = wait_for_rewrap(|| {
+        let last = wait_for_job(|| {
             polls += 1;
             let answer = answers.pop().unwrap();
             async move { answer }
@@ -1736,11 +1858,76 @@ mod tests {
         assert_eq!(polls, 3);
         assert!(last.finished);
 
-        let failed = wait_for_rewrap(|| async {
+        let failed = wait_for_job::<RewrapProgress, _, _>(|| async {
             Err(vault_client::Error::Unavailable("vault is sealed".into()))
         })
         .await;
         assert!(matches!(failed, Err(CliError::Vault(e)) if e.is_sealed()));
+    }
+
+    fn reindex(examined: u64, finished: bool) -> ReindexProgress {
+        ReindexProgress {
+            target_version: 2,
+            finished,
+            examined,
+            reindexed: examined.saturating_sub(3),
+            skipped: 0,
+            unreadable: 0,
+            total_at_start: 400,
+        }
+    }
+
+    #[test]
+    fn reindex_output() {
+        assert_eq!(
+            reindex_bar(&reindex(100, false)),
+            "[##........] 25% 100/400 records examined"
+        );
+        assert_eq!(
+            reindex_bar(&reindex(400, true)),
+            "[##########] 100% 400/400 records examined"
+        );
+        assert_eq!(
+            reindex_text(&reindex(100, false)),
+            "target index key version: 2\nfinished: no\nexamined: 100 of 400 records (25%)\n\
+             re-indexed: 97"
+        );
+        let odd = ReindexProgress {
+            skipped: 2,
+            unreadable: 1,
+            ..reindex(400, true)
+        };
+        assert_eq!(
+            reindex_text(&odd),
+            "target index key version: 2\nfinished: yes\nexamined: 400 of 400 records (100%)\n\
+             re-indexed: 397\nskipped (erased subjects' records, rows without a record): 2\n\
+             unreadable (their older rows removed): 1"
+        );
+        assert_eq!(
+            reindex_json(&odd),
+            json!({
+                "target_version": 2,
+                "finished": true,
+                "examined": 400,
+                "reindexed": 397,
+                "skipped": 2,
+                "unreadable": 1,
+                "total_at_start": 400,
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn waiting_for_the_rebuild_polls_until_finished() {
+        let mut answers = vec![Ok(reindex(400, true)), Ok(reindex(100, false))];
+        let last = wait_for_job(|| {
+            let answer = answers.pop().unwrap();
+            async move { answer }
+        })
+        .await
+        .unwrap();
+        assert!(last.finished);
+        assert!(answers.is_empty());
     }
 
     #[test]
