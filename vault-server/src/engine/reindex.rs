@@ -206,6 +206,10 @@ pub(crate) fn reindex_job_record_seed() -> Vec<u8> {
 pub(super) struct JobState {
     job: Mutex<Option<Job>>,
     step: Mutex<()>,
+    /// A test's pause in the next batch, once its records are read under
+    /// their locks.
+    #[cfg(test)]
+    pub(super) pause: Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
 
 impl std::fmt::Debug for JobState {
@@ -232,6 +236,8 @@ impl JobState {
         Ok(JobState {
             job: Mutex::new(job),
             step: Mutex::new(()),
+            #[cfg(test)]
+            pause: Mutex::new(None),
         })
     }
 }
@@ -433,6 +439,10 @@ impl Engine {
         p.unreadable += malformed;
         if !records.is_empty() {
             let (locks, current) = self.lock_owners_exclusively(&records)?;
+            #[cfg(test)]
+            if let Some(pause) = lock(&self.reindex.pause).take() {
+                pause();
+            }
             if self.is_closed() {
                 return Ok(false);
             }
