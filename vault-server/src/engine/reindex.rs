@@ -102,8 +102,9 @@ pub struct ReindexProgress {
     /// Records of erased subjects (from a restored backup) and rows whose
     /// record is gone: their older rows removed, none made.
     pub skipped: u64,
-    /// Records (or rows) that could not be read: damaged; their older rows
-    /// removed, none made, and logged (without ids).
+    /// Records that could not be read (damaged: their older rows removed,
+    /// none made) and index rows that name no record (left as they are);
+    /// logged without ids.
     pub unreadable: u64,
     /// Records listed in the index when the job started.
     pub total_at_start: u64,
