@@ -244,8 +244,8 @@ pub struct ReindexProgress {
     /// Records of erased subjects (from a restored backup) and index rows
     /// whose record is gone: their older rows removed, none made.
     pub skipped: u64,
-    /// Records (or index rows) that could not be read (damaged): their
-    /// older rows removed, none made.
+    /// Records that could not be read (damaged: their older rows removed,
+    /// none made) and index rows that name no record (left as they are).
     pub unreadable: u64,
     /// Records listed in the index when the job started.
     pub total_at_start: u64,

@@ -102,8 +102,9 @@ pub struct ReindexProgress {
     /// Records of erased subjects (from a restored backup) and rows whose
     /// record is gone: their older rows removed, none made.
     pub skipped: u64,
-    /// Records (or rows) that could not be read: damaged; their older rows
-    /// removed, none made, and logged (without ids).
+    /// Records that could not be read (damaged: their older rows removed,
+    /// none made) and index rows that name no record (left as they are);
+    /// logged without ids.
     pub unreadable: u64,
     /// Records listed in the index when the job started.
     pub total_at_start: u64,
@@ -206,6 +207,10 @@ pub(crate) fn reindex_job_record_seed() -> Vec<u8> {
 pub(super) struct JobState {
     job: Mutex<Option<Job>>,
     step: Mutex<()>,
+    /// A test's pause in the next batch, once its records are read under
+    /// their locks.
+    #[cfg(test)]
+    pub(super) pause: Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
 
 impl std::fmt::Debug for JobState {
@@ -232,6 +237,8 @@ impl JobState {
         Ok(JobState {
             job: Mutex::new(job),
             step: Mutex::new(()),
+            #[cfg(test)]
+            pause: Mutex::new(None),
         })
     }
 }
@@ -433,6 +440,10 @@ impl Engine {
         p.unreadable += malformed;
         if !records.is_empty() {
             let (locks, current) = self.lock_owners_exclusively(&records)?;
+            #[cfg(test)]
+            if let Some(pause) = lock(&self.reindex.pause).take() {
+                pause();
+            }
             if self.is_closed() {
                 return Ok(false);
             }

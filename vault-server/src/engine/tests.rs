@@ -3301,3 +3301,83 @@ fn index_rebuild_resumes_after_a_restart_and_skips_what_it_cannot_read() {
     assert_eq!(e.reindex_progress(), p);
     assert!(!e.reindex_step().unwrap());
 }
+
+/// A batch of the rebuild holds its records' writer locks exclusively
+/// from the moment it reads them until its rows are written: a put or
+/// delete of one of them waits, and then follows the batch, so no row is
+/// made from a value a write replaced, or for a record a write deleted.
+#[test]
+fn a_write_of_a_record_in_a_rebuild_batch_waits_for_the_batch_and_stays() {
+    use std::sync::mpsc;
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path());
+    let c = Caller::internal("t");
+    create_people(&e);
+    // Three records, one indexed row each: one batch of three.
+    for i in 0..3 {
+        e.put_record(
+            &c,
+            person(
+                &format!("p{i}"),
+                &format!("s{i}"),
+                &format!("old{i}@example.eu"),
+            ),
+        )
+        .unwrap();
+    }
+    e.rotate_index_key(&c).unwrap();
+    let (at_batch, batch_reached) = mpsc::channel::<()>();
+    let (go, wait_for_go) = mpsc::channel::<()>();
+    *lock(&e.reindex.pause) = Some(Box::new(move || {
+        at_batch.send(()).unwrap();
+        wait_for_go.recv().unwrap();
+    }));
+    let written = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let rebuild = scope.spawn(|| while e.reindex_step().unwrap() {});
+        // The batch has read its three records, under their locks.
+        batch_reached.recv().unwrap();
+        let writer = scope.spawn(|| {
+            e.put_record(&c, person("p0", "s0", "new0@example.eu"))
+                .unwrap();
+            assert!(e.delete_record(&c, "people", "p1").unwrap());
+            written.store(true, Ordering::SeqCst);
+        });
+        // Not a wait for readiness: the writes must not get through while
+        // the batch holds the records (they would within milliseconds).
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let early = written.load(Ordering::SeqCst);
+        go.send(()).unwrap();
+        writer.join().unwrap();
+        rebuild.join().unwrap();
+        assert!(
+            !early,
+            "a write of a record of the batch ran while the batch held it"
+        );
+    });
+    while e.reindex_step().unwrap() {}
+    let p = e.reindex_progress();
+    assert!(p.finished);
+    assert_eq!((p.examined, p.reindexed), (3, 3));
+    // Each record has exactly the row of its value under version 2.
+    let kr = e.keyring();
+    let (_, key) = kr.current_index_key().unwrap();
+    let listed = |id: &str| {
+        let prefix = index::reverse_prefix(&rec_key(&e, "people", id));
+        index::listed_tokens(
+            &e.store.scan_prefix(Table::Index, &prefix).unwrap(),
+            &prefix,
+        )
+        .unwrap()
+    };
+    let token =
+        |v: &str| index::token(key, 2, "eu", "people", "email", &Value::String(v.into())).unwrap();
+    assert_eq!(listed("p0"), vec![token("new0@example.eu")]);
+    assert!(listed("p1").is_empty());
+    assert_eq!(listed("p2"), vec![token("old2@example.eu")]);
+    assert_eq!(e.store.scan_prefix(Table::Index, b"f").unwrap().len(), 2);
+    assert_eq!(people_with(&e, "new0@example.eu"), vec!["p0"]);
+    assert!(people_with(&e, "old0@example.eu").is_empty());
+    assert!(people_with(&e, "old1@example.eu").is_empty());
+    assert_eq!(people_with(&e, "old2@example.eu"), vec!["p2"]);
+}
