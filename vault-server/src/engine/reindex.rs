@@ -490,6 +490,11 @@ impl Engine {
                         index::replace(&mut ws, rk, &older, target, &[]);
                         p.skipped += 1;
                     }
+                    // A failure that may pass (storage, a closed engine):
+                    // the batch is not written, and the next step retries
+                    // it from the same cursor. Removing the rows now would
+                    // leave the record unfindable for good.
+                    Err(e) if !matches!(e, Error::Integrity) => return Err(e),
                     Err(e) => {
                         index::replace(&mut ws, rk, &older, target, &[]);
                         p.unreadable += 1;
@@ -503,11 +508,19 @@ impl Engine {
             }
             job.cursor = cursor;
             ws.put(Table::Meta, JOB_KEY.to_vec(), job.encode());
+            // Synced even with `danger_unsynced_writes`: the old key is
+            // destroyed (a synced keyring save) once the job ends, so no
+            // batch before it may be lost with the rows it moved.
+            ws.must_sync();
             self.store.write(ws)?;
             drop(locks);
         } else {
             job.cursor = cursor;
             ws.put(Table::Meta, JOB_KEY.to_vec(), job.encode());
+            // Synced even with `danger_unsynced_writes`: the old key is
+            // destroyed (a synced keyring save) once the job ends, so no
+            // batch before it may be lost with the rows it moved.
+            ws.must_sync();
             self.store.write(ws)?;
         }
         *lock(&self.reindex.job) = Some(job.clone());

@@ -236,6 +236,14 @@ impl Engine {
                 }
             }
         }
+        // A rotation since the keyring was read: a record the new rebuild
+        // moved meanwhile may have been missed. Rare (only as custodians
+        // rotate), and the caller can simply ask again.
+        if self.keyring().current_index_version() != kr.current_index_version() {
+            return Err(Error::Unavailable(
+                "the index key was rotated during this search; search again".into(),
+            ));
+        }
         Ok(found)
     }
 }
