@@ -289,3 +289,34 @@ pub(crate) fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// Asserts that `canary`, as written, lower-cased or upper-cased, is in
+/// no file of the data folder `dir` (of a stopped vault): scanned as it
+/// is (the WAL), then again after every table is flushed to its files.
+pub(crate) fn assert_not_in_clear(dir: &Path, canary: &str) {
+    let canaries = [
+        canary.to_owned(),
+        canary.to_lowercase(),
+        canary.to_uppercase(),
+    ];
+    let scan = || {
+        for path in walk(dir) {
+            let data = std::fs::read(&path).unwrap();
+            for canary in &canaries {
+                assert!(
+                    !data.windows(canary.len()).any(|w| w == canary.as_bytes()),
+                    "{canary} in {}",
+                    path.display()
+                );
+            }
+        }
+    };
+    scan();
+    {
+        let db = open_raw(dir);
+        for t in Table::ALL {
+            db.flush_cf(db.cf_handle(t.name()).unwrap()).unwrap();
+        }
+    }
+    scan();
+}
