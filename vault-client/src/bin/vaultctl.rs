@@ -361,6 +361,23 @@ fn parse_timeout(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(seconds).map_err(|_| "the timeout is too large".to_owned())
 }
 
+/// `done` of `total` in percent (100 when there is nothing to do).
+fn percent(done: u64, total: u64) -> u64 {
+    if total == 0 {
+        return 100;
+    }
+    (u128::from(done.min(total)) * 100 / u128::from(total)) as u64
+}
+
+/// `[####....]`, `width` characters filled to `percent`.
+fn bar(percent: u64, width: u64) -> String {
+    let filled = percent.min(100) * width / 100;
+    let bar: String = (0..width)
+        .map(|i| if i < filled { '#' } else { '.' })
+        .collect();
+    format!("[{bar}]")
+}
+
 /// A failure of one command.
 #[derive(Debug)]
 enum CliError {

@@ -366,7 +366,7 @@ async fn export(cli: &Cli, dir: &Path) -> Result<(u64, usize), CliError> {
             written += 1;
         }
         if draw {
-            let percent = percent(written, target);
+            let percent = crate::percent(written, target);
             if shown != Some(percent) {
                 shown = Some(percent);
                 eprint!("\r{}\x1b[K", export_bar(written, target));
@@ -410,7 +410,7 @@ fn export_text(events: u64, checkpoints: usize, dir: &Path) -> String {
 }
 
 fn export_bar(done: u64, total: u64) -> String {
-    let percent = percent(done, total);
+    let percent = crate::percent(done, total);
     format!(
         "{} {percent}% {done} of {total} events exported",
         bar(percent)
@@ -943,7 +943,7 @@ fn verify(
         if !draw {
             return;
         }
-        let percent = percent(progress.bytes, total);
+        let percent = crate::percent(progress.bytes, total);
         if shown != Some(percent) {
             shown = Some(percent);
             eprint!("\r{}\x1b[K", progress_bar(&progress, total));
@@ -960,24 +960,13 @@ fn verify(
     Ok((report, exported))
 }
 
-fn percent(done: u64, total: u64) -> u64 {
-    if total == 0 {
-        return 100;
-    }
-    (u128::from(done.min(total)) * 100 / u128::from(total)) as u64
-}
-
 /// `[####....]`, filled to `percent`.
 fn bar(percent: u64) -> String {
-    let filled = percent * BAR_WIDTH / 100;
-    let bar: String = (0..BAR_WIDTH)
-        .map(|i| if i < filled { '#' } else { '.' })
-        .collect();
-    format!("[{bar}]")
+    crate::bar(percent, BAR_WIDTH)
 }
 
 fn progress_bar(progress: &Progress, total: u64) -> String {
-    let percent = percent(progress.bytes, total);
+    let percent = crate::percent(progress.bytes, total);
     format!(
         "{} {percent}% {} events verified",
         bar(percent),
@@ -1339,8 +1328,8 @@ mod tests {
             progress_bar(&progress, 100),
             "[##########..........] 50% 1000 events verified"
         );
-        assert_eq!(percent(5, 0), 100);
-        assert_eq!(percent(200, 100), 100);
-        assert_eq!(percent(u64::MAX - 1, u64::MAX), 99);
+        assert_eq!(crate::percent(5, 0), 100);
+        assert_eq!(crate::percent(200, 100), 100);
+        assert_eq!(crate::percent(u64::MAX - 1, u64::MAX), 99);
     }
 }

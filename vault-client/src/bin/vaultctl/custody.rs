@@ -1116,26 +1116,22 @@ fn root_keys_table(keys: &RootKeys) -> String {
 /// `[#####.....] 52% 5200/10000 re-wrapped`
 fn progress_bar(progress: &RewrapProgress) -> String {
     let percent = progress.percent();
-    let filled = u64::from(percent) * BAR_WIDTH / 100;
-    let bar: String = (0..BAR_WIDTH)
-        .map(|i| if i < filled { '#' } else { '.' })
-        .collect();
     format!(
-        "[{bar}] {percent}% {}/{} re-wrapped",
-        progress.rewrapped, progress.pending_at_start
+        "{} {percent}% {}/{} re-wrapped",
+        crate::bar(percent.into(), BAR_WIDTH),
+        progress.rewrapped,
+        progress.pending_at_start
     )
 }
 
 /// `[###.......] 25% 100/400 records examined`
 fn reindex_bar(progress: &ReindexProgress) -> String {
     let percent = progress.percent();
-    let filled = u64::from(percent) * BAR_WIDTH / 100;
-    let bar: String = (0..BAR_WIDTH)
-        .map(|i| if i < filled { '#' } else { '.' })
-        .collect();
     format!(
-        "[{bar}] {percent}% {}/{} records examined",
-        progress.examined, progress.total_at_start
+        "{} {percent}% {}/{} records examined",
+        crate::bar(percent.into(), BAR_WIDTH),
+        progress.examined,
+        progress.total_at_start
     )
 }
 

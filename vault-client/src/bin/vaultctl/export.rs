@@ -28,15 +28,11 @@ pub(crate) fn signature_path(bundle: &Path) -> PathBuf {
 
 /// `[####......] 40% 400/1000 records`
 fn bar(done: u64, total: u64) -> String {
-    let percent = match total {
-        0 => 100,
-        t => (done.min(t) * 100 / t) as u8,
-    };
-    let filled = u64::from(percent) * BAR_WIDTH / 100;
-    let bar: String = (0..BAR_WIDTH)
-        .map(|i| if i < filled { '#' } else { '.' })
-        .collect();
-    format!("[{bar}] {percent}% {done}/{total} records")
+    let percent = crate::percent(done, total);
+    format!(
+        "{} {percent}% {done}/{total} records",
+        crate::bar(percent, BAR_WIDTH)
+    )
 }
 
 /// `FILE.partial`: where FILE is written until it is complete.
