@@ -164,3 +164,64 @@ async fn find_by_an_indexed_field_follows_every_write_and_leaves_no_value_in_cle
         .next()
         .is_some());
 }
+
+/// The forward blind-index rows (`f ‖ token ‖ record key`) in a stopped
+/// vault's data folder.
+fn forward_rows(dir: &std::path::Path) -> Vec<Vec<u8>> {
+    let db = open_raw(dir);
+    let cf = db.cf_handle(Table::Index.name()).unwrap();
+    db.iterator_cf(cf, rocksdb::IteratorMode::Start)
+        .map(|row| row.unwrap().0.to_vec())
+        .filter(|k| k.first() == Some(&b'f'))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erasure_compacts_the_index_rows_of_the_subject_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let vault = TestVault::start(dir.path(), "eu").await.unwrap();
+    let client = vault.client().await;
+    client.create_collection(&people()).await.unwrap();
+    client
+        .put(&person("p1", "s1", "erased@example.eu", 4242))
+        .await
+        .unwrap();
+    drop(client);
+    vault.stop().await;
+    // p1's rows, flushed into a table file.
+    let tokens: Vec<Vec<u8>> = forward_rows(dir.path())
+        .iter()
+        .map(|k| k[1..33].to_vec())
+        .collect();
+    assert_eq!(tokens.len(), 2, "email and number");
+    {
+        let db = open_raw(dir.path());
+        db.flush_cf(db.cf_handle(Table::Index.name()).unwrap())
+            .unwrap();
+    }
+    let sst_has_a_token = || {
+        crate::tamper::walk(dir.path())
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "sst"))
+            .any(|p| {
+                let data = std::fs::read(&p).unwrap();
+                data.windows(32).any(|w| tokens.iter().any(|t| t == w))
+            })
+    };
+    assert!(sst_has_a_token(), "the rows are in a table file");
+
+    let vault = TestVault::start(dir.path(), "eu").await.unwrap();
+    let client = vault.client().await;
+    client
+        .put(&person("p2", "s2", "kept@example.eu", 7))
+        .await
+        .unwrap();
+    client.erase_subject("s1").await.unwrap();
+    drop(client);
+    vault.stop().await;
+    assert_eq!(forward_rows(dir.path()).len(), 2, "p2's rows only");
+    assert!(
+        !sst_has_a_token(),
+        "an erased record's index tokens are still in a table file"
+    );
+}

@@ -422,9 +422,10 @@ impl Engine {
         ws.must_sync();
         let mut deleted = 0u64;
         let mut deleted_keys = Vec::new();
+        let mut index_rows = Vec::new();
         for (index_key, record_key, bytes) in records {
             // Index rows go whether or not the record could be read.
-            self.unindex_record(&mut ws, &record_key)?;
+            index_rows.extend(self.unindex_record(&mut ws, &record_key)?);
             if bytes.is_some() {
                 ws.delete(Table::Records, record_key.clone());
                 deleted_keys.push(record_key);
@@ -476,6 +477,7 @@ impl Engine {
 
         // 4. The deleted bytes leave the data files.
         self.compact_after_erasure(bucket, &name, &deleted_keys);
+        self.compact_keys(Table::Index, &index_rows);
         let compacted = started.elapsed() - shredded;
         let micros = |d: std::time::Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
         self.counters

@@ -191,6 +191,15 @@ pub fn after_record(record_key: &[u8]) -> Vec<u8> {
     k
 }
 
+/// The keys of the rows (forward and reverse) of the record at
+/// `record_key` listed under `tokens`.
+pub fn row_keys(record_key: &[u8], tokens: &[Token]) -> Vec<Vec<u8>> {
+    tokens
+        .iter()
+        .flat_map(|t| [forward_key(t, record_key), reverse_key(record_key, t)])
+        .collect()
+}
+
 /// Into `ws`: the index rows of `record_key` go from the tokens `old` it
 /// is listed under to `new` (made under index-key version `version`).
 pub fn replace(ws: &mut WriteSet, record_key: &[u8], old: &[Token], version: u32, new: &[Token]) {

@@ -1467,11 +1467,22 @@ impl Engine {
     }
 
     /// Into `ws`: the removal of every blind-index row of the record at
-    /// `record_key` (deleted or erased).
-    fn unindex_record(&self, ws: &mut WriteSet, record_key: &[u8]) -> Result<()> {
+    /// `record_key` (deleted or erased). Returns the keys of the rows
+    /// removed (to compact them away after an erasure or a purge).
+    fn unindex_record(&self, ws: &mut WriteSet, record_key: &[u8]) -> Result<Vec<Vec<u8>>> {
         let old = self.indexed_tokens(record_key)?;
         index::replace(ws, record_key, &old, 0, &[]);
-        Ok(())
+        Ok(index::row_keys(record_key, &old))
+    }
+
+    /// Compacts each of `keys` of `table` (logged, not fatal), so that
+    /// deleted rows leave the table files.
+    fn compact_keys(&self, table: Table, keys: &[Vec<u8>]) {
+        for k in keys {
+            if let Err(e) = self.store.compact_range(table, k, k) {
+                tracing::warn!(error = %e, table = table.name(), "compaction failed");
+            }
+        }
     }
 
     // ---- audit ----

@@ -15,8 +15,9 @@
 //! write time), and deletes them with their subject-index and
 //! blind-index rows in one atomic write with one audit event of the vault
 //! (`retention_purge`: the collection and the number of records, never an
-//! id or a pseudonym). The purged keys' range is then compacted, so the
-//! ciphertext leaves the tables; the subject keys are not destroyed (other
+//! id or a pseudonym). The purged keys' range and their index rows are
+//! then compacted, so the ciphertext and the tokens leave the tables; the
+//! subject keys are not destroyed (other
 //! records of the subject may live on), so this is deletion, not
 //! crypto-shredding.
 
@@ -132,6 +133,7 @@ impl Engine {
         let indexed = c.fields.iter().any(|f| f.indexed);
         let mut ws = WriteSet::new();
         let mut purged = Vec::new();
+        let mut index_rows = Vec::new();
         let mut unverified = 0u64;
         for (key, value) in keys.iter().zip(current) {
             let Some(bytes) = value else { continue };
@@ -162,7 +164,7 @@ impl Engine {
                 subject_record_key(&stored.subject, key),
             );
             if indexed {
-                self.unindex_record(&mut ws, key)?;
+                index_rows.extend(self.unindex_record(&mut ws, key)?);
             }
             ws.delete(Table::Records, key.clone());
             purged.push(key);
@@ -189,6 +191,7 @@ impl Engine {
         if let Err(e) = self.store.compact_range(Table::Records, first, last) {
             tracing::warn!(error = %e, "retention: compaction failed");
         }
+        self.compact_keys(Table::Index, &index_rows);
         tracing::info!(
             collection = %c.name,
             records = purged.len(),
