@@ -25,6 +25,9 @@
 //! batch_size = 100                           # index-key rotation; optional
 //! rows_per_second = 5000                     # index rows examined; 0: no limit
 //!
+//! [retention]                                # collections' time to live; optional
+//! sweep_interval_seconds = 60                # how often expired records are purged; 0: never
+//!
 //! [audit]                                    # when audit checkpoints are signed; optional
 //! checkpoint_every_events = 1000             # 0: not by count
 //! checkpoint_interval_ms = 60000             # if the log grew; 0: not by time
@@ -140,6 +143,9 @@ pub struct Config {
     /// Pace of the blind-index rebuild.
     #[serde(default)]
     pub reindex: ReindexConfig,
+    /// The retention sweeper.
+    #[serde(default)]
+    pub retention: RetentionConfig,
     /// Audit checkpoints.
     #[serde(default)]
     pub audit: AuditConfig,
@@ -185,6 +191,14 @@ pub struct RewrapConfig {
     pub batch_size: Option<usize>,
     /// Most subject keys per second; 0 for no limit.
     pub keys_per_second: Option<u64>,
+}
+
+/// `[retention]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Seconds between sweeps for expired records; 0: never.
+    pub sweep_interval_seconds: Option<u64>,
 }
 
 /// `[reindex]`.
@@ -530,7 +544,10 @@ impl Config {
                     std::sync::Arc::new(SystemClock),
                 )),
                 witnesses,
-                retention_sweep_interval: crate::engine::DEFAULT_SWEEP_INTERVAL,
+                retention_sweep_interval: self.retention.sweep_interval_seconds.map_or(
+                    crate::engine::DEFAULT_SWEEP_INTERVAL,
+                    std::time::Duration::from_secs,
+                ),
             },
         })
     }
@@ -687,6 +704,23 @@ roles = ["reader"]
         assert_eq!(o.engine.limits.max_batch_records, 500);
         assert_eq!(o.engine.rewrap, RewrapOptions::default());
         assert_eq!(o.engine.reindex, ReindexOptions::default());
+        assert_eq!(
+            o.engine.retention_sweep_interval,
+            crate::engine::DEFAULT_SWEEP_INTERVAL
+        );
+        let swept = Config::parse(&format!(
+            "{GOOD}\n[retention]\nsweep_interval_seconds = 5\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            swept
+                .open_options()
+                .unwrap()
+                .engine
+                .retention_sweep_interval,
+            std::time::Duration::from_secs(5)
+        );
+        assert!(Config::parse(&format!("{GOOD}\n[retention]\nsweep = 5\n")).is_err());
         let paced = Config::parse(&format!(
             "{GOOD}\n[reindex]\nbatch_size = 7\nrows_per_second = 0\n"
         ))
