@@ -8,31 +8,20 @@
 use std::collections::BTreeSet;
 
 use serde_json::Value as Json;
-use vault_client::{Collection, DataCategory, FieldSchema, FieldType, Record};
+use vault_client::Record;
 use vault_server::engine::ReindexOptions;
 use vault_server::keys::KeyState;
 use vault_server::storage::Table;
 use vault_server::vault::OpenOptions;
 use vault_tests::TestVault;
 
+use crate::search::people;
 use crate::tamper::{assert_not_in_clear, open_raw, walk};
 use crate::vaultctl::{vaultctl, vaultctl_at, Run};
 
 const CANARY: &str = "Canary-91c2-Reindex@Example.EU";
 /// People written; every tenth has the canary's e-mail.
 const PEOPLE: usize = 40;
-
-fn people() -> Collection {
-    Collection::new("people")
-        .region("eu")
-        .field(FieldSchema::new("email", FieldType::String, DataCategory::Contact).indexed())
-        .field(FieldSchema::new("number", FieldType::Int64, DataCategory::Identity).indexed())
-        .field(FieldSchema::new(
-            "name",
-            FieldType::String,
-            DataCategory::Identity,
-        ))
-}
 
 fn person(i: usize) -> Record {
     let email = if i.is_multiple_of(10) {

@@ -13,7 +13,7 @@ use crate::vaultctl::vaultctl;
 
 const CANARY: &str = "Canary-7f3e-Search@Example.EU";
 
-fn people() -> Collection {
+pub(crate) fn people() -> Collection {
     Collection::new("people")
         .region("eu")
         .field(FieldSchema::new("email", FieldType::String, DataCategory::Contact).indexed())

@@ -224,16 +224,9 @@ impl std::fmt::Debug for JobState {
 
 impl JobState {
     pub(super) fn load(store: &dyn Store) -> Result<Self> {
-        // A damaged job record must not keep the vault from unsealing: the
-        // job then starts over (rebuilding is idempotent).
-        let job = match store.get(Table::Meta, JOB_KEY)?.map(|b| Job::decode(&b)) {
-            Some(Ok(job)) => Some(job),
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, "blind-index rebuild job record unreadable; the job starts over");
-                None
-            }
-            None => None,
-        };
+        // Rebuilding is idempotent.
+        let job =
+            super::rewrap::load_job_record(store, JOB_KEY, Job::decode, "blind-index rebuild")?;
         Ok(JobState {
             job: Mutex::new(job),
             step: Mutex::new(()),

@@ -168,6 +168,25 @@ pub(crate) fn job_record_seed() -> Vec<u8> {
     .encode()
 }
 
+/// A background job's persisted record (Meta `key`), decoded. A damaged
+/// record must not keep the vault from unsealing: it is logged and the
+/// job starts over (which the job must make harmless).
+pub(super) fn load_job_record<J>(
+    store: &dyn Store,
+    key: &[u8],
+    decode: impl FnOnce(&[u8]) -> Result<J>,
+    job: &str,
+) -> Result<Option<J>> {
+    Ok(match store.get(Table::Meta, key)?.map(|b| decode(&b)) {
+        Some(Ok(record)) => Some(record),
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, job, "background job record unreadable; the job starts over");
+            None
+        }
+        None => None,
+    })
+}
+
 /// The job's state in memory: the last committed job record, and a wake-up
 /// signal (a rotation, or the engine closing). `Debug` omits the cursor
 /// (a subject key row: bucket and storage name).
@@ -188,16 +207,8 @@ impl std::fmt::Debug for JobState {
 
 impl JobState {
     pub(super) fn load(store: &dyn Store) -> Result<Self> {
-        // A damaged job record must not keep the vault from unsealing: the
-        // job then starts over (re-wrapping is idempotent).
-        let job = match store.get(Table::Meta, JOB_KEY)?.map(|b| Job::decode(&b)) {
-            Some(Ok(job)) => Some(job),
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, "re-wrap job record unreadable; the job starts over");
-                None
-            }
-            None => None,
-        };
+        // Re-wrapping is idempotent.
+        let job = load_job_record(store, JOB_KEY, Job::decode, "re-wrap")?;
         Ok(JobState {
             job: Mutex::new(job),
             generation: Mutex::new(0),
