@@ -105,10 +105,7 @@ fn main() {
     let engine = Engine::new(
         Arc::clone(&store),
         keyring,
-        KeyringFile {
-            path: dir.path().join("keyring"),
-            unseal_key,
-        },
+        KeyringFile::at(dir.path().join("keyring"), unseal_key),
         EngineOptions::default(),
     )
     .unwrap();

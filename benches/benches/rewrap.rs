@@ -428,9 +428,11 @@ fn main() {
     let store: Arc<dyn Store> =
         Arc::new(RocksStore::open(&dir.path().join("db"), &StoreOptions::default()).unwrap());
     let unseal_key = Key256::random();
-    let keyring_file = || KeyringFile {
-        path: dir.path().join("keyring"),
-        unseal_key: Key256::from_slice(unseal_key.expose_secret()).unwrap(),
+    let keyring_file = || {
+        KeyringFile::at(
+            dir.path().join("keyring"),
+            Key256::from_slice(unseal_key.expose_secret()).unwrap(),
+        )
     };
     let keyring = Keyring::generate(
         "eu".parse().unwrap(),

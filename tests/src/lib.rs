@@ -45,9 +45,126 @@ pub struct TestVault {
     audit_start: (u64, u64),
 }
 
+/// The storage backend the end-to-end tests run on: RocksDB in each test's
+/// data folder, unless `VAULT_TEST_BACKEND=postgres`, when every test vault
+/// keeps its data in a database of its own on the PostgreSQL server that
+/// `VAULT_TEST_POSTGRES` names (the libpq connection string of its
+/// maintenance database; `scripts/test` starts one on loopback).
+pub fn on_postgres() -> bool {
+    std::env::var("VAULT_TEST_BACKEND").is_ok_and(|b| b == "postgres")
+}
+
+/// The connection string of the test PostgreSQL server's maintenance
+/// database. Panics with what to do when it is not set.
+pub fn postgres_server() -> String {
+    std::env::var("VAULT_TEST_POSTGRES").unwrap_or_else(|_| {
+        panic!(
+            "VAULT_TEST_POSTGRES is not set: run scripts/test, or start a server with \
+             scripts/pg-test-server start DIR and export what it prints"
+        )
+    })
+}
+
+/// The connection string of database `name` on the test server, created
+/// if missing.
+pub async fn postgres_database(name: &str) -> String {
+    let server = postgres_server();
+    let (client, connection) = tokio_postgres::connect(&server, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connecting to the test PostgreSQL ({server}): {e}"));
+    let conn = tokio::spawn(connection);
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+        .await
+        .unwrap()
+        .is_some();
+    if !exists {
+        if let Err(e) = client
+            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .await
+        {
+            // Made meanwhile by another test of the same folder.
+            let duplicate = e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE);
+            assert!(duplicate, "creating database {name}: {e}");
+        }
+    }
+    drop(client);
+    let _ = conn.await;
+    let base: Vec<&str> = server
+        .split_whitespace()
+        .filter(|kv| !kv.starts_with("dbname="))
+        .collect();
+    format!("{} dbname={name}", base.join(" "))
+}
+
+/// The database of the vault over `data_dir` (one per folder, so a vault
+/// restarted over the same folder finds its data again).
+pub async fn postgres_database_for(data_dir: &Path) -> String {
+    use sha2::Digest as _;
+    let path = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_owned());
+    let digest = sha2::Sha256::digest(path.to_string_lossy().as_bytes());
+    postgres_database(&format!("vt_{}", hex::encode(&digest[..12]))).await
+}
+
+/// Whether a test that reads or edits RocksDB's files in the data folder
+/// directly is skipped (the PostgreSQL run): says so on stderr.
+pub fn skip_on_postgres(why: &str) -> bool {
+    if on_postgres() {
+        eprintln!("skipped on PostgreSQL: {why}");
+    }
+    on_postgres()
+}
+
+/// The sealed keyring of the test vault over `data_dir`, as stored: its
+/// file, or its row in PostgreSQL.
+pub async fn stored_keyring(data_dir: &Path) -> Vec<u8> {
+    if !on_postgres() {
+        return std::fs::read(data_dir.join("keyring")).unwrap();
+    }
+    let url = postgres_database_for(data_dir).await;
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let conn = tokio::spawn(connection);
+    let row = client
+        .query_one("SELECT sealed FROM vault_keyring WHERE id = 1", &[])
+        .await
+        .unwrap();
+    drop(client);
+    let _ = conn.await;
+    row.get(0)
+}
+
+/// The store of a stopped test vault over `data_dir`, opened directly
+/// (RocksDB in the folder, or its PostgreSQL database).
+pub async fn raw_store(data_dir: &Path) -> Arc<dyn vault_server::storage::Store> {
+    if on_postgres() {
+        let url = postgres_database_for(data_dir).await;
+        let pg = vault_server::storage::PgOptions::new(url);
+        tokio::task::spawn_blocking(move || {
+            Arc::new(vault_server::storage::PgStore::open(&pg).unwrap()) as Arc<_>
+        })
+        .await
+        .unwrap()
+    } else {
+        let path = data_dir.join("db");
+        Arc::new(vault_server::storage::RocksStore::open(&path, &Default::default()).unwrap())
+    }
+}
+
+/// `opts` on the backend the tests run on ([`on_postgres`]).
+pub async fn on_test_backend(mut opts: OpenOptions) -> OpenOptions {
+    if on_postgres() && opts.postgres.is_none() {
+        let url = postgres_database_for(&opts.data_dir).await;
+        opts.postgres = Some(vault_server::storage::PgOptions::new(url));
+    }
+    opts
+}
+
 /// Opens a dev-mode vault (initialised with one share, unsealed) and
 /// seeds its dev collection, off the reactor.
 async fn open_seeded(opts: OpenOptions) -> vault_server::Result<Vault> {
+    let opts = on_test_backend(opts).await;
     tokio::task::spawn_blocking(move || {
         let vault = Vault::open_dev(opts)?;
         dev::seed(&*vault.engine()?)?;
@@ -131,6 +248,7 @@ impl TestVault {
         auth: Authenticator,
     ) -> vault_server::Result<TestVault> {
         let data_dir = opts.data_dir.clone();
+        let opts = on_test_backend(opts).await;
         let vault = tokio::task::spawn_blocking(move || Vault::open(opts))
             .await
             .unwrap()?;
@@ -609,7 +727,11 @@ impl ChildVault {
     /// `RUST_LOG`).
     pub async fn start_with_env(data_dir: &Path, token: &str, env: &[(&str, &str)]) -> ChildVault {
         use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
-        let mut child = tokio::process::Command::new(server_binary())
+        let mut command = tokio::process::Command::new(server_binary());
+        if on_postgres() {
+            command.env("VAULT_POSTGRES_URL", postgres_database_for(data_dir).await);
+        }
+        let mut child = command
             .envs(env.iter().copied())
             .args(["--dev", "--listen", "127.0.0.1:0", "--dev-token", token])
             .args(["--dev-custodian-token", CUSTODIAN_TOKEN])

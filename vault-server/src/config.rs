@@ -25,6 +25,11 @@
 //! batch_size = 100                           # index-key rotation; optional
 //! rows_per_second = 5000                     # index rows examined; 0: no limit
 //!
+//! [storage]                                  # optional; default: RocksDB in data_dir/db
+//! backend = "postgres"                       # "rocksdb" (default) or "postgres"
+//! postgres_url = "host=10.0.0.5,10.0.0.6 port=5432 user=vault dbname=vault target_session_attrs=read-write"
+//! postgres_pool_size = 16                    # connections per server
+//!
 //! [retention]                                # collections' time to live; optional
 //! sweep_interval_seconds = 60                # how often expired records are purged; 0: never
 //!
@@ -99,7 +104,7 @@ use crate::monitor::{
 };
 use crate::policy::{Policy, PolicyHandle, Principal, Role};
 use crate::service::{Authenticator, TlsFiles, TokenGrant};
-use crate::storage::StoreOptions;
+use crate::storage::{PgOptions, StoreOptions};
 use crate::vault::OpenOptions;
 use crate::{Error, Result};
 
@@ -143,6 +148,9 @@ pub struct Config {
     /// Pace of the blind-index rebuild.
     #[serde(default)]
     pub reindex: ReindexConfig,
+    /// Where records, the audit log and the keyring are stored.
+    #[serde(default)]
+    pub storage: StorageConfig,
     /// The retention sweeper.
     #[serde(default)]
     pub retention: RetentionConfig,
@@ -191,6 +199,84 @@ pub struct RewrapConfig {
     pub batch_size: Option<usize>,
     /// Most subject keys per second; 0 for no limit.
     pub keys_per_second: Option<u64>,
+}
+
+/// `[storage]`.
+#[derive(Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// `rocksdb` (the default) or `postgres`.
+    pub backend: Option<BackendConfig>,
+    /// The PostgreSQL connection string (libpq key-value or URL form).
+    pub postgres_url: Option<String>,
+    /// Connections each server keeps to PostgreSQL.
+    pub postgres_pool_size: Option<usize>,
+}
+
+impl std::fmt::Debug for StorageConfig {
+    // The connection string may hold a password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StorageConfig")
+            .field("backend", &self.backend)
+            .field("postgres_pool_size", &self.postgres_pool_size)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A storage backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendConfig {
+    /// RocksDB in the data folder.
+    Rocksdb,
+    /// PostgreSQL, shared by every server of the region.
+    Postgres,
+}
+
+/// Most connections a server keeps to PostgreSQL.
+const MAX_POSTGRES_POOL: usize = 1024;
+
+impl StorageConfig {
+    /// The PostgreSQL options, when that is the backend.
+    fn postgres(&self, sync_writes: bool) -> Result<Option<PgOptions>, String> {
+        match (self.backend, &self.postgres_url) {
+            (None | Some(BackendConfig::Rocksdb), None) => {
+                if self.postgres_pool_size.is_some() {
+                    return Err(
+                        "storage.postgres_pool_size is set but the backend is not postgres".into(),
+                    );
+                }
+                Ok(None)
+            }
+            (None | Some(BackendConfig::Rocksdb), Some(_)) => {
+                Err("storage.postgres_url is set but storage.backend is not \"postgres\"".into())
+            }
+            (Some(BackendConfig::Postgres), None) => {
+                Err("storage.backend = \"postgres\" needs storage.postgres_url".into())
+            }
+            (Some(BackendConfig::Postgres), Some(url)) => {
+                if url.parse::<tokio_postgres::Config>().is_err() {
+                    // The driver's message may quote the string, password and all.
+                    return Err(
+                        "storage.postgres_url is not a PostgreSQL connection string \
+                                (key-value or postgresql:// URL form)"
+                            .into(),
+                    );
+                }
+                let mut o = PgOptions::new(url.clone());
+                o.sync_writes = sync_writes;
+                if let Some(n) = self.postgres_pool_size {
+                    if n == 0 || n > MAX_POSTGRES_POOL {
+                        return Err(format!(
+                            "storage.postgres_pool_size must be 1 to {MAX_POSTGRES_POOL}"
+                        ));
+                    }
+                    o.pool_size = n;
+                }
+                Ok(Some(o))
+            }
+        }
+    }
 }
 
 /// `[retention]`.
@@ -502,6 +588,7 @@ impl Config {
                 .keyring_file
                 .clone()
                 .unwrap_or_else(|| self.data_dir.join("keyring")),
+            postgres: self.storage.postgres(!self.danger_unsynced_writes)?,
             store: StoreOptions {
                 sync_writes: !self.danger_unsynced_writes,
                 block_cache_bytes: self

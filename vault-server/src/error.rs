@@ -70,6 +70,11 @@ pub enum Error {
     /// The storage engine failed. The detail is logged, not sent.
     #[error("storage: {0}")]
     Storage(String),
+    /// A conditional write found its condition unmet (another server of
+    /// the same database wrote first); the caller re-reads and retries.
+    /// Reaches a client only as `ABORTED` when retrying cannot help.
+    #[error("another server of this vault changed the same state first; try again")]
+    Conflict,
     /// The gRPC server could not run (for example, the listener failed).
     #[error("gRPC server: {0}")]
     Serve(String),
@@ -113,6 +118,7 @@ impl From<Error> for tonic::Status {
             Error::PermissionDenied(m) => Status::permission_denied(m),
             Error::Sealed => Status::unavailable("vault is sealed"),
             Error::Unavailable(m) => Status::unavailable(m),
+            e @ Error::Conflict => Status::aborted(e.to_string()),
             e @ (Error::Keyring(_)
             | Error::Config(_)
             | Error::Storage(_)

@@ -82,6 +82,17 @@ struct Cli {
     /// on this address (overrides the configuration's `metrics_listen`).
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
+    /// Development mode: keep records, the audit log and the keyring in
+    /// this PostgreSQL database (a libpq connection string) instead of
+    /// RocksDB in the data folder. With --config, `[storage]` says.
+    #[arg(
+        long,
+        value_name = "CONNINFO",
+        env = "VAULT_POSTGRES_URL",
+        hide_env_values = true,
+        requires = "dev"
+    )]
+    dev_postgres_url: Option<String>,
 }
 
 const DEV_LISTEN: &str = "127.0.0.1:8200";
@@ -170,8 +181,12 @@ async fn run(cli: Cli) -> Result<(), Error> {
                  plaintext and prints its tokens; add --dev-listen-anywhere to expose it anyway"
             )));
         }
+        let mut opts = OpenOptions::dev(&cli.data_dir, region);
+        if let Some(url) = &cli.dev_postgres_url {
+            opts.postgres = Some(vault_server::storage::PgOptions::new(url.clone()));
+        }
         (
-            OpenOptions::dev(&cli.data_dir, region),
+            opts,
             listen,
             auth,
             None,

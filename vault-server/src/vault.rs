@@ -27,7 +27,9 @@ use crate::keys::{
     ShareError, ShareRecipients, UnsealShare,
 };
 use crate::policy::{Caller, Operation};
-use crate::storage::{RocksStore, Store, StoreOptions, Table, WriteSet};
+use crate::storage::{
+    KeyringPath, KeyringStore, PgOptions, PgStore, RocksStore, Store, StoreOptions, Table, WriteSet,
+};
 use crate::{Error, Result};
 
 /// The development share's file name in a dev data folder.
@@ -40,10 +42,14 @@ pub struct OpenOptions {
     pub data_dir: PathBuf,
     /// The region this server serves.
     pub region: Region,
-    /// The keyring file.
+    /// The keyring file (RocksDB; on PostgreSQL the keyring has a table
+    /// of its own).
     pub keyring_file: PathBuf,
-    /// Storage options.
+    /// Storage options (RocksDB).
     pub store: StoreOptions,
+    /// Store records, the audit log and the keyring in PostgreSQL instead
+    /// of RocksDB in the data folder.
+    pub postgres: Option<PgOptions>,
     /// Engine options (limits, cache, re-wrap pace).
     pub engine: EngineOptions,
 }
@@ -56,6 +62,7 @@ impl OpenOptions {
             region,
             keyring_file: data_dir.join("keyring"),
             store: StoreOptions::default(),
+            postgres: None,
             engine: EngineOptions::default(),
         }
     }
@@ -113,6 +120,8 @@ enum State {
 pub struct Vault {
     opts: OpenOptions,
     store: Arc<dyn Store>,
+    /// Where the sealed keyring is kept.
+    keyring: Arc<dyn KeyringStore>,
     state: Mutex<State>,
     /// The audit log: one per data folder, shared with every engine; it
     /// also records what happens while sealed (init, unseal, seal).
@@ -135,17 +144,19 @@ impl std::fmt::Debug for Vault {
     }
 }
 
-/// Reads the keyring file and opens it with `unseal_key`. Shares that
+/// Reads the stored keyring and opens it with `unseal_key`. Shares that
 /// do not open it are an `INVALID_ARGUMENT` saying that `step`'s
 /// (unseal, rekey) progress was reset.
-fn open_keyring_file(opts: &OpenOptions, unseal_key: &Key256, step: &str) -> Result<Keyring> {
-    let file = read_keyring_file(&opts.keyring_file)?.ok_or_else(|| {
-        Error::Config(format!(
-            "keyring {} disappeared",
-            opts.keyring_file.display()
-        ))
-    })?;
-    match Keyring::unseal(&file, unseal_key, &opts.region) {
+fn open_keyring_file(
+    keyring: &dyn KeyringStore,
+    region: &Region,
+    unseal_key: &Key256,
+    step: &str,
+) -> Result<Keyring> {
+    let file = keyring
+        .read()?
+        .ok_or_else(|| Error::Config(format!("{} disappeared", keyring.describe())))?;
+    match Keyring::unseal(&file, unseal_key, region) {
         Err(KeyringError::WrongUnsealKey) => {
             tracing::warn!(step, "the shares given do not open the keyring");
             Err(Error::InvalidArgument(format!(
@@ -161,7 +172,23 @@ impl Vault {
     /// Opens the data folder, sealed. Refuses a keyring of another region,
     /// and a data folder whose keyring is missing.
     pub fn open(opts: OpenOptions) -> Result<Vault> {
-        let custody = match read_keyring_file(&opts.keyring_file)? {
+        std::fs::create_dir_all(&opts.data_dir).map_err(|e| {
+            Error::io(
+                format!("creating data folder {}", opts.data_dir.display()),
+                e,
+            )
+        })?;
+        let (store, keyring): (Arc<dyn Store>, Arc<dyn KeyringStore>) = match &opts.postgres {
+            Some(pg) => {
+                let store = Arc::new(PgStore::open(pg)?);
+                (Arc::clone(&store) as Arc<dyn Store>, store)
+            }
+            None => (
+                Arc::new(RocksStore::open(&opts.data_dir.join("db"), &opts.store)?),
+                Arc::new(KeyringPath(opts.keyring_file.clone())),
+            ),
+        };
+        let custody = match keyring.read()? {
             Some(file) => {
                 let (region, custody) = Keyring::peek(&file)?;
                 if region != opts.region {
@@ -175,16 +202,9 @@ impl Vault {
             }
             None => None,
         };
-        std::fs::create_dir_all(&opts.data_dir).map_err(|e| {
-            Error::io(
-                format!("creating data folder {}", opts.data_dir.display()),
-                e,
-            )
-        })?;
-        let store = RocksStore::open(&opts.data_dir.join("db"), &opts.store)?;
         // A folder of another format is refused at start, not at unseal.
         if store.get(Table::Meta, META_KEYRING_ID)?.is_some() {
-            crate::engine::check_format(&store)?;
+            crate::engine::check_format(store.as_ref())?;
         }
         let state = match custody {
             Some(custody) => State::Sealed {
@@ -201,20 +221,20 @@ impl Vault {
                         )));
                     }
                     return Err(Error::Config(format!(
-                        "the data folder holds data but its keyring {} is missing; \
-                         restore the keyring file (a new one cannot read this data)",
-                        opts.keyring_file.display()
+                        "the vault's storage holds data but its keyring ({}) is missing; \
+                         restore the keyring (a new one cannot read this data)",
+                        keyring.describe()
                     )));
                 }
                 State::Uninitialised
             }
         };
-        let store: Arc<dyn Store> = Arc::new(store);
         let audit = Arc::new(AuditLog::open(Arc::clone(&store))?);
         opts.engine.monitor.attach(&audit)?;
         Ok(Vault {
             opts,
             store,
+            keyring,
             audit,
             state: Mutex::new(state),
             last_engine: Mutex::new(Weak::new()),
@@ -394,7 +414,7 @@ impl Vault {
         let issued = issue(parts, recipients)?;
         let keyring = Keyring::generate(self.opts.region.clone(), custody);
         KeyringFile {
-            path: self.opts.keyring_file.clone(),
+            store: Arc::clone(&self.keyring),
             unseal_key,
         }
         .save(&keyring)?;
@@ -500,14 +520,19 @@ impl Vault {
         let combined = collector.combine();
         collector.clear();
         let unseal_key = combined.map_err(share_error)?;
-        let keyring = open_keyring_file(&self.opts, &unseal_key, "unseal")?;
+        let keyring = open_keyring_file(
+            self.keyring.as_ref(),
+            &self.opts.region,
+            &unseal_key,
+            "unseal",
+        )?;
         let mut options = self.opts.engine.clone();
         options.accept_keyring_rollback = allow_keyring_rollback;
         let engine = Engine::with_audit(
             Arc::clone(&self.store),
             keyring,
             KeyringFile {
-                path: self.opts.keyring_file.clone(),
+                store: Arc::clone(&self.keyring),
                 unseal_key,
             },
             options,
@@ -891,7 +916,7 @@ impl Vault {
         let combined = pending.collector.combine();
         *slot = None;
         let old_key = combined.map_err(share_error)?;
-        open_keyring_file(&self.opts, &old_key, "rekey")?;
+        open_keyring_file(self.keyring.as_ref(), &self.opts.region, &old_key, "rekey")?;
         // As for init: the new shares must not be issued unrecorded.
         self.audit.writable()?;
         let new_key = Key256::random();
@@ -948,21 +973,18 @@ impl Vault {
         keyring.next_generation();
         let generation = keyring.generation();
         let new_file = KeyringFile {
-            path: self.opts.keyring_file.clone(),
+            store: Arc::clone(&self.keyring),
             unseal_key: new_key,
         };
         if let Err(e) = new_file.save(&keyring) {
-            let rekeyed_on_disk = read_keyring_file(&self.opts.keyring_file)
-                .ok()
-                .flatten()
-                .is_some_and(|f| {
-                    Keyring::unseal(&f, &new_file.unseal_key, &self.opts.region)
-                        .is_ok_and(|k| k.same_state(&keyring))
-                });
+            let rekeyed_on_disk = self.keyring.read().ok().flatten().is_some_and(|f| {
+                Keyring::unseal(&f, &new_file.unseal_key, &self.opts.region)
+                    .is_ok_and(|k| k.same_state(&keyring))
+            });
             if !rekeyed_on_disk {
                 // The old keyring file stands: serve on under it.
                 let old_file = KeyringFile {
-                    path: self.opts.keyring_file.clone(),
+                    store: Arc::clone(&self.keyring),
                     unseal_key: old_key,
                 };
                 if let Err(reopen) = self.start_session(&mut state, old_keyring, old_file) {
@@ -1081,14 +1103,6 @@ fn check_recipients(recipients: Option<&ShareRecipients>, shares: u8) -> Result<
 impl Drop for Vault {
     fn drop(&mut self) {
         self.shutdown();
-    }
-}
-
-fn read_keyring_file(path: &Path) -> Result<Option<Vec<u8>>> {
-    match std::fs::read(path) {
-        Ok(b) => Ok(Some(b)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::io(format!("reading keyring {}", path.display()), e)),
     }
 }
 

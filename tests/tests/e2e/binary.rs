@@ -95,7 +95,14 @@ async fn the_binary_refuses_a_folder_of_another_region() {
         .await
         .unwrap();
     vault.stop().await;
-    let out = Command::new(server_binary())
+    let mut command = Command::new(server_binary());
+    if vault_tests::on_postgres() {
+        command.env(
+            "VAULT_POSTGRES_URL",
+            vault_tests::postgres_database_for(dir.path()).await,
+        );
+    }
+    let out = command
         .args([
             "--dev",
             "--listen",

@@ -16,7 +16,7 @@ use vault_server::vault::OpenOptions;
 use vault_tests::TestVault;
 
 use crate::search::people;
-use crate::tamper::{assert_not_in_clear, open_raw, walk};
+use crate::tamper::{assert_not_in_clear, walk};
 use crate::vaultctl::{vaultctl, vaultctl_at, Run};
 
 const CANARY: &str = "Canary-91c2-Reindex@Example.EU";
@@ -48,22 +48,24 @@ async fn custody(vault: &TestVault, args: &[&str]) -> Run {
 
 /// The keys of the forward rows of the index, and the index-key version
 /// of every reverse row, of a stopped vault's data folder.
-fn index_rows(dir: &std::path::Path) -> (BTreeSet<Vec<u8>>, Vec<u32>) {
-    let db = open_raw(dir);
-    let cf = db.cf_handle(Table::Index.name()).unwrap();
-    let mut forward = BTreeSet::new();
-    let mut versions = Vec::new();
-    for row in db.iterator_cf(cf, rocksdb::IteratorMode::Start) {
-        let (k, v) = row.unwrap();
-        match k.first() {
-            Some(b'f') => {
-                forward.insert(k.to_vec());
-            }
-            Some(b'r') => versions.push(u32::from_be_bytes(v.as_ref().try_into().unwrap())),
-            other => panic!("an index row of another kind: {other:?}"),
-        }
-    }
-    (forward, versions)
+async fn index_rows(dir: &std::path::Path) -> (BTreeSet<Vec<u8>>, Vec<u32>) {
+    let store = vault_tests::raw_store(dir).await;
+    tokio::task::spawn_blocking(move || {
+        let mut forward = BTreeSet::new();
+        let mut versions = Vec::new();
+        store
+            .visit(Table::Index, &mut |k, v| match k.first() {
+                Some(b'f') => {
+                    forward.insert(k.to_vec());
+                }
+                Some(b'r') => versions.push(u32::from_be_bytes(v.try_into().unwrap())),
+                other => panic!("an index row of another kind: {other:?}"),
+            })
+            .unwrap();
+        (forward, versions)
+    })
+    .await
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -84,7 +86,7 @@ async fn rotating_the_index_key_rebuilds_the_index_and_every_record_is_still_fou
     drop(client);
     vault.stop().await;
     // The rows made under index key version 1.
-    let (before, versions) = index_rows(dir.path());
+    let (before, versions) = index_rows(dir.path()).await;
     assert_eq!(before.len(), 2 * PEOPLE);
     assert!(versions.iter().all(|v| *v == 1), "{versions:?}");
 
@@ -202,13 +204,16 @@ async fn rotating_the_index_key_rebuilds_the_index_and_every_record_is_still_fou
     vault.stop().await;
 
     // No row made under version 1 is left: its tokens match nothing.
-    let (after, versions) = index_rows(dir.path());
+    let (after, versions) = index_rows(dir.path()).await;
     assert_eq!(after.len(), 2 * (PEOPLE + 1));
     assert_eq!(versions.len(), 2 * (PEOPLE + 1));
     assert!(versions.iter().all(|v| *v == 2), "{versions:?}");
     assert!(after.is_disjoint(&before));
     // Nor are their tokens in any table file: the rebuild compacted the
     // index when it ended.
+    if vault_tests::skip_on_postgres("the rest reads RocksDB's table files") {
+        return;
+    }
     let old_tokens: BTreeSet<&[u8]> = before.iter().map(|k| &k[1..33]).collect();
     let tables: Vec<_> = walk(dir.path())
         .into_iter()

@@ -209,7 +209,7 @@ async fn vaultctl_rekey_replaces_the_unseal_key_and_keeps_the_data() {
         (Json::Bool(false), Json::from(2), Json::from(3))
     );
     // The keyring file names the new set, opens with the new key only.
-    let file = std::fs::read(dir.path().join("keyring")).unwrap();
+    let file = vault_tests::stored_keyring(dir.path()).await;
     let (_, custody) = vault_server::keys::Keyring::peek(&file).unwrap();
     assert_eq!((custody.threshold, custody.shares), (2, 3));
 

@@ -188,6 +188,7 @@ fn kind_of(e: &Error) -> &'static str {
         Error::PermissionDenied(_) => "permission denied",
         Error::Sealed => "sealed",
         Error::Unavailable(_) => "unavailable",
+        Error::Conflict => "conflict",
         _ => "internal error",
     }
 }

@@ -58,13 +58,13 @@ use crate::crypto::{
     Key256, RecordContext,
 };
 use crate::keys::{
-    unwrap_subject_key, wrap_subject_key, wrapping_version, write_secret_file, KeyCache, Keyring,
-    RecordName, Region, StorageNames, SubjectKeys, SubjectName,
+    unwrap_subject_key, wrap_subject_key, wrapping_version, KeyCache, Keyring, RecordName, Region,
+    StorageNames, SubjectKeys, SubjectName,
 };
 use crate::policy::{Caller, FieldView, Operation, Policy, PolicyHandle, Redaction};
 use crate::storage::{
     decode_ids, encode_ids, record_key, subject_key_id, subject_key_prefix, subject_record_key,
-    Store, StoredField, StoredRecord, Table, WriteSet, RECORD_TAG_LEN,
+    KeyringPath, KeyringStore, Store, StoredField, StoredRecord, Table, WriteSet, RECORD_TAG_LEN,
 };
 use crate::{Error, Result};
 
@@ -173,11 +173,12 @@ pub struct Stats {
     pub erasure_compaction_micros: u64,
 }
 
-/// Where the unsealed keyring is saved after a change, and the unseal key
-/// that seals it. Held only while the vault is unsealed.
+/// Where the unsealed keyring is saved after a change (a file, or its
+/// table in PostgreSQL), and the unseal key that seals it. Held only while
+/// the vault is unsealed.
 pub struct KeyringFile {
-    /// The keyring file.
-    pub path: PathBuf,
+    /// Where the sealed keyring is kept.
+    pub store: Arc<dyn KeyringStore>,
     /// The unseal key (zeroized on drop).
     pub unseal_key: Key256,
 }
@@ -185,23 +186,33 @@ pub struct KeyringFile {
 impl std::fmt::Debug for KeyringFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KeyringFile")
-            .field("path", &self.path)
+            .field("store", &self.store.describe())
             .finish_non_exhaustive()
     }
 }
 
 impl KeyringFile {
-    /// Seals `keyring` and replaces the file atomically (write, fsync, rename).
-    pub fn save(&self, keyring: &Keyring) -> Result<()> {
-        write_secret_file(&self.path, &keyring.seal(&self.unseal_key))
-            .map_err(|e| Error::io(format!("writing keyring {}", self.path.display()), e))
+    /// The keyring in the file at `path`.
+    pub fn at(path: PathBuf, unseal_key: Key256) -> Self {
+        KeyringFile {
+            store: Arc::new(KeyringPath(path)),
+            unseal_key,
+        }
     }
 
-    /// Whether the file on disk opens to a keyring equal to `keyring`
-    /// (after a save that reported an error).
+    /// Seals `keyring` and replaces the stored one atomically (a file:
+    /// write, fsync, rename).
+    pub fn save(&self, keyring: &Keyring) -> Result<()> {
+        self.store.write(&keyring.seal(&self.unseal_key))
+    }
+
+    /// Whether the stored keyring opens to one equal to `keyring` (after a
+    /// save that reported an error).
     fn holds(&self, keyring: &Keyring) -> bool {
-        std::fs::read(&self.path)
+        self.store
+            .read()
             .ok()
+            .flatten()
             .and_then(|f| Keyring::unseal(&f, &self.unseal_key, keyring.region()).ok())
             .is_some_and(|on_disk| on_disk.same_state(keyring))
     }

@@ -35,10 +35,7 @@ fn custody() -> crate::keys::Custody {
 }
 
 fn keyring_file(dir: &std::path::Path) -> KeyringFile {
-    KeyringFile {
-        path: dir.join("keyring"),
-        unseal_key: Key256::random(),
-    }
+    KeyringFile::at(dir.join("keyring"), Key256::random())
 }
 
 fn options() -> EngineOptions {
@@ -90,10 +87,10 @@ impl Restartable {
     }
 
     fn file(&self) -> KeyringFile {
-        KeyringFile {
-            path: self.dir.join("keyring"),
-            unseal_key: Key256::from_slice(self.unseal_key.expose_secret()).unwrap(),
-        }
+        KeyringFile::at(
+            self.dir.join("keyring"),
+            Key256::from_slice(self.unseal_key.expose_secret()).unwrap(),
+        )
     }
 
     /// The first engine: a fresh keyring, the dev collection.
@@ -854,10 +851,10 @@ impl KeyringApart {
     }
 
     fn file(&self) -> KeyringFile {
-        KeyringFile {
-            path: self.folder.join("keyring"),
-            unseal_key: Key256::from_slice(self.unseal_key.expose_secret()).unwrap(),
-        }
+        KeyringFile::at(
+            self.folder.join("keyring"),
+            Key256::from_slice(self.unseal_key.expose_secret()).unwrap(),
+        )
     }
 
     /// The keyring as the file holds it now.
@@ -1109,10 +1106,7 @@ fn a_failed_keyring_save_changes_nothing() {
     let e = Engine::new(
         store,
         kr,
-        KeyringFile {
-            path: dir.path().join("blocker").join("keyring"),
-            unseal_key: Key256::random(),
-        },
+        KeyringFile::at(dir.path().join("blocker").join("keyring"), Key256::random()),
         options(),
     )
     .unwrap();

@@ -4,6 +4,8 @@
 
 mod codec;
 #[cfg(feature = "rocksdb")]
+mod postgres;
+#[cfg(feature = "rocksdb")]
 mod rocks;
 
 pub use codec::{
@@ -11,6 +13,8 @@ pub use codec::{
     subject_key_id, subject_key_prefix, subject_record_key, StoredField, StoredRecord,
     RECORD_TAG_LEN, STORED_RECORD_V2, STORED_RECORD_V3,
 };
+#[cfg(feature = "rocksdb")]
+pub use postgres::{PgOptions, PgStore, UNREACHABLE};
 #[cfg(feature = "rocksdb")]
 pub use rocks::{RocksStore, StoreOptions, DEFAULT_BLOCK_CACHE_BYTES};
 
@@ -80,12 +84,26 @@ pub enum Op {
     Delete(Table, Vec<u8>),
 }
 
+/// What a key must hold for a [`WriteSet`] to be applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Condition {
+    /// The key's table.
+    pub table: Table,
+    /// The key.
+    pub key: Vec<u8>,
+    /// Its value, or `None`: absent.
+    pub value: Option<Vec<u8>>,
+}
+
 /// The writes of one request, applied atomically.
 #[derive(Debug, Default, Clone)]
 pub struct WriteSet {
     ops: Vec<Op>,
     /// Synced even when the store acknowledges writes before the WAL sync.
     sync: bool,
+    /// Checked in the write's own transaction: any one unmet, and nothing
+    /// is written ([`Error::Conflict`](crate::Error::Conflict)).
+    conditions: Vec<Condition>,
 }
 
 impl WriteSet {
@@ -132,6 +150,58 @@ impl WriteSet {
     /// Whether [`WriteSet::must_sync`] was asked.
     pub fn needs_sync(&self) -> bool {
         self.sync
+    }
+
+    /// Applies the set only if `key` of `table` holds `value` (`None`:
+    /// absent) when it is written. Another server's write of the key in
+    /// between fails this one with `Error::Conflict`. The stores check
+    /// conditions against each other's conditional writes: every write of
+    /// a key that is ever a condition must carry one.
+    pub fn expect(&mut self, table: Table, key: Vec<u8>, value: Option<Vec<u8>>) {
+        self.conditions.push(Condition { table, key, value });
+    }
+
+    /// The conditions, in order.
+    pub fn conditions(&self) -> &[Condition] {
+        &self.conditions
+    }
+}
+
+/// Where the sealed keyring is kept: a file (beside RocksDB, or outside
+/// the data folder) or a table of its own in PostgreSQL. Never among the
+/// [`Table`]s of records.
+pub trait KeyringStore: Send + Sync + std::fmt::Debug + 'static {
+    /// The sealed keyring, if one was saved.
+    fn read(&self) -> Result<Option<Vec<u8>>>;
+    /// Replaces it atomically and durably.
+    fn write(&self, sealed: &[u8]) -> Result<()>;
+    /// Where it is, for messages (no credentials).
+    fn describe(&self) -> String;
+}
+
+/// The keyring as a file, replaced by atomic rename.
+#[derive(Debug, Clone)]
+pub struct KeyringPath(pub std::path::PathBuf);
+
+impl KeyringStore for KeyringPath {
+    fn read(&self) -> Result<Option<Vec<u8>>> {
+        match std::fs::read(&self.0) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(crate::Error::io(
+                format!("reading keyring {}", self.0.display()),
+                e,
+            )),
+        }
+    }
+
+    fn write(&self, sealed: &[u8]) -> Result<()> {
+        crate::keys::write_secret_file(&self.0, sealed)
+            .map_err(|e| crate::Error::io(format!("writing keyring {}", self.0.display()), e))
+    }
+
+    fn describe(&self) -> String {
+        format!("keyring {}", self.0.display())
     }
 }
 

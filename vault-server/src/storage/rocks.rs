@@ -35,6 +35,8 @@ pub struct RocksStore {
     db: DB,
     path: PathBuf,
     sync_writes: bool,
+    /// Held from the check of a write's conditions to its write.
+    conditional: std::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for RocksStore {
@@ -125,6 +127,7 @@ impl RocksStore {
             db,
             path: path.to_owned(),
             sync_writes: options.sync_writes,
+            conditional: std::sync::Mutex::new(()),
         })
     }
 
@@ -252,6 +255,20 @@ impl Store for RocksStore {
         }
         let mut wo = WriteOptions::default();
         wo.set_sync(self.sync_writes || set.needs_sync());
+        if set.conditions().is_empty() {
+            return self.db.write_opt(batch, &wo).map_err(storage_err);
+        }
+        let _held = self.conditional.lock().unwrap_or_else(|p| p.into_inner());
+        for c in set.conditions() {
+            if self
+                .db
+                .get_cf(self.cf(c.table)?, &c.key)
+                .map_err(storage_err)?
+                != c.value
+            {
+                return Err(Error::Conflict);
+            }
+        }
         self.db.write_opt(batch, &wo).map_err(storage_err)
     }
 

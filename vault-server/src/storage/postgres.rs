@@ -1,0 +1,651 @@
+//! The PostgreSQL store: one table of `(k bytea PRIMARY KEY, v bytea)`
+//! per [`Table`], named `vault_<table>`, and the sealed keyring in a table
+//! of its own (`vault_keyring`, one row), apart from the record tables.
+//!
+//! - **Atomic and durable.** A [`WriteSet`] is one transaction, committed
+//!   with `synchronous_commit = on` (the server's WAL flushed, and the
+//!   synchronous standbys' too where the cluster has them) unless the
+//!   store was opened with `sync_writes = false`.
+//! - **Ordering.** `bytea` compares byte by byte, then by length: the
+//!   order of RocksDB's default comparator, so scans by prefix and from a
+//!   key return what they return on RocksDB.
+//! - **Conditions.** A set's conditions ([`WriteSet::expect`]) are read in
+//!   its transaction under a transaction-scoped advisory lock of the
+//!   condition's key, so two servers appending to one audit log never both
+//!   pass the same check.
+//! - **Blocking calls over an async driver.** `tokio-postgres` runs on a
+//!   small runtime of the store's own; each [`Store`] call hands its work
+//!   to it and waits. A caller on another runtime's worker (the record
+//!   path) waits one round trip, as it would for a RocksDB read that
+//!   misses the cache.
+
+use std::future::Future;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::NoTls;
+
+use super::{Condition, KeyringStore, Op, Store, Table, WriteSet};
+use crate::{Error, Result};
+
+/// How to reach the database.
+#[derive(Clone)]
+pub struct PgOptions {
+    /// A libpq connection string, key-value (`host=… port=… user=…
+    /// dbname=…`) or URL form. Several hosts with
+    /// `target_session_attrs=read-write` follow a failover to the new
+    /// primary.
+    pub url: String,
+    /// Connections in the pool.
+    pub pool_size: usize,
+    /// Commit with `synchronous_commit = on`. Off only for benchmarks.
+    pub sync_writes: bool,
+    /// How long a request waits for a connection (or to make one).
+    pub connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for PgOptions {
+    // The connection string may hold a password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgOptions")
+            .field("pool_size", &self.pool_size)
+            .field("sync_writes", &self.sync_writes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgOptions {
+    /// Defaults for `url`: 16 connections, synced commits, 10 s to connect.
+    pub fn new(url: impl Into<String>) -> Self {
+        PgOptions {
+            url: url.into(),
+            pool_size: 16,
+            sync_writes: true,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Tables of bytes in PostgreSQL.
+pub struct PgStore {
+    /// The driver's runtime; shut down in the background on drop (a store
+    /// may be dropped on another runtime's worker).
+    runtime: Option<tokio::runtime::Runtime>,
+    pool: Pool,
+    sync_writes: bool,
+    /// Where it connects, without credentials (for messages).
+    target: String,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("target", &self.target)
+            .field("sync_writes", &self.sync_writes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// The table's name in the database.
+fn table_name(table: Table) -> &'static str {
+    match table {
+        Table::Meta => "vault_meta",
+        Table::Collections => "vault_collections",
+        Table::Records => "vault_records",
+        Table::SubjectKeys => "vault_subject_keys",
+        Table::Index => "vault_index",
+        Table::Audit => "vault_audit",
+        Table::SubjectRecords => "vault_subject_records",
+        Table::Receipts => "vault_receipts",
+    }
+}
+
+const KEYRING_TABLE: &str = "vault_keyring";
+
+/// The advisory lock that serialises creating the tables (two servers
+/// starting at once on an empty database).
+const SCHEMA_LOCK: i64 = 0x7661_756c_7400_0001;
+
+/// The smallest key greater than every key starting with `prefix`, or
+/// `None` when there is none (a prefix of only `0xFF` bytes).
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xFF {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// The advisory lock of a condition's key: 64 bits of its SHA-256.
+fn condition_lock(table: Table, key: &[u8]) -> i64 {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"vault/v1/pg-condition");
+    h.update(table.name().as_bytes());
+    h.update([0]);
+    h.update(key);
+    let d = h.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&d[..8]);
+    i64::from_be_bytes(first)
+}
+
+/// A driver error as the vault's: a full disk says so; a lost or refused
+/// connection is `UNAVAILABLE` (a failover in progress: try again); the
+/// rest is a storage error whose detail goes to the log only.
+fn pg_err(e: tokio_postgres::Error) -> Error {
+    use tokio_postgres::error::SqlState;
+    match e.code() {
+        Some(c) if *c == SqlState::DISK_FULL => {
+            tracing::warn!(error = %e, "storage full");
+            Error::Unavailable(super::STORAGE_FULL.into())
+        }
+        Some(c)
+            if *c == SqlState::ADMIN_SHUTDOWN
+                || *c == SqlState::CRASH_SHUTDOWN
+                || *c == SqlState::CANNOT_CONNECT_NOW
+                || *c == SqlState::READ_ONLY_SQL_TRANSACTION =>
+        {
+            tracing::warn!(error = %e, "the database is not taking writes");
+            Error::Unavailable(UNREACHABLE.into())
+        }
+        Some(_) => Error::Storage(e.to_string()),
+        None if e.is_closed() || e.as_db_error().is_none() => {
+            tracing::warn!(error = %e, "the database connection failed");
+            Error::Unavailable(UNREACHABLE.into())
+        }
+        None => Error::Storage(e.to_string()),
+    }
+}
+
+/// What a request answers when the database cannot be reached.
+pub const UNREACHABLE: &str =
+    "the vault's database cannot be reached (a failover may be in progress); try again";
+
+fn pool_err(e: deadpool_postgres::PoolError) -> Error {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => pg_err(e),
+        other => {
+            tracing::warn!(error = %other, "no database connection");
+            Error::Unavailable(UNREACHABLE.into())
+        }
+    }
+}
+
+/// Rows read by one query of [`Store::visit`].
+const VISIT_CHUNK: i64 = 4096;
+
+impl PgStore {
+    /// Connects and creates the tables that are missing.
+    pub fn open(options: &PgOptions) -> Result<Self> {
+        // The driver's message may quote the string, password and all.
+        let config: tokio_postgres::Config = options.url.parse().map_err(|_| {
+            Error::Config(
+                "the PostgreSQL connection string does not parse (libpq key-value or \
+                 postgresql:// URL form)"
+                    .into(),
+            )
+        })?;
+        let target = describe(&config);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("vault-pg")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::io("starting the PostgreSQL driver's runtime", e))?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(options.pool_size.max(1))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(options.connect_timeout))
+            .create_timeout(Some(options.connect_timeout))
+            .recycle_timeout(Some(options.connect_timeout))
+            .build()
+            .map_err(|e| Error::Config(format!("PostgreSQL pool: {e}")))?;
+        if !options.sync_writes {
+            tracing::warn!(
+                "commits are acknowledged before the WAL is flushed: a crash can lose them"
+            );
+        }
+        let store = PgStore {
+            runtime: Some(runtime),
+            pool,
+            sync_writes: options.sync_writes,
+            target,
+        };
+        store.create_tables().map_err(|e| match e {
+            Error::Unavailable(_) => Error::Unavailable(format!(
+                "cannot reach the vault's database at {}",
+                store.target
+            )),
+            Error::Storage(m) => Error::Storage(format!(
+                "cannot set up the vault's tables at {}: {m}",
+                store.target
+            )),
+            other => other,
+        })?;
+        Ok(store)
+    }
+
+    /// Where it connects (hosts, ports, database; never a password).
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// Runs `f` on the driver's runtime and waits for it.
+    fn run<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T>> + Send + 'static,
+    {
+        let rt = self
+            .runtime
+            .as_ref()
+            .ok_or_else(|| Error::Storage("the PostgreSQL store is closed".into()))?;
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        rt.spawn(async move {
+            let _ = tx.send(f.await);
+        });
+        rx.recv()
+            .map_err(|_| Error::Storage("the PostgreSQL driver stopped".into()))?
+    }
+
+    fn create_tables(&self) -> Result<()> {
+        let pool = self.pool.clone();
+        self.run(async move {
+            let mut client = pool.get().await.map_err(pool_err)?;
+            let tx = client.transaction().await.map_err(pg_err)?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
+                .await
+                .map_err(pg_err)?;
+            let mut ddl = String::new();
+            for t in Table::ALL {
+                ddl.push_str(&format!(
+                    "CREATE TABLE IF NOT EXISTS {} (k bytea PRIMARY KEY, v bytea NOT NULL);",
+                    table_name(t)
+                ));
+            }
+            ddl.push_str(&format!(
+                "CREATE TABLE IF NOT EXISTS {KEYRING_TABLE} \
+                 (id smallint PRIMARY KEY CHECK (id = 1), sealed bytea NOT NULL);"
+            ));
+            tx.batch_execute(&ddl).await.map_err(pg_err)?;
+            tx.commit().await.map_err(pg_err)
+        })
+    }
+
+    /// Vacuums `table` (outside any transaction).
+    fn vacuum(&self, name: &'static str) -> Result<()> {
+        let pool = self.pool.clone();
+        self.run(async move {
+            let client = pool.get().await.map_err(pool_err)?;
+            client
+                .batch_execute(&format!("VACUUM {name}"))
+                .await
+                .map_err(pg_err)
+        })
+    }
+
+    /// `SELECT k, v` over `[start, end)` of `table`, in key order (or
+    /// reversed), at most `limit` rows.
+    fn range(
+        &self,
+        table: Table,
+        start: Vec<u8>,
+        end: Option<Vec<u8>>,
+        limit: Option<i64>,
+        descending: bool,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let pool = self.pool.clone();
+        let name = table_name(table);
+        self.run(async move {
+            let client = pool.get().await.map_err(pool_err)?;
+            let order = if descending { "DESC" } else { "ASC" };
+            let end_clause = if end.is_some() { "AND k < $2" } else { "" };
+            let limit_clause = if limit.is_some() {
+                if end.is_some() {
+                    "LIMIT $3"
+                } else {
+                    "LIMIT $2"
+                }
+            } else {
+                ""
+            };
+            let sql = format!(
+                "SELECT k, v FROM {name} WHERE k >= $1 {end_clause} ORDER BY k {order} {limit_clause}"
+            );
+            let stmt = client.prepare_cached(&sql).await.map_err(pg_err)?;
+            let rows = match (&end, &limit) {
+                (Some(e), Some(l)) => client.query(&stmt, &[&start, e, l]).await,
+                (Some(e), None) => client.query(&stmt, &[&start, e]).await,
+                (None, Some(l)) => client.query(&stmt, &[&start, l]).await,
+                (None, None) => client.query(&stmt, &[&start]).await,
+            }
+            .map_err(pg_err)?;
+            rows.into_iter()
+                .map(|r| Ok((r.try_get(0).map_err(pg_err)?, r.try_get(1).map_err(pg_err)?)))
+                .collect()
+        })
+    }
+}
+
+/// `host:port,…/dbname` of a connection's configuration.
+fn describe(config: &tokio_postgres::Config) -> String {
+    use tokio_postgres::config::Host;
+    let ports = config.get_ports();
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let host = match h {
+                Host::Tcp(name) => name.clone(),
+                Host::Unix(path) => path.display().to_string(),
+            };
+            let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+            format!("{host}:{port}")
+        })
+        .collect();
+    format!(
+        "{}/{}",
+        hosts.join(","),
+        config.get_dbname().unwrap_or("(default)")
+    )
+}
+
+/// The last change of each key of a set, grouped by table: applying them
+/// in any order equals applying the set's changes in order.
+#[derive(Default)]
+struct Changes {
+    /// Per table: keys and their values.
+    puts: Vec<(Keys, Keys)>,
+    /// Per table: keys.
+    deletes: Vec<Keys>,
+}
+
+/// Keys (or values) of one statement.
+type Keys = Vec<Vec<u8>>;
+
+fn final_changes(set: &WriteSet) -> Changes {
+    use std::collections::HashMap;
+    let mut last: HashMap<(usize, &[u8]), Option<&[u8]>> = HashMap::new();
+    let mut order: Vec<(usize, &[u8])> = Vec::new();
+    for op in set.ops() {
+        let (t, k, v) = match op {
+            Op::Put(t, k, v) => (*t, k.as_slice(), Some(v.as_slice())),
+            Op::Delete(t, k) => (*t, k.as_slice(), None),
+        };
+        let slot = table_slot(t);
+        if last.insert((slot, k), v).is_none() {
+            order.push((slot, k));
+        }
+    }
+    let mut changes = Changes {
+        puts: vec![(Vec::new(), Vec::new()); Table::ALL.len()],
+        deletes: vec![Vec::new(); Table::ALL.len()],
+    };
+    for (slot, k) in order {
+        match last.get(&(slot, k)).copied().flatten() {
+            Some(v) => {
+                changes.puts[slot].0.push(k.to_vec());
+                changes.puts[slot].1.push(v.to_vec());
+            }
+            None => changes.deletes[slot].push(k.to_vec()),
+        }
+    }
+    changes
+}
+
+fn table_slot(table: Table) -> usize {
+    Table::ALL.iter().position(|t| *t == table).unwrap_or(0)
+}
+
+impl Store for PgStore {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let pool = self.pool.clone();
+        let key = key.to_vec();
+        let sql = format!("SELECT v FROM {} WHERE k = $1", table_name(table));
+        self.run(async move {
+            let client = pool.get().await.map_err(pool_err)?;
+            let stmt = client.prepare_cached(&sql).await.map_err(pg_err)?;
+            let row = client.query_opt(&stmt, &[&key]).await.map_err(pg_err)?;
+            row.map(|r| r.try_get(0).map_err(pg_err)).transpose()
+        })
+    }
+
+    fn multi_get(&self, table: Table, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let pool = self.pool.clone();
+        let wanted = keys.to_vec();
+        let sql = format!("SELECT k, v FROM {} WHERE k = ANY($1)", table_name(table));
+        let found = self.run(async move {
+            let client = pool.get().await.map_err(pool_err)?;
+            let stmt = client.prepare_cached(&sql).await.map_err(pg_err)?;
+            let rows = client.query(&stmt, &[&wanted]).await.map_err(pg_err)?;
+            rows.into_iter()
+                .map(|r| {
+                    Ok((
+                        r.try_get::<_, Vec<u8>>(0).map_err(pg_err)?,
+                        r.try_get::<_, Vec<u8>>(1).map_err(pg_err)?,
+                    ))
+                })
+                .collect::<Result<std::collections::HashMap<_, _>>>()
+        })?;
+        Ok(keys.iter().map(|k| found.get(k).cloned()).collect())
+    }
+
+    fn scan_prefix(&self, table: Table, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.range(table, prefix.to_vec(), prefix_end(prefix), None, false)
+    }
+
+    fn scan_from(
+        &self,
+        table: Table,
+        start: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.range(table, start.to_vec(), None, Some(limit), false)
+    }
+
+    fn visit(&self, table: Table, visit: &mut dyn FnMut(&[u8], &[u8])) -> Result<()> {
+        let mut start = Vec::new();
+        loop {
+            let rows = self.range(table, start, None, Some(VISIT_CHUNK), false)?;
+            let Some((last, _)) = rows.last() else {
+                return Ok(());
+            };
+            // The next key after the last one read.
+            let mut next = last.clone();
+            next.push(0);
+            for (k, v) in &rows {
+                visit(k, v);
+            }
+            if rows.len() < VISIT_CHUNK as usize {
+                return Ok(());
+            }
+            start = next;
+        }
+    }
+
+    fn last_with_prefix(&self, table: Table, prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        Ok(self
+            .range(table, prefix.to_vec(), prefix_end(prefix), Some(1), true)?
+            .pop())
+    }
+
+    fn write(&self, set: WriteSet) -> Result<()> {
+        let synced = self.sync_writes || set.needs_sync();
+        let changes = final_changes(&set);
+        let conditions = set.conditions().to_vec();
+        let pool = self.pool.clone();
+        self.run(async move {
+            let mut client = pool.get().await.map_err(pool_err)?;
+            let tx = client.transaction().await.map_err(pg_err)?;
+            if !synced {
+                tx.batch_execute("SET LOCAL synchronous_commit = off")
+                    .await
+                    .map_err(pg_err)?;
+            }
+            for c in &conditions {
+                check_condition(&tx, c).await?;
+            }
+            for (slot, table) in Table::ALL.iter().enumerate() {
+                let name = table_name(*table);
+                let deletes = &changes.deletes[slot];
+                if !deletes.is_empty() {
+                    let stmt = tx
+                        .prepare_cached(&format!("DELETE FROM {name} WHERE k = ANY($1)"))
+                        .await
+                        .map_err(pg_err)?;
+                    tx.execute(&stmt, &[deletes]).await.map_err(pg_err)?;
+                }
+                let (keys, values) = &changes.puts[slot];
+                if !keys.is_empty() {
+                    let stmt = tx
+                        .prepare_cached(&format!(
+                            "INSERT INTO {name} (k, v) SELECT * FROM UNNEST($1::bytea[], $2::bytea[]) \
+                             ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v"
+                        ))
+                        .await
+                        .map_err(pg_err)?;
+                    tx.execute(&stmt, &[keys, values]).await.map_err(pg_err)?;
+                }
+            }
+            tx.commit().await.map_err(pg_err)
+        })
+    }
+
+    fn compact_range(&self, table: Table, _start: &[u8], _end: &[u8]) -> Result<()> {
+        // PostgreSQL cannot rewrite a key range: VACUUM removes the dead
+        // rows of the whole table (their pages' space is reused, not
+        // wiped; SECURITY.md says what that leaves).
+        self.vacuum(table_name(table))
+    }
+}
+
+/// Checks one condition of a set inside its transaction, holding the
+/// condition's advisory lock until the transaction ends.
+async fn check_condition(tx: &deadpool_postgres::Transaction<'_>, c: &Condition) -> Result<()> {
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1)",
+        &[&condition_lock(c.table, &c.key)],
+    )
+    .await
+    .map_err(pg_err)?;
+    let stmt = tx
+        .prepare_cached(&format!(
+            "SELECT v FROM {} WHERE k = $1",
+            table_name(c.table)
+        ))
+        .await
+        .map_err(pg_err)?;
+    let row = tx.query_opt(&stmt, &[&c.key]).await.map_err(pg_err)?;
+    let now: Option<Vec<u8>> = row.map(|r| r.try_get(0)).transpose().map_err(pg_err)?;
+    if now != c.value {
+        return Err(Error::Conflict);
+    }
+    Ok(())
+}
+
+impl KeyringStore for PgStore {
+    fn read(&self) -> Result<Option<Vec<u8>>> {
+        let pool = self.pool.clone();
+        self.run(async move {
+            let client = pool.get().await.map_err(pool_err)?;
+            let row = client
+                .query_opt(
+                    &format!("SELECT sealed FROM {KEYRING_TABLE} WHERE id = 1"),
+                    &[],
+                )
+                .await
+                .map_err(pg_err)?;
+            row.map(|r| r.try_get(0).map_err(pg_err)).transpose()
+        })
+    }
+
+    fn write(&self, sealed: &[u8]) -> Result<()> {
+        let pool = self.pool.clone();
+        let sealed = sealed.to_vec();
+        self.run(async move {
+            let client = pool.get().await.map_err(pool_err)?;
+            // Always synchronous: the keyring is what every record needs.
+            client
+                .batch_execute("SET synchronous_commit = on")
+                .await
+                .map_err(pg_err)?;
+            client
+                .execute(
+                    &format!(
+                        "INSERT INTO {KEYRING_TABLE} (id, sealed) VALUES (1, $1) \
+                         ON CONFLICT (id) DO UPDATE SET sealed = EXCLUDED.sealed"
+                    ),
+                    &[&sealed],
+                )
+                .await
+                .map_err(pg_err)?;
+            Ok(())
+        })?;
+        // The replaced row's tuple leaves the table's pages now rather than
+        // at the next autovacuum (an erasure's old bucket epoch is in it).
+        self.vacuum(KEYRING_TABLE)
+    }
+
+    fn describe(&self) -> String {
+        format!("the {KEYRING_TABLE} table of {}", self.target)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_ends_bound_exactly_the_keys_of_the_prefix() {
+        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_end(&[1, 0xFF]), Some(vec![2]));
+        assert_eq!(prefix_end(&[0xFF, 0xFF]), None);
+        assert_eq!(prefix_end(b""), None);
+    }
+
+    #[test]
+    fn the_last_change_of_each_key_wins() {
+        let mut ws = WriteSet::new();
+        ws.put(Table::Records, b"a".to_vec(), b"1".to_vec());
+        ws.delete(Table::Records, b"a".to_vec());
+        ws.put(Table::Records, b"b".to_vec(), b"1".to_vec());
+        ws.put(Table::Records, b"b".to_vec(), b"2".to_vec());
+        ws.put(Table::Audit, b"a".to_vec(), b"3".to_vec());
+        let c = final_changes(&ws);
+        let r = table_slot(Table::Records);
+        assert_eq!(c.deletes[r], vec![b"a".to_vec()]);
+        assert_eq!(c.puts[r], (vec![b"b".to_vec()], vec![b"2".to_vec()]));
+        let a = table_slot(Table::Audit);
+        assert_eq!(c.puts[a], (vec![b"a".to_vec()], vec![b"3".to_vec()]));
+    }
+
+    #[test]
+    fn options_never_print_the_connection_string() {
+        let o = PgOptions::new("host=h user=u password=hunter2");
+        assert!(!format!("{o:?}").contains("hunter2"));
+    }
+}
