@@ -137,7 +137,9 @@ fn with_scheme(addr: &str, scheme: &str) -> String {
 ///
 /// A builder is `Clone`: one set up with a token, purpose, timeouts and TLS
 /// options serves as a template for several vaults
-/// ([`ClientBuilder::address`] changes the address of a copy).
+/// ([`ClientBuilder::address`] changes the address of a copy), as a
+/// [`RegionalClient`](crate::RegionalClient) is made for every endpoint of
+/// its region map.
 /// Clones copy any PEM key given as text; each copy is wiped when dropped.
 #[derive(Clone)]
 pub struct ClientBuilder {
