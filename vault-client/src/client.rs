@@ -134,6 +134,14 @@ fn with_scheme(addr: &str, scheme: &str) -> String {
 /// trusted roots otherwise), and `.client_identity_files(cert, key)` (or
 /// `_pem`) presents a client certificate for mutual TLS; the token is then
 /// optional, since the certificate names the caller.
+///
+/// A builder is `Clone`: one set up with a token, purpose, timeouts and TLS
+/// options serves as a template for several vaults
+/// ([`ClientBuilder::address`] changes the address of a copy), as a
+/// [`RegionalClient`](crate::RegionalClient) is made for every endpoint of
+/// its region map.
+/// Clones copy any PEM key given as text; each copy is wiped when dropped.
+#[derive(Clone)]
 pub struct ClientBuilder {
     addr: String,
     token: Option<String>,
@@ -169,6 +177,14 @@ impl ClientBuilder {
             connect_timeout: None,
             tls: TlsOptions::default(),
         }
+    }
+
+    /// The address of the vault, replacing the one given to
+    /// [`ClientBuilder::new`] (same forms).
+    #[must_use]
+    pub fn address(mut self, addr: impl Into<String>) -> Self {
+        self.addr = addr.into();
+        self
     }
 
     /// The bearer token sent as `authorization: Bearer <token>`. Required,
@@ -1682,6 +1698,24 @@ mod tests {
         assert!(!debug.contains("s3cret"), "{debug}");
         let builder = VaultClient::builder("x").token("s3cret-token");
         assert!(!format!("{builder:?}").contains("s3cret"));
+    }
+
+    #[tokio::test]
+    async fn a_builder_is_a_template_for_other_addresses() {
+        let template = VaultClient::builder("127.0.0.1:1")
+            .token("t")
+            .purpose("billing")
+            .timeout(Duration::from_secs(3));
+        let other = template
+            .clone()
+            .address("127.0.0.1:2")
+            .connect_lazy()
+            .unwrap();
+        assert_eq!(other.addr(), "http://127.0.0.1:2");
+        assert_eq!(other.purpose(), Some("billing"));
+        assert_eq!(other.timeout(), Duration::from_secs(3));
+        let first = template.connect_lazy().unwrap();
+        assert_eq!(first.addr(), "http://127.0.0.1:1");
     }
 
     fn invalid(builder: ClientBuilder) -> String {

@@ -82,6 +82,39 @@ pub enum Error {
         /// The status message.
         message: String,
     },
+    /// A [`RegionalClient`](crate::RegionalClient) was asked for a region
+    /// its [`RegionMap`](crate::RegionMap) does not list. No request was
+    /// sent.
+    #[error("unknown region `{region}`: {}", known_regions(.known))]
+    UnknownRegion {
+        /// The region asked for.
+        region: String,
+        /// The regions the map lists, in order of name.
+        known: Vec<String>,
+    },
+    /// Every endpoint of a region failed with an error that means it is not
+    /// serving (unreachable, UNAVAILABLE, sealed); see
+    /// [`RegionHandle`](crate::RegionHandle).
+    #[error(
+        "every endpoint of region {region} failed ({}); the last one said: {last}",
+        .tried.join(", ")
+    )]
+    AllEndpointsFailed {
+        /// The region.
+        region: String,
+        /// The endpoints tried, in the order they were tried.
+        tried: Vec<String>,
+        /// The error of the last endpoint tried.
+        last: Box<Error>,
+    },
+}
+
+fn known_regions(known: &[String]) -> String {
+    if known.is_empty() {
+        "the region map lists no region".to_owned()
+    } else {
+        format!("the known regions are {}", known.join(", "))
+    }
 }
 
 fn detail(what: &str, message: &str) -> String {
@@ -96,8 +129,8 @@ impl Error {
     /// A stable snake_case name of the variant, for machine-readable output:
     /// `not_found`, `permission_denied`, `unauthenticated`, `invalid_input`,
     /// `too_large`, `over_budget`, `already_exists`, `failed_precondition`, `unavailable`,
-    /// `integrity`, `timeout`, `connect`, `protocol`, `invalid_receipt` or
-    /// `other`.
+    /// `integrity`, `timeout`, `connect`, `protocol`, `invalid_receipt`,
+    /// `other`, `unknown_region` or `all_endpoints_failed`.
     pub fn kind(&self) -> &'static str {
         match self {
             Error::NotFound(_) => "not_found",
@@ -115,16 +148,20 @@ impl Error {
             Error::Protocol(_) => "protocol",
             Error::Receipt(_) => "invalid_receipt",
             Error::Other { .. } => "other",
+            Error::UnknownRegion { .. } => "unknown_region",
+            Error::AllEndpointsFailed { .. } => "all_endpoints_failed",
         }
     }
 
     /// Whether trying the same call again later may succeed (the vault was
-    /// unreachable, unavailable or slow).
+    /// unreachable, unavailable or slow; for
+    /// [`Error::AllEndpointsFailed`], whether the last endpoint's error is).
     pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            Error::Unavailable(_) | Error::Timeout | Error::Connect(_)
-        )
+        match self {
+            Error::Unavailable(_) | Error::Timeout | Error::Connect(_) => true,
+            Error::AllEndpointsFailed { last, .. } => last.is_transient(),
+            _ => false,
+        }
     }
 
     /// Whether the vault answered that it is sealed (UNAVAILABLE
@@ -351,5 +388,49 @@ mod tests {
         assert!(Error::Timeout.is_transient());
         assert!(Error::Connect("x".into()).is_transient());
         assert!(!Error::Integrity.is_transient());
+        let all_failed = |last| Error::AllEndpointsFailed {
+            region: "eu".into(),
+            tried: vec!["http://a:1".into()],
+            last: Box::new(last),
+        };
+        assert!(all_failed(Error::Connect("refused".into())).is_transient());
+        assert!(!all_failed(Error::Integrity).is_transient());
+        assert!(!Error::UnknownRegion {
+            region: "ap".into(),
+            known: Vec::new()
+        }
+        .is_transient());
+    }
+
+    #[test]
+    fn routing_errors_say_what_failed() {
+        let unknown = Error::UnknownRegion {
+            region: "ap".into(),
+            known: vec!["eu".into(), "us".into()],
+        };
+        assert_eq!(
+            unknown.to_string(),
+            "unknown region `ap`: the known regions are eu, us"
+        );
+        assert_eq!(unknown.kind(), "unknown_region");
+        let none = Error::UnknownRegion {
+            region: "ap".into(),
+            known: Vec::new(),
+        };
+        assert_eq!(
+            none.to_string(),
+            "unknown region `ap`: the region map lists no region"
+        );
+        let all = Error::AllEndpointsFailed {
+            region: "eu".into(),
+            tried: vec!["http://a:1".into(), "http://b:2".into()],
+            last: Box::new(Error::Unavailable("vault is sealed".into())),
+        };
+        assert_eq!(
+            all.to_string(),
+            "every endpoint of region eu failed (http://a:1, http://b:2); the last one said: \
+             vault unavailable: vault is sealed"
+        );
+        assert_eq!(all.kind(), "all_endpoints_failed");
     }
 }

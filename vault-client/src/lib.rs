@@ -35,6 +35,23 @@
 //! [`VaultClient::audit_public_key`]; proofs arrive as 32-byte hashes, for
 //! [`audit::verify_inclusion`] and [`audit::verify_consistency`].
 //!
+//! # Region routing
+//!
+//! A deployment runs one vault per region, each perhaps served by several
+//! stateless servers over one database. A [`RegionMap`] lists each
+//! region's server addresses, in code or as text
+//! (`eu=https://eu-1:8200,https://eu-2:8200;us=https://us-1:8200`). A
+//! [`RegionalClient`] made from the map and a template [`ClientBuilder`]
+//! (token, purpose, deadlines, TLS) gives, per region, a [`RegionHandle`]
+//! (`client.region("eu")?`) whose data calls go to that region's servers
+//! only: to the current one, and on to the next when a server is
+//! unreachable, UNAVAILABLE or sealed; the server that answered stays
+//! current ([`RegionHandle::current_endpoint`]). Answers such as NOT_FOUND
+//! or PERMISSION_DENIED are never retried elsewhere. An unknown region is
+//! [`Error::UnknownRegion`]; a region none of whose servers serves is
+//! [`Error::AllEndpointsFailed`]. The [`routing`] module says which errors
+//! fail over and why resending a write is safe.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use vault_client::{Record, Timestamp, VaultClient};
@@ -62,6 +79,7 @@ pub mod export;
 pub mod json;
 mod policy;
 mod receipt;
+pub mod routing;
 pub mod sealed_share;
 mod tls;
 mod types;
@@ -77,6 +95,7 @@ pub use crate::custody::{
 pub use crate::error::{Error, Result};
 pub use crate::policy::{FieldAccess, OperationAccess, PolicyCheck};
 pub use crate::receipt::{ErasureReceipt, ReceiptBody, ReceiptError, RECEIPT_SIGNATURE_LABEL};
+pub use crate::routing::{RegionHandle, RegionMap, RegionMapError, RegionalClient};
 pub use crate::types::{
     is_valid_field_name, BatchGet, Collection, DataCategory, FieldSchema, FieldType, Mask,
     ParseError, Record, Retention, Timestamp, Value,

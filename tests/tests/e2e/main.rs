@@ -20,6 +20,7 @@ mod records;
 mod region;
 mod reindex;
 mod retention;
+mod routing;
 mod search;
 mod tamper;
 mod tls;
