@@ -22,7 +22,7 @@ fn authed<T>(msg: T) -> tonic::Request<T> {
 
 /// Exports the log (events, checkpoints) into `dir`; returns the verifier
 /// key file.
-async fn export(vault: &TestVault, dir: &Path) -> PathBuf {
+pub(crate) async fn export(vault: &TestVault, dir: &Path) -> PathBuf {
     let mut raw = AuditServiceClient::connect(vault.url()).await.unwrap();
     let key = raw
         .public_key(authed(pb::AuditPublicKeyRequest {}))
@@ -94,7 +94,7 @@ fn read_export(dir: &Path) -> (Vec<Vec<u8>>, Vec<String>) {
 }
 
 /// `vaultctl --json audit verify DIR --public-key KEY`: (valid, fault index, fault kind).
-async fn verify(dir: &Path, key: &Path) -> (bool, Option<u64>, Option<String>) {
+pub(crate) async fn verify(dir: &Path, key: &Path) -> (bool, Option<u64>, Option<String>) {
     let out = Command::new(vaultctl_binary())
         .args(["--json", "audit", "verify"])
         .arg(dir)

@@ -21,6 +21,7 @@ mod region;
 mod reindex;
 mod retention;
 mod routing;
+mod scale_out;
 mod search;
 mod tamper;
 mod tls;

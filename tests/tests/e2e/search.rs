@@ -25,7 +25,7 @@ pub(crate) fn people() -> Collection {
         ))
 }
 
-fn person(id: &str, subject: &str, email: &str, number: i64) -> Record {
+pub(crate) fn person(id: &str, subject: &str, email: &str, number: i64) -> Record {
     Record::new("people", id, subject)
         .with("email", email)
         .with("number", number)

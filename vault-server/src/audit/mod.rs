@@ -242,7 +242,19 @@ struct State {
     failed: bool,
     /// The storage was full when it failed: later refusals say so too.
     full: bool,
+    /// On a shared store: the stored `i` row (the log's size) as this log
+    /// last wrote or read it. Every group is written only if the row still
+    /// holds it: the database orders the appends of every server.
+    indexed: Option<Vec<u8>>,
 }
+
+/// A group written to a shared store: its indices, leaf hashes, the
+/// tree's right edge if the group completed a tile, and its last hash.
+type Appended = (Vec<u64>, Vec<Hash>, Option<tiles::Edge>, Hash);
+
+/// How often a group is retried after other servers appended first
+/// before the request fails (`ABORTED`).
+const SHARED_APPEND_ATTEMPTS: usize = 64;
 
 /// Tiles written per batch when the open stores missing ones (one under
 /// test, so that a test sees any write made before the checks end).
@@ -691,9 +703,22 @@ impl AuditLog {
             );
         }
         let size = state.frontier.size();
-        Self::drop_tiles_past(&store, &state.edge)?;
-        Self::reindex(&store, size)?;
-        Ok(AuditLog {
+        if store.shared() {
+            // Other servers may have appended since the scan: their tiles
+            // and index rows stand; the log catches up below.
+            let indexed = store.get(Table::Audit, INDEXED_KEY)?;
+            let covered = indexed
+                .as_deref()
+                .and_then(|v| <[u8; 8]>::try_from(v).ok())
+                .map_or(0, u64::from_be_bytes);
+            if covered < size {
+                Self::reindex(&store, size)?;
+            }
+        } else {
+            Self::drop_tiles_past(&store, &state.edge)?;
+            Self::reindex(&store, size)?;
+        }
+        let log = AuditLog {
             store,
             state: Mutex::new(state),
             queue: Mutex::new(Queue::default()),
@@ -702,7 +727,80 @@ impl AuditLog {
             grown: tokio::sync::watch::Sender::new(size),
             refusing: tokio::sync::watch::Sender::new(false),
             checkpointing: Mutex::new(()),
-        })
+        };
+        if log.store.shared() {
+            let mut state = log.lock();
+            log.catch_up(&mut state)?;
+        }
+        Ok(log)
+    }
+
+    /// On a shared store: takes in the events other servers appended since
+    /// this log last wrote or read (each checked to follow the one before),
+    /// so that its size, root, checkpoints and proofs are the database's.
+    /// Nothing to do on a store of its own.
+    pub fn refresh(&self) -> Result<()> {
+        if !self.store.shared() {
+            return Ok(());
+        }
+        let mut state = self.lock();
+        self.catch_up(&mut state)
+    }
+
+    fn catch_up(&self, state: &mut State) -> Result<()> {
+        let stored = self.store.get(Table::Audit, INDEXED_KEY)?;
+        let target = match stored.as_deref() {
+            None => 0,
+            Some(v) => u64::from_be_bytes(<[u8; 8]>::try_from(v).map_err(|_| Error::Integrity)?),
+        };
+        let mut at = state.frontier.size();
+        if target < at {
+            tracing::error!(
+                stored = target,
+                ours = at,
+                "the shared audit log is shorter than this server has seen"
+            );
+            return Err(Error::Integrity);
+        }
+        while at < target {
+            let want = usize::try_from(target - at).unwrap_or(usize::MAX).min(1024);
+            let rows = self.store.scan_from(Table::Audit, &event_key(at), want)?;
+            let mut none = Vec::new();
+            let mut took = 0;
+            for (k, v) in rows
+                .iter()
+                .take_while(|(k, _)| k.first() == Some(&EVENT_PREFIX))
+            {
+                let follows = k.len() == 9
+                    && k[1..] == at.to_be_bytes()
+                    && serde_json::from_slice::<Event>(v)
+                        .is_ok_and(|e| e.index == at && e.prev == hex::encode(state.last));
+                if !follows {
+                    tracing::error!(
+                        index = at,
+                        "an event another server appended does not follow the one before"
+                    );
+                    return Err(Error::Integrity);
+                }
+                let h = merkle::leaf_hash(v);
+                state.frontier.push(h);
+                // Full tiles were stored with the events that completed them.
+                state.edge.push(h, &mut none);
+                none.clear();
+                state.last = h;
+                at += 1;
+                took += 1;
+                if at == target {
+                    break;
+                }
+            }
+            if took == 0 {
+                return Err(Error::Integrity);
+            }
+        }
+        state.indexed = stored;
+        self.grown.send_replace(state.frontier.size());
+        Ok(())
     }
 
     /// Recomputes the tree from the events, already checked, and stores
@@ -1094,6 +1192,9 @@ impl AuditLog {
     /// Writes one group of queued requests as one batch and hands each its
     /// result.
     fn write_group(&self, group: Vec<(WriteSet, Event, Arc<Slot>)>) {
+        if self.store.shared() {
+            return self.write_shared_group(group);
+        }
         let mut state = self.lock();
         if state.failed {
             let why = refusal(&state);
@@ -1190,6 +1291,114 @@ impl AuditLog {
         }
     }
 
+    /// [`AuditLog::write_group`] on a store other servers append to: the
+    /// group is numbered after the stored log and written only if no other
+    /// server appended meanwhile (the condition on `i`); otherwise the log
+    /// takes in their events and numbers the group again. A failed write
+    /// fails the group but not the log: whether it was written after all,
+    /// the next group's condition finds out.
+    fn write_shared_group(&self, group: Vec<(WriteSet, Event, Arc<Slot>)>) {
+        let mut state = self.lock();
+        let mut outcome: Result<Appended> = Err(Error::Conflict);
+        for _ in 0..SHARED_APPEND_ATTEMPTS {
+            let first = state.frontier.size();
+            let mut merged = WriteSet::new();
+            let mut hashes = Vec::with_capacity(group.len());
+            let mut indices = Vec::with_capacity(group.len());
+            let mut prev = state.last;
+            for (k, (ws, event, _)) in group.iter().enumerate() {
+                let index = first + k as u64;
+                let mut event = event.clone();
+                event.v = EVENT_V1;
+                event.index = index;
+                event.prev = hex::encode(prev);
+                // Encoding a plain struct of strings and numbers cannot fail.
+                let bytes = serde_json::to_vec(&event).unwrap_or_default();
+                prev = merkle::leaf_hash(&bytes);
+                hashes.push(prev);
+                merged.append(ws.clone());
+                merged.put(Table::Audit, event_key(index), bytes);
+                index_subjects(&mut merged, index, &event.subjects);
+                indices.push(index);
+            }
+            let size = first + group.len() as u64;
+            merged.expect(Table::Audit, INDEXED_KEY.to_vec(), state.indexed.clone());
+            merged.put(
+                Table::Audit,
+                INDEXED_KEY.to_vec(),
+                size.to_be_bytes().to_vec(),
+            );
+            let mut edge = None;
+            if state.edge.completes_a_tile(hashes.len() as u64) {
+                let mut grown = state.edge.clone();
+                let mut full = Vec::new();
+                for h in &hashes {
+                    grown.push(*h, &mut full);
+                }
+                for tile in full {
+                    merged.put(
+                        Table::Audit,
+                        tile_key(tile.level, tile.index),
+                        tile.encode(),
+                    );
+                }
+                edge = Some(grown);
+            }
+            match self.store.write(merged) {
+                Ok(()) => {
+                    outcome = Ok((indices, hashes, edge, prev));
+                    break;
+                }
+                Err(Error::Conflict) => {
+                    if let Err(e) = self.catch_up(&mut state) {
+                        outcome = Err(e);
+                        break;
+                    }
+                }
+                Err(e) => {
+                    outcome = Err(e);
+                    break;
+                }
+            }
+        }
+        match outcome {
+            Ok((indices, hashes, edge, last)) => {
+                for h in &hashes {
+                    state.frontier.push(*h);
+                }
+                match edge {
+                    Some(grown) => state.edge = grown,
+                    None => {
+                        let mut none = Vec::new();
+                        for h in &hashes {
+                            state.edge.push(*h, &mut none);
+                        }
+                    }
+                }
+                state.last = last;
+                state.indexed = Some(state.frontier.size().to_be_bytes().to_vec());
+                self.grown.send_replace(state.frontier.size());
+                drop(state);
+                for ((_, _, slot), index) in group.into_iter().zip(indices) {
+                    slot.set(Answer::Done(Ok(index)));
+                }
+            }
+            Err(e) => {
+                drop(state);
+                tracing::warn!(error = %e, "audit write to the shared store failed");
+                for (_, _, slot) in group {
+                    let each = match &e {
+                        Error::Unavailable(m) => Error::Unavailable(m.clone()),
+                        Error::Conflict => Error::Conflict,
+                        Error::Integrity => Error::Integrity,
+                        other => Error::Storage(other.to_string()),
+                    };
+                    slot.set(Answer::Done(Err(each)));
+                }
+            }
+        }
+    }
+
     /// Follows whether the log refuses writes (true after a failed write,
     /// until the vault restarts): the data services' health follows it.
     pub fn watch_refusing(&self) -> tokio::sync::watch::Receiver<bool> {
@@ -1203,13 +1412,23 @@ impl AuditLog {
 
     /// How many events.
     pub fn size(&self) -> u64 {
+        self.refresh_or_log();
         self.lock().frontier.size()
     }
 
     /// The tree head now.
     pub fn root(&self) -> (u64, Hash) {
+        self.refresh_or_log();
         let s = self.lock();
         (s.frontier.size(), s.frontier.root())
+    }
+
+    /// [`AuditLog::refresh`], its failure logged: the log answers with
+    /// what it has.
+    fn refresh_or_log(&self) {
+        if let Err(e) = self.refresh() {
+            tracing::warn!(error = %e, "could not take in other servers' audit events");
+        }
     }
 
     /// Up to `limit` events from `from`, as stored (the leaves).
@@ -1261,6 +1480,9 @@ impl AuditLog {
     /// outside the log's lock, so they never hold up commits (full tiles
     /// never change once stored).
     fn tree_reader(&self, size: u64) -> Result<tiles::Reader<impl tiles::Fetch + '_>> {
+        if size > self.lock().edge.size() {
+            self.refresh_or_log();
+        }
         let edge = {
             let s = self.lock();
             if size > s.edge.size() {
@@ -1362,8 +1584,13 @@ impl AuditLog {
             checkpoint_key(size),
             note.clone().into_bytes(),
         );
-        self.store.write(ws)?;
-        Ok(note)
+        // Another server may sign the same size meanwhile (and witnesses
+        // cosign it): its stored note stands.
+        ws.expect(Table::Audit, checkpoint_key(size), None);
+        match self.store.write(ws) {
+            Err(Error::Conflict) => self.stored_checkpoint(size)?.ok_or(Error::Conflict),
+            other => other.map(|()| note),
+        }
     }
 
     /// Adds the witnesses' cosignatures in `submitted` (a checkpoint this
@@ -1388,6 +1615,14 @@ impl AuditLog {
         if !taken.is_empty() {
             let mut ws = WriteSet::new();
             ws.put(Table::Audit, checkpoint_key(size), note.into_bytes());
+            // Only over the note merged into: another server's merge of
+            // other cosignatures meanwhile is not undone (the witness
+            // submits again).
+            ws.expect(
+                Table::Audit,
+                checkpoint_key(size),
+                Some(stored.into_bytes()),
+            );
             self.store.write(ws)?;
         }
         Ok((size, taken))

@@ -18,6 +18,7 @@ mod retention;
 mod rewrap;
 mod schema;
 mod search;
+mod shared;
 mod stripes;
 mod value;
 mod wraps;
@@ -46,6 +47,7 @@ pub use schema::{
     shown, validate_id, validate_name, Collection, DataCategory, FieldSchema, FieldType, Mask,
     Retention, MAX_FIELDS, MAX_ID_BYTES, MAX_RETENTION_SECONDS,
 };
+pub use shared::SYNC_INTERVAL;
 pub use value::{Record, Value};
 pub use wraps::{DEFAULT_ROTATE_AFTER_WRAPS, NIST_RANDOM_NONCE_LIMIT};
 
@@ -203,7 +205,8 @@ impl KeyringFile {
     /// Seals `keyring` and replaces the stored one atomically (a file:
     /// write, fsync, rename).
     pub fn save(&self, keyring: &Keyring) -> Result<()> {
-        self.store.write(&keyring.seal(&self.unseal_key))
+        self.store
+            .write(&keyring.seal(&self.unseal_key), keyring.generation())
     }
 
     /// Whether the stored keyring opens to one equal to `keyring` (after a
@@ -592,7 +595,9 @@ impl Engine {
         collection.validate()?;
         self.check_region(&collection)?;
         let _guard = lock(&self.create_lock);
-        if self.read_collections().contains_key(&collection.name) {
+        if self.read_collections().contains_key(&collection.name)
+            || self.load_shared_collection(&collection.name)?.is_some()
+        {
             return Err(Error::AlreadyExists(format!(
                 "collection {}",
                 collection.name
@@ -644,6 +649,7 @@ impl Engine {
         let mut ev = self.event(caller, Operation::Read, None);
         ev.operation = "list_collections".into();
         self.commit(WriteSet::new(), ev)?;
+        self.load_shared_collections()?;
         let policy = self.policy();
         let mut all: Vec<_> = self
             .read_collections()
@@ -661,9 +667,11 @@ impl Engine {
 
     fn lookup_collection(&self, name: &str) -> Result<Arc<Collection>> {
         validate_name("collection name", name, true)?;
-        self.read_collections()
-            .get(name)
-            .cloned()
+        if let Some(c) = self.read_collections().get(name) {
+            return Ok(Arc::clone(c));
+        }
+        // Made through another server of a shared store?
+        self.load_shared_collection(name)?
             .ok_or_else(|| Error::NotFound(format!("collection {name}")))
     }
 
@@ -1890,13 +1898,31 @@ impl Engine {
         let wrapped = wrap_subject_key(&keyring, subject, version, &key)?;
         let root_version = wrapping_version(&wrapped)?;
         let mut ws = WriteSet::new();
-        ws.put(
-            Table::SubjectKeys,
-            subject_key_id(self.names.bucket(subject), subject, version),
-            wrapped,
-        );
-        self.wraps
-            .commit(root_version, 1, ws, |ws| self.store.write(ws))?;
+        let row = subject_key_id(self.names.bucket(subject), subject, version);
+        if self.is_shared() {
+            // Another server may make this subject's key at the same time:
+            // one of the two keys is stored, and both servers use it.
+            ws.expect(Table::SubjectKeys, row.clone(), None);
+        }
+        ws.put(Table::SubjectKeys, row, wrapped);
+        match self
+            .wraps
+            .commit(root_version, 1, ws, |ws| self.store.write(ws))
+        {
+            Ok(()) => {}
+            Err(Error::Conflict) => {
+                let Some(found) = self.latest_stored_subject_key(subject)? else {
+                    return Err(Error::Conflict);
+                };
+                return match self.cached_or_unwrap(subject, found) {
+                    // Wrapped under a root key this server has not taken
+                    // up yet: it will within a second.
+                    Err(Error::Integrity) => Err(Error::Conflict),
+                    other => other.map(Some),
+                };
+            }
+            Err(e) => return Err(e),
+        }
         let keys = Arc::new(SubjectKeys::new(version, key));
         self.cache.insert(subject, Arc::clone(&keys));
         Ok(Some(keys))

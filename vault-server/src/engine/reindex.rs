@@ -313,6 +313,13 @@ impl Engine {
 
     /// [`Engine::reindex_status`] without the role check (tests).
     pub fn reindex_progress(&self) -> ReindexProgress {
+        if self.is_shared() {
+            // The rebuild may be another server's: its record is the truth.
+            match self.store.get(Table::Meta, JOB_KEY) {
+                Ok(raw) => *lock(&self.reindex.job) = raw.and_then(|b| Job::decode(&b).ok()),
+                Err(e) => tracing::warn!(error = %e, "could not read the rebuild's job record"),
+            }
+        }
         let kr = self.keyring();
         let current = kr.current_index_version();
         let rebuilding = !kr.older_index_versions().is_empty();
@@ -363,6 +370,15 @@ impl Engine {
         let target = kr.current_index_version();
         let rebuilding = !kr.older_index_versions().is_empty();
         drop(kr);
+        // On a shared store the rebuild may have moved on another server:
+        // go on from its record, and write only if nobody else wrote it.
+        let fence = if self.is_shared() {
+            let raw = self.store.get(Table::Meta, JOB_KEY)?;
+            *lock(&self.reindex.job) = raw.as_deref().and_then(|b| Job::decode(b).ok());
+            Some(raw)
+        } else {
+            None
+        };
         let previous = lock(&self.reindex.job).clone();
         let mut job = match previous {
             Some(job)
@@ -501,6 +517,9 @@ impl Engine {
             }
             job.cursor = cursor;
             ws.put(Table::Meta, JOB_KEY.to_vec(), job.encode());
+            if let Some(raw) = &fence {
+                ws.expect(Table::Meta, JOB_KEY.to_vec(), raw.clone());
+            }
             // Synced even with `danger_unsynced_writes`: the old key is
             // destroyed (a synced keyring save) once the job ends, so no
             // batch before it may be lost with the rows it moved.
@@ -510,6 +529,9 @@ impl Engine {
         } else {
             job.cursor = cursor;
             ws.put(Table::Meta, JOB_KEY.to_vec(), job.encode());
+            if let Some(raw) = &fence {
+                ws.expect(Table::Meta, JOB_KEY.to_vec(), raw.clone());
+            }
             // Synced even with `danger_unsynced_writes`: the old key is
             // destroyed (a synced keyring save) once the job ends, so no
             // batch before it may be lost with the rows it moved.

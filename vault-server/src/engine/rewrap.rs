@@ -264,6 +264,13 @@ impl Engine {
 
     /// [`Engine::rewrap_status`] without the role check (tests, benches).
     pub fn rewrap_progress(&self) -> RewrapProgress {
+        if self.is_shared() {
+            // The job may be another server's: its record is the truth.
+            match self.store.get(Table::Meta, JOB_KEY) {
+                Ok(raw) => *lock(&self.rewrap.job) = raw.and_then(|b| Job::decode(&b).ok()),
+                Err(e) => tracing::warn!(error = %e, "could not read the re-wrap job record"),
+            }
+        }
         let current = self.keyring().current_root().map_or(0, |(v, _)| v);
         match &*lock(&self.rewrap.job) {
             Some(job) if job.progress.target_version == current => job.progress,
@@ -289,6 +296,16 @@ impl Engine {
         }
         let kr = self.keyring();
         let current = kr.current_root()?.0;
+        // On a shared store the job may have moved on another server (the
+        // leader before this one): go on from its record, and write only
+        // if nobody else wrote it meanwhile.
+        let fence = if self.is_shared() {
+            let raw = self.store.get(Table::Meta, JOB_KEY)?;
+            *lock(&self.rewrap.job) = raw.as_deref().and_then(|b| Job::decode(b).ok());
+            Some(raw)
+        } else {
+            None
+        };
         let previous = lock(&self.rewrap.job).clone();
         let mut job = match previous {
             Some(job) if job.progress.target_version == current => job,
@@ -355,6 +372,9 @@ impl Engine {
             job.progress.finished = true;
         }
         ws.put(Table::Meta, JOB_KEY.to_vec(), job.encode());
+        if let Some(raw) = fence {
+            ws.expect(Table::Meta, JOB_KEY.to_vec(), raw);
+        }
         self.wraps
             .commit(current, wrapped, ws, |ws| self.store.write(ws))?;
         // A job after a rotation is a custody event; the empty job of a
@@ -416,11 +436,57 @@ impl Engine {
         let mut next_sweep = (!sweep_every.is_zero())
             .then(|| Instant::now().checked_add(sweep_every.min(Duration::from_secs(1))))
             .flatten();
+        // On a store other servers share: when this server looks for their
+        // changes next, and whether it leads the background jobs (until it
+        // does, none of them runs here).
+        let shared = self.is_shared();
+        let mut next_sync = shared.then(Instant::now);
+        let mut leading = !shared;
         loop {
             if self.is_closed() {
                 return;
             }
             let now = Instant::now();
+            if next_sync.is_some_and(|at| now >= at) {
+                let was_leading = leading;
+                leading = match self.sync_shared() {
+                    Ok((changed, leads)) => {
+                        if changed {
+                            // A rotation through another server: the jobs look.
+                            next_rewrap = Some(Instant::now());
+                            next_reindex = Some(Instant::now());
+                        }
+                        leads
+                    }
+                    Err(Error::Sealed) => {
+                        // Rekeyed through another server: this one's unseal
+                        // key opens nothing any more.
+                        self.close();
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not look for other servers' changes");
+                        false
+                    }
+                };
+                if leading && !was_leading {
+                    tracing::info!("this server leads the background jobs now");
+                    next_rewrap = Some(Instant::now());
+                    next_reindex = Some(Instant::now());
+                    next_sweep = (!sweep_every.is_zero()).then(Instant::now);
+                } else if !leading && was_leading {
+                    tracing::warn!("this server no longer leads the background jobs");
+                }
+                next_sync = Instant::now().checked_add(super::SYNC_INTERVAL);
+            }
+            if !leading {
+                let wait = next_sync.map(|at| at.saturating_duration_since(Instant::now()));
+                if wait != Some(Duration::ZERO) {
+                    self.rewrap.wait(seen, wait);
+                }
+                seen = self.rewrap.generation();
+                continue;
+            }
             if !interval.is_zero() && next_checkpoint.is_some_and(|at| now >= at) {
                 if let Err(e) = self.checkpoint() {
                     tracing::error!(error = %e, "could not sign a timed audit checkpoint");
@@ -460,6 +526,7 @@ impl Engine {
                 next_reindex,
                 next_checkpoint.filter(|_| !interval.is_zero()),
                 next_sweep,
+                next_sync,
             ]
             .into_iter()
             .flatten()

@@ -173,8 +173,17 @@ impl WriteSet {
 pub trait KeyringStore: Send + Sync + std::fmt::Debug + 'static {
     /// The sealed keyring, if one was saved.
     fn read(&self) -> Result<Option<Vec<u8>>>;
-    /// Replaces it atomically and durably.
-    fn write(&self, sealed: &[u8]) -> Result<()>;
+    /// Replaces it atomically and durably with the keyring of
+    /// `generation`. A store shared by several servers refuses it
+    /// (`Error::Conflict`) unless the stored keyring is of the generation
+    /// before, or there is none: two servers never both change one
+    /// generation.
+    fn write(&self, sealed: &[u8], generation: u64) -> Result<()>;
+    /// The stored keyring's generation, where the store tracks it (a
+    /// shared store does, so that servers notice another's change).
+    fn generation(&self) -> Result<Option<u64>> {
+        Ok(None)
+    }
     /// Where it is, for messages (no credentials).
     fn describe(&self) -> String;
 }
@@ -195,7 +204,7 @@ impl KeyringStore for KeyringPath {
         }
     }
 
-    fn write(&self, sealed: &[u8]) -> Result<()> {
+    fn write(&self, sealed: &[u8], _generation: u64) -> Result<()> {
         crate::keys::write_secret_file(&self.0, sealed)
             .map_err(|e| crate::Error::io(format!("writing keyring {}", self.0.display()), e))
     }
@@ -238,6 +247,20 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// `table` (memory first), so that deleted and overwritten entries of
     /// that range leave the files.
     fn compact_range(&self, table: Table, start: &[u8], end: &[u8]) -> Result<()>;
+    /// Whether other vault servers write to this store too (PostgreSQL):
+    /// then the audit log's appends are conditional, state kept in memory
+    /// is refreshed from the store, and background jobs run only on the
+    /// server that leads.
+    fn shared(&self) -> bool {
+        false
+    }
+    /// Whether this server leads the background jobs (re-wrap, index
+    /// rebuild, retention sweeps, timed checkpoints): always, on a store of
+    /// its own; on a shared store, while it holds the store's leader lock,
+    /// which another server takes over when this one dies.
+    fn lead(&self) -> Result<bool> {
+        Ok(true)
+    }
     /// What the store holds in memory now (for sizing); zeros for a store
     /// that does not say.
     fn memory(&self) -> Result<StoreMemory> {

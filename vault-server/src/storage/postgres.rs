@@ -72,6 +72,9 @@ pub struct PgStore {
     /// may be dropped on another runtime's worker).
     runtime: Option<tokio::runtime::Runtime>,
     pool: Pool,
+    config: tokio_postgres::Config,
+    /// The connection holding the leader lock, while this server leads.
+    leader: std::sync::Mutex<Option<tokio_postgres::Client>>,
     sync_writes: bool,
     /// Where it connects, without credentials (for messages).
     target: String,
@@ -109,6 +112,9 @@ fn table_name(table: Table) -> &'static str {
 }
 
 const KEYRING_TABLE: &str = "vault_keyring";
+
+/// The session advisory lock whose holder leads the background jobs.
+const LEADER_LOCK: i64 = 0x7661_756c_7400_0002;
 
 /// The advisory lock that serialises creating the tables (two servers
 /// starting at once on an empty database).
@@ -205,7 +211,7 @@ impl PgStore {
             .build()
             .map_err(|e| Error::io("starting the PostgreSQL driver's runtime", e))?;
         let manager = Manager::from_config(
-            config,
+            config.clone(),
             NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -227,6 +233,8 @@ impl PgStore {
         let store = PgStore {
             runtime: Some(runtime),
             pool,
+            config,
+            leader: std::sync::Mutex::new(None),
             sync_writes: options.sync_writes,
             target,
         };
@@ -284,7 +292,8 @@ impl PgStore {
             }
             ddl.push_str(&format!(
                 "CREATE TABLE IF NOT EXISTS {KEYRING_TABLE} \
-                 (id smallint PRIMARY KEY CHECK (id = 1), sealed bytea NOT NULL);"
+                 (id smallint PRIMARY KEY CHECK (id = 1), generation bigint NOT NULL, \
+                 sealed bytea NOT NULL);"
             ));
             tx.batch_execute(&ddl).await.map_err(pg_err)?;
             tx.commit().await.map_err(pg_err)
@@ -535,6 +544,43 @@ impl Store for PgStore {
         })
     }
 
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn lead(&self) -> Result<bool> {
+        let mut held = self.leader.lock().unwrap_or_else(|p| p.into_inner());
+        let client = held.take();
+        let config = self.config.clone();
+        let timeout = Duration::from_secs(5);
+        let (client, leads) = self.run(async move {
+            // Still connected: still the leader (the lock lives as long as
+            // its session).
+            if let Some(client) = client {
+                let alive = tokio::time::timeout(timeout, client.simple_query("SELECT 1")).await;
+                if matches!(alive, Ok(Ok(_))) {
+                    return Ok((Some(client), true));
+                }
+                tracing::warn!("lost the connection that held the leader lock");
+            }
+            let connected = tokio::time::timeout(timeout, config.connect(NoTls)).await;
+            let (client, connection) = match connected {
+                Ok(Ok(pair)) => pair,
+                Ok(Err(e)) => return Err(pg_err(e)),
+                Err(_) => return Err(Error::Unavailable(UNREACHABLE.into())),
+            };
+            tokio::spawn(connection);
+            let row = client
+                .query_one("SELECT pg_try_advisory_lock($1)", &[&LEADER_LOCK])
+                .await
+                .map_err(pg_err)?;
+            let leads: bool = row.try_get(0).map_err(pg_err)?;
+            Ok((leads.then_some(client), leads))
+        })?;
+        *held = client;
+        Ok(leads)
+    }
+
     fn compact_range(&self, table: Table, _start: &[u8], _end: &[u8]) -> Result<()> {
         // PostgreSQL cannot rewrite a key range: VACUUM removes the dead
         // rows of the whole table (their pages' space is reused, not
@@ -583,9 +629,11 @@ impl KeyringStore for PgStore {
         })
     }
 
-    fn write(&self, sealed: &[u8]) -> Result<()> {
+    fn write(&self, sealed: &[u8], generation: u64) -> Result<()> {
         let pool = self.pool.clone();
         let sealed = sealed.to_vec();
+        let generation = i64::try_from(generation)
+            .map_err(|_| Error::Storage("keyring generation out of range".into()))?;
         self.run(async move {
             let client = pool.get().await.map_err(pool_err)?;
             // Always synchronous: the keyring is what every record needs.
@@ -593,21 +641,47 @@ impl KeyringStore for PgStore {
                 .batch_execute("SET synchronous_commit = on")
                 .await
                 .map_err(pg_err)?;
-            client
+            // Only over the generation before: two servers changing the
+            // keyring at once cannot both win (the loser reloads).
+            let written = client
                 .execute(
                     &format!(
-                        "INSERT INTO {KEYRING_TABLE} (id, sealed) VALUES (1, $1) \
-                         ON CONFLICT (id) DO UPDATE SET sealed = EXCLUDED.sealed"
+                        "INSERT INTO {KEYRING_TABLE} AS kr (id, generation, sealed) \
+                         VALUES (1, $1, $2) ON CONFLICT (id) DO UPDATE \
+                         SET generation = EXCLUDED.generation, sealed = EXCLUDED.sealed \
+                         WHERE kr.generation = EXCLUDED.generation - 1"
                     ),
-                    &[&sealed],
+                    &[&generation, &sealed],
                 )
                 .await
                 .map_err(pg_err)?;
+            if written == 0 {
+                return Err(Error::Conflict);
+            }
             Ok(())
         })?;
         // The replaced row's tuple leaves the table's pages now rather than
         // at the next autovacuum (an erasure's old bucket epoch is in it).
         self.vacuum(KEYRING_TABLE)
+    }
+
+    fn generation(&self) -> Result<Option<u64>> {
+        let pool = self.pool.clone();
+        self.run(async move {
+            let client = pool.get().await.map_err(pool_err)?;
+            let row = client
+                .query_opt(
+                    &format!("SELECT generation FROM {KEYRING_TABLE} WHERE id = 1"),
+                    &[],
+                )
+                .await
+                .map_err(pg_err)?;
+            row.map(|r| {
+                let g: i64 = r.try_get(0).map_err(pg_err)?;
+                u64::try_from(g).map_err(|_| Error::Storage("negative keyring generation".into()))
+            })
+            .transpose()
+        })
     }
 
     fn describe(&self) -> String {

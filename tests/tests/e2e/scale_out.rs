@@ -1,0 +1,236 @@
+//! Several vault servers over one PostgreSQL database (the PostgreSQL run
+//! of `scripts/test`): writes through one are read through another,
+//! collections and keyring changes made through one reach the other, the
+//! background jobs run on one server and go on on another when it stops,
+//! and the audit log they all append to exports and verifies as one tree.
+
+use std::time::{Duration, Instant};
+
+use vault_client::UnsealShare;
+use vault_server::engine::RewrapOptions;
+use vault_server::service::Authenticator;
+use vault_server::storage::PgOptions;
+use vault_server::vault::OpenOptions;
+use vault_tests::{TestVault, CUSTODIAN_TOKEN, TOKEN};
+
+use crate::user;
+
+/// Both dev tokens, as a dev-mode vault has them.
+fn dev_auth() -> Authenticator {
+    let mut auth = Authenticator::new();
+    auth.add_token(TOKEN, vault_server::dev::dev_principal());
+    auth.add_token(CUSTODIAN_TOKEN, vault_server::dev::dev_custodian());
+    auth
+}
+
+/// Options of a server over `dir` whose data is in the database `url`,
+/// re-wrapping `per_second` keys a second, one at a time.
+fn options(dir: &std::path::Path, url: &str, per_second: u64) -> OpenOptions {
+    let mut opts = OpenOptions::dev(dir, "eu".parse().unwrap());
+    opts.postgres = Some(PgOptions::new(url));
+    opts.engine.rewrap = RewrapOptions {
+        batch_size: 1,
+        keys_per_second: per_second,
+    };
+    opts
+}
+
+/// A first server (it initialises the vault in dev mode) and a second one
+/// over the same database, unsealed by a custodian with the same share.
+async fn pair(
+    a_dir: &std::path::Path,
+    b_dir: &std::path::Path,
+    per_second: u64,
+) -> (TestVault, TestVault) {
+    let url = vault_tests::postgres_database_for(a_dir).await;
+    let a = TestVault::start_dev_with(options(a_dir, &url, per_second))
+        .await
+        .unwrap();
+    let b = TestVault::start_sealed(options(b_dir, &url, per_second), dev_auth())
+        .await
+        .unwrap();
+    let share = std::fs::read_to_string(a_dir.join(vault_server::vault::DEV_SHARE_FILE)).unwrap();
+    let progress = b
+        .custodian()
+        .await
+        .unseal(&UnsealShare::new(share))
+        .await
+        .unwrap();
+    assert!(!progress.sealed);
+    (a, b)
+}
+
+/// Polls `done` every 50 ms until it holds, for at most `limit`.
+async fn within<F, Fut>(limit: Duration, what: &str, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !done().await {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_on_one_database_read_each_others_writes_and_keep_one_audit_tree() {
+    if !vault_tests::on_postgres() {
+        eprintln!("needs PostgreSQL: runs in the PostgreSQL run of scripts/test");
+        return;
+    }
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = pair(a_dir.path(), b_dir.path(), 0).await;
+    let (ca, cb) = (a.client().await, b.client().await);
+
+    // Writes through one, reads through the other, both ways, and
+    // concurrently (two servers appending to one audit log).
+    ca.put(&user("u1", "alice")).await.unwrap();
+    assert_eq!(cb.get("users", "u1").await.unwrap(), user("u1", "alice"));
+    cb.put(&user("u2", "bob")).await.unwrap();
+    assert_eq!(ca.get("users", "u2").await.unwrap(), user("u2", "bob"));
+    let mut writes = Vec::new();
+    for i in 0..40 {
+        let c = if i % 2 == 0 { ca.clone() } else { cb.clone() };
+        writes.push(tokio::spawn(async move {
+            // Many new subjects: each server makes subject keys.
+            c.put(&user(&format!("c{i}"), &format!("s{}", i % 7)))
+                .await
+                .unwrap();
+        }));
+    }
+    for w in writes {
+        w.await.unwrap();
+    }
+    for i in 0..40 {
+        let id = format!("c{i}");
+        let expected = user(&id, &format!("s{}", i % 7));
+        assert_eq!(ca.get("users", &id).await.unwrap(), expected);
+        assert_eq!(cb.get("users", &id).await.unwrap(), expected);
+    }
+    // A delete through one is a delete for the other.
+    assert!(cb.delete("users", "u1").await.unwrap());
+    assert!(matches!(
+        ca.get("users", "u1").await,
+        Err(vault_client::Error::NotFound(_))
+    ));
+
+    // A collection made through one is known to the other, and a record
+    // written through that one is found (blind index) through the first.
+    cb.create_collection(&crate::search::people())
+        .await
+        .unwrap();
+    ca.put(&crate::search::person("p1", "carol", "carol@example.eu", 7))
+        .await
+        .unwrap();
+    let found = cb
+        .find("people", "email", "carol@example.eu", &[], 10)
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].id, "p1");
+
+    // A root-key rotation through one reaches the other: new subjects
+    // written through the other are wrapped under the new root.
+    assert_eq!(a.custodian().await.rotate_root_key().await.unwrap(), 2);
+    let custodian_b = b.custodian().await;
+    within(
+        Duration::from_secs(10),
+        "the rotation reaches b",
+        || async { custodian_b.root_keys().await.unwrap().versions.len() == 2 },
+    )
+    .await;
+    within(Duration::from_secs(20), "the re-wrap ends", || async {
+        custodian_b.rewrap_status().await.unwrap().finished
+    })
+    .await;
+    cb.put(&user("n1", "newcomer")).await.unwrap();
+    let keys = custodian_b.root_keys().await.unwrap();
+    assert_eq!(keys.versions[0].wrapped_subject_keys, 0, "{keys:?}");
+    assert_eq!(ca.get("users", "n1").await.unwrap(), user("n1", "newcomer"));
+
+    // One log: exported through b, it verifies as one tree holding the
+    // events of both servers, with dense indices.
+    let size_a = a.vault.audit_log().size();
+    let export_dir = tempfile::tempdir().unwrap();
+    let key = crate::audit::export(&b, export_dir.path()).await;
+    assert_eq!(
+        crate::audit::verify(export_dir.path(), &key).await,
+        (true, None, None)
+    );
+    let events = std::fs::read_to_string(export_dir.path().join("events.jsonl")).unwrap();
+    let count = events.lines().count() as u64;
+    assert!(
+        count >= size_a,
+        "{count} events exported, a had seen {size_a}"
+    );
+    for (i, line) in events.lines().enumerate() {
+        let e: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(e["index"], i as u64, "dense indices");
+    }
+    // Both servers' writes are in it: 42 puts, a delete, 80 gets and more.
+    let puts = events
+        .lines()
+        .filter(|l| l.contains("\"operation\":\"write\""))
+        .count();
+    assert!(puts >= 43, "{puts} writes");
+    drop((ca, cb, custodian_b));
+    a.stop_beside_others().await;
+    b.stop_beside_others().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_re_wrap_left_by_a_stopped_server_is_finished_by_the_other() {
+    if !vault_tests::on_postgres() {
+        eprintln!("needs PostgreSQL: runs in the PostgreSQL run of scripts/test");
+        return;
+    }
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // Twenty keys a second: the re-wrap of 60 subjects takes about three
+    // seconds, long enough to stop its server part way.
+    let (a, b) = pair(a_dir.path(), b_dir.path(), 20).await;
+    let client = a.client().await;
+    let subjects = 60u64;
+    let records: Vec<_> = (0..subjects)
+        .map(|i| user(&format!("r{i}"), &format!("p{i}")))
+        .collect();
+    client.put_many(&records).await.unwrap();
+    drop(client);
+    // a started first: it leads the background jobs.
+    let custodian_a = a.custodian().await;
+    assert_eq!(custodian_a.rotate_root_key().await.unwrap(), 2);
+    within(Duration::from_secs(10), "a re-wraps", || async {
+        let p = custodian_a.rewrap_status().await.unwrap();
+        p.rewrapped >= 5
+    })
+    .await;
+    let part_way = custodian_a.rewrap_status().await.unwrap();
+    assert!(!part_way.finished, "{part_way:?}");
+    drop(custodian_a);
+    // a goes away part way (its session, and with it the leader lock, ends).
+    a.stop_beside_others().await;
+    let left = b.custodian().await.rewrap_status().await.unwrap();
+    assert!(!left.finished && left.rewrapped < subjects, "{left:?}");
+
+    let custodian_b = b.custodian().await;
+    within(
+        Duration::from_secs(30),
+        "b finishes the re-wrap",
+        || async { custodian_b.rewrap_status().await.unwrap().finished },
+    )
+    .await;
+    let end = custodian_b.rewrap_status().await.unwrap();
+    assert_eq!(end.target_version, 2);
+    assert!(end.pending_at_start >= subjects, "{end:?}");
+    assert_eq!(end.unreadable, 0);
+    let keys = custodian_b.root_keys().await.unwrap();
+    assert_eq!(keys.versions[0].wrapped_subject_keys, 0, "{keys:?}");
+    // Everything reads through b (its key cache cold for most subjects).
+    let ids: Vec<String> = (0..subjects).map(|i| format!("r{i}")).collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let got = b.client().await.get_many("users", &ids, &[]).await.unwrap();
+    assert!(got.missing_ids.is_empty());
+    assert_eq!(got.records, records);
+    drop(custodian_b);
+    b.stop_beside_others().await;
+}
