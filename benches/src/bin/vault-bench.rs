@@ -47,7 +47,9 @@ const COLLECTION: &str = "bench";
                   Open OUT/report.html in a browser; OUT/result.json holds every figure."
 )]
 struct Args {
-    /// The vault to drive (e.g. http://127.0.0.1:8200). Without it, a
+    /// The vault to drive (e.g. http://127.0.0.1:8200), or several servers
+    /// of one vault, comma-separated (servers over one PostgreSQL
+    /// database): the clients are spread over them in turn. Without it, a
     /// development vault is started in this process on a temporary folder.
     #[arg(long, env = "VAULT_ADDR")]
     addr: Option<String>,
@@ -322,15 +324,24 @@ async fn run(args: &Args) -> Result<Report, String> {
         (None, Some(a), Some(t)) => (a.clone(), t.clone()),
         _ => return Err("--addr needs --token".into()),
     };
-    let connect = || {
-        VaultClient::builder(url.clone())
+    let urls: Vec<String> = url
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if urls.is_empty() {
+        return Err("--addr names no server".into());
+    }
+    let connect = |c: usize| {
+        VaultClient::builder(urls[c % urls.len()].clone())
             .token(token.clone())
             .purpose(args.purpose.clone())
             .connect()
     };
-    let admin = connect()
+    let admin = connect(0)
         .await
-        .map_err(|e| format!("connecting to {url}: {e}"))?;
+        .map_err(|e| format!("connecting to {}: {e}", urls[0]))?;
     // `key`: one indexed value per record, for finds.
     let mut collection = Collection::new(COLLECTION)
         .description("vault-bench records")
@@ -363,8 +374,8 @@ async fn run(args: &Args) -> Result<Report, String> {
     }
 
     let mut clients = Vec::with_capacity(args.clients);
-    for _ in 0..args.clients {
-        clients.push(connect().await.map_err(|e| e.to_string())?);
+    for c in 0..args.clients {
+        clients.push(connect(c).await.map_err(|e| e.to_string())?);
     }
     let clients = Arc::new(clients);
     let workload = args.workload;
