@@ -238,7 +238,11 @@ const MAX_POSTGRES_POOL: usize = 1024;
 
 impl StorageConfig {
     /// The PostgreSQL options, when that is the backend.
-    fn postgres(&self, sync_writes: bool) -> Result<Option<PgOptions>, String> {
+    fn postgres(
+        &self,
+        sync_writes: bool,
+        keyring_file_set: bool,
+    ) -> Result<Option<PgOptions>, String> {
         match (self.backend, &self.postgres_url) {
             (None | Some(BackendConfig::Rocksdb), None) => {
                 if self.postgres_pool_size.is_some() {
@@ -254,6 +258,12 @@ impl StorageConfig {
             (Some(BackendConfig::Postgres), None) => {
                 Err("storage.backend = \"postgres\" needs storage.postgres_url".into())
             }
+            (Some(BackendConfig::Postgres), Some(_)) if keyring_file_set => Err(
+                "keyring_file does not apply to storage.backend = \"postgres\": the keyring \
+                 is kept in the database's vault_keyring table (SECURITY.md says what that means \
+                 for copies of the database)"
+                    .into(),
+            ),
             (Some(BackendConfig::Postgres), Some(url)) => {
                 if url.parse::<tokio_postgres::Config>().is_err() {
                     // The driver's message may quote the string, password and all.
@@ -588,7 +598,9 @@ impl Config {
                 .keyring_file
                 .clone()
                 .unwrap_or_else(|| self.data_dir.join("keyring")),
-            postgres: self.storage.postgres(!self.danger_unsynced_writes)?,
+            postgres: self
+                .storage
+                .postgres(!self.danger_unsynced_writes, self.keyring_file.is_some())?,
             store: StoreOptions {
                 sync_writes: !self.danger_unsynced_writes,
                 block_cache_bytes: self
@@ -781,6 +793,53 @@ principal = "svc"
 sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 roles = ["reader"]
 "#;
+
+    #[test]
+    fn the_storage_backend_is_rocksdb_unless_postgres_is_asked_for_whole() {
+        let with = |section: &str| {
+            Config::parse(&format!("{GOOD}\n[storage]\n{section}\n")).and_then(|c| c.open_options())
+        };
+        assert!(Config::parse(GOOD)
+            .unwrap()
+            .open_options()
+            .unwrap()
+            .postgres
+            .is_none());
+        assert!(with("backend = \"rocksdb\"").unwrap().postgres.is_none());
+        let pg = with(
+            "backend = \"postgres\"\npostgres_url = \"host=a,b port=5432 user=v password=hunter2 \
+             dbname=vault target_session_attrs=read-write\"\npostgres_pool_size = 4",
+        )
+        .unwrap()
+        .postgres
+        .unwrap();
+        assert_eq!((pg.pool_size, pg.sync_writes), (4, true));
+        let apart = Config::parse(&format!(
+            "keyring_file = \"/k\"\n{GOOD}\n[storage]\nbackend = \"postgres\"\npostgres_url = \"host=a\"\n"
+        ))
+        .and_then(|c| c.open_options())
+        .unwrap_err();
+        assert!(apart.contains("keyring_file does not apply"), "{apart}");
+        let err = |section: &str| with(section).unwrap_err();
+        assert!(err("backend = \"postgres\"").contains("needs storage.postgres_url"));
+        assert!(err("postgres_url = \"host=a\"").contains("backend is not"));
+        assert!(err("postgres_pool_size = 3").contains("not postgres"));
+        assert!(err("backend = \"mysql\"").contains("backend"));
+        let bad =
+            err("backend = \"postgres\"\npostgres_url = \"host=a password=hunter2 nonsense\"");
+        assert!(bad.contains("not a PostgreSQL connection string"), "{bad}");
+        assert!(!bad.contains("hunter2"), "{bad}");
+        assert!(
+            err("backend = \"postgres\"\npostgres_url = \"host=a\"\npostgres_pool_size = 0")
+                .contains("1 to 1024")
+        );
+        // The connection string never shows in the configuration's Debug.
+        let c = Config::parse(&format!(
+            "{GOOD}\n[storage]\nbackend = \"postgres\"\npostgres_url = \"host=a password=hunter2\"\n"
+        ))
+        .unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
 
     #[test]
     fn parses_and_defaults() {

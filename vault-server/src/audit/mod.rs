@@ -51,6 +51,16 @@ const SUBJECT_PREFIX: u8 = b's';
 const INDEXED_KEY: &[u8] = b"i";
 /// `t ‖ u8 level ‖ u64 tile` → a full Merkle tile.
 const TILE_PREFIX: u8 = b't';
+/// `h` → u64 size ‖ the newest event's leaf hash: the head of a log other
+/// servers append to too (written by every group on a shared store).
+const HEAD_KEY: &[u8] = b"h";
+
+/// The `h` row of a log of `size` events whose newest has leaf hash `last`.
+fn head_row(size: u64, last: &Hash) -> Vec<u8> {
+    let mut v = size.to_be_bytes().to_vec();
+    v.extend_from_slice(last);
+    v
+}
 
 /// Most bytes of events in one page the vault sends: a page of
 /// `AuditService.Events`, one message of `AuditService.Follow`, a page of
@@ -242,10 +252,12 @@ struct State {
     failed: bool,
     /// The storage was full when it failed: later refusals say so too.
     full: bool,
-    /// On a shared store: the stored `i` row (the log's size) as this log
-    /// last wrote or read it. Every group is written only if the row still
-    /// holds it: the database orders the appends of every server.
-    indexed: Option<Vec<u8>>,
+    /// On a shared store: the stored `h` row (the log's size and newest
+    /// leaf hash) as this log last wrote or read it. Every group is written
+    /// only if the row still holds it: the database orders the appends of
+    /// every server, and a log that lost events and grew again elsewhere
+    /// is told apart by its hash.
+    head: Option<Vec<u8>>,
 }
 
 /// A group written to a shared store: its indices, leaf hashes, the
@@ -748,10 +760,28 @@ impl AuditLog {
     }
 
     fn catch_up(&self, state: &mut State) -> Result<()> {
-        let stored = self.store.get(Table::Audit, INDEXED_KEY)?;
-        let target = match stored.as_deref() {
-            None => 0,
-            Some(v) => u64::from_be_bytes(<[u8; 8]>::try_from(v).map_err(|_| Error::Integrity)?),
+        let result = self.catch_up_checked(state);
+        if matches!(result, Err(Error::Integrity)) {
+            // A log that does not extend what this server has seen: no
+            // more appends here until the vault restarts (and re-checks it).
+            state.failed = true;
+            self.refusing.send_replace(true);
+        }
+        result
+    }
+
+    fn catch_up_checked(&self, state: &mut State) -> Result<()> {
+        let stored = self.store.get(Table::Audit, HEAD_KEY)?;
+        let (target, head_hash) = match stored.as_deref() {
+            None => (0, [0u8; 32]),
+            Some(v) if v.len() == 40 => {
+                let mut size = [0u8; 8];
+                size.copy_from_slice(&v[..8]);
+                let mut hash = [0u8; 32];
+                hash.copy_from_slice(&v[8..]);
+                (u64::from_be_bytes(size), hash)
+            }
+            Some(_) => return Err(Error::Integrity),
         };
         let mut at = state.frontier.size();
         if target < at {
@@ -798,7 +828,14 @@ impl AuditLog {
                 return Err(Error::Integrity);
             }
         }
-        state.indexed = stored;
+        if target > 0 && head_hash != state.last {
+            tracing::error!(
+                size = target,
+                "the shared audit log's head does not end in the events this server has"
+            );
+            return Err(Error::Integrity);
+        }
+        state.head = stored;
         self.grown.send_replace(state.frontier.size());
         Ok(())
     }
@@ -1299,6 +1336,14 @@ impl AuditLog {
     /// the next group's condition finds out.
     fn write_shared_group(&self, group: Vec<(WriteSet, Event, Arc<Slot>)>) {
         let mut state = self.lock();
+        if state.failed {
+            let why = refusal(&state);
+            drop(state);
+            for (_, _, slot) in group {
+                slot.set(Answer::Done(Err(Error::Unavailable(why.clone()))));
+            }
+            return;
+        }
         let mut outcome: Result<Appended> = Err(Error::Conflict);
         for _ in 0..SHARED_APPEND_ATTEMPTS {
             let first = state.frontier.size();
@@ -1322,7 +1367,8 @@ impl AuditLog {
                 indices.push(index);
             }
             let size = first + group.len() as u64;
-            merged.expect(Table::Audit, INDEXED_KEY.to_vec(), state.indexed.clone());
+            merged.expect(Table::Audit, HEAD_KEY.to_vec(), state.head.clone());
+            merged.put(Table::Audit, HEAD_KEY.to_vec(), head_row(size, &prev));
             merged.put(
                 Table::Audit,
                 INDEXED_KEY.to_vec(),
@@ -1350,8 +1396,16 @@ impl AuditLog {
                     break;
                 }
                 Err(Error::Conflict) => {
+                    let before = state.head.clone();
                     if let Err(e) = self.catch_up(&mut state) {
                         outcome = Err(e);
+                        break;
+                    }
+                    if state.head == before {
+                        // Not another server's append: a condition of a
+                        // request of the group failed. The group fails
+                        // (its requests answer ABORTED; they may retry).
+                        outcome = Err(Error::Conflict);
                         break;
                     }
                 }
@@ -1376,7 +1430,7 @@ impl AuditLog {
                     }
                 }
                 state.last = last;
-                state.indexed = Some(state.frontier.size().to_be_bytes().to_vec());
+                state.head = Some(head_row(state.frontier.size(), &last));
                 self.grown.send_replace(state.frontier.size());
                 drop(state);
                 for ((_, _, slot), index) in group.into_iter().zip(indices) {

@@ -524,6 +524,7 @@ impl Engine {
         self.closed.store(true, Ordering::SeqCst);
         self.rewrap.wake();
         self.cache.clear();
+        self.store.resign();
     }
 
     /// Whether [`Engine::close`] was called.
@@ -1901,8 +1902,13 @@ impl Engine {
         let row = subject_key_id(self.names.bucket(subject), subject, version);
         if self.is_shared() {
             // Another server may make this subject's key at the same time:
-            // one of the two keys is stored, and both servers use it.
+            // one of the two keys is stored, and both servers use it. And
+            // it is wrapped under this keyring only if that is still the
+            // stored one: an erasure through another server re-wraps its
+            // bucket only after its keyring save, which waits for this
+            // write (or makes it fail).
             ws.expect(Table::SubjectKeys, row.clone(), None);
+            ws.expect_keyring(keyring.generation());
         }
         ws.put(Table::SubjectKeys, row, wrapped);
         match self

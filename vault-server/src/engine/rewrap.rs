@@ -374,6 +374,9 @@ impl Engine {
         ws.put(Table::Meta, JOB_KEY.to_vec(), job.encode());
         if let Some(raw) = fence {
             ws.expect(Table::Meta, JOB_KEY.to_vec(), raw);
+            // The page was re-wrapped under this keyring: written only if
+            // no other server changed it meanwhile (an erasure's epoch).
+            ws.expect_keyring(kr.generation());
         }
         self.wraps
             .commit(current, wrapped, ws, |ws| self.store.write(ws))?;
@@ -444,6 +447,8 @@ impl Engine {
         let mut leading = !shared;
         loop {
             if self.is_closed() {
+                // Another server leads from now on.
+                self.store.resign();
                 return;
             }
             let now = Instant::now();
@@ -462,6 +467,7 @@ impl Engine {
                         // Rekeyed through another server: this one's unseal
                         // key opens nothing any more.
                         self.close();
+                        self.store.resign();
                         return;
                     }
                     Err(e) => {

@@ -12,7 +12,7 @@
 //!   server) seals this server.
 //! - **Collections** created through another server are read from the
 //!   store when a name is not known here; a schema never changes once made.
-//! - **Honey subjects** are reloaded with the keyring.
+//! - **Honey subjects** are reloaded every [`SYNC_INTERVAL`].
 //! - **Background jobs** run on the server that leads (`Store::lead`);
 //!   their records are read from the store at each step, and each step's
 //!   write is conditional on the record it read.
@@ -123,6 +123,9 @@ impl Engine {
     /// appended, and whether this server leads the background jobs now.
     pub(super) fn sync_shared(&self) -> Result<(bool, bool)> {
         let changed = self.follow_keyring()?;
+        // Honey subjects planted through another server.
+        let honey = super::honey::load(self.store.as_ref())?;
+        *self.honey.write().unwrap_or_else(|p| p.into_inner()) = honey;
         if let Err(e) = self.audit.refresh() {
             tracing::warn!(error = %e, "could not take in other servers' audit events");
         }

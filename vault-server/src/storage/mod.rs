@@ -104,6 +104,10 @@ pub struct WriteSet {
     /// Checked in the write's own transaction: any one unmet, and nothing
     /// is written ([`Error::Conflict`](crate::Error::Conflict)).
     conditions: Vec<Condition>,
+    /// The stored keyring must be of this generation (a shared store
+    /// checks it holding the keyring row shared until the write commits, so
+    /// a keyring save waits for the write, and a write after it fails).
+    keyring_generation: Option<u64>,
 }
 
 impl WriteSet {
@@ -137,6 +141,10 @@ impl WriteSet {
     pub fn append(&mut self, other: WriteSet) {
         self.ops.extend(other.ops);
         self.sync |= other.sync;
+        self.conditions.extend(other.conditions);
+        if other.keyring_generation.is_some() {
+            self.keyring_generation = other.keyring_generation;
+        }
     }
 
     /// Asks for this set to reach the disk (WAL synced) before the write
@@ -164,6 +172,19 @@ impl WriteSet {
     /// The conditions, in order.
     pub fn conditions(&self) -> &[Condition] {
         &self.conditions
+    }
+
+    /// Applies the set only if the stored keyring is still of `generation`
+    /// (on a shared store; a store of its own has one server, whose
+    /// keyring changes are in order already): for writes that wrap keys
+    /// under, or make index rows with, the keyring of that generation.
+    pub fn expect_keyring(&mut self, generation: u64) {
+        self.keyring_generation = Some(generation);
+    }
+
+    /// The keyring generation the set was made under, if it says.
+    pub fn keyring_condition(&self) -> Option<u64> {
+        self.keyring_generation
     }
 }
 
@@ -261,6 +282,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     fn lead(&self) -> Result<bool> {
         Ok(true)
     }
+    /// Lets go of the leader lock (this server's engine closed: sealed, or
+    /// rekeyed elsewhere), so that another server leads.
+    fn resign(&self) {}
     /// What the store holds in memory now (for sizing); zeros for a store
     /// that does not say.
     fn memory(&self) -> Result<StoreMemory> {

@@ -506,14 +506,22 @@ impl Store for PgStore {
         let synced = self.sync_writes || set.needs_sync();
         let changes = final_changes(&set);
         let conditions = set.conditions().to_vec();
+        let keyring_generation = set.keyring_condition();
         let pool = self.pool.clone();
         self.run(async move {
             let mut client = pool.get().await.map_err(pool_err)?;
             let tx = client.transaction().await.map_err(pg_err)?;
-            if !synced {
-                tx.batch_execute("SET LOCAL synchronous_commit = off")
-                    .await
-                    .map_err(pg_err)?;
+            // Whatever the database's default: a synced write waits for the
+            // WAL flush (and the synchronous standbys').
+            tx.batch_execute(if synced {
+                "SET LOCAL synchronous_commit = on"
+            } else {
+                "SET LOCAL synchronous_commit = off"
+            })
+            .await
+            .map_err(pg_err)?;
+            if let Some(generation) = keyring_generation {
+                check_keyring_generation(&tx, generation).await?;
             }
             for c in &conditions {
                 check_condition(&tx, c).await?;
@@ -581,12 +589,41 @@ impl Store for PgStore {
         Ok(leads)
     }
 
-    fn compact_range(&self, table: Table, _start: &[u8], _end: &[u8]) -> Result<()> {
-        // PostgreSQL cannot rewrite a key range: VACUUM removes the dead
-        // rows of the whole table (their pages' space is reused, not
-        // wiped; SECURITY.md says what that leaves).
-        self.vacuum(table_name(table))
+    fn compact_range(&self, _table: Table, _start: &[u8], _end: &[u8]) -> Result<()> {
+        // Nothing: PostgreSQL cannot rewrite a key range, a VACUUM of the
+        // whole table under the caller's locks would stall it for as long,
+        // and VACUUM wipes nothing anyway (the dead rows' space is reused,
+        // and the WAL keeps them). Autovacuum reclaims the space;
+        // SECURITY.md says what stays behind.
+        Ok(())
     }
+
+    fn resign(&self) {
+        // Closing the session releases its advisory lock.
+        self.leader.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+}
+
+/// Checks the stored keyring's generation inside a write's transaction,
+/// holding the keyring row shared until it ends: a keyring save (an update
+/// of that row) waits for the write, and a write that comes after the save
+/// finds the new generation and fails.
+async fn check_keyring_generation(
+    tx: &deadpool_postgres::Transaction<'_>,
+    generation: u64,
+) -> Result<()> {
+    let row = tx
+        .query_opt(
+            &format!("SELECT generation FROM {KEYRING_TABLE} WHERE id = 1 FOR SHARE"),
+            &[],
+        )
+        .await
+        .map_err(pg_err)?;
+    let stored: Option<i64> = row.map(|r| r.try_get(0)).transpose().map_err(pg_err)?;
+    if stored.and_then(|g| u64::try_from(g).ok()) != Some(generation) {
+        return Err(Error::Conflict);
+    }
+    Ok(())
 }
 
 /// Checks one condition of a set inside its transaction, holding the
