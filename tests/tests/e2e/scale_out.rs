@@ -271,6 +271,27 @@ async fn keyring_saves_and_conditional_writes_from_two_servers_never_both_win() 
             Err(Error::Conflict)
         ));
         assert_eq!(one.generation().unwrap(), Some(2));
+        // A write made under an older keyring is refused whole.
+        let mut stale = WriteSet::new();
+        stale.expect_keyring(1);
+        stale.put(
+            Table::SubjectKeys,
+            b"wrapped under g1".to_vec(),
+            b"k".to_vec(),
+        );
+        assert!(matches!(Store::write(&two, stale), Err(Error::Conflict)));
+        assert_eq!(
+            two.get(Table::SubjectKeys, b"wrapped under g1").unwrap(),
+            None
+        );
+        let mut current = WriteSet::new();
+        current.expect_keyring(2);
+        current.put(
+            Table::SubjectKeys,
+            b"wrapped under g2".to_vec(),
+            b"k".to_vec(),
+        );
+        Store::write(&two, current).unwrap();
         assert_eq!(KeyringStore::read(&one).unwrap().unwrap(), b"g2 by two");
         // Conditions: both expect the key absent; the second write fails
         // whole (its other change is not applied either).
@@ -345,4 +366,83 @@ async fn keyring_saves_and_conditional_writes_from_two_servers_never_both_win() 
     })
     .await
     .unwrap();
+}
+
+/// Two audit logs (two servers) over one database append to one chain,
+/// and a database that lost its newest events (a restore, a failover to a
+/// standby that was behind) and grew again through another server is not
+/// appended to by a server that saw the lost ones: no fork, it refuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_audit_logs_on_one_database_append_to_one_chain_and_never_fork() {
+    use std::sync::Arc;
+    use vault_server::audit::{AuditLog, Event};
+    use vault_server::storage::{PgStore, Store, Table, WriteSet};
+    if !vault_tests::on_postgres() {
+        eprintln!("needs PostgreSQL: runs in the PostgreSQL run of scripts/test");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let url = vault_tests::postgres_database_for(dir.path()).await;
+    tokio::task::spawn_blocking(move || {
+        let store = |url: &str| -> Arc<dyn Store> {
+            Arc::new(PgStore::open(&PgOptions::new(url)).unwrap())
+        };
+        let (sa, sb) = (store(&url), store(&url));
+        let a = AuditLog::open(Arc::clone(&sa)).unwrap();
+        let b = AuditLog::open(Arc::clone(&sb)).unwrap();
+        let ev = |op: &str| Event::new("t", None, op, None);
+        // Interleaved appends: dense indices in commit order.
+        let mut indices = Vec::new();
+        for i in 0..10 {
+            let log = if i % 3 == 0 { &a } else { &b };
+            indices.push(log.commit(WriteSet::new(), ev("x")).unwrap());
+        }
+        assert_eq!(indices, (0..10).collect::<Vec<u64>>());
+        assert_eq!((a.size(), b.size()), (10, 10));
+        assert_eq!(a.root(), b.root());
+        // The database loses its last two events (as a restore would),
+        // and b, reopened over it, appends two others.
+        let mut lose = WriteSet::new();
+        let mut head = 8u64.to_be_bytes().to_vec();
+        let ev7 = sa
+            .get(Table::Audit, &[&b"e"[..], &7u64.to_be_bytes()].concat())
+            .unwrap()
+            .unwrap();
+        head.extend_from_slice(&leaf_hash(&ev7));
+        lose.put(Table::Audit, b"h".to_vec(), head);
+        lose.put(Table::Audit, b"i".to_vec(), 8u64.to_be_bytes().to_vec());
+        for i in 8u64..10 {
+            lose.delete(Table::Audit, [&b"e"[..], &i.to_be_bytes()].concat());
+        }
+        Store::write(sa.as_ref(), lose).unwrap();
+        drop(b);
+        let b = AuditLog::open(Arc::clone(&sb)).unwrap();
+        assert_eq!(b.size(), 8);
+        assert_eq!(b.commit(WriteSet::new(), ev("other")).unwrap(), 8);
+        assert_eq!(b.commit(WriteSet::new(), ev("other")).unwrap(), 9);
+        // a saw events 8 and 9 that are gone: the same size, another head.
+        // It refuses to append rather than fork the chain.
+        let refused = a.commit(WriteSet::new(), ev("fork?"));
+        assert!(refused.is_err(), "{refused:?}");
+        assert!(a.writable().is_err());
+        assert_eq!(b.size(), 10);
+        let stored = sa
+            .get(Table::Audit, &[&b"e"[..], &10u64.to_be_bytes()].concat())
+            .unwrap();
+        assert_eq!(
+            stored, None,
+            "no event appended by the server that saw another history"
+        );
+    })
+    .await
+    .unwrap();
+}
+
+/// RFC 6962 leaf hash (the audit log's).
+fn leaf_hash(leaf: &[u8]) -> [u8; 32] {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    h.update([0u8]);
+    h.update(leaf);
+    h.finalize().into()
 }

@@ -1344,8 +1344,19 @@ impl AuditLog {
             }
             return;
         }
+        // Other servers wait while this group is numbered and written (the
+        // write's condition still guards it should the lock be lost).
         let mut outcome: Result<Appended> = Err(Error::Conflict);
-        for _ in 0..SHARED_APPEND_ATTEMPTS {
+        let locked = self.store.lock_appends();
+        let attempts = if locked.is_ok() {
+            SHARED_APPEND_ATTEMPTS
+        } else {
+            0
+        };
+        if let Err(e) = locked {
+            outcome = Err(e);
+        }
+        for _ in 0..attempts {
             let first = state.frontier.size();
             let mut merged = WriteSet::new();
             let mut hashes = Vec::with_capacity(group.len());
@@ -1414,6 +1425,9 @@ impl AuditLog {
                     break;
                 }
             }
+        }
+        if attempts > 0 {
+            self.store.unlock_appends();
         }
         match outcome {
             Ok((indices, hashes, edge, last)) => {

@@ -285,6 +285,15 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Lets go of the leader lock (this server's engine closed: sealed, or
     /// rekeyed elsewhere), so that another server leads.
     fn resign(&self) {}
+    /// On a shared store: waits until no other server is appending to the
+    /// audit log, and keeps them waiting until [`Store::unlock_appends`],
+    /// so that a group is numbered and written without losing the race
+    /// (its write stays conditional all the same).
+    fn lock_appends(&self) -> Result<()> {
+        Ok(())
+    }
+    /// Ends [`Store::lock_appends`].
+    fn unlock_appends(&self) {}
     /// What the store holds in memory now (for sizing); zeros for a store
     /// that does not say.
     fn memory(&self) -> Result<StoreMemory> {

@@ -75,6 +75,9 @@ pub struct PgStore {
     config: tokio_postgres::Config,
     /// The connection holding the leader lock, while this server leads.
     leader: std::sync::Mutex<Option<tokio_postgres::Client>>,
+    /// The connection that takes the audit append lock (one audit writer
+    /// per process uses it at a time).
+    appender: std::sync::Mutex<Option<tokio_postgres::Client>>,
     sync_writes: bool,
     /// Where it connects, without credentials (for messages).
     target: String,
@@ -115,6 +118,9 @@ const KEYRING_TABLE: &str = "vault_keyring";
 
 /// The session advisory lock whose holder leads the background jobs.
 const LEADER_LOCK: i64 = 0x7661_756c_7400_0002;
+
+/// The session advisory lock a server holds while it appends to the audit log.
+const APPEND_LOCK: i64 = 0x7661_756c_7400_0003;
 
 /// The advisory lock that serialises creating the tables (two servers
 /// starting at once on an empty database).
@@ -235,6 +241,7 @@ impl PgStore {
             pool,
             config,
             leader: std::sync::Mutex::new(None),
+            appender: std::sync::Mutex::new(None),
             sync_writes: options.sync_writes,
             target,
         };
@@ -596,6 +603,46 @@ impl Store for PgStore {
         // and the WAL keeps them). Autovacuum reclaims the space;
         // SECURITY.md says what stays behind.
         Ok(())
+    }
+
+    fn lock_appends(&self) -> Result<()> {
+        let mut held = self.appender.lock().unwrap_or_else(|p| p.into_inner());
+        let client = held.take();
+        let config = self.config.clone();
+        let client = self.run(async move {
+            let client = match client {
+                Some(c) if !c.is_closed() => c,
+                _ => {
+                    let (c, connection) = config.connect(NoTls).await.map_err(pg_err)?;
+                    tokio::spawn(connection);
+                    c
+                }
+            };
+            client
+                .execute("SELECT pg_advisory_lock($1)", &[&APPEND_LOCK])
+                .await
+                .map_err(pg_err)?;
+            Ok(client)
+        })?;
+        *held = Some(client);
+        Ok(())
+    }
+
+    fn unlock_appends(&self) {
+        let mut held = self.appender.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(client) = held.take() else {
+            return;
+        };
+        let unlocked = self.run(async move {
+            client
+                .execute("SELECT pg_advisory_unlock($1)", &[&APPEND_LOCK])
+                .await
+                .map_err(pg_err)?;
+            Ok(client)
+        });
+        // A connection that failed to unlock is dropped: its session ends,
+        // and the lock with it.
+        *held = unlocked.ok();
     }
 
     fn resign(&self) {
