@@ -209,6 +209,20 @@ impl PgStore {
                     .into(),
             )
         })?;
+        let mut config = config;
+        // A database host that vanishes (no reset: a partition, a power
+        // loss) is noticed in about 30 s rather than at the kernel's two
+        // hours: the leader lock, the append lock and pooled connections
+        // held to it are let go, and requests answer UNAVAILABLE.
+        config
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(10))
+            .keepalives_interval(Duration::from_secs(5))
+            .keepalives_retries(3)
+            .tcp_user_timeout(Duration::from_secs(30));
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(options.connect_timeout);
+        }
         let target = describe(&config);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
