@@ -143,7 +143,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
                  restrict purposes and fields"
             );
         }
-        if opts.keyring_file.starts_with(&opts.data_dir) {
+        if opts.postgres.is_none() && opts.keyring_file.starts_with(&opts.data_dir) {
             tracing::warn!(
                 "the keyring file is inside the data folder: a copy of the folder then \
                  also holds the keyring of its day, which custodians' shares open, and \

@@ -75,8 +75,7 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_servers_on_one_database_read_each_others_writes_and_keep_one_audit_tree() {
-    if !vault_tests::on_postgres() {
-        eprintln!("needs PostgreSQL: runs in the PostgreSQL run of scripts/test");
+    if vault_tests::skip_without_postgres() {
         return;
     }
     let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -181,8 +180,7 @@ async fn two_servers_on_one_database_read_each_others_writes_and_keep_one_audit_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_re_wrap_left_by_a_stopped_server_is_finished_by_the_other() {
-    if !vault_tests::on_postgres() {
-        eprintln!("needs PostgreSQL: runs in the PostgreSQL run of scripts/test");
+    if vault_tests::skip_without_postgres() {
         return;
     }
     let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -244,8 +242,7 @@ async fn a_re_wrap_left_by_a_stopped_server_is_finished_by_the_other() {
 async fn keyring_saves_and_conditional_writes_from_two_servers_never_both_win() {
     use vault_server::storage::{KeyringStore, PgStore, Store, Table, WriteSet};
     use vault_server::Error;
-    if !vault_tests::on_postgres() {
-        eprintln!("needs PostgreSQL: runs in the PostgreSQL run of scripts/test");
+    if vault_tests::skip_without_postgres() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -377,8 +374,7 @@ async fn two_audit_logs_on_one_database_append_to_one_chain_and_never_fork() {
     use std::sync::Arc;
     use vault_server::audit::{AuditLog, Event};
     use vault_server::storage::{PgStore, Store, Table, WriteSet};
-    if !vault_tests::on_postgres() {
-        eprintln!("needs PostgreSQL: runs in the PostgreSQL run of scripts/test");
+    if vault_tests::skip_without_postgres() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

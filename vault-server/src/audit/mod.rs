@@ -55,6 +55,48 @@ const TILE_PREFIX: u8 = b't';
 /// servers append to too (written by every group on a shared store).
 const HEAD_KEY: &[u8] = b"h";
 
+/// Releases the store's audit append lock when dropped.
+struct AppendLock<'a>(&'a dyn Store);
+
+impl Drop for AppendLock<'_> {
+    fn drop(&mut self) {
+        self.0.unlock_appends();
+    }
+}
+
+/// A group numbered after the log's end ([`AuditLog::number`]): its batch,
+/// and what the log becomes once the batch is written.
+struct Numbered {
+    merged: WriteSet,
+    hashes: Vec<Hash>,
+    indices: Vec<u64>,
+    /// The tree's right edge after the group, if it completed a tile.
+    edge: Option<tiles::Edge>,
+    /// The newest leaf hash after the group.
+    last: Hash,
+}
+
+impl Numbered {
+    /// Moves the log's end in `state` past the written group.
+    fn apply(state: &mut State, hashes: &[Hash], edge: Option<tiles::Edge>, last: Hash) {
+        for h in hashes {
+            state.frontier.push(*h);
+        }
+        match edge {
+            Some(grown) => state.edge = grown,
+            None => {
+                // No tile completes: nothing to store.
+                let mut none = Vec::new();
+                for h in hashes {
+                    state.edge.push(*h, &mut none);
+                }
+                debug_assert!(none.is_empty());
+            }
+        }
+        state.last = last;
+    }
+}
+
 /// The `h` row of a log of `size` events whose newest has leaf hash `last`.
 fn head_row(size: u64, last: &Hash) -> Vec<u8> {
     let mut v = size.to_be_bytes().to_vec();
@@ -1228,25 +1270,17 @@ impl AuditLog {
 
     /// Writes one group of queued requests as one batch and hands each its
     /// result.
-    fn write_group(&self, group: Vec<(WriteSet, Event, Arc<Slot>)>) {
-        if self.store.shared() {
-            return self.write_shared_group(group);
-        }
-        let mut state = self.lock();
-        if state.failed {
-            let why = refusal(&state);
-            drop(state);
-            for (_, _, slot) in group {
-                slot.set(Answer::Done(Err(Error::Unavailable(why.clone()))));
-            }
-            return;
-        }
+    /// Numbers `events` after the log's end in `state` (index and `prev`
+    /// of each) and gathers one batch: each request's writes, each event,
+    /// its subject index rows, the `i` row, and the tiles the group
+    /// completes. Nothing in `state` changes until [`Numbered::apply`].
+    fn number(state: &State, events: impl Iterator<Item = (WriteSet, Event)>) -> Numbered {
         let mut merged = WriteSet::new();
-        let mut hashes = Vec::with_capacity(group.len());
-        let mut slots = Vec::with_capacity(group.len());
+        let mut hashes = Vec::new();
+        let mut indices = Vec::new();
         let mut prev = state.last;
         let first = state.frontier.size();
-        for (k, (ws, mut event, slot)) in group.into_iter().enumerate() {
+        for (k, (ws, mut event)) in events.enumerate() {
             let index = first + k as u64;
             event.v = EVENT_V1;
             event.index = index;
@@ -1258,12 +1292,12 @@ impl AuditLog {
             merged.append(ws);
             merged.put(Table::Audit, event_key(index), bytes);
             index_subjects(&mut merged, index, &event.subjects);
-            slots.push((index, slot));
+            indices.push(index);
         }
         merged.put(
             Table::Audit,
             INDEXED_KEY.to_vec(),
-            (first + slots.len() as u64).to_be_bytes().to_vec(),
+            (first + indices.len() as u64).to_be_bytes().to_vec(),
         );
         // The tiles this group completes go in its batch; the edge they
         // leave replaces the log's once the batch is written.
@@ -1283,26 +1317,45 @@ impl AuditLog {
             }
             edge = Some(grown);
         }
+        Numbered {
+            merged,
+            hashes,
+            indices,
+            edge,
+            last: prev,
+        }
+    }
+
+    fn write_group(&self, group: Vec<(WriteSet, Event, Arc<Slot>)>) {
+        if self.store.shared() {
+            return self.write_shared_group(group);
+        }
+        let mut state = self.lock();
+        if state.failed {
+            let why = refusal(&state);
+            drop(state);
+            for (_, _, slot) in group {
+                slot.set(Answer::Done(Err(Error::Unavailable(why.clone()))));
+            }
+            return;
+        }
+        let (events, slots): (Vec<_>, Vec<_>) = group
+            .into_iter()
+            .map(|(ws, event, slot)| ((ws, event), slot))
+            .unzip();
+        let Numbered {
+            merged,
+            hashes,
+            indices,
+            edge,
+            last,
+        } = Self::number(&state, events.into_iter());
         match self.store.write(merged) {
             Ok(()) => {
-                for h in &hashes {
-                    state.frontier.push(*h);
-                }
-                match edge {
-                    Some(grown) => state.edge = grown,
-                    None => {
-                        // No tile completes: nothing to store.
-                        let mut none = Vec::new();
-                        for h in &hashes {
-                            state.edge.push(*h, &mut none);
-                        }
-                        debug_assert!(none.is_empty());
-                    }
-                }
-                state.last = prev;
+                Numbered::apply(&mut state, &hashes, edge, last);
                 self.grown.send_replace(state.frontier.size());
                 drop(state);
-                for (index, slot) in slots {
+                for (index, slot) in indices.into_iter().zip(slots) {
                     slot.set(Answer::Done(Ok(index)));
                 }
             }
@@ -1316,7 +1369,7 @@ impl AuditLog {
                     matches!(&e, Error::Unavailable(m) if m == crate::storage::STORAGE_FULL);
                 drop(state);
                 tracing::error!(error = %e, "audit write failed; the audit log refuses writes until the vault restarts");
-                for (_, slot) in slots {
+                for slot in slots {
                     // A full disk keeps its own, clear error.
                     let each = match &e {
                         Error::Unavailable(m) => Error::Unavailable(m.clone()),
@@ -1346,104 +1399,17 @@ impl AuditLog {
         }
         // Other servers wait while this group is numbered and written (the
         // write's condition still guards it should the lock be lost).
-        let mut outcome: Result<Appended> = Err(Error::Conflict);
-        let locked = self.store.lock_appends();
-        let attempts = if locked.is_ok() {
-            SHARED_APPEND_ATTEMPTS
-        } else {
-            0
+        let outcome = match self.store.lock_appends() {
+            Err(e) => Err(e),
+            Ok(locked) => {
+                // Let go of the lock however this ends, a panic included.
+                let _unlock = locked.then_some(AppendLock(self.store.as_ref()));
+                self.append_locked(&mut state, &group)
+            }
         };
-        if let Err(e) = locked {
-            outcome = Err(e);
-        }
-        for _ in 0..attempts {
-            let first = state.frontier.size();
-            let mut merged = WriteSet::new();
-            let mut hashes = Vec::with_capacity(group.len());
-            let mut indices = Vec::with_capacity(group.len());
-            let mut prev = state.last;
-            for (k, (ws, event, _)) in group.iter().enumerate() {
-                let index = first + k as u64;
-                let mut event = event.clone();
-                event.v = EVENT_V1;
-                event.index = index;
-                event.prev = hex::encode(prev);
-                // Encoding a plain struct of strings and numbers cannot fail.
-                let bytes = serde_json::to_vec(&event).unwrap_or_default();
-                prev = merkle::leaf_hash(&bytes);
-                hashes.push(prev);
-                merged.append(ws.clone());
-                merged.put(Table::Audit, event_key(index), bytes);
-                index_subjects(&mut merged, index, &event.subjects);
-                indices.push(index);
-            }
-            let size = first + group.len() as u64;
-            merged.expect(Table::Audit, HEAD_KEY.to_vec(), state.head.clone());
-            merged.put(Table::Audit, HEAD_KEY.to_vec(), head_row(size, &prev));
-            merged.put(
-                Table::Audit,
-                INDEXED_KEY.to_vec(),
-                size.to_be_bytes().to_vec(),
-            );
-            let mut edge = None;
-            if state.edge.completes_a_tile(hashes.len() as u64) {
-                let mut grown = state.edge.clone();
-                let mut full = Vec::new();
-                for h in &hashes {
-                    grown.push(*h, &mut full);
-                }
-                for tile in full {
-                    merged.put(
-                        Table::Audit,
-                        tile_key(tile.level, tile.index),
-                        tile.encode(),
-                    );
-                }
-                edge = Some(grown);
-            }
-            match self.store.write(merged) {
-                Ok(()) => {
-                    outcome = Ok((indices, hashes, edge, prev));
-                    break;
-                }
-                Err(Error::Conflict) => {
-                    let before = state.head.clone();
-                    if let Err(e) = self.catch_up(&mut state) {
-                        outcome = Err(e);
-                        break;
-                    }
-                    if state.head == before {
-                        // Not another server's append: a condition of a
-                        // request of the group failed. The group fails
-                        // (its requests answer ABORTED; they may retry).
-                        outcome = Err(Error::Conflict);
-                        break;
-                    }
-                }
-                Err(e) => {
-                    outcome = Err(e);
-                    break;
-                }
-            }
-        }
-        if attempts > 0 {
-            self.store.unlock_appends();
-        }
         match outcome {
             Ok((indices, hashes, edge, last)) => {
-                for h in &hashes {
-                    state.frontier.push(*h);
-                }
-                match edge {
-                    Some(grown) => state.edge = grown,
-                    None => {
-                        let mut none = Vec::new();
-                        for h in &hashes {
-                            state.edge.push(*h, &mut none);
-                        }
-                    }
-                }
-                state.last = last;
+                Numbered::apply(&mut state, &hashes, edge, last);
                 state.head = Some(head_row(state.frontier.size(), &last));
                 self.grown.send_replace(state.frontier.size());
                 drop(state);
@@ -1465,6 +1431,53 @@ impl AuditLog {
                 }
             }
         }
+    }
+
+    /// Numbers and writes a group holding the append lock: takes in what
+    /// the others appended, then writes; should the write's condition fail
+    /// all the same (the lock lost with its connection), takes in what
+    /// came meanwhile and tries again.
+    fn append_locked(
+        &self,
+        state: &mut State,
+        group: &[(WriteSet, Event, Arc<Slot>)],
+    ) -> Result<Appended> {
+        self.catch_up(state)?;
+        for _ in 0..SHARED_APPEND_ATTEMPTS {
+            let events = group
+                .iter()
+                .map(|(ws, event, _)| (ws.clone(), event.clone()));
+            let Numbered {
+                mut merged,
+                hashes,
+                indices,
+                edge,
+                last,
+            } = Self::number(state, events);
+            merged.expect(Table::Audit, HEAD_KEY.to_vec(), state.head.clone());
+            merged.put(
+                Table::Audit,
+                HEAD_KEY.to_vec(),
+                head_row(state.frontier.size() + group.len() as u64, &last),
+            );
+            match self.store.write(merged) {
+                Ok(()) => {
+                    return Ok((indices, hashes, edge, last));
+                }
+                Err(Error::Conflict) => {
+                    let before = state.head.clone();
+                    self.catch_up(state)?;
+                    if state.head == before {
+                        // Not another server's append: a condition of a
+                        // request of the group failed. The group fails
+                        // (its requests answer ABORTED; they may retry).
+                        return Err(Error::Conflict);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::Conflict)
     }
 
     /// Follows whether the log refuses writes (true after a failed write,

@@ -343,6 +343,11 @@ impl Engine {
             for (v, _) in &rows {
                 ws.delete(Table::SubjectKeys, subject_key_id(bucket, &name, *v));
             }
+            if self.is_shared() {
+                // Wrapped under this keyring: written only if it is still
+                // the stored one (an erasure elsewhere in the bucket).
+                ws.expect_keyring(kr.generation());
+            }
             let mut ev = Event::of(caller, "rotate_subject_key");
             ev.subjects.push(hex::encode(kr.subject_pseudonym(subject)));
             ev.detail = Some(format!(
@@ -467,6 +472,11 @@ impl Engine {
             kr.generation() + 1,
         ));
         let root_version = kr.current_root()?.0;
+        if self.is_shared() {
+            // The bucket was re-wrapped under the keyring this erasure saved:
+            // written only if no other server saved another since.
+            ws.expect_keyring(kr.generation());
+        }
         self.wraps
             .commit(root_version, moved.rewrapped, ws, |ws| self.commit(ws, ev))?;
 
@@ -610,6 +620,9 @@ impl Engine {
                 moved.rewrapped,
                 moved.unreadable,
             ));
+            if self.is_shared() {
+                ws.expect_keyring(kr.generation());
+            }
             self.wraps
                 .commit(root_version, moved.rewrapped, ws, |ws| self.commit(ws, ev))?;
             let destroyed = self.finish_bucket(bucket)?;

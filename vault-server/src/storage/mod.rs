@@ -104,10 +104,11 @@ pub struct WriteSet {
     /// Checked in the write's own transaction: any one unmet, and nothing
     /// is written ([`Error::Conflict`](crate::Error::Conflict)).
     conditions: Vec<Condition>,
-    /// The stored keyring must be of this generation (a shared store
-    /// checks it holding the keyring row shared until the write commits, so
-    /// a keyring save waits for the write, and a write after it fails).
-    keyring_generation: Option<u64>,
+    /// The stored keyring must be of each of these generations (a shared
+    /// store checks it holding the keyring row shared until the write
+    /// commits, so a keyring save waits for the write, and a write after it
+    /// fails; sets merged from writes under two generations never pass).
+    keyring_generations: Vec<u64>,
 }
 
 impl WriteSet {
@@ -142,9 +143,7 @@ impl WriteSet {
         self.ops.extend(other.ops);
         self.sync |= other.sync;
         self.conditions.extend(other.conditions);
-        if other.keyring_generation.is_some() {
-            self.keyring_generation = other.keyring_generation;
-        }
+        self.keyring_generations.extend(other.keyring_generations);
     }
 
     /// Asks for this set to reach the disk (WAL synced) before the write
@@ -179,12 +178,12 @@ impl WriteSet {
     /// keyring changes are in order already): for writes that wrap keys
     /// under, or make index rows with, the keyring of that generation.
     pub fn expect_keyring(&mut self, generation: u64) {
-        self.keyring_generation = Some(generation);
+        self.keyring_generations.push(generation);
     }
 
-    /// The keyring generation the set was made under, if it says.
-    pub fn keyring_condition(&self) -> Option<u64> {
-        self.keyring_generation
+    /// The keyring generations the set was made under.
+    pub fn keyring_conditions(&self) -> &[u64] {
+        &self.keyring_generations
     }
 }
 
@@ -289,10 +288,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// audit log, and keeps them waiting until [`Store::unlock_appends`],
     /// so that a group is numbered and written without losing the race
     /// (its write stays conditional all the same).
-    fn lock_appends(&self) -> Result<()> {
-        Ok(())
+    /// Returns whether it holds the lock (`false`: it waited long enough,
+    /// and appends without it).
+    fn lock_appends(&self) -> Result<bool> {
+        Ok(false)
     }
-    /// Ends [`Store::lock_appends`].
+    /// Ends [`Store::lock_appends`] (when it returned `true`).
     fn unlock_appends(&self) {}
     /// What the store holds in memory now (for sizing); zeros for a store
     /// that does not say.

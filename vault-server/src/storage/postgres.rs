@@ -122,6 +122,10 @@ const LEADER_LOCK: i64 = 0x7661_756c_7400_0002;
 /// The session advisory lock a server holds while it appends to the audit log.
 const APPEND_LOCK: i64 = 0x7661_756c_7400_0003;
 
+/// How long a server waits for the append lock before it appends without
+/// it (its write is conditional on the log's head all the same).
+const APPEND_LOCK_WAIT: Duration = Duration::from_secs(2);
+
 /// The advisory lock that serialises creating the tables (two servers
 /// starting at once on an empty database).
 const SCHEMA_LOCK: i64 = 0x7661_756c_7400_0001;
@@ -527,7 +531,7 @@ impl Store for PgStore {
         let synced = self.sync_writes || set.needs_sync();
         let changes = final_changes(&set);
         let conditions = set.conditions().to_vec();
-        let keyring_generation = set.keyring_condition();
+        let keyring_generations = set.keyring_conditions().to_vec();
         let pool = self.pool.clone();
         self.run(async move {
             let mut client = pool.get().await.map_err(pool_err)?;
@@ -541,8 +545,11 @@ impl Store for PgStore {
             })
             .await
             .map_err(pg_err)?;
-            if let Some(generation) = keyring_generation {
-                check_keyring_generation(&tx, generation).await?;
+            if let Some(first) = keyring_generations.first() {
+                if keyring_generations.iter().any(|g| g != first) {
+                    return Err(Error::Conflict);
+                }
+                check_keyring_generation(&tx, *first).await?;
             }
             for c in &conditions {
                 check_condition(&tx, c).await?;
@@ -599,6 +606,11 @@ impl Store for PgStore {
                 Err(_) => return Err(Error::Unavailable(UNREACHABLE.into())),
             };
             tokio::spawn(connection);
+            // Pinged every second while it leads; a session whose server
+            // vanished ends within a minute, and the lock with it.
+            let _ = client
+                .batch_execute("SET idle_session_timeout = '60s'")
+                .await;
             let row = client
                 .query_one("SELECT pg_try_advisory_lock($1)", &[&LEADER_LOCK])
                 .await
@@ -619,7 +631,7 @@ impl Store for PgStore {
         Ok(())
     }
 
-    fn lock_appends(&self) -> Result<()> {
+    fn lock_appends(&self) -> Result<bool> {
         let mut held = self.appender.lock().unwrap_or_else(|p| p.into_inner());
         let client = held.take();
         let config = self.config.clone();
@@ -629,17 +641,35 @@ impl Store for PgStore {
                 _ => {
                     let (c, connection) = config.connect(NoTls).await.map_err(pg_err)?;
                     tokio::spawn(connection);
+                    // A session whose client vanished ends (and its lock
+                    // with it) within a minute, whatever the kernel does.
+                    let _ = c.batch_execute("SET idle_session_timeout = '60s'").await;
                     c
                 }
             };
-            client
-                .execute("SELECT pg_advisory_lock($1)", &[&APPEND_LOCK])
-                .await
-                .map_err(pg_err)?;
-            Ok(client)
+            // Waits a bounded time: a lock held by a server that is gone
+            // for good must not stop every append.
+            let deadline = tokio::time::Instant::now() + APPEND_LOCK_WAIT;
+            loop {
+                let row = client
+                    .query_one("SELECT pg_try_advisory_lock($1)", &[&APPEND_LOCK])
+                    .await
+                    .map_err(pg_err)?;
+                if row.try_get::<_, bool>(0).map_err(pg_err)? {
+                    return Ok((client, true));
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return Ok((client, false));
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
         })?;
+        let (client, locked) = client;
         *held = Some(client);
-        Ok(())
+        if !locked {
+            tracing::warn!("the audit append lock stayed taken; appending without it");
+        }
+        Ok(locked)
     }
 
     fn unlock_appends(&self) {
