@@ -644,24 +644,29 @@ impl Store for PgStore {
                     // A session whose client vanished ends (and its lock
                     // with it) within a minute, whatever the kernel does.
                     let _ = c.batch_execute("SET idle_session_timeout = '60s'").await;
+                    c.batch_execute(&format!(
+                        "SET lock_timeout = '{}ms'",
+                        APPEND_LOCK_WAIT.as_millis()
+                    ))
+                    .await
+                    .map_err(pg_err)?;
                     c
                 }
             };
-            // Waits a bounded time: a lock held by a server that is gone
-            // for good must not stop every append.
-            let deadline = tokio::time::Instant::now() + APPEND_LOCK_WAIT;
-            loop {
-                let row = client
-                    .query_one("SELECT pg_try_advisory_lock($1)", &[&APPEND_LOCK])
-                    .await
-                    .map_err(pg_err)?;
-                if row.try_get::<_, bool>(0).map_err(pg_err)? {
-                    return Ok((client, true));
+            // Waits in the database's queue (first come, first served), a
+            // bounded time: a lock held by a server that is gone for good
+            // must not stop every append.
+            match client
+                .execute("SELECT pg_advisory_lock($1)", &[&APPEND_LOCK])
+                .await
+            {
+                Ok(_) => Ok((client, true)),
+                Err(e)
+                    if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) =>
+                {
+                    Ok((client, false))
                 }
-                if tokio::time::Instant::now() >= deadline {
-                    return Ok((client, false));
-                }
-                tokio::time::sleep(Duration::from_millis(2)).await;
+                Err(e) => Err(pg_err(e)),
             }
         })?;
         let (client, locked) = client;
