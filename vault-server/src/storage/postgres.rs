@@ -794,8 +794,13 @@ impl KeyringStore for PgStore {
             Ok(())
         })?;
         // The replaced row's tuple leaves the table's pages now rather than
-        // at the next autovacuum (an erasure's old bucket epoch is in it).
-        self.vacuum(KEYRING_TABLE)
+        // at the next autovacuum (an erasure's old bucket epoch is in it),
+        // where no transaction or standby still needs it. The save stands
+        // whether or not this works.
+        if let Err(e) = self.vacuum(KEYRING_TABLE) {
+            tracing::warn!(error = %e, "could not vacuum the keyring table after a save");
+        }
+        Ok(())
     }
 
     fn generation(&self) -> Result<Option<u64>> {
