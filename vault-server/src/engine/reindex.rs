@@ -315,9 +315,13 @@ impl Engine {
     pub fn reindex_progress(&self) -> ReindexProgress {
         if self.is_shared() {
             // The rebuild may be another server's: its record is the truth.
-            match self.store.get(Table::Meta, JOB_KEY) {
-                Ok(raw) => *lock(&self.reindex.job) = raw.and_then(|b| Job::decode(&b).ok()),
-                Err(e) => tracing::warn!(error = %e, "could not read the rebuild's job record"),
+            if let Err(e) = super::rewrap::reload_shared_job(
+                self.store.as_ref(),
+                JOB_KEY,
+                Job::decode,
+                &self.reindex.job,
+            ) {
+                tracing::warn!(error = %e, "could not read the rebuild's job record");
             }
         }
         let kr = self.keyring();
@@ -373,9 +377,12 @@ impl Engine {
         // On a shared store the rebuild may have moved on another server:
         // go on from its record, and write only if nobody else wrote it.
         let fence = if self.is_shared() {
-            let raw = self.store.get(Table::Meta, JOB_KEY)?;
-            *lock(&self.reindex.job) = raw.as_deref().and_then(|b| Job::decode(b).ok());
-            Some(raw)
+            Some(super::rewrap::reload_shared_job(
+                self.store.as_ref(),
+                JOB_KEY,
+                Job::decode,
+                &self.reindex.job,
+            )?)
         } else {
             None
         };

@@ -187,6 +187,20 @@ pub(super) fn load_job_record<J>(
     })
 }
 
+/// On a store other servers share: a background job's record as stored now
+/// (another server may have moved the job on), which `job` then holds, and
+/// the stored bytes, for the step's write to be conditional on.
+pub(super) fn reload_shared_job<J>(
+    store: &dyn Store,
+    key: &[u8],
+    decode: impl FnOnce(&[u8]) -> Result<J>,
+    job: &Mutex<Option<J>>,
+) -> Result<Option<Vec<u8>>> {
+    let raw = store.get(Table::Meta, key)?;
+    *lock(job) = raw.as_deref().and_then(|b| decode(b).ok());
+    Ok(raw)
+}
+
 /// The job's state in memory: the last committed job record, and a wake-up
 /// signal (a rotation, or the engine closing). `Debug` omits the cursor
 /// (a subject key row: bucket and storage name).
@@ -266,9 +280,10 @@ impl Engine {
     pub fn rewrap_progress(&self) -> RewrapProgress {
         if self.is_shared() {
             // The job may be another server's: its record is the truth.
-            match self.store.get(Table::Meta, JOB_KEY) {
-                Ok(raw) => *lock(&self.rewrap.job) = raw.and_then(|b| Job::decode(&b).ok()),
-                Err(e) => tracing::warn!(error = %e, "could not read the re-wrap job record"),
+            if let Err(e) =
+                reload_shared_job(self.store.as_ref(), JOB_KEY, Job::decode, &self.rewrap.job)
+            {
+                tracing::warn!(error = %e, "could not read the re-wrap job record");
             }
         }
         let current = self.keyring().current_root().map_or(0, |(v, _)| v);
@@ -300,9 +315,12 @@ impl Engine {
         // leader before this one): go on from its record, and write only
         // if nobody else wrote it meanwhile.
         let fence = if self.is_shared() {
-            let raw = self.store.get(Table::Meta, JOB_KEY)?;
-            *lock(&self.rewrap.job) = raw.as_deref().and_then(|b| Job::decode(b).ok());
-            Some(raw)
+            Some(reload_shared_job(
+                self.store.as_ref(),
+                JOB_KEY,
+                Job::decode,
+                &self.rewrap.job,
+            )?)
         } else {
             None
         };
