@@ -176,7 +176,7 @@ impl WriteSet {
     /// Applies the set only if the stored keyring is still of `generation`
     /// (on a shared store; a store of its own has one server, whose
     /// keyring changes are in order already): for writes that wrap keys
-    /// under, or make index rows with, the keyring of that generation.
+    /// under the keyring of that generation.
     pub fn expect_keyring(&mut self, generation: u64) {
         self.keyring_generations.push(generation);
     }
@@ -265,7 +265,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     fn write(&self, set: WriteSet) -> Result<()>;
     /// Rewrites the stored files that hold keys in `[start, end)` of
     /// `table` (memory first), so that deleted and overwritten entries of
-    /// that range leave the files.
+    /// that range leave the files. A store that cannot rewrite a range
+    /// (PostgreSQL) does nothing.
     fn compact_range(&self, table: Table, start: &[u8], end: &[u8]) -> Result<()>;
     /// Whether other vault servers write to this store too (PostgreSQL):
     /// then the audit log's appends are conditional, state kept in memory
