@@ -14,7 +14,7 @@ pub use codec::{
     RECORD_TAG_LEN, STORED_RECORD_V2, STORED_RECORD_V3,
 };
 #[cfg(feature = "rocksdb")]
-pub use postgres::{PgOptions, PgStore, UNREACHABLE};
+pub use postgres::{PgOptions, PgStore};
 #[cfg(feature = "rocksdb")]
 pub use rocks::{RocksStore, StoreOptions, DEFAULT_BLOCK_CACHE_BYTES};
 

@@ -186,7 +186,7 @@ fn pg_err(e: tokio_postgres::Error) -> Error {
 }
 
 /// What a request answers when the database cannot be reached.
-pub const UNREACHABLE: &str =
+const UNREACHABLE: &str =
     "the vault's database cannot be reached (a failover may be in progress); try again";
 
 fn pool_err(e: deadpool_postgres::PoolError) -> Error {
@@ -275,11 +275,6 @@ impl PgStore {
             other => other,
         })?;
         Ok(store)
-    }
-
-    /// Where it connects (hosts, ports, database; never a password).
-    pub fn target(&self) -> &str {
-        &self.target
     }
 
     /// Runs `f` on the driver's runtime and waits for it.
