@@ -442,3 +442,296 @@ fn leaf_hash(leaf: &[u8]) -> [u8; 32] {
     h.update(leaf);
     h.finalize().into()
 }
+
+/// Fences: while one server holds a fence, a write of another that expects
+/// it fails, and so does one made under its epoch from before the holder's
+/// write; a second holder waits for the first. A condition on a row that
+/// exists holds it: a write of that row without a condition (a rotation's
+/// delete) in flight makes the conditional write fail, never land after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fences_keep_other_servers_writes_out_while_held_and_after() {
+    use vault_server::storage::{PgStore, Store, Table, WriteSet};
+    use vault_server::Error;
+    if vault_tests::skip_without_postgres() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let url = vault_tests::postgres_database_for(dir.path()).await;
+    let stores = {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || {
+            let one = PgStore::open(&PgOptions::new(&url)).unwrap();
+            let two = PgStore::open(&PgOptions::new(&url)).unwrap();
+            (std::sync::Arc::new(one), std::sync::Arc::new(two))
+        })
+        .await
+        .unwrap()
+    };
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let client = std::sync::Arc::new(client);
+    // Sessions of the database waiting for a lock.
+    let waiting = |client: std::sync::Arc<tokio_postgres::Client>| async move {
+        let row = client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap();
+        row.get::<_, i64>(0) > 0
+    };
+    let (one, two) = stores.clone();
+    let (rt, raw) = (tokio::runtime::Handle::current(), client.clone());
+    tokio::task::spawn_blocking(move || {
+        let write = |store: &PgStore, fences: &[(u32, u64)], key: &[u8]| {
+            let mut ws = WriteSet::new();
+            ws.expect_fences(fences.iter().copied());
+            ws.put(Table::Records, key.to_vec(), b"v".to_vec());
+            Store::write(store, ws)
+        };
+        assert_eq!(two.fence_epochs(&[5, 7]).unwrap(), vec![0, 0]);
+        write(&two, &[(5, 0)], b"before").unwrap();
+        let held = one.hold_fences(&[5]).unwrap();
+        // Held elsewhere: refused whole; another fence is free.
+        assert!(matches!(
+            write(&two, &[(5, 0), (7, 0)], b"during"),
+            Err(Error::Conflict)
+        ));
+        assert_eq!(two.get(Table::Records, b"during").unwrap(), None);
+        write(&two, &[(7, 0)], b"other fence").unwrap();
+        // The holder's own write moves the fence on.
+        let mut ws = WriteSet::new();
+        ws.bump_fences([5]);
+        ws.put(Table::Records, b"holder".to_vec(), b"h".to_vec());
+        Store::write(one.as_ref(), ws).unwrap();
+        // A second holder waits for the first.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = {
+            let two = std::sync::Arc::clone(&two);
+            std::thread::spawn(move || {
+                let second = two.hold_fences(&[3, 5]).unwrap();
+                tx.send(()).unwrap();
+                drop(second);
+            })
+        };
+        rt.block_on(within(
+            Duration::from_secs(10),
+            "the second holder waits",
+            || waiting(raw.clone()),
+        ));
+        assert!(rx.try_recv().is_err(), "a second holder did not wait");
+        drop(held);
+        rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        waiter.join().unwrap();
+        // Made under the epoch from before the holder's write: refused.
+        assert!(matches!(
+            write(&two, &[(5, 0)], b"after"),
+            Err(Error::Conflict)
+        ));
+        assert_eq!(two.fence_epochs(&[5, 7]).unwrap(), vec![1, 0]);
+        write(&two, &[(5, 1)], b"after").unwrap();
+        // Two requests of one group under two epochs of a fence: refused.
+        assert!(matches!(
+            write(&two, &[(5, 1), (5, 0)], b"mixed"),
+            Err(Error::Conflict)
+        ));
+        // Out of range.
+        assert!(matches!(
+            two.hold_fences(&[vault_server::storage::FENCES]),
+            Err(Error::Storage(_))
+        ));
+        let mut ws = WriteSet::new();
+        ws.put(Table::SubjectKeys, b"row".to_vec(), b"v1".to_vec());
+        Store::write(one.as_ref(), ws).unwrap();
+    })
+    .await
+    .unwrap();
+
+    // A delete of "row" without a condition, in flight in another session.
+    client.batch_execute("BEGIN").await.unwrap();
+    client
+        .execute(
+            "DELETE FROM vault_subject_keys WHERE k = $1",
+            &[&b"row".to_vec()],
+        )
+        .await
+        .unwrap();
+    let (_, two) = stores;
+    let conditional = tokio::task::spawn_blocking(move || {
+        let mut ws = WriteSet::new();
+        ws.expect(Table::SubjectKeys, b"row".to_vec(), Some(b"v1".to_vec()));
+        ws.put(
+            Table::SubjectKeys,
+            b"row".to_vec(),
+            b"v1 re-wrapped".to_vec(),
+        );
+        let written = Store::write(two.as_ref(), ws);
+        (written, two.get(Table::SubjectKeys, b"row").unwrap())
+    });
+    // The conditional write waits for the delete's row lock...
+    within(Duration::from_secs(10), "the write waits", || {
+        waiting(client.clone())
+    })
+    .await;
+    // ...and fails once the delete commits: the row stays deleted.
+    client.batch_execute("COMMIT").await.unwrap();
+    let (written, row) = conditional.await.unwrap();
+    assert!(matches!(written, Err(Error::Conflict)), "{written:?}");
+    assert_eq!(row, None);
+}
+
+/// A subject's key rotated again and again through one server while its
+/// records are written through the other: every write either fails
+/// (`ABORTED`, and is retried) or lands under a key that still exists, and
+/// the rotation never writes back over it. Every record reads back with
+/// its last acknowledged value, through both servers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotations_through_one_server_never_strand_writes_through_the_other() {
+    if vault_tests::skip_without_postgres() {
+        return;
+    }
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = pair(a_dir.path(), b_dir.path(), 0).await;
+    let (ca, cb) = (a.client().await, b.client().await);
+    let record = |id: &str, n: usize| user(id, "rotated").with("name", format!("v{n}"));
+    for i in 0..4 {
+        ca.put(&record(&format!("r{i}"), 0)).await.unwrap();
+    }
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (cb, done) = (cb.clone(), done.clone());
+        tokio::spawn(async move {
+            let mut last = std::collections::HashMap::new();
+            let (mut n, mut aborted) = (0usize, 0usize);
+            while !done.load(std::sync::atomic::Ordering::SeqCst) || n < 40 {
+                n += 1;
+                let id = format!("r{}", n % 4);
+                match cb.put(&record(&id, n)).await {
+                    Ok(()) => {
+                        last.insert(id, n);
+                    }
+                    Err(vault_client::Error::Other {
+                        code: tonic::Code::Aborted,
+                        ..
+                    }) => aborted += 1,
+                    Err(e) => panic!("write {n}: {e}"),
+                }
+            }
+            (last, n, aborted)
+        })
+    };
+    let custodian = a.custodian().await;
+    for _ in 0..15 {
+        custodian.rotate_subject_key("rotated").await.unwrap();
+    }
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (last, writes, aborted) = writer.await.unwrap();
+    eprintln!("{writes} writes through b, {aborted} aborted, beside 15 rotations through a");
+    for (id, n) in &last {
+        let expected = record(id, *n);
+        assert_eq!(
+            ca.get("users", id).await.unwrap(),
+            expected,
+            "{id} through a"
+        );
+        assert_eq!(
+            cb.get("users", id).await.unwrap(),
+            expected,
+            "{id} through b"
+        );
+    }
+    drop((ca, cb, custodian));
+    a.stop_beside_others().await;
+    b.stop_beside_others().await;
+}
+
+/// A subject erased through one server again and again while records of
+/// it are written through the other: no write lands under a key an
+/// erasure destroyed. After each erasure, every record of the subject
+/// still stored reads back, through both servers (none is left that no
+/// key opens).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erasures_through_one_server_leave_no_write_through_the_other_under_a_destroyed_key() {
+    if vault_tests::skip_without_postgres() {
+        return;
+    }
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = pair(a_dir.path(), b_dir.path(), 0).await;
+    let (ca, cb) = (a.client().await, b.client().await);
+    let record = |n: usize| user(&format!("r{n}"), "erased").with("name", format!("v{n}"));
+    // Held by the writer for each write; taken to pause it.
+    let turn = std::sync::Arc::new(tokio::sync::Mutex::new(0usize));
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (cb, done, turn) = (cb.clone(), done.clone(), turn.clone());
+        tokio::spawn(async move {
+            let mut aborted = 0usize;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                let mut n = turn.lock().await;
+                *n += 1;
+                match cb.put(&record(*n)).await {
+                    Ok(()) => {}
+                    Err(vault_client::Error::Other {
+                        code: tonic::Code::Aborted,
+                        ..
+                    }) => aborted += 1,
+                    Err(e) => panic!("write {}: {e}", *n),
+                }
+            }
+            aborted
+        })
+    };
+    let store = vault_tests::raw_store(a_dir.path()).await;
+    let mut erasures = 0;
+    for _ in 0..10 {
+        // Some writes before each erasure, and some beside it.
+        while *turn.lock().await < erasures * 10 + 5 {
+            tokio::task::yield_now().await;
+        }
+        ca.erase_subject("erased").await.unwrap();
+        erasures += 1;
+        let written = turn.lock().await;
+        let mut readable = 0;
+        for n in 1..=*written {
+            let id = format!("r{n}");
+            let mut found = Vec::new();
+            for c in [&ca, &cb] {
+                match c.get("users", &id).await {
+                    Ok(r) => {
+                        assert_eq!(r, record(n));
+                        found.push(true);
+                    }
+                    Err(vault_client::Error::NotFound(_)) => found.push(false),
+                    Err(e) => panic!("{id}: {e}"),
+                }
+            }
+            assert_eq!(found[0], found[1], "{id}: the servers disagree");
+            readable += usize::from(found[0]);
+        }
+        let store = store.clone();
+        let stored = tokio::task::spawn_blocking(move || {
+            let mut n = 0;
+            store
+                .visit(vault_server::storage::Table::Records, &mut |_, _| n += 1)
+                .unwrap();
+            n
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            stored, readable,
+            "after erasure {erasures}: records stored that no key opens"
+        );
+        drop(written);
+    }
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let aborted = writer.await.unwrap();
+    eprintln!("{aborted} writes through b aborted, beside {erasures} erasures through a");
+    drop((ca, cb));
+    a.stop_beside_others().await;
+    b.stop_beside_others().await;
+}

@@ -98,6 +98,24 @@ impl Numbered {
 }
 
 /// The `h` row of a log of `size` events whose newest has leaf hash `last`.
+/// A failed write to the shared store, as each of the `n` requests of its
+/// group answers it (a failed condition is `Conflict`: `ABORTED`).
+fn failed_all(e: &Error, n: usize) -> Vec<Result<u64>> {
+    if !matches!(e, Error::Conflict) {
+        tracing::warn!(error = %e, "audit write to the shared store failed");
+    }
+    (0..n)
+        .map(|_| {
+            Err(match e {
+                Error::Unavailable(m) => Error::Unavailable(m.clone()),
+                Error::Conflict => Error::Conflict,
+                Error::Integrity => Error::Integrity,
+                other => Error::Storage(other.to_string()),
+            })
+        })
+        .collect()
+}
+
 fn head_row(size: u64, last: &Hash) -> Vec<u8> {
     let mut v = size.to_be_bytes().to_vec();
     v.extend_from_slice(last);
@@ -1399,38 +1417,46 @@ impl AuditLog {
         }
         // Other servers wait while this group is numbered and written (the
         // write's condition still guards it should the lock be lost).
-        let outcome = match self.store.lock_appends() {
-            Err(e) => Err(e),
+        let outcomes: Vec<Result<u64>> = match self.store.lock_appends() {
+            Err(e) => failed_all(&e, group.len()),
             Ok(locked) => {
                 // Let go of the lock however this ends, a panic included.
                 let _unlock = locked.then_some(AppendLock(self.store.as_ref()));
-                self.append_locked(&mut state, &group)
+                match self.append_locked(&mut state, &group) {
+                    Ok(appended) => self
+                        .appended(&mut state, appended)
+                        .into_iter()
+                        .map(Ok)
+                        .collect(),
+                    // A condition of one request failed: each is written
+                    // alone, so that only the requests whose own
+                    // conditions fail do.
+                    Err(Error::Conflict) if group.len() > 1 => group
+                        .iter()
+                        .map(|one| {
+                            match self.append_locked(&mut state, std::slice::from_ref(one)) {
+                                Ok(appended) => Ok(self.appended(&mut state, appended)[0]),
+                                Err(e) => failed_all(&e, 1).remove(0),
+                            }
+                        })
+                        .collect(),
+                    Err(e) => failed_all(&e, group.len()),
+                }
             }
         };
-        match outcome {
-            Ok((indices, hashes, edge, last)) => {
-                Numbered::apply(&mut state, &hashes, edge, last);
-                state.head = Some(head_row(state.frontier.size(), &last));
-                self.grown.send_replace(state.frontier.size());
-                drop(state);
-                for ((_, _, slot), index) in group.into_iter().zip(indices) {
-                    slot.set(Answer::Done(Ok(index)));
-                }
-            }
-            Err(e) => {
-                drop(state);
-                tracing::warn!(error = %e, "audit write to the shared store failed");
-                for (_, _, slot) in group {
-                    let each = match &e {
-                        Error::Unavailable(m) => Error::Unavailable(m.clone()),
-                        Error::Conflict => Error::Conflict,
-                        Error::Integrity => Error::Integrity,
-                        other => Error::Storage(other.to_string()),
-                    };
-                    slot.set(Answer::Done(Err(each)));
-                }
-            }
+        drop(state);
+        for ((_, _, slot), outcome) in group.into_iter().zip(outcomes) {
+            slot.set(Answer::Done(outcome));
         }
+    }
+
+    /// Takes a group written to the shared store into `state`; returns its
+    /// events' indices.
+    fn appended(&self, state: &mut State, (indices, hashes, edge, last): Appended) -> Vec<u64> {
+        Numbered::apply(state, &hashes, edge, last);
+        state.head = Some(head_row(state.frontier.size(), &last));
+        self.grown.send_replace(state.frontier.size());
+        indices
     }
 
     /// Numbers and writes a group holding the append lock: takes in what

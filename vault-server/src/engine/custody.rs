@@ -255,8 +255,8 @@ impl Engine {
 
     /// Validates `subject` and takes what a subject custody change holds
     /// for its whole length: the subject's stripe exclusively (no write of
-    /// the subject meanwhile), then the custody lock; refuses a closed
-    /// engine.
+    /// the subject meanwhile), its fence (nor on another server), then the
+    /// custody lock; refuses a closed engine. Drop them in reverse order.
     #[allow(clippy::type_complexity)]
     fn lock_subject_custody(
         &self,
@@ -264,14 +264,16 @@ impl Engine {
     ) -> Result<(
         SubjectName,
         super::stripes::ExclusiveGuard<'_>,
+        super::shared::HeldFences<'_>,
         std::sync::MutexGuard<'_, ()>,
     )> {
         validate_id("subject id", subject)?;
         let name = self.names.subject(subject);
         let stripe = self.subject_locks[stripe(&name)].exclusive();
+        let fences = self.hold_fences([&name])?;
         let custody = lock(&self.custody_lock);
         self.check_open()?;
-        Ok((name, stripe, custody))
+        Ok((name, stripe, fences, custody))
     }
 
     /// Gives `subject` a new key, re-encrypts every field of its records
@@ -284,7 +286,7 @@ impl Engine {
     }
 
     fn rotate_subject_authorized(&self, caller: &Caller, subject: &str) -> Result<SubjectRotation> {
-        let (name, _stripe, _custody) = self.lock_subject_custody(subject)?;
+        let (name, _stripe, fences, _custody) = self.lock_subject_custody(subject)?;
         let rows = self.subject_key_rows(&name)?;
         let Some(&(latest, _)) = rows.last() else {
             return Err(Error::NotFound("subject (it has no key)".into()));
@@ -348,6 +350,9 @@ impl Engine {
                 // the stored one (an erasure elsewhere in the bucket).
                 ws.expect_keyring(kr.generation());
             }
+            // Writes of the subject other servers made before this one
+            // fail (they may be under a version it destroys).
+            ws.bump_fences(fences.fences().iter().copied());
             let mut ev = Event::of(caller, "rotate_subject_key");
             ev.subjects.push(hex::encode(kr.subject_pseudonym(subject)));
             ev.detail = Some(format!(
@@ -395,7 +400,7 @@ impl Engine {
 
     fn erase_subject_authorized(&self, caller: &Caller, subject: &str) -> Result<ErasureReceipt> {
         let started = std::time::Instant::now();
-        let (name, _stripe, _custody) = self.lock_subject_custody(subject)?;
+        let (name, _stripe, fences, _custody) = self.lock_subject_custody(subject)?;
         let bucket = self.names.bucket(&name);
         let rows = self.subject_key_rows(&name)?;
         let records = self.subject_records(&name)?;
@@ -477,6 +482,8 @@ impl Engine {
             // written only if no other server saved another since.
             ws.expect_keyring(kr.generation());
         }
+        // Writes of the subject other servers made before this one fail.
+        ws.bump_fences(fences.fences().iter().copied());
         self.wraps
             .commit(root_version, moved.rewrapped, ws, |ws| self.commit(ws, ev))?;
 

@@ -123,6 +123,15 @@ pub const META_KEYRING_GENERATION: &[u8] = b"keyring_generation";
 /// Stripes of the per-subject locks.
 const SUBJECT_STRIPES: usize = 64;
 
+/// How many times a write of records that failed on a condition is tried
+/// again on a shared store ([`Engine::retry_conflict`]).
+const CONFLICT_RETRIES: u32 = 5;
+
+/// The wait before try `attempt + 1`: 10 ms, doubling (310 ms in all).
+fn conflict_backoff(attempt: u32) -> std::time::Duration {
+    std::time::Duration::from_millis(10 << attempt.min(4))
+}
+
 /// Request limits.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -296,6 +305,8 @@ pub struct Engine {
     /// a blind-index rebuild batch takes its records' owners' stripes and
     /// an index-key rotation every stripe (ascending, before custody).
     subject_locks: Vec<Arc<Stripe>>,
+    /// On a shared store, the fence epochs this server knows (`shared.rs`).
+    fence_epochs: shared::FenceEpochs,
     /// The names rows are stored under.
     names: StorageNames,
     rewrap_options: RewrapOptions,
@@ -411,6 +422,7 @@ impl Engine {
         let audit_signer = crate::keys::signing_key(&keyring);
         let audit_origin = format!("vault/{region}/{}", to_hex(keyring.id()));
         let names = StorageNames::of(&keyring);
+        let store_shared = store.shared();
         let engine = Engine {
             store,
             keyring: RwLock::new(Arc::new(keyring)),
@@ -422,6 +434,7 @@ impl Engine {
             create_lock: Mutex::new(()),
             custody_lock: Mutex::new(()),
             subject_locks: (0..SUBJECT_STRIPES).map(|_| Arc::default()).collect(),
+            fence_epochs: shared::FenceEpochs::new(store_shared),
             names,
             rewrap_options,
             reindex_options,
@@ -596,22 +609,25 @@ impl Engine {
         collection.validate()?;
         self.check_region(&collection)?;
         let _guard = lock(&self.create_lock);
+        let exists = || Error::AlreadyExists(format!("collection {}", collection.name));
         if self.read_collections().contains_key(&collection.name)
             || self.load_shared_collection(&collection.name)?.is_some()
         {
-            return Err(Error::AlreadyExists(format!(
-                "collection {}",
-                collection.name
-            )));
+            return Err(exists());
         }
         let json = serde_json::to_vec(&collection).map_err(|e| Error::Storage(e.to_string()))?;
         let mut ws = WriteSet::new();
-        ws.put(
-            Table::Collections,
-            collection.name.as_bytes().to_vec(),
-            json,
-        );
-        self.commit(ws, ev.clone())?;
+        let key = collection.name.as_bytes().to_vec();
+        if self.is_shared() {
+            // Another server may create it at the same moment: one wins.
+            ws.expect(Table::Collections, key.clone(), None);
+        }
+        ws.put(Table::Collections, key, json);
+        match self.commit(ws, ev.clone()) {
+            Ok(_) => {}
+            Err(Error::Conflict) => return Err(exists()),
+            Err(e) => return Err(e),
+        }
         self.collections
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -704,10 +720,32 @@ impl Engine {
     /// Creates or replaces records atomically: one durable write for all,
     /// with its audit event in the same batch.
     pub fn put_records(&self, caller: &Caller, records: Vec<Record>) -> Result<usize> {
-        self.settle(
-            self.stage_put(caller, &records, Wait::Block)
-                .ok_or_else(gave_up)?,
-        )
+        let mut attempt = 0;
+        loop {
+            match self.put_records_once(caller, &records) {
+                None if self.retry_conflict(attempt) => {
+                    std::thread::sleep(conflict_backoff(attempt));
+                    attempt += 1;
+                }
+                tried => return tried.unwrap_or(Err(Error::Conflict)),
+            }
+        }
+    }
+
+    fn put_records_once(&self, caller: &Caller, records: &[Record]) -> Try<usize> {
+        match self.stage_put(caller, records, Wait::Block) {
+            Some(staged) => self.settle_try(staged),
+            None => Some(Err(gave_up())),
+        }
+    }
+
+    /// Whether a write whose commit failed on a condition (it wrote
+    /// nothing, nor its event) is tried again, after `attempt` tries: on a
+    /// shared store, where another server's rotation, erasure, purge or
+    /// rebuild batch of the same subjects may have been under way, a few
+    /// times.
+    fn retry_conflict(&self, attempt: u32) -> bool {
+        self.is_shared() && attempt < CONFLICT_RETRIES
     }
 
     /// [`Engine::put_records`] for the async request path: validation,
@@ -721,11 +759,25 @@ impl Engine {
         caller: &Caller,
         records: Vec<Record>,
     ) -> Result<usize> {
-        match self.stage_put(caller, &records, Wait::Never) {
-            Some(staged) => self.settle_async(staged).await,
-            None => {
-                let (engine, caller) = (Arc::clone(self), caller.clone());
-                on_blocking_pool(move || engine.put_records(&caller, records)).await
+        let records = Arc::new(records);
+        let mut attempt = 0;
+        loop {
+            let tried = match self.stage_put(caller, &records, Wait::Never) {
+                Some(staged) => self.settle_async_try(staged).await,
+                None => {
+                    let (engine, caller, records) =
+                        (Arc::clone(self), caller.clone(), Arc::clone(&records));
+                    on_blocking_pool(move || Ok(engine.put_records_once(&caller, &records)))
+                        .await
+                        .unwrap_or_else(|e| Some(Err(e)))
+                }
+            };
+            match tried {
+                None if self.retry_conflict(attempt) => {
+                    tokio::time::sleep(conflict_backoff(attempt)).await;
+                    attempt += 1;
+                }
+                tried => return tried.unwrap_or(Err(Error::Conflict)),
             }
         }
     }
@@ -854,6 +906,11 @@ impl Engine {
             }
             old_owners.push(old.map(|o| o.subject));
         }
+        // Before the keys are read: a rotation or erasure of one of these
+        // subjects on another server in between fails this write.
+        ws.expect_fences(
+            self.fence_expectations(subjects.iter().chain(old_owners.iter().flatten()))?,
+        );
         for ((((r, c), key), old_owner), (name, subject)) in records
             .iter()
             .zip(&schemas)
@@ -1359,10 +1416,23 @@ impl Engine {
 
     /// Deletes one record; returns whether it existed.
     pub fn delete_record(&self, caller: &Caller, collection: &str, id: &str) -> Result<bool> {
-        self.settle(
-            self.stage_delete(caller, collection, id, Wait::Block)
-                .ok_or_else(gave_up)?,
-        )
+        let mut attempt = 0;
+        loop {
+            match self.delete_record_once(caller, collection, id) {
+                None if self.retry_conflict(attempt) => {
+                    std::thread::sleep(conflict_backoff(attempt));
+                    attempt += 1;
+                }
+                tried => return tried.unwrap_or(Err(Error::Conflict)),
+            }
+        }
+    }
+
+    fn delete_record_once(&self, caller: &Caller, collection: &str, id: &str) -> Try<bool> {
+        match self.stage_delete(caller, collection, id, Wait::Block) {
+            Some(staged) => self.settle_try(staged),
+            None => Some(Err(gave_up())),
+        }
     }
 
     /// [`Engine::delete_record`] for the async request path (see
@@ -1373,13 +1443,27 @@ impl Engine {
         collection: &str,
         id: &str,
     ) -> Result<bool> {
-        match self.stage_delete(caller, collection, id, Wait::Never) {
-            Some(staged) => self.settle_async(staged).await,
-            None => {
-                let engine = Arc::clone(self);
-                let (caller, collection, id) =
-                    (caller.clone(), collection.to_owned(), id.to_owned());
-                on_blocking_pool(move || engine.delete_record(&caller, &collection, &id)).await
+        let mut attempt = 0;
+        loop {
+            let tried = match self.stage_delete(caller, collection, id, Wait::Never) {
+                Some(staged) => self.settle_async_try(staged).await,
+                None => {
+                    let engine = Arc::clone(self);
+                    let (caller, collection, id) =
+                        (caller.clone(), collection.to_owned(), id.to_owned());
+                    on_blocking_pool(move || {
+                        Ok(engine.delete_record_once(&caller, &collection, &id))
+                    })
+                    .await
+                    .unwrap_or_else(|e| Some(Err(e)))
+                }
+            };
+            match tried {
+                None if self.retry_conflict(attempt) => {
+                    tokio::time::sleep(conflict_backoff(attempt)).await;
+                    attempt += 1;
+                }
+                tried => return tried.unwrap_or(Err(Error::Conflict)),
             }
         }
     }
@@ -1434,6 +1518,9 @@ impl Engine {
         // caller (a get answered NOT_FOUND): so is the answer.
         let mut existed = true;
         if let Ok((stored, _)) = StoredRecord::decode(&old) {
+            // A rotation of the owner on another server re-encrypts its
+            // records: it must not write this one back.
+            ws.expect_fences(self.fence_expectations([&stored.subject])?);
             existed = !self.expired(&c, &stored);
             // The event names the subject when its key still opens the
             // record's ids (not after an erasure).
@@ -1567,6 +1654,11 @@ impl Engine {
     /// Commits a staged request's batch and event (blocking the thread),
     /// then releases its locks: its outcome, or the commit's error.
     fn settle<T>(&self, staged: Staged<T>) -> Result<T> {
+        self.settle_try(staged).unwrap_or(Err(Error::Conflict))
+    }
+
+    /// [`Engine::settle`], `None` when the commit failed on a condition.
+    fn settle_try<T>(&self, staged: Staged<T>) -> Try<T> {
         let Staged {
             ws,
             ev,
@@ -1575,11 +1667,20 @@ impl Engine {
         } = staged;
         let written = self.commit(ws, ev);
         drop(locks);
-        settled(outcome, written)
+        self.after_commit(&written);
+        tried(outcome, written)
     }
 
     /// [`Engine::settle`] awaiting the commit without holding a thread.
     async fn settle_async<T>(&self, staged: Staged<T>) -> Result<T> {
+        self.settle_async_try(staged)
+            .await
+            .unwrap_or(Err(Error::Conflict))
+    }
+
+    /// [`Engine::settle_async`], `None` when the commit failed on a
+    /// condition.
+    async fn settle_async_try<T>(&self, staged: Staged<T>) -> Try<T> {
         let Staged {
             ws,
             ev,
@@ -1591,7 +1692,16 @@ impl Engine {
         // dropped, and they are not held while a checkpoint is signed.
         let hold = (!locks.is_empty()).then(|| Box::new(locks) as crate::audit::Hold);
         let written = self.commit_async(ws, ev, hold).await;
-        settled(outcome, written)
+        self.after_commit(&written);
+        tried(outcome, written)
+    }
+
+    /// A commit that failed on a condition may have met a fence another
+    /// server moved on: the next write reads the epochs again.
+    fn after_commit(&self, written: &Result<u64>) {
+        if matches!(written, Err(Error::Conflict)) {
+            self.forget_fences();
+        }
     }
 
     /// The audit log.
@@ -1878,13 +1988,28 @@ impl Engine {
         if wait == Wait::Never {
             return Ok(None);
         }
+        match self.make_subject_key(subject) {
+            // Made under a keyring another server replaced (an erasure, a
+            // rotation): take the stored one up now and try once more,
+            // rather than fail until the next sync.
+            Err(Error::Conflict) if self.is_shared() && self.follow_keyring()? => {
+                self.make_subject_key(subject).map(Some)
+            }
+            made => made.map(Some),
+        }
+    }
+
+    /// The subject's current key under `create_lock`: the stored one, or a
+    /// new one stored now (`Error::Conflict` if the stored keyring changed
+    /// meanwhile on a shared store and no key of the subject is stored).
+    fn make_subject_key(&self, subject: &SubjectName) -> Result<Arc<SubjectKeys>> {
         let _guard = lock(&self.create_lock);
         let keyring = self.keyring();
         let latest = self.latest_stored_subject_key(subject)?;
         let erased = keyring.erased_through(subject);
         if let Some(found) = latest.clone() {
             if erased.is_none_or(|e| found.0 > e) {
-                return self.cached_or_unwrap(subject, found).map(Some);
+                return self.cached_or_unwrap(subject, found);
             }
         }
         // A new subject, or one whose keys were erased (and perhaps brought
@@ -1924,14 +2049,14 @@ impl Engine {
                     // Wrapped under a root key this server has not taken
                     // up yet: it will within a second.
                     Err(Error::Integrity) => Err(Error::Conflict),
-                    other => other.map(Some),
+                    other => other,
                 };
             }
             Err(e) => return Err(e),
         }
         let keys = Arc::new(SubjectKeys::new(version, key));
         self.cache.insert(subject, Arc::clone(&keys));
-        Ok(Some(keys))
+        Ok(keys)
     }
 
     fn latest_stored_subject_key(&self, subject: &SubjectName) -> Result<Option<(u32, Vec<u8>)>> {
@@ -2056,6 +2181,19 @@ impl<T> Staged<T> {
     }
 }
 
+/// A try of a write: `None` when its commit failed on a condition
+/// (`Error::Conflict`; the request was going to succeed): nothing was
+/// written, not its event either, and it may be tried again.
+type Try<T> = Option<Result<T>>;
+
+/// [`settled`], or `None` for a commit that failed on a condition.
+fn tried<T>(outcome: Result<T>, written: Result<u64>) -> Try<T> {
+    match (&outcome, &written) {
+        (Ok(_), Err(Error::Conflict)) => None,
+        _ => Some(settled(outcome, written)),
+    }
+}
+
 /// A staged request's result once its commit returned: its outcome if the
 /// event was written; else the commit's error (for a request that was
 /// going to succeed: it fails closed) or its own (for a refused request,
@@ -2126,10 +2264,16 @@ struct OpenedRecord {
 
 /// The lock stripe of a subject (its storage name is already a keyed hash).
 fn stripe(subject: &SubjectName) -> usize {
-    (u64::from_be_bytes([
+    (name_number(subject) % SUBJECT_STRIPES as u64) as usize
+}
+
+/// The first 8 bytes of a subject's storage name, as a number (stripes and
+/// fences spread subjects by it).
+fn name_number(subject: &SubjectName) -> u64 {
+    u64::from_be_bytes([
         subject[0], subject[1], subject[2], subject[3], subject[4], subject[5], subject[6],
         subject[7],
-    ]) % SUBJECT_STRIPES as u64) as usize
+    ])
 }
 
 /// Refuses a data folder of another format than this build's (one that

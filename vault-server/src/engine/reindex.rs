@@ -54,8 +54,9 @@
 use std::sync::Mutex;
 
 use super::index::{self, Token};
+use super::shared::HeldFences;
 use super::stripes::ExclusiveGuard;
-use super::{lock, stripe, Engine, Value};
+use super::{lock, stripe, Engine, SubjectName, Value};
 use crate::audit::Event;
 use crate::crypto::Key256;
 use crate::keys::Keyring;
@@ -64,6 +65,9 @@ use crate::storage::{split_record_key, Store, StoredRecord, Table, WriteSet};
 use crate::{Error, Result};
 
 const JOB_KEY: &[u8] = b"reindex_job";
+
+/// The most rows of a batch on a shared store (see `reindex_step`).
+const SHARED_BATCH: usize = 256;
 const JOB_V1: u8 = 1;
 /// The fixed part of a job record, before the cursor.
 const JOB_HEADER: usize = 50;
@@ -416,7 +420,12 @@ impl Engine {
             return Ok(false);
         }
 
-        let batch = self.reindex_options.batch_size.max(1);
+        let mut batch = self.reindex_options.batch_size.max(1);
+        if self.is_shared() {
+            // A fence per owner, each a lock in the database's bounded
+            // lock table.
+            batch = batch.min(SHARED_BATCH);
+        }
         let page = self.store.scan_from(Table::Index, &job.cursor, batch)?;
         let rows: Vec<&Vec<u8>> = page
             .iter()
@@ -455,7 +464,7 @@ impl Engine {
         let p = &mut job.progress;
         p.unreadable += malformed;
         if !records.is_empty() {
-            let (locks, current) = self.lock_owners_exclusively(&records)?;
+            let (locks, fences, current) = self.lock_owners_exclusively(&records)?;
             #[cfg(test)]
             if let Some(pause) = lock(&self.reindex.pause).take() {
                 pause();
@@ -527,11 +536,15 @@ impl Engine {
             if let Some(raw) = &fence {
                 ws.expect(Table::Meta, JOB_KEY.to_vec(), raw.clone());
             }
+            // A write of these records made on another server before this
+            // batch fails: its index rows may be the ones replaced here.
+            ws.bump_fences(fences.fences().iter().copied());
             // Synced even with `danger_unsynced_writes`: the old key is
             // destroyed (a synced keyring save) once the job ends, so no
             // batch before it may be lost with the rows it moved.
             ws.must_sync();
             self.store.write(ws)?;
+            drop(fences);
             drop(locks);
         } else {
             job.cursor = cursor;
@@ -662,39 +675,48 @@ impl Engine {
         Ok(())
     }
 
-    /// Takes the stripes of the records' owners exclusively (ascending), so
-    /// no put, delete, rotation or erasure of those records runs meanwhile;
-    /// returns the guards and the records as they are under them.
+    /// Takes the stripes of the records' owners exclusively (ascending),
+    /// then their fences, so no put, delete, rotation or erasure of those
+    /// records runs meanwhile, here or on another server; returns the
+    /// guards, the fences and the records as they are under them.
     #[allow(clippy::type_complexity)]
     fn lock_owners_exclusively(
         &self,
         keys: &[Vec<u8>],
-    ) -> Result<(Vec<ExclusiveGuard<'_>>, Vec<Option<Vec<u8>>>)> {
+    ) -> Result<(
+        Vec<ExclusiveGuard<'_>>,
+        HeldFences<'_>,
+        Vec<Option<Vec<u8>>>,
+    )> {
         let owner = |b: &Option<Vec<u8>>| {
             b.as_deref()
                 .and_then(|b| StoredRecord::decode(b).ok())
-                .map(|(r, _)| stripe(&r.subject))
+                .map(|(r, _)| r.subject)
         };
-        let mut stripes: Vec<usize> = Vec::new();
+        let mut owners: Vec<SubjectName> = Vec::new();
         loop {
+            let mut stripes: Vec<usize> = owners.iter().map(stripe).collect();
+            stripes.sort_unstable();
+            stripes.dedup();
             let guards: Vec<ExclusiveGuard<'_>> = stripes
                 .iter()
                 .map(|&i| self.subject_locks[i].exclusive())
                 .collect();
+            let fences = self.hold_fences(&owners)?;
             let current = self.read_rows(Table::Records, keys)?;
-            let before = stripes.len();
+            let before = owners.len();
             for s in current.iter().filter_map(owner) {
-                if !stripes.contains(&s) {
-                    stripes.push(s);
+                if !fences.holds(&s) && !owners.contains(&s) {
+                    owners.push(s);
                 }
             }
-            if stripes.len() == before {
-                return Ok((guards, current));
+            if owners.len() == before {
+                return Ok((guards, fences, current));
             }
-            // An owner whose stripe we do not hold: take it too, and look
+            // An owner whose fence we do not hold: take it too, and look
             // again (the set only grows, so this ends).
+            drop(fences);
             drop(guards);
-            stripes.sort_unstable();
         }
     }
 }

@@ -111,22 +111,21 @@ impl Engine {
         let Some(retention) = c.retention else {
             return Ok(0);
         };
-        let owners = |rows: &[Option<Vec<u8>>]| -> Vec<usize> {
-            let mut stripes: Vec<usize> = rows
-                .iter()
-                .filter_map(|v| StoredRecord::decode(v.as_deref()?).ok())
-                .map(|(r, _)| super::stripe(&r.subject))
-                .collect();
-            stripes.sort_unstable();
-            stripes.dedup();
-            stripes
-        };
         let first_read = self.read_rows(Table::Records, keys)?;
-        let stripes = owners(&first_read);
+        let owners: Vec<_> = first_read
+            .iter()
+            .filter_map(|v| StoredRecord::decode(v.as_deref()?).ok())
+            .map(|(r, _)| r.subject)
+            .collect();
+        let mut stripes: Vec<usize> = owners.iter().map(super::stripe).collect();
+        stripes.sort_unstable();
+        stripes.dedup();
         let _held: Vec<_> = stripes
             .iter()
             .map(|&i| self.subject_locks[i].exclusive())
             .collect();
+        // And against writes through other servers.
+        let fences = self.hold_fences(&owners)?;
         self.check_open()?;
         let current = self.read_rows(Table::Records, keys)?;
         let now = self.monitor.now_ms();
@@ -141,12 +140,9 @@ impl Engine {
                 continue;
             };
             // Rewritten since it was read (a new write time), or now owned
-            // by a subject whose stripe is not held: left to the next sweep.
-            if !purge_due(retention, &stored, now)
-                || stripes
-                    .binary_search(&super::stripe(&stored.subject))
-                    .is_err()
-            {
+            // by a subject whose fence (and stripe) is not held: left to
+            // the next sweep.
+            if !purge_due(retention, &stored, now) || !fences.holds(&stored.subject) {
                 continue;
             }
             let (collection, name) = split_record_key(key)?;
@@ -187,6 +183,9 @@ impl Engine {
             retention.ttl_seconds,
             retention.grace_seconds
         ));
+        // A write of these records made on another server before this
+        // purge fails: it would bring back index rows this purge deletes.
+        ws.bump_fences(fences.fences().iter().copied());
         self.commit(ws, ev)?;
         if let Err(e) = self.store.compact_range(Table::Records, first, last) {
             tracing::warn!(error = %e, "retention: compaction failed");

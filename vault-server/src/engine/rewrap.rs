@@ -356,6 +356,7 @@ impl Engine {
         let p = &mut job.progress;
         let mut rewrapper = Rewrapper::new(&kr);
         let mut wrapped = 0u64;
+        let shared = fence.is_some();
         for (k, v) in &page {
             p.examined += 1;
             match parse_subject_key_id(k).and_then(|(bucket, subject, version)| {
@@ -367,6 +368,12 @@ impl Engine {
                 rewrapper.rewrap(&subject, version, v)
             }) {
                 Ok(Some(rewrapped)) => {
+                    if shared {
+                        // A subject-key rotation on another server may
+                        // have destroyed this version since: not brought
+                        // back.
+                        ws.expect(Table::SubjectKeys, k.clone(), Some(v.clone()));
+                    }
                     ws.put(Table::SubjectKeys, k.clone(), rewrapped);
                     p.rewrapped += 1;
                     wrapped += 1;

@@ -16,14 +16,89 @@
 //! - **Background jobs** run on the server that leads (`Store::lead`);
 //!   their records are read from the store at each step, and each step's
 //!   write is conditional on the record it read.
+//! - **Subject locks across servers: fences.** What a server holds
+//!   exclusively within itself for some subjects (a rotation or erasure of
+//!   one, a retention purge or blind-index rebuild batch of their records)
+//!   it also holds against the other servers: the subjects' fences
+//!   (`Store::hold_fences`), taken after its own stripes, and its write
+//!   moves their epochs on. A write of records expects the epochs of its
+//!   subjects' fences as this server knew them before it read their keys
+//!   and records ([`Engine::fence_expectations`]): it fails (`ABORTED`)
+//!   if another server holds one of them when it commits, or moved one
+//!   on since. So no write made under a key version that a rotation on
+//!   another server destroyed, or of a record that a purge or an erasure
+//!   there deleted, or with index rows that a rebuild batch there
+//!   replaced, lands after it. Epochs are cached here; a failed write
+//!   forgets them, so the next attempt reads them again.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{lock, Collection, Engine};
+use super::{lock, Collection, Engine, SubjectName, SUBJECT_STRIPES};
 use crate::keys::{Keyring, KeyringError};
-use crate::storage::Table;
+use crate::storage::{FenceHold, Table, FENCES};
 use crate::{Error, Result};
+
+/// A fence whose epoch this server does not know.
+const UNKNOWN: u64 = u64::MAX;
+
+/// The epochs of the fences as this server last read them.
+#[derive(Debug)]
+pub(super) struct FenceEpochs(Vec<AtomicU64>);
+
+impl FenceEpochs {
+    /// None known (on a store of its own, none ever asked).
+    pub(super) fn new(shared: bool) -> Self {
+        let n = if shared { FENCES as usize } else { 0 };
+        FenceEpochs((0..n).map(|_| AtomicU64::new(UNKNOWN)).collect())
+    }
+
+    /// Forgets every epoch (a write failed: one may have moved on).
+    pub(super) fn forget(&self) {
+        for e in &self.0 {
+            e.store(UNKNOWN, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The fence of a subject: its storage name (a keyed hash) spread over
+/// [`FENCES`], as [`super::stripe`] spreads it over the stripes (a fence
+/// lies within one stripe).
+pub(super) fn fence(subject: &SubjectName) -> u32 {
+    const _: () = assert!((FENCES as usize).is_multiple_of(SUBJECT_STRIPES));
+    (super::name_number(subject) % u64::from(FENCES)) as u32
+}
+
+/// Fences held by this server (a [`FenceHold`]); once let go, their epochs
+/// are read again here (this server's own write moved them on).
+pub(super) struct HeldFences<'a> {
+    fences: Vec<u32>,
+    epochs: &'a FenceEpochs,
+    _hold: FenceHold,
+}
+
+impl HeldFences<'_> {
+    /// Whether `subject`'s fence is held.
+    pub(super) fn holds(&self, subject: &SubjectName) -> bool {
+        self.fences.binary_search(&fence(subject)).is_ok()
+    }
+
+    /// The held fences, for a write that moves them on.
+    pub(super) fn fences(&self) -> &[u32] {
+        &self.fences
+    }
+}
+
+impl Drop for HeldFences<'_> {
+    fn drop(&mut self) {
+        for &f in &self.fences {
+            if let Some(e) = self.epochs.0.get(f as usize) {
+                e.store(UNKNOWN, Ordering::Relaxed);
+            }
+        }
+    }
+}
 
 /// How often a server of a shared store looks for another's changes
 /// (keyring, audit appends, leadership).
@@ -33,6 +108,63 @@ impl Engine {
     /// Whether other servers share this engine's store.
     pub fn is_shared(&self) -> bool {
         self.store.shared()
+    }
+
+    /// The fences of `subjects` with their epochs as this server knows
+    /// them (read from the store where it does not), for a write of those
+    /// subjects' records ([`crate::storage::WriteSet::expect_fences`]):
+    /// called before the keys and records the write depends on are read.
+    /// Nothing on a store of its own.
+    pub(super) fn fence_expectations<'s>(
+        &self,
+        subjects: impl IntoIterator<Item = &'s SubjectName>,
+    ) -> Result<Vec<(u32, u64)>> {
+        if !self.is_shared() {
+            return Ok(Vec::new());
+        }
+        let mut fences: Vec<u32> = subjects.into_iter().map(fence).collect();
+        fences.sort_unstable();
+        fences.dedup();
+        let known = |f: u32| self.fence_epochs.0[f as usize].load(Ordering::Relaxed);
+        let unknown: Vec<u32> = fences
+            .iter()
+            .copied()
+            .filter(|&f| known(f) == UNKNOWN)
+            .collect();
+        if !unknown.is_empty() {
+            for (f, e) in unknown.iter().zip(self.store.fence_epochs(&unknown)?) {
+                self.fence_epochs.0[*f as usize].store(e, Ordering::Relaxed);
+            }
+        }
+        Ok(fences.into_iter().map(|f| (f, known(f))).collect())
+    }
+
+    /// Forgets the fence epochs this server knows: after a write failed
+    /// (`Error::Conflict`), one of them may have moved on.
+    pub(super) fn forget_fences(&self) {
+        self.fence_epochs.forget();
+    }
+
+    /// Holds the fences of `subjects` against the other servers (see the
+    /// module's notes); the caller holds their stripes exclusively already.
+    /// On a store of its own, nothing is held.
+    pub(super) fn hold_fences<'s>(
+        &self,
+        subjects: impl IntoIterator<Item = &'s SubjectName>,
+    ) -> Result<HeldFences<'_>> {
+        let mut fences: Vec<u32> = subjects.into_iter().map(fence).collect();
+        fences.sort_unstable();
+        fences.dedup();
+        let hold = if self.is_shared() {
+            self.store.hold_fences(&fences)?
+        } else {
+            FenceHold::none()
+        };
+        Ok(HeldFences {
+            fences,
+            epochs: &self.fence_epochs,
+            _hold: hold,
+        })
     }
 
     /// On a shared store: takes up the stored keyring if another server

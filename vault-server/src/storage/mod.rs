@@ -109,7 +109,17 @@ pub struct WriteSet {
     /// commits, so a keyring save waits for the write, and a write after it
     /// fails; sets merged from writes under two generations never pass).
     keyring_generations: Vec<u64>,
+    /// Fences this set was made under, with the epoch each had (see
+    /// [`Store::hold_fences`]).
+    fences: Vec<(u32, u64)>,
+    /// Fences whose epoch this set moves on (its writer holds them).
+    bumps: Vec<u32>,
 }
+
+/// How many fences a shared store keeps: the subjects are spread over them
+/// by their storage name, as over the engine's lock stripes (whose number
+/// divides this one, so a fence lies within one stripe).
+pub const FENCES: u32 = 4096;
 
 impl WriteSet {
     /// An empty set.
@@ -144,6 +154,8 @@ impl WriteSet {
         self.sync |= other.sync;
         self.conditions.extend(other.conditions);
         self.keyring_generations.extend(other.keyring_generations);
+        self.fences.extend(other.fences);
+        self.bumps.extend(other.bumps);
     }
 
     /// Asks for this set to reach the disk (WAL synced) before the write
@@ -184,6 +196,60 @@ impl WriteSet {
     /// The keyring generations the set was made under.
     pub fn keyring_conditions(&self) -> &[u64] {
         &self.keyring_generations
+    }
+
+    /// Applies the set only if no other server holds any of these fences
+    /// now and each is still at the epoch given (read before anything the
+    /// set depends on was read): a shared store's writers of subjects. A
+    /// store of its own has no other server, and ignores them.
+    pub fn expect_fences(&mut self, fences: impl IntoIterator<Item = (u32, u64)>) {
+        self.fences.extend(fences);
+    }
+
+    /// The fences the set was made under, with their epochs.
+    pub fn fence_conditions(&self) -> &[(u32, u64)] {
+        &self.fences
+    }
+
+    /// Moves these fences on to their next epoch when the set is written:
+    /// for a set made while holding them ([`Store::hold_fences`]), so that
+    /// a set of another server made before it fails.
+    pub fn bump_fences(&mut self, fences: impl IntoIterator<Item = u32>) {
+        self.bumps.extend(fences);
+    }
+
+    /// The fences the set moves on.
+    pub fn fence_bumps(&self) -> &[u32] {
+        &self.bumps
+    }
+}
+
+/// Fences held by [`Store::hold_fences`], let go when dropped.
+pub struct FenceHold(Option<Box<dyn FnOnce() + Send>>);
+
+impl FenceHold {
+    /// Nothing held (a store of its own).
+    pub fn none() -> Self {
+        FenceHold(None)
+    }
+
+    /// Held until `release` runs, when this is dropped.
+    pub fn new(release: impl FnOnce() + Send + 'static) -> Self {
+        FenceHold(Some(Box::new(release)))
+    }
+}
+
+impl std::fmt::Debug for FenceHold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("FenceHold").field(&self.0.is_some()).finish()
+    }
+}
+
+impl Drop for FenceHold {
+    fn drop(&mut self) {
+        if let Some(release) = self.0.take() {
+            release();
+        }
     }
 }
 
@@ -296,6 +362,25 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     }
     /// Ends [`Store::lock_appends`] (when it returned `true`).
     fn unlock_appends(&self) {}
+    /// On a shared store, the fences (below [`FENCES`]) as other servers'
+    /// subject locks: the epoch of each of `fences` now (0 for one never
+    /// moved). A store of its own has none, and answers zeros.
+    fn fence_epochs(&self, fences: &[u32]) -> Result<Vec<u64>> {
+        Ok(vec![0; fences.len()])
+    }
+    /// On a shared store: holds `fences` (sorted, distinct) against every
+    /// other server until the hold is dropped, waiting (a bounded time:
+    /// `Error::Conflict` then) for other holders and for writes in flight
+    /// made under them. Meanwhile writes of other servers that expect any
+    /// of them fail (`Error::Conflict`), and a write of this hold that
+    /// bumps them makes every set expecting their old epochs fail too.
+    /// What a server holds exclusively within itself (a subject's rotation
+    /// or erasure, a retention purge, a blind-index rebuild batch) it
+    /// holds here too. A store of its own holds nothing.
+    fn hold_fences(&self, fences: &[u32]) -> Result<FenceHold> {
+        let _ = fences;
+        Ok(FenceHold::none())
+    }
     /// What the store holds in memory now (for sizing); zeros for a store
     /// that does not say.
     fn memory(&self) -> Result<StoreMemory> {

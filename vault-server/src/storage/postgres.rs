@@ -12,7 +12,16 @@
 //! - **Conditions.** A set's conditions ([`WriteSet::expect`]) are read in
 //!   its transaction under a transaction-scoped advisory lock of the
 //!   condition's key, so two servers appending to one audit log never both
-//!   pass the same check.
+//!   pass the same check; a row that exists is read `FOR UPDATE`, so a
+//!   write of it without a condition (a subject-key rotation's delete)
+//!   waits for the set or makes it fail, never lands between.
+//! - **Fences** ([`Store::hold_fences`]): a hold is session advisory locks
+//!   (one per fence, taken in ascending order) on a pooled connection,
+//!   given back by `pg_advisory_unlock_all` (or the connection dropped);
+//!   a set that expects fences takes each one's transaction lock shared
+//!   without waiting (held elsewhere: `Error::Conflict`), then reads their
+//!   epochs from `vault_fences` in a later statement (so it sees a
+//!   holder's commit), and a set that bumps them moves those rows on.
 //! - **Blocking calls over an async driver.** `tokio-postgres` runs on a
 //!   small runtime of the store's own; each [`Store`] call hands its work
 //!   to it and waits. A caller on another runtime's worker (the record
@@ -25,7 +34,7 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
 
-use super::{Condition, KeyringStore, Op, Store, Table, WriteSet};
+use super::{Condition, FenceHold, KeyringStore, Op, Store, Table, WriteSet};
 use crate::{Error, Result};
 
 /// How to reach the database.
@@ -129,6 +138,16 @@ const APPEND_LOCK_WAIT: Duration = Duration::from_secs(2);
 /// The advisory lock that serialises creating the tables (two servers
 /// starting at once on an empty database).
 const SCHEMA_LOCK: i64 = 0x7661_756c_7400_0001;
+
+/// The fences' epochs, one row per fence ever moved.
+const FENCE_TABLE: &str = "vault_fences";
+
+/// The first key of the two-key advisory locks of fences (the second is
+/// the fence): a key space apart from the one-key locks above.
+const FENCE_LOCKS: i32 = 0x7661_7566;
+
+/// How long a fence hold waits for other holders.
+const FENCE_WAIT: Duration = Duration::from_secs(10);
 
 /// The smallest key greater than every key starting with `prefix`, or
 /// `None` when there is none (a prefix of only `0xFF` bytes).
@@ -314,6 +333,10 @@ impl PgStore {
                 "CREATE TABLE IF NOT EXISTS {KEYRING_TABLE} \
                  (id smallint PRIMARY KEY CHECK (id = 1), generation bigint NOT NULL, \
                  sealed bytea NOT NULL);"
+            ));
+            ddl.push_str(&format!(
+                "CREATE TABLE IF NOT EXISTS {FENCE_TABLE} \
+                 (f integer PRIMARY KEY, epoch bigint NOT NULL);"
             ));
             tx.batch_execute(&ddl).await.map_err(pg_err)?;
             tx.commit().await.map_err(pg_err)
@@ -527,6 +550,8 @@ impl Store for PgStore {
         let changes = final_changes(&set);
         let conditions = set.conditions().to_vec();
         let keyring_generations = set.keyring_conditions().to_vec();
+        let fences = set.fence_conditions().to_vec();
+        let bumps = fence_ids(set.fence_bumps())?;
         let pool = self.pool.clone();
         self.run(async move {
             let mut client = pool.get().await.map_err(pool_err)?;
@@ -546,8 +571,20 @@ impl Store for PgStore {
                 }
                 check_keyring_generation(&tx, *first).await?;
             }
-            for c in &conditions {
-                check_condition(&tx, c).await?;
+            check_conditions(&tx, &conditions).await?;
+            if !fences.is_empty() {
+                check_fences(&tx, fences).await?;
+            }
+            if !bumps.is_empty() {
+                let stmt = tx
+                    .prepare_cached(&format!(
+                        "INSERT INTO {FENCE_TABLE} AS t (f, epoch) \
+                         SELECT f, 1 FROM UNNEST($1::int4[]) AS f \
+                         ON CONFLICT (f) DO UPDATE SET epoch = t.epoch + 1"
+                    ))
+                    .await
+                    .map_err(pg_err)?;
+                tx.execute(&stmt, &[&bumps]).await.map_err(pg_err)?;
             }
             for (slot, table) in Table::ALL.iter().enumerate() {
                 let name = table_name(*table);
@@ -693,6 +730,169 @@ impl Store for PgStore {
         // Closing the session releases its advisory lock.
         self.leader.lock().unwrap_or_else(|p| p.into_inner()).take();
     }
+
+    fn fence_epochs(&self, fences: &[u32]) -> Result<Vec<u64>> {
+        let ids = fence_ids(fences)?;
+        let pool = self.pool.clone();
+        let stored = self.run(async move {
+            let client = pool.get().await.map_err(pool_err)?;
+            let stmt = client
+                .prepare_cached(&format!(
+                    "SELECT f, epoch FROM {FENCE_TABLE} WHERE f = ANY($1)"
+                ))
+                .await
+                .map_err(pg_err)?;
+            let rows = client.query(&stmt, &[&ids]).await.map_err(pg_err)?;
+            epochs_of(&rows)
+        })?;
+        Ok(fences
+            .iter()
+            .map(|f| stored.get(f).copied().unwrap_or(0))
+            .collect())
+    }
+
+    fn hold_fences(&self, fences: &[u32]) -> Result<FenceHold> {
+        if fences.is_empty() {
+            return Ok(FenceHold::none());
+        }
+        let mut ids = fence_ids(fences)?;
+        ids.sort_unstable();
+        ids.dedup();
+        let rt = self
+            .runtime
+            .as_ref()
+            .ok_or_else(|| Error::Storage("the PostgreSQL store is closed".into()))?;
+        let handle = rt.handle().clone();
+        let pool = self.pool.clone();
+        let held = self.run(async move {
+            let mut client = pool.get().await.map_err(pool_err)?;
+            let taken = async {
+                // Session locks taken in a transaction outlive it; its
+                // lock timeout does not.
+                let tx = client.transaction().await?;
+                tx.batch_execute(&format!(
+                    "SET LOCAL lock_timeout = '{}ms'",
+                    FENCE_WAIT.as_millis()
+                ))
+                .await?;
+                // In ascending order (the array's): two holders never
+                // wait for each other in a cycle.
+                tx.execute(
+                    "SELECT count(pg_advisory_lock($1, f)) FROM UNNEST($2::int4[]) AS f",
+                    &[&FENCE_LOCKS, &ids],
+                )
+                .await?;
+                tx.commit().await
+            }
+            .await;
+            match taken {
+                Ok(()) => Ok(client),
+                Err(e) => {
+                    // The session may hold some of them: it ends.
+                    drop(deadpool_postgres::Object::take(client));
+                    if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) {
+                        tracing::warn!("subject fences stayed held by another server");
+                        Err(Error::Conflict)
+                    } else {
+                        Err(pg_err(e))
+                    }
+                }
+            }
+        })?;
+        Ok(FenceHold::new(move || {
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            handle.spawn(async move {
+                if held
+                    .batch_execute("SELECT pg_advisory_unlock_all()")
+                    .await
+                    .is_err()
+                {
+                    // Closing the session lets go of its locks.
+                    drop(deadpool_postgres::Object::take(held));
+                }
+                let _ = tx.send(());
+            });
+            // Let go before the caller's own locks are: a write of this
+            // server that comes next finds the fences free.
+            let _ = rx.recv();
+        }))
+    }
+}
+
+/// Fences as the database's integers.
+fn fence_ids(fences: &[u32]) -> Result<Vec<i32>> {
+    fences
+        .iter()
+        .map(|&f| {
+            if f < super::FENCES {
+                i32::try_from(f).map_err(|_| Error::Integrity)
+            } else {
+                Err(Error::Storage(format!("fence {f} out of range")))
+            }
+        })
+        .collect()
+}
+
+/// `(f, epoch)` rows as a map.
+fn epochs_of(rows: &[tokio_postgres::Row]) -> Result<std::collections::HashMap<u32, u64>> {
+    rows.iter()
+        .map(|r| {
+            let f: i32 = r.try_get(0).map_err(pg_err)?;
+            let e: i64 = r.try_get(1).map_err(pg_err)?;
+            match (u32::try_from(f), u64::try_from(e)) {
+                (Ok(f), Ok(e)) => Ok((f, e)),
+                _ => Err(Error::Storage(format!(
+                    "a fence row out of range ({f}, {e})"
+                ))),
+            }
+        })
+        .collect()
+}
+
+/// Checks a set's fences inside its transaction: none held by another
+/// server (each one's lock taken shared until the transaction ends, so no
+/// holder starts before it does), then each at the epoch the set expects,
+/// read in a statement of its own, after the locks: its snapshot holds the
+/// commit of a holder that let go just before.
+async fn check_fences(
+    tx: &deadpool_postgres::Transaction<'_>,
+    mut fences: Vec<(u32, u64)>,
+) -> Result<()> {
+    fences.sort_unstable();
+    fences.dedup();
+    // Two requests of a group made under two epochs of one fence.
+    if fences.windows(2).any(|w| w[0].0 == w[1].0) {
+        return Err(Error::Conflict);
+    }
+    let ids = fence_ids(&fences.iter().map(|(f, _)| *f).collect::<Vec<_>>())?;
+    let stmt = tx
+        .prepare_cached(
+            "SELECT bool_and(pg_try_advisory_xact_lock_shared($1, f)) FROM UNNEST($2::int4[]) AS f",
+        )
+        .await
+        .map_err(pg_err)?;
+    let row = tx
+        .query_one(&stmt, &[&FENCE_LOCKS, &ids])
+        .await
+        .map_err(pg_err)?;
+    let free: Option<bool> = row.try_get(0).map_err(pg_err)?;
+    if free != Some(true) {
+        return Err(Error::Conflict);
+    }
+    let stmt = tx
+        .prepare_cached(&format!(
+            "SELECT f, epoch FROM {FENCE_TABLE} WHERE f = ANY($1)"
+        ))
+        .await
+        .map_err(pg_err)?;
+    let stored = epochs_of(&tx.query(&stmt, &[&ids]).await.map_err(pg_err)?)?;
+    if fences
+        .iter()
+        .any(|(f, e)| stored.get(f).copied().unwrap_or(0) != *e)
+    {
+        return Err(Error::Conflict);
+    }
+    Ok(())
 }
 
 /// Checks the stored keyring's generation inside a write's transaction,
@@ -717,26 +917,53 @@ async fn check_keyring_generation(
     Ok(())
 }
 
-/// Checks one condition of a set inside its transaction, holding the
-/// condition's advisory lock until the transaction ends.
-async fn check_condition(tx: &deadpool_postgres::Transaction<'_>, c: &Condition) -> Result<()> {
-    tx.execute(
-        "SELECT pg_advisory_xact_lock($1)",
-        &[&condition_lock(c.table, &c.key)],
-    )
-    .await
-    .map_err(pg_err)?;
+/// Checks a set's conditions inside its transaction: the conditions'
+/// advisory locks (ascending) held until the transaction ends, then each
+/// table's keys read `FOR UPDATE` (rows that exist stay as read until the
+/// transaction ends, whoever writes them).
+async fn check_conditions(
+    tx: &deadpool_postgres::Transaction<'_>,
+    conditions: &[Condition],
+) -> Result<()> {
+    if conditions.is_empty() {
+        return Ok(());
+    }
+    let mut locks: Vec<i64> = conditions
+        .iter()
+        .map(|c| condition_lock(c.table, &c.key))
+        .collect();
+    locks.sort_unstable();
+    locks.dedup();
     let stmt = tx
-        .prepare_cached(&format!(
-            "SELECT v FROM {} WHERE k = $1",
-            table_name(c.table)
-        ))
+        .prepare_cached("SELECT count(pg_advisory_xact_lock(l)) FROM UNNEST($1::int8[]) AS l")
         .await
         .map_err(pg_err)?;
-    let row = tx.query_opt(&stmt, &[&c.key]).await.map_err(pg_err)?;
-    let now: Option<Vec<u8>> = row.map(|r| r.try_get(0)).transpose().map_err(pg_err)?;
-    if now != c.value {
-        return Err(Error::Conflict);
+    tx.execute(&stmt, &[&locks]).await.map_err(pg_err)?;
+    for table in Table::ALL {
+        let mine: Vec<&Condition> = conditions.iter().filter(|c| c.table == table).collect();
+        if mine.is_empty() {
+            continue;
+        }
+        let mut keys: Vec<&[u8]> = mine.iter().map(|c| c.key.as_slice()).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let stmt = tx
+            .prepare_cached(&format!(
+                "SELECT k, v FROM {} WHERE k = ANY($1) ORDER BY k FOR UPDATE",
+                table_name(table)
+            ))
+            .await
+            .map_err(pg_err)?;
+        let rows = tx.query(&stmt, &[&keys]).await.map_err(pg_err)?;
+        let mut now = std::collections::HashMap::with_capacity(rows.len());
+        for r in &rows {
+            let k: Vec<u8> = r.try_get(0).map_err(pg_err)?;
+            let v: Vec<u8> = r.try_get(1).map_err(pg_err)?;
+            now.insert(k, v);
+        }
+        if mine.iter().any(|c| now.get(&c.key) != c.value.as_ref()) {
+            return Err(Error::Conflict);
+        }
     }
     Ok(())
 }
