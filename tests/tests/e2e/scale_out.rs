@@ -449,8 +449,9 @@ fn leaf_hash(leaf: &[u8]) -> [u8; 32] {
 }
 
 /// Fences: while one server holds a fence, a write of another that expects
-/// it fails, and so does one made under its epoch from before the holder's
-/// write; a second holder waits for the first. A condition on a row that
+/// it fails, and so does one made under its epoch from before the hold; a
+/// second holder waits for the first; a holder whose session ended cannot
+/// write as if it still held the fence. A condition on a row that
 /// exists holds it: a write of that row without a condition (a rotation's
 /// delete) in flight makes the conditional write fail, never land after.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -510,7 +511,7 @@ async fn fences_keep_other_servers_writes_out_while_held_and_after() {
         write(&two, &[(7, 0)], b"other fence").unwrap();
         // The holder's own write moves the fence on.
         let mut ws = WriteSet::new();
-        ws.bump_fences([5]);
+        ws.bump_fences([5], held.holder());
         ws.put(Table::Records, b"holder".to_vec(), b"h".to_vec());
         Store::write(one.as_ref(), ws).unwrap();
         // A second holder waits for the first.
@@ -537,13 +538,29 @@ async fn fences_keep_other_servers_writes_out_while_held_and_after() {
             write(&two, &[(5, 0)], b"after"),
             Err(Error::Conflict)
         ));
-        assert_eq!(two.fence_epochs(&[5, 7]).unwrap(), vec![1, 0]);
-        write(&two, &[(5, 1)], b"after").unwrap();
+        // Taking, writing under and letting go of a hold each moved it on
+        // (the second holder's too).
+        assert_eq!(two.fence_epochs(&[3, 5, 7]).unwrap(), vec![2, 5, 0]);
+        write(&two, &[(5, 5)], b"after").unwrap();
         // Two requests of one group under two epochs of a fence: refused.
         assert!(matches!(
-            write(&two, &[(5, 1), (5, 0)], b"mixed"),
+            write(&two, &[(5, 5), (5, 4)], b"mixed"),
             Err(Error::Conflict)
         ));
+        // A hold lost with its session: the holder's write fails.
+        let held = one.hold_fences(&[9]).unwrap();
+        let pid = i32::try_from(held.holder().unwrap()).unwrap();
+        rt.block_on(raw.execute("SELECT pg_terminate_backend($1)", &[&pid]))
+            .unwrap();
+        let mut ws = WriteSet::new();
+        ws.bump_fences([9], held.holder());
+        ws.put(Table::Records, b"lost hold".to_vec(), b"h".to_vec());
+        assert!(matches!(
+            Store::write(one.as_ref(), ws),
+            Err(Error::Conflict)
+        ));
+        assert_eq!(two.get(Table::Records, b"lost hold").unwrap(), None);
+        drop(held);
         // Out of range.
         assert!(matches!(
             two.hold_fences(&[vault_server::storage::FENCES]),

@@ -255,8 +255,10 @@ impl Engine {
 
     /// Validates `subject` and takes what a subject custody change holds
     /// for its whole length: the subject's stripe exclusively (no write of
-    /// the subject meanwhile), its fence (nor on another server), then the
-    /// custody lock; refuses a closed engine. Drop them in reverse order.
+    /// the subject meanwhile), the custody lock, then the subject's fence
+    /// (no write of it on another server either; taken under custody, so
+    /// custody calls queued here hold no database connection); refuses a
+    /// closed engine. They are let go in reverse order.
     #[allow(clippy::type_complexity)]
     fn lock_subject_custody(
         &self,
@@ -264,16 +266,16 @@ impl Engine {
     ) -> Result<(
         SubjectName,
         super::stripes::ExclusiveGuard<'_>,
-        super::shared::HeldFences<'_>,
         std::sync::MutexGuard<'_, ()>,
+        super::shared::HeldFences<'_>,
     )> {
         validate_id("subject id", subject)?;
         let name = self.names.subject(subject);
         let stripe = self.subject_locks[stripe(&name)].exclusive();
-        let fences = self.hold_fences([&name])?;
         let custody = lock(&self.custody_lock);
         self.check_open()?;
-        Ok((name, stripe, fences, custody))
+        let fences = self.hold_fences([&name])?;
+        Ok((name, stripe, custody, fences))
     }
 
     /// Gives `subject` a new key, re-encrypts every field of its records
@@ -286,7 +288,7 @@ impl Engine {
     }
 
     fn rotate_subject_authorized(&self, caller: &Caller, subject: &str) -> Result<SubjectRotation> {
-        let (name, _stripe, fences, _custody) = self.lock_subject_custody(subject)?;
+        let (name, _stripe, _custody, fences) = self.lock_subject_custody(subject)?;
         let rows = self.subject_key_rows(&name)?;
         let Some(&(latest, _)) = rows.last() else {
             return Err(Error::NotFound("subject (it has no key)".into()));
@@ -329,6 +331,11 @@ impl Engine {
             // extend its retention.
             let value =
                 self.seal_record(&new_key, &ids, opened.stored.written_ms, plain.into_iter());
+            if self.is_shared() {
+                // Not over a change another server made meanwhile (the
+                // record given to another subject, or deleted).
+                ws.expect(Table::Records, record_key.clone(), Some(bytes.clone()));
+            }
             ws.put(Table::Records, record_key.clone(), value);
         }
         {
@@ -352,7 +359,7 @@ impl Engine {
             }
             // Writes of the subject other servers made before this one
             // fail (they may be under a version it destroys).
-            ws.bump_fences(fences.fences().iter().copied());
+            fences.bump(&mut ws);
             let mut ev = Event::of(caller, "rotate_subject_key");
             ev.subjects.push(hex::encode(kr.subject_pseudonym(subject)));
             ev.detail = Some(format!(
@@ -400,7 +407,7 @@ impl Engine {
 
     fn erase_subject_authorized(&self, caller: &Caller, subject: &str) -> Result<ErasureReceipt> {
         let started = std::time::Instant::now();
-        let (name, _stripe, fences, _custody) = self.lock_subject_custody(subject)?;
+        let (name, _stripe, _custody, fences) = self.lock_subject_custody(subject)?;
         let bucket = self.names.bucket(&name);
         let rows = self.subject_key_rows(&name)?;
         let records = self.subject_records(&name)?;
@@ -436,7 +443,12 @@ impl Engine {
         for (index_key, record_key, bytes) in records {
             // Index rows go whether or not the record could be read.
             index_rows.extend(self.unindex_record(&mut ws, &record_key)?);
-            if bytes.is_some() {
+            if let Some(bytes) = bytes {
+                if self.is_shared() {
+                    // Not a record another server gave to another subject
+                    // meanwhile.
+                    ws.expect(Table::Records, record_key.clone(), Some(bytes));
+                }
                 ws.delete(Table::Records, record_key.clone());
                 deleted_keys.push(record_key);
                 deleted += 1;
@@ -483,7 +495,7 @@ impl Engine {
             ws.expect_keyring(kr.generation());
         }
         // Writes of the subject other servers made before this one fail.
-        ws.bump_fences(fences.fences().iter().copied());
+        fences.bump(&mut ws);
         self.wraps
             .commit(root_version, moved.rewrapped, ws, |ws| self.commit(ws, ev))?;
 
@@ -560,6 +572,12 @@ impl Engine {
             }
             match rewrapper.rewrap(&subject, version, &v) {
                 Ok(Some(rewrapped)) => {
+                    if self.is_shared() {
+                        // A rotation of that subject on another server may
+                        // have destroyed this version since: not brought
+                        // back (the erasure fails, and is finished later).
+                        ws.expect(Table::SubjectKeys, k.clone(), Some(v.clone()));
+                    }
                     ws.put(Table::SubjectKeys, k, rewrapped);
                     moved.rewrapped += 1;
                     if last != Some(subject) {

@@ -625,7 +625,14 @@ impl Engine {
         ws.put(Table::Collections, key, json);
         match self.commit(ws, ev.clone()) {
             Ok(_) => {}
-            Err(Error::Conflict) => return Err(exists()),
+            // Created through another server meanwhile (or the log's head
+            // moved on too often: then it is not there, and says so).
+            Err(Error::Conflict) => {
+                return match self.load_shared_collection(&collection.name)? {
+                    Some(_) => Err(exists()),
+                    None => Err(Error::Conflict),
+                };
+            }
             Err(e) => return Err(e),
         }
         self.collections
@@ -725,6 +732,7 @@ impl Engine {
             match self.put_records_once(caller, &records) {
                 None if self.retry_conflict(attempt) => {
                     std::thread::sleep(conflict_backoff(attempt));
+                    self.follow_keyring()?;
                     attempt += 1;
                 }
                 tried => return tried.unwrap_or(Err(Error::Conflict)),
@@ -742,8 +750,9 @@ impl Engine {
     /// Whether a write whose commit failed on a condition (it wrote
     /// nothing, nor its event) is tried again, after `attempt` tries: on a
     /// shared store, where another server's rotation, erasure, purge or
-    /// rebuild batch of the same subjects may have been under way, a few
-    /// times.
+    /// rebuild batch of the same subjects, or its keyring change, may have
+    /// been under way, a few times (puts take the stored keyring up
+    /// first).
     fn retry_conflict(&self, attempt: u32) -> bool {
         self.is_shared() && attempt < CONFLICT_RETRIES
     }
@@ -775,6 +784,8 @@ impl Engine {
             match tried {
                 None if self.retry_conflict(attempt) => {
                     tokio::time::sleep(conflict_backoff(attempt)).await;
+                    let engine = Arc::clone(self);
+                    on_blocking_pool(move || engine.follow_keyring()).await?;
                     attempt += 1;
                 }
                 tried => return tried.unwrap_or(Err(Error::Conflict)),
@@ -1563,6 +1574,13 @@ impl Engine {
         let new = index::tokens(key, version, self.region.as_str(), c, fields);
         let old = self.indexed_tokens(record_key)?;
         index::replace(ws, record_key, &old, version, &new);
+        if self.is_shared() {
+            // Tokens of the index key in force: an index-key rotation
+            // through another server that this one has not taken up yet
+            // fails the write (it is tried again under the new keyring),
+            // rather than leave rows of the old key its rebuild passed.
+            ws.expect_keyring(kr.generation());
+        }
         Ok(())
     }
 
@@ -1988,11 +2006,16 @@ impl Engine {
         if wait == Wait::Never {
             return Ok(None);
         }
+        let generation = self.keyring().generation();
         match self.make_subject_key(subject) {
             // Made under a keyring another server replaced (an erasure, a
-            // rotation): take the stored one up now and try once more,
-            // rather than fail until the next sync.
-            Err(Error::Conflict) if self.is_shared() && self.follow_keyring()? => {
+            // rotation): take the stored one up now (unless the background
+            // sync just did) and try once more, rather than fail until the
+            // next sync.
+            Err(Error::Conflict)
+                if self.is_shared()
+                    && (self.follow_keyring()? || self.keyring().generation() != generation) =>
+            {
                 self.make_subject_key(subject).map(Some)
             }
             made => made.map(Some),

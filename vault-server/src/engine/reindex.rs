@@ -481,6 +481,11 @@ impl Engine {
             let (_, key) = kr.current_index_key().ok_or(Error::Integrity)?;
             for (rk, bytes) in records.iter().zip(&current) {
                 p.examined += 1;
+                if self.is_shared() {
+                    // The record as read: a write of it on another server
+                    // meanwhile fails this batch.
+                    ws.expect(Table::Records, rk.clone(), bytes.clone());
+                }
                 let prefix = index::reverse_prefix(rk);
                 let listed = match index::listed_versions(
                     &self.store.scan_prefix(Table::Index, &prefix)?,
@@ -538,7 +543,7 @@ impl Engine {
             }
             // A write of these records made on another server before this
             // batch fails: its index rows may be the ones replaced here.
-            ws.bump_fences(fences.fences().iter().copied());
+            fences.bump(&mut ws);
             // Synced even with `danger_unsynced_writes`: the old key is
             // destroyed (a synced keyring save) once the job ends, so no
             // batch before it may be lost with the rows it moved.

@@ -162,6 +162,9 @@ impl Engine {
             if indexed {
                 index_rows.extend(self.unindex_record(&mut ws, key)?);
             }
+            if self.is_shared() {
+                ws.expect(Table::Records, key.clone(), Some(bytes.clone()));
+            }
             ws.delete(Table::Records, key.clone());
             purged.push(key);
         }
@@ -185,7 +188,7 @@ impl Engine {
         ));
         // A write of these records made on another server before this
         // purge fails: it would bring back index rows this purge deletes.
-        ws.bump_fences(fences.fences().iter().copied());
+        fences.bump(&mut ws);
         self.commit(ws, ev)?;
         if let Err(e) = self.store.compact_range(Table::Records, first, last) {
             tracing::warn!(error = %e, "retention: compaction failed");

@@ -37,7 +37,7 @@ use std::time::Duration;
 
 use super::{lock, Collection, Engine, SubjectName, SUBJECT_STRIPES};
 use crate::keys::{Keyring, KeyringError};
-use crate::storage::{FenceHold, Table, FENCES};
+use crate::storage::{FenceHold, Table, WriteSet, FENCES};
 use crate::{Error, Result};
 
 /// A fence whose epoch this server does not know.
@@ -75,7 +75,7 @@ pub(super) fn fence(subject: &SubjectName) -> u32 {
 pub(super) struct HeldFences<'a> {
     fences: Vec<u32>,
     epochs: &'a FenceEpochs,
-    _hold: FenceHold,
+    hold: FenceHold,
 }
 
 impl HeldFences<'_> {
@@ -84,9 +84,12 @@ impl HeldFences<'_> {
         self.fences.binary_search(&fence(subject)).is_ok()
     }
 
-    /// The held fences, for a write that moves them on.
-    pub(super) fn fences(&self) -> &[u32] {
-        &self.fences
+    /// Makes `ws` move the held fences on, and be written only while they
+    /// are still held.
+    pub(super) fn bump(&self, ws: &mut WriteSet) {
+        if let Some(holder) = self.hold.holder() {
+            ws.bump_fences(self.fences.iter().copied(), Some(holder));
+        }
     }
 }
 
@@ -163,7 +166,7 @@ impl Engine {
         Ok(HeldFences {
             fences,
             epochs: &self.fence_epochs,
-            _hold: hold,
+            hold,
         })
     }
 

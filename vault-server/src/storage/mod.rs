@@ -112,8 +112,9 @@ pub struct WriteSet {
     /// Fences this set was made under, with the epoch each had (see
     /// [`Store::hold_fences`]).
     fences: Vec<(u32, u64)>,
-    /// Fences whose epoch this set moves on (its writer holds them).
-    bumps: Vec<u32>,
+    /// Fences whose epoch this set moves on, each with the hold it is
+    /// held by ([`FenceHold::holder`]).
+    bumps: Vec<(u32, Option<u64>)>,
 }
 
 /// How many fences a shared store keeps: the subjects are spread over them
@@ -211,43 +212,61 @@ impl WriteSet {
         &self.fences
     }
 
-    /// Moves these fences on to their next epoch when the set is written:
-    /// for a set made while holding them ([`Store::hold_fences`]), so that
-    /// a set of another server made before it fails.
-    pub fn bump_fences(&mut self, fences: impl IntoIterator<Item = u32>) {
-        self.bumps.extend(fences);
+    /// Moves these fences on to their next epoch when the set is written,
+    /// and writes it only if `holder` ([`FenceHold::holder`]) still holds
+    /// them: for a set made while holding them ([`Store::hold_fences`]),
+    /// so that a set of another server made before it fails.
+    pub fn bump_fences(&mut self, fences: impl IntoIterator<Item = u32>, holder: Option<u64>) {
+        self.bumps.extend(fences.into_iter().map(|f| (f, holder)));
     }
 
-    /// The fences the set moves on.
-    pub fn fence_bumps(&self) -> &[u32] {
+    /// The fences the set moves on, with their holders.
+    pub fn fence_bumps(&self) -> &[(u32, Option<u64>)] {
         &self.bumps
     }
 }
 
 /// Fences held by [`Store::hold_fences`], let go when dropped.
-pub struct FenceHold(Option<Box<dyn FnOnce() + Send>>);
+pub struct FenceHold {
+    release: Option<Box<dyn FnOnce() + Send>>,
+    holder: Option<u64>,
+}
 
 impl FenceHold {
     /// Nothing held (a store of its own).
     pub fn none() -> Self {
-        FenceHold(None)
+        FenceHold {
+            release: None,
+            holder: None,
+        }
     }
 
-    /// Held until `release` runs, when this is dropped.
-    pub fn new(release: impl FnOnce() + Send + 'static) -> Self {
-        FenceHold(Some(Box::new(release)))
+    /// Held by `holder` (what the store knows the hold by) until `release`
+    /// runs, when this is dropped.
+    pub fn new(holder: u64, release: impl FnOnce() + Send + 'static) -> Self {
+        FenceHold {
+            release: Some(Box::new(release)),
+            holder: Some(holder),
+        }
+    }
+
+    /// What the store knows the hold by, for [`WriteSet::bump_fences`].
+    pub fn holder(&self) -> Option<u64> {
+        self.holder
     }
 }
 
 impl std::fmt::Debug for FenceHold {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("FenceHold").field(&self.0.is_some()).finish()
+        f.debug_struct("FenceHold")
+            .field("holder", &self.holder)
+            .finish()
     }
 }
 
 impl Drop for FenceHold {
     fn drop(&mut self) {
-        if let Some(release) = self.0.take() {
+        if let Some(release) = self.release.take() {
             release();
         }
     }

@@ -17,11 +17,20 @@
 //!   waits for the set or makes it fail, never lands between.
 //! - **Fences** ([`Store::hold_fences`]): a hold is session advisory locks
 //!   (one per fence, taken in ascending order) on a pooled connection,
-//!   given back by `pg_advisory_unlock_all` (or the connection dropped);
-//!   a set that expects fences takes each one's transaction lock shared
-//!   without waiting (held elsewhere: `Error::Conflict`), then reads their
-//!   epochs from `vault_fences` in a later statement (so it sees a
-//!   holder's commit), and a set that bumps them moves those rows on.
+//!   given back by `pg_advisory_unlock_all` (or the connection dropped).
+//!   Taking a hold and letting it go each move the fences' epochs (in
+//!   `vault_fences`) on, so a set made before either never passes, even
+//!   when the holder's own write failed. A set that expects fences takes
+//!   each one's transaction lock shared without waiting (held elsewhere:
+//!   `Error::Conflict`), then reads their epochs in a later statement (so
+//!   it sees a holder's commit). A set that bumps them moves them on too,
+//!   and is written only if its holder's session still holds them
+//!   (`pg_locks`): a hold lost with its connection (a failover, a
+//!   terminated session) fails the holder's write rather than let it
+//!   land after writes it no longer kept out.
+//! - **Isolation.** Every write is a `READ COMMITTED` transaction,
+//!   whatever the database's default: the fence and condition checks rely
+//!   on each statement seeing what committed before it.
 //! - **Blocking calls over an async driver.** `tokio-postgres` runs on a
 //!   small runtime of the store's own; each [`Store`] call hands its work
 //!   to it and waits. A caller on another runtime's worker (the record
@@ -146,8 +155,12 @@ const FENCE_TABLE: &str = "vault_fences";
 /// the fence): a key space apart from the one-key locks above.
 const FENCE_LOCKS: i32 = 0x7661_7566;
 
-/// How long a fence hold waits for other holders.
+/// How long a fence hold waits for other holders, in all.
 const FENCE_WAIT: Duration = Duration::from_secs(10);
+
+/// Moves fences (`$1`) on to their next epoch.
+const BUMP_FENCES: &str = "INSERT INTO vault_fences AS t (f, epoch) \
+     SELECT f, 1 FROM UNNEST($1::int4[]) AS f ON CONFLICT (f) DO UPDATE SET epoch = t.epoch + 1";
 
 /// The smallest key greater than every key starting with `prefix`, or
 /// `None` when there is none (a prefix of only `0xFF` bytes).
@@ -551,11 +564,18 @@ impl Store for PgStore {
         let conditions = set.conditions().to_vec();
         let keyring_generations = set.keyring_conditions().to_vec();
         let fences = set.fence_conditions().to_vec();
-        let bumps = fence_ids(set.fence_bumps())?;
+        let mut bumps = set.fence_bumps().to_vec();
+        bumps.sort_unstable();
+        bumps.dedup();
         let pool = self.pool.clone();
         self.run(async move {
             let mut client = pool.get().await.map_err(pool_err)?;
-            let tx = client.transaction().await.map_err(pg_err)?;
+            let tx = client
+                .build_transaction()
+                .isolation_level(tokio_postgres::IsolationLevel::ReadCommitted)
+                .start()
+                .await
+                .map_err(pg_err)?;
             // Whatever the database's default: a synced write waits for the
             // WAL flush (and the synchronous standbys').
             tx.batch_execute(if synced {
@@ -576,15 +596,7 @@ impl Store for PgStore {
                 check_fences(&tx, fences).await?;
             }
             if !bumps.is_empty() {
-                let stmt = tx
-                    .prepare_cached(&format!(
-                        "INSERT INTO {FENCE_TABLE} AS t (f, epoch) \
-                         SELECT f, 1 FROM UNNEST($1::int4[]) AS f \
-                         ON CONFLICT (f) DO UPDATE SET epoch = t.epoch + 1"
-                    ))
-                    .await
-                    .map_err(pg_err)?;
-                tx.execute(&stmt, &[&bumps]).await.map_err(pg_err)?;
+                bump_held_fences(&tx, &bumps).await?;
             }
             for (slot, table) in Table::ALL.iter().enumerate() {
                 let name = table_name(*table);
@@ -768,10 +780,14 @@ impl Store for PgStore {
             let mut client = pool.get().await.map_err(pool_err)?;
             let taken = async {
                 // Session locks taken in a transaction outlive it; its
-                // lock timeout does not.
-                let tx = client.transaction().await?;
+                // timeout does not.
+                let tx = client
+                    .build_transaction()
+                    .isolation_level(tokio_postgres::IsolationLevel::ReadCommitted)
+                    .start()
+                    .await?;
                 tx.batch_execute(&format!(
-                    "SET LOCAL lock_timeout = '{}ms'",
+                    "SET LOCAL statement_timeout = '{}ms'",
                     FENCE_WAIT.as_millis()
                 ))
                 .await?;
@@ -782,15 +798,21 @@ impl Store for PgStore {
                     &[&FENCE_LOCKS, &ids],
                 )
                 .await?;
-                tx.commit().await
+                tx.execute(BUMP_FENCES, &[&ids]).await?;
+                let pid: i32 = tx
+                    .query_one("SELECT pg_backend_pid()", &[])
+                    .await?
+                    .try_get(0)?;
+                tx.commit().await?;
+                Ok::<_, tokio_postgres::Error>(pid)
             }
             .await;
             match taken {
-                Ok(()) => Ok(client),
+                Ok(pid) => Ok((client, ids, pid)),
                 Err(e) => {
                     // The session may hold some of them: it ends.
                     drop(deadpool_postgres::Object::take(client));
-                    if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) {
+                    if e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED) {
                         tracing::warn!("subject fences stayed held by another server");
                         Err(Error::Conflict)
                     } else {
@@ -799,14 +821,19 @@ impl Store for PgStore {
                 }
             }
         })?;
-        Ok(FenceHold::new(move || {
+        let (held, ids, pid) = held;
+        Ok(FenceHold::new(u64::from(pid.unsigned_abs()), move || {
             let (tx, rx) = std::sync::mpsc::sync_channel(1);
             handle.spawn(async move {
-                if held
-                    .batch_execute("SELECT pg_advisory_unlock_all()")
-                    .await
-                    .is_err()
-                {
+                // Moved on once more: a set made while they were held
+                // fails even if the holder's own write did not happen.
+                let released = async {
+                    held.execute(BUMP_FENCES, &[&ids]).await?;
+                    held.batch_execute("SELECT pg_advisory_unlock_all()").await
+                }
+                .await;
+                if let Err(e) = released {
+                    tracing::warn!(error = %e, "could not let go of subject fences; closing their session");
                     // Closing the session lets go of its locks.
                     drop(deadpool_postgres::Object::take(held));
                 }
@@ -847,6 +874,52 @@ fn epochs_of(rows: &[tokio_postgres::Row]) -> Result<std::collections::HashMap<u
             }
         })
         .collect()
+}
+
+/// Moves the fences of a holder's set on, inside its transaction, after
+/// checking that each holder's session still holds its fences.
+async fn bump_held_fences(
+    tx: &deadpool_postgres::Transaction<'_>,
+    bumps: &[(u32, Option<u64>)],
+) -> Result<()> {
+    let mut holders: Vec<Option<u64>> = bumps.iter().map(|(_, h)| *h).collect();
+    holders.sort_unstable();
+    holders.dedup();
+    for holder in holders {
+        let mine: Vec<u32> = bumps
+            .iter()
+            .filter(|(_, h)| *h == holder)
+            .map(|(f, _)| *f)
+            .collect();
+        let ids: Vec<i64> = fence_ids(&mine)?.into_iter().map(i64::from).collect();
+        let pid = holder
+            .and_then(|h| i32::try_from(h).ok())
+            .ok_or_else(|| Error::Storage("fences bumped without a hold".into()))?;
+        let stmt = tx
+            .prepare_cached(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' \
+                 AND classid::int8 = $1 AND objid::int8 = ANY($2::int8[]) AND objsubid = 2 \
+                 AND pid = $3 AND mode = 'ExclusiveLock' AND granted",
+            )
+            .await
+            .map_err(pg_err)?;
+        let row = tx
+            .query_one(&stmt, &[&i64::from(FENCE_LOCKS), &ids, &pid])
+            .await
+            .map_err(pg_err)?;
+        let held: i64 = row.try_get(0).map_err(pg_err)?;
+        if usize::try_from(held).ok() != Some(ids.len()) {
+            tracing::warn!("a hold of subject fences was lost with its session; its write fails");
+            return Err(Error::Conflict);
+        }
+    }
+    let all: Vec<u32> = bumps.iter().map(|(f, _)| *f).collect();
+    let mut ids = fence_ids(&all)?;
+    ids.sort_unstable();
+    ids.dedup();
+    let stmt = tx.prepare_cached(BUMP_FENCES).await.map_err(pg_err)?;
+    tx.execute(&stmt, &[&ids]).await.map_err(pg_err)?;
+    Ok(())
 }
 
 /// Checks a set's fences inside its transaction: none held by another
