@@ -48,7 +48,7 @@ async fn custody(vault: &TestVault, args: &[&str]) -> Run {
 
 /// The keys of the forward rows of the index, and the index-key version
 /// of every reverse row, of a stopped vault's data folder.
-async fn index_rows(dir: &std::path::Path) -> (BTreeSet<Vec<u8>>, Vec<u32>) {
+pub(crate) async fn index_rows(dir: &std::path::Path) -> (BTreeSet<Vec<u8>>, Vec<u32>) {
     let store = vault_tests::raw_store(dir).await;
     tokio::task::spawn_blocking(move || {
         let mut forward = BTreeSet::new();

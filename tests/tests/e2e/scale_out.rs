@@ -757,3 +757,91 @@ async fn erasures_through_one_server_leave_no_write_through_the_other_under_a_de
     a.stop_beside_others().await;
     b.stop_beside_others().await;
 }
+
+/// The blind-index key rotated through one server while new records of
+/// known subjects (their keys made before) are written through the other,
+/// which takes the rotation up at its next sync (within a second) or when
+/// one of its writes meets it: once the rebuild has ended, no index row of
+/// the old key is left, and every record is found through both servers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_key_rotation_through_one_server_leaves_no_old_rows_from_the_other() {
+    if vault_tests::skip_without_postgres() {
+        return;
+    }
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = pair(a_dir.path(), b_dir.path(), 0).await;
+    let (ca, cb) = (a.client().await, b.client().await);
+    ca.create_collection(&crate::search::people())
+        .await
+        .unwrap();
+    for n in 0..20 {
+        cb.put(&crate::search::person(
+            &format!("p{n}"),
+            &format!("s{n}"),
+            "x@example.eu",
+            1,
+        ))
+        .await
+        .unwrap();
+        // Subjects whose keys b has made, and whose fences no rebuild
+        // batch will hold (their records are not indexed).
+        cb.put(&user(&format!("u{n}"), &format!("t{n}")))
+            .await
+            .unwrap();
+    }
+    let person = |n: usize| {
+        crate::search::person(
+            &format!("q{n}"),
+            &format!("t{}", n % 20),
+            &format!("a{n}@example.eu"),
+            1,
+        )
+    };
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (cb, done) = (cb.clone(), done.clone());
+        tokio::spawn(async move {
+            let mut n = 0;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) || n < 20 {
+                cb.put(&person(n)).await.unwrap();
+                n += 1;
+            }
+            n
+        })
+    };
+    let custodian = a.custodian().await;
+    assert_eq!(custodian.rotate_index_key().await.unwrap(), 2);
+    within(Duration::from_secs(20), "the rebuild ends", || async {
+        custodian.reindex_status().await.unwrap().finished
+    })
+    .await;
+    // Writes through b go on until b has taken the rotation up.
+    let custodian_b = b.custodian().await;
+    within(
+        Duration::from_secs(10),
+        "b takes the rotation up",
+        || async { custodian_b.reindex_status().await.unwrap().target_version == 2 },
+    )
+    .await;
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let writes = writer.await.unwrap();
+    let (_, versions) = crate::reindex::index_rows(a_dir.path()).await;
+    assert!(!versions.is_empty());
+    assert!(
+        versions.iter().all(|v| *v == 2),
+        "index rows of the old key after {writes} writes through b: {versions:?}"
+    );
+    for n in 0..writes {
+        for c in [&ca, &cb] {
+            let found = c
+                .find("people", "email", &format!("a{n}@example.eu"), &[], 10)
+                .await
+                .unwrap();
+            assert_eq!(found.len(), 1, "a{n}: {found:?}");
+            assert_eq!(found[0].id, format!("q{n}"));
+        }
+    }
+    drop((ca, cb, custodian, custodian_b));
+    a.stop_beside_others().await;
+    b.stop_beside_others().await;
+}
