@@ -29,6 +29,9 @@
 //! backend = "postgres"                       # "rocksdb" (default) or "postgres"
 //! postgres_url = "host=10.0.0.5,10.0.0.6 port=5432 user=vault dbname=vault target_session_attrs=read-write"
 //! postgres_pool_size = 16                    # connections per server
+//! postgres_ca_file = "/etc/vault/pg-ca.pem"   # with sslmode=require in postgres_url;
+//!                                            # else the system's roots
+//! postgres_allow_plaintext = false           # true: no TLS to a host that is not loopback
 //!
 //! [retention]                                # collections' time to live; optional
 //! sweep_interval_seconds = 60                # how often expired records are purged; 0: never
@@ -211,6 +214,11 @@ pub struct StorageConfig {
     pub postgres_url: Option<String>,
     /// Connections each server keeps to PostgreSQL.
     pub postgres_pool_size: Option<usize>,
+    /// The CA certificates (PEM) the database's certificate must chain to
+    /// (with `sslmode=require` in the connection string).
+    pub postgres_ca_file: Option<PathBuf>,
+    /// Allows a plain connection to a host other than loopback.
+    pub postgres_allow_plaintext: Option<bool>,
 }
 
 impl std::fmt::Debug for StorageConfig {
@@ -219,6 +227,8 @@ impl std::fmt::Debug for StorageConfig {
         f.debug_struct("StorageConfig")
             .field("backend", &self.backend)
             .field("postgres_pool_size", &self.postgres_pool_size)
+            .field("postgres_ca_file", &self.postgres_ca_file)
+            .field("postgres_allow_plaintext", &self.postgres_allow_plaintext)
             .finish_non_exhaustive()
     }
 }
@@ -245,10 +255,19 @@ impl StorageConfig {
     ) -> Result<Option<PgOptions>, String> {
         match (self.backend, &self.postgres_url) {
             (None | Some(BackendConfig::Rocksdb), None) => {
-                if self.postgres_pool_size.is_some() {
-                    return Err(
-                        "storage.postgres_pool_size is set but the backend is not postgres".into(),
-                    );
+                for (set, key) in [
+                    (self.postgres_pool_size.is_some(), "postgres_pool_size"),
+                    (self.postgres_ca_file.is_some(), "postgres_ca_file"),
+                    (
+                        self.postgres_allow_plaintext.is_some(),
+                        "postgres_allow_plaintext",
+                    ),
+                ] {
+                    if set {
+                        return Err(format!(
+                            "storage.{key} is set but the backend is not postgres"
+                        ));
+                    }
                 }
                 Ok(None)
             }
@@ -283,6 +302,8 @@ impl StorageConfig {
                     }
                     o.pool_size = n;
                 }
+                o.ca_file = self.postgres_ca_file.clone();
+                o.allow_plaintext = self.postgres_allow_plaintext.unwrap_or(false);
                 Ok(Some(o))
             }
         }
@@ -814,6 +835,18 @@ roles = ["reader"]
         .postgres
         .unwrap();
         assert_eq!((pg.pool_size, pg.sync_writes), (4, true));
+        assert_eq!((pg.ca_file.as_deref(), pg.allow_plaintext), (None, false));
+        let pg = with(
+            "backend = \"postgres\"\npostgres_url = \"host=a sslmode=require\"\n\
+             postgres_ca_file = \"/etc/pg-ca.pem\"\npostgres_allow_plaintext = true",
+        )
+        .unwrap()
+        .postgres
+        .unwrap();
+        assert_eq!(
+            (pg.ca_file.as_deref(), pg.allow_plaintext),
+            (Some(Path::new("/etc/pg-ca.pem")), true)
+        );
         let apart = Config::parse(&format!(
             "keyring_file = \"/k\"\n{GOOD}\n[storage]\nbackend = \"postgres\"\npostgres_url = \"host=a\"\n"
         ))
@@ -824,6 +857,8 @@ roles = ["reader"]
         assert!(err("backend = \"postgres\"").contains("needs storage.postgres_url"));
         assert!(err("postgres_url = \"host=a\"").contains("backend is not"));
         assert!(err("postgres_pool_size = 3").contains("not postgres"));
+        assert!(err("postgres_ca_file = \"/etc/ca.pem\"").contains("not postgres"));
+        assert!(err("postgres_allow_plaintext = true").contains("not postgres"));
         assert!(err("backend = \"mysql\"").contains("backend"));
         let bad =
             err("backend = \"postgres\"\npostgres_url = \"host=a password=hunter2 nonsense\"");

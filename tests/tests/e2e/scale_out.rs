@@ -845,3 +845,203 @@ async fn an_index_key_rotation_through_one_server_leaves_no_old_rows_from_the_ot
     a.stop_beside_others().await;
     b.stop_beside_others().await;
 }
+
+/// A PostgreSQL of this test's own, stopped when dropped.
+struct OwnPostgres {
+    dir: tempfile::TempDir,
+    url: String,
+}
+
+impl OwnPostgres {
+    fn start() -> OwnPostgres {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../scripts/pg-test-server"
+        ))
+        .arg("start")
+        .arg(dir.path().join("pg"))
+        .output()
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let url = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        OwnPostgres { dir, url }
+    }
+
+    /// Puts `file` in the cluster's data folder, readable by the server
+    /// only (as PostgreSQL asks of its key).
+    fn put(&self, name: &str, text: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.dir.path().join("pg/data").join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        // As root, the server runs as the `postgres` user.
+        if nix_is_root() {
+            let status = std::process::Command::new("chown")
+                .arg("postgres:")
+                .arg(&path)
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+    }
+}
+
+fn nix_is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
+}
+
+impl Drop for OwnPostgres {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../scripts/pg-test-server"
+        ))
+        .arg("stop")
+        .arg(self.dir.path().join("pg"))
+        .status();
+    }
+}
+
+/// A CA and a certificate (with its key) it issued for 127.0.0.1.
+fn database_certificate() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+    let cert = leaf.signed_by(&key, &issuer).unwrap().pem();
+    (ca_pem, cert, key.serialize_pem())
+}
+
+/// With `sslmode=require` every connection to the database is TLS, whose
+/// certificate must chain to the configured CA and name the host: a vault
+/// runs over it end to end; another CA, or another host name, is refused
+/// with a message that says TLS failed and why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_to_postgres_is_tls_checked_against_the_configured_ca() {
+    use vault_server::storage::{PgStore, Store, Table, WriteSet};
+    if vault_tests::skip_without_postgres() {
+        return;
+    }
+    let pg = tokio::task::spawn_blocking(OwnPostgres::start)
+        .await
+        .unwrap();
+    let (ca, cert, key) = database_certificate();
+    pg.put("server.crt", &cert);
+    pg.put("server.key", &key);
+    let (client, connection) = tokio_postgres::connect(&pg.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .batch_execute("ALTER SYSTEM SET ssl = on")
+        .await
+        .unwrap();
+    client
+        .batch_execute("SELECT pg_reload_conf()")
+        .await
+        .unwrap();
+    let client = std::sync::Arc::new(client);
+    within(Duration::from_secs(10), "TLS is on", || {
+        let client = client.clone();
+        async move {
+            let row = client.query_one("SHOW ssl", &[]).await.unwrap();
+            row.get::<_, String>(0) == "on"
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca).unwrap();
+    let other_ca = dir.path().join("other-ca.pem");
+    std::fs::write(&other_ca, database_certificate().0).unwrap();
+    let pg_options = |url: String, ca: &std::path::Path| {
+        let mut o = PgOptions::new(url);
+        o.ca_file = Some(ca.to_owned());
+        o
+    };
+    let tls_url = format!("{} sslmode=require application_name=vaulttls", pg.url);
+
+    // The store speaks TLS, every connection of it.
+    let opened = {
+        let o = pg_options(tls_url.clone(), &ca_file);
+        tokio::task::spawn_blocking(move || {
+            let store = PgStore::open(&o).unwrap();
+            let mut ws = WriteSet::new();
+            ws.put(Table::Meta, b"over tls".to_vec(), b"yes".to_vec());
+            store.write(ws).unwrap();
+            let read = store.get(Table::Meta, b"over tls").unwrap();
+            (store, read)
+        })
+        .await
+        .unwrap()
+    };
+    assert_eq!(opened.1.as_deref(), Some(&b"yes"[..]));
+    let row = client
+        .query_one(
+            "SELECT count(*), bool_and(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a \
+             USING (pid) WHERE a.application_name = 'vaulttls'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (sessions, all_tls): (i64, Option<bool>) = (row.get(0), row.get(1));
+    assert!(
+        sessions >= 1 && all_tls == Some(true),
+        "{sessions} {all_tls:?}"
+    );
+    drop(opened);
+
+    // A certificate of another CA, or for another name: refused.
+    for (url, ca, why) in [
+        // (Both test CAs have one name: the signature is what fails.)
+        (
+            tls_url.clone(),
+            other_ca.as_path(),
+            "invalid peer certificate",
+        ),
+        (
+            tls_url.replace("host=127.0.0.1", "host=localhost"),
+            ca_file.as_path(),
+            "not valid for name",
+        ),
+    ] {
+        let o = pg_options(url, ca);
+        let refused = tokio::task::spawn_blocking(move || PgStore::open(&o).err())
+            .await
+            .unwrap();
+        match refused {
+            Some(vault_server::Error::Unavailable(m)) => {
+                assert!(
+                    m.contains("TLS to the vault's database failed") && m.contains(why),
+                    "{m}"
+                )
+            }
+            other => panic!("expected a TLS failure, got {other:?}"),
+        }
+    }
+
+    // A vault over it, end to end.
+    let vault_dir = tempfile::tempdir().unwrap();
+    let mut opts = options(vault_dir.path(), &tls_url, 0);
+    if let Some(pg) = opts.postgres.as_mut() {
+        pg.ca_file = Some(ca_file.clone());
+    }
+    let vault = TestVault::start_dev_with(opts).await.unwrap();
+    let c = vault.client().await;
+    c.put(&user("t1", "tls")).await.unwrap();
+    assert_eq!(c.get("users", "t1").await.unwrap(), user("t1", "tls"));
+    drop(c);
+    vault.stop_beside_others().await;
+}

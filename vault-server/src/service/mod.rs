@@ -11,7 +11,7 @@ mod convert;
 mod custody;
 mod metrics;
 mod requests;
-mod tls;
+pub(crate) mod tls;
 mod vault;
 
 use std::future::Future;

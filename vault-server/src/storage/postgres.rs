@@ -28,6 +28,13 @@
 //!   (`pg_locks`): a hold lost with its connection (a failover, a
 //!   terminated session) fails the holder's write rather than let it
 //!   land after writes it no longer kept out.
+//! - **Encryption in transit.** With `sslmode=require` in the connection
+//!   string every connection speaks TLS (rustls, `ring`), and the
+//!   database's certificate must chain to the configured CA file (else the
+//!   system's roots) and name the host connected to: stricter than libpq's
+//!   `require`, which checks neither. Without it the connection is plain,
+//!   which [`PgStore::open`] refuses for any host but loopback or a Unix
+//!   socket unless the options allow it.
 //! - **Isolation.** Every write is a `READ COMMITTED` transaction,
 //!   whatever the database's default: the fence and condition checks rely
 //!   on each statement seeing what committed before it.
@@ -38,6 +45,7 @@
 //!   misses the cache.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -60,6 +68,12 @@ pub struct PgOptions {
     pub sync_writes: bool,
     /// How long a request waits for a connection (or to make one).
     pub connect_timeout: Duration,
+    /// The CA certificates (PEM) the database's certificate must chain to,
+    /// with `sslmode=require`; `None`: the system's roots.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Connect without TLS to hosts other than loopback (a private network
+    /// the operator vouches for).
+    pub allow_plaintext: bool,
 }
 
 impl std::fmt::Debug for PgOptions {
@@ -68,6 +82,8 @@ impl std::fmt::Debug for PgOptions {
         f.debug_struct("PgOptions")
             .field("pool_size", &self.pool_size)
             .field("sync_writes", &self.sync_writes)
+            .field("ca_file", &self.ca_file)
+            .field("allow_plaintext", &self.allow_plaintext)
             .finish_non_exhaustive()
     }
 }
@@ -80,8 +96,136 @@ impl PgOptions {
             pool_size: 16,
             sync_writes: true,
             connect_timeout: Duration::from_secs(10),
+            ca_file: None,
+            allow_plaintext: false,
         }
     }
+}
+
+/// How connections to the database are made: TLS as configured, or plain.
+#[derive(Clone)]
+enum Tls {
+    Plain,
+    Rustls(tokio_postgres_rustls::MakeRustlsConnect),
+}
+
+impl Tls {
+    /// From the connection string's `sslmode` and the options: TLS with a
+    /// verifying rustls client for `require`; plain otherwise, refused for a
+    /// host that is neither loopback nor a Unix socket unless the options
+    /// allow it.
+    fn of(config: &tokio_postgres::Config, options: &PgOptions) -> Result<Tls> {
+        use tokio_postgres::config::{Host, SslMode};
+        if config.get_ssl_mode() != SslMode::Require {
+            if options.ca_file.is_some() {
+                return Err(Error::Config(
+                    "storage.postgres_ca_file is set but the connection string does not say \
+                     sslmode=require"
+                        .into(),
+                ));
+            }
+            let remote = config.get_hosts().iter().find_map(|h| match h {
+                Host::Tcp(name) if !is_loopback(name) => Some(name.clone()),
+                _ => None,
+            });
+            if let (Some(host), false) = (remote, options.allow_plaintext) {
+                return Err(Error::Config(format!(
+                    "the connection to the PostgreSQL host {host} would not be encrypted: add \
+                     sslmode=require to storage.postgres_url (the database's certificate is \
+                     checked against storage.postgres_ca_file, or the system's roots), or set \
+                     storage.postgres_allow_plaintext = true for a network you trust"
+                )));
+            }
+            return Ok(Tls::Plain);
+        }
+        let mut roots = rustls::RootCertStore::empty();
+        match &options.ca_file {
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|e| {
+                    Error::io(
+                        format!("reading storage.postgres_ca_file {}", path.display()),
+                        e,
+                    )
+                })?;
+                let certs = crate::service::tls::certificates(&pem).map_err(|e| {
+                    Error::Config(format!("storage.postgres_ca_file {}: {e}", path.display()))
+                })?;
+                for cert in certs {
+                    roots.add(cert).map_err(|e| {
+                        Error::Config(format!(
+                            "storage.postgres_ca_file {}: a certificate is not a usable trust \
+                             anchor: {e}",
+                            path.display()
+                        ))
+                    })?;
+                }
+            }
+            None => {
+                let found = rustls_native_certs::load_native_certs();
+                for cert in found.certs {
+                    // A system root rustls cannot use is passed over.
+                    let _ = roots.add(cert);
+                }
+                if roots.is_empty() {
+                    return Err(Error::Config(
+                        "sslmode=require, but the system has no CA certificates: set \
+                         storage.postgres_ca_file"
+                            .into(),
+                    ));
+                }
+            }
+        }
+        let client =
+            rustls::ClientConfig::builder_with_provider(Arc::new(crate::service::tls::provider()))
+                .with_safe_default_protocol_versions()
+                .map_err(|e| Error::Config(format!("TLS to PostgreSQL: {e}")))?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        Ok(Tls::Rustls(tokio_postgres_rustls::MakeRustlsConnect::new(
+            client,
+        )))
+    }
+
+    /// A pool manager over `config`.
+    fn manager(&self, config: tokio_postgres::Config) -> Manager {
+        let mc = || ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        match self {
+            Tls::Plain => Manager::from_config(config, NoTls, mc()),
+            Tls::Rustls(t) => Manager::from_config(config, t.clone(), mc()),
+        }
+    }
+
+    /// A connection of its own (a session that holds a lock), its
+    /// connection task spawned.
+    async fn connect(
+        &self,
+        config: &tokio_postgres::Config,
+    ) -> std::result::Result<tokio_postgres::Client, tokio_postgres::Error> {
+        match self {
+            Tls::Plain => {
+                let (client, connection) = config.connect(NoTls).await?;
+                tokio::spawn(connection);
+                Ok(client)
+            }
+            Tls::Rustls(t) => {
+                let (client, connection) = config.connect(t.clone()).await?;
+                tokio::spawn(connection);
+                Ok(client)
+            }
+        }
+    }
+}
+
+/// Whether a host name or address is this machine's loopback.
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Tables of bytes in PostgreSQL.
@@ -91,6 +235,8 @@ pub struct PgStore {
     runtime: Option<tokio::runtime::Runtime>,
     pool: Pool,
     config: tokio_postgres::Config,
+    /// How sessions of their own (the leader's, the appender's) connect.
+    tls: Tls,
     /// The connection holding the leader lock, while this server leads.
     leader: std::sync::Mutex<Option<tokio_postgres::Client>>,
     /// The connection that takes the audit append lock (one audit writer
@@ -209,12 +355,38 @@ fn pg_err(e: tokio_postgres::Error) -> Error {
             Error::Unavailable(UNREACHABLE.into())
         }
         Some(_) => Error::Storage(e.to_string()),
+        None if tls_failure(&e).is_some() => {
+            let why = tls_failure(&e).unwrap_or_default();
+            tracing::warn!(error = %e, "TLS to the database failed");
+            Error::Unavailable(format!(
+                "TLS to the vault's database failed ({why}): check storage.postgres_ca_file and \
+                 the database's certificate"
+            ))
+        }
         None if e.is_closed() || e.as_db_error().is_none() => {
             tracing::warn!(error = %e, "the database connection failed");
             Error::Unavailable(UNREACHABLE.into())
         }
         None => Error::Storage(e.to_string()),
     }
+}
+
+/// The TLS error under a driver error, if it is one (a certificate that
+/// does not verify, a handshake refused).
+fn tls_failure(e: &tokio_postgres::Error) -> Option<String> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(t) = s.downcast_ref::<rustls::Error>() {
+            return Some(t.to_string());
+        }
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            if let Some(t) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                return Some(t.to_string());
+            }
+        }
+        source = s.source();
+    }
+    None
 }
 
 /// What a request answers when the database cannot be reached.
@@ -260,19 +432,14 @@ impl PgStore {
             config.connect_timeout(options.connect_timeout);
         }
         let target = describe(&config);
+        let tls = Tls::of(&config, options)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("vault-pg")
             .enable_all()
             .build()
             .map_err(|e| Error::io("starting the PostgreSQL driver's runtime", e))?;
-        let manager = Manager::from_config(
-            config.clone(),
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let manager = tls.manager(config.clone());
         let pool = Pool::builder(manager)
             .max_size(options.pool_size.max(1))
             .runtime(deadpool_postgres::Runtime::Tokio1)
@@ -290,16 +457,18 @@ impl PgStore {
             runtime: Some(runtime),
             pool,
             config,
+            tls,
             leader: std::sync::Mutex::new(None),
             appender: std::sync::Mutex::new(None),
             sync_writes: options.sync_writes,
             target,
         };
         store.create_tables().map_err(|e| match e {
-            Error::Unavailable(_) => Error::Unavailable(format!(
+            Error::Unavailable(m) if m == UNREACHABLE => Error::Unavailable(format!(
                 "cannot reach the vault's database at {}",
                 store.target
             )),
+            Error::Unavailable(m) => Error::Unavailable(format!("{m} (database {})", store.target)),
             Error::Storage(m) => Error::Storage(format!(
                 "cannot set up the vault's tables at {}: {m}",
                 store.target
@@ -632,6 +801,7 @@ impl Store for PgStore {
         let mut held = self.leader.lock().unwrap_or_else(|p| p.into_inner());
         let client = held.take();
         let config = self.config.clone();
+        let tls = self.tls.clone();
         let timeout = Duration::from_secs(5);
         let (client, leads) = self.run(async move {
             // Still connected: still the leader (the lock lives as long as
@@ -643,13 +813,12 @@ impl Store for PgStore {
                 }
                 tracing::warn!("lost the connection that held the leader lock");
             }
-            let connected = tokio::time::timeout(timeout, config.connect(NoTls)).await;
-            let (client, connection) = match connected {
-                Ok(Ok(pair)) => pair,
+            let connected = tokio::time::timeout(timeout, tls.connect(&config)).await;
+            let client = match connected {
+                Ok(Ok(client)) => client,
                 Ok(Err(e)) => return Err(pg_err(e)),
                 Err(_) => return Err(Error::Unavailable(UNREACHABLE.into())),
             };
-            tokio::spawn(connection);
             // Pinged every second while it leads; a session whose server
             // vanished ends within a minute, and the lock with it.
             let _ = client
@@ -679,12 +848,12 @@ impl Store for PgStore {
         let mut held = self.appender.lock().unwrap_or_else(|p| p.into_inner());
         let client = held.take();
         let config = self.config.clone();
+        let tls = self.tls.clone();
         let client = self.run(async move {
             let client = match client {
                 Some(c) if !c.is_closed() => c,
                 _ => {
-                    let (c, connection) = config.connect(NoTls).await.map_err(pg_err)?;
-                    tokio::spawn(connection);
+                    let c = tls.connect(&config).await.map_err(pg_err)?;
                     // A session whose client vanished ends (and its lock
                     // with it) within a minute, whatever the kernel does.
                     let _ = c.batch_execute("SET idle_session_timeout = '60s'").await;
@@ -1148,6 +1317,81 @@ mod tests {
         assert_eq!(c.puts[r], (vec![b"b".to_vec()], vec![b"2".to_vec()]));
         let a = table_slot(Table::Audit);
         assert_eq!(c.puts[a], (vec![b"a".to_vec()], vec![b"3".to_vec()]));
+    }
+
+    /// The TLS choice for `url` with `options` set by `set`.
+    fn tls(url: &str, set: impl FnOnce(&mut PgOptions)) -> Result<&'static str> {
+        let mut o = PgOptions::new(url);
+        set(&mut o);
+        let config: tokio_postgres::Config = url.parse().unwrap();
+        Tls::of(&config, &o).map(|t| match t {
+            Tls::Plain => "plain",
+            Tls::Rustls(_) => "tls",
+        })
+    }
+
+    fn config_error(r: Result<&'static str>) -> String {
+        match r {
+            Err(Error::Config(m)) => m,
+            other => panic!("expected a configuration error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_plain_connection_is_refused_beyond_loopback_and_tls_verifies_against_the_ca() {
+        // Loopback and Unix sockets may be plain.
+        for url in [
+            "host=127.0.0.1 user=v",
+            "host=localhost user=v",
+            "host=::1 user=v",
+            "host=/run/postgresql user=v",
+            "postgresql://v@127.0.0.1:5433/vault",
+        ] {
+            assert_eq!(tls(url, |_| {}).unwrap(), "plain", "{url}");
+        }
+        // Another host: refused, naming it and what to do, unless allowed.
+        for url in [
+            "host=10.0.0.5 user=v",
+            "host=127.0.0.1,db.example.eu user=v",
+            "host=db.example.eu sslmode=prefer user=v",
+        ] {
+            let m = config_error(tls(url, |_| {}));
+            assert!(
+                m.contains("would not be encrypted") && m.contains("sslmode=require"),
+                "{m}"
+            );
+            assert_eq!(tls(url, |o| o.allow_plaintext = true).unwrap(), "plain");
+        }
+        // A CA file without sslmode=require says so.
+        let m = config_error(tls("host=127.0.0.1 user=v", |o| {
+            o.ca_file = Some("/nowhere/ca.pem".into())
+        }));
+        assert!(m.contains("sslmode=require"), "{m}");
+        // With sslmode=require: the CA file is read and checked.
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("bad.pem");
+        std::fs::write(&bad, "not a certificate").unwrap();
+        let m = config_error(tls("host=db.example.eu sslmode=require user=v", |o| {
+            o.ca_file = Some(bad.clone())
+        }));
+        assert!(m.contains("bad.pem"), "{m}");
+        match tls("host=db.example.eu sslmode=require user=v", |o| {
+            o.ca_file = Some(dir.path().join("missing.pem"))
+        }) {
+            Err(Error::Io { context, .. }) => assert!(context.contains("missing.pem"), "{context}"),
+            other => panic!("{other:?}"),
+        }
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, params.self_signed(&key).unwrap().pem()).unwrap();
+        assert_eq!(
+            tls("host=db.example.eu sslmode=require user=v", |o| o.ca_file =
+                Some(ca.clone()))
+            .unwrap(),
+            "tls"
+        );
     }
 
     #[test]
