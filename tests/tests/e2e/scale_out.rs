@@ -563,7 +563,7 @@ async fn fences_keep_other_servers_writes_out_while_held_and_after() {
         drop(held);
         // Out of range.
         assert!(matches!(
-            two.hold_fences(&[vault_server::storage::FENCES]),
+            two.hold_fences(&[vault_server::storage::INDEX_FENCE + 1]),
             Err(Error::Storage(_))
         ));
         let mut ws = WriteSet::new();

@@ -24,6 +24,9 @@ use crate::storage::{
 };
 use crate::{Error, Result};
 
+/// Tries of an erasure's write on a shared store (see `erase_subject`).
+const ERASE_ATTEMPTS: u32 = 3;
+
 /// One root key version, as custodians see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RootKeyInfo {
@@ -431,73 +434,91 @@ impl Engine {
         self.cache.evict_subject(&name);
         saved?;
 
-        // 2. One atomic write.
-        let kr = self.keyring();
-        let (mut ws, moved) = self.move_bucket(&kr, bucket, Some(&name))?;
-        // Step 3 drops the old epoch from an fsynced file: these re-wraps
-        // must be on disk first, whatever `danger_unsynced_writes` says.
-        ws.must_sync();
-        let mut deleted = 0u64;
-        let mut deleted_keys = Vec::new();
-        let mut index_rows = Vec::new();
-        for (index_key, record_key, bytes) in records {
-            // Index rows go whether or not the record could be read.
-            index_rows.extend(self.unindex_record(&mut ws, &record_key)?);
-            if let Some(bytes) = bytes {
-                if self.is_shared() {
-                    // Not a record another server gave to another subject
-                    // meanwhile.
-                    ws.expect(Table::Records, record_key.clone(), Some(bytes));
+        // 2. One atomic write. On a shared store another server may have
+        // changed what it covers meanwhile (a rotation in the bucket, a
+        // record given to another subject, its own keyring save): then it
+        // is built again over what is stored now, a few times, while this
+        // erasure still holds its locks.
+        let mut records = records;
+        let mut attempt = 0;
+        let (receipt, deleted, deleted_keys, index_rows, moved) = loop {
+            let kr = self.keyring();
+            let (mut ws, moved) = self.move_bucket(&kr, bucket, Some(&name))?;
+            // Step 3 drops the old epoch from an fsynced file: these re-wraps
+            // must be on disk first, whatever `danger_unsynced_writes` says.
+            ws.must_sync();
+            let mut deleted = 0u64;
+            let mut deleted_keys = Vec::new();
+            let mut index_rows = Vec::new();
+            for (index_key, record_key, bytes) in records {
+                // Index rows go whether or not the record could be read.
+                index_rows.extend(self.unindex_record(&mut ws, &record_key)?);
+                if let Some(bytes) = bytes {
+                    if self.is_shared() {
+                        // Not a record another server gave to another subject
+                        // meanwhile.
+                        ws.expect(Table::Records, record_key.clone(), Some(bytes));
+                    }
+                    ws.delete(Table::Records, record_key.clone());
+                    deleted_keys.push(record_key);
+                    deleted += 1;
                 }
-                ws.delete(Table::Records, record_key.clone());
-                deleted_keys.push(record_key);
-                deleted += 1;
+                ws.delete(Table::SubjectRecords, index_key);
             }
-            ws.delete(Table::SubjectRecords, index_key);
-        }
-        let receipt = ErasureReceipt::sign(
-            &kr,
-            subject,
-            through.max(already),
-            deleted,
-            now_secs(),
-            crate::keys::Shredded {
+            let receipt = ErasureReceipt::sign(
+                &kr,
+                subject,
+                through.max(already),
+                deleted,
+                now_secs(),
+                crate::keys::Shredded {
+                    bucket,
+                    epoch: old_epoch,
+                    keys_rewrapped: moved.rewrapped,
+                },
+            );
+            let mut receipt_key = receipt.erased_at.to_be_bytes().to_vec();
+            receipt_key.extend_from_slice(&receipt.id);
+            ws.put(Table::Receipts, receipt_key, receipt.encode());
+            let mut ev = Event::of(caller, "erase_subject");
+            ev.subjects.push(hex::encode(receipt.subject));
+            ev.detail = Some(format!(
+                "receipt {}; {} records deleted; key versions 1..={} destroyed with epoch {} of \
+                 shred bucket {} ({} keys of {} other subjects re-wrapped to epoch {}); backups \
+                 made before this erasure can open no key of shred bucket {} with this keyring; \
+                 keyring generation {}",
+                hex::encode(receipt.id),
+                deleted,
+                receipt.key_versions_destroyed,
+                old_epoch,
                 bucket,
-                epoch: old_epoch,
-                keys_rewrapped: moved.rewrapped,
-            },
-        );
-        let mut receipt_key = receipt.erased_at.to_be_bytes().to_vec();
-        receipt_key.extend_from_slice(&receipt.id);
-        ws.put(Table::Receipts, receipt_key, receipt.encode());
-        let mut ev = Event::of(caller, "erase_subject");
-        ev.subjects.push(hex::encode(receipt.subject));
-        ev.detail = Some(format!(
-            "receipt {}; {} records deleted; key versions 1..={} destroyed with epoch {} of \
-             shred bucket {} ({} keys of {} other subjects re-wrapped to epoch {}); backups \
-             made before this erasure can open no key of shred bucket {} with this keyring; \
-             keyring generation {}",
-            hex::encode(receipt.id),
-            deleted,
-            receipt.key_versions_destroyed,
-            old_epoch,
-            bucket,
-            moved.rewrapped,
-            moved.subjects,
-            new_epoch,
-            bucket,
-            kr.generation() + 1,
-        ));
-        let root_version = kr.current_root()?.0;
-        if self.is_shared() {
-            // The bucket was re-wrapped under the keyring this erasure saved:
-            // written only if no other server saved another since.
-            ws.expect_keyring(kr.generation());
-        }
-        // Writes of the subject other servers made before this one fail.
-        fences.bump(&mut ws);
-        self.wraps
-            .commit(root_version, moved.rewrapped, ws, |ws| self.commit(ws, ev))?;
+                moved.rewrapped,
+                moved.subjects,
+                new_epoch,
+                bucket,
+                kr.generation() + 1,
+            ));
+            let root_version = kr.current_root()?.0;
+            if self.is_shared() {
+                // The bucket was re-wrapped under the keyring this erasure saved:
+                // written only if no other server saved another since.
+                ws.expect_keyring(kr.generation());
+            }
+            // Writes of the subject other servers made before this one fail.
+            fences.bump(&mut ws);
+            match self
+                .wraps
+                .commit(root_version, moved.rewrapped, ws, |ws| self.commit(ws, ev))
+            {
+                Ok(_) => break (receipt, deleted, deleted_keys, index_rows, moved),
+                Err(Error::Conflict) if self.is_shared() && attempt < ERASE_ATTEMPTS => {
+                    attempt += 1;
+                    self.follow_keyring_locked()?;
+                    records = self.subject_records(&name)?;
+                }
+                Err(e) => return Err(e),
+            }
+        };
 
         // 3. The old epoch leaves the keyring: the commit point.
         self.finish_bucket(bucket)?;

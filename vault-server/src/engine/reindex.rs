@@ -286,11 +286,15 @@ impl Engine {
             self.subject_locks.iter().map(|s| s.exclusive()).collect();
         let custody = lock(&self.custody_lock);
         self.check_open()?;
+        // And the index key's fence: no other server's write of blind-index
+        // rows made under the keyring before this one lands after it.
+        let index_fence = self.hold_index_fence()?;
         let kr = self.keyring();
         refuse_while_rebuilding(&kr)?;
         let mut kr = Keyring::clone(&kr);
         let version = kr.rotate_index().map_err(super::custody::custody_error)?;
         self.replace_keyring(kr)?;
+        drop(index_fence);
         drop(writers);
         tracing::info!(version, principal = %caller.principal.name, "blind-index key rotated");
         self.record(
@@ -481,10 +485,10 @@ impl Engine {
             let (_, key) = kr.current_index_key().ok_or(Error::Integrity)?;
             for (rk, bytes) in records.iter().zip(&current) {
                 p.examined += 1;
-                if self.is_shared() {
+                if let (true, Some(bytes)) = (self.is_shared(), bytes) {
                     // The record as read: a write of it on another server
                     // meanwhile fails this batch.
-                    ws.expect(Table::Records, rk.clone(), bytes.clone());
+                    ws.expect(Table::Records, rk.clone(), Some(bytes.clone()));
                 }
                 let prefix = index::reverse_prefix(rk);
                 let listed = match index::listed_versions(

@@ -23,7 +23,9 @@
 //!   (`Store::hold_fences`), taken after its own stripes, and its write
 //!   moves their epochs on. A write of records expects the epochs of its
 //!   subjects' fences as this server knew them before it read their keys
-//!   and records ([`Engine::fence_expectations`]): it fails (`ABORTED`)
+//!   (and of the records' current owners, learnt from the records; the
+//!   holders' own writes of records are conditional on the records as
+//!   they read them) ([`Engine::fence_expectations`]): it fails (`ABORTED`)
 //!   if another server holds one of them when it commits, or moved one
 //!   on since. So no write made under a key version that a rotation on
 //!   another server destroyed, or of a record that a purge or an erasure
@@ -35,9 +37,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{lock, Collection, Engine, SubjectName, SUBJECT_STRIPES};
+use super::{lock, Collection, Engine, SubjectName, Wait, SUBJECT_STRIPES};
 use crate::keys::{Keyring, KeyringError};
-use crate::storage::{FenceHold, Table, WriteSet, FENCES};
+use crate::storage::{FenceHold, Table, WriteSet, FENCES, INDEX_FENCE};
 use crate::{Error, Result};
 
 /// A fence whose epoch this server does not know.
@@ -50,7 +52,7 @@ pub(super) struct FenceEpochs(Vec<AtomicU64>);
 impl FenceEpochs {
     /// None known (on a store of its own, none ever asked).
     pub(super) fn new(shared: bool) -> Self {
-        let n = if shared { FENCES as usize } else { 0 };
+        let n = if shared { INDEX_FENCE as usize + 1 } else { 0 };
         FenceEpochs((0..n).map(|_| AtomicU64::new(UNKNOWN)).collect())
     }
 
@@ -142,6 +144,48 @@ impl Engine {
         Ok(fences.into_iter().map(|f| (f, known(f))).collect())
     }
 
+    /// The index key's fence with its epoch as this server knows it, for a
+    /// write that makes blind-index rows on a shared store (nothing on a
+    /// store of its own). Read from the store where it is not known, and
+    /// then the stored keyring is taken up first if it is newer, so no row
+    /// is made under an index key a rotation elsewhere replaced before the
+    /// epoch was read. `None` (with [`Wait::Never`]) if that has to be done.
+    pub(super) fn index_fence_expectation(&self, wait: Wait) -> Result<Option<Vec<(u32, u64)>>> {
+        if !self.is_shared() {
+            return Ok(Some(Vec::new()));
+        }
+        let slot = &self.fence_epochs.0[INDEX_FENCE as usize];
+        let known = slot.load(Ordering::Relaxed);
+        if known != UNKNOWN {
+            return Ok(Some(vec![(INDEX_FENCE, known)]));
+        }
+        let epoch = self.store.fence_epochs(&[INDEX_FENCE])?[0];
+        let stored = self.keyring_file.store.generation()?;
+        if stored.is_some_and(|g| g > self.keyring().generation()) {
+            if wait == Wait::Never {
+                return Ok(None);
+            }
+            self.follow_keyring()?;
+        }
+        slot.store(epoch, Ordering::Relaxed);
+        Ok(Some(vec![(INDEX_FENCE, epoch)]))
+    }
+
+    /// Holds the index key's fence against the other servers (an index-key
+    /// rotation, which holds every stripe and custody already).
+    pub(super) fn hold_index_fence(&self) -> Result<HeldFences<'_>> {
+        let hold = if self.is_shared() {
+            self.store.hold_fences(&[INDEX_FENCE])?
+        } else {
+            FenceHold::none()
+        };
+        Ok(HeldFences {
+            fences: vec![INDEX_FENCE],
+            epochs: &self.fence_epochs,
+            hold,
+        })
+    }
+
     /// Forgets the fence epochs this server knows: after a write failed
     /// (`Error::Conflict`), one of them may have moved on.
     pub(super) fn forget_fences(&self) {
@@ -182,6 +226,20 @@ impl Engine {
         }
         // Custody operations here neither run nor save meanwhile.
         let _custody = lock(&self.custody_lock);
+        self.take_up_stored_keyring(Some(&self.create_lock))
+    }
+
+    /// [`Engine::follow_keyring`] for a custody operation that holds
+    /// `custody_lock` and `create_lock` already (an erasure whose write
+    /// met another server's keyring save).
+    pub(super) fn follow_keyring_locked(&self) -> Result<bool> {
+        self.take_up_stored_keyring(None)
+    }
+
+    /// Takes up the stored keyring if it is newer; the caller holds
+    /// `custody_lock`, and `create_lock` unless it is given (then it is
+    /// taken for the swap).
+    fn take_up_stored_keyring(&self, create: Option<&std::sync::Mutex<()>>) -> Result<bool> {
         let sealed = self
             .keyring_file
             .store
@@ -203,7 +261,7 @@ impl Engine {
         let honey = super::honey::load(self.store.as_ref())?;
         let generation = keyring.generation();
         {
-            let _create = lock(&self.create_lock);
+            let _create = create.map(lock);
             self.swap_keyring(keyring);
             // Keys cached under the old keyring may belong to a subject
             // erased since, or be wrapped under a root now destroyed.

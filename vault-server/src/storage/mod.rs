@@ -117,10 +117,15 @@ pub struct WriteSet {
     bumps: Vec<(u32, Option<u64>)>,
 }
 
-/// How many fences a shared store keeps: the subjects are spread over them
-/// by their storage name, as over the engine's lock stripes (whose number
-/// divides this one, so a fence lies within one stripe).
+/// How many fences of subjects a shared store keeps: the subjects are
+/// spread over them by their storage name, as over the engine's lock
+/// stripes (whose number divides this one, so a fence lies within one
+/// stripe). One more, [`INDEX_FENCE`], guards the blind-index key.
 pub const FENCES: u32 = 4096;
+
+/// The fence of the blind-index key: held by an index-key rotation while it
+/// saves the keyring, expected by writes that make blind-index rows.
+pub const INDEX_FENCE: u32 = FENCES;
 
 impl WriteSet {
     /// An empty set.
@@ -174,9 +179,11 @@ impl WriteSet {
 
     /// Applies the set only if `key` of `table` holds `value` (`None`:
     /// absent) when it is written. Another server's write of the key in
-    /// between fails this one with `Error::Conflict`. The stores check
-    /// conditions against each other's conditional writes: every write of
-    /// a key that is ever a condition must carry one.
+    /// between fails this one with `Error::Conflict`. A shared store holds
+    /// a row that exists as read until the set is written, whoever writes
+    /// it; that a row is absent it checks only against other conditional
+    /// writes, so every write that may create a key expected absent must
+    /// carry a condition.
     pub fn expect(&mut self, table: Table, key: Vec<u8>, value: Option<Vec<u8>>) {
         self.conditions.push(Condition { table, key, value });
     }
@@ -381,7 +388,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     }
     /// Ends [`Store::lock_appends`] (when it returned `true`).
     fn unlock_appends(&self) {}
-    /// On a shared store, the fences (below [`FENCES`]) as other servers'
+    /// On a shared store, the fences (up to [`INDEX_FENCE`]) as other servers'
     /// subject locks: the epoch of each of `fences` now (0 for one never
     /// moved). A store of its own has none, and answers zeros.
     fn fence_epochs(&self, fences: &[u32]) -> Result<Vec<u64>> {
@@ -390,9 +397,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// On a shared store: holds `fences` (sorted, distinct) against every
     /// other server until the hold is dropped, waiting (a bounded time:
     /// `Error::Conflict` then) for other holders and for writes in flight
-    /// made under them. Meanwhile writes of other servers that expect any
-    /// of them fail (`Error::Conflict`), and a write of this hold that
-    /// bumps them makes every set expecting their old epochs fail too.
+    /// made under them. Taking the hold and letting it go each move the
+    /// fences' epochs on, and so does a write of this hold that bumps them
+    /// (written only while the hold stands): every set made under their
+    /// epochs from before fails, and meanwhile writes of other servers
+    /// that expect any of them fail (`Error::Conflict`).
     /// What a server holds exclusively within itself (a subject's rotation
     /// or erasure, a retention purge, a blind-index rebuild batch) it
     /// holds here too. A store of its own holds nothing.

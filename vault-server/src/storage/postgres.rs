@@ -1020,7 +1020,7 @@ fn fence_ids(fences: &[u32]) -> Result<Vec<i32>> {
     fences
         .iter()
         .map(|&f| {
-            if f < super::FENCES {
+            if f <= super::INDEX_FENCE {
                 i32::try_from(f).map_err(|_| Error::Integrity)
             } else {
                 Err(Error::Storage(format!("fence {f} out of range")))
@@ -1045,12 +1045,21 @@ fn epochs_of(rows: &[tokio_postgres::Row]) -> Result<std::collections::HashMap<u
         .collect()
 }
 
-/// Moves the fences of a holder's set on, inside its transaction, after
-/// checking that each holder's session still holds its fences.
+/// Moves the fences of a holder's set on, inside its transaction, then
+/// checks that each holder's session still holds its fences. In that
+/// order: a writer of another server reads epochs `FOR SHARE`, so should
+/// the hold's session end after the check, the writer waits for this
+/// transaction and then finds the fences moved on.
 async fn bump_held_fences(
     tx: &deadpool_postgres::Transaction<'_>,
     bumps: &[(u32, Option<u64>)],
 ) -> Result<()> {
+    let all: Vec<u32> = bumps.iter().map(|(f, _)| *f).collect();
+    let mut ids = fence_ids(&all)?;
+    ids.sort_unstable();
+    ids.dedup();
+    let stmt = tx.prepare_cached(BUMP_FENCES).await.map_err(pg_err)?;
+    tx.execute(&stmt, &[&ids]).await.map_err(pg_err)?;
     let mut holders: Vec<Option<u64>> = bumps.iter().map(|(_, h)| *h).collect();
     holders.sort_unstable();
     holders.dedup();
@@ -1067,6 +1076,7 @@ async fn bump_held_fences(
         let stmt = tx
             .prepare_cached(
                 "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' \
+                 AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
                  AND classid::int8 = $1 AND objid::int8 = ANY($2::int8[]) AND objsubid = 2 \
                  AND pid = $3 AND mode = 'ExclusiveLock' AND granted",
             )
@@ -1082,12 +1092,6 @@ async fn bump_held_fences(
             return Err(Error::Conflict);
         }
     }
-    let all: Vec<u32> = bumps.iter().map(|(f, _)| *f).collect();
-    let mut ids = fence_ids(&all)?;
-    ids.sort_unstable();
-    ids.dedup();
-    let stmt = tx.prepare_cached(BUMP_FENCES).await.map_err(pg_err)?;
-    tx.execute(&stmt, &[&ids]).await.map_err(pg_err)?;
     Ok(())
 }
 
@@ -1121,9 +1125,11 @@ async fn check_fences(
     if free != Some(true) {
         return Err(Error::Conflict);
     }
+    // Shared row locks: a holder's write that moved one on and has not
+    // committed yet is waited for.
     let stmt = tx
         .prepare_cached(&format!(
-            "SELECT f, epoch FROM {FENCE_TABLE} WHERE f = ANY($1)"
+            "SELECT f, epoch FROM {FENCE_TABLE} WHERE f = ANY($1) ORDER BY f FOR SHARE"
         ))
         .await
         .map_err(pg_err)?;
@@ -1159,10 +1165,14 @@ async fn check_keyring_generation(
     Ok(())
 }
 
-/// Checks a set's conditions inside its transaction: the conditions'
-/// advisory locks (ascending) held until the transaction ends, then each
-/// table's keys read `FOR UPDATE` (rows that exist stay as read until the
-/// transaction ends, whoever writes them).
+/// Checks a set's conditions inside its transaction: the advisory locks
+/// of the conditions that expect a row absent (ascending; there is no row
+/// to lock) held until the transaction ends, then each table's keys read
+/// `FOR UPDATE` (rows that exist stay as read until the transaction ends,
+/// whoever writes them; one deleted or changed meanwhile is read as it is
+/// now). A set of thousands of conditions on rows that exist (a rotation
+/// of a subject with many records) takes no lock of the database's lock
+/// table for them.
 async fn check_conditions(
     tx: &deadpool_postgres::Transaction<'_>,
     conditions: &[Condition],
@@ -1172,15 +1182,18 @@ async fn check_conditions(
     }
     let mut locks: Vec<i64> = conditions
         .iter()
+        .filter(|c| c.value.is_none())
         .map(|c| condition_lock(c.table, &c.key))
         .collect();
     locks.sort_unstable();
     locks.dedup();
-    let stmt = tx
-        .prepare_cached("SELECT count(pg_advisory_xact_lock(l)) FROM UNNEST($1::int8[]) AS l")
-        .await
-        .map_err(pg_err)?;
-    tx.execute(&stmt, &[&locks]).await.map_err(pg_err)?;
+    if !locks.is_empty() {
+        let stmt = tx
+            .prepare_cached("SELECT count(pg_advisory_xact_lock(l)) FROM UNNEST($1::int8[]) AS l")
+            .await
+            .map_err(pg_err)?;
+        tx.execute(&stmt, &[&locks]).await.map_err(pg_err)?;
+    }
     for table in Table::ALL {
         let mine: Vec<&Condition> = conditions.iter().filter(|c| c.table == table).collect();
         if mine.is_empty() {
@@ -1232,15 +1245,20 @@ impl KeyringStore for PgStore {
         let generation = i64::try_from(generation)
             .map_err(|_| Error::Storage("keyring generation out of range".into()))?;
         self.run(async move {
-            let client = pool.get().await.map_err(pool_err)?;
+            let mut client = pool.get().await.map_err(pool_err)?;
+            let tx = client
+                .build_transaction()
+                .isolation_level(tokio_postgres::IsolationLevel::ReadCommitted)
+                .start()
+                .await
+                .map_err(pg_err)?;
             // Always synchronous: the keyring is what every record needs.
-            client
-                .batch_execute("SET synchronous_commit = on")
+            tx.batch_execute("SET LOCAL synchronous_commit = on")
                 .await
                 .map_err(pg_err)?;
             // Only over the generation before: two servers changing the
             // keyring at once cannot both win (the loser reloads).
-            let written = client
+            let written = tx
                 .execute(
                     &format!(
                         "INSERT INTO {KEYRING_TABLE} AS kr (id, generation, sealed) \
@@ -1255,7 +1273,7 @@ impl KeyringStore for PgStore {
             if written == 0 {
                 return Err(Error::Conflict);
             }
-            Ok(())
+            tx.commit().await.map_err(pg_err)
         })?;
         // The replaced row's tuple leaves the table's pages now rather than
         // at the next autovacuum (an erasure's old bucket epoch is in it),
