@@ -312,13 +312,21 @@ impl Vault {
     /// server on SIGHUP with an internal caller) and records the reload,
     /// done or refused, as an event that names the policy now in force by
     /// its source and the SHA-256 of its text. The caller is authorised by
-    /// its callers (the admin service asks the policy first).
+    /// its callers (the admin service asks the policy first). On a shared
+    /// store a policy reloaded while unsealed is handed to the other
+    /// servers, which take it up within a second.
     pub fn reload_policy(&self, caller: &Caller) -> Result<Arc<crate::policy::Policy>> {
-        self.opts.engine.policy.reload_then(|result, in_force| {
+        let policy = self.opts.engine.policy.reload_then(|result, in_force| {
             let refused = if result.is_ok() { "" } else { "refused; " };
             let detail = format!("{refused}in force: {}", in_force.identity());
             self.record(caller, "reload_policy", Some(detail), result);
-        })
+        })?;
+        if let Ok(engine) = self.engine() {
+            if let Err(e) = engine.publish_policy(&policy) {
+                tracing::warn!(error = %e, "the reloaded policy could not be handed to the other servers");
+            }
+        }
+        Ok(policy)
     }
 
     /// Budgets, lockouts and alerts (kept across seal and unseal).

@@ -42,13 +42,25 @@ async fn pair(
     b_dir: &std::path::Path,
     per_second: u64,
 ) -> (TestVault, TestVault) {
+    pair_with(a_dir, b_dir, per_second, |_| {}).await
+}
+
+/// [`pair`], each server's options changed by `set` first.
+async fn pair_with(
+    a_dir: &std::path::Path,
+    b_dir: &std::path::Path,
+    per_second: u64,
+    set: impl Fn(&mut OpenOptions),
+) -> (TestVault, TestVault) {
     let url = vault_tests::postgres_database_for(a_dir).await;
-    let a = TestVault::start_dev_with(options(a_dir, &url, per_second))
-        .await
-        .unwrap();
-    let b = TestVault::start_sealed(options(b_dir, &url, per_second), dev_auth())
-        .await
-        .unwrap();
+    let (mut a_opts, mut b_opts) = (
+        options(a_dir, &url, per_second),
+        options(b_dir, &url, per_second),
+    );
+    set(&mut a_opts);
+    set(&mut b_opts);
+    let a = TestVault::start_dev_with(a_opts).await.unwrap();
+    let b = TestVault::start_sealed(b_opts, dev_auth()).await.unwrap();
     let share = std::fs::read_to_string(a_dir.join(vault_server::vault::DEV_SHARE_FILE)).unwrap();
     let progress = b
         .custodian()
@@ -1044,4 +1056,76 @@ async fn the_connection_to_postgres_is_tls_checked_against_the_configured_ca() {
     assert_eq!(c.get("users", "t1").await.unwrap(), user("t1", "tls"));
     drop(c);
     vault.stop_beside_others().await;
+}
+
+/// The development principals' policy: administration for the one, custody
+/// for the other; `data` adds writes and reads of users.
+fn dev_policy(data: bool) -> String {
+    let mut p = String::from(
+        "[principals]\n\"dev-root\" = [\"admin\"]\n\"dev-custodian\" = [\"keys\"]\n\n\
+         [[roles.admin.rules]]\noperations = [\"admin\", \"audit\"]\n\n\
+         [[roles.keys.rules]]\noperations = [\"custody\"]\n",
+    );
+    if data {
+        p.push_str(
+            "\n[[roles.admin.rules]]\ncollections = [\"users\"]\n\
+             operations = [\"write\", \"read\"]\npurposes = [\"testing\"]\n",
+        );
+    }
+    p
+}
+
+/// A policy reloaded through one server (from its own file) is in force on
+/// the other within seconds, which records the reload in the shared log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_reloaded_through_one_server_is_in_force_on_the_other() {
+    use vault_server::policy::{Policy, PolicyHandle};
+    if vault_tests::skip_without_postgres() {
+        return;
+    }
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let files = tempfile::tempdir().unwrap();
+    let file = |dir: &std::path::Path| {
+        files.path().join(format!(
+            "{}.toml",
+            dir.file_name().unwrap().to_string_lossy()
+        ))
+    };
+    for d in [a_dir.path(), b_dir.path()] {
+        std::fs::write(file(d), dev_policy(false)).unwrap();
+    }
+    let (a, b) = pair_with(a_dir.path(), b_dir.path(), 0, |opts| {
+        let f = file(&opts.data_dir);
+        opts.engine.policy = std::sync::Arc::new(PolicyHandle::new(
+            Policy::load(&f).unwrap(),
+            Some(f.clone()),
+        ));
+    })
+    .await;
+    let (ca, cb) = (a.client().await, b.client().await);
+    assert!(matches!(
+        cb.put(&user("u1", "s1")).await,
+        Err(vault_client::Error::PermissionDenied(_))
+    ));
+    // a's file grants writes now; reloaded through a only.
+    std::fs::write(file(a_dir.path()), dev_policy(true)).unwrap();
+    ca.reload_policy().await.unwrap();
+    within(Duration::from_secs(10), "b takes the policy up", || async {
+        cb.put(&user("u1", "s1")).await.is_ok()
+    })
+    .await;
+    assert_eq!(ca.get("users", "u1").await.unwrap(), user("u1", "s1"));
+    let log = b.vault.audit_log().clone();
+    let events = tokio::task::spawn_blocking(move || log.events(0, 10_000).unwrap())
+        .await
+        .unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| String::from_utf8_lossy(e).contains("reloaded through another server")),
+        "b records taking the policy up"
+    );
+    drop((ca, cb));
+    a.stop_beside_others().await;
+    b.stop_beside_others().await;
 }

@@ -331,6 +331,9 @@ pub struct Engine {
     witnesses: Vec<crate::audit::checkpoint::WitnessKey>,
     closed: AtomicBool,
     counters: Counters,
+    /// On a shared store, the newest shared policy this server took up or
+    /// handed the others (`shared.rs`).
+    policy_seq: std::sync::atomic::AtomicU64,
     /// (keyring generation, folder generation) when opened with an older
     /// keyring by the custodians' choice.
     accepted_rollback: Option<(u64, u64)>,
@@ -418,7 +421,8 @@ impl Engine {
         let rewrap = rewrap::JobState::load(store.as_ref())?;
         let reindex = reindex::JobState::load(store.as_ref())?;
         let honey = RwLock::new(honey::load(store.as_ref())?);
-        let wraps = wraps::WrapCounts::load(store.as_ref(), rotate_root_after_wraps)?;
+        let wraps =
+            wraps::WrapCounts::load(store.as_ref(), rotate_root_after_wraps, store.shared())?;
         let audit_signer = crate::keys::signing_key(&keyring);
         let audit_origin = format!("vault/{region}/{}", to_hex(keyring.id()));
         let names = StorageNames::of(&keyring);
@@ -452,6 +456,7 @@ impl Engine {
             witnesses,
             closed: AtomicBool::new(false),
             counters: Counters::default(),
+            policy_seq: std::sync::atomic::AtomicU64::new(0),
             accepted_rollback,
         };
         match engine.finish_interrupted_erasures() {
@@ -464,6 +469,10 @@ impl Engine {
                 );
             }
             other => other?,
+        }
+        // The policy last reloaded through another server, from the start.
+        if let Err(e) = engine.follow_policy() {
+            tracing::warn!(error = %e, "could not take up the policy another server reloaded");
         }
         Ok(engine)
     }

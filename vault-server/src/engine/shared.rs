@@ -13,6 +13,12 @@
 //! - **Collections** created through another server are read from the
 //!   store when a name is not known here; a schema never changes once made.
 //! - **Honey subjects** are reloaded every [`SYNC_INTERVAL`].
+//! - **The access policy.** A policy reloaded through one server (its own
+//!   file, on SIGHUP or `ReloadPolicy`) is stored as the shared policy,
+//!   numbered after the one stored; every other server takes it up within
+//!   [`SYNC_INTERVAL`] (checked against its own configured credentials,
+//!   audited as a reload) and at unseal. The last reload, through
+//!   whichever server, is in force everywhere.
 //! - **Background jobs** run on the server that leads (`Store::lead`);
 //!   their records are read from the store at each step, and each step's
 //!   write is conditional on the record it read.
@@ -41,6 +47,28 @@ use super::{lock, Collection, Engine, SubjectName, Wait, SUBJECT_STRIPES};
 use crate::keys::{Keyring, KeyringError};
 use crate::storage::{FenceHold, Table, WriteSet, FENCES, INDEX_FENCE};
 use crate::{Error, Result};
+
+/// The `Meta` key of the shared policy.
+const POLICY_KEY: &[u8] = b"shared_policy";
+
+/// The policy last reloaded through any server, as stored.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SharedPolicy {
+    /// One more than the one it replaced.
+    seq: u64,
+    /// Where the reloading server read it (for events).
+    source: String,
+    /// Its text.
+    text: String,
+}
+
+impl SharedPolicy {
+    fn decode(bytes: &[u8]) -> Result<SharedPolicy> {
+        serde_json::from_slice(bytes)
+            .map_err(|e| Error::Storage(format!("the shared policy record does not decode: {e}")))
+    }
+}
 
 /// A fence whose epoch this server does not know.
 const UNKNOWN: u64 = u64::MAX;
@@ -272,6 +300,87 @@ impl Engine {
         Ok(true)
     }
 
+    /// On a shared store: hands `policy`, just reloaded from this server's
+    /// file, to the other servers (stored as the newest shared policy).
+    /// Nothing on a store of its own, or for the built-in policy.
+    pub fn publish_policy(&self, policy: &crate::policy::Policy) -> Result<()> {
+        if !self.is_shared() || policy.text().is_empty() {
+            return Ok(());
+        }
+        for _ in 0..3 {
+            let stored = self.store.get(Table::Meta, POLICY_KEY)?;
+            let seq = match &stored {
+                Some(b) => SharedPolicy::decode(b)?.seq.saturating_add(1),
+                None => 1,
+            };
+            let record = SharedPolicy {
+                seq,
+                source: policy.source().to_owned(),
+                text: policy.text().to_owned(),
+            };
+            let bytes = serde_json::to_vec(&record).map_err(|e| Error::Storage(e.to_string()))?;
+            let mut ws = WriteSet::new();
+            ws.expect(Table::Meta, POLICY_KEY.to_vec(), stored);
+            ws.put(Table::Meta, POLICY_KEY.to_vec(), bytes);
+            match self.store.write(ws) {
+                Ok(()) => {
+                    self.policy_seq.fetch_max(seq, Ordering::Relaxed);
+                    return Ok(());
+                }
+                // Another server's reload at the same moment: go after it.
+                Err(Error::Conflict) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::Conflict)
+    }
+
+    /// On a shared store: takes up the policy another server reloaded
+    /// last, if it is newer than what this server took up or handed on and
+    /// not the one in force already; records it as a reload (done, or
+    /// refused: the policy in force stays). Returns whether it did.
+    pub(super) fn follow_policy(&self) -> Result<bool> {
+        if !self.is_shared() {
+            return Ok(false);
+        }
+        let Some(bytes) = self.store.get(Table::Meta, POLICY_KEY)? else {
+            return Ok(false);
+        };
+        let shared = SharedPolicy::decode(&bytes)?;
+        if self.policy_seq.fetch_max(shared.seq, Ordering::Relaxed) >= shared.seq
+            || self.policy.current().text() == shared.text
+        {
+            return Ok(false);
+        }
+        let taken = self
+            .policy
+            .install_then(&shared.text, &shared.source, |result, in_force| {
+                let refused = if result.is_ok() { "" } else { "refused; " };
+                self.record(
+                    &crate::policy::Caller::internal("vault"),
+                    "reload_policy",
+                    Some(format!(
+                        "{refused}reloaded through another server; in force: {}",
+                        in_force.identity()
+                    )),
+                    result,
+                );
+            });
+        match taken {
+            Ok(_) => {
+                tracing::info!(
+                    seq = shared.seq,
+                    "took up the policy another server reloaded"
+                );
+                Ok(true)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the policy another server reloaded is refused here; the one in force stays");
+                Ok(false)
+            }
+        }
+    }
+
     /// On a shared store: the collection `name` as another server stored
     /// it, now known here too.
     pub(super) fn load_shared_collection(&self, name: &str) -> Result<Option<Arc<Collection>>> {
@@ -316,6 +425,12 @@ impl Engine {
     /// appended, and whether this server leads the background jobs now.
     pub(super) fn sync_shared(&self) -> Result<(bool, bool)> {
         let changed = self.follow_keyring()?;
+        if let Err(e) = self.follow_policy() {
+            tracing::warn!(error = %e, "could not take up the policy another server reloaded");
+        }
+        if let Err(e) = self.wraps.refresh(self.store.as_ref()) {
+            tracing::warn!(error = %e, "could not read the other servers' wrap counts");
+        }
         // Honey subjects planted through another server.
         let honey = super::honey::load(self.store.as_ref())?;
         *self.honey.write().unwrap_or_else(|p| p.into_inner()) = honey;

@@ -279,6 +279,9 @@ pub struct Policy {
     source: String,
     /// SHA-256 of the file's text; none for the built-in policy.
     sha256: Option<[u8; 32]>,
+    /// The text it was parsed from (empty for the built-in policy): what
+    /// a server of a shared store hands the others.
+    text: String,
 }
 
 /// What the vault itself may do: everything (see [`Caller::internal`]).
@@ -413,6 +416,7 @@ impl Policy {
             budgets: Vec::new(),
             source: "built-in role policy".into(),
             sha256: None,
+            text: String::new(),
         }
     }
 
@@ -521,7 +525,13 @@ impl Policy {
             budgets,
             source: source.to_owned(),
             sha256: Some(sha2::Sha256::digest(text.as_bytes()).into()),
+            text: text.to_owned(),
         })
+    }
+
+    /// The text it was parsed from (empty for the built-in policy).
+    pub fn text(&self) -> &str {
+        &self.text
     }
 
     /// Reads and parses a policy file.
@@ -1050,6 +1060,30 @@ impl PolicyHandle {
     ) -> Result<std::sync::Arc<Policy>> {
         let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
         let result = self.load_and_swap();
+        then(&result, &self.current());
+        result
+    }
+
+    /// Puts the policy of `text` (from `source`) in force, as a reload
+    /// would: checked against the configuration's credentials first (a
+    /// policy another server of a shared store took up). `then` runs as
+    /// in [`PolicyHandle::reload_then`].
+    pub fn install_then(
+        &self,
+        text: &str,
+        source: &str,
+        then: impl FnOnce(&Result<std::sync::Arc<Policy>>, &Policy),
+    ) -> Result<std::sync::Arc<Policy>> {
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        let result = Policy::parse(text, source)
+            .and_then(|p| p.check_credentials(&self.credentials).map(|()| p))
+            .map_err(|e| Error::InvalidArgument(format!("policy {source}: {e}")))
+            .map(|policy| {
+                let policy = std::sync::Arc::new(policy);
+                *self.current.write().unwrap_or_else(|p| p.into_inner()) =
+                    std::sync::Arc::clone(&policy);
+                policy
+            });
         then(&result, &self.current());
         result
     }
