@@ -1054,6 +1054,20 @@ async fn the_connection_to_postgres_is_tls_checked_against_the_configured_ca() {
     let c = vault.client().await;
     c.put(&user("t1", "tls")).await.unwrap();
     assert_eq!(c.get("users", "t1").await.unwrap(), user("t1", "tls"));
+    // Its sessions of their own (the leader's, the audit appender's) too.
+    let row = client
+        .query_one(
+            "SELECT count(*), bool_and(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a \
+             USING (pid) WHERE a.application_name = 'vaulttls'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (sessions, all_tls): (i64, Option<bool>) = (row.get(0), row.get(1));
+    assert!(
+        sessions >= 3 && all_tls == Some(true),
+        "{sessions} {all_tls:?}"
+    );
     drop(c);
     vault.stop_beside_others().await;
 }

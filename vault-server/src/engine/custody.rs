@@ -520,8 +520,19 @@ impl Engine {
             }
         };
 
-        // 3. The old epoch leaves the keyring: the commit point.
-        self.finish_bucket(bucket)?;
+        // 3. The old epoch leaves the keyring: the commit point. Another
+        // server's keyring save meanwhile: taken up, and saved over.
+        let mut attempt = 0;
+        loop {
+            match self.finish_bucket(bucket) {
+                Ok(_) => break,
+                Err(Error::Conflict) if self.is_shared() && attempt < ERASE_ATTEMPTS => {
+                    attempt += 1;
+                    self.follow_keyring_locked()?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
         drop(create);
         let shredded = started.elapsed();
 

@@ -294,6 +294,16 @@ impl Engine {
         let mut kr = Keyring::clone(&kr);
         let version = kr.rotate_index().map_err(super::custody::custody_error)?;
         self.replace_keyring(kr)?;
+        if self.is_shared() {
+            // Moved on at once, held or not (a hold lost with its session
+            // would not move it on when let go): a write made under the
+            // keyring before this one fails from now on.
+            let mut ws = WriteSet::new();
+            ws.bump_fences([crate::storage::INDEX_FENCE], None);
+            if let Err(e) = self.store.write(ws) {
+                tracing::error!(error = %e, "could not move the index key's fence on after its rotation");
+            }
+        }
         drop(index_fence);
         drop(writers);
         tracing::info!(version, principal = %caller.principal.name, "blind-index key rotated");

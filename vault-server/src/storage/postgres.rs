@@ -124,10 +124,22 @@ impl Tls {
                         .into(),
                 ));
             }
-            let remote = config.get_hosts().iter().find_map(|h| match h {
-                Host::Tcp(name) if !is_loopback(name) => Some(name.clone()),
-                _ => None,
-            });
+            // The address connected to is `hostaddr` where it is given
+            // (`host` then only names the server).
+            let remote = config
+                .get_hosts()
+                .iter()
+                .find_map(|h| match h {
+                    Host::Tcp(name) if !is_loopback(name) => Some(name.clone()),
+                    _ => None,
+                })
+                .or_else(|| {
+                    config
+                        .get_hostaddrs()
+                        .iter()
+                        .find(|a| !a.is_loopback())
+                        .map(|a| a.to_string())
+                });
             if let (Some(host), false) = (remote, options.allow_plaintext) {
                 return Err(Error::Config(format!(
                     "the connection to the PostgreSQL host {host} would not be encrypted: add \
@@ -218,6 +230,15 @@ impl Tls {
     }
 }
 
+/// How long the first connection at start may take.
+fn options_timeout(config: &tokio_postgres::Config) -> Duration {
+    config
+        .get_connect_timeout()
+        .copied()
+        .unwrap_or(Duration::from_secs(10))
+        .saturating_mul(u32::try_from(config.get_hosts().len().max(1)).unwrap_or(1))
+}
+
 /// Whether a host name or address is this machine's loopback.
 fn is_loopback(host: &str) -> bool {
     host == "localhost"
@@ -301,6 +322,12 @@ const FENCE_TABLE: &str = "vault_fences";
 /// the fence): a key space apart from the one-key locks above.
 const FENCE_LOCKS: i32 = 0x7661_7566;
 
+/// The first key of the transaction locks a holder's write takes (on a
+/// connection other than its hold's) while it moves its fences on, and a
+/// writer's commit tries shared: a writer never reads an epoch that a
+/// holder's write in flight is moving on.
+const FENCE_COMMIT_LOCKS: i32 = 0x7661_7567;
+
 /// How long a fence hold waits for other holders, in all.
 const FENCE_WAIT: Duration = Duration::from_secs(10);
 
@@ -354,14 +381,24 @@ fn pg_err(e: tokio_postgres::Error) -> Error {
             tracing::warn!(error = %e, "the database is not taking writes");
             Error::Unavailable(UNREACHABLE.into())
         }
+        // Lost to another transaction (the vault's own conditions aside):
+        // nothing was written, try again.
+        Some(c)
+            if *c == SqlState::T_R_DEADLOCK_DETECTED
+                || *c == SqlState::T_R_SERIALIZATION_FAILURE
+                || *c == SqlState::LOCK_NOT_AVAILABLE =>
+        {
+            tracing::warn!(error = %e, "a write lost to another transaction");
+            Error::Conflict
+        }
         Some(_) => Error::Storage(e.to_string()),
         None if tls_failure(&e).is_some() => {
-            let why = tls_failure(&e).unwrap_or_default();
+            // The reason goes to the log (and to the start's error), not
+            // to clients.
             tracing::warn!(error = %e, "TLS to the database failed");
-            Error::Unavailable(format!(
-                "TLS to the vault's database failed ({why}): check storage.postgres_ca_file and \
-                 the database's certificate"
-            ))
+            Error::Unavailable(
+                "TLS to the vault's database failed (the server log says why); try again".into(),
+            )
         }
         None if e.is_closed() || e.as_db_error().is_none() => {
             tracing::warn!(error = %e, "the database connection failed");
@@ -452,6 +489,21 @@ impl PgStore {
             tracing::warn!(
                 "commits are acknowledged before the WAL is flushed: a crash can lose them"
             );
+        }
+        // A first connection, so that a TLS failure at start says why.
+        {
+            let (config, tls) = (config.clone(), tls.clone());
+            let first = runtime.block_on(async move {
+                tokio::time::timeout(options_timeout(&config), tls.connect(&config)).await
+            });
+            if let Ok(Err(e)) = first {
+                if let Some(why) = tls_failure(&e) {
+                    return Err(Error::Unavailable(format!(
+                        "TLS to the vault's database at {target} failed ({why}): check \
+                         storage.postgres_ca_file and the database's certificate"
+                    )));
+                }
+            }
         }
         let store = PgStore {
             runtime: Some(runtime),
@@ -584,14 +636,16 @@ impl PgStore {
 fn describe(config: &tokio_postgres::Config) -> String {
     use tokio_postgres::config::Host;
     let ports = config.get_ports();
-    let hosts: Vec<String> = config
-        .get_hosts()
-        .iter()
-        .enumerate()
-        .map(|(i, h)| {
-            let host = match h {
-                Host::Tcp(name) => name.clone(),
-                Host::Unix(path) => path.display().to_string(),
+    let addrs = config.get_hostaddrs();
+    let count = config.get_hosts().len().max(addrs.len());
+    let hosts: Vec<String> = (0..count)
+        .map(|i| {
+            let host = match (config.get_hosts().get(i), addrs.get(i)) {
+                (Some(Host::Tcp(name)), Some(addr)) => format!("{name} ({addr})"),
+                (Some(Host::Tcp(name)), None) => name.clone(),
+                (Some(Host::Unix(path)), _) => path.display().to_string(),
+                (None, Some(addr)) => addr.to_string(),
+                (None, None) => String::new(),
             };
             let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
             format!("{host}:{port}")
@@ -760,12 +814,14 @@ impl Store for PgStore {
                 }
                 check_keyring_generation(&tx, *first).await?;
             }
+            // A holder's fences first: it waits only for writers' commits
+            // in flight, before it holds any row they may wait for.
+            if !bumps.is_empty() {
+                bump_held_fences(&tx, &bumps).await?;
+            }
             check_conditions(&tx, &conditions).await?;
             if !fences.is_empty() {
                 check_fences(&tx, fences).await?;
-            }
-            if !bumps.is_empty() {
-                bump_held_fences(&tx, &bumps).await?;
             }
             for (slot, table) in Table::ALL.iter().enumerate() {
                 let name = table_name(*table);
@@ -1045,11 +1101,14 @@ fn epochs_of(rows: &[tokio_postgres::Row]) -> Result<std::collections::HashMap<u
         .collect()
 }
 
-/// Moves the fences of a holder's set on, inside its transaction, then
-/// checks that each holder's session still holds its fences. In that
-/// order: a writer of another server reads epochs `FOR SHARE`, so should
-/// the hold's session end after the check, the writer waits for this
-/// transaction and then finds the fences moved on.
+/// Moves the fences of a set on, inside its transaction: first their
+/// commit locks (exclusive, until the transaction ends: a writer that
+/// checks them meanwhile fails, and one checking in flight is waited
+/// for), then the bump, then, for a holder's set, that its hold's session
+/// still holds the fences. In that order: should the hold's session end
+/// after the check, a writer still cannot pass before this transaction
+/// ends, and then finds the fences moved on. A bump without a holder (an
+/// index-key rotation's, after its keyring save) is not checked.
 async fn bump_held_fences(
     tx: &deadpool_postgres::Transaction<'_>,
     bumps: &[(u32, Option<u64>)],
@@ -1058,21 +1117,27 @@ async fn bump_held_fences(
     let mut ids = fence_ids(&all)?;
     ids.sort_unstable();
     ids.dedup();
+    let stmt = tx
+        .prepare_cached("SELECT count(pg_advisory_xact_lock($1, f)) FROM UNNEST($2::int4[]) AS f")
+        .await
+        .map_err(pg_err)?;
+    tx.execute(&stmt, &[&FENCE_COMMIT_LOCKS, &ids])
+        .await
+        .map_err(pg_err)?;
     let stmt = tx.prepare_cached(BUMP_FENCES).await.map_err(pg_err)?;
     tx.execute(&stmt, &[&ids]).await.map_err(pg_err)?;
-    let mut holders: Vec<Option<u64>> = bumps.iter().map(|(_, h)| *h).collect();
+    let mut holders: Vec<u64> = bumps.iter().filter_map(|(_, h)| *h).collect();
     holders.sort_unstable();
     holders.dedup();
     for holder in holders {
         let mine: Vec<u32> = bumps
             .iter()
-            .filter(|(_, h)| *h == holder)
+            .filter(|(_, h)| *h == Some(holder))
             .map(|(f, _)| *f)
             .collect();
         let ids: Vec<i64> = fence_ids(&mine)?.into_iter().map(i64::from).collect();
-        let pid = holder
-            .and_then(|h| i32::try_from(h).ok())
-            .ok_or_else(|| Error::Storage("fences bumped without a hold".into()))?;
+        let pid = i32::try_from(holder)
+            .map_err(|_| Error::Storage("a fence hold of another store".into()))?;
         let stmt = tx
             .prepare_cached(
                 "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' \
@@ -1113,23 +1178,22 @@ async fn check_fences(
     let ids = fence_ids(&fences.iter().map(|(f, _)| *f).collect::<Vec<_>>())?;
     let stmt = tx
         .prepare_cached(
-            "SELECT bool_and(pg_try_advisory_xact_lock_shared($1, f)) FROM UNNEST($2::int4[]) AS f",
+            "SELECT bool_and(pg_try_advisory_xact_lock_shared($1, f) \
+             AND pg_try_advisory_xact_lock_shared($3, f)) FROM UNNEST($2::int4[]) AS f",
         )
         .await
         .map_err(pg_err)?;
     let row = tx
-        .query_one(&stmt, &[&FENCE_LOCKS, &ids])
+        .query_one(&stmt, &[&FENCE_LOCKS, &ids, &FENCE_COMMIT_LOCKS])
         .await
         .map_err(pg_err)?;
     let free: Option<bool> = row.try_get(0).map_err(pg_err)?;
     if free != Some(true) {
         return Err(Error::Conflict);
     }
-    // Shared row locks: a holder's write that moved one on and has not
-    // committed yet is waited for.
     let stmt = tx
         .prepare_cached(&format!(
-            "SELECT f, epoch FROM {FENCE_TABLE} WHERE f = ANY($1) ORDER BY f FOR SHARE"
+            "SELECT f, epoch FROM {FENCE_TABLE} WHERE f = ANY($1)"
         ))
         .await
         .map_err(pg_err)?;
@@ -1364,6 +1428,7 @@ mod tests {
             "host=::1 user=v",
             "host=/run/postgresql user=v",
             "postgresql://v@127.0.0.1:5433/vault",
+            "hostaddr=127.0.0.1 user=v",
         ] {
             assert_eq!(tls(url, |_| {}).unwrap(), "plain", "{url}");
         }
@@ -1372,6 +1437,9 @@ mod tests {
             "host=10.0.0.5 user=v",
             "host=127.0.0.1,db.example.eu user=v",
             "host=db.example.eu sslmode=prefer user=v",
+            // The address connected to is hostaddr's.
+            "host=localhost hostaddr=10.0.0.5 user=v",
+            "hostaddr=10.0.0.5 user=v",
         ] {
             let m = config_error(tls(url, |_| {}));
             assert!(
