@@ -490,19 +490,24 @@ impl PgStore {
                 "commits are acknowledged before the WAL is flushed: a crash can lose them"
             );
         }
-        // A first connection, so that a TLS failure at start says why.
+        // A first connection, so that a TLS failure at start says why
+        // (waited for as `run` waits: the caller may be on a runtime).
         {
             let (config, tls) = (config.clone(), tls.clone());
-            let first = runtime.block_on(async move {
-                tokio::time::timeout(options_timeout(&config), tls.connect(&config)).await
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            runtime.spawn(async move {
+                let first =
+                    tokio::time::timeout(options_timeout(&config), tls.connect(&config)).await;
+                let _ = tx.send(match first {
+                    Ok(Err(e)) => tls_failure(&e),
+                    _ => None,
+                });
             });
-            if let Ok(Err(e)) = first {
-                if let Some(why) = tls_failure(&e) {
-                    return Err(Error::Unavailable(format!(
-                        "TLS to the vault's database at {target} failed ({why}): check \
-                         storage.postgres_ca_file and the database's certificate"
-                    )));
-                }
+            if let Ok(Some(why)) = rx.recv() {
+                return Err(Error::Unavailable(format!(
+                    "TLS to the vault's database failed ({why}) at {target}: check \
+                     storage.postgres_ca_file and the database's certificate"
+                )));
             }
         }
         let store = PgStore {
@@ -793,12 +798,7 @@ impl Store for PgStore {
         let pool = self.pool.clone();
         self.run(async move {
             let mut client = pool.get().await.map_err(pool_err)?;
-            let tx = client
-                .build_transaction()
-                .isolation_level(tokio_postgres::IsolationLevel::ReadCommitted)
-                .start()
-                .await
-                .map_err(pg_err)?;
+            let tx = read_committed(&mut client).await.map_err(pg_err)?;
             // Whatever the database's default: a synced write waits for the
             // WAL flush (and the synchronous standbys').
             tx.batch_execute(if synced {
@@ -1006,11 +1006,7 @@ impl Store for PgStore {
             let taken = async {
                 // Session locks taken in a transaction outlive it; its
                 // timeout does not.
-                let tx = client
-                    .build_transaction()
-                    .isolation_level(tokio_postgres::IsolationLevel::ReadCommitted)
-                    .start()
-                    .await?;
+                let tx = read_committed(&mut client).await?;
                 tx.batch_execute(&format!(
                     "SET LOCAL statement_timeout = '{}ms'",
                     FENCE_WAIT.as_millis()
@@ -1069,6 +1065,19 @@ impl Store for PgStore {
             let _ = rx.recv();
         }))
     }
+}
+
+/// A `READ COMMITTED` transaction, whatever the database's default: the
+/// fence and condition checks rely on each statement seeing what
+/// committed before it.
+async fn read_committed(
+    client: &mut deadpool_postgres::Object,
+) -> std::result::Result<deadpool_postgres::Transaction<'_>, tokio_postgres::Error> {
+    client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::ReadCommitted)
+        .start()
+        .await
 }
 
 /// Fences as the database's integers.
@@ -1310,12 +1319,7 @@ impl KeyringStore for PgStore {
             .map_err(|_| Error::Storage("keyring generation out of range".into()))?;
         self.run(async move {
             let mut client = pool.get().await.map_err(pool_err)?;
-            let tx = client
-                .build_transaction()
-                .isolation_level(tokio_postgres::IsolationLevel::ReadCommitted)
-                .start()
-                .await
-                .map_err(pg_err)?;
+            let tx = read_committed(&mut client).await.map_err(pg_err)?;
             // Always synchronous: the keyring is what every record needs.
             tx.batch_execute("SET LOCAL synchronous_commit = on")
                 .await
