@@ -618,6 +618,20 @@ async fn fences_keep_other_servers_writes_out_while_held_and_after() {
     assert_eq!(row, None);
 }
 
+/// Puts `r`: true once written, false if it answered `ABORTED` (a change
+/// of another server in the way; the client may try again); any other
+/// error fails the test.
+async fn put_or_aborted(c: &vault_client::VaultClient, r: &vault_client::Record) -> bool {
+    match c.put(r).await {
+        Ok(()) => true,
+        Err(vault_client::Error::Other {
+            code: tonic::Code::Aborted,
+            ..
+        }) => false,
+        Err(e) => panic!("write of {}: {e}", r.id),
+    }
+}
+
 /// A subject's key rotated again and again through one server while its
 /// records are written through the other: every write either fails
 /// (`ABORTED`, and is retried) or lands under a key that still exists, and
@@ -644,15 +658,10 @@ async fn rotations_through_one_server_never_strand_writes_through_the_other() {
             while !done.load(std::sync::atomic::Ordering::SeqCst) || n < 40 {
                 n += 1;
                 let id = format!("r{}", n % 4);
-                match cb.put(&record(&id, n)).await {
-                    Ok(()) => {
-                        last.insert(id, n);
-                    }
-                    Err(vault_client::Error::Other {
-                        code: tonic::Code::Aborted,
-                        ..
-                    }) => aborted += 1,
-                    Err(e) => panic!("write {n}: {e}"),
+                if put_or_aborted(&cb, &record(&id, n)).await {
+                    last.insert(id, n);
+                } else {
+                    aborted += 1;
                 }
             }
             (last, n, aborted)
@@ -707,13 +716,8 @@ async fn erasures_through_one_server_leave_no_write_through_the_other_under_a_de
             while !done.load(std::sync::atomic::Ordering::SeqCst) {
                 let mut n = turn.lock().await;
                 *n += 1;
-                match cb.put(&record(*n)).await {
-                    Ok(()) => {}
-                    Err(vault_client::Error::Other {
-                        code: tonic::Code::Aborted,
-                        ..
-                    }) => aborted += 1,
-                    Err(e) => panic!("write {}: {e}", *n),
+                if !put_or_aborted(&cb, &record(*n)).await {
+                    aborted += 1;
                 }
             }
             aborted
@@ -858,6 +862,9 @@ async fn an_index_key_rotation_through_one_server_leaves_no_old_rows_from_the_ot
     b.stop_beside_others().await;
 }
 
+/// The script that starts and stops a throwaway PostgreSQL.
+const PG_TEST_SERVER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/pg-test-server");
+
 /// A PostgreSQL of this test's own, stopped when dropped.
 struct OwnPostgres {
     dir: tempfile::TempDir,
@@ -867,14 +874,11 @@ struct OwnPostgres {
 impl OwnPostgres {
     fn start() -> OwnPostgres {
         let dir = tempfile::tempdir().unwrap();
-        let out = std::process::Command::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../scripts/pg-test-server"
-        ))
-        .arg("start")
-        .arg(dir.path().join("pg"))
-        .output()
-        .unwrap();
+        let out = std::process::Command::new(PG_TEST_SERVER)
+            .arg("start")
+            .arg(dir.path().join("pg"))
+            .output()
+            .unwrap();
         assert!(
             out.status.success(),
             "{}",
@@ -892,7 +896,7 @@ impl OwnPostgres {
         std::fs::write(&path, text).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         // As root, the server runs as the `postgres` user.
-        if nix_is_root() {
+        if running_as_root() {
             let status = std::process::Command::new("chown")
                 .arg("postgres:")
                 .arg(&path)
@@ -903,7 +907,7 @@ impl OwnPostgres {
     }
 }
 
-fn nix_is_root() -> bool {
+fn running_as_root() -> bool {
     std::process::Command::new("id")
         .arg("-u")
         .output()
@@ -912,13 +916,10 @@ fn nix_is_root() -> bool {
 
 impl Drop for OwnPostgres {
     fn drop(&mut self) {
-        let _ = std::process::Command::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../scripts/pg-test-server"
-        ))
-        .arg("stop")
-        .arg(self.dir.path().join("pg"))
-        .status();
+        let _ = std::process::Command::new(PG_TEST_SERVER)
+            .arg("stop")
+            .arg(self.dir.path().join("pg"))
+            .status();
     }
 }
 

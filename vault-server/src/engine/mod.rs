@@ -746,17 +746,7 @@ impl Engine {
     /// Creates or replaces records atomically: one durable write for all,
     /// with its audit event in the same batch.
     pub fn put_records(&self, caller: &Caller, records: Vec<Record>) -> Result<usize> {
-        let mut attempt = 0;
-        loop {
-            match self.put_records_once(caller, &records) {
-                None if self.retry_conflict(attempt) => {
-                    std::thread::sleep(conflict_backoff(attempt));
-                    self.follow_keyring()?;
-                    attempt += 1;
-                }
-                tried => return tried.unwrap_or(Err(Error::Conflict)),
-            }
-        }
+        self.retrying(|| self.put_records_once(caller, &records))
     }
 
     fn put_records_once(&self, caller: &Caller, records: &[Record]) -> Try<usize> {
@@ -770,10 +760,45 @@ impl Engine {
     /// nothing, nor its event) is tried again, after `attempt` tries: on a
     /// shared store, where another server's rotation, erasure, purge or
     /// rebuild batch of the same subjects, or its keyring change, may have
-    /// been under way, a few times (puts take the stored keyring up
-    /// first).
+    /// been under way, a few times.
     fn retry_conflict(&self, attempt: u32) -> bool {
         self.is_shared() && attempt < CONFLICT_RETRIES
+    }
+
+    /// Runs a write's tries (`once`) for as long as its commit fails on a
+    /// condition and [`Engine::retry_conflict`] allows, waiting between
+    /// tries and taking up the stored keyring first.
+    fn retrying<T>(&self, mut once: impl FnMut() -> Try<T>) -> Result<T> {
+        let mut attempt = 0;
+        loop {
+            match once() {
+                None if self.retry_conflict(attempt) => {
+                    std::thread::sleep(conflict_backoff(attempt));
+                    self.follow_keyring()?;
+                    attempt += 1;
+                }
+                tried => return tried.unwrap_or(Err(Error::Conflict)),
+            }
+        }
+    }
+
+    /// [`Engine::retrying`] for the async request path.
+    async fn retrying_async<T, F>(self: &Arc<Self>, mut once: impl FnMut() -> F) -> Result<T>
+    where
+        F: std::future::Future<Output = Try<T>>,
+    {
+        let mut attempt = 0;
+        loop {
+            match once().await {
+                None if self.retry_conflict(attempt) => {
+                    tokio::time::sleep(conflict_backoff(attempt)).await;
+                    let engine = Arc::clone(self);
+                    on_blocking_pool(move || engine.follow_keyring()).await?;
+                    attempt += 1;
+                }
+                tried => return tried.unwrap_or(Err(Error::Conflict)),
+            }
+        }
     }
 
     /// [`Engine::put_records`] for the async request path: validation,
@@ -788,28 +813,21 @@ impl Engine {
         records: Vec<Record>,
     ) -> Result<usize> {
         let records = Arc::new(records);
-        let mut attempt = 0;
-        loop {
-            let tried = match self.stage_put(caller, &records, Wait::Never) {
-                Some(staged) => self.settle_async_try(staged).await,
-                None => {
-                    let (engine, caller, records) =
-                        (Arc::clone(self), caller.clone(), Arc::clone(&records));
-                    on_blocking_pool(move || Ok(engine.put_records_once(&caller, &records)))
-                        .await
-                        .unwrap_or_else(|e| Some(Err(e)))
+        self.retrying_async(|| {
+            let (engine, caller, records) =
+                (Arc::clone(self), caller.clone(), Arc::clone(&records));
+            async move {
+                match engine.stage_put(&caller, &records, Wait::Never) {
+                    Some(staged) => engine.settle_async_try(staged).await,
+                    None => {
+                        on_blocking_pool(move || Ok(engine.put_records_once(&caller, &records)))
+                            .await
+                            .unwrap_or_else(|e| Some(Err(e)))
+                    }
                 }
-            };
-            match tried {
-                None if self.retry_conflict(attempt) => {
-                    tokio::time::sleep(conflict_backoff(attempt)).await;
-                    let engine = Arc::clone(self);
-                    on_blocking_pool(move || engine.follow_keyring()).await?;
-                    attempt += 1;
-                }
-                tried => return tried.unwrap_or(Err(Error::Conflict)),
             }
-        }
+        })
+        .await
     }
 
     /// A put up to its commit; `None` if it would have to wait ([`Wait`]).
@@ -1455,16 +1473,7 @@ impl Engine {
 
     /// Deletes one record; returns whether it existed.
     pub fn delete_record(&self, caller: &Caller, collection: &str, id: &str) -> Result<bool> {
-        let mut attempt = 0;
-        loop {
-            match self.delete_record_once(caller, collection, id) {
-                None if self.retry_conflict(attempt) => {
-                    std::thread::sleep(conflict_backoff(attempt));
-                    attempt += 1;
-                }
-                tried => return tried.unwrap_or(Err(Error::Conflict)),
-            }
-        }
+        self.retrying(|| self.delete_record_once(caller, collection, id))
     }
 
     fn delete_record_once(&self, caller: &Caller, collection: &str, id: &str) -> Try<bool> {
@@ -1482,29 +1491,21 @@ impl Engine {
         collection: &str,
         id: &str,
     ) -> Result<bool> {
-        let mut attempt = 0;
-        loop {
-            let tried = match self.stage_delete(caller, collection, id, Wait::Never) {
-                Some(staged) => self.settle_async_try(staged).await,
-                None => {
-                    let engine = Arc::clone(self);
-                    let (caller, collection, id) =
-                        (caller.clone(), collection.to_owned(), id.to_owned());
-                    on_blocking_pool(move || {
+        self.retrying_async(|| {
+            let engine = Arc::clone(self);
+            let (caller, collection, id) = (caller.clone(), collection.to_owned(), id.to_owned());
+            async move {
+                match engine.stage_delete(&caller, &collection, &id, Wait::Never) {
+                    Some(staged) => engine.settle_async_try(staged).await,
+                    None => on_blocking_pool(move || {
                         Ok(engine.delete_record_once(&caller, &collection, &id))
                     })
                     .await
-                    .unwrap_or_else(|e| Some(Err(e)))
+                    .unwrap_or_else(|e| Some(Err(e))),
                 }
-            };
-            match tried {
-                None if self.retry_conflict(attempt) => {
-                    tokio::time::sleep(conflict_backoff(attempt)).await;
-                    attempt += 1;
-                }
-                tried => return tried.unwrap_or(Err(Error::Conflict)),
             }
-        }
+        })
+        .await
     }
 
     /// A delete up to its commit; `None` if it would have to wait.
