@@ -202,16 +202,7 @@ impl Engine {
     /// Holds the index key's fence against the other servers (an index-key
     /// rotation, which holds every stripe and custody already).
     pub(super) fn hold_index_fence(&self) -> Result<HeldFences<'_>> {
-        let hold = if self.is_shared() {
-            self.store.hold_fences(&[INDEX_FENCE])?
-        } else {
-            FenceHold::none()
-        };
-        Ok(HeldFences {
-            fences: vec![INDEX_FENCE],
-            epochs: &self.fence_epochs,
-            hold,
-        })
+        self.hold(vec![INDEX_FENCE])
     }
 
     /// Forgets the fence epochs this server knows: after a write failed
@@ -230,6 +221,12 @@ impl Engine {
         let mut fences: Vec<u32> = subjects.into_iter().map(fence).collect();
         fences.sort_unstable();
         fences.dedup();
+        self.hold(fences)
+    }
+
+    /// Holds `fences` (sorted, distinct) on a shared store; nothing on a
+    /// store of its own.
+    fn hold(&self, fences: Vec<u32>) -> Result<HeldFences<'_>> {
         let hold = if self.is_shared() {
             self.store.hold_fences(&fences)?
         } else {
@@ -438,5 +435,32 @@ impl Engine {
             tracing::warn!(error = %e, "could not take in other servers' audit events");
         }
         Ok((changed, self.store.lead()?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shared_policy_record_that_does_not_decode_is_an_error() {
+        for bytes in [
+            &b""[..],
+            b"{",
+            b"\xff\xfe",
+            br#"{"seq":1}"#,
+            br#"{"seq":-1,"source":"a","text":"b"}"#,
+            br#"{"seq":1,"source":"a","text":"b","more":0}"#,
+        ] {
+            assert!(
+                matches!(SharedPolicy::decode(bytes), Err(Error::Storage(_))),
+                "{bytes:?}"
+            );
+        }
+        let ok = SharedPolicy::decode(br#"{"seq":2,"source":"f","text":"t"}"#).unwrap();
+        assert_eq!(
+            (ok.seq, ok.source.as_str(), ok.text.as_str()),
+            (2, "f", "t")
+        );
     }
 }
