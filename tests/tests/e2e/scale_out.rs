@@ -564,6 +564,17 @@ async fn fences_keep_other_servers_writes_out_while_held_and_after() {
         let pid = i32::try_from(held.holder().unwrap()).unwrap();
         rt.block_on(raw.execute("SELECT pg_terminate_backend($1)", &[&pid]))
             .unwrap();
+        // The session ends a moment later.
+        rt.block_on(within(Duration::from_secs(10), "the session ends", || {
+            let raw = raw.clone();
+            async move {
+                let row = raw
+                    .query_one("SELECT count(*) FROM pg_locks WHERE pid = $1", &[&pid])
+                    .await
+                    .unwrap();
+                row.get::<_, i64>(0) == 0
+            }
+        }));
         let mut ws = WriteSet::new();
         ws.bump_fences([9], held.holder());
         ws.put(Table::Records, b"lost hold".to_vec(), b"h".to_vec());
