@@ -607,7 +607,8 @@ impl Engine {
                     if self.is_shared() {
                         // A rotation of that subject on another server may
                         // have destroyed this version since: not brought
-                        // back (the erasure fails, and is finished later).
+                        // back (the erasure's write fails and is built
+                        // again).
                         ws.expect(Table::SubjectKeys, k.clone(), Some(v.clone()));
                     }
                     ws.put(Table::SubjectKeys, k, rewrapped);

@@ -65,12 +65,12 @@ use crate::storage::{split_record_key, Store, StoredRecord, Table, WriteSet};
 use crate::{Error, Result};
 
 const JOB_KEY: &[u8] = b"reindex_job";
-
-/// The most rows of a batch on a shared store (see `reindex_step`).
-const SHARED_BATCH: usize = 256;
 const JOB_V1: u8 = 1;
 /// The fixed part of a job record, before the cursor.
 const JOB_HEADER: usize = 50;
+
+/// The most rows of a batch on a shared store (see `reindex_step`).
+const SHARED_BATCH: usize = 256;
 
 /// Pace of the blind-index rebuild.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

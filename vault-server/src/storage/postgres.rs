@@ -10,11 +10,11 @@
 //!   order of RocksDB's default comparator, so scans by prefix and from a
 //!   key return what they return on RocksDB.
 //! - **Conditions.** A set's conditions ([`WriteSet::expect`]) are read in
-//!   its transaction under a transaction-scoped advisory lock of the
-//!   condition's key, so two servers appending to one audit log never both
-//!   pass the same check; a row that exists is read `FOR UPDATE`, so a
-//!   write of it without a condition (a subject-key rotation's delete)
-//!   waits for the set or makes it fail, never lands between.
+//!   its transaction: a row that exists `FOR UPDATE` (held as read until
+//!   the set commits, so two servers appending to one audit log never both
+//!   pass the same check, and a write of it without a condition, such as a
+//!   subject-key rotation's delete, waits for the set or makes it fail),
+//!   an absent one under a transaction-scoped advisory lock of its key.
 //! - **Fences** ([`Store::hold_fences`]): a hold is session advisory locks
 //!   (one per fence, taken in ascending order) on a pooled connection,
 //!   given back by `pg_advisory_unlock_all` (or the connection dropped).
@@ -23,11 +23,13 @@
 //!   when the holder's own write failed. A set that expects fences takes
 //!   each one's transaction lock shared without waiting (held elsewhere:
 //!   `Error::Conflict`), then reads their epochs in a later statement (so
-//!   it sees a holder's commit). A set that bumps them moves them on too,
-//!   and is written only if its holder's session still holds them
-//!   (`pg_locks`): a hold lost with its connection (a failover, a
-//!   terminated session) fails the holder's write rather than let it
-//!   land after writes it no longer kept out.
+//!   it sees a holder's commit); it also tries the fences' commit locks
+//!   shared. A set that bumps them takes those commit locks first, moves
+//!   the fences on, and is written only if its holder's session still
+//!   holds them (`pg_locks`): a hold lost with its connection (a failover,
+//!   a terminated session) fails the holder's write rather than let it
+//!   land after writes it no longer kept out, and no writer passes while
+//!   the holder's write is in flight.
 //! - **Encryption in transit.** With `sslmode=require` in the connection
 //!   string every connection speaks TLS (rustls, `ring`), and the
 //!   database's certificate must chain to the configured CA file (else the
