@@ -333,6 +333,9 @@ const FENCE_COMMIT_LOCKS: i32 = 0x7661_7567;
 /// How long a fence hold waits for other holders, in all.
 const FENCE_WAIT: Duration = Duration::from_secs(10);
 
+/// The epochs of fences (`$1`) that ever moved, as `(f, epoch)` rows.
+const READ_EPOCHS: &str = "SELECT f, epoch FROM vault_fences WHERE f = ANY($1)";
+
 /// Moves fences (`$1`) on to their next epoch.
 const BUMP_FENCES: &str = "INSERT INTO vault_fences AS t (f, epoch) \
      SELECT f, 1 FROM UNNEST($1::int4[]) AS f ON CONFLICT (f) DO UPDATE SET epoch = t.epoch + 1";
@@ -975,12 +978,7 @@ impl Store for PgStore {
         let pool = self.pool.clone();
         let stored = self.run(async move {
             let client = pool.get().await.map_err(pool_err)?;
-            let stmt = client
-                .prepare_cached(&format!(
-                    "SELECT f, epoch FROM {FENCE_TABLE} WHERE f = ANY($1)"
-                ))
-                .await
-                .map_err(pg_err)?;
+            let stmt = client.prepare_cached(READ_EPOCHS).await.map_err(pg_err)?;
             let rows = client.query(&stmt, &[&ids]).await.map_err(pg_err)?;
             epochs_of(&rows)
         })?;
@@ -1202,12 +1200,7 @@ async fn check_fences(
     if free != Some(true) {
         return Err(Error::Conflict);
     }
-    let stmt = tx
-        .prepare_cached(&format!(
-            "SELECT f, epoch FROM {FENCE_TABLE} WHERE f = ANY($1)"
-        ))
-        .await
-        .map_err(pg_err)?;
+    let stmt = tx.prepare_cached(READ_EPOCHS).await.map_err(pg_err)?;
     let stored = epochs_of(&tx.query(&stmt, &[&ids]).await.map_err(pg_err)?)?;
     if fences
         .iter()
