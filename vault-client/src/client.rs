@@ -725,6 +725,7 @@ impl VaultClient {
             threshold,
             recipients: recipients.to_vec(),
             cancel: false,
+            seal: String::new(),
         };
         let response = self
             .operator_call(request, |mut c, r| async move { c.rekey(r).await })
@@ -733,6 +734,76 @@ impl VaultClient {
             check_issued(&response.shares, &response.encrypted_shares, recipients)?;
         }
         Ok(response.into())
+    }
+
+    /// [`VaultClient::rekey`] that also moves the keyring to another seal
+    /// (`"shamir"`, or `"pkcs11"`: the server's configured HSM).
+    pub async fn rekey_to_seal(
+        &self,
+        share: &UnsealShare,
+        shares: u32,
+        threshold: u32,
+        recipients: &[String],
+        seal: &str,
+    ) -> Result<RekeyProgress> {
+        let request = pb::RekeyRequest {
+            share: share.expose_secret().to_owned(),
+            shares,
+            threshold,
+            recipients: recipients.to_vec(),
+            cancel: false,
+            seal: seal.to_owned(),
+        };
+        let response = self
+            .operator_call(request, |mut c, r| async move { c.rekey(r).await })
+            .await?;
+        if response.complete {
+            check_issued(&response.shares, &response.encrypted_shares, recipients)?;
+        }
+        Ok(response.into())
+    }
+
+    /// Asks the vault to unseal itself with its HSM (a keyring under the
+    /// PKCS#11 seal), as it does at start. [`Error::FailedPrecondition`]
+    /// says why it stays sealed (the token is missing, the release gate
+    /// refused this build, …); [`Error::InvalidInput`] for a keyring
+    /// sealed with shares.
+    pub async fn unseal_with_hsm(&self) -> Result<UnsealProgress> {
+        let request = pb::UnsealRequest::default();
+        let response = self
+            .operator_call(request, |mut c, r| async move { c.unseal(r).await })
+            .await?;
+        Ok(response.into())
+    }
+
+    /// Adds a build (its 48-byte measurement) to the approved builds:
+    /// from the next unseal on, the key is released only to a server
+    /// presenting an approved build. Returns whether it was new and how
+    /// many builds are approved.
+    pub async fn approve_build(&self, measurement: &[u8; 48]) -> Result<(bool, u32)> {
+        let response = self
+            .operator_call(
+                pb::ApproveBuildRequest {
+                    measurement: measurement.to_vec(),
+                },
+                |mut c, r| async move { c.approve_build(r).await },
+            )
+            .await?;
+        Ok((response.changed, response.approved))
+    }
+
+    /// Removes a build from the approved builds. Returns whether it was
+    /// approved and how many builds remain approved.
+    pub async fn revoke_build(&self, measurement: &[u8; 48]) -> Result<(bool, u32)> {
+        let response = self
+            .operator_call(
+                pb::RevokeBuildRequest {
+                    measurement: measurement.to_vec(),
+                },
+                |mut c, r| async move { c.revoke_build(r).await },
+            )
+            .await?;
+        Ok((response.changed, response.approved))
     }
 
     /// Abandons the rekey in progress, if any.

@@ -459,8 +459,32 @@ impl TryFrom<pb::StatusResponse> for SealStatus {
             rotate_root_after_wraps: status.rotate_root_after_wraps,
             root_rotation_due: status.root_rotation_due,
             transport: status.transport,
+            seal: status.seal,
+            seal_identity: (!status.seal_identity.is_empty()).then_some(status.seal_identity),
+            seal_message: (!status.seal_message.is_empty()).then_some(status.seal_message),
+            approved_builds: status
+                .approved_builds
+                .iter()
+                .map(|m| measurement(m))
+                .collect::<Result<_, _>>()?,
+            evidence: status.evidence,
+            measurement: match status.measurement.len() {
+                0 => None,
+                _ => Some(measurement(&status.measurement)?),
+            },
+            attested: status.attested,
         })
     }
+}
+
+/// A build measurement: 48 bytes.
+fn measurement(bytes: &[u8]) -> Result<[u8; 48], Error> {
+    bytes.try_into().map_err(|_| {
+        Error::Protocol(format!(
+            "a build measurement has {} bytes, not 48",
+            bytes.len()
+        ))
+    })
 }
 
 impl TryFrom<pb::ListRootKeysResponse> for RootKeys {
@@ -931,8 +955,31 @@ mod tests {
             rotate_root_after_wraps: 1 << 31,
             root_rotation_due: false,
             transport: "TLS".into(),
+            seal: "pkcs11".into(),
+            seal_identity: "token".into(),
+            seal_message: String::new(),
+            approved_builds: vec![vec![1; 48], vec![2; 48]],
+            evidence: "self-reported".into(),
+            measurement: vec![2; 48],
+            attested: false,
         })
         .unwrap();
+        assert_eq!(status.seal_identity.as_deref(), Some("token"));
+        assert_eq!(status.seal_message, None);
+        assert_eq!(status.measurement_approved(), Some(true));
+        // A measurement that is not 48 bytes is a protocol error.
+        for bad in [vec![1; 47], vec![]] {
+            let r = SealStatus::try_from(pb::StatusResponse {
+                approved_builds: vec![bad],
+                ..Default::default()
+            });
+            assert!(matches!(r, Err(Error::Protocol(_))), "{r:?}");
+        }
+        assert!(SealStatus::try_from(pb::StatusResponse {
+            measurement: vec![1; 49],
+            ..Default::default()
+        })
+        .is_err());
         assert_eq!(status.root_keys[0].wraps, 12);
         assert_eq!(status.rotate_root_after_wraps, 1 << 31);
         assert_eq!(status.transport, "TLS");

@@ -135,6 +135,34 @@ pub struct SealStatus {
     /// How the vault's port is reached: `plaintext (loopback)`,
     /// `plaintext (allowed on any address)`, `TLS` or `mutual TLS`.
     pub transport: String,
+    /// How the unseal key is kept: `shamir` or `pkcs11` (empty before init).
+    pub seal: String,
+    /// Under the PKCS#11 seal: the HSM token and key.
+    pub seal_identity: Option<String>,
+    /// While sealed: why the last unseal by the HSM failed.
+    pub seal_message: Option<String>,
+    /// The builds the key release gate lets through (none: the gate is off).
+    pub approved_builds: Vec<[u8; 48]>,
+    /// What the server presents to the gate: `none` or `self-reported`.
+    pub evidence: String,
+    /// The server's measurement, if it presents one.
+    pub measurement: Option<[u8; 48]>,
+    /// Whether a TEE vouches for the measurement.
+    pub attested: bool,
+}
+
+impl SealStatus {
+    /// Whether the server's measurement is among the approved builds
+    /// (`None` while no build is approved: the gate is off).
+    pub fn measurement_approved(&self) -> Option<bool> {
+        if self.approved_builds.is_empty() {
+            return None;
+        }
+        Some(
+            self.measurement
+                .is_some_and(|m| self.approved_builds.contains(&m)),
+        )
+    }
 }
 
 /// The life of a root key version.

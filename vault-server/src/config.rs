@@ -166,6 +166,12 @@ pub struct Config {
     /// Detectors: lockout.
     #[serde(default)]
     pub monitor: MonitorConfig,
+    /// How a new keyring's unseal key is kept (shares, or an HSM).
+    #[serde(default)]
+    pub seal: SealConfig,
+    /// What this server presents to the key release gate.
+    #[serde(default)]
+    pub attestation: AttestationConfig,
     /// Where to serve metrics (`GET /metrics`), if anywhere.
     pub metrics_listen: Option<SocketAddr>,
     /// TLS on the gRPC port; plaintext without it.
@@ -364,6 +370,108 @@ pub struct KeysConfig {
     /// rotation; at most 2^32 (NIST SP 800-38D's bound for random nonces),
     /// default 2^31.
     pub rotate_root_after_wraps: Option<u64>,
+}
+
+/// `[seal]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SealConfig {
+    /// `shamir` (default: the unseal key split among custodians) or
+    /// `pkcs11` (wrapped by a key in an HSM; the vault unseals itself).
+    #[serde(rename = "type", default)]
+    pub kind: SealKindConfig,
+    /// The PKCS#11 module, e.g. `/usr/lib/softhsm/libsofthsm2.so`.
+    pub pkcs11_library: Option<PathBuf>,
+    /// The HSM token's label.
+    pub token_label: Option<String>,
+    /// The wrapping key's label (made on the token at init if absent;
+    /// default `vault-unseal`).
+    pub key_label: Option<String>,
+    /// A file holding the token's user PIN (read at start).
+    pub pin_file: Option<PathBuf>,
+}
+
+/// `[seal] type`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SealKindConfig {
+    /// Shares.
+    #[default]
+    Shamir,
+    /// An HSM, through PKCS#11.
+    Pkcs11,
+}
+
+/// `[attestation]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttestationConfig {
+    /// `self-reported` (default: the SHA-384 of the server's executable,
+    /// with no TEE to vouch for it) or `none`.
+    pub evidence: Option<EvidenceConfig>,
+}
+
+/// `[attestation] evidence`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum EvidenceConfig {
+    /// No evidence: the gate refuses once a build is approved.
+    None,
+    /// The executable's SHA-384, self-reported.
+    SelfReported,
+}
+
+impl SealConfig {
+    /// The HSM to use, when `type = "pkcs11"`: every setting but the key
+    /// label is required, and the PIN file must hold a PIN.
+    pub fn pkcs11(&self) -> Result<Option<crate::hsm::Pkcs11Config>, String> {
+        let set = [
+            ("pkcs11_library", self.pkcs11_library.is_some()),
+            ("token_label", self.token_label.is_some()),
+            ("key_label", self.key_label.is_some()),
+            ("pin_file", self.pin_file.is_some()),
+        ];
+        if self.kind == SealKindConfig::Shamir {
+            if let Some((name, _)) = set.iter().find(|(_, s)| *s) {
+                return Err(format!(
+                    "seal.{name} applies only to seal.type = \"pkcs11\""
+                ));
+            }
+            return Ok(None);
+        }
+        let need = |name: &str| format!("seal.type = \"pkcs11\" needs seal.{name}");
+        let library = self
+            .pkcs11_library
+            .clone()
+            .ok_or_else(|| need("pkcs11_library"))?;
+        let token_label = self
+            .token_label
+            .clone()
+            .ok_or_else(|| need("token_label"))?;
+        if token_label.is_empty() || token_label.len() > 32 {
+            return Err("seal.token_label must be 1 to 32 bytes (a PKCS#11 token label)".into());
+        }
+        let key_label = self
+            .key_label
+            .clone()
+            .unwrap_or_else(|| "vault-unseal".to_owned());
+        if key_label.is_empty() || key_label.len() > 128 {
+            return Err("seal.key_label must be 1 to 128 bytes".into());
+        }
+        let pin_file = self.pin_file.as_ref().ok_or_else(|| need("pin_file"))?;
+        let pin = std::fs::read_to_string(pin_file)
+            .map_err(|e| format!("seal.pin_file {}: {e}", pin_file.display()))?;
+        let pin = pin.trim_end_matches(['\n', '\r']);
+        if pin.is_empty() {
+            return Err(format!("seal.pin_file {} is empty", pin_file.display()));
+        }
+        Ok(Some(crate::hsm::Pkcs11Config {
+            library,
+            token_label,
+            pin: pin.to_owned().into(),
+            key_label,
+        }))
+    }
 }
 
 /// `[monitor]`.
@@ -612,7 +720,15 @@ impl Config {
                 ));
             }
         }
+        let evidence = match self.attestation.evidence {
+            Some(EvidenceConfig::None) => crate::attest::Evidence::None,
+            Some(EvidenceConfig::SelfReported) | None => {
+                crate::attest::Evidence::self_reported().map_err(|e| e.to_string())?
+            }
+        };
         Ok(OpenOptions {
+            pkcs11: self.seal.pkcs11()?,
+            evidence,
             data_dir: self.data_dir.clone(),
             region: self.region()?,
             keyring_file: self
@@ -814,6 +930,52 @@ principal = "svc"
 sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 roles = ["reader"]
 "#;
+
+    #[test]
+    fn the_seal_and_the_evidence_are_configured_whole_or_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let pin = dir.path().join("pin");
+        std::fs::write(&pin, "1234\n").unwrap();
+        let with = |section: &str| {
+            Config::parse(&format!("{GOOD}\n{section}\n")).and_then(|c| c.open_options())
+        };
+        let shamir = with("").unwrap();
+        assert!(shamir.pkcs11.is_none());
+        assert_eq!(shamir.evidence.kind(), "self-reported");
+        assert!(shamir.evidence.measurement().is_some());
+        assert!(!shamir.evidence.attested());
+        let none = with("[attestation]\nevidence = \"none\"").unwrap();
+        assert_eq!(none.evidence, crate::attest::Evidence::None);
+        let table = |extra: &str| {
+            format!(
+                "[seal]\ntype = \"pkcs11\"\npkcs11_library = \"/usr/lib/softhsm/libsofthsm2.so\"\n\
+                 token_label = \"vault-eu\"\npin_file = {:?}\n{extra}",
+                pin.display().to_string()
+            )
+        };
+        let hsm = with(&table("")).unwrap().pkcs11.unwrap();
+        assert_eq!(hsm.token_label, "vault-eu");
+        assert_eq!(hsm.key_label, "vault-unseal");
+        assert!(!format!("{hsm:?}").contains("1234"), "the PIN never shows");
+        let e = with("[seal]\ntype = \"pkcs11\"").unwrap_err();
+        assert!(e.contains("needs seal.pkcs11_library"), "{e}");
+        let e = with("[seal]\ntoken_label = \"x\"").unwrap_err();
+        assert!(e.contains("applies only to seal.type = \"pkcs11\""), "{e}");
+        let e = with(&table("key_label = \"\"")).unwrap_err();
+        assert!(e.contains("seal.key_label"), "{e}");
+        let e = with(&table("").replace("vault-eu", &"x".repeat(33))).unwrap_err();
+        assert!(e.contains("seal.token_label"), "{e}");
+        std::fs::write(&pin, "\n").unwrap();
+        let e = with(&table("")).unwrap_err();
+        assert!(e.contains("is empty"), "{e}");
+        std::fs::remove_file(&pin).unwrap();
+        let e = with(&table("")).unwrap_err();
+        assert!(e.contains("seal.pin_file"), "{e}");
+        let e = with("[seal]\ntype = \"kms\"").unwrap_err();
+        assert!(e.contains("kms"), "{e}");
+        let e = with("[attestation]\nevidence = \"nitro-please\"").unwrap_err();
+        assert!(e.contains("nitro-please"), "{e}");
+    }
 
     #[test]
     fn the_storage_backend_is_rocksdb_unless_postgres_is_asked_for_whole() {

@@ -102,6 +102,7 @@ pub fn stored_record(data: &[u8]) {
 /// fixed unseal key), and the decrypted contents' sections decoder.
 pub fn keyring_file(data: &[u8]) {
     let _ = Keyring::peek(data);
+    let _ = Keyring::peek_sealing(data);
     let region: Region = match "eu".parse() {
         Ok(r) => r,
         Err(_) => return,

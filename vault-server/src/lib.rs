@@ -8,6 +8,8 @@
 
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "rocksdb")]
+pub mod attest;
 pub mod audit;
 #[cfg(feature = "rocksdb")]
 pub mod config;
@@ -18,6 +20,8 @@ pub mod engine;
 pub mod error;
 #[cfg(any(test, fuzzing, feature = "fuzzing"))]
 pub mod fuzzing;
+#[cfg(feature = "rocksdb")]
+pub mod hsm;
 pub mod keys;
 pub mod monitor;
 pub mod policy;

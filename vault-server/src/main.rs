@@ -207,7 +207,13 @@ async fn run(cli: Cli) -> Result<(), Error> {
             dev::seed(&*vault.engine()?)?;
             Ok(vault)
         } else {
-            Vault::open(opts)
+            let vault = Vault::open(opts)?;
+            if vault.hsm_sealed() {
+                // Auto-unseal; a failure is logged, recorded and shown
+                // below and by `operator status`: the vault stays sealed.
+                let _ = vault.auto_unseal(&vault_server::policy::Caller::internal("auto-unseal"));
+            }
+            Ok(vault)
         }
     })
     .await
@@ -251,16 +257,44 @@ async fn run(cli: Cli) -> Result<(), Error> {
                 );
             }
         }
+        if let Some(m) = &status.measurement {
+            let _ = writeln!(
+                out,
+                "build measurement ({}, {}): {}",
+                status.evidence,
+                if status.attested {
+                    "attested"
+                } else {
+                    "not attested"
+                },
+                hex::encode(m)
+            );
+        }
         if !status.initialized {
             let _ = writeln!(
                 out,
                 "vault is not initialised: run `vaultctl operator init --shares N --threshold M`"
+            );
+        } else if status.sealed && status.seal == "pkcs11" {
+            let _ = writeln!(
+                out,
+                "vault is sealed: {}; once fixed, run `vaultctl operator unseal --hsm` or restart",
+                status
+                    .seal_message
+                    .as_deref()
+                    .unwrap_or("the HSM has not unsealed it")
             );
         } else if status.sealed {
             let _ = writeln!(
                 out,
                 "vault is sealed: {} of {} custodians run `vaultctl operator unseal`",
                 status.threshold, status.shares
+            );
+        } else if status.seal == "pkcs11" {
+            let _ = writeln!(
+                out,
+                "vault unsealed by the HSM ({})",
+                status.seal_identity.as_deref().unwrap_or("")
             );
         }
         if let Some((token, custodian)) = &dev_tokens {

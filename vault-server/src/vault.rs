@@ -9,8 +9,12 @@
 //! The store is open in every state (it holds only ciphertext); the keys
 //! exist only while unsealed, inside the [`Engine`]. Sealing closes the
 //! engine, stops its background job and drops it: every key is zeroized as
-//! its last holder lets go. The unseal key is never written anywhere; the
-//! custodians hold it as Shamir shares.
+//! its last holder lets go. The unseal key is never written anywhere in
+//! clear: the custodians hold it as Shamir shares, or (the PKCS#11 seal)
+//! an HSM key wraps it and the vault unseals itself; the custodians' shares
+//! are then of a recovery key that opens nothing but authorises a rekey or
+//! a move between seals. Before either releases the key, the release gate
+//! checks this server's evidence against the keyring's approved builds.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -19,9 +23,12 @@ use std::thread::JoinHandle;
 use tokio::sync::watch;
 use zeroize::Zeroizing;
 
+use crate::attest::{release_gate, Evidence};
 use crate::audit::{AuditLog, Event};
 use crate::crypto::Key256;
 use crate::engine::{Engine, EngineOptions, KeyringFile, RootKeyInfo, META_KEYRING_ID};
+use crate::hsm::{self, HsmError, Pkcs11Config};
+use crate::keys::seal::{recovery_check, Measurement, Seal, SealHeader};
 use crate::keys::{
     check_split, split, write_secret_file, Custody, Keyring, KeyringError, Region, ShareCollector,
     ShareError, ShareRecipients, UnsealShare,
@@ -52,6 +59,11 @@ pub struct OpenOptions {
     pub postgres: Option<PgOptions>,
     /// Engine options (limits, cache, re-wrap pace).
     pub engine: EngineOptions,
+    /// The HSM (`[seal] type = "pkcs11"`): a new keyring's unseal key is
+    /// wrapped by it, and a keyring so sealed is unsealed with it.
+    pub pkcs11: Option<Pkcs11Config>,
+    /// What this server presents to the key release gate.
+    pub evidence: Evidence,
 }
 
 impl OpenOptions {
@@ -64,6 +76,8 @@ impl OpenOptions {
             store: StoreOptions::default(),
             postgres: None,
             engine: EngineOptions::default(),
+            pkcs11: None,
+            evidence: Evidence::None,
         }
     }
 }
@@ -91,6 +105,20 @@ pub struct SealStatus {
     pub rotate_root_after_wraps: u64,
     /// When unsealed: whether the current root key has wrapped that many.
     pub root_rotation_due: bool,
+    /// How the unseal key is kept: `shamir` or `pkcs11` (empty before init).
+    pub seal: String,
+    /// Under the PKCS#11 seal: the HSM token and key.
+    pub seal_identity: Option<String>,
+    /// Why the last unseal by the HSM failed, while sealed.
+    pub seal_message: Option<String>,
+    /// The builds the key release gate lets through (none: the gate is off).
+    pub approved_builds: Vec<Measurement>,
+    /// What this server presents: `none` or `self-reported`.
+    pub evidence: String,
+    /// This server's measurement, if it presents one.
+    pub measurement: Option<Measurement>,
+    /// Whether a TEE vouches for that measurement.
+    pub attested: bool,
 }
 
 /// Where an unseal stands after one share.
@@ -133,6 +161,8 @@ pub struct Vault {
     sealed: watch::Sender<bool>,
     /// The rekey in progress, if any (only while unsealed).
     rekey: Mutex<Option<PendingRekey>>,
+    /// Why the last unseal by the HSM failed (cleared once unsealed).
+    seal_message: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for Vault {
@@ -240,6 +270,7 @@ impl Vault {
             last_engine: Mutex::new(Weak::new()),
             sealed: watch::Sender::new(true),
             rekey: Mutex::new(None),
+            seal_message: Mutex::new(None),
         })
     }
 
@@ -382,13 +413,52 @@ impl Vault {
         let sealed_to = recipients.map_or(String::new(), |r| {
             format!("; shares encrypted to {} age recipients", r.len())
         });
+        let seal = match (&result, self.stored_sealing()) {
+            (
+                Ok(_),
+                Ok(Some(SealHeader {
+                    seal: Seal::Pkcs11(hsm),
+                    ..
+                })),
+            ) => format!(
+                "; PKCS#11 seal by {} (the shares are recovery shares)",
+                hsm.identity()
+            ),
+            _ => String::new(),
+        };
         self.record(
             caller,
             "init",
-            Some(format!("{threshold} of {shares} shares{sealed_to}")),
+            Some(format!("{threshold} of {shares} shares{sealed_to}{seal}")),
             &result,
         );
+        if result.is_ok() && self.hsm_sealed() {
+            // The HSM holds the key: unseal now, as at every start. A
+            // failure is recorded and shown by the status; the shares are
+            // returned all the same.
+            let _ = self.auto_unseal(caller);
+        }
         result
+    }
+
+    /// The stored keyring's seal and approved builds (None before init).
+    fn stored_sealing(&self) -> Result<Option<SealHeader>> {
+        match self.keyring.read()? {
+            Some(file) => Ok(Some(Keyring::peek_sealing(&file)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Whether the stored keyring is sealed by an HSM (the server then
+    /// unseals itself at start).
+    pub fn hsm_sealed(&self) -> bool {
+        matches!(
+            self.stored_sealing(),
+            Ok(Some(SealHeader {
+                seal: Seal::Pkcs11(_),
+                ..
+            }))
+        )
     }
 
     fn init_unaudited(
@@ -411,7 +481,8 @@ impl Vault {
         // refusing writes, the shares would be shown with no record.
         self.audit.writable()?;
         let unseal_key = Key256::random();
-        let parts = split(&unseal_key, threshold, shares).map_err(share_error)?;
+        let (parts, seal) =
+            self.new_split(&unseal_key, threshold, shares, self.opts.pkcs11.is_some())?;
         let custody = Custody {
             set_id: parts[0].set_id(),
             threshold,
@@ -420,7 +491,8 @@ impl Vault {
         // Sealed to their custodians before the keyring exists: a failure
         // here changes nothing.
         let issued = issue(parts, recipients)?;
-        let keyring = Keyring::generate(self.opts.region.clone(), custody);
+        let mut keyring = Keyring::generate(self.opts.region.clone(), custody);
+        keyring.set_seal(seal);
         KeyringFile {
             store: Arc::clone(&self.keyring),
             unseal_key,
@@ -440,9 +512,165 @@ impl Vault {
         Ok(issued)
     }
 
+    /// The shares and the seal for a new `unseal_key`: its own shares
+    /// (Shamir), or, with the HSM, the key wrapped inside it and the
+    /// shares of a new recovery key.
+    fn new_split(
+        &self,
+        unseal_key: &Key256,
+        threshold: u8,
+        shares: u8,
+        with_hsm: bool,
+    ) -> Result<(Vec<UnsealShare>, Seal)> {
+        if !with_hsm {
+            let parts = split(unseal_key, threshold, shares).map_err(share_error)?;
+            return Ok((parts, Seal::Shamir));
+        }
+        let cfg = self.opts.pkcs11.as_ref().ok_or_else(|| {
+            Error::FailedPrecondition(
+                "this server has no PKCS#11 seal configured ([seal] type = \"pkcs11\")".into(),
+            )
+        })?;
+        let recovery = Key256::random();
+        let parts = split(&recovery, threshold, shares).map_err(share_error)?;
+        let sealed = hsm::wrap(
+            cfg,
+            &self.opts.region,
+            unseal_key,
+            recovery_check(&recovery),
+        )
+        .map_err(|e| hsm_failed("the HSM did not wrap the unseal key", e))?;
+        Ok((parts, Seal::Pkcs11(sealed)))
+    }
+
+    /// Unseals with the HSM that wraps the keyring's unseal key (at start,
+    /// after init, or when a custodian gives no share), once the release
+    /// gate lets this server's evidence through. Recorded as an `unseal`
+    /// event, done or refused; a refusal also stays in the status. Refused
+    /// (`INVALID_ARGUMENT`) for a keyring sealed with shares.
+    pub fn auto_unseal(&self, caller: &Caller) -> Result<UnsealProgress> {
+        let result = self.auto_unseal_unaudited(caller);
+        let detail = match (&result, self.stored_sealing()) {
+            (
+                Ok(_),
+                Ok(Some(SealHeader {
+                    seal: Seal::Pkcs11(hsm),
+                    ..
+                })),
+            ) => Some(format!("unsealed by the HSM: {}", hsm.identity())),
+            // The reason names tokens, keys and measurements, never
+            // personal data: the auditor sees why the vault stayed sealed.
+            (Err(e), _) => Some(format!("by the HSM; {e}")),
+            _ => Some("by the HSM".to_owned()),
+        };
+        *self.seal_message.lock().unwrap_or_else(|p| p.into_inner()) =
+            result.as_ref().err().map(|e| e.to_string());
+        if let Err(e) = &result {
+            tracing::warn!(error = %e, "the vault stays sealed");
+        }
+        self.record(caller, "unseal", detail, &result);
+        result
+    }
+
+    fn auto_unseal_unaudited(&self, caller: &Caller) -> Result<UnsealProgress> {
+        self.authorize_custody(caller)?;
+        let mut state = self.state();
+        let custody = self.sealed_custody(&state)?;
+        let file = self
+            .keyring
+            .read()?
+            .ok_or_else(|| Error::Config(format!("{} disappeared", self.keyring.describe())))?;
+        let sealing = Keyring::peek_sealing(&file)?;
+        let Seal::Pkcs11(sealed) = &sealing.seal else {
+            return Err(Error::InvalidArgument(
+                "no share given: this vault's keyring is sealed with shares, not by an HSM".into(),
+            ));
+        };
+        let cfg = self.opts.pkcs11.as_ref().ok_or_else(|| {
+            Error::FailedPrecondition(format!(
+                "the keyring is sealed by the HSM {}; this server has no [seal] PKCS#11 \
+                 settings",
+                sealed.identity()
+            ))
+        })?;
+        self.release_gate(caller, &sealing)?;
+        let unseal_key = hsm::unwrap(cfg, &self.opts.region, sealed)
+            .map_err(|e| hsm_failed("the vault stays sealed", e))?;
+        let keyring = match Keyring::unseal(&file, &unseal_key, &self.opts.region) {
+            Err(KeyringError::WrongUnsealKey) => {
+                return Err(Error::FailedPrecondition(
+                    "the vault stays sealed: the key the HSM unwrapped does not open the \
+                     keyring (its file was altered)"
+                        .into(),
+                ))
+            }
+            other => other?,
+        };
+        let file = KeyringFile {
+            store: Arc::clone(&self.keyring),
+            unseal_key,
+        };
+        self.start_session(&mut state, keyring, file, false)?;
+        tracing::info!(region = %self.opts.region, hsm = %sealed.identity(), "vault unsealed by the HSM");
+        Ok(UnsealProgress {
+            sealed: false,
+            progress: 0,
+            threshold: custody.threshold,
+        })
+    }
+
+    /// The key release gate over the stored keyring's approved builds. A
+    /// refusal is recorded as a `release_gate` event that says why (the
+    /// measurement presented and how; no personal data).
+    fn release_gate(&self, caller: &Caller, sealing: &SealHeader) -> Result<()> {
+        let result = release_gate(sealing, &self.opts.evidence, &self.opts.region);
+        if let Err(e) = &result {
+            tracing::warn!(error = %e, "key release refused");
+            // Sealed, and the state lock held: straight to the log.
+            let ev = Event::outcome(caller, "release_gate", Some(e.to_string()), &result);
+            if let Err(e) = self.audit.commit(WriteSet::new(), ev) {
+                tracing::error!(error = %e, "audit event could not be written");
+            }
+        }
+        result
+    }
+
+    /// The custody of a sealed vault; an error in any other state, or
+    /// while requests of the last session still run.
+    fn sealed_custody(&self, state: &State) -> Result<Custody> {
+        let custody = match state {
+            State::Uninitialised => {
+                return Err(Error::FailedPrecondition(
+                    "the vault is not initialised; run `vaultctl operator init`".into(),
+                ))
+            }
+            State::Unsealed { .. } => {
+                return Err(Error::FailedPrecondition(
+                    "the vault is already unsealed".into(),
+                ))
+            }
+            State::Sealed { custody, .. } => *custody,
+        };
+        if self
+            .last_engine
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .strong_count()
+            > 0
+        {
+            return Err(Error::Unavailable(
+                "requests of the previous unsealed session are still finishing; \
+                 unseal again in a moment"
+                    .into(),
+            ));
+        }
+        Ok(custody)
+    }
+
     /// Takes one share. Once the threshold is reached, opens the keyring
     /// and starts serving. Shares that together do not open the keyring
-    /// reset the progress (which one was wrong cannot be told).
+    /// reset the progress (which one was wrong cannot be told). No share
+    /// (empty) asks the HSM instead ([`Vault::auto_unseal`]).
     pub fn unseal(&self, caller: &Caller, share: &str) -> Result<UnsealProgress> {
         self.unseal_with(caller, share, false)
     }
@@ -456,6 +684,9 @@ impl Vault {
         share: &str,
         allow_keyring_rollback: bool,
     ) -> Result<UnsealProgress> {
+        if share.trim().is_empty() {
+            return self.auto_unseal(caller);
+        }
         let result = self.unseal_unaudited(caller, share, allow_keyring_rollback);
         let rollback = self
             .engine()
@@ -482,32 +713,21 @@ impl Vault {
         self.authorize_custody(caller)?;
         let share = UnsealShare::parse(share).map_err(|e| refused(caller, e))?;
         let mut state = self.state();
-        let (custody, collector) = match &mut *state {
-            State::Uninitialised => {
-                return Err(Error::FailedPrecondition(
-                    "the vault is not initialised; run `vaultctl operator init`".into(),
-                ))
-            }
-            State::Unsealed { .. } => {
-                return Err(Error::FailedPrecondition(
-                    "the vault is already unsealed".into(),
-                ))
-            }
-            State::Sealed { custody, collector } => (*custody, collector),
+        let custody = self.sealed_custody(&state)?;
+        let State::Sealed { collector, .. } = &mut *state else {
+            return Err(Error::Sealed);
         };
-        if self
-            .last_engine
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .strong_count()
-            > 0
-        {
-            return Err(Error::Unavailable(
-                "requests of the previous unsealed session are still finishing; \
-                 give the share again in a moment"
-                    .into(),
-            ));
+        // Before any share is taken: the seal, and the release gate.
+        let sealing = self.stored_sealing()?.unwrap_or_default();
+        if let Seal::Pkcs11(sealed) = &sealing.seal {
+            return Err(Error::InvalidArgument(format!(
+                "this vault's unseal key is wrapped by the HSM {}: shares are recovery shares \
+                 and open nothing; give no share to have the HSM unseal it \
+                 (vaultctl operator unseal --hsm)",
+                sealed.identity()
+            )));
         }
+        self.release_gate(caller, &sealing)?;
         if !share.is_of(&custody) {
             return Err(refused(caller, ShareError::Foreign));
         }
@@ -534,36 +754,11 @@ impl Vault {
             &unseal_key,
             "unseal",
         )?;
-        let mut options = self.opts.engine.clone();
-        options.accept_keyring_rollback = allow_keyring_rollback;
-        let engine = Engine::with_audit(
-            Arc::clone(&self.store),
-            keyring,
-            KeyringFile {
-                store: Arc::clone(&self.keyring),
-                unseal_key,
-            },
-            options,
-            Arc::clone(&self.audit),
-        )
-        .map_err(|e| match e {
-            // The keyring opened but does not belong to this data folder:
-            // the custodians should hear why, not "internal error".
-            Error::Keyring(k) => Error::FailedPrecondition(k.to_string()),
-            e => e,
-        })?;
-        let engine = Arc::new(engine);
-        *self.last_engine.lock().unwrap_or_else(|p| p.into_inner()) = Arc::downgrade(&engine);
-        let worker = Arc::clone(&engine);
-        let job = std::thread::Builder::new()
-            .name("vault-background".into())
-            .spawn(move || worker.run_background())
-            .map_err(|e| Error::io("starting the re-wrap job", e))?;
-        *state = State::Unsealed {
-            engine,
-            job: Some(job),
+        let file = KeyringFile {
+            store: Arc::clone(&self.keyring),
+            unseal_key,
         };
-        self.sealed.send_replace(false);
+        self.start_session(&mut state, keyring, file, allow_keyring_rollback)?;
         tracing::info!(region = %self.opts.region, "vault unsealed");
         Ok(UnsealProgress {
             sealed: false,
@@ -670,7 +865,39 @@ impl Vault {
             signing_public_key: None,
             rotate_root_after_wraps: self.opts.engine.rotate_root_after_wraps,
             root_rotation_due: false,
+            seal: String::new(),
+            seal_identity: None,
+            seal_message: None,
+            approved_builds: Vec::new(),
+            evidence: self.opts.evidence.kind().to_owned(),
+            measurement: self.opts.evidence.measurement().copied(),
+            attested: self.opts.evidence.attested(),
         };
+        let sealing = match &*state {
+            State::Unsealed { engine, .. } => Some(engine.keyring().sealing().clone()),
+            State::Uninitialised => None,
+            State::Sealed { .. } => match self.stored_sealing() {
+                Ok(sealing) => sealing,
+                Err(e) => {
+                    s.seal_message = Some(format!("the stored keyring cannot be read: {e}"));
+                    None
+                }
+            },
+        };
+        if let Some(sealing) = sealing {
+            s.seal = sealing.seal.name().to_owned();
+            if let Seal::Pkcs11(hsm) = &sealing.seal {
+                s.seal_identity = Some(hsm.identity());
+            }
+            s.approved_builds = sealing.approved_builds.into_iter().collect();
+        }
+        if matches!(&*state, State::Sealed { .. }) && s.seal_message.is_none() {
+            s.seal_message = self
+                .seal_message
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+        }
         match &*state {
             State::Uninitialised => s.initialized = false,
             State::Sealed { custody, collector } => {
@@ -736,6 +963,18 @@ pub struct RekeyParams {
     pub threshold: u8,
     /// One age recipient per new share, or none (shares returned in clear).
     pub recipients: Option<ShareRecipients>,
+    /// The seal after the rekey; `None` keeps the current one. Moving to
+    /// the PKCS#11 seal needs the server's `[seal]` settings.
+    pub seal: Option<SealKind>,
+}
+
+/// A seal to move to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SealKind {
+    /// Shares open the keyring.
+    Shamir,
+    /// The configured HSM wraps the unseal key.
+    Pkcs11,
 }
 
 impl RekeyParams {
@@ -743,7 +982,12 @@ impl RekeyParams {
         let to = self.recipients.as_ref().map_or(String::new(), |r| {
             format!(", encrypted to {} age recipients", r.len())
         });
-        format!("{} of {} shares{to}", self.threshold, self.shares)
+        let seal = match self.seal {
+            None => "",
+            Some(SealKind::Shamir) => "; seal: shamir",
+            Some(SealKind::Pkcs11) => "; seal: pkcs11",
+        };
+        format!("{} of {} shares{to}{seal}", self.threshold, self.shares)
     }
 }
 
@@ -923,12 +1167,39 @@ impl Vault {
         // The last share: the rekey ends here, done or failed.
         let combined = pending.collector.combine();
         *slot = None;
-        let old_key = combined.map_err(share_error)?;
-        open_keyring_file(self.keyring.as_ref(), &self.opts.region, &old_key, "rekey")?;
+        let combined = combined.map_err(share_error)?;
+        // The shares are of the unseal key (Shamir), or of the recovery
+        // key (PKCS#11), whose check the header keeps.
+        let current_seal = engine.keyring().sealing().seal.clone();
+        match &current_seal {
+            Seal::Shamir => {
+                open_keyring_file(self.keyring.as_ref(), &self.opts.region, &combined, "rekey")?;
+            }
+            Seal::Pkcs11(sealed) => {
+                if !bool::from(subtle::ConstantTimeEq::ct_eq(
+                    &recovery_check(&combined)[..],
+                    &sealed.recovery_check[..],
+                )) {
+                    tracing::warn!("the recovery shares given do not combine to the recovery key");
+                    return Err(Error::InvalidArgument(
+                        "the shares given do not combine to this vault's recovery key (one is \
+                         wrong or forged); rekey progress was reset"
+                            .into(),
+                    ));
+                }
+            }
+        }
+        drop(combined);
+        let old_key = engine.unseal_key();
         // As for init: the new shares must not be issued unrecorded.
         self.audit.writable()?;
         let new_key = Key256::random();
-        let parts = split(&new_key, params.threshold, params.shares).map_err(share_error)?;
+        let with_hsm = match params.seal {
+            None => matches!(current_seal, Seal::Pkcs11(_)),
+            Some(kind) => kind == SealKind::Pkcs11,
+        };
+        let (parts, new_seal) =
+            self.new_split(&new_key, params.threshold, params.shares, with_hsm)?;
         let new_custody = Custody {
             set_id: parts[0].set_id(),
             threshold: params.threshold,
@@ -978,6 +1249,7 @@ impl Vault {
         drop(engine);
         let mut keyring = old_keyring.clone();
         keyring.set_custody(new_custody);
+        keyring.set_seal(new_seal);
         keyring.next_generation();
         let generation = keyring.generation();
         let new_file = KeyringFile {
@@ -995,7 +1267,7 @@ impl Vault {
                     store: Arc::clone(&self.keyring),
                     unseal_key: old_key,
                 };
-                if let Err(reopen) = self.start_session(&mut state, old_keyring, old_file) {
+                if let Err(reopen) = self.start_session(&mut state, old_keyring, old_file, false) {
                     self.sealed.send_replace(true);
                     tracing::error!(
                         error = %reopen,
@@ -1007,7 +1279,7 @@ impl Vault {
             tracing::error!(error = %e, "rekeyed keyring saved, but not confirmed durable");
         }
         drop(old_key);
-        let sealed = match self.start_session(&mut state, keyring, new_file) {
+        let sealed = match self.start_session(&mut state, keyring, new_file, false) {
             Ok(()) => false,
             Err(e) => {
                 // The keyring is rekeyed: the new shares are the only way
@@ -1045,16 +1317,32 @@ impl Vault {
         })
     }
 
-    /// Opens an engine over `keyring` and serves with it (after a rekey).
-    fn start_session(&self, state: &mut State, keyring: Keyring, file: KeyringFile) -> Result<()> {
+    /// Opens an engine over `keyring` and serves with it (an unseal, or
+    /// after a rekey).
+    fn start_session(
+        &self,
+        state: &mut State,
+        keyring: Keyring,
+        file: KeyringFile,
+        allow_keyring_rollback: bool,
+    ) -> Result<()> {
         let custody = keyring.custody();
-        let engine = Arc::new(Engine::with_audit(
+        let mut options = self.opts.engine.clone();
+        options.accept_keyring_rollback = allow_keyring_rollback;
+        let engine = Engine::with_audit(
             Arc::clone(&self.store),
             keyring,
             file,
-            self.opts.engine.clone(),
+            options,
             Arc::clone(&self.audit),
-        )?);
+        )
+        .map_err(|e| match e {
+            // The keyring opened but does not belong to this data folder:
+            // the custodians should hear why, not "internal error".
+            Error::Keyring(k) => Error::FailedPrecondition(k.to_string()),
+            e => e,
+        })?;
+        let engine = Arc::new(engine);
         *self.last_engine.lock().unwrap_or_else(|p| p.into_inner()) = Arc::downgrade(&engine);
         let worker = Arc::clone(&engine);
         let job = std::thread::Builder::new()
@@ -1067,6 +1355,7 @@ impl Vault {
                     job: Some(job),
                 };
                 self.sealed.send_replace(false);
+                *self.seal_message.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 Ok(())
             }
             Err(e) => {
@@ -1112,6 +1401,11 @@ impl Drop for Vault {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// An HSM failure, said with what it stopped.
+fn hsm_failed(what: &str, e: HsmError) -> Error {
+    Error::FailedPrecondition(format!("{what}: {e}"))
 }
 
 fn share_error(e: ShareError) -> Error {

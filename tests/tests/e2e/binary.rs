@@ -139,7 +139,7 @@ async fn run_to_exit(args: &[&str]) -> (std::process::ExitStatus, String) {
 
 /// A configuration file in `dir` (region eu, its data in `dir/data`) with
 /// `extra` before the tables and `tables` after.
-fn config_file(dir: &std::path::Path, extra: &str, tables: &str) -> String {
+pub(crate) fn config_file(dir: &std::path::Path, extra: &str, tables: &str) -> String {
     let path = dir.join("vault.toml");
     std::fs::write(
         &path,
@@ -152,7 +152,7 @@ fn config_file(dir: &std::path::Path, extra: &str, tables: &str) -> String {
     path.to_str().unwrap().to_owned()
 }
 
-fn token_entry(principal: &str, token: &str, roles: &str) -> String {
+pub(crate) fn token_entry(principal: &str, token: &str, roles: &str) -> String {
     format!(
         "[[tokens]]\nprincipal = \"{principal}\"\nsha256 = \"{}\"\nroles = {roles}\n",
         hex::encode(vault_server::service::hash_token(token))
@@ -230,17 +230,23 @@ async fn the_binary_refuses_plaintext_beyond_loopback_and_mixed_duties() {
 }
 
 /// A started binary: its address (as a loopback URL), and its stdout lines.
-struct Started {
+pub(crate) struct Started {
     child: tokio::process::Child,
-    url: String,
-    lines: Vec<String>,
+    pub(crate) url: String,
+    pub(crate) lines: Vec<String>,
 }
 
 /// Starts the binary with `args` and reads stdout up to the line that
 /// starts with `last` (the address line comes first).
 async fn start(args: &[&str], last: &str) -> Started {
+    start_with_env(args, &[], last).await
+}
+
+/// [`start`] with extra environment variables.
+pub(crate) async fn start_with_env(args: &[&str], env: &[(&str, &str)], last: &str) -> Started {
     let mut child = Command::new(server_binary())
         .args(args)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -251,7 +257,7 @@ async fn start(args: &[&str], last: &str) -> Started {
     let mut port = None;
     while let Some(line) = tokio::time::timeout(std::time::Duration::from_secs(60), out.next_line())
         .await
-        .expect("the binary printed its lines")
+        .unwrap_or_else(|_| panic!("no line {last:?} within a minute; so far: {lines:?}"))
         .unwrap()
     {
         if let Some(rest) = line.strip_prefix("vault-server listening on ") {
@@ -273,7 +279,8 @@ async fn start(args: &[&str], last: &str) -> Started {
 }
 
 impl Started {
-    async fn stop(self) -> String {
+    /// Stops it with SIGTERM; it must exit cleanly. Its stderr.
+    pub(crate) async fn stop(self) -> String {
         let pid = self.child.id().unwrap().to_string();
         let status = std::process::Command::new("kill")
             .args(["-TERM", &pid])

@@ -22,6 +22,7 @@ mod reindex;
 mod retention;
 mod routing;
 mod scale_out;
+mod seal;
 mod search;
 mod tamper;
 mod tls;

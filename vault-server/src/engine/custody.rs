@@ -13,6 +13,7 @@ use std::sync::Arc;
 use super::{lock, stripe, validate_id, Engine, Ids};
 use crate::audit::Event;
 use crate::crypto::Key256;
+use crate::keys::seal::Measurement;
 use crate::keys::{
     wrap_subject_key, wrapping_version, ErasureReceipt, KeyState, Keyring, KeyringError, Rewrapper,
     SubjectKeys, SubjectName,
@@ -207,6 +208,66 @@ impl Engine {
             &Ok(()),
         );
         Ok(())
+    }
+
+    /// Adds a build to the keyring's approved list (the key release
+    /// gate, in force from the next unseal of every server). Returns
+    /// false if it was approved already (nothing saved).
+    pub fn approve_build(&self, caller: &Caller, build: Measurement) -> Result<bool> {
+        self.audited(caller, Operation::Custody, "approve_build", || {
+            self.change_builds(caller, "approve_build", &build, |kr| {
+                kr.approve_build(build).map_err(custody_error)
+            })
+        })
+    }
+
+    /// Removes a build from the approved list (from the next unseal on, a
+    /// server of that build is refused its key). Returns false if it was
+    /// not approved (nothing saved).
+    pub fn revoke_build(&self, caller: &Caller, build: Measurement) -> Result<bool> {
+        self.audited(caller, Operation::Custody, "revoke_build", || {
+            self.change_builds(caller, "revoke_build", &build, |kr| {
+                Ok(kr.revoke_build(&build))
+            })
+        })
+    }
+
+    fn change_builds(
+        &self,
+        caller: &Caller,
+        operation: &str,
+        build: &Measurement,
+        change: impl FnOnce(&mut Keyring) -> Result<bool>,
+    ) -> Result<bool> {
+        let _custody = lock(&self.custody_lock);
+        self.check_open()?;
+        let mut kr = Keyring::clone(&self.keyring());
+        let changed = change(&mut kr)?;
+        let generation = if changed {
+            self.replace_keyring(kr)?;
+            self.keyring().generation()
+        } else {
+            kr.generation()
+        };
+        let approved = self.keyring().sealing().approved_builds.len();
+        tracing::info!(
+            measurement = %hex::encode(build),
+            changed,
+            approved,
+            principal = %caller.principal.name,
+            "{operation}"
+        );
+        self.record(
+            caller,
+            operation,
+            Some(format!(
+                "measurement {}; {}; {approved} approved builds; keyring generation {generation}",
+                hex::encode(build),
+                if changed { "saved" } else { "unchanged" },
+            )),
+            &Ok(()),
+        );
+        Ok(changed)
     }
 
     /// The public half of the vault's signing key.

@@ -1834,6 +1834,12 @@ impl Engine {
         result
     }
 
+    /// A copy of the unseal key this engine saves the keyring under (for
+    /// a rekey that must fall back to it when the HSM holds it).
+    pub(crate) fn unseal_key(&self) -> Key256 {
+        self.keyring_file.unseal_key.clone()
+    }
+
     /// The origin line of this vault's checkpoints: region and keyring id.
     pub fn audit_origin(&self) -> String {
         self.audit_origin.clone()

@@ -12,6 +12,11 @@
 //!  \_______________________ header (clear, authenticated) ______/
 //! ```
 //!
+//! Version 3 (what this build writes) adds, after N, `u32 len ‖ extension`:
+//! the seal (Shamir, or the HSM key that wraps the unseal key) and the
+//! approved builds, laid out in [`super::seal`]. Version 2 files read as
+//! Shamir-sealed with no approved builds.
+//!
 //! The contents are AES-256-GCM under `derive_keyring_key(unseal key, region)`
 //! with `AAD = labels::KEYRING ‖ lp(header)`. The header is readable while
 //! sealed: the region (so a server of another region refuses the file with
@@ -72,13 +77,19 @@ use rand::RngCore;
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
+use super::seal::{Measurement, Seal, SealHeader};
 use super::Region;
 use crate::crypto::{derive_keyring_key, labels, open_wrapped, put_lp, seal_wrapped, Key256};
 
 const MAGIC: &[u8; 4] = b"RDVK";
-/// The keyring file format this build writes and reads. (Version 1, of the
-/// first development builds, kept an unseal key file; it is refused.)
+/// The keyring file format of builds before seals (read, not written).
+/// (Version 1, of the first development builds, kept an unseal key file;
+/// it is refused.)
 pub const KEYRING_FILE_V2: u8 = 2;
+/// The keyring file format this build writes: v2 and the seal extension.
+pub const KEYRING_FILE_V3: u8 = 3;
+/// At most this many bytes of header extension.
+const MAX_EXTENSION: usize = 16 * 1024;
 
 const TAG_REGION: u8 = 1;
 const TAG_ID: u8 = 2;
@@ -238,6 +249,8 @@ pub struct Keyring {
     /// Raised by every saved change.
     generation: u64,
     custody: Custody,
+    /// The seal and approved builds (the file's clear header extension).
+    sealing: SealHeader,
 }
 
 impl std::fmt::Debug for Keyring {
@@ -255,6 +268,8 @@ impl std::fmt::Debug for Keyring {
             .field("shred_buckets", &self.buckets.len())
             .field("generation", &self.generation)
             .field("custody", &self.custody)
+            .field("seal", &self.sealing.seal)
+            .field("approved_builds", &self.sealing.approved_builds.len())
             .finish()
     }
 }
@@ -264,6 +279,7 @@ impl Keyring {
     /// and the same share set).
     pub fn same_state(&self, other: &Keyring) -> bool {
         self.custody == other.custody
+            && self.sealing == other.sealing
             && self.encode_contents().as_slice() == other.encode_contents().as_slice()
     }
 
@@ -296,6 +312,7 @@ impl Keyring {
                 .collect(),
             generation: 1,
             custody,
+            sealing: SealHeader::default(),
         }
     }
 
@@ -319,6 +336,36 @@ impl Keyring {
     /// generation and seals it under the new unseal key.
     pub fn set_custody(&mut self, custody: Custody) {
         self.custody = custody;
+    }
+
+    /// How the unseal key is kept, and the approved builds.
+    pub fn sealing(&self) -> &SealHeader {
+        &self.sealing
+    }
+
+    /// Names how the unseal key is kept (a new seal goes with a new
+    /// unseal key: the caller seals the keyring under it).
+    pub fn set_seal(&mut self, seal: Seal) {
+        self.sealing.seal = seal;
+    }
+
+    /// Adds a build to the approved list; false if it was there.
+    pub fn approve_build(&mut self, m: Measurement) -> Result<bool, KeyringError> {
+        if self.sealing.approved_builds.contains(&m) {
+            return Ok(false);
+        }
+        if self.sealing.approved_builds.len() >= super::seal::MAX_APPROVED_BUILDS {
+            return Err(KeyringError::BadTransition(format!(
+                "at most {} builds can be approved; revoke one first",
+                super::seal::MAX_APPROVED_BUILDS
+            )));
+        }
+        Ok(self.sealing.approved_builds.insert(m))
+    }
+
+    /// Removes a build from the approved list; false if it was not there.
+    pub fn revoke_build(&mut self, m: &Measurement) -> bool {
+        self.sealing.approved_builds.remove(m)
     }
 
     /// Makes a new root key version current and returns it. Earlier
@@ -622,7 +669,7 @@ impl Keyring {
     pub fn seal(&self, unseal_key: &Key256) -> Vec<u8> {
         let contents = self.encode_contents();
         let kek = derive_keyring_key(unseal_key, self.region.as_str());
-        let mut out = header(&self.region, &self.custody);
+        let mut out = header(&self.region, &self.custody, &self.sealing);
         let wrapped = seal_wrapped(&kek, &aad(&out), &contents);
         out.extend_from_slice(&wrapped);
         out
@@ -637,6 +684,7 @@ impl Keyring {
         let Header {
             region,
             custody,
+            sealing,
             len,
         } = parse_header(file)?;
         let (header_bytes, wrapped) = file.split_at(len);
@@ -656,6 +704,7 @@ impl Keyring {
             ));
         }
         keyring.custody = custody;
+        keyring.sealing = sealing;
         Ok(keyring)
     }
 
@@ -714,6 +763,7 @@ impl Keyring {
                 threshold: 1,
                 shares: 1,
             },
+            sealing: SealHeader::default(),
         }
     }
 
@@ -740,6 +790,13 @@ impl Keyring {
     /// unsealing it.
     pub fn peek(file: &[u8]) -> Result<(Region, Custody), KeyringError> {
         parse_header(file).map(|h| (h.region, h.custody))
+    }
+
+    /// Reads the seal and approved builds of a keyring file without
+    /// unsealing it. Not yet authenticated: the contents open only if
+    /// these bytes are the ones sealed with them.
+    pub fn peek_sealing(file: &[u8]) -> Result<SealHeader, KeyringError> {
+        parse_header(file).map(|h| h.sealing)
     }
 
     /// The plaintext contents, for the fuzz seed corpus.
@@ -988,6 +1045,7 @@ impl Keyring {
             // A keyring from before generations: the oldest.
             generation: generation.unwrap_or(0),
             custody,
+            sealing: SealHeader::default(),
         })
     }
 }
@@ -997,17 +1055,22 @@ fn section(out: &mut Vec<u8>, tag: u8, value: &[u8]) {
     put_lp(out, value);
 }
 
-fn header(region: &Region, custody: &Custody) -> Vec<u8> {
+fn header(region: &Region, custody: &Custody, sealing: &SealHeader) -> Vec<u8> {
     let r = region.as_str().as_bytes();
-    let mut out = Vec::with_capacity(7 + r.len() + 18);
+    let mut out = Vec::with_capacity(7 + r.len() + 22);
     out.extend_from_slice(MAGIC);
-    out.push(KEYRING_FILE_V2);
+    out.push(KEYRING_FILE_V3);
     // A region is at most 16 bytes (see Region).
     out.extend_from_slice(&(r.len() as u16).to_be_bytes());
     out.extend_from_slice(r);
     out.extend_from_slice(&custody.set_id);
     out.push(custody.threshold);
     out.push(custody.shares);
+    let mut ext = Vec::new();
+    sealing.encode(&mut ext);
+    // Bounded: one seal and at most MAX_APPROVED_BUILDS builds.
+    out.extend_from_slice(&(ext.len() as u32).to_be_bytes());
+    out.extend_from_slice(&ext);
     out
 }
 
@@ -1021,6 +1084,7 @@ fn aad(header: &[u8]) -> Vec<u8> {
 struct Header {
     region: Region,
     custody: Custody,
+    sealing: SealHeader,
     /// Its length in bytes.
     len: usize,
 }
@@ -1030,8 +1094,9 @@ fn parse_header(file: &[u8]) -> Result<Header, KeyringError> {
     if file.len() < 7 || &file[..4] != MAGIC {
         return Err(Malformed("not a keyring file"));
     }
-    if file[4] != KEYRING_FILE_V2 {
-        return Err(KeyringError::UnknownVersion(file[4]));
+    let version = file[4];
+    if version != KEYRING_FILE_V2 && version != KEYRING_FILE_V3 {
+        return Err(KeyringError::UnknownVersion(version));
     }
     let r = u16::from_be_bytes([file[5], file[6]]) as usize;
     let region_bytes = file.get(7..7 + r).ok_or(Malformed("truncated region"))?;
@@ -1048,6 +1113,22 @@ fn parse_header(file: &[u8]) -> Result<Header, KeyringError> {
     if threshold == 0 || threshold > shares {
         return Err(Malformed("bad custody parameters"));
     }
+    let mut len = 7 + r + 18;
+    let mut sealing = SealHeader::default();
+    if version == KEYRING_FILE_V3 {
+        let ext_len = file
+            .get(len..len + 4)
+            .ok_or(Malformed("truncated header extension"))?;
+        let ext_len = u32::from_be_bytes([ext_len[0], ext_len[1], ext_len[2], ext_len[3]]) as usize;
+        if ext_len > MAX_EXTENSION {
+            return Err(Malformed("header extension too long"));
+        }
+        let ext = file
+            .get(len + 4..len + 4 + ext_len)
+            .ok_or(Malformed("truncated header extension"))?;
+        sealing = SealHeader::decode(ext)?;
+        len += 4 + ext_len;
+    }
     Ok(Header {
         region,
         custody: Custody {
@@ -1055,7 +1136,8 @@ fn parse_header(file: &[u8]) -> Result<Header, KeyringError> {
             threshold,
             shares,
         },
-        len: 7 + r + 18,
+        sealing,
+        len,
     })
 }
 
@@ -1129,6 +1211,68 @@ mod tests {
         );
         assert_eq!(Keyring::peek(&file).unwrap(), (eu(), custody()));
         assert_eq!(back.custody(), custody());
+    }
+
+    /// A version 3 header carries the seal and the approved builds,
+    /// authenticated with the contents; a version 2 file (builds before
+    /// seals) still opens, as Shamir-sealed with no approved builds.
+    #[test]
+    fn the_seal_and_approved_builds_travel_in_the_authenticated_header() {
+        use crate::keys::seal::{HsmSeal, Seal, HSM_WRAPPED_LEN};
+        let mut kr = Keyring::generate(eu(), custody());
+        kr.set_seal(Seal::Pkcs11(HsmSeal {
+            token_label: "vault-eu".into(),
+            token_serial: "42".into(),
+            key_label: "vault-unseal".into(),
+            key_id: vec![1; 16],
+            wrapped_key: vec![2; HSM_WRAPPED_LEN],
+            recovery_check: [3; 32],
+        }));
+        assert!(kr.approve_build([5; 48]).unwrap());
+        assert!(!kr.approve_build([5; 48]).unwrap());
+        assert!(kr.approve_build([4; 48]).unwrap());
+        let uk = Key256::random();
+        let file = kr.seal(&uk);
+        assert_eq!(file[4], KEYRING_FILE_V3);
+        assert_eq!(Keyring::peek_sealing(&file).unwrap(), *kr.sealing());
+        let back = Keyring::unseal(&file, &uk, &eu()).unwrap();
+        assert!(back.same_state(&kr));
+        // An approved build changed in the clear header: the keyring no
+        // longer opens.
+        let at = file
+            .windows(48)
+            .position(|w| w == [5u8; 48])
+            .expect("the build is in the header");
+        let mut forged = file.clone();
+        forged[at] ^= 1;
+        assert_eq!(
+            Keyring::unseal(&forged, &uk, &eu()).unwrap_err(),
+            KeyringError::WrongUnsealKey
+        );
+        assert!(kr.revoke_build(&[5; 48]));
+        assert!(!kr.revoke_build(&[5; 48]));
+        // Every truncation of the header is an error, never a panic.
+        let header_len = parse_header(&file).unwrap().len;
+        for n in 0..header_len {
+            assert!(Keyring::peek_sealing(&file[..n]).is_err(), "prefix {n}");
+        }
+
+        // Version 2: the header of the builds before seals.
+        let plain = Keyring::generate(eu(), custody());
+        let mut v2 = MAGIC.to_vec();
+        v2.push(KEYRING_FILE_V2);
+        v2.extend_from_slice(&2u16.to_be_bytes());
+        v2.extend_from_slice(b"eu");
+        v2.extend_from_slice(&custody().set_id);
+        v2.extend_from_slice(&[custody().threshold, custody().shares]);
+        let kek = derive_keyring_key(&uk, "eu");
+        let wrapped = seal_wrapped(&kek, &aad(&v2), &plain.encode_contents());
+        v2.extend_from_slice(&wrapped);
+        let back = Keyring::unseal(&v2, &uk, &eu()).unwrap();
+        assert!(back.same_state(&plain));
+        assert_eq!(back.sealing().seal, Seal::Shamir);
+        // Saved again, it is written as version 3.
+        assert_eq!(back.seal(&uk)[4], KEYRING_FILE_V3);
     }
 
     /// A rekey: the same keys under a new share set and a new unseal key;
@@ -1246,7 +1390,7 @@ mod tests {
         for (name, bytes) in cases {
             assert!(Keyring::unseal(&bytes, &uk, &eu()).is_err(), "{name}");
         }
-        for v in [1, 3] {
+        for v in [1, 4] {
             let mut old = file.clone();
             old[4] = v;
             assert_eq!(

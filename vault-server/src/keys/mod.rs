@@ -7,13 +7,14 @@ mod names;
 mod receipt;
 mod recipients;
 mod region;
+pub mod seal;
 mod shares;
 mod subject;
 
 pub use cache::{KeyCache, SubjectKeys};
 pub use keyring::{
     write_secret_file, Custody, KeyState, Keyring, KeyringError, SubjectPseudonym, VersionedKey,
-    KEYRING_FILE_V2, SHRED_BUCKETS,
+    KEYRING_FILE_V2, KEYRING_FILE_V3, SHRED_BUCKETS,
 };
 pub use names::{bucket_of, RecordName, StorageNames, SubjectName};
 pub use receipt::{signing_key, ErasureReceipt, ReceiptError, Shredded, ERASURE_RECEIPT_V2};

@@ -15,7 +15,7 @@ use super::auth::caller;
 use super::vault::run_blocking;
 use crate::engine::RootKeyInfo;
 use crate::keys::{ErasureReceipt, KeyState, ShareRecipients};
-use crate::vault::RekeyParams;
+use crate::vault::{RekeyParams, SealKind};
 use crate::Vault;
 
 /// The custody API over one vault.
@@ -151,6 +151,17 @@ impl OperatorService for OperatorApi {
             shares,
             threshold,
             recipients: recipients(&r.recipients, shares)?,
+            seal: match r.seal.as_str() {
+                "" => None,
+                "shamir" => Some(SealKind::Shamir),
+                "pkcs11" => Some(SealKind::Pkcs11),
+                other => {
+                    return Err(Status::invalid_argument(format!(
+                        "seal must be \"shamir\", \"pkcs11\" or empty (keep the current \
+                         one), not {other:?}"
+                    )))
+                }
+            },
         };
         let p = run_blocking(move || vault.rekey(&caller, &share, &params)).await?;
         let mut response = pb::RekeyResponse {
@@ -237,6 +248,49 @@ impl OperatorService for OperatorApi {
             rotate_root_after_wraps: s.rotate_root_after_wraps,
             root_rotation_due: s.root_rotation_due,
             transport: self.transport.to_owned(),
+            seal: s.seal,
+            seal_identity: s.seal_identity.unwrap_or_default(),
+            seal_message: s.seal_message.unwrap_or_default(),
+            approved_builds: s.approved_builds.iter().map(|m| m.to_vec()).collect(),
+            evidence: s.evidence,
+            measurement: s.measurement.map(|m| m.to_vec()).unwrap_or_default(),
+            attested: s.attested,
+        }))
+    }
+
+    async fn approve_build(
+        &self,
+        req: Request<pb::ApproveBuildRequest>,
+    ) -> Result<Response<pb::ApproveBuildResponse>, Status> {
+        let caller = caller(&req)?;
+        let m = measurement(&req.into_inner().measurement)?;
+        let engine = self.vault.engine()?;
+        let (changed, approved) = run_blocking(move || {
+            let changed = engine.approve_build(&caller, m)?;
+            Ok((changed, engine.keyring().sealing().approved_builds.len()))
+        })
+        .await?;
+        Ok(Response::new(pb::ApproveBuildResponse {
+            changed,
+            approved: approved as u32,
+        }))
+    }
+
+    async fn revoke_build(
+        &self,
+        req: Request<pb::RevokeBuildRequest>,
+    ) -> Result<Response<pb::RevokeBuildResponse>, Status> {
+        let caller = caller(&req)?;
+        let m = measurement(&req.into_inner().measurement)?;
+        let engine = self.vault.engine()?;
+        let (changed, approved) = run_blocking(move || {
+            let changed = engine.revoke_build(&caller, m)?;
+            Ok((changed, engine.keyring().sealing().approved_builds.len()))
+        })
+        .await?;
+        Ok(Response::new(pb::RevokeBuildResponse {
+            changed,
+            approved: approved as u32,
         }))
     }
 
@@ -483,4 +537,14 @@ impl SubjectService for SubjectApi {
             verifier_key,
         }))
     }
+}
+
+/// A build's measurement from the wire: exactly 48 bytes.
+fn measurement(bytes: &[u8]) -> Result<crate::keys::seal::Measurement, Status> {
+    bytes.try_into().map_err(|_| {
+        Status::invalid_argument(format!(
+            "measurement must be 48 bytes (SHA-384, e.g. a Nitro enclave's PCR0), not {}",
+            bytes.len()
+        ))
+    })
 }

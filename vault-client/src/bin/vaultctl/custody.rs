@@ -41,10 +41,14 @@ pub(crate) enum OperatorCommand {
     Init(InitArgs),
 
     /// Hand in one unseal share, read from --share-file or stdin (never from
-    /// the command line).
+    /// the command line); or, with --hsm, have the vault unseal itself with
+    /// its HSM (a keyring under the PKCS#11 seal), as it does at start.
     Unseal {
         #[command(flatten)]
         share: ShareArgs,
+        /// Ask the HSM instead of giving a share.
+        #[arg(long, conflicts_with_all = ["share_file", "identity", "allow_keyring_rollback"])]
+        hsm: bool,
         /// Disaster recovery: accept a keyring older than the data folder
         /// has seen (a restored keyring backup brings destroyed keys back
         /// and forgets erasures made since). Recorded in the audit log.
@@ -106,6 +110,20 @@ pub(crate) enum OperatorCommand {
     Unlock {
         /// The principal.
         principal: String,
+    },
+
+    /// Approve a build: from the next unseal on, the unseal key is released
+    /// only to a server presenting an approved build's measurement (the
+    /// server prints its own at start; `operator status` shows it).
+    ApproveBuild {
+        /// The measurement: 96 hexadecimal digits (SHA-384).
+        measurement: String,
+    },
+
+    /// Revoke an approved build (from the next unseal on).
+    RevokeBuild {
+        /// The measurement: 96 hexadecimal digits (SHA-384).
+        measurement: String,
     },
 }
 
@@ -184,8 +202,14 @@ pub(crate) struct RekeyArgs {
     #[arg(long, value_name = "DIR")]
     share_dir: Option<PathBuf>,
 
+    /// Move the keyring to another seal with this rekey: `shamir` (the
+    /// new shares open it) or `pkcs11` (the server's configured HSM wraps
+    /// the new unseal key; the new shares are recovery shares).
+    #[arg(long, value_parser = ["shamir", "pkcs11"])]
+    seal: Option<String>,
+
     /// Abandon the rekey in progress (the shares given are dropped).
-    #[arg(long, conflicts_with_all = ["shares", "threshold", "share_dir", "share_file", "identity", "recipient", "recipients_file"])]
+    #[arg(long, conflicts_with_all = ["shares", "threshold", "share_dir", "share_file", "identity", "recipient", "recipients_file", "seal"])]
     cancel: bool,
 }
 
@@ -246,9 +270,55 @@ pub(crate) async fn run_operator(cli: &Cli, command: &OperatorCommand) -> Result
     match command {
         OperatorCommand::Init(args) => init(cli, args).await,
         OperatorCommand::Rekey(args) => rekey(cli, args).await,
+        OperatorCommand::Unseal { hsm: true, .. } => {
+            let progress = connect(cli).await?.unseal_with_hsm().await?;
+            if cli.json {
+                emit(&unseal_json(&progress).to_string());
+            } else {
+                emit(&unseal_text(&progress));
+            }
+            Ok(())
+        }
+        OperatorCommand::ApproveBuild { measurement } => {
+            let m = parse_measurement(measurement)?;
+            let (changed, approved) = connect(cli).await?.approve_build(&m).await?;
+            if cli.json {
+                emit(&json!({"measurement": hex::encode(m), "changed": changed, "approved": approved}).to_string());
+            } else if changed {
+                emit(&format!(
+                    "build {} approved ({approved} approved); from the next unseal on, the key \
+                     is released only to an approved build",
+                    hex::encode(m)
+                ));
+            } else {
+                emit(&format!("build {} was approved already", hex::encode(m)));
+            }
+            Ok(())
+        }
+        OperatorCommand::RevokeBuild { measurement } => {
+            let m = parse_measurement(measurement)?;
+            let (changed, approved) = connect(cli).await?.revoke_build(&m).await?;
+            if cli.json {
+                emit(&json!({"measurement": hex::encode(m), "changed": changed, "approved": approved}).to_string());
+            } else if changed {
+                emit(&format!(
+                    "build {} revoked ({approved} approved{})",
+                    hex::encode(m),
+                    if approved == 0 {
+                        "; the release gate is off"
+                    } else {
+                        ""
+                    }
+                ));
+            } else {
+                emit(&format!("build {} was not approved", hex::encode(m)));
+            }
+            Ok(())
+        }
         OperatorCommand::Unseal {
             share,
             allow_keyring_rollback,
+            ..
         } => {
             let share = read_share(share)?;
             let vault = connect(cli).await?;
@@ -621,7 +691,13 @@ async fn rekey(cli: &Cli, args: &RekeyArgs) -> Result<(), CliError> {
     let files = reserve(args.share_dir.as_deref(), shares, !recipients.is_empty())?;
     let result = match connect(cli).await {
         Ok(vault) => vault
-            .rekey(&share, shares, threshold, &recipients)
+            .rekey_to_seal(
+                &share,
+                shares,
+                threshold,
+                &recipients,
+                args.seal.as_deref().unwrap_or(""),
+            )
             .await
             .map_err(CliError::from),
         Err(e) => Err(e),
@@ -1039,6 +1115,43 @@ fn status_text(status: &SealStatus) -> String {
     if !status.transport.is_empty() {
         lines.push(format!("transport: {}", printable(&status.transport)));
     }
+    if !status.seal.is_empty() {
+        lines.push(format!("seal: {}", printable(&status.seal)));
+    }
+    if let Some(id) = &status.seal_identity {
+        lines.push(format!("hsm: {}", printable(id)));
+    }
+    if let Some(message) = &status.seal_message {
+        lines.push(format!("stays sealed: {}", printable(message)));
+    }
+    if !status.evidence.is_empty() {
+        let how = match (status.evidence.as_str(), status.attested) {
+            ("none", _) => "none".to_owned(),
+            (kind, true) => format!("{} (attested)", printable(kind)),
+            (kind, false) => format!("{} (not attested: no TEE vouches for it)", printable(kind)),
+        };
+        lines.push(format!("evidence: {how}"));
+    }
+    if let Some(m) = &status.measurement {
+        lines.push(format!("measurement: {}", hex::encode(m)));
+    }
+    if status.seal.is_empty() {
+        // Not initialised (or a server from before seals).
+    } else if status.approved_builds.is_empty() {
+        lines.push("approved builds: none (the key release gate is off)".into());
+    } else {
+        lines.push(format!("approved builds: {}", status.approved_builds.len()));
+        lines.extend(
+            status
+                .approved_builds
+                .iter()
+                .map(|m| format!("  {}", hex::encode(m))),
+        );
+        lines.push(format!(
+            "this build approved: {}",
+            yes_no(status.measurement_approved() == Some(true))
+        ));
+    }
     lines.join("\n")
 }
 
@@ -1071,6 +1184,30 @@ fn status_json(status: &SealStatus) -> Json {
         "rotate_root_after_wraps": status.rotate_root_after_wraps,
         "root_rotation_due": status.root_rotation_due,
         "transport": status.transport,
+        "seal": status.seal,
+        "seal_identity": status.seal_identity,
+        "seal_message": status.seal_message,
+        "evidence": status.evidence,
+        "attested": status.attested,
+        "measurement": status.measurement.map(hex::encode),
+        "approved_builds": status.approved_builds.iter().map(hex::encode).collect::<Vec<_>>(),
+        "measurement_approved": status.measurement_approved(),
+    })
+}
+
+/// A build measurement from its hex form: 48 bytes (96 digits).
+fn parse_measurement(text: &str) -> Result<[u8; 48], CliError> {
+    let bytes = hex::decode(text.trim()).map_err(|_| {
+        CliError::Usage(
+            "a measurement is 96 hexadecimal digits (SHA-384; the server prints its own at start)"
+                .into(),
+        )
+    })?;
+    let n = bytes.len();
+    bytes.try_into().map_err(|_| {
+        CliError::Usage(format!(
+            "a measurement is 48 bytes (96 hexadecimal digits); this one is {n}"
+        ))
     })
 }
 
@@ -1699,6 +1836,13 @@ mod tests {
             rotate_root_after_wraps: 10_000,
             root_rotation_due: true,
             transport: "mutual TLS".into(),
+            seal: "pkcs11".into(),
+            seal_identity: Some("token \"vault-eu\" (serial 7), key \"k\" (id 01)".into()),
+            seal_message: None,
+            approved_builds: vec![[0xcd; 48]],
+            evidence: "self-reported".into(),
+            measurement: Some([0xef; 48]),
+            attested: false,
         };
         assert_eq!(
             status_text(&status),
@@ -1710,8 +1854,13 @@ mod tests {
                  rotate root after: 10000 wraps\n\
                  ROOT ROTATION DUE: the current root key has wrapped that many keys; \
                  run `vaultctl operator rotate root`\n\
-                 receipt signing key: {}\ntransport: mutual TLS",
-                "ab".repeat(32)
+                 receipt signing key: {}\ntransport: mutual TLS\nseal: pkcs11\n\
+                 hsm: token \"vault-eu\" (serial 7), key \"k\" (id 01)\n\
+                 evidence: self-reported (not attested: no TEE vouches for it)\n\
+                 measurement: {}\napproved builds: 1\n  {}\nthis build approved: no",
+                "ab".repeat(32),
+                "ef".repeat(48),
+                "cd".repeat(48),
             )
         );
         assert_eq!(
@@ -1733,6 +1882,14 @@ mod tests {
                 "rotate_root_after_wraps": 10000,
                 "root_rotation_due": true,
                 "transport": "mutual TLS",
+                "seal": "pkcs11",
+                "seal_identity": "token \"vault-eu\" (serial 7), key \"k\" (id 01)",
+                "seal_message": null,
+                "evidence": "self-reported",
+                "attested": false,
+                "measurement": "ef".repeat(48),
+                "approved_builds": ["cd".repeat(48)],
+                "measurement_approved": false,
             })
         );
 
