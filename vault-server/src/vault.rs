@@ -620,17 +620,12 @@ impl Vault {
     }
 
     /// The key release gate over the stored keyring's approved builds. A
-    /// refusal is recorded as a `release_gate` event that says why (the
-    /// measurement presented and how; no personal data).
+    /// refusal's message (the measurement presented and how; no personal
+    /// data) goes into the `unseal` event's detail.
     fn release_gate(&self, caller: &Caller, sealing: &SealHeader) -> Result<()> {
         let result = release_gate(sealing, &self.opts.evidence, &self.opts.region);
         if let Err(e) = &result {
-            tracing::warn!(error = %e, "key release refused");
-            // Sealed, and the state lock held: straight to the log.
-            let ev = Event::outcome(caller, "release_gate", Some(e.to_string()), &result);
-            if let Err(e) = self.audit.commit(WriteSet::new(), ev) {
-                tracing::error!(error = %e, "audit event could not be written");
-            }
+            tracing::warn!(error = %e, principal = %caller.principal.name, "key release refused");
         }
         result
     }
@@ -692,13 +687,22 @@ impl Vault {
             .engine()
             .ok()
             .and_then(|e| e.accepted_keyring_rollback());
-        let detail = result.as_ref().ok().map(|p| match rollback {
-            _ if p.sealed => format!("share accepted: {} of {}", p.progress, p.threshold),
-            Some((keyring, folder)) => format!(
-                "unsealed; keyring rollback accepted: keyring generation {keyring}, \
+        let detail = match &result {
+            // The gate's refusal says why, for the auditor.
+            Err(Error::FailedPrecondition(m)) if m.starts_with(crate::attest::REFUSED) => {
+                Some(m.clone())
+            }
+            _ => None,
+        };
+        let detail = detail.or_else(|| {
+            result.as_ref().ok().map(|p| match rollback {
+                _ if p.sealed => format!("share accepted: {} of {}", p.progress, p.threshold),
+                Some((keyring, folder)) => format!(
+                    "unsealed; keyring rollback accepted: keyring generation {keyring}, \
                  the data folder had seen {folder}"
-            ),
-            None => "unsealed".to_owned(),
+                ),
+                None => "unsealed".to_owned(),
+            })
         });
         self.record(caller, "unseal", detail, &result);
         result
@@ -870,7 +874,7 @@ impl Vault {
             seal_message: None,
             approved_builds: Vec::new(),
             evidence: self.opts.evidence.kind().to_owned(),
-            measurement: self.opts.evidence.measurement().copied(),
+            measurement: self.opts.evidence.measurement(),
             attested: self.opts.evidence.attested(),
         };
         let sealing = match &*state {

@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod attestation;
 mod audit;
 mod bench;
 mod binary;

@@ -1,0 +1,165 @@
+//! The key release gate with Nitro Enclaves attestation: documents made
+//! under a test root (this machine has no enclave), verified by the vault
+//! against that root pinned. An approved document unseals; an unknown
+//! measurement, a wrong region claim, an expired or re-used document, a
+//! broken signature and a chain to another root are each refused with a
+//! clear message and an audit event.
+
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use vault_client::{Error, UnsealShare};
+use vault_server::attest::nitro::testing::{Claims, TestNsm};
+use vault_server::attest::nitro::NitroVerifier;
+use vault_server::attest::{DocumentSource, Evidence, NitroEvidence};
+use vault_server::vault::{OpenOptions, DEV_SHARE_FILE};
+use vault_tests::TestVault;
+
+use crate::user;
+
+const APPROVED: [u8; 48] = [0xa1; 48];
+
+/// What the test NSM does with the next request.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Mode {
+    Good,
+    Pcr0([u8; 48]),
+    Region(&'static str),
+    Expired,
+    Replay,
+    BrokenSignature,
+    OtherRoot,
+}
+
+struct Nsm {
+    nsm: TestNsm,
+    other: TestNsm,
+    mode: Mutex<Mode>,
+    last: Mutex<Vec<u8>>,
+}
+
+struct Source(Arc<Nsm>);
+
+impl DocumentSource for Source {
+    fn document(&self, nonce: &[u8], user_data: &[u8]) -> Result<Vec<u8>, String> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let mut claims = Claims {
+            pcr0: APPROVED,
+            timestamp_ms: now,
+            nonce: nonce.to_vec(),
+            user_data: user_data.to_vec(),
+        };
+        let mode = *self.0.mode.lock().unwrap();
+        let mut last = self.0.last.lock().unwrap();
+        let doc = match mode {
+            Mode::Replay => return Ok(last.clone()),
+            Mode::Good => self.0.nsm.document(&claims),
+            Mode::Pcr0(pcr0) => {
+                claims.pcr0 = pcr0;
+                self.0.nsm.document(&claims)
+            }
+            Mode::Region(region) => {
+                claims.user_data = format!("vault-region={region}").into_bytes();
+                self.0.nsm.document(&claims)
+            }
+            Mode::Expired => {
+                claims.timestamp_ms = now - 10 * 60 * 1000;
+                self.0.nsm.document(&claims)
+            }
+            Mode::BrokenSignature => {
+                let mut d = self.0.nsm.document(&claims);
+                let n = d.len() - 1;
+                d[n] ^= 1;
+                d
+            }
+            Mode::OtherRoot => self.0.other.document(&claims),
+        };
+        *last = doc.clone();
+        Ok(doc)
+    }
+}
+
+#[tokio::test]
+async fn an_approved_attested_enclave_unseals_and_every_other_document_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let nsm = Arc::new(Nsm {
+        nsm: TestNsm::new("test nitro"),
+        other: TestNsm::new("another"),
+        mode: Mutex::new(Mode::Good),
+        last: Mutex::new(Vec::new()),
+    });
+    let verifier = NitroVerifier::from_pem(&nsm.nsm.root_pem).unwrap();
+    let mut opts = OpenOptions::dev(dir.path(), "eu".parse().unwrap());
+    opts.evidence = Evidence::Nitro(Arc::new(NitroEvidence::new(
+        verifier,
+        Box::new(Source(Arc::clone(&nsm))),
+    )));
+    let vault = TestVault::start_dev_with(opts).await.unwrap();
+    let custodian = vault.custodian().await;
+    let share = UnsealShare::new(std::fs::read_to_string(dir.path().join(DEV_SHARE_FILE)).unwrap());
+    let status = custodian.status().await.unwrap();
+    assert_eq!(status.evidence, "nitro");
+    assert!(!status.attested, "no document verified yet");
+    assert_eq!(status.measurement, None);
+    vault.client().await.put(&user("u1", "s1")).await.unwrap();
+
+    // Approved: a fresh document for this region unseals.
+    custodian.approve_build(&APPROVED).await.unwrap();
+    custodian.seal().await.unwrap();
+    assert!(!custodian.unseal(&share).await.unwrap().sealed);
+    let status = custodian.status().await.unwrap();
+    assert!(status.attested);
+    assert_eq!(status.measurement, Some(APPROVED));
+    assert_eq!(status.measurement_approved(), Some(true));
+    assert_eq!(
+        vault.client().await.get("users", "u1").await.unwrap(),
+        user("u1", "s1")
+    );
+
+    let cases = [
+        (Mode::Replay, "re-used"),
+        (Mode::Pcr0([0x11; 48]), "unknown measurement"),
+        (Mode::Region("us"), "wrong region claim"),
+        (Mode::Expired, "has expired"),
+        (Mode::BrokenSignature, "signature does not verify"),
+        (Mode::OtherRoot, "does not lead to the pinned root"),
+    ];
+    custodian.seal().await.unwrap();
+    for (mode, says) in cases {
+        *nsm.mode.lock().unwrap() = mode;
+        let err = custodian.unseal(&share).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::FailedPrecondition(m) if m.contains("key release refused") && m.contains(says)),
+            "{mode:?}: {err:?}"
+        );
+        assert!(custodian.status().await.unwrap().sealed, "{mode:?}");
+        let events = vault.vault.audit_log().events(0, 10_000).unwrap();
+        let last_gate = events
+            .iter()
+            .map(|e| serde_json::from_slice::<serde_json::Value>(e).unwrap())
+            .rfind(|e| e["operation"] == "unseal")
+            .expect("an unseal event");
+        assert_eq!(last_gate["decision"], "failed", "{mode:?}");
+        assert!(
+            last_gate["detail"].as_str().unwrap().contains(says),
+            "{mode:?}: {last_gate}"
+        );
+    }
+    // The unknown measurement was attested: the status shows it, not approved.
+    // (The last refusals' documents did not verify, so it stays.)
+    let status = custodian.status().await.unwrap();
+    assert_eq!(status.measurement, Some([0x11; 48]));
+    assert_eq!(status.measurement_approved(), Some(false));
+
+    *nsm.mode.lock().unwrap() = Mode::Good;
+    assert!(!custodian.unseal(&share).await.unwrap().sealed);
+    assert_eq!(
+        vault.client().await.get("users", "u1").await.unwrap(),
+        user("u1", "s1")
+    );
+    drop(custodian);
+    vault.stop().await;
+}
