@@ -271,9 +271,17 @@ pub(crate) async fn start_with_env(args: &[&str], env: &[(&str, &str)], last: &s
             break;
         }
     }
+    let Some(port) = port else {
+        let out = child.wait_with_output().await.unwrap();
+        panic!(
+            "no address line ({:?}); stdout {lines:?}; stderr:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
     Started {
         child,
-        url: format!("http://127.0.0.1:{}", port.expect("address line")),
+        url: format!("http://127.0.0.1:{port}"),
         lines,
     }
 }

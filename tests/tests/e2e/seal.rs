@@ -9,6 +9,7 @@ use std::process::Command;
 use vault_client::{Error, Record, VaultClient};
 
 use super::binary::{config_file, start_with_env, token_entry, Started};
+use super::vaultctl::vaultctl_at;
 use crate::all_types;
 
 const LIBRARY: &str = "/usr/lib/softhsm/libsofthsm2.so";
@@ -471,9 +472,44 @@ async fn the_key_is_released_only_to_an_approved_build() {
         "{said}"
     );
     let other = [0x5a; 48];
-    assert_eq!(custodian.approve_build(&own).await.unwrap(), (true, 1));
+    // Through vaultctl: the status says where the keys live and what this
+    // build presents; a measurement must be 96 hex digits.
+    let ctl = |args: Vec<String>| {
+        let url = vault.url.clone();
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            vaultctl_at(&url, Some(CUSTODY), &args, None).await
+        }
+    };
+    let words = |s: &str| s.split(' ').map(str::to_owned).collect::<Vec<_>>();
+    let text = ctl(words("operator status")).await;
+    let text = text.ok();
+    for line in [
+        "seal: pkcs11",
+        "hsm: token \"vault-eu\"",
+        "evidence: self-reported (not attested: no TEE vouches for it)",
+        "approved builds: none (the key release gate is off)",
+    ] {
+        assert!(text.contains(line), "{line}: {text}");
+    }
+    let bad = ctl(words("operator approve-build abc")).await;
+    assert!(bad.error(2).contains("96 hexadecimal digits"), "{bad:?}");
+    let approved = ctl(words(&format!(
+        "operator approve-build {}",
+        hex::encode(own)
+    )))
+    .await;
+    assert!(
+        approved.ok().contains("approved (1 approved)"),
+        "{approved:?}"
+    );
     assert_eq!(custodian.approve_build(&own).await.unwrap(), (false, 1));
     assert_eq!(custodian.approve_build(&other).await.unwrap(), (true, 2));
+    let text = ctl(words("operator status")).await;
+    assert!(
+        text.ok().contains("approved builds: 2") && text.ok().contains("this build approved: yes"),
+        "{text:?}"
+    );
     let status = custodian.status().await.unwrap();
     assert_eq!(status.approved_builds.len(), 2);
     assert_eq!(status.measurement_approved(), Some(true));

@@ -558,8 +558,8 @@ async fn init(cli: &Cli, args: &InitArgs) -> Result<(), CliError> {
         args.shares,
         !recipients.is_empty(),
     )?;
-    let initialized = match connect_and_init(cli, args, &recipients).await {
-        Ok(initialized) => initialized,
+    let (initialized, status) = match connect_and_init(cli, args, &recipients).await {
+        Ok(done) => done,
         Err(e) => {
             if let Some(files) = files {
                 files.discard();
@@ -573,7 +573,7 @@ async fn init(cli: &Cli, args: &InitArgs) -> Result<(), CliError> {
     deliver(
         cli,
         files,
-        &init_note(&initialized),
+        &init_note(&initialized, status.as_ref()),
         &header,
         &initialized.shares,
         &initialized.encrypted_shares,
@@ -663,11 +663,15 @@ async fn connect_and_init(
     cli: &Cli,
     args: &InitArgs,
     recipients: &[String],
-) -> Result<Initialized, CliError> {
+) -> Result<(Initialized, Option<SealStatus>), CliError> {
     let vault = connect(cli).await?;
-    Ok(vault
+    let initialized = vault
         .init_with_recipients(args.shares, args.threshold, recipients)
-        .await?)
+        .await?;
+    // What the seal made of it (an HSM unseals at once); the shares are
+    // delivered whatever this says.
+    let status = vault.status().await.ok();
+    Ok((initialized, status))
 }
 
 async fn rekey(cli: &Cli, args: &RekeyArgs) -> Result<(), CliError> {
@@ -689,17 +693,24 @@ async fn rekey(cli: &Cli, args: &RekeyArgs) -> Result<(), CliError> {
     let recipients = recipients_of(&args.recipients, shares)?;
     let share = read_share(&args.share)?;
     let files = reserve(args.share_dir.as_deref(), shares, !recipients.is_empty())?;
+    let mut seal = None;
     let result = match connect(cli).await {
-        Ok(vault) => vault
-            .rekey_to_seal(
-                &share,
-                shares,
-                threshold,
-                &recipients,
-                args.seal.as_deref().unwrap_or(""),
-            )
-            .await
-            .map_err(CliError::from),
+        Ok(vault) => {
+            let result = vault
+                .rekey_to_seal(
+                    &share,
+                    shares,
+                    threshold,
+                    &recipients,
+                    args.seal.as_deref().unwrap_or(""),
+                )
+                .await
+                .map_err(CliError::from);
+            if result.as_ref().is_ok_and(|p| p.complete) {
+                seal = vault.status().await.ok().map(|s| s.seal);
+            }
+            result
+        }
         Err(e) => Err(e),
     };
     drop(share);
@@ -727,17 +738,22 @@ async fn rekey(cli: &Cli, args: &RekeyArgs) -> Result<(), CliError> {
     deliver(
         cli,
         files,
-        &rekey_note(&progress),
+        &rekey_note(&progress, seal.as_deref()),
         &rekey_header(&progress),
         &progress.shares,
         &progress.encrypted_shares,
     )
 }
 
-fn rekey_note(p: &RekeyProgress) -> String {
+fn rekey_note(p: &RekeyProgress, seal: Option<&str>) -> String {
+    let what = if seal == Some("pkcs11") {
+        "new recovery shares authorise a rekey (the HSM unseals the vault)"
+    } else {
+        "new shares unseal it"
+    };
     let mut note = format!(
-        "rekeyed the vault: any {} of these {} new shares unseal it; the old shares open \
-         nothing any more (keyring generation {})",
+        "rekeyed the vault: any {} of these {} {what}; the old shares open nothing any more \
+         (keyring generation {})",
         p.threshold, p.share_count, p.keyring_generation
     );
     if p.sealed {
@@ -756,13 +772,30 @@ fn rekey_header(p: &RekeyProgress) -> serde_json::Map<String, Json> {
     header
 }
 
-fn init_note(initialized: &Initialized) -> String {
-    format!(
-        "initialized the vault (region {}): any {} of these {} shares unseal it",
-        printable(&initialized.region),
-        initialized.threshold,
-        initialized.shares.len()
-    )
+fn init_note(initialized: &Initialized, status: Option<&SealStatus>) -> String {
+    let count = initialized
+        .shares
+        .len()
+        .max(initialized.encrypted_shares.len());
+    let region = printable(&initialized.region);
+    match status {
+        Some(s) if s.seal == "pkcs11" => format!(
+            "initialized the vault (region {region}) with the PKCS#11 seal ({}): {}; any {} of \
+             these {count} recovery shares authorise a rekey or a move between seals (they do \
+             not unseal it)",
+            printable(s.seal_identity.as_deref().unwrap_or("")),
+            match (&s.seal_message, s.sealed) {
+                (_, false) => "the vault unsealed itself".to_owned(),
+                (Some(m), true) => format!("it stays sealed: {}", printable(m)),
+                (None, true) => "it is sealed".to_owned(),
+            },
+            initialized.threshold,
+        ),
+        _ => format!(
+            "initialized the vault (region {region}): any {} of these {count} shares unseal it",
+            initialized.threshold,
+        ),
+    }
 }
 
 /// Prints the shares on stdout: clear ones one per line, encrypted ones
