@@ -767,9 +767,13 @@ impl VaultClient {
     /// PKCS#11 seal), as it does at start. [`Error::FailedPrecondition`]
     /// says why it stays sealed (the token is missing, the release gate
     /// refused this build, …); [`Error::InvalidInput`] for a keyring
-    /// sealed with shares.
-    pub async fn unseal_with_hsm(&self) -> Result<UnsealProgress> {
-        let request = pb::UnsealRequest::default();
+    /// sealed with shares. `allow_keyring_rollback` as for
+    /// [`VaultClient::unseal_with`].
+    pub async fn unseal_with_hsm(&self, allow_keyring_rollback: bool) -> Result<UnsealProgress> {
+        let request = pb::UnsealRequest {
+            share: String::new(),
+            allow_keyring_rollback,
+        };
         let response = self
             .operator_call(request, |mut c, r| async move { c.unseal(r).await })
             .await?;

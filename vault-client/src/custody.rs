@@ -143,11 +143,13 @@ pub struct SealStatus {
     pub seal_message: Option<String>,
     /// The builds the key release gate lets through (none: the gate is off).
     pub approved_builds: Vec<[u8; 48]>,
-    /// What the server presents to the gate: `none` or `self-reported`.
+    /// What the server presents to the gate: `none`, `self-reported` or
+    /// `nitro`.
     pub evidence: String,
     /// The server's measurement, if it presents one.
     pub measurement: Option<[u8; 48]>,
-    /// Whether a TEE vouches for the measurement.
+    /// Whether a verified attestation document vouches for the
+    /// measurement, as the server reports it.
     pub attested: bool,
 }
 

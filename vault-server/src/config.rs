@@ -459,8 +459,10 @@ impl SealConfig {
             return Err("seal.key_label must be 1 to 128 bytes".into());
         }
         let pin_file = self.pin_file.as_ref().ok_or_else(|| need("pin_file"))?;
-        let pin = std::fs::read_to_string(pin_file)
-            .map_err(|e| format!("seal.pin_file {}: {e}", pin_file.display()))?;
+        let pin = zeroize::Zeroizing::new(
+            std::fs::read_to_string(pin_file)
+                .map_err(|e| format!("seal.pin_file {}: {e}", pin_file.display()))?,
+        );
         let pin = pin.trim_end_matches(['\n', '\r']);
         if pin.is_empty() {
             return Err(format!("seal.pin_file {} is empty", pin_file.display()));

@@ -91,8 +91,8 @@ pub enum HsmError {
     KeyMissing(String),
     /// A key under the configured label may leave the HSM.
     #[error(
-        "the HSM key \"{0}\" is extractable or not sensitive; the seal needs a key that \
-         cannot leave the HSM"
+        "the HSM key \"{0}\" is, or once was, extractable or not sensitive; the seal needs a \
+         key that never left the HSM"
     )]
     Extractable(String),
     /// The HSM did not open the wrapped unseal key.
@@ -177,21 +177,39 @@ fn secret_keys(session: &Session, by: Attribute) -> Result<Vec<ObjectHandle>, Hs
     ])?)
 }
 
-/// Refuses a key that can leave the HSM.
+/// Refuses a key that can leave the HSM, or ever could have, and a key
+/// that is not AES-256.
 fn check_kept_inside(session: &Session, key: ObjectHandle, label: &str) -> Result<(), HsmError> {
-    let attrs =
-        session.get_attributes(key, &[AttributeType::Extractable, AttributeType::Sensitive])?;
-    let mut extractable = true;
-    let mut sensitive = false;
+    let attrs = session.get_attributes(
+        key,
+        &[
+            AttributeType::Extractable,
+            AttributeType::Sensitive,
+            AttributeType::NeverExtractable,
+            AttributeType::AlwaysSensitive,
+            AttributeType::ValueLen,
+        ],
+    )?;
+    let (mut extractable, mut sensitive) = (true, false);
+    let (mut never_extractable, mut always_sensitive) = (false, false);
+    let mut len = 0;
     for a in attrs {
         match a {
             Attribute::Extractable(v) => extractable = v,
             Attribute::Sensitive(v) => sensitive = v,
+            Attribute::NeverExtractable(v) => never_extractable = v,
+            Attribute::AlwaysSensitive(v) => always_sensitive = v,
+            Attribute::ValueLen(v) => len = u64::from(v),
             _ => {}
         }
     }
-    if extractable || !sensitive {
+    if extractable || !sensitive || !never_extractable || !always_sensitive {
         return Err(HsmError::Extractable(label.to_owned()));
+    }
+    if len != 32 {
+        return Err(HsmError::Other(format!(
+            "the HSM key \"{label}\" is not an AES-256 key ({len} bytes)"
+        )));
     }
     Ok(())
 }
@@ -269,14 +287,28 @@ pub fn wrap(
             HSM_WRAPPED_LEN - 12
         )));
     }
-    Ok(HsmSeal {
+    if t.serial.is_empty() || t.serial.len() > 16 {
+        return Err(HsmError::Other(format!(
+            "the token \"{}\" reports a serial number of {} bytes; the seal needs 1 to 16 to \
+             recognise the token",
+            cfg.token_label,
+            t.serial.len()
+        )));
+    }
+    let seal = HsmSeal {
         token_label: cfg.token_label.clone(),
         token_serial: t.serial,
         key_label: cfg.key_label.clone(),
         key_id,
         wrapped_key,
         recovery_check,
-    })
+    };
+    // What the keyring header could not hold is refused before it is
+    // written, not at the next start.
+    seal.check().map_err(|e| {
+        HsmError::Other(format!("the HSM's identity does not fit the keyring: {e}"))
+    })?;
+    Ok(seal)
 }
 
 /// Unwraps the unseal key inside the HSM named by `seal`, on the token
@@ -298,7 +330,14 @@ pub fn unwrap(cfg: &Pkcs11Config, region: &Region, seal: &HsmSeal) -> Result<Key
     }
     let key = match secret_keys(&t.session, Attribute::Id(seal.key_id.clone()))?.as_slice() {
         [key] => *key,
-        _ => return Err(HsmError::KeyMissing(seal.identity())),
+        [] => return Err(HsmError::KeyMissing(seal.identity())),
+        keys => {
+            return Err(HsmError::Other(format!(
+                "{} keys on the token carry the id of the HSM key {}; keep one",
+                keys.len(),
+                seal.identity()
+            )))
+        }
     };
     check_kept_inside(&t.session, key, &seal.key_label)?;
     let (iv, sealed) = seal.wrapped_key.split_at(12);

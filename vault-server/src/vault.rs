@@ -420,10 +420,20 @@ impl Vault {
                     seal: Seal::Pkcs11(hsm),
                     ..
                 })),
-            ) => format!(
-                "; PKCS#11 seal by {} (the shares are recovery shares)",
-                hsm.identity()
-            ),
+            ) => {
+                // The HSM holds the key: unseal now, as at every start, in
+                // this request (one event). A failure is shown by the
+                // status; the shares are returned all the same.
+                let unsealed = self.auto_unseal_unaudited(caller, false);
+                format!(
+                    "; PKCS#11 seal by {} (the shares are recovery shares); {}",
+                    hsm.identity(),
+                    match unsealed {
+                        Ok(_) => "unsealed by the HSM".to_owned(),
+                        Err(e) => format!("stays sealed: {e}"),
+                    }
+                )
+            }
             _ => String::new(),
         };
         self.record(
@@ -432,12 +442,6 @@ impl Vault {
             Some(format!("{threshold} of {shares} shares{sealed_to}{seal}")),
             &result,
         );
-        if result.is_ok() && self.hsm_sealed() {
-            // The HSM holds the key: unseal now, as at every start. A
-            // failure is recorded and shown by the status; the shares are
-            // returned all the same.
-            let _ = self.auto_unseal(caller);
-        }
         result
     }
 
@@ -549,33 +553,60 @@ impl Vault {
     /// event, done or refused; a refusal also stays in the status. Refused
     /// (`INVALID_ARGUMENT`) for a keyring sealed with shares.
     pub fn auto_unseal(&self, caller: &Caller) -> Result<UnsealProgress> {
-        let result = self.auto_unseal_unaudited(caller);
-        let detail = match (&result, self.stored_sealing()) {
+        self.auto_unseal_with(caller, false)
+    }
+
+    /// [`Vault::auto_unseal`]; with `allow_keyring_rollback`, a keyring
+    /// older than the data folder has seen opens (disaster recovery), and
+    /// the event says so.
+    pub fn auto_unseal_with(
+        &self,
+        caller: &Caller,
+        allow_keyring_rollback: bool,
+    ) -> Result<UnsealProgress> {
+        let result = self.auto_unseal_unaudited(caller, allow_keyring_rollback);
+        let detail = self.auto_unseal_detail(&result);
+        self.record(caller, "unseal", Some(detail), &result);
+        result
+    }
+
+    /// What an unseal by the HSM did, for its event: the HSM, and why it
+    /// stayed sealed (tokens, keys and measurements; never personal data).
+    fn auto_unseal_detail(&self, result: &Result<UnsealProgress>) -> String {
+        let rollback = self
+            .engine()
+            .ok()
+            .and_then(|e| e.accepted_keyring_rollback());
+        match (result, self.stored_sealing()) {
+            (Err(e), _) => format!("by the HSM; {e}"),
             (
                 Ok(_),
                 Ok(Some(SealHeader {
                     seal: Seal::Pkcs11(hsm),
                     ..
                 })),
-            ) => Some(format!("unsealed by the HSM: {}", hsm.identity())),
-            // The reason names tokens, keys and measurements, never
-            // personal data: the auditor sees why the vault stayed sealed.
-            (Err(e), _) => Some(format!("by the HSM; {e}")),
-            _ => Some("by the HSM".to_owned()),
-        };
-        *self.seal_message.lock().unwrap_or_else(|p| p.into_inner()) =
-            result.as_ref().err().map(|e| e.to_string());
-        if let Err(e) = &result {
-            tracing::warn!(error = %e, "the vault stays sealed");
+            ) => match rollback {
+                Some((keyring, folder)) => format!(
+                    "unsealed by the HSM: {}; keyring rollback accepted: keyring generation \
+                     {keyring}, the data folder had seen {folder}",
+                    hsm.identity()
+                ),
+                None => format!("unsealed by the HSM: {}", hsm.identity()),
+            },
+            _ => "by the HSM".to_owned(),
         }
-        self.record(caller, "unseal", detail, &result);
-        result
     }
 
-    fn auto_unseal_unaudited(&self, caller: &Caller) -> Result<UnsealProgress> {
+    /// The HSM's unseal. The state lock is not held while the gate asks
+    /// for evidence or the HSM unwraps (either may take a while): a status
+    /// answers meanwhile, and an unseal that finished first wins.
+    fn auto_unseal_unaudited(
+        &self,
+        caller: &Caller,
+        allow_keyring_rollback: bool,
+    ) -> Result<UnsealProgress> {
         self.authorize_custody(caller)?;
-        let mut state = self.state();
-        let custody = self.sealed_custody(&state)?;
+        self.sealed_custody(&self.state())?;
         let file = self
             .keyring
             .read()?
@@ -586,37 +617,56 @@ impl Vault {
                 "no share given: this vault's keyring is sealed with shares, not by an HSM".into(),
             ));
         };
-        let cfg = self.opts.pkcs11.as_ref().ok_or_else(|| {
-            Error::FailedPrecondition(format!(
-                "the keyring is sealed by the HSM {}; this server has no [seal] PKCS#11 \
-                 settings",
-                sealed.identity()
-            ))
-        })?;
-        self.release_gate(caller, &sealing)?;
-        let unseal_key = hsm::unwrap(cfg, &self.opts.region, sealed)
-            .map_err(|e| hsm_failed("the vault stays sealed", e))?;
-        let keyring = match Keyring::unseal(&file, &unseal_key, &self.opts.region) {
-            Err(KeyringError::WrongUnsealKey) => {
-                return Err(Error::FailedPrecondition(
-                    "the vault stays sealed: the key the HSM unwrapped does not open the \
-                     keyring (its file was altered)"
-                        .into(),
+        // From here on a failure is why this HSM-sealed vault stays
+        // sealed: the status says it until the next unseal.
+        let result = (|| {
+            let cfg = self.opts.pkcs11.as_ref().ok_or_else(|| {
+                Error::FailedPrecondition(format!(
+                    "the keyring is sealed by the HSM {}; this server has no [seal] PKCS#11 \
+                     settings",
+                    sealed.identity()
                 ))
+            })?;
+            self.release_gate(caller, &sealing)?;
+            let unseal_key = hsm::unwrap(cfg, &self.opts.region, sealed)
+                .map_err(|e| hsm_failed("the vault stays sealed", e))?;
+            let keyring = match Keyring::unseal(&file, &unseal_key, &self.opts.region) {
+                Err(KeyringError::WrongUnsealKey) => {
+                    return Err(Error::FailedPrecondition(
+                        "the vault stays sealed: the key the HSM unwrapped does not open the \
+                         keyring (its file was altered)"
+                            .into(),
+                    ))
+                }
+                other => other?,
+            };
+            let mut state = self.state();
+            let custody = self.sealed_custody(&state)?;
+            let file = KeyringFile {
+                store: Arc::clone(&self.keyring),
+                unseal_key,
+            };
+            self.start_session(&mut state, keyring, file, allow_keyring_rollback)?;
+            Ok(custody)
+        })();
+        match result {
+            Ok(custody) => {
+                tracing::info!(region = %self.opts.region, hsm = %sealed.identity(), "vault unsealed by the HSM");
+                Ok(UnsealProgress {
+                    sealed: false,
+                    progress: 0,
+                    threshold: custody.threshold,
+                })
             }
-            other => other?,
-        };
-        let file = KeyringFile {
-            store: Arc::clone(&self.keyring),
-            unseal_key,
-        };
-        self.start_session(&mut state, keyring, file, false)?;
-        tracing::info!(region = %self.opts.region, hsm = %sealed.identity(), "vault unsealed by the HSM");
-        Ok(UnsealProgress {
-            sealed: false,
-            progress: 0,
-            threshold: custody.threshold,
-        })
+            Err(e) => {
+                tracing::warn!(error = %e, "the vault stays sealed");
+                if !matches!(&e, Error::FailedPrecondition(m) if m == ALREADY_UNSEALED) {
+                    *self.seal_message.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some(e.to_string());
+                }
+                Err(e)
+            }
+        }
     }
 
     /// The key release gate over the stored keyring's approved builds. A
@@ -640,9 +690,7 @@ impl Vault {
                 ))
             }
             State::Unsealed { .. } => {
-                return Err(Error::FailedPrecondition(
-                    "the vault is already unsealed".into(),
-                ))
+                return Err(Error::FailedPrecondition(ALREADY_UNSEALED.into()))
             }
             State::Sealed { custody, .. } => *custody,
         };
@@ -680,7 +728,7 @@ impl Vault {
         allow_keyring_rollback: bool,
     ) -> Result<UnsealProgress> {
         if share.trim().is_empty() {
-            return self.auto_unseal(caller);
+            return self.auto_unseal_with(caller, allow_keyring_rollback);
         }
         let result = self.unseal_unaudited(caller, share, allow_keyring_rollback);
         let rollback = self
@@ -716,12 +764,9 @@ impl Vault {
     ) -> Result<UnsealProgress> {
         self.authorize_custody(caller)?;
         let share = UnsealShare::parse(share).map_err(|e| refused(caller, e))?;
-        let mut state = self.state();
-        let custody = self.sealed_custody(&state)?;
-        let State::Sealed { collector, .. } = &mut *state else {
-            return Err(Error::Sealed);
-        };
-        // Before any share is taken: the seal, and the release gate.
+        self.sealed_custody(&self.state())?;
+        // Before any share is taken: the seal, and the release gate (not
+        // under the state lock: evidence may take a while to get).
         let sealing = self.stored_sealing()?.unwrap_or_default();
         if let Seal::Pkcs11(sealed) = &sealing.seal {
             return Err(Error::InvalidArgument(format!(
@@ -732,6 +777,11 @@ impl Vault {
             )));
         }
         self.release_gate(caller, &sealing)?;
+        let mut state = self.state();
+        let custody = self.sealed_custody(&state)?;
+        let State::Sealed { collector, .. } = &mut *state else {
+            return Err(Error::Sealed);
+        };
         if !share.is_of(&custody) {
             return Err(refused(caller, ShareError::Foreign));
         }
@@ -758,6 +808,15 @@ impl Vault {
             &unseal_key,
             "unseal",
         )?;
+        // The gate decided on the header as read before the shares came
+        // in; the keyring opened (and so authenticated) must say the same.
+        if *keyring.sealing() != sealing {
+            return Err(Error::FailedPrecondition(format!(
+                "{}: the keyring's seal or approved builds changed while it was being \
+                 unsealed; unseal again",
+                crate::attest::REFUSED
+            )));
+        }
         let file = KeyringFile {
             store: Arc::clone(&self.keyring),
             unseal_key,
@@ -1030,6 +1089,9 @@ struct PendingRekey {
     collector: ShareCollector,
 }
 
+/// Said to an unseal of an unsealed vault.
+const ALREADY_UNSEALED: &str = "the vault is already unsealed";
+
 /// How long a rekey waits for requests of the session it ends to finish.
 const REKEY_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -1108,10 +1170,16 @@ impl Vault {
         check_split(params.threshold, params.shares).map_err(share_error)?;
         check_recipients(params.recipients.as_ref(), params.shares)?;
         let share = UnsealShare::parse(share).map_err(|e| refused(caller, e))?;
+        if params.seal == Some(SealKind::Pkcs11) && self.opts.pkcs11.is_none() {
+            // Said at the first share, not after the last.
+            return Err(Error::FailedPrecondition(
+                "this server has no PKCS#11 seal configured ([seal] type = \"pkcs11\")".into(),
+            ));
+        }
         // Held to the end: a seal (which takes it first too) waits for the
         // swap below rather than finding the vault sealed halfway.
         let mut slot = self.rekey_slot();
-        let mut state = self.state();
+        let state = self.state();
         let engine = match &*state {
             State::Unsealed { engine, .. } => Arc::clone(engine),
             State::Uninitialised => {
@@ -1202,8 +1270,18 @@ impl Vault {
             None => matches!(current_seal, Seal::Pkcs11(_)),
             Some(kind) => kind == SealKind::Pkcs11,
         };
-        let (parts, new_seal) =
-            self.new_split(&new_key, params.threshold, params.shares, with_hsm)?;
+        // The HSM may take a while: requests go on meanwhile (the rekey
+        // slot, held, keeps seals and other rekeys out; nothing else ends
+        // the session).
+        drop(state);
+        let split = self.new_split(&new_key, params.threshold, params.shares, with_hsm);
+        let mut state = self.state();
+        if !matches!(&*state, State::Unsealed { engine: e, .. } if Arc::ptr_eq(e, &engine)) {
+            return Err(Error::Unavailable(
+                "the vault's session changed during the rekey; nothing changed: start again".into(),
+            ));
+        }
+        let (parts, new_seal) = split?;
         let new_custody = Custody {
             set_id: parts[0].set_id(),
             threshold: params.threshold,

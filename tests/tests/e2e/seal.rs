@@ -228,17 +228,22 @@ async fn an_hsm_sealed_vault_unseals_itself_at_start_and_stays_sealed_without_it
         matches!(&err, Error::InvalidInput(m) if m.contains("recovery shares")),
         "{err:?}"
     );
-    let p = custodian.unseal_with_hsm().await.unwrap();
+    let p = custodian.unseal_with_hsm(false).await.unwrap();
     assert!(!p.sealed);
     read_back(&vault.url, &record).await;
+    // One event for the init, saying the HSM unsealed the vault.
     let init_events = events(&vault.url, "init").await;
+    let detail = init_events[0]["detail"].as_str().unwrap();
     assert!(
-        init_events[0]["detail"]
-            .as_str()
-            .unwrap()
-            .contains("PKCS#11 seal by token \"vault-eu\""),
+        detail.contains("PKCS#11 seal by token \"vault-eu\"")
+            && detail.ends_with("unsealed by the HSM"),
         "{init_events:?}"
     );
+    // Then the recovery share refused and the --hsm unseal: no unseal
+    // event of the init's own.
+    let unseals = events(&vault.url, "unseal").await;
+    assert_eq!(unseals.len(), 2, "{unseals:?}");
+    assert_eq!(unseals[0]["reason"], "invalid argument", "{unseals:?}");
     drop(custodian);
     vault.stop().await;
 
@@ -275,7 +280,7 @@ async fn an_hsm_sealed_vault_unseals_itself_at_start_and_stays_sealed_without_it
         data.get("people", "r1").await,
         Err(Error::Unavailable(_))
     ));
-    let err = custodian.unseal_with_hsm().await.unwrap_err();
+    let err = custodian.unseal_with_hsm(false).await.unwrap_err();
     assert!(
         matches!(&err, Error::FailedPrecondition(m) if m.contains("is not present")),
         "{err:?}"
@@ -301,6 +306,36 @@ async fn an_hsm_sealed_vault_unseals_itself_at_start_and_stays_sealed_without_it
     for e in refused {
         assert_eq!(e["decision"], "failed", "{e}");
     }
+    // A keyring backup restored: refused as older, unless custodians
+    // accept the rollback (disaster recovery), through the HSM as well.
+    let keyring = dir.path().join("data/keyring");
+    let backup = std::fs::read(&keyring).unwrap();
+    // (Two keyring changes that leave the data's keys alone.)
+    let custodian = client(&vault.url, CUSTODY).await;
+    custodian.approve_build(&[0x42; 48]).await.unwrap();
+    custodian.revoke_build(&[0x42; 48]).await.unwrap();
+    drop(custodian);
+    vault.stop().await;
+    std::fs::write(&keyring, &backup).unwrap();
+    let vault = start_with_env(&args, &hsm.env(), "vault is sealed").await;
+    assert!(
+        line(&vault, "vault is sealed").contains("older than"),
+        "{:?}",
+        vault.lines
+    );
+    let custodian = client(&vault.url, CUSTODY).await;
+    assert!(custodian.unseal_with_hsm(false).await.is_err());
+    assert!(!custodian.unseal_with_hsm(true).await.unwrap().sealed);
+    read_back(&vault.url, &record).await;
+    let unseals = events(&vault.url, "unseal").await;
+    assert!(
+        unseals.last().unwrap()["detail"]
+            .as_str()
+            .unwrap()
+            .contains("keyring rollback accepted"),
+        "{unseals:?}"
+    );
+    drop(custodian);
     vault.stop().await;
 
     // Another token of the same label is not the one that sealed it.
@@ -429,7 +464,7 @@ async fn custodians_move_the_keyring_between_seals() {
     let vault = start_with_env(&args, &hsm.env(), "vault is sealed").await;
     assert!(line(&vault, "vault is sealed").contains("2 of 2 custodians"));
     let custodian = client(&vault.url, CUSTODY).await;
-    let err = custodian.unseal_with_hsm().await.unwrap_err();
+    let err = custodian.unseal_with_hsm(false).await.unwrap_err();
     assert!(
         matches!(&err, Error::InvalidInput(m) if m.contains("sealed with shares")),
         "{err:?}"

@@ -86,6 +86,8 @@ impl NitroEvidence {
     /// Draws a nonce, asks for a document and checks it: chain, signature,
     /// this nonce, age, region claim. Returns PCR0, verified.
     fn attest(&self, region: &Region, now: SystemTime) -> std::result::Result<Measurement, String> {
+        // Attested only by the last document, verified: a failure forgets.
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = None;
         let mut nonce = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut nonce);
         let claim = region_claim(region);

@@ -199,34 +199,55 @@ fn take_section<'a>(bytes: &mut &'a [u8]) -> Result<(u8, &'a [u8]), KeyringError
     Ok((tag, take_lp(bytes)?))
 }
 
+impl HsmSeal {
+    /// Whether every field is within what the header can hold: a token
+    /// label of 1 to 32 bytes, a serial of 1 to 16, a key label of 1 to
+    /// 128, a key id of 1 to 64, and the wrapped key's length. Checked
+    /// before a seal is written, so no keyring is saved that would not
+    /// read back.
+    pub fn check(&self) -> Result<(), KeyringError> {
+        use KeyringError::Malformed;
+        let within = |len: usize, max: usize| (1..=max).contains(&len);
+        if !within(self.token_label.len(), 32) {
+            return Err(Malformed("bad token label"));
+        }
+        if !within(self.token_serial.len(), 16) {
+            return Err(Malformed("bad token serial"));
+        }
+        if !within(self.key_label.len(), 128) {
+            return Err(Malformed("bad key label"));
+        }
+        if !within(self.key_id.len(), 64) {
+            return Err(Malformed("bad key id"));
+        }
+        if self.wrapped_key.len() != HSM_WRAPPED_LEN {
+            return Err(Malformed("bad wrapped unseal key"));
+        }
+        Ok(())
+    }
+}
+
 fn decode_hsm(mut v: &[u8]) -> Result<HsmSeal, KeyringError> {
     use KeyringError::Malformed;
-    let text = |b: &[u8], max: usize, what: &'static str| -> Result<String, KeyringError> {
-        if b.is_empty() || b.len() > max {
-            return Err(Malformed(what));
-        }
+    let text = |b: &[u8], what: &'static str| -> Result<String, KeyringError> {
         String::from_utf8(b.to_vec()).map_err(|_| Malformed(what))
     };
-    let token_label = text(take_lp(&mut v)?, 32, "bad token label")?;
-    let token_serial = text(take_lp(&mut v)?, 16, "bad token serial")?;
-    let key_label = text(take_lp(&mut v)?, 128, "bad key label")?;
-    let key_id = take_lp(&mut v)?;
-    if key_id.is_empty() || key_id.len() > 64 {
-        return Err(Malformed("bad key id"));
-    }
-    let wrapped_key = take_lp(&mut v)?;
-    if wrapped_key.len() != HSM_WRAPPED_LEN {
-        return Err(Malformed("bad wrapped unseal key"));
-    }
+    let token_label = text(take_lp(&mut v)?, "bad token label")?;
+    let token_serial = text(take_lp(&mut v)?, "bad token serial")?;
+    let key_label = text(take_lp(&mut v)?, "bad key label")?;
+    let key_id = take_lp(&mut v)?.to_vec();
+    let wrapped_key = take_lp(&mut v)?.to_vec();
     let recovery_check: [u8; 32] = v.try_into().map_err(|_| Malformed("bad recovery check"))?;
-    Ok(HsmSeal {
+    let seal = HsmSeal {
         token_label,
         token_serial,
         key_label,
-        key_id: key_id.to_vec(),
-        wrapped_key: wrapped_key.to_vec(),
+        key_id,
+        wrapped_key,
         recovery_check,
-    })
+    };
+    seal.check()?;
+    Ok(seal)
 }
 
 /// A measurement from its hex form (96 digits).

@@ -47,7 +47,7 @@ pub(crate) enum OperatorCommand {
         #[command(flatten)]
         share: ShareArgs,
         /// Ask the HSM instead of giving a share.
-        #[arg(long, conflicts_with_all = ["share_file", "identity", "allow_keyring_rollback"])]
+        #[arg(long, conflicts_with_all = ["share_file", "identity"])]
         hsm: bool,
         /// Disaster recovery: accept a keyring older than the data folder
         /// has seen (a restored keyring backup brings destroyed keys back
@@ -270,8 +270,15 @@ pub(crate) async fn run_operator(cli: &Cli, command: &OperatorCommand) -> Result
     match command {
         OperatorCommand::Init(args) => init(cli, args).await,
         OperatorCommand::Rekey(args) => rekey(cli, args).await,
-        OperatorCommand::Unseal { hsm: true, .. } => {
-            let progress = connect(cli).await?.unseal_with_hsm().await?;
+        OperatorCommand::Unseal {
+            hsm: true,
+            allow_keyring_rollback,
+            ..
+        } => {
+            let progress = connect(cli)
+                .await?
+                .unseal_with_hsm(*allow_keyring_rollback)
+                .await?;
             if cli.json {
                 emit(&unseal_json(&progress).to_string());
             } else {
@@ -1160,7 +1167,7 @@ fn status_text(status: &SealStatus) -> String {
     if !status.evidence.is_empty() {
         let how = match (status.evidence.as_str(), status.attested) {
             ("none", _) => "none".to_owned(),
-            (kind, true) => format!("{} (attested)", printable(kind)),
+            (kind, true) => format!("{} (attested, as the server reports it)", printable(kind)),
             (kind, false) => format!("{} (not attested: no TEE vouches for it)", printable(kind)),
         };
         lines.push(format!("evidence: {how}"));
