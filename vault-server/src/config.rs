@@ -407,8 +407,14 @@ pub enum SealKindConfig {
 #[serde(deny_unknown_fields)]
 pub struct AttestationConfig {
     /// `self-reported` (default: the SHA-384 of the server's executable,
-    /// with no TEE to vouch for it) or `none`.
+    /// with no TEE to vouch for it), `nitro` or `none`.
     pub evidence: Option<EvidenceConfig>,
+    /// With `nitro`: the program that asks the enclave's NSM for a document
+    /// (see `attest::CommandSource`), and its arguments.
+    pub nitro_document_command: Option<Vec<String>>,
+    /// With `nitro`: the root the documents must chain to (PEM); default
+    /// AWS's Nitro Enclaves root G1, built in.
+    pub nitro_root_file: Option<PathBuf>,
 }
 
 /// `[attestation] evidence`.
@@ -419,6 +425,53 @@ pub enum EvidenceConfig {
     None,
     /// The executable's SHA-384, self-reported.
     SelfReported,
+    /// Nitro Enclaves attestation documents.
+    Nitro,
+}
+
+impl AttestationConfig {
+    /// The evidence this server presents; the Nitro settings only with
+    /// `nitro`, and then the command is required.
+    pub fn evidence(&self) -> Result<crate::attest::Evidence, String> {
+        use crate::attest::{nitro::NitroVerifier, CommandSource, Evidence, NitroEvidence};
+        let nitro = self.evidence == Some(EvidenceConfig::Nitro);
+        if !nitro && (self.nitro_document_command.is_some() || self.nitro_root_file.is_some()) {
+            return Err(
+                "attestation.nitro_document_command and nitro_root_file apply only to \
+                 attestation.evidence = \"nitro\""
+                    .into(),
+            );
+        }
+        match self.evidence {
+            Some(EvidenceConfig::None) => Ok(Evidence::None),
+            Some(EvidenceConfig::SelfReported) | None => {
+                Evidence::self_reported().map_err(|e| e.to_string())
+            }
+            Some(EvidenceConfig::Nitro) => {
+                let argv = self.nitro_document_command.clone().unwrap_or_default();
+                if argv.first().is_none_or(|p| p.is_empty()) {
+                    return Err("attestation.evidence = \"nitro\" needs \
+                                attestation.nitro_document_command (the program that asks \
+                                the NSM for a document)"
+                        .into());
+                }
+                let verifier = match &self.nitro_root_file {
+                    None => NitroVerifier::aws(),
+                    Some(path) => {
+                        let pem = std::fs::read_to_string(path).map_err(|e| {
+                            format!("attestation.nitro_root_file {}: {e}", path.display())
+                        })?;
+                        NitroVerifier::from_pem(&pem)
+                    }
+                }
+                .map_err(|e| format!("attestation.nitro_root_file: {e}"))?;
+                Ok(Evidence::Nitro(std::sync::Arc::new(NitroEvidence::new(
+                    verifier,
+                    Box::new(CommandSource { argv }),
+                ))))
+            }
+        }
+    }
 }
 
 impl SealConfig {
@@ -722,12 +775,7 @@ impl Config {
                 ));
             }
         }
-        let evidence = match self.attestation.evidence {
-            Some(EvidenceConfig::None) => crate::attest::Evidence::None,
-            Some(EvidenceConfig::SelfReported) | None => {
-                crate::attest::Evidence::self_reported().map_err(|e| e.to_string())?
-            }
-        };
+        let evidence = self.attestation.evidence()?;
         Ok(OpenOptions {
             pkcs11: self.seal.pkcs11()?,
             evidence,
@@ -977,6 +1025,27 @@ roles = ["reader"]
         assert!(e.contains("kms"), "{e}");
         let e = with("[attestation]\nevidence = \"nitro-please\"").unwrap_err();
         assert!(e.contains("nitro-please"), "{e}");
+        let e = with("[attestation]\nevidence = \"nitro\"").unwrap_err();
+        assert!(
+            e.contains("needs attestation.nitro_document_command"),
+            "{e}"
+        );
+        let e = with("[attestation]\nnitro_document_command = [\"x\"]").unwrap_err();
+        assert!(
+            e.contains("apply only to attestation.evidence = \"nitro\""),
+            "{e}"
+        );
+        let nitro =
+            with("[attestation]\nevidence = \"nitro\"\nnitro_document_command = [\"/x\"]").unwrap();
+        assert_eq!(nitro.evidence.kind(), "nitro");
+        assert!(!nitro.evidence.attested() && nitro.evidence.measurement().is_none());
+        let e = with(&format!(
+            "[attestation]\nevidence = \"nitro\"\nnitro_document_command = [\"/x\"]\n\
+             nitro_root_file = {:?}",
+            pin.display().to_string()
+        ))
+        .unwrap_err();
+        assert!(e.contains("attestation.nitro_root_file"), "{e}");
     }
 
     #[test]

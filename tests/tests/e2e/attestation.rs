@@ -169,3 +169,85 @@ async fn an_approved_attested_enclave_unseals_and_every_other_document_is_refuse
     drop(custodian);
     vault.stop().await;
 }
+
+/// The binary with `[attestation] evidence = "nitro"`: a program fetches
+/// each document (here `test-nsm`, signing under a test root pinned with
+/// `nitro_root_file`); an approved PCR0 unseals, another is refused.
+#[tokio::test]
+async fn the_binary_takes_its_documents_from_the_configured_command() {
+    use super::binary::start_with_env;
+    use super::seal::{client, config, CUSTODY};
+    if vault_tests::skip_on_postgres("runs the binary over RocksDB") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let nsm = TestNsm::new("command");
+    nsm.save(dir.path()).unwrap();
+    let cfg = config(
+        dir.path(),
+        &format!(
+            "[attestation]\nevidence = \"nitro\"\nnitro_document_command = [{:?}]\n\
+             nitro_root_file = {:?}\n",
+            env!("CARGO_BIN_EXE_test-nsm"),
+            dir.path().join("root.pem").display().to_string()
+        ),
+    );
+    let args = ["--config", cfg.as_str()];
+    let nsm_dir = dir.path().display().to_string();
+    let approved = hex::encode([0xb2; 48]);
+    let env = |pcr0: &str| -> Vec<(&str, String)> {
+        vec![
+            ("TEST_NSM_DIR", nsm_dir.clone()),
+            ("TEST_NSM_PCR0", pcr0.to_owned()),
+        ]
+    };
+    let start = |pcr0: &str, last: &'static str| {
+        let env = env(pcr0);
+        async move {
+            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            start_with_env(&args, &env, last).await
+        }
+    };
+
+    let vault = start(&approved, "vault is not initialised").await;
+    let custodian = client(&vault.url, CUSTODY).await;
+    let init = custodian.init(1, 1).await.unwrap();
+    custodian.unseal(&init.shares[0]).await.unwrap();
+    let status = custodian.status().await.unwrap();
+    assert_eq!(status.evidence, "nitro");
+    assert!(
+        !status.attested,
+        "no document asked for while no build is approved"
+    );
+    custodian.approve_build(&[0xb2; 48]).await.unwrap();
+    custodian.seal().await.unwrap();
+    assert!(!custodian.unseal(&init.shares[0]).await.unwrap().sealed);
+    let status = custodian.status().await.unwrap();
+    assert!(status.attested);
+    assert_eq!(status.measurement, Some([0xb2; 48]));
+    drop(custodian);
+    vault.stop().await;
+
+    // Another image: its document verifies, its PCR0 is not approved.
+    let vault = start(&hex::encode([0xc3; 48]), "vault is sealed").await;
+    let custodian = client(&vault.url, CUSTODY).await;
+    let err = custodian.unseal(&init.shares[0]).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::FailedPrecondition(m) if m.contains("unknown measurement")
+            && m.contains(&hex::encode([0xc3; 48]))),
+        "{err:?}"
+    );
+    drop(custodian);
+    vault.stop().await;
+
+    // The command failing: refused, with its reason.
+    let vault = start("not-hex", "vault is sealed").await;
+    let custodian = client(&vault.url, CUSTODY).await;
+    let err = custodian.unseal(&init.shares[0]).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::FailedPrecondition(m) if m.contains("TEST_NSM_PCR0 is not hex")),
+        "{err:?}"
+    );
+    drop(custodian);
+    vault.stop().await;
+}

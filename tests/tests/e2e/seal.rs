@@ -115,13 +115,13 @@ impl SoftHsm {
     }
 }
 
-const CUSTODY: &str = "custody-token";
+pub(crate) const CUSTODY: &str = "custody-token";
 const DATA: &str = "data-token";
 const AUDIT: &str = "audit-token";
 
 /// A production configuration (no dev mode) with a custodian, a data
 /// service and an auditor, and `extra` tables.
-fn config(dir: &Path, extra: &str) -> String {
+pub(crate) fn config(dir: &Path, extra: &str) -> String {
     let tokens = [
         token_entry("keeper", CUSTODY, "[\"custodian\"]"),
         token_entry("svc", DATA, "[\"reader\", \"writer\", \"admin\"]"),
@@ -135,7 +135,7 @@ fn config(dir: &Path, extra: &str) -> String {
     )
 }
 
-async fn client(url: &str, token: &str) -> VaultClient {
+pub(crate) async fn client(url: &str, token: &str) -> VaultClient {
     VaultClient::connect(url.to_owned(), token)
         .await
         .unwrap()

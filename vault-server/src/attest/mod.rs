@@ -44,6 +44,83 @@ pub trait DocumentSource: Send + Sync {
     fn document(&self, nonce: &[u8], user_data: &[u8]) -> std::result::Result<Vec<u8>, String>;
 }
 
+/// Documents from a program run for each release: inside a Nitro enclave,
+/// one that asks the NSM (`/dev/nsm`) for an attestation document. It gets
+/// the nonce and the user data in hexadecimal in `VAULT_ATTEST_NONCE` and
+/// `VAULT_ATTEST_USER_DATA` and writes the document's bytes (COSE_Sign1,
+/// at most 16 KiB) to stdout; a non-zero exit is a refusal, its stderr's
+/// first line the reason. It has 10 seconds.
+#[derive(Debug, Clone)]
+pub struct CommandSource {
+    /// The program and its arguments.
+    pub argv: Vec<String>,
+}
+
+/// How long a document command may take.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl DocumentSource for CommandSource {
+    fn document(&self, nonce: &[u8], user_data: &[u8]) -> std::result::Result<Vec<u8>, String> {
+        use std::process::{Command, Stdio};
+        let (program, args) = self
+            .argv
+            .split_first()
+            .ok_or("the document command is empty")?;
+        let mut child = Command::new(program)
+            .args(args)
+            .env("VAULT_ATTEST_NONCE", hex::encode(nonce))
+            .env("VAULT_ATTEST_USER_DATA", hex::encode(user_data))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("the document command {program} did not start: {e}"))?;
+        // A document (16 KiB at most) fits in the pipe: wait, then read.
+        let deadline = std::time::Instant::now() + COMMAND_TIMEOUT;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Ok(None) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(format!(
+                        "the document command {program} took more than {} s",
+                        COMMAND_TIMEOUT.as_secs()
+                    ));
+                }
+                Err(e) => return Err(format!("waiting for the document command: {e}")),
+            }
+        };
+        let read = |pipe: Option<&mut dyn Read>, limit: u64| {
+            let mut out = Vec::new();
+            if let Some(pipe) = pipe {
+                let _ = pipe.take(limit).read_to_end(&mut out);
+            }
+            out
+        };
+        let limit = nitro::MAX_DOCUMENT_BYTES as u64 + 1;
+        let stdout = read(child.stdout.as_mut().map(|p| p as &mut dyn Read), limit);
+        if !status.success() {
+            let stderr = read(child.stderr.as_mut().map(|p| p as &mut dyn Read), 4096);
+            let why = String::from_utf8_lossy(&stderr);
+            return Err(format!(
+                "the document command {program} failed ({status}): {}",
+                why.lines().next().unwrap_or("").trim()
+            ));
+        }
+        if stdout.len() > nitro::MAX_DOCUMENT_BYTES {
+            return Err(format!(
+                "the document command {program} wrote more than {} bytes",
+                nitro::MAX_DOCUMENT_BYTES
+            ));
+        }
+        Ok(stdout)
+    }
+}
+
 /// How old a document may be when the gate checks it.
 pub const MAX_DOCUMENT_AGE: Duration = Duration::from_secs(300);
 /// How far ahead of this server's clock a document's time may be.

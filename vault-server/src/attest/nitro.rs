@@ -406,6 +406,43 @@ pub mod testing {
             self.root_der.clone()
         }
 
+        /// Writes the root (`root.pem`) and the signing material
+        /// (`nsm.hex`: one hex line each for the chain's certificates, the
+        /// leaf and its PKCS#8 key) to `dir`, for a test NSM of another
+        /// process ([`TestNsm::load`]).
+        pub fn save(&self, dir: &std::path::Path) -> std::io::Result<()> {
+            std::fs::write(dir.join("root.pem"), &self.root_pem)?;
+            let mut lines: Vec<String> = self.chain.iter().map(hex::encode).collect();
+            lines.push(hex::encode(&self.leaf_der));
+            lines.push(hex::encode(&self.leaf_pkcs8));
+            std::fs::write(dir.join("nsm.hex"), lines.join("\n"))
+        }
+
+        /// The test NSM [`TestNsm::save`] wrote to `dir`.
+        pub fn load(dir: &std::path::Path) -> std::io::Result<TestNsm> {
+            let bad =
+                |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
+            let root_pem = std::fs::read_to_string(dir.join("root.pem"))?;
+            let text = std::fs::read_to_string(dir.join("nsm.hex"))?;
+            let mut parts = text
+                .lines()
+                .map(hex::decode)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|_| bad("nsm.hex is not hex"))?;
+            if parts.len() < 3 {
+                return Err(bad("nsm.hex holds a chain, a leaf and a key"));
+            }
+            let leaf_pkcs8 = parts.pop().ok_or_else(|| bad("no key"))?;
+            let leaf_der = parts.pop().ok_or_else(|| bad("no leaf"))?;
+            Ok(TestNsm {
+                root_pem,
+                root_der: parts[0].clone(),
+                chain: parts,
+                leaf_der,
+                leaf_pkcs8,
+            })
+        }
+
         /// A signed document saying `claims` (tagged COSE_Sign1, ES384).
         pub fn document(&self, claims: &Claims) -> Vec<u8> {
             let map = |entries: Vec<(Value, Value)>| Value::Map(entries);
