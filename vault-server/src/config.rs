@@ -455,6 +455,13 @@ impl AttestationConfig {
                                 the NSM for a document)"
                         .into());
                 }
+                if !argv.first().is_some_and(|p| Path::new(p).is_absolute()) {
+                    return Err(
+                        "attestation.nitro_document_command must start with an absolute path \
+                         (it runs with an empty environment)"
+                            .into(),
+                    );
+                }
                 let verifier = match &self.nitro_root_file {
                     None => NitroVerifier::aws(),
                     Some(path) => {
@@ -467,7 +474,10 @@ impl AttestationConfig {
                 .map_err(|e| format!("attestation.nitro_root_file: {e}"))?;
                 Ok(Evidence::Nitro(std::sync::Arc::new(NitroEvidence::new(
                     verifier,
-                    Box::new(CommandSource { argv }),
+                    Box::new(CommandSource {
+                        argv,
+                        timeout: crate::attest::COMMAND_TIMEOUT,
+                    }),
                 ))))
             }
         }
@@ -1035,6 +1045,9 @@ roles = ["reader"]
             e.contains("apply only to attestation.evidence = \"nitro\""),
             "{e}"
         );
+        let e = with("[attestation]\nevidence = \"nitro\"\nnitro_document_command = [\"x\"]")
+            .unwrap_err();
+        assert!(e.contains("absolute path"), "{e}");
         let nitro =
             with("[attestation]\nevidence = \"nitro\"\nnitro_document_command = [\"/x\"]").unwrap();
         assert_eq!(nitro.evidence.kind(), "nitro");

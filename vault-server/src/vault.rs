@@ -163,6 +163,10 @@ pub struct Vault {
     rekey: Mutex<Option<PendingRekey>>,
     /// Why the last unseal by the HSM failed (cleared once unsealed).
     seal_message: Mutex<Option<String>>,
+    /// Seals asked for so far (raised under the state lock, sealed or
+    /// not): an unseal that let go of the lock to wait for the evidence
+    /// or the HSM does not start a session if a seal came meanwhile.
+    seals: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Vault {
@@ -271,6 +275,7 @@ impl Vault {
             sealed: watch::Sender::new(true),
             rekey: Mutex::new(None),
             seal_message: Mutex::new(None),
+            seals: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -606,7 +611,7 @@ impl Vault {
         allow_keyring_rollback: bool,
     ) -> Result<UnsealProgress> {
         self.authorize_custody(caller)?;
-        self.sealed_custody(&self.state())?;
+        let seals = self.sealed_since(None)?;
         let file = self
             .keyring
             .read()?
@@ -642,6 +647,14 @@ impl Vault {
             };
             let mut state = self.state();
             let custody = self.sealed_custody(&state)?;
+            self.sealed_since(Some((&state, seals)))?;
+            // The keyring opened is the one stored now (not an older copy
+            // read before the wait).
+            if self.keyring.read()?.as_deref() != Some(file.as_slice()) {
+                return Err(Error::Unavailable(
+                    "the keyring changed while the HSM unsealed it; unseal again".into(),
+                ));
+            }
             let file = KeyringFile {
                 store: Arc::clone(&self.keyring),
                 unseal_key,
@@ -660,7 +673,10 @@ impl Vault {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "the vault stays sealed");
-                if !matches!(&e, Error::FailedPrecondition(m) if m == ALREADY_UNSEALED) {
+                // Said by the status only while it is so: not once another
+                // unseal has won, nor for a moment's contention.
+                let state = self.state();
+                if matches!(&*state, State::Sealed { .. }) && !matches!(e, Error::Unavailable(_)) {
                     *self.seal_message.lock().unwrap_or_else(|p| p.into_inner()) =
                         Some(e.to_string());
                 }
@@ -678,6 +694,30 @@ impl Vault {
             tracing::warn!(error = %e, principal = %caller.principal.name, "key release refused");
         }
         result
+    }
+
+    /// With `None`: checks that the vault is sealed (and free to unseal)
+    /// and returns the seals counted so far. With the state lock held and
+    /// that count: refuses if a seal came since (an unseal that waited for
+    /// evidence or the HSM must not undo it).
+    fn sealed_since(&self, held: Option<(&State, u64)>) -> Result<u64> {
+        use std::sync::atomic::Ordering;
+        match held {
+            None => {
+                let state = self.state();
+                self.sealed_custody(&state)?;
+                Ok(self.seals.load(Ordering::SeqCst))
+            }
+            Some((_, before)) => {
+                let now = self.seals.load(Ordering::SeqCst);
+                if now != before {
+                    return Err(Error::Unavailable(
+                        "the vault was sealed while this unseal waited; unseal again".into(),
+                    ));
+                }
+                Ok(now)
+            }
+        }
     }
 
     /// The custody of a sealed vault; an error in any other state, or
@@ -764,7 +804,7 @@ impl Vault {
     ) -> Result<UnsealProgress> {
         self.authorize_custody(caller)?;
         let share = UnsealShare::parse(share).map_err(|e| refused(caller, e))?;
-        self.sealed_custody(&self.state())?;
+        let seals = self.sealed_since(None)?;
         // Before any share is taken: the seal, and the release gate (not
         // under the state lock: evidence may take a while to get).
         let sealing = self.stored_sealing()?.unwrap_or_default();
@@ -779,6 +819,7 @@ impl Vault {
         self.release_gate(caller, &sealing)?;
         let mut state = self.state();
         let custody = self.sealed_custody(&state)?;
+        self.sealed_since(Some((&state, seals)))?;
         let State::Sealed { collector, .. } = &mut *state else {
             return Err(Error::Sealed);
         };
@@ -847,6 +888,7 @@ impl Vault {
         // order: the rekey slot, then the state.)
         let mut rekey = self.rekey_slot();
         let mut state = self.state();
+        self.seals.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let custody = match &*state {
             State::Uninitialised => {
                 return Err(Error::FailedPrecondition(
@@ -1270,13 +1312,19 @@ impl Vault {
             None => matches!(current_seal, Seal::Pkcs11(_)),
             Some(kind) => kind == SealKind::Pkcs11,
         };
-        // The HSM may take a while: requests go on meanwhile (the rekey
-        // slot, held, keeps seals and other rekeys out; nothing else ends
-        // the session).
+        // The HSM may take a while: requests, seals (which end the
+        // session) and a new rekey's first shares go on meanwhile.
+        let seals = self.seals.load(std::sync::atomic::Ordering::SeqCst);
         drop(state);
+        drop(slot);
         let split = self.new_split(&new_key, params.threshold, params.shares, with_hsm);
+        // Lock order: the rekey slot, then the state. After a seal nothing
+        // changes.
+        let _slot = self.rekey_slot();
         let mut state = self.state();
-        if !matches!(&*state, State::Unsealed { engine: e, .. } if Arc::ptr_eq(e, &engine)) {
+        if self.seals.load(std::sync::atomic::Ordering::SeqCst) != seals
+            || !matches!(&*state, State::Unsealed { engine: e, .. } if Arc::ptr_eq(e, &engine))
+        {
             return Err(Error::Unavailable(
                 "the vault's session changed during the rekey; nothing changed: start again".into(),
             ));

@@ -1,9 +1,9 @@
 //! A stand-in for the program that asks a Nitro enclave's NSM for an
-//! attestation document (`[attestation] nitro_document_command`): it signs
-//! one under the test root that `TestNsm::save` wrote to `$TEST_NSM_DIR`,
-//! for the nonce and user data the vault passes (`VAULT_ATTEST_NONCE`,
-//! `VAULT_ATTEST_USER_DATA`, hex), with PCR0 `$TEST_NSM_PCR0` (hex), and
-//! writes it to stdout. This machine has no enclave; the vault's verifier
+//! attestation document (`[attestation] nitro_document_command`):
+//! `test-nsm DIR PCR0` signs one under the test root that `TestNsm::save`
+//! wrote to DIR, for the nonce and user data the vault passes
+//! (`VAULT_ATTEST_NONCE`, `VAULT_ATTEST_USER_DATA`, hex), with PCR0 (hex),
+//! and writes it to stdout. This machine has no enclave; the vault's verifier
 //! is what the tests exercise.
 
 use std::io::Write;
@@ -30,11 +30,16 @@ fn main() -> ExitCode {
 fn run() -> Result<Vec<u8>, String> {
     let var = |name: &str| std::env::var(name).map_err(|_| format!("{name} is not set"));
     let hex_var = |name: &str| hex::decode(var(name)?).map_err(|_| format!("{name} is not hex"));
-    let nsm = TestNsm::load(std::path::Path::new(&var("TEST_NSM_DIR")?))
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [dir, pcr0] = args.as_slice() else {
+        return Err("usage: test-nsm DIR PCR0".into());
+    };
+    let nsm = TestNsm::load(std::path::Path::new(dir))
         .map_err(|e| format!("loading the test NSM: {e}"))?;
-    let pcr0: [u8; 48] = hex_var("TEST_NSM_PCR0")?
+    let pcr0: [u8; 48] = hex::decode(pcr0)
+        .map_err(|_| "PCR0 is not hex".to_owned())?
         .try_into()
-        .map_err(|_| "TEST_NSM_PCR0 is not 48 bytes".to_owned())?;
+        .map_err(|_| "PCR0 is not 48 bytes".to_owned())?;
     let timestamp_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_err(|e| e.to_string())?

@@ -183,33 +183,24 @@ async fn the_binary_takes_its_documents_from_the_configured_command() {
     let dir = tempfile::tempdir().unwrap();
     let nsm = TestNsm::new("command");
     nsm.save(dir.path()).unwrap();
-    let cfg = config(
-        dir.path(),
-        &format!(
-            "[attestation]\nevidence = \"nitro\"\nnitro_document_command = [{:?}]\n\
-             nitro_root_file = {:?}\n",
-            env!("CARGO_BIN_EXE_test-nsm"),
-            dir.path().join("root.pem").display().to_string()
-        ),
-    );
-    let args = ["--config", cfg.as_str()];
-    let nsm_dir = dir.path().display().to_string();
+    // The document command runs with an empty environment: what it needs
+    // is in its arguments (the test NSM's folder, and the PCR0 to sign).
+    let start = |pcr0: String, last: &'static str| {
+        let cfg = config(
+            dir.path(),
+            &format!(
+                "[attestation]\nevidence = \"nitro\"\n\
+                 nitro_document_command = [{:?}, {:?}, {pcr0:?}]\nnitro_root_file = {:?}\n",
+                env!("CARGO_BIN_EXE_test-nsm"),
+                dir.path().display().to_string(),
+                dir.path().join("root.pem").display().to_string()
+            ),
+        );
+        async move { start_with_env(&["--config", &cfg], &[], last).await }
+    };
     let approved = hex::encode([0xb2; 48]);
-    let env = |pcr0: &str| -> Vec<(&str, String)> {
-        vec![
-            ("TEST_NSM_DIR", nsm_dir.clone()),
-            ("TEST_NSM_PCR0", pcr0.to_owned()),
-        ]
-    };
-    let start = |pcr0: &str, last: &'static str| {
-        let env = env(pcr0);
-        async move {
-            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            start_with_env(&args, &env, last).await
-        }
-    };
 
-    let vault = start(&approved, "vault is not initialised").await;
+    let vault = start(approved, "vault is not initialised").await;
     let custodian = client(&vault.url, CUSTODY).await;
     let init = custodian.init(1, 1).await.unwrap();
     custodian.unseal(&init.shares[0]).await.unwrap();
@@ -229,7 +220,7 @@ async fn the_binary_takes_its_documents_from_the_configured_command() {
     vault.stop().await;
 
     // Another image: its document verifies, its PCR0 is not approved.
-    let vault = start(&hex::encode([0xc3; 48]), "vault is sealed").await;
+    let vault = start(hex::encode([0xc3; 48]), "vault is sealed").await;
     let custodian = client(&vault.url, CUSTODY).await;
     let err = custodian.unseal(&init.shares[0]).await.unwrap_err();
     assert!(
@@ -241,11 +232,11 @@ async fn the_binary_takes_its_documents_from_the_configured_command() {
     vault.stop().await;
 
     // The command failing: refused, with its reason.
-    let vault = start("not-hex", "vault is sealed").await;
+    let vault = start("not-hex".into(), "vault is sealed").await;
     let custodian = client(&vault.url, CUSTODY).await;
     let err = custodian.unseal(&init.shares[0]).await.unwrap_err();
     assert!(
-        matches!(&err, Error::FailedPrecondition(m) if m.contains("TEST_NSM_PCR0 is not hex")),
+        matches!(&err, Error::FailedPrecondition(m) if m.contains("PCR0 is not hex")),
         "{err:?}"
     );
     drop(custodian);

@@ -49,34 +49,74 @@ pub trait DocumentSource: Send + Sync {
 /// the nonce and the user data in hexadecimal in `VAULT_ATTEST_NONCE` and
 /// `VAULT_ATTEST_USER_DATA` and writes the document's bytes (COSE_Sign1,
 /// at most 16 KiB) to stdout; a non-zero exit is a refusal, its stderr's
-/// first line the reason. It has 10 seconds.
+/// first line the reason. It has `timeout` in all.
 #[derive(Debug, Clone)]
 pub struct CommandSource {
-    /// The program and its arguments.
+    /// The program (an absolute path) and its arguments.
     pub argv: Vec<String>,
+    /// How long it may take, output included (10 s from the configuration).
+    pub timeout: Duration,
 }
 
 /// How long a document command may take.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl DocumentSource for CommandSource {
     fn document(&self, nonce: &[u8], user_data: &[u8]) -> std::result::Result<Vec<u8>, String> {
+        use std::os::unix::process::CommandExt;
         use std::process::{Command, Stdio};
         let (program, args) = self
             .argv
             .split_first()
             .ok_or("the document command is empty")?;
+        // Its own process group, so a timeout kills what it started too;
+        // nothing of the server's environment but the two values.
         let mut child = Command::new(program)
             .args(args)
+            .env_clear()
             .env("VAULT_ATTEST_NONCE", hex::encode(nonce))
             .env("VAULT_ATTEST_USER_DATA", hex::encode(user_data))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            .process_group(0)
             .spawn()
             .map_err(|e| format!("the document command {program} did not start: {e}"))?;
-        // A document (16 KiB at most) fits in the pipe: wait, then read.
-        let deadline = std::time::Instant::now() + COMMAND_TIMEOUT;
+        let deadline = std::time::Instant::now() + self.timeout;
+        // Both pipes are drained on threads (past their limit into the
+        // void), so the program never blocks on a full pipe.
+        let drain = |pipe: Option<Box<dyn Read + Send>>, limit: u64| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            if let Some(mut pipe) = pipe {
+                std::thread::spawn(move || {
+                    let mut kept = Vec::new();
+                    let _ = (&mut pipe).take(limit).read_to_end(&mut kept);
+                    let _ = std::io::copy(&mut pipe, &mut std::io::sink());
+                    let _ = tx.send(kept);
+                });
+            } else {
+                let _ = tx.send(Vec::new());
+            }
+            rx
+        };
+        let limit = nitro::MAX_DOCUMENT_BYTES as u64 + 1;
+        let stdout = drain(child.stdout.take().map(|p| Box::new(p) as _), limit);
+        let stderr = drain(child.stderr.take().map(|p| Box::new(p) as _), 4096);
+        let kill = |child: &mut std::process::Child| {
+            // The whole group: the program and whatever it started.
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", child.id())])
+                .stderr(Stdio::null())
+                .status();
+            let _ = child.kill();
+            let _ = child.wait();
+        };
+        let timed_out = || {
+            format!(
+                "the document command {program} took more than {} s",
+                self.timeout.as_secs_f32()
+            )
+        };
         let status = loop {
             match child.try_wait() {
                 Ok(Some(status)) => break status,
@@ -84,40 +124,45 @@ impl DocumentSource for CommandSource {
                     std::thread::sleep(Duration::from_millis(5));
                 }
                 Ok(None) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(format!(
-                        "the document command {program} took more than {} s",
-                        COMMAND_TIMEOUT.as_secs()
-                    ));
+                    kill(&mut child);
+                    return Err(timed_out());
                 }
-                Err(e) => return Err(format!("waiting for the document command: {e}")),
+                Err(e) => {
+                    kill(&mut child);
+                    return Err(format!("waiting for the document command: {e}"));
+                }
             }
         };
-        let read = |pipe: Option<&mut dyn Read>, limit: u64| {
-            let mut out = Vec::new();
-            if let Some(pipe) = pipe {
-                let _ = pipe.take(limit).read_to_end(&mut out);
-            }
-            out
+        let left = |now: std::time::Instant| deadline.saturating_duration_since(now);
+        let Ok(out) = stdout.recv_timeout(left(std::time::Instant::now())) else {
+            // Its output is held open by something it started.
+            kill(&mut child);
+            return Err(timed_out());
         };
-        let limit = nitro::MAX_DOCUMENT_BYTES as u64 + 1;
-        let stdout = read(child.stdout.as_mut().map(|p| p as &mut dyn Read), limit);
         if !status.success() {
-            let stderr = read(child.stderr.as_mut().map(|p| p as &mut dyn Read), 4096);
-            let why = String::from_utf8_lossy(&stderr);
+            let err = stderr
+                .recv_timeout(left(std::time::Instant::now()))
+                .unwrap_or_default();
+            let why: String = String::from_utf8_lossy(&err)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .chars()
+                .take(200)
+                .map(|c| if c.is_control() { '?' } else { c })
+                .collect();
             return Err(format!(
-                "the document command {program} failed ({status}): {}",
-                why.lines().next().unwrap_or("").trim()
+                "the document command {program} failed ({status}): {why}"
             ));
         }
-        if stdout.len() > nitro::MAX_DOCUMENT_BYTES {
+        if out.len() > nitro::MAX_DOCUMENT_BYTES {
             return Err(format!(
                 "the document command {program} wrote more than {} bytes",
                 nitro::MAX_DOCUMENT_BYTES
             ));
         }
-        Ok(stdout)
+        Ok(out)
     }
 }
 
@@ -163,8 +208,6 @@ impl NitroEvidence {
     /// Draws a nonce, asks for a document and checks it: chain, signature,
     /// this nonce, age, region claim. Returns PCR0, verified.
     fn attest(&self, region: &Region, now: SystemTime) -> std::result::Result<Measurement, String> {
-        // Attested only by the last document, verified: a failure forgets.
-        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = None;
         let mut nonce = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut nonce);
         let claim = region_claim(region);
@@ -301,9 +344,11 @@ pub fn release_gate(sealing: &SealHeader, evidence: &Evidence, region: &Region) 
             hex::encode(m)
         ))),
         Evidence::Nitro(nitro) => {
-            let pcr0 = nitro
-                .attest(region, SystemTime::now())
-                .map_err(|e| Error::FailedPrecondition(format!("{REFUSED}: {e}")))?;
+            let pcr0 = nitro.attest(region, SystemTime::now()).map_err(|e| {
+                // Attested only by the last document, verified.
+                *nitro.last.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                Error::FailedPrecondition(format!("{REFUSED}: {e}"))
+            })?;
             if !sealing.approved_builds.contains(&pcr0) {
                 return Err(Error::FailedPrecondition(format!(
                     "{REFUSED}: this enclave's image (PCR0 {}, attested) is not among \
@@ -313,5 +358,55 @@ pub fn release_gate(sealing: &SealHeader, evidence: &Evidence, region: &Region) 
             }
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(script: &str, timeout_ms: u64) -> std::result::Result<Vec<u8>, String> {
+        CommandSource {
+            argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
+            timeout: Duration::from_millis(timeout_ms),
+        }
+        .document(&[0xab; 4], b"vault-region=eu")
+    }
+
+    #[test]
+    fn the_document_command_gets_the_nonce_and_nothing_else_of_the_environment() {
+        let out = run(
+            "printf '%s %s %s' \"$VAULT_ATTEST_NONCE\" \"$VAULT_ATTEST_USER_DATA\" \"${HOME:-none}\"",
+            5000,
+        )
+        .unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            format!("abababab {} none", hex::encode("vault-region=eu"))
+        );
+    }
+
+    #[test]
+    fn a_failing_slow_or_verbose_document_command_is_refused_with_why() {
+        let e = run("echo 'no NSM here' >&2; exit 3", 5000).unwrap_err();
+        assert!(e.contains("failed") && e.contains("no NSM here"), "{e}");
+        // More than a pipe holds: drained, then refused for its size.
+        let e = run("/usr/bin/head -c 200000 /dev/zero", 5000).unwrap_err();
+        assert!(e.contains("wrote more than 16384 bytes"), "{e}");
+        let started = std::time::Instant::now();
+        let e = run("/bin/sleep 5", 100).unwrap_err();
+        assert!(e.contains("took more than"), "{e}");
+        // Gone, while something it started still holds its output: the
+        // deadline holds all the same.
+        let e = run("/bin/sleep 5 & exit 0", 100).unwrap_err();
+        assert!(e.contains("took more than"), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(4));
+        let e = CommandSource {
+            argv: vec!["/nonexistent/nsm".into()],
+            timeout: COMMAND_TIMEOUT,
+        }
+        .document(&[1], b"x")
+        .unwrap_err();
+        assert!(e.contains("did not start"), "{e}");
     }
 }
