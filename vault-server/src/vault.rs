@@ -611,7 +611,7 @@ impl Vault {
         allow_keyring_rollback: bool,
     ) -> Result<UnsealProgress> {
         self.authorize_custody(caller)?;
-        let seals = self.sealed_since(None)?;
+        let seals = self.seals_before_unseal()?;
         let file = self
             .keyring
             .read()?
@@ -647,7 +647,7 @@ impl Vault {
             };
             let mut state = self.state();
             let custody = self.sealed_custody(&state)?;
-            self.sealed_since(Some((&state, seals)))?;
+            self.no_seal_since(&state, seals)?;
             // The keyring opened is the one stored now (not an older copy
             // read before the wait).
             if self.keyring.read()?.as_deref() != Some(file.as_slice()) {
@@ -696,28 +696,24 @@ impl Vault {
         result
     }
 
-    /// With `None`: checks that the vault is sealed (and free to unseal)
-    /// and returns the seals counted so far. With the state lock held and
-    /// that count: refuses if a seal came since (an unseal that waited for
-    /// evidence or the HSM must not undo it).
-    fn sealed_since(&self, held: Option<(&State, u64)>) -> Result<u64> {
-        use std::sync::atomic::Ordering;
-        match held {
-            None => {
-                let state = self.state();
-                self.sealed_custody(&state)?;
-                Ok(self.seals.load(Ordering::SeqCst))
-            }
-            Some((_, before)) => {
-                let now = self.seals.load(Ordering::SeqCst);
-                if now != before {
-                    return Err(Error::Unavailable(
-                        "the vault was sealed while this unseal waited; unseal again".into(),
-                    ));
-                }
-                Ok(now)
-            }
+    /// Checks that the vault is sealed (and free to unseal); returns the
+    /// seals counted so far, for [`Vault::no_seal_since`].
+    fn seals_before_unseal(&self) -> Result<u64> {
+        let state = self.state();
+        self.sealed_custody(&state)?;
+        Ok(self.seals.load(std::sync::atomic::Ordering::SeqCst))
+    }
+
+    /// With the state lock held (`_held`): refuses if a seal came since
+    /// `before` (an unseal that waited for evidence or the HSM must not
+    /// undo it).
+    fn no_seal_since(&self, _held: &State, before: u64) -> Result<()> {
+        if self.seals.load(std::sync::atomic::Ordering::SeqCst) != before {
+            return Err(Error::Unavailable(
+                "the vault was sealed while this unseal waited; unseal again".into(),
+            ));
         }
+        Ok(())
     }
 
     /// The custody of a sealed vault; an error in any other state, or
@@ -804,7 +800,7 @@ impl Vault {
     ) -> Result<UnsealProgress> {
         self.authorize_custody(caller)?;
         let share = UnsealShare::parse(share).map_err(|e| refused(caller, e))?;
-        let seals = self.sealed_since(None)?;
+        let seals = self.seals_before_unseal()?;
         // Before any share is taken: the seal, and the release gate (not
         // under the state lock: evidence may take a while to get).
         let sealing = self.stored_sealing()?.unwrap_or_default();
@@ -819,7 +815,7 @@ impl Vault {
         self.release_gate(caller, &sealing)?;
         let mut state = self.state();
         let custody = self.sealed_custody(&state)?;
-        self.sealed_since(Some((&state, seals)))?;
+        self.no_seal_since(&state, seals)?;
         let State::Sealed { collector, .. } = &mut *state else {
             return Err(Error::Sealed);
         };
@@ -1218,8 +1214,9 @@ impl Vault {
                 "this server has no PKCS#11 seal configured ([seal] type = \"pkcs11\")".into(),
             ));
         }
-        // Held to the end: a seal (which takes it first too) waits for the
-        // swap below rather than finding the vault sealed halfway.
+        // Held to the end but for the HSM's wrap: a seal (which takes it
+        // first too) waits for the swap below rather than finding the vault
+        // sealed halfway.
         let mut slot = self.rekey_slot();
         let state = self.state();
         let engine = match &*state {
