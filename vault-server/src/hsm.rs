@@ -110,12 +110,36 @@ impl From<P11Error> for HsmError {
 }
 
 /// One PKCS#11 context per module per process: `C_Initialize` may run once.
-fn context(library: &Path) -> Result<Arc<Pkcs11>, HsmError> {
-    static CONTEXTS: OnceLock<Mutex<HashMap<PathBuf, Arc<Pkcs11>>>> = OnceLock::new();
-    let mut contexts = CONTEXTS
+static CONTEXTS: OnceLock<Mutex<HashMap<PathBuf, Arc<Pkcs11>>>> = OnceLock::new();
+
+fn contexts() -> std::sync::MutexGuard<'static, HashMap<PathBuf, Arc<Pkcs11>>> {
+    CONTEXTS
         .get_or_init(Default::default)
         .lock()
-        .unwrap_or_else(|p| p.into_inner());
+        .unwrap_or_else(|p| p.into_inner())
+}
+
+/// Finalizes the module's context (if nothing else uses it), so the next
+/// use initialises it again: some modules (SoftHSM2) see a token put back
+/// only then.
+fn reset_context(library: &Path) {
+    let mut contexts = contexts();
+    if let Some(ctx) = contexts.remove(library) {
+        match Arc::try_unwrap(ctx) {
+            Ok(ctx) => {
+                if let Err(e) = ctx.finalize() {
+                    tracing::warn!(error = %e, "the PKCS#11 module did not finalize");
+                }
+            }
+            Err(ctx) => {
+                contexts.insert(library.to_owned(), ctx);
+            }
+        }
+    }
+}
+
+fn context(library: &Path) -> Result<Arc<Pkcs11>, HsmError> {
+    let mut contexts = contexts();
     if let Some(ctx) = contexts.get(library) {
         return Ok(Arc::clone(ctx));
     }
@@ -145,7 +169,19 @@ struct TokenSession {
     serial: String,
 }
 
+/// [`open_once`]; a token not found is looked for once more after the
+/// module is initialised again (a token put back since it started).
 fn open(cfg: &Pkcs11Config) -> Result<TokenSession, HsmError> {
+    match open_once(cfg) {
+        Err(HsmError::TokenMissing(_)) => {
+            reset_context(&cfg.library);
+            open_once(cfg)
+        }
+        other => other,
+    }
+}
+
+fn open_once(cfg: &Pkcs11Config) -> Result<TokenSession, HsmError> {
     let ctx = context(&cfg.library)?;
     let mut found = None;
     for slot in ctx.get_slots_with_token()? {
