@@ -473,6 +473,8 @@ impl TryFrom<pb::StatusResponse> for SealStatus {
                 _ => Some(measurement(&status.measurement)?),
             },
             attested: status.attested,
+            attestation_identity: (!status.attestation_identity.is_empty())
+                .then_some(status.attestation_identity),
         })
     }
 }
@@ -962,9 +964,14 @@ mod tests {
             evidence: "self-reported".into(),
             measurement: vec![2; 48],
             attested: false,
+            attestation_identity: "root sha256:00".into(),
         })
         .unwrap();
         assert_eq!(status.seal_identity.as_deref(), Some("token"));
+        assert_eq!(
+            status.attestation_identity.as_deref(),
+            Some("root sha256:00")
+        );
         assert_eq!(status.seal_message, None);
         assert_eq!(status.measurement_approved(), Some(true));
         // A measurement that is not 48 bytes is a protocol error.

@@ -151,6 +151,9 @@ pub struct SealStatus {
     /// Whether a verified attestation document vouches for the
     /// measurement, as the server reports it.
     pub attested: bool,
+    /// With Nitro evidence: the pinned root's SHA-256 and the enclave of
+    /// the last verified document.
+    pub attestation_identity: Option<String>,
 }
 
 impl SealStatus {

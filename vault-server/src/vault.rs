@@ -117,8 +117,10 @@ pub struct SealStatus {
     pub evidence: String,
     /// This server's measurement, if it presents one.
     pub measurement: Option<Measurement>,
-    /// Whether a TEE vouches for that measurement.
+    /// Whether a verified attestation document vouches for it.
     pub attested: bool,
+    /// With Nitro evidence: the pinned root and the last enclave verified.
+    pub attestation_identity: Option<String>,
 }
 
 /// Where an unseal stands after one share.
@@ -973,6 +975,7 @@ impl Vault {
             evidence: self.opts.evidence.kind().to_owned(),
             measurement: self.opts.evidence.measurement(),
             attested: self.opts.evidence.attested(),
+            attestation_identity: self.opts.evidence.identity(),
         };
         let sealing = match &*state {
             State::Unsealed { engine, .. } => Some(engine.keyring().sealing().clone()),

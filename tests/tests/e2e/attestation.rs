@@ -114,6 +114,15 @@ async fn an_approved_attested_enclave_unseals_and_every_other_document_is_refuse
     assert!(status.attested);
     assert_eq!(status.measurement, Some(APPROVED));
     assert_eq!(status.measurement_approved(), Some(true));
+    let root = hex::encode(
+        NitroVerifier::from_pem(&nsm.nsm.root_pem)
+            .unwrap()
+            .root_fingerprint(),
+    );
+    assert_eq!(
+        status.attestation_identity.as_deref(),
+        Some(format!("root sha256:{root}; enclave i-test-enc0").as_str())
+    );
     assert_eq!(
         vault.client().await.get("users", "u1").await.unwrap(),
         user("u1", "s1")

@@ -180,6 +180,8 @@ pub struct NitroEvidence {
     source: Box<dyn DocumentSource>,
     issued: Mutex<VecDeque<[u8; 32]>>,
     last: Mutex<Option<Measurement>>,
+    /// The module id of the last verified document.
+    module: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for NitroEvidence {
@@ -198,6 +200,7 @@ impl NitroEvidence {
             source,
             issued: Mutex::new(VecDeque::new()),
             last: Mutex::new(None),
+            module: Mutex::new(None),
         }
     }
 
@@ -262,6 +265,13 @@ impl NitroEvidence {
         }
         // Attested, approved or not: the status shows it.
         *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(att.pcr0);
+        let module: String = att
+            .module_id
+            .chars()
+            .take(64)
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect();
+        *self.module.lock().unwrap_or_else(|p| p.into_inner()) = Some(module);
         Ok(att.pcr0)
     }
 }
@@ -312,6 +322,20 @@ impl Evidence {
             Evidence::SelfReported(m) => Some(*m),
             Evidence::Nitro(n) => n.last(),
         }
+    }
+
+    /// With Nitro: the pinned root's SHA-256, and the enclave (module id)
+    /// of the last verified document.
+    pub fn identity(&self) -> Option<String> {
+        let Evidence::Nitro(n) = self else {
+            return None;
+        };
+        let module = n.module.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        Some(format!(
+            "root sha256:{}{}",
+            hex::encode(n.verifier.root_fingerprint()),
+            module.map_or(String::new(), |m| format!("; enclave {m}"))
+        ))
     }
 
     /// Whether a TEE vouches for the measurement: only a verified Nitro

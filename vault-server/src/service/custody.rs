@@ -255,6 +255,7 @@ impl OperatorService for OperatorApi {
             evidence: s.evidence,
             measurement: s.measurement.map(|m| m.to_vec()).unwrap_or_default(),
             attested: s.attested,
+            attestation_identity: s.attestation_identity.unwrap_or_default(),
         }))
     }
 

@@ -1172,6 +1172,9 @@ fn status_text(status: &SealStatus) -> String {
         };
         lines.push(format!("evidence: {how}"));
     }
+    if let Some(id) = &status.attestation_identity {
+        lines.push(format!("attestation: {}", printable(id)));
+    }
     if let Some(m) = &status.measurement {
         lines.push(format!("measurement: {}", hex::encode(m)));
     }
@@ -1229,6 +1232,7 @@ fn status_json(status: &SealStatus) -> Json {
         "seal_message": status.seal_message,
         "evidence": status.evidence,
         "attested": status.attested,
+        "attestation_identity": status.attestation_identity,
         "measurement": status.measurement.map(hex::encode),
         "approved_builds": status.approved_builds.iter().map(hex::encode).collect::<Vec<_>>(),
         "measurement_approved": status.measurement_approved(),
@@ -1883,6 +1887,7 @@ mod tests {
             evidence: "self-reported".into(),
             measurement: Some([0xef; 48]),
             attested: false,
+            attestation_identity: None,
         };
         assert_eq!(
             status_text(&status),
@@ -1927,6 +1932,7 @@ mod tests {
                 "seal_message": null,
                 "evidence": "self-reported",
                 "attested": false,
+                "attestation_identity": null,
                 "measurement": "ef".repeat(48),
                 "approved_builds": ["cd".repeat(48)],
                 "measurement_approved": false,
