@@ -719,21 +719,8 @@ impl VaultClient {
         threshold: u32,
         recipients: &[String],
     ) -> Result<RekeyProgress> {
-        let request = pb::RekeyRequest {
-            share: share.expose_secret().to_owned(),
-            shares,
-            threshold,
-            recipients: recipients.to_vec(),
-            cancel: false,
-            seal: String::new(),
-        };
-        let response = self
-            .operator_call(request, |mut c, r| async move { c.rekey(r).await })
-            .await?;
-        if response.complete {
-            check_issued(&response.shares, &response.encrypted_shares, recipients)?;
-        }
-        Ok(response.into())
+        self.rekey_to_seal(share, shares, threshold, recipients, "")
+            .await
     }
 
     /// [`VaultClient::rekey`] that also moves the keyring to another seal

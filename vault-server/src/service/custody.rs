@@ -14,8 +14,10 @@ use zeroize::Zeroizing;
 use super::auth::caller;
 use super::vault::run_blocking;
 use crate::engine::RootKeyInfo;
+use crate::keys::seal::Measurement;
 use crate::keys::{ErasureReceipt, KeyState, ShareRecipients};
 use crate::vault::{RekeyParams, SealKind};
+use crate::Engine;
 use crate::Vault;
 
 /// The custody API over one vault.
@@ -264,16 +266,11 @@ impl OperatorService for OperatorApi {
         req: Request<pb::ApproveBuildRequest>,
     ) -> Result<Response<pb::ApproveBuildResponse>, Status> {
         let caller = caller(&req)?;
-        let m = measurement(&req.into_inner().measurement)?;
-        let engine = self.vault.engine()?;
-        let (changed, approved) = run_blocking(move || {
-            let changed = engine.approve_build(&caller, m)?;
-            Ok((changed, engine.keyring().sealing().approved_builds.len()))
-        })
-        .await?;
+        let m = req.into_inner().measurement;
+        let (changed, approved) = self.change_build(caller, &m, Engine::approve_build).await?;
         Ok(Response::new(pb::ApproveBuildResponse {
             changed,
-            approved: approved as u32,
+            approved,
         }))
     }
 
@@ -282,17 +279,9 @@ impl OperatorService for OperatorApi {
         req: Request<pb::RevokeBuildRequest>,
     ) -> Result<Response<pb::RevokeBuildResponse>, Status> {
         let caller = caller(&req)?;
-        let m = measurement(&req.into_inner().measurement)?;
-        let engine = self.vault.engine()?;
-        let (changed, approved) = run_blocking(move || {
-            let changed = engine.revoke_build(&caller, m)?;
-            Ok((changed, engine.keyring().sealing().approved_builds.len()))
-        })
-        .await?;
-        Ok(Response::new(pb::RevokeBuildResponse {
-            changed,
-            approved: approved as u32,
-        }))
+        let m = req.into_inner().measurement;
+        let (changed, approved) = self.change_build(caller, &m, Engine::revoke_build).await?;
+        Ok(Response::new(pb::RevokeBuildResponse { changed, approved }))
     }
 
     async fn rotate_root_key(
@@ -540,8 +529,28 @@ impl SubjectService for SubjectApi {
     }
 }
 
+impl OperatorApi {
+    /// Approves or revokes (`change`) the build `measurement` names; returns
+    /// whether anything changed and how many builds are approved now.
+    async fn change_build(
+        &self,
+        caller: crate::policy::Caller,
+        measurement_bytes: &[u8],
+        change: fn(&Engine, &crate::policy::Caller, Measurement) -> crate::Result<bool>,
+    ) -> Result<(bool, u32), Status> {
+        let m = measurement(measurement_bytes)?;
+        let engine = self.vault.engine()?;
+        Ok(run_blocking(move || {
+            let changed = change(&engine, &caller, m)?;
+            let approved = engine.keyring().sealing().approved_builds.len();
+            Ok((changed, u32::try_from(approved).unwrap_or(u32::MAX)))
+        })
+        .await?)
+    }
+}
+
 /// A build's measurement from the wire: exactly 48 bytes.
-fn measurement(bytes: &[u8]) -> Result<crate::keys::seal::Measurement, Status> {
+fn measurement(bytes: &[u8]) -> Result<Measurement, Status> {
     bytes.try_into().map_err(|_| {
         Status::invalid_argument(format!(
             "measurement must be 48 bytes (SHA-384, e.g. a Nitro enclave's PCR0), not {}",
